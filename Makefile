@@ -1,0 +1,36 @@
+# The two commands of the README:
+#   make demo   run the agent on examples/quickstart and watch a deploy
+#   make test   install what the tests need (only what is missing), then
+#               go vet and the whole suite with the race detector
+GO        ?= go
+export GOTOOLCHAIN := local
+RIG_DIR   ?= $(HOME)/.cache/dropship-rig
+export DROPSHIP_RIG_DIR := $(RIG_DIR)
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+
+.PHONY: all build demo test rig vet fmt-check bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dropship ./cmd/dropship
+
+demo:
+	sh examples/quickstart/demo.sh
+
+rig:
+	bash scripts/rig-install.sh
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+test: rig fmt-check vet
+	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) test -race -timeout 20m ./...
+
+clean:
+	rm -f dropship
+	rm -rf examples/quickstart/run

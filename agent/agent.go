@@ -1,0 +1,145 @@
+// Package agent runs dropship: it loads the configuration, runs one loop
+// per service, and carries out each update as one transaction that either
+// completes or leaves the previous release in place.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// maxErrorBackoff caps the wait after repeated errors (store or lock down).
+const maxErrorBackoff = 5 * time.Minute
+
+// Agent runs every configured service.
+type Agent struct {
+	cfg     *Config
+	runners []*Runner
+	logger  *slog.Logger
+	trigger map[string]chan struct{}
+}
+
+// New builds the runners of cfg. fleet may be nil.
+func New(cfg *Config, fleet Fleet, logger *slog.Logger) (*Agent, error) {
+	a := &Agent{cfg: cfg, logger: logger, trigger: map[string]chan struct{}{}}
+	for _, svc := range cfg.Services {
+		r, err := NewRunner(cfg, svc, fleet, logger)
+		if err != nil {
+			return nil, err
+		}
+		a.runners = append(a.runners, r)
+		a.trigger[svc.Name] = make(chan struct{}, 1)
+	}
+	return a, nil
+}
+
+// Runners returns the runners, one per service.
+func (a *Agent) Runners() []*Runner { return a.runners }
+
+// Trigger asks for a check of service now; false if it is unknown.
+func (a *Agent) Trigger(service string) bool {
+	ch, ok := a.trigger[service]
+	if !ok {
+		return false
+	}
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// Once checks every service once, one after another, and returns an
+// error if any check or update failed.
+func (a *Agent) Once(ctx context.Context) error {
+	var errs []error
+	for _, r := range a.runners {
+		out := r.Check(ctx)
+		a.log(r, out)
+		if out.Err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", r.svc.Name, out.Err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Run runs every service's loop until ctx ends. An update that has
+// switched finishes its after hooks before Run returns.
+func (a *Agent) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, r := range a.runners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.loop(ctx, r)
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+func (a *Agent) loop(ctx context.Context, r *Runner) {
+	interval := r.svc.CheckInterval
+	errs := 0
+	// Start spread out, so a fleet restarted at once does not poll at once.
+	next := jitter(interval) / 4
+	for {
+		r.setNext(time.Now().Add(next))
+		timer := time.NewTimer(next)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-timer.C:
+		case <-a.trigger[r.svc.Name]:
+			timer.Stop()
+		}
+		out := r.Check(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		a.log(r, out)
+		if out.Result == ResultError {
+			errs++
+			next = min(interval<<min(errs, 10), max(maxErrorBackoff, interval))
+			next = jitter(next)
+			continue
+		}
+		errs = 0
+		next = jitter(interval)
+	}
+}
+
+// jitter returns d ± 10%.
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	spread := int64(d) / 5
+	if spread <= 0 {
+		return d
+	}
+	return d - time.Duration(spread/2) + time.Duration(rand.Int64N(spread))
+}
+
+func (a *Agent) log(r *Runner, out Outcome) {
+	attrs := []any{"service", r.svc.Name, "result", out.Result, "checksum", out.Checksum}
+	if out.Release != "" {
+		attrs = append(attrs, "release", out.Release)
+	}
+	switch {
+	case out.Err != nil:
+		a.logger.Error("check", append(attrs, "phase", out.Phase, "error", out.Err)...)
+	case out.Result == ResultSkipped:
+		a.logger.Info("check", append(attrs, "reason", out.Reason)...)
+	case out.Result == ResultNoop:
+		a.logger.Debug("check", attrs...)
+	default:
+		a.logger.Info("check", attrs...)
+	}
+}

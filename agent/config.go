@@ -1,0 +1,485 @@
+package agent
+
+import (
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclparse"
+
+	"github.com/dropshipd/dropship/artifact"
+	"github.com/dropshipd/dropship/artifact/archive"
+	"github.com/dropshipd/dropship/hooks"
+	"github.com/dropshipd/dropship/internal/hclx"
+	"github.com/dropshipd/dropship/lock"
+	"github.com/dropshipd/dropship/lock/local"
+)
+
+// Defaults of the agent and service files.
+const (
+	DefaultConfig        = "/etc/dropship.d/dropship.hcl"
+	DefaultStatePath     = "/var/lib/dropship"
+	DefaultCheckInterval = 10 * time.Second
+	DefaultKeepReleases  = 5
+)
+
+// Registry lists the plugins a config may name, by block label. It is
+// built explicitly by the command; nothing registers itself.
+type Registry struct {
+	Sources map[string]artifact.Factory
+	Hooks   map[string]hooks.Factory // before, after and rollback chains
+	Checks  map[string]hooks.Factory // health checks
+	Locks   map[string]lock.Factory
+}
+
+// Config is a loaded, validated agent configuration.
+type Config struct {
+	File        string
+	ServicePath string
+	StatePath   string
+	NodeName    string
+	StatusAddr  string
+	Lock        lock.Provider
+	LockKind    string
+	Services    []*Service
+}
+
+// Service is one configured service.
+type Service struct {
+	Name          string
+	File          string
+	CheckInterval time.Duration
+	Sequential    bool
+	Concurrency   int
+	Hold          time.Duration
+	KeepReleases  int
+	Source        artifact.Source
+	Destination   string
+	Unpack        archive.Options
+	DiskFactor    float64 // free space needed, as a multiple of the artifact size
+	Before        []hooks.Step
+	After         []hooks.Step
+	Checks        []hooks.Step
+	Rollback      []hooks.Step
+}
+
+type agentFile struct {
+	ServicePath *string        `hcl:"service_path,optional"`
+	StatePath   *string        `hcl:"state_path,optional"`
+	NodeName    *string        `hcl:"node_name,optional"`
+	StatusAddr  *string        `hcl:"status_addr,optional"`
+	Repos       []repoBlock    `hcl:"repo,block"`
+	Locks       []pluginBlock  `hcl:"lock,block"`
+	Services    []serviceBlock `hcl:"service,block"`
+}
+
+type serviceFile struct {
+	Services []serviceBlock `hcl:"service,block"`
+}
+
+type repoBlock struct {
+	Name string   `hcl:"name,label"`
+	Type *string  `hcl:"type,optional"`
+	Body hcl.Body `hcl:",remain"`
+}
+
+type pluginBlock struct {
+	Kind string   `hcl:"kind,label"`
+	Body hcl.Body `hcl:",remain"`
+}
+
+type hookBlock struct {
+	Kind      string   `hcl:"kind,label"`
+	OnFailure *string  `hcl:"on_failure,optional"`
+	Body      hcl.Body `hcl:",remain"`
+}
+
+type artifactBlock struct {
+	Kind           string   `hcl:"kind,label"`
+	Destination    string   `hcl:"destination"`
+	ContentType    *string  `hcl:"content_type,optional"`
+	MaxSize        *int64   `hcl:"max_size,optional"`
+	MaxFiles       *int64   `hcl:"max_files,optional"`
+	MaxRatio       *float64 `hcl:"max_ratio,optional"`
+	PreserveSetuid *bool    `hcl:"preserve_setuid,optional"`
+	Owner          *string  `hcl:"owner,optional"`
+	Group          *string  `hcl:"group,optional"`
+	FileMode       *string  `hcl:"file_mode,optional"`
+	DirMode        *string  `hcl:"dir_mode,optional"`
+	DiskFactor     *float64 `hcl:"disk_space_factor,optional"`
+	Body           hcl.Body `hcl:",remain"`
+}
+
+type serviceBlock struct {
+	Name          string          `hcl:"name,label"`
+	CheckInterval *string         `hcl:"check_interval,optional"`
+	OldInterval   *string         `hcl:"checkInterval,optional"`
+	Sequential    *bool           `hcl:"sequential,optional"`
+	OldSequential *bool           `hcl:"sequentialUpdates,optional"`
+	Concurrency   *int            `hcl:"concurrency,optional"`
+	Hold          *string         `hcl:"hold,optional"`
+	OldTTL        *string         `hcl:"updateTTL,optional"`
+	KeepReleases  *int            `hcl:"keep_releases,optional"`
+	Artifacts     []artifactBlock `hcl:"artifact,block"`
+	Before        []hookBlock     `hcl:"before,block"`
+	After         []hookBlock     `hcl:"after,block"`
+	Checks        []hookBlock     `hcl:"check,block"`
+	Rollback      []hookBlock     `hcl:"rollback,block"`
+	Body          hcl.Body        `hcl:",body"`
+}
+
+var legacyService = map[string]string{
+	"checkInterval":     "check_interval",
+	"sequentialUpdates": "sequential",
+	"updateTTL":         "hold",
+}
+
+// Load reads the agent file at path and every *.hcl file of its
+// service_path. It returns every diagnostic found, not just the first.
+func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnostics) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		abs = path
+	}
+	parser := hclparse.NewParser()
+	f, diags := parser.ParseHCLFile(abs)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	var af agentFile
+	diags = append(diags, gohcl.DecodeBody(f.Body, nil, &af)...)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	base := filepath.Dir(abs)
+	cfg := &Config{File: abs, StatePath: DefaultStatePath}
+	if af.StatePath != nil {
+		cfg.StatePath = hclx.Path(base, *af.StatePath)
+	}
+	if af.ServicePath != nil {
+		cfg.ServicePath = hclx.Path(base, *af.ServicePath)
+	}
+	if af.StatusAddr != nil {
+		cfg.StatusAddr = *af.StatusAddr
+	}
+	cfg.NodeName, _ = os.Hostname()
+	if af.NodeName != nil && *af.NodeName != "" {
+		cfg.NodeName = *af.NodeName
+	}
+
+	repos := map[string]*artifact.Repo{}
+	for _, r := range af.Repos {
+		kind := r.Name
+		if r.Type != nil {
+			kind = *r.Type
+		}
+		rng := r.Body.MissingItemRange()
+		if prev, dup := repos[r.Name]; dup {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate repo",
+				Detail: fmt.Sprintf("repo %q is already defined at %s.", r.Name, prev.Range), Subject: &rng})
+			continue
+		}
+		repos[r.Name] = &artifact.Repo{Name: r.Name, Type: kind, Body: r.Body, Range: rng}
+	}
+
+	cfg.Lock, cfg.LockKind = local.Provider{Dir: cfg.StatePath}, "local"
+	for i, l := range af.Locks {
+		rng := l.Body.MissingItemRange()
+		if i > 0 {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate lock block",
+				Detail: "Only one lock block may be given.", Subject: &rng})
+			continue
+		}
+		factory, ok := reg.Locks[l.Kind]
+		if !ok {
+			diags = append(diags, unknown("lock", l.Kind, keys(reg.Locks), rng))
+			continue
+		}
+		p, d := factory(l.Kind, l.Body, lock.Env{BaseDir: base, StatePath: cfg.StatePath, NodeName: cfg.NodeName})
+		diags = append(diags, d...)
+		if p != nil {
+			cfg.Lock, cfg.LockKind = p, l.Kind
+		}
+	}
+
+	dec := decoder{reg: reg, repos: repos, logger: logger, seen: map[string]hcl.Range{}}
+	diags = append(diags, dec.services(cfg, abs, af.Services)...)
+	if cfg.ServicePath != "" {
+		files, err := filepath.Glob(filepath.Join(cfg.ServicePath, "*.hcl"))
+		if err == nil {
+			if _, serr := os.Stat(cfg.ServicePath); serr != nil && !os.IsNotExist(serr) {
+				err = serr
+			}
+		}
+		if err != nil {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Cannot read service_path",
+				Detail: err.Error(), Subject: hclx.AttrRange(f.Body, "service_path")})
+		}
+		sort.Strings(files)
+		for _, file := range files {
+			sf, d := parser.ParseHCLFile(file)
+			diags = append(diags, d...)
+			if d.HasErrors() {
+				continue
+			}
+			var body serviceFile
+			d = gohcl.DecodeBody(sf.Body, nil, &body)
+			diags = append(diags, d...)
+			if d.HasErrors() {
+				continue
+			}
+			diags = append(diags, dec.services(cfg, file, body.Services)...)
+		}
+	}
+	return cfg, diags
+}
+
+type decoder struct {
+	reg    Registry
+	repos  map[string]*artifact.Repo
+	logger *slog.Logger
+	seen   map[string]hcl.Range
+}
+
+func (d *decoder) services(cfg *Config, file string, blocks []serviceBlock) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	for _, b := range blocks {
+		rng := b.Body.MissingItemRange()
+		if prev, dup := d.seen[b.Name]; dup {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate service",
+				Detail: fmt.Sprintf("service %q is already defined at %s.", b.Name, prev), Subject: &rng})
+			continue
+		}
+		d.seen[b.Name] = rng
+		s, ds := d.service(file, b)
+		diags = append(diags, ds...)
+		if !ds.HasErrors() {
+			cfg.Services = append(cfg.Services, s)
+		}
+	}
+	return diags
+}
+
+func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostics) {
+	base := filepath.Dir(file)
+	rng := b.Body.MissingItemRange()
+	diags := hclx.Legacy(b.Body, legacyService)
+	if !validName(b.Name) {
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid service name",
+			Detail: fmt.Sprintf("%q: use letters, digits, '.', '_' and '-' only (it names a directory and Consul keys).", b.Name), Subject: &rng})
+	}
+	s := &Service{Name: b.Name, File: file, Concurrency: 1, KeepReleases: DefaultKeepReleases, DiskFactor: 2}
+	var ds hcl.Diagnostics
+	interval := hclx.First(b.CheckInterval, b.OldInterval)
+	name := "check_interval"
+	if b.CheckInterval == nil {
+		name = "checkInterval"
+	}
+	s.CheckInterval, ds = hclx.Duration(b.Body, name, deref(interval), DefaultCheckInterval)
+	diags = append(diags, ds...)
+	if s.CheckInterval <= 0 && interval != nil {
+		diags = append(diags, hclx.Errorf(b.Body, name, "Invalid duration", "%s must be more than zero.", name))
+	}
+	hold := hclx.First(b.Hold, b.OldTTL)
+	name = "hold"
+	if b.Hold == nil {
+		name = "updateTTL"
+	}
+	s.Hold, ds = hclx.Duration(b.Body, name, deref(hold), 0)
+	diags = append(diags, ds...)
+	if v := hclx.First(b.Sequential, b.OldSequential); v != nil {
+		s.Sequential = *v
+	}
+	if b.Concurrency != nil {
+		s.Concurrency = *b.Concurrency
+		if s.Concurrency < 1 {
+			diags = append(diags, hclx.Errorf(b.Body, "concurrency", "Invalid concurrency", "concurrency must be 1 or more."))
+		}
+	}
+	if b.KeepReleases != nil {
+		s.KeepReleases = *b.KeepReleases
+		if s.KeepReleases < 2 {
+			diags = append(diags, hclx.Errorf(b.Body, "keep_releases", "Invalid keep_releases",
+				"keep_releases must be 2 or more: the current release and one to roll back to."))
+		}
+	}
+
+	switch len(b.Artifacts) {
+	case 0:
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing artifact block",
+			Detail: fmt.Sprintf("service %q needs an artifact block saying where its releases come from.", b.Name), Subject: &rng})
+	case 1:
+		diags = append(diags, d.artifact(s, base, b.Artifacts[0])...)
+	default:
+		r := b.Artifacts[1].Body.MissingItemRange()
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate artifact block",
+			Detail: "A service has exactly one artifact.", Subject: &r})
+	}
+
+	hookEnv := hooks.Env{BaseDir: base, Logger: d.logger.With("service", b.Name)}
+	var dd hcl.Diagnostics
+	s.Before, dd = d.chain(d.reg.Hooks, "before", b.Before, hooks.Abort, hookEnv)
+	diags = append(diags, dd...)
+	s.After, dd = d.chain(d.reg.Hooks, "after", b.After, hooks.Rollback, hookEnv)
+	diags = append(diags, dd...)
+	s.Checks, dd = d.chain(d.reg.Checks, "check", b.Checks, hooks.Rollback, hookEnv)
+	diags = append(diags, dd...)
+	s.Rollback, dd = d.chain(d.reg.Hooks, "rollback", b.Rollback, hooks.Continue, hookEnv)
+	diags = append(diags, dd...)
+	return s, diags
+}
+
+func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnostics {
+	rng := a.Body.MissingItemRange()
+	factory, ok := d.reg.Sources[a.Kind]
+	if !ok {
+		return hcl.Diagnostics{unknown("artifact", a.Kind, keys(d.reg.Sources), rng)}
+	}
+	src, diags := factory(a.Kind, a.Body, artifact.Env{BaseDir: base, Repos: d.repos})
+	s.Source = src
+	diags = append(diags, hclx.Required(a.Body, "destination", a.Destination)...)
+	s.Destination = hclx.Path(base, a.Destination)
+	o := archive.Options{UID: -1, GID: -1}
+	if a.ContentType != nil {
+		f, err := archive.FromContentType(*a.ContentType)
+		if err != nil {
+			diags = append(diags, hclx.Errorf(a.Body, "content_type", "Invalid content_type", "%v", err))
+		}
+		o.Format = f
+	}
+	if a.MaxSize != nil {
+		o.MaxSize = *a.MaxSize
+	}
+	if a.MaxFiles != nil {
+		o.MaxFiles = *a.MaxFiles
+	}
+	if a.MaxRatio != nil {
+		o.MaxRatio = *a.MaxRatio
+	}
+	if a.PreserveSetuid != nil {
+		o.PreserveSetuid = *a.PreserveSetuid
+	}
+	if a.DiskFactor != nil {
+		s.DiskFactor = *a.DiskFactor
+	}
+	for _, m := range []struct {
+		name string
+		val  *string
+		dst  *fs.FileMode
+	}{{"file_mode", a.FileMode, &o.FileMode}, {"dir_mode", a.DirMode, &o.DirMode}} {
+		if m.val == nil {
+			continue
+		}
+		var v uint32
+		if _, err := fmt.Sscanf(*m.val, "%o", &v); err != nil || v > 0o7777 || v == 0 {
+			diags = append(diags, hclx.Errorf(a.Body, m.name, "Invalid mode", "%s = %q is not an octal mode like \"0644\".", m.name, *m.val))
+			continue
+		}
+		*m.dst = fs.FileMode(v & 0o777)
+		if v&0o4000 != 0 {
+			*m.dst |= fs.ModeSetuid
+		}
+		if v&0o2000 != 0 {
+			*m.dst |= fs.ModeSetgid
+		}
+		if v&0o1000 != 0 {
+			*m.dst |= fs.ModeSticky
+		}
+	}
+	if a.Owner != nil {
+		uid, err := lookupID(*a.Owner, true)
+		if err != nil {
+			diags = append(diags, hclx.Errorf(a.Body, "owner", "Unknown owner", "%v", err))
+		}
+		o.UID = uid
+	}
+	if a.Group != nil {
+		gid, err := lookupID(*a.Group, false)
+		if err != nil {
+			diags = append(diags, hclx.Errorf(a.Body, "group", "Unknown group", "%v", err))
+		}
+		o.GID = gid
+	}
+	if o.UID >= 0 && o.GID < 0 {
+		o.GID = -1
+	}
+	s.Unpack = o
+	return diags
+}
+
+func (d *decoder) chain(reg map[string]hooks.Factory, what string, blocks []hookBlock, def hooks.Policy, env hooks.Env) ([]hooks.Step, hcl.Diagnostics) {
+	var steps []hooks.Step
+	var diags hcl.Diagnostics
+	for _, b := range blocks {
+		rng := b.Body.MissingItemRange()
+		factory, ok := reg[b.Kind]
+		if !ok {
+			diags = append(diags, unknown(what, b.Kind, keys(reg), rng))
+			continue
+		}
+		h, ds := factory(b.Kind, b.Body, env)
+		diags = append(diags, ds...)
+		if ds.HasErrors() || h == nil {
+			continue
+		}
+		policy := def
+		if r, ok := h.(hooks.Reporter); ok && r.Reporter() {
+			policy = hooks.Continue
+		}
+		if b.OnFailure != nil {
+			switch p := hooks.Policy(*b.OnFailure); p {
+			case hooks.Abort, hooks.Continue, hooks.Rollback:
+				policy = p
+			default:
+				diags = append(diags, hclx.Errorf(b.Body, "on_failure", "Invalid on_failure",
+					"on_failure = %q: use \"abort\", \"rollback\" or \"continue\".", *b.OnFailure))
+			}
+		}
+		steps = append(steps, hooks.Step{Kind: b.Kind, Hook: h, OnFailure: policy, Range: rng})
+	}
+	return steps, diags
+}
+
+func unknown(what, kind string, known []string, rng hcl.Range) *hcl.Diagnostic {
+	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: fmt.Sprintf("Unknown %s type", what),
+		Detail:  fmt.Sprintf("%s %q is not a known type; known: %s.", what, kind, strings.Join(known, ", ")),
+		Subject: &rng}
+}
+
+func keys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func validName(n string) bool {
+	if n == "" || n == "." || n == ".." || len(n) > 128 {
+		return false
+	}
+	for _, r := range n {
+		if !(r == '-' || r == '_' || r == '.' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}

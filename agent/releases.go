@@ -1,0 +1,192 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// layout is where one service's files live.
+type layout struct {
+	dir  string // <state_path>/<service>
+	dest string // the destination symlink
+}
+
+func (l layout) releases() string            { return filepath.Join(l.dir, "releases") }
+func (l layout) staging() string             { return filepath.Join(l.dir, "staging") }
+func (l layout) releaseDir(id string) string { return filepath.Join(l.releases(), id) }
+func (l layout) tmpLink() string {
+	return filepath.Join(filepath.Dir(l.dest), "."+filepath.Base(l.dest)+".dropship-tmp")
+}
+
+// current returns the id of the release destination points at, or "".
+func (l layout) current() string {
+	target, err := os.Readlink(l.dest)
+	if err != nil {
+		return ""
+	}
+	if !filepath.IsAbs(target) {
+		target = filepath.Join(filepath.Dir(l.dest), target)
+	}
+	if filepath.Dir(filepath.Clean(target)) != filepath.Clean(l.releases()) {
+		return ""
+	}
+	return filepath.Base(target)
+}
+
+// newID names a release: sortable by time, with the checksum's start.
+func (l layout) newID(checksum string, now time.Time) string {
+	short := strings.NewReplacer(":", "", "/", "", ".", "").Replace(checksum)
+	if len(short) > 12 {
+		short = short[:12]
+	}
+	base := now.UTC().Format("20060102T150405.000Z") + "-" + short
+	id := base
+	for i := 1; ; i++ {
+		if _, err := os.Lstat(l.releaseDir(id)); errors.Is(err, fs.ErrNotExist) {
+			return id
+		}
+		id = fmt.Sprintf("%s-%d", base, i)
+	}
+}
+
+// switchTo points destination at release id by renaming a new symlink over
+// it: at every instant the destination is the old release or the new one.
+// A real directory found at destination (a host moving over from an older
+// deploy tool) is moved aside, never deleted; its new name is returned.
+func (l layout) switchTo(id string, logger *slog.Logger) (movedAside string, err error) {
+	if err := os.MkdirAll(filepath.Dir(l.dest), 0o755); err != nil {
+		return "", fmt.Errorf("switch %s: %w", l.dest, err)
+	}
+	fi, err := os.Lstat(l.dest)
+	if err == nil && fi.Mode()&fs.ModeSymlink == 0 {
+		movedAside = fmt.Sprintf("%s.dropship-orig-%s", l.dest, time.Now().UTC().Format("20060102T150405Z"))
+		if err := os.Rename(l.dest, movedAside); err != nil {
+			return "", fmt.Errorf("move %s aside: %w", l.dest, err)
+		}
+		logger.Warn("destination was not a symlink: moved aside, not deleted", "destination", l.dest, "moved_to", movedAside)
+	}
+	tmp := l.tmpLink()
+	os.Remove(tmp)
+	if err := os.Symlink(l.releaseDir(id), tmp); err != nil {
+		return movedAside, fmt.Errorf("switch %s: %w", l.dest, err)
+	}
+	if err := os.Rename(tmp, l.dest); err != nil {
+		os.Remove(tmp)
+		return movedAside, fmt.Errorf("switch %s: %w", l.dest, err)
+	}
+	if err := syncDir(filepath.Dir(l.dest)); err != nil {
+		return movedAside, fmt.Errorf("switch %s: %w", l.dest, err)
+	}
+	return movedAside, nil
+}
+
+// unswitch undoes a first install: destination goes back to what it was.
+func (l layout) unswitch(movedAside string) error {
+	if err := os.Remove(l.dest); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if movedAside != "" {
+		return os.Rename(movedAside, l.dest)
+	}
+	return nil
+}
+
+// recoverDisk removes what an interrupted update left: staging (partial
+// downloads and unpacks) and a half-made switch symlink. Destination
+// itself is always whole: it is only ever replaced by rename.
+func (l layout) recoverDisk(logger *slog.Logger) error {
+	entries, err := os.ReadDir(l.staging())
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	for _, e := range entries {
+		p := filepath.Join(l.staging(), e.Name())
+		logger.Info("removing leftover of an interrupted update", "path", p)
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("clean staging: %w", err)
+		}
+	}
+	if err := os.Remove(l.tmpLink()); err == nil {
+		logger.Info("removed a half-made switch link", "path", l.tmpLink())
+	}
+	return nil
+}
+
+// prune keeps the newest keep releases of st, and always the current one;
+// release directories the state does not know (an update interrupted after
+// its unpack) go too, unless destination points at them.
+func (l layout) prune(st *State, keep int, logger *slog.Logger) {
+	cur := l.current()
+	if len(st.Releases) > keep {
+		var kept []Release
+		drop := len(st.Releases) - keep
+		for i, r := range st.Releases {
+			if i < drop && r.ID != cur && r.ID != st.Release {
+				l.remove(r.ID, logger)
+				continue
+			}
+			kept = append(kept, r)
+		}
+		st.Releases = kept
+	}
+	known := map[string]bool{cur: true, st.Release: true}
+	for _, r := range st.Releases {
+		known[r.ID] = true
+	}
+	entries, _ := os.ReadDir(l.releases())
+	for _, e := range entries {
+		if !known[e.Name()] {
+			l.remove(e.Name(), logger)
+		}
+	}
+}
+
+func (l layout) remove(id string, logger *slog.Logger) {
+	p := l.releaseDir(id)
+	// A release may hold read-only directories; make them writable first.
+	filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			os.Chmod(path, 0o755)
+		}
+		return nil
+	})
+	if err := os.RemoveAll(p); err != nil {
+		logger.Warn("cannot remove old release", "release", id, "error", err)
+		return
+	}
+	logger.Info("pruned release", "release", id)
+}
+
+// sortReleases orders by install time, oldest first.
+func sortReleases(rs []Release) {
+	sort.SliceStable(rs, func(i, j int) bool { return rs[i].Installed.Before(rs[j].Installed) })
+}
+
+// freeBytes is the space an unprivileged writer may still use under dir.
+func freeBytes(dir string) (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return st.Bavail * uint64(st.Bsize), nil
+}
+
+// syncFS flushes the filesystem holding dir: one call instead of an fsync
+// per unpacked file, so a power cut after the switch finds whole files.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
+}

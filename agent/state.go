@@ -1,0 +1,156 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// stateVersion is bumped when State changes incompatibly.
+const stateVersion = 1
+
+// maxHistory bounds the attempts kept in State.History.
+const maxHistory = 50
+
+// State is what a service has installed and tried, kept in
+// <state_path>/<service>/state.json so a restart redeploys nothing.
+type State struct {
+	Version   int    `json:"version"`
+	Service   string `json:"service"`
+	Checksum  string `json:"checksum,omitempty"` // installed and current
+	SHA256    string `json:"sha256,omitempty"`
+	VersionID string `json:"version_id,omitempty"`
+	Release   string `json:"release,omitempty"`
+	// RolledBackFrom is a checksum an operator or a failed check rolled
+	// back from: it is not installed again until another one is published.
+	RolledBackFrom string              `json:"rolled_back_from,omitempty"`
+	Failures       map[string]*Failure `json:"failures,omitempty"` // by checksum
+	Releases       []Release           `json:"releases,omitempty"` // oldest first
+	History        []Attempt           `json:"history,omitempty"`  // newest last
+	LastCheck      time.Time           `json:"last_check,omitzero"`
+	LastError      string              `json:"last_error,omitempty"`
+}
+
+// Release is one unpacked release kept on disk.
+type Release struct {
+	ID        string    `json:"id"`
+	Checksum  string    `json:"checksum"`
+	SHA256    string    `json:"sha256,omitempty"`
+	VersionID string    `json:"version_id,omitempty"`
+	Source    string    `json:"source"`
+	Installed time.Time `json:"installed"`
+}
+
+// Failure counts the failed attempts of one checksum.
+type Failure struct {
+	Count int       `json:"count"`
+	First time.Time `json:"first"`
+	Last  time.Time `json:"last"`
+	Phase string    `json:"phase"`
+	Error string    `json:"error"`
+}
+
+// Attempt is one update, successful or not.
+type Attempt struct {
+	Time     time.Time     `json:"time"`
+	Checksum string        `json:"checksum"`
+	Release  string        `json:"release,omitempty"`
+	Result   string        `json:"result"` // success, failure, rollback
+	Phase    string        `json:"phase,omitempty"`
+	Error    string        `json:"error,omitempty"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
+func (s *State) record(a Attempt) {
+	s.History = append(s.History, a)
+	if over := len(s.History) - maxHistory; over > 0 {
+		s.History = append([]Attempt(nil), s.History[over:]...)
+	}
+}
+
+func (s *State) release(id string) (Release, bool) {
+	for _, r := range s.Releases {
+		if r.ID == id {
+			return r, true
+		}
+	}
+	return Release{}, false
+}
+
+func statePath(dir string) string { return filepath.Join(dir, "state.json") }
+
+// LoadState reads the state of a service directory; a missing file is a
+// service never installed.
+func LoadState(dir, service string) (*State, error) {
+	b, err := os.ReadFile(statePath(dir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return &State{Version: stateVersion, Service: service}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	var s State
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("read state %s: %w (move it away to start this service afresh)", statePath(dir), err)
+	}
+	if s.Version > stateVersion {
+		return nil, fmt.Errorf("read state %s: version %d is newer than this dropship understands (%d)", statePath(dir), s.Version, stateVersion)
+	}
+	s.Version, s.Service = stateVersion, service
+	return &s, nil
+}
+
+// Save writes the state atomically: a temporary file, fsync, rename over
+// the old one, fsync of the directory. A crash leaves the old or the new
+// state, never a mix.
+func (s *State) Save(dir string) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeAtomic(statePath(dir), append(b, '\n'), 0o644)
+}
+
+func writeAtomic(path string, data []byte, mode fs.FileMode) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err = tmp.Write(data); err == nil {
+		err = tmp.Chmod(mode)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

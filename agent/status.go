@@ -1,0 +1,55 @@
+package agent
+
+import "time"
+
+// Status is a service's live status, as the status endpoint shows it.
+type Status struct {
+	Service    string    `json:"service"`
+	Checksum   string    `json:"checksum,omitempty"`
+	Release    string    `json:"release,omitempty"`
+	LastCheck  time.Time `json:"last_check,omitzero"`
+	LastResult string    `json:"last_result,omitempty"`
+	LastError  string    `json:"last_error,omitempty"`
+	NextCheck  time.Time `json:"next_check,omitzero"`
+	Waiting    bool      `json:"waiting_for_slot"`
+	Holding    bool      `json:"holding_slot"`
+}
+
+// Status returns a copy of the runner's live status.
+func (r *Runner) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.status
+}
+
+func (r *Runner) noteCheck(o Outcome) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.LastCheck = r.now().UTC()
+	r.status.LastResult = o.Result
+	r.status.LastError = ""
+	if o.Err != nil {
+		r.status.LastError = o.Err.Error()
+	}
+	if st, err := LoadState(r.lay.dir, r.svc.Name); err == nil {
+		r.status.Checksum, r.status.Release = st.Checksum, st.Release
+	}
+}
+
+func (r *Runner) setNext(t time.Time) {
+	r.mu.Lock()
+	r.status.NextCheck = t.UTC()
+	r.mu.Unlock()
+}
+
+func (r *Runner) setWaiting(b bool) {
+	r.mu.Lock()
+	r.status.Waiting = b
+	r.mu.Unlock()
+}
+
+func (r *Runner) setHolding(b bool) {
+	r.mu.Lock()
+	r.status.Holding = b
+	r.mu.Unlock()
+}

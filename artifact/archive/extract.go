@@ -1,0 +1,598 @@
+package archive
+
+import (
+	"archive/tar"
+	"archive/zip"
+	"bufio"
+	"compress/bzip2"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+)
+
+// Defaults for the limits of Options.
+const (
+	DefaultMaxSize  = 8 << 30 // unpacked bytes
+	DefaultMaxFiles = 1_000_000
+	DefaultMaxRatio = 200 // unpacked bytes per compressed byte
+	// ratioFloor: below this many unpacked bytes the ratio is not judged,
+	// so a tiny archive of zeros is not called a bomb.
+	ratioFloor = 32 << 20
+)
+
+// Options bound and shape one extraction.
+type Options struct {
+	Name           string // artifact name: format by extension, plain file name
+	Format         string // forced format; "" detects
+	MaxSize        int64
+	MaxFiles       int64
+	MaxRatio       float64
+	PreserveSetuid bool
+	FileMode       fs.FileMode // 0: from the archive
+	DirMode        fs.FileMode // 0: from the archive
+	UID, GID       int         // -1: leave as created
+	Spool          string      // directory for the zip spool file
+}
+
+func (o *Options) defaults() {
+	if o.MaxSize <= 0 {
+		o.MaxSize = DefaultMaxSize
+	}
+	if o.MaxFiles <= 0 {
+		o.MaxFiles = DefaultMaxFiles
+	}
+	if o.MaxRatio <= 0 {
+		o.MaxRatio = DefaultMaxRatio
+	}
+}
+
+// Stats says what an extraction wrote.
+type Stats struct {
+	Format  string
+	Entries int64
+	Bytes   int64 // unpacked file content
+}
+
+// ErrRefused marks an archive refused as unsafe or over a limit.
+var ErrRefused = errors.New("archive refused")
+
+// EntryError names the entry that was refused and why.
+type EntryError struct {
+	Entry  string
+	Reason string
+}
+
+func (e *EntryError) Error() string {
+	return fmt.Sprintf("archive refused: entry %q: %s", e.Entry, e.Reason)
+}
+func (e *EntryError) Unwrap() error { return ErrRefused }
+
+func refuse(name, format string, args ...any) error {
+	return &EntryError{Entry: name, Reason: fmt.Sprintf(format, args...)}
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// Extract unpacks src into dir, which must exist and be empty. On error,
+// dir holds a partial result that the caller removes; nothing is ever
+// written outside dir.
+func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats, error) {
+	opt.defaults()
+	counted := &countReader{r: src}
+	br := bufio.NewReaderSize(counted, 64<<10)
+	format := opt.Format
+	if format == "" {
+		format = Detect(br, opt.Name)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return Stats{}, err
+	}
+	defer root.Close()
+	x := &extractor{ctx: ctx, root: root, opt: opt, compressed: counted, links: map[string]bool{}}
+	x.stats.Format = format
+
+	switch format {
+	case Plain:
+		err = x.plain(br)
+	case Zip:
+		err = x.zip(br)
+	default:
+		var r io.Reader
+		r, err = decompressor(format, br)
+		if err == nil {
+			err = x.tar(tar.NewReader(r))
+			if c, ok := r.(io.Closer); ok {
+				c.Close()
+			}
+		}
+	}
+	if err == nil {
+		err = x.finish()
+	}
+	return x.stats, err
+}
+
+func decompressor(format string, r io.Reader) (io.Reader, error) {
+	switch format {
+	case Tar:
+		return r, nil
+	case TarGz:
+		zr, err := gzip.NewReader(r)
+		if err != nil {
+			return nil, fmt.Errorf("%w: not a valid gzip stream: %v", ErrRefused, err)
+		}
+		return zr, nil
+	case TarZst:
+		// Low memory and one goroutine: constant memory whatever the size.
+		zr, err := zstd.NewReader(r, zstd.WithDecoderLowmem(true), zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderMaxWindow(128<<20))
+		if err != nil {
+			return nil, fmt.Errorf("%w: not a valid zstd stream: %v", ErrRefused, err)
+		}
+		return zstdCloser{zr}, nil
+	case TarXz:
+		zr, err := xz.NewReader(r)
+		if err != nil {
+			return nil, fmt.Errorf("%w: not a valid xz stream: %v", ErrRefused, err)
+		}
+		return zr, nil
+	case TarBz2:
+		return bzip2.NewReader(r), nil
+	}
+	return nil, fmt.Errorf("unknown archive format %q", format)
+}
+
+type zstdCloser struct{ *zstd.Decoder }
+
+func (z zstdCloser) Close() error { z.Decoder.Close(); return nil }
+
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+type dirMeta struct {
+	name  string
+	mode  fs.FileMode
+	mtime time.Time
+}
+
+type extractor struct {
+	ctx        context.Context
+	root       *os.Root
+	opt        Options
+	compressed *countReader
+	stats      Stats
+	links      map[string]bool // symlinks written so far
+	dirs       []dirMeta       // modes and times applied last
+}
+
+// clean validates an entry name and returns it relative to the root.
+func clean(name string) (string, error) {
+	n := strings.ReplaceAll(name, "\\", "/")
+	if n == "" || strings.ContainsRune(n, 0) {
+		return "", refuse(name, "empty or NUL in name")
+	}
+	if strings.HasPrefix(n, "/") || filepath.IsAbs(n) || (len(n) > 1 && n[1] == ':') {
+		return "", refuse(name, "absolute name")
+	}
+	for _, part := range strings.Split(n, "/") {
+		if part == ".." {
+			return "", refuse(name, "name contains \"..\"")
+		}
+	}
+	c := path.Clean(n)
+	if c == "." {
+		return ".", nil
+	}
+	return c, nil
+}
+
+// viaLink refuses names that pass through a symlink of this archive: a
+// later file must never be written through an earlier link.
+func (x *extractor) viaLink(orig, name string) error {
+	for p := path.Dir(name); p != "." && p != "/"; p = path.Dir(p) {
+		if x.links[p] {
+			return refuse(orig, "written through the symlink %q", p)
+		}
+	}
+	return nil
+}
+
+func (x *extractor) count(name string) error {
+	if err := x.ctx.Err(); err != nil {
+		return err
+	}
+	x.stats.Entries++
+	if x.stats.Entries > x.opt.MaxFiles {
+		return refuse(name, "more than max_files = %d entries", x.opt.MaxFiles)
+	}
+	return nil
+}
+
+// prepare makes the parents of name and clears a previous entry of the
+// same name, refusing anything but a file replacing a file.
+func (x *extractor) prepare(orig, name string, isDir bool) error {
+	if err := x.viaLink(orig, name); err != nil {
+		return err
+	}
+	if dir := path.Dir(name); dir != "." {
+		if err := x.root.MkdirAll(dir, 0o755); err != nil {
+			return refuse(orig, "cannot create its directory: %v", err)
+		}
+	}
+	fi, err := x.root.Lstat(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return refuse(orig, "%v", err)
+	}
+	switch {
+	case fi.IsDir() && isDir:
+		return nil
+	case fi.IsDir():
+		return refuse(orig, "replaces a directory of the same name")
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return refuse(orig, "replaces a symlink of the same name")
+	case isDir:
+		return refuse(orig, "directory replaces a file of the same name")
+	}
+	return x.root.Remove(name)
+}
+
+func (x *extractor) mode(m fs.FileMode, isDir bool) fs.FileMode {
+	if isDir && x.opt.DirMode != 0 {
+		return x.opt.DirMode
+	}
+	if !isDir && x.opt.FileMode != 0 {
+		return x.opt.FileMode
+	}
+	keep := fs.ModePerm | fs.ModeSticky
+	if x.opt.PreserveSetuid {
+		keep |= fs.ModeSetuid | fs.ModeSetgid
+	}
+	return m & keep
+}
+
+func (x *extractor) dir(orig, name string, m fs.FileMode, mtime time.Time) error {
+	if name == "." {
+		return nil
+	}
+	if err := x.prepare(orig, name, true); err != nil {
+		return err
+	}
+	if err := x.root.Mkdir(name, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return refuse(orig, "%v", err)
+	}
+	x.dirs = append(x.dirs, dirMeta{name, x.mode(m, true), mtime})
+	return nil
+}
+
+func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime time.Time) error {
+	if name == "." {
+		return refuse(orig, "a file cannot be the release directory itself")
+	}
+	if err := x.prepare(orig, name, false); err != nil {
+		return err
+	}
+	f, err := x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return refuse(orig, "%v", err)
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	limit := x.opt.MaxSize - x.stats.Bytes
+	n, err := io.CopyBuffer(f, io.LimitReader(r, limit+1), *bp)
+	x.stats.Bytes += n
+	if err == nil && n > limit {
+		err = refuse(orig, "unpacked size over max_size = %d bytes", x.opt.MaxSize)
+	}
+	if err == nil && x.stats.Bytes > ratioFloor && float64(x.stats.Bytes) > x.opt.MaxRatio*float64(x.compressed.n) {
+		err = refuse(orig, "compression ratio over %g:1 (a decompression bomb?)", x.opt.MaxRatio)
+	}
+	if err == nil {
+		err = f.Chmod(x.mode(m, false))
+	}
+	if err == nil && (x.opt.UID >= 0 || x.opt.GID >= 0) {
+		err = f.Chown(x.opt.UID, x.opt.GID)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		var ee *EntryError
+		if errors.As(err, &ee) {
+			return err
+		}
+		return fmt.Errorf("write %q: %w", orig, err)
+	}
+	if !mtime.IsZero() {
+		x.root.Chtimes(name, mtime, mtime)
+	}
+	return nil
+}
+
+func (x *extractor) symlink(orig, name, target string) error {
+	if target == "" || path.IsAbs(target) || filepath.IsAbs(target) {
+		return refuse(orig, "symlink to %q points outside the release", target)
+	}
+	if j := path.Join(path.Dir(name), target); j == ".." || strings.HasPrefix(j, "../") {
+		return refuse(orig, "symlink to %q points outside the release", target)
+	}
+	if err := x.prepare(orig, name, false); err != nil {
+		return err
+	}
+	if err := x.root.Symlink(target, name); err != nil {
+		return refuse(orig, "%v", err)
+	}
+	x.links[name] = true
+	if x.opt.UID >= 0 || x.opt.GID >= 0 {
+		x.root.Lchown(name, x.opt.UID, x.opt.GID)
+	}
+	return nil
+}
+
+func (x *extractor) hardlink(orig, name, target string) error {
+	t, err := clean(target)
+	if err != nil || t == "." {
+		return refuse(orig, "hard link to %q points outside the release", target)
+	}
+	if err := x.viaLink(orig, t); err != nil {
+		return err
+	}
+	fi, err := x.root.Lstat(t)
+	if err != nil {
+		return refuse(orig, "hard link to %q, which is not an earlier file of the archive", target)
+	}
+	if !fi.Mode().IsRegular() {
+		return refuse(orig, "hard link to %q, which is not a regular file", target)
+	}
+	if err := x.prepare(orig, name, false); err != nil {
+		return err
+	}
+	if err := x.root.Link(t, name); err != nil {
+		return refuse(orig, "%v", err)
+	}
+	return nil
+}
+
+func (x *extractor) tar(tr *tar.Reader) error {
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%w: reading tar: %v", ErrRefused, err)
+		}
+		if hdr.Typeflag == tar.TypeXGlobalHeader {
+			continue
+		}
+		if err := x.count(hdr.Name); err != nil {
+			return err
+		}
+		name, err := clean(hdr.Name)
+		if err != nil {
+			return err
+		}
+		mode := fs.FileMode(hdr.Mode).Perm()
+		if hdr.Mode&04000 != 0 {
+			mode |= fs.ModeSetuid
+		}
+		if hdr.Mode&02000 != 0 {
+			mode |= fs.ModeSetgid
+		}
+		if hdr.Mode&01000 != 0 {
+			mode |= fs.ModeSticky
+		}
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			err = x.dir(hdr.Name, name, mode, hdr.ModTime)
+		case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+			err = x.file(hdr.Name, name, tr, mode, hdr.ModTime)
+		case tar.TypeSymlink:
+			err = x.symlink(hdr.Name, name, hdr.Linkname)
+		case tar.TypeLink:
+			err = x.hardlink(hdr.Name, name, hdr.Linkname)
+		case tar.TypeChar, tar.TypeBlock:
+			err = refuse(hdr.Name, "device node")
+		case tar.TypeFifo:
+			err = refuse(hdr.Name, "FIFO")
+		default:
+			err = refuse(hdr.Name, "unsupported entry type %q", string(hdr.Typeflag))
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// zip needs random access: the stream is spooled to a file first.
+func (x *extractor) zip(r io.Reader) error {
+	f, err := os.CreateTemp(x.opt.Spool, ".zip-spool-*")
+	if err != nil {
+		return fmt.Errorf("spool zip: %w", err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	bp := bufPool.Get().(*[]byte)
+	size, err := io.CopyBuffer(f, r, *bp)
+	bufPool.Put(bp)
+	if err != nil {
+		return fmt.Errorf("spool zip: %w", err)
+	}
+	zr, err := zip.NewReader(f, size)
+	if err != nil {
+		return fmt.Errorf("%w: not a valid zip archive: %v", ErrRefused, err)
+	}
+	x.compressed.n = size
+	for _, e := range zr.File {
+		if err := x.count(e.Name); err != nil {
+			return err
+		}
+		name, err := clean(e.Name)
+		if err != nil {
+			return err
+		}
+		m := e.Mode()
+		switch {
+		case m.IsDir():
+			err = x.dir(e.Name, name, m, e.Modified)
+		case m&fs.ModeSymlink != 0:
+			var target []byte
+			target, err = readSmall(e)
+			if err == nil {
+				err = x.symlink(e.Name, name, string(target))
+			}
+		case m&(fs.ModeDevice|fs.ModeCharDevice) != 0:
+			err = refuse(e.Name, "device node")
+		case m&fs.ModeNamedPipe != 0:
+			err = refuse(e.Name, "FIFO")
+		case m&(fs.ModeSocket|fs.ModeIrregular) != 0:
+			err = refuse(e.Name, "unsupported entry type")
+		default:
+			var rc io.ReadCloser
+			rc, err = e.Open()
+			if err == nil {
+				err = x.file(e.Name, name, rc, m, e.Modified)
+				rc.Close()
+			}
+		}
+		if err != nil {
+			var ee *EntryError
+			if errors.As(err, &ee) {
+				return err
+			}
+			return fmt.Errorf("%w: entry %q: %v", ErrRefused, e.Name, err)
+		}
+	}
+	return nil
+}
+
+func readSmall(e *zip.File) ([]byte, error) {
+	rc, err := e.Open()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, 4097))
+	if len(b) > 4096 {
+		return nil, refuse(e.Name, "symlink target too long")
+	}
+	return b, err
+}
+
+func (x *extractor) plain(r io.Reader) error {
+	name := path.Base(strings.ReplaceAll(x.opt.Name, "\\", "/"))
+	if name == "" || name == "." || name == "/" || name == ".." {
+		name = "artifact"
+	}
+	if err := x.count(name); err != nil {
+		return err
+	}
+	return x.file(name, name, r, 0o644, time.Time{})
+}
+
+// finish applies directory modes (last, so a read-only directory does not
+// stop its own files being written) and checks that every symlink, as
+// the system will resolve it, stays inside the release.
+func (x *extractor) finish() error {
+	for link := range x.links {
+		if err := x.resolveInside(link); err != nil {
+			return err
+		}
+	}
+	for i := len(x.dirs) - 1; i >= 0; i-- {
+		d := x.dirs[i]
+		if err := x.root.Chmod(d.name, d.mode); err != nil {
+			return fmt.Errorf("chmod %q: %w", d.name, err)
+		}
+		if x.opt.UID >= 0 || x.opt.GID >= 0 {
+			if err := x.root.Lchown(d.name, x.opt.UID, x.opt.GID); err != nil {
+				return fmt.Errorf("chown %q: %w", d.name, err)
+			}
+		}
+		if !d.mtime.IsZero() {
+			x.root.Chtimes(d.name, d.mtime, d.mtime)
+		}
+	}
+	if x.opt.DirMode == 0 && x.opt.UID < 0 && x.opt.GID < 0 {
+		return nil
+	}
+	// Directories the archive did not list were made 0755; honour the
+	// configured mode and owner for them too.
+	return fs.WalkDir(x.root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() || p == "." {
+			return err
+		}
+		if x.opt.DirMode != 0 {
+			if err := x.root.Chmod(p, x.opt.DirMode); err != nil {
+				return err
+			}
+		}
+		if x.opt.UID >= 0 || x.opt.GID >= 0 {
+			return x.root.Lchown(p, x.opt.UID, x.opt.GID)
+		}
+		return nil
+	})
+}
+
+// resolveInside follows link the way the kernel would, component by
+// component, and refuses it if any step leaves the release.
+func (x *extractor) resolveInside(link string) error {
+	var stack []string // resolved components, relative to the root
+	pending := strings.Split(link, "/")
+	hops := 0
+	for len(pending) > 0 {
+		c := pending[0]
+		pending = pending[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			if len(stack) == 0 {
+				return refuse(link, "symlink resolves outside the release")
+			}
+			stack = stack[:len(stack)-1]
+			continue
+		}
+		cur := path.Join(append(stack, c)...)
+		fi, err := x.root.Lstat(cur)
+		if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+			stack = append(stack, c)
+			continue
+		}
+		if hops++; hops > 40 {
+			return refuse(link, "too many levels of symlinks")
+		}
+		target, err := x.root.Readlink(cur)
+		if err != nil {
+			return refuse(link, "%v", err)
+		}
+		if path.IsAbs(target) {
+			return refuse(link, "symlink resolves outside the release")
+		}
+		pending = append(strings.Split(target, "/"), pending...)
+	}
+	return nil
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs the real servers the tests talk to, only where missing:
+#   MinIO  (S3)            built from the Go module proxy
+#   Consul (-dev agent)    built through tools/consul (its own module)
+#   OpenStack Swift, memcached, graphite-web, carbon   from Debian's packages
+#   debhelper, lintian, debootstrap                      for the .deb tests
+# Binaries land in $DROPSHIP_RIG_DIR/bin (default ~/.cache/dropship-rig/bin),
+# outside the repository. Prints what it did and how long it took.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+rig=${DROPSHIP_RIG_DIR:-$HOME/.cache/dropship-rig}
+mkdir -p "$rig/bin"
+export GOTOOLCHAIN=local
+start=$SECONDS
+
+MINIO_VERSION=${MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}
+
+log() { printf 'rig: %s\n' "$*" >&2; }
+
+apt_pkgs=(swift swift-proxy swift-account swift-container swift-object memcached
+  graphite-web graphite-carbon debhelper dh-golang lintian debootstrap fakeroot zstd xz-utils bzip2 curl)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  t=$SECONDS
+  # Keep the stock daemons from starting where systemd runs: tests start their own.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; created_policy=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -n "$created_policy" ] && rm -f "$policy"
+  log "apt packages installed in $((SECONDS - t))s"
+fi
+
+if [ ! -x "$rig/bin/minio" ]; then
+  log "building minio $MINIO_VERSION (a few minutes)"
+  t=$SECONDS
+  GOBIN="$rig/bin" go install "github.com/minio/minio@$MINIO_VERSION"
+  log "minio built in $((SECONDS - t))s"
+fi
+
+if [ ! -x "$rig/bin/consul" ]; then
+  log "building consul through tools/consul (a few minutes)"
+  t=$SECONDS
+  (cd "$here/tools/consul" && go build -o "$rig/bin/consul" github.com/hashicorp/consul)
+  log "consul built in $((SECONDS - t))s"
+fi
+
+log "rig ready in $((SECONDS - start))s: $rig/bin"
