@@ -98,6 +98,7 @@ type pluginBlock struct {
 type hookBlock struct {
 	Kind      string   `hcl:"kind,label"`
 	OnFailure *string  `hcl:"on_failure,optional"`
+	Full      hcl.Body `hcl:",body"` // for the ranges of the keys above
 	Body      hcl.Body `hcl:",remain"`
 }
 
@@ -114,6 +115,7 @@ type artifactBlock struct {
 	FileMode       *string  `hcl:"file_mode,optional"`
 	DirMode        *string  `hcl:"dir_mode,optional"`
 	DiskFactor     *float64 `hcl:"disk_space_factor,optional"`
+	Full           hcl.Body `hcl:",body"` // for the ranges of the keys above
 	Body           hcl.Body `hcl:",remain"`
 }
 
@@ -156,11 +158,10 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 	if diags.HasErrors() {
 		return nil, diags
 	}
+	// Decoding goes on after errors: gohcl fills what it can, so one run
+	// reports every problem, not the first.
 	var af agentFile
 	diags = append(diags, gohcl.DecodeBody(f.Body, nil, &af)...)
-	if diags.HasErrors() {
-		return nil, diags
-	}
 	base := filepath.Dir(abs)
 	cfg := &Config{File: abs, StatePath: DefaultStatePath}
 	if af.StatePath != nil {
@@ -186,7 +187,7 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 		rng := r.Body.MissingItemRange()
 		if prev, dup := repos[r.Name]; dup {
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate repo",
-				Detail: fmt.Sprintf("repo %q is already defined at %s.", r.Name, prev.Range), Subject: &rng})
+				Detail: fmt.Sprintf("repo %q is already defined at %s:%d.", r.Name, prev.Range.Filename, prev.Range.Start.Line), Subject: &rng})
 			continue
 		}
 		repos[r.Name] = &artifact.Repo{Name: r.Name, Type: kind, Body: r.Body, Range: rng}
@@ -233,11 +234,7 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 				continue
 			}
 			var body serviceFile
-			d = gohcl.DecodeBody(sf.Body, nil, &body)
-			diags = append(diags, d...)
-			if d.HasErrors() {
-				continue
-			}
+			diags = append(diags, gohcl.DecodeBody(sf.Body, nil, &body)...)
 			diags = append(diags, dec.services(cfg, file, body.Services)...)
 		}
 	}
@@ -257,7 +254,7 @@ func (d *decoder) services(cfg *Config, file string, blocks []serviceBlock) hcl.
 		rng := b.Body.MissingItemRange()
 		if prev, dup := d.seen[b.Name]; dup {
 			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate service",
-				Detail: fmt.Sprintf("service %q is already defined at %s.", b.Name, prev), Subject: &rng})
+				Detail: fmt.Sprintf("service %q is already defined at %s:%d.", b.Name, prev.Filename, prev.Start.Line), Subject: &rng})
 			continue
 		}
 		d.seen[b.Name] = rng
@@ -347,13 +344,13 @@ func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnos
 	}
 	src, diags := factory(a.Kind, a.Body, artifact.Env{BaseDir: base, Repos: d.repos})
 	s.Source = src
-	diags = append(diags, hclx.Required(a.Body, "destination", a.Destination)...)
+	diags = append(diags, hclx.Required(a.Full, "destination", a.Destination)...)
 	s.Destination = hclx.Path(base, a.Destination)
 	o := archive.Options{UID: -1, GID: -1}
 	if a.ContentType != nil {
 		f, err := archive.FromContentType(*a.ContentType)
 		if err != nil {
-			diags = append(diags, hclx.Errorf(a.Body, "content_type", "Invalid content_type", "%v", err))
+			diags = append(diags, hclx.Errorf(a.Full, "content_type", "Invalid content_type", "%v", err))
 		}
 		o.Format = f
 	}
@@ -382,7 +379,7 @@ func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnos
 		}
 		var v uint32
 		if _, err := fmt.Sscanf(*m.val, "%o", &v); err != nil || v > 0o7777 || v == 0 {
-			diags = append(diags, hclx.Errorf(a.Body, m.name, "Invalid mode", "%s = %q is not an octal mode like \"0644\".", m.name, *m.val))
+			diags = append(diags, hclx.Errorf(a.Full, m.name, "Invalid mode", "%s = %q is not an octal mode like \"0644\".", m.name, *m.val))
 			continue
 		}
 		*m.dst = fs.FileMode(v & 0o777)
@@ -399,14 +396,14 @@ func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnos
 	if a.Owner != nil {
 		uid, err := lookupID(*a.Owner, true)
 		if err != nil {
-			diags = append(diags, hclx.Errorf(a.Body, "owner", "Unknown owner", "%v", err))
+			diags = append(diags, hclx.Errorf(a.Full, "owner", "Unknown owner", "%v", err))
 		}
 		o.UID = uid
 	}
 	if a.Group != nil {
 		gid, err := lookupID(*a.Group, false)
 		if err != nil {
-			diags = append(diags, hclx.Errorf(a.Body, "group", "Unknown group", "%v", err))
+			diags = append(diags, hclx.Errorf(a.Full, "group", "Unknown group", "%v", err))
 		}
 		o.GID = gid
 	}
@@ -441,7 +438,7 @@ func (d *decoder) chain(reg map[string]hooks.Factory, what string, blocks []hook
 			case hooks.Abort, hooks.Continue, hooks.Rollback:
 				policy = p
 			default:
-				diags = append(diags, hclx.Errorf(b.Body, "on_failure", "Invalid on_failure",
+				diags = append(diags, hclx.Errorf(b.Full, "on_failure", "Invalid on_failure",
 					"on_failure = %q: use \"abort\", \"rollback\" or \"continue\".", *b.OnFailure))
 			}
 		}

@@ -16,8 +16,9 @@ import (
 
 // layout is where one service's files live.
 type layout struct {
-	dir  string // <state_path>/<service>
-	dest string // the destination symlink
+	dir   string             // <state_path>/<service>
+	dest  string             // the destination symlink
+	crash func(point string) // tests: crash here
 }
 
 func (l layout) releases() string            { return filepath.Join(l.dir, "releases") }
@@ -78,6 +79,9 @@ func (l layout) switchTo(id string, logger *slog.Logger) (movedAside string, err
 	os.Remove(tmp)
 	if err := os.Symlink(l.releaseDir(id), tmp); err != nil {
 		return movedAside, fmt.Errorf("switch %s: %w", l.dest, err)
+	}
+	if l.crash != nil {
+		l.crash("linked")
 	}
 	if err := os.Rename(tmp, l.dest); err != nil {
 		os.Remove(tmp)

@@ -86,11 +86,9 @@ type Runner struct {
 	now    func() time.Time
 
 	recovered sync.Once
-	// OnSwitch, when set, is called right after the destination switched
-	// (tests use it to crash at that instant).
-	OnSwitch func(release string)
-	mu       sync.Mutex
-	status   Status
+	crash     func(point string) // tests: crash here
+	mu        sync.Mutex
+	status    Status
 }
 
 // NewRunner prepares the runner of svc under cfg.
@@ -316,6 +314,7 @@ func (r *Runner) install(ctx context.Context, lost <-chan struct{}, st *State, i
 	if err := os.MkdirAll(r.lay.releases(), 0o755); err != nil {
 		return fail(PhaseInstall, err, false)
 	}
+	r.crashPoint("verified")
 	if err := os.Rename(stage, r.lay.releaseDir(id)); err != nil {
 		return fail(PhaseInstall, fmt.Errorf("promote release: %w", err), false)
 	}
@@ -329,9 +328,7 @@ func (r *Runner) install(ctx context.Context, lost <-chan struct{}, st *State, i
 		return fail(PhaseSwitch, err, false)
 	}
 	logger.Info("switched", "release", id, "destination", r.svc.Destination)
-	if r.OnSwitch != nil {
-		r.OnSwitch(id)
-	}
+	r.crashPoint("switched")
 	// From here the update finishes even if the agent is told to stop:
 	// the hooks that start the new release must run. Their own timeouts
 	// bound this.
@@ -376,6 +373,12 @@ func (r *Runner) install(ctx context.Context, lost <-chan struct{}, st *State, i
 	r.report(ctx, st, out)
 	logger.Info("installed", "release", id, "duration", out.Duration.Round(time.Millisecond))
 	return out
+}
+
+func (r *Runner) crashPoint(p string) {
+	if r.crash != nil {
+		r.crash(p)
+	}
 }
 
 func abandoned(ctx context.Context, lost <-chan struct{}) error {

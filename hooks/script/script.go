@@ -27,6 +27,9 @@ const DefaultTimeout = 5 * time.Minute
 // outputLimit bounds what is kept of a command's output.
 const outputLimit = 64 << 10
 
+// logLimit bounds the output put in one log line.
+const logLimit = 4 << 10
+
 // Hook runs Command with /bin/sh -c.
 type Hook struct {
 	Command string
@@ -108,8 +111,10 @@ func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
 	}
 	pgid := cmd.Process.Pid
 	done := make(chan struct{})
-	var why error
+	reason := make(chan error, 1) // why the group was killed, nil if it was not
 	go func() {
+		var why error
+		defer func() { reason <- why }()
 		timer := time.NewTimer(timeout)
 		defer timer.Stop()
 		select {
@@ -129,6 +134,7 @@ func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
 	}()
 	err := cmd.Wait()
 	close(done)
+	why := <-reason
 	// Whatever is left of the group goes with the hook.
 	syscall.Kill(-pgid, syscall.SIGKILL)
 
@@ -136,9 +142,18 @@ func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
 	if logger == nil {
 		logger = slog.Default()
 	}
+	if errors.Is(err, exec.ErrWaitDelay) && why == nil {
+		// The command exited 0; something it started still holds its output.
+		logger.Warn("script exited but left a process holding its output", "command", h.Command)
+		err = nil
+	}
 	text := out.String()
+	logged := text
+	if len(logged) > logLimit {
+		logged = "…" + logged[len(logged)-logLimit:]
+	}
 	logger.Info("script finished", "phase", ev.Phase, "command", h.Command,
-		"duration", time.Since(start).Round(time.Millisecond), "error", errString(err), "output", text)
+		"duration", time.Since(start).Round(time.Millisecond), "error", errString(err), "output", logged)
 	if why != nil {
 		return fmt.Errorf("script %q %w%s", h.Command, why, lastLines(text))
 	}

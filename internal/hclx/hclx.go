@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"sort"
 	"strings"
 	"text/template"
 	"time"
@@ -64,7 +65,16 @@ func Legacy(body hcl.Body, renames map[string]string) hcl.Diagnostics {
 		return nil
 	}
 	var diags hcl.Diagnostics
-	for old, a := range content.Attributes {
+	olds := make([]string, 0, len(content.Attributes))
+	for old := range content.Attributes {
+		olds = append(olds, old)
+	}
+	// In the order they are written.
+	sort.Slice(olds, func(i, j int) bool {
+		return content.Attributes[olds[i]].NameRange.Start.Byte < content.Attributes[olds[j]].NameRange.Start.Byte
+	})
+	for _, old := range olds {
+		a := content.Attributes[old]
 		r := a.NameRange
 		diags = append(diags, &hcl.Diagnostic{
 			Severity: hcl.DiagWarning,

@@ -1,0 +1,4 @@
+package agent
+
+// SetCrashHook lets a test stop the process at a named point of an update.
+func (r *Runner) SetCrashHook(f func(point string)) { r.crash, r.lay.crash = f, f }

@@ -1,0 +1,13 @@
+service "api" {
+  artifact "file" {
+    path        = "x.tar.gz"
+    destination = "/srv/api"
+  }
+}
+
+service "api" {
+  artifact "file" {
+    path        = "y.tar.gz"
+    destination = "/srv/api2"
+  }
+}

@@ -1,0 +1,3 @@
+service "api" {
+  check_interval = "5s"
+}

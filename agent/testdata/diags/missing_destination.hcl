@@ -1,0 +1,5 @@
+service "api" {
+  artifact "file" {
+    path = "x.tar.gz"
+  }
+}

@@ -1,0 +1,10 @@
+colour = "blue"
+
+service "api" {
+  artfact = "typo"
+  artifact "file" {
+    path        = "x.tar.gz"
+    destination = "/srv/api"
+    mirror      = "nope"
+  }
+}

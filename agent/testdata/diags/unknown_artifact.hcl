@@ -1,0 +1,6 @@
+service "api" {
+  artifact "ftp" {
+    path        = "x.tar.gz"
+    destination = "/srv/api"
+  }
+}

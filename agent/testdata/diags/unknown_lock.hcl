@@ -1,0 +1,3 @@
+lock "zookeeper" {
+  address = "zk:2181"
+}

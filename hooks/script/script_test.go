@@ -1,0 +1,132 @@
+package script_test
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dropshipd/dropship/hooks"
+	"github.com/dropshipd/dropship/hooks/script"
+)
+
+var quiet = slog.New(slog.DiscardHandler)
+
+// alive reports whether pid runs; a zombie (dead, not yet reaped by an
+// init that may not reap) counts as dead.
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	return len(fields) > 0 && fields[0] != "Z"
+}
+
+func readPID(t *testing.T, path string) int {
+	t.Helper()
+	for i := 0; i < 100; i++ {
+		b, err := os.ReadFile(path)
+		if err == nil && strings.TrimSpace(string(b)) != "" {
+			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err == nil {
+				return pid
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("child did not write its pid")
+	return 0
+}
+
+func TestTimeoutKillsTheGroup(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "pid")
+	// A child that ignores SIGTERM and keeps our stdout open, behind a
+	// shell that waits for it.
+	h := &script.Hook{Logger: quiet,
+		Command: "sh -c 'trap \"\" TERM; echo $$ > " + pidFile + "; while :; do sleep 1; done' & wait",
+		Timeout: 300 * time.Millisecond,
+		Grace:   200 * time.Millisecond,
+	}
+	err := h.Run(context.Background(), hooks.Event{Phase: "before"})
+	if err == nil || !strings.Contains(err.Error(), "timed out after 300ms") {
+		t.Fatalf("err = %v", err)
+	}
+	pid := readPID(t, pidFile)
+	for i := 0; i < 100 && alive(pid); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if alive(pid) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		t.Fatal("the child that ignored SIGTERM survived the timeout")
+	}
+}
+
+func TestEscapedGrandchildDoesNotHangTheHook(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "pid")
+	// setsid leaves the process group: only WaitDelay frees us from the
+	// pipe it holds.
+	h := &script.Hook{Logger: quiet,
+		Command: "setsid sh -c 'echo $$ > " + pidFile + "; sleep 30' & exit 0",
+		Grace:   100 * time.Millisecond,
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.Run(context.Background(), hooks.Event{}) }()
+	select {
+	case err := <-done:
+		// The command exited 0: a held pipe does not make it fail.
+		if err != nil {
+			t.Fatalf("err = %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("hook hung on a grandchild holding stdout")
+	}
+	syscall.Kill(readPID(t, pidFile), syscall.SIGKILL)
+}
+
+func TestEnvironmentAndDirectory(t *testing.T) {
+	rel := t.TempDir()
+	out := filepath.Join(t.TempDir(), "out")
+	h := &script.Hook{Logger: quiet, Command: `echo "$DROPSHIP_SERVICE $DROPSHIP_CHECKSUM $DROPSHIP_PREVIOUS_CHECKSUM $DROPSHIP_PHASE $DROPSHIP_HOSTNAME $DROPSHIP_RELEASE_DIR $(pwd)" > ` + out}
+	ev := hooks.Event{Name: "api", Hash: "abc", PreviousHash: "def", Phase: "after", Hostname: "h1", ReleaseDir: rel}
+	if err := h.Run(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(out)
+	want := "api abc def after h1 " + rel + " " + rel + "\n"
+	if string(b) != want {
+		t.Fatalf("got %q, want %q", b, want)
+	}
+}
+
+func TestFailureCarriesOutput(t *testing.T) {
+	h := &script.Hook{Logger: quiet, Command: "echo something broke >&2; exit 7"}
+	err := h.Run(context.Background(), hooks.Event{})
+	if err == nil || !strings.Contains(err.Error(), "status 7") || !strings.Contains(err.Error(), "something broke") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestOutputIsBounded(t *testing.T) {
+	h := &script.Hook{Logger: quiet, Command: "head -c 1000000 /dev/zero | tr '\\0' x; exit 1"}
+	err := h.Run(context.Background(), hooks.Event{})
+	if err == nil || len(err.Error()) > 1024 {
+		t.Fatalf("error of %d bytes", len(err.Error()))
+	}
+}
+
+func TestCancelKills(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { time.Sleep(100 * time.Millisecond); cancel() }()
+	h := &script.Hook{Logger: quiet, Command: "sleep 30", Grace: 100 * time.Millisecond}
+	if err := h.Run(ctx, hooks.Event{}); err == nil || !strings.Contains(err.Error(), "cancelled") {
+		t.Fatalf("err = %v", err)
+	}
+}
