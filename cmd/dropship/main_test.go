@@ -1,0 +1,136 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dropshipd/dropship/internal/testutil"
+)
+
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "dropship-cli")
+	if err != nil {
+		panic(err)
+	}
+	bin = filepath.Join(dir, "dropship")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		panic(string(out))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func run(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+func TestHelpOnEveryCommand(t *testing.T) {
+	root := newRoot(&bytes.Buffer{}, &bytes.Buffer{})
+	for _, c := range root.Commands() {
+		if c.Hidden || c.Name() == "help" || c.Name() == "completion" {
+			continue
+		}
+		out, _, code := run(t, c.Name(), "--help")
+		about := c.Short
+		if c.Long != "" {
+			about = strings.SplitN(c.Long, "\n", 2)[0]
+		}
+		if code != 0 || !strings.Contains(out, "Usage:") || !strings.Contains(out, about) {
+			t.Errorf("%s --help: code %d\n%s", c.Name(), code, out)
+		}
+		for _, sub := range c.Commands() {
+			out, _, code := run(t, c.Name(), sub.Name(), "--help")
+			if code != 0 || !strings.Contains(out, "Usage:") {
+				t.Errorf("%s %s --help: code %d", c.Name(), sub.Name(), code)
+			}
+		}
+	}
+}
+
+func writeConfig(t *testing.T, afterCmd string) (cfg, store, dest string) {
+	dir := t.TempDir()
+	store, dest = filepath.Join(dir, "store", "app.tar.gz"), filepath.Join(dir, "srv", "app")
+	cfg = filepath.Join(dir, "dropship.hcl")
+	os.WriteFile(cfg, []byte(`state_path = "state"
+service "app" {
+  artifact "file" {
+    path        = "store/app.tar.gz"
+    destination = "srv/app"
+  }
+  after "script" { command = "`+afterCmd+`" }
+}
+`), 0o644)
+	return
+}
+
+func TestValidate(t *testing.T) {
+	cfg, _, _ := writeConfig(t, "true")
+	out, errOut, code := run(t, "validate", "--config", cfg)
+	if code != 0 || !strings.Contains(out, "ok (1 services: app)") || errOut != "" {
+		t.Fatalf("valid config: code %d\n%s%s", code, out, errOut)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.hcl")
+	os.WriteFile(bad, []byte("service \"x\" {\n  check_interval = \"often\"\n}\n"), 0o644)
+	_, errOut, code = run(t, "validate", "-c", bad)
+	if code != 2 || !strings.Contains(errOut, bad+":2:20: error: Invalid duration") || !strings.Contains(errOut, bad+":1:13: error: Missing artifact block") {
+		t.Fatalf("bad config: code %d\n%s", code, errOut)
+	}
+	_, errOut, code = run(t, "validate", "-c", filepath.Join(t.TempDir(), "missing.hcl"))
+	if code != 2 || !strings.Contains(errOut, "missing.hcl") {
+		t.Fatalf("missing config: code %d\n%s", code, errOut)
+	}
+}
+
+func TestAgentOnceExitStatus(t *testing.T) {
+	cfg, store, dest := writeConfig(t, "test -f VERSION")
+	testutil.WriteFile(t, store, testutil.TarGz(t, testutil.File{Name: "VERSION", Body: "1"}))
+	if _, errOut, code := run(t, "agent", "--once", "-c", cfg); code != 0 {
+		t.Fatalf("install: code %d\n%s", code, errOut)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dest, "VERSION")); string(b) != "1" {
+		t.Fatal("not installed")
+	}
+	// A release whose after hook fails: exit 1, and v1 stays.
+	testutil.WriteFile(t, store, testutil.TarGz(t, testutil.File{Name: "NOVERSION", Body: "2"}))
+	if _, errOut, code := run(t, "agent", "--once", "-c", cfg); code != 1 || !strings.Contains(errOut, "rolled back") {
+		t.Fatalf("failed update: code %d\n%s", code, errOut)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dest, "VERSION")); string(b) != "1" {
+		t.Fatal("failed release left installed")
+	}
+	out, _, code := run(t, "history", "-c", cfg, "app")
+	if code != 0 || !strings.Contains(out, "failure") || !strings.Contains(out, "success") {
+		t.Fatalf("history: %d\n%s", code, out)
+	}
+	if _, errOut, code := run(t, "rollback", "-c", cfg, "app"); code == 0 || !strings.Contains(errOut, "no release older") {
+		t.Fatalf("rollback with one release: %d %s", code, errOut)
+	}
+	if _, errOut, code := run(t, "history", "-c", cfg, "nope"); code != 1 || !strings.Contains(errOut, `no service "nope"`) {
+		t.Fatalf("unknown service: %d %s", code, errOut)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	out, _, code := run(t, "version")
+	if code != 0 || !strings.HasPrefix(out, "dropship ") {
+		t.Fatalf("%d %q", code, out)
+	}
+}
