@@ -17,6 +17,8 @@ type Proxy struct {
 	cut    atomic.Int64 // <0: never
 	flip   atomic.Int64 // <0: never
 	wg     sync.WaitGroup
+	mu     sync.Mutex
+	live   map[net.Conn]bool
 }
 
 // NewProxy listens on a free loopback port and forwards to target.
@@ -25,7 +27,7 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{ln: ln, target: target}
+	p := &Proxy{ln: ln, target: target, live: map[net.Conn]bool{}}
 	p.cut.Store(-1)
 	p.flip.Store(-1)
 	p.wg.Add(1)
@@ -38,10 +40,19 @@ func NewProxy(t testing.TB, target string) *Proxy {
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
 // CutAfter drops each later connection after n response bytes (-1: never).
-func (p *Proxy) CutAfter(n int64) { p.cut.Store(n) }
+// Open connections are closed, so the client dials one that has the fault.
+func (p *Proxy) CutAfter(n int64) { p.cut.Store(n); p.dropLive() }
 
 // FlipAt flips the low bit of response byte n of each later connection.
-func (p *Proxy) FlipAt(n int64) { p.flip.Store(n) }
+func (p *Proxy) FlipAt(n int64) { p.flip.Store(n); p.dropLive() }
+
+func (p *Proxy) dropLive() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.live {
+		c.Close()
+	}
+}
 
 func (p *Proxy) serve() {
 	defer p.wg.Done()
@@ -55,7 +66,15 @@ func (p *Proxy) serve() {
 }
 
 func (p *Proxy) handle(c net.Conn) {
-	defer c.Close()
+	p.mu.Lock()
+	p.live[c] = true
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.live, c)
+		p.mu.Unlock()
+		c.Close()
+	}()
 	up, err := net.Dial("tcp", p.target)
 	if err != nil {
 		return

@@ -1,0 +1,212 @@
+package s3_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+
+	"github.com/dropshipd/dropship/artifact"
+	"github.com/dropshipd/dropship/artifact/s3"
+	"github.com/dropshipd/dropship/artifact/sourcetest"
+	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/internal/testutil"
+)
+
+var (
+	minio    *rig.MinIO
+	minioErr error
+)
+
+func TestMain(m *testing.M) {
+	minio, minioErr = rig.StartMinIO()
+	code := m.Run()
+	if minio != nil {
+		minio.Stop()
+	}
+	os.Exit(code)
+}
+
+func client(t *testing.T, endpoint, secret string) *s3.Client {
+	t.Helper()
+	testutil.RequireServer(t, "MinIO", minioErr)
+	c, err := s3.NewClient(context.Background(), s3.Repo{
+		Endpoint: aws.String(endpoint), AccessKey: aws.String(minio.AccessKey), SecretKey: aws.String(secret),
+		Region: aws.String("us-east-1"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+var bucketSeq struct {
+	sync.Mutex
+	n int
+}
+
+// bucket creates a bucket of the test's own.
+func bucket(t *testing.T, c *s3.Client) string {
+	t.Helper()
+	bucketSeq.Lock()
+	bucketSeq.n++
+	name := fmt.Sprintf("t%d-%s", bucketSeq.n, strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name())))
+	bucketSeq.Unlock()
+	if len(name) > 60 {
+		name = name[:60]
+	}
+	name = strings.TrimRight(name, "-")
+	if err := s3.CreateBucket(context.Background(), c, name); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+func put(t *testing.T, c *s3.Client, b, key string, data []byte) {
+	t.Helper()
+	_, err := c.PutObject(context.Background(), &awss3.PutObjectInput{Bucket: &b, Key: &key, Body: bytes.NewReader(data)})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConformance(t *testing.T) {
+	c := client(t, minio.Endpoint, minio.SecretKey)
+	b := bucket(t, c)
+	sourcetest.Run(t, sourcetest.Harness{
+		Addr: minio.Addr,
+		Put:  func(t *testing.T, key string, data []byte) { put(t, c, b, key, data) },
+		Source: func(t *testing.T, key string) artifact.Source {
+			return s3.New(c, b, key)
+		},
+		PutWithChecksums: func(t *testing.T, key string, data []byte) {
+			p := filepath.Join(t.TempDir(), "a")
+			os.WriteFile(p, data, 0o644)
+			if _, err := s3.Publish(context.Background(), c, b, key, p, 0); err != nil {
+				t.Fatal(err)
+			}
+		},
+		PutMultipart: func(t *testing.T, key string, data []byte, withSums bool) {
+			if withSums {
+				p := filepath.Join(t.TempDir(), "a")
+				os.WriteFile(p, data, 0o644)
+				if _, err := s3.Publish(context.Background(), c, b, key, p, 5<<20); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			up := manager.NewUploader(c.Client, func(u *manager.Uploader) { u.PartSize = 5 << 20 })
+			if _, err := up.Upload(context.Background(), &awss3.PutObjectInput{Bucket: &b, Key: &key, Body: bytes.NewReader(data)}); err != nil {
+				t.Fatal(err)
+			}
+		},
+		WrongCredentials: func(t *testing.T, key string) artifact.Source {
+			return s3.New(client(t, minio.Endpoint, "not-the-secret"), b, key)
+		},
+		Through: func(t *testing.T, key, addr string) artifact.Source {
+			return s3.New(client(t, "http://"+addr, minio.SecretKey), b, key)
+		},
+	})
+}
+
+func TestErrorsNameBucketKeyAndCredentials(t *testing.T) {
+	c := client(t, minio.Endpoint, minio.SecretKey)
+	b := bucket(t, c)
+	_, err := s3.New(c, "no-such-bucket-here", "x.tar.gz").Stat(context.Background())
+	if !errors.Is(err, artifact.ErrNotFound) || !strings.Contains(err.Error(), "s3://no-such-bucket-here/x.tar.gz") {
+		t.Fatalf("missing bucket: %v", err)
+	}
+	put(t, c, b, "k", []byte("x"))
+	_, err = s3.New(client(t, minio.Endpoint, "wrong"), b, "k").Stat(context.Background())
+	if !errors.Is(err, artifact.ErrAccess) || !strings.Contains(err.Error(), "credentials from StaticCredentials") || !strings.Contains(err.Error(), "s3://"+b+"/k") {
+		t.Fatalf("wrong secret: %v", err)
+	}
+	if !artifact.Permanent(err) {
+		t.Fatal("a 403 must not be retried")
+	}
+}
+
+func TestVersionedBucketPinsTheVersion(t *testing.T) {
+	c := client(t, minio.Endpoint, minio.SecretKey)
+	b := bucket(t, c)
+	_, err := c.PutBucketVersioning(context.Background(), &awss3.PutBucketVersioningInput{Bucket: &b,
+		VersioningConfiguration: &types.VersioningConfiguration{Status: types.BucketVersioningStatusEnabled}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := bytes.Repeat([]byte("old"), 1000)
+	put(t, c, b, "app.tar.gz", old)
+	src := s3.New(c, b, "app.tar.gz")
+	pin, err := src.Stat(context.Background())
+	if err != nil || pin.VersionID == "" {
+		t.Fatalf("stat: %+v %v", pin, err)
+	}
+	put(t, c, b, "app.tar.gz", []byte("new"))
+	// The download gets exactly the version that was checked.
+	rc, err := src.Open(context.Background(), pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := artifact.NewVerifier(rc, pin)
+	got, err := io.ReadAll(v)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, old) || !v.Verified() {
+		t.Fatalf("pinned download: %d bytes, %v", len(got), err)
+	}
+}
+
+// counter is a reverse proxy in front of MinIO that counts requests.
+type counter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *counter) count(method string) {
+	c.mu.Lock()
+	c.n[method]++
+	c.mu.Unlock()
+}
+
+func TestIdleCheckIsOneHead(t *testing.T) {
+	c := client(t, minio.Endpoint, minio.SecretKey)
+	b := bucket(t, c)
+	put(t, c, b, "app.tar.gz", []byte("release"))
+	target, _ := url.Parse(minio.Endpoint)
+	cnt := &counter{n: map[string]int{}}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cnt.count(r.Method)
+		proxy.ServeHTTP(w, r)
+	})}
+	ln, err := netListen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	src := s3.New(client(t, "http://"+ln.Addr().String(), minio.SecretKey), b, "app.tar.gz")
+	const checks = 10
+	for range checks {
+		if _, err := src.Stat(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if cnt.n["HEAD"] != checks || len(cnt.n) != 1 {
+		t.Fatalf("%d idle checks made %v requests", checks, cnt.n)
+	}
+	t.Logf("requests per idle check against S3: %d HEAD", cnt.n["HEAD"]/checks)
+}

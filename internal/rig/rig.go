@@ -1,0 +1,264 @@
+// Package rig starts the real servers the tests talk to (MinIO, OpenStack
+// Swift, Consul, graphite-web and carbon) on free loopback ports, from the
+// binaries and packages `make rig` installs. Each package starts what it
+// needs once, in TestMain, and stops it at the end.
+package rig
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Bin finds a rig binary: on PATH, else in $DROPSHIP_RIG_DIR/bin, else in
+// ~/.cache/dropship-rig/bin.
+func Bin(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	dirs := []string{os.Getenv("DROPSHIP_RIG_DIR")}
+	if home, err := os.UserHomeDir(); err == nil {
+		dirs = append(dirs, filepath.Join(home, ".cache", "dropship-rig"))
+	}
+	for _, d := range dirs {
+		if d == "" {
+			continue
+		}
+		p := filepath.Join(d, "bin", name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found on PATH or in the rig directory (run `make rig`)", name)
+}
+
+// FreePort returns a loopback port nobody listens on now.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// procs is a set of started processes, each in its own process group.
+type procs struct {
+	mu   sync.Mutex
+	cmds []*exec.Cmd
+	logs []*os.File
+	dirs []string
+}
+
+func (p *procs) start(logDir, name string, cmd *exec.Cmd) error {
+	f, err := os.Create(filepath.Join(logDir, name+".log"))
+	if err != nil {
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	p.mu.Lock()
+	p.cmds = append(p.cmds, cmd)
+	p.logs = append(p.logs, f)
+	p.mu.Unlock()
+	return nil
+}
+
+// stop kills every process group and removes the data directories.
+func (p *procs) stop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.cmds {
+		if c.Process != nil {
+			syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
+			c.Wait()
+		}
+	}
+	for _, f := range p.logs {
+		f.Close()
+	}
+	for _, d := range p.dirs {
+		os.RemoveAll(d)
+	}
+	p.cmds, p.logs, p.dirs = nil, nil, nil
+}
+
+// tail returns the end of a log, for error messages.
+func tail(path string) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
+}
+
+// waitHTTP polls url until check accepts the response or timeout passes.
+func waitHTTP(url string, timeout time.Duration, check func(*http.Response, []byte) bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var last error
+	for ctx.Err() == nil {
+		req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if check(resp, body) {
+				return nil
+			}
+			last = fmt.Errorf("%s: %s %s", url, resp.Status, strings.TrimSpace(string(body)))
+		} else {
+			last = err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return errors.Join(fmt.Errorf("%s not ready after %s", url, timeout), last)
+}
+
+func ok200(r *http.Response, _ []byte) bool { return r.StatusCode == 200 }
+
+// ---- MinIO ----
+
+// MinIO is a running MinIO server.
+type MinIO struct {
+	Endpoint  string // http://127.0.0.1:PORT
+	Addr      string // 127.0.0.1:PORT
+	AccessKey string
+	SecretKey string
+	procs
+}
+
+// StartMinIO starts MinIO on a fresh data directory.
+func StartMinIO() (*MinIO, error) {
+	bin, err := Bin("minio")
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "rig-minio-")
+	if err != nil {
+		return nil, err
+	}
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	m := &MinIO{Addr: fmt.Sprintf("127.0.0.1:%d", ports[0]), AccessKey: "dropshiptest", SecretKey: "dropshiptest-secret"}
+	m.Endpoint = "http://" + m.Addr
+	m.dirs = append(m.dirs, dir)
+	cmd := exec.Command(bin, "server", filepath.Join(dir, "data"), "--address", m.Addr,
+		"--console-address", fmt.Sprintf("127.0.0.1:%d", ports[1]), "--quiet")
+	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey,
+		"MINIO_BROWSER=off", "MINIO_UPDATE=off")
+	if err := m.start(dir, "minio", cmd); err != nil {
+		m.stop()
+		return nil, err
+	}
+	if err := waitHTTP(m.Endpoint+"/minio/health/live", 60*time.Second, ok200); err != nil {
+		log := tail(filepath.Join(dir, "minio.log"))
+		m.stop()
+		return nil, fmt.Errorf("%w\n%s", err, log)
+	}
+	return m, nil
+}
+
+// Stop kills MinIO and removes its data.
+func (m *MinIO) Stop() { m.stop() }
+
+// ---- Consul ----
+
+// Consul is a running `consul agent -dev`.
+type Consul struct {
+	Addr string // 127.0.0.1:HTTPPORT
+	dir  string
+	bin  string
+	args []string
+	procs
+}
+
+// StartConsul starts a dev-mode Consul agent.
+func StartConsul() (*Consul, error) {
+	bin, err := Bin("consul")
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "rig-consul-")
+	if err != nil {
+		return nil, err
+	}
+	p, err := freePorts(4)
+	if err != nil {
+		return nil, err
+	}
+	c := &Consul{Addr: fmt.Sprintf("127.0.0.1:%d", p[0]), dir: dir, bin: bin}
+	c.dirs = append(c.dirs, dir)
+	c.args = []string{"agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-http-port", fmt.Sprint(p[0]), "-server-port", fmt.Sprint(p[1]), "-serf-lan-port", fmt.Sprint(p[2]),
+		"-serf-wan-port", fmt.Sprint(p[3]), "-grpc-port", "-1", "-grpc-tls-port", "-1", "-dns-port", "-1",
+		"-node", "rig", "-log-level", "warn"}
+	if err := c.Start(); err != nil {
+		c.stop()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Start (re)starts the agent after Kill; in -dev mode its data is gone.
+func (c *Consul) Start() error {
+	if err := c.start(c.dir, "consul", exec.Command(c.bin, c.args...)); err != nil {
+		return err
+	}
+	err := waitHTTP("http://"+c.Addr+"/v1/status/leader", 60*time.Second, func(r *http.Response, b []byte) bool {
+		return r.StatusCode == 200 && len(strings.Trim(strings.TrimSpace(string(b)), `"`)) > 0
+	})
+	if err != nil {
+		return fmt.Errorf("%w\n%s", err, tail(filepath.Join(c.dir, "consul.log")))
+	}
+	return nil
+}
+
+// Kill stops the agent (a crash, for fault tests); Start brings it back.
+func (c *Consul) Kill() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, cmd := range c.cmds {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+	}
+	c.cmds = nil
+}
+
+// Stop kills Consul and removes its data.
+func (c *Consul) Stop() { c.stop() }
