@@ -37,6 +37,8 @@ type Registry struct {
 	Hooks   map[string]hooks.Factory // before, after and rollback chains
 	Checks  map[string]hooks.Factory // health checks
 	Locks   map[string]lock.Factory
+	// Repos checks the body of a `repo` block by its type.
+	Repos map[string]func(body hcl.Body, baseDir string) hcl.Diagnostics
 }
 
 // Config is a loaded, validated agent configuration.
@@ -48,6 +50,7 @@ type Config struct {
 	StatusAddr  string
 	Lock        lock.Provider
 	LockKind    string
+	Repos       map[string]*artifact.Repo
 	Services    []*Service
 }
 
@@ -190,9 +193,16 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 				Detail: fmt.Sprintf("repo %q is already defined at %s:%d.", r.Name, prev.Range.Filename, prev.Range.Start.Line), Subject: &rng})
 			continue
 		}
+		check, ok := reg.Repos[kind]
+		if !ok {
+			diags = append(diags, unknown("repo", kind, keys(reg.Repos), rng))
+			continue
+		}
+		diags = append(diags, check(r.Body, base)...)
 		repos[r.Name] = &artifact.Repo{Name: r.Name, Type: kind, Body: r.Body, Range: rng}
 	}
 
+	cfg.Repos = repos
 	cfg.Lock, cfg.LockKind = local.Provider{Dir: cfg.StatePath}, "local"
 	for i, l := range af.Locks {
 		rng := l.Body.MissingItemRange()

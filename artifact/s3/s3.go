@@ -200,8 +200,8 @@ func Factory(kind string, body hcl.Body, env artifact.Env) (artifact.Source, hcl
 		if rb.Type != "s3" {
 			diags = append(diags, hclx.Errorf(body, "repo", "Wrong repo type", "repo %q is of type %q, not s3.", name, rb.Type))
 		} else {
-			r, d := DecodeRepo(rb.Body, env.BaseDir)
-			diags, repo = append(diags, d...), r
+			// The agent reported this block's diagnostics when it loaded.
+			repo, _ = DecodeRepo(rb.Body, env.BaseDir)
 		}
 	} else if c.Repo != nil {
 		diags = append(diags, hclx.Errorf(body, "repo", "Unknown repo", "No repo %q is defined in the agent file.", name))

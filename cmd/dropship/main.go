@@ -63,7 +63,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "debug, info, warn or error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "text or json")
 	root.AddCommand(
-		agentCmd(g), validateCmd(g), rollbackCmd(g), historyCmd(g), versionCmd(g),
+		agentCmd(g), validateCmd(g), rollbackCmd(g), historyCmd(g), publishCmd(g), versionCmd(g),
 	)
 	return root
 }

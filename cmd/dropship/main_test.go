@@ -8,10 +8,17 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/testutil"
 )
 
-var bin string
+var (
+	bin      string
+	minio    *rig.MinIO
+	minioErr error
+	swiftSrv *rig.Swift
+	swiftErr error
+)
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "dropship-cli")
@@ -22,7 +29,15 @@ func TestMain(m *testing.M) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		panic(string(out))
 	}
+	minio, minioErr = rig.StartMinIO()
+	swiftSrv, swiftErr = rig.StartSwift()
 	code := m.Run()
+	if minio != nil {
+		minio.Stop()
+	}
+	if swiftSrv != nil {
+		swiftSrv.Stop()
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"github.com/hashicorp/hcl/v2"
+
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/file"
+	"github.com/dropshipd/dropship/artifact/s3"
+	"github.com/dropshipd/dropship/artifact/swift"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/hooks/script"
 	"github.com/dropshipd/dropship/lock"
@@ -15,7 +19,10 @@ import (
 func registry() agent.Registry {
 	return agent.Registry{
 		Sources: map[string]artifact.Factory{
-			"file": file.Factory,
+			"file":      file.Factory,
+			"s3":        s3.Factory,
+			"swift":     swift.Factory,
+			"rackspace": swift.Factory,
 		},
 		Hooks: map[string]hooks.Factory{
 			"script": script.Factory,
@@ -26,5 +33,18 @@ func registry() agent.Registry {
 		Locks: map[string]lock.Factory{
 			"local": local.Factory,
 		},
+		Repos: map[string]func(hcl.Body, string) hcl.Diagnostics{
+			"s3": func(b hcl.Body, base string) hcl.Diagnostics {
+				_, d := s3.DecodeRepo(b, base)
+				return d
+			},
+			"swift":     swiftRepo,
+			"rackspace": swiftRepo,
+		},
 	}
+}
+
+func swiftRepo(b hcl.Body, _ string) hcl.Diagnostics {
+	_, d := swift.DecodeRepo(b)
+	return d
 }
