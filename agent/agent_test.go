@@ -18,6 +18,8 @@ import (
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/file"
 	"github.com/dropshipd/dropship/hooks"
+	"github.com/dropshipd/dropship/hooks/check"
+	"github.com/dropshipd/dropship/hooks/graphite"
 	"github.com/dropshipd/dropship/hooks/script"
 	"github.com/dropshipd/dropship/internal/testutil"
 	"github.com/dropshipd/dropship/lock"
@@ -27,9 +29,10 @@ import (
 func registry() agent.Registry {
 	return agent.Registry{
 		Sources: map[string]artifact.Factory{"file": file.Factory, "crashy": crashyFactory},
-		Hooks:   map[string]hooks.Factory{"script": script.Factory},
-		Checks:  map[string]hooks.Factory{"script": script.Factory},
-		Locks:   map[string]lock.Factory{"local": local.Factory},
+		Hooks: map[string]hooks.Factory{"script": script.Factory, "graphite-event": graphite.EventFactory,
+			"graphite-metric": graphite.MetricFactory},
+		Checks: map[string]hooks.Factory{"script": check.ScriptFactory, "http": check.HTTPFactory, "tcp": check.TCPFactory},
+		Locks:  map[string]lock.Factory{"local": local.Factory},
 	}
 }
 
@@ -75,7 +78,7 @@ service "app" {
 	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
 		e.t.Fatal(err)
 	}
-	cfg, diags := agent.Load(path, registry(), nil)
+	cfg, diags := agent.Load(path, registry(), slog.New(slog.DiscardHandler))
 	if diags.HasErrors() {
 		e.t.Fatalf("config: %v", diags)
 	}
@@ -360,7 +363,7 @@ service "app" {
 }`, e.state, e.store, e.dest)
 	path := filepath.Join(e.dir, "big.hcl")
 	os.WriteFile(path, []byte(src), 0o644)
-	cfg, diags := agent.Load(path, registry(), nil)
+	cfg, diags := agent.Load(path, registry(), slog.New(slog.DiscardHandler))
 	if diags.HasErrors() {
 		t.Fatal(diags)
 	}

@@ -71,6 +71,10 @@ type Service struct {
 	After         []hooks.Step
 	Checks        []hooks.Step
 	Rollback      []hooks.Step
+	// Report holds the reporting hooks (Graphite, webhooks, Consul events)
+	// of the after chain: they run once the update's outcome is known,
+	// with {{.Result}} success, failure or rollback.
+	Report []hooks.Step
 }
 
 type agentFile struct {
@@ -337,8 +341,15 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 	var dd hcl.Diagnostics
 	s.Before, dd = d.chain(d.reg.Hooks, "before", b.Before, hooks.Abort, hookEnv)
 	diags = append(diags, dd...)
-	s.After, dd = d.chain(d.reg.Hooks, "after", b.After, hooks.Rollback, hookEnv)
+	after, dd := d.chain(d.reg.Hooks, "after", b.After, hooks.Rollback, hookEnv)
 	diags = append(diags, dd...)
+	for _, st := range after {
+		if r, ok := st.Hook.(hooks.Reporter); ok && r.Reporter() {
+			s.Report = append(s.Report, st)
+		} else {
+			s.After = append(s.After, st)
+		}
+	}
 	s.Checks, dd = d.chain(d.reg.Checks, "check", b.Checks, hooks.Rollback, hookEnv)
 	diags = append(diags, dd...)
 	s.Rollback, dd = d.chain(d.reg.Hooks, "rollback", b.Rollback, hooks.Continue, hookEnv)

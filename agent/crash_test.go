@@ -24,7 +24,9 @@ func TestMain(m *testing.M) {
 		crashChild(cfgPath, os.Getenv("DROPSHIP_CRASH_AT"))
 		os.Exit(3) // not reached when the crash happened
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	stopServers()
+	os.Exit(code)
 }
 
 func killSelf() { syscall.Kill(os.Getpid(), syscall.SIGKILL) }

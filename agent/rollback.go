@@ -44,6 +44,8 @@ func (r *Runner) Rollback(ctx context.Context, to string) (Release, error) {
 	if err := r.runChain(context.WithoutCancel(ctx), r.svc.Rollback, ev, r.logger); hookErr == nil {
 		hookErr = err
 	}
+	ev.Duration = r.now().Sub(start)
+	r.announce(context.WithoutCancel(ctx), ev, r.logger)
 	if from.Checksum != target.Checksum {
 		st.RolledBackFrom = from.Checksum
 	}

@@ -285,6 +285,11 @@ func (r *Runner) install(ctx context.Context, lost <-chan struct{}, st *State, i
 	fail := func(phase string, err error, switched bool) Outcome {
 		o := Outcome{Result: ResultFailed, Checksum: sum, Release: id, Phase: phase, Err: err}
 		r.recordFailure(ctx, st, o, start)
+		if !switched {
+			fev := ev
+			fev.Phase, fev.Result, fev.Error, fev.Duration = phase, "failure", err.Error(), r.now().Sub(start)
+			r.announce(ctx, fev, logger)
+		}
 		return o
 	}
 	logger.Info("installing", "release", id, "from", info.Key, "size", info.Size)
@@ -349,6 +354,7 @@ func (r *Runner) install(ctx context.Context, lost <-chan struct{}, st *State, i
 	}
 	if ferr != nil {
 		logger.Error("update failed after the switch; rolling back", "phase", failPhase, "error", ferr)
+		ev.Error, ev.Duration = ferr.Error(), r.now().Sub(start)
 		rbErr := r.rollbackTo(ctx, prev, movedAside, ev, logger)
 		os.RemoveAll(r.lay.releaseDir(id))
 		if rbErr != nil {
@@ -371,6 +377,8 @@ func (r *Runner) install(ctx context.Context, lost <-chan struct{}, st *State, i
 	}
 	r.lay.prune(st, r.svc.KeepReleases, logger)
 	r.report(ctx, st, out)
+	ev.Phase, ev.Result, ev.Duration = hooks.PhaseAfter, "success", out.Duration
+	r.announce(ctx, ev, logger)
 	logger.Info("installed", "release", id, "duration", out.Duration.Round(time.Millisecond))
 	return out
 }
@@ -513,7 +521,19 @@ func (r *Runner) rollbackTo(ctx context.Context, prev, movedAside string, failed
 		errs = append(errs, r.runChain(ctx, r.svc.After, ev, logger))
 	}
 	errs = append(errs, r.runChain(ctx, r.svc.Rollback, ev, logger))
+	r.announce(ctx, ev, logger)
 	return errors.Join(errs...)
+}
+
+// announce runs the reporting hooks with the outcome of an update. They
+// only tell the world: a failure is logged, never fatal.
+func (r *Runner) announce(ctx context.Context, ev hooks.Event, logger *slog.Logger) {
+	ev.Time = r.now()
+	for _, s := range r.svc.Report {
+		if err := s.Hook.Run(ctx, ev); err != nil {
+			logger.Warn("reporting hook failed", "hook", s.Kind, "result", ev.Result, "error", err)
+		}
+	}
 }
 
 func (r *Runner) recordFailure(ctx context.Context, st *State, o Outcome, start time.Time) {

@@ -149,3 +149,26 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("%d %q", code, out)
 	}
 }
+
+// The ancestor's two README files (examples/ancestor, with only
+// service_path pointed at the copy beside it) load with a warning for each
+// old key that names the new one.
+func TestAncestorConfigLoads(t *testing.T) {
+	dir := t.TempDir()
+	src, _ := os.ReadFile("../../examples/ancestor/dropship.hcl")
+	cfg := filepath.Join(dir, "dropship.hcl")
+	os.WriteFile(cfg, bytes.Replace(src, []byte(`"/etc/dropship.d/services"`), []byte(`"services"`), 1), 0o644)
+	os.MkdirAll(filepath.Join(dir, "services"), 0o755)
+	svc, _ := os.ReadFile("../../examples/ancestor/services/my-service.hcl")
+	os.WriteFile(filepath.Join(dir, "services", "my-service.hcl"), svc, 0o644)
+	out, errOut, code := run(t, "validate", "-c", cfg)
+	if code != 0 || !strings.Contains(out, "1 services: my-service") {
+		t.Fatalf("code %d\n%s%s", code, out, errOut)
+	}
+	for _, w := range []string{`"accessKey" is the old name of "access_key"`, `"secret" is the old name of "secret_key"`,
+		`"name" is the old name of "region"`, `"sequentialUpdates" is the old name of "sequential"`, `"checkInterval" is the old name of "check_interval"`} {
+		if !strings.Contains(errOut, w) {
+			t.Errorf("no warning %q in\n%s", w, errOut)
+		}
+	}
+}

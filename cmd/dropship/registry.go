@@ -9,7 +9,11 @@ import (
 	"github.com/dropshipd/dropship/artifact/s3"
 	"github.com/dropshipd/dropship/artifact/swift"
 	"github.com/dropshipd/dropship/hooks"
+	"github.com/dropshipd/dropship/hooks/check"
+	"github.com/dropshipd/dropship/hooks/consulevent"
+	"github.com/dropshipd/dropship/hooks/graphite"
 	"github.com/dropshipd/dropship/hooks/script"
+	"github.com/dropshipd/dropship/hooks/webhook"
 	"github.com/dropshipd/dropship/lock"
 	"github.com/dropshipd/dropship/lock/local"
 )
@@ -25,10 +29,16 @@ func registry() agent.Registry {
 			"rackspace": swift.Factory,
 		},
 		Hooks: map[string]hooks.Factory{
-			"script": script.Factory,
+			"script":          script.Factory,
+			"graphite-event":  graphite.EventFactory,
+			"graphite-metric": graphite.MetricFactory,
+			"consul-event":    consulevent.Factory,
+			"http":            webhook.Factory,
 		},
 		Checks: map[string]hooks.Factory{
-			"script": script.Factory,
+			"http":   check.HTTPFactory,
+			"tcp":    check.TCPFactory,
+			"script": check.ScriptFactory,
 		},
 		Locks: map[string]lock.Factory{
 			"local": local.Factory,

@@ -1,0 +1,100 @@
+// Package consulevent fires a Consul user event for a deploy, so watches
+// (`consul watch -type=event`) elsewhere can react.
+package consulevent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+
+	"github.com/dropshipd/dropship/hooks"
+)
+
+// Hook fires one user event per update.
+type Hook struct {
+	Client        *api.Client
+	Name          string
+	NodeFilter    string
+	ServiceFilter string
+	TagFilter     string
+}
+
+type config struct {
+	Name          *string `hcl:"name,optional"`
+	Address       *string `hcl:"address,optional"`
+	Token         *string `hcl:"token,optional"`
+	Datacenter    *string `hcl:"datacenter,optional"`
+	NodeFilter    *string `hcl:"node_filter,optional"`
+	ServiceFilter *string `hcl:"service_filter,optional"`
+	TagFilter     *string `hcl:"tag_filter,optional"`
+}
+
+// Factory decodes `after "consul-event" { name … }`. Without address it
+// uses CONSUL_HTTP_ADDR or 127.0.0.1:8500, like the consul CLI.
+func Factory(_ string, body hcl.Body, _ hooks.Env) (hooks.Hook, hcl.Diagnostics) {
+	var c config
+	diags := gohcl.DecodeBody(body, nil, &c)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	cfg := api.DefaultConfig()
+	if c.Address != nil {
+		cfg.Address = *c.Address
+	}
+	if c.Token != nil {
+		cfg.Token = *c.Token
+	}
+	if c.Datacenter != nil {
+		cfg.Datacenter = *c.Datacenter
+	}
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		r := body.MissingItemRange()
+		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid Consul settings", Detail: err.Error(), Subject: &r})
+	}
+	h := &Hook{Client: client, Name: "dropship-deploy"}
+	if c.Name != nil {
+		h.Name = *c.Name
+	}
+	h.NodeFilter, h.ServiceFilter, h.TagFilter = deref(c.NodeFilter), deref(c.ServiceFilter), deref(c.TagFilter)
+	return h, diags
+}
+
+// Reporter: a Consul that is down never fails a deploy.
+func (*Hook) Reporter() bool { return true }
+
+// Payload is the JSON body of the event.
+type Payload struct {
+	Service  string `json:"service"`
+	Host     string `json:"host"`
+	Checksum string `json:"checksum"`
+	Previous string `json:"previous_checksum,omitempty"`
+	Release  string `json:"release"`
+	Phase    string `json:"phase"`
+	Result   string `json:"result"`
+}
+
+// Run fires the event.
+func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
+	payload, _ := json.Marshal(Payload{Service: ev.Name, Host: ev.Hostname, Checksum: ev.Hash, Previous: ev.PreviousHash,
+		Release: ev.Release, Phase: ev.Phase, Result: ev.Result})
+	_, _, err := h.Client.Event().Fire(&api.UserEvent{Name: h.Name, Payload: payload,
+		NodeFilter: h.NodeFilter, ServiceFilter: h.ServiceFilter, TagFilter: h.TagFilter}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("consul event %s: %w", h.Name, err)
+	}
+	return nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+var _ hooks.Hook = (*Hook)(nil)

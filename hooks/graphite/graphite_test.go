@@ -1,0 +1,168 @@
+package graphite_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclparse"
+
+	"github.com/dropshipd/dropship/hooks"
+	"github.com/dropshipd/dropship/hooks/graphite"
+	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/internal/testutil"
+)
+
+var (
+	server    *rig.Graphite
+	serverErr error
+)
+
+func TestMain(m *testing.M) {
+	server, serverErr = rig.StartGraphite()
+	code := m.Run()
+	if server != nil {
+		server.Stop()
+	}
+	os.Exit(code)
+}
+
+func body(t *testing.T, src string) hcl.Body {
+	f, diags := hclparse.NewParser().ParseHCL([]byte(src), "test.hcl")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	return f.Body
+}
+
+// GraphiteEvents returns the events graphite-web has with tag.
+func GraphiteEvents(t *testing.T, base, tag string) []map[string]any {
+	t.Helper()
+	resp, err := http.Get(base + "/events/get_data?tags=" + url.QueryEscape(tag))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var events []map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&events); err != nil {
+		t.Fatal(err)
+	}
+	return events
+}
+
+func TestEventReachesGraphite(t *testing.T) {
+	testutil.RequireServer(t, "graphite-web", serverErr)
+	h, diags := graphite.EventFactory("graphite-event", body(t, fmt.Sprintf(`
+host = %q
+tags = "deploy production"
+what = "deployed {{.Name}} to {{.Hostname}}"
+data = "{{.Hash}} after {{.PreviousHash}} in {{.Duration}}"
+`, server.URL)), hooks.Env{})
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	ev := hooks.Event{Name: "api-event-test", Hostname: "web-1", Hash: "abc", PreviousHash: "def", Result: "success", Duration: 1500 * time.Millisecond}
+	if err := h.Run(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	events := GraphiteEvents(t, server.URL, "api-event-test")
+	if len(events) != 1 {
+		t.Fatalf("%d events", len(events))
+	}
+	e := events[0]
+	tags := fmt.Sprint(e["tags"])
+	if e["what"] != "deployed api-event-test to web-1" || e["data"] != "abc after def in 1.5s" ||
+		!strings.Contains(tags, "deploy") || !strings.Contains(tags, "production") || !strings.Contains(tags, "success") {
+		t.Fatalf("event %v", e)
+	}
+}
+
+func TestMetricReachesCarbon(t *testing.T) {
+	testutil.RequireServer(t, "carbon", serverErr)
+	for _, proto := range []string{"tcp", "udp"} {
+		t.Run(proto, func(t *testing.T) {
+			h, diags := graphite.MetricFactory("graphite-metric", body(t, fmt.Sprintf(`
+address  = %q
+protocol = %q
+prefix   = "deploys"
+`, server.CarbonAddr, proto)), hooks.Env{})
+			if diags.HasErrors() {
+				t.Fatal(diags)
+			}
+			svc := "svc-" + proto
+			ev := hooks.Event{Name: svc, Hostname: "web.1", Result: "success", Duration: 2500 * time.Millisecond, Time: time.Now()}
+			if err := h.Run(context.Background(), ev); err != nil {
+				t.Fatal(err)
+			}
+			target := "deploys.web_1." + svc + ".deploy.duration_seconds"
+			// carbon writes within about a second; poll, bounded.
+			var got float64
+			for i := 0; i < 100 && got == 0; i++ {
+				got = lastValue(t, server.URL, target)
+				if got == 0 {
+					time.Sleep(100 * time.Millisecond)
+				}
+			}
+			if got != 2.5 {
+				t.Fatalf("%s = %v, want 2.5", target, got)
+			}
+		})
+	}
+}
+
+func lastValue(t *testing.T, base, target string) float64 {
+	resp, err := http.Get(base + "/render?format=json&from=-5min&target=" + url.QueryEscape(target))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var series []struct {
+		Datapoints [][2]*float64 `json:"datapoints"`
+	}
+	json.NewDecoder(resp.Body).Decode(&series)
+	for _, s := range series {
+		for i := len(s.Datapoints) - 1; i >= 0; i-- {
+			if v := s.Datapoints[i][0]; v != nil {
+				return *v
+			}
+		}
+	}
+	return 0
+}
+
+func TestGraphiteDownIsAnErrorNotAHang(t *testing.T) {
+	port, _ := rig.FreePort()
+	h, diags := graphite.EventFactory("graphite-event", body(t, fmt.Sprintf(`host = "http://127.0.0.1:%d"
+timeout = "1s"`, port)), hooks.Env{})
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	if err := h.Run(context.Background(), hooks.Event{Name: "x"}); err == nil {
+		t.Fatal("no error with graphite down")
+	}
+	if r, ok := h.(hooks.Reporter); !ok || !r.Reporter() {
+		t.Fatal("graphite-event must be a reporter (policy continue)")
+	}
+}
+
+func TestTemplateErrorsAtLoad(t *testing.T) {
+	for _, src := range []string{
+		`host = "http://g"
+what = "{{.Nmae}}"`,
+		`host = "http://g"
+data = "{{.Hash"`,
+		`host = "not a url"`,
+	} {
+		_, diags := graphite.EventFactory("graphite-event", body(t, src), hooks.Env{})
+		if !diags.HasErrors() || diags[0].Subject == nil || diags[0].Subject.Start.Line < 1 {
+			t.Errorf("%q: diags %v", src, diags)
+		}
+	}
+}
