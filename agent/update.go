@@ -15,6 +15,7 @@ import (
 
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/archive"
+	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/lock"
 	"github.com/dropshipd/dropship/lock/local"
@@ -60,18 +61,7 @@ type Fleet interface {
 	// Trip marks checksum as failed for the whole fleet.
 	Trip(ctx context.Context, service, checksum, phase string, cause error) error
 	// Report writes this host's status after an attempt.
-	Report(ctx context.Context, service string, st NodeStatus) error
-}
-
-// NodeStatus is one host's view of a service, written after each attempt.
-type NodeStatus struct {
-	Node     string    `json:"node"`
-	Checksum string    `json:"checksum"`
-	Release  string    `json:"release"`
-	Result   string    `json:"result"`
-	Phase    string    `json:"phase,omitempty"`
-	Error    string    `json:"error,omitempty"`
-	Time     time.Time `json:"time"`
+	Report(ctx context.Context, service string, st fleet.NodeStatus) error
 }
 
 // Runner checks and updates one service.
@@ -338,11 +328,13 @@ func (r *Runner) install(ctx context.Context, lost <-chan struct{}, st *State, i
 	// the hooks that start the new release must run. Their own timeouts
 	// bound this.
 	ctx = context.WithoutCancel(ctx)
+	finished := make(chan struct{})
+	defer close(finished)
 	go func() {
 		select {
 		case <-lost:
 			logger.Warn("lost the fleet slot after the switch; finishing the update")
-		case <-ctx.Done():
+		case <-finished:
 		}
 	}()
 
@@ -552,7 +544,7 @@ func (r *Runner) recordFailure(ctx context.Context, st *State, o Outcome, start 
 		Phase: o.Phase, Error: o.Err.Error(), Duration: now.Sub(start)})
 	r.logger.Error("update failed", "checksum", o.Checksum, "phase", o.Phase, "error", o.Err,
 		"attempts", f.Count, "next_try_in", r.failureBackoff(f.Count))
-	if r.fleet != nil {
+	if r.fleet != nil && tripsBreaker(o) {
 		if err := r.fleet.Trip(context.WithoutCancel(ctx), r.svc.Name, o.Checksum, o.Phase, o.Err); err != nil {
 			r.logger.Error("could not mark the checksum failed for the fleet", "error", err)
 		}
@@ -560,12 +552,25 @@ func (r *Runner) recordFailure(ctx context.Context, st *State, o Outcome, start 
 	r.report(ctx, st, o)
 }
 
+// tripsBreaker says whether a failure is the release's fault, so that
+// every host would meet it: hooks, checks, the install, a refused or
+// corrupt archive. A full disk or a network error is this host's own.
+func tripsBreaker(o Outcome) bool {
+	switch o.Phase {
+	case hooks.PhaseBefore, hooks.PhaseAfter, hooks.PhaseCheck, PhaseInstall, PhaseSwitch:
+		return true
+	case PhaseDownload:
+		return errors.Is(o.Err, archive.ErrRefused) || errors.Is(o.Err, artifact.ErrCorrupt)
+	}
+	return false
+}
+
 func (r *Runner) report(ctx context.Context, st *State, o Outcome) {
 	if r.fleet == nil {
 		return
 	}
-	ns := NodeStatus{Node: r.node, Checksum: st.Checksum, Release: st.Release, Result: o.Result,
-		Phase: o.Phase, Time: r.now().UTC()}
+	ns := fleet.NodeStatus{Node: r.node, Checksum: st.Checksum, Release: st.Release, Result: o.Result,
+		Attempt: o.Checksum, Phase: o.Phase, Time: r.now().UTC()}
 	if o.Err != nil {
 		ns.Error = o.Err.Error()
 	}

@@ -64,6 +64,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "text or json")
 	root.AddCommand(
 		agentCmd(g), validateCmd(g), rollbackCmd(g), historyCmd(g), publishCmd(g), versionCmd(g),
+		fleetCmd(g), holdCmd(g), resumeCmd(g),
 	)
 	return root
 }
@@ -136,7 +137,7 @@ func agentCmd(g *globals) *cobra.Command {
 			if len(cfg.Services) == 0 {
 				logger.Warn("no services configured", "config", cfg.File, "service_path", cfg.ServicePath)
 			}
-			a, err := agent.New(cfg, nil, logger)
+			a, err := agent.New(cfg, fleetOf(cfg), logger)
 			if err != nil {
 				return err
 			}
@@ -180,6 +181,14 @@ func validateCmd(g *globals) *cobra.Command {
 	}
 }
 
+// fleetOf returns the fleet records of cfg's lock, when it keeps any.
+func fleetOf(cfg *agent.Config) agent.Fleet {
+	if f, ok := cfg.Lock.(agent.Fleet); ok {
+		return f
+	}
+	return nil
+}
+
 // runner finds the runner of one service.
 func (g *globals) runner(name string) (*agent.Runner, *slog.Logger, error) {
 	logger, err := g.logger()
@@ -192,7 +201,7 @@ func (g *globals) runner(name string) (*agent.Runner, *slog.Logger, error) {
 	}
 	for _, s := range cfg.Services {
 		if s.Name == name {
-			r, err := agent.NewRunner(cfg, s, nil, logger)
+			r, err := agent.NewRunner(cfg, s, fleetOf(cfg), logger)
 			return r, logger, err
 		}
 	}

@@ -38,6 +38,9 @@ func TestMain(m *testing.M) {
 	if swiftSrv != nil {
 		swiftSrv.Stop()
 	}
+	if consulOnce.c != nil {
+		consulOnce.c.Stop()
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

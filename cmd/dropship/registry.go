@@ -15,6 +15,7 @@ import (
 	"github.com/dropshipd/dropship/hooks/script"
 	"github.com/dropshipd/dropship/hooks/webhook"
 	"github.com/dropshipd/dropship/lock"
+	"github.com/dropshipd/dropship/lock/consul"
 	"github.com/dropshipd/dropship/lock/local"
 )
 
@@ -41,7 +42,8 @@ func registry() agent.Registry {
 			"script": check.ScriptFactory,
 		},
 		Locks: map[string]lock.Factory{
-			"local": local.Factory,
+			"local":  local.Factory,
+			"consul": consul.Factory,
 		},
 		Repos: map[string]func(hcl.Body, string) hcl.Diagnostics{
 			"s3": func(b hcl.Body, base string) hcl.Diagnostics {

@@ -1,0 +1,437 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/internal/testutil"
+)
+
+var consulOnce struct {
+	sync.Once
+	c   *rig.Consul
+	err error
+}
+
+func consulServer(t *testing.T) *rig.Consul {
+	consulOnce.Do(func() { consulOnce.c, consulOnce.err = rig.StartConsul() })
+	testutil.RequireServer(t, "Consul", consulOnce.err)
+	return consulOnce.c
+}
+
+// fleetRig is N agents, as separate processes, each with its own state
+// dir, destination and node name, all watching one artifact.
+type fleetRig struct {
+	t      *testing.T
+	dir    string
+	store  string
+	shared string // hooks append "<time> start|end <node> <checksum>"
+	prefix string
+	hosts  []*host
+}
+
+type host struct {
+	name, cfg, dest string
+	cmd             *exec.Cmd
+}
+
+func newFleet(t *testing.T, n, concurrency int, consul *rig.Consul) *fleetRig {
+	dir := t.TempDir()
+	f := &fleetRig{t: t, dir: dir, store: filepath.Join(dir, "store", "app.tar.gz"), shared: filepath.Join(dir, "timeline"),
+		prefix: "test/" + strings.ToLower(t.Name())}
+	for i := range n {
+		h := &host{name: fmt.Sprintf("host-%d", i), cfg: filepath.Join(dir, fmt.Sprintf("host-%d.hcl", i)),
+			dest: filepath.Join(dir, fmt.Sprintf("host-%d", i), "srv", "app")}
+		os.WriteFile(h.cfg, []byte(fmt.Sprintf(`
+state_path = %[1]q
+node_name  = %[2]q
+lock "consul" {
+  address     = %[3]q
+  prefix      = %[4]q
+  session_ttl = "10s"
+}
+service "app" {
+  check_interval = "300ms"
+  sequential     = true
+  concurrency    = %[5]d
+  artifact "file" {
+    path        = %[6]q
+    destination = %[7]q
+  }
+  before "script" {
+    command = "echo \"$(date +%%s.%%N) start $DROPSHIP_HOSTNAME $DROPSHIP_CHECKSUM\" >> %[8]s; if [ -f %[9]s/slow ]; then sleep 30; fi; sleep 0.3"
+  }
+  after "script" {
+    command = "echo \"$(date +%%s.%%N) end $DROPSHIP_HOSTNAME $DROPSHIP_PHASE $(cat VERSION)\" >> %[8]s"
+  }
+  check "script" {
+    command = "test ! -f BAD"
+    retries = 1
+  }
+}
+`, filepath.Join(dir, h.name, "state"), h.name, consul.Addr, f.prefix, concurrency, f.store, h.dest, f.shared, dir)), 0o644)
+		f.hosts = append(f.hosts, h)
+	}
+	t.Cleanup(f.stopAll)
+	return f
+}
+
+func (f *fleetRig) publish(v string, bad bool) {
+	files := []testutil.File{{Name: "VERSION", Body: v}}
+	if bad {
+		files = append(files, testutil.File{Name: "BAD", Body: "this release fails its health check"})
+	}
+	testutil.WriteFile(f.t, f.store, testutil.TarGz(f.t, files...))
+	later := time.Now().Add(time.Duration(len(v)) * time.Millisecond)
+	os.Chtimes(f.store, later, later)
+}
+
+func (f *fleetRig) start(h *host) {
+	log, _ := os.Create(filepath.Join(f.dir, h.name+".log"))
+	h.cmd = exec.Command(bin, "agent", "-c", h.cfg, "--log-level", "debug")
+	h.cmd.Stderr, h.cmd.Stdout = log, log
+	if err := h.cmd.Start(); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fleetRig) startAll() {
+	for _, h := range f.hosts {
+		f.start(h)
+	}
+}
+
+func (f *fleetRig) stopAll() {
+	for _, h := range f.hosts {
+		if h.cmd != nil && h.cmd.ProcessState == nil {
+			h.cmd.Process.Signal(syscall.SIGTERM)
+			h.cmd.Wait()
+		}
+	}
+}
+
+func (h *host) version() string {
+	b, _ := os.ReadFile(filepath.Join(h.dest, "VERSION"))
+	return string(b)
+}
+
+// waitAll waits (bounded) until every host in hosts runs version v.
+func (f *fleetRig) waitAll(hosts []*host, v string, timeout time.Duration) {
+	f.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		done := 0
+		for _, h := range hosts {
+			if h.version() == v {
+				done++
+			}
+		}
+		if done == len(hosts) {
+			return
+		}
+		if time.Now().After(deadline) {
+			var got []string
+			for _, h := range f.hosts {
+				got = append(got, h.name+"="+h.version())
+			}
+			log, _ := os.ReadFile(filepath.Join(f.dir, f.hosts[0].name+".log"))
+			f.t.Fatalf("after %s, %d of %d hosts on %s: %v\nhost-0 log tail:\n%s", timeout, done, len(hosts), v, got, tailOf(log))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func tailOf(b []byte) string {
+	if len(b) > 3000 {
+		b = b[len(b)-3000:]
+	}
+	return string(b)
+}
+
+// update is one host's update, from its before hook to its after hook.
+type update struct {
+	node       string
+	start, end float64
+}
+
+func (f *fleetRig) timeline() (updates []update, starts map[string][]string) {
+	file, err := os.Open(f.shared)
+	if err != nil {
+		return nil, map[string][]string{}
+	}
+	defer file.Close()
+	open := map[string]float64{}
+	starts = map[string][]string{} // checksum -> nodes that started it
+	sc := bufio.NewScanner(file)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 3 {
+			continue
+		}
+		ts, _ := strconv.ParseFloat(fields[0], 64)
+		switch fields[1] {
+		case "start":
+			open[fields[2]] = ts
+			if len(fields) > 3 {
+				starts[fields[3]] = append(starts[fields[3]], fields[2])
+			}
+		case "end":
+			if s, ok := open[fields[2]]; ok {
+				updates = append(updates, update{fields[2], s, ts})
+				delete(open, fields[2])
+			}
+		}
+	}
+	return updates, starts
+}
+
+// maxOverlap is the most updates ever running at once.
+func maxOverlap(us []update) int {
+	type edge struct {
+		t     float64
+		delta int
+	}
+	var edges []edge
+	for _, u := range us {
+		edges = append(edges, edge{u.start, 1}, edge{u.end, -1})
+	}
+	sort.Slice(edges, func(i, j int) bool {
+		if edges[i].t == edges[j].t {
+			return edges[i].delta < edges[j].delta
+		}
+		return edges[i].t < edges[j].t
+	})
+	cur, best := 0, 0
+	for _, e := range edges {
+		cur += e.delta
+		best = max(best, cur)
+	}
+	return best
+}
+
+func TestFleetRolloutOneAtATime(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 5, 1, c)
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	before, _ := f.timeline()
+	f.publish("v2", false)
+	f.waitAll(f.hosts, "v2", 60*time.Second)
+	us, _ := f.timeline()
+	if got := maxOverlap(us); got != 1 {
+		t.Fatalf("with concurrency = 1, %d updates overlapped", got)
+	}
+	// The v2 rollout: wall time against the sum of the hosts' own updates.
+	v2 := us[len(before):]
+	if len(v2) != 5 {
+		t.Fatalf("%d v2 updates, want 5", len(v2))
+	}
+	first, last, sum := v2[0].start, v2[0].end, 0.0
+	for _, u := range v2 {
+		first, last, sum = min(first, u.start), max(last, u.end), sum+(u.end-u.start)
+	}
+	wall := last - first
+	t.Logf("5-host sequential rollout: %.3fs wall, %.3fs of updates, %.1fms per hand-off", wall, sum, (wall-sum)/4*1000)
+
+	// fleet status shows every host on the newest checksum.
+	out, errOut, code := run(t, "fleet", "status", "app", "-c", f.hosts[0].cfg)
+	if code != 0 || !strings.Contains(out, "5 hosts, 5 on the newest checksum") {
+		t.Fatalf("fleet status: %d\n%s%s", code, out, errOut)
+	}
+}
+
+func TestFleetRolloutTwoAtATime(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 6, 2, c)
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	f.publish("v2", false)
+	f.waitAll(f.hosts, "v2", 60*time.Second)
+	us, _ := f.timeline()
+	if got := maxOverlap(us); got > 2 {
+		t.Fatalf("with concurrency = 2, %d updates overlapped", got)
+	}
+	t.Logf("max overlap with concurrency 2: %d", maxOverlap(us))
+}
+
+func TestBadReleaseStopsAtTheFirstHost(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 5, 1, c)
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	f.publish("bad", true)
+
+	client, _ := api.NewClient(&api.Config{Address: c.Addr})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		keys, _, _ := client.KV().Keys(f.prefix+"/app/failed/", "", nil)
+		if len(keys) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no breaker written")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second) // ten check intervals for the others to (not) act
+	_, starts := f.timeline()
+	var badStarts []string
+	for sum, nodes := range starts {
+		if len(nodes) == 1 {
+			badStarts = nodes
+			_ = sum
+		}
+	}
+	if len(badStarts) != 1 {
+		t.Fatalf("the bad release was started by %v, want exactly one host (starts %v)", badStarts, starts)
+	}
+	for _, h := range f.hosts {
+		if h.version() != "v1" {
+			t.Fatalf("%s runs %q, want v1 (rolled back or untouched)", h.name, h.version())
+		}
+	}
+	out, _, _ := run(t, "fleet", "status", "app", "-c", f.hosts[0].cfg)
+	if !strings.Contains(out, "BREAKER") || !strings.Contains(out, badStarts[0]) {
+		t.Fatalf("fleet status does not show the breaker:\n%s", out)
+	}
+	// A new checksum starts a new rollout.
+	f.publish("v3", false)
+	f.waitAll(f.hosts, "v3", 60*time.Second)
+}
+
+func TestKilledHolderFreesTheSlot(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 5, 1, c)
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	os.WriteFile(filepath.Join(f.dir, "slow"), nil, 0o644)
+	_, before := f.timeline()
+	f.publish("v2", false)
+	// Wait for the first host to start v2 (it now sleeps in its before
+	// hook, holding the slot), then kill -9 its agent.
+	var victim *host
+	deadline := time.Now().Add(30 * time.Second)
+	for victim == nil {
+		_, starts := f.timeline()
+		for sum, nodes := range starts {
+			if len(before[sum]) == 0 && len(nodes) > 0 {
+				for _, h := range f.hosts {
+					if h.name == nodes[0] {
+						victim = h
+					}
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("nobody started v2")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	os.Remove(filepath.Join(f.dir, "slow"))
+	killed := time.Now()
+	victim.cmd.Process.Signal(syscall.SIGKILL)
+	victim.cmd.Wait()
+	var others []*host
+	for _, h := range f.hosts {
+		if h != victim {
+			others = append(others, h)
+		}
+	}
+	// The session TTL (10s; Consul may take up to twice that) frees it.
+	f.waitAll(others, "v2", 60*time.Second)
+	t.Logf("slot freed and rollout finished %.1fs after kill -9 of the holder", time.Since(killed).Seconds())
+	if victim.version() != "v1" {
+		t.Fatalf("the killed host runs %q", victim.version())
+	}
+	// Restarted, the killed host recovers and catches up.
+	f.start(victim)
+	f.waitAll(f.hosts, "v2", 60*time.Second)
+}
+
+func TestConsulDownNobodyStarts(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 5, 1, c)
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	_, before := f.timeline()
+	c.Kill()
+	f.publish("v2", false)
+	time.Sleep(3 * time.Second)
+	_, during := f.timeline()
+	if len(during) != len(before) {
+		t.Fatalf("an update started while Consul was down: %v", during)
+	}
+	for _, h := range f.hosts {
+		if h.version() != "v1" {
+			t.Fatalf("%s moved to %q without Consul", h.name, h.version())
+		}
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.waitAll(f.hosts, "v2", 90*time.Second)
+	us, _ := f.timeline()
+	if got := maxOverlap(us); got != 1 {
+		t.Fatalf("%d updates overlapped after Consul came back", got)
+	}
+}
+
+func TestHoldAndResume(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 2, 1, c)
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	if out, errOut, code := run(t, "hold", "app", "--reason", "incident 42", "-c", f.hosts[0].cfg); code != 0 {
+		t.Fatalf("hold: %s%s", out, errOut)
+	}
+	f.publish("v2", false)
+	time.Sleep(2 * time.Second)
+	for _, h := range f.hosts {
+		if h.version() != "v1" {
+			t.Fatalf("%s updated during a hold", h.name)
+		}
+	}
+	out, _, _ := run(t, "fleet", "status", "-c", f.hosts[0].cfg)
+	if !strings.Contains(out, "HOLD") || !strings.Contains(out, "incident 42") {
+		t.Fatalf("status:\n%s", out)
+	}
+	run(t, "resume", "app", "-c", f.hosts[0].cfg)
+	f.waitAll(f.hosts, "v2", 60*time.Second)
+}
+
+func TestFleetClear(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 1, 1, c)
+	client, _ := api.NewClient(&api.Config{Address: c.Addr})
+	client.KV().Put(&api.KVPair{Key: f.prefix + "/app/failed/abc", Value: []byte(`{"node":"h"}`)}, nil)
+	if out, errOut, code := run(t, "fleet", "clear", "app", "abc", "-c", f.hosts[0].cfg); code != 0 || !strings.Contains(out, "lifted") {
+		t.Fatalf("%d %s %s", code, out, errOut)
+	}
+	if kv, _, _ := client.KV().Get(f.prefix+"/app/failed/abc", nil); kv != nil {
+		t.Fatal("breaker still there")
+	}
+	if _, _, code := run(t, "fleet", "clear", "app", "abc", "-c", f.hosts[0].cfg); code == 0 {
+		t.Fatal("clearing a missing breaker succeeded")
+	}
+	_ = context.Background
+}
