@@ -13,8 +13,9 @@ LDFLAGS   := -X main.version=$(VERSION)
 
 all: build
 
+# Static and stripped: no libc mapped, fewer pages resident.
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dropship ./cmd/dropship
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o dropship ./cmd/dropship
 
 demo:
 	sh examples/quickstart/demo.sh
@@ -30,6 +31,17 @@ vet:
 
 test: rig fmt-check vet
 	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) test -race -timeout 20m ./...
+
+# Install benchmark: 1 GiB artifact from MinIO, dropship against curl | tar
+# on tmpfs, three rounds of each format. Not part of `make test`.
+bench: rig
+	PATH="$(RIG_DIR)/bench:$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/install
+
+# Fuzz the archive reader and the config loader (FUZZTIME each).
+FUZZTIME ?= 3m
+fuzz:
+	$(GO) test ./artifact/archive -run '^$$' -fuzz FuzzExtract -fuzztime $(FUZZTIME)
+	$(GO) test ./agent -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME)
 
 clean:
 	rm -f dropship

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -451,10 +452,20 @@ func (r *Runner) downloadOnce(ctx context.Context, info artifact.Info, stage str
 	}
 	defer body.Close()
 	v := artifact.NewVerifier(body, info)
+	// Download and hashing on one core, decompression and unpacking on
+	// the other; 8 × 64 KiB in flight at most.
+	ahead := artifact.Prefetch(v, 64<<10, 8)
+	defer ahead.Close()
 	opt := r.svc.Unpack
 	opt.Name = path.Base(strings.TrimRight(info.Key, "/"))
 	opt.Spool = r.lay.staging()
-	stats, xerr := archive.Extract(ctx, v, stage, opt)
+	stats, xerr := archive.Extract(ctx, ahead, stage, opt)
+	if xerr == nil {
+		// The unpacker may stop before the end (tar padding, trailers):
+		// the verifier must see every byte.
+		_, xerr = io.Copy(io.Discard, ahead)
+	}
+	ahead.Close()
 	// The verifier's verdict comes first: a truncated or corrupt download
 	// explains any unpack error that follows from it.
 	if verr := v.Drain(); verr != nil {

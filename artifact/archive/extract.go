@@ -83,6 +83,8 @@ func refuse(name, format string, args ...any) error {
 	return &EntryError{Entry: name, Reason: fmt.Sprintf(format, args...)}
 }
 
+type writerOnly struct{ io.Writer }
+
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 // Extract unpacks src into dir, which must exist and be empty. On error,
@@ -302,7 +304,9 @@ func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime ti
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	limit := x.opt.MaxSize - x.stats.Bytes
-	n, err := io.CopyBuffer(f, io.LimitReader(r, limit+1), *bp)
+	// writerOnly hides (*os.File).ReadFrom, whose fallback would allocate
+	// a fresh buffer for every file instead of using the pooled one.
+	n, err := io.CopyBuffer(writerOnly{f}, io.LimitReader(r, limit+1), *bp)
 	x.stats.Bytes += n
 	if err == nil && n > limit {
 		err = refuse(orig, "unpacked size over max_size = %d bytes", x.opt.MaxSize)
@@ -436,7 +440,7 @@ func (x *extractor) zip(r io.Reader) error {
 	defer os.Remove(f.Name())
 	defer f.Close()
 	bp := bufPool.Get().(*[]byte)
-	size, err := io.CopyBuffer(f, r, *bp)
+	size, err := io.CopyBuffer(writerOnly{f}, r, *bp)
 	bufPool.Put(bp)
 	if err != nil {
 		return fmt.Errorf("spool zip: %w", err)
