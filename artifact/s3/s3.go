@@ -97,6 +97,7 @@ type Client struct {
 // web identity, container and instance roles.
 func NewClient(ctx context.Context, r Repo) (*Client, error) {
 	var opts []func(*awsconfig.LoadOptions) error
+	var httpClient *http.Client
 	if v := str(r.Region); v != "" {
 		opts = append(opts, awsconfig.WithRegion(v))
 	}
@@ -118,11 +119,26 @@ func NewClient(ctx context.Context, r Repo) (*Client, error) {
 		}
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-		opts = append(opts, awsconfig.WithHTTPClient(&http.Client{Transport: tr}))
+		httpClient = &http.Client{Transport: tr}
+		opts = append(opts, awsconfig.WithHTTPClient(httpClient))
 	}
-	cfg, err := awsconfig.LoadDefaultConfig(ctx, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("aws config: %w", err)
+	var cfg aws.Config
+	if r.AccessKey != nil && r.Profile == nil {
+		// Static keys: the credential chain and shared config files are
+		// not consulted, so they need not be loaded (less code resident).
+		cfg = aws.Config{
+			Region:      str(r.Region),
+			Credentials: aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider(*r.AccessKey, str(r.SecretKey), str(r.SessionToken))),
+		}
+		if httpClient != nil {
+			cfg.HTTPClient = httpClient
+		}
+	} else {
+		var err error
+		cfg, err = awsconfig.LoadDefaultConfig(ctx, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("aws config: %w", err)
+		}
 	}
 	if cfg.Region == "" {
 		cfg.Region = "us-east-1"

@@ -175,3 +175,25 @@ func TestAncestorConfigLoads(t *testing.T) {
 		}
 	}
 }
+
+// Every example a user copies passes `dropship validate`.
+func TestExamplesValidate(t *testing.T) {
+	examples := []string{
+		"quickstart/dropship.hcl", "s3.hcl", "cloudfiles.hcl", "rolling-consul.hcl",
+		"nginx-cutover/dropship.hcl", "ancestor/dropship.hcl",
+	}
+	for _, ex := range examples {
+		t.Run(ex, func(t *testing.T) {
+			out, errOut, code := run(t, "validate", "-c", filepath.Join("../../examples", ex))
+			if code != 0 || !strings.Contains(out, ": ok (") {
+				t.Fatalf("code %d\n%s%s", code, out, errOut)
+			}
+			if ex != "ancestor/dropship.hcl" && strings.Contains(errOut, "warning") {
+				t.Fatalf("an example uses deprecated keys:\n%s", errOut)
+			}
+		})
+	}
+	if out, err := exec.Command("sh", "-n", "../../examples/nginx-cutover/cutover.sh").CombinedOutput(); err != nil {
+		t.Fatalf("cutover.sh: %v %s", err, out)
+	}
+}
