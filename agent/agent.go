@@ -16,27 +16,39 @@ import (
 // maxErrorBackoff caps the wait after repeated errors (store or lock down).
 const maxErrorBackoff = 5 * time.Minute
 
+// Observer is told what the agent does, for metrics. Its methods must
+// not block.
+type Observer interface {
+	Checked(service string, out Outcome)
+	Downloaded(service string, bytes int64)
+}
+
 // Agent runs every configured service.
 type Agent struct {
 	cfg     *Config
 	runners []*Runner
 	logger  *slog.Logger
 	trigger map[string]chan struct{}
+	obs     Observer
 }
 
-// New builds the runners of cfg. fleet may be nil.
-func New(cfg *Config, fleet Fleet, logger *slog.Logger) (*Agent, error) {
-	a := &Agent{cfg: cfg, logger: logger, trigger: map[string]chan struct{}{}}
+// New builds the runners of cfg. fleet and obs may be nil.
+func New(cfg *Config, fleet Fleet, obs Observer, logger *slog.Logger) (*Agent, error) {
+	a := &Agent{cfg: cfg, logger: logger, trigger: map[string]chan struct{}{}, obs: obs}
 	for _, svc := range cfg.Services {
 		r, err := NewRunner(cfg, svc, fleet, logger)
 		if err != nil {
 			return nil, err
 		}
+		r.obs = obs
 		a.runners = append(a.runners, r)
 		a.trigger[svc.Name] = make(chan struct{}, 1)
 	}
 	return a, nil
 }
+
+// Config is the configuration the agent runs.
+func (a *Agent) Config() *Config { return a.cfg }
 
 // Runners returns the runners, one per service.
 func (a *Agent) Runners() []*Runner { return a.runners }
@@ -69,9 +81,14 @@ func (a *Agent) Once(ctx context.Context) error {
 }
 
 // Run runs every service's loop until ctx ends. An update that has
-// switched finishes its after hooks before Run returns.
+// switched finishes its after hooks before Run returns. With no services
+// it waits for ctx (a reload may bring some).
 func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	if len(a.runners) == 0 {
+		<-ctx.Done()
+		return nil
+	}
 	for _, r := range a.runners {
 		wg.Add(1)
 		go func() {

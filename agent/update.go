@@ -78,6 +78,7 @@ type Runner struct {
 
 	recovered sync.Once
 	crash     func(point string) // tests: crash here
+	obs       Observer
 	mu        sync.Mutex
 	status    Status
 }
@@ -117,6 +118,9 @@ func (r *Runner) Check(ctx context.Context) (out Outcome) {
 	defer func() {
 		out.Duration = r.now().Sub(start)
 		r.noteCheck(out)
+		if r.obs != nil {
+			r.obs.Checked(r.svc.Name, out)
+		}
 	}()
 	if _, err := r.local.Acquire(ctx); err != nil {
 		return Outcome{Result: ResultError, Phase: PhaseLock, Err: err}
@@ -274,6 +278,11 @@ func (r *Runner) install(ctx context.Context, lost <-chan struct{}, st *State, i
 		ev.PreviousDir = r.lay.releaseDir(prev)
 	}
 	fail := func(phase string, err error, switched bool) Outcome {
+		if !switched && ctx.Err() != nil {
+			// Shutting down, not the release's fault: abandoned, not failed.
+			return Outcome{Result: ResultError, Checksum: sum, Phase: phase,
+				Err: fmt.Errorf("update abandoned before the switch (%v): %w", context.Cause(ctx), err)}
+		}
 		o := Outcome{Result: ResultFailed, Checksum: sum, Release: id, Phase: phase, Err: err}
 		r.recordFailure(ctx, st, o, start)
 		if !switched {
@@ -476,6 +485,9 @@ func (r *Runner) downloadOnce(ctx context.Context, info artifact.Info, stage str
 	}
 	if err := syncFS(stage); err != nil {
 		return fmt.Errorf("sync %s: %w", stage, err)
+	}
+	if r.obs != nil {
+		r.obs.Downloaded(r.svc.Name, v.Size())
 	}
 	r.logger.Info("downloaded and verified", "format", stats.Format, "entries", stats.Entries,
 		"bytes", stats.Bytes, "md5", v.MD5(), "sha256", v.SHA256())

@@ -70,7 +70,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "text or json")
 	root.AddCommand(
 		agentCmd(g), validateCmd(g), rollbackCmd(g), historyCmd(g), publishCmd(g), versionCmd(g),
-		fleetCmd(g), holdCmd(g), resumeCmd(g),
+		fleetCmd(g), holdCmd(g), resumeCmd(g), statusCmd(g), serviceCmd(g),
 	)
 	return root
 }
@@ -128,8 +128,10 @@ func agentCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run every configured service's update loop",
-		Long: "Run every configured service's update loop until SIGINT or SIGTERM.\n" +
-			"With --once, check every service once, install what changed, and exit 0 only if nothing failed.",
+		Long: "Run every configured service's update loop until SIGINT or SIGTERM; SIGHUP reloads the\n" +
+			"config (one with errors is refused and the running config stays). The status endpoint\n" +
+			"listens on status_addr. With --once, check every service once, install what changed,\n" +
+			"and exit 0 only if nothing failed.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			logger, err := g.logger()
@@ -143,22 +145,22 @@ func agentCmd(g *globals) *cobra.Command {
 			if len(cfg.Services) == 0 {
 				logger.Warn("no services configured", "config", cfg.File, "service_path", cfg.ServicePath)
 			}
-			a, err := agent.New(cfg, fleetOf(cfg), logger)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signalContext()
-			defer stop()
 			if once {
+				a, err := agent.New(cfg, fleetOf(cfg), nil, logger)
+				if err != nil {
+					return err
+				}
+				ctx, stop := signalContext()
+				defer stop()
 				if err := a.Once(ctx); err != nil {
 					return exitError{1}
 				}
 				return nil
 			}
-			logger.Info("dropship agent started", "version", version, "services", len(cfg.Services), "node", cfg.NodeName)
-			err = a.Run(ctx)
-			logger.Info("dropship agent stopped")
-			return err
+			d := &daemon{g: g, logger: logger, cfg: cfg, hup: make(chan os.Signal, 1)}
+			signal.Notify(d.hup, syscall.SIGHUP)
+			defer signal.Stop(d.hup)
+			return runForeground(d)
 		},
 	}
 	cmd.Flags().BoolVar(&once, "once", false, "check every service once and exit")

@@ -1,0 +1,193 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Server is the local status endpoint:
+//
+//	GET  /v1/status                 JSON, one entry per service
+//	GET  /metrics                   Prometheus
+//	POST /v1/services/NAME/check    check NAME now
+//
+// It outlives reloads: SetAgent swaps the agent it reports on.
+type Server struct {
+	mu      sync.RWMutex
+	agent   *Agent
+	node    string
+	version string
+
+	reg        *prometheus.Registry
+	checks     *prometheus.CounterVec
+	updates    *prometheus.CounterVec
+	failures   *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+	downloaded *prometheus.CounterVec
+}
+
+// NewServer makes the status server of an agent of version.
+func NewServer(version string) *Server {
+	s := &Server{version: version, reg: prometheus.NewRegistry()}
+	s.checks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dropship_checks_total",
+		Help: "Artifact checks, by service and result (noop, skipped, installed, failed, error)."}, []string{"service", "result"})
+	s.updates = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dropship_updates_total",
+		Help: "Updates attempted, by service and result (installed, failed)."}, []string{"service", "result"})
+	s.failures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dropship_update_failures_total",
+		Help: "Failed updates, by service and the phase that failed."}, []string{"service", "phase"})
+	s.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "dropship_update_duration_seconds",
+		Help:    "Duration of attempted updates, from the check to the end of the health checks.",
+		Buckets: []float64{0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600}}, []string{"service"})
+	s.downloaded = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dropship_downloaded_bytes_total",
+		Help: "Bytes of artifacts downloaded and verified."}, []string{"service"})
+	s.reg.MustRegister(s.checks, s.updates, s.failures, s.duration, s.downloaded, releaseAge{s})
+	return s
+}
+
+// SetAgent points the server at a (new) agent.
+func (s *Server) SetAgent(a *Agent) {
+	s.mu.Lock()
+	s.agent, s.node = a, a.cfg.NodeName
+	s.mu.Unlock()
+}
+
+func (s *Server) current() *Agent {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.agent
+}
+
+// Checked implements Observer.
+func (s *Server) Checked(service string, out Outcome) {
+	s.checks.WithLabelValues(service, out.Result).Inc()
+	if out.Result == ResultInstalled || out.Result == ResultFailed {
+		s.updates.WithLabelValues(service, out.Result).Inc()
+		s.duration.WithLabelValues(service).Observe(out.Duration.Seconds())
+	}
+	if out.Result == ResultFailed {
+		s.failures.WithLabelValues(service, out.Phase).Inc()
+	}
+}
+
+// Downloaded implements Observer.
+func (s *Server) Downloaded(service string, n int64) {
+	s.downloaded.WithLabelValues(service).Add(float64(n))
+}
+
+// releaseAge reports, at scrape time, how long each service's current
+// release has been installed.
+type releaseAge struct{ s *Server }
+
+var releaseAgeDesc = prometheus.NewDesc("dropship_release_age_seconds",
+	"Seconds since the current release of the service was installed.", []string{"service"}, nil)
+
+func (r releaseAge) Describe(ch chan<- *prometheus.Desc) { ch <- releaseAgeDesc }
+
+func (r releaseAge) Collect(ch chan<- prometheus.Metric) {
+	a := r.s.current()
+	if a == nil {
+		return
+	}
+	for _, run := range a.runners {
+		st, err := LoadState(run.lay.dir, run.svc.Name)
+		if err != nil || st.Release == "" {
+			continue
+		}
+		if rel, ok := st.release(st.Release); ok {
+			ch <- prometheus.MustNewConstMetric(releaseAgeDesc, prometheus.GaugeValue, time.Since(rel.Installed).Seconds(), run.svc.Name)
+		}
+	}
+}
+
+// StatusReport is the body of GET /v1/status.
+type StatusReport struct {
+	Node     string   `json:"node"`
+	Version  string   `json:"version"`
+	Services []Status `json:"services"`
+}
+
+// Handler serves the endpoints.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		rep := StatusReport{Node: s.node, Version: s.version, Services: []Status{}}
+		if a := s.current(); a != nil {
+			rep.Node = a.cfg.NodeName
+			for _, run := range a.runners {
+				st := run.Status()
+				if disk, err := LoadState(run.lay.dir, run.svc.Name); err == nil {
+					st.Checksum, st.Release = disk.Checksum, disk.Release
+				}
+				rep.Services = append(rep.Services, st)
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(rep)
+	})
+	mux.HandleFunc("POST /v1/services/{name}/check", func(w http.ResponseWriter, r *http.Request) {
+		a := s.current()
+		if a == nil || !a.Trigger(r.PathValue("name")) {
+			http.Error(w, fmt.Sprintf("no service %q", r.PathValue("name")), http.StatusNotFound)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+		fmt.Fprintf(w, "check of %s queued\n", r.PathValue("name"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// StatusAddr resolves status_addr: "host:port" for TCP, else a unix
+// socket path; empty means <state_path>/dropship.sock.
+func StatusAddr(cfg *Config) (network, addr string) {
+	a := cfg.StatusAddr
+	switch {
+	case a == "":
+		return "unix", filepath.Join(cfg.StatePath, "dropship.sock")
+	case strings.HasPrefix(a, "unix:"):
+		return "unix", strings.TrimPrefix(a, "unix:")
+	case strings.HasPrefix(a, "/") || strings.HasPrefix(a, "."):
+		return "unix", a
+	}
+	return "tcp", a
+}
+
+// Listen opens the status endpoint's listener. A stale socket of a dead
+// agent is replaced; one a live agent answers on is not.
+func Listen(cfg *Config) (net.Listener, error) {
+	network, addr := StatusAddr(cfg)
+	if network == "unix" {
+		if err := os.MkdirAll(filepath.Dir(addr), 0o755); err != nil {
+			return nil, err
+		}
+		if c, err := net.Dial("unix", addr); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("status socket %s: another agent is running", addr)
+		}
+		os.Remove(addr)
+		l, err := net.Listen("unix", addr)
+		if err != nil {
+			return nil, fmt.Errorf("status socket %s: %w", addr, err)
+		}
+		// Root and the adm group read it; it can trigger checks.
+		os.Chmod(addr, 0o660)
+		return l, nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("status address %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+var _ Observer = (*Server)(nil)

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/kardianos/service"
+	"github.com/spf13/cobra"
+)
+
+// unitTemplate is the systemd unit: `dropship service install` renders it
+// with this binary's path, and debian/dropship.service is the same for
+// /usr/bin/dropship (a test keeps the two equal).
+const unitTemplate = `[Unit]
+Description={{.Description}}
+Documentation=man:dropship(1) file:///usr/share/doc/dropship/README.md
+After=network-online.target
+Wants=network-online.target
+ConditionFileIsExecutable={{.Path}}
+
+[Service]
+Type=simple
+ExecStart={{.Path}}{{range .Arguments}} {{.}}{{end}}
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+RestartSec=10s
+# SIGTERM to the agent only: it lets a switched update finish its after
+# hooks; then everything left in the cgroup is killed.
+KillMode=mixed
+TimeoutStopSec=15min
+UMask=0022
+NoNewPrivileges=yes
+PrivateTmp=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+LockPersonality=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+SystemCallArchitectures=native
+StateDirectory=dropship
+StateDirectoryMode=0755
+
+[Install]
+WantedBy=multi-user.target
+`
+
+const unitDescription = "dropship deploy agent"
+
+func serviceConfig(g *globals) (*service.Config, error) {
+	cfg, err := filepath.Abs(g.config)
+	if err != nil {
+		return nil, err
+	}
+	return &service.Config{
+		Name:        "dropship",
+		DisplayName: "dropship",
+		Description: unitDescription,
+		Arguments:   []string{"agent", "--config", cfg},
+		Option:      service.KeyValue{"SystemdScript": unitTemplate},
+	}, nil
+}
+
+func serviceCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "service",
+		Short: "Install and control dropship as a system service (systemd) on hosts without the .deb",
+	}
+	for _, action := range []struct{ name, short string }{
+		{"install", "Write the service unit (running `dropship agent --config CONFIG`) and enable it"},
+		{"uninstall", "Remove the service unit"},
+		{"start", "Start the service"},
+		{"stop", "Stop the service (a switched update finishes its hooks first)"},
+		{"restart", "Restart the service"},
+	} {
+		cmd.AddCommand(&cobra.Command{
+			Use:   action.name,
+			Short: action.short,
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				if action.name == "install" {
+					// Refuse to install a service that would not start.
+					if _, err := g.load(slog.New(slog.DiscardHandler)); err != nil {
+						return err
+					}
+				}
+				s, err := newService(g)
+				if err != nil {
+					return err
+				}
+				if err := service.Control(s, action.name); err != nil {
+					return fmt.Errorf("service %s: %w", action.name, err)
+				}
+				fmt.Fprintf(g.stdout, "dropship service: %s done (%s)\n", action.name, s.Platform())
+				return nil
+			},
+		})
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "status",
+		Short: "Say whether the service is installed and running",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := newService(g)
+			if err != nil {
+				return err
+			}
+			st, err := s.Status()
+			switch {
+			case err == service.ErrNotInstalled:
+				fmt.Fprintln(g.stdout, "dropship service: not installed")
+				return exitError{3}
+			case err != nil:
+				return fmt.Errorf("service status: %w", err)
+			case st == service.StatusRunning:
+				fmt.Fprintln(g.stdout, "dropship service: running")
+				return nil
+			case st == service.StatusStopped:
+				fmt.Fprintln(g.stdout, "dropship service: stopped")
+				return exitError{3}
+			}
+			fmt.Fprintln(g.stdout, "dropship service: unknown")
+			return exitError{4}
+		},
+	})
+	return cmd
+}
+
+func newService(g *globals) (service.Service, error) {
+	cfg, err := serviceConfig(g)
+	if err != nil {
+		return nil, err
+	}
+	exe, err := os.Executable()
+	if err == nil {
+		cfg.Executable = exe
+	}
+	return service.New(&daemon{g: g}, cfg)
+}

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dropshipd/dropship/agent"
+)
+
+// statusClient talks to the running agent's status endpoint.
+func (g *globals) statusClient() (*http.Client, string, error) {
+	cfg, err := g.load(slog.New(slog.DiscardHandler))
+	if err != nil {
+		return nil, "", err
+	}
+	network, addr := agent.StatusAddr(cfg)
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}, network + ":" + addr, nil
+}
+
+func statusCmd(g *globals) *cobra.Command {
+	var check string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show what the running agent has installed, when it checks, and what failed",
+		Long:  "Ask the running agent (its status endpoint, status_addr) for every service's state.\nWith --check SERVICE, ask it to check SERVICE now.",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			client, where, err := g.statusClient()
+			if err != nil {
+				return err
+			}
+			if check != "" {
+				resp, err := client.Post("http://agent/v1/services/"+check+"/check", "text/plain", nil)
+				if err != nil {
+					return fmt.Errorf("is the agent running? %s: %w", where, err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusAccepted {
+					return fmt.Errorf("check %s: %s", check, resp.Status)
+				}
+				fmt.Fprintf(g.stdout, "check of %s queued\n", check)
+				return nil
+			}
+			resp, err := client.Get("http://agent/v1/status")
+			if err != nil {
+				return fmt.Errorf("is the agent running? %s: %w", where, err)
+			}
+			defer resp.Body.Close()
+			var rep agent.StatusReport
+			if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
+				return fmt.Errorf("status from %s: %w", where, err)
+			}
+			fmt.Fprintf(g.stdout, "node %s, dropship %s\n", rep.Node, rep.Version)
+			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SERVICE\tCHECKSUM\tRELEASE\tLAST CHECK\tRESULT\tNEXT CHECK\tSLOT\tLAST ERROR")
+			for _, s := range rep.Services {
+				slot := "-"
+				switch {
+				case s.Holding:
+					slot = "holding"
+				case s.Waiting:
+					slot = "waiting"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Service, orDash(s.Checksum), orDash(s.Release),
+					when(s.LastCheck), orDash(s.LastResult), when(s.NextCheck), slot, oneLine(s.LastError))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&check, "check", "", "ask the agent to check this service now")
+	return cmd
+}
+
+func when(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return strings.TrimSuffix(t.Local().Format("15:04:05"), "")
+}
