@@ -9,7 +9,7 @@ export DROPSHIP_RIG_DIR := $(RIG_DIR)
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 
-.PHONY: all build demo test rig vet fmt-check bench fuzz clean
+.PHONY: all build demo test rig vet fmt-check bench fuzz deb clean
 
 all: build
 
@@ -31,6 +31,10 @@ vet:
 
 test: rig fmt-check vet
 	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) test -race -timeout 20m ./...
+
+# The Debian package: ../dropship_<version>_<arch>.deb
+deb:
+	dpkg-buildpackage -b -us -uc
 
 # Install benchmark: 1 GiB artifact from MinIO, dropship against curl | tar
 # on tmpfs, three rounds of each format. Not part of `make test`.

@@ -19,7 +19,7 @@ MINIO_VERSION=${MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}
 log() { printf 'rig: %s\n' "$*" >&2; }
 
 apt_pkgs=(swift swift-proxy swift-account swift-container swift-object memcached
-  graphite-web graphite-carbon debhelper dh-golang lintian debootstrap fakeroot zstd xz-utils bzip2 curl time)
+  graphite-web graphite-carbon debhelper dh-golang lintian debootstrap fakeroot zstd xz-utils bzip2 curl time systemd)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -52,6 +52,23 @@ if [ ! -x "$rig/bin/consul" ]; then
   t=$SECONDS
   (cd "$here/tools/consul" && go build -o "$rig/bin/consul" github.com/hashicorp/consul)
   log "consul built in $((SECONDS - t))s"
+fi
+
+
+# A minimal Debian root for the package tests (install, upgrade, purge run
+# the real maintainer scripts in a chroot). Kept as a tarball.
+if [ ! -s "$rig/debian-root.tar" ]; then
+  log "debootstrap a minimal Debian root (a few minutes)"
+  t=$SECONDS
+  suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+  mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+  mirror=${mirror:-http://deb.debian.org/debian}
+  tmp=$(mktemp -d)
+  debootstrap --variant=minbase "$suite" "$tmp/root" "$mirror" >"$rig/debootstrap.log" 2>&1
+  tar -C "$tmp/root" -cf "$rig/debian-root.tar.tmp" .
+  mv "$rig/debian-root.tar.tmp" "$rig/debian-root.tar"
+  rm -rf "$tmp"
+  log "debian root ready in $((SECONDS - t))s"
 fi
 
 log "rig ready in $((SECONDS - start))s: $rig/bin"

@@ -15,7 +15,7 @@ import (
 // /usr/bin/dropship (a test keeps the two equal).
 const unitTemplate = `[Unit]
 Description={{.Description}}
-Documentation=man:dropship(1) file:///usr/share/doc/dropship/README.md
+Documentation=file:///usr/share/doc/dropship/README.md
 After=network-online.target
 Wants=network-online.target
 ConditionFileIsExecutable={{.Path}}
