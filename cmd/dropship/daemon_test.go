@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,14 +28,35 @@ type daemonEnv struct {
 	cfg   string
 	store string
 	dest  string
-	log   *bytes.Buffer
+	log   *syncBuffer
 	cmd   *exec.Cmd
 }
+
+// syncBuffer is written by the process's output copier while the test
+// reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuffer) Bytes() []byte { return []byte(s.String()) }
 
 func newDaemon(t *testing.T, service string) *daemonEnv {
 	dir := t.TempDir()
 	d := &daemonEnv{t: t, dir: dir, cfg: filepath.Join(dir, "dropship.hcl"), store: filepath.Join(dir, "store", "app.tar.gz"),
-		dest: filepath.Join(dir, "srv", "app"), log: &bytes.Buffer{}}
+		dest: filepath.Join(dir, "srv", "app"), log: &syncBuffer{}}
 	d.write(service)
 	return d
 }
