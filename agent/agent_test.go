@@ -300,28 +300,57 @@ func TestContinuePolicy(t *testing.T) {
 }
 
 func TestHostileArchiveKeepsOldRelease(t *testing.T) {
-	cases := map[string]testutil.File{
-		"dotdot":            {Name: "../x", Body: "evil"},
-		"absolute":          {Name: "/etc/x", Body: "evil"},
-		"escaping symlink":  {Name: "link", Type: tar.TypeSymlink, Link: "../../../../etc/passwd"},
-		"escaping hardlink": {Name: "hard", Type: tar.TypeLink, Link: "../../etc/passwd"},
+	big := strings.Repeat("0", 40<<20)
+	cases := []struct {
+		name   string
+		files  []testutil.File
+		keys   string // extra artifact keys
+		entry  string
+		reason string
+	}{
+		{"dotdot", []testutil.File{{Name: "../x", Body: "evil"}}, "", "../x", ".."},
+		{"absolute", []testutil.File{{Name: "/etc/x", Body: "evil"}}, "", "/etc/x", "absolute"},
+		{"escaping symlink", []testutil.File{{Name: "link", Type: tar.TypeSymlink, Link: "../../../../etc/passwd"}}, "", "link", "outside"},
+		{"escaping hardlink", []testutil.File{{Name: "hard", Type: tar.TypeLink, Link: "../../etc/passwd"}}, "", "hard", "outside"},
+		{"write through symlink", []testutil.File{{Name: "up", Type: tar.TypeSymlink, Link: "bin"}, {Name: "up/x", Body: "evil"}}, "", "up/x", "through the symlink"},
+		{"device node", []testutil.File{{Name: "dev", Type: tar.TypeChar}}, "", "dev", "device"},
+		{"fifo", []testutil.File{{Name: "fifo", Type: tar.TypeFifo}}, "", "fifo", "FIFO"},
+		{"directory replaced by a link", []testutil.File{{Name: "bin", Type: tar.TypeSymlink, Link: "."}}, "", "bin", "replaces a directory"},
+		{"too many files", []testutil.File{{Name: "a"}, {Name: "b"}}, "max_files = 3", "b", "max_files"},
+		{"too large", []testutil.File{{Name: "big", Body: strings.Repeat("x", 5000)}}, "max_size = 4096", "big", "max_size"},
+		{"bomb", []testutil.File{{Name: "zeros", Body: big}}, "max_ratio = 50", "zeros", "compression ratio"},
 	}
-	for name, bad := range cases {
-		t.Run(name, func(t *testing.T) {
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
 			e := newEnv(t)
-			r := e.runner(e.config(""))
+			cfg := filepath.Join(e.dir, "hostile.hcl")
+			os.WriteFile(cfg, []byte(fmt.Sprintf(`state_path = %q
+service "app" {
+  artifact "file" {
+    path        = %q
+    destination = %q
+    %s
+  }
+}`, e.state, e.store, e.dest, c.keys)), 0o644)
+			loaded, diags := agent.Load(cfg, registry(), slog.New(slog.DiscardHandler))
+			if diags.HasErrors() {
+				t.Fatal(diags)
+			}
+			r := e.runner(loaded)
 			e.publish("v1")
 			e.check(r, agent.ResultInstalled)
-			e.publish("v2", bad)
+			e.publish("v2", c.files...)
 			out := e.check(r, agent.ResultFailed)
-			if !strings.Contains(out.Err.Error(), fmt.Sprintf("entry %q", bad.Name)) {
-				t.Fatalf("error does not name the entry: %v", out.Err)
+			if msg := out.Err.Error(); !strings.Contains(msg, fmt.Sprintf("entry %q", c.entry)) || !strings.Contains(msg, c.reason) {
+				t.Fatalf("error does not name entry %q and reason %q: %v", c.entry, c.reason, out.Err)
 			}
 			if e.current() != "v1" {
 				t.Fatalf("current = %q", e.current())
 			}
-			if _, err := os.Lstat(filepath.Join(e.dir, "x")); err == nil {
-				t.Fatal("a file was written outside the release")
+			for _, p := range []string{filepath.Join(e.dir, "x"), filepath.Join(e.dir, "srv", "x"), filepath.Join(r.Dir(), "x")} {
+				if _, err := os.Lstat(p); err == nil {
+					t.Fatalf("%s written outside the release", p)
+				}
 			}
 			if left, _ := os.ReadDir(filepath.Join(r.Dir(), "staging")); len(left) != 0 {
 				t.Fatalf("staging not cleaned: %v", left)

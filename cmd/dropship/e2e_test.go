@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	ncw "github.com/ncw/swift/v2"
 
 	"github.com/dropshipd/dropship/artifact/s3"
@@ -112,4 +114,44 @@ func TestEndToEndSwift(t *testing.T) {
     path        = "app.tar.gz"
     destination = %q
   }`, "swift://e2e-releases/app.tar.gz")
+}
+
+// A .tar.gz stored as application/octet-stream under a name with no
+// extension installs: the format comes from the bytes, not the store.
+func TestOctetStreamTarGzInstalls(t *testing.T) {
+	testutil.RequireServer(t, "MinIO", minioErr)
+	ctx := context.Background()
+	c, err := s3.NewClient(ctx, s3.Repo{Endpoint: aws.String(minio.Endpoint),
+		AccessKey: aws.String(minio.AccessKey), SecretKey: aws.String(minio.SecretKey)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s3.CreateBucket(ctx, c, "octet"); err != nil {
+		t.Fatal(err)
+	}
+	body := testutil.TarGz(t, testutil.File{Name: "VERSION", Body: "octet"})
+	_, err = c.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("octet"), Key: aws.String("release"),
+		Body: bytes.NewReader(body), ContentType: aws.String("application/octet-stream")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "dropship.hcl")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`state_path = "state"
+service "app" {
+  artifact "s3" {
+    bucket      = "octet"
+    path        = "release"
+    destination = "srv/app"
+    endpoint    = %q
+    access_key  = %q
+    secret_key  = %q
+  }
+}`, minio.Endpoint, minio.AccessKey, minio.SecretKey)), 0o600)
+	if _, errOut, code := run(t, "agent", "--once", "-c", cfg); code != 0 {
+		t.Fatalf("%d\n%s", code, errOut)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "srv", "app", "VERSION")); string(b) != "octet" {
+		t.Fatalf("installed %q", b)
+	}
 }

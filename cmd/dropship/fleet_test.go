@@ -155,6 +155,23 @@ func (f *fleetRig) waitAll(hosts []*host, v string, timeout time.Duration) {
 	}
 }
 
+// waitEnds waits (bounded) until n after hooks have finished for version
+// v: a host shows v at its switch, its after hook ends a moment later.
+func (f *fleetRig) waitEnds(v string, n int) {
+	f.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, _ := os.ReadFile(f.shared)
+		if strings.Count(string(b), " after "+v+"\n") >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("fewer than %d after hooks finished for %s:\n%s", n, v, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func tailOf(b []byte) string {
 	if len(b) > 3000 {
 		b = b[len(b)-3000:]
@@ -229,9 +246,11 @@ func TestFleetRolloutOneAtATime(t *testing.T) {
 	f.publish("v1", false)
 	f.startAll()
 	f.waitAll(f.hosts, "v1", 60*time.Second)
+	f.waitEnds("v1", 5)
 	before, _ := f.timeline()
 	f.publish("v2", false)
 	f.waitAll(f.hosts, "v2", 60*time.Second)
+	f.waitEnds("v2", 5)
 	us, _ := f.timeline()
 	if got := maxOverlap(us); got != 1 {
 		t.Fatalf("with concurrency = 1, %d updates overlapped", got)
@@ -263,6 +282,7 @@ func TestFleetRolloutTwoAtATime(t *testing.T) {
 	f.waitAll(f.hosts, "v1", 60*time.Second)
 	f.publish("v2", false)
 	f.waitAll(f.hosts, "v2", 60*time.Second)
+	f.waitEnds("v2", 6)
 	us, _ := f.timeline()
 	if got := maxOverlap(us); got > 2 {
 		t.Fatalf("with concurrency = 2, %d updates overlapped", got)
