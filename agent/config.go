@@ -296,7 +296,7 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 	if b.CheckInterval == nil {
 		name = "checkInterval"
 	}
-	s.CheckInterval, ds = hclx.Duration(b.Body, name, deref(interval), DefaultCheckInterval)
+	s.CheckInterval, ds = hclx.Duration(b.Body, name, hclx.Str(interval), DefaultCheckInterval)
 	diags = append(diags, ds...)
 	if s.CheckInterval <= 0 && interval != nil {
 		diags = append(diags, hclx.Errorf(b.Body, name, "Invalid duration", "%s must be more than zero.", name))
@@ -306,7 +306,7 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 	if b.Hold == nil {
 		name = "updateTTL"
 	}
-	s.Hold, ds = hclx.Duration(b.Body, name, deref(hold), 0)
+	s.Hold, ds = hclx.Duration(b.Body, name, hclx.Str(hold), 0)
 	diags = append(diags, ds...)
 	if v := hclx.First(b.Sequential, b.OldSequential); v != nil {
 		s.Sequential = *v
@@ -481,13 +481,6 @@ func keys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }
 
 func validName(n string) bool {

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -168,11 +167,6 @@ func (l layout) remove(id string, logger *slog.Logger) {
 		return
 	}
 	logger.Info("pruned release", "release", id)
-}
-
-// sortReleases orders by install time, oldest first.
-func sortReleases(rs []Release) {
-	sort.SliceStable(rs, func(i, j int) bool { return rs[i].Installed.Before(rs[j].Installed) })
 }
 
 // freeBytes is the space an unprivileged writer may still use under dir.

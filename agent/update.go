@@ -159,71 +159,66 @@ func (r *Runner) Check(ctx context.Context) (out Outcome) {
 }
 
 func (r *Runner) check(ctx context.Context, st *State) Outcome {
+	info, stop := r.look(ctx, st)
+	if stop != nil {
+		return *stop
+	}
+	if r.sem == nil {
+		return r.install(ctx, make(<-chan struct{}), st, info)
+	}
+	r.setWaiting(true)
+	lost, err := r.sem.Acquire(ctx)
+	r.setWaiting(false)
+	if err != nil {
+		return Outcome{Result: ResultError, Phase: PhaseLock, Checksum: info.Checksum(), Err: fmt.Errorf("take a slot: %w", err)}
+	}
+	r.setHolding(true)
+	success := false
+	defer func() {
+		if success && r.svc.Hold > 0 {
+			r.logger.Info("holding the slot for the bake time", "hold", r.svc.Hold)
+			select {
+			case <-time.After(r.svc.Hold):
+			case <-ctx.Done():
+			case <-lost:
+			}
+		}
+		if err := r.sem.Release(context.WithoutCancel(ctx)); err != nil {
+			r.logger.Warn("releasing the slot", "error", err)
+		}
+		r.setHolding(false)
+	}()
+	// The world may have moved while we waited: look again.
+	if info, stop = r.look(ctx, st); stop != nil {
+		return *stop
+	}
+	out := r.install(ctx, lost, st, info)
+	success = out.Result == ResultInstalled
+	return out
+}
+
+// look stats the artifact and decides whether to go on: not when nothing
+// changed, the checksum is to be skipped, or the fleet holds it back.
+func (r *Runner) look(ctx context.Context, st *State) (artifact.Info, *Outcome) {
 	info, err := r.svc.Source.Stat(ctx)
 	if err != nil {
-		return Outcome{Result: ResultError, Phase: PhaseStat, Err: fmt.Errorf("check %s: %w", r.svc.Source, err)}
+		return info, &Outcome{Result: ResultError, Phase: PhaseStat, Err: err} // sources name themselves
+	}
+	if skip := r.skip(st, info); skip != nil {
+		return info, skip
+	}
+	if r.fleet == nil {
+		return info, nil
 	}
 	sum := info.Checksum()
-	if skip := r.skip(st, info); skip != nil {
-		return *skip
+	reason, err := r.fleet.Blocked(ctx, r.svc.Name, sum)
+	if err != nil {
+		return info, &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: err}
 	}
-	if r.fleet != nil {
-		reason, err := r.fleet.Blocked(ctx, r.svc.Name, sum)
-		if err != nil {
-			return Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: err}
-		}
-		if reason != "" {
-			return Outcome{Result: ResultSkipped, Checksum: sum, Reason: reason}
-		}
+	if reason != "" {
+		return info, &Outcome{Result: ResultSkipped, Checksum: sum, Reason: reason}
 	}
-	lost := make(<-chan struct{})
-	if r.sem != nil {
-		r.setWaiting(true)
-		l, err := r.sem.Acquire(ctx)
-		r.setWaiting(false)
-		if err != nil {
-			return Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("take a slot: %w", err)}
-		}
-		lost = l
-		r.setHolding(true)
-		success := false
-		defer func() {
-			if success && r.svc.Hold > 0 {
-				r.logger.Info("holding the slot for the bake time", "hold", r.svc.Hold)
-				select {
-				case <-time.After(r.svc.Hold):
-				case <-ctx.Done():
-				case <-lost:
-				}
-			}
-			if err := r.sem.Release(context.WithoutCancel(ctx)); err != nil {
-				r.logger.Warn("releasing the slot", "error", err)
-			}
-			r.setHolding(false)
-		}()
-		// The world may have moved while we waited: look again.
-		info, err = r.svc.Source.Stat(ctx)
-		if err != nil {
-			return Outcome{Result: ResultError, Phase: PhaseStat, Err: fmt.Errorf("check %s: %w", r.svc.Source, err)}
-		}
-		sum = info.Checksum()
-		if skip := r.skip(st, info); skip != nil {
-			return *skip
-		}
-		if r.fleet != nil {
-			reason, err := r.fleet.Blocked(ctx, r.svc.Name, sum)
-			if err != nil {
-				return Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: err}
-			}
-			if reason != "" {
-				return Outcome{Result: ResultSkipped, Checksum: sum, Reason: reason}
-			}
-		}
-		out := r.install(ctx, lost, st, info)
-		success = out.Result == ResultInstalled
-		return out
-	}
-	return r.install(ctx, lost, st, info)
+	return info, nil
 }
 
 // skip decides, without the network, whether info needs no install now.

@@ -6,9 +6,12 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/dropshipd/dropship/internal/hclx"
 )
 
 // Info describes one version of an artifact as the store reports it.
@@ -82,6 +85,31 @@ type Repo struct {
 type Env struct {
 	BaseDir string           // directory of the file the block is in
 	Repos   map[string]*Repo // by name
+}
+
+// Repo returns the repo block a source of kind uses: the one its `repo`
+// attribute names (named), else the one called like its kind, if any. It
+// must be of one of types. The block's own diagnostics were reported when
+// the agent file loaded.
+func (env Env) Repo(body hcl.Body, named *string, kind string, types ...string) (*Repo, hcl.Diagnostics) {
+	name := kind
+	if named != nil {
+		name = *named
+	}
+	r, ok := env.Repos[name]
+	if !ok {
+		if named == nil {
+			return nil, nil
+		}
+		return nil, hcl.Diagnostics{hclx.Errorf(body, "repo", "Unknown repo", "No repo %q is defined in the agent file.", name)}
+	}
+	for _, t := range types {
+		if r.Type == t {
+			return r, nil
+		}
+	}
+	return nil, hcl.Diagnostics{hclx.Errorf(body, "repo", "Wrong repo type",
+		"repo %q is of type %q; a %s artifact uses one of: %s.", name, r.Type, kind, strings.Join(types, ", "))}
 }
 
 // Factory builds a Source from the plugin-specific part of an artifact

@@ -54,7 +54,7 @@ func (s *Source) String() string { return "file://" + s.path }
 func (s *Source) Stat(ctx context.Context) (artifact.Info, error) {
 	fi, err := os.Stat(s.path)
 	if err != nil {
-		return artifact.Info{}, s.wrap(err)
+		return artifact.Info{}, fmt.Errorf("check %w", s.wrap(err))
 	}
 	if !fi.Mode().IsRegular() {
 		return artifact.Info{}, fmt.Errorf("stat %s: not a regular file", s)

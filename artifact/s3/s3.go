@@ -77,13 +77,6 @@ func (r Repo) merge(o Repo) Repo {
 	return r
 }
 
-func str(p *string) string {
-	if p == nil {
-		return ""
-	}
-	return *p
-}
-
 // Client is a configured S3 client and where its credentials come from.
 type Client struct {
 	*s3.Client
@@ -98,17 +91,17 @@ type Client struct {
 func NewClient(ctx context.Context, r Repo) (*Client, error) {
 	var opts []func(*awsconfig.LoadOptions) error
 	var httpClient *http.Client
-	if v := str(r.Region); v != "" {
+	if v := hclx.Str(r.Region); v != "" {
 		opts = append(opts, awsconfig.WithRegion(v))
 	}
-	if v := str(r.Profile); v != "" {
+	if v := hclx.Str(r.Profile); v != "" {
 		opts = append(opts, awsconfig.WithSharedConfigProfile(v))
 	}
 	if r.AccessKey != nil {
 		opts = append(opts, awsconfig.WithCredentialsProvider(
-			credentials.NewStaticCredentialsProvider(*r.AccessKey, str(r.SecretKey), str(r.SessionToken))))
+			credentials.NewStaticCredentialsProvider(*r.AccessKey, hclx.Str(r.SecretKey), hclx.Str(r.SessionToken))))
 	}
-	if v := str(r.CAFile); v != "" {
+	if v := hclx.Str(r.CAFile); v != "" {
 		pem, err := os.ReadFile(v)
 		if err != nil {
 			return nil, fmt.Errorf("ca_file: %w", err)
@@ -127,8 +120,8 @@ func NewClient(ctx context.Context, r Repo) (*Client, error) {
 		// Static keys: the credential chain and shared config files are
 		// not consulted, so they need not be loaded (less code resident).
 		cfg = aws.Config{
-			Region:      str(r.Region),
-			Credentials: aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider(*r.AccessKey, str(r.SecretKey), str(r.SessionToken))),
+			Region:      hclx.Str(r.Region),
+			Credentials: aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider(*r.AccessKey, hclx.Str(r.SecretKey), hclx.Str(r.SessionToken))),
 		}
 		if httpClient != nil {
 			cfg.HTTPClient = httpClient
@@ -143,7 +136,7 @@ func NewClient(ctx context.Context, r Repo) (*Client, error) {
 	if cfg.Region == "" {
 		cfg.Region = "us-east-1"
 	}
-	endpoint := str(r.Endpoint)
+	endpoint := hclx.Str(r.Endpoint)
 	// S3-compatible stores reached by endpoint usually want path-style.
 	pathStyle := endpoint != ""
 	if r.PathStyle != nil {
@@ -208,19 +201,10 @@ func Factory(kind string, body hcl.Body, env artifact.Env) (artifact.Source, hcl
 	diags = append(diags, hclx.Required(body, "bucket", c.Bucket)...)
 	diags = append(diags, hclx.Required(body, "path", c.Path)...)
 	var repo Repo
-	name := "s3"
-	if c.Repo != nil {
-		name = *c.Repo
-	}
-	if rb, ok := env.Repos[name]; ok {
-		if rb.Type != "s3" {
-			diags = append(diags, hclx.Errorf(body, "repo", "Wrong repo type", "repo %q is of type %q, not s3.", name, rb.Type))
-		} else {
-			// The agent reported this block's diagnostics when it loaded.
-			repo, _ = DecodeRepo(rb.Body, env.BaseDir)
-		}
-	} else if c.Repo != nil {
-		diags = append(diags, hclx.Errorf(body, "repo", "Unknown repo", "No repo %q is defined in the agent file.", name))
+	rb, d := env.Repo(body, c.Repo, "s3", "s3")
+	diags = append(diags, d...)
+	if rb != nil {
+		repo, _ = DecodeRepo(rb.Body, env.BaseDir)
 	}
 	inline, d := DecodeRepo(c.Inline, env.BaseDir)
 	diags = append(diags, d...)

@@ -66,24 +66,17 @@ func (r Repo) merge(o Repo) Repo {
 	return r
 }
 
-func str(p *string) string {
-	if p == nil {
-		return ""
-	}
-	return *p
-}
-
 // NewConnection builds a connection from r; kind "rackspace" defaults the
 // identity endpoint. It authenticates lazily, on first use.
 func NewConnection(kind string, r Repo) (*swift.Connection, error) {
 	c := &swift.Connection{
-		UserName: str(r.User),
-		ApiKey:   str(r.Key),
-		AuthUrl:  str(r.AuthURL),
-		Region:   str(r.Region),
-		Tenant:   str(r.Tenant),
-		TenantId: str(r.TenantID),
-		Domain:   str(r.Domain),
+		UserName: hclx.Str(r.User),
+		ApiKey:   hclx.Str(r.Key),
+		AuthUrl:  hclx.Str(r.AuthURL),
+		Region:   hclx.Str(r.Region),
+		Tenant:   hclx.Str(r.Tenant),
+		TenantId: hclx.Str(r.TenantID),
+		Domain:   hclx.Str(r.Domain),
 		// Retries here would hide what the agent's own backoff handles.
 		Retries:        1,
 		ConnectTimeout: 10 * time.Second,
@@ -135,25 +128,16 @@ func Factory(kind string, body hcl.Body, env artifact.Env) (artifact.Source, hcl
 	if diags.HasErrors() {
 		return nil, diags
 	}
-	container := str(hclx.First(c.Container, c.Bucket))
+	container := hclx.Str(hclx.First(c.Container, c.Bucket))
 	if c.Container == nil {
 		diags = append(diags, hclx.Required(body, "container", container)...)
 	}
 	diags = append(diags, hclx.Required(body, "path", c.Path)...)
-	name := kind
-	if c.Repo != nil {
-		name = *c.Repo
-	}
 	var repo Repo
-	if rb, ok := env.Repos[name]; ok {
-		if rb.Type != "swift" && rb.Type != "rackspace" {
-			diags = append(diags, hclx.Errorf(body, "repo", "Wrong repo type", "repo %q is of type %q, not swift or rackspace.", name, rb.Type))
-		} else {
-			// The agent reported this block's diagnostics when it loaded.
-			repo, _ = DecodeRepo(rb.Body)
-		}
-	} else if c.Repo != nil {
-		diags = append(diags, hclx.Errorf(body, "repo", "Unknown repo", "No repo %q is defined in the agent file.", name))
+	rb, d := env.Repo(body, c.Repo, kind, "swift", "rackspace")
+	diags = append(diags, d...)
+	if rb != nil {
+		repo, _ = DecodeRepo(rb.Body)
 	}
 	inline, d := DecodeRepo(c.Inline)
 	diags = append(diags, d...)

@@ -47,11 +47,11 @@ func decodeCommon(body hcl.Body) (*Retry, hcl.Body, hcl.Diagnostics) {
 	}
 	r := &Retry{Retries: 3}
 	var d hcl.Diagnostics
-	r.Interval, d = hclx.Duration(c.Full, "interval", deref(c.Interval), time.Second)
+	r.Interval, d = hclx.Duration(c.Full, "interval", hclx.Str(c.Interval), time.Second)
 	diags = append(diags, d...)
-	r.Timeout, d = hclx.Duration(c.Full, "timeout", deref(c.Timeout), 5*time.Second)
+	r.Timeout, d = hclx.Duration(c.Full, "timeout", hclx.Str(c.Timeout), 5*time.Second)
 	diags = append(diags, d...)
-	r.StartPeriod, d = hclx.Duration(c.Full, "start_period", deref(c.StartPeriod), 0)
+	r.StartPeriod, d = hclx.Duration(c.Full, "start_period", hclx.Str(c.StartPeriod), 0)
 	diags = append(diags, d...)
 	if c.Retries != nil {
 		r.Retries = *c.Retries
@@ -126,7 +126,7 @@ func HTTPFactory(_ string, body hcl.Body, _ hooks.Env) (hooks.Hook, hcl.Diagnost
 	if diags.HasErrors() {
 		return nil, diags
 	}
-	h := &HTTP{Method: http.MethodGet, BodyContains: deref(c.BodyContains), Client: &http.Client{
+	h := &HTTP{Method: http.MethodGet, BodyContains: hclx.Str(c.BodyContains), Client: &http.Client{
 		// A redirect is an answer; do not follow it elsewhere.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}}
@@ -225,13 +225,6 @@ func ScriptFactory(kind string, body hcl.Body, env hooks.Env) (hooks.Hook, hcl.D
 	}
 	r.Probe = h
 	return r, diags
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }
 
 var (

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/hcl/v2/gohcl"
 
 	"github.com/dropshipd/dropship/hooks"
+	"github.com/dropshipd/dropship/internal/hclx"
 )
 
 // Hook fires one user event per update.
@@ -60,7 +61,7 @@ func Factory(_ string, body hcl.Body, _ hooks.Env) (hooks.Hook, hcl.Diagnostics)
 	if c.Name != nil {
 		h.Name = *c.Name
 	}
-	h.NodeFilter, h.ServiceFilter, h.TagFilter = deref(c.NodeFilter), deref(c.ServiceFilter), deref(c.TagFilter)
+	h.NodeFilter, h.ServiceFilter, h.TagFilter = hclx.Str(c.NodeFilter), hclx.Str(c.ServiceFilter), hclx.Str(c.TagFilter)
 	return h, diags
 }
 
@@ -88,13 +89,6 @@ func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
 		return fmt.Errorf("consul event %s: %w", h.Name, err)
 	}
 	return nil
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }
 
 var _ hooks.Hook = (*Hook)(nil)

@@ -63,7 +63,7 @@ func EventFactory(_ string, body hcl.Body, _ hooks.Env) (hooks.Hook, hcl.Diagnos
 		e.Data, d = hooks.ParseTemplate(body, "data", *c.Data)
 		diags = append(diags, d...)
 	}
-	timeout, d := hclx.Duration(body, "timeout", deref(c.Timeout), 5*time.Second)
+	timeout, d := hclx.Duration(body, "timeout", hclx.Str(c.Timeout), 5*time.Second)
 	diags = append(diags, d...)
 	if diags.HasErrors() {
 		return nil, diags
@@ -72,7 +72,7 @@ func EventFactory(_ string, body hcl.Body, _ hooks.Env) (hooks.Hook, hcl.Diagnos
 	if c.Tags != nil {
 		e.Tags = strings.FieldsFunc(*c.Tags, func(r rune) bool { return r == ' ' || r == ',' })
 	}
-	e.User, e.Password = deref(c.User), deref(c.Password)
+	e.User, e.Password = hclx.Str(c.User), hclx.Str(c.Password)
 	e.Client = &http.Client{Timeout: timeout}
 	return e, diags
 }
@@ -126,13 +126,6 @@ func dedupe(in []string) []string {
 		}
 	}
 	return out
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }
 
 var _ hooks.Hook = (*Event)(nil)

@@ -55,7 +55,7 @@ func MetricFactory(_ string, body hcl.Body, _ hooks.Env) (hooks.Hook, hcl.Diagno
 		m.Prefix = strings.Trim(*c.Prefix, ".")
 	}
 	var d hcl.Diagnostics
-	m.Timeout, d = hclx.Duration(body, "timeout", deref(c.Timeout), 5*time.Second)
+	m.Timeout, d = hclx.Duration(body, "timeout", hclx.Str(c.Timeout), 5*time.Second)
 	return m, append(diags, d...)
 }
 

@@ -58,7 +58,7 @@ func Factory(_ string, body hcl.Body, _ hooks.Env) (hooks.Hook, hcl.Diagnostics)
 		h.Body, d = hooks.ParseTemplate(body, "body", *c.Body)
 		diags = append(diags, d...)
 	}
-	timeout, d := hclx.Duration(body, "timeout", deref(c.Timeout), 10*time.Second)
+	timeout, d := hclx.Duration(body, "timeout", hclx.Str(c.Timeout), 10*time.Second)
 	diags = append(diags, d...)
 	h.Client = &http.Client{Timeout: timeout}
 	return h, diags
@@ -105,13 +105,6 @@ func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
 		return fmt.Errorf("webhook %s %s: %s %s", h.Method, url, resp.Status, strings.TrimSpace(string(msg)))
 	}
 	return nil
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }
 
 var _ hooks.Hook = (*Hook)(nil)

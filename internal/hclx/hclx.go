@@ -127,7 +127,15 @@ func URL(body hcl.Body, name, value string) (*url.URL, hcl.Diagnostics) {
 	return u, nil
 }
 
-// Decoded returns first non-nil of a new key and its legacy twin.
+// Str is the value of an optional string attribute, "" when unset.
+func Str(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// First returns the first non-nil of a new key and its legacy twins.
 func First[T any](vals ...*T) *T {
 	for _, v := range vals {
 		if v != nil {

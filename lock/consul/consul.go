@@ -89,7 +89,7 @@ func Factory(_ string, body hcl.Body, env lock.Env) (lock.Provider, hcl.Diagnost
 		p.Prefix = strings.Trim(*c.Prefix, "/")
 	}
 	var d hcl.Diagnostics
-	p.SessionTTL, d = hclx.Duration(body, "session_ttl", deref(c.SessionTTL), DefaultSessionTTL)
+	p.SessionTTL, d = hclx.Duration(body, "session_ttl", hclx.Str(c.SessionTTL), DefaultSessionTTL)
 	diags = append(diags, d...)
 	if p.SessionTTL < 10*time.Second || p.SessionTTL > 24*time.Hour {
 		diags = append(diags, hclx.Errorf(body, "session_ttl", "Invalid session_ttl", "Consul accepts session TTLs from 10s to 24h."))
@@ -101,13 +101,6 @@ func Factory(_ string, body hcl.Body, env lock.Env) (lock.Provider, hcl.Diagnost
 	}
 	p.Client = client
 	return p, diags
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }
 
 // Semaphore returns the fleet semaphore of service with limit slots.
