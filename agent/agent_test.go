@@ -246,6 +246,32 @@ func TestBeforeHookFailureInstallsNothing(t *testing.T) {
 	}
 }
 
+// A before chain that stops the service and then fails must not leave
+// the service stopped: the current release's after hooks run again.
+func TestFailedBeforeChainRestartsCurrentRelease(t *testing.T) {
+	e := newEnv(t)
+	r := e.runner(e.config(fmt.Sprintf(`
+  before "script" { command = "echo stop >> %[1]s" }
+  before "script" { command = "test \"$DROPSHIP_CHECKSUM\" != \"$(cat %[2]s 2>/dev/null)\"" }
+  after  "script" { command = "echo start $(cat VERSION) $DROPSHIP_PHASE >> %[1]s" }
+`, e.log, filepath.Join(e.dir, "bad-checksum"))))
+	e.publish("v1")
+	e.check(r, agent.ResultInstalled)
+	e.publish("v2")
+	info, err := r.Service().Source.Stat(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(e.dir, "bad-checksum"), []byte(info.Checksum()), 0o644)
+	e.check(r, agent.ResultFailed)
+	if e.current() != "v1" {
+		t.Fatalf("current = %q", e.current())
+	}
+	if log := e.hookLog(); !strings.HasSuffix(log, "stop\nstart v1 rollback\n") {
+		t.Fatalf("the stopped release was not started again:\n%s", log)
+	}
+}
+
 func TestAfterHookFailureRollsBack(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.config(fmt.Sprintf(`

@@ -307,24 +307,44 @@ func (r *Runner) install(ctx context.Context, lost <-chan struct{}, st *State, i
 		return Outcome{Result: ResultError, Checksum: sum, Phase: PhaseLock, Err: err}
 	}
 
+	// Once the before hooks have run (say, `systemctl stop api`), an
+	// update that stops short of the switch brings the current release
+	// back by running its after hooks: never a stopped service left behind.
+	restore := func(why error) {
+		if prev == "" {
+			return
+		}
+		rev := ev
+		rev.Phase, rev.Result, rev.Error = hooks.PhaseRollback, "rollback", why.Error()
+		rev.Hash, rev.PreviousHash, rev.Release, rev.ReleaseDir, rev.PreviousDir = st.Checksum, sum, prev, r.lay.releaseDir(prev), ""
+		logger.Warn("update stopped after its before hooks; starting the current release again", "release", prev, "error", why)
+		if err := r.runChain(context.WithoutCancel(ctx), r.svc.After, rev, logger); err != nil {
+			logger.Error("could not start the current release again", "release", prev, "error", err)
+		}
+	}
 	ev.Phase = hooks.PhaseBefore
 	if err := r.runChain(ctx, r.svc.Before, ev, logger); err != nil {
+		restore(err)
 		return fail(hooks.PhaseBefore, err, false)
 	}
 	if err := os.MkdirAll(r.lay.releases(), 0o755); err != nil {
+		restore(err)
 		return fail(PhaseInstall, err, false)
 	}
 	r.crashPoint("verified")
 	if err := os.Rename(stage, r.lay.releaseDir(id)); err != nil {
+		restore(err)
 		return fail(PhaseInstall, fmt.Errorf("promote release: %w", err), false)
 	}
 	if err := abandoned(ctx, lost); err != nil {
 		os.RemoveAll(r.lay.releaseDir(id))
+		restore(err)
 		return Outcome{Result: ResultError, Checksum: sum, Phase: PhaseLock, Err: err}
 	}
 	movedAside, err := r.lay.switchTo(id, logger)
 	if err != nil {
 		os.RemoveAll(r.lay.releaseDir(id))
+		restore(err)
 		return fail(PhaseSwitch, err, false)
 	}
 	logger.Info("switched", "release", id, "destination", r.svc.Destination)
