@@ -477,8 +477,8 @@ func (r *Runner) downloadOnce(ctx context.Context, info artifact.Info, stage str
 	defer body.Close()
 	v := artifact.NewVerifier(body, info)
 	// Download and hashing on one core, decompression and unpacking on
-	// the other; 8 × 64 KiB in flight at most.
-	ahead := artifact.Prefetch(v, 64<<10, 8)
+	// the other; 4 × 64 KiB in flight at most.
+	ahead := artifact.Prefetch(v, 64<<10, 4)
 	defer ahead.Close()
 	opt := r.svc.Unpack
 	opt.Name = path.Base(strings.TrimRight(info.Key, "/"))

@@ -85,7 +85,7 @@ func refuse(name, format string, args ...any) error {
 
 type writerOnly struct{ io.Writer }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
 // Extract unpacks src into dir, which must exist and be empty. On error,
 // dir holds a partial result that the caller removes; nothing is ever
@@ -93,7 +93,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b 
 func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats, error) {
 	opt.defaults()
 	counted := &countReader{r: src}
-	br := bufio.NewReaderSize(counted, 64<<10)
+	br := bufio.NewReaderSize(counted, 16<<10)
 	format := opt.Format
 	if format == "" {
 		format = Detect(br, opt.Name)
