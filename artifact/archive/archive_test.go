@@ -296,6 +296,9 @@ func TestModesOverride(t *testing.T) {
 
 func TestOwnerApplied(t *testing.T) {
 	if os.Getuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI runs as root: chown must be tested there")
+		}
 		t.Skip("chown needs root")
 	}
 	dir, _, err := extract(t, makeTar(t, sample...), archive.Options{UID: 65534, GID: 65534})

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/internal/hclx"
+	"github.com/dropshipd/dropship/lock/consul"
 )
 
 // Hook fires one user event per update.
@@ -25,37 +26,26 @@ type Hook struct {
 }
 
 type config struct {
-	Name          *string `hcl:"name,optional"`
-	Address       *string `hcl:"address,optional"`
-	Token         *string `hcl:"token,optional"`
-	Datacenter    *string `hcl:"datacenter,optional"`
-	NodeFilter    *string `hcl:"node_filter,optional"`
-	ServiceFilter *string `hcl:"service_filter,optional"`
-	TagFilter     *string `hcl:"tag_filter,optional"`
+	Name          *string  `hcl:"name,optional"`
+	NodeFilter    *string  `hcl:"node_filter,optional"`
+	ServiceFilter *string  `hcl:"service_filter,optional"`
+	TagFilter     *string  `hcl:"tag_filter,optional"`
+	Conn          hcl.Body `hcl:",remain"` // address, token, TLS: as in lock "consul"
 }
 
-// Factory decodes `after "consul-event" { name … }`. Without address it
-// uses CONSUL_HTTP_ADDR or 127.0.0.1:8500, like the consul CLI.
-func Factory(_ string, body hcl.Body, _ hooks.Env) (hooks.Hook, hcl.Diagnostics) {
+// Factory decodes `after "consul-event" { name … }`. The connection keys
+// are those of `lock "consul"`; without address it uses CONSUL_HTTP_ADDR
+// or 127.0.0.1:8500, like the consul CLI.
+func Factory(_ string, body hcl.Body, env hooks.Env) (hooks.Hook, hcl.Diagnostics) {
 	var c config
 	diags := gohcl.DecodeBody(body, nil, &c)
 	if diags.HasErrors() {
 		return nil, diags
 	}
-	cfg := api.DefaultConfig()
-	if c.Address != nil {
-		cfg.Address = *c.Address
-	}
-	if c.Token != nil {
-		cfg.Token = *c.Token
-	}
-	if c.Datacenter != nil {
-		cfg.Datacenter = *c.Datacenter
-	}
-	client, err := api.NewClient(cfg)
-	if err != nil {
-		r := body.MissingItemRange()
-		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid Consul settings", Detail: err.Error(), Subject: &r})
+	client, d := consul.NewClient(c.Conn, env.BaseDir)
+	diags = append(diags, d...)
+	if client == nil {
+		return nil, diags
 	}
 	h := &Hook{Client: client, Name: "dropship-deploy"}
 	if c.Name != nil {

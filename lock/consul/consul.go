@@ -38,7 +38,10 @@ type Provider struct {
 	SessionTTL time.Duration
 }
 
-type config struct {
+// Client is the connection part of a Consul block, shared by
+// `lock "consul"` and the consul-event hook. Unset keys fall back to
+// Consul's environment variables (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, …).
+type Client struct {
 	Address    *string `hcl:"address,optional"`
 	Scheme     *string `hcl:"scheme,optional"`
 	Token      *string `hcl:"token,optional"`
@@ -47,14 +50,12 @@ type config struct {
 	CAFile     *string `hcl:"ca_file,optional"`
 	CertFile   *string `hcl:"cert_file,optional"`
 	KeyFile    *string `hcl:"key_file,optional"`
-	Prefix     *string `hcl:"prefix,optional"`
-	SessionTTL *string `hcl:"session_ttl,optional"`
 }
 
-// Factory decodes `lock "consul" { … }`. Unset keys fall back to Consul's
-// own environment variables (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, …).
-func Factory(_ string, body hcl.Body, env lock.Env) (lock.Provider, hcl.Diagnostics) {
-	var c config
+// NewClient decodes the connection keys of body and returns a client.
+// Nothing is dialled: Consul may be down when the config loads.
+func NewClient(body hcl.Body, baseDir string) (*api.Client, hcl.Diagnostics) {
+	var c Client
 	diags := gohcl.DecodeBody(body, nil, &c)
 	if diags.HasErrors() {
 		return nil, diags
@@ -70,19 +71,39 @@ func Factory(_ string, body hcl.Body, env lock.Env) (lock.Provider, hcl.Diagnost
 	set(&cfg.Token, c.Token)
 	set(&cfg.Datacenter, c.Datacenter)
 	if c.TokenFile != nil {
-		cfg.TokenFile = hclx.Path(env.BaseDir, *c.TokenFile)
+		cfg.TokenFile = hclx.Path(baseDir, *c.TokenFile)
 		if _, err := os.Stat(cfg.TokenFile); err != nil {
 			diags = append(diags, hclx.Errorf(body, "token_file", "Unreadable token_file", "%v", err))
 		}
 	}
 	for _, f := range []struct {
-		name string
-		v    *string
-		dst  *string
-	}{{"ca_file", c.CAFile, &cfg.TLSConfig.CAFile}, {"cert_file", c.CertFile, &cfg.TLSConfig.CertFile}, {"key_file", c.KeyFile, &cfg.TLSConfig.KeyFile}} {
+		v   *string
+		dst *string
+	}{{c.CAFile, &cfg.TLSConfig.CAFile}, {c.CertFile, &cfg.TLSConfig.CertFile}, {c.KeyFile, &cfg.TLSConfig.KeyFile}} {
 		if f.v != nil {
-			*f.dst = hclx.Path(env.BaseDir, *f.v)
+			*f.dst = hclx.Path(baseDir, *f.v)
 		}
+	}
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		r := body.MissingItemRange()
+		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid Consul settings", Detail: err.Error(), Subject: &r})
+	}
+	return client, diags
+}
+
+type config struct {
+	Prefix     *string  `hcl:"prefix,optional"`
+	SessionTTL *string  `hcl:"session_ttl,optional"`
+	Conn       hcl.Body `hcl:",remain"`
+}
+
+// Factory decodes `lock "consul" { … }`.
+func Factory(_ string, body hcl.Body, env lock.Env) (lock.Provider, hcl.Diagnostics) {
+	var c config
+	diags := gohcl.DecodeBody(body, nil, &c)
+	if diags.HasErrors() {
+		return nil, diags
 	}
 	p := &Provider{Prefix: DefaultPrefix, Node: env.NodeName}
 	if c.Prefix != nil {
@@ -94,12 +115,11 @@ func Factory(_ string, body hcl.Body, env lock.Env) (lock.Provider, hcl.Diagnost
 	if p.SessionTTL < 10*time.Second || p.SessionTTL > 24*time.Hour {
 		diags = append(diags, hclx.Errorf(body, "session_ttl", "Invalid session_ttl", "Consul accepts session TTLs from 10s to 24h."))
 	}
-	client, err := api.NewClient(cfg)
-	if err != nil {
-		r := body.MissingItemRange()
-		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid Consul settings", Detail: err.Error(), Subject: &r})
+	p.Client, d = NewClient(c.Conn, env.BaseDir)
+	diags = append(diags, d...)
+	if p.Client == nil {
+		return nil, diags
 	}
-	p.Client = client
 	return p, diags
 }
 
