@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -397,6 +398,9 @@ func (r *Runner) install(ctx context.Context, lost <-chan struct{}, st *State, i
 	ev.Phase, ev.Result, ev.Duration = hooks.PhaseAfter, "success", out.Duration
 	r.announce(ctx, ev, logger)
 	logger.Info("installed", "release", id, "duration", out.Duration.Round(time.Millisecond))
+	// The agent idles between updates: give the buffers of this one back
+	// to the system now rather than holding them until the next.
+	debug.FreeOSMemory()
 	return out
 }
 

@@ -229,7 +229,7 @@ func buildTree(dir string) error {
 			// sequences, one chunk in eight random.
 			buf := make([]byte, size)
 			for j := 0; j+16 <= len(buf); j += 16 {
-				if r.IntN(16) == 0 {
+				if r.IntN(24) == 0 {
 					for k := j; k < j+16; k++ {
 						buf[k] = byte(r.IntN(256))
 					}
@@ -241,7 +241,8 @@ func buildTree(dir string) error {
 		} else {
 			for int64(b.Len()) < size {
 				// Zipf-like: a few words (keywords, names) most of the time.
-				b.WriteString(words[int(float64(len(words))*r.Float64()*r.Float64()*r.Float64())])
+				f := r.Float64()
+				b.WriteString(words[int(float64(len(words))*f*f*f*f)])
 				if r.IntN(12) == 0 {
 					b.WriteString("\n\t")
 				} else {
