@@ -428,9 +428,6 @@ func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnos
 		}
 		o.GID = gid
 	}
-	if o.UID >= 0 && o.GID < 0 {
-		o.GID = -1
-	}
 	s.Unpack = o
 	return diags
 }

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -88,5 +87,5 @@ func when(t time.Time) string {
 	if t.IsZero() {
 		return "-"
 	}
-	return strings.TrimSuffix(t.Local().Format("15:04:05"), "")
+	return t.Local().Format("15:04:05")
 }
