@@ -5,7 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -19,6 +19,8 @@ import (
 
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/internal/testutil"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // daemonEnv is a running `dropship agent` with its config, store and log.
@@ -152,17 +154,49 @@ func TestStatusAndMetricsAfterAnUpdate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
+		t.Errorf("metrics content type %q", ct)
+	}
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{
-		`dropship_updates_total{result="installed",service="app"} 1`,
-		`dropship_checks_total{result="installed",service="app"} 1`,
-		`dropship_update_duration_seconds_count{service="app"} 1`,
-		`dropship_downloaded_bytes_total{service="app"}`,
-		`dropship_release_age_seconds{service="app"}`,
+	if err != nil {
+		t.Fatalf("metrics do not parse: %v", err)
+	}
+	value := func(name string, labels map[string]string) (float64, bool) {
+		for _, m := range fams[name].GetMetric() {
+			got := map[string]string{}
+			for _, l := range m.GetLabel() {
+				got[l.GetName()] = l.GetValue()
+			}
+			if maps.Equal(got, labels) {
+				switch {
+				case m.Counter != nil:
+					return m.Counter.GetValue(), true
+				case m.Gauge != nil:
+					return m.Gauge.GetValue(), true
+				case m.Histogram != nil:
+					return float64(m.Histogram.GetSampleCount()), true
+				}
+			}
+		}
+		return 0, false
+	}
+	app := map[string]string{"service": "app"}
+	installed := map[string]string{"service": "app", "result": "installed"}
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		ok     func(float64) bool
+	}{
+		{"dropship_updates_total", installed, func(v float64) bool { return v == 1 }},
+		{"dropship_checks_total", installed, func(v float64) bool { return v == 1 }},
+		{"dropship_update_duration_seconds", app, func(v float64) bool { return v == 1 }},
+		{"dropship_downloaded_bytes_total", app, func(v float64) bool { return v > 0 }},
+		{"dropship_release_age_seconds", app, func(v float64) bool { return v >= 0 && v < 600 }},
 	} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("metrics lack %q", want)
+		if v, found := value(c.name, c.labels); !found || !c.ok(v) {
+			t.Errorf("metric %s%v = %v (found %v)", c.name, c.labels, v, found)
 		}
 	}
 	// dropship status prints the table from the endpoint.
