@@ -2,13 +2,13 @@ package s3
 
 import (
 	"context"
+	"crypto/md5"
+	"encoding/base64"
+	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"strings"
-
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/dropshipd/dropship/artifact"
 )
@@ -16,11 +16,15 @@ import (
 // DefaultPartSize: files larger than this are uploaded in parts.
 const DefaultPartSize = 64 << 20
 
+// MinPartSize is the smallest part S3 takes (but the last).
+const MinPartSize = 5 << 20
+
 // Publish uploads the file at path to bucket/key with its MD5 and SHA-256
 // as metadata, so agents can verify it even when it is stored in parts
-// (whose ETag is no MD5).
+// (whose ETag is no MD5). Every request carries its body's MD5, which the
+// store checks.
 func Publish(ctx context.Context, c *Client, bucket, key, path string, partSize int64) (artifact.Info, error) {
-	if partSize < manager.MinUploadPartSize {
+	if partSize < MinPartSize {
 		partSize = DefaultPartSize
 	}
 	size, md5hex, shahex, err := artifact.HashFile(path)
@@ -33,18 +37,18 @@ func Publish(ctx context.Context, c *Client, bucket, key, path string, partSize 
 	}
 	defer f.Close()
 	key = strings.TrimPrefix(key, "/")
-	up := manager.NewUploader(c.Client, func(u *manager.Uploader) { u.PartSize = partSize })
-	_, err = up.Upload(ctx, &s3.PutObjectInput{
-		Bucket:   &bucket,
-		Key:      &key,
-		Body:     f,
-		Metadata: map[string]string{artifact.MetaMD5: md5hex, artifact.MetaSHA256: shahex},
-	})
-	if err != nil {
-		return artifact.Info{}, New(c, bucket, key).classify(ctx, "publish", err)
+	src := New(c, bucket, key)
+	meta := map[string]string{artifact.MetaMD5: md5hex, artifact.MetaSHA256: shahex}
+	if size <= partSize {
+		sum, _ := hexToBase64(md5hex)
+		if err := c.PutObject(ctx, bucket, key, f, size, sum, meta); err != nil {
+			return artifact.Info{}, src.classify(ctx, "publish", err)
+		}
+	} else if err := putParts(ctx, c, bucket, key, f, size, partSize, meta); err != nil {
+		return artifact.Info{}, src.classify(ctx, "publish", err)
 	}
 	// Read back what agents will see.
-	info, err := New(c, bucket, key).Stat(ctx)
+	info, err := src.Stat(ctx)
 	if err != nil {
 		return info, err
 	}
@@ -54,8 +58,40 @@ func Publish(ctx context.Context, c *Client, bucket, key, path string, partSize 
 	return info, nil
 }
 
+// putParts uploads f in parts of partSize, one after another, and drops
+// the upload if a part fails: no half object ever becomes visible.
+func putParts(ctx context.Context, c *Client, bucket, key string, f *os.File, size, partSize int64, meta map[string]string) (err error) {
+	id, err := c.CreateMultipartUpload(ctx, bucket, key, meta)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			c.AbortMultipartUpload(context.WithoutCancel(ctx), bucket, key, id)
+		}
+	}()
+	var parts []completedPart
+	for n, off := 1, int64(0); off < size; n, off = n+1, off+partSize {
+		part := io.NewSectionReader(f, off, min(partSize, size-off))
+		h := md5.New()
+		if _, err := io.Copy(h, part); err != nil {
+			return err
+		}
+		etag, err := c.UploadPart(ctx, bucket, key, id, n, part, part.Size(), base64.StdEncoding.EncodeToString(h.Sum(nil)))
+		if err != nil {
+			return fmt.Errorf("part %d: %w", n, err)
+		}
+		parts = append(parts, completedPart{n, etag})
+	}
+	return c.CompleteMultipartUpload(ctx, bucket, key, id, parts)
+}
+
+func hexToBase64(h string) (string, error) {
+	b, err := hex.DecodeString(h)
+	return base64.StdEncoding.EncodeToString(b), err
+}
+
 // CreateBucket makes a bucket (tests and first-time setups).
 func CreateBucket(ctx context.Context, c *Client, bucket string) error {
-	_, err := c.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)})
-	return err
+	return c.CreateBucket(ctx, bucket)
 }

@@ -4,22 +4,12 @@ package s3
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
-	"sync"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
-	awsconfig "github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/credentials"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/aws/smithy-go"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 
@@ -77,101 +67,6 @@ func (r Repo) merge(o Repo) Repo {
 	return r
 }
 
-// Client is a configured S3 client and where its credentials come from.
-type Client struct {
-	*s3.Client
-	creds aws.CredentialsProvider
-	once  sync.Once
-	from  string
-}
-
-// NewClient builds a client from r. Without access_key it uses the
-// standard AWS credential chain: environment, shared config and profile,
-// web identity, container and instance roles.
-func NewClient(ctx context.Context, r Repo) (*Client, error) {
-	var opts []func(*awsconfig.LoadOptions) error
-	var httpClient *http.Client
-	if v := hclx.Str(r.Region); v != "" {
-		opts = append(opts, awsconfig.WithRegion(v))
-	}
-	if v := hclx.Str(r.Profile); v != "" {
-		opts = append(opts, awsconfig.WithSharedConfigProfile(v))
-	}
-	if r.AccessKey != nil {
-		opts = append(opts, awsconfig.WithCredentialsProvider(
-			credentials.NewStaticCredentialsProvider(*r.AccessKey, hclx.Str(r.SecretKey), hclx.Str(r.SessionToken))))
-	}
-	if v := hclx.Str(r.CAFile); v != "" {
-		pem, err := os.ReadFile(v)
-		if err != nil {
-			return nil, fmt.Errorf("ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca_file %s: no PEM certificates", v)
-		}
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-		httpClient = &http.Client{Transport: tr}
-		opts = append(opts, awsconfig.WithHTTPClient(httpClient))
-	}
-	var cfg aws.Config
-	if r.AccessKey != nil && r.Profile == nil {
-		// Static keys: the credential chain and shared config files are
-		// not consulted, so they need not be loaded (less code resident).
-		cfg = aws.Config{
-			Region:      hclx.Str(r.Region),
-			Credentials: aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider(*r.AccessKey, hclx.Str(r.SecretKey), hclx.Str(r.SessionToken))),
-		}
-		if httpClient != nil {
-			cfg.HTTPClient = httpClient
-		}
-	} else {
-		var err error
-		cfg, err = awsconfig.LoadDefaultConfig(ctx, opts...)
-		if err != nil {
-			return nil, fmt.Errorf("aws config: %w", err)
-		}
-	}
-	if cfg.Region == "" {
-		cfg.Region = "us-east-1"
-	}
-	endpoint := hclx.Str(r.Endpoint)
-	// S3-compatible stores reached by endpoint usually want path-style.
-	pathStyle := endpoint != ""
-	if r.PathStyle != nil {
-		pathStyle = *r.PathStyle
-	}
-	c := s3.NewFromConfig(cfg, func(o *s3.Options) {
-		if endpoint != "" {
-			o.BaseEndpoint = aws.String(endpoint)
-		}
-		o.UsePathStyle = pathStyle
-		// The agent verifies MD5 and SHA-256 itself while streaming; one
-		// verification, in one place.
-		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
-		o.DisableLogOutputChecksumValidationSkipped = true
-	})
-	return &Client{Client: c, creds: cfg.Credentials}, nil
-}
-
-// CredentialsSource names where the credentials come from, for errors.
-func (c *Client) CredentialsSource(ctx context.Context) string {
-	c.once.Do(func() {
-		if c.creds == nil {
-			c.from = "no credentials"
-			return
-		}
-		v, err := c.creds.Retrieve(ctx)
-		if err != nil {
-			c.from = "no credentials found: " + err.Error()
-			return
-		}
-		c.from = v.Source
-	})
-	return c.from
-}
-
 // Source is one object in one bucket.
 type Source struct {
 	client *Client
@@ -223,62 +118,52 @@ func (s *Source) String() string { return "s3://" + s.bucket + "/" + s.key }
 
 // Stat is one HEAD request.
 func (s *Source) Stat(ctx context.Context) (artifact.Info, error) {
-	out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &s.key})
+	o, err := s.client.HeadObject(ctx, s.bucket, s.key)
 	if err != nil {
 		return artifact.Info{}, s.classify(ctx, "check", err)
 	}
 	info := artifact.Info{
 		Key:         s.String(),
-		VersionID:   aws.ToString(out.VersionId),
-		ContentType: aws.ToString(out.ContentType),
-		Size:        aws.ToInt64(out.ContentLength),
-		Modified:    aws.ToTime(out.LastModified),
+		VersionID:   o.VersionID,
+		ContentType: o.ContentType,
+		Size:        o.Size,
+		Modified:    o.Modified,
 	}
-	etag := aws.ToString(out.ETag)
-	info.SetChecksums(etag, out.Metadata[artifact.MetaMD5], out.Metadata[artifact.MetaSHA256], strings.Contains(etag, "-"))
+	info.SetChecksums(o.ETag, o.Meta[artifact.MetaMD5], o.Meta[artifact.MetaSHA256], strings.Contains(o.ETag, "-"))
 	return info, nil
 }
 
 // Open fetches the pinned version: by version id when the bucket has
 // versioning, else by a GET conditional on the ETag.
 func (s *Source) Open(ctx context.Context, pin artifact.Info) (io.ReadCloser, error) {
-	in := &s3.GetObjectInput{Bucket: &s.bucket, Key: &s.key}
+	version := ""
 	if pin.VersionID != "" && pin.VersionID != "null" {
-		in.VersionId = aws.String(pin.VersionID)
+		version = pin.VersionID
 	}
-	if pin.ETag != "" {
-		in.IfMatch = aws.String(`"` + pin.ETag + `"`)
-	}
-	out, err := s.client.GetObject(ctx, in)
+	body, _, err := s.client.GetObject(ctx, s.bucket, s.key, version, pin.ETag)
 	if err != nil {
 		return nil, s.classify(ctx, "download", err)
 	}
-	return out.Body, nil
+	return body, nil
 }
 
 func (s *Source) classify(ctx context.Context, doing string, err error) error {
-	status := 0
-	var re *awshttp.ResponseError
-	if errors.As(err, &re) {
-		status = re.HTTPStatusCode()
-	}
-	code := ""
-	var api smithy.APIError
-	if errors.As(err, &api) {
-		code = api.ErrorCode()
+	var e *Error
+	if !errors.As(err, &e) {
+		return fmt.Errorf("%s %s: %w", doing, s, err)
 	}
 	switch {
-	case status == http.StatusPreconditionFailed || code == "PreconditionFailed":
+	case e.Status == http.StatusPreconditionFailed || e.Code == "PreconditionFailed":
 		return fmt.Errorf("%s %s: %w", doing, s, artifact.ErrChanged)
-	case status == http.StatusNotFound || code == "NoSuchKey" || code == "NoSuchBucket" || code == "NotFound":
+	case e.Status == http.StatusNotFound || e.Code == "NoSuchKey" || e.Code == "NoSuchBucket" || e.Code == "NoSuchVersion":
 		what := "no such object"
-		if code == "NoSuchBucket" {
+		if e.Code == "NoSuchBucket" {
 			what = "no such bucket"
 		}
 		return fmt.Errorf("%s %s: %w (%s)", doing, s, artifact.ErrNotFound, what)
-	case status == http.StatusForbidden || status == http.StatusUnauthorized || code == "AccessDenied" ||
-		code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch":
-		return fmt.Errorf("%s %s: %w (%s; credentials from %s)", doing, s, artifact.ErrAccess, orStatus(code, status), s.client.CredentialsSource(ctx))
+	case e.Status == http.StatusForbidden || e.Status == http.StatusUnauthorized || e.Code == "AccessDenied" ||
+		e.Code == "InvalidAccessKeyId" || e.Code == "SignatureDoesNotMatch":
+		return fmt.Errorf("%s %s: %w (%s; credentials from %s)", doing, s, artifact.ErrAccess, orStatus(e.Code, e.Status), s.client.CredentialsSource(ctx))
 	}
 	return fmt.Errorf("%s %s: %w", doing, s, err)
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
@@ -39,6 +40,19 @@ func TestMain(m *testing.M) {
 		minio.Stop()
 	}
 	os.Exit(code)
+}
+
+// sdk is an AWS SDK client on MinIO: an independent S3 client, to lay
+// out objects the way other tools do.
+func sdk(t *testing.T) *awss3.Client {
+	t.Helper()
+	testutil.RequireServer(t, "MinIO", minioErr)
+	return awss3.New(awss3.Options{
+		Region:       "us-east-1",
+		BaseEndpoint: aws.String(minio.Endpoint),
+		UsePathStyle: true,
+		Credentials:  credentials.NewStaticCredentialsProvider(minio.AccessKey, minio.SecretKey, ""),
+	})
 }
 
 func client(t *testing.T, endpoint, secret string) *s3.Client {
@@ -76,9 +90,9 @@ func bucket(t *testing.T, c *s3.Client) string {
 	return name
 }
 
-func put(t *testing.T, c *s3.Client, b, key string, data []byte) {
+func put(t *testing.T, _ *s3.Client, b, key string, data []byte) {
 	t.Helper()
-	_, err := c.PutObject(context.Background(), &awss3.PutObjectInput{Bucket: &b, Key: &key, Body: bytes.NewReader(data)})
+	_, err := sdk(t).PutObject(context.Background(), &awss3.PutObjectInput{Bucket: &b, Key: &key, Body: bytes.NewReader(data)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +123,7 @@ func TestConformance(t *testing.T) {
 				}
 				return
 			}
-			up := manager.NewUploader(c.Client, func(u *manager.Uploader) { u.PartSize = 5 << 20 })
+			up := manager.NewUploader(sdk(t), func(u *manager.Uploader) { u.PartSize = 5 << 20 })
 			if _, err := up.Upload(context.Background(), &awss3.PutObjectInput{Bucket: &b, Key: &key, Body: bytes.NewReader(data)}); err != nil {
 				t.Fatal(err)
 			}
@@ -143,7 +157,7 @@ func TestErrorsNameBucketKeyAndCredentials(t *testing.T) {
 func TestVersionedBucketPinsTheVersion(t *testing.T) {
 	c := client(t, minio.Endpoint, minio.SecretKey)
 	b := bucket(t, c)
-	_, err := c.PutBucketVersioning(context.Background(), &awss3.PutBucketVersioningInput{Bucket: &b,
+	_, err := sdk(t).PutBucketVersioning(context.Background(), &awss3.PutBucketVersioningInput{Bucket: &b,
 		VersioningConfiguration: &types.VersioningConfiguration{Status: types.BucketVersioningStatusEnabled}})
 	if err != nil {
 		t.Fatal(err)

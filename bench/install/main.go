@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/dropshipd/dropship/artifact/s3"
@@ -89,12 +90,15 @@ func run() error {
 		return err
 	}
 	bin := filepath.Join(*work, "dropship")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./cmd/dropship")
+	// As `make build` builds it.
+	build := exec.Command("go", "build", "-trimpath", "-tags", "nethttpomithttp2", "-ldflags", "-s -w", "-o", bin, "./cmd/dropship")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		return fmt.Errorf("build: %v\n%s", err, out)
 	}
-	presign := awss3.NewPresignClient(client.Client)
+	// curl gets a presigned URL, made by the AWS SDK.
+	presign := awss3.NewPresignClient(awss3.New(awss3.Options{Region: "us-east-1", BaseEndpoint: aws.String(minio.Endpoint),
+		UsePathStyle: true, Credentials: credentials.NewStaticCredentialsProvider(minio.AccessKey, minio.SecretKey, "")}))
 
 	for _, c := range []struct {
 		name, file, untar string

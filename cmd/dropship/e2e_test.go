@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	ncw "github.com/ncw/swift/v2"
 
@@ -130,7 +131,10 @@ func TestOctetStreamTarGzInstalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := testutil.TarGz(t, testutil.File{Name: "VERSION", Body: "octet"})
-	_, err = c.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("octet"), Key: aws.String("release"),
+	// Put by the AWS SDK, as other tools would.
+	sdk := awss3.New(awss3.Options{Region: "us-east-1", BaseEndpoint: aws.String(minio.Endpoint), UsePathStyle: true,
+		Credentials: credentials.NewStaticCredentialsProvider(minio.AccessKey, minio.SecretKey, "")})
+	_, err = sdk.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("octet"), Key: aws.String("release"),
 		Body: bytes.NewReader(body), ContentType: aws.String("application/octet-stream")})
 	if err != nil {
 		t.Fatal(err)
