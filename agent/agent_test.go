@@ -516,3 +516,38 @@ func (k *killAfter) Read(p []byte) (int, error) {
 	k.left -= int64(n)
 	return n, err
 }
+
+// A check that finds nothing new does not rewrite the state file; one
+// whose error changes does.
+func TestIdleCheckLeavesStateFileAlone(t *testing.T) {
+	e := newEnv(t)
+	e.publish("v1")
+	r := e.runner(e.config(""))
+	e.check(r, agent.ResultInstalled)
+	path := filepath.Join(r.Dir(), "state.json")
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		e.check(r, agent.ResultNoop)
+	}
+	after, _ := os.Stat(path)
+	if !os.SameFile(before, after) || !after.ModTime().Equal(before.ModTime()) {
+		t.Fatal("a noop check rewrote the state file")
+	}
+	if got := r.Status(); got.LastResult != agent.ResultNoop || got.Release == "" || got.LastCheck.Before(before.ModTime()) {
+		t.Fatalf("live status after noops: %+v", got)
+	}
+
+	os.Rename(e.store, e.store+".away")
+	e.check(r, agent.ResultError)
+	if st := e.state_(r); st.LastError == "" {
+		t.Fatal("the error was not written")
+	}
+	os.Rename(e.store+".away", e.store)
+	e.check(r, agent.ResultNoop)
+	if st := e.state_(r); st.LastError != "" {
+		t.Fatalf("the cleared error was not written: %q", st.LastError)
+	}
+}

@@ -31,8 +31,11 @@ type State struct {
 	Failures       map[string]*Failure `json:"failures,omitempty"` // by checksum
 	Releases       []Release           `json:"releases,omitempty"` // oldest first
 	History        []Attempt           `json:"history,omitempty"`  // newest last
-	LastCheck      time.Time           `json:"last_check,omitzero"`
-	LastError      string              `json:"last_error,omitempty"`
+	// LastCheck is the last check that wrote the state: one that installed,
+	// failed or changed LastError. Checks that find nothing new do not
+	// write; the status endpoint has the time of the latest.
+	LastCheck time.Time `json:"last_check,omitzero"`
+	LastError string    `json:"last_error,omitempty"`
 }
 
 // Release is one unpacked release kept on disk.

@@ -22,7 +22,9 @@ func (r *Runner) Status() Status {
 	return r.status
 }
 
-func (r *Runner) noteCheck(o Outcome) {
+// noteCheck records a check's outcome; st is the state it left, or nil
+// when it did not get as far as reading it.
+func (r *Runner) noteCheck(o Outcome, st *State) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.status.LastCheck = r.now().UTC()
@@ -31,7 +33,10 @@ func (r *Runner) noteCheck(o Outcome) {
 	if o.Err != nil {
 		r.status.LastError = o.Err.Error()
 	}
-	if st, err := LoadState(r.lay.dir, r.svc.Name); err == nil {
+	if st == nil {
+		st, _ = LoadState(r.lay.dir, r.svc.Name)
+	}
+	if st != nil {
 		r.status.Checksum, r.status.Release = st.Checksum, st.Release
 	}
 }

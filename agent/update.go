@@ -116,9 +116,10 @@ func (r *Runner) Dir() string { return r.lay.dir }
 // Check looks at the artifact once and installs it if it changed.
 func (r *Runner) Check(ctx context.Context) (out Outcome) {
 	start := r.now()
+	var st *State
 	defer func() {
 		out.Duration = r.now().Sub(start)
-		r.noteCheck(out)
+		r.noteCheck(out, st)
 		if r.obs != nil {
 			r.obs.Checked(r.svc.Name, out)
 		}
@@ -137,12 +138,18 @@ func (r *Runner) Check(ctx context.Context) (out Outcome) {
 	if err != nil {
 		return Outcome{Result: ResultError, Phase: PhaseInstall, Err: err}
 	}
-	st.LastCheck = r.now().UTC()
+	lastError := st.LastError
 	defer func() {
 		st.LastError = ""
 		if out.Err != nil {
 			st.LastError = out.Err.Error()
 		}
+		// A check that found nothing to do and no new error leaves the
+		// state file alone: no write and no fsync every interval.
+		if (out.Result == ResultNoop || out.Result == ResultSkipped) && st.LastError == lastError {
+			return
+		}
+		st.LastCheck = r.now().UTC()
 		if err := st.Save(r.lay.dir); err != nil && out.Err == nil {
 			out = Outcome{Result: ResultError, Phase: PhaseInstall, Err: err}
 		}
