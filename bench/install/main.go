@@ -53,7 +53,7 @@ func run() error {
 		}
 	}
 	os.MkdirAll(*work, 0o755)
-	src := filepath.Join(*work, fmt.Sprintf("tree-%d-%d", *sizeMiB, *files))
+	src := filepath.Join(*work, fmt.Sprintf("tree2-%d-%d", *sizeMiB, *files))
 	gz, zst := src+".tar.gz", src+".tar.zst"
 	if _, err := os.Stat(zst); err != nil {
 		fmt.Printf("building a %d MiB tree of %d files in %s …\n", *sizeMiB, *files, src)
@@ -193,6 +193,12 @@ var words = func() []string {
 	return out
 }()
 
+var idioms = []string{
+	"}", "if err != nil {", "return nil, err", "return err", "defer f.Close()", "} else {",
+	"for _, v := range values {", "ctx context.Context,", "t.Helper()", "return nil",
+	"mu.Lock()", "defer mu.Unlock()", "case <-ctx.Done():", "default:", "break",
+}
+
 var binTable = func() [][]byte {
 	r := rand.New(rand.NewPCG(5, 6))
 	t := make([][]byte, 1024)
@@ -205,14 +211,18 @@ var binTable = func() [][]byte {
 	return t
 }()
 
+// binRandom: one 16-byte chunk in binRandom of a binary is random.
+var binRandom = 24
+
 func buildTree(dir string) error {
 	r := rand.New(rand.NewPCG(3, 4))
 	total := int64(*sizeMiB) << 20
-	// Half the bytes in ~1% of the files (binaries), half in source files.
+	// A third of the bytes in ~0.5% of the files (binaries), the rest in
+	// source files.
 	nBin := max(*files/200, 1)
 	nSrc := *files - nBin
-	binSize := total / 2 / int64(nBin)
-	srcSize := total / 2 / int64(nSrc)
+	binSize := total / 3 / int64(nBin)
+	srcSize := total * 2 / 3 / int64(nSrc)
 	for i := range *files {
 		var name string
 		var size int64
@@ -233,7 +243,7 @@ func buildTree(dir string) error {
 			// sequences, one chunk in eight random.
 			buf := make([]byte, size)
 			for j := 0; j+16 <= len(buf); j += 16 {
-				if r.IntN(24) == 0 {
+				if r.IntN(binRandom) == 0 {
 					for k := j; k < j+16; k++ {
 						buf[k] = byte(r.IntN(256))
 					}
@@ -246,9 +256,14 @@ func buildTree(dir string) error {
 			for int64(b.Len()) < size {
 				// Zipf-like: a few words (keywords, names) most of the time.
 				f := r.Float64()
-				b.WriteString(words[int(float64(len(words))*f*f*f*f)])
+				b.WriteString(words[int(float64(len(words))*f*f*f*f*f*f*f*f)])
 				if r.IntN(12) == 0 {
 					b.WriteString("\n\t")
+					// Code repeats itself: idioms, braces, error checks.
+					for r.IntN(2) == 0 {
+						b.WriteString(idioms[r.IntN(len(idioms))])
+						b.WriteString("\n\t")
+					}
 				} else {
 					b.WriteByte(' ')
 				}
