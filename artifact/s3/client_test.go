@@ -257,8 +257,9 @@ func TestCredentialChain(t *testing.T) {
 		}
 	})
 	t.Run("profile errors", func(t *testing.T) {
-		e := home(map[string]string{"config": "[profile sso]\nsso_session = corp\nsso_account_id = 1\n[profile half]\naws_access_key_id = x\n"})
-		for profile, want := range map[string]string{"missing": `profile "missing" not found`, "sso": "SSO", "half": "no aws_secret_access_key"} {
+		e := home(map[string]string{"config": "[profile sso]\nsso_session = corp\nsso_account_id = 1\n[profile half]\naws_access_key_id = x\n[profile bare]\nregion = eu-west-1\n"})
+		for profile, want := range map[string]string{"missing": `profile "missing" not found`, "sso": "SSO", "half": "no aws_secret_access_key",
+			"bare": "has no credentials"} {
 			_, err := s3.NewClientEnv(s3.Repo{Endpoint: aws.String(minio.Endpoint), Profile: aws.String(profile)}, e.get)
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Errorf("profile %s: %v, want %q", profile, err, want)

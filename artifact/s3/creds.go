@@ -111,6 +111,10 @@ func resolveProvider(env credEnv, profile string, hc *http.Client, region string
 		return p, profRegion, nil
 	}
 	if explicit {
+		if _, found := files.profiles[profile]; found {
+			return nil, "", fmt.Errorf("AWS profile %q (%s) has no credentials: no keys, credential_process, role_arn or web_identity_token_file",
+				profile, files.from[profile])
+		}
 		return nil, "", fmt.Errorf("AWS profile %q not found in %s", profile, strings.Join(files.paths, " or "))
 	}
 	if p := containerProvider(env, noProxy(hc)); p != nil {
