@@ -45,9 +45,11 @@ bench: rig
 	PATH="$(RIG_DIR)/bench:$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/install
 
 # The agent at rest: resident memory and CPU time with 10 services, each
-# installed once, over 10 minutes at a 10 s interval.
-bench-idle:
-	$(GO) run ./bench/idle
+# installed once, over 10 minutes at a 10 s interval. IDLE_SOURCE=s3 puts
+# the artifacts in MinIO instead of local files.
+IDLE_SOURCE ?= file
+bench-idle: rig
+	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/idle -source $(IDLE_SOURCE)
 
 # Fuzz the archive reader and the config loader (FUZZTIME each).
 FUZZTIME ?= 3m

@@ -48,25 +48,16 @@ func NewClient(_ context.Context, r Repo) (*Client, error) {
 }
 
 func newClient(r Repo, env credEnv) (*Client, error) {
-	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: time.Minute,
-		ExpectContinueTimeout: time.Second,
-		IdleConnTimeout:       90 * time.Second,
-		MaxIdleConnsPerHost:   4,
-	}
+	var pem []byte
 	if v := hclx.Str(r.CAFile); v != "" {
-		pem, err := os.ReadFile(v)
-		if err != nil {
+		var err error
+		if pem, err = os.ReadFile(v); err != nil {
 			return nil, fmt.Errorf("ca_file: %w", err)
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca_file %s: no PEM certificates", v)
-		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	tr, err := transport(pem)
+	if err != nil {
+		return nil, fmt.Errorf("ca_file %s: %w", hclx.Str(r.CAFile), err)
 	}
 	c := &Client{hc: &http.Client{Transport: tr}, now: time.Now, regions: map[string]string{}}
 	if ep := hclx.Str(r.Endpoint); ep != "" {
@@ -107,6 +98,43 @@ func newClient(r Repo, env credEnv) (*Client, error) {
 	}
 	c.region = region
 	return c, nil
+}
+
+// transports are shared by every client with the same CA bundle: one
+// pool of connections per store for all services, not one per service
+// (each idle connection holds two goroutines and their buffers).
+var transports struct {
+	sync.Mutex
+	m map[string]*http.Transport
+}
+
+func transport(pem []byte) (*http.Transport, error) {
+	transports.Lock()
+	defer transports.Unlock()
+	if tr := transports.m[string(pem)]; tr != nil {
+		return tr, nil
+	}
+	tr := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: time.Minute,
+		ExpectContinueTimeout: time.Second,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConnsPerHost:   4,
+	}
+	if len(pem) > 0 {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, errors.New("no PEM certificates")
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	if transports.m == nil {
+		transports.m = map[string]*http.Transport{}
+	}
+	transports.m[string(pem)] = tr
+	return tr, nil
 }
 
 // CredentialsSource names where the credentials come from, for errors.

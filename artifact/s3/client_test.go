@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -418,5 +419,31 @@ func TestWrongRegionIsFollowed(t *testing.T) {
 	// One redirect, then the learnt region from the start.
 	if want := []string{"eu-west-3", "us-east-1", "us-east-1"}; !slices.Equal(regions, want) {
 		t.Fatalf("signed for regions %v, want %v", regions, want)
+	}
+}
+
+// Services on the same store share one pool of connections: ten clients
+// checking one after another use one connection, not ten.
+func TestClientsShareConnections(t *testing.T) {
+	c := client(t, minio.Endpoint, minio.SecretKey)
+	b := bucket(t, c)
+	put(t, c, b, "k", []byte("x"))
+	target, _ := url.Parse(minio.Endpoint)
+	srv := httptest.NewUnstartedServer(httputil.NewSingleHostReverseProxy(target))
+	var conns atomic.Int32
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	for range 10 {
+		if _, err := s3.New(client(t, srv.URL, minio.SecretKey), b, "k").Stat(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("10 clients opened %d connections", n)
 	}
 }

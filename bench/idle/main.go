@@ -2,11 +2,12 @@
 // with -services services configured, each installed once, checking every
 // -interval for -duration.
 //
-//	go run ./bench/idle [-services 10] [-interval 10s] [-duration 10m]
+//	go run ./bench/idle [-services 10] [-interval 10s] [-duration 10m] [-source file|s3]
 //
-// The agent is built as `make build` builds it and watches local files (the
-// file source), so the figures are the agent's own, with no store's
-// latency in them. It prints VmRSS (with its anonymous and file-backed
+// The agent is built as `make build` builds it. With -source file it
+// watches local files, so the figures are the agent's own; with -source s3
+// each service watches an object in a MinIO this program starts (one HEAD
+// per check), so they include the HTTP client's. It prints VmRSS (with its anonymous and file-backed
 // parts) 30 s after start and then every minute, the peak, and the CPU
 // time spent from the first sample to the last.
 package main
@@ -15,6 +16,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"flag"
 	"fmt"
 	"os"
@@ -24,6 +26,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dropshipd/dropship/artifact/s3"
+	"github.com/dropshipd/dropship/internal/rig"
 )
 
 var (
@@ -31,6 +36,7 @@ var (
 	interval = flag.Duration("interval", 10*time.Second, "check interval")
 	duration = flag.Duration("duration", 10*time.Minute, "how long to watch the idle agent")
 	work     = flag.String("dir", "", "work directory (default: a new temporary one)")
+	source   = flag.String("source", "file", "file (local files) or s3 (objects in MinIO)")
 )
 
 func main() {
@@ -63,20 +69,53 @@ func run() error {
 
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "state_path = %q\n", filepath.Join(dir, "state"))
+	var put func(i int, file string) (string, error) // the artifact block's location keys
+	switch *source {
+	case "file":
+		put = func(_ int, file string) (string, error) {
+			return fmt.Sprintf("artifact \"file\" {\n    path        = %q", file), nil
+		}
+	case "s3":
+		minio, err := rig.StartMinIO()
+		if err != nil {
+			return fmt.Errorf("MinIO (make rig installs it): %w", err)
+		}
+		defer minio.Stop()
+		ctx := context.Background()
+		repo := s3.Repo{Endpoint: &minio.Endpoint, AccessKey: &minio.AccessKey, SecretKey: &minio.SecretKey}
+		c, err := s3.NewClient(ctx, repo)
+		if err != nil {
+			return err
+		}
+		if err := s3.CreateBucket(ctx, c, "idle"); err != nil {
+			return err
+		}
+		fmt.Fprintf(&cfg, "repo \"s3\" {\n  endpoint = %q\n  access_key = %q\n  secret_key = %q\n}\n", minio.Endpoint, minio.AccessKey, minio.SecretKey)
+		put = func(i int, file string) (string, error) {
+			key := fmt.Sprintf("svc%d/app.tar.gz", i)
+			_, err := s3.Publish(ctx, c, "idle", key, file, 0)
+			return fmt.Sprintf("artifact \"s3\" {\n    bucket      = \"idle\"\n    path        = %q", key), err
+		}
+	default:
+		return fmt.Errorf("-source %q: want file or s3", *source)
+	}
 	for i := 1; i <= *services; i++ {
 		art := filepath.Join(dir, "store", fmt.Sprintf("svc%d", i), "app.tar.gz")
 		if err := writeRelease(art, i); err != nil {
 			return err
 		}
+		where, err := put(i, art)
+		if err != nil {
+			return err
+		}
 		fmt.Fprintf(&cfg, `service "svc%d" {
   check_interval = %q
-  artifact "file" {
-    path        = %q
+  %s
     destination = %q
   }
   after "script" { command = "true" }
 }
-`, i, interval.String(), art, filepath.Join(dir, "srv", fmt.Sprintf("svc%d", i)))
+`, i, interval.String(), where, filepath.Join(dir, "srv", fmt.Sprintf("svc%d", i)))
 	}
 	cfgPath := filepath.Join(dir, "dropship.hcl")
 	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o600); err != nil {
@@ -93,7 +132,7 @@ func run() error {
 		agent.Wait()
 	}()
 	pid := agent.Process.Pid
-	fmt.Printf("%d services, check interval %s, watching for %s\n", *services, *interval, *duration)
+	fmt.Printf("%d services (%s source), check interval %s, watching for %s\n", *services, *source, *interval, *duration)
 	fmt.Printf("%8s %10s %10s %10s %9s %8s\n", "time", "VmRSS", "anon", "file", "installed", "CPU")
 
 	time.Sleep(30 * time.Second)
