@@ -17,8 +17,9 @@ all: build
 # and Consul speak HTTP/1.1 to the agent, so net/http's HTTP/2 is left out
 # (nethttpomithttp2): half a megabyte less binary, and less of it resident.
 BUILD_TAGS := nethttpomithttp2
+OUT ?= dropship
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -tags $(BUILD_TAGS) -ldflags '-s -w $(LDFLAGS)' -o dropship ./cmd/dropship
+	CGO_ENABLED=0 $(GO) build -trimpath -tags $(BUILD_TAGS) -ldflags '-s -w $(LDFLAGS)' -o $(OUT) ./cmd/dropship
 
 demo:
 	sh examples/quickstart/demo.sh

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -89,6 +91,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		trimWhileIdle(ctx, trimInterval, debug.FreeOSMemory)
+	}()
 	for _, r := range a.runners {
 		wg.Add(1)
 		go func() {
@@ -98,6 +105,31 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	return nil
+}
+
+// updating counts the updates in progress, in every agent of the process.
+var updating atomic.Int32
+
+// trimInterval is how often an idle agent gives free memory back.
+const trimInterval = time.Minute
+
+// trimWhileIdle gives the heap's free pages back to the system (free)
+// every interval while no update runs. Between updates the agent only checks,
+// and the Go runtime otherwise keeps what the checks freed for a while; a
+// forced collection of its small heap costs a millisecond or two.
+func trimWhileIdle(ctx context.Context, interval time.Duration, free func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if updating.Load() == 0 {
+				free()
+			}
+		}
+	}
 }
 
 func (a *Agent) loop(ctx context.Context, r *Runner) {

@@ -257,6 +257,8 @@ func (r *Runner) failureBackoff(count int) time.Duration {
 var errLost = errors.New("lost the fleet slot before the switch; update abandoned")
 
 func (r *Runner) install(ctx context.Context, lost <-chan struct{}, st *State, info artifact.Info) (out Outcome) {
+	updating.Add(1)
+	defer updating.Add(-1)
 	start := r.now()
 	sum := info.Checksum()
 	logger := r.logger.With("checksum", sum)

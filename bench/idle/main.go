@@ -57,14 +57,14 @@ func run() error {
 		defer os.RemoveAll(d)
 		dir = d
 	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
 	bin := filepath.Join(dir, "dropship")
-	build := exec.Command("make", "build")
+	build := exec.Command("make", "build", "OUT="+bin)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		return fmt.Errorf("make build: %w", err)
-	}
-	if err := os.Rename("dropship", bin); err != nil {
-		return err
 	}
 
 	var cfg strings.Builder
