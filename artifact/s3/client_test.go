@@ -74,23 +74,26 @@ func TestSignMatchesTheAWSSDK(t *testing.T) {
 			if r.body != "" {
 				hash = "UNSIGNED-PAYLOAD"
 			}
-			mine := make()
-			s3.Sign(mine, r.creds, r.region, "s3", hash, at)
+			// The next day too: signing keys are derived once a day and kept.
+			for _, when := range []time.Time{at, at.Add(36 * time.Hour), at} {
+				mine := make()
+				s3.Sign(mine, r.creds, r.region, "s3", hash, when)
 
-			theirs := make()
-			theirs.Header.Set("X-Amz-Content-Sha256", hash)
-			signer := v4.NewSigner(func(o *v4.SignerOptions) { o.DisableURIPathEscaping = true })
-			err := signer.SignHTTP(context.Background(), aws.Credentials{AccessKeyID: r.creds.AccessKey, SecretAccessKey: r.creds.SecretKey,
-				SessionToken: r.creds.SessionToken}, theirs, hash, "s3", r.region, at)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got, want := mine.Header.Get("Authorization"), theirs.Header.Get("Authorization"); got != want {
-				t.Errorf("Authorization\n got %s\nwant %s", got, want)
-			}
-			for _, h := range []string{"X-Amz-Date", "X-Amz-Security-Token"} {
-				if mine.Header.Get(h) != theirs.Header.Get(h) {
-					t.Errorf("%s: %q, SDK %q", h, mine.Header.Get(h), theirs.Header.Get(h))
+				theirs := make()
+				theirs.Header.Set("X-Amz-Content-Sha256", hash)
+				signer := v4.NewSigner(func(o *v4.SignerOptions) { o.DisableURIPathEscaping = true })
+				err := signer.SignHTTP(context.Background(), aws.Credentials{AccessKeyID: r.creds.AccessKey, SecretAccessKey: r.creds.SecretKey,
+					SessionToken: r.creds.SessionToken}, theirs, hash, "s3", r.region, when)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got, want := mine.Header.Get("Authorization"), theirs.Header.Get("Authorization"); got != want {
+					t.Errorf("Authorization\n got %s\nwant %s", got, want)
+				}
+				for _, h := range []string{"X-Amz-Date", "X-Amz-Security-Token"} {
+					if mine.Header.Get(h) != theirs.Header.Get(h) {
+						t.Errorf("%s: %q, SDK %q", h, mine.Header.Get(h), theirs.Header.Get(h))
+					}
 				}
 			}
 		})

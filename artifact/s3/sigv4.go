@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -95,14 +96,38 @@ func sign(req *http.Request, c Credentials, region, service, payloadHash string,
 	sum := sha256.Sum256([]byte(creq))
 	toSign := sigAlgorithm + "\n" + stamp + "\n" + scope + "\n" + hex.EncodeToString(sum[:])
 
-	key := hmacSHA256([]byte("AWS4"+c.SecretKey), day)
-	key = hmacSHA256(key, region)
-	key = hmacSHA256(key, service)
-	key = hmacSHA256(key, "aws4_request")
-	sig := hex.EncodeToString(hmacSHA256(key, toSign))
+	sig := hex.EncodeToString(hmacSHA256(signingKey(c.SecretKey, day, region, service), toSign))
 
 	req.Header.Set("Authorization", sigAlgorithm+" Credential="+c.AccessKey+"/"+scope+
 		", SignedHeaders="+signed+", Signature="+sig)
+}
+
+// signingKeys keeps the derived keys: they change once a day, and every
+// check would otherwise derive one again (four HMACs).
+var signingKeys struct {
+	sync.Mutex
+	m map[[4]string][]byte
+}
+
+func signingKey(secret, day, region, service string) []byte {
+	id := [4]string{secret, day, region, service}
+	signingKeys.Lock()
+	defer signingKeys.Unlock()
+	if k, ok := signingKeys.m[id]; ok {
+		return k
+	}
+	k := hmacSHA256([]byte("AWS4"+secret), day)
+	k = hmacSHA256(k, region)
+	k = hmacSHA256(k, service)
+	k = hmacSHA256(k, "aws4_request")
+	if len(signingKeys.m) >= 64 { // yesterday's keys, rotated secrets
+		clear(signingKeys.m)
+	}
+	if signingKeys.m == nil {
+		signingKeys.m = map[[4]string][]byte{}
+	}
+	signingKeys.m[id] = k
+	return k
 }
 
 func hmacSHA256(key []byte, data string) []byte {
