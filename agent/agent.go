@@ -111,7 +111,7 @@ func (a *Agent) Run(ctx context.Context) error {
 var updating atomic.Int32
 
 // trimInterval is how often an idle agent gives free memory back.
-const trimInterval = time.Minute
+const trimInterval = 30 * time.Second
 
 // trimWhileIdle gives the heap's free pages back to the system (free)
 // every interval while no update runs. Between updates the agent only checks,
