@@ -267,11 +267,12 @@ func (c *Client) send(ctx context.Context, r request, region string) (*http.Resp
 			body = http.NoBody
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, r.method, c.url(r, region).String(), body)
+	u := c.url(r, region)
+	req, err := http.NewRequestWithContext(ctx, r.method, u.String(), body)
 	if err != nil {
 		return nil, err
 	}
-	req.URL = c.url(r, region) // keeps RawPath exactly as signed
+	req.URL = u // keeps RawPath exactly as signed
 	req.ContentLength = r.size
 	if r.body == nil {
 		req.ContentLength = 0

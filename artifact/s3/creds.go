@@ -85,8 +85,8 @@ func (e credEnv) get(names ...string) string {
 // credentials endpoint, and the EC2 instance role. It reads the
 // environment and the shared files; nothing is fetched yet.
 func resolveProvider(env credEnv, profile string, hc *http.Client, region string) (provider, string, error) {
-	if ak, sk := env.get("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY"), env.get("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_KEY"); ak != "" && sk != "" && profile == "" {
-		return staticProvider{Credentials{AccessKey: ak, SecretKey: sk, SessionToken: env("AWS_SESSION_TOKEN"), Source: "environment (AWS_ACCESS_KEY_ID)"}}, "", nil
+	if p, ok := envKeys(env); ok && profile == "" {
+		return p, "", nil
 	}
 	explicit := profile != ""
 	if profile == "" {
@@ -123,7 +123,18 @@ func resolveProvider(env credEnv, profile string, hc *http.Client, region string
 	if strings.EqualFold(env("AWS_EC2_METADATA_DISABLED"), "true") {
 		return nil, profRegion, errors.New("no AWS credentials: none in the config, the environment or the shared files, and the instance metadata service is disabled")
 	}
-	return &imdsProvider{hc: noProxy(hc), endpoint: strings.TrimSuffix(env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT"), "/")}, profRegion, nil
+	return instanceRole(env, hc), profRegion, nil
+}
+
+// envKeys is the keys in the environment, if both are set.
+func envKeys(env credEnv) (provider, bool) {
+	ak, sk := env.get("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY"), env.get("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_KEY")
+	return staticProvider{Credentials{AccessKey: ak, SecretKey: sk, SessionToken: env("AWS_SESSION_TOKEN"),
+		Source: "environment (AWS_ACCESS_KEY_ID)"}}, ak != "" && sk != ""
+}
+
+func instanceRole(env credEnv, hc *http.Client) provider {
+	return &imdsProvider{hc: noProxy(hc), endpoint: strings.TrimSuffix(env("AWS_EC2_METADATA_SERVICE_ENDPOINT"), "/")}
 }
 
 // noProxy is hc without the proxy: link-local credential endpoints must
@@ -285,13 +296,12 @@ func (s *shared) static(name string, p map[string]string) Credentials {
 func credentialSource(env credEnv, kind string, hc *http.Client) (provider, error) {
 	switch kind {
 	case "Environment":
-		ak, sk := env.get("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY"), env.get("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_KEY")
-		if ak == "" || sk == "" {
-			return nil, errors.New("credential_source Environment: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set")
+		if p, ok := envKeys(env); ok {
+			return p, nil
 		}
-		return staticProvider{Credentials{AccessKey: ak, SecretKey: sk, SessionToken: env("AWS_SESSION_TOKEN"), Source: "environment"}}, nil
+		return nil, errors.New("credential_source Environment: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set")
 	case "Ec2InstanceMetadata":
-		return &imdsProvider{hc: noProxy(hc), endpoint: strings.TrimSuffix(env("AWS_EC2_METADATA_SERVICE_ENDPOINT"), "/")}, nil
+		return instanceRole(env, hc), nil
 	case "EcsContainer":
 		if p := containerProvider(env, noProxy(hc)); p != nil {
 			return p, nil
