@@ -34,11 +34,11 @@ type Agent struct {
 	obs     Observer
 }
 
-// New builds the runners of cfg. fleet and obs may be nil.
-func New(cfg *Config, fleet Fleet, obs Observer, logger *slog.Logger) (*Agent, error) {
+// New builds the runners of cfg. obs may be nil.
+func New(cfg *Config, obs Observer, logger *slog.Logger) (*Agent, error) {
 	a := &Agent{cfg: cfg, logger: logger, trigger: map[string]chan struct{}{}, obs: obs}
 	for _, svc := range cfg.Services {
-		r, err := NewRunner(cfg, svc, fleet, logger)
+		r, err := NewRunner(cfg, svc, logger)
 		if err != nil {
 			return nil, err
 		}
@@ -153,6 +153,11 @@ func (a *Agent) loop(ctx context.Context, r *Runner) {
 			return
 		}
 		a.log(r, out)
+		if out.Result == ResultInstalled || out.Result == ResultFailed {
+			// The agent idles between updates: give the buffers of this
+			// one back to the system now rather than at the next trim.
+			debug.FreeOSMemory()
+		}
 		if out.Result == ResultError {
 			errs++
 			next = min(interval<<min(errs, 10), max(maxErrorBackoff, interval))

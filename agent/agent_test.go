@@ -17,22 +17,24 @@ import (
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/file"
+	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/fleet/local"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/hooks/check"
 	"github.com/dropshipd/dropship/hooks/graphite"
 	"github.com/dropshipd/dropship/hooks/script"
 	"github.com/dropshipd/dropship/internal/testutil"
-	"github.com/dropshipd/dropship/lock"
-	"github.com/dropshipd/dropship/lock/local"
 )
 
 func registry() agent.Registry {
 	return agent.Registry{
-		Sources: map[string]artifact.Factory{"file": file.Factory, "crashy": crashyFactory},
-		Hooks: map[string]hooks.Factory{"script": script.Factory, "graphite-event": graphite.EventFactory,
+		Sources: map[string]artifact.Factory{"file": file.Factory, "crashy": crashyFactory,
+			"stalling": stallingFactory, "opaque": opaqueFactory},
+		Hooks: map[string]hooks.Factory{"script": script.Factory},
+		Announcers: map[string]hooks.AnnouncerFactory{"graphite-event": graphite.EventFactory,
 			"graphite-metric": graphite.MetricFactory},
 		Checks: map[string]hooks.Factory{"script": check.ScriptFactory, "http": check.HTTPFactory, "tcp": check.TCPFactory},
-		Locks:  map[string]lock.Factory{"local": local.Factory},
+		Fleets: map[string]fleet.Factory{"local": local.Factory},
 	}
 }
 
@@ -87,7 +89,7 @@ service "app" {
 
 func (e *env) runner(cfg *agent.Config) *agent.Runner {
 	e.t.Helper()
-	r, err := agent.NewRunner(cfg, cfg.Services[0], nil, slog.New(slog.DiscardHandler))
+	r, err := agent.NewRunner(cfg, cfg.Services[0], slog.New(slog.DiscardHandler))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -118,7 +120,7 @@ func (e *env) hookLog() string {
 	return string(b)
 }
 
-func (e *env) check(r *agent.Runner, want string) agent.Outcome {
+func (e *env) check(r *agent.Runner, want agent.Result) agent.Outcome {
 	e.t.Helper()
 	out := r.Check(context.Background())
 	if out.Result != want {
@@ -453,7 +455,7 @@ func TestLocalLockSerialisesAgents(t *testing.T) {
 }
 
 func TestSlotsLimitHolders(t *testing.T) {
-	p := local.Provider{Dir: t.TempDir()}
+	p := local.Fleet{Dir: t.TempDir()}
 	a, _ := p.Semaphore("svc", 2)
 	b, _ := p.Semaphore("svc", 2)
 	c, _ := p.Semaphore("svc", 2)

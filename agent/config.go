@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -16,10 +17,10 @@ import (
 
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/archive"
+	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/fleet/local"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/internal/hclx"
-	"github.com/dropshipd/dropship/lock"
-	"github.com/dropshipd/dropship/lock/local"
 )
 
 // Defaults of the agent and service files.
@@ -28,6 +29,7 @@ const (
 	DefaultStatePath     = "/var/lib/dropship"
 	DefaultCheckInterval = 10 * time.Second
 	DefaultKeepReleases  = 5
+	DefaultUpdateTimeout = time.Hour
 )
 
 // Registry lists the plugins a config may name, by block label. It is
@@ -35,8 +37,10 @@ const (
 type Registry struct {
 	Sources map[string]artifact.Factory
 	Hooks   map[string]hooks.Factory // before, after and rollback chains
-	Checks  map[string]hooks.Factory // health checks
-	Locks   map[string]lock.Factory
+	// Announcers report an update's outcome; only after blocks name them.
+	Announcers map[string]hooks.AnnouncerFactory
+	Checks     map[string]hooks.Factory // health checks
+	Fleets     map[string]fleet.Factory // by the label of the lock block
 	// Repos checks the body of a `repo` block by its type.
 	Repos map[string]func(body hcl.Body, baseDir string) hcl.Diagnostics
 }
@@ -48,7 +52,7 @@ type Config struct {
 	StatePath   string
 	NodeName    string
 	StatusAddr  string
-	Lock        lock.Provider
+	Fleet       fleet.Fleet // never nil: a single host without a lock block
 	LockKind    string
 	Repos       map[string]*artifact.Repo
 	Services    []*Service
@@ -62,6 +66,7 @@ type Service struct {
 	Sequential    bool
 	Concurrency   int
 	Hold          time.Duration
+	UpdateTimeout time.Duration // from holding the slot to the commit
 	KeepReleases  int
 	Source        artifact.Source
 	Destination   string
@@ -71,10 +76,10 @@ type Service struct {
 	After         []hooks.Step
 	Checks        []hooks.Step
 	Rollback      []hooks.Step
-	// Report holds the reporting hooks (Graphite, webhooks, Consul events)
-	// of the after chain: they run once the update's outcome is known,
-	// with {{.Result}} success, failure or rollback.
-	Report []hooks.Step
+	// Report holds the announcers (Graphite, webhooks, Consul events) of
+	// the after blocks: they run once the update's outcome is known, with
+	// {{.Result}} success, failure or rollback.
+	Report []hooks.Announce
 }
 
 type agentFile struct {
@@ -135,6 +140,7 @@ type serviceBlock struct {
 	Concurrency   *int            `hcl:"concurrency,optional"`
 	Hold          *string         `hcl:"hold,optional"`
 	OldTTL        *string         `hcl:"updateTTL,optional"`
+	UpdateTimeout *string         `hcl:"update_timeout,optional"`
 	KeepReleases  *int            `hcl:"keep_releases,optional"`
 	Artifacts     []artifactBlock `hcl:"artifact,block"`
 	Before        []hookBlock     `hcl:"before,block"`
@@ -207,7 +213,7 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 	}
 
 	cfg.Repos = repos
-	cfg.Lock, cfg.LockKind = local.Provider{Dir: cfg.StatePath}, "local"
+	cfg.Fleet, cfg.LockKind = local.Fleet{Dir: cfg.StatePath}, "local"
 	for i, l := range af.Locks {
 		rng := l.Body.MissingItemRange()
 		if i > 0 {
@@ -215,15 +221,15 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 				Detail: "Only one lock block may be given.", Subject: &rng})
 			continue
 		}
-		factory, ok := reg.Locks[l.Kind]
+		factory, ok := reg.Fleets[l.Kind]
 		if !ok {
-			diags = append(diags, unknown("lock", l.Kind, keys(reg.Locks), rng))
+			diags = append(diags, unknown("lock", l.Kind, keys(reg.Fleets), rng))
 			continue
 		}
-		p, d := factory(l.Kind, l.Body, lock.Env{BaseDir: base, StatePath: cfg.StatePath, NodeName: cfg.NodeName})
+		p, d := factory(l.Kind, l.Body, fleet.Env{BaseDir: base, StatePath: cfg.StatePath, NodeName: cfg.NodeName})
 		diags = append(diags, d...)
 		if p != nil {
-			cfg.Lock, cfg.LockKind = p, l.Kind
+			cfg.Fleet, cfg.LockKind = p, l.Kind
 		}
 	}
 
@@ -289,7 +295,8 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid service name",
 			Detail: fmt.Sprintf("%q: use letters, digits, '.', '_' and '-' only (it names a directory and Consul keys).", b.Name), Subject: &rng})
 	}
-	s := &Service{Name: b.Name, File: file, Concurrency: 1, KeepReleases: DefaultKeepReleases, DiskFactor: 2}
+	s := &Service{Name: b.Name, File: file, Concurrency: 1, KeepReleases: DefaultKeepReleases, DiskFactor: 2,
+		UpdateTimeout: DefaultUpdateTimeout}
 	var ds hcl.Diagnostics
 	interval := hclx.First(b.CheckInterval, b.OldInterval)
 	name := "check_interval"
@@ -308,6 +315,11 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 	}
 	s.Hold, ds = hclx.Duration(b.Body, name, hclx.Str(hold), 0)
 	diags = append(diags, ds...)
+	s.UpdateTimeout, ds = hclx.Duration(b.Body, "update_timeout", hclx.Str(b.UpdateTimeout), DefaultUpdateTimeout)
+	diags = append(diags, ds...)
+	if s.UpdateTimeout <= 0 && b.UpdateTimeout != nil {
+		diags = append(diags, hclx.Errorf(b.Body, "update_timeout", "Invalid duration", "update_timeout must be more than zero."))
+	}
 	if v := hclx.First(b.Sequential, b.OldSequential); v != nil {
 		s.Sequential = *v
 	}
@@ -338,22 +350,21 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 	}
 
 	hookEnv := hooks.Env{BaseDir: base, Logger: d.logger.With("service", b.Name)}
-	var dd hcl.Diagnostics
-	s.Before, dd = d.chain(d.reg.Hooks, "before", b.Before, hooks.Abort, hookEnv)
-	diags = append(diags, dd...)
-	after, dd := d.chain(d.reg.Hooks, "after", b.After, hooks.Rollback, hookEnv)
-	diags = append(diags, dd...)
-	for _, st := range after {
-		if r, ok := st.Hook.(hooks.Reporter); ok && r.Reporter() {
-			s.Report = append(s.Report, st)
-		} else {
-			s.After = append(s.After, st)
-		}
+	for _, c := range []struct {
+		what   string
+		reg    map[string]hooks.Factory
+		blocks []hookBlock
+		dst    *[]hooks.Step
+	}{
+		{"before", d.reg.Hooks, b.Before, &s.Before},
+		{"after", d.reg.Hooks, b.After, &s.After},
+		{"check", d.reg.Checks, b.Checks, &s.Checks},
+		{"rollback", d.reg.Hooks, b.Rollback, &s.Rollback},
+	} {
+		var dd hcl.Diagnostics
+		*c.dst, dd = d.chain(c.reg, c.what, c.blocks, hookEnv, s)
+		diags = append(diags, dd...)
 	}
-	s.Checks, dd = d.chain(d.reg.Checks, "check", b.Checks, hooks.Rollback, hookEnv)
-	diags = append(diags, dd...)
-	s.Rollback, dd = d.chain(d.reg.Hooks, "rollback", b.Rollback, hooks.Continue, hookEnv)
-	diags = append(diags, dd...)
 	return s, diags
 }
 
@@ -432,14 +443,38 @@ func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnos
 	return diags
 }
 
-func (d *decoder) chain(reg map[string]hooks.Factory, what string, blocks []hookBlock, def hooks.Policy, env hooks.Env) ([]hooks.Step, hcl.Diagnostics) {
+// policies are the on_failure values each chain accepts, its default first.
+var policies = map[string][]hooks.Policy{
+	// Nothing is switched yet: a failure stops the update, or is ignored.
+	"before": {hooks.Abort, hooks.Continue},
+	// The new release is current: a failure rolls it back, or is ignored.
+	"after": {hooks.Rollback, hooks.Continue},
+	"check": {hooks.Rollback, hooks.Continue},
+	// Already going back: a failure skips the rest of the chain, or not.
+	"rollback": {hooks.Continue, hooks.Abort},
+}
+
+// chain decodes the blocks of one chain. Announcers named in an after
+// block go to s.Report; anywhere else they are an error, since they
+// cannot gate anything.
+func (d *decoder) chain(reg map[string]hooks.Factory, what string, blocks []hookBlock, env hooks.Env, s *Service) ([]hooks.Step, hcl.Diagnostics) {
 	var steps []hooks.Step
 	var diags hcl.Diagnostics
+	allowed := policies[what]
 	for _, b := range blocks {
 		rng := b.Body.MissingItemRange()
 		factory, ok := reg[b.Kind]
 		if !ok {
-			diags = append(diags, unknown(what, b.Kind, keys(reg), rng))
+			if af, isAnnouncer := d.reg.Announcers[b.Kind]; isAnnouncer {
+				diags = append(diags, d.announcer(af, what, b, env, s)...)
+				continue
+			}
+			known := keys(reg)
+			if what == "after" {
+				known = append(known, keys(d.reg.Announcers)...)
+				sort.Strings(known)
+			}
+			diags = append(diags, unknown(what, b.Kind, known, rng))
 			continue
 		}
 		h, ds := factory(b.Kind, b.Body, env)
@@ -447,22 +482,61 @@ func (d *decoder) chain(reg map[string]hooks.Factory, what string, blocks []hook
 		if ds.HasErrors() || h == nil {
 			continue
 		}
-		policy := def
-		if r, ok := h.(hooks.Reporter); ok && r.Reporter() {
-			policy = hooks.Continue
-		}
+		policy := allowed[0]
 		if b.OnFailure != nil {
-			switch p := hooks.Policy(*b.OnFailure); p {
-			case hooks.Abort, hooks.Continue, hooks.Rollback:
-				policy = p
-			default:
+			policy = hooks.Policy(*b.OnFailure)
+			if !slices.Contains(allowed, policy) {
 				diags = append(diags, hclx.Errorf(b.Full, "on_failure", "Invalid on_failure",
-					"on_failure = %q: use \"abort\", \"rollback\" or \"continue\".", *b.OnFailure))
+					"on_failure = %q has no meaning in %s block: use %s. %s", *b.OnFailure, article(what), quoteList(allowed), policyWhy[what]))
+				continue
 			}
 		}
 		steps = append(steps, hooks.Step{Kind: b.Kind, Hook: h, OnFailure: policy, Range: rng})
 	}
 	return steps, diags
+}
+
+var policyWhy = map[string]string{
+	"before":   "Nothing is switched yet, so there is nothing to roll back.",
+	"after":    "The new release is already current: a failure rolls it back (rollback) or is ignored (continue).",
+	"check":    "The new release is already current: a failure rolls it back (rollback) or is ignored (continue).",
+	"rollback": "A failure in the rollback chain skips its remaining hooks (abort) or not (continue).",
+}
+
+// announcer decodes an announcer block: only in an after block, where it
+// reports the outcome; it never fails an update, so on_failure can only
+// say "continue".
+func (d *decoder) announcer(f hooks.AnnouncerFactory, what string, b hookBlock, env hooks.Env, s *Service) hcl.Diagnostics {
+	rng := b.Body.MissingItemRange()
+	if what != "after" {
+		return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Reporting hook in " + article(what) + " block",
+			Detail:  fmt.Sprintf("%q reports how an update ended and cannot stop one: put it in an after block, where it runs once the outcome is known.", b.Kind),
+			Subject: &rng}}
+	}
+	if b.OnFailure != nil && hooks.Policy(*b.OnFailure) != hooks.Continue {
+		return hcl.Diagnostics{hclx.Errorf(b.Full, "on_failure", "Invalid on_failure",
+			"on_failure = %q has no meaning for %q: a reporting hook never fails or rolls back an update (its failure is logged).", *b.OnFailure, b.Kind)}
+	}
+	a, diags := f(b.Kind, b.Body, env)
+	if !diags.HasErrors() && a != nil {
+		s.Report = append(s.Report, hooks.Announce{Kind: b.Kind, Announcer: a, Range: rng})
+	}
+	return diags
+}
+
+func article(what string) string {
+	if strings.ContainsRune("aeiou", rune(what[0])) {
+		return "an " + what
+	}
+	return "a " + what
+}
+
+func quoteList(ps []hooks.Policy) string {
+	q := make([]string, len(ps))
+	for i, p := range ps {
+		q[i] = fmt.Sprintf("%q", p)
+	}
+	return strings.Join(q, " or ")
 }
 
 func unknown(what, kind string, known []string, rng hcl.Range) *hcl.Diagnostic {

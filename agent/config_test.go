@@ -1,69 +1,13 @@
 package agent_test
 
 import (
-	"flag"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/hashicorp/hcl/v2"
-
 	"github.com/dropshipd/dropship/agent"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files")
-
-func render(diags hcl.Diagnostics, dir string) string {
-	var b strings.Builder
-	for _, d := range diags {
-		sev := "error"
-		if d.Severity == hcl.DiagWarning {
-			sev = "warning"
-		}
-		where := "-"
-		if d.Subject != nil {
-			rel, _ := filepath.Rel(dir, d.Subject.Filename)
-			where = fmt.Sprintf("%s:%d:%d", rel, d.Subject.Start.Line, d.Subject.Start.Column)
-		}
-		detail := strings.ReplaceAll(d.Detail, dir+string(filepath.Separator), "")
-		fmt.Fprintf(&b, "%s: %s: %s: %s\n", where, sev, d.Summary, detail)
-	}
-	return b.String()
-}
-
-// TestDiagnosticsGolden loads each testdata/diags/*.hcl as an agent file
-// and compares every diagnostic, with its file:line:column, with the
-// .golden file beside it.
-func TestDiagnosticsGolden(t *testing.T) {
-	files, _ := filepath.Glob("testdata/diags/*.hcl")
-	if len(files) < 10 {
-		t.Fatalf("only %d cases", len(files))
-	}
-	for _, f := range files {
-		name := strings.TrimSuffix(filepath.Base(f), ".hcl")
-		t.Run(name, func(t *testing.T) {
-			dir, _ := filepath.Abs("testdata/diags")
-			_, diags := agent.Load(f, registry(), nil)
-			got := render(diags, dir)
-			golden := strings.TrimSuffix(f, ".hcl") + ".golden"
-			if *update {
-				os.WriteFile(golden, []byte(got), 0o644)
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got != string(want) {
-				t.Errorf("diagnostics differ\n--- got\n%s--- want\n%s", got, want)
-			}
-			if got == "" {
-				t.Error("no diagnostics")
-			}
-		})
-	}
-}
 
 func TestServicePathAndRelativePaths(t *testing.T) {
 	dir := t.TempDir()

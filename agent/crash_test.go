@@ -37,7 +37,7 @@ func crashChild(cfgPath, at string) {
 		fmt.Fprintln(os.Stderr, diags)
 		os.Exit(4)
 	}
-	r, err := agent.NewRunner(cfg, cfg.Services[0], nil, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	r, err := agent.NewRunner(cfg, cfg.Services[0], slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	if err != nil {
 		os.Exit(5)
 	}

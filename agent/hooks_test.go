@@ -65,7 +65,7 @@ func TestFailedHealthCheckRollsBackAndReports(t *testing.T) {
   }
 `, e.log, g.URL, tag))
 	var logs bytes.Buffer
-	r, err := agent.NewRunner(cfg, cfg.Services[0], nil, slog.New(slog.NewTextHandler(&logs, nil)))
+	r, err := agent.NewRunner(cfg, cfg.Services[0], slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

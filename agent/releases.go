@@ -60,19 +60,24 @@ func (l layout) newID(checksum string, now time.Time) string {
 
 // switchTo points destination at release id by renaming a new symlink over
 // it: at every instant the destination is the old release or the new one.
-// A real directory found at destination (a host moving over from an older
-// deploy tool) is moved aside, never deleted; its new name is returned.
+// What the destination was before dropship managed it (a real directory,
+// or a link of another tool such as a Capistrano `current`) is moved
+// aside, never deleted, and its new name returned so a failed first
+// install can put it back.
 func (l layout) switchTo(id string, logger *slog.Logger) (movedAside string, err error) {
 	if err := os.MkdirAll(filepath.Dir(l.dest), 0o755); err != nil {
 		return "", fmt.Errorf("switch %s: %w", l.dest, err)
 	}
-	fi, err := os.Lstat(l.dest)
-	if err == nil && fi.Mode()&fs.ModeSymlink == 0 {
-		movedAside = fmt.Sprintf("%s.dropship-orig-%s", l.dest, time.Now().UTC().Format("20060102T150405Z"))
+	if fi, err := os.Lstat(l.dest); err == nil && (fi.Mode()&fs.ModeSymlink == 0 || l.current() == "") {
+		movedAside = fmt.Sprintf("%s.dropship-orig-%s", l.dest, time.Now().UTC().Format("20060102T150405.000Z"))
 		if err := os.Rename(l.dest, movedAside); err != nil {
 			return "", fmt.Errorf("move %s aside: %w", l.dest, err)
 		}
-		logger.Warn("destination was not a symlink: moved aside, not deleted", "destination", l.dest, "moved_to", movedAside)
+		what := "a directory"
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			what = "a link not made by dropship"
+		}
+		logger.Warn("destination was "+what+": moved aside, not deleted", "destination", l.dest, "moved_to", movedAside)
 	}
 	tmp := l.tmpLink()
 	os.Remove(tmp)
@@ -92,13 +97,31 @@ func (l layout) switchTo(id string, logger *slog.Logger) (movedAside string, err
 	return movedAside, nil
 }
 
-// unswitch undoes a first install: destination goes back to what it was.
+// unswitch undoes a first install: destination goes back to what it was
+// (moved aside by switchTo), or goes away if there was nothing.
 func (l layout) unswitch(movedAside string) error {
 	if err := os.Remove(l.dest); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	if movedAside != "" {
-		return os.Rename(movedAside, l.dest)
+		if err := os.Rename(movedAside, l.dest); err != nil {
+			return err
+		}
+	}
+	return syncDir(filepath.Dir(l.dest))
+}
+
+// promote moves a verified release from staging into releases/, and makes
+// the rename durable before anything points at it.
+func (l layout) promote(stage, id string) error {
+	if err := os.MkdirAll(l.releases(), 0o755); err != nil {
+		return fmt.Errorf("promote release: %w", err)
+	}
+	if err := os.Rename(stage, l.releaseDir(id)); err != nil {
+		return fmt.Errorf("promote release: %w", err)
+	}
+	if err := syncDir(l.releases()); err != nil {
+		return fmt.Errorf("promote release: %w", err)
 	}
 	return nil
 }
@@ -124,24 +147,10 @@ func (l layout) recoverDisk(logger *slog.Logger) error {
 	return nil
 }
 
-// prune keeps the newest keep releases of st, and always the current one;
-// release directories the state does not know (an update interrupted after
-// its unpack) go too, unless destination points at them.
-func (l layout) prune(st *State, keep int, logger *slog.Logger) {
-	cur := l.current()
-	if len(st.Releases) > keep {
-		var kept []Release
-		drop := len(st.Releases) - keep
-		for i, r := range st.Releases {
-			if i < drop && r.ID != cur && r.ID != st.Release {
-				l.remove(r.ID, logger)
-				continue
-			}
-			kept = append(kept, r)
-		}
-		st.Releases = kept
-	}
-	known := map[string]bool{cur: true, st.Release: true}
+// sweep removes the release directories st does not keep (trimmed, or
+// left by an interrupted update), never the one destination points at.
+func (l layout) sweep(st *State, logger *slog.Logger) {
+	known := map[string]bool{l.current(): true, st.Release: true}
 	for _, r := range st.Releases {
 		known[r.ID] = true
 	}

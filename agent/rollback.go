@@ -4,23 +4,96 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/dropshipd/dropship/hooks"
 )
 
+// reason is why a release becomes current.
+type reason string
+
+const (
+	reasonInstall  reason = "install"  // a new release, after its before hooks
+	reasonRestart  reason = "restart"  // the current release again: an update stopped after its before hooks
+	reasonRollback reason = "rollback" // back from a release that failed after its switch
+	reasonOperator reason = "operator" // `dropship rollback`
+)
+
+// activation is what activate did.
+type activation struct {
+	switched bool   // the destination changed
+	aside    string // what the destination was before dropship, moved aside
+}
+
+// activate is the only way a release becomes current. It points the
+// destination at release id (id "" undoes a first install: what was there
+// before, moved aside as aside, comes back), runs the after hooks for it
+// and, when going back from a release, the rollback chain. Its error is a
+// *phaseError: the switch or the hooks.
+func (r *Runner) activate(ctx context.Context, id, aside string, ev hooks.Event, why reason) (activation, error) {
+	var a activation
+	switch {
+	case id == "":
+		if err := r.lay.unswitch(aside); err != nil {
+			return a, &phaseError{PhaseSwitch, fmt.Errorf("switch back: %w", err)}
+		}
+		a.switched = true
+	case r.lay.current() != id:
+		moved, err := r.lay.switchTo(id, r.logger)
+		a.aside = moved
+		if err != nil {
+			return a, &phaseError{PhaseSwitch, err}
+		}
+		a.switched = true
+		r.logger.Info("switched", "release", id, "destination", r.svc.Destination, "reason", string(why))
+	}
+	if why == reasonInstall {
+		r.crashPoint("switched")
+	}
+	var err error
+	if id != "" {
+		if err = r.runChain(ctx, r.svc.After, ev); err != nil {
+			err = &phaseError{PhaseAfter, err}
+		}
+	}
+	if why == reasonRollback || why == reasonOperator {
+		r.logger.Warn("rolled back", "release", id, "reason", string(why))
+		if rerr := r.runChain(ctx, r.svc.Rollback, ev); rerr != nil && err == nil {
+			err = &phaseError{PhaseRollback, rerr}
+		}
+	}
+	return a, err
+}
+
+// runChain runs steps in order under their failure policies.
+func (r *Runner) runChain(ctx context.Context, steps []hooks.Step, ev hooks.Event) error {
+	for i, s := range steps {
+		start := r.now()
+		err := s.Hook.Run(ctx, ev)
+		if err == nil {
+			continue
+		}
+		err = fmt.Errorf("%s hook %d (%s, %s): %w", ev.Phase, i+1, s.Kind, s.Range, err)
+		if s.OnFailure == hooks.Continue {
+			r.logger.Warn("hook failed; continuing", "phase", ev.Phase, "hook", s.Kind, "error", err,
+				"duration", r.now().Sub(start).Round(time.Millisecond))
+			continue
+		}
+		return err
+	}
+	return nil
+}
+
 // Rollback switches the service to release to (an id or a unique prefix
 // of one), or to the release installed before the current one, and runs
-// the after hooks for it. The checksum rolled back from is not installed
-// again until another one is published.
+// the after hooks and the rollback chain for it. The checksum rolled back
+// from is not installed again until another one is published.
 func (r *Runner) Rollback(ctx context.Context, to string) (Release, error) {
-	if _, err := r.local.Acquire(ctx); err != nil {
-		return Release{}, err
+	st, stop := r.open(ctx)
+	if stop != nil {
+		return Release{}, stop.Err
 	}
 	defer r.local.Release(context.WithoutCancel(ctx))
-	st, err := LoadState(r.lay.dir, r.svc.Name)
-	if err != nil {
-		return Release{}, err
-	}
 	cur := r.lay.current()
 	target, err := pickRollback(st, cur, to)
 	if err != nil {
@@ -30,9 +103,6 @@ func (r *Runner) Rollback(ctx context.Context, to string) (Release, error) {
 	if from.Checksum == "" {
 		from.Checksum = st.Checksum
 	}
-	if _, err := r.lay.switchTo(target.ID, r.logger); err != nil {
-		return Release{}, fmt.Errorf("rollback %s: %w", r.svc.Name, err)
-	}
 	start := r.now()
 	ev := hooks.Event{Name: r.svc.Name, Hostname: r.node, Hash: target.Checksum, PreviousHash: from.Checksum,
 		Release: target.ID, ReleaseDir: r.lay.releaseDir(target.ID), Phase: hooks.PhaseRollback,
@@ -40,27 +110,22 @@ func (r *Runner) Rollback(ctx context.Context, to string) (Release, error) {
 	if cur != "" {
 		ev.PreviousDir = r.lay.releaseDir(cur)
 	}
-	hookErr := r.runChain(context.WithoutCancel(ctx), r.svc.After, ev, r.logger)
-	if err := r.runChain(context.WithoutCancel(ctx), r.svc.Rollback, ev, r.logger); hookErr == nil {
-		hookErr = err
+	_, hookErr := r.activate(context.WithoutCancel(ctx), target.ID, "", ev, reasonOperator)
+	if pe, ok := hookErr.(*phaseError); ok && pe.phase == PhaseSwitch {
+		return Release{}, fmt.Errorf("rollback %s: %w", r.svc.Name, hookErr)
 	}
 	ev.Duration = r.now().Sub(start)
-	r.announce(context.WithoutCancel(ctx), ev, r.logger)
-	if from.Checksum != target.Checksum {
-		st.RolledBackFrom = from.Checksum
-	}
-	st.Checksum, st.SHA256, st.VersionID, st.Release = target.Checksum, target.SHA256, target.VersionID, target.ID
-	a := Attempt{Time: start.UTC(), Checksum: target.Checksum, Release: target.ID, Result: "rollback",
-		Duration: r.now().Sub(start)}
+	a := Attempt{Time: start.UTC(), Checksum: target.Checksum, Release: target.ID, Result: "rollback", Duration: ev.Duration}
 	if hookErr != nil {
 		a.Error = hookErr.Error()
 	}
-	st.record(a)
-	if err := st.Save(r.lay.dir); err != nil {
-		return target, err
-	}
+	st.rolledBack(target, from.Checksum, a)
 	r.logger.Warn("rolled back by operator", "release", target.ID, "from_checksum", from.Checksum)
-	r.report(ctx, st, Outcome{Result: ResultRolledBack, Checksum: target.Checksum, Release: target.ID, Err: hookErr})
+	out := r.finish(ctx, st, Outcome{Result: ResultRolledBack, Checksum: target.Checksum, Release: target.ID,
+		Phase: PhaseRollback, Err: hookErr, announce: &ev})
+	if out.Result == ResultError {
+		return target, out.Err
+	}
 	if hookErr != nil {
 		return target, fmt.Errorf("rolled back to %s, but a hook failed: %w", target.ID, hookErr)
 	}

@@ -70,13 +70,13 @@ func (s *Server) current() *Agent {
 
 // Checked implements Observer.
 func (s *Server) Checked(service string, out Outcome) {
-	s.checks.With(service, out.Result).Inc()
+	s.checks.With(service, string(out.Result)).Inc()
 	if out.Result == ResultInstalled || out.Result == ResultFailed {
-		s.updates.With(service, out.Result).Inc()
+		s.updates.With(service, string(out.Result)).Inc()
 		s.duration.With(service).Observe(out.Duration.Seconds())
 	}
 	if out.Result == ResultFailed {
-		s.failures.With(service, out.Phase).Inc()
+		s.failures.With(service, string(out.Phase)).Inc()
 	}
 }
 

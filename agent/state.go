@@ -22,7 +22,7 @@ type State struct {
 	Version   int    `json:"version"`
 	Service   string `json:"service"`
 	Checksum  string `json:"checksum,omitempty"` // installed and current
-	SHA256    string `json:"sha256,omitempty"`
+	SHA256    string `json:"sha256,omitempty"`   // of the bytes installed
 	VersionID string `json:"version_id,omitempty"`
 	Release   string `json:"release,omitempty"`
 	// RolledBackFrom is a checksum an operator or a failed check rolled
@@ -40,8 +40,11 @@ type State struct {
 
 // Release is one unpacked release kept on disk.
 type Release struct {
-	ID        string    `json:"id"`
-	Checksum  string    `json:"checksum"`
+	ID       string `json:"id"`
+	Checksum string `json:"checksum"`
+	// MD5 and SHA256 are the digests computed over the bytes installed,
+	// whatever the store reported.
+	MD5       string    `json:"md5,omitempty"`
 	SHA256    string    `json:"sha256,omitempty"`
 	VersionID string    `json:"version_id,omitempty"`
 	Source    string    `json:"source"`
@@ -66,6 +69,62 @@ type Attempt struct {
 	Phase    string        `json:"phase,omitempty"`
 	Error    string        `json:"error,omitempty"`
 	Duration time.Duration `json:"duration_ns"`
+}
+
+// installed makes rel the current release: a successful update.
+func (s *State) installed(rel Release, a Attempt) {
+	s.Checksum, s.SHA256, s.VersionID, s.Release = rel.Checksum, rel.SHA256, rel.VersionID, rel.ID
+	if s.RolledBackFrom != "" && s.RolledBackFrom != rel.Checksum {
+		s.RolledBackFrom = ""
+	}
+	delete(s.Failures, rel.Checksum)
+	s.Releases = append(s.Releases, rel)
+	s.record(a)
+}
+
+// failed counts a failed attempt at checksum; the count decides the
+// back-off before the next try.
+func (s *State) failed(a Attempt, now time.Time) *Failure {
+	if s.Failures == nil {
+		s.Failures = map[string]*Failure{}
+	}
+	f := s.Failures[a.Checksum]
+	if f == nil {
+		f = &Failure{First: now}
+		s.Failures[a.Checksum] = f
+	}
+	f.Count++
+	f.Last, f.Phase, f.Error = now, a.Phase, a.Error
+	s.record(a)
+	return f
+}
+
+// rolledBack makes the kept release rel current again; from is the
+// checksum left, not installed again until another one is published.
+func (s *State) rolledBack(rel Release, from string, a Attempt) {
+	if from != "" && from != rel.Checksum {
+		s.RolledBackFrom = from
+	}
+	s.Checksum, s.SHA256, s.VersionID, s.Release = rel.Checksum, rel.SHA256, rel.VersionID, rel.ID
+	s.record(a)
+}
+
+// trim keeps the newest keep releases, and always the current one and
+// the one destination points at (cur); the directories of the others are
+// removed by layout.sweep once the state is saved.
+func (s *State) trim(keep int, cur string) {
+	if len(s.Releases) <= keep {
+		return
+	}
+	var kept []Release
+	drop := len(s.Releases) - keep
+	for i, r := range s.Releases {
+		if i < drop && r.ID != cur && r.ID != s.Release {
+			continue
+		}
+		kept = append(kept, r)
+	}
+	s.Releases = kept
 }
 
 func (s *State) record(a Attempt) {
@@ -109,18 +168,28 @@ func LoadState(dir, service string) (*State, error) {
 
 // Save writes the state atomically: a temporary file, fsync, rename over
 // the old one, fsync of the directory. A crash leaves the old or the new
-// state, never a mix.
+// state, never a mix. The file may hold hook output (last_error), so only
+// root and the agent's group read it.
 func (s *State) Save(dir string) error {
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
 	}
-	return writeAtomic(statePath(dir), append(b, '\n'), 0o644)
+	return writeAtomic(statePath(dir), append(b, '\n'), stateFileMode)
 }
+
+// Modes of a service's state directory and state file. The directory
+// stays traversable by others (--x): the destination link leads through
+// it to the release, which the service's own user must reach; it cannot
+// be listed, and the state file cannot be read.
+const (
+	stateDirMode  = 0o751
+	stateFileMode = 0o640
+)
 
 func writeAtomic(path string, data []byte, mode fs.FileMode) error {
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, stateDirMode); err != nil {
 		return err
 	}
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")

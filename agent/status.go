@@ -8,7 +8,7 @@ type Status struct {
 	Checksum   string    `json:"checksum,omitempty"`
 	Release    string    `json:"release,omitempty"`
 	LastCheck  time.Time `json:"last_check,omitzero"`
-	LastResult string    `json:"last_result,omitempty"`
+	LastResult Result    `json:"last_result,omitempty"`
 	LastError  string    `json:"last_error,omitempty"`
 	NextCheck  time.Time `json:"next_check,omitzero"`
 	Waiting    bool      `json:"waiting_for_slot"`

@@ -35,26 +35,33 @@ type Event struct {
 	Time         time.Time
 }
 
-// Hook is one step of a chain.
+// Hook is one step of a gating chain (before, after, check, rollback):
+// its error stops the chain, as its policy says.
 type Hook interface {
 	Run(ctx context.Context, ev Event) error
+}
+
+// Announcer tells the world how an update ended (Graphite, webhooks,
+// Consul events). It runs once the outcome is known, with ev.Result
+// "success", "failure" or "rollback", and never gates anything: its
+// error is logged, never fatal, so it cannot sit in a gating chain.
+type Announcer interface {
+	Announce(ctx context.Context, ev Event) error
 }
 
 // Policy is what a failed hook does to its chain.
 type Policy string
 
 const (
-	Abort    Policy = "abort"    // stop the chain; the update fails
-	Rollback Policy = "rollback" // the update fails and is rolled back
-	Continue Policy = "continue" // log it and go on
+	// Abort stops the chain and fails the update. In a before chain
+	// nothing is switched yet; in a rollback chain the rest is skipped.
+	Abort Policy = "abort"
+	// Rollback fails the update and switches back to the previous release
+	// (after chains and checks: the new release is already current).
+	Rollback Policy = "rollback"
+	// Continue logs the failure and goes on.
+	Continue Policy = "continue"
 )
-
-// Reporter is implemented by hooks that only tell the world (Graphite,
-// webhooks): their failure must never undo a good deploy, so their
-// default policy is Continue.
-type Reporter interface {
-	Reporter() bool
-}
 
 // Env is what a hook plugin may use while decoding its block.
 type Env struct {
@@ -64,6 +71,16 @@ type Env struct {
 
 // Factory builds a Hook from the plugin-specific part of a block.
 type Factory func(kind string, body hcl.Body, env Env) (Hook, hcl.Diagnostics)
+
+// AnnouncerFactory builds an Announcer from an `after "KIND"` block.
+type AnnouncerFactory func(kind string, body hcl.Body, env Env) (Announcer, hcl.Diagnostics)
+
+// Announce is a configured announcer.
+type Announce struct {
+	Kind      string
+	Announcer Announcer
+	Range     hcl.Range
+}
 
 // Step is a configured hook in a chain.
 type Step struct {

@@ -11,20 +11,16 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/dropshipd/dropship/lock/consul"
+	"github.com/dropshipd/dropship/fleet"
 )
 
-// consulProvider loads the config and returns its Consul lock.
-func (g *globals) consulProvider() (*consul.Provider, error) {
+// fleet loads the config and returns its fleet.
+func (g *globals) fleet() (fleet.Fleet, error) {
 	cfg, err := g.load(slog.New(slog.DiscardHandler))
 	if err != nil {
 		return nil, err
 	}
-	p, ok := cfg.Lock.(*consul.Provider)
-	if !ok {
-		return nil, fmt.Errorf("%s has no lock \"consul\" block: fleet commands need Consul", cfg.File)
-	}
-	return p, nil
+	return cfg.Fleet, nil
 }
 
 func who() string {
@@ -44,14 +40,14 @@ func holdCmd(g *globals) *cobra.Command {
 		Long:  "Write a hold for SERVICE in Consul: no host starts an update while it exists (hosts already\nupdating finish). `dropship resume SERVICE` removes it.",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := g.consulProvider()
+			p, err := g.fleet()
 			if err != nil {
 				return err
 			}
 			if strings.TrimSpace(reason) == "" {
 				return fmt.Errorf("--reason is required: say why, for whoever finds the hold")
 			}
-			if err := p.SetHold(cmd.Context(), args[0], reason, who()); err != nil {
+			if err := p.Hold(cmd.Context(), args[0], fleet.Hold{Reason: reason, Who: who()}); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "%s: on hold (%s)\n", args[0], reason)
@@ -68,11 +64,11 @@ func resumeCmd(g *globals) *cobra.Command {
 		Short: "Remove the hold of SERVICE",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := g.consulProvider()
+			p, err := g.fleet()
 			if err != nil {
 				return err
 			}
-			if err := p.ClearHold(cmd.Context(), args[0]); err != nil {
+			if err := p.Resume(cmd.Context(), args[0]); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "%s: resumed\n", args[0])
@@ -91,7 +87,7 @@ func fleetCmd(g *globals) *cobra.Command {
 		Short: "Table of hosts and versions, slot holders, holds and breakers",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := g.consulProvider()
+			p, err := g.fleet()
 			if err != nil {
 				return err
 			}
@@ -118,11 +114,11 @@ func fleetCmd(g *globals) *cobra.Command {
 		Short: "Lift the breaker that stops CHECKSUM from rolling out",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := g.consulProvider()
+			p, err := g.fleet()
 			if err != nil {
 				return err
 			}
-			ok, err := p.ClearBreaker(cmd.Context(), args[0], args[1])
+			ok, err := p.Clear(cmd.Context(), args[0], args[1])
 			if err != nil {
 				return err
 			}
@@ -136,7 +132,7 @@ func fleetCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func printFleet(g *globals, st consul.Status) {
+func printFleet(g *globals, st fleet.Status) {
 	// The newest checksum is the one most recently installed anywhere.
 	newest, at := "", time.Time{}
 	for _, n := range st.Nodes {

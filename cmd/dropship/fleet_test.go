@@ -172,6 +172,54 @@ func (f *fleetRig) waitEnds(v string, n int) {
 	}
 }
 
+// marks notes how far each host's log has got, so that waitLog looks
+// only at what is written after.
+func (f *fleetRig) marks() map[*host]int64 {
+	m := map[*host]int64{}
+	for _, h := range f.hosts {
+		if fi, err := os.Stat(filepath.Join(f.dir, h.name+".log")); err == nil {
+			m[h] = fi.Size()
+		}
+	}
+	return m
+}
+
+// waitLog waits (bounded) until each of hosts has logged, after its mark,
+// a line holding every one of parts: a positive sign that it looked and
+// decided, rather than a pause after which nothing is seen to happen.
+func (f *fleetRig) waitLog(hosts []*host, marks map[*host]int64, parts ...string) {
+	f.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for _, h := range hosts {
+		for {
+			b, _ := os.ReadFile(filepath.Join(f.dir, h.name+".log"))
+			if off := marks[h]; off <= int64(len(b)) {
+				b = b[off:]
+			}
+			if hasLine(string(b), parts) {
+				break
+			}
+			if time.Now().After(deadline) {
+				f.t.Fatalf("%s never logged a line with %q; log tail:\n%s", h.name, parts, tailOf(b))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+func hasLine(log string, parts []string) bool {
+	for _, line := range strings.Split(log, "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
 func tailOf(b []byte) string {
 	if len(b) > 3000 {
 		b = b[len(b)-3000:]
@@ -310,17 +358,28 @@ func TestBadReleaseStopsAtTheFirstHost(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	time.Sleep(3 * time.Second) // ten check intervals for the others to (not) act
 	_, starts := f.timeline()
 	var badStarts []string
+	var badSum string
 	for sum, nodes := range starts {
 		if len(nodes) == 1 {
-			badStarts = nodes
-			_ = sum
+			badStarts, badSum = nodes, sum
 		}
 	}
 	if len(badStarts) != 1 {
 		t.Fatalf("the bad release was started by %v, want exactly one host (starts %v)", badStarts, starts)
+	}
+	// Every other host sees the bad checksum and refuses it because of
+	// the breaker.
+	var others []*host
+	for _, h := range f.hosts {
+		if h.name != badStarts[0] {
+			others = append(others, h)
+		}
+	}
+	f.waitLog(others, f.marks(), "result=skipped", "failed on "+badStarts[0])
+	if _, again := f.timeline(); len(again[badSum]) != 1 {
+		t.Fatalf("the bad release was started by %v after the breaker tripped", again[badSum])
 	}
 	for _, h := range f.hosts {
 		if h.version() != "v1" {
@@ -394,8 +453,10 @@ func TestConsulDownNobodyStarts(t *testing.T) {
 	f.waitAll(f.hosts, "v1", 60*time.Second)
 	_, before := f.timeline()
 	c.Kill()
+	marks := f.marks()
 	f.publish("v2", false)
-	time.Sleep(3 * time.Second)
+	// Each host sees v2, cannot reach Consul, and starts nothing.
+	f.waitLog(f.hosts, marks, "result=error", "phase=lock", "fleet records unavailable")
 	_, during := f.timeline()
 	if len(during) != len(before) {
 		t.Fatalf("an update started while Consul was down: %v", during)
@@ -424,8 +485,9 @@ func TestHoldAndResume(t *testing.T) {
 	if out, errOut, code := run(t, "hold", "app", "--reason", "incident 42", "-c", f.hosts[0].cfg); code != 0 {
 		t.Fatalf("hold: %s%s", out, errOut)
 	}
+	marks := f.marks()
 	f.publish("v2", false)
-	time.Sleep(2 * time.Second)
+	f.waitLog(f.hosts, marks, "result=skipped", "on hold since", "incident 42")
 	for _, h := range f.hosts {
 		if h.version() != "v1" {
 			t.Fatalf("%s updated during a hold", h.name)

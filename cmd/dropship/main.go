@@ -151,7 +151,7 @@ func agentCmd(g *globals) *cobra.Command {
 				logger.Warn("no services configured", "config", cfg.File, "service_path", cfg.ServicePath)
 			}
 			if once {
-				a, err := agent.New(cfg, fleetOf(cfg), nil, logger)
+				a, err := agent.New(cfg, nil, logger)
 				if err != nil {
 					return err
 				}
@@ -194,14 +194,6 @@ func validateCmd(g *globals) *cobra.Command {
 	}
 }
 
-// fleetOf returns the fleet records of cfg's lock, when it keeps any.
-func fleetOf(cfg *agent.Config) agent.Fleet {
-	if f, ok := cfg.Lock.(agent.Fleet); ok {
-		return f
-	}
-	return nil
-}
-
 // runner finds the runner of one service.
 func (g *globals) runner(name string) (*agent.Runner, *slog.Logger, error) {
 	logger, err := g.logger()
@@ -214,7 +206,7 @@ func (g *globals) runner(name string) (*agent.Runner, *slog.Logger, error) {
 	}
 	for _, s := range cfg.Services {
 		if s.Name == name {
-			r, err := agent.NewRunner(cfg, s, fleetOf(cfg), logger)
+			r, err := agent.NewRunner(cfg, s, logger)
 			return r, logger, err
 		}
 	}

@@ -8,15 +8,15 @@ import (
 	"github.com/dropshipd/dropship/artifact/file"
 	"github.com/dropshipd/dropship/artifact/s3"
 	"github.com/dropshipd/dropship/artifact/swift"
+	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/fleet/consul"
+	"github.com/dropshipd/dropship/fleet/local"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/hooks/check"
 	"github.com/dropshipd/dropship/hooks/consulevent"
 	"github.com/dropshipd/dropship/hooks/graphite"
 	"github.com/dropshipd/dropship/hooks/script"
 	"github.com/dropshipd/dropship/hooks/webhook"
-	"github.com/dropshipd/dropship/lock"
-	"github.com/dropshipd/dropship/lock/consul"
-	"github.com/dropshipd/dropship/lock/local"
 )
 
 // registry lists every plugin a config may name. Adding a plugin means
@@ -30,7 +30,9 @@ func registry() agent.Registry {
 			"rackspace": swift.Factory,
 		},
 		Hooks: map[string]hooks.Factory{
-			"script":          script.Factory,
+			"script": script.Factory,
+		},
+		Announcers: map[string]hooks.AnnouncerFactory{
 			"graphite-event":  graphite.EventFactory,
 			"graphite-metric": graphite.MetricFactory,
 			"consul-event":    consulevent.Factory,
@@ -41,7 +43,7 @@ func registry() agent.Registry {
 			"tcp":    check.TCPFactory,
 			"script": check.ScriptFactory,
 		},
-		Locks: map[string]lock.Factory{
+		Fleets: map[string]fleet.Factory{
 			"local":  local.Factory,
 			"consul": consul.Factory,
 		},

@@ -89,7 +89,7 @@ func (d *daemon) run(ctx context.Context) error {
 // valid new config is loaded on SIGHUP (it is returned). An invalid one
 // is refused with its diagnostics and cfg keeps running.
 func (d *daemon) runConfig(ctx context.Context, srv *agent.Server, cfg *agent.Config) (*agent.Config, error) {
-	a, err := agent.New(cfg, fleetOf(cfg), srv, d.logger)
+	a, err := agent.New(cfg, srv, d.logger)
 	if err != nil {
 		return nil, err
 	}

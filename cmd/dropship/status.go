@@ -74,7 +74,7 @@ func statusCmd(g *globals) *cobra.Command {
 					slot = "waiting"
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Service, orDash(s.Checksum), orDash(s.Release),
-					when(s.LastCheck), orDash(s.LastResult), when(s.NextCheck), slot, oneLine(s.LastError))
+					when(s.LastCheck), orDash(string(s.LastResult)), when(s.NextCheck), slot, oneLine(s.LastError))
 			}
 			return tw.Flush()
 		},

@@ -12,8 +12,8 @@ import (
 	"github.com/hashicorp/hcl/v2/gohcl"
 
 	"github.com/dropshipd/dropship/hooks"
+	"github.com/dropshipd/dropship/internal/consulx"
 	"github.com/dropshipd/dropship/internal/hclx"
-	"github.com/dropshipd/dropship/lock/consul"
 )
 
 // Hook fires one user event per update.
@@ -36,13 +36,13 @@ type config struct {
 // Factory decodes `after "consul-event" { name … }`. The connection keys
 // are those of `lock "consul"`; without address it uses CONSUL_HTTP_ADDR
 // or 127.0.0.1:8500, like the consul CLI.
-func Factory(_ string, body hcl.Body, env hooks.Env) (hooks.Hook, hcl.Diagnostics) {
+func Factory(_ string, body hcl.Body, env hooks.Env) (hooks.Announcer, hcl.Diagnostics) {
 	var c config
 	diags := gohcl.DecodeBody(body, nil, &c)
 	if diags.HasErrors() {
 		return nil, diags
 	}
-	client, d := consul.NewClient(c.Conn, env.BaseDir)
+	client, d := consulx.NewClient(c.Conn, env.BaseDir)
 	diags = append(diags, d...)
 	if client == nil {
 		return nil, diags
@@ -54,9 +54,6 @@ func Factory(_ string, body hcl.Body, env hooks.Env) (hooks.Hook, hcl.Diagnostic
 	h.NodeFilter, h.ServiceFilter, h.TagFilter = hclx.Str(c.NodeFilter), hclx.Str(c.ServiceFilter), hclx.Str(c.TagFilter)
 	return h, diags
 }
-
-// Reporter: a Consul that is down never fails a deploy.
-func (*Hook) Reporter() bool { return true }
 
 // Payload is the JSON body of the event.
 type Payload struct {
@@ -70,7 +67,7 @@ type Payload struct {
 }
 
 // Run fires the event.
-func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
+func (h *Hook) Announce(ctx context.Context, ev hooks.Event) error {
 	payload, _ := json.Marshal(Payload{Service: ev.Name, Host: ev.Hostname, Checksum: ev.Hash, Previous: ev.PreviousHash,
 		Release: ev.Release, Phase: ev.Phase, Result: ev.Result})
 	_, _, err := h.Client.Event().Fire(&api.UserEvent{Name: h.Name, Payload: payload,
@@ -81,4 +78,4 @@ func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
 	return nil
 }
 
-var _ hooks.Hook = (*Hook)(nil)
+var _ hooks.Announcer = (*Hook)(nil)

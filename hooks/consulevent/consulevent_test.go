@@ -39,7 +39,7 @@ address = "`+consul.Addr+`"
 	if diags.HasErrors() {
 		t.Fatal(diags)
 	}
-	if err := h.Run(context.Background(), hooks.Event{Name: "api", Hash: "abc", Release: "r1", Result: "success"}); err != nil {
+	if err := h.Announce(context.Background(), hooks.Event{Name: "api", Hash: "abc", Release: "r1", Result: "success"}); err != nil {
 		t.Fatal(err)
 	}
 	c, _ := api.NewClient(&api.Config{Address: consul.Addr})

@@ -44,7 +44,7 @@ type eventConfig struct {
 }
 
 // EventFactory decodes `after "graphite-event" { host tags what data … }`.
-func EventFactory(_ string, body hcl.Body, _ hooks.Env) (hooks.Hook, hcl.Diagnostics) {
+func EventFactory(_ string, body hcl.Body, _ hooks.Env) (hooks.Announcer, hcl.Diagnostics) {
 	var c eventConfig
 	diags := gohcl.DecodeBody(body, nil, &c)
 	if diags.HasErrors() {
@@ -77,11 +77,8 @@ func EventFactory(_ string, body hcl.Body, _ hooks.Env) (hooks.Hook, hcl.Diagnos
 	return e, diags
 }
 
-// Reporter: a Graphite that is down never fails or undoes a deploy.
-func (*Event) Reporter() bool { return true }
-
 // Run posts the event.
-func (e *Event) Run(ctx context.Context, ev hooks.Event) error {
+func (e *Event) Announce(ctx context.Context, ev hooks.Event) error {
 	what, err := e.What.Render(ev)
 	if err != nil {
 		return err
@@ -128,4 +125,4 @@ func dedupe(in []string) []string {
 	return out
 }
 
-var _ hooks.Hook = (*Event)(nil)
+var _ hooks.Announcer = (*Event)(nil)

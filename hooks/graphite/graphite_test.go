@@ -69,7 +69,7 @@ data = "{{.Hash}} after {{.PreviousHash}} in {{.Duration}}"
 		t.Fatal(diags)
 	}
 	ev := hooks.Event{Name: "api-event-test", Hostname: "web-1", Hash: "abc", PreviousHash: "def", Result: "success", Duration: 1500 * time.Millisecond}
-	if err := h.Run(context.Background(), ev); err != nil {
+	if err := h.Announce(context.Background(), ev); err != nil {
 		t.Fatal(err)
 	}
 	events := GraphiteEvents(t, server.URL, "api-event-test")
@@ -98,7 +98,7 @@ prefix   = "deploys"
 			}
 			svc := "svc-" + proto
 			ev := hooks.Event{Name: svc, Hostname: "web.1", Result: "success", Duration: 2500 * time.Millisecond, Time: time.Now()}
-			if err := h.Run(context.Background(), ev); err != nil {
+			if err := h.Announce(context.Background(), ev); err != nil {
 				t.Fatal(err)
 			}
 			target := "deploys.web_1." + svc + ".deploy.duration_seconds"
@@ -144,11 +144,11 @@ timeout = "1s"`, port)), hooks.Env{})
 	if diags.HasErrors() {
 		t.Fatal(diags)
 	}
-	if err := h.Run(context.Background(), hooks.Event{Name: "x"}); err == nil {
+	if err := h.Announce(context.Background(), hooks.Event{Name: "x"}); err == nil {
 		t.Fatal("no error with graphite down")
 	}
-	if r, ok := h.(hooks.Reporter); !ok || !r.Reporter() {
-		t.Fatal("graphite-event must be a reporter (policy continue)")
+	if _, gating := h.(hooks.Hook); gating {
+		t.Fatal("graphite-event must only announce, never gate a chain")
 	}
 }
 

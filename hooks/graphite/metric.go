@@ -35,7 +35,7 @@ type metricConfig struct {
 }
 
 // MetricFactory decodes `after "graphite-metric" { address = "carbon:2003" }`.
-func MetricFactory(_ string, body hcl.Body, _ hooks.Env) (hooks.Hook, hcl.Diagnostics) {
+func MetricFactory(_ string, body hcl.Body, _ hooks.Env) (hooks.Announcer, hcl.Diagnostics) {
 	var c metricConfig
 	diags := gohcl.DecodeBody(body, nil, &c)
 	if diags.HasErrors() {
@@ -59,9 +59,6 @@ func MetricFactory(_ string, body hcl.Body, _ hooks.Env) (hooks.Hook, hcl.Diagno
 	return m, append(diags, d...)
 }
 
-// Reporter: carbon being down never fails a deploy.
-func (*Metric) Reporter() bool { return true }
-
 // metricName makes one path component: dots and spaces would split it.
 func metricName(s string) string {
 	return strings.Map(func(r rune) rune {
@@ -73,7 +70,7 @@ func metricName(s string) string {
 }
 
 // Run sends the three metrics of one update.
-func (m *Metric) Run(ctx context.Context, ev hooks.Event) error {
+func (m *Metric) Announce(ctx context.Context, ev hooks.Event) error {
 	base := fmt.Sprintf("%s.%s.%s.deploy", m.Prefix, metricName(ev.Hostname), metricName(ev.Name))
 	if m.Prefix == "" {
 		base = strings.TrimPrefix(base, ".")
@@ -102,4 +99,4 @@ func (m *Metric) Run(ctx context.Context, ev hooks.Event) error {
 	return nil
 }
 
-var _ hooks.Hook = (*Metric)(nil)
+var _ hooks.Announcer = (*Metric)(nil)

@@ -37,7 +37,7 @@ type config struct {
 }
 
 // Factory decodes `after "http" { url method headers body timeout }`.
-func Factory(_ string, body hcl.Body, _ hooks.Env) (hooks.Hook, hcl.Diagnostics) {
+func Factory(_ string, body hcl.Body, _ hooks.Env) (hooks.Announcer, hcl.Diagnostics) {
 	var c config
 	diags := gohcl.DecodeBody(body, nil, &c)
 	if diags.HasErrors() {
@@ -64,11 +64,8 @@ func Factory(_ string, body hcl.Body, _ hooks.Env) (hooks.Hook, hcl.Diagnostics)
 	return h, diags
 }
 
-// Reporter: an announcement that fails never undoes a deploy.
-func (*Hook) Reporter() bool { return true }
-
 // Run sends the request; a status outside 2xx is an error.
-func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
+func (h *Hook) Announce(ctx context.Context, ev hooks.Event) error {
 	url, err := h.URL.Render(ev)
 	if err != nil {
 		return err
@@ -107,4 +104,4 @@ func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
 	return nil
 }
 
-var _ hooks.Hook = (*Hook)(nil)
+var _ hooks.Announcer = (*Hook)(nil)

@@ -34,7 +34,7 @@ body    = "{\"text\": \"{{.Name}} {{.Hash}} {{.Result}} on {{.Hostname}}\"}"
 	if diags.HasErrors() {
 		t.Fatal(diags)
 	}
-	if err := h.Run(context.Background(), hooks.Event{Name: "api", Hash: "abc", Result: "success", Hostname: "web-1"}); err != nil {
+	if err := h.Announce(context.Background(), hooks.Event{Name: "api", Hash: "abc", Result: "success", Hostname: "web-1"}); err != nil {
 		t.Fatal(err)
 	}
 	if got.method != "POST" || got.auth != "Bearer t0k" || got.body["text"] != "api abc success on web-1" {
@@ -47,7 +47,7 @@ func TestNon2xxIsAnError(t *testing.T) {
 	defer srv.Close()
 	f, _ := hclparse.NewParser().ParseHCL([]byte(`url = "`+srv.URL+`"`), "t.hcl")
 	h, _ := webhook.Factory("http", f.Body, hooks.Env{})
-	if err := h.Run(context.Background(), hooks.Event{}); err == nil {
+	if err := h.Announce(context.Background(), hooks.Event{}); err == nil {
 		t.Fatal("404 accepted")
 	}
 }

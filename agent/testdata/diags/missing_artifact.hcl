@@ -1,3 +1,0 @@
-service "api" {
-  check_interval = "5s"
-}

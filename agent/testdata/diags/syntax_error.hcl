@@ -1,5 +1,0 @@
-service "api" {
-  artifact "file" {
-    path = "x.tar.gz
-  }
-}

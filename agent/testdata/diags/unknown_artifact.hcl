@@ -1,6 +1,0 @@
-service "api" {
-  artifact "ftp" {
-    path        = "x.tar.gz"
-    destination = "/srv/api"
-  }
-}

@@ -1,9 +1,0 @@
-service "api" {
-  artifact "file" {
-    path        = "x.tar.gz"
-    destination = "/srv/api"
-  }
-  after "carrier-pigeon" {
-    coop = "north"
-  }
-}

@@ -1,3 +1,0 @@
-lock "zookeeper" {
-  address = "zk:2181"
-}

@@ -1,7 +1,0 @@
-service "api" {
-  sequential  = "maybe"
-  artifact "file" {
-    path        = "x.tar.gz"
-    destination = "/srv/api"
-  }
-}

@@ -1,0 +1,353 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/dropshipd/dropship/artifact"
+	"github.com/dropshipd/dropship/artifact/archive"
+	"github.com/dropshipd/dropship/hooks"
+)
+
+// The update as a transaction, a step per function:
+//
+//	preflight → fetch → before → promote → activate (switch, after) → check → commit
+//
+// Each step returns an error and registers what undoes it; a failure runs
+// the undos newest first, so the host is left on the release it had.
+// activate is the only way a release becomes current, here and in every
+// rollback. The state is changed through State's methods and saved by
+// Runner.finish alone.
+
+var (
+	errLost          = errors.New("lost the fleet slot before the switch; update abandoned")
+	errUpdateTimeout = errors.New("update_timeout reached")
+)
+
+// txn is one update of one service to one artifact version.
+type txn struct {
+	r      *Runner
+	st     *State
+	info   artifact.Info
+	sum    string
+	lost   <-chan struct{}
+	logger *slog.Logger
+	start  time.Time
+
+	id    string // the new release
+	prev  string // the release to go back to; "" on a first install
+	stage string
+	ev    hooks.Event // what the hooks of the new release see
+	sums  digests     // computed over the bytes fetched
+	aside string      // what the destination was before a first install
+
+	switched    bool
+	undo        []func(ctx context.Context)
+	rollbackErr error
+}
+
+// digests are what the verifier computed over the bytes it passed on.
+type digests struct {
+	MD5, SHA256 string
+	Size        int64
+}
+
+// phaseError is a step's error when the step spans two phases (activate:
+// switch, then after hooks).
+type phaseError struct {
+	phase Phase
+	err   error
+}
+
+func (e *phaseError) Error() string { return e.err.Error() }
+func (e *phaseError) Unwrap() error { return e.err }
+
+func (r *Runner) begin(st *State, info artifact.Info, lost <-chan struct{}) *txn {
+	start := r.now()
+	sum := info.Checksum()
+	t := &txn{r: r, st: st, info: info, sum: sum, lost: lost, start: start,
+		logger: r.logger.With("checksum", sum), prev: st.Release}
+	if cur := r.lay.current(); cur != t.prev {
+		// Destination moved outside dropship, or an interrupted update:
+		// go back to what was running before this update, whatever it is.
+		if _, known := st.release(cur); known {
+			t.prev = cur
+		}
+	}
+	t.id = r.lay.newID(sum, start)
+	t.stage = filepath.Join(r.lay.staging(), t.id)
+	t.ev = hooks.Event{Name: r.svc.Name, Hostname: r.node, Hash: sum, PreviousHash: st.Checksum,
+		Release: t.id, ReleaseDir: r.lay.releaseDir(t.id), Time: start}
+	if t.prev != "" {
+		t.ev.PreviousDir = r.lay.releaseDir(t.prev)
+	}
+	return t
+}
+
+func (t *txn) run(ctx context.Context) Outcome {
+	if t.info.ChecksumFrom != "" && t.info.ChecksumFrom != "content" {
+		t.logger.Info("checksum source", "from", t.info.ChecksumFrom)
+	}
+	t.logger.Info("installing", "release", t.id, "from", t.info.Key, "size", t.info.Size)
+	steps := []struct {
+		phase Phase
+		do    func(context.Context) error
+	}{
+		{PhasePreflight, t.preflight},
+		{PhaseDownload, t.fetch},
+		{PhaseBefore, t.before},
+		{PhaseInstall, t.promote},
+		{PhaseSwitch, t.activate},
+		{PhaseCheck, t.check},
+	}
+	for _, s := range steps {
+		if t.switched {
+			// From the switch on, the update finishes even if the agent
+			// is told to stop: the hooks that start the new release must
+			// run. Their own timeouts bound this.
+			ctx = context.WithoutCancel(ctx)
+		}
+		if err := s.do(ctx); err != nil {
+			phase := s.phase
+			var pe *phaseError
+			if errors.As(err, &pe) {
+				phase = pe.phase
+			}
+			return t.fail(ctx, phase, err)
+		}
+	}
+	return t.commit()
+}
+
+func (t *txn) onUndo(f func(ctx context.Context)) { t.undo = append(t.undo, f) }
+
+// stillOurs is asked before each step that changes what is installed.
+func (t *txn) stillOurs(ctx context.Context) error {
+	select {
+	case <-t.lost:
+		return errLost
+	default:
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("update abandoned before the switch: %w", context.Cause(ctx))
+	}
+	return nil
+}
+
+func (t *txn) preflight(context.Context) error {
+	r := t.r
+	if err := os.MkdirAll(r.lay.staging(), 0o700); err != nil {
+		return fmt.Errorf("preflight: %w", err)
+	}
+	if r.svc.DiskFactor <= 0 || t.info.Size <= 0 {
+		return nil
+	}
+	free, err := freeBytes(r.lay.staging())
+	if err != nil {
+		return fmt.Errorf("preflight: %w", err)
+	}
+	need := uint64(r.svc.DiskFactor * float64(t.info.Size))
+	if free < need {
+		return fmt.Errorf("preflight: %d bytes free under %s, need %d (%.1f × the %d-byte artifact; set disk_space_factor to change)",
+			free, r.lay.dir, need, r.svc.DiskFactor, t.info.Size)
+	}
+	return nil
+}
+
+// fetch streams the pinned artifact through the verifier into the
+// unpacker, in staging. Nothing there is trusted until the verifier has
+// seen the last byte. Retrying a dropped connection is the source's
+// business (one policy, in the store), not the transaction's.
+func (t *txn) fetch(ctx context.Context) error {
+	t.onUndo(func(context.Context) { os.RemoveAll(t.stage) })
+	if err := os.RemoveAll(t.stage); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(t.stage, 0o755); err != nil {
+		return err
+	}
+	body, err := t.r.svc.Source.Open(ctx, t.info)
+	if err != nil {
+		return fmt.Errorf("download %s: %w", t.info.Key, err)
+	}
+	defer body.Close()
+	v := artifact.NewVerifier(body, t.info)
+	// Download and hashing on one core, decompression and unpacking on
+	// the other; 4 × 64 KiB in flight at most.
+	ahead := artifact.Prefetch(v, 64<<10, 4)
+	defer ahead.Close()
+	opt := t.r.svc.Unpack
+	opt.Name = path.Base(strings.TrimRight(t.info.Key, "/"))
+	opt.Spool = t.r.lay.staging()
+	stats, xerr := archive.Extract(ctx, ahead, t.stage, opt)
+	if xerr == nil {
+		// The unpacker may stop before the end (tar padding, trailers):
+		// the verifier must see every byte.
+		_, xerr = io.Copy(io.Discard, ahead)
+	}
+	ahead.Close()
+	// The verifier's verdict comes first: a truncated or corrupt download
+	// explains any unpack error that follows from it.
+	if verr := v.Drain(); verr != nil {
+		return fmt.Errorf("download %s: %w", t.info.Key, verr)
+	}
+	if xerr != nil {
+		return fmt.Errorf("unpack %s: %w", t.info.Key, xerr)
+	}
+	if err := syncFS(t.stage); err != nil {
+		return fmt.Errorf("sync %s: %w", t.stage, err)
+	}
+	t.sums = digests{MD5: v.MD5(), SHA256: v.SHA256(), Size: v.Size()}
+	if t.r.obs != nil {
+		t.r.obs.Downloaded(t.r.svc.Name, t.sums.Size)
+	}
+	t.logger.Info("downloaded and verified", "format", stats.Format, "entries", stats.Entries,
+		"bytes", stats.Bytes, "md5", t.sums.MD5, "sha256", t.sums.SHA256)
+	return nil
+}
+
+// before runs the before chain. Once it has started (say, `systemctl stop
+// api`), an update that stops short of the switch starts the current
+// release again: never a stopped service left behind.
+func (t *txn) before(ctx context.Context) error {
+	if err := t.stillOurs(ctx); err != nil {
+		return err
+	}
+	if t.prev != "" {
+		t.onUndo(func(ctx context.Context) {
+			if t.switched {
+				return // switching back ran the current release's after hooks
+			}
+			ev := t.ev
+			ev.Phase, ev.Result = hooks.PhaseRollback, "rollback"
+			ev.Hash, ev.PreviousHash, ev.Release, ev.ReleaseDir, ev.PreviousDir = t.st.Checksum, t.sum, t.prev, t.r.lay.releaseDir(t.prev), ""
+			t.logger.Warn("update stopped after its before hooks; starting the current release again", "release", t.prev)
+			if _, err := t.r.activate(ctx, t.prev, "", ev, reasonRestart); err != nil {
+				t.logger.Error("could not start the current release again", "release", t.prev, "error", err)
+			}
+		})
+	}
+	ev := t.ev
+	ev.Phase = hooks.PhaseBefore
+	return t.r.runChain(ctx, t.r.svc.Before, ev)
+}
+
+// promote moves the verified release out of staging.
+func (t *txn) promote(ctx context.Context) error {
+	if err := t.stillOurs(ctx); err != nil {
+		return err
+	}
+	t.r.crashPoint("verified")
+	if err := t.r.lay.promote(t.stage, t.id); err != nil {
+		return err
+	}
+	t.onUndo(func(context.Context) { t.r.lay.remove(t.id, t.logger) })
+	return nil
+}
+
+// activate makes the new release current and runs its after hooks.
+func (t *txn) activate(ctx context.Context) error {
+	if err := t.stillOurs(ctx); err != nil {
+		return err
+	}
+	t.onUndo(func(ctx context.Context) {
+		ev := t.ev
+		ev.Phase, ev.Result = hooks.PhaseRollback, "rollback"
+		ev.Hash, ev.PreviousHash = t.st.Checksum, t.sum
+		ev.Release, ev.ReleaseDir, ev.PreviousDir = t.prev, "", t.ev.ReleaseDir
+		if t.prev != "" {
+			ev.ReleaseDir = t.r.lay.releaseDir(t.prev)
+		}
+		if !t.switched {
+			return // the destination never left the current release
+		}
+		if _, err := t.r.activate(ctx, t.prev, t.aside, ev, reasonRollback); err != nil {
+			t.rollbackErr = err
+		}
+	})
+	ev := t.ev
+	ev.Phase = hooks.PhaseAfter
+	a, err := t.r.activate(ctx, t.id, "", ev, reasonInstall)
+	t.switched, t.aside = a.switched, a.aside
+	select {
+	case <-t.lost:
+		t.logger.Warn("lost the fleet slot after the switch; finishing the update")
+	default:
+	}
+	return err
+}
+
+// check runs the health checks of the new release.
+func (t *txn) check(ctx context.Context) error {
+	ev := t.ev
+	ev.Phase = hooks.PhaseCheck
+	return t.r.runChain(ctx, t.r.svc.Checks, ev)
+}
+
+// commit records the new release in the state; Runner.finish saves it.
+func (t *txn) commit() Outcome {
+	now := t.r.now()
+	d := now.Sub(t.start)
+	rel := Release{ID: t.id, Checksum: t.sum, MD5: t.sums.MD5, SHA256: t.sums.SHA256, VersionID: t.info.VersionID,
+		Source: t.info.Key, Installed: now.UTC()}
+	t.st.installed(rel, Attempt{Time: t.start.UTC(), Checksum: t.sum, Release: t.id, Result: "success", Duration: d})
+	t.st.trim(t.r.svc.KeepReleases, t.r.lay.current())
+	ev := t.ev
+	ev.Phase, ev.Result, ev.Duration = hooks.PhaseAfter, "success", d
+	return Outcome{Result: ResultInstalled, Checksum: t.sum, Release: t.id, announce: &ev}
+}
+
+// fail undoes what the steps did, newest first, and decides in one place
+// what the failure was: the release's (failed, counted, announced) or the
+// circumstances' (error: shutdown, a lost slot, the artifact changed).
+func (t *txn) fail(ctx context.Context, phase Phase, err error) Outcome {
+	undoCtx := context.WithoutCancel(ctx)
+	if t.switched {
+		t.logger.Error("update failed after the switch; rolling back", "phase", phase, "error", err)
+	}
+	for i := len(t.undo) - 1; i >= 0; i-- {
+		t.undo[i](undoCtx)
+	}
+	if t.rollbackErr != nil {
+		err = fmt.Errorf("%w; and the rollback failed: %v", err, t.rollbackErr)
+	}
+	cause := context.Cause(ctx)
+	switch {
+	case errors.Is(err, artifact.ErrChanged):
+		return Outcome{Result: ResultError, Checksum: t.sum, Phase: PhaseDownload, Err: err}
+	case errors.Is(err, errLost):
+		return Outcome{Result: ResultError, Checksum: t.sum, Phase: PhaseLock, Err: err}
+	case !t.switched && ctx.Err() != nil && !errors.Is(cause, errUpdateTimeout):
+		// Shutting down, not the release's fault: abandoned, not failed.
+		if !strings.Contains(err.Error(), "abandoned") {
+			err = fmt.Errorf("update abandoned before the switch (%v): %w", cause, err)
+		}
+		return Outcome{Result: ResultError, Checksum: t.sum, Phase: phase, Err: err}
+	}
+	if errors.Is(cause, errUpdateTimeout) && !errors.Is(err, errUpdateTimeout) {
+		err = fmt.Errorf("%w (after %s): %w", errUpdateTimeout, t.r.svc.UpdateTimeout, err)
+	}
+	now := t.r.now()
+	t.st.failed(Attempt{Time: t.start.UTC(), Checksum: t.sum, Release: t.id, Result: "failure",
+		Phase: string(phase), Error: err.Error(), Duration: now.Sub(t.start)}, now.UTC())
+	ev := t.ev
+	ev.Phase, ev.Result, ev.Error, ev.Duration = string(phase), "failure", err.Error(), now.Sub(t.start)
+	if t.switched {
+		// The release was current for a while: what the world hears is
+		// the rollback, to the release that is current again.
+		ev.Phase, ev.Result = hooks.PhaseRollback, "rollback"
+		ev.Hash, ev.PreviousHash, ev.Release, ev.ReleaseDir, ev.PreviousDir = t.st.Checksum, t.sum, t.prev, "", t.ev.ReleaseDir
+		if t.prev != "" {
+			ev.ReleaseDir = t.r.lay.releaseDir(t.prev)
+		}
+	}
+	return Outcome{Result: ResultFailed, Checksum: t.sum, Release: t.id, Phase: phase, Err: err, announce: &ev}
+}

@@ -1,0 +1,300 @@
+// Package consul keeps the fleet in Consul: a semaphore in its KV store
+// (hashicorp/consul/api) so that only N hosts of a service update at once,
+// and the records every host reads and writes (holds, breakers, node
+// status). It fails closed: without Consul no update starts.
+package consul
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+
+	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/internal/consulx"
+	"github.com/dropshipd/dropship/internal/hclx"
+)
+
+// Defaults of the lock block.
+const (
+	DefaultPrefix     = "dropship"
+	DefaultSessionTTL = 15 * time.Second
+)
+
+// Fleet is the fleet of every service, in Consul.
+type Fleet struct {
+	Client     *api.Client
+	Prefix     string
+	Node       string
+	SessionTTL time.Duration
+}
+
+type config struct {
+	Prefix     *string  `hcl:"prefix,optional"`
+	SessionTTL *string  `hcl:"session_ttl,optional"`
+	Conn       hcl.Body `hcl:",remain"`
+}
+
+// Factory decodes `lock "consul" { … }`.
+func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Fleet, hcl.Diagnostics) {
+	var c config
+	diags := gohcl.DecodeBody(body, nil, &c)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	p := &Fleet{Prefix: DefaultPrefix, Node: env.NodeName}
+	if c.Prefix != nil {
+		p.Prefix = strings.Trim(*c.Prefix, "/")
+	}
+	var d hcl.Diagnostics
+	p.SessionTTL, d = hclx.Duration(body, "session_ttl", hclx.Str(c.SessionTTL), DefaultSessionTTL)
+	diags = append(diags, d...)
+	if p.SessionTTL < 10*time.Second || p.SessionTTL > 24*time.Hour {
+		diags = append(diags, hclx.Errorf(body, "session_ttl", "Invalid session_ttl", "Consul accepts session TTLs from 10s to 24h."))
+	}
+	p.Client, d = consulx.NewClient(c.Conn, env.BaseDir)
+	diags = append(diags, d...)
+	if p.Client == nil {
+		return nil, diags
+	}
+	return p, diags
+}
+
+// Semaphore returns the fleet semaphore of service with limit slots.
+func (p *Fleet) Semaphore(service string, limit int) (fleet.Semaphore, error) {
+	return &Semaphore{p: p, service: service, limit: max(limit, 1)}, nil
+}
+
+// Semaphore is one host's claim on a service's slots.
+type Semaphore struct {
+	p       *Fleet
+	service string
+	limit   int
+	mu      sync.Mutex
+	held    *api.Semaphore
+}
+
+// Acquire blocks (on Consul blocking queries, not a poll) until a slot is
+// held or ctx ends. Giving up is an error, never a slot.
+func (s *Semaphore) Acquire(ctx context.Context) (<-chan struct{}, error) {
+	sem, err := s.p.Client.SemaphoreOpts(&api.SemaphoreOptions{
+		Prefix:      fleet.LockKey(s.p.Prefix, s.service),
+		Limit:       s.limit,
+		Value:       []byte(s.p.Node),
+		SessionName: "dropship " + s.p.Node + " " + s.service,
+		SessionTTL:  s.p.SessionTTL.String(),
+		// A short blip of Consul does not lose the slot; a long one does.
+		MonitorRetries:   3,
+		MonitorRetryTime: time.Second,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", fleet.ErrUnavailable, err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-ctx.Done():
+			close(stop)
+		case <-done:
+		}
+	}()
+	lost, err := sem.Acquire(stop)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("%w: consul semaphore %s: %v", fleet.ErrUnavailable, fleet.LockKey(s.p.Prefix, s.service), err)
+	case lost == nil:
+		// Acquire returns nothing when told to stop: not a slot.
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("waiting for a slot: %w", context.Cause(ctx))
+		}
+		return nil, fmt.Errorf("%w: consul semaphore gave up", fleet.ErrUnavailable)
+	}
+	s.mu.Lock()
+	s.held = sem
+	s.mu.Unlock()
+	return lost, nil
+}
+
+// Release frees the slot and destroys the session, so the next host in
+// line starts at once.
+func (s *Semaphore) Release(context.Context) error {
+	s.mu.Lock()
+	sem := s.held
+	s.held = nil
+	s.mu.Unlock()
+	if sem == nil {
+		return nil
+	}
+	err := sem.Release()
+	if errors.Is(err, api.ErrSemaphoreNotHeld) {
+		return nil // lost already; nothing to give back
+	}
+	return err
+}
+
+func (p *Fleet) get(ctx context.Context, key string, v any) (bool, error) {
+	kv, _, err := p.Client.KV().Get(key, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil {
+		return false, fmt.Errorf("%w: read %s: %v", fleet.ErrUnavailable, key, err)
+	}
+	if kv == nil {
+		return false, nil
+	}
+	if err := json.Unmarshal(kv.Value, v); err != nil {
+		return true, fmt.Errorf("read %s: %w", key, err)
+	}
+	return true, nil
+}
+
+func (p *Fleet) put(ctx context.Context, key string, v any) error {
+	b, _ := json.Marshal(v)
+	_, err := p.Client.KV().Put(&api.KVPair{Key: key, Value: b}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("%w: write %s: %v", fleet.ErrUnavailable, key, err)
+	}
+	return nil
+}
+
+// Blocked returns why no update of checksum may start: a hold, or a
+// breaker tripped by another host. An unreachable Consul is an error: the
+// caller starts nothing (fail closed).
+func (p *Fleet) Blocked(ctx context.Context, service, checksum string) (string, error) {
+	var h fleet.Hold
+	if ok, err := p.get(ctx, fleet.HoldKey(p.Prefix, service), &h); err != nil {
+		return "", err
+	} else if ok {
+		return fmt.Sprintf("on hold since %s by %s: %s", h.Time.Format(time.RFC3339), h.Who, h.Reason), nil
+	}
+	var b fleet.Breaker
+	if ok, err := p.get(ctx, fleet.FailedKey(p.Prefix, service)+checksum, &b); err != nil {
+		return "", err
+	} else if ok {
+		return fmt.Sprintf("checksum %s failed on %s in %s: %s (lift with `dropship fleet clear %s %s`)",
+			checksum, b.Node, b.Phase, b.Error, service, checksum), nil
+	}
+	return "", nil
+}
+
+// Trip marks a checksum failed for the fleet. The error text is clipped:
+// every host and operator reads it.
+func (p *Fleet) Trip(ctx context.Context, service string, b fleet.Breaker) error {
+	b.Node, b.Error = p.Node, fleet.Clip(b.Error)
+	if b.Time.IsZero() {
+		b.Time = time.Now().UTC()
+	}
+	return p.put(ctx, fleet.FailedKey(p.Prefix, service)+b.Checksum, b)
+}
+
+// Report writes this host's status.
+func (p *Fleet) Report(ctx context.Context, service string, st fleet.NodeStatus) error {
+	st.Error = fleet.Clip(st.Error)
+	return p.put(ctx, fleet.NodesKey(p.Prefix, service)+p.Node, st)
+}
+
+// Hold writes a hold: no host starts an update of service until Resume.
+func (p *Fleet) Hold(ctx context.Context, service string, h fleet.Hold) error {
+	if h.Time.IsZero() {
+		h.Time = time.Now().UTC()
+	}
+	return p.put(ctx, fleet.HoldKey(p.Prefix, service), h)
+}
+
+// Resume removes the hold of service.
+func (p *Fleet) Resume(ctx context.Context, service string) error {
+	if _, err := p.Client.KV().Delete(fleet.HoldKey(p.Prefix, service), (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return fmt.Errorf("%w: %v", fleet.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// Clear lifts the breaker of checksum; false if there was none.
+func (p *Fleet) Clear(ctx context.Context, service, checksum string) (bool, error) {
+	key := fleet.FailedKey(p.Prefix, service) + checksum
+	kv, _, err := p.Client.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return false, fmt.Errorf("%w: %v", fleet.ErrUnavailable, err)
+	}
+	if kv == nil {
+		return false, nil
+	}
+	if _, err = p.Client.KV().Delete(key, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return false, fmt.Errorf("%w: %v", fleet.ErrUnavailable, err)
+	}
+	return true, nil
+}
+
+// Services lists the services with records under the prefix.
+func (p *Fleet) Services(ctx context.Context) ([]string, error) {
+	keys, _, err := p.Client.KV().Keys(p.Prefix+"/", "/", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", fleet.ErrUnavailable, err)
+	}
+	var out []string
+	for _, k := range keys {
+		out = append(out, strings.TrimSuffix(strings.TrimPrefix(k, p.Prefix+"/"), "/"))
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// Status reads the fleet records of service.
+func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error) {
+	st := fleet.Status{Service: service}
+	pairs, _, err := p.Client.KV().List(p.Prefix+"/"+service+"/", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return st, fmt.Errorf("%w: %v", fleet.ErrUnavailable, err)
+	}
+	sessions := map[string]string{} // session -> node, from contender entries
+	var lockDoc struct {
+		Limit   int
+		Holders map[string]bool
+	}
+	for _, kv := range pairs {
+		rest := strings.TrimPrefix(kv.Key, p.Prefix+"/"+service+"/")
+		switch {
+		case strings.HasPrefix(rest, "nodes/"):
+			var n fleet.NodeStatus
+			if json.Unmarshal(kv.Value, &n) == nil {
+				st.Nodes = append(st.Nodes, n)
+			}
+		case rest == "hold":
+			var h fleet.Hold
+			if json.Unmarshal(kv.Value, &h) == nil {
+				st.Hold = &h
+			}
+		case strings.HasPrefix(rest, "failed/"):
+			var b fleet.Breaker
+			if json.Unmarshal(kv.Value, &b) == nil {
+				st.Breakers = append(st.Breakers, b)
+			}
+		case rest == "lock/.lock":
+			json.Unmarshal(kv.Value, &lockDoc)
+		case strings.HasPrefix(rest, "lock/") && kv.Session != "":
+			sessions[kv.Session] = string(kv.Value)
+		}
+	}
+	st.Limit = lockDoc.Limit
+	for sess := range lockDoc.Holders {
+		if node, ok := sessions[sess]; ok {
+			st.Holders = append(st.Holders, node)
+		}
+	}
+	sort.Strings(st.Holders)
+	sort.Slice(st.Nodes, func(i, j int) bool { return st.Nodes[i].Node < st.Nodes[j].Node })
+	return st, nil
+}
+
+var (
+	_ fleet.Fleet     = (*Fleet)(nil)
+	_ fleet.Semaphore = (*Semaphore)(nil)
+)

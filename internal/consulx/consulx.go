@@ -1,0 +1,67 @@
+// Package consulx decodes the Consul connection keys shared by
+// `lock "consul"` and the consul-event hook, and makes the client.
+package consulx
+
+import (
+	"os"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+
+	"github.com/dropshipd/dropship/internal/hclx"
+)
+
+// Conn is the connection part of a Consul block. Unset keys fall back to
+// Consul's environment variables (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, …).
+type Conn struct {
+	Address    *string `hcl:"address,optional"`
+	Scheme     *string `hcl:"scheme,optional"`
+	Token      *string `hcl:"token,optional"`
+	TokenFile  *string `hcl:"token_file,optional"`
+	Datacenter *string `hcl:"datacenter,optional"`
+	CAFile     *string `hcl:"ca_file,optional"`
+	CertFile   *string `hcl:"cert_file,optional"`
+	KeyFile    *string `hcl:"key_file,optional"`
+}
+
+// NewClient decodes the connection keys of body and returns a client.
+// Nothing is dialled: Consul may be down when the config loads. Relative
+// files resolve against baseDir, the directory of the file the block is in.
+func NewClient(body hcl.Body, baseDir string) (*api.Client, hcl.Diagnostics) {
+	var c Conn
+	diags := gohcl.DecodeBody(body, nil, &c)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	cfg := api.DefaultConfig()
+	set := func(dst *string, v *string) {
+		if v != nil {
+			*dst = *v
+		}
+	}
+	set(&cfg.Address, c.Address)
+	set(&cfg.Scheme, c.Scheme)
+	set(&cfg.Token, c.Token)
+	set(&cfg.Datacenter, c.Datacenter)
+	if c.TokenFile != nil {
+		cfg.TokenFile = hclx.Path(baseDir, *c.TokenFile)
+		if _, err := os.Stat(cfg.TokenFile); err != nil {
+			diags = append(diags, hclx.Errorf(body, "token_file", "Unreadable token_file", "%v", err))
+		}
+	}
+	for _, f := range []struct {
+		v   *string
+		dst *string
+	}{{c.CAFile, &cfg.TLSConfig.CAFile}, {c.CertFile, &cfg.TLSConfig.CertFile}, {c.KeyFile, &cfg.TLSConfig.KeyFile}} {
+		if f.v != nil {
+			*f.dst = hclx.Path(baseDir, *f.v)
+		}
+	}
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		r := body.MissingItemRange()
+		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid Consul settings", Detail: err.Error(), Subject: &r})
+	}
+	return client, diags
+}
