@@ -50,6 +50,10 @@ func (r *Runner) activate(ctx context.Context, id, aside string, ev hooks.Event,
 	if why == reasonInstall {
 		r.crashPoint("switched")
 	}
+	// Once the destination points at id, its hooks must run even if the
+	// agent is told to stop or the update ran out of time: they start the
+	// service. Their own timeouts bound them.
+	ctx = context.WithoutCancel(ctx)
 	var err error
 	if id != "" {
 		if err = r.runChain(ctx, r.svc.After, ev); err != nil {
