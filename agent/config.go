@@ -11,12 +11,14 @@ import (
 	"strings"
 	"time"
 
+	"aead.dev/minisign"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
 
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/archive"
+	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/local"
 	"github.com/dropshipd/dropship/hooks"
@@ -67,15 +69,17 @@ type Service struct {
 	Concurrency   int
 	Hold          time.Duration
 	UpdateTimeout time.Duration // from holding the slot to the commit
-	KeepReleases  int
-	Source        artifact.Source
-	Destination   string
-	Unpack        archive.Options
-	DiskFactor    float64 // free space needed, as a multiple of the artifact size
-	Before        []hooks.Step
-	After         []hooks.Step
-	Checks        []hooks.Step
-	Rollback      []hooks.Step
+	// Keys, when set, is who may sign releases: nothing else is installed.
+	Keys         *signature.Keyring
+	KeepReleases int
+	Source       artifact.Source
+	Destination  string
+	Unpack       archive.Options
+	DiskFactor   float64 // free space needed, as a multiple of the artifact size
+	Before       []hooks.Step
+	After        []hooks.Step
+	Checks       []hooks.Step
+	Rollback     []hooks.Step
 	// Report holds the announcers (Graphite, webhooks, Consul events) of
 	// the after blocks: they run once the update's outcome is known, with
 	// {{.Result}} success, failure or rollback.
@@ -141,6 +145,8 @@ type serviceBlock struct {
 	Hold          *string         `hcl:"hold,optional"`
 	OldTTL        *string         `hcl:"updateTTL,optional"`
 	UpdateTimeout *string         `hcl:"update_timeout,optional"`
+	TrustedKeys   []string        `hcl:"trusted_keys,optional"`
+	RevokedKeys   []string        `hcl:"revoked_keys,optional"`
 	KeepReleases  *int            `hcl:"keep_releases,optional"`
 	Artifacts     []artifactBlock `hcl:"artifact,block"`
 	Before        []hookBlock     `hcl:"before,block"`
@@ -320,6 +326,7 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 	if s.UpdateTimeout <= 0 && b.UpdateTimeout != nil {
 		diags = append(diags, hclx.Errorf(b.Body, "update_timeout", "Invalid duration", "update_timeout must be more than zero."))
 	}
+	diags = append(diags, decodeKeys(s, b, base)...)
 	if v := hclx.First(b.Sequential, b.OldSequential); v != nil {
 		s.Sequential = *v
 	}
@@ -366,6 +373,37 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 		diags = append(diags, dd...)
 	}
 	return s, diags
+}
+
+// decodeKeys reads trusted_keys and revoked_keys: minisign public keys,
+// as their base64 ("RWQ…") or the path of a .pub file.
+func decodeKeys(s *Service, b serviceBlock, base string) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	parse := func(name string, vals []string) []minisign.PublicKey {
+		var out []minisign.PublicKey
+		for _, v := range vals {
+			pk, err := signature.ParseKey(v, base)
+			if err != nil {
+				diags = append(diags, hclx.Errorf(b.Body, name, "Invalid key", "%s: %v", name, err))
+				continue
+			}
+			out = append(out, pk)
+		}
+		return out
+	}
+	trusted, revoked := parse("trusted_keys", b.TrustedKeys), parse("revoked_keys", b.RevokedKeys)
+	if b.TrustedKeys != nil && len(b.TrustedKeys) == 0 {
+		diags = append(diags, hclx.Errorf(b.Body, "trusted_keys", "Invalid key",
+			"trusted_keys is empty: list the keys that may sign releases, or leave it out to install unsigned ones."))
+	}
+	if len(revoked) > 0 && len(trusted) == 0 && len(b.TrustedKeys) == 0 {
+		diags = append(diags, hclx.Errorf(b.Body, "revoked_keys", "Revoked keys without trusted keys",
+			"revoked_keys only narrows trusted_keys: without trusted_keys, releases are not checked at all."))
+	}
+	if len(trusted) > 0 {
+		s.Keys = signature.NewKeyring(trusted, revoked)
+	}
+	return diags
 }
 
 func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnostics {

@@ -49,6 +49,16 @@ type Release struct {
 	VersionID string    `json:"version_id,omitempty"`
 	Source    string    `json:"source"`
 	Installed time.Time `json:"installed"`
+	// Signed is who signed it, when signatures are required.
+	Signed *Signed `json:"signed,omitempty"`
+}
+
+// Signed is what a release's verified signature said.
+type Signed struct {
+	KeyID     string    `json:"key_id"`
+	Time      time.Time `json:"time,omitzero"`
+	Version   string    `json:"version,omitempty"`
+	Publisher string    `json:"publisher,omitempty"`
 }
 
 // Failure counts the failed attempts of one checksum.

@@ -12,14 +12,17 @@ import (
 	"strings"
 	"time"
 
+	"aead.dev/minisign"
+
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/archive"
+	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/hooks"
 )
 
 // The update as a transaction, a step per function:
 //
-//	preflight → fetch → before → promote → activate (switch, after) → check → commit
+//	preflight → fetch → signature → before → promote → activate (switch, after) → check → commit
 //
 // Each step returns an error and registers what undoes it; a failure runs
 // the undos newest first, so the host is left on the release it had.
@@ -47,7 +50,11 @@ type txn struct {
 	stage string
 	ev    hooks.Event // what the hooks of the new release see
 	sums  digests     // computed over the bytes fetched
-	aside string      // what the destination was before a first install
+	// signed hashes the bytes for the signature check (BLAKE2b, as
+	// minisign's pre-hashed mode); nil when no keys are configured.
+	signed *minisign.Reader
+	claims *signature.Claims
+	aside  string // what the destination was before a first install
 
 	switched    bool
 	undo        []func(ctx context.Context)
@@ -103,6 +110,7 @@ func (t *txn) run(ctx context.Context) Outcome {
 	}{
 		{PhasePreflight, t.preflight},
 		{PhaseDownload, t.fetch},
+		{PhaseSignature, t.verifySignature},
 		{PhaseBefore, t.before},
 		{PhaseInstall, t.promote},
 		{PhaseSwitch, t.activate},
@@ -179,7 +187,12 @@ func (t *txn) fetch(ctx context.Context) error {
 		return fmt.Errorf("download %s: %w", t.info.Key, err)
 	}
 	defer body.Close()
-	v := artifact.NewVerifier(body, t.info)
+	var stream io.Reader = body
+	if t.r.svc.Keys.Len() > 0 {
+		t.signed = minisign.NewReader(body)
+		stream = t.signed
+	}
+	v := artifact.NewVerifier(stream, t.info)
 	// Download and hashing on one core, decompression and unpacking on
 	// the other; 4 × 64 KiB in flight at most.
 	ahead := artifact.Prefetch(v, 64<<10, 4)
@@ -211,6 +224,42 @@ func (t *txn) fetch(ctx context.Context) error {
 	}
 	t.logger.Info("downloaded and verified", "format", stats.Format, "entries", stats.Entries,
 		"bytes", stats.Bytes, "md5", t.sums.MD5, "sha256", t.sums.SHA256)
+	return nil
+}
+
+// verifySignature checks, when the service trusts keys, that one of them
+// signed exactly the bytes fetched, for this service, and no earlier than
+// the installed release: before any hook runs or anything is promoted.
+func (t *txn) verifySignature(ctx context.Context) error {
+	keys := t.r.svc.Keys
+	if keys.Len() == 0 {
+		return nil
+	}
+	src, ok := t.r.svc.Source.(artifact.Signed)
+	if !ok {
+		return fmt.Errorf("%s cannot hold signatures, but trusted_keys is set", t.r.svc.Source)
+	}
+	// The signature is read after the bytes: one published since the
+	// download began names other bytes (ErrStale), and the update starts
+	// over instead of failing.
+	sig, err := src.Signature(ctx)
+	if errors.Is(err, artifact.ErrNotFound) {
+		return fmt.Errorf("verify %s: %w (trusted_keys is set; publish with --sign)", t.info.Key, signature.ErrUnsigned)
+	}
+	if err != nil {
+		return fmt.Errorf("verify %s: %w", t.info.Key, err)
+	}
+	want := signature.Expect{Service: t.r.svc.Name, SHA256: t.sums.SHA256}
+	if cur, ok := t.st.release(t.st.Release); ok && cur.Signed != nil {
+		want.After = cur.Signed.Time
+	}
+	c, err := keys.Verify(sig, t.signed, want)
+	if err != nil {
+		return fmt.Errorf("verify %s: %w", t.info.Key, err)
+	}
+	t.claims = &c
+	t.logger.Info("signature verified", "key_id", fmt.Sprintf("%016X", c.KeyID), "version", c.Version,
+		"publisher", c.Publisher, "signed", c.Time)
 	return nil
 }
 
@@ -298,6 +347,9 @@ func (t *txn) commit() Outcome {
 	d := now.Sub(t.start)
 	rel := Release{ID: t.id, Checksum: t.sum, MD5: t.sums.MD5, SHA256: t.sums.SHA256, VersionID: t.info.VersionID,
 		Source: t.info.Key, Installed: now.UTC()}
+	if c := t.claims; c != nil {
+		rel.Signed = &Signed{KeyID: fmt.Sprintf("%016X", c.KeyID), Time: c.Time, Version: c.Version, Publisher: c.Publisher}
+	}
 	t.st.installed(rel, Attempt{Time: t.start.UTC(), Checksum: t.sum, Release: t.id, Result: "success", Duration: d})
 	t.st.trim(t.r.svc.KeepReleases, t.r.lay.current())
 	ev := t.ev
@@ -323,6 +375,10 @@ func (t *txn) fail(ctx context.Context, phase Phase, err error) Outcome {
 	switch {
 	case errors.Is(err, artifact.ErrChanged):
 		return Outcome{Result: ResultError, Checksum: t.sum, Phase: PhaseDownload, Err: err}
+	case errors.Is(err, signature.ErrStale):
+		// The signature of another version: its own will follow (or the
+		// artifact changed under us). Looked at again next check.
+		return Outcome{Result: ResultError, Checksum: t.sum, Phase: PhaseSignature, Err: err}
 	case errors.Is(err, errLost):
 		return Outcome{Result: ResultError, Checksum: t.sum, Phase: PhaseLock, Err: err}
 	case !t.switched && ctx.Err() != nil && !errors.Is(cause, errUpdateTimeout):

@@ -12,6 +12,7 @@ import (
 
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/archive"
+	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/local"
 	"github.com/dropshipd/dropship/hooks"
@@ -37,6 +38,7 @@ const (
 	PhaseLock      Phase = "lock"
 	PhasePreflight Phase = "preflight"
 	PhaseDownload  Phase = "download"
+	PhaseSignature Phase = "signature"
 	PhaseBefore    Phase = hooks.PhaseBefore
 	PhaseInstall   Phase = "install" // promote, and saving the state
 	PhaseSwitch    Phase = "switch"
@@ -350,6 +352,10 @@ func tripsBreaker(o Outcome) bool {
 	switch o.Phase {
 	case PhaseBefore, PhaseAfter, PhaseCheck, PhaseInstall, PhaseSwitch:
 		return true
+	case PhaseSignature:
+		// Every host would refuse it; but a store that cannot be read
+		// is this host's trouble.
+		return errors.Is(o.Err, signature.ErrRefused)
 	case PhaseDownload:
 		return errors.Is(o.Err, archive.ErrRefused) || errors.Is(o.Err, artifact.ErrCorrupt)
 	}

@@ -1,0 +1,187 @@
+package agent_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"aead.dev/minisign"
+
+	"github.com/dropshipd/dropship/agent"
+	"github.com/dropshipd/dropship/artifact/signature"
+)
+
+type signer struct {
+	pub  minisign.PublicKey
+	priv minisign.PrivateKey
+}
+
+func newSigner(t *testing.T) signer {
+	pub, priv, err := minisign.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signer{pub, priv}
+}
+
+// sign writes the signature of the store's artifact beside it; edit may
+// change the claims.
+func (s signer) sign(e *env, edit func(*signature.Claims)) {
+	e.t.Helper()
+	body, err := os.ReadFile(e.store)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	sum := sha256.Sum256(body)
+	c := signature.Claims{Service: "app", Version: "test", SHA256: hex.EncodeToString(sum[:]), Publisher: "ci", Time: time.Now().UTC()}
+	if edit != nil {
+		edit(&c)
+	}
+	r := minisign.NewReader(bytes.NewReader(body))
+	io.Copy(io.Discard, r)
+	if err := os.WriteFile(e.store+".minisig", r.SignWithComments(s.priv, c.Comment(), "test"), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func keysConfig(e *env, trusted []signer, revoked ...signer) string {
+	var t, r []string
+	for _, s := range trusted {
+		t = append(t, fmt.Sprintf("%q", s.pub.String()))
+	}
+	// One of them as a .pub file, as operators deploy them.
+	if len(t) > 0 {
+		path := filepath.Join(e.dir, "keys", "first.pub")
+		os.MkdirAll(filepath.Dir(path), 0o755)
+		b, _ := trusted[0].pub.MarshalText()
+		os.WriteFile(path, b, 0o644)
+		t[0] = fmt.Sprintf("%q", path)
+	}
+	for _, s := range revoked {
+		r = append(r, fmt.Sprintf("%q", s.pub.String()))
+	}
+	cfg := "trusted_keys = [" + strings.Join(t, ", ") + "]\n"
+	if len(r) > 0 {
+		cfg += "revoked_keys = [" + strings.Join(r, ", ") + "]\n"
+	}
+	return cfg + fmt.Sprintf(`before "script" {
+    command = "echo before >> %s"
+  }`, e.log)
+}
+
+// With trusted_keys, only a release signed by a trusted key, for this
+// service and not older than the installed one, is installed; every
+// refusal keeps the current release, runs no hook and is recorded.
+func TestSignedReleases(t *testing.T) {
+	ci, other := newSigner(t), newSigner(t)
+	for _, tc := range []struct {
+		name    string
+		prepare func(e *env)
+		revoked []signer
+		want    string
+	}{
+		{"unsigned", func(e *env) { os.Remove(e.store + ".minisig") }, nil, "no signature"},
+		{"forged", func(e *env) {
+			ci.sign(e, nil)
+			b, _ := os.ReadFile(e.store + ".minisig")
+			lines := strings.Split(string(b), "\n")
+			sig := []byte(lines[1])
+			sig[20] ^= 'A' ^ 'B'
+			lines[1] = string(sig)
+			os.WriteFile(e.store+".minisig", []byte(strings.Join(lines, "\n")), 0o644)
+		}, nil, "refused"},
+		{"untrusted key", func(e *env) { other.sign(e, nil) }, nil, "not trusted"},
+		{"revoked key", func(e *env) { ci.sign(e, nil) }, []signer{ci}, "revoked"},
+		{"other service", func(e *env) { ci.sign(e, func(c *signature.Claims) { c.Service = "billing" }) }, nil, "another service"},
+		{"replayed older release", func(e *env) {
+			ci.sign(e, func(c *signature.Claims) { c.Time = time.Now().Add(-24 * time.Hour) })
+		}, nil, "replayed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.publish("v1")
+			ci.sign(e, nil)
+			cfg := e.config(keysConfig(e, []signer{ci, other}[:1], tc.revoked...))
+			if len(tc.revoked) > 0 {
+				// v1 is installed before the key is revoked.
+				e.check(e.runner(e.config(keysConfig(e, []signer{ci}))), agent.ResultInstalled)
+			} else {
+				e.check(e.runner(cfg), agent.ResultInstalled)
+			}
+			os.Remove(e.log)
+			e.publish("v2")
+			tc.prepare(e)
+			r := e.runner(cfg)
+			out := e.check(r, agent.ResultFailed)
+			if out.Phase != agent.PhaseSignature || !strings.Contains(out.Err.Error(), tc.want) {
+				t.Fatalf("phase %s, error %v; want %q", out.Phase, out.Err, tc.want)
+			}
+			if e.current() != "v1" || e.hookLog() != "" {
+				t.Fatalf("current %q, hooks ran: %q", e.current(), e.hookLog())
+			}
+			if f := e.state_(r).Failures[out.Checksum]; f == nil || f.Phase != "signature" {
+				t.Fatalf("failure not recorded: %+v", e.state_(r).Failures)
+			}
+			// An operator may still go back to a kept release.
+			if _, err := r.Rollback(t.Context(), ""); err == nil {
+				t.Fatal("rolled back with only one release kept")
+			}
+		})
+	}
+}
+
+// A good signature installs and is recorded; a second trusted key (key
+// rotation) installs the next; an operator rollback needs no signature.
+func TestSignedReleaseRotationAndRollback(t *testing.T) {
+	old, next := newSigner(t), newSigner(t)
+	e := newEnv(t)
+	cfg := e.config(keysConfig(e, []signer{old, next}))
+	e.publish("v1")
+	old.sign(e, nil)
+	r := e.runner(cfg)
+	e.check(r, agent.ResultInstalled)
+	e.publish("v2")
+	next.sign(e, func(c *signature.Claims) { c.Version = "build-2" })
+	e.check(r, agent.ResultInstalled)
+	st := e.state_(r)
+	cur, _ := st.Releases[len(st.Releases)-1], 0
+	if cur.Signed == nil || cur.Signed.Version != "build-2" || cur.Signed.KeyID != fmt.Sprintf("%016X", next.pub.ID()) {
+		t.Fatalf("signature not recorded: %+v", cur.Signed)
+	}
+	if _, err := r.Rollback(t.Context(), ""); err != nil || e.current() != "v1" {
+		t.Fatalf("rollback: %v, current %q", err, e.current())
+	}
+}
+
+// A signature that names other bytes (the artifact was replaced before
+// its signature) is not a forgery: no failure is counted, and the next
+// check installs once the right signature is there.
+func TestStaleSignatureWaits(t *testing.T) {
+	ci := newSigner(t)
+	e := newEnv(t)
+	cfg := e.config(keysConfig(e, []signer{ci}))
+	e.publish("v1")
+	ci.sign(e, nil)
+	r := e.runner(cfg)
+	e.check(r, agent.ResultInstalled)
+	e.publish("v2") // the v1 signature is still beside it
+	out := e.check(r, agent.ResultError)
+	if out.Phase != agent.PhaseSignature || !strings.Contains(out.Err.Error(), "other bytes") {
+		t.Fatalf("phase %s err %v", out.Phase, out.Err)
+	}
+	if len(e.state_(r).Failures) != 0 {
+		t.Fatalf("a stale signature counted as a failure: %+v", e.state_(r).Failures)
+	}
+	ci.sign(e, nil)
+	e.check(r, agent.ResultInstalled)
+	if e.current() != "v2" {
+		t.Fatal(e.current())
+	}
+}

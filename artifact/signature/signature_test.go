@@ -1,0 +1,104 @@
+package signature_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"aead.dev/minisign"
+
+	"github.com/dropshipd/dropship/artifact/signature"
+)
+
+func key(t *testing.T) (minisign.PublicKey, minisign.PrivateKey) {
+	t.Helper()
+	pub, priv, err := minisign.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub, priv
+}
+
+func sign(priv minisign.PrivateKey, body []byte, c signature.Claims) []byte {
+	r := minisign.NewReader(bytes.NewReader(body))
+	io.Copy(io.Discard, r)
+	return r.SignWithComments(priv, c.Comment(), "signed by dropship")
+}
+
+func read(body []byte) *minisign.Reader {
+	r := minisign.NewReader(bytes.NewReader(body))
+	io.Copy(io.Discard, r)
+	return r
+}
+
+func sum(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+func TestVerify(t *testing.T) {
+	pub, priv := key(t)
+	otherPub, otherPriv := key(t)
+	body := []byte("release v2")
+	old := []byte("release v1")
+	now := time.Now().UTC().Truncate(time.Second)
+	claims := signature.Claims{Service: "api", Version: "v2", SHA256: sum(body), Publisher: "ci@build", Time: now}
+	good := sign(priv, body, claims)
+	ring := signature.NewKeyring([]minisign.PublicKey{pub}, nil)
+	want := signature.Expect{Service: "api", SHA256: sum(body), After: now.Add(-time.Hour)}
+
+	c, err := ring.Verify(good, read(body), want)
+	if err != nil || c.Service != "api" || c.Version != "v2" || c.Publisher != "ci@build" || !c.Time.Equal(now) || c.KeyID != pub.ID() {
+		t.Fatalf("good signature: %+v %v", c, err)
+	}
+
+	flipped := bytes.Clone(good)
+	i := bytes.LastIndexByte(flipped[:len(flipped)-2], '\n') + 5
+	flipped[i] ^= 1
+	oldClaims := claims
+	oldClaims.SHA256, oldClaims.Time = sum(old), now.Add(-2*time.Hour)
+	for _, tc := range []struct {
+		name string
+		ring *signature.Keyring
+		sig  []byte
+		body []byte
+		want signature.Expect
+		err  error
+	}{
+		{"unsigned", ring, nil, body, want, signature.ErrUnsigned},
+		{"garbage", ring, []byte("not a signature\n"), body, want, signature.ErrMalformed},
+		{"corrupted signature", ring, flipped, body, want, signature.ErrRefused},
+		{"other bytes, same claims", ring, good, []byte("release v2 with a backdoor"), signature.Expect{Service: "api"}, signature.ErrForged},
+		{"key not trusted", ring, sign(otherPriv, body, claims), body, want, signature.ErrUntrustedKey},
+		{"revoked", signature.NewKeyring([]minisign.PublicKey{pub, otherPub}, []minisign.PublicKey{pub}), good, body, want, signature.ErrRevokedKey},
+		{"other service", ring, sign(priv, body, signature.Claims{Service: "billing", SHA256: sum(body), Time: now}), body, want, signature.ErrOtherService},
+		{"replayed old release", ring, sign(priv, old, oldClaims), old, signature.Expect{Service: "api", SHA256: sum(old), After: now.Add(-time.Hour)}, signature.ErrReplay},
+		{"stale signature beside new bytes", ring, sign(priv, old, oldClaims), body, want, signature.ErrStale},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.ring.Verify(tc.sig, read(tc.body), tc.want)
+			if !errors.Is(err, tc.err) || !errors.Is(err, signature.ErrRefused) {
+				t.Fatalf("err = %v, want %v", err, tc.err)
+			}
+		})
+	}
+
+	// Rotation: either of two trusted keys verifies.
+	both := signature.NewKeyring([]minisign.PublicKey{pub, otherPub}, nil)
+	if _, err := both.Verify(sign(otherPriv, body, claims), read(body), want); err != nil {
+		t.Fatalf("second trusted key: %v", err)
+	}
+}
+
+func TestParseComment(t *testing.T) {
+	c := signature.ParseComment("timestamp:1700000000\tfile:api.tar.gz\thashed")
+	if !c.Time.Equal(time.Unix(1700000000, 0)) || c.Service != "" {
+		t.Fatalf("minisign default comment: %+v", c)
+	}
+	in := signature.Claims{Service: "api", Version: "build 42 \"rc\"", Publisher: `a b\c`, Time: time.Unix(1800000000, 0).UTC(), SHA256: strings.Repeat("ab", 32)}
+	if got := signature.ParseComment(in.Comment()); got != in {
+		t.Fatalf("round trip:\n%+v\n%+v\n%s", got, in, in.Comment())
+	}
+}
