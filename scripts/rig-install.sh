@@ -19,7 +19,8 @@ MINIO_VERSION=${MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}
 log() { printf 'rig: %s\n' "$*" >&2; }
 
 apt_pkgs=(swift swift-proxy swift-account swift-container swift-object memcached
-  graphite-web graphite-carbon debhelper dh-golang lintian debootstrap fakeroot zstd xz-utils bzip2 curl time systemd)
+  graphite-web graphite-carbon debhelper dh-golang lintian debootstrap fakeroot zstd xz-utils bzip2 curl time systemd
+  minisign)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

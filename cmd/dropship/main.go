@@ -75,7 +75,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "text or json")
 	root.AddCommand(
 		agentCmd(g), validateCmd(g), rollbackCmd(g), historyCmd(g), publishCmd(g), versionCmd(g),
-		fleetCmd(g), holdCmd(g), resumeCmd(g), statusCmd(g), serviceCmd(g),
+		fleetCmd(g), holdCmd(g), resumeCmd(g), statusCmd(g), serviceCmd(g), keygenCmd(g), signCmd(g), verifyCmd(g),
 	)
 	return root
 }

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dropshipd/dropship/internal/testutil"
+)
+
+func minisignCLI(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("minisign")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("minisign CLI not installed (make rig installs it)")
+		}
+		t.Skip("minisign CLI not installed; run make rig")
+	}
+	return p
+}
+
+// Keys from `dropship keygen` work with the minisign CLI and back: a
+// release signed by `minisign -S` (default trusted comment) verifies, and
+// one signed by `dropship sign` verifies with `minisign -V`.
+func TestSigningInteroperatesWithMinisign(t *testing.T) {
+	cli := minisignCLI(t)
+	dir := t.TempDir()
+	prefix := filepath.Join(dir, "keys", "ci")
+	if out, errOut, code := run(t, "keygen", "--out", prefix, "--no-password"); code != 0 || !strings.Contains(out, "trusted_keys") {
+		t.Fatalf("keygen: %d %s %s", code, out, errOut)
+	}
+	if fi, err := os.Stat(prefix + ".key"); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("secret key mode: %v %v", fi, err)
+	}
+	if _, _, code := run(t, "keygen", "--out", prefix, "--no-password"); code == 0 {
+		t.Fatal("keygen overwrote an existing key")
+	}
+	art := filepath.Join(dir, "api.tar.gz")
+	testutil.WriteFile(t, art, testutil.TarGz(t, testutil.File{Name: "VERSION", Body: "v1"}))
+
+	// minisign signs, dropship verifies.
+	cmd := exec.Command(cli, "-S", "-s", prefix+".key", "-m", art)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("minisign -S: %v\n%s", err, out)
+	}
+	out, errOut, code := run(t, "verify", art, "--key", prefix+".pub")
+	if code != 0 || !strings.Contains(out, "ok, signed by key") || !strings.Contains(out, " at ") {
+		t.Fatalf("verify of a minisign signature: %d %s %s", code, out, errOut)
+	}
+
+	// dropship signs, minisign verifies; the trusted comment names the service.
+	os.Remove(art + ".minisig")
+	if out, errOut, code := run(t, "sign", art, "--key", prefix+".key", "--service", "api", "--version", "42"); code != 0 {
+		t.Fatalf("sign: %d %s %s", code, out, errOut)
+	}
+	cmd = exec.Command(cli, "-V", "-p", prefix+".pub", "-m", art)
+	b, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(b), "dropship-release service=api version=42") {
+		t.Fatalf("minisign -V: %v\n%s", err, b)
+	}
+	if _, errOut, code := run(t, "verify", art, "--key", prefix+".pub", "--service", "billing"); code != 1 || !strings.Contains(errOut, "another service") {
+		t.Fatalf("verify for another service: %d %s", code, errOut)
+	}
+	// Bytes changed after signing: refused.
+	os.WriteFile(art, []byte("tampered"), 0o644)
+	if _, errOut, code := run(t, "verify", art, "--key", prefix+".pub"); code != 1 || !strings.Contains(errOut, "refused") {
+		t.Fatalf("verify of tampered bytes: %d %s", code, errOut)
+	}
+}
+
+// An encrypted key needs its passphrase, from the environment here.
+func TestEncryptedSigningKey(t *testing.T) {
+	dir := t.TempDir()
+	prefix := filepath.Join(dir, "k")
+	t.Setenv(passwordEnv, "correct horse")
+	if _, errOut, code := run(t, "keygen", "--out", prefix); code != 0 {
+		t.Fatalf("keygen: %s", errOut)
+	}
+	art := filepath.Join(dir, "a.bin")
+	os.WriteFile(art, []byte("payload"), 0o644)
+	if _, errOut, code := run(t, "sign", art, "--key", prefix+".key"); code != 0 {
+		t.Fatalf("sign with the right passphrase: %s", errOut)
+	}
+	t.Setenv(passwordEnv, "wrong")
+	if _, errOut, code := run(t, "sign", art, "--key", prefix+".key"); code == 0 || !strings.Contains(errOut, "passphrase") {
+		t.Fatalf("sign with a wrong passphrase: %d %s", code, errOut)
+	}
+	os.Unsetenv(passwordEnv)
+	if _, errOut, code := run(t, "sign", art, "--key", prefix+".key"); code == 0 || !strings.Contains(errOut, passwordEnv) {
+		t.Fatalf("sign with no passphrase and no terminal: %d %s", code, errOut)
+	}
+}
