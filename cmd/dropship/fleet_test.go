@@ -49,7 +49,7 @@ type host struct {
 	cmd             *exec.Cmd
 }
 
-func newFleet(t *testing.T, n, concurrency int, consul *rig.Consul) *fleetRig {
+func newFleet(t *testing.T, n, concurrency int, consul *rig.Consul, extra ...string) *fleetRig {
 	dir := t.TempDir()
 	f := &fleetRig{t: t, dir: dir, store: filepath.Join(dir, "store", "app.tar.gz"), shared: filepath.Join(dir, "timeline"),
 		prefix: "test/" + strings.ToLower(t.Name())}
@@ -82,8 +82,9 @@ service "app" {
     command = "test ! -f BAD"
     retries = 1
   }
+  %[10]s
 }
-`, filepath.Join(dir, h.name, "state"), h.name, consul.Addr, f.prefix, concurrency, f.store, h.dest, f.shared, dir)), 0o644)
+`, filepath.Join(dir, h.name, "state"), h.name, consul.Addr, f.prefix, concurrency, f.store, h.dest, f.shared, dir, strings.Join(extra, "\n"))), 0o644)
 		f.hosts = append(f.hosts, h)
 	}
 	t.Cleanup(f.stopAll)
@@ -393,6 +394,73 @@ func TestBadReleaseStopsAtTheFirstHost(t *testing.T) {
 	// A new checksum starts a new rollout.
 	f.publish("v3", false)
 	f.waitAll(f.hosts, "v3", 60*time.Second)
+}
+
+// A release signed with a key the fleet does not trust is refused by the
+// first host that fetches it, and the breaker keeps every other host
+// from even downloading it.
+func TestForgedReleaseTripsTheBreaker(t *testing.T) {
+	c := consulServer(t)
+	dir := t.TempDir()
+	trusted, forger := filepath.Join(dir, "ci"), filepath.Join(dir, "forger")
+	for _, k := range []string{trusted, forger} {
+		if _, errOut, code := run(t, "keygen", "--out", k, "--no-password"); code != 0 {
+			t.Fatal(errOut)
+		}
+	}
+	f := newFleet(t, 4, 1, c, fmt.Sprintf("trusted_keys = [%q]", trusted+".pub"))
+	f.publish("v1", false)
+	if _, errOut, code := run(t, "sign", f.store, "--key", trusted+".key", "--service", "app"); code != 0 {
+		t.Fatal(errOut)
+	}
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	marks := f.marks()
+	f.publish("v2", false)
+	if _, errOut, code := run(t, "sign", f.store, "--key", forger+".key", "--service", "app"); code != 0 {
+		t.Fatal(errOut)
+	}
+	client, _ := api.NewClient(&api.Config{Address: c.Addr})
+	var breaker string
+	deadline := time.Now().Add(30 * time.Second)
+	for breaker == "" {
+		pairs, _, _ := client.KV().List(f.prefix+"/app/failed/", nil)
+		if len(pairs) == 1 {
+			breaker = string(pairs[0].Value)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no breaker written for the forged release")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(breaker, `"phase":"signature"`) || !strings.Contains(breaker, "not trusted") {
+		t.Fatalf("breaker: %s", breaker)
+	}
+	var tripper string
+	for _, h := range f.hosts {
+		if strings.Contains(breaker, `"node":"`+h.name+`"`) {
+			tripper = h.name
+		}
+	}
+	var others []*host
+	for _, h := range f.hosts {
+		if h.name != tripper {
+			others = append(others, h)
+		}
+	}
+	f.waitLog(others, marks, "result=skipped", "failed on "+tripper)
+	for _, h := range f.hosts {
+		if h.version() != "v1" {
+			t.Fatalf("%s runs %q", h.name, h.version())
+		}
+		b, _ := os.ReadFile(filepath.Join(f.dir, h.name+".log"))
+		if h.name != tripper && strings.Contains(string(b[marks[h]:]), "downloaded and verified") {
+			t.Fatalf("%s downloaded the forged release after the breaker tripped", h.name)
+		}
+	}
+	if _, starts := f.timeline(); len(starts) != 1 {
+		t.Fatalf("before hooks ran for the forged release: %v", starts)
+	}
 }
 
 func TestKilledHolderFreesTheSlot(t *testing.T) {
