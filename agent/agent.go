@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dropshipd/dropship/fleet"
 )
 
 // maxErrorBackoff caps the wait after repeated errors (store or lock down).
@@ -32,11 +34,14 @@ type Agent struct {
 	logger  *slog.Logger
 	trigger map[string]chan struct{}
 	obs     Observer
+
+	mu     sync.Mutex
+	nudges map[string]*nudge // by service
 }
 
 // New builds the runners of cfg. obs may be nil.
 func New(cfg *Config, obs Observer, logger *slog.Logger) (*Agent, error) {
-	a := &Agent{cfg: cfg, logger: logger, trigger: map[string]chan struct{}{}, obs: obs}
+	a := &Agent{cfg: cfg, logger: logger, trigger: map[string]chan struct{}{}, obs: obs, nudges: map[string]*nudge{}}
 	for _, svc := range cfg.Services {
 		r, err := NewRunner(cfg, svc, logger)
 		if err != nil {
@@ -96,6 +101,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		trimWhileIdle(ctx, trimInterval, debug.FreeOSMemory)
 	}()
+	if w, ok := a.cfg.Fleet.(fleet.Watcher); ok && a.watching() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.watch(ctx, w)
+		}()
+	}
 	for _, r := range a.runners {
 		wg.Add(1)
 		go func() {
@@ -135,8 +147,12 @@ func trimWhileIdle(ctx context.Context, interval time.Duration, free func()) {
 func (a *Agent) loop(ctx context.Context, r *Runner) {
 	interval := r.svc.CheckInterval
 	errs := 0
-	// Start spread out, so a fleet restarted at once does not poll at once.
+	// Start spread out, so a fleet restarted at once does not poll at once;
+	// a new host with nothing installed yet starts within seconds.
 	next := jitter(interval) / 4
+	if st, err := LoadState(r.lay.dir, r.svc.Name); err == nil && st.Release == "" {
+		next = rand.N(newHostStart)
+	}
 	for {
 		r.setNext(time.Now().Add(next))
 		timer := time.NewTimer(next)
@@ -166,7 +182,86 @@ func (a *Agent) loop(ctx context.Context, r *Runner) {
 		}
 		errs = 0
 		next = jitter(interval)
+		if soon, ok := a.nudged(r.svc.Name, out); ok {
+			next = min(soon, next)
+		}
 	}
+}
+
+// newHostStart bounds the first check of a service with nothing installed.
+const newHostStart = 2 * time.Second
+
+// nudge is a release announced for a service that the store has not
+// shown yet (stores may be eventually consistent): the service is looked
+// at again soon, a few times, then left to the poll.
+type nudge struct {
+	checksum string
+	tries    int
+}
+
+const maxNudgeTries = 4 // looks after 1, 2, 4 and 8 s
+
+func (a *Agent) watching() bool {
+	for _, r := range a.runners {
+		if r.svc.Watch {
+			return true
+		}
+	}
+	return false
+}
+
+// watch turns the fleet's announcements into checks of the services that
+// watch. The announcement is a hint: the check still stats the store and
+// verifies the bytes, and polling stays the fallback.
+func (a *Agent) watch(ctx context.Context, w fleet.Watcher) {
+	byName := map[string]*Runner{}
+	for _, r := range a.runners {
+		if r.svc.Watch {
+			byName[r.svc.Name] = r
+		}
+	}
+	changed := func(p fleet.Published) {
+		r := byName[p.Service]
+		if r == nil || (p.Checksum != "" && p.Checksum == r.Status().Checksum) {
+			return
+		}
+		a.logger.Info("release announced; checking now", "service", p.Service, "checksum", p.Checksum,
+			"publisher", p.Publisher, "published", p.Time)
+		a.mu.Lock()
+		a.nudges[p.Service] = &nudge{checksum: p.Checksum}
+		a.mu.Unlock()
+		a.Trigger(p.Service)
+	}
+	w.WatchPublished(ctx, fleet.Watch{
+		Changed: changed,
+		Up:      func() { a.logger.Info("watching for announced releases", "services", len(byName)) },
+		Down: func(err error) {
+			a.logger.Warn("the watch for announced releases stopped answering; polling meanwhile", "error", err)
+		},
+	})
+}
+
+// nudged says, after a check, when to look again for an announced release
+// the check did not find.
+func (a *Agent) nudged(service string, out Outcome) (time.Duration, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := a.nudges[service]
+	if n == nil {
+		return 0, false
+	}
+	if n.checksum == "" || out.Checksum == n.checksum {
+		delete(a.nudges, service)
+		return 0, false
+	}
+	if n.tries >= maxNudgeTries {
+		a.logger.Info("announced release not in the store; leaving it to the poll", "service", service,
+			"announced", n.checksum, "store", out.Checksum)
+		delete(a.nudges, service)
+		return 0, false
+	}
+	n.tries++
+	return time.Second << (n.tries - 1), true
 }
 
 // jitter returns d ± 10%.

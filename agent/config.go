@@ -32,6 +32,10 @@ const (
 	DefaultCheckInterval = 10 * time.Second
 	DefaultKeepReleases  = 5
 	DefaultUpdateTimeout = time.Hour
+	// DefaultWatchInterval is the poll of a service whose fleet announces
+	// releases (lock "consul"): the watch brings updates at once, the
+	// poll only catches what a lost announcement missed.
+	DefaultWatchInterval = 5 * time.Minute
 )
 
 // Registry lists the plugins a config may name, by block label. It is
@@ -69,6 +73,8 @@ type Service struct {
 	Concurrency   int
 	Hold          time.Duration
 	UpdateTimeout time.Duration // from holding the slot to the commit
+	// Watch: a release announced in the fleet triggers a check at once.
+	Watch bool
 	// Keys, when set, is who may sign releases: nothing else is installed.
 	Keys         *signature.Keyring
 	KeepReleases int
@@ -145,6 +151,7 @@ type serviceBlock struct {
 	Hold          *string         `hcl:"hold,optional"`
 	OldTTL        *string         `hcl:"updateTTL,optional"`
 	UpdateTimeout *string         `hcl:"update_timeout,optional"`
+	Watch         *bool           `hcl:"watch,optional"`
 	TrustedKeys   []string        `hcl:"trusted_keys,optional"`
 	RevokedKeys   []string        `hcl:"revoked_keys,optional"`
 	KeepReleases  *int            `hcl:"keep_releases,optional"`
@@ -239,7 +246,8 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 		}
 	}
 
-	dec := decoder{reg: reg, repos: repos, logger: logger, seen: map[string]hcl.Range{}}
+	_, watchable := cfg.Fleet.(fleet.Watcher)
+	dec := decoder{watchable: watchable, reg: reg, repos: repos, logger: logger, seen: map[string]hcl.Range{}}
 	diags = append(diags, dec.services(cfg, abs, af.Services)...)
 	if cfg.ServicePath != "" {
 		files, err := filepath.Glob(filepath.Join(cfg.ServicePath, "*.hcl"))
@@ -268,7 +276,9 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 }
 
 type decoder struct {
-	reg    Registry
+	// watchable: the fleet announces releases (lock "consul").
+	watchable bool
+	reg       Registry
 	repos  map[string]*artifact.Repo
 	logger *slog.Logger
 	seen   map[string]hcl.Range
@@ -299,7 +309,7 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 	diags := hclx.Legacy(b.Body, legacyService)
 	if !validName(b.Name) {
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid service name",
-			Detail: fmt.Sprintf("%q: use letters, digits, '.', '_' and '-' only (it names a directory and Consul keys).", b.Name), Subject: &rng})
+			Detail: fmt.Sprintf("%q: use letters, digits, '.', '_' and '-' only, not starting with '_' (it names a directory and Consul keys).", b.Name), Subject: &rng})
 	}
 	s := &Service{Name: b.Name, File: file, Concurrency: 1, KeepReleases: DefaultKeepReleases, DiskFactor: 2,
 		UpdateTimeout: DefaultUpdateTimeout}
@@ -309,7 +319,12 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 	if b.CheckInterval == nil {
 		name = "checkInterval"
 	}
-	s.CheckInterval, ds = hclx.Duration(b.Body, name, hclx.Str(interval), DefaultCheckInterval)
+	s.Watch = d.watchable && (b.Watch == nil || *b.Watch)
+	defInterval := DefaultCheckInterval
+	if s.Watch {
+		defInterval = DefaultWatchInterval
+	}
+	s.CheckInterval, ds = hclx.Duration(b.Body, name, hclx.Str(interval), defInterval)
 	diags = append(diags, ds...)
 	if s.CheckInterval <= 0 && interval != nil {
 		diags = append(diags, hclx.Errorf(b.Body, name, "Invalid duration", "%s must be more than zero.", name))
@@ -593,7 +608,8 @@ func keys[V any](m map[string]V) []string {
 }
 
 func validName(n string) bool {
-	if n == "" || n == "." || n == ".." || len(n) > 128 {
+	// A leading "_" is kept for the fleet's own folders in Consul.
+	if n == "" || n == "." || n == ".." || len(n) > 128 || n[0] == '_' {
 		return false
 	}
 	for _, r := range n {

@@ -10,6 +10,7 @@
 //	<prefix>/<service>/nodes/<node>        NodeStatus
 //	<prefix>/<service>/hold                Hold: no host starts an update
 //	<prefix>/<service>/failed/<checksum>   Breaker: no host installs it
+//	<prefix>/_published/<service>          Published: the nudge agents watch
 package fleet
 
 import (
@@ -40,6 +41,9 @@ type Fleet interface {
 	Trip(ctx context.Context, service string, b Breaker) error
 	// Report writes this host's status after an attempt.
 	Report(ctx context.Context, service string, st NodeStatus) error
+	// Announce tells the hosts of p.Service that a release was published
+	// (a no-op on a single host).
+	Announce(ctx context.Context, p Published) error
 
 	// Operators: `dropship hold|resume|fleet status|fleet clear`.
 	Hold(ctx context.Context, service string, h Hold) error

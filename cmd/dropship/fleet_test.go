@@ -53,6 +53,12 @@ func newFleet(t *testing.T, n, concurrency int, consul *rig.Consul, extra ...str
 	dir := t.TempDir()
 	f := &fleetRig{t: t, dir: dir, store: filepath.Join(dir, "store", "app.tar.gz"), shared: filepath.Join(dir, "timeline"),
 		prefix: "test/" + strings.ToLower(t.Name())}
+	interval := `check_interval = "300ms"`
+	for _, e := range extra {
+		if strings.HasPrefix(e, "check_interval") || e == "# default check_interval" {
+			interval = ""
+		}
+	}
 	for i := range n {
 		h := &host{name: fmt.Sprintf("host-%d", i), cfg: filepath.Join(dir, fmt.Sprintf("host-%d.hcl", i)),
 			dest: filepath.Join(dir, fmt.Sprintf("host-%d", i), "srv", "app")}
@@ -65,7 +71,7 @@ lock "consul" {
   session_ttl = "10s"
 }
 service "app" {
-  check_interval = "300ms"
+  %[11]s
   sequential     = true
   concurrency    = %[5]d
   artifact "file" {
@@ -84,7 +90,7 @@ service "app" {
   }
   %[10]s
 }
-`, filepath.Join(dir, h.name, "state"), h.name, consul.Addr, f.prefix, concurrency, f.store, h.dest, f.shared, dir, strings.Join(extra, "\n"))), 0o644)
+`, filepath.Join(dir, h.name, "state"), h.name, consul.Addr, f.prefix, concurrency, f.store, h.dest, f.shared, dir, strings.Join(extra, "\n"), interval)), 0o644)
 		f.hosts = append(f.hosts, h)
 	}
 	t.Cleanup(f.stopAll)

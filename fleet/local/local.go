@@ -184,3 +184,6 @@ var (
 	_ fleet.Semaphore = (*Slots)(nil)
 	_ fleet.Fleet     = Fleet{}
 )
+
+// Announce: there is nobody to tell; the agent's own poll finds it.
+func (Fleet) Announce(context.Context, fleet.Published) error { return nil }
