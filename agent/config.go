@@ -279,9 +279,9 @@ type decoder struct {
 	// watchable: the fleet announces releases (lock "consul").
 	watchable bool
 	reg       Registry
-	repos  map[string]*artifact.Repo
-	logger *slog.Logger
-	seen   map[string]hcl.Range
+	repos     map[string]*artifact.Repo
+	logger    *slog.Logger
+	seen      map[string]hcl.Range
 }
 
 func (d *decoder) services(cfg *Config, file string, blocks []serviceBlock) hcl.Diagnostics {
