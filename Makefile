@@ -9,7 +9,7 @@ export DROPSHIP_RIG_DIR := $(RIG_DIR)
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 
-.PHONY: all build demo test rig vet fmt-check bench bench-idle fuzz deb clean
+.PHONY: all build demo test rig vet fmt-check bench bench-idle bench-watch fuzz deb clean
 
 all: build
 
@@ -51,6 +51,10 @@ bench: rig
 IDLE_SOURCE ?= file
 bench-idle: rig
 	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/idle -source $(IDLE_SOURCE)
+
+# Watch mode: 1,000 watchers on one Consul agent, key write to wake-up.
+bench-watch: rig
+	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/watch
 
 # Fuzz the archive reader and the config loader (FUZZTIME each).
 FUZZTIME ?= 3m

@@ -208,8 +208,8 @@ type Consul struct {
 	procs
 }
 
-// StartConsul starts a dev-mode Consul agent.
-func StartConsul() (*Consul, error) {
+// StartConsul starts a dev-mode Consul agent; extra are more arguments.
+func StartConsul(extra ...string) (*Consul, error) {
 	bin, err := Bin("consul")
 	if err != nil {
 		return nil, err
@@ -228,6 +228,7 @@ func StartConsul() (*Consul, error) {
 		"-http-port", fmt.Sprint(p[0]), "-server-port", fmt.Sprint(p[1]), "-serf-lan-port", fmt.Sprint(p[2]),
 		"-serf-wan-port", fmt.Sprint(p[3]), "-grpc-port", "-1", "-grpc-tls-port", "-1", "-dns-port", "-1",
 		"-node", "rig", "-log-level", "warn"}
+	c.args = append(c.args, extra...)
 	if err := c.Start(); err != nil {
 		c.stop()
 		return nil, err
@@ -247,6 +248,16 @@ func (c *Consul) Start() error {
 		return fmt.Errorf("%w\n%s", err, tail(filepath.Join(c.dir, "consul.log")))
 	}
 	return nil
+}
+
+// Pid is the agent's process id, for measurements.
+func (c *Consul) Pid() (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.cmds) == 0 || c.cmds[0].Process == nil {
+		return 0, fmt.Errorf("consul is not running")
+	}
+	return c.cmds[0].Process.Pid, nil
 }
 
 // Kill stops the agent (a crash, for fault tests); Start brings it back.
