@@ -37,8 +37,8 @@ type Registry struct {
 	Hooks   map[string]hooks.Factory // before, after and rollback chains
 	Checks  map[string]hooks.Factory // health checks
 	Locks   map[string]lock.Factory
-	// Repos checks the body of a `repo` block by its type.
-	Repos map[string]func(body hcl.Body, baseDir string) hcl.Diagnostics
+	// Repos decodes a `repo` block, by its type, into its store.
+	Repos map[string]artifact.RepoFactory
 }
 
 // Config is a loaded, validated agent configuration.
@@ -122,6 +122,7 @@ type artifactBlock struct {
 	FileMode       *string  `hcl:"file_mode,optional"`
 	DirMode        *string  `hcl:"dir_mode,optional"`
 	DiskFactor     *float64 `hcl:"disk_space_factor,optional"`
+	StallTimeout   *string  `hcl:"stall_timeout,optional"`
 	Full           hcl.Body `hcl:",body"` // for the ranges of the keys above
 	Body           hcl.Body `hcl:",remain"`
 }
@@ -197,13 +198,16 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 				Detail: fmt.Sprintf("repo %q is already defined at %s:%d.", r.Name, prev.Range.Filename, prev.Range.Start.Line), Subject: &rng})
 			continue
 		}
-		check, ok := reg.Repos[kind]
+		factory, ok := reg.Repos[kind]
 		if !ok {
 			diags = append(diags, unknown("repo", kind, keys(reg.Repos), rng))
 			continue
 		}
-		diags = append(diags, check(r.Body, base)...)
-		repos[r.Name] = &artifact.Repo{Name: r.Name, Type: kind, Body: r.Body, Range: rng}
+		// Decoded once, here: relative paths resolve against this file's
+		// directory, and every service of the repo shares its store.
+		store, d := factory(kind, r.Body, base)
+		diags = append(diags, d...)
+		repos[r.Name] = &artifact.Repo{Name: r.Name, Type: kind, Store: store, Range: rng}
 	}
 
 	cfg.Repos = repos
@@ -227,7 +231,7 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 		}
 	}
 
-	dec := decoder{reg: reg, repos: repos, logger: logger, seen: map[string]hcl.Range{}}
+	dec := decoder{reg: reg, repos: repos, stores: &artifact.Stores{}, logger: logger, seen: map[string]hcl.Range{}}
 	diags = append(diags, dec.services(cfg, abs, af.Services)...)
 	if cfg.ServicePath != "" {
 		files, err := filepath.Glob(filepath.Join(cfg.ServicePath, "*.hcl"))
@@ -258,6 +262,7 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 type decoder struct {
 	reg    Registry
 	repos  map[string]*artifact.Repo
+	stores *artifact.Stores
 	logger *slog.Logger
 	seen   map[string]hcl.Range
 }
@@ -363,8 +368,17 @@ func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnos
 	if !ok {
 		return hcl.Diagnostics{unknown("artifact", a.Kind, keys(d.reg.Sources), rng)}
 	}
-	src, diags := factory(a.Kind, a.Body, artifact.Env{BaseDir: base, Repos: d.repos})
-	s.Source = src
+	src, diags := factory(a.Kind, a.Body, artifact.Env{BaseDir: base, Repos: d.repos, Stores: d.stores})
+	policy := artifact.DefaultPolicy
+	stall, ds := hclx.Duration(a.Full, "stall_timeout", hclx.Str(a.StallTimeout), artifact.DefaultStall)
+	diags = append(diags, ds...)
+	if stall > 0 {
+		policy.Stall = stall
+	}
+	if src != nil {
+		// Every source a service gets is retried by the one policy.
+		s.Source = artifact.Retry(src, policy, d.logger.With("service", s.Name))
+	}
 	diags = append(diags, hclx.Required(a.Full, "destination", a.Destination)...)
 	s.Destination = hclx.Path(base, a.Destination)
 	o := archive.Options{UID: -1, GID: -1}
