@@ -47,8 +47,8 @@ type Registry struct {
 	Announcers map[string]hooks.AnnouncerFactory
 	Checks     map[string]hooks.Factory // health checks
 	Fleets     map[string]fleet.Factory // by the label of the lock block
-	// Repos checks the body of a `repo` block by its type.
-	Repos map[string]func(body hcl.Body, baseDir string) hcl.Diagnostics
+	// Repos decodes a `repo` block, by its type, into its store.
+	Repos map[string]artifact.RepoFactory
 }
 
 // Config is a loaded, validated agent configuration.
@@ -137,6 +137,7 @@ type artifactBlock struct {
 	FileMode       *string  `hcl:"file_mode,optional"`
 	DirMode        *string  `hcl:"dir_mode,optional"`
 	DiskFactor     *float64 `hcl:"disk_space_factor,optional"`
+	StallTimeout   *string  `hcl:"stall_timeout,optional"`
 	Full           hcl.Body `hcl:",body"` // for the ranges of the keys above
 	Body           hcl.Body `hcl:",remain"`
 }
@@ -216,13 +217,16 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 				Detail: fmt.Sprintf("repo %q is already defined at %s:%d.", r.Name, prev.Range.Filename, prev.Range.Start.Line), Subject: &rng})
 			continue
 		}
-		check, ok := reg.Repos[kind]
+		factory, ok := reg.Repos[kind]
 		if !ok {
 			diags = append(diags, unknown("repo", kind, keys(reg.Repos), rng))
 			continue
 		}
-		diags = append(diags, check(r.Body, base)...)
-		repos[r.Name] = &artifact.Repo{Name: r.Name, Type: kind, Body: r.Body, Range: rng}
+		// Decoded once, here: relative paths resolve against this file's
+		// directory, and every service of the repo shares its store.
+		store, d := factory(kind, r.Body, base)
+		diags = append(diags, d...)
+		repos[r.Name] = &artifact.Repo{Name: r.Name, Type: kind, Store: store, Range: rng}
 	}
 
 	cfg.Repos = repos
@@ -247,7 +251,7 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 	}
 
 	_, watchable := cfg.Fleet.(fleet.Watcher)
-	dec := decoder{watchable: watchable, reg: reg, repos: repos, logger: logger, seen: map[string]hcl.Range{}}
+	dec := decoder{watchable: watchable, reg: reg, repos: repos, stores: &artifact.Stores{}, logger: logger, seen: map[string]hcl.Range{}}
 	diags = append(diags, dec.services(cfg, abs, af.Services)...)
 	if cfg.ServicePath != "" {
 		files, err := filepath.Glob(filepath.Join(cfg.ServicePath, "*.hcl"))
@@ -280,6 +284,7 @@ type decoder struct {
 	watchable bool
 	reg       Registry
 	repos     map[string]*artifact.Repo
+	stores    *artifact.Stores
 	logger    *slog.Logger
 	seen      map[string]hcl.Range
 }
@@ -427,8 +432,17 @@ func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnos
 	if !ok {
 		return hcl.Diagnostics{unknown("artifact", a.Kind, keys(d.reg.Sources), rng)}
 	}
-	src, diags := factory(a.Kind, a.Body, artifact.Env{BaseDir: base, Repos: d.repos})
-	s.Source = src
+	src, diags := factory(a.Kind, a.Body, artifact.Env{BaseDir: base, Repos: d.repos, Stores: d.stores})
+	policy := artifact.DefaultPolicy
+	stall, ds := hclx.Duration(a.Full, "stall_timeout", hclx.Str(a.StallTimeout), artifact.DefaultStall)
+	diags = append(diags, ds...)
+	if stall > 0 {
+		policy.Stall = stall
+	}
+	if src != nil {
+		// Every source a service gets is retried by the one policy.
+		s.Source = artifact.Retry(src, policy, d.logger.With("service", s.Name))
+	}
 	diags = append(diags, hclx.Required(a.Full, "destination", a.Destination)...)
 	s.Destination = hclx.Path(base, a.Destination)
 	o := archive.Options{UID: -1, GID: -1}

@@ -11,7 +11,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dropshipd/dropship/internal/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Server is the local status endpoint:
@@ -27,31 +28,38 @@ type Server struct {
 	node    string
 	version string
 
-	reg        *metrics.Registry
-	checks     *metrics.CounterVec
-	updates    *metrics.CounterVec
-	failures   *metrics.CounterVec
-	duration   *metrics.HistogramVec
-	downloaded *metrics.CounterVec
+	reg        *prometheus.Registry
+	checks     *prometheus.CounterVec
+	updates    *prometheus.CounterVec
+	failures   *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+	downloaded *prometheus.CounterVec
 }
 
 // NewServer makes the status server of an agent of version.
 func NewServer(version string) *Server {
-	r := metrics.NewRegistry()
+	// A registry of its own: the agent's metrics only, no Go runtime or
+	// process collectors.
+	r := prometheus.NewRegistry()
 	s := &Server{version: version, reg: r}
-	s.checks = r.NewCounterVec("dropship_checks_total",
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+		r.MustRegister(c)
+		return c
+	}
+	s.checks = counter("dropship_checks_total",
 		"Artifact checks, by service and result (noop, skipped, installed, failed, error).", "service", "result")
-	s.updates = r.NewCounterVec("dropship_updates_total",
+	s.updates = counter("dropship_updates_total",
 		"Updates attempted, by service and result (installed, failed).", "service", "result")
-	s.failures = r.NewCounterVec("dropship_update_failures_total",
+	s.failures = counter("dropship_update_failures_total",
 		"Failed updates, by service and the phase that failed.", "service", "phase")
-	s.duration = r.NewHistogramVec("dropship_update_duration_seconds",
-		"Duration of attempted updates, from the check to the end of the health checks.",
-		[]float64{0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600}, "service")
-	s.downloaded = r.NewCounterVec("dropship_downloaded_bytes_total",
+	s.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "dropship_update_duration_seconds",
+		Help:    "Duration of attempted updates, from the check to the end of the health checks.",
+		Buckets: []float64{0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600}}, []string{"service"})
+	r.MustRegister(s.duration)
+	s.downloaded = counter("dropship_downloaded_bytes_total",
 		"Bytes of artifacts downloaded and verified.", "service")
-	r.NewGaugeFunc("dropship_release_age_seconds",
-		"Seconds since the current release of the service was installed.", s.releaseAges, "service")
+	r.MustRegister(releaseAges{s})
 	return s
 }
 
@@ -70,39 +78,44 @@ func (s *Server) current() *Agent {
 
 // Checked implements Observer.
 func (s *Server) Checked(service string, out Outcome) {
-	s.checks.With(service, string(out.Result)).Inc()
+	s.checks.WithLabelValues(service, string(out.Result)).Inc()
 	if out.Result == ResultInstalled || out.Result == ResultFailed {
-		s.updates.With(service, string(out.Result)).Inc()
-		s.duration.With(service).Observe(out.Duration.Seconds())
+		s.updates.WithLabelValues(service, string(out.Result)).Inc()
+		s.duration.WithLabelValues(service).Observe(out.Duration.Seconds())
 	}
 	if out.Result == ResultFailed {
-		s.failures.With(service, string(out.Phase)).Inc()
+		s.failures.WithLabelValues(service, string(out.Phase)).Inc()
 	}
 }
 
 // Downloaded implements Observer.
 func (s *Server) Downloaded(service string, n int64) {
-	s.downloaded.With(service).Add(float64(n))
+	s.downloaded.WithLabelValues(service).Add(float64(n))
 }
 
 // releaseAges reports, at scrape time, how long each service's current
 // release has been installed.
-func (s *Server) releaseAges() []metrics.Sample {
-	a := s.current()
+type releaseAges struct{ s *Server }
+
+var releaseAgeDesc = prometheus.NewDesc("dropship_release_age_seconds",
+	"Seconds since the current release of the service was installed.", []string{"service"}, nil)
+
+func (releaseAges) Describe(ch chan<- *prometheus.Desc) { ch <- releaseAgeDesc }
+
+func (g releaseAges) Collect(ch chan<- prometheus.Metric) {
+	a := g.s.current()
 	if a == nil {
-		return nil
+		return
 	}
-	var out []metrics.Sample
 	for _, run := range a.runners {
 		st, err := LoadState(run.lay.dir, run.svc.Name)
 		if err != nil || st.Release == "" {
 			continue
 		}
 		if rel, ok := st.release(st.Release); ok {
-			out = append(out, metrics.Sample{Labels: []string{run.svc.Name}, Value: time.Since(rel.Installed).Seconds()})
+			ch <- prometheus.MustNewConstMetric(releaseAgeDesc, prometheus.GaugeValue, time.Since(rel.Installed).Seconds(), run.svc.Name)
 		}
 	}
-	return out
 }
 
 // StatusReport is the body of GET /v1/status.
@@ -139,7 +152,7 @@ func (s *Server) Handler() http.Handler {
 		w.WriteHeader(http.StatusAccepted)
 		fmt.Fprintf(w, "check of %s queued\n", r.PathValue("name"))
 	})
-	mux.Handle("GET /metrics", s.reg.Handler())
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	return mux
 }
 

@@ -6,12 +6,9 @@ import (
 	"context"
 	"errors"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
-
-	"github.com/dropshipd/dropship/internal/hclx"
 )
 
 // Info describes one version of an artifact as the store reports it.
@@ -66,52 +63,24 @@ var (
 	ErrCorrupt = errors.New("artifact failed verification")
 )
 
+// ErrRejected: the store refused the request for another reason (an
+// HTTP 4xx other than those above); asking again gets the same answer.
+var ErrRejected = errors.New("request rejected by the store")
+
 // Permanent reports whether err will not go away by retrying soon: a
-// missing object or refused credentials are reported, not hammered.
+// missing object, refused credentials or a request the store rejects are
+// reported, not hammered.
 func Permanent(err error) bool {
-	return errors.Is(err, ErrNotFound) || errors.Is(err, ErrAccess)
-}
-
-// Repo is a `repo "NAME"` block of the agent file: credentials and
-// endpoints shared by services. Its body is decoded by the source plugin.
-type Repo struct {
-	Name  string
-	Type  string
-	Body  hcl.Body
-	Range hcl.Range
-}
-
-// Env is what a source plugin may use while decoding its block.
-type Env struct {
-	BaseDir string           // directory of the file the block is in
-	Repos   map[string]*Repo // by name
-}
-
-// Repo returns the repo block a source of kind uses: the one its `repo`
-// attribute names (named), else the one called like its kind, if any. It
-// must be of one of types. The block's own diagnostics were reported when
-// the agent file loaded.
-func (env Env) Repo(body hcl.Body, named *string, kind string, types ...string) (*Repo, hcl.Diagnostics) {
-	name := kind
-	if named != nil {
-		name = *named
-	}
-	r, ok := env.Repos[name]
-	if !ok {
-		if named == nil {
-			return nil, nil
-		}
-		return nil, hcl.Diagnostics{hclx.Errorf(body, "repo", "Unknown repo", "No repo %q is defined in the agent file.", name)}
-	}
-	for _, t := range types {
-		if r.Type == t {
-			return r, nil
-		}
-	}
-	return nil, hcl.Diagnostics{hclx.Errorf(body, "repo", "Wrong repo type",
-		"repo %q is of type %q; a %s artifact uses one of: %s.", name, r.Type, kind, strings.Join(types, ", "))}
+	return errors.Is(err, ErrNotFound) || errors.Is(err, ErrAccess) || errors.Is(err, ErrRejected)
 }
 
 // Factory builds a Source from the plugin-specific part of an artifact
 // block. kind is the block label, so one factory can serve presets.
 type Factory func(kind string, body hcl.Body, env Env) (Source, hcl.Diagnostics)
+
+// RangeOpener is a Source that can continue a download: OpenAt streams
+// the pinned version from byte off on (a Range request pinned like Open).
+// The retry wrapper resumes with it after a drop or a stall.
+type RangeOpener interface {
+	OpenAt(ctx context.Context, pin Info, off int64) (io.ReadCloser, error)
+}

@@ -6,8 +6,8 @@ repo "s3" {
   region = "us-east-1"
   # endpoint   = "http://minio.internal:9000"  # S3-compatible stores (path-style by default then)
   # profile    = "deploy"                       # a profile of ~/.aws/config
-  # access_key = "..."                          # leave out to use the standard AWS credential
-  # secret_key = "..."                          # chain: env, profile, web identity, instance role
+  # access_key = "..."                          # leave out to use the AWS SDK's default chain:
+  # secret_key = "..."                          # env, profile (SSO too), web identity, container, instance role
 }
 
 service "api" {

@@ -107,6 +107,11 @@ func (s *Source) hash(ctx context.Context, fi fs.FileInfo) (artifact.Info, error
 // Open streams the file if it is still the version pinned; the caller's
 // Verifier catches a change that happens while it reads.
 func (s *Source) Open(ctx context.Context, pin artifact.Info) (io.ReadCloser, error) {
+	return s.OpenAt(ctx, pin, 0)
+}
+
+// OpenAt is Open from byte off on.
+func (s *Source) OpenAt(_ context.Context, pin artifact.Info, off int64) (io.ReadCloser, error) {
 	f, err := os.Open(s.path)
 	if err != nil {
 		return nil, s.wrap(err)
@@ -119,6 +124,12 @@ func (s *Source) Open(ctx context.Context, pin artifact.Info) (io.ReadCloser, er
 	if fi.Size() != pin.Size || !fi.ModTime().Equal(pin.Modified) {
 		f.Close()
 		return nil, fmt.Errorf("open %s: %w", s, artifact.ErrChanged)
+	}
+	if off > 0 {
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			f.Close()
+			return nil, s.wrap(err)
+		}
 	}
 	return f, nil
 }
@@ -145,4 +156,7 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
-var _ artifact.Source = (*Source)(nil)
+var (
+	_ artifact.Source      = (*Source)(nil)
+	_ artifact.RangeOpener = (*Source)(nil)
+)

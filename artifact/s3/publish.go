@@ -2,13 +2,14 @@ package s3
 
 import (
 	"context"
-	"crypto/md5"
-	"encoding/base64"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/dropshipd/dropship/artifact"
 )
@@ -17,13 +18,15 @@ import (
 const DefaultPartSize = 64 << 20
 
 // MinPartSize is the smallest part S3 takes (but the last).
-const MinPartSize = 5 << 20
+const MinPartSize = manager.MinUploadPartSize
 
 // Publish uploads the file at path to bucket/key with its MD5 and SHA-256
 // as metadata, so agents can verify it even when it is stored in parts
-// (whose ETag is no MD5). Every request carries its body's MD5, which the
-// store checks.
-func Publish(ctx context.Context, c *Client, bucket, key, path string, partSize int64) (artifact.Info, error) {
+// (whose ETag is no MD5). The SDK's upload manager sends it in one PUT or
+// in parts of partSize; each request carries a checksum the store checks,
+// and a failed multipart upload is aborted, so no half object is ever
+// visible. Then it reads back what agents will see.
+func (s *Store) Publish(ctx context.Context, bucket, key, path string, partSize int64) (artifact.Info, error) {
 	if partSize < MinPartSize {
 		partSize = DefaultPartSize
 	}
@@ -37,61 +40,39 @@ func Publish(ctx context.Context, c *Client, bucket, key, path string, partSize 
 	}
 	defer f.Close()
 	key = strings.TrimPrefix(key, "/")
-	src := New(c, bucket, key)
-	meta := map[string]string{artifact.MetaMD5: md5hex, artifact.MetaSHA256: shahex}
-	if size <= partSize {
-		sum, _ := hexToBase64(md5hex)
-		if err := c.PutObject(ctx, bucket, key, f, size, sum, meta); err != nil {
-			return artifact.Info{}, src.classify(ctx, "publish", err)
-		}
-	} else if err := putParts(ctx, c, bucket, key, f, size, partSize, meta); err != nil {
+	src := &Source{store: s, bucket: bucket, key: key}
+	up := manager.NewUploader(s.client, func(u *manager.Uploader) { u.PartSize = partSize })
+	_, err = up.Upload(ctx, &awss3.PutObjectInput{
+		Bucket:      &bucket,
+		Key:         &key,
+		Body:        f,
+		ContentType: aws.String("application/octet-stream"),
+		Metadata:    map[string]string{artifact.MetaMD5: md5hex, artifact.MetaSHA256: shahex},
+	}, func(u *manager.Uploader) {
+		u.ClientOptions = append(u.ClientOptions, func(o *awss3.Options) { o.Region = s.regionOf(bucket) })
+	})
+	if err != nil {
 		return artifact.Info{}, src.classify(ctx, "publish", err)
 	}
-	// Read back what agents will see.
 	info, err := src.Stat(ctx)
 	if err != nil {
 		return info, err
 	}
 	if info.MD5 != md5hex || info.Size != size {
-		return info, fmt.Errorf("publish s3://%s/%s: the store reports md5 %s size %d, uploaded %s %d", bucket, key, info.MD5, info.Size, md5hex, size)
+		return info, fmt.Errorf("publish %s: the store reports md5 %s size %d, uploaded %s %d", src, info.MD5, info.Size, md5hex, size)
 	}
 	return info, nil
 }
 
-// putParts uploads f in parts of partSize, one after another, and drops
-// the upload if a part fails: no half object ever becomes visible.
-func putParts(ctx context.Context, c *Client, bucket, key string, f *os.File, size, partSize int64, meta map[string]string) (err error) {
-	id, err := c.CreateMultipartUpload(ctx, bucket, key, meta)
-	if err != nil {
-		return err
+// CreateBucket makes a bucket in the store's region (tests and first-time
+// setups).
+func (s *Store) CreateBucket(ctx context.Context, bucket string) error {
+	in := &awss3.CreateBucketInput{Bucket: &bucket}
+	if s.region != "us-east-1" {
+		in.CreateBucketConfiguration = &types.CreateBucketConfiguration{LocationConstraint: types.BucketLocationConstraint(s.region)}
 	}
-	defer func() {
-		if err != nil {
-			c.AbortMultipartUpload(context.WithoutCancel(ctx), bucket, key, id)
-		}
-	}()
-	var parts []completedPart
-	for n, off := 1, int64(0); off < size; n, off = n+1, off+partSize {
-		part := io.NewSectionReader(f, off, min(partSize, size-off))
-		h := md5.New()
-		if _, err := io.Copy(h, part); err != nil {
-			return err
-		}
-		etag, err := c.UploadPart(ctx, bucket, key, id, n, part, part.Size(), base64.StdEncoding.EncodeToString(h.Sum(nil)))
-		if err != nil {
-			return fmt.Errorf("part %d: %w", n, err)
-		}
-		parts = append(parts, completedPart{n, etag})
+	if _, err := s.client.CreateBucket(ctx, in); err != nil {
+		return fmt.Errorf("create bucket %s: %w", bucket, err)
 	}
-	return c.CompleteMultipartUpload(ctx, bucket, key, id, parts)
-}
-
-func hexToBase64(h string) (string, error) {
-	b, err := hex.DecodeString(h)
-	return base64.StdEncoding.EncodeToString(b), err
-}
-
-// CreateBucket makes a bucket (tests and first-time setups).
-func CreateBucket(ctx context.Context, c *Client, bucket string) error {
-	return c.CreateBucket(ctx, bucket)
+	return nil
 }

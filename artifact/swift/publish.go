@@ -19,7 +19,8 @@ const DefaultSegmentSize = 64 << 20
 // Publish uploads the file at path to container/name with its MD5 and
 // SHA-256 as metadata (X-Object-Meta-Md5, -Sha256), as one object or, when
 // larger than segmentSize, as a Static Large Object.
-func Publish(ctx context.Context, c *swift.Connection, container, name, path string, segmentSize int64) (artifact.Info, error) {
+func (st *Store) Publish(ctx context.Context, container, name, path string, segmentSize int64) (artifact.Info, error) {
+	c := st.conn
 	if segmentSize <= 0 {
 		segmentSize = DefaultSegmentSize
 	}
@@ -33,7 +34,7 @@ func Publish(ctx context.Context, c *swift.Connection, container, name, path str
 	}
 	defer f.Close()
 	name = strings.TrimPrefix(name, "/")
-	src := New(c, container, name)
+	src := &Source{store: st, container: container, name: name}
 	h := swift.Headers{"X-Object-Meta-" + artifact.MetaMD5: md5hex, "X-Object-Meta-" + artifact.MetaSHA256: shahex}
 	if size <= segmentSize {
 		_, err = c.ObjectPut(ctx, container, name, f, true, md5hex, "", h)

@@ -24,9 +24,9 @@ import (
 // unless auth_url is set.
 const RackspaceAuthURL = "https://identity.api.rackspacecloud.com/v2.0"
 
-// Repo is a `repo "swift"` or `repo "rackspace"` block (or the same keys
+// Config is a `repo "swift"` or `repo "rackspace"` block (or the same keys
 // inline in the artifact block).
-type Repo struct {
+type Config struct {
 	User        *string `hcl:"user,optional"`
 	Key         *string `hcl:"key,optional"`
 	AuthURL     *string `hcl:"auth_url,optional"`
@@ -38,9 +38,9 @@ type Repo struct {
 	Timeout     *string `hcl:"timeout,optional"`
 }
 
-// DecodeRepo decodes the repo keys of body.
-func DecodeRepo(body hcl.Body) (Repo, hcl.Diagnostics) {
-	var r Repo
+// DecodeConfig decodes the connection keys of body.
+func DecodeConfig(body hcl.Body) (Config, hcl.Diagnostics) {
+	var r Config
 	diags := gohcl.DecodeBody(body, nil, &r)
 	if r.AuthVersion != nil && (*r.AuthVersion < 1 || *r.AuthVersion > 3) {
 		diags = append(diags, hclx.Errorf(body, "auth_version", "Invalid auth_version", "auth_version is 1, 2 or 3 (Keystone v3); 0 or unset guesses from auth_url."))
@@ -53,7 +53,7 @@ func DecodeRepo(body hcl.Body) (Repo, hcl.Diagnostics) {
 	return r, diags
 }
 
-func (r Repo) merge(o Repo) Repo {
+func (r Config) merge(o Config) Config {
 	r.User = hclx.First(o.User, r.User)
 	r.Key = hclx.First(o.Key, r.Key)
 	r.AuthURL = hclx.First(o.AuthURL, r.AuthURL)
@@ -66,9 +66,41 @@ func (r Repo) merge(o Repo) Repo {
 	return r
 }
 
-// NewConnection builds a connection from r; kind "rackspace" defaults the
+// key identifies the settings, to share one store among blocks that
+// repeat them.
+func (r Config) key(kind string) string {
+	av := ""
+	if r.AuthVersion != nil {
+		av = fmt.Sprint(*r.AuthVersion)
+	}
+	return strings.Join([]string{kind, hclx.Str(r.User), hclx.Str(r.Key), hclx.Str(r.AuthURL), hclx.Str(r.Region), hclx.Str(r.Tenant),
+		hclx.Str(r.TenantID), hclx.Str(r.Domain), av, hclx.Str(r.Timeout)}, "\x00")
+}
+
+func (r Config) empty() bool { return r.key("") == (Config{}).key("") }
+
+// Store is one Swift account: one connection (one token, one pool of
+// connections) shared by every service that uses the repo.
+type Store struct {
+	kind string
+	cfg  Config
+	conn *swift.Connection
+}
+
+// NewStore builds the connection for r; kind "rackspace" defaults the
 // identity endpoint. It authenticates lazily, on first use.
-func NewConnection(kind string, r Repo) (*swift.Connection, error) {
+func NewStore(kind string, r Config) (*Store, error) {
+	c, err := newConnection(kind, r)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{kind: kind, cfg: r, conn: c}, nil
+}
+
+// Connection is the store's Swift connection (tests and setups).
+func (s *Store) Connection() *swift.Connection { return s.conn }
+
+func newConnection(kind string, r Config) (*swift.Connection, error) {
 	c := &swift.Connection{
 		UserName: hclx.Str(r.User),
 		ApiKey:   hclx.Str(r.Key),
@@ -77,8 +109,10 @@ func NewConnection(kind string, r Repo) (*swift.Connection, error) {
 		Tenant:   hclx.Str(r.Tenant),
 		TenantId: hclx.Str(r.TenantID),
 		Domain:   hclx.Str(r.Domain),
-		// Retries here would hide what the agent's own backoff handles.
-		Retries:        1,
+		// No retries of the library's own (it counts from -1 as none): the
+		// artifact package's retry wrapper is the only retry layer, and
+		// an expired token is handled by Store.call.
+		Retries:        -1,
 		ConnectTimeout: 10 * time.Second,
 		Timeout:        60 * time.Second,
 	}
@@ -103,14 +137,41 @@ func NewConnection(kind string, r Repo) (*swift.Connection, error) {
 
 // Source is one object in one container.
 type Source struct {
-	conn      *swift.Connection
+	store     *Store
 	container string
 	name      string
 }
 
-// New returns the source of swift://container/name.
-func New(c *swift.Connection, container, name string) *Source {
-	return &Source{conn: c, container: container, name: strings.TrimPrefix(name, "/")}
+// Source returns the source of swift://container/name.
+func (s *Store) Source(container, name string) artifact.Source {
+	return &Source{store: s, container: container, name: strings.TrimPrefix(name, "/")}
+}
+
+// call runs fn, and once more after authenticating again when the store
+// refuses the token: tokens expire, and that is no failure to retry.
+func (s *Store) call(fn func() error) error {
+	err := fn()
+	var se *swift.Error
+	if (errors.Is(err, swift.AuthorizationFailed) || errors.As(err, &se) && se.StatusCode == http.StatusUnauthorized) && s.conn.Authenticated() {
+		s.conn.UnAuthenticate()
+		err = fn()
+	}
+	return err
+}
+
+// RepoFactory decodes a `repo "swift"` or `repo "rackspace"` block into
+// its store.
+func RepoFactory(kind string, body hcl.Body, _ string) (artifact.Store, hcl.Diagnostics) {
+	r, diags := DecodeConfig(body)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	st, err := NewStore(kind, r)
+	if err != nil {
+		rng := body.MissingItemRange()
+		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid " + kind + " settings", Detail: err.Error(), Subject: &rng})
+	}
+	return st, diags
 }
 
 type config struct {
@@ -133,23 +194,33 @@ func Factory(kind string, body hcl.Body, env artifact.Env) (artifact.Source, hcl
 		diags = append(diags, hclx.Required(body, "container", container)...)
 	}
 	diags = append(diags, hclx.Required(body, "path", c.Path)...)
-	var repo Repo
 	rb, d := env.Repo(body, c.Repo, kind, "swift", "rackspace")
 	diags = append(diags, d...)
-	if rb != nil {
-		repo, _ = DecodeRepo(rb.Body)
-	}
-	inline, d := DecodeRepo(c.Inline)
+	inline, d := DecodeConfig(c.Inline)
 	diags = append(diags, d...)
 	if diags.HasErrors() {
 		return nil, diags
 	}
-	conn, err := NewConnection(kind, repo.merge(inline))
+	var base *Store
+	if rb != nil {
+		base, _ = rb.Store.(*Store)
+		if base == nil {
+			return nil, diags // the repo block's own diagnostics say why
+		}
+		if inline.empty() {
+			return base.Source(container, c.Path), diags
+		}
+	}
+	merged, storeKind := inline, kind
+	if base != nil {
+		merged, storeKind = base.cfg.merge(inline), base.kind
+	}
+	st, err := env.Stores.Get(merged.key(storeKind), func() (artifact.Store, error) { return NewStore(storeKind, merged) })
 	if err != nil {
 		r := body.MissingItemRange()
 		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid " + kind + " settings", Detail: err.Error(), Subject: &r})
 	}
-	return New(conn, container, c.Path), diags
+	return st.Source(container, c.Path), diags
 }
 
 func (s *Source) String() string { return "swift://" + s.container + "/" + s.name }
@@ -157,7 +228,12 @@ func (s *Source) String() string { return "swift://" + s.container + "/" + s.nam
 // Stat is one HEAD request (plus an authentication when the token is new
 // or expired).
 func (s *Source) Stat(ctx context.Context) (artifact.Info, error) {
-	obj, h, err := s.conn.Object(ctx, s.container, s.name)
+	var obj swift.Object
+	var h swift.Headers
+	err := s.store.call(func() (err error) {
+		obj, h, err = s.store.conn.Object(ctx, s.container, s.name)
+		return err
+	})
 	if err != nil {
 		return artifact.Info{}, s.classify("check", err)
 	}
@@ -175,13 +251,30 @@ func (s *Source) Stat(ctx context.Context) (artifact.Info, error) {
 // Open fetches the object with a GET conditional on the pinned ETag: a
 // replaced object answers 412 and the update starts over.
 func (s *Source) Open(ctx context.Context, pin artifact.Info) (io.ReadCloser, error) {
+	return s.OpenAt(ctx, pin, 0)
+}
+
+// OpenAt is Open from byte off on, with the same If-Match.
+func (s *Source) OpenAt(ctx context.Context, pin artifact.Info, off int64) (io.ReadCloser, error) {
 	h := swift.Headers{}
 	if pin.ETag != "" {
 		h["If-Match"] = pin.ETag
 	}
-	f, _, err := s.conn.ObjectOpen(ctx, s.container, s.name, false, h)
+	if off > 0 {
+		h["Range"] = fmt.Sprintf("bytes=%d-", off)
+	}
+	var f *swift.ObjectOpenFile
+	var rh swift.Headers
+	err := s.store.call(func() (err error) {
+		f, rh, err = s.store.conn.ObjectOpen(ctx, s.container, s.name, false, h)
+		return err
+	})
 	if err != nil {
 		return nil, s.classify("download", err)
+	}
+	if off > 0 && !strings.HasPrefix(rh["Content-Range"], fmt.Sprintf("bytes %d-", off)) {
+		f.Close()
+		return nil, fmt.Errorf("download %s from byte %d: %w (the store answered range %q)", s, off, artifact.ErrRejected, rh["Content-Range"])
 	}
 	return f, nil
 }
@@ -198,9 +291,15 @@ func (s *Source) classify(doing string, err error) error {
 	case errors.Is(err, swift.ObjectNotFound), errors.Is(err, swift.ContainerNotFound), status == http.StatusNotFound:
 		return fmt.Errorf("%s %s: %w", doing, s, artifact.ErrNotFound)
 	case errors.Is(err, swift.AuthorizationFailed), status == http.StatusUnauthorized, status == http.StatusForbidden:
-		return fmt.Errorf("%s %s: %w (user %q at %s)", doing, s, artifact.ErrAccess, s.conn.UserName, s.conn.AuthUrl)
+		return fmt.Errorf("%s %s: %w (user %q at %s)", doing, s, artifact.ErrAccess, s.store.conn.UserName, s.store.conn.AuthUrl)
+	case status >= 400 && status < 500 && status != http.StatusRequestTimeout && status != http.StatusTooManyRequests:
+		return fmt.Errorf("%s %s: %w: %w", doing, s, artifact.ErrRejected, err)
 	}
 	return fmt.Errorf("%s %s: %w", doing, s, err)
 }
 
-var _ artifact.Source = (*Source)(nil)
+var (
+	_ artifact.Source      = (*Source)(nil)
+	_ artifact.RangeOpener = (*Source)(nil)
+	_ artifact.Store       = (*Store)(nil)
+)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	ncw "github.com/ncw/swift/v2"
 
@@ -38,10 +40,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func conn(t *testing.T, authURL, key string) *ncw.Connection {
+func conn(t *testing.T, authURL, key string) *swift.Store {
 	t.Helper()
 	testutil.RequireServer(t, "OpenStack Swift", serverErr)
-	c, err := swift.NewConnection("swift", swift.Repo{User: &server.User, Key: &key, AuthURL: &authURL})
+	c, err := swift.NewStore("swift", swift.Config{User: &server.User, Key: &key, AuthURL: &authURL})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +55,8 @@ var seq struct {
 	n int
 }
 
-func container(t *testing.T, c *ncw.Connection) string {
+func container(t *testing.T, st *swift.Store) string {
+	c := st.Connection()
 	seq.Lock()
 	seq.n++
 	name := fmt.Sprintf("c%d-%s", seq.n, strings.ReplaceAll(t.Name(), "/", "-"))
@@ -65,8 +68,9 @@ func container(t *testing.T, c *ncw.Connection) string {
 }
 
 func TestConformance(t *testing.T) {
-	c := conn(t, server.AuthURL, server.Key)
-	ct := container(t, c)
+	st := conn(t, server.AuthURL, server.Key)
+	ct := container(t, st)
+	c := st.Connection()
 	ctx := context.Background()
 	sourcetest.Run(t, sourcetest.Harness{
 		Addr: server.Addr,
@@ -75,11 +79,11 @@ func TestConformance(t *testing.T) {
 				t.Fatal(err)
 			}
 		},
-		Source: func(t *testing.T, key string) artifact.Source { return swift.New(c, ct, key) },
+		Source: func(t *testing.T, key string) artifact.Source { return st.Source(ct, key) },
 		PutWithChecksums: func(t *testing.T, key string, data []byte) {
 			p := filepath.Join(t.TempDir(), "a")
 			os.WriteFile(p, data, 0o644)
-			if _, err := swift.Publish(ctx, c, ct, key, p, 0); err != nil {
+			if _, err := st.Publish(ctx, ct, key, p, 0); err != nil {
 				t.Fatal(err)
 			}
 		},
@@ -87,7 +91,7 @@ func TestConformance(t *testing.T) {
 			if withSums {
 				p := filepath.Join(t.TempDir(), "a")
 				os.WriteFile(p, data, 0o644)
-				if _, err := swift.Publish(ctx, c, ct, key, p, 1<<20); err != nil {
+				if _, err := st.Publish(ctx, ct, key, p, 1<<20); err != nil {
 					t.Fatal(err)
 				}
 				return
@@ -105,40 +109,40 @@ func TestConformance(t *testing.T) {
 			}
 		},
 		WrongCredentials: func(t *testing.T, key string) artifact.Source {
-			return swift.New(conn(t, server.AuthURL, "not-the-key"), ct, key)
+			return conn(t, server.AuthURL, "not-the-key").Source(ct, key)
 		},
 		Through: func(t *testing.T, key, addr string) artifact.Source {
-			return swift.New(conn(t, "http://"+addr+"/auth/v1.0", server.Key), ct, key)
+			return conn(t, "http://"+addr+"/auth/v1.0", server.Key).Source(ct, key)
 		},
 	})
 }
 
 func TestRackspacePreset(t *testing.T) {
 	user, key := "u", "k"
-	c, err := swift.NewConnection("rackspace", swift.Repo{User: &user, Key: &key})
+	st, err := swift.NewStore("rackspace", swift.Config{User: &user, Key: &key})
 	if err != nil {
 		t.Fatal(err)
 	}
+	c := st.Connection()
 	if c.AuthUrl != swift.RackspaceAuthURL || c.AuthVersion != 2 {
 		t.Fatalf("rackspace preset: %s v%d", c.AuthUrl, c.AuthVersion)
 	}
-	if _, err := swift.NewConnection("swift", swift.Repo{User: &user, Key: &key}); err == nil {
+	if _, err := swift.NewStore("swift", swift.Config{User: &user, Key: &key}); err == nil {
 		t.Fatal("swift without auth_url accepted")
 	}
 }
 
 func TestErrorsNameContainerAndUser(t *testing.T) {
-	c := conn(t, server.AuthURL, "wrong")
-	_, err := swift.New(c, "x", "y").Stat(context.Background())
+	_, err := conn(t, server.AuthURL, "wrong").Source("x", "y").Stat(context.Background())
 	if !errors.Is(err, artifact.ErrAccess) || !strings.Contains(err.Error(), `user "test:tester"`) || !strings.Contains(err.Error(), "swift://x/y") {
 		t.Fatalf("err = %v", err)
 	}
 }
 
 func TestIdleCheckRequests(t *testing.T) {
-	c := conn(t, server.AuthURL, server.Key)
-	ct := container(t, c)
-	if err := c.ObjectPutBytes(context.Background(), ct, "app.tar.gz", []byte("x"), ""); err != nil {
+	st := conn(t, server.AuthURL, server.Key)
+	ct := container(t, st)
+	if err := st.Connection().ObjectPutBytes(context.Background(), ct, "app.tar.gz", []byte("x"), ""); err != nil {
 		t.Fatal(err)
 	}
 	target, _ := url.Parse("http://" + server.Addr)
@@ -154,7 +158,7 @@ func TestIdleCheckRequests(t *testing.T) {
 	})}
 	go srv.Serve(ln)
 	defer srv.Close()
-	src := swift.New(conn(t, "http://"+ln.Addr().String()+"/auth/v1.0", server.Key), ct, "app.tar.gz")
+	src := conn(t, "http://"+ln.Addr().String()+"/auth/v1.0", server.Key).Source(ct, "app.tar.gz")
 	const checks = 10
 	for range checks {
 		if _, err := src.Stat(context.Background()); err != nil {
@@ -169,13 +173,67 @@ func TestIdleCheckRequests(t *testing.T) {
 }
 
 func TestPublishedSmallObjectVerifies(t *testing.T) {
-	c := conn(t, server.AuthURL, server.Key)
-	ct := container(t, c)
+	st := conn(t, server.AuthURL, server.Key)
+	ct := container(t, st)
 	p := filepath.Join(t.TempDir(), "a")
 	data := bytes.Repeat([]byte("z"), 5000)
 	os.WriteFile(p, data, 0o644)
-	info, err := swift.Publish(context.Background(), c, ct, "a.tar.gz", p, 0)
+	info, err := st.Publish(context.Background(), ct, "a.tar.gz", p, 0)
 	if err != nil || info.ChecksumFrom != "metadata" || info.SHA256 == "" {
 		t.Fatalf("%+v %v", info, err)
 	}
+}
+
+// A large download cut three times resumes with a Range request pinned by
+// If-Match: the bytes are right and the proxy forwards little more than
+// the object. An expired token in between is renewed, not retried.
+func TestDownloadResumesAfterCuts(t *testing.T) {
+	st := conn(t, server.AuthURL, server.Key)
+	ct := container(t, st)
+	data := bytes.Repeat([]byte("0123456789abcdef"), 24<<20/16)
+	for i := range data {
+		data[i] ^= byte(i * 7 / 5)
+	}
+	if err := st.Connection().ObjectPutBytes(context.Background(), ct, "big", data, ""); err != nil {
+		t.Fatal(err)
+	}
+	p := sourcetest.NewProxy(t, server.Addr)
+	through := conn(t, "http://"+p.Addr()+"/auth/v1.0", server.Key)
+	pol := artifact.DefaultPolicy
+	pol.Backoff = time.Millisecond
+	src := artifact.Retry(through.Source(ct, "big"), pol, nil)
+	pin, err := src.Stat(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An expired token: the store answers 401, the store authenticates
+	// again and asks once more, within the same try.
+	through.Connection().AuthToken = "expired"
+	auths := p.Requests("GET")
+	if _, err := through.Source(ct, "big").Stat(context.Background()); err != nil {
+		t.Fatalf("stat with an expired token: %v", err)
+	}
+	if p.Requests("GET") != auths+1 || p.Requests("HEAD") != 3 {
+		t.Fatalf("renewing the token: %d GETs, %d HEADs", p.Requests("GET")-auths, p.Requests("HEAD"))
+	}
+	p.CutTimes(5<<20, 3)
+	before, gets := p.Bytes(), p.Requests("GET")
+	rc, err := src.Open(context.Background(), pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	v := artifact.NewVerifier(rc, pin)
+	got, err := io.ReadAll(v)
+	if err != nil || !bytes.Equal(got, data) || !v.Verified() {
+		t.Fatalf("download cut three times: %d bytes, %v", len(got), err)
+	}
+	fetched := p.Bytes() - before
+	if limit := int64(len(data)) * 11 / 10; fetched > limit {
+		t.Fatalf("fetched %d bytes for a %d-byte object (limit %d)", fetched, len(data), limit)
+	}
+	if n := p.Requests("GET") - gets; n != 4 {
+		t.Fatalf("%d GETs, want 4 (three cut, then the rest)", n)
+	}
+	t.Logf("%d bytes through the proxy for %d, in 4 GETs", fetched, len(data))
 }

@@ -82,18 +82,18 @@ func run() error {
 		}
 		defer minio.Stop()
 		ctx := context.Background()
-		repo := s3.Repo{Endpoint: &minio.Endpoint, AccessKey: &minio.AccessKey, SecretKey: &minio.SecretKey}
-		c, err := s3.NewClient(ctx, repo)
+		repo := s3.Config{Endpoint: &minio.Endpoint, AccessKey: &minio.AccessKey, SecretKey: &minio.SecretKey}
+		store, err := s3.NewStore(ctx, repo)
 		if err != nil {
 			return err
 		}
-		if err := s3.CreateBucket(ctx, c, "idle"); err != nil {
+		if err := store.CreateBucket(ctx, "idle"); err != nil {
 			return err
 		}
 		fmt.Fprintf(&cfg, "repo \"s3\" {\n  endpoint = %q\n  access_key = %q\n  secret_key = %q\n}\n", minio.Endpoint, minio.AccessKey, minio.SecretKey)
 		put = func(i int, file string) (string, error) {
 			key := fmt.Sprintf("svc%d/app.tar.gz", i)
-			_, err := s3.Publish(ctx, c, "idle", key, file, 0)
+			_, err := store.Publish(ctx, "idle", key, file, 0)
 			return fmt.Sprintf("artifact \"s3\" {\n    bucket      = \"idle\"\n    path        = %q", key), err
 		}
 	default:

@@ -81,12 +81,12 @@ func run() error {
 	}
 	defer minio.Stop()
 	ctx := context.Background()
-	client, err := s3.NewClient(ctx, s3.Repo{Endpoint: aws.String(minio.Endpoint), AccessKey: aws.String(minio.AccessKey),
+	store, err := s3.NewStore(ctx, s3.Config{Endpoint: aws.String(minio.Endpoint), AccessKey: aws.String(minio.AccessKey),
 		SecretKey: aws.String(minio.SecretKey), Region: aws.String("us-east-1")})
 	if err != nil {
 		return err
 	}
-	if err := s3.CreateBucket(ctx, client, "bench"); err != nil {
+	if err := store.CreateBucket(ctx, "bench"); err != nil {
 		return err
 	}
 	bin := filepath.Join(*work, "dropship")
@@ -107,7 +107,7 @@ func run() error {
 		{"tar.zst", zst, "zstd -dc | tar -xf -"},
 	} {
 		key := "app." + c.name
-		if _, err := s3.Publish(ctx, client, "bench", key, c.file, 0); err != nil {
+		if _, err := store.Publish(ctx, "bench", key, c.file, 0); err != nil {
 			return err
 		}
 		req, err := presign.PresignGetObject(ctx, &awss3.GetObjectInput{Bucket: aws.String("bench"), Key: aws.String(key)},

@@ -73,12 +73,12 @@ service "app" {
 
 func TestEndToEndS3(t *testing.T) {
 	testutil.RequireServer(t, "MinIO", minioErr)
-	c, err := s3.NewClient(context.Background(), s3.Repo{Endpoint: aws.String(minio.Endpoint),
+	c, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(minio.Endpoint),
 		AccessKey: aws.String(minio.AccessKey), SecretKey: aws.String(minio.SecretKey)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s3.CreateBucket(context.Background(), c, "e2e-releases"); err != nil {
+	if err := c.CreateBucket(context.Background(), "e2e-releases"); err != nil {
 		t.Fatal(err)
 	}
 	e2e(t, fmt.Sprintf(`repo "s3" {
@@ -96,10 +96,11 @@ func TestEndToEndS3(t *testing.T) {
 
 func TestEndToEndSwift(t *testing.T) {
 	testutil.RequireServer(t, "OpenStack Swift", swiftErr)
-	conn, err := swift.NewConnection("swift", swift.Repo{User: &swiftSrv.User, Key: &swiftSrv.Key, AuthURL: &swiftSrv.AuthURL})
+	st, err := swift.NewStore("swift", swift.Config{User: &swiftSrv.User, Key: &swiftSrv.Key, AuthURL: &swiftSrv.AuthURL})
 	if err != nil {
 		t.Fatal(err)
 	}
+	conn := st.Connection()
 	if err := conn.ContainerCreate(context.Background(), "e2e-releases", ncw.Headers{}); err != nil {
 		t.Fatal(err)
 	}
@@ -122,12 +123,12 @@ func TestEndToEndSwift(t *testing.T) {
 func TestOctetStreamTarGzInstalls(t *testing.T) {
 	testutil.RequireServer(t, "MinIO", minioErr)
 	ctx := context.Background()
-	c, err := s3.NewClient(ctx, s3.Repo{Endpoint: aws.String(minio.Endpoint),
+	c, err := s3.NewStore(ctx, s3.Config{Endpoint: aws.String(minio.Endpoint),
 		AccessKey: aws.String(minio.AccessKey), SecretKey: aws.String(minio.SecretKey)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s3.CreateBucket(ctx, c, "octet"); err != nil {
+	if err := c.CreateBucket(ctx, "octet"); err != nil {
 		t.Fatal(err)
 	}
 	body := testutil.TarGz(t, testutil.File{Name: "VERSION", Body: "octet"})

@@ -1,14 +1,14 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net/url"
 	"os"
-	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
@@ -16,8 +16,6 @@ import (
 
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/artifact"
-	"github.com/dropshipd/dropship/artifact/s3"
-	"github.com/dropshipd/dropship/artifact/swift"
 )
 
 func publishCmd(g *globals) *cobra.Command {
@@ -42,16 +40,11 @@ func publishCmd(g *globals) *cobra.Command {
 			}
 			ctx, stop := signalContext()
 			defer stop()
-			var info artifact.Info
-			key := strings.TrimPrefix(u.Path, "/")
-			switch u.Scheme {
-			case "s3":
-				info, err = publishS3(ctx, repos, repoName, u.Host, key, args[0], partSize)
-			case "swift", "rackspace":
-				info, err = publishSwift(ctx, repos, repoName, u.Scheme, u.Host, key, args[0], partSize)
-			default:
-				return fmt.Errorf("--to %q: scheme must be s3:// or swift://", to)
+			store, err := pickStore(registry(), repos, repoName, u.Scheme)
+			if err != nil {
+				return fmt.Errorf("publish to %s: %w", to, err)
 			}
+			info, err := store.Publish(ctx, u.Host, strings.TrimPrefix(u.Path, "/"), args[0], partSize)
 			if err != nil {
 				return err
 			}
@@ -80,57 +73,41 @@ func (g *globals) repos() (map[string]*artifact.Repo, error) {
 	return cfg.Repos, nil
 }
 
-func pickRepo(repos map[string]*artifact.Repo, name string, defaults ...string) (*artifact.Repo, error) {
+// pickStore is the store publish uploads to: the repo --repo names, else
+// the repo named like the scheme, else one made from no keys at all
+// (for S3, the AWS SDK's default credential chain). The store comes from
+// the same registry and the same decoding as the agent's.
+func pickStore(reg agent.Registry, repos map[string]*artifact.Repo, name, scheme string) (artifact.Store, error) {
+	types, ok := publishTargets[scheme]
+	if !ok {
+		return nil, fmt.Errorf("scheme must be one of %s", strings.Join(slices.Sorted(maps.Keys(publishTargets)), ", "))
+	}
+	var r *artifact.Repo
 	if name != "" {
-		r, ok := repos[name]
-		if !ok {
+		if r, ok = repos[name]; !ok {
 			return nil, fmt.Errorf("no repo %q in the agent config", name)
 		}
-		return r, nil
-	}
-	for _, d := range defaults {
-		if r, ok := repos[d]; ok {
-			return r, nil
+		if !slices.Contains(types, r.Type) {
+			return nil, fmt.Errorf("repo %q is of type %q; %s:// takes one of: %s", name, r.Type, scheme, strings.Join(types, ", "))
+		}
+	} else {
+		for _, t := range types {
+			if c, ok := repos[t]; ok && slices.Contains(types, c.Type) {
+				r = c
+				break
+			}
 		}
 	}
-	return nil, nil
-}
-
-func publishS3(ctx context.Context, repos map[string]*artifact.Repo, name, bucket, key, path string, part int64) (artifact.Info, error) {
-	r, err := pickRepo(repos, name, "s3")
-	if err != nil {
-		return artifact.Info{}, err
-	}
-	var repo s3.Repo
 	if r != nil {
-		var diags hcl.Diagnostics
-		repo, diags = s3.DecodeRepo(r.Body, filepath.Dir(r.Range.Filename))
-		if diags.HasErrors() {
-			return artifact.Info{}, diags
+		if r.Store == nil {
+			return nil, fmt.Errorf("repo %q has errors", r.Name)
 		}
+		return r.Store, nil
 	}
-	c, err := s3.NewClient(ctx, repo)
-	if err != nil {
-		return artifact.Info{}, err
-	}
-	return s3.Publish(ctx, c, bucket, key, path, part)
-}
-
-func publishSwift(ctx context.Context, repos map[string]*artifact.Repo, name, scheme, container, key, path string, part int64) (artifact.Info, error) {
-	r, err := pickRepo(repos, name, scheme, "swift", "rackspace")
-	if err != nil {
-		return artifact.Info{}, err
-	}
-	if r == nil {
-		return artifact.Info{}, fmt.Errorf("publishing to Swift needs a repo \"swift\" or \"rackspace\" block in %s (or --repo)", "--config")
-	}
-	repo, diags := swift.DecodeRepo(r.Body)
+	wd, _ := os.Getwd()
+	store, diags := reg.Repos[types[0]](types[0], hcl.EmptyBody(), wd)
 	if diags.HasErrors() {
-		return artifact.Info{}, diags
+		return nil, fmt.Errorf("no repo %q block in the agent config (or --repo), and none works without one: %w", types[0], diags)
 	}
-	conn, err := swift.NewConnection(r.Type, repo)
-	if err != nil {
-		return artifact.Info{}, err
-	}
-	return swift.Publish(ctx, conn, container, key, path, part)
+	return store, nil
 }

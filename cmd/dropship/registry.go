@@ -1,8 +1,6 @@
 package main
 
 import (
-	"github.com/hashicorp/hcl/v2"
-
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/file"
@@ -47,18 +45,18 @@ func registry() agent.Registry {
 			"local":  local.Factory,
 			"consul": consul.Factory,
 		},
-		Repos: map[string]func(hcl.Body, string) hcl.Diagnostics{
-			"s3": func(b hcl.Body, base string) hcl.Diagnostics {
-				_, d := s3.DecodeRepo(b, base)
-				return d
-			},
-			"swift":     swiftRepo,
-			"rackspace": swiftRepo,
+		Repos: map[string]artifact.RepoFactory{
+			"s3":        s3.RepoFactory,
+			"swift":     swift.RepoFactory,
+			"rackspace": swift.RepoFactory,
 		},
 	}
 }
 
-func swiftRepo(b hcl.Body, _ string) hcl.Diagnostics {
-	_, d := swift.DecodeRepo(b)
-	return d
+// publishTargets maps the scheme of `publish --to` onto the repo types
+// that can take it, the first also being the repo name used by default.
+var publishTargets = map[string][]string{
+	"s3":        {"s3"},
+	"swift":     {"swift", "rackspace"},
+	"rackspace": {"rackspace", "swift"},
 }
