@@ -273,3 +273,27 @@ func (r *retrying) OpenAt(ctx context.Context, pin Info, off int64) (io.ReadClos
 	}
 	return d, nil
 }
+
+// Signature reads the signature beside the artifact, under the same
+// policy as Stat, when the source can hold one.
+func (r *retrying) Signature(ctx context.Context) ([]byte, error) {
+	src, ok := r.src.(Signed)
+	if !ok {
+		return nil, fmt.Errorf("%s cannot hold signatures", r.src)
+	}
+	for try := 1; ; try++ {
+		a := newAttempt(ctx, r.p.Stall)
+		b, err := src.Signature(a.ctx)
+		a.end()
+		if err == nil {
+			return b, nil
+		}
+		err = a.explain("read the signature of "+r.src.String(), err)
+		if !retryable(ctx, err) || try >= r.p.Tries {
+			return nil, err
+		}
+		if !r.wait(ctx, try+1) {
+			return nil, err
+		}
+	}
+}

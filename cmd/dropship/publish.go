@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,32 +12,45 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/spf13/cobra"
 
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/artifact"
+	"github.com/dropshipd/dropship/artifact/signature"
+	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/fleet/consul"
 )
 
 func publishCmd(g *globals) *cobra.Command {
-	var to, repoName string
+	var to, repoName, signKey, consulAddr, consulPrefix string
 	var partSize int64
+	var claims signature.Claims
 	cmd := &cobra.Command{
 		Use:   "publish FILE --to s3://BUCKET/KEY | swift://CONTAINER/KEY",
 		Short: "Upload an artifact with its MD5 and SHA-256, for the fleet to pick up",
 		Long: "Upload FILE to S3 or Swift (Rackspace Cloud Files) with its MD5 and SHA-256 stored as\n" +
 			"metadata, so agents verify it even when it is stored in parts. Credentials and endpoints\n" +
 			"come from the repo blocks of --config (repo \"s3\", \"swift\" or \"rackspace\", or --repo NAME);\n" +
-			"without them S3 uses the standard AWS credential chain.",
+			"without them S3 uses the AWS SDK's default credential chain.\n\n" +
+			"--sign KEY writes a minisign signature (KEY.minisig beside the artifact) and uploads it\n" +
+			"before the artifact, so that an agent never sees the new artifact beside an old signature.\n" +
+			"With a lock \"consul\" block in --config (or --consul ADDR), the release is then announced\n" +
+			"to the fleet: watching agents check it at once.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			u, err := url.Parse(to)
 			if err != nil || u.Host == "" || strings.Trim(u.Path, "/") == "" {
 				return fmt.Errorf("--to %q: want s3://BUCKET/KEY or swift://CONTAINER/KEY", to)
 			}
-			repos, err := g.repos()
+			cfg, err := g.publishConfig()
 			if err != nil {
 				return err
+			}
+			var repos map[string]*artifact.Repo
+			if cfg != nil {
+				repos = cfg.Repos
 			}
 			ctx, stop := signalContext()
 			defer stop()
@@ -44,24 +58,121 @@ func publishCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("publish to %s: %w", to, err)
 			}
-			info, err := store.Publish(ctx, u.Host, strings.TrimPrefix(u.Path, "/"), args[0], partSize)
+			fl, err := announcer(cfg, consulAddr, consulPrefix)
+			if err != nil {
+				return err
+			}
+			key := strings.TrimPrefix(u.Path, "/")
+			if signKey != "" {
+				if err := publishSignature(ctx, g, store, u.Host, key, args[0], signKey, claims); err != nil {
+					return err
+				}
+			}
+			info, err := store.Publish(ctx, u.Host, key, args[0], partSize)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "published %s (%d bytes, md5 %s, sha256 %s)\n", info.Key, info.Size, info.MD5, info.SHA256)
+			if fl == nil {
+				return nil
+			}
+			service := claims.Service
+			if service == "" {
+				service = serviceOf(cfg, info.Key)
+			}
+			if service == "" {
+				fmt.Fprintln(g.stderr, "not announced: pass --service NAME to tell the fleet which service this release is for")
+				return nil
+			}
+			pub := fleet.Published{Service: service, Key: info.Key, Checksum: info.Checksum(), Size: info.Size,
+				VersionID: info.VersionID, Signed: signKey != "", Publisher: who()}
+			if err := fl.Announce(ctx, pub); err != nil {
+				// The release is in the store; agents find it by polling.
+				fmt.Fprintf(g.stderr, "published, but not announced (agents will find it at their next poll): %v\n", err)
+				return exitError{3}
+			}
+			fmt.Fprintf(g.stdout, "announced %s to the fleet\n", service)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "destination: s3://BUCKET/KEY or swift://CONTAINER/KEY")
 	cmd.Flags().StringVar(&repoName, "repo", "", "repo block of the agent config to take credentials from")
 	cmd.Flags().Int64Var(&partSize, "part-size", 64<<20, "upload files larger than this in parts (bytes)")
+	cmd.Flags().StringVar(&signKey, "sign", "", "secret key to sign the release with (see dropship keygen)")
+	cmd.Flags().StringVar(&claims.Service, "service", "", "the service the release is for (signature and announcement)")
+	cmd.Flags().StringVar(&claims.Version, "version", "", "version or build id, in the signature")
+	cmd.Flags().StringVar(&consulAddr, "consul", "", "Consul address to announce the release at, without a lock \"consul\" block in --config")
+	cmd.Flags().StringVar(&consulPrefix, "consul-prefix", "dropship", "with --consul: the fleet's key prefix")
 	cmd.MarkFlagRequired("to")
 	return cmd
 }
 
-// repos returns the repo blocks of the agent config; a missing default
-// config file is no error (publishing from a build machine).
-func (g *globals) repos() (map[string]*artifact.Repo, error) {
+// publishSignature signs the file and uploads the signature beside where
+// the artifact will be, before the artifact itself.
+func publishSignature(ctx context.Context, g *globals, store artifact.Store, container, key, path, keyFile string, c signature.Claims) error {
+	priv, err := loadSecretKey(g, keyFile)
+	if err != nil {
+		return err
+	}
+	sig, err := signFile(priv, path, c)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp("", "dropship-sig-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(sig); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	info, err := store.Publish(ctx, container, key+signature.Suffix, tmp.Name(), 0)
+	if err != nil {
+		return fmt.Errorf("upload the signature: %w", err)
+	}
+	fmt.Fprintf(g.stdout, "signed: %s\n", info.Key)
+	return nil
+}
+
+// announcer is where publish announces: the fleet of --config when it is
+// one that announces, else a Consul at --consul.
+func announcer(cfg *agent.Config, addr, prefix string) (fleet.Fleet, error) {
+	if addr != "" {
+		client, err := api.NewClient(&api.Config{Address: addr})
+		if err != nil {
+			return nil, fmt.Errorf("--consul %q: %w", addr, err)
+		}
+		return &consul.Fleet{Client: client, Prefix: strings.Trim(prefix, "/")}, nil
+	}
+	if cfg == nil {
+		return nil, nil
+	}
+	if _, ok := cfg.Fleet.(fleet.Watcher); ok {
+		return cfg.Fleet, nil
+	}
+	return nil, nil
+}
+
+// serviceOf finds the service of --config whose artifact is at key.
+func serviceOf(cfg *agent.Config, key string) string {
+	if cfg == nil {
+		return ""
+	}
+	for _, s := range cfg.Services {
+		if s.Source != nil && s.Source.String() == key {
+			return s.Name
+		}
+	}
+	return ""
+}
+
+// publishConfig returns the agent config; a missing default config file
+// is no error (publishing from a build machine): nil.
+func (g *globals) publishConfig() (*agent.Config, error) {
 	if _, err := os.Stat(g.config); errors.Is(err, fs.ErrNotExist) && g.config == agent.DefaultConfig {
 		return nil, nil
 	}
@@ -70,7 +181,7 @@ func (g *globals) repos() (map[string]*artifact.Repo, error) {
 	if diags.HasErrors() {
 		return nil, exitError{2}
 	}
-	return cfg.Repos, nil
+	return cfg, nil
 }
 
 // pickStore is the store publish uploads to: the repo --repo names, else

@@ -1,17 +1,25 @@
 package main
 
 import (
+	"context"
 	"crypto/md5"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/hashicorp/consul/api"
 
+	"github.com/dropshipd/dropship/artifact/s3"
 	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/internal/testutil"
 )
 
 // announce writes the record `dropship publish` writes, naming checksum.
@@ -79,4 +87,81 @@ func TestWatchBringsReleasesAtOnce(t *testing.T) {
 	f.publish("v3", false)
 	f.announce(t, c.Addr, f.storeMD5(t))
 	f.waitAll(f.hosts, "v3", 30*time.Second)
+}
+
+// `dropship publish` with the agent's config announces the release in
+// Consul, and an agent polling only every 5 minutes installs it within
+// seconds.
+func TestPublishAnnouncesToWatchingAgents(t *testing.T) {
+	testutil.RequireServer(t, "MinIO", minioErr)
+	c := consulServer(t)
+	st, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(minio.Endpoint),
+		AccessKey: aws.String(minio.AccessKey), SecretKey: aws.String(minio.SecretKey)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateBucket(context.Background(), "watched"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "dropship.hcl")
+	dest := filepath.Join(dir, "srv", "app")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`state_path = "state"
+repo "s3" {
+  endpoint   = %q
+  access_key = %q
+  secret_key = %q
+}
+lock "consul" {
+  address = %q
+  prefix  = "test/announce"
+}
+service "app" {
+  artifact "s3" {
+    bucket      = "watched"
+    path        = "app.tar.gz"
+    destination = %q
+  }
+}
+`, minio.Endpoint, minio.AccessKey, minio.SecretKey, c.Addr, dest)), 0o600)
+	publish := func(v string) string {
+		t.Helper()
+		art := filepath.Join(dir, v+".tar.gz")
+		os.WriteFile(art, testutil.TarGz(t, testutil.File{Name: "VERSION", Body: v}), 0o644)
+		out, errOut, code := run(t, "publish", "-c", cfg, art, "--to", "s3://watched/app.tar.gz")
+		if code != 0 || !strings.Contains(out, "announced app") {
+			t.Fatalf("publish: %d\n%s%s", code, out, errOut)
+		}
+		return out
+	}
+	version := func() string { b, _ := os.ReadFile(filepath.Join(dest, "VERSION")); return string(b) }
+	waitFor := func(v string) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for version() != v {
+			if time.Since(start) > 20*time.Second {
+				t.Fatalf("after 20 s the agent runs %q, not %s", version(), v)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		return time.Since(start)
+	}
+	publish("v1")
+	agent := exec.Command(bin, "agent", "-c", cfg)
+	var logs syncBuffer
+	agent.Stdout, agent.Stderr = &logs, &logs
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { agent.Process.Signal(syscall.SIGTERM); agent.Wait() })
+	waitFor("v1") // a new host: within seconds, whatever the interval
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(logs.String(), "watching for announced releases") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no watch:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	publish("v2")
+	t.Logf("end of publish to installed: %s (poll interval 5m)", waitFor("v2").Round(time.Millisecond))
 }
