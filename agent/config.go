@@ -131,6 +131,7 @@ type artifactBlock struct {
 	MaxSize        *int64   `hcl:"max_size,optional"`
 	MaxFiles       *int64   `hcl:"max_files,optional"`
 	MaxRatio       *float64 `hcl:"max_ratio,optional"`
+	MaxDepth       *int     `hcl:"max_depth,optional"`
 	PreserveSetuid *bool    `hcl:"preserve_setuid,optional"`
 	Owner          *string  `hcl:"owner,optional"`
 	Group          *string  `hcl:"group,optional"`
@@ -461,6 +462,12 @@ func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnos
 	}
 	if a.MaxRatio != nil {
 		o.MaxRatio = *a.MaxRatio
+	}
+	if a.MaxDepth != nil {
+		o.MaxDepth = *a.MaxDepth
+		if o.MaxDepth < 1 {
+			diags = append(diags, hclx.Errorf(a.Full, "max_depth", "Invalid max_depth", "max_depth must be 1 or more."))
+		}
 	}
 	if a.PreserveSetuid != nil {
 		o.PreserveSetuid = *a.PreserveSetuid

@@ -27,6 +27,11 @@ const (
 	DefaultMaxSize  = 8 << 30 // unpacked bytes
 	DefaultMaxFiles = 1_000_000
 	DefaultMaxRatio = 200 // unpacked bytes per compressed byte
+	DefaultMaxDepth = 64  // directories from the release root to an entry
+	// maxNameLen and maxComponent are Linux's PATH_MAX and NAME_MAX: a
+	// longer name could never be created, so it is refused by name.
+	maxNameLen   = 4095
+	maxComponent = 255
 	// ratioFloor: below this many unpacked bytes the ratio is not judged,
 	// so a tiny archive of zeros is not called a bomb.
 	ratioFloor = 32 << 20
@@ -39,6 +44,7 @@ type Options struct {
 	MaxSize        int64
 	MaxFiles       int64
 	MaxRatio       float64
+	MaxDepth       int
 	PreserveSetuid bool
 	FileMode       fs.FileMode // 0: from the archive
 	DirMode        fs.FileMode // 0: from the archive
@@ -55,6 +61,9 @@ func (o *Options) defaults() {
 	}
 	if o.MaxRatio <= 0 {
 		o.MaxRatio = DefaultMaxRatio
+	}
+	if o.MaxDepth <= 0 {
+		o.MaxDepth = DefaultMaxDepth
 	}
 }
 
@@ -75,7 +84,12 @@ type EntryError struct {
 }
 
 func (e *EntryError) Error() string {
-	return fmt.Sprintf("archive refused: entry %q: %s", e.Entry, e.Reason)
+	name := e.Entry
+	if len(name) > 160 {
+		// A hostile name may be kilobytes long: enough of it to find it.
+		name = name[:80] + "…" + name[len(name)-40:]
+	}
+	return fmt.Sprintf("archive refused: entry %q: %s", name, e.Reason)
 }
 func (e *EntryError) Unwrap() error { return ErrRefused }
 
@@ -103,7 +117,7 @@ func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats
 		return Stats{}, err
 	}
 	defer root.Close()
-	x := &extractor{ctx: ctx, root: root, opt: opt, compressed: counted, links: map[string]bool{}}
+	x := &extractor{ctx: ctx, root: root, opt: opt, compressed: counted, links: map[string]bool{}, made: map[string]bool{}}
 	x.stats.Format = format
 
 	switch format {
@@ -186,6 +200,9 @@ type extractor struct {
 	stats      Stats
 	links      map[string]bool // symlinks written so far
 	dirs       []dirMeta       // modes and times applied last
+	// made holds every directory known to exist, explicit or made for an
+	// entry's parents: each counts once toward max_files.
+	made map[string]bool
 }
 
 // clean validates an entry name and returns it relative to the root.
@@ -237,7 +254,13 @@ func (x *extractor) prepare(orig, name string, isDir bool) error {
 	if err := x.viaLink(orig, name); err != nil {
 		return err
 	}
+	if err := x.shape(orig, name); err != nil {
+		return err
+	}
 	if dir := path.Dir(name); dir != "." {
+		if err := x.parents(orig, dir); err != nil {
+			return err
+		}
 		if err := x.root.MkdirAll(dir, 0o755); err != nil {
 			return refuse(orig, "cannot create its directory: %v", err)
 		}
@@ -260,6 +283,41 @@ func (x *extractor) prepare(orig, name string, isDir bool) error {
 		return refuse(orig, "directory replaces a file of the same name")
 	}
 	return x.root.Remove(name)
+}
+
+// shape refuses names deeper than max_depth or longer than the system
+// allows, before anything is created for them.
+func (x *extractor) shape(orig, name string) error {
+	if len(name) > maxNameLen {
+		return refuse(orig, "name of %d bytes, over the system's %d", len(name), maxNameLen)
+	}
+	depth := strings.Count(name, "/") + 1
+	if depth > x.opt.MaxDepth {
+		return refuse(orig, "%d levels deep, over max_depth = %d", depth, x.opt.MaxDepth)
+	}
+	for _, c := range strings.Split(name, "/") {
+		if len(c) > maxComponent {
+			return refuse(orig, "a name component of %d bytes, over the system's %d", len(c), maxComponent)
+		}
+	}
+	return nil
+}
+
+// parents counts the directories an entry needs that do not exist yet:
+// made implicitly, they are entries all the same (max_files).
+func (x *extractor) parents(orig, dir string) error {
+	var missing []string
+	for p := dir; p != "." && p != "/" && !x.made[p]; p = path.Dir(p) {
+		missing = append(missing, p)
+	}
+	for _, p := range missing {
+		x.made[p] = true
+		x.stats.Entries++
+		if x.stats.Entries > x.opt.MaxFiles {
+			return refuse(orig, "more than max_files = %d entries (counting the directories it needs)", x.opt.MaxFiles)
+		}
+	}
+	return nil
 }
 
 func (x *extractor) mode(m fs.FileMode, isDir bool) fs.FileMode {
@@ -286,13 +344,21 @@ func (x *extractor) dir(orig, name string, m fs.FileMode, mtime time.Time) error
 	if err := x.root.Mkdir(name, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return refuse(orig, "%v", err)
 	}
+	x.made[name] = true
 	x.dirs = append(x.dirs, dirMeta{name, x.mode(m, true), mtime})
 	return nil
 }
 
-func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime time.Time) error {
+// file writes one regular file. declared is the size the archive states
+// for it (-1 when unknown): it counts against max_size before a byte is
+// written, and the compression ratio is judged while writing, so a bomb
+// is refused with little of it on disk.
+func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime time.Time, declared int64) error {
 	if name == "." {
 		return refuse(orig, "a file cannot be the release directory itself")
+	}
+	if declared > x.opt.MaxSize-x.stats.Bytes {
+		return refuse(orig, "declares %d bytes: unpacked size over max_size = %d bytes", declared, x.opt.MaxSize)
 	}
 	if err := x.prepare(orig, name, false); err != nil {
 		return err
@@ -306,13 +372,14 @@ func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime ti
 	limit := x.opt.MaxSize - x.stats.Bytes
 	// writerOnly hides (*os.File).ReadFrom, whose fallback would allocate
 	// a fresh buffer for every file instead of using the pooled one.
-	n, err := io.CopyBuffer(writerOnly{f}, io.LimitReader(r, limit+1), *bp)
-	x.stats.Bytes += n
+	before := x.stats.Bytes
+	n, err := io.CopyBuffer(writerOnly{&ratioWriter{w: f, x: x, orig: orig}}, io.LimitReader(r, limit+1), *bp)
+	x.stats.Bytes = before + n
 	if err == nil && n > limit {
 		err = refuse(orig, "unpacked size over max_size = %d bytes", x.opt.MaxSize)
 	}
-	if err == nil && x.stats.Bytes > ratioFloor && float64(x.stats.Bytes) > x.opt.MaxRatio*float64(x.compressed.n) {
-		err = refuse(orig, "compression ratio over %g:1 (a decompression bomb?)", x.opt.MaxRatio)
+	if err == nil {
+		err = x.ratio(orig)
 	}
 	if err == nil {
 		err = f.Chmod(x.mode(m, false))
@@ -334,6 +401,32 @@ func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime ti
 		x.root.Chtimes(name, mtime, mtime)
 	}
 	return nil
+}
+
+// ratio refuses an archive that has unpacked to over max_ratio times the
+// compressed bytes read (past a floor, so small archives of zeros pass).
+func (x *extractor) ratio(orig string) error {
+	if x.stats.Bytes > ratioFloor && float64(x.stats.Bytes) > x.opt.MaxRatio*float64(x.compressed.n) {
+		return refuse(orig, "compression ratio over %g:1 (a decompression bomb?)", x.opt.MaxRatio)
+	}
+	return nil
+}
+
+// ratioWriter counts what a file has written so far into the stats and
+// judges the ratio as it goes.
+type ratioWriter struct {
+	w    io.Writer
+	x    *extractor
+	orig string
+}
+
+func (r *ratioWriter) Write(p []byte) (int, error) {
+	n, err := r.w.Write(p)
+	r.x.stats.Bytes += int64(n)
+	if err == nil {
+		err = r.x.ratio(r.orig)
+	}
+	return n, err
 }
 
 func (x *extractor) symlink(orig, name, target string) error {
@@ -412,8 +505,14 @@ func (x *extractor) tar(tr *tar.Reader) error {
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			err = x.dir(hdr.Name, name, mode, hdr.ModTime)
-		case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
-			err = x.file(hdr.Name, name, tr, mode, hdr.ModTime)
+		case tar.TypeGNUSparse:
+			err = refuse(hdr.Name, "sparse file (refused: a release needs none; make the archive without --sparse)")
+		case tar.TypeReg, tar.TypeRegA:
+			if sparsePAX(hdr) {
+				err = refuse(hdr.Name, "sparse file (refused: a release needs none; make the archive without --sparse)")
+				break
+			}
+			err = x.file(hdr.Name, name, tr, mode, hdr.ModTime, hdr.Size)
 		case tar.TypeSymlink:
 			err = x.symlink(hdr.Name, name, hdr.Linkname)
 		case tar.TypeLink:
@@ -429,6 +528,17 @@ func (x *extractor) tar(tr *tar.Reader) error {
 			return err
 		}
 	}
+}
+
+// sparsePAX tells a PAX sparse entry (GNU tar's formats 0.x and 1.0),
+// which the reader would otherwise expand hole and all.
+func sparsePAX(hdr *tar.Header) bool {
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
 }
 
 // zip needs random access: the stream is spooled to a file first.
@@ -478,7 +588,7 @@ func (x *extractor) zip(r io.Reader) error {
 			var rc io.ReadCloser
 			rc, err = e.Open()
 			if err == nil {
-				err = x.file(e.Name, name, rc, m, e.Modified)
+				err = x.file(e.Name, name, rc, m, e.Modified, int64(min(e.UncompressedSize64, 1<<62)))
 				rc.Close()
 			}
 		}
@@ -514,7 +624,7 @@ func (x *extractor) plain(r io.Reader) error {
 	if err := x.count(name); err != nil {
 		return err
 	}
-	return x.file(name, name, r, 0o644, time.Time{})
+	return x.file(name, name, r, 0o644, time.Time{}, -1)
 }
 
 // finish applies directory modes (last, so a read-only directory does not
