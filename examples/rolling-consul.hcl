@@ -47,7 +47,7 @@ service "api" {
   after "graphite-metric" { address = "graphite.internal:2003" }
   after "http" {
     url  = "https://hooks.slack.com/services/T000/B000/XXXX"
-    body = "{\"text\": \"{{.Name}} {{.Result}} on {{.Hostname}} ({{.Hash}})\"}"
+    json = { text = "{{.Name}} {{.Result}} on {{.Hostname}} ({{.Hash}}) {{.Error}}" }
   }
 
   rollback "script" { command = "logger -t dropship \"api rolled back on $DROPSHIP_HOSTNAME\"" }

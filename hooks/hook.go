@@ -4,7 +4,10 @@ package hooks
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"net/url"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -88,4 +91,29 @@ type Step struct {
 	Hook      Hook
 	OnFailure Policy
 	Range     hcl.Range
+}
+
+// Redact shows a URL as its scheme and host only: its user info, path
+// and query may be the secret (a Slack webhook URL is one), and logs,
+// state files and Consul keep errors.
+func Redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "(a URL)"
+	}
+	s := u.Scheme + "://" + u.Host
+	if u.Path != "" && u.Path != "/" || u.RawQuery != "" {
+		s += "/…"
+	}
+	return s
+}
+
+// HTTPError is the error of an HTTP call to raw, named without the URL
+// that net/http puts into its own errors.
+func HTTPError(what, method, raw string, err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return fmt.Errorf("%s %s %s: %w", what, method, Redact(raw), err)
 }

@@ -159,17 +159,17 @@ func (h *HTTP) Run(ctx context.Context, ev hooks.Event) error {
 	}
 	resp, err := h.Client.Do(req)
 	if err != nil {
-		return fmt.Errorf("http check %s: %w", url, err)
+		return hooks.HTTPError("http check", h.Method, url, err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	switch {
 	case h.Status != 0 && resp.StatusCode != h.Status:
-		return fmt.Errorf("http check %s: status %d, want %d", url, resp.StatusCode, h.Status)
+		return fmt.Errorf("http check %s: status %d, want %d", hooks.Redact(url), resp.StatusCode, h.Status)
 	case h.Status == 0 && (resp.StatusCode < 200 || resp.StatusCode >= 400):
-		return fmt.Errorf("http check %s: status %d", url, resp.StatusCode)
+		return fmt.Errorf("http check %s: status %d", hooks.Redact(url), resp.StatusCode)
 	case h.BodyContains != "" && !strings.Contains(string(body), h.BodyContains):
-		return fmt.Errorf("http check %s: body does not contain %q", url, h.BodyContains)
+		return fmt.Errorf("http check %s: body does not contain %q", hooks.Redact(url), h.BodyContains)
 	}
 	return nil
 }

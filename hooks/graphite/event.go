@@ -103,12 +103,12 @@ func (e *Event) Announce(ctx context.Context, ev hooks.Event) error {
 	}
 	resp, err := e.Client.Do(req)
 	if err != nil {
-		return fmt.Errorf("graphite event to %s: %w", e.URL, err)
+		return hooks.HTTPError("graphite event", http.MethodPost, e.URL, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("graphite event to %s: %s %s", e.URL, resp.Status, strings.TrimSpace(string(msg)))
+		return fmt.Errorf("graphite event to %s: %s %s", hooks.Redact(e.URL), resp.Status, strings.TrimSpace(string(msg)))
 	}
 	return nil
 }

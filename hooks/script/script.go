@@ -72,6 +72,26 @@ func Factory(_ string, body hcl.Body, env hooks.Env) (hooks.Hook, hcl.Diagnostic
 
 // Run runs the command and fails on a non-zero exit, a timeout or a
 // cancelled context. The whole process group is killed on the way out.
+// passed are the variables of the agent's environment a hook sees; the
+// rest (cloud credentials, Consul tokens, key passphrases) stay with the
+// agent. A hook needing more says so with env = { … }.
+var passed = []string{"PATH", "HOME", "LANG", "LC_ALL", "TZ"}
+
+// defaultPath is PATH when the agent has none (systemd gives one).
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+func baseEnv() []string {
+	env := []string{}
+	for _, k := range passed {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		} else if k == "PATH" {
+			env = append(env, "PATH="+defaultPath)
+		}
+	}
+	return env
+}
+
 func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
 	timeout := h.Timeout
 	if timeout <= 0 {
@@ -86,7 +106,7 @@ func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
 	if cmd.Dir == "" {
 		cmd.Dir = workDir(ev)
 	}
-	cmd.Env = append(os.Environ(),
+	cmd.Env = append(baseEnv(),
 		"DROPSHIP_SERVICE="+ev.Name,
 		"DROPSHIP_CHECKSUM="+ev.Hash,
 		"DROPSHIP_PREVIOUS_CHECKSUM="+ev.PreviousHash,

@@ -130,3 +130,29 @@ func TestCancelKills(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// A hook sees PATH, HOME, LANG, its DROPSHIP_* variables and its own
+// env, never the agent's credentials.
+func TestHooksGetACleanEnvironment(t *testing.T) {
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "agent-secret")
+	t.Setenv("CONSUL_HTTP_TOKEN", "agent-token")
+	t.Setenv("DROPSHIP_KEY_PASSWORD", "passphrase")
+	t.Setenv("LANG", "C.UTF-8")
+	out := filepath.Join(t.TempDir(), "env")
+	h := &script.Hook{Logger: quiet, Command: "env > " + out, Env: []string{"APP_MODE=production"}}
+	if err := h.Run(context.Background(), hooks.Event{Name: "api", ReleaseDir: t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(out)
+	env := string(b)
+	for _, secret := range []string{"agent-secret", "agent-token", "passphrase"} {
+		if strings.Contains(env, secret) {
+			t.Fatalf("the hook saw the agent's %q:\n%s", secret, env)
+		}
+	}
+	for _, want := range []string{"PATH=", "LANG=C.UTF-8", "DROPSHIP_SERVICE=api", "APP_MODE=production"} {
+		if !strings.Contains(env, want) {
+			t.Fatalf("the hook lacks %s:\n%s", want, env)
+		}
+	}
+}

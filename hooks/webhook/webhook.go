@@ -25,7 +25,11 @@ type Hook struct {
 	URL     *hooks.Template
 	Headers map[string]string
 	Body    *hooks.Template // nil: the event as JSON
-	Client  *http.Client
+	// JSON, when set, is sent as a JSON object whose values are these
+	// templates rendered: the encoder escapes them (quotes, newlines in
+	// an error), which a body template cannot.
+	JSON   map[string]*hooks.Template
+	Client *http.Client
 }
 
 type config struct {
@@ -33,6 +37,7 @@ type config struct {
 	Method  *string           `hcl:"method,optional"`
 	Headers map[string]string `hcl:"headers,optional"`
 	Body    *string           `hcl:"body,optional"`
+	JSON    map[string]string `hcl:"json,optional"`
 	Timeout *string           `hcl:"timeout,optional"`
 }
 
@@ -58,6 +63,16 @@ func Factory(_ string, body hcl.Body, _ hooks.Env) (hooks.Announcer, hcl.Diagnos
 		h.Body, d = hooks.ParseTemplate(body, "body", *c.Body)
 		diags = append(diags, d...)
 	}
+	if c.JSON != nil {
+		if c.Body != nil {
+			diags = append(diags, hclx.Errorf(body, "json", "Conflicting body", "Give body or json, not both: json = { … } is sent as a JSON object, body as written."))
+		}
+		h.JSON = map[string]*hooks.Template{}
+		for k, v := range c.JSON {
+			h.JSON[k], d = hooks.ParseTemplate(body, "json", v)
+			diags = append(diags, d...)
+		}
+	}
 	timeout, d := hclx.Duration(body, "timeout", hclx.Str(c.Timeout), 10*time.Second)
 	diags = append(diags, d...)
 	h.Client = &http.Client{Timeout: timeout}
@@ -71,7 +86,17 @@ func (h *Hook) Announce(ctx context.Context, ev hooks.Event) error {
 		return err
 	}
 	var body []byte
-	if h.Body != nil {
+	if h.JSON != nil {
+		obj := make(map[string]string, len(h.JSON))
+		for k, t := range h.JSON {
+			v, err := t.Render(ev)
+			if err != nil {
+				return err
+			}
+			obj[k] = v
+		}
+		body, _ = json.Marshal(obj)
+	} else if h.Body != nil {
 		s, err := h.Body.Render(ev)
 		if err != nil {
 			return err
@@ -94,12 +119,12 @@ func (h *Hook) Announce(ctx context.Context, ev hooks.Event) error {
 	}
 	resp, err := h.Client.Do(req)
 	if err != nil {
-		return fmt.Errorf("webhook %s %s: %w", h.Method, url, err)
+		return hooks.HTTPError("webhook", h.Method, url, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("webhook %s %s: %s %s", h.Method, url, resp.Status, strings.TrimSpace(string(msg)))
+		return fmt.Errorf("webhook %s %s: %s %s", h.Method, hooks.Redact(url), resp.Status, strings.TrimSpace(string(msg)))
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/hcl/v2/hclparse"
@@ -49,5 +50,68 @@ func TestNon2xxIsAnError(t *testing.T) {
 	h, _ := webhook.Factory("http", f.Body, hooks.Env{})
 	if err := h.Announce(context.Background(), hooks.Event{}); err == nil {
 		t.Fatal("404 accepted")
+	}
+}
+
+// json = { … } arrives as valid JSON whatever the error holds: quotes,
+// backslashes, newlines.
+func TestJSONBodyEscapesTheError(t *testing.T) {
+	var raw []byte
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		raw, _ = io.ReadAll(r.Body)
+	}))
+	defer srv.Close()
+	f, _ := hclparse.NewParser().ParseHCL([]byte(`
+url  = "`+srv.URL+`/hook"
+json = {
+  text    = "{{.Name}} failed on {{.Hostname}}: {{.Error}}"
+  channel = "#deploys"
+}
+`), "t.hcl")
+	h, diags := webhook.Factory("http", f.Body, hooks.Env{})
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	errText := "after hook 1 (script \"systemctl start api\"): exit 1\nJob for api.service failed: C:\\path \"quoted\""
+	if err := h.Announce(context.Background(), hooks.Event{Name: "api", Hostname: "web-1", Result: "failure", Error: errText}); err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]string
+	if err := json.Unmarshal(raw, &got); err != nil {
+		t.Fatalf("not valid JSON: %v\n%s", err, raw)
+	}
+	if got["text"] != "api failed on web-1: "+errText || got["channel"] != "#deploys" {
+		t.Fatalf("%q", got)
+	}
+}
+
+// The URL of a webhook is its secret: errors name the host only.
+func TestErrorsDoNotShowTheWebhookURL(t *testing.T) {
+	for _, status := range []int{0, 500} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(status) }))
+		url := srv.URL
+		if status == 0 {
+			srv.Close() // connection refused
+		} else {
+			defer srv.Close()
+		}
+		secret := "/services/T000/B000/XXXXsecretXXXX?token=s3cr3t"
+		f, _ := hclparse.NewParser().ParseHCL([]byte(`url = "`+strings.Replace(url, "http://", "http://user:pa55@", 1)+secret+`"`), "t.hcl")
+		h, diags := webhook.Factory("http", f.Body, hooks.Env{})
+		if diags.HasErrors() {
+			t.Fatal(diags)
+		}
+		err := h.Announce(context.Background(), hooks.Event{})
+		if err == nil {
+			t.Fatal("no error")
+		}
+		for _, s := range []string{"XXXXsecretXXXX", "s3cr3t", "pa55"} {
+			if strings.Contains(err.Error(), s) {
+				t.Fatalf("error shows %q: %v", s, err)
+			}
+		}
+		if !strings.Contains(err.Error(), strings.TrimPrefix(url, "http://")) {
+			t.Fatalf("error does not name the host: %v", err)
+		}
 	}
 }
