@@ -29,11 +29,11 @@ type Observer interface {
 
 // Agent runs every configured service.
 type Agent struct {
-	cfg     *Config
-	runners []*Runner
-	logger  *slog.Logger
-	trigger map[string]chan struct{}
-	obs     Observer
+	cfg      *Config
+	runners  []*Runner
+	logger   *slog.Logger
+	triggers map[string]chan bool // true: forced
+	obs      Observer
 
 	mu     sync.Mutex
 	nudges map[string]*nudge // by service
@@ -41,7 +41,7 @@ type Agent struct {
 
 // New builds the runners of cfg. obs may be nil.
 func New(cfg *Config, obs Observer, logger *slog.Logger) (*Agent, error) {
-	a := &Agent{cfg: cfg, logger: logger, trigger: map[string]chan struct{}{}, obs: obs, nudges: map[string]*nudge{}}
+	a := &Agent{cfg: cfg, logger: logger, triggers: map[string]chan bool{}, obs: obs, nudges: map[string]*nudge{}}
 	for _, svc := range cfg.Services {
 		r, err := NewRunner(cfg, svc, logger)
 		if err != nil {
@@ -49,7 +49,7 @@ func New(cfg *Config, obs Observer, logger *slog.Logger) (*Agent, error) {
 		}
 		r.obs = obs
 		a.runners = append(a.runners, r)
-		a.trigger[svc.Name] = make(chan struct{}, 1)
+		a.triggers[svc.Name] = make(chan bool, 1)
 	}
 	return a, nil
 }
@@ -60,14 +60,19 @@ func (a *Agent) Config() *Config { return a.cfg }
 // Runners returns the runners, one per service.
 func (a *Agent) Runners() []*Runner { return a.runners }
 
-// Trigger asks for a check of service now; false if it is unknown.
-func (a *Agent) Trigger(service string) bool {
-	ch, ok := a.trigger[service]
+// Trigger asks for a check of service now; false if it is unknown. A
+// service backing off after errors (its store or Consul down) keeps its
+// back-off.
+func (a *Agent) Trigger(service string) bool { return a.trigger(service, false) }
+
+// trigger with force skips the error back-off too.
+func (a *Agent) trigger(service string, force bool) bool {
+	ch, ok := a.triggers[service]
 	if !ok {
 		return false
 	}
 	select {
-	case ch <- struct{}{}:
+	case ch <- force:
 	default:
 	}
 	return true
@@ -156,12 +161,18 @@ func (a *Agent) loop(ctx context.Context, r *Runner) {
 	for {
 		r.setNext(time.Now().Add(next))
 		timer := time.NewTimer(next)
+	wait:
 		select {
 		case <-ctx.Done():
 			timer.Stop()
 			return
 		case <-timer.C:
-		case <-a.trigger[r.svc.Name]:
+		case force := <-a.triggers[r.svc.Name]:
+			if errs > 0 && !force {
+				a.logger.Info("check asked for during the error back-off; it waits (force it on the status socket)",
+					"service", r.svc.Name, "next", time.Until(r.Status().NextCheck).Round(time.Second))
+				goto wait
+			}
 			timer.Stop()
 		}
 		out := r.Check(ctx)

@@ -58,6 +58,9 @@ type Config struct {
 	StatePath   string
 	NodeName    string
 	StatusAddr  string
+	// StatusToken, when set, lets a TCP status_addr take POSTs that carry
+	// it as a bearer token; without it a TCP listener is read-only.
+	StatusToken string
 	Fleet       fleet.Fleet // never nil: a single host without a lock block
 	LockKind    string
 	Repos       map[string]*artifact.Repo
@@ -97,6 +100,7 @@ type agentFile struct {
 	StatePath   *string        `hcl:"state_path,optional"`
 	NodeName    *string        `hcl:"node_name,optional"`
 	StatusAddr  *string        `hcl:"status_addr,optional"`
+	StatusToken *string        `hcl:"status_token_file,optional"`
 	Repos       []repoBlock    `hcl:"repo,block"`
 	Locks       []pluginBlock  `hcl:"lock,block"`
 	Services    []serviceBlock `hcl:"service,block"`
@@ -200,6 +204,19 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 	}
 	if af.StatusAddr != nil {
 		cfg.StatusAddr = *af.StatusAddr
+	}
+	if af.StatusToken != nil {
+		b, err := os.ReadFile(hclx.Path(base, *af.StatusToken))
+		tok := strings.TrimSpace(string(b))
+		switch {
+		case err != nil:
+			diags = append(diags, hclx.Errorf(f.Body, "status_token_file", "Unreadable status_token_file", "%v", err))
+		case len(tok) < 16:
+			diags = append(diags, hclx.Errorf(f.Body, "status_token_file", "Weak status token",
+				"the token in %s is %d characters; use at least 16 (say, `openssl rand -hex 32`).", *af.StatusToken, len(tok)))
+		default:
+			cfg.StatusToken = tok
+		}
 	}
 	cfg.NodeName, _ = os.Hostname()
 	if af.NodeName != nil && *af.NodeName != "" {

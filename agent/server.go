@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -19,9 +20,13 @@ import (
 //
 //	GET  /v1/status                 JSON, one entry per service
 //	GET  /metrics                   Prometheus
-//	POST /v1/services/NAME/check    check NAME now
+//	POST /v1/services/NAME/check    check NAME now (within its error back-off;
+//	                                ?force skips the back-off: unix socket only)
 //
-// It outlives reloads: SetAgent swaps the agent it reports on.
+// On the unix socket (mode 0660: root and the agent's group) every route
+// is served; on TCP only the GET routes, unless a status token is set,
+// which a POST must then carry as a bearer token. It outlives reloads:
+// SetAgent swaps the agent it reports on.
 type Server struct {
 	mu      sync.RWMutex
 	agent   *Agent
@@ -125,8 +130,17 @@ type StatusReport struct {
 	Services []Status `json:"services"`
 }
 
-// Handler serves the endpoints.
-func (s *Server) Handler() http.Handler {
+// Access is who may use the POST routes of a listener.
+type Access struct {
+	Unix  bool   // the unix socket: its file mode is the guard
+	Token string // TCP: POSTs need "Authorization: Bearer <Token>"; "" refuses them
+}
+
+// maxBody bounds what a request may send: the routes take no body.
+const maxBody = 1 << 10
+
+// Handler serves the endpoints under the access rules of one listener.
+func (s *Server) Handler(acc Access) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		rep := StatusReport{Node: s.node, Version: s.version, Services: []Status{}}
@@ -144,8 +158,26 @@ func (s *Server) Handler() http.Handler {
 		json.NewEncoder(w).Encode(rep)
 	})
 	mux.HandleFunc("POST /v1/services/{name}/check", func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		if !acc.Unix {
+			if acc.Token == "" {
+				http.Error(w, "this listener is read-only: set status_token_file to allow checks over TCP", http.StatusForbidden)
+				return
+			}
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(acc.Token)) != 1 {
+				w.Header().Set("WWW-Authenticate", "Bearer")
+				http.Error(w, "a bearer token is required", http.StatusUnauthorized)
+				return
+			}
+		}
+		force := r.URL.Query().Has("force")
+		if force && !acc.Unix {
+			http.Error(w, "?force is taken on the unix socket only", http.StatusForbidden)
+			return
+		}
 		a := s.current()
-		if a == nil || !a.Trigger(r.PathValue("name")) {
+		if a == nil || !a.trigger(r.PathValue("name"), force) {
 			http.Error(w, fmt.Sprintf("no service %q", r.PathValue("name")), http.StatusNotFound)
 			return
 		}
@@ -171,6 +203,13 @@ func StatusAddr(cfg *Config) (network, addr string) {
 	return "tcp", a
 }
 
+// HTTPServer is the status server on a listener, with timeouts: a client
+// that stalls or keeps a connection idle is dropped.
+func (s *Server) HTTPServer(acc Access) *http.Server {
+	return &http.Server{Handler: s.Handler(acc), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 8 << 10}
+}
+
 // Listen opens the status endpoint's listener. A stale socket of a dead
 // agent is replaced; one a live agent answers on is not.
 func Listen(cfg *Config) (net.Listener, error) {
@@ -188,8 +227,12 @@ func Listen(cfg *Config) (net.Listener, error) {
 		if err != nil {
 			return nil, fmt.Errorf("status socket %s: %w", addr, err)
 		}
-		// Root and the adm group read it; it can trigger checks.
-		os.Chmod(addr, 0o660)
+		// Root and the agent's group may use it (it triggers checks); the
+		// agent runs as root, so that group is root's unless changed.
+		if err := os.Chmod(addr, 0o660); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("status socket %s: %w", addr, err)
+		}
 		return l, nil
 	}
 	l, err := net.Listen("tcp", addr)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
 	"sync"
@@ -68,10 +67,10 @@ func (d *daemon) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	httpSrv := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	network, addr := agent.StatusAddr(d.cfg)
+	httpSrv := srv.HTTPServer(agent.Access{Unix: network == "unix", Token: d.cfg.StatusToken})
 	go httpSrv.Serve(ln)
 	defer httpSrv.Close()
-	network, addr := agent.StatusAddr(d.cfg)
 	d.logger.Info("dropship agent started", "version", version, "services", len(d.cfg.Services),
 		"node", d.cfg.NodeName, "status", network+":"+addr)
 

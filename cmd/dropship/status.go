@@ -16,33 +16,43 @@ import (
 )
 
 // statusClient talks to the running agent's status endpoint.
-func (g *globals) statusClient() (*http.Client, string, error) {
+// The token is the config's status token, for a TCP listener.
+func (g *globals) statusClient() (*http.Client, string, string, error) {
 	cfg, err := g.load(slog.New(slog.DiscardHandler))
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
 	network, addr := agent.StatusAddr(cfg)
 	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)
 	}}
-	return &http.Client{Transport: tr, Timeout: 10 * time.Second}, network + ":" + addr, nil
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}, network + ":" + addr, cfg.StatusToken, nil
 }
 
 func statusCmd(g *globals) *cobra.Command {
 	var check string
+	var force bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show what the running agent has installed, when it checks, and what failed",
 		Long:  "Ask the running agent (its status endpoint, status_addr) for every service's state.\nWith --check SERVICE, ask it to check SERVICE now.",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			client, where, err := g.statusClient()
+			client, where, token, err := g.statusClient()
 			if err != nil {
 				return err
 			}
 			if check != "" {
-				resp, err := client.Post("http://agent/v1/services/"+check+"/check", "text/plain", nil)
+				u := "http://agent/v1/services/" + check + "/check"
+				if force {
+					u += "?force"
+				}
+				req, _ := http.NewRequest(http.MethodPost, u, nil)
+				if token != "" {
+					req.Header.Set("Authorization", "Bearer "+token)
+				}
+				resp, err := client.Do(req)
 				if err != nil {
 					return fmt.Errorf("is the agent running? %s: %w", where, err)
 				}
@@ -79,7 +89,8 @@ func statusCmd(g *globals) *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().StringVar(&check, "check", "", "ask the agent to check this service now")
+	cmd.Flags().StringVar(&check, "check", "", "ask the agent to check this service now (after its error back-off)")
+	cmd.Flags().BoolVar(&force, "force", false, "with --check: skip the error back-off (unix socket only)")
 	return cmd
 }
 
