@@ -381,11 +381,13 @@ func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime ti
 	if err == nil {
 		err = x.ratio(orig)
 	}
-	if err == nil {
-		err = f.Chmod(x.mode(m, false))
-	}
+	// chown first: it clears setuid and setgid bits, which the chmod then
+	// sets when preserve_setuid asks for them.
 	if err == nil && (x.opt.UID >= 0 || x.opt.GID >= 0) {
 		err = f.Chown(x.opt.UID, x.opt.GID)
+	}
+	if err == nil {
+		err = f.Chmod(x.mode(m, false))
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr

@@ -27,12 +27,29 @@ ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=10s
 # SIGTERM to the agent only: it lets a switched update finish its after
-# hooks; then everything left in the cgroup is killed.
+# hooks; then everything left in the cgroup is killed. So a hook must start
+# long-running services with systemctl, never directly: a process a hook
+# started itself dies with the agent's next restart.
 KillMode=mixed
 TimeoutStopSec=15min
+# Releases must stay readable by the services that run them.
 UMask=0022
+# The file system is read-only but for the state path and /srv. THE ONE
+# THING TO EXTEND: a destination elsewhere, or a hook that writes
+# elsewhere (say /etc/nginx/conf.d), needs a drop-in:
+#   systemctl edit dropship  ->  [Service] ReadWritePaths=/opt/app /etc/nginx/conf.d
+ProtectSystem=strict
+ReadWritePaths=/var/lib/dropship -/srv
+ProtectHome=read-only
+# What an installer needs: chown and chmod releases, replace files it does
+# not own, run hooks as other users, signal processes. Nothing else: no
+# binding low ports or loading modules from a hook.
+CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_SETUID CAP_SETGID CAP_KILL
 NoNewPrivileges=yes
+# Hooks get their own /tmp: nothing they leave there is shared with other
+# services (pass files through the release or the state path instead).
 PrivateTmp=yes
+PrivateDevices=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
@@ -41,10 +58,20 @@ ProtectClock=yes
 ProtectHostname=yes
 LockPersonality=yes
 RestrictRealtime=yes
+# Not RestrictSUIDSGID: preserve_setuid = true must be able to keep the
+# setuid bits a release ships.
+# Hooks have no need to make namespaces (containers are started through
+# their daemons, over a socket).
 RestrictNamespaces=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallErrorNumber=EPERM
+# The agent idles at about 25 MiB; the rest is for hooks and unpacking.
+MemoryMax=1G
+TasksMax=512
 StateDirectory=dropship
-StateDirectoryMode=0755
+StateDirectoryMode=0751
 
 [Install]
 WantedBy=multi-user.target
