@@ -35,6 +35,7 @@ vet:
 
 test: rig fmt-check vet
 	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) test -race -timeout 20m ./...
+	$(MAKE) fuzz FUZZTIME=30s
 
 # The Debian package: ../dropship_<version>_<arch>.deb
 deb:
@@ -56,11 +57,14 @@ bench-idle: rig
 bench-watch: rig
 	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/watch
 
-# Fuzz the archive reader and the config loader (FUZZTIME each).
-FUZZTIME ?= 3m
+# Fuzz the archive reader, the config loader and the state loader
+# (FUZZTIME each; `make test` runs a 30 s pass of each). A crasher lands in
+# testdata/fuzz/ and is replayed by every `go test` from then on.
+FUZZTIME ?= 10m
 fuzz:
-	$(GO) test ./artifact/archive -run '^$$' -fuzz FuzzExtract -fuzztime $(FUZZTIME)
-	$(GO) test ./agent -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME)
+	$(GO) test ./artifact/archive -run '^$$' -fuzz '^FuzzExtract$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./agent -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./agent -run '^$$' -fuzz '^FuzzLoadState$$' -fuzztime $(FUZZTIME)
 
 clean:
 	rm -f dropship

@@ -241,6 +241,7 @@ type slot struct {
 
 func (r *Runner) takeSlot(ctx context.Context, info artifact.Info) (*slot, *Outcome) {
 	r.setWaiting(true)
+	r.logger.Info("waiting for a fleet slot", "checksum", info.Checksum(), "concurrency", r.svc.Concurrency)
 	lost, err := r.sem.Acquire(ctx)
 	r.setWaiting(false)
 	if err != nil {
