@@ -25,7 +25,7 @@ demo:
 	sh examples/quickstart/demo.sh
 
 rig:
-	bash scripts/rig-install.sh
+	bash internal/rig/install.sh
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

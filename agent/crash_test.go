@@ -13,7 +13,7 @@ import (
 	"testing"
 
 	"github.com/dropshipd/dropship/agent"
-	"github.com/dropshipd/dropship/internal/testutil"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 // The test binary doubles as a crashing agent: with DROPSHIP_CRASH_CONFIG

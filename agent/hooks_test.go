@@ -13,7 +13,7 @@ import (
 
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/internal/rig"
-	"github.com/dropshipd/dropship/internal/testutil"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 var graphiteOnce struct {

@@ -16,7 +16,7 @@ import (
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/file"
-	"github.com/dropshipd/dropship/internal/testutil"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 // stallingFactory is a file source whose stream sends a few bytes, then

@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/dropshipd/dropship/agent"
-	"github.com/dropshipd/dropship/internal/testutil"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )

@@ -16,7 +16,7 @@ import (
 
 	"github.com/dropshipd/dropship/artifact/s3"
 	"github.com/dropshipd/dropship/artifact/swift"
-	"github.com/dropshipd/dropship/internal/testutil"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 // e2e runs the real binary against a real store: publish v1, agent --once

@@ -18,7 +18,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/dropshipd/dropship/internal/rig"
-	"github.com/dropshipd/dropship/internal/testutil"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 var consulOnce struct {

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/dropshipd/dropship/internal/rig"
-	"github.com/dropshipd/dropship/internal/testutil"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 var (

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dropshipd/dropship/internal/testutil"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 func minisignCLI(t *testing.T) string {

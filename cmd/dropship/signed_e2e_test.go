@@ -13,7 +13,7 @@ import (
 
 	"github.com/dropshipd/dropship/artifact/s3"
 	"github.com/dropshipd/dropship/artifact/swift"
-	"github.com/dropshipd/dropship/internal/testutil"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 // signedE2E runs the real binary against a real store with trusted_keys:

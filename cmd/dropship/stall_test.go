@@ -17,7 +17,7 @@ import (
 
 	"github.com/dropshipd/dropship/artifact/s3"
 	"github.com/dropshipd/dropship/artifact/sourcetest"
-	"github.com/dropshipd/dropship/internal/testutil"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 // A host whose download stalls (MinIO behind a proxy that stops sending

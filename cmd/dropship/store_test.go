@@ -17,7 +17,7 @@ import (
 
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/artifact/s3"
-	"github.com/dropshipd/dropship/internal/testutil"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 // A repo block's relative ca_file resolves against the agent file's

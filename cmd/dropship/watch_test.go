@@ -19,7 +19,7 @@ import (
 
 	"github.com/dropshipd/dropship/artifact/s3"
 	"github.com/dropshipd/dropship/fleet"
-	"github.com/dropshipd/dropship/internal/testutil"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 // announce writes the record `dropship publish` writes, naming checksum.

@@ -12,7 +12,7 @@ import (
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/hooks/consulevent"
 	"github.com/dropshipd/dropship/internal/rig"
-	"github.com/dropshipd/dropship/internal/testutil"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 var (

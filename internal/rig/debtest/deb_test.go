@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dropshipd/dropship/internal/testutil"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 func run(t *testing.T, dir string, name string, args ...string) string {
@@ -39,15 +39,15 @@ func build(t *testing.T, work, version string) string {
 	src := filepath.Join(work, "src-"+version)
 	// The tracked tree (and new files not ignored), as a fresh checkout has it.
 	os.MkdirAll(src, 0o755)
-	list := run(t, "../..", "git", "ls-files", "--cached", "--others", "--exclude-standard")
+	list := run(t, "../../..", "git", "ls-files", "--cached", "--others", "--exclude-standard")
 	var keep []string
 	for _, f := range strings.Split(strings.TrimSpace(list), "\n") {
-		if _, err := os.Lstat(filepath.Join("../..", f)); f != "" && err == nil {
+		if _, err := os.Lstat(filepath.Join("../../..", f)); f != "" && err == nil {
 			keep = append(keep, f)
 		}
 	}
 	tar := exec.Command("sh", "-c", "tar -cf - -T - | tar -xf - -C "+src)
-	tar.Dir, tar.Stdin = "../..", strings.NewReader(strings.Join(keep, "\n")+"\n")
+	tar.Dir, tar.Stdin = "../../..", strings.NewReader(strings.Join(keep, "\n")+"\n")
 	if out, err := tar.CombinedOutput(); err != nil {
 		t.Fatalf("copy the tree: %v\n%s", err, out)
 	}

@@ -1,6 +1,6 @@
 // Builds the Consul agent the tests run. Kept apart from the project's module:
 // Consul's own go.mod has replace directives that `go install` refuses.
-module dropship.local/tools/consul
+module dropship.local/rig/consul
 
 go 1.26
 

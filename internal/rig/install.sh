@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs the real servers the tests talk to, only where missing:
 #   MinIO  (S3)            built from the Go module proxy
-#   Consul (-dev agent)    built through tools/consul (its own module)
+#   Consul (-dev agent)    built through internal/rig/consul (its own module)
 #   OpenStack Swift, memcached, graphite-web, carbon   from Debian's packages
 #   debhelper, lintian, debootstrap                      for the .deb tests
 # Binaries land in $DROPSHIP_RIG_DIR/bin (default ~/.cache/dropship-rig/bin),
 # outside the repository. Prints what it did and how long it took.
 set -euo pipefail
 
-here=$(cd "$(dirname "$0")/.." && pwd)
+here=$(cd "$(dirname "$0")" && pwd)   # internal/rig
 rig=${DROPSHIP_RIG_DIR:-$HOME/.cache/dropship-rig}
 mkdir -p "$rig/bin"
 export GOTOOLCHAIN=local
@@ -49,9 +49,9 @@ if [ ! -x "$rig/bin/minio" ]; then
 fi
 
 if [ ! -x "$rig/bin/consul" ]; then
-  log "building consul through tools/consul (a few minutes)"
+  log "building consul through internal/rig/consul (a few minutes)"
   t=$SECONDS
-  (cd "$here/tools/consul" && go build -o "$rig/bin/consul" github.com/hashicorp/consul)
+  (cd "$here/consul" && go build -o "$rig/bin/consul" github.com/hashicorp/consul)
   log "consul built in $((SECONDS - t))s"
 fi
 
@@ -62,8 +62,16 @@ if [ ! -s "$rig/debian-root.tar" ]; then
   log "debootstrap a minimal Debian root (a few minutes)"
   t=$SECONDS
   suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
-  mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
-  mirror=${mirror:-http://deb.debian.org/debian}
+  # The machine's own Debian mirror, as apt knows it: deb822 sources
+  # first, then the one-line format. No address of our own.
+  mirror=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -1 || true)
+  if [ -z "$mirror" ]; then
+    mirror=$(sed -n 's/^deb  *\(\[[^]]*\] *\)\{0,1\}\([^ ]*\) .*/\2/p' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | grep -v security | head -1 || true)
+  fi
+  if [ -z "$mirror" ]; then
+    log "no Debian mirror found in /etc/apt/sources.list{,.d}: the package tests need one for debootstrap"
+    exit 1
+  fi
   tmp=$(mktemp -d)
   debootstrap --variant=minbase "$suite" "$tmp/root" "$mirror" >"$rig/debootstrap.log" 2>&1
   tar -C "$tmp/root" -cf "$rig/debian-root.tar.tmp" .
