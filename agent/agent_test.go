@@ -344,7 +344,7 @@ func TestHostileArchiveKeepsOldRelease(t *testing.T) {
 		{"device node", []testutil.File{{Name: "dev", Type: tar.TypeChar}}, "", "dev", "device"},
 		{"fifo", []testutil.File{{Name: "fifo", Type: tar.TypeFifo}}, "", "fifo", "FIFO"},
 		{"directory replaced by a link", []testutil.File{{Name: "bin", Type: tar.TypeSymlink, Link: "."}}, "", "bin", "replaces a directory"},
-		{"too many files", []testutil.File{{Name: "a"}, {Name: "b"}}, "max_files = 3", "b", "max_files"},
+		{"too many files", []testutil.File{{Name: "a"}, {Name: "b"}}, "max_files = 4", "b", "max_files"},
 		{"too large", []testutil.File{{Name: "big", Body: strings.Repeat("x", 5000)}}, "max_size = 4096", "big", "max_size"},
 		{"bomb", []testutil.File{{Name: "zeros", Body: big}}, "max_ratio = 50", "zeros", "compression ratio"},
 	}

@@ -136,6 +136,7 @@ type artifactBlock struct {
 	MaxFiles       *int64   `hcl:"max_files,optional"`
 	MaxRatio       *float64 `hcl:"max_ratio,optional"`
 	MaxDepth       *int     `hcl:"max_depth,optional"`
+	AllowSymlinks  []string `hcl:"allow_symlinks_to,optional"`
 	PreserveSetuid *bool    `hcl:"preserve_setuid,optional"`
 	Owner          *string  `hcl:"owner,optional"`
 	Group          *string  `hcl:"group,optional"`
@@ -480,6 +481,13 @@ func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnos
 	if a.MaxRatio != nil {
 		o.MaxRatio = *a.MaxRatio
 	}
+	for _, p := range a.AllowSymlinks {
+		if !filepath.IsAbs(p) {
+			diags = append(diags, hclx.Errorf(a.Full, "allow_symlinks_to", "Invalid allow_symlinks_to",
+				"%q is not an absolute directory: links are allowed into absolute directories (\"/\" for anywhere).", p))
+		}
+	}
+	o.AllowSymlinksTo = a.AllowSymlinks
 	if a.MaxDepth != nil {
 		o.MaxDepth = *a.MaxDepth
 		if o.MaxDepth < 1 {

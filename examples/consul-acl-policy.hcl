@@ -3,7 +3,8 @@
 #   consul acl policy create -name dropship -rules @consul-acl-policy.hcl
 #   consul acl token create -policy-name dropship -description "dropship agents"
 key_prefix "dropship/" {
-  policy = "write"   # semaphore slots, node status, holds, breakers
+  policy = "write"   # semaphore slots, node status, holds, breakers;
+                     # read on dropship/_published/ for watch mode
 }
 session_prefix "" {
   policy = "write"   # the session that holds a slot
@@ -15,3 +16,6 @@ node_prefix "" {
 event_prefix "dropship-" {
   policy = "write"
 }
+
+# `dropship publish` (a CI token) announces releases; it needs only:
+#   key_prefix "dropship/_published/" { policy = "write" }

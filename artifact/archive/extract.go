@@ -39,12 +39,19 @@ const (
 
 // Options bound and shape one extraction.
 type Options struct {
-	Name           string // artifact name: format by extension, plain file name
-	Format         string // forced format; "" detects
-	MaxSize        int64
-	MaxFiles       int64
-	MaxRatio       float64
-	MaxDepth       int
+	Name     string // artifact name: format by extension, plain file name
+	Format   string // forced format; "" detects
+	MaxSize  int64
+	MaxFiles int64
+	MaxRatio float64
+	MaxDepth int
+	// AllowSymlinksTo lists absolute directories symlinks may point
+	// into, outside the release (["/"]: anywhere). Nothing is ever written
+	// through such a link while unpacking.
+	AllowSymlinksTo []string
+	// FinalDir is where the release will live once promoted: relative
+	// links that leave it are judged from there ("" : the unpack dir).
+	FinalDir       string
 	PreserveSetuid bool
 	FileMode       fs.FileMode // 0: from the archive
 	DirMode        fs.FileMode // 0: from the archive
@@ -117,6 +124,9 @@ func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats
 		return Stats{}, err
 	}
 	defer root.Close()
+	if opt.FinalDir == "" {
+		opt.FinalDir, _ = filepath.Abs(dir)
+	}
 	x := &extractor{ctx: ctx, root: root, opt: opt, compressed: counted, links: map[string]bool{}, made: map[string]bool{}}
 	x.stats.Format = format
 
@@ -431,12 +441,36 @@ func (r *ratioWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func (x *extractor) symlink(orig, name, target string) error {
-	if target == "" || path.IsAbs(target) || filepath.IsAbs(target) {
-		return refuse(orig, "symlink to %q points outside the release", target)
+// outside refuses a link whose target leaves the release, naming the
+// key that would allow it, unless abs lies under an allowed directory.
+func (x *extractor) outside(orig, target, abs string) error {
+	abs = path.Clean(abs)
+	for _, p := range x.opt.AllowSymlinksTo {
+		p = path.Clean(p)
+		if p == "/" || abs == p || strings.HasPrefix(abs, p+"/") {
+			return nil
+		}
 	}
-	if j := path.Join(path.Dir(name), target); j == ".." || strings.HasPrefix(j, "../") {
-		return refuse(orig, "symlink to %q points outside the release", target)
+	if len(x.opt.AllowSymlinksTo) == 0 {
+		return refuse(orig, "symlink to %q points outside the release, to %s (allow it with allow_symlinks_to = [\"%s\"])", target, abs, path.Dir(abs))
+	}
+	return refuse(orig, "symlink to %q points outside the release, to %s, which allow_symlinks_to does not list", target, abs)
+}
+
+func (x *extractor) symlink(orig, name, target string) error {
+	switch {
+	case target == "" || strings.ContainsRune(target, 0) || filepath.IsAbs(target) && !path.IsAbs(target):
+		return refuse(orig, "symlink to %q: not a usable target", target)
+	case path.IsAbs(target):
+		if err := x.outside(orig, target, target); err != nil {
+			return err
+		}
+	default:
+		if j := path.Join(path.Dir(name), target); j == ".." || strings.HasPrefix(j, "../") {
+			if err := x.outside(orig, target, path.Join(x.opt.FinalDir, path.Dir(name), target)); err != nil {
+				return err
+			}
+		}
 	}
 	if err := x.prepare(orig, name, false); err != nil {
 		return err
@@ -687,7 +721,10 @@ func (x *extractor) resolveInside(link string) error {
 			continue
 		case "..":
 			if len(stack) == 0 {
-				return refuse(link, "symlink resolves outside the release")
+				// Above the release: where it lands on the host, as the
+				// kernel will walk it from the release's final place.
+				target, _ := x.root.Readlink(link)
+				return x.outside(link, target, path.Join(append([]string{x.opt.FinalDir, ".."}, pending...)...))
 			}
 			stack = stack[:len(stack)-1]
 			continue
@@ -706,7 +743,7 @@ func (x *extractor) resolveInside(link string) error {
 			return refuse(link, "%v", err)
 		}
 		if path.IsAbs(target) {
-			return refuse(link, "symlink resolves outside the release")
+			return x.outside(link, target, path.Join(append([]string{target}, pending...)...))
 		}
 		pending = append(strings.Split(target, "/"), pending...)
 	}
