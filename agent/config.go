@@ -79,16 +79,19 @@ type Service struct {
 	// Watch: a release announced in the fleet triggers a check at once.
 	Watch bool
 	// Keys, when set, is who may sign releases: nothing else is installed.
-	Keys         *signature.Keyring
-	KeepReleases int
-	Source       artifact.Source
-	Destination  string
-	Unpack       archive.Options
-	DiskFactor   float64 // free space needed, as a multiple of the artifact size
-	Before       []hooks.Step
-	After        []hooks.Step
-	Checks       []hooks.Step
-	Rollback     []hooks.Step
+	Keys *signature.Keyring
+	// SharedDirs and SharedFiles are paths of every release kept in the
+	// service's shared directory and linked into each release.
+	SharedDirs, SharedFiles []string
+	KeepReleases            int
+	Source                  artifact.Source
+	Destination             string
+	Unpack                  archive.Options
+	DiskFactor              float64 // free space needed, as a multiple of the artifact size
+	Before                  []hooks.Step
+	After                   []hooks.Step
+	Checks                  []hooks.Step
+	Rollback                []hooks.Step
 	// Report holds the announcers (Graphite, webhooks, Consul events) of
 	// the after blocks: they run once the update's outcome is known, with
 	// {{.Result}} success, failure or rollback.
@@ -104,6 +107,12 @@ type agentFile struct {
 	Repos       []repoBlock    `hcl:"repo,block"`
 	Locks       []pluginBlock  `hcl:"lock,block"`
 	Services    []serviceBlock `hcl:"service,block"`
+}
+
+type sharedBlock struct {
+	Dirs  []string `hcl:"dirs,optional"`
+	Files []string `hcl:"files,optional"`
+	Body  hcl.Body `hcl:",body"`
 }
 
 type serviceFile struct {
@@ -160,6 +169,7 @@ type serviceBlock struct {
 	UpdateTimeout *string         `hcl:"update_timeout,optional"`
 	Watch         *bool           `hcl:"watch,optional"`
 	TrustedKeys   []string        `hcl:"trusted_keys,optional"`
+	Shared        []sharedBlock   `hcl:"shared,block"`
 	RevokedKeys   []string        `hcl:"revoked_keys,optional"`
 	KeepReleases  *int            `hcl:"keep_releases,optional"`
 	Artifacts     []artifactBlock `hcl:"artifact,block"`
@@ -366,6 +376,7 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 		diags = append(diags, hclx.Errorf(b.Body, "update_timeout", "Invalid duration", "update_timeout must be more than zero."))
 	}
 	diags = append(diags, decodeKeys(s, b, base)...)
+	diags = append(diags, decodeShared(s, b)...)
 	if v := hclx.First(b.Sequential, b.OldSequential); v != nil {
 		s.Sequential = *v
 	}
@@ -412,6 +423,40 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 		diags = append(diags, dd...)
 	}
 	return s, diags
+}
+
+// decodeShared reads the shared block: relative, clean paths inside the
+// release, each named once.
+func decodeShared(s *Service, b serviceBlock) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	if len(b.Shared) > 1 {
+		r := b.Shared[1].Body.MissingItemRange()
+		return hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Duplicate shared block", Detail: "A service has one shared block.", Subject: &r}}
+	}
+	seen := map[string]bool{}
+	for _, sb := range b.Shared {
+		for _, list := range []struct {
+			key   string
+			paths []string
+			dst   *[]string
+		}{{"dirs", sb.Dirs, &s.SharedDirs}, {"files", sb.Files, &s.SharedFiles}} {
+			for _, p := range list.paths {
+				c := filepath.Clean(p)
+				if p == "" || filepath.IsAbs(p) || c == "." || c == ".." || strings.HasPrefix(c, "../") {
+					diags = append(diags, hclx.Errorf(sb.Body, list.key, "Invalid shared path",
+						"%q: a shared path is relative to the release and stays inside it (like \"log\" or \"config/secrets.yml\").", p))
+					continue
+				}
+				if seen[c] {
+					diags = append(diags, hclx.Errorf(sb.Body, list.key, "Duplicate shared path", "%q is listed twice.", p))
+					continue
+				}
+				seen[c] = true
+				*list.dst = append(*list.dst, c)
+			}
+		}
+	}
+	return diags
 }
 
 // decodeKeys reads trusted_keys and revoked_keys: minisign public keys,

@@ -22,6 +22,7 @@ type layout struct {
 
 func (l layout) releases() string            { return filepath.Join(l.dir, "releases") }
 func (l layout) staging() string             { return filepath.Join(l.dir, "staging") }
+func (l layout) shared() string              { return filepath.Join(l.dir, "shared") }
 func (l layout) releaseDir(id string) string { return filepath.Join(l.releases(), id) }
 func (l layout) tmpLink() string {
 	return filepath.Join(filepath.Dir(l.dest), "."+filepath.Base(l.dest)+".dropship-tmp")

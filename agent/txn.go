@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path"
@@ -22,7 +23,11 @@ import (
 
 // The update as a transaction, a step per function:
 //
-//	preflight → fetch → signature → before → promote → activate (switch, after) → check → commit
+//	preflight → fetch → signature → shared → promote → before → activate (switch, after) → check → commit
+//
+// The release is promoted (moved out of staging, not current) before the
+// before hooks, so that they can work in it (migrations, say) with the
+// shared paths linked.
 //
 // Each step returns an error and registers what undoes it; a failure runs
 // the undos newest first, so the host is left on the release it had.
@@ -111,8 +116,9 @@ func (t *txn) run(ctx context.Context) Outcome {
 		{PhasePreflight, t.preflight},
 		{PhaseDownload, t.fetch},
 		{PhaseSignature, t.verifySignature},
-		{PhaseBefore, t.before},
+		{PhaseInstall, t.linkShared},
 		{PhaseInstall, t.promote},
+		{PhaseBefore, t.before},
 		{PhaseSwitch, t.activate},
 		{PhaseCheck, t.check},
 	}
@@ -261,6 +267,69 @@ func (t *txn) verifySignature(ctx context.Context) error {
 	t.claims = &c
 	t.logger.Info("signature verified", "key_id", fmt.Sprintf("%016X", c.KeyID), "version", c.Version,
 		"publisher", c.Publisher, "signed", c.Time)
+	return nil
+}
+
+// linkShared links the service's shared directories and files into the
+// release (Capistrano's linked_dirs and linked_files), before the before
+// hooks run so that they already see them. What the release ships at
+// such a path is replaced by the link. Every change inside the release
+// goes through os.Root: a link the release ships cannot redirect it.
+func (t *txn) linkShared(context.Context) error {
+	svc := t.r.svc
+	if len(svc.SharedDirs)+len(svc.SharedFiles) == 0 {
+		return nil
+	}
+	shared := t.r.lay.shared()
+	if err := os.MkdirAll(shared, 0o755); err != nil {
+		return fmt.Errorf("shared: %w", err)
+	}
+	for _, d := range svc.SharedDirs {
+		p := filepath.Join(shared, d)
+		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				return fmt.Errorf("shared directory %s: %w", d, err)
+			}
+			if u := svc.Unpack; u.UID >= 0 || u.GID >= 0 {
+				os.Chown(p, u.UID, u.GID) // the service writes there
+			}
+			t.logger.Info("created a shared directory", "path", p)
+		}
+	}
+	for _, f := range svc.SharedFiles {
+		if fi, err := os.Stat(filepath.Join(shared, f)); err != nil || fi.IsDir() {
+			return fmt.Errorf("shared file %s: put it in %s before deploying (it is linked into every release): %w",
+				f, filepath.Join(shared, f), errors.Join(err, errIfDir(fi)))
+		}
+	}
+	root, err := os.OpenRoot(t.stage)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	for _, p := range append(append([]string{}, svc.SharedDirs...), svc.SharedFiles...) {
+		if _, err := root.Lstat(p); err == nil {
+			t.logger.Info("the release ships a shared path; replaced by the link to the shared one", "path", p)
+			if err := root.RemoveAll(p); err != nil {
+				return fmt.Errorf("shared %s: %w", p, err)
+			}
+		}
+		if dir := filepath.Dir(p); dir != "." {
+			if err := root.MkdirAll(dir, 0o755); err != nil {
+				return fmt.Errorf("shared %s: %w", p, err)
+			}
+		}
+		if err := root.Symlink(filepath.Join(shared, p), p); err != nil {
+			return fmt.Errorf("shared %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+func errIfDir(fi fs.FileInfo) error {
+	if fi != nil && fi.IsDir() {
+		return errors.New("it is a directory")
+	}
 	return nil
 }
 

@@ -1,0 +1,57 @@
+package agent_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dropshipd/dropship/agent"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
+)
+
+// Shared directories and files outlive releases: linked into each release
+// before its before hooks run, kept across updates and rollbacks; a
+// missing shared file stops the update before anything is switched.
+func TestSharedDirectoriesAndFiles(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.config(fmt.Sprintf(`shared {
+    dirs  = ["log", "tmp/pids"]
+    files = ["config/secrets.yml"]
+  }
+  before "script" {
+    command = "test -L log && test -d tmp/pids && cat config/secrets.yml >> %s"
+  }`, e.log))
+	r := e.runner(cfg)
+	shared := filepath.Join(r.Dir(), "shared")
+
+	e.publish("v1", testutil.File{Name: "log/shipped.log", Body: "from the release"})
+	out := e.check(r, agent.ResultFailed)
+	if !strings.Contains(out.Err.Error(), "config/secrets.yml") || e.current() != "" || e.hookLog() != "" {
+		t.Fatalf("without the shared file: %v, current %q, hooks %q", out.Err, e.current(), e.hookLog())
+	}
+	os.MkdirAll(filepath.Join(shared, "config"), 0o755)
+	os.WriteFile(filepath.Join(shared, "config", "secrets.yml"), []byte("s3cret\n"), 0o600)
+	e.publish("v1b", testutil.File{Name: "log/shipped.log", Body: "from the release"})
+	e.check(r, agent.ResultInstalled)
+	if e.hookLog() != "s3cret\n" {
+		t.Fatalf("the before hook did not see the shared paths: %q", e.hookLog())
+	}
+	if target, err := os.Readlink(filepath.Join(e.dest, "log")); err != nil || target != filepath.Join(shared, "log") {
+		t.Fatalf("log is not the shared link: %q %v", target, err)
+	}
+	if _, err := os.Stat(filepath.Join(shared, "log", "shipped.log")); err == nil {
+		t.Fatal("the release's own log/ was written into the shared one")
+	}
+	// The application writes; the next release and a rollback keep it.
+	os.WriteFile(filepath.Join(e.dest, "log", "app.log"), []byte("line 1\n"), 0o644)
+	e.publish("v2")
+	e.check(r, agent.ResultInstalled)
+	if _, err := r.Rollback(t.Context(), ""); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.dest, "log", "app.log")); string(b) != "line 1\n" || e.current() != "v1b" {
+		t.Fatalf("after an update and a rollback: current %q, log %q", e.current(), b)
+	}
+}
