@@ -19,6 +19,21 @@ import (
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
+// minioBucket is a store on the test MinIO with a new bucket in it.
+func minioBucket(t *testing.T, bucket string) *s3.Store {
+	t.Helper()
+	testutil.RequireServer(t, "MinIO", minioErr)
+	st, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(minio.Endpoint),
+		AccessKey: aws.String(minio.AccessKey), SecretKey: aws.String(minio.SecretKey)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateBucket(context.Background(), bucket); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 // e2e runs the real binary against a real store: publish v1, agent --once
 // installs it, a second run does nothing, publish v2, agent installs it.
 func e2e(t *testing.T, repoBlock, artifactBlock, to string) {
@@ -73,14 +88,7 @@ service "app" {
 
 func TestEndToEndS3(t *testing.T) {
 	testutil.RequireServer(t, "MinIO", minioErr)
-	c, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(minio.Endpoint),
-		AccessKey: aws.String(minio.AccessKey), SecretKey: aws.String(minio.SecretKey)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.CreateBucket(context.Background(), "e2e-releases"); err != nil {
-		t.Fatal(err)
-	}
+	minioBucket(t, "e2e-releases")
 	e2e(t, fmt.Sprintf(`repo "s3" {
   region     = "us-east-1"
   endpoint   = %q

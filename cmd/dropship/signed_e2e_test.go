@@ -8,10 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	ncw "github.com/ncw/swift/v2"
 
-	"github.com/dropshipd/dropship/artifact/s3"
 	"github.com/dropshipd/dropship/artifact/swift"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
@@ -94,14 +92,7 @@ service "app" {
 
 func TestSignedEndToEndS3(t *testing.T) {
 	testutil.RequireServer(t, "MinIO", minioErr)
-	c, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(minio.Endpoint),
-		AccessKey: aws.String(minio.AccessKey), SecretKey: aws.String(minio.SecretKey)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.CreateBucket(context.Background(), "signed-releases"); err != nil {
-		t.Fatal(err)
-	}
+	minioBucket(t, "signed-releases")
 	signedE2E(t, fmt.Sprintf(`repo "s3" {
   region     = "us-east-1"
   endpoint   = %q

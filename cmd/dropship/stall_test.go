@@ -13,9 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-
-	"github.com/dropshipd/dropship/artifact/s3"
 	"github.com/dropshipd/dropship/artifact/sourcetest"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
@@ -27,14 +24,7 @@ import (
 func TestStalledHostFreesTheSlot(t *testing.T) {
 	testutil.RequireServer(t, "MinIO", minioErr)
 	c := consulServer(t)
-	st, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(minio.Endpoint),
-		AccessKey: aws.String(minio.AccessKey), SecretKey: aws.String(minio.SecretKey)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.CreateBucket(context.Background(), "stall"); err != nil {
-		t.Fatal(err)
-	}
+	st := minioBucket(t, "stall")
 	dir := t.TempDir()
 	noise := make([]byte, 2<<20) // incompressible: the body is long
 	rand.Read(noise)

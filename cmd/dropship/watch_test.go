@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/md5"
 	"encoding/hex"
 	"encoding/json"
@@ -14,10 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/hashicorp/consul/api"
 
-	"github.com/dropshipd/dropship/artifact/s3"
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
@@ -95,14 +92,7 @@ func TestWatchBringsReleasesAtOnce(t *testing.T) {
 func TestPublishAnnouncesToWatchingAgents(t *testing.T) {
 	testutil.RequireServer(t, "MinIO", minioErr)
 	c := consulServer(t)
-	st, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(minio.Endpoint),
-		AccessKey: aws.String(minio.AccessKey), SecretKey: aws.String(minio.SecretKey)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.CreateBucket(context.Background(), "watched"); err != nil {
-		t.Fatal(err)
-	}
+	minioBucket(t, "watched")
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "dropship.hcl")
 	dest := filepath.Join(dir, "srv", "app")
