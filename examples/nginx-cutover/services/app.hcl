@@ -20,6 +20,12 @@ service "app" {
       HEALTH_PATH    = "/health"
       NGINX_UPSTREAM = "/etc/nginx/conf.d/app-upstream.conf"
       DRAIN_SECONDS  = "30"
+      # Without systemd as the service manager, replace what starts and
+      # stops a release and reloads nginx (each gets the port as $1):
+      # START_RELEASE = "setsid ./bin/app -port $1 >/var/log/app-$1.log 2>&1 </dev/null &"
+      # STOP_RELEASE  = "pkill -f -- '-port $1'"
+      # NGINX_TEST    = "nginx -t"
+      # NGINX_RELOAD  = "nginx -s reload"
     }
   }
 
