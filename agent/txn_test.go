@@ -198,3 +198,18 @@ func bigFiles(n int) []testutil.File {
 	}
 	return fs
 }
+
+// A state file left world-readable by an older version is made private
+// at the agent's start, not at the next update.
+func TestOldStateFileIsMadePrivate(t *testing.T) {
+	e := newEnv(t)
+	e.publish("v1")
+	r := e.runner(e.config(""))
+	e.check(r, agent.ResultInstalled)
+	path := filepath.Join(r.Dir(), "state.json")
+	os.Chmod(path, 0o644)
+	e.check(e.runner(e.config("")), agent.ResultNoop)
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o640 {
+		t.Fatalf("state.json is %v after a restart", fi.Mode().Perm())
+	}
+}

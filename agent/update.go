@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -374,8 +375,12 @@ func (r *Runner) recover() error {
 	if err := os.MkdirAll(r.lay.dir, stateDirMode); err != nil {
 		return err
 	}
-	// Directories made by older versions were world-readable.
+	// Directories and state files made by older versions were
+	// world-readable; an idle agent may not rewrite them for a long time.
 	if err := os.Chmod(r.lay.dir, stateDirMode); err != nil {
+		return err
+	}
+	if err := os.Chmod(statePath(r.lay.dir), stateFileMode); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	if err := r.lay.recoverDisk(r.logger); err != nil {

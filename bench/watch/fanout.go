@@ -71,7 +71,7 @@ func fanout(n, rounds int) error {
 	start := time.Now()
 	var lat []time.Duration
 	for r := range rounds {
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(1500 * time.Millisecond) // past the watchers' one-second minimum gap
 		at := time.Now()
 		if err := pub.Announce(ctx, fleet.Published{Service: "svc", Checksum: fmt.Sprintf("round-%d", r)}); err != nil {
 			return err

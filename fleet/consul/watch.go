@@ -27,8 +27,10 @@ const (
 	watchBackoff    = time.Second
 	watchBackoffCap = time.Minute
 	// watchMinGap keeps a watch from spinning when Consul answers at once
-	// with an index that did not move.
-	watchMinGap = 100 * time.Millisecond
+	// with an index that did not move, and bounds how often a flood of
+	// announcements (anyone with write access to the folder) can make an
+	// agent look at its store: one wake-up a second at most.
+	watchMinGap = time.Second
 )
 
 // WatchPublished long-polls the folder of announcements with Consul's
