@@ -88,6 +88,20 @@ service "app" {
 	if log := once(0); version() != "v3" || before() != 2 {
 		t.Fatalf("v3 with its signature: %q\n%s", version(), log)
 	}
+	// No signature object at all (the store answers 404): refused.
+	publish(art("v4"), "--to", to+"-unsigned")
+	unsigned := strings.Replace(string(must(os.ReadFile(cfg))), "app.tar.gz", "app.tar.gz-unsigned", 1)
+	os.WriteFile(cfg, []byte(unsigned), 0o600)
+	if log := once(1); version() != "v3" || !strings.Contains(log, "no signature") || before() != 2 {
+		t.Fatalf("unsigned v4: %q\n%s", version(), log)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
 
 func TestSignedEndToEndS3(t *testing.T) {
