@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/zclconf/go-cty/cty"
 
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/archive"
@@ -120,9 +121,22 @@ type serviceFile struct {
 }
 
 type repoBlock struct {
-	Name string   `hcl:"name,label"`
-	Type *string  `hcl:"type,optional"`
-	Body hcl.Body `hcl:",remain"`
+	Name        string   `hcl:"name,label"`
+	Type        *string  `hcl:"type,optional"`
+	TrustedKeys []string `hcl:"trusted_keys,optional"`
+	RevokedKeys []string `hcl:"revoked_keys,optional"`
+	Body        hcl.Body `hcl:",remain"`
+}
+
+// repoOf names the repo an artifact block uses: its repo attribute, else
+// the repo named like its kind (as the source plugins choose).
+func repoOf(a artifactBlock) string {
+	if attrs, _ := a.Body.JustAttributes(); attrs["repo"] != nil {
+		if v, d := attrs["repo"].Expr.Value(nil); !d.HasErrors() && v.Type() == cty.String && v.IsKnown() && !v.IsNull() {
+			return v.AsString()
+		}
+	}
+	return a.Kind
 }
 
 type pluginBlock struct {
@@ -235,6 +249,7 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 	}
 
 	repos := map[string]*artifact.Repo{}
+	repoKeys := map[string]keyLists{}
 	for _, r := range af.Repos {
 		kind := r.Name
 		if r.Type != nil {
@@ -256,6 +271,9 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 		store, d := factory(kind, r.Body, base)
 		diags = append(diags, d...)
 		repos[r.Name] = &artifact.Repo{Name: r.Name, Type: kind, Store: store, Range: rng}
+		k, d := parseKeys(r.Body, r.TrustedKeys, r.RevokedKeys, base)
+		diags = append(diags, d...)
+		repoKeys[r.Name] = k
 	}
 
 	cfg.Repos = repos
@@ -280,7 +298,7 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 	}
 
 	_, watchable := cfg.Fleet.(fleet.Watcher)
-	dec := decoder{watchable: watchable, reg: reg, repos: repos, stores: &artifact.Stores{}, logger: logger, seen: map[string]hcl.Range{}}
+	dec := decoder{watchable: watchable, reg: reg, repos: repos, repoKeys: repoKeys, stores: &artifact.Stores{}, logger: logger, seen: map[string]hcl.Range{}}
 	diags = append(diags, dec.services(cfg, abs, af.Services)...)
 	if cfg.ServicePath != "" {
 		files, err := filepath.Glob(filepath.Join(cfg.ServicePath, "*.hcl"))
@@ -313,6 +331,7 @@ type decoder struct {
 	watchable bool
 	reg       Registry
 	repos     map[string]*artifact.Repo
+	repoKeys  map[string]keyLists // trusted and revoked keys of repo blocks
 	stores    *artifact.Stores
 	logger    *slog.Logger
 	seen      map[string]hcl.Range
@@ -375,7 +394,8 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 	if s.UpdateTimeout <= 0 && b.UpdateTimeout != nil {
 		diags = append(diags, hclx.Errorf(b.Body, "update_timeout", "Invalid duration", "update_timeout must be more than zero."))
 	}
-	diags = append(diags, decodeKeys(s, b, base)...)
+	svcKeys, dk := parseKeys(b.Body, b.TrustedKeys, b.RevokedKeys, base)
+	diags = append(diags, dk...)
 	diags = append(diags, decodeShared(s, b)...)
 	if v := hclx.First(b.Sequential, b.OldSequential); v != nil {
 		s.Sequential = *v
@@ -400,6 +420,9 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 			Detail: fmt.Sprintf("service %q needs an artifact block saying where its releases come from.", b.Name), Subject: &rng})
 	case 1:
 		diags = append(diags, d.artifact(s, base, b.Artifacts[0])...)
+		var dk hcl.Diagnostics
+		s.Keys, dk = keyring(svcKeys, d.repoKeys[repoOf(b.Artifacts[0])])
+		diags = append(diags, dk...)
 	default:
 		r := b.Artifacts[1].Body.MissingItemRange()
 		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate artifact block",
@@ -461,33 +484,51 @@ func decodeShared(s *Service, b serviceBlock) hcl.Diagnostics {
 
 // decodeKeys reads trusted_keys and revoked_keys: minisign public keys,
 // as their base64 ("RWQ…") or the path of a .pub file.
-func decodeKeys(s *Service, b serviceBlock, base string) hcl.Diagnostics {
+func parseKeys(body hcl.Body, trusted, revoked []string, base string) (keyLists, hcl.Diagnostics) {
 	var diags hcl.Diagnostics
 	parse := func(name string, vals []string) []minisign.PublicKey {
 		var out []minisign.PublicKey
 		for _, v := range vals {
 			pk, err := signature.ParseKey(v, base)
 			if err != nil {
-				diags = append(diags, hclx.Errorf(b.Body, name, "Invalid key", "%s: %v", name, err))
+				diags = append(diags, hclx.Errorf(body, name, "Invalid key", "%s: %v", name, err))
 				continue
 			}
 			out = append(out, pk)
 		}
 		return out
 	}
-	trusted, revoked := parse("trusted_keys", b.TrustedKeys), parse("revoked_keys", b.RevokedKeys)
-	if b.TrustedKeys != nil && len(b.TrustedKeys) == 0 {
-		diags = append(diags, hclx.Errorf(b.Body, "trusted_keys", "Invalid key",
+	k := keyLists{trusted: parse("trusted_keys", trusted), revoked: parse("revoked_keys", revoked), set: trusted != nil, body: body}
+	if trusted != nil && len(trusted) == 0 {
+		diags = append(diags, hclx.Errorf(body, "trusted_keys", "Invalid key",
 			"trusted_keys is empty: list the keys that may sign releases, or leave it out to install unsigned ones."))
 	}
-	if len(revoked) > 0 && len(trusted) == 0 && len(b.TrustedKeys) == 0 {
-		diags = append(diags, hclx.Errorf(b.Body, "revoked_keys", "Revoked keys without trusted keys",
-			"revoked_keys only narrows trusted_keys: without trusted_keys, releases are not checked at all."))
+	return k, diags
+}
+
+// keyLists are the keys a repo or service block names.
+type keyLists struct {
+	trusted, revoked []minisign.PublicKey
+	set              bool // trusted_keys written (a service's replaces its repo's)
+	body             hcl.Body
+}
+
+// keyring combines a service's keys with its repo's: the service's
+// trusted_keys replace the repo's, revoked keys of both are refused.
+func keyring(svc, repo keyLists) (*signature.Keyring, hcl.Diagnostics) {
+	trusted := repo.trusted
+	if svc.set {
+		trusted = svc.trusted
 	}
-	if len(trusted) > 0 {
-		s.Keys = signature.NewKeyring(trusted, revoked)
+	revoked := append(append([]minisign.PublicKey{}, repo.revoked...), svc.revoked...)
+	if len(trusted) == 0 {
+		if len(svc.revoked) > 0 {
+			return nil, hcl.Diagnostics{hclx.Errorf(svc.body, "revoked_keys", "Revoked keys without trusted keys",
+				"revoked_keys only narrows trusted_keys: without trusted_keys (here or on the repo), releases are not checked at all.")}
+		}
+		return nil, nil
 	}
-	return diags
+	return signature.NewKeyring(trusted, revoked), nil
 }
 
 func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnostics {

@@ -93,3 +93,50 @@ func TestEncryptedSigningKey(t *testing.T) {
 		t.Fatalf("sign with no passphrase and no terminal: %d %s", code, errOut)
 	}
 }
+
+// trusted_keys on a repo block apply to every service of that repo; a
+// service's own replace them, and its revoked_keys add to the repo's.
+func TestRepoTrustedKeys(t *testing.T) {
+	dir := t.TempDir()
+	for _, k := range []string{"ci", "other"} {
+		if _, errOut, code := run(t, "keygen", "--out", filepath.Join(dir, k), "--no-password"); code != 0 {
+			t.Fatal(errOut)
+		}
+	}
+	cfg := filepath.Join(dir, "dropship.hcl")
+	os.WriteFile(cfg, []byte(`state_path = "state"
+repo "s3" {
+  region       = "us-east-1"
+  endpoint     = "http://127.0.0.1:9"
+  access_key   = "x"
+  secret_key   = "y"
+  trusted_keys = ["ci.pub"]
+}
+service "api" {
+  artifact "s3" {
+    bucket      = "b"
+    path        = "api.tar.gz"
+    destination = "srv/api"
+  }
+}
+service "web" {
+  trusted_keys = ["other.pub"]
+  artifact "s3" {
+    bucket      = "b"
+    path        = "web.tar.gz"
+    destination = "srv/web"
+  }
+}
+`), 0o600)
+	art := filepath.Join(dir, "a.tar.gz")
+	os.WriteFile(art, []byte("release"), 0o644)
+	if _, errOut, code := run(t, "sign", art, "--key", filepath.Join(dir, "ci.key")); code != 0 {
+		t.Fatal(errOut)
+	}
+	if out, errOut, code := run(t, "verify", "-c", cfg, "--service", "api", art); code != 0 || !strings.Contains(out, "ok") {
+		t.Fatalf("api inherits the repo's key: %d %s%s", code, out, errOut)
+	}
+	if _, errOut, code := run(t, "verify", "-c", cfg, "--service", "web", art); code != 1 || !strings.Contains(errOut, "not trusted") {
+		t.Fatalf("web's own keys replace the repo's: %d %s", code, errOut)
+	}
+}
