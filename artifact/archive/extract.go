@@ -303,7 +303,7 @@ func (x *extractor) shape(orig, name string) error {
 	}
 	depth := strings.Count(name, "/") + 1
 	if depth > x.opt.MaxDepth {
-		return refuse(orig, "%d levels deep, over max_depth = %d", depth, x.opt.MaxDepth)
+		return refuse(orig, "%d levels deep, over max_depth = %d (set on the artifact block)", depth, x.opt.MaxDepth)
 	}
 	for _, c := range strings.Split(name, "/") {
 		if len(c) > maxComponent {
@@ -419,7 +419,7 @@ func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime ti
 // compressed bytes read (past a floor, so small archives of zeros pass).
 func (x *extractor) ratio(orig string) error {
 	if x.stats.Bytes > ratioFloor && float64(x.stats.Bytes) > x.opt.MaxRatio*float64(x.compressed.n) {
-		return refuse(orig, "compression ratio over %g:1 (a decompression bomb?)", x.opt.MaxRatio)
+		return refuse(orig, "compression ratio over %g:1 (a decompression bomb? max_ratio on the artifact block raises it)", x.opt.MaxRatio)
 	}
 	return nil
 }
