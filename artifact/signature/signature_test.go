@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -100,5 +101,28 @@ func TestParseComment(t *testing.T) {
 	in := signature.Claims{Service: "api", Version: "build 42 \"rc\"", Publisher: `a b\c`, Time: time.Unix(1800000000, 0).UTC(), SHA256: strings.Repeat("ab", 32)}
 	if got := signature.ParseComment(in.Comment()); got != in {
 		t.Fatalf("round trip:\n%+v\n%+v\n%s", got, in, in.Comment())
+	}
+}
+
+// The trusted comment is signed too: editing it (another service, a
+// later time to pass the replay rule) breaks the signature.
+func TestTrustedCommentIsAuthenticated(t *testing.T) {
+	pub, priv := key(t)
+	body := []byte("release")
+	now := time.Now().UTC().Truncate(time.Second)
+	sig := sign(priv, body, signature.Claims{Service: "api", SHA256: sum(body), Time: now})
+	ring := signature.NewKeyring([]minisign.PublicKey{pub}, nil)
+	for _, edit := range [][2]string{
+		{"service=api", "service=web"},
+		{fmt.Sprintf("time=%d", now.Unix()), fmt.Sprintf("time=%d", now.Add(time.Hour).Unix())},
+	} {
+		forged := bytes.Replace(sig, []byte(edit[0]), []byte(edit[1]), 1)
+		if bytes.Equal(forged, sig) {
+			t.Fatalf("%q not in the signature", edit[0])
+		}
+		_, err := ring.Verify(forged, read(body), signature.Expect{Service: "web", SHA256: sum(body)})
+		if !errors.Is(err, signature.ErrForged) {
+			t.Fatalf("edited comment (%s): err = %v", edit[1], err)
+		}
 	}
 }
