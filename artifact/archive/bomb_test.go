@@ -3,6 +3,7 @@ package archive_test
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -132,5 +133,18 @@ func TestDirectoryBombRefused(t *testing.T) {
 	// Within the bounds, an ordinary tree still unpacks.
 	if _, st, err := extract(t, makeTar(t, file("a/b/c/f", "x")), archive.Options{MaxFiles: 4}); err != nil || st.Entries != 4 {
 		t.Fatalf("ordinary tree: %v, %d entries", err, st.Entries)
+	}
+}
+
+// An xz stream of 1.5 KiB whose header asks for a 1.5 GiB dictionary
+// (xz --lzma2=dict=1536MiB) is refused before the decoder allocates it.
+func TestXZDictionaryBomb(t *testing.T) {
+	data, err := os.ReadFile("testdata/dict-1536MiB.tar.xz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = extract(t, data, archive.Options{})
+	if !errors.Is(err, archive.ErrRefused) || !strings.Contains(err.Error(), "1536 MiB dictionary") {
+		t.Fatalf("err = %v, want a refusal of the dictionary", err)
 	}
 }

@@ -170,6 +170,11 @@ func decompressor(format string, r io.Reader) (io.Reader, error) {
 		}
 		return zstdCloser{zr}, nil
 	case TarXz:
+		if br, ok := r.(*bufio.Reader); ok {
+			if err := xzDictBounded(br); err != nil {
+				return nil, err
+			}
+		}
 		zr, err := xz.NewReader(r)
 		if err != nil {
 			return nil, fmt.Errorf("%w: not a valid xz stream: %v", ErrRefused, err)
@@ -179,6 +184,65 @@ func decompressor(format string, r io.Reader) (io.Reader, error) {
 		return bzip2.NewReader(r), nil
 	}
 	return nil, fmt.Errorf("unknown archive format %q", format)
+}
+
+// maxXZDict bounds the LZMA2 dictionary an xz stream may ask for: the
+// decoder allocates it whole, so a 2 KiB stream declaring 1.5 GiB would
+// take 1.5 GiB of memory. xz -9 uses 64 MiB.
+const maxXZDict = 64 << 20
+
+// xzDictBounded reads the first block header of the xz stream behind br
+// (peeked, not consumed) and refuses a dictionary over maxXZDict.
+func xzDictBounded(br *bufio.Reader) error {
+	head, _ := br.Peek(12 + 1024)
+	if len(head) < 14 || head[12] == 0 { // no block: the index follows
+		return nil
+	}
+	hdr := head[12:]
+	size := (int(hdr[0]) + 1) * 4
+	if len(hdr) < size {
+		return nil // the decoder reports the truncation
+	}
+	hdr = hdr[:size-4] // without its CRC32
+	flags, i := hdr[1], 2
+	varint := func() (uint64, bool) {
+		var v uint64
+		for shift := 0; i < len(hdr) && shift < 63; shift += 7 {
+			b := hdr[i]
+			i++
+			v |= uint64(b&0x7f) << shift
+			if b&0x80 == 0 {
+				return v, true
+			}
+		}
+		return 0, false
+	}
+	for _, present := range []bool{flags&0x40 != 0, flags&0x80 != 0} {
+		if present {
+			if _, ok := varint(); !ok {
+				return nil
+			}
+		}
+	}
+	for range int(flags&3) + 1 {
+		id, ok1 := varint()
+		n, ok2 := varint()
+		if !ok1 || !ok2 || uint64(len(hdr)-i) < n {
+			return nil
+		}
+		if id == 0x21 && n == 1 { // LZMA2: one byte encodes the dictionary size
+			p := hdr[i]
+			dict := uint64(1)<<32 - 1
+			if p < 40 {
+				dict = uint64(2|p&1) << (p/2 + 11)
+			}
+			if dict > maxXZDict {
+				return fmt.Errorf("%w: xz stream asks for a %d MiB dictionary, over %d MiB (xz -9 uses 64 MiB)", ErrRefused, dict>>20, maxXZDict>>20)
+			}
+		}
+		i += int(n)
+	}
+	return nil
 }
 
 type zstdCloser struct{ *zstd.Decoder }

@@ -42,9 +42,11 @@ ProtectSystem=strict
 ReadWritePaths=/var/lib/dropship -/srv
 ProtectHome=read-only
 # What an installer needs: chown and chmod releases, replace files it does
-# not own, run hooks as other users, signal processes. Nothing else: no
-# binding low ports or loading modules from a hook.
-CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_SETUID CAP_SETGID CAP_KILL
+# not own, run hooks as other users, signal processes; CAP_FSETID so that a
+# setgid bit survives on a file whose group is not the agent's (group and
+# preserve_setuid). Nothing else: no binding low ports or loading modules
+# from a hook.
+CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_FSETID CAP_SETUID CAP_SETGID CAP_KILL
 NoNewPrivileges=yes
 # Hooks get their own /tmp: nothing they leave there is shared with other
 # services (pass files through the release or the state path instead).
