@@ -61,6 +61,7 @@ func TestUnitVerifies(t *testing.T) {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
+
 // The unit's exposure, as systemd-analyze security rates it, stays low:
 // 6.9 (MEDIUM) before the file system, capabilities, system calls and
 // address families were bounded, 3.2 (OK) after.
