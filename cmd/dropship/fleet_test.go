@@ -422,10 +422,18 @@ func TestForgedReleaseTripsTheBreaker(t *testing.T) {
 	f.startAll()
 	f.waitAll(f.hosts, "v1", 60*time.Second)
 	marks := f.marks()
-	f.publish("v2", false)
-	if _, errOut, code := run(t, "sign", f.store, "--key", forger+".key", "--service", "app"); code != 0 {
+	// As publish --sign does it: the (forged) signature goes up first, then
+	// the artifact, so no host ever sees v2 beside v1's signature.
+	next := filepath.Join(dir, "v2.tar.gz")
+	testutil.WriteFile(t, next, testutil.TarGz(t, testutil.File{Name: "VERSION", Body: "v2"}))
+	if _, errOut, code := run(t, "sign", next, "--key", forger+".key", "--service", "app", "--sig", f.store+".minisig"); code != 0 {
 		t.Fatal(errOut)
 	}
+	if err := os.Rename(next, f.store); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Second)
+	os.Chtimes(f.store, later, later)
 	client, _ := api.NewClient(&api.Config{Address: c.Addr})
 	var breaker string
 	deadline := time.Now().Add(30 * time.Second)
