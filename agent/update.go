@@ -317,6 +317,11 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 		if err := r.fleet.Report(ctx, r.svc.Name, ns); err != nil {
 			r.logger.Warn("could not report node status", "error", err)
 		}
+		for _, ev := range fleet.OutcomeEvents(ns) {
+			if err := r.fleet.Record(ctx, r.svc.Name, ev); err != nil {
+				r.logger.Warn("could not record the event in the audit log", "kind", ev.Kind, "error", err)
+			}
+		}
 	}
 	if out.announce != nil {
 		r.announce(ctx, *out.announce)
