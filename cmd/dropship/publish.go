@@ -56,6 +56,7 @@ func publishCmd(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "published %s (%d bytes, md5 %s, sha256 %s)\n", info.Key, info.Size, info.MD5, info.SHA256)
+			g.recordPublish(ctx, u.Scheme+"://"+u.Host+"/"+key, info)
 			return nil
 		},
 	}
