@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -542,3 +546,116 @@ func TestGrafanaDashboard(t *testing.T) {
 }
 
 var metricName = regexp.MustCompile(`\bdropship_[a-z_]+\b`)
+
+// BenchmarkDashboard50Hosts runs `dropship fleet serve` against a Consul
+// holding 50 hosts of a service, through a proxy that counts its
+// requests, with one browser's event stream open. Each iteration is one
+// host reporting a new release and the stream carrying it. Reported: the
+// server's resident memory, and Consul requests per minute during it.
+func BenchmarkDashboard50Hosts(b *testing.B) {
+	consulOnce.Do(func() { consulOnce.c, consulOnce.err = rig.StartConsul() })
+	testutil.RequireServer(b, "Consul", consulOnce.err)
+	c := consulOnce.c
+	client, _ := api.NewClient(&api.Config{Address: c.Addr})
+	prefix := "bench/dashboard50"
+	client.KV().DeleteTree(prefix+"/", nil)
+	put := func(node int, sum string) {
+		st := fleet.NodeStatus{Node: fmt.Sprintf("node-%02d", node), Checksum: sum, Attempt: sum, Release: "20260101T000000Z-" + sum,
+			Result: "installed", Time: time.Now().UTC()}
+		v, _ := json.Marshal(st)
+		if _, err := client.KV().Put(&api.KVPair{Key: fleet.NodesKey(prefix, "app") + st.Node, Value: v}, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := range 50 {
+		put(i, "0d7eb95f8ce65386a83c4b8caadd6259")
+	}
+
+	var requests atomic.Int64
+	target, _ := neturl.Parse("http://" + c.Addr)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.FlushInterval = -1
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		rp.ServeHTTP(w, r)
+	}))
+	defer proxy.Close()
+
+	dir := b.TempDir()
+	cfg := filepath.Join(dir, "dash.hcl")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("state_path = %q\nnode_name = \"dash\"\nlock \"consul\" {\n  address = %q\n  prefix = %q\n}\n",
+		filepath.Join(dir, "state"), strings.TrimPrefix(proxy.URL, "http://"), prefix)), 0o644)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	cmd := exec.Command(bin, "fleet", "serve", "--listen", addr, "-c", cfg)
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	var resp *http.Response
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		var err error
+		if resp, err = http.Get("http://" + addr + "/events"); err == nil && resp.StatusCode == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("fleet serve never answered: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	defer resp.Body.Close()
+	updates := make(chan string, 1000)
+	go func() {
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(nil, 4<<20)
+		var ev strings.Builder
+		for sc.Scan() {
+			if sc.Text() == "" {
+				updates <- ev.String()
+				ev.Reset()
+				continue
+			}
+			ev.WriteString(sc.Text())
+		}
+		close(updates)
+	}()
+	waitFor := func(want string) {
+		for {
+			select {
+			case u, ok := <-updates:
+				if !ok {
+					b.Fatal("the event stream ended")
+				}
+				if strings.Contains(u, want) {
+					return
+				}
+			case <-time.After(30 * time.Second):
+				b.Fatalf("the stream never carried %q", want)
+			}
+		}
+	}
+	waitFor("50 hosts")
+	before, start := requests.Load(), time.Now()
+	b.ResetTimer()
+	for i := range b.N {
+		sum := fmt.Sprintf("%032x", i+1)
+		put(i%50, sum)
+		waitFor(`data-checksum="` + sum + `"`)
+	}
+	b.StopTimer()
+	elapsed := time.Since(start)
+	b.ReportMetric(float64(requests.Load()-before)/elapsed.Minutes(), "consul-req/min")
+	b.ReportMetric(float64(b.N)/elapsed.Minutes(), "changes/min")
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	for line := range strings.SplitSeq(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kb float64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), &kb)
+			b.ReportMetric(kb/1024, "rss-MB")
+		}
+	}
+}
