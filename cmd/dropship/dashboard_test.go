@@ -366,6 +366,7 @@ func TestDashboardInABrowser(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("fleet log: %d %s", code, errOut)
 	}
+	t.Logf("fleet log app:\n%s", out)
 	for _, want := range []string{"install  on host-", "failure  on host-", "rollback on host-", "hold     by alice (dashboard): checking the bad release"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("fleet log lacks %q:\n%s", want, out)
