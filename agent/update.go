@@ -318,6 +318,13 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 		if out.Err != nil {
 			ns.Error = out.Err.Error()
 		}
+		// The audit log first: whoever sees the node status (a dashboard,
+		// fleet status) then finds its events already written.
+		for _, ev := range fleet.OutcomeEvents(ns) {
+			if err := r.fleet.Record(ctx, r.svc.Name, ev); err != nil {
+				r.logger.Warn("could not record the event in the audit log", "kind", ev.Kind, "error", err)
+			}
+		}
 		if err := r.fleet.Report(ctx, r.svc.Name, ns); err != nil {
 			r.logger.Warn("could not report node status", "error", err)
 		}

@@ -11,11 +11,13 @@
 //	<prefix>/<service>/hold                Hold: no host starts an update
 //	<prefix>/<service>/failed/<checksum>   Breaker: no host installs it
 //	<prefix>/_published/<service>          Published: the nudge agents watch
+//	<prefix>/<service>/audit/<time>-<node>-<rand>   Event: the audit log
 package fleet
 
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -53,6 +55,15 @@ type Fleet interface {
 	// Services lists the services with records.
 	Services(ctx context.Context) ([]string, error)
 	Status(ctx context.Context, service string) (Status, error)
+
+	// Record appends ev to the audit log of service. The log keeps the
+	// newest MaxEvents; appends from many hosts at once never lose one.
+	Record(ctx context.Context, service string, ev Event) error
+	// Log returns the audit log of service, oldest first, with the index
+	// to pass next time. With since > 0 it blocks (up to a few minutes,
+	// or until ctx ends) until the log has moved past since, and returns
+	// only the events written after it.
+	Log(ctx context.Context, service string, since uint64) ([]Event, uint64, error)
 }
 
 var (
@@ -129,6 +140,67 @@ type Env struct {
 // Factory builds a Fleet from a `lock "KIND"` block.
 type Factory func(kind string, body hcl.Body, env Env) (Fleet, hcl.Diagnostics)
 
+// MaxEvents is how many events the audit log keeps per service.
+const MaxEvents = 1000
+
+// Kinds of events in the audit log.
+const (
+	EventPublish  = "publish"  // an artifact was uploaded
+	EventInstall  = "install"  // a host installed a release
+	EventFailure  = "failure"  // a host failed to install a release
+	EventRollback = "rollback" // a host went back (operator, or automatic after a failure)
+	EventHold     = "hold"
+	EventResume   = "resume"
+	EventClear    = "clear" // a breaker lifted
+)
+
+// Event is one entry of the audit log: who did what to which service,
+// where and when.
+type Event struct {
+	Time     time.Time `json:"time"`
+	Kind     string    `json:"kind"`
+	Service  string    `json:"service"`
+	Who      string    `json:"who"`            // user@host, a host's node name, or a dashboard identity
+	Via      string    `json:"via,omitempty"`  // "agent", "cli" or "dashboard"
+	From     string    `json:"from,omitempty"` // the client address of a dashboard action
+	Node     string    `json:"node,omitempty"` // the host it happened on
+	Checksum string    `json:"checksum,omitempty"`
+	Release  string    `json:"release,omitempty"`
+	Phase    string    `json:"phase,omitempty"`
+	Detail   string    `json:"detail,omitempty"` // a reason, or an error (clipped)
+	// Index orders events as the store wrote them (Consul's modify
+	// index); set on read.
+	Index uint64 `json:"index,omitempty"`
+}
+
+// OutcomeEvents are the audit events of one attempt as a host reported
+// it: an install, a failure (and, when the release had been switched, the
+// automatic rollback that followed), or an operator's rollback.
+func OutcomeEvents(st NodeStatus) []Event {
+	ev := Event{Time: st.Time, Who: st.Node, Via: "agent", Node: st.Node,
+		Checksum: st.Attempt, Release: st.Release, Phase: st.Phase, Detail: Clip(st.Error)}
+	switch st.Result {
+	case "installed":
+		ev.Kind = EventInstall
+		return []Event{ev}
+	case "rolledback":
+		ev.Kind, ev.Detail = EventRollback, strings.TrimSpace("operator rollback "+ev.Detail)
+		return []Event{ev}
+	case "failed":
+		ev.Kind, ev.Release = EventFailure, ""
+		out := []Event{ev}
+		switch st.Phase {
+		case "switch", "after", "check": // the release was live: the host switched back
+			back := ev
+			back.Kind, back.Checksum, back.Release = EventRollback, st.Checksum, st.Release
+			back.Detail = "automatic: " + st.Attempt + " failed in " + st.Phase
+			out = append(out, back)
+		}
+		return out
+	}
+	return nil
+}
+
 // Keys of a service under prefix.
 func LockKey(prefix, service string) string  { return prefix + "/" + service + "/lock" }
 func NodesKey(prefix, service string) string { return prefix + "/" + service + "/nodes/" }
@@ -136,3 +208,4 @@ func HoldKey(prefix, service string) string  { return prefix + "/" + service + "
 func FailedKey(prefix, service string) string {
 	return prefix + "/" + service + "/failed/"
 }
+func AuditKey(prefix, service string) string { return prefix + "/" + service + "/audit/" }

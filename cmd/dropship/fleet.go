@@ -1,8 +1,12 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/user"
 	"strings"
@@ -12,6 +16,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/fleet/consul"
+	"github.com/dropshipd/dropship/fleet/dashboard"
 )
 
 // fleet loads the config and returns its fleet.
@@ -50,6 +56,7 @@ func holdCmd(g *globals) *cobra.Command {
 			if err := p.Hold(cmd.Context(), args[0], fleet.Hold{Reason: reason, Who: who()}); err != nil {
 				return err
 			}
+			g.record(cmd.Context(), p, args[0], fleet.Event{Kind: fleet.EventHold, Detail: reason})
 			fmt.Fprintf(g.stdout, "%s: on hold (%s)\n", args[0], reason)
 			return nil
 		},
@@ -71,6 +78,7 @@ func resumeCmd(g *globals) *cobra.Command {
 			if err := p.Resume(cmd.Context(), args[0]); err != nil {
 				return err
 			}
+			g.record(cmd.Context(), p, args[0], fleet.Event{Kind: fleet.EventResume})
 			fmt.Fprintf(g.stdout, "%s: resumed\n", args[0])
 			return nil
 		},
@@ -125,11 +133,98 @@ func fleetCmd(g *globals) *cobra.Command {
 			if !ok {
 				return fmt.Errorf("%s: no breaker for checksum %s", args[0], args[1])
 			}
+			g.record(cmd.Context(), p, args[0], fleet.Event{Kind: fleet.EventClear, Checksum: args[1]})
 			fmt.Fprintf(g.stdout, "%s: breaker for %s lifted; hosts will try it again\n", args[0], args[1])
 			return nil
 		},
-	})
+	}, fleetLogCmd(g), fleetServeCmd(g))
 	return cmd
+}
+
+// record appends an operator's event to the audit log. The action itself
+// is done: a log that cannot be written is a warning, not a failure.
+func (g *globals) record(ctx context.Context, p fleet.Fleet, service string, ev fleet.Event) {
+	ev.Who, ev.Via = who(), "cli"
+	if err := p.Record(ctx, service, ev); err != nil {
+		fmt.Fprintf(g.stderr, "warning: %s: could not write the %s to the audit log: %v\n", service, ev.Kind, err)
+	}
+}
+
+func fleetLogCmd(g *globals) *cobra.Command {
+	var follow bool
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "log SERVICE [--follow]",
+		Short: "The audit log of SERVICE: publishes, installs, failures, rollbacks, holds, clears",
+		Long: "Print the audit log of SERVICE kept in Consul (the newest 1,000 events), oldest first.\n" +
+			"With --follow, keep printing events as they are written (Consul blocking queries).",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := g.fleet()
+			if err != nil {
+				return err
+			}
+			ctx, stop := signalContext()
+			defer stop()
+			evs, idx, err := p.Log(ctx, args[0], 0)
+			if err != nil {
+				return fmt.Errorf("audit log of %s: %w", args[0], err)
+			}
+			if limit > 0 && len(evs) > limit {
+				evs = evs[len(evs)-limit:]
+			}
+			for _, ev := range evs {
+				printEvent(g, ev)
+			}
+			for follow {
+				evs, idx, err = p.Log(ctx, args[0], idx)
+				if ctx.Err() != nil {
+					return nil
+				}
+				if err != nil {
+					fmt.Fprintf(g.stderr, "warning: %v (retrying)\n", err)
+					select {
+					case <-ctx.Done():
+						return nil
+					case <-time.After(2 * time.Second):
+					}
+					continue
+				}
+				for _, ev := range evs {
+					printEvent(g, ev)
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new events")
+	cmd.Flags().IntVarP(&limit, "lines", "n", 0, "print only the last N events (0: all)")
+	return cmd
+}
+
+// printEvent writes one event as one line.
+func printEvent(g *globals, ev fleet.Event) {
+	line := fmt.Sprintf("%s  %-8s", ev.Time.UTC().Format(time.RFC3339), ev.Kind)
+	if ev.Node != "" {
+		line += " on " + ev.Node
+	}
+	if ev.Checksum != "" {
+		line += " checksum " + ev.Checksum
+	}
+	if ev.Release != "" {
+		line += " release " + ev.Release
+	}
+	if ev.Phase != "" && ev.Kind == fleet.EventFailure {
+		line += " in " + ev.Phase
+	}
+	line += " by " + orDash(ev.Who)
+	if ev.Via != "" {
+		line += " (" + ev.Via + ")"
+	}
+	if ev.Detail != "" {
+		line += ": " + oneLine(ev.Detail)
+	}
+	fmt.Fprintln(g.stdout, line)
 }
 
 func printFleet(g *globals, st fleet.Status) {
@@ -169,3 +264,69 @@ func orDash(s string) string {
 	}
 	return s
 }
+
+func fleetServeCmd(g *globals) *cobra.Command {
+	var listen, tokenFile string
+	var allowActions bool
+	cmd := &cobra.Command{
+		Use:   "serve --listen ADDR",
+		Short: "Serve the fleet dashboard: every service and host, live, in a browser",
+		Long: "Serve a web page of every service in Consul (release per host, last results, holds,\n" +
+			"breakers, the audit log), updated live over Server-Sent Events, and its JSON API under\n" +
+			"/api/v1/. Read-only unless --allow-actions and --token-file are given: then hold, resume\n" +
+			"and clear are accepted as POSTs with `Authorization: Bearer TOKEN`, and written to the\n" +
+			"audit log under the token's identity. The token file has one `IDENTITY TOKEN` per line.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := g.fleet()
+			if err != nil {
+				return err
+			}
+			store, ok := p.(dashboard.Store)
+			if !ok {
+				return fmt.Errorf("fleet serve: %w", fleet.ErrSingleHost)
+			}
+			opts := dashboard.Options{Store: store, Logger: slog.New(slog.NewTextHandler(g.stderr, nil))}
+			switch {
+			case allowActions && tokenFile == "":
+				return fmt.Errorf("--allow-actions needs --token-file: every action is done by someone")
+			case !allowActions && tokenFile != "":
+				return fmt.Errorf("--token-file without --allow-actions: the dashboard is read-only, the tokens would do nothing")
+			case allowActions:
+				if opts.Tokens, err = dashboard.LoadTokens(tokenFile); err != nil {
+					return err
+				}
+				opts.Actor = p
+			}
+			srv, err := dashboard.New(opts)
+			if err != nil {
+				return err
+			}
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("fleet serve: listen on %s: %w", listen, err)
+			}
+			ctx, stop := signalContext()
+			defer stop()
+			go srv.Run(ctx)
+			hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+			go func() {
+				<-ctx.Done()
+				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				hs.Shutdown(sctx)
+			}()
+			opts.Logger.Info("fleet dashboard", "listen", ln.Addr().String(), "actions", allowActions)
+			if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("fleet serve: %w", err)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8600", "address to serve on")
+	cmd.Flags().BoolVar(&allowActions, "allow-actions", false, "accept hold, resume and clear (needs --token-file)")
+	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file of `IDENTITY TOKEN` lines allowed to act")
+	return cmd
+}
+
+var _ dashboard.Store = (*consul.Fleet)(nil)

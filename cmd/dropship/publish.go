@@ -84,6 +84,8 @@ func publishCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(g.stderr, "not announced: pass --service NAME to tell the fleet which service this release is for")
 				return nil
 			}
+			g.record(ctx, fl, service, fleet.Event{Kind: fleet.EventPublish, Checksum: info.Checksum(),
+				Detail: fmt.Sprintf("%s://%s/%s (%d bytes)", u.Scheme, u.Host, key, info.Size)})
 			pub := fleet.Published{Service: service, Key: info.Key, Checksum: info.Checksum(), Size: info.Size,
 				VersionID: info.VersionID, Signed: signKey != "", Publisher: who()}
 			if err := fl.Announce(ctx, pub); err != nil {

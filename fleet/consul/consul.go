@@ -6,6 +6,7 @@ package consul
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -247,20 +248,33 @@ func (p *Fleet) Services(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// Status reads the fleet records of service.
+// Status reads the fleet records of service in one transaction, leaving
+// out the audit log (up to MaxEvents values nobody asked for).
 func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error) {
 	st := fleet.Status{Service: service}
-	pairs, _, err := p.Client.KV().List(p.Prefix+"/"+service+"/", (&api.QueryOptions{}).WithContext(ctx))
+	base := p.Prefix + "/" + service + "/"
+	var ops api.TxnOps
+	for _, sub := range []string{"nodes/", "hold", "failed/", "lock/"} {
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: base + sub}})
+	}
+	ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		return st, fmt.Errorf("%w: %v", fleet.ErrUnavailable, err)
+		return st, fmt.Errorf("%w: read %s: %v", fleet.ErrUnavailable, base, err)
+	}
+	if !ok {
+		return st, fmt.Errorf("%w: read %s: %v", fleet.ErrUnavailable, base, resp.Errors)
 	}
 	sessions := map[string]string{} // session -> node, from contender entries
 	var lockDoc struct {
 		Limit   int
 		Holders map[string]bool
 	}
-	for _, kv := range pairs {
-		rest := strings.TrimPrefix(kv.Key, p.Prefix+"/"+service+"/")
+	for _, r := range resp.Results {
+		kv := r.KV
+		if kv == nil {
+			continue
+		}
+		rest := strings.TrimPrefix(kv.Key, base)
 		switch {
 		case strings.HasPrefix(rest, "nodes/"):
 			var n fleet.NodeStatus
@@ -292,6 +306,122 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 	sort.Strings(st.Holders)
 	sort.Slice(st.Nodes, func(i, j int) bool { return st.Nodes[i].Node < st.Nodes[j].Node })
 	return st, nil
+}
+
+// The audit log is one key per event, named by time, writer and a random
+// suffix, and trimmed of its oldest keys after each append. Hosts append
+// at once without contention: no key is shared, so no write can lose
+// another (a ring of MaxEvents slots would need a check-and-set on a
+// shared head counter, retried by every host that loses the race). The
+// time first in the name makes Consul's sorted key listing the log's
+// order, so trimming is one listing and a delete of its head.
+
+// Record appends ev to the audit log of service and trims the log to
+// fleet.MaxEvents.
+func (p *Fleet) Record(ctx context.Context, service string, ev fleet.Event) error {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	ev.Time, ev.Service, ev.Index, ev.Detail = ev.Time.UTC(), service, 0, fleet.Clip(ev.Detail)
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	key := fmt.Sprintf("%s%020d-%s-%x", fleet.AuditKey(p.Prefix, service), ev.Time.UnixNano(), keySafe(p.Node), rnd)
+	b, _ := json.Marshal(ev)
+	if _, err := p.Client.KV().Put(&api.KVPair{Key: key, Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return fmt.Errorf("%w: record %s event of %s: %v", fleet.ErrUnavailable, ev.Kind, service, err)
+	}
+	return p.trim(ctx, service, fleet.MaxEvents)
+}
+
+// trim deletes the oldest events beyond keep. Two hosts trimming at once
+// may delete the same keys: deleting a missing key is no error.
+func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
+	keys, _, err := p.Client.KV().Keys(fleet.AuditKey(p.Prefix, service), "", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("%w: trim the audit log of %s: %v", fleet.ErrUnavailable, service, err)
+	}
+	if len(keys) <= keep {
+		return nil
+	}
+	sort.Strings(keys)
+	old := keys[:len(keys)-keep]
+	for len(old) > 0 {
+		n := min(len(old), 64) // Consul's limit of operations per transaction
+		var ops api.TxnOps
+		for _, k := range old[:n] {
+			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: k}})
+		}
+		ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return fmt.Errorf("%w: trim the audit log of %s: %v", fleet.ErrUnavailable, service, err)
+		}
+		if !ok {
+			return fmt.Errorf("trim the audit log of %s: %v", service, resp.Errors)
+		}
+		old = old[n:]
+	}
+	return nil
+}
+
+// LogWait bounds one blocking read of the audit log.
+const LogWait = 5 * time.Minute
+
+// Log returns the audit log of service, oldest first. With since > 0 it
+// is a Consul blocking query: it returns once something was written after
+// since (or after LogWait, with no events and the same index).
+func (p *Fleet) Log(ctx context.Context, service string, since uint64) ([]fleet.Event, uint64, error) {
+	q := (&api.QueryOptions{WaitIndex: since, WaitTime: LogWait}).WithContext(ctx)
+	pairs, meta, err := p.Client.KV().List(fleet.AuditKey(p.Prefix, service), q)
+	if err != nil {
+		return nil, since, fmt.Errorf("%w: read the audit log of %s: %v", fleet.ErrUnavailable, service, err)
+	}
+	idx := meta.LastIndex
+	if idx < since {
+		since = 0 // Consul's index went back (a restarted -dev agent): read it all again
+	}
+	var out []fleet.Event
+	for _, kv := range pairs {
+		if kv.ModifyIndex <= since {
+			continue
+		}
+		var ev fleet.Event
+		if json.Unmarshal(kv.Value, &ev) != nil {
+			continue
+		}
+		ev.Index = kv.ModifyIndex
+		out = append(out, ev)
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].Time.Equal(out[j].Time) {
+			return out[i].Time.Before(out[j].Time)
+		}
+		return out[i].Index < out[j].Index
+	})
+	return out, idx, nil
+}
+
+// Wait blocks until any record under the prefix changes after index (or
+// a minute passes) and returns the new index: one cheap blocking query
+// (service names only) that tells a watcher when to read again.
+func (p *Fleet) Wait(ctx context.Context, index uint64) (uint64, error) {
+	q := (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute}).WithContext(ctx)
+	_, meta, err := p.Client.KV().Keys(p.Prefix+"/", "/", q)
+	if err != nil {
+		return index, fmt.Errorf("%w: watch %s/: %v", fleet.ErrUnavailable, p.Prefix, err)
+	}
+	return meta.LastIndex, nil
+}
+
+func keySafe(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return strings.Map(func(r rune) rune {
+		if r == '/' || r == ' ' || r < 0x20 {
+			return '_'
+		}
+		return r
+	}, s)
 }
 
 var (

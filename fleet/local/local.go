@@ -156,6 +156,12 @@ func (Fleet) Resume(context.Context, string) error           { return fleet.ErrS
 func (Fleet) Clear(context.Context, string, string) (bool, error) {
 	return false, fleet.ErrSingleHost
 }
+
+// Record: a single host keeps its history in its state file.
+func (Fleet) Record(context.Context, string, fleet.Event) error { return nil }
+func (Fleet) Log(context.Context, string, uint64) ([]fleet.Event, uint64, error) {
+	return nil, 0, fleet.ErrSingleHost
+}
 func (Fleet) Services(context.Context) ([]string, error) { return nil, fleet.ErrSingleHost }
 func (Fleet) Status(context.Context, string) (fleet.Status, error) {
 	return fleet.Status{}, fleet.ErrSingleHost

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real servers the tests talk to, only where missing:
+#   Chromium (headless)    from Debian: the dashboard's browser test
 #   MinIO  (S3)            built from the Go module proxy
 #   Consul (-dev agent)    built through internal/rig/consul (its own module)
 #   OpenStack Swift, memcached, graphite-web, carbon   from Debian's packages
@@ -19,7 +20,7 @@ MINIO_VERSION=${MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}
 log() { printf 'rig: %s\n' "$*" >&2; }
 
 apt_pkgs=(swift swift-proxy swift-account swift-container swift-object memcached
-  graphite-web graphite-carbon debhelper dh-golang lintian debootstrap fakeroot zstd xz-utils bzip2 curl time systemd
+  graphite-web graphite-carbon chromium debhelper dh-golang lintian debootstrap fakeroot zstd xz-utils bzip2 curl time systemd
   minisign nginx-light)
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -1,0 +1,216 @@
+package consul
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
+)
+
+var (
+	server    *rig.Consul
+	serverErr error
+)
+
+func TestMain(m *testing.M) {
+	server, serverErr = rig.StartConsul()
+	code := m.Run()
+	if server != nil {
+		server.Stop()
+	}
+	os.Exit(code)
+}
+
+func newFleet(t *testing.T, node string) *Fleet {
+	t.Helper()
+	testutil.RequireServer(t, "Consul", serverErr)
+	c, err := api.NewClient(&api.Config{Address: server.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Fleet{Client: c, Prefix: "test/" + t.Name(), Node: node, SessionTTL: 10 * time.Second}
+}
+
+func TestRecordFromManyHostsAtOnceLosesNothing(t *testing.T) {
+	ctx := context.Background()
+	const hosts, each = 8, 20
+	var wg sync.WaitGroup
+	errs := make(chan error, hosts*each)
+	for h := range hosts {
+		p := newFleet(t, fmt.Sprintf("host-%d", h))
+		wg.Go(func() {
+			for i := range each {
+				errs <- p.Record(ctx, "app", fleet.Event{Kind: fleet.EventInstall, Who: p.Node, Node: p.Node, Checksum: fmt.Sprint(i)})
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs, idx, err := newFleet(t, "reader").Log(ctx, "app", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, ev := range evs {
+		seen[ev.Node+"/"+ev.Checksum] = true
+		if ev.Service != "app" || ev.Index == 0 || ev.Index > idx || ev.Time.IsZero() {
+			t.Fatalf("event %+v (log index %d)", ev, idx)
+		}
+	}
+	if len(evs) != hosts*each || len(seen) != hosts*each {
+		t.Fatalf("%d events (%d distinct) in the log, want %d", len(evs), len(seen), hosts*each)
+	}
+	for i := 1; i < len(evs); i++ {
+		if evs[i].Time.Before(evs[i-1].Time) {
+			t.Fatalf("log out of order at %d: %v after %v", i, evs[i].Time, evs[i-1].Time)
+		}
+	}
+}
+
+func TestRecordKeepsTheNewestMaxEvents(t *testing.T) {
+	ctx := context.Background()
+	p := newFleet(t, "host-0")
+	// Fill the log past its bound directly, oldest first, then append.
+	base := time.Now().Add(-time.Hour)
+	for i := range fleet.MaxEvents + 5 {
+		key := fmt.Sprintf("%s%020d-old-%d", fleet.AuditKey(p.Prefix, "app"), base.Add(time.Duration(i)*time.Millisecond).UnixNano(), i)
+		if _, err := p.Client.KV().Put(&api.KVPair{Key: key, Value: fmt.Appendf(nil, `{"kind":"install","checksum":"%d"}`, i)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Record(ctx, "app", fleet.Event{Kind: fleet.EventHold, Who: "ops@desk", Detail: "newest"}); err != nil {
+		t.Fatal(err)
+	}
+	evs, _, err := p.Log(ctx, "app", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != fleet.MaxEvents {
+		t.Fatalf("%d events kept, want %d", len(evs), fleet.MaxEvents)
+	}
+	if evs[0].Checksum != "6" || evs[len(evs)-1].Detail != "newest" {
+		t.Fatalf("kept %q … %q, want the oldest six dropped and the new event last", evs[0].Checksum, evs[len(evs)-1].Detail)
+	}
+}
+
+func TestLogBlocksUntilAnEventIsWritten(t *testing.T) {
+	ctx := context.Background()
+	p := newFleet(t, "host-0")
+	if err := p.Record(ctx, "app", fleet.Event{Kind: fleet.EventInstall, Checksum: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	_, idx, err := p.Log(ctx, "app", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		evs []fleet.Event
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		evs, _, err := p.Log(ctx, "app", idx)
+		got <- result{evs, err}
+	}()
+	if err := p.Record(ctx, "app", fleet.Event{Kind: fleet.EventFailure, Checksum: "b", Detail: "check failed"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-got:
+		if r.err != nil || len(r.evs) != 1 || r.evs[0].Checksum != "b" || r.evs[0].Kind != fleet.EventFailure {
+			t.Fatalf("after index %d: %+v, %v; want only the new failure", idx, r.evs, r.err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a blocking read of the log did not return after an event was written")
+	}
+}
+
+func TestWaitWakesOnAnyRecordOfAnyService(t *testing.T) {
+	ctx := context.Background()
+	p := newFleet(t, "host-0")
+	if err := p.Report(ctx, "app", fleet.NodeStatus{Node: "host-0", Checksum: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	idx, err := p.Wait(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	woke := make(chan uint64, 1)
+	go func() {
+		n, _ := p.Wait(ctx, idx)
+		woke <- n
+	}()
+	// A record two levels down, of another service: still a change.
+	if err := p.Trip(ctx, "web", fleet.Breaker{Checksum: "bad", Phase: "check", Error: "boom"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-woke:
+		if n <= idx {
+			t.Fatalf("Wait returned index %d, not past %d", n, idx)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Wait did not wake on a breaker written under the prefix")
+	}
+}
+
+func TestStatusReadsRecordsButNotTheLog(t *testing.T) {
+	ctx := context.Background()
+	p := newFleet(t, "host-0")
+	p.Report(ctx, "app", fleet.NodeStatus{Node: "host-0", Checksum: "a", Result: "installed"})
+	p.Hold(ctx, "app", fleet.Hold{Reason: "freeze", Who: "ops"})
+	p.Trip(ctx, "app", fleet.Breaker{Checksum: "bad", Phase: "check", Error: "boom"})
+	p.Record(ctx, "app", fleet.Event{Kind: fleet.EventHold, Who: "ops"})
+	st, err := p.Status(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Nodes) != 1 || st.Nodes[0].Checksum != "a" || st.Hold == nil || st.Hold.Reason != "freeze" ||
+		len(st.Breakers) != 1 || st.Breakers[0].Checksum != "bad" {
+		t.Fatalf("status %+v", st)
+	}
+	svcs, err := p.Services(ctx)
+	if err != nil || len(svcs) != 1 || svcs[0] != "app" {
+		t.Fatalf("services %v, %v", svcs, err)
+	}
+}
+
+func TestOutcomeEvents(t *testing.T) {
+	now := time.Now()
+	for _, c := range []struct {
+		st    fleet.NodeStatus
+		kinds []string
+	}{
+		{fleet.NodeStatus{Node: "h", Result: "installed", Attempt: "b", Checksum: "b"}, []string{fleet.EventInstall}},
+		{fleet.NodeStatus{Node: "h", Result: "failed", Attempt: "b", Checksum: "a", Phase: "download"}, []string{fleet.EventFailure}},
+		{fleet.NodeStatus{Node: "h", Result: "failed", Attempt: "b", Checksum: "a", Phase: "check"}, []string{fleet.EventFailure, fleet.EventRollback}},
+		{fleet.NodeStatus{Node: "h", Result: "rolledback", Attempt: "a", Checksum: "a"}, []string{fleet.EventRollback}},
+		{fleet.NodeStatus{Node: "h", Result: "noop"}, nil},
+	} {
+		c.st.Time = now
+		evs := fleet.OutcomeEvents(c.st)
+		var kinds []string
+		for _, ev := range evs {
+			kinds = append(kinds, ev.Kind)
+			if ev.Who != "h" || ev.Node != "h" || !ev.Time.Equal(now) {
+				t.Errorf("%+v: event %+v", c.st, ev)
+			}
+		}
+		if fmt.Sprint(kinds) != fmt.Sprint(c.kinds) {
+			t.Errorf("%s in %s: kinds %v, want %v", c.st.Result, c.st.Phase, kinds, c.kinds)
+		}
+	}
+}

@@ -1,0 +1,404 @@
+// Package dashboard serves the fleet on one page: every service, the
+// release on each host, holds, breakers, the audit log, kept live over
+// Server-Sent Events fed by Consul blocking queries. Pages are rendered on
+// the server from embedded templates: no CDN, no build step, and they
+// work offline and without JavaScript (live updates and actions need it).
+//
+// It is read-only unless built with an Actor and tokens: then hold,
+// resume and clear are accepted as POSTs carrying a bearer token (no
+// cookies, so another site cannot make a browser act), and each is
+// written to the audit log with the token's identity.
+package dashboard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dropshipd/dropship/fleet"
+)
+
+// Store is what the dashboard reads: fleet/consul's Fleet.
+type Store interface {
+	Services(ctx context.Context) ([]string, error)
+	Status(ctx context.Context, service string) (fleet.Status, error)
+	Log(ctx context.Context, service string, since uint64) ([]fleet.Event, uint64, error)
+	// Wait blocks until a record changes after index (or a while passes)
+	// and returns the new index.
+	Wait(ctx context.Context, index uint64) (uint64, error)
+}
+
+// Actor is what the dashboard changes when actions are allowed.
+type Actor interface {
+	Hold(ctx context.Context, service string, h fleet.Hold) error
+	Resume(ctx context.Context, service string) error
+	Clear(ctx context.Context, service, checksum string) (bool, error)
+	Record(ctx context.Context, service string, ev fleet.Event) error
+}
+
+// Options configure a Server.
+type Options struct {
+	Store Store
+	// Actor and Tokens (token -> identity) allow actions; nil: read-only.
+	Actor  Actor
+	Tokens map[string]string
+	Logger *slog.Logger
+	// Events is how many of each service's newest events are kept in
+	// memory and shown (default 200).
+	Events int
+	// Debounce gathers a burst of writes into one read (default 50ms).
+	Debounce time.Duration
+}
+
+// Server watches the fleet and serves it.
+type Server struct {
+	store    Store
+	actor    Actor
+	tokens   map[string]string
+	log      *slog.Logger
+	keep     int
+	debounce time.Duration
+
+	snap atomic.Pointer[Fleet]
+
+	mu      sync.Mutex
+	events  map[string][]fleet.Event // newest last, at most keep
+	logging map[string]bool          // services whose log is followed
+	subs    map[chan struct{}]struct{}
+	changed chan struct{} // a log follower saw new events
+}
+
+// New returns a server; Run feeds it.
+func New(o Options) (*Server, error) {
+	if o.Store == nil {
+		return nil, errors.New("dashboard: no fleet store")
+	}
+	if o.Actor != nil && len(o.Tokens) == 0 {
+		return nil, errors.New("dashboard: actions need at least one token")
+	}
+	s := &Server{store: o.Store, actor: o.Actor, tokens: o.Tokens, log: o.Logger, keep: o.Events, debounce: o.Debounce,
+		events: map[string][]fleet.Event{}, logging: map[string]bool{}, subs: map[chan struct{}]struct{}{},
+		changed: make(chan struct{}, 1)}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.keep <= 0 {
+		s.keep = 200
+	}
+	if s.debounce <= 0 {
+		s.debounce = 50 * time.Millisecond
+	}
+	s.snap.Store(&Fleet{Services: []Service{}, Error: "reading the fleet…"})
+	return s, nil
+}
+
+// Fleet is the body of GET /api/v1/fleet.
+type Fleet struct {
+	Generated time.Time `json:"generated"`
+	Index     uint64    `json:"index"` // Consul's, of the records shown
+	Services  []Service `json:"services"`
+	// Error: the last read failed; what is shown is as of Generated.
+	Error string `json:"error,omitempty"`
+}
+
+// Service is one service as the page shows it; the body of
+// GET /api/v1/services/NAME (with Events).
+type Service struct {
+	Name string `json:"name"`
+	// Newest is the checksum rolling out: the newest published or
+	// attempted anywhere.
+	Newest   string             `json:"newest_checksum,omitempty"`
+	OnNewest int                `json:"hosts_on_newest"`
+	Groups   []Group            `json:"groups"`
+	Nodes    []fleet.NodeStatus `json:"nodes"`
+	Updating []string           `json:"updating"` // hosts holding a slot now
+	Limit    int                `json:"limit"`
+	Hold     *fleet.Hold        `json:"hold,omitempty"`
+	Breakers []fleet.Breaker    `json:"breakers"`
+	Failed   []string           `json:"failed"` // hosts whose last attempt failed
+	Events   []fleet.Event      `json:"events,omitempty"`
+}
+
+// Group is the hosts on one checksum.
+type Group struct {
+	Checksum string   `json:"checksum"`
+	Hosts    []string `json:"hosts"`
+	Newest   bool     `json:"newest"`
+}
+
+// State says in a word where the service stands.
+func (s Service) State() string {
+	switch {
+	case s.Hold != nil:
+		return "on hold"
+	case len(s.Breakers) > 0:
+		return "breaker tripped"
+	case len(s.Failed) > 0:
+		return "failed"
+	case len(s.Updating) > 0 || (s.Newest != "" && s.OnNewest < len(s.Nodes)):
+		return "rolling out"
+	}
+	return "steady"
+}
+
+// Snapshot returns the fleet as last read.
+func (s *Server) Snapshot() *Fleet { return s.snap.Load() }
+
+// Run watches the fleet until ctx ends: one blocking query on the whole
+// prefix, a read of every service's records after each change, and a
+// follower per service for its audit log.
+func (s *Server) Run(ctx context.Context) error {
+	var idx uint64
+	backoff := time.Second
+	s.refresh(ctx, 0)
+	wake := make(chan uint64, 1)
+	go func() {
+		var i uint64
+		for ctx.Err() == nil {
+			n, err := s.store.Wait(ctx, i)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				s.fail(err)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, 30*time.Second)
+				i = 0
+				continue
+			}
+			backoff = time.Second
+			if n < i {
+				i = 0 // the index went back (Consul restarted): read again
+			}
+			n = max(n, 1) // index 0 would not block
+			if n != i {
+				i = n
+				select {
+				case wake <- n:
+				default:
+					<-wake
+					wake <- n
+				}
+			}
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case idx = <-wake:
+		case <-s.changed:
+		}
+		// Writes come in bursts (slot, status, event): read once after.
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(s.debounce):
+		}
+		s.refresh(ctx, idx)
+	}
+}
+
+// refresh reads every service and publishes a new snapshot.
+func (s *Server) refresh(ctx context.Context, idx uint64) {
+	names, err := s.store.Services(ctx)
+	if err != nil {
+		s.fail(err)
+		return
+	}
+	f := &Fleet{Generated: time.Now().UTC(), Index: idx, Services: make([]Service, 0, len(names))}
+	for _, name := range names {
+		st, err := s.store.Status(ctx, name)
+		if err != nil {
+			s.fail(err)
+			return
+		}
+		s.follow(ctx, name)
+		f.Services = append(f.Services, s.summarize(st))
+	}
+	s.snap.Store(f)
+	s.notify()
+}
+
+func (s *Server) fail(err error) {
+	s.log.Warn("could not read the fleet", "error", err)
+	old := s.snap.Load()
+	f := *old
+	f.Error = err.Error()
+	s.snap.Store(&f)
+	s.notify()
+}
+
+// follow starts, once per service, a blocking reader of its audit log.
+func (s *Server) follow(ctx context.Context, service string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.logging[service] {
+		return
+	}
+	s.logging[service] = true
+	go func() {
+		var idx uint64
+		for ctx.Err() == nil {
+			evs, n, err := s.store.Log(ctx, service, idx)
+			if err != nil {
+				if ctx.Err() == nil {
+					s.log.Warn("could not read the audit log", "service", service, "error", err)
+					select {
+					case <-ctx.Done():
+					case <-time.After(2 * time.Second):
+					}
+				}
+				continue
+			}
+			if idx == 0 || n < idx { // a full read (Log starts over when the index went back)
+				s.mu.Lock()
+				s.events[service] = nil
+				s.mu.Unlock()
+			}
+			n = max(n, 1) // index 0 would not block
+			idx = n
+			if len(evs) == 0 {
+				continue
+			}
+			s.mu.Lock()
+			all := append(s.events[service], evs...)
+			if len(all) > s.keep {
+				all = append([]fleet.Event(nil), all[len(all)-s.keep:]...)
+			}
+			s.events[service] = all
+			s.mu.Unlock()
+			select {
+			case s.changed <- struct{}{}:
+			default:
+			}
+		}
+	}()
+}
+
+// Events returns the newest events of service, newest first.
+func (s *Server) Events(service string) []fleet.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	evs := s.events[service]
+	out := make([]fleet.Event, len(evs))
+	for i, ev := range evs {
+		out[len(evs)-1-i] = ev
+	}
+	return out
+}
+
+// summarize groups a service's hosts by checksum and finds the one
+// rolling out.
+func (s *Server) summarize(st fleet.Status) Service {
+	out := Service{Name: st.Service, Nodes: st.Nodes, Updating: st.Holders, Limit: st.Limit, Hold: st.Hold,
+		Breakers: st.Breakers, Groups: []Group{}, Failed: []string{}}
+	if out.Nodes == nil {
+		out.Nodes = []fleet.NodeStatus{}
+	}
+	if out.Updating == nil {
+		out.Updating = []string{}
+	}
+	if out.Breakers == nil {
+		out.Breakers = []fleet.Breaker{}
+	}
+	var at time.Time
+	for _, n := range st.Nodes {
+		sum := n.Attempt
+		if sum == "" {
+			sum = n.Checksum
+		}
+		if sum != "" && n.Time.After(at) {
+			out.Newest, at = sum, n.Time
+		}
+		if n.Result == "failed" {
+			out.Failed = append(out.Failed, n.Node)
+		}
+	}
+	s.mu.Lock()
+	for _, ev := range s.events[st.Service] {
+		if ev.Kind == fleet.EventPublish && ev.Checksum != "" && ev.Time.After(at) {
+			out.Newest, at = ev.Checksum, ev.Time
+		}
+	}
+	s.mu.Unlock()
+	groups := map[string][]string{}
+	for _, n := range st.Nodes {
+		groups[n.Checksum] = append(groups[n.Checksum], n.Node)
+		if n.Checksum == out.Newest {
+			out.OnNewest++
+		}
+	}
+	for sum, hosts := range groups {
+		out.Groups = append(out.Groups, Group{Checksum: sum, Hosts: hosts, Newest: sum == out.Newest})
+	}
+	sort.Slice(out.Groups, func(i, j int) bool {
+		a, b := out.Groups[i], out.Groups[j]
+		if len(a.Hosts) != len(b.Hosts) {
+			return len(a.Hosts) > len(b.Hosts)
+		}
+		return a.Checksum < b.Checksum
+	})
+	return out
+}
+
+// subscribe returns a channel told (without blocking) of every new
+// snapshot, and its cancel.
+func (s *Server) subscribe() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	s.mu.Lock()
+	s.subs[ch] = struct{}{}
+	s.mu.Unlock()
+	return ch, func() {
+		s.mu.Lock()
+		delete(s.subs, ch)
+		s.mu.Unlock()
+	}
+}
+
+func (s *Server) notify() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ch := range s.subs {
+		select {
+		case ch <- struct{}{}:
+		default: // it has one pending: it will read the newest
+		}
+	}
+}
+
+// service returns the named service of the snapshot.
+func (f *Fleet) service(name string) (Service, bool) {
+	for _, s := range f.Services {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return Service{}, false
+}
+
+func short(sum string) string {
+	if len(sum) > 12 {
+		return sum[:12]
+	}
+	if sum == "" {
+		return "none"
+	}
+	return sum
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return fmt.Sprintf("%d %s", n, one)
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}

@@ -1,0 +1,238 @@
+package dashboard_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/fleet/consul"
+	"github.com/dropshipd/dropship/fleet/dashboard"
+	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
+)
+
+var (
+	server    *rig.Consul
+	serverErr error
+)
+
+func TestMain(m *testing.M) {
+	server, serverErr = rig.StartConsul()
+	code := m.Run()
+	if server != nil {
+		server.Stop()
+	}
+	os.Exit(code)
+}
+
+// start runs a dashboard over a fresh prefix in the real Consul.
+func start(t *testing.T, actions bool) (*consul.Fleet, *httptest.Server) {
+	t.Helper()
+	testutil.RequireServer(t, "Consul", serverErr)
+	c, _ := api.NewClient(&api.Config{Address: server.Addr})
+	p := &consul.Fleet{Client: c, Prefix: "test/" + t.Name(), Node: "dash", SessionTTL: 10 * time.Second}
+	o := dashboard.Options{Store: p}
+	if actions {
+		o.Actor, o.Tokens = p, map[string]string{"s3cret-token-0123456789": "alice"}
+	}
+	s, err := dashboard.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go s.Run(ctx)
+	hs := httptest.NewServer(s.Handler())
+	t.Cleanup(func() { hs.Close(); cancel() })
+	return p, hs
+}
+
+func report(t *testing.T, p *consul.Fleet, node, sum, result string) {
+	t.Helper()
+	host := *p // Report writes under the fleet's own node name
+	host.Node = node
+	if err := host.Report(context.Background(), "app", fleet.NodeStatus{Node: node, Checksum: sum, Attempt: sum, Release: "r-" + sum,
+		Result: result, Time: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func getFleet(t *testing.T, hs *httptest.Server) dashboard.Fleet {
+	t.Helper()
+	resp, err := http.Get(hs.URL + "/api/v1/fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var f dashboard.Fleet
+	json.NewDecoder(resp.Body).Decode(&f)
+	return f
+}
+
+func TestFleetAPIGroupsHostsByChecksum(t *testing.T) {
+	p, hs := start(t, false)
+	report(t, p, "host-0", "aaaa", "installed")
+	report(t, p, "host-1", "aaaa", "installed")
+	report(t, p, "host-2", "bbbb", "installed")
+	deadline := time.Now().Add(10 * time.Second)
+	var f dashboard.Fleet
+	for {
+		f = getFleet(t, hs)
+		if len(f.Services) == 1 && len(f.Services[0].Nodes) == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dashboard never showed 3 hosts: %+v", f)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s := f.Services[0]
+	if s.Newest != "bbbb" || s.OnNewest != 1 || len(s.Groups) != 2 || len(s.Groups[0].Hosts) != 2 || s.Groups[0].Checksum != "aaaa" || !s.Groups[1].Newest {
+		t.Fatalf("service %+v", s)
+	}
+	resp, err := http.Get(hs.URL + "/services/app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b := new(strings.Builder)
+	bufio.NewReader(resp.Body).WriteTo(b)
+	for _, want := range []string{"2 hosts on", "1 host on", `data-node="host-2"`, "rolling out"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("the service page lacks %q", want)
+		}
+	}
+	if resp, _ := http.Get(hs.URL + "/api/v1/services/nope"); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("unknown service: %s", resp.Status)
+	}
+}
+
+// A change in Consul reaches an open event stream without a reload.
+func TestEventStreamPushesAFailure(t *testing.T) {
+	p, hs := start(t, false)
+	report(t, p, "host-0", "aaaa", "installed")
+	resp, err := http.Get(hs.URL + "/events?service=app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("content type %q", ct)
+	}
+	updates := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(nil, 1<<20)
+		var ev strings.Builder
+		for sc.Scan() {
+			line := sc.Text()
+			if line == "" {
+				updates <- ev.String()
+				ev.Reset()
+				continue
+			}
+			ev.WriteString(strings.TrimPrefix(line, "data: ") + "\n")
+		}
+		close(updates)
+	}()
+	if err := p.Trip(context.Background(), "app", fleet.Breaker{Checksum: "bbbb", Node: "host-1", Phase: "check", Error: "exit status 1"}); err != nil {
+		t.Fatal(err)
+	}
+	report(t, p, "host-1", "aaaa", "failed")
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case u, ok := <-updates:
+			if !ok {
+				t.Fatal("the stream ended")
+			}
+			if strings.Contains(u, `data-node="host-1"`) && strings.Contains(u, "failed") && strings.Contains(u, "BREAKER") {
+				return
+			}
+		case <-timeout:
+			t.Fatal("the failure never reached the event stream")
+		}
+	}
+}
+
+func TestActions(t *testing.T) {
+	post := func(hs *httptest.Server, path, token, body string) int {
+		req, _ := http.NewRequest(http.MethodPost, hs.URL+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	ro, roHS := start(t, false)
+	report(t, ro, "host-0", "aaaa", "installed")
+	if code := post(roHS, "/api/v1/services/app/hold", "s3cret-token-0123456789", `{"reason":"x"}`); code != http.StatusForbidden {
+		t.Errorf("read-only dashboard: hold got %d, want 403", code)
+	}
+
+	p, hs := start(t, true)
+	report(t, p, "host-0", "aaaa", "installed")
+	for len(getFleet(t, hs).Services) == 0 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, tok := range []string{"", "wrong-token-0123456789"} {
+		if code := post(hs, "/api/v1/services/app/hold", tok, `{"reason":"x"}`); code != http.StatusUnauthorized {
+			t.Errorf("token %q: hold got %d, want 401", tok, code)
+		}
+	}
+	if code := post(hs, "/api/v1/services/app/hold", "s3cret-token-0123456789", `{"reason":"db migration"}`); code != http.StatusOK {
+		t.Fatalf("hold with the token: %d", code)
+	}
+	st, _ := p.Status(context.Background(), "app")
+	if st.Hold == nil || st.Hold.Reason != "db migration" || !strings.Contains(st.Hold.Who, "alice") {
+		t.Fatalf("hold in Consul: %+v", st.Hold)
+	}
+	evs, _, _ := p.Log(context.Background(), "app", 0)
+	if len(evs) != 1 || evs[0].Kind != fleet.EventHold || evs[0].Who != "alice" || evs[0].Via != "dashboard" || evs[0].From == "" {
+		t.Fatalf("audit log after the hold: %+v", evs)
+	}
+	if code := post(hs, "/api/v1/services/app/clear", "s3cret-token-0123456789", `{"checksum":"none"}`); code != http.StatusNotFound {
+		t.Errorf("clear of a checksum with no breaker: %d, want 404", code)
+	}
+	if code := post(hs, "/api/v1/services/app/resume", "s3cret-token-0123456789", ""); code != http.StatusOK {
+		t.Errorf("resume: %d", code)
+	}
+	if st, _ := p.Status(context.Background(), "app"); st.Hold != nil {
+		t.Errorf("still on hold after resume: %+v", st.Hold)
+	}
+}
+
+func TestLoadTokens(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct{ body, err string }{
+		{"# ops\nalice s3cret-token-0123456789\n\nbob other-token-0123456789\n", ""},
+		{"alice\n", "line 1: want `IDENTITY TOKEN`"},
+		{"alice short\n", "shorter than 16"},
+		{"a s3cret-token-0123456789\nb s3cret-token-0123456789\n", "given twice"},
+		{"# nothing\n", "no tokens"},
+	} {
+		path := filepath.Join(dir, "tokens")
+		os.WriteFile(path, []byte(c.body), 0o600)
+		toks, err := dashboard.LoadTokens(path)
+		switch {
+		case c.err == "" && (err != nil || toks["s3cret-token-0123456789"] != "alice" || len(toks) != 2):
+			t.Errorf("%q: %v, %v", c.body, toks, err)
+		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
+			t.Errorf("%q: error %v, want %q", c.body, err, c.err)
+		}
+	}
+}
