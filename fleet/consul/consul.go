@@ -242,7 +242,11 @@ func (p *Fleet) Services(ctx context.Context) ([]string, error) {
 	}
 	var out []string
 	for _, k := range keys {
-		out = append(out, strings.TrimSuffix(strings.TrimPrefix(k, p.Prefix+"/"), "/"))
+		name := strings.TrimSuffix(strings.TrimPrefix(k, p.Prefix+"/"), "/")
+		if strings.HasPrefix(name, "_") {
+			continue // the fleet's own folders (announcements), never a service
+		}
+		out = append(out, name)
 	}
 	sort.Strings(out)
 	return out, nil

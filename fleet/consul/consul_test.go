@@ -174,6 +174,7 @@ func TestStatusReadsRecordsButNotTheLog(t *testing.T) {
 	p.Hold(ctx, "app", fleet.Hold{Reason: "freeze", Who: "ops"})
 	p.Trip(ctx, "app", fleet.Breaker{Checksum: "bad", Phase: "check", Error: "boom"})
 	p.Record(ctx, "app", fleet.Event{Kind: fleet.EventHold, Who: "ops"})
+	p.Announce(ctx, fleet.Published{Service: "app", Checksum: "b"}) // the fleet's own folder is no service
 	st, err := p.Status(ctx, "app")
 	if err != nil {
 		t.Fatal(err)
