@@ -119,6 +119,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			defer wg.Done()
 			a.loop(ctx, r)
 		}()
+		if w, ok := a.cfg.Fleet.(fleet.ServiceWatcher); ok && r.decider != nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a.follow(ctx, r, w)
+			}()
+		}
 	}
 	wg.Wait()
 	return nil
@@ -195,6 +202,9 @@ func (a *Agent) loop(ctx context.Context, r *Runner) {
 		next = jitter(interval)
 		if soon, ok := a.nudged(r.svc.Name, out); ok {
 			next = min(soon, next)
+		}
+		if out.rollout {
+			next = min(next, r.rolloutWait(out))
 		}
 	}
 }

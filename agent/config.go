@@ -22,6 +22,7 @@ import (
 	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/local"
+	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/internal/hclx"
 )
@@ -58,6 +59,7 @@ type Config struct {
 	ServicePath string
 	StatePath   string
 	NodeName    string
+	NodeTags    []string // registered in the fleet; rollout waves may name them
 	StatusAddr  string
 	// StatusToken, when set, lets a TCP status_addr take POSTs that carry
 	// it as a bearer token; without it a TCP listener is read-only.
@@ -84,15 +86,18 @@ type Service struct {
 	// SharedDirs and SharedFiles are paths of every release kept in the
 	// service's shared directory and linked into each release.
 	SharedDirs, SharedFiles []string
-	KeepReleases            int
-	Source                  artifact.Source
-	Destination             string
-	Unpack                  archive.Options
-	DiskFactor              float64 // free space needed, as a multiple of the artifact size
-	Before                  []hooks.Step
-	After                   []hooks.Step
-	Checks                  []hooks.Step
-	Rollback                []hooks.Step
+	// Rollout, when set, shapes how the fleet takes a release: canary,
+	// waves, bake, gates, approvals, window, fleet revert.
+	Rollout      *rollout.Policy
+	KeepReleases int
+	Source       artifact.Source
+	Destination  string
+	Unpack       archive.Options
+	DiskFactor   float64 // free space needed, as a multiple of the artifact size
+	Before       []hooks.Step
+	After        []hooks.Step
+	Checks       []hooks.Step
+	Rollback     []hooks.Step
 	// Report holds the announcers (Graphite, webhooks, Consul events) of
 	// the after blocks: they run once the update's outcome is known, with
 	// {{.Result}} success, failure or rollback.
@@ -103,6 +108,7 @@ type agentFile struct {
 	ServicePath *string        `hcl:"service_path,optional"`
 	StatePath   *string        `hcl:"state_path,optional"`
 	NodeName    *string        `hcl:"node_name,optional"`
+	NodeTags    []string       `hcl:"node_tags,optional"`
 	StatusAddr  *string        `hcl:"status_addr,optional"`
 	StatusToken *string        `hcl:"status_token_file,optional"`
 	Repos       []repoBlock    `hcl:"repo,block"`
@@ -184,6 +190,7 @@ type serviceBlock struct {
 	Watch         *bool           `hcl:"watch,optional"`
 	TrustedKeys   []string        `hcl:"trusted_keys,optional"`
 	Shared        []sharedBlock   `hcl:"shared,block"`
+	Rollout       []rolloutBlock  `hcl:"rollout,block"`
 	RevokedKeys   []string        `hcl:"revoked_keys,optional"`
 	KeepReleases  *int            `hcl:"keep_releases,optional"`
 	Artifacts     []artifactBlock `hcl:"artifact,block"`
@@ -247,6 +254,13 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 	if af.NodeName != nil && *af.NodeName != "" {
 		cfg.NodeName = *af.NodeName
 	}
+	for _, tag := range af.NodeTags {
+		if tag == "" || strings.ContainsAny(tag, " ,:/") {
+			diags = append(diags, hclx.Errorf(f.Body, "node_tags", "Invalid node tag",
+				"%q: a tag is a word (letters, digits, - and _), like \"canary\" or \"eu\".", tag))
+		}
+	}
+	cfg.NodeTags = af.NodeTags
 
 	repos := map[string]*artifact.Repo{}
 	repoKeys := map[string]keyLists{}
@@ -298,7 +312,7 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 	}
 
 	_, watchable := cfg.Fleet.(fleet.Watcher)
-	dec := decoder{watchable: watchable, reg: reg, repos: repos, repoKeys: repoKeys, stores: &artifact.Stores{}, logger: logger, seen: map[string]hcl.Range{}}
+	dec := decoder{watchable: watchable, fleetKind: cfg.LockKind, reg: reg, repos: repos, repoKeys: repoKeys, stores: &artifact.Stores{}, logger: logger, seen: map[string]hcl.Range{}}
 	diags = append(diags, dec.services(cfg, abs, af.Services)...)
 	if cfg.ServicePath != "" {
 		files, err := filepath.Glob(filepath.Join(cfg.ServicePath, "*.hcl"))
@@ -329,6 +343,7 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 type decoder struct {
 	// watchable: the fleet announces releases (lock "consul").
 	watchable bool
+	fleetKind string // the lock block's kind
 	reg       Registry
 	repos     map[string]*artifact.Repo
 	repoKeys  map[string]keyLists // trusted and revoked keys of repo blocks
@@ -397,6 +412,7 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 	svcKeys, dk := parseKeys(b.Body, b.TrustedKeys, b.RevokedKeys, base)
 	diags = append(diags, dk...)
 	diags = append(diags, decodeShared(s, b)...)
+	diags = append(diags, decodeRollout(s, b.Rollout, d.fleetKind)...)
 	if v := hclx.First(b.Sequential, b.OldSequential); v != nil {
 		s.Sequential = *v
 	}

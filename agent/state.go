@@ -119,6 +119,15 @@ func (s *State) rolledBack(rel Release, from string, a Attempt) {
 	s.record(a)
 }
 
+// reverted makes the kept release rel current again because the fleet
+// refused the checksum left. Unlike an operator's rollback it does not
+// refuse that checksum here: the fleet's breaker does, and once it is
+// cleared the host may take it again.
+func (s *State) reverted(rel Release, a Attempt) {
+	s.Checksum, s.SHA256, s.VersionID, s.Release = rel.Checksum, rel.SHA256, rel.VersionID, rel.ID
+	s.record(a)
+}
+
 // trim keeps the newest keep releases, and always the current one and
 // the one destination points at (cur); the directories of the others are
 // removed by layout.sweep once the state is saved.

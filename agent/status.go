@@ -4,15 +4,16 @@ import "time"
 
 // Status is a service's live status, as the status endpoint shows it.
 type Status struct {
-	Service    string    `json:"service"`
-	Checksum   string    `json:"checksum,omitempty"`
-	Release    string    `json:"release,omitempty"`
-	LastCheck  time.Time `json:"last_check,omitzero"`
-	LastResult Result    `json:"last_result,omitempty"`
-	LastError  string    `json:"last_error,omitempty"`
-	NextCheck  time.Time `json:"next_check,omitzero"`
-	Waiting    bool      `json:"waiting_for_slot"`
-	Holding    bool      `json:"holding_slot"`
+	Service     string    `json:"service"`
+	Checksum    string    `json:"checksum,omitempty"`
+	Release     string    `json:"release,omitempty"`
+	LastCheck   time.Time `json:"last_check,omitzero"`
+	LastResult  Result    `json:"last_result,omitempty"`
+	LastError   string    `json:"last_error,omitempty"`
+	NextCheck   time.Time `json:"next_check,omitzero"`
+	Waiting     bool      `json:"waiting_for_slot"`
+	RolloutWait string    `json:"rollout_wait,omitempty"` // why the rollout holds this host back
+	Holding     bool      `json:"holding_slot"`
 }
 
 // Status returns a copy of the runner's live status.
@@ -29,6 +30,10 @@ func (r *Runner) noteCheck(o Outcome, st *State) {
 	defer r.mu.Unlock()
 	r.status.LastCheck = r.now().UTC()
 	r.status.LastResult = o.Result
+	r.status.RolloutWait = ""
+	if o.rollout {
+		r.status.RolloutWait = o.Reason
+	}
 	r.status.LastError = ""
 	if o.Err != nil {
 		r.status.LastError = o.Err.Error()
@@ -39,6 +44,13 @@ func (r *Runner) noteCheck(o Outcome, st *State) {
 	if st != nil {
 		r.status.Checksum, r.status.Release = st.Checksum, st.Release
 	}
+}
+
+// rolloutWaiting says whether the last check waits on the rollout.
+func (r *Runner) rolloutWaiting() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.status.RolloutWait != ""
 }
 
 func (r *Runner) setNext(t time.Time) {

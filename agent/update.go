@@ -16,6 +16,7 @@ import (
 	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/local"
+	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/hooks"
 )
 
@@ -57,6 +58,12 @@ type Outcome struct {
 	Reason   string // why skipped
 	Err      error
 	Duration time.Duration
+	// Until, when set, is when a waiting rollout should be looked at
+	// again (a bake's end, a window's opening); rollout says the check
+	// waits on the rollout, so a change in the fleet should wake it.
+	Until    time.Time
+	rollout  bool
+	finished bool // finish ran already
 
 	// announce is the event the reporting hooks get once the state is
 	// saved; nil when there is nothing to tell.
@@ -73,6 +80,10 @@ type Runner struct {
 	fleet  fleet.Fleet
 	logger *slog.Logger
 	now    func() time.Time
+
+	tags       []string         // node_tags
+	decider    *rollout.Decider // the service's rollout, or nil
+	registered bool             // this host's node record has its tags and policy
 
 	recovered sync.Once
 	crash     func(point string) // tests: crash here
@@ -92,6 +103,10 @@ func NewRunner(cfg *Config, svc *Service, logger *slog.Logger) (*Runner, error) 
 		fleet:  cfg.Fleet,
 		logger: logger.With("service", svc.Name),
 		now:    time.Now,
+		tags:   cfg.NodeTags,
+	}
+	if svc.Rollout != nil {
+		r.decider = rollout.NewDecider(svc.Rollout)
 	}
 	if r.fleet == nil {
 		r.fleet = local.Fleet{Dir: cfg.StatePath}
@@ -164,7 +179,17 @@ func (r *Runner) open(ctx context.Context) (*State, *Outcome) {
 // ends in finish, inside the slot: the fleet hears of a failure before the
 // next host may start.
 func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
+	var view fleet.Status
+	if r.decider != nil {
+		var stop *Outcome
+		if view, stop = r.rolloutFirst(ctx, st); stop != nil {
+			return r.finishIfNeeded(ctx, st, *stop)
+		}
+	}
 	info, stop := r.look(ctx, st)
+	if stop == nil && r.decider != nil {
+		stop = r.rolloutGate(ctx, view, info)
+	}
 	if stop != nil {
 		return r.finish(ctx, st, *stop)
 	}
@@ -180,12 +205,26 @@ func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
 		if info, stop = r.look(ctx, st); stop != nil {
 			return r.finish(ctx, st, *stop)
 		}
+		if r.decider != nil {
+			if stop = r.rolloutAgain(ctx, info); stop != nil {
+				return r.finish(ctx, st, *stop)
+			}
+		}
 	}
 	updating.Add(1)
 	defer updating.Add(-1)
 	tctx, cancel := context.WithTimeoutCause(ctx, r.svc.UpdateTimeout, errUpdateTimeout)
 	defer cancel()
 	return r.finish(ctx, st, r.begin(st, info, lost).run(tctx))
+}
+
+// finishIfNeeded ends a check with an outcome that pin and revert have
+// already finished (they save their own state), or finishes it.
+func (r *Runner) finishIfNeeded(ctx context.Context, st *State, out Outcome) Outcome {
+	if out.finished {
+		return out
+	}
+	return r.finish(ctx, st, out)
 }
 
 // look stats the artifact and gates it: not when nothing changed, the
@@ -295,7 +334,7 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 		}
 	}
 	switch out.Result {
-	case ResultInstalled, ResultRolledBack:
+	case ResultInstalled, ResultRolledBack, ResultReverted:
 		r.lay.sweep(st, r.logger)
 	case ResultFailed:
 		f := st.Failures[out.Checksum]
@@ -304,7 +343,7 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 			attrs = append(attrs, "attempts", f.Count, "next_try_in", r.failureBackoff(f.Count))
 		}
 		r.logger.Error("update failed", attrs...)
-		if tripsBreaker(out) {
+		if tripsBreaker(out) && !r.underMaxFailed(ctx, out.Checksum) {
 			b := fleet.Breaker{Checksum: out.Checksum, Node: r.node, Phase: string(out.Phase), Error: out.Err.Error(), Time: r.now().UTC()}
 			if err := r.fleet.Trip(ctx, r.svc.Name, b); err != nil {
 				r.logger.Error("could not mark the checksum failed for the fleet", "error", err)
@@ -312,9 +351,9 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 		}
 	}
 	switch out.Result {
-	case ResultInstalled, ResultFailed, ResultRolledBack:
+	case ResultInstalled, ResultFailed, ResultRolledBack, ResultReverted:
 		ns := fleet.NodeStatus{Node: r.node, Checksum: st.Checksum, Release: st.Release, Result: string(out.Result),
-			Attempt: out.Checksum, Phase: string(out.Phase), Time: r.now().UTC()}
+			Attempt: out.Checksum, Phase: string(out.Phase), Time: r.now().UTC(), Tags: r.tags, Policy: r.policyHash()}
 		if out.Err != nil {
 			ns.Error = out.Err.Error()
 		}
@@ -333,6 +372,7 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 		r.announce(ctx, *out.announce)
 		out.announce = nil
 	}
+	out.finished = true
 	if out.Result == ResultInstalled {
 		r.logger.Info("installed", "checksum", out.Checksum, "release", out.Release, "duration", out.Duration.Round(time.Millisecond))
 	}

@@ -12,6 +12,9 @@
 //	<prefix>/<service>/failed/<checksum>   Breaker: no host installs it
 //	<prefix>/_published/<service>          Published: the nudge agents watch
 //	<prefix>/<service>/audit/<time>-<node>-<rand>   Event: the audit log
+//	<prefix>/<service>/rollout/freeze      Freeze: no new waves
+//	<prefix>/<service>/rollout/pins/<id>   Pin: hosts kept on a release
+//	<prefix>/<service>/rollout/approve/<checksum>/<wave>   Approval
 package fleet
 
 import (
@@ -56,6 +59,14 @@ type Fleet interface {
 	Services(ctx context.Context) ([]string, error)
 	Status(ctx context.Context, service string) (Status, error)
 
+	// Rollouts (`dropship fleet freeze|unfreeze|pin|unpin|approve`).
+	// SetFreeze writes f, or lifts the freeze when f is nil.
+	SetFreeze(ctx context.Context, service string, f *Freeze) error
+	// SetPin writes the pin of the hosts matching glob, or removes it when
+	// p is nil; it says whether there was one.
+	SetPin(ctx context.Context, service, glob string, p *Pin) (bool, error)
+	Approve(ctx context.Context, service string, a Approval) error
+
 	// Record appends ev to the audit log of service. The log keeps the
 	// newest MaxEvents; appends from many hosts at once never lose one.
 	Record(ctx context.Context, service string, ev Event) error
@@ -84,6 +95,42 @@ type NodeStatus struct {
 	Phase    string    `json:"phase,omitempty"`
 	Error    string    `json:"error,omitempty"`
 	Time     time.Time `json:"time"`
+	// Tags are the host's node_tags; Policy the hash of its rollout block
+	// ("" without one). Hosts whose policies differ stop advancing.
+	Tags   []string `json:"tags,omitempty"`
+	Policy string   `json:"policy,omitempty"`
+}
+
+// ServiceWatcher is a Fleet whose records of a service can be waited on.
+type ServiceWatcher interface {
+	// WaitService blocks until the records of service change past index
+	// (or a few minutes pass, or ctx ends) and returns the new index.
+	WaitService(ctx context.Context, service string, index uint64) (uint64, error)
+}
+
+// Freeze stops new waves of a rollout on every host (a revert still runs).
+type Freeze struct {
+	Reason string    `json:"reason"`
+	Who    string    `json:"who"`
+	Time   time.Time `json:"time"`
+	Until  time.Time `json:"until,omitzero"` // zero: until unfrozen
+}
+
+// Pin keeps the hosts whose node names match Nodes (a glob) on one
+// release, a checksum or a release id, and out of rollouts.
+type Pin struct {
+	Nodes  string    `json:"nodes"`
+	Target string    `json:"target"`
+	Who    string    `json:"who"`
+	Time   time.Time `json:"time"`
+}
+
+// Approval lets a wave of a rollout start.
+type Approval struct {
+	Checksum string    `json:"checksum"`
+	Wave     string    `json:"wave"`
+	Who      string    `json:"who"`
+	Time     time.Time `json:"time"`
 }
 
 // Hold stops every host from starting an update of a service.
@@ -110,6 +157,20 @@ type Status struct {
 	Limit    int
 	Hold     *Hold
 	Breakers []Breaker
+	// Rollouts.
+	Freeze    *Freeze
+	Pins      []Pin
+	Approvals []Approval
+}
+
+// Breaker returns the breaker of checksum, or nil.
+func (s Status) Breaker(checksum string) *Breaker {
+	for i := range s.Breakers {
+		if s.Breakers[i].Checksum == checksum {
+			return &s.Breakers[i]
+		}
+	}
+	return nil
 }
 
 // MaxErrorText bounds the error text a host writes into shared records
@@ -151,7 +212,14 @@ const (
 	EventRollback = "rollback" // a host went back (operator, or automatic after a failure)
 	EventHold     = "hold"
 	EventResume   = "resume"
-	EventClear    = "clear" // a breaker lifted
+	EventClear    = "clear"    // a breaker lifted
+	EventRevert   = "revert"   // a host went back because the fleet's breaker tripped
+	EventGate     = "gate"     // a rollout gate failed and stopped the rollout
+	EventApprove  = "approve"  // a wave approved
+	EventFreeze   = "freeze"   // new waves stopped
+	EventUnfreeze = "unfreeze" // new waves allowed again
+	EventPin      = "pin"      // hosts pinned to a release
+	EventUnpin    = "unpin"
 )
 
 // Event is one entry of the audit log: who did what to which service,
@@ -183,6 +251,9 @@ func OutcomeEvents(st NodeStatus) []Event {
 	case "installed":
 		ev.Kind = EventInstall
 		return []Event{ev}
+	case "reverted":
+		ev.Kind, ev.Detail = EventRevert, strings.TrimSpace("fleet revert "+ev.Detail)
+		return []Event{ev}
 	case "rolledback":
 		ev.Kind, ev.Detail = EventRollback, strings.TrimSpace("operator rollback "+ev.Detail)
 		return []Event{ev}
@@ -208,4 +279,5 @@ func HoldKey(prefix, service string) string  { return prefix + "/" + service + "
 func FailedKey(prefix, service string) string {
 	return prefix + "/" + service + "/failed/"
 }
-func AuditKey(prefix, service string) string { return prefix + "/" + service + "/audit/" }
+func AuditKey(prefix, service string) string   { return prefix + "/" + service + "/audit/" }
+func RolloutKey(prefix, service string) string { return prefix + "/" + service + "/rollout/" }

@@ -7,6 +7,8 @@ package consul
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -220,7 +222,46 @@ func (p *Fleet) Resume(ctx context.Context, service string) error {
 
 // Clear lifts the breaker of checksum; false if there was none.
 func (p *Fleet) Clear(ctx context.Context, service, checksum string) (bool, error) {
-	key := fleet.FailedKey(p.Prefix, service) + checksum
+	return p.delete(ctx, fleet.FailedKey(p.Prefix, service)+checksum)
+}
+
+// SetFreeze writes or lifts the freeze of service.
+func (p *Fleet) SetFreeze(ctx context.Context, service string, f *fleet.Freeze) error {
+	key := fleet.RolloutKey(p.Prefix, service) + "freeze"
+	if f == nil {
+		_, err := p.delete(ctx, key)
+		return err
+	}
+	if f.Time.IsZero() {
+		f.Time = time.Now().UTC()
+	}
+	return p.put(ctx, key, f)
+}
+
+// SetPin writes or removes the pin of the hosts matching glob.
+func (p *Fleet) SetPin(ctx context.Context, service, glob string, pin *fleet.Pin) (bool, error) {
+	sum := sha256.Sum256([]byte(glob))
+	key := fleet.RolloutKey(p.Prefix, service) + "pins/" + hex.EncodeToString(sum[:8])
+	if pin == nil {
+		return p.delete(ctx, key)
+	}
+	pin.Nodes = glob
+	if pin.Time.IsZero() {
+		pin.Time = time.Now().UTC()
+	}
+	return true, p.put(ctx, key, pin)
+}
+
+// Approve lets a wave of a rollout of a checksum start.
+func (p *Fleet) Approve(ctx context.Context, service string, a fleet.Approval) error {
+	if a.Time.IsZero() {
+		a.Time = time.Now().UTC()
+	}
+	return p.put(ctx, fleet.RolloutKey(p.Prefix, service)+"approve/"+keySafe(a.Checksum)+"/"+keySafe(a.Wave), a)
+}
+
+// delete removes key, saying whether it was there.
+func (p *Fleet) delete(ctx context.Context, key string) (bool, error) {
 	kv, _, err := p.Client.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return false, fmt.Errorf("%w: %v", fleet.ErrUnavailable, err)
@@ -258,7 +299,7 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 	st := fleet.Status{Service: service}
 	base := p.Prefix + "/" + service + "/"
 	var ops api.TxnOps
-	for _, sub := range []string{"nodes/", "hold", "failed/", "lock/"} {
+	for _, sub := range []string{"nodes/", "hold", "failed/", "lock/", "rollout/"} {
 		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: base + sub}})
 	}
 	ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
@@ -294,6 +335,21 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 			var b fleet.Breaker
 			if json.Unmarshal(kv.Value, &b) == nil {
 				st.Breakers = append(st.Breakers, b)
+			}
+		case rest == "rollout/freeze":
+			var f fleet.Freeze
+			if json.Unmarshal(kv.Value, &f) == nil {
+				st.Freeze = &f
+			}
+		case strings.HasPrefix(rest, "rollout/pins/"):
+			var pin fleet.Pin
+			if json.Unmarshal(kv.Value, &pin) == nil {
+				st.Pins = append(st.Pins, pin)
+			}
+		case strings.HasPrefix(rest, "rollout/approve/"):
+			var a fleet.Approval
+			if json.Unmarshal(kv.Value, &a) == nil {
+				st.Approvals = append(st.Approvals, a)
 			}
 		case rest == "lock/.lock":
 			json.Unmarshal(kv.Value, &lockDoc)
@@ -415,6 +471,19 @@ func (p *Fleet) Wait(ctx context.Context, index uint64) (uint64, error) {
 	}
 	return meta.LastIndex, nil
 }
+
+// WaitService blocks until a record of service changes past index: one
+// long poll on the service's folder, listing only its top level.
+func (p *Fleet) WaitService(ctx context.Context, service string, index uint64) (uint64, error) {
+	q := (&api.QueryOptions{WaitIndex: index, WaitTime: watchWait}).WithContext(ctx)
+	_, meta, err := p.Client.KV().Keys(p.Prefix+"/"+service+"/", "/", q)
+	if err != nil {
+		return index, fmt.Errorf("%w: watch %s/%s/: %v", fleet.ErrUnavailable, p.Prefix, service, err)
+	}
+	return meta.LastIndex, nil
+}
+
+var _ fleet.ServiceWatcher = (*Fleet)(nil)
 
 func keySafe(s string) string {
 	if s == "" {

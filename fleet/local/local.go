@@ -157,6 +157,12 @@ func (Fleet) Clear(context.Context, string, string) (bool, error) {
 	return false, fleet.ErrSingleHost
 }
 
+func (Fleet) SetFreeze(context.Context, string, *fleet.Freeze) error { return fleet.ErrSingleHost }
+func (Fleet) SetPin(context.Context, string, string, *fleet.Pin) (bool, error) {
+	return false, fleet.ErrSingleHost
+}
+func (Fleet) Approve(context.Context, string, fleet.Approval) error { return fleet.ErrSingleHost }
+
 // Record: a single host keeps its history in its state file.
 func (Fleet) Record(context.Context, string, fleet.Event) error { return nil }
 func (Fleet) Log(context.Context, string, uint64) ([]fleet.Event, uint64, error) {

@@ -1,0 +1,351 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/dropshipd/dropship/artifact"
+	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/fleet/rollout"
+	"github.com/dropshipd/dropship/hooks"
+)
+
+// reasonRevert: the fleet's breaker tripped on the checksum installed
+// here, and the rollout says to go back.
+const reasonRevert reason = "revert"
+
+// ResultReverted: the host went back to its previous release because the
+// fleet refused the one it ran (rollout on_failure = "revert").
+const ResultReverted Result = "reverted"
+
+// policyHash is what this host records of its rollout policy.
+func (r *Runner) policyHash() string {
+	if r.svc.Rollout == nil {
+		return ""
+	}
+	return r.svc.Rollout.Hash()
+}
+
+// register writes this host's node record with its tags and policy once
+// per process (and when they changed), keeping what it said before: the
+// waves are planned from the registered hosts, including those that have
+// installed nothing yet.
+func (r *Runner) register(ctx context.Context, st *State, view fleet.Status) {
+	if r.registered {
+		return
+	}
+	var own *fleet.NodeStatus
+	for i := range view.Nodes {
+		if view.Nodes[i].Node == r.node {
+			own = &view.Nodes[i]
+		}
+	}
+	ns := fleet.NodeStatus{Node: r.node, Checksum: st.Checksum, Release: st.Release, Result: "registered", Time: r.now().UTC()}
+	if own != nil {
+		if own.Policy == r.policyHash() && equalTags(own.Tags, r.tags) && own.Checksum == st.Checksum {
+			r.registered = true
+			return
+		}
+		ns = *own
+		ns.Checksum, ns.Release = st.Checksum, st.Release
+	}
+	ns.Tags, ns.Policy = r.tags, r.policyHash()
+	if err := r.fleet.Report(ctx, r.svc.Name, ns); err != nil {
+		r.logger.Warn("could not register in the fleet", "error", err)
+		return
+	}
+	r.registered = true
+}
+
+func equalTags(a, b []string) bool {
+	return strings.Join(a, ",") == strings.Join(b, ",")
+}
+
+// rolloutFirst runs before the store is looked at, for a service with a
+// rollout: it registers the host, and a pin or a fleet revert take the
+// check over. It returns the fleet as read, or the outcome that ends the
+// check.
+func (r *Runner) rolloutFirst(ctx context.Context, st *State) (fleet.Status, *Outcome) {
+	view, err := r.fleet.Status(ctx, r.svc.Name)
+	if err != nil {
+		return view, &Outcome{Result: ResultError, Phase: PhaseLock, Err: fmt.Errorf("read the rollout: %w", err)}
+	}
+	r.register(ctx, st, view)
+	if pin := rollout.Pinned(view.Pins, r.node); pin != nil {
+		out := r.pinned(ctx, st, view, pin)
+		return view, &out
+	}
+	p := r.svc.Rollout
+	if p.OnFailure == rollout.OnFailureRevert && st.Checksum != "" {
+		if b := view.Breaker(st.Checksum); b != nil {
+			out := r.revert(ctx, st, view, b)
+			return view, &out
+		}
+	}
+	return view, nil
+}
+
+// rolloutGate decides whether this host's wave may take info now. A
+// waiting host looks again when the decision says, or when the fleet
+// changes (see Agent.follow).
+func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifact.Info) *Outcome {
+	sum := info.Checksum()
+	dec := r.decider.Decide(ctx, r.node, rollout.View{Service: r.svc.Name, Checksum: sum, Status: view, Now: r.now()})
+	if dec.Trip != "" {
+		r.logger.Error("rollout stopped", "checksum", sum, "wave", dec.Wave, "reason", dec.Trip)
+		b := fleet.Breaker{Checksum: sum, Node: r.node, Phase: "gate", Error: dec.Trip, Time: r.now().UTC()}
+		if err := r.fleet.Trip(ctx, r.svc.Name, b); err != nil {
+			return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("trip the breaker: %w", err)}
+		}
+		r.fleet.Record(ctx, r.svc.Name, fleet.Event{Kind: fleet.EventGate, Who: r.node, Via: "agent", Node: r.node,
+			Checksum: sum, Detail: fleet.Clip(dec.Trip)})
+		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: dec.Trip, rollout: true}
+	}
+	if dec.Go {
+		if dec.Wave != "" {
+			r.logger.Info("rollout: this host's wave may start", "checksum", sum, "wave", dec.Wave)
+		}
+		return nil
+	}
+	return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: "rollout wave " + dec.Wave + ": " + dec.Reason,
+		Until: dec.Until, rollout: true}
+}
+
+// rolloutAgain decides again once the slot is held: a freeze, a pin or a
+// breaker may have come while this host waited for it. (A pin or a revert
+// is left to the next check, which takes the slot for it.)
+func (r *Runner) rolloutAgain(ctx context.Context, info artifact.Info) *Outcome {
+	view, err := r.fleet.Status(ctx, r.svc.Name)
+	if err != nil {
+		return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: info.Checksum(), Err: fmt.Errorf("read the rollout: %w", err)}
+	}
+	if pin := rollout.Pinned(view.Pins, r.node); pin != nil {
+		return &Outcome{Result: ResultSkipped, Checksum: info.Checksum(), Reason: "pinned to " + pin.Target + " by " + pin.Who}
+	}
+	return r.rolloutGate(ctx, view, info)
+}
+
+// revert switches this host back from a checksum the fleet's breaker
+// refused: concurrency at a time, without waves or windows, then runs the
+// after hooks and the checks, and reports it.
+func (r *Runner) revert(ctx context.Context, st *State, view fleet.Status, b *fleet.Breaker) Outcome {
+	if view.Hold != nil {
+		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: "revert waits: on hold by " + view.Hold.Who + ": " + view.Hold.Reason}
+	}
+	cur := r.lay.current()
+	target, err := pickRollback(st, cur, "")
+	for err == nil && target.Checksum == b.Checksum { // the same bytes kept twice: further back
+		target, err = pickRollback(st, target.ID, "")
+	}
+	if err != nil {
+		return Outcome{Result: ResultSkipped, Checksum: st.Checksum,
+			Reason: fmt.Sprintf("the fleet reverts %s (failed on %s in %s), but this host cannot: %v", b.Checksum, b.Node, b.Phase, err)}
+	}
+	if r.sem != nil {
+		s, stop := r.takeSlot(ctx, artifact.Info{MD5: st.Checksum})
+		if stop != nil {
+			return *stop
+		}
+		var out Outcome
+		defer func() { s.release(ctx, out) }()
+		out = r.doRevert(ctx, st, b, cur, target)
+		return out
+	}
+	return r.doRevert(ctx, st, b, cur, target)
+}
+
+func (r *Runner) doRevert(ctx context.Context, st *State, b *fleet.Breaker, cur string, target Release) Outcome {
+	start := r.now()
+	r.logger.Warn("fleet revert: the breaker tripped on the installed checksum; switching back",
+		"checksum", b.Checksum, "failed_on", b.Node, "phase", b.Phase, "to", target.ID)
+	ev := hooks.Event{Name: r.svc.Name, Hostname: r.node, Hash: target.Checksum, PreviousHash: st.Checksum,
+		Release: target.ID, ReleaseDir: r.lay.releaseDir(target.ID), PreviousDir: r.lay.releaseDir(cur),
+		Phase: hooks.PhaseAfter, Result: "revert", Time: start}
+	_, err := r.activate(ctx, target.ID, "", ev, reasonRevert)
+	phase := PhaseSwitch
+	if pe, ok := err.(*phaseError); ok {
+		phase = pe.phase
+		if pe.phase == PhaseSwitch {
+			return r.finish(ctx, st, Outcome{Result: ResultError, Checksum: st.Checksum, Phase: PhaseSwitch,
+				Err: fmt.Errorf("fleet revert to %s: %w", target.ID, err)})
+		}
+	}
+	if err == nil {
+		cev := ev
+		cev.Phase = hooks.PhaseCheck
+		if err = r.runChain(context.WithoutCancel(ctx), r.svc.Checks, cev); err != nil {
+			phase = PhaseCheck
+		}
+	}
+	ev.Duration = r.now().Sub(start)
+	a := Attempt{Time: start.UTC(), Checksum: target.Checksum, Release: target.ID, Result: "revert", Duration: ev.Duration}
+	out := Outcome{Result: ResultReverted, Checksum: target.Checksum, Release: target.ID, announce: &ev}
+	if err != nil {
+		a.Error = err.Error()
+		out.Phase, out.Err = phase, fmt.Errorf("reverted to %s, but: %w", target.ID, err)
+		r.logger.Error("fleet revert: a hook failed after switching back", "release", target.ID, "error", err)
+	}
+	st.reverted(target, a)
+	return r.finish(ctx, st, out)
+}
+
+// pinned keeps a pinned host on its pin's release: switched to it if a
+// kept release matches, never updated while the pin stands.
+func (r *Runner) pinned(ctx context.Context, st *State, view fleet.Status, pin *fleet.Pin) Outcome {
+	why := fmt.Sprintf("pinned to %s by %s (hosts %s)", pin.Target, pin.Who, pin.Nodes)
+	matches := func(rel Release) bool {
+		return rel.Checksum == pin.Target || (len(pin.Target) >= 6 && strings.HasPrefix(rel.ID, pin.Target)) || rel.ID == pin.Target
+	}
+	cur := r.lay.current()
+	if rel, ok := st.release(cur); ok && matches(rel) {
+		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Release: cur, Reason: why}
+	}
+	var target *Release
+	for i := len(st.Releases) - 1; i >= 0; i-- {
+		if matches(st.Releases[i]) {
+			target = &st.Releases[i]
+			break
+		}
+	}
+	if target == nil {
+		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; no kept release here matches it, so this host stays where it is"}
+	}
+	if view.Hold != nil {
+		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; the switch waits: on hold"}
+	}
+	if r.sem != nil {
+		s, stop := r.takeSlot(ctx, artifact.Info{MD5: target.Checksum})
+		if stop != nil {
+			return *stop
+		}
+		var out Outcome
+		defer func() { s.release(ctx, out) }()
+		out = r.switchToPin(ctx, st, cur, *target, why)
+		return out
+	}
+	return r.switchToPin(ctx, st, cur, *target, why)
+}
+
+func (r *Runner) switchToPin(ctx context.Context, st *State, cur string, target Release, why string) Outcome {
+	start := r.now()
+	ev := hooks.Event{Name: r.svc.Name, Hostname: r.node, Hash: target.Checksum, PreviousHash: st.Checksum,
+		Release: target.ID, ReleaseDir: r.lay.releaseDir(target.ID), PreviousDir: r.lay.releaseDir(cur),
+		Phase: hooks.PhaseRollback, Result: "rollback", Time: start}
+	r.logger.Warn("switching to the pinned release", "release", target.ID, "reason", why)
+	_, err := r.activate(ctx, target.ID, "", ev, reasonOperator)
+	if pe, ok := err.(*phaseError); ok && pe.phase == PhaseSwitch {
+		return r.finish(ctx, st, Outcome{Result: ResultError, Checksum: st.Checksum, Phase: PhaseSwitch, Err: err})
+	}
+	ev.Duration = r.now().Sub(start)
+	a := Attempt{Time: start.UTC(), Checksum: target.Checksum, Release: target.ID, Result: "rollback", Duration: ev.Duration}
+	if err != nil {
+		a.Error = err.Error()
+	}
+	from := st.Checksum
+	st.rolledBack(target, from, a)
+	return r.finish(ctx, st, Outcome{Result: ResultRolledBack, Checksum: target.Checksum, Release: target.ID,
+		Phase: PhaseRollback, Err: err, Reason: why, announce: &ev})
+}
+
+// underMaxFailed says whether a failure of checksum stays under the
+// rollout's max_failed, counting the hosts that failed on it (this one
+// included): then the breaker is not tripped yet.
+func (r *Runner) underMaxFailed(ctx context.Context, checksum string) bool {
+	p := r.svc.Rollout
+	if p == nil || p.MaxFailed <= 1 {
+		return false
+	}
+	view, err := r.fleet.Status(ctx, r.svc.Name)
+	if err != nil {
+		return false // cannot count: stop the rollout
+	}
+	failed := 1
+	for _, n := range view.Nodes {
+		if n.Node != r.node && n.Result == string(ResultFailed) && n.Attempt == checksum {
+			failed++
+		}
+	}
+	if failed < p.MaxFailed {
+		r.logger.Warn("rollout: failure counted, the rollout goes on", "checksum", checksum, "failed_hosts", failed, "max_failed", p.MaxFailed)
+		return true
+	}
+	return false
+}
+
+// rolloutPoll is how long a host waiting on a rollout sleeps when nothing
+// wakes it: the fleet's changes (Agent.follow) and the decision's own
+// time (a bake's end, a window's opening) normally come first.
+const rolloutPoll = 15 * time.Second
+
+// rolloutWait is when a host waiting on the rollout looks again: at the
+// time its decision named, and during a bake often enough to see a gate
+// fail.
+func (r *Runner) rolloutWait(out Outcome) time.Duration {
+	wait := rolloutPoll
+	if p := r.svc.Rollout; p != nil && len(p.Gates) > 0 {
+		wait = p.Recheck()
+	}
+	if !out.Until.IsZero() {
+		wait = min(wait, time.Until(out.Until)+10*time.Millisecond)
+	}
+	return max(wait, 10*time.Millisecond)
+}
+
+// followGap is the least time between two checks the fleet's changes
+// trigger: a rollout writes many records at once.
+const followGap = 200 * time.Millisecond
+
+// follow wakes a service with a rollout when its fleet records change and
+// it has something to do: it waits on the rollout, or the breaker tripped
+// on what it runs (a revert), or a pin names it.
+func (a *Agent) follow(ctx context.Context, r *Runner, w fleet.ServiceWatcher) {
+	var index uint64
+	backoff := time.Second
+	for ctx.Err() == nil {
+		next, err := w.WaitService(ctx, r.svc.Name, index)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.logger.Debug("following the fleet's records", "error", err)
+			sleep(ctx, jitter(backoff))
+			backoff = min(backoff*2, time.Minute)
+			index = 0
+			continue
+		}
+		backoff = time.Second
+		if next < index {
+			index = 0 // a new Consul: start afresh
+			continue
+		}
+		index = next
+		if r.rolloutWaiting() || a.mustAct(ctx, r) {
+			a.Trigger(r.svc.Name)
+		}
+		sleep(ctx, followGap)
+	}
+}
+
+// mustAct says whether the fleet asks this host to revert or to follow a pin.
+func (a *Agent) mustAct(ctx context.Context, r *Runner) bool {
+	view, err := r.fleet.Status(ctx, r.svc.Name)
+	if err != nil {
+		return false
+	}
+	cur := r.Status().Checksum
+	if p := rollout.Pinned(view.Pins, r.node); p != nil {
+		return true
+	}
+	return r.svc.Rollout.OnFailure == rollout.OnFailureRevert && cur != "" && view.Breaker(cur) != nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -1,0 +1,255 @@
+package rollout
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dropshipd/dropship/fleet"
+)
+
+// View is the fleet as one host sees it when it decides.
+type View struct {
+	Service  string
+	Checksum string // the release rolling out
+	Status   fleet.Status
+	Now      time.Time
+}
+
+// Decision is whether a host may start installing the release now.
+type Decision struct {
+	Go     bool
+	Wave   string    // the host's wave
+	Reason string    // why not yet
+	Until  time.Time // when to look again; zero: when the fleet changes
+	// Trip, when set, is why the rollout must stop: a gate failed. The
+	// caller trips the breaker with it.
+	Trip string
+}
+
+// Decider applies a policy. It remembers which waves' gates have held,
+// so a host does not ask the metrics again for a bake already judged.
+type Decider struct {
+	Policy *Policy
+	mu     sync.Mutex
+	held   map[string]string // checksum/wave -> verdict detail
+}
+
+// NewDecider returns a decider for p.
+func NewDecider(p *Policy) *Decider { return &Decider{Policy: p, held: map[string]string{}} }
+
+// Pinned returns the pin that holds node, if any.
+func Pinned(pins []fleet.Pin, node string) *fleet.Pin {
+	for i := range pins {
+		if ok, _ := path.Match(pins[i].Nodes, node); ok {
+			return &pins[i]
+		}
+	}
+	return nil
+}
+
+// Members are the hosts in waves: every registered host but the pinned.
+func Members(st fleet.Status, me string) []Member {
+	var out []Member
+	seen := false
+	for _, n := range st.Nodes {
+		if Pinned(st.Pins, n.Node) != nil {
+			continue
+		}
+		seen = seen || n.Node == me
+		out = append(out, Member{Node: n.Node, Tags: n.Tags})
+	}
+	if !seen && me != "" && Pinned(st.Pins, me) == nil {
+		out = append(out, Member{Node: me})
+	}
+	return out
+}
+
+// progress is how far one wave is on a checksum.
+type progress struct {
+	done, failed, pending []string
+	doneAt                time.Time // the last host's install or failure
+}
+
+func waveProgress(s Step, checksum string, nodes map[string]fleet.NodeStatus) progress {
+	var p progress
+	for _, n := range s.Nodes {
+		st := nodes[n]
+		switch {
+		case st.Checksum == checksum && checksum != "":
+			p.done = append(p.done, n)
+		case st.Result == "failed" && st.Attempt == checksum:
+			p.failed = append(p.failed, n)
+		default:
+			p.pending = append(p.pending, n)
+			continue
+		}
+		if st.Time.After(p.doneAt) {
+			p.doneAt = st.Time
+		}
+	}
+	return p
+}
+
+// Decide says whether host me may start installing v.Checksum now, and
+// if not, why and until when. In order: a freeze, hosts whose policy
+// differs, earlier waves not done, the bake and its gates, approval, the
+// window.
+func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
+	p := d.Policy
+	st := v.Status
+	if f := st.Freeze; f != nil && (f.Until.IsZero() || v.Now.Before(f.Until)) {
+		dec := Decision{Reason: "frozen by " + f.Who + ": " + f.Reason}
+		if !f.Until.IsZero() {
+			dec.Reason += " (until " + f.Until.Format(time.RFC3339) + ")"
+			dec.Until = f.Until
+		}
+		return dec
+	}
+	mine := p.Hash()
+	var differ []string
+	for _, n := range st.Nodes {
+		if n.Node != me && n.Policy != mine {
+			differ = append(differ, fmt.Sprintf("%s has %s", n.Node, orNone(n.Policy)))
+		}
+	}
+	if len(differ) > 0 {
+		return Decision{Reason: fmt.Sprintf("rollout policy differs (this host has %s): %s", mine, strings.Join(differ, ", "))}
+	}
+	steps := p.Plan(v.Checksum, Members(st, me))
+	k := WaveOf(steps, me)
+	if k < 0 {
+		return Decision{Reason: "not in any wave"}
+	}
+	dec := Decision{Wave: steps[k].Name}
+	nodes := map[string]fleet.NodeStatus{}
+	for _, n := range st.Nodes {
+		nodes[n.Node] = n
+	}
+	// Every earlier wave done; the bake counts from the last one's end.
+	var last progress
+	prev := -1
+	for j := 0; j < k; j++ {
+		if len(steps[j].Nodes) == 0 {
+			continue
+		}
+		pr := waveProgress(steps[j], v.Checksum, nodes)
+		if len(pr.pending) > 0 {
+			dec.Reason = fmt.Sprintf("waiting for wave %s: %d of %d hosts done (%s to go)", steps[j].Name,
+				len(pr.done)+len(pr.failed), len(steps[j].Nodes), list(pr.pending))
+			return dec
+		}
+		last, prev = pr, j
+	}
+	if prev >= 0 {
+		end := last.doneAt.Add(p.Bake)
+		key := v.Checksum + "/" + steps[prev].Name
+		if v.Now.Before(end) {
+			if trip := d.judge(ctx, p, steps[prev].Name, last.doneAt, v.Now, false); trip != "" {
+				dec.Trip = trip
+				return dec
+			}
+			dec.Reason = fmt.Sprintf("baking wave %s until %s", steps[prev].Name, end.Format(time.RFC3339))
+			dec.Until = end
+			return dec
+		}
+		if !d.passed(key) {
+			if trip := d.judge(ctx, p, steps[prev].Name, last.doneAt, end, true); trip != "" {
+				if strings.HasPrefix(trip, "?") { // the gate could not be asked: wait
+					dec.Reason = trip[1:]
+					dec.Until = v.Now.Add(recheck(p.Bake))
+					return dec
+				}
+				dec.Trip = trip
+				return dec
+			}
+			d.mu.Lock()
+			d.held[key] = "held"
+			d.mu.Unlock()
+		}
+	}
+	if p.needsApproval(dec.Wave) && !approved(st.Approvals, v.Checksum, dec.Wave) {
+		dec.Reason = fmt.Sprintf("waiting for approval of wave %s: dropship fleet approve %s --wave %s", dec.Wave, v.Service, dec.Wave)
+		return dec
+	}
+	if w := p.Window; w != nil {
+		if open, next := w.Open(v.Now); !open {
+			dec.Reason = "outside the deploy window (" + w.Days + " " + w.Hours + " " + w.Timezone + ")"
+			if !next.IsZero() {
+				dec.Reason += "; opens " + next.Format(time.RFC3339)
+				dec.Until = next
+			}
+			return dec
+		}
+	}
+	dec.Go = true
+	return dec
+}
+
+func (d *Decider) passed(key string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.held[key]
+	return ok
+}
+
+// judge runs the gates over [from, to]. It returns "" when they hold, the
+// reason to trip when one failed, and "?reason" when one could not be
+// asked (final) — a gate that cannot be asked proves nothing. Mid-bake
+// (final false) an error is not a failure: the final judgement decides.
+func (d *Decider) judge(ctx context.Context, p *Policy, wave string, from, to time.Time, final bool) string {
+	if to.Sub(from) < time.Second {
+		return ""
+	}
+	for _, g := range p.Gates {
+		v, err := g.Check(ctx, from, to)
+		if err != nil {
+			if final {
+				return fmt.Sprintf("?gate %s after wave %s could not be asked: %v", g.Name(), wave, err)
+			}
+			continue
+		}
+		if !v.OK {
+			return fmt.Sprintf("gate %s failed during the bake of wave %s: %s", g.Name(), wave, v.Detail)
+		}
+	}
+	return ""
+}
+
+// recheck is how often a host asks again while it waits on a gate.
+func recheck(bake time.Duration) time.Duration {
+	return min(max(bake/4, time.Second), 15*time.Second)
+}
+
+// Recheck is how often a host waiting in a bake asks its gates.
+func (p *Policy) Recheck() time.Duration { return recheck(p.Bake) }
+
+func approved(as []fleet.Approval, checksum, wave string) bool {
+	for _, a := range as {
+		if a.Checksum == checksum && a.Wave == wave {
+			return true
+		}
+	}
+	return false
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "no rollout block"
+	}
+	return s
+}
+
+func list(nodes []string) string {
+	nodes = slices.Clone(nodes)
+	sort.Strings(nodes)
+	if len(nodes) > 5 {
+		return strings.Join(nodes[:5], ", ") + fmt.Sprintf(" and %d more", len(nodes)-5)
+	}
+	return strings.Join(nodes, ", ")
+}

@@ -1,0 +1,103 @@
+package rollout
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"math"
+	"slices"
+	"sort"
+)
+
+// Member is a host registered for the service, with its node tags.
+type Member struct {
+	Node string
+	Tags []string
+}
+
+// Step is one wave of a plan: its name and its hosts, in order.
+type Step struct {
+	Name  string
+	Nodes []string
+}
+
+// Plan puts members into waves for checksum: the canary (the hosts tagged
+// "canary", else the first Canary hosts), then each wave in turn. The
+// order of hosts is a hash of checksum and node name: the same on every
+// host, and not always the same hosts first. Shares count all members;
+// a wave whose share is already reached is empty.
+func (p *Policy) Plan(checksum string, members []Member) []Step {
+	order := slices.Clone(members)
+	key := func(node string) uint64 {
+		h := sha256.Sum256([]byte(checksum + "\x00" + node))
+		return binary.BigEndian.Uint64(h[:8])
+	}
+	sort.Slice(order, func(i, j int) bool {
+		ki, kj := key(order[i].Node), key(order[j].Node)
+		if ki != kj {
+			return ki < kj
+		}
+		return order[i].Node < order[j].Node
+	})
+	placed := map[string]bool{}
+	take := func(m Member) bool {
+		if placed[m.Node] {
+			return false
+		}
+		placed[m.Node] = true
+		return true
+	}
+	var steps []Step
+	if p.hasCanary() {
+		s := Step{Name: p.WaveName(0)}
+		for _, m := range order {
+			if slices.Contains(m.Tags, CanaryTag) && take(m) {
+				s.Nodes = append(s.Nodes, m.Node)
+			}
+		}
+		for _, m := range order {
+			if len(s.Nodes) > 0 && len(s.Nodes) >= p.Canary {
+				break
+			}
+			if len(s.Nodes) < p.Canary && take(m) {
+				s.Nodes = append(s.Nodes, m.Node)
+			}
+		}
+		steps = append(steps, s)
+	}
+	for i, w := range p.Waves {
+		idx := i
+		if p.hasCanary() {
+			idx++
+		}
+		s := Step{Name: p.WaveName(idx)}
+		if w.Tag != "" {
+			for _, m := range order {
+				if slices.Contains(m.Tags, w.Tag) && take(m) {
+					s.Nodes = append(s.Nodes, m.Node)
+				}
+			}
+		} else {
+			want := int(math.Ceil(float64(w.Percent) * float64(len(order)) / 100))
+			for _, m := range order {
+				if len(placed) >= want {
+					break
+				}
+				if take(m) {
+					s.Nodes = append(s.Nodes, m.Node)
+				}
+			}
+		}
+		steps = append(steps, s)
+	}
+	return steps
+}
+
+// WaveOf returns the index of node's wave in steps, or -1.
+func WaveOf(steps []Step, node string) int {
+	for i, s := range steps {
+		if slices.Contains(s.Nodes, node) {
+			return i
+		}
+	}
+	return -1
+}
