@@ -157,6 +157,8 @@ type Status struct {
 	Limit    int
 	Hold     *Hold
 	Breakers []Breaker
+	// Published is the last release announced for the service, if any.
+	Published *Published
 	// Rollouts.
 	Freeze    *Freeze
 	Pins      []Pin

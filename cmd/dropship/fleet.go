@@ -92,13 +92,14 @@ func fleetCmd(g *globals) *cobra.Command {
 	}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "status [SERVICE]",
-		Short: "Table of hosts and versions, slot holders, holds and breakers",
+		Short: "Table of hosts and versions, slot holders, holds, breakers, and rollouts wave by wave",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := g.fleet()
+			cfg, err := g.load(slog.New(slog.DiscardHandler))
 			if err != nil {
 				return err
 			}
+			p := cfg.Fleet
 			services := args
 			if len(services) == 0 {
 				if services, err = p.Services(cmd.Context()); err != nil {
@@ -114,6 +115,7 @@ func fleetCmd(g *globals) *cobra.Command {
 					fmt.Fprintln(g.stdout)
 				}
 				printFleet(g, st)
+				printRollout(cmd.Context(), g, policyOf(cfg, svc), st)
 			}
 			return nil
 		},
@@ -137,7 +139,8 @@ func fleetCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(g.stdout, "%s: breaker for %s lifted; hosts will try it again\n", args[0], args[1])
 			return nil
 		},
-	}, fleetLogCmd(g), fleetServeCmd(g))
+	}, fleetLogCmd(g), fleetServeCmd(g), fleetApproveCmd(g), fleetFreezeCmd(g), fleetUnfreezeCmd(g),
+		fleetPinCmd(g), fleetUnpinCmd(g))
 	return cmd
 }
 

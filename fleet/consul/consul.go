@@ -302,6 +302,9 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 	for _, sub := range []string{"nodes/", "hold", "failed/", "lock/", "rollout/"} {
 		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: base + sub}})
 	}
+	// A get of a missing key fails a transaction; a tree does not.
+	pubKey := fleet.PublishedPrefix(p.Prefix) + service
+	ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: pubKey}})
 	ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return st, fmt.Errorf("%w: read %s: %v", fleet.ErrUnavailable, base, err)
@@ -319,8 +322,16 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 		if kv == nil {
 			continue
 		}
-		rest := strings.TrimPrefix(kv.Key, base)
+		if kv.Key == pubKey {
+			var pub fleet.Published
+			if json.Unmarshal(kv.Value, &pub) == nil {
+				st.Published = &pub
+			}
+			continue
+		}
+		rest, under := strings.CutPrefix(kv.Key, base)
 		switch {
+		case !under:
 		case strings.HasPrefix(rest, "nodes/"):
 			var n fleet.NodeStatus
 			if json.Unmarshal(kv.Value, &n) == nil {
