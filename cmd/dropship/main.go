@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+	_ "time/tzdata" // deploy windows name time zones; hosts may lack the zone files
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/spf13/cobra"

@@ -1,0 +1,294 @@
+package rollout
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dropshipd/dropship/fleet"
+)
+
+func policy(t *testing.T, canary int, waves ...string) *Policy {
+	t.Helper()
+	p := &Policy{Canary: canary, MaxFailed: 1, OnFailure: OnFailureStop}
+	for _, w := range waves {
+		wave, err := ParseWave(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Waves = append(p.Waves, wave)
+	}
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func members(n int, tags map[int][]string) []Member {
+	var out []Member
+	for i := range n {
+		out = append(out, Member{Node: fmt.Sprintf("host-%02d", i), Tags: tags[i]})
+	}
+	return out
+}
+
+func TestPlanIsDeterministicAndCoversEveryHostOnce(t *testing.T) {
+	p := policy(t, 1, "10%", "50%", "100%")
+	ms := members(20, nil)
+	a := p.Plan("sum1", ms)
+	// Another host sees the members in another order: same plan.
+	rev := make([]Member, len(ms))
+	for i := range ms {
+		rev[i] = ms[len(ms)-1-i]
+	}
+	b := p.Plan("sum1", rev)
+	if fmt.Sprint(a) != fmt.Sprint(b) {
+		t.Fatalf("plans differ:\n%v\n%v", a, b)
+	}
+	sizes := []int{}
+	seen := map[string]int{}
+	for _, s := range a {
+		sizes = append(sizes, len(s.Nodes))
+		for _, n := range s.Nodes {
+			seen[n]++
+		}
+	}
+	// canary 1, then up to 10% of 20 = 2 (one more), 50% = 10, 100% = 20.
+	if fmt.Sprint(sizes) != "[1 1 8 10]" {
+		t.Fatalf("wave sizes %v", sizes)
+	}
+	if len(seen) != 20 {
+		t.Fatalf("%d hosts planned", len(seen))
+	}
+	for n, c := range seen {
+		if c != 1 {
+			t.Fatalf("%s in %d waves", n, c)
+		}
+	}
+	if names := fmt.Sprint(p.Names()); names != "[canary 1 2 3]" {
+		t.Fatalf("names %s", names)
+	}
+	// Another checksum, another order: the same hosts are not always first.
+	firsts := map[string]bool{}
+	for i := range 10 {
+		firsts[p.Plan(fmt.Sprintf("sum%d", i), ms)[0].Nodes[0]] = true
+	}
+	if len(firsts) < 3 {
+		t.Fatalf("the canary is nearly always the same host: %v", firsts)
+	}
+}
+
+func TestPlanTagsCanaryAndTagWaves(t *testing.T) {
+	p := policy(t, 1, "tag:eu", "100%")
+	ms := members(6, map[int][]string{4: {"canary"}, 1: {"eu"}, 2: {"eu", "canary"}})
+	steps := p.Plan("x", ms)
+	if got := fmt.Sprint(steps[0].Nodes); got != "[host-02 host-04]" && got != "[host-04 host-02]" {
+		t.Fatalf("canary wave %v: want the tagged hosts", steps[0].Nodes)
+	}
+	if fmt.Sprint(steps[1].Nodes) != "[host-01]" {
+		t.Fatalf("eu wave %v: the canary host tagged eu is already placed", steps[1].Nodes)
+	}
+	if len(steps[2].Nodes) != 3 {
+		t.Fatalf("last wave %v", steps[2].Nodes)
+	}
+}
+
+func TestValidateRefuses(t *testing.T) {
+	for _, c := range []struct {
+		p    Policy
+		want string
+	}{
+		{Policy{Waves: []Wave{{Percent: 50}}, MaxFailed: 1, OnFailure: "stop"}, `last wave must be "100%"`},
+		{Policy{Waves: []Wave{{Percent: 50}, {Percent: 20}, {Percent: 100}}, MaxFailed: 1, OnFailure: "stop"}, "must grow"},
+		{Policy{Waves: []Wave{{Percent: 100}}, MaxFailed: 1, OnFailure: "rewind"}, `on_failure "rewind"`},
+		{Policy{Waves: []Wave{{Percent: 100}}, MaxFailed: 1, OnFailure: "stop", Approve: []string{"canary"}}, `no wave "canary"`},
+	} {
+		if err := c.p.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want %q", c.p, err, c.want)
+		}
+	}
+	for _, bad := range []string{"0%", "101%", "ten", "tag:", "50"} {
+		if _, err := ParseWave(bad); err == nil {
+			t.Errorf("wave %q accepted", bad)
+		}
+	}
+}
+
+func TestWindow(t *testing.T) {
+	w, err := ParseWindow("Mon-Fri", "09:00-16:00", "Europe/Berlin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	berlin, _ := time.LoadLocation("Europe/Berlin")
+	at := func(s string) time.Time {
+		tm, err := time.ParseInLocation("2006-01-02 15:04", s, berlin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tm
+	}
+	for _, c := range []struct {
+		now  string
+		open bool
+		next string
+	}{
+		{"2026-11-23 10:00", true, "2026-11-23 16:00"},  // Monday
+		{"2026-11-23 08:59", false, "2026-11-23 09:00"}, // before
+		{"2026-11-23 16:00", false, "2026-11-24 09:00"}, // the end is out
+		{"2026-11-27 17:00", false, "2026-11-30 09:00"}, // Friday evening: Monday
+		{"2026-11-28 12:00", false, "2026-11-30 09:00"}, // Saturday
+	} {
+		open, next := w.Open(at(c.now))
+		if open != c.open || !next.Equal(at(c.next)) {
+			t.Errorf("%s: open %v next %s, want %v %s", c.now, open, next.In(berlin), c.open, c.next)
+		}
+	}
+	// A window passing midnight belongs to the day it opens.
+	night, _ := ParseWindow("Sat", "22:00-02:00", "UTC")
+	sun1am := time.Date(2026, 11, 29, 1, 0, 0, 0, time.UTC)
+	if open, closes := night.Open(sun1am); !open || !closes.Equal(time.Date(2026, 11, 29, 2, 0, 0, 0, time.UTC)) {
+		t.Errorf("Sunday 01:00 in Saturday's night window: %v %s", open, closes)
+	}
+	for _, bad := range [][3]string{{"Mon-Frx", "09:00-10:00", ""}, {"", "9-10", ""}, {"", "09:00-09:00", ""}, {"", "09:00-10:00", "Mars/Base"}} {
+		if _, err := ParseWindow(bad[0], bad[1], bad[2]); err == nil {
+			t.Errorf("window %q accepted", bad)
+		}
+	}
+}
+
+type fakeGate struct {
+	ok    bool
+	err   error
+	calls int
+}
+
+func (g *fakeGate) Name() string { return "fake" }
+func (g *fakeGate) Check(ctx context.Context, from, to time.Time) (Verdict, error) {
+	g.calls++
+	return Verdict{OK: g.ok, Detail: "value 0.2"}, g.err
+}
+
+// fleetOf builds a status where the hosts of done are on sum at doneAt.
+func fleetOf(p *Policy, n int, sum string, done map[string]time.Time) fleet.Status {
+	st := fleet.Status{Service: "app"}
+	for _, m := range members(n, nil) {
+		ns := fleet.NodeStatus{Node: m.Node, Checksum: "old", Policy: p.Hash(), Result: "installed"}
+		if t, ok := done[m.Node]; ok {
+			ns.Checksum, ns.Time = sum, t
+		}
+		st.Nodes = append(st.Nodes, ns)
+	}
+	return st
+}
+
+func TestDecideWavesBakeGatesApprovalWindow(t *testing.T) {
+	p := policy(t, 1, "50%", "100%")
+	p.Bake = 10 * time.Minute
+	p.Approve = []string{"2"}
+	g := &fakeGate{ok: true}
+	p.Gates = []Gate{g}
+	ctx := context.Background()
+	now := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	st := fleetOf(p, 4, "new", nil)
+	steps := p.Plan("new", Members(st, ""))
+	canary, wave1, wave2 := steps[0].Nodes[0], steps[1].Nodes[0], steps[2].Nodes[0]
+	d := NewDecider(p)
+	decide := func(node string, st fleet.Status, now time.Time) Decision {
+		return d.Decide(ctx, node, View{Service: "app", Checksum: "new", Status: st, Now: now})
+	}
+	if dec := decide(canary, st, now); !dec.Go || dec.Wave != "canary" {
+		t.Fatalf("canary: %+v", dec)
+	}
+	if dec := decide(wave1, st, now); dec.Go || !strings.Contains(dec.Reason, "waiting for wave canary: 0 of 1") {
+		t.Fatalf("wave 1 before the canary: %+v", dec)
+	}
+	// The canary done: wave 1 bakes for 10 minutes, asking the gate.
+	st = fleetOf(p, 4, "new", map[string]time.Time{canary: now})
+	dec := decide(wave1, st, now.Add(time.Minute))
+	if dec.Go || !dec.Until.Equal(now.Add(10*time.Minute)) || !strings.Contains(dec.Reason, "baking wave canary") {
+		t.Fatalf("during the bake: %+v", dec)
+	}
+	if dec := decide(wave1, st, now.Add(10*time.Minute)); !dec.Go {
+		t.Fatalf("after the bake: %+v", dec)
+	}
+	calls := g.calls
+	decide(wave1, st, now.Add(11*time.Minute))
+	if g.calls != calls {
+		t.Fatal("a bake judged once was judged again")
+	}
+	// Wave 2 needs approval.
+	st = fleetOf(p, 4, "new", map[string]time.Time{canary: now, wave1: now.Add(11 * time.Minute)})
+	for _, n := range steps[1].Nodes {
+		for i := range st.Nodes {
+			if st.Nodes[i].Node == n {
+				st.Nodes[i].Checksum, st.Nodes[i].Time = "new", now.Add(11*time.Minute)
+			}
+		}
+	}
+	late := now.Add(30 * time.Minute)
+	if dec := decide(wave2, st, late); dec.Go || !strings.Contains(dec.Reason, "dropship fleet approve app --wave 2") {
+		t.Fatalf("wave 2 unapproved: %+v", dec)
+	}
+	st.Approvals = []fleet.Approval{{Checksum: "other", Wave: "2"}}
+	if dec := decide(wave2, st, late); dec.Go {
+		t.Fatalf("an approval of another checksum let wave 2 go: %+v", dec)
+	}
+	st.Approvals = []fleet.Approval{{Checksum: "new", Wave: "2"}}
+	if dec := decide(wave2, st, late); !dec.Go {
+		t.Fatalf("wave 2 approved: %+v", dec)
+	}
+	// A window closed, a freeze, a host with another policy.
+	p.Window, _ = ParseWindow("Mon-Fri", "11:00-12:00", "UTC")
+	d2 := NewDecider(p)
+	st2 := st
+	for i := range st2.Nodes {
+		st2.Nodes[i].Policy = p.Hash()
+	}
+	dec = d2.Decide(ctx, wave2, View{Service: "app", Checksum: "new", Status: st2, Now: late})
+	if dec.Go || !dec.Until.Equal(time.Date(2026, 11, 23, 11, 0, 0, 0, time.UTC)) {
+		t.Fatalf("window closed: %+v", dec)
+	}
+	st2.Freeze = &fleet.Freeze{Who: "ops", Reason: "black friday"}
+	if dec := d2.Decide(ctx, wave2, View{Checksum: "new", Status: st2, Now: late.Add(time.Hour)}); dec.Go || !strings.Contains(dec.Reason, "frozen by ops: black friday") {
+		t.Fatalf("frozen: %+v", dec)
+	}
+	st2.Freeze = nil
+	st2.Nodes[0].Policy = "0123456789ab"
+	if dec := d2.Decide(ctx, wave2, View{Checksum: "new", Status: st2, Now: late.Add(time.Hour)}); dec.Go || !strings.Contains(dec.Reason, "rollout policy differs") {
+		t.Fatalf("policy mismatch: %+v", dec)
+	}
+}
+
+func TestDecideGateFailingMidBakeTrips(t *testing.T) {
+	p := policy(t, 1, "100%")
+	p.Bake = time.Minute
+	g := &fakeGate{ok: false}
+	p.Gates = []Gate{g}
+	now := time.Now()
+	st := fleetOf(p, 3, "new", nil)
+	steps := p.Plan("new", Members(st, ""))
+	st = fleetOf(p, 3, "new", map[string]time.Time{steps[0].Nodes[0]: now})
+	dec := NewDecider(p).Decide(context.Background(), steps[1].Nodes[0], View{Checksum: "new", Status: st, Now: now.Add(20 * time.Second)})
+	if dec.Go || !strings.Contains(dec.Trip, "gate fake failed during the bake of wave canary: value 0.2") {
+		t.Fatalf("%+v", dec)
+	}
+	// A gate that cannot be asked at the end of the bake proves nothing:
+	// wait, do not trip.
+	g.err = fmt.Errorf("connection refused")
+	dec = NewDecider(p).Decide(context.Background(), steps[1].Nodes[0], View{Checksum: "new", Status: st, Now: now.Add(2 * time.Minute)})
+	if dec.Go || dec.Trip != "" || !strings.Contains(dec.Reason, "could not be asked") {
+		t.Fatalf("gate error: %+v", dec)
+	}
+}
+
+func TestPinnedHostsAreLeftOutOfWaves(t *testing.T) {
+	p := policy(t, 0, "100%")
+	st := fleetOf(p, 3, "new", nil)
+	st.Pins = []fleet.Pin{{Nodes: "host-0[01]", Target: "old"}}
+	ms := Members(st, "")
+	if len(ms) != 1 || ms[0].Node != "host-02" {
+		t.Fatalf("members %v, want host-02 alone", ms)
+	}
+}
