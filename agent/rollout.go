@@ -28,14 +28,11 @@ func (r *Runner) policyHash() string {
 	return r.svc.Rollout.Hash()
 }
 
-// register writes this host's node record with its tags and policy once
-// per process (and when they changed), keeping what it said before: the
-// waves are planned from the registered hosts, including those that have
-// installed nothing yet.
+// register writes this host's node record with its tags and policy when
+// the fleet lacks it or it differs (a new host, new tags, a Consul that
+// lost its data), keeping what it said before: the waves are planned from
+// the registered hosts, including those that have installed nothing yet.
 func (r *Runner) register(ctx context.Context, st *State, view fleet.Status) {
-	if r.registered {
-		return
-	}
 	var own *fleet.NodeStatus
 	for i := range view.Nodes {
 		if view.Nodes[i].Node == r.node {
@@ -45,7 +42,6 @@ func (r *Runner) register(ctx context.Context, st *State, view fleet.Status) {
 	ns := fleet.NodeStatus{Node: r.node, Checksum: st.Checksum, Release: st.Release, Result: "registered", Time: r.now().UTC()}
 	if own != nil {
 		if own.Policy == r.policyHash() && equalTags(own.Tags, r.tags) && own.Checksum == st.Checksum {
-			r.registered = true
 			return
 		}
 		ns = *own
@@ -56,7 +52,7 @@ func (r *Runner) register(ctx context.Context, st *State, view fleet.Status) {
 		r.logger.Warn("could not register in the fleet", "error", err)
 		return
 	}
-	r.registered = true
+	r.logger.Info("registered in the fleet", "tags", r.tags, "policy", ns.Policy)
 }
 
 func equalTags(a, b []string) bool {
