@@ -42,12 +42,18 @@ func (r *Runner) register(ctx context.Context, st *State, view fleet.Status) {
 	ns := fleet.NodeStatus{Node: r.node, Checksum: st.Checksum, Release: st.Release, Result: "registered", Time: r.now().UTC()}
 	if own != nil {
 		if own.Policy == r.policyHash() && equalTags(own.Tags, r.tags) && own.Checksum == st.Checksum {
+			if r.registeredAt.IsZero() {
+				r.registeredAt = r.now()
+			}
 			return
 		}
 		ns = *own
 		ns.Checksum, ns.Release = st.Checksum, st.Release
 	}
 	ns.Tags, ns.Policy = r.tags, r.policyHash()
+	if r.registeredAt.IsZero() {
+		r.registeredAt = r.now()
+	}
 	if err := r.fleet.Report(ctx, r.svc.Name, ns); err != nil {
 		r.logger.Warn("could not register in the fleet", "error", err)
 		return
@@ -88,6 +94,13 @@ func (r *Runner) rolloutFirst(ctx context.Context, st *State) (fleet.Status, *Ou
 // changes (see Agent.follow).
 func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifact.Info) *Outcome {
 	sum := info.Checksum()
+	// Waves are planned from the registered hosts: a host that has just
+	// started gives the others started with it time to register, or it
+	// could see a fleet of one and take itself for the canary.
+	if settled := r.registeredAt.Add(registerSettle); r.registeredAt.IsZero() || r.now().Before(settled) {
+		return &Outcome{Result: ResultSkipped, Checksum: sum, Until: settled, rollout: true,
+			Reason: "rollout: letting the fleet's hosts register first"}
+	}
 	dec := r.decider.Decide(ctx, r.node, rollout.View{Service: r.svc.Name, Checksum: sum, Status: view, Now: r.now()})
 	if dec.Trip != "" {
 		r.logger.Error("rollout stopped", "checksum", sum, "wave", dec.Wave, "reason", dec.Trip)
@@ -269,6 +282,10 @@ func (r *Runner) underMaxFailed(ctx context.Context, checksum string) bool {
 	}
 	return false
 }
+
+// registerSettle is how long a host waits after registering before its
+// first rollout decision.
+const registerSettle = 3 * time.Second
 
 // rolloutPoll is how long a host waiting on a rollout sleeps when nothing
 // wakes it: the fleet's changes (Agent.follow) and the decision's own

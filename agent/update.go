@@ -81,9 +81,10 @@ type Runner struct {
 	logger *slog.Logger
 	now    func() time.Time
 
-	tags       []string         // node_tags
-	decider    *rollout.Decider // the service's rollout, or nil
-	registered bool             // this host's node record has its tags and policy
+	tags         []string         // node_tags
+	decider      *rollout.Decider // the service's rollout, or nil
+	registeredAt time.Time        // when this process found or wrote its node record
+	registered   bool             // this host's node record has its tags and policy
 
 	recovered sync.Once
 	crash     func(point string) // tests: crash here

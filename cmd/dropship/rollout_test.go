@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -60,7 +61,7 @@ func TestRolloutWavesInOrderWithBake(t *testing.T) {
 	f.waitAll(f.hosts, "v2", 90*time.Second)
 	f.waitEnds("v2", 8)
 
-	sum := f.checksum(t)
+	sum := f.checksum(t, f.hosts[0])
 	w := f.waves(sum)
 	if len(w["canary"]) != 1 || len(w["1"]) != 3 || len(w["2"]) != 4 {
 		t.Fatalf("waves %v: want 1 canary, 3 more to reach 50%%, 4 in the last", w)
@@ -95,12 +96,12 @@ func TestRolloutWavesInOrderWithBake(t *testing.T) {
 
 // checksum is the checksum of the artifact in the store, as hosts report
 // it after installing it.
-func (f *fleetRig) checksum(t *testing.T) string {
+func (f *fleetRig) checksum(t *testing.T, h *host) string {
 	t.Helper()
-	b, _ := os.ReadFile(filepath.Join(f.dir, f.hosts[0].name+".log"))
+	b, _ := os.ReadFile(filepath.Join(f.dir, h.name+".log"))
 	m := regexp.MustCompile(`msg=installed service=app checksum=(\S+)`).FindAllStringSubmatch(string(b), -1)
 	if len(m) == 0 {
-		t.Fatalf("host-0 never logged an install:\n%s", tailOf(b))
+		t.Fatalf("%s never logged an install:\n%s", h.name, tailOf(b))
 	}
 	return m[len(m)-1][1]
 }
@@ -108,4 +109,212 @@ func (f *fleetRig) checksum(t *testing.T) string {
 // squash collapses runs of spaces, for comparing aligned output.
 func squash(s string) string {
 	return regexp.MustCompile(` +`).ReplaceAllString(s, " ")
+}
+
+// distinct fails when a host started sum more than once.
+func (f *fleetRig) startedOnce(t *testing.T, sum string) []string {
+	t.Helper()
+	_, starts := f.timeline()
+	seen := map[string]bool{}
+	for _, h := range starts[sum] {
+		if seen[h] {
+			t.Fatalf("%s started %s twice: %v", h, sum, starts[sum])
+		}
+		seen[h] = true
+	}
+	return starts[sum]
+}
+
+func TestRolloutApprovalBlocksAndReleases(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 8, 4, c, `
+  rollout {
+    canary  = 1
+    waves   = ["100%"]
+    approve = ["1"]
+  }`)
+	f.publish("v1", false)
+	f.startAll()
+	marks := f.marks()
+	var canary *host
+	deadline := time.Now().Add(60 * time.Second)
+	for canary == nil {
+		for _, h := range f.hosts {
+			if h.version() == "v1" {
+				canary = h
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no canary installed v1")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var others []*host
+	for _, h := range f.hosts {
+		if h != canary {
+			others = append(others, h)
+		}
+	}
+	f.waitLog(others, marks, "waiting for approval of wave 1: dropship fleet approve app --wave 1")
+	sum := f.checksum(t, canary)
+	if got := f.startedOnce(t, sum); len(got) != 1 {
+		t.Fatalf("before the approval %v started, want the canary alone", got)
+	}
+	out, errOut, code := run(t, "fleet", "status", "app", "-c", f.hosts[0].cfg)
+	if code != 0 || !strings.Contains(squash(out), "wave 1 7 hosts: 0 done, 7 waiting: waiting for approval of wave 1") {
+		t.Fatalf("fleet status: %d\n%s%s", code, out, errOut)
+	}
+	if out, errOut, code := run(t, "fleet", "approve", "app", "-c", f.hosts[0].cfg); code != 0 || !strings.Contains(out, "wave 1 of "+sum+" approved") {
+		t.Fatalf("approve: %d %s %s", code, out, errOut)
+	}
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	log, _, _ := run(t, "fleet", "log", "app", "-c", f.hosts[0].cfg)
+	if !strings.Contains(log, "approve") || !strings.Contains(log, "wave 1") {
+		t.Fatalf("the approval is not in the audit log:\n%s", log)
+	}
+}
+
+func TestRolloutFreezeStopsNewWaves(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 8, 4, c, `
+  rollout {
+    waves = ["50%", "100%"]
+  }`)
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	if out, errOut, code := run(t, "fleet", "freeze", "app", "--reason", "release party", "-c", f.hosts[0].cfg); code != 0 {
+		t.Fatalf("freeze: %s %s", out, errOut)
+	}
+	marks := f.marks()
+	f.publish("v2", false)
+	f.waitLog(f.hosts, marks, "frozen by", "release party")
+	for _, h := range f.hosts {
+		if h.version() != "v1" {
+			t.Fatalf("%s took v2 during the freeze", h.name)
+		}
+	}
+	out, _, _ := run(t, "fleet", "status", "app", "-c", f.hosts[0].cfg)
+	if !strings.Contains(out, "FROZEN by") || !strings.Contains(out, "release party") {
+		t.Fatalf("fleet status does not show the freeze:\n%s", out)
+	}
+	if out, errOut, code := run(t, "fleet", "unfreeze", "app", "-c", f.hosts[0].cfg); code != 0 {
+		t.Fatalf("unfreeze: %s %s", out, errOut)
+	}
+	f.waitAll(f.hosts, "v2", 60*time.Second)
+	log, _, _ := run(t, "fleet", "log", "app", "-c", f.hosts[0].cfg)
+	for _, want := range []string{"freeze", "release party", "unfreeze"} {
+		if !strings.Contains(log, want) {
+			t.Fatalf("the audit log lacks %q:\n%s", want, log)
+		}
+	}
+}
+
+func TestRolloutPinKeepsHostsOnARelease(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 8, 4, c, `
+  rollout {
+    waves = ["100%"]
+  }`)
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	v1 := f.checksum(t, f.hosts[3])
+	f.publish("v2", false)
+	f.waitAll(f.hosts, "v2", 60*time.Second)
+
+	// Pinned to a release it keeps, the host goes back to it.
+	if out, errOut, code := run(t, "fleet", "pin", "app", "--nodes", "host-3", v1, "-c", f.hosts[0].cfg); code != 0 {
+		t.Fatalf("pin: %s %s", out, errOut)
+	}
+	f.waitAll(f.hosts[3:4], "v1", 30*time.Second)
+	marks := f.marks()
+	f.publish("v3", false)
+	var others []*host
+	for i, h := range f.hosts {
+		if i != 3 {
+			others = append(others, h)
+		}
+	}
+	f.waitAll(others, "v3", 60*time.Second)
+	f.waitLog(f.hosts[3:4], marks, "pinned to "+v1)
+	if v := f.hosts[3].version(); v != "v1" {
+		t.Fatalf("the pinned host runs %s", v)
+	}
+	out, _, _ := run(t, "fleet", "status", "app", "-c", f.hosts[0].cfg)
+	if !strings.Contains(out, "PIN hosts host-3 on "+v1) || !strings.Contains(squash(out), "wave 1 7 hosts: 7 done") {
+		t.Fatalf("fleet status:\n%s", out)
+	}
+	if out, errOut, code := run(t, "fleet", "unpin", "app", "--nodes", "host-3", "-c", f.hosts[0].cfg); code != 0 {
+		t.Fatalf("unpin: %s %s", out, errOut)
+	}
+	f.waitAll(f.hosts[3:4], "v3", 30*time.Second)
+}
+
+func TestRolloutPolicyMismatchStopsEveryone(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 8, 4, c, rolloutWaves)
+	b, _ := os.ReadFile(f.hosts[7].cfg)
+	os.WriteFile(f.hosts[7].cfg, []byte(strings.Replace(string(b), `bake   = "1s"`, `bake   = "5s"`, 1)), 0o644)
+	f.publish("v1", false)
+	marks := f.marks()
+	f.startAll()
+	f.waitLog(f.hosts, marks, "rollout policy differs")
+	out, _, _ := run(t, "fleet", "status", "app", "-c", f.hosts[0].cfg)
+	if !strings.Contains(out, "POLICY DIFFERS on host-7") {
+		t.Fatalf("fleet status does not name the host that differs:\n%s", out)
+	}
+	if _, starts := f.timeline(); len(starts) != 0 {
+		t.Fatalf("hosts started with policies that differ: %v", starts)
+	}
+	// The host's config fixed and reloaded: the rollout goes.
+	os.WriteFile(f.hosts[7].cfg, b, 0o644)
+	f.hosts[7].cmd.Process.Signal(syscall.SIGHUP)
+	f.waitAll(f.hosts, "v1", 90*time.Second)
+}
+
+// A canary whose health check fails: only it is touched (its own
+// rollback), the breaker stops every other host.
+func TestRolloutCanaryFailsAlone(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 8, 4, c, `
+  rollout {
+    canary     = 1
+    waves      = ["100%"]
+    on_failure = "revert"
+  }`)
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	marks := f.marks()
+	f.publish("bad", true)
+	deadline := time.Now().Add(30 * time.Second)
+	var bad string
+	for bad == "" {
+		for sum, nodes := range f.timelineStarts() {
+			if len(nodes) == 1 && !strings.HasPrefix(sum, "x") {
+				if sum != f.checksum(t, f.hosts[0]) {
+					bad = sum
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no canary started the bad release")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	f.waitLog(f.hosts, marks, "result=skipped", "checksum="+bad)
+	if got := f.startedOnce(t, bad); len(got) != 1 {
+		t.Fatalf("the bad release was started by %v, want the canary alone", got)
+	}
+	for _, h := range f.hosts {
+		if h.version() != "v1" {
+			t.Fatalf("%s runs %q", h.name, h.version())
+		}
+	}
+}
+
+func (f *fleetRig) timelineStarts() map[string][]string {
+	_, s := f.timeline()
+	return s
 }
