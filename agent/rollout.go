@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -51,7 +52,10 @@ func (r *Runner) register(ctx context.Context, st *State, view fleet.Status) {
 		ns.Checksum, ns.Release = st.Checksum, st.Release
 	}
 	ns.Tags, ns.Policy = r.tags, r.policyHash()
-	if r.registeredAt.IsZero() {
+	if own == nil || r.registeredAt.IsZero() {
+		// New here, or the fleet lost its records (a Consul that
+		// restarted empty): the others are registering too, so settle
+		// again before deciding.
 		r.registeredAt = r.now()
 	}
 	if err := r.fleet.Report(ctx, r.svc.Name, ns); err != nil {
@@ -341,7 +345,8 @@ func (a *Agent) follow(ctx context.Context, r *Runner, w fleet.ServiceWatcher) {
 	}
 }
 
-// mustAct says whether the fleet asks this host to revert or to follow a pin.
+// mustAct says whether the fleet asks this host to revert, to follow a
+// pin, or to register again.
 func (a *Agent) mustAct(ctx context.Context, r *Runner) bool {
 	view, err := r.fleet.Status(ctx, r.svc.Name)
 	if err != nil {
@@ -350,6 +355,9 @@ func (a *Agent) mustAct(ctx context.Context, r *Runner) bool {
 	cur := r.Status().Checksum
 	if p := rollout.Pinned(view.Pins, r.node); p != nil {
 		return true
+	}
+	if !slices.ContainsFunc(view.Nodes, func(n fleet.NodeStatus) bool { return n.Node == r.node }) {
+		return true // the fleet lost this host's record: register again
 	}
 	return r.svc.Rollout.OnFailure == rollout.OnFailureRevert && cur != "" && view.Breaker(cur) != nil
 }

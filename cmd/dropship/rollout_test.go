@@ -9,6 +9,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 // tag gives host i node tags in its agent file.
@@ -317,4 +320,55 @@ func TestRolloutCanaryFailsAlone(t *testing.T) {
 func (f *fleetRig) timelineStarts() map[string][]string {
 	_, s := f.timeline()
 	return s
+}
+
+// Consul restarted mid-rollout (a -dev agent: its records are gone): the
+// hosts register again, the rollout goes on, and no host runs an update
+// twice.
+func TestRolloutSurvivesAConsulRestart(t *testing.T) {
+	c, err := rig.StartConsul()
+	testutil.RequireServer(t, "Consul", err)
+	t.Cleanup(c.Stop)
+	f := newFleet(t, 8, 2, c, `
+  rollout {
+    canary = 1
+    waves  = ["50%", "100%"]
+    bake   = "2s"
+  }`)
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 90*time.Second)
+	f.publish("v2", false)
+	// Once the canary is done, Consul goes away and comes back empty.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n := 0
+		for _, h := range f.hosts {
+			if h.version() == "v2" {
+				n++
+			}
+		}
+		if n >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the canary never installed v2")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.Kill()
+	time.Sleep(time.Second) // hosts find Consul gone (a real outage, not a test shortcut)
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.waitAll(f.hosts, "v2", 90*time.Second)
+	f.waitEnds("v2", 8)
+	sum := f.checksum(t, f.hosts[0])
+	if got := f.startedOnce(t, sum); len(got) != 8 {
+		t.Fatalf("%d hosts started v2, want 8 (each once): %v", len(got), got)
+	}
+	w := f.waves(sum)
+	if len(w["canary"]) != 1 {
+		t.Fatalf("waves %v", w)
+	}
 }
