@@ -9,7 +9,7 @@ export DROPSHIP_RIG_DIR := $(RIG_DIR)
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 
-.PHONY: all build demo test rig vet fmt-check bench bench-idle bench-watch fuzz deb clean
+.PHONY: all build demo test rig vet fmt-check bench bench-idle bench-watch bench-rollout fuzz deb clean
 
 all: build
 
@@ -56,6 +56,11 @@ bench-idle: rig
 # Watch mode: 1,000 watchers on one Consul agent, key write to wake-up.
 bench-watch: rig
 	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/watch
+
+# Progressive rollout: 10 agents, 3 waves, 2 s bake, against the ideal;
+# then a fleet revert, breaker to the last host switched back.
+bench-rollout: rig
+	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/rollout
 
 # Fuzz the archive reader, the config loader and the state loader
 # (FUZZTIME each; `make test` runs a 30 s pass of each). A crasher lands in
