@@ -112,13 +112,16 @@ func decodeRollout(s *Service, blocks []rolloutBlock, fleetKind string) hcl.Diag
 			p.GateSpecs = append(p.GateSpecs, spec)
 		}
 	}
-	if !diags.HasErrors() {
-		if err := p.Validate(); err != nil {
-			key, _, _ := strings.Cut(err.Error(), ":")
-			diags = append(diags, hclx.Errorf(b.Body, key, "Invalid rollout", "%v", err))
+	if err := p.Validate(); err != nil {
+		for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+			key, msg, _ := strings.Cut(e.Error(), ": ")
+			if key == "waves" && len(p.Waves) < len(waves) {
+				continue // an unreadable wave is reported already
+			}
+			diags = append(diags, hclx.Errorf(b.Body, key, "Invalid rollout", "%s: %s", key, msg))
 		}
 	}
-	if len(p.Gates) > 0 && p.Bake <= 0 && !diags.HasErrors() {
+	if len(p.Gates) > 0 && p.Bake <= 0 {
 		diags = append(diags, hclx.Errorf(b.Body, "bake", "Gate without a bake",
 			"A gate judges the metrics during the bake between waves: set bake (like \"10m\")."))
 	}

@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -84,14 +85,14 @@ func (p *Policy) WaveName(i int) string {
 func (p *Policy) hasCanary() bool { return p.Canary > 0 }
 
 // Validate checks what the decoder cannot: the waves end at every host,
-// shares grow, approvals name waves.
+// shares grow, approvals name waves. It returns every problem found,
+// joined; each starts with the key it is about.
 func (p *Policy) Validate() error {
+	var errs []error
 	if len(p.Waves) == 0 {
-		return fmt.Errorf(`waves: at least one, the last "100%%"`)
-	}
-	last := p.Waves[len(p.Waves)-1]
-	if last.Percent != 100 {
-		return fmt.Errorf(`waves: the last wave must be "100%%", so that every host is in a wave (it is %q)`, last)
+		errs = append(errs, fmt.Errorf(`waves: at least one, the last "100%%"`))
+	} else if last := p.Waves[len(p.Waves)-1]; last.Percent != 100 {
+		errs = append(errs, fmt.Errorf(`waves: the last wave must be "100%%", so that every host is in a wave (it is %q)`, last))
 	}
 	prev := 0
 	for _, w := range p.Waves {
@@ -99,20 +100,20 @@ func (p *Policy) Validate() error {
 			continue
 		}
 		if w.Percent <= prev {
-			return fmt.Errorf("waves: shares are of all hosts and must grow (%d%% after %d%%)", w.Percent, prev)
+			errs = append(errs, fmt.Errorf("waves: shares are of all hosts and must grow (%d%% after %d%%)", w.Percent, prev))
 		}
 		prev = w.Percent
 	}
 	if p.Canary < 0 {
-		return fmt.Errorf("canary: %d hosts", p.Canary)
+		errs = append(errs, fmt.Errorf("canary: %d hosts", p.Canary))
 	}
 	if p.MaxFailed < 1 {
-		return fmt.Errorf("max_failed: at least 1")
+		errs = append(errs, fmt.Errorf("max_failed: at least 1"))
 	}
 	switch p.OnFailure {
 	case OnFailureStop, OnFailureRevert:
 	default:
-		return fmt.Errorf("on_failure %q: want %q or %q", p.OnFailure, OnFailureStop, OnFailureRevert)
+		errs = append(errs, fmt.Errorf("on_failure: %q: want %q or %q", p.OnFailure, OnFailureStop, OnFailureRevert))
 	}
 	names := map[string]bool{}
 	for i := 0; i < p.steps(); i++ {
@@ -120,10 +121,10 @@ func (p *Policy) Validate() error {
 	}
 	for _, a := range p.Approve {
 		if !names[a] {
-			return fmt.Errorf("approve: no wave %q (the waves are %s)", a, strings.Join(p.Names(), ", "))
+			errs = append(errs, fmt.Errorf("approve: no wave %q (the waves are %s)", a, strings.Join(p.Names(), ", ")))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // steps counts the canary and the waves.

@@ -102,7 +102,7 @@ func TestValidateRefuses(t *testing.T) {
 	}{
 		{Policy{Waves: []Wave{{Percent: 50}}, MaxFailed: 1, OnFailure: "stop"}, `last wave must be "100%"`},
 		{Policy{Waves: []Wave{{Percent: 50}, {Percent: 20}, {Percent: 100}}, MaxFailed: 1, OnFailure: "stop"}, "must grow"},
-		{Policy{Waves: []Wave{{Percent: 100}}, MaxFailed: 1, OnFailure: "rewind"}, `on_failure "rewind"`},
+		{Policy{Waves: []Wave{{Percent: 100}}, MaxFailed: 1, OnFailure: "rewind"}, `on_failure: "rewind"`},
 		{Policy{Waves: []Wave{{Percent: 100}}, MaxFailed: 1, OnFailure: "stop", Approve: []string{"canary"}}, `no wave "canary"`},
 	} {
 		if err := c.p.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
