@@ -179,7 +179,7 @@ func TestAncestorConfigLoads(t *testing.T) {
 // Every example a user copies passes `dropship validate`.
 func TestExamplesValidate(t *testing.T) {
 	examples := []string{
-		"quickstart/dropship.hcl", "s3.hcl", "cloudfiles.hcl", "rolling-consul.hcl",
+		"quickstart/dropship.hcl", "s3.hcl", "cloudfiles.hcl", "rolling-consul.hcl", "rollout.hcl",
 		"nginx-cutover/dropship.hcl", "ancestor/dropship.hcl",
 	}
 	for _, ex := range examples {
