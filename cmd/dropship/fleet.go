@@ -18,6 +18,7 @@ import (
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/consul"
 	"github.com/dropshipd/dropship/fleet/dashboard"
+	"github.com/dropshipd/dropship/fleet/rollout"
 )
 
 // fleet loads the config and returns its fleet.
@@ -281,15 +282,20 @@ func fleetServeCmd(g *globals) *cobra.Command {
 			"audit log under the token's identity. The token file has one `IDENTITY TOKEN` per line.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := g.fleet()
+			cfg, err := g.load(slog.New(slog.DiscardHandler))
 			if err != nil {
 				return err
 			}
+			p := cfg.Fleet
 			store, ok := p.(dashboard.Store)
 			if !ok {
 				return fmt.Errorf("fleet serve: %w", fleet.ErrSingleHost)
 			}
-			opts := dashboard.Options{Store: store, Logger: slog.New(slog.NewTextHandler(g.stderr, nil))}
+			opts := dashboard.Options{Store: store, Logger: slog.New(slog.NewTextHandler(g.stderr, nil)),
+				Policies: map[string]*rollout.Policy{}}
+			for _, svc := range cfg.Services {
+				opts.Policies[svc.Name] = svc.Rollout
+			}
 			switch {
 			case allowActions && tokenFile == "":
 				return fmt.Errorf("--allow-actions needs --token-file: every action is done by someone")

@@ -372,3 +372,39 @@ func TestRolloutSurvivesAConsulRestart(t *testing.T) {
 		t.Fatalf("waves %v", w)
 	}
 }
+
+// The dashboard shows a rollout wave by wave, live, and a wave waiting
+// for approval is approved from the page with a token.
+func TestDashboardShowsARolloutInABrowser(t *testing.T) {
+	c := consulServer(t)
+	b := startBrowser(t)
+	f := newFleet(t, 8, 4, c, `
+  rollout {
+    canary  = 1
+    waves   = ["50%", "100%"]
+    bake    = "1s"
+    approve = ["2"]
+  }`)
+	f.publish("v1", false)
+	f.startAll()
+	const token = "rollout-test-token-0123456789"
+	url := startDashboard(t, f.hosts[0].cfg, token)
+	b.navigate(url + "services/app")
+	b.waitJS("the waves, wave 2 waiting for approval",
+		`(r => r && /4 waiting: waiting for approval of wave 2/.test(r.textContent))(document.querySelector('table.waves tr[data-wave="2"]'))`)
+	b.waitJS("canary and wave 1 done",
+		`["canary", "1"].every(w => /done$/.test(document.querySelector('table.waves tr[data-wave="' + w + '"] td.reason').textContent))`)
+	b.screenshot("dashboard-waves.png", 1000, 760)
+	// Approve from the page: the last wave goes, and the page shows it.
+	b.eval(fmt.Sprintf(`(() => {
+		document.getElementById("token").value = %q;
+		const form = document.querySelector('form[data-action="approve"]');
+		form.querySelector('input[name="wave"]').value = "2";
+		form.requestSubmit();
+	})()`, token), nil)
+	b.waitJS("the approval done", `/approve: done/.test(document.getElementById("action-result").textContent)`)
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	b.waitJS("every wave done, live",
+		`[...document.querySelectorAll('table.waves td.reason')].every(td => td.textContent === "done")`)
+	b.waitJS("the approval in the history", `[...document.querySelectorAll('tr[data-kind="approve"]')].some(r => /alice \(dashboard\)/.test(r.textContent) && /wave 2/.test(r.textContent))`)
+}

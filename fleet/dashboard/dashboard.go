@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/fleet/rollout"
 )
 
 // Store is what the dashboard reads: fleet/consul's Fleet.
@@ -38,6 +39,8 @@ type Actor interface {
 	Hold(ctx context.Context, service string, h fleet.Hold) error
 	Resume(ctx context.Context, service string) error
 	Clear(ctx context.Context, service, checksum string) (bool, error)
+	Approve(ctx context.Context, service string, a fleet.Approval) error
+	SetFreeze(ctx context.Context, service string, f *fleet.Freeze) error
 	Record(ctx context.Context, service string, ev fleet.Event) error
 }
 
@@ -53,6 +56,9 @@ type Options struct {
 	Events int
 	// Debounce gathers a burst of writes into one read (default 50ms).
 	Debounce time.Duration
+	// Policies are the rollout blocks of the services in the config the
+	// dashboard runs with: their waves are shown.
+	Policies map[string]*rollout.Policy
 }
 
 // Server watches the fleet and serves it.
@@ -63,6 +69,7 @@ type Server struct {
 	log      *slog.Logger
 	keep     int
 	debounce time.Duration
+	deciders map[string]*rollout.Decider
 
 	snap atomic.Pointer[Fleet]
 
@@ -83,7 +90,12 @@ func New(o Options) (*Server, error) {
 	}
 	s := &Server{store: o.Store, actor: o.Actor, tokens: o.Tokens, log: o.Logger, keep: o.Events, debounce: o.Debounce,
 		events: map[string][]fleet.Event{}, logging: map[string]bool{}, subs: map[chan struct{}]struct{}{},
-		changed: make(chan struct{}, 1)}
+		changed: make(chan struct{}, 1), deciders: map[string]*rollout.Decider{}}
+	for name, p := range o.Policies {
+		if p != nil {
+			s.deciders[name] = rollout.NewDecider(p)
+		}
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -121,7 +133,14 @@ type Service struct {
 	Hold     *fleet.Hold        `json:"hold,omitempty"`
 	Breakers []fleet.Breaker    `json:"breakers"`
 	Failed   []string           `json:"failed"` // hosts whose last attempt failed
-	Events   []fleet.Event      `json:"events,omitempty"`
+	// Rollouts: the freeze, the pins, and, for a service with a rollout
+	// block in the dashboard's config, the waves of the release rolling
+	// out and what each waits on.
+	Freeze    *fleet.Freeze       `json:"freeze,omitempty"`
+	Pins      []fleet.Pin         `json:"pins,omitempty"`
+	RolloutOf string              `json:"rollout_of,omitempty"`
+	Waves     []rollout.WaveState `json:"waves,omitempty"`
+	Events    []fleet.Event       `json:"events,omitempty"`
 }
 
 // Group is the hosts on one checksum.
@@ -136,6 +155,8 @@ func (s Service) State() string {
 	switch {
 	case s.Hold != nil:
 		return "on hold"
+	case s.Freeze != nil:
+		return "frozen"
 	case len(s.Breakers) > 0:
 		return "breaker tripped"
 	case len(s.Failed) > 0:
@@ -192,12 +213,18 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	for {
+		// A rollout also moves with the clock (a bake ends, a window
+		// opens): read again then, though Consul did not change.
+		timer := time.NewTimer(time.Until(s.Snapshot().nextTime()))
 		select {
 		case <-ctx.Done():
+			timer.Stop()
 			return nil
 		case idx = <-wake:
 		case <-s.changed:
+		case <-timer.C:
 		}
+		timer.Stop()
 		// Writes come in bursts (slot, status, event): read once after.
 		select {
 		case <-ctx.Done():
@@ -223,7 +250,7 @@ func (s *Server) refresh(ctx context.Context, idx uint64) {
 			return
 		}
 		s.follow(ctx, name)
-		f.Services = append(f.Services, s.summarize(st))
+		f.Services = append(f.Services, s.summarize(ctx, st))
 	}
 	s.snap.Store(f)
 	s.notify()
@@ -299,9 +326,18 @@ func (s *Server) Events(service string) []fleet.Event {
 
 // summarize groups a service's hosts by checksum and finds the one
 // rolling out.
-func (s *Server) summarize(st fleet.Status) Service {
+func (s *Server) summarize(ctx context.Context, st fleet.Status) Service {
 	out := Service{Name: st.Service, Nodes: st.Nodes, Updating: st.Holders, Limit: st.Limit, Hold: st.Hold,
-		Breakers: st.Breakers, Groups: []Group{}, Failed: []string{}}
+		Breakers: st.Breakers, Groups: []Group{}, Failed: []string{}, Freeze: st.Freeze, Pins: st.Pins}
+	if d := s.deciders[st.Service]; d != nil {
+		if out.RolloutOf = rollout.Rolling(st); out.RolloutOf != "" {
+			// Describe may ask the gates: bounded, so a slow Prometheus
+			// does not hold the page back.
+			gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			out.Waves = d.Describe(gctx, out.RolloutOf, st, time.Now())
+			cancel()
+		}
+	}
 	if out.Nodes == nil {
 		out.Nodes = []fleet.NodeStatus{}
 	}
@@ -377,6 +413,20 @@ func (s *Server) notify() {
 }
 
 // service returns the named service of the snapshot.
+// nextTime is when a rollout shown waits until (the earliest), or an hour
+// from now.
+func (f *Fleet) nextTime() time.Time {
+	next := time.Now().Add(time.Hour)
+	for _, svc := range f.Services {
+		for _, w := range svc.Waves {
+			if !w.Until.IsZero() && w.Until.Before(next) {
+				next = w.Until
+			}
+		}
+	}
+	return next
+}
+
 func (f *Fleet) service(name string) (Service, bool) {
 	for _, s := range f.Services {
 		if s.Name == name {

@@ -58,6 +58,9 @@ var pages = template.Must(template.New("").Funcs(template.FuncMap{
 //	POST /api/v1/services/NAME/hold     {"reason": "…"}      (actions only)
 //	POST /api/v1/services/NAME/resume                        (actions only)
 //	POST /api/v1/services/NAME/clear    {"checksum": "…"}    (actions only)
+//	POST /api/v1/services/NAME/approve  {"wave": "…", "checksum": "…"?} (actions only)
+//	POST /api/v1/services/NAME/freeze   {"reason": "…"}      (actions only)
+//	POST /api/v1/services/NAME/unfreeze                      (actions only)
 //
 // Every link is relative, so it runs under any path of a reverse proxy.
 func (s *Server) Handler() http.Handler {
@@ -227,6 +230,7 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 	var body struct {
 		Reason   string `json:"reason"`
 		Checksum string `json:"checksum"`
+		Wave     string `json:"wave"`
 	}
 	if r.ContentLength != 0 {
 		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
@@ -238,7 +242,8 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if _, known := s.Snapshot().service(name); !known {
+	svc, known := s.Snapshot().service(name)
+	if !known {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("no service %q in the fleet", name)})
 		return
 	}
@@ -268,8 +273,29 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("%s: no breaker for checksum %s", name, body.Checksum)})
 			return
 		}
+	case "approve":
+		sum := body.Checksum
+		if sum == "" {
+			sum = svc.RolloutOf
+		}
+		if sum == "" || strings.TrimSpace(body.Wave) == "" {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "approve needs the wave (and the checksum, when no rollout is shown)"})
+			return
+		}
+		ev.Kind, ev.Checksum, ev.Detail = fleet.EventApprove, sum, "wave "+body.Wave
+		err = s.actor.Approve(ctx, name, fleet.Approval{Checksum: sum, Wave: body.Wave, Who: identity + " (dashboard)"})
+	case "freeze":
+		if strings.TrimSpace(body.Reason) == "" {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "a freeze needs a reason: say why, for whoever finds it"})
+			return
+		}
+		ev.Kind, ev.Detail = fleet.EventFreeze, body.Reason
+		err = s.actor.SetFreeze(ctx, name, &fleet.Freeze{Reason: body.Reason, Who: identity + " (dashboard)"})
+	case "unfreeze":
+		ev.Kind = fleet.EventUnfreeze
+		err = s.actor.SetFreeze(ctx, name, nil)
 	default:
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("no action %q (hold, resume, clear)", action)})
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("no action %q (hold, resume, clear, approve, freeze, unfreeze)", action)})
 		return
 	}
 	if err != nil {

@@ -11,14 +11,17 @@ import (
 // WaveState is one wave of a rollout as `fleet status` and the dashboard
 // show it.
 type WaveState struct {
-	Name     string   `json:"name"`
-	Nodes    []string `json:"nodes"`
-	Done     []string `json:"done"`
-	Failed   []string `json:"failed,omitempty"`
-	Running  []string `json:"running,omitempty"`
-	Waiting  []string `json:"waiting,omitempty"`
-	Reason   string   `json:"reason,omitempty"` // why the waiting hosts wait
-	Approval bool     `json:"approval,omitempty"`
+	Name    string   `json:"name"`
+	Nodes   []string `json:"nodes"`
+	Done    []string `json:"done"`
+	Failed  []string `json:"failed,omitempty"`
+	Running []string `json:"running,omitempty"`
+	Waiting []string `json:"waiting,omitempty"`
+	Reason  string   `json:"reason,omitempty"` // why the waiting hosts wait
+	// Until is when the reason may change by itself (a bake's end, a
+	// window's opening), if it may.
+	Until    time.Time `json:"until,omitzero"`
+	Approval bool      `json:"approval,omitempty"`
 }
 
 // Rolling is the checksum a service is rolling out: the one announced
@@ -65,7 +68,7 @@ func (d *Decider) Describe(ctx context.Context, checksum string, st fleet.Status
 			case dec.Go:
 				ws.Reason = "may start: waiting for a slot or for the next check"
 			default:
-				ws.Reason = dec.Reason
+				ws.Reason, ws.Until = dec.Reason, dec.Until
 			}
 		}
 		out = append(out, ws)
