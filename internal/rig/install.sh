@@ -21,7 +21,7 @@ log() { printf 'rig: %s\n' "$*" >&2; }
 
 apt_pkgs=(swift swift-proxy swift-account swift-container swift-object memcached
   graphite-web graphite-carbon chromium debhelper dh-golang lintian debootstrap fakeroot zstd xz-utils bzip2 curl time systemd
-  minisign nginx-light)
+  minisign nginx-light prometheus)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,0 +1,124 @@
+package rollout
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
+)
+
+// The test controls a gauge that a real Prometheus scrapes every second.
+var (
+	ratio   = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "rig_error_ratio", Help: "set by the test"}, []string{"test"})
+	prom    *rig.Prometheus
+	promErr error
+)
+
+func TestMain(m *testing.M) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(ratio)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	go http.Serve(ln, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	prom, promErr = rig.StartPrometheus(ln.Addr().String())
+	code := m.Run()
+	if prom != nil {
+		prom.Stop()
+	}
+	os.Exit(code)
+}
+
+func needPrometheus(t *testing.T) *rig.Prometheus {
+	t.Helper()
+	testutil.RequireServer(t, "Prometheus", promErr)
+	return prom
+}
+
+// waitFor waits until Prometheus answers query with a value: it has
+// scraped what the test set.
+func waitFor(t *testing.T, p *rig.Prometheus, query string) time.Time {
+	t.Helper()
+	g := &Prometheus{Address: p.URL, Query: query}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		now := time.Now()
+		v, err := g.Check(context.Background(), now, now)
+		if err == nil && v.OK {
+			return now
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Prometheus never had a value for %s: %v %+v", query, err, v)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func TestPrometheusGateHolds(t *testing.T) {
+	p := needPrometheus(t)
+	ratio.WithLabelValues("held").Set(0.001)
+	start := waitFor(t, p, `rig_error_ratio{test="held"}`)
+	waitFor(t, p, `count_over_time(rig_error_ratio{test="held"}[1m]) >= 4`)
+	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test="held"} < 0.01`}
+	v, err := g.Check(context.Background(), start, time.Now())
+	if err != nil || !v.OK || !strings.Contains(v.Detail, "held at") {
+		t.Fatalf("%+v %v", v, err)
+	}
+	// A short range is judged at its end.
+	now := time.Now()
+	if v, err := g.Check(context.Background(), now.Add(-100*time.Millisecond), now); err != nil || !v.OK {
+		t.Fatalf("instant: %+v %v", v, err)
+	}
+}
+
+func TestPrometheusGateFailsWhenTheValueGoesBad(t *testing.T) {
+	p := needPrometheus(t)
+	ratio.WithLabelValues("bad").Set(0.001)
+	start := waitFor(t, p, `rig_error_ratio{test="bad"}`)
+	waitFor(t, p, `count_over_time(rig_error_ratio{test="bad"}[1m]) >= 3`)
+	ratio.WithLabelValues("bad").Set(0.5)
+	bad := waitFor(t, p, `rig_error_ratio{test="bad"} > 0.1`)
+	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test="bad"} < 0.01`, Step: time.Second}
+	v, err := g.Check(context.Background(), start, bad.Add(time.Second))
+	if err != nil || v.OK || !strings.Contains(v.Detail, "did not hold at") {
+		t.Fatalf("%+v %v", v, err)
+	}
+	// With For, only the end of the range counts: it was bad there too.
+	g.For = 2 * time.Second
+	if v, err := g.Check(context.Background(), start, bad.Add(time.Second)); err != nil || v.OK {
+		t.Fatalf("for: %+v %v", v, err)
+	}
+	// The range before the value went bad held.
+	g.For = 0
+	if v, err := g.Check(context.Background(), start, start.Add(2*time.Second)); err != nil || !v.OK {
+		t.Fatalf("the good part: %+v %v", v, err)
+	}
+}
+
+func TestPrometheusGateErrors(t *testing.T) {
+	p := needPrometheus(t)
+	now := time.Now()
+	g := &Prometheus{Address: p.URL, Query: `rate(rig_error_ratio[`}
+	if _, err := g.Check(context.Background(), now.Add(-10*time.Second), now); err == nil || !strings.Contains(err.Error(), "bad_data") {
+		t.Fatalf("a bad query: %v", err)
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	g = &Prometheus{Address: "http://" + addr, Query: "up"}
+	if v, err := g.Check(context.Background(), now.Add(-10*time.Second), now); err == nil || v.OK {
+		t.Fatalf("an unreachable Prometheus: %+v %v", v, err)
+	}
+}

@@ -1,0 +1,117 @@
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	promapi "github.com/prometheus/client_golang/api"
+	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/common/model"
+)
+
+// Prometheus is a gate on a PromQL condition: a filter such as
+// `sum(rate(errors[5m])) / sum(rate(requests[5m])) < 0.01`, which has a
+// value while it holds and none when it does not. It holds over a range
+// when a range query of it has a value at every step.
+type Prometheus struct {
+	Address string
+	Query   string
+	// For bounds the range judged to its last For (0: all of it).
+	For time.Duration
+	// Step between the samples judged (0: the range / 20, from 1 s to 30 s).
+	Step time.Duration
+	// Client, if set, makes the requests (tests, TLS).
+	Client *http.Client
+
+	api promv1.API
+}
+
+var _ Gate = (*Prometheus)(nil)
+
+// Name is the gate's kind.
+func (p *Prometheus) Name() string { return "prometheus" }
+
+// queryTimeout bounds one request to Prometheus.
+const queryTimeout = 10 * time.Second
+
+func (p *Prometheus) client() (promv1.API, error) {
+	if p.api != nil {
+		return p.api, nil
+	}
+	c, err := promapi.NewClient(promapi.Config{Address: p.Address, Client: p.Client})
+	if err != nil {
+		return nil, fmt.Errorf("prometheus %s: %w", p.Address, err)
+	}
+	p.api = promv1.NewAPI(c)
+	return p.api, nil
+}
+
+// Check judges the condition over [from, to]: it holds only if it had a
+// value at every step. A range shorter than a step is judged at to. An
+// unreachable Prometheus or a bad query is an error, never a pass.
+func (p *Prometheus) Check(ctx context.Context, from, to time.Time) (Verdict, error) {
+	api, err := p.client()
+	if err != nil {
+		return Verdict{}, err
+	}
+	if p.For > 0 && to.Sub(from) > p.For {
+		from = to.Add(-p.For)
+	}
+	step := p.Step
+	if step <= 0 {
+		step = min(max(to.Sub(from)/20, time.Second), 30*time.Second)
+	}
+	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
+	if to.Sub(from) < step {
+		v, _, _, err := api.Query(ctx, p.Query, to)
+		if err != nil {
+			return Verdict{}, p.wrap(err)
+		}
+		vec, ok := v.(model.Vector)
+		if !ok {
+			return Verdict{}, fmt.Errorf("prometheus query %q: a %s, want an instant vector", p.Query, v.Type())
+		}
+		if len(vec) == 0 {
+			return Verdict{Detail: fmt.Sprintf("did not hold at %s (no value); query: %s", to.UTC().Format(time.TimeOnly), p.Query)}, nil
+		}
+		return Verdict{OK: true, Detail: fmt.Sprintf("held at %s, value %s", to.UTC().Format(time.TimeOnly), vec[0].Value)}, nil
+	}
+	v, _, _, err := api.QueryRange(ctx, p.Query, promv1.Range{Start: from, End: to, Step: step})
+	if err != nil {
+		return Verdict{}, p.wrap(err)
+	}
+	m, ok := v.(model.Matrix)
+	if !ok {
+		return Verdict{}, fmt.Errorf("prometheus query %q: a %s, want a range vector", p.Query, v.Type())
+	}
+	// Steps at which any series has a value (Prometheus rounds the
+	// times it answers with: match each step within half a step).
+	held := map[int64]model.SampleValue{} // by step number
+	for _, series := range m {
+		for _, s := range series.Values {
+			k := (s.Timestamp.Time().Sub(from) + step/2) / step
+			held[int64(k)] = s.Value
+		}
+	}
+	total := int64(to.Sub(from)/step) + 1
+	for k := range total {
+		if _, ok := held[k]; !ok {
+			at := from.Add(time.Duration(k) * step)
+			return Verdict{Detail: fmt.Sprintf("did not hold at %s (step %d of %d, %s–%s); query: %s",
+				at.UTC().Format(time.TimeOnly), k+1, total, from.UTC().Format(time.TimeOnly), to.UTC().Format(time.TimeOnly), p.Query)}, nil
+		}
+	}
+	return Verdict{OK: true, Detail: fmt.Sprintf("held at %d of %d steps, last value %s", total, total, held[total-1])}, nil
+}
+
+func (p *Prometheus) wrap(err error) error {
+	var perr *promv1.Error
+	if errors.As(err, &perr) {
+		return fmt.Errorf("prometheus %s: query %q: %s: %s", p.Address, p.Query, perr.Type, perr.Msg)
+	}
+	return fmt.Errorf("prometheus %s: %w", p.Address, err)
+}
