@@ -1,15 +1,23 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
@@ -407,4 +415,116 @@ func TestDashboardShowsARolloutInABrowser(t *testing.T) {
 	b.waitJS("every wave done, live",
 		`[...document.querySelectorAll('table.waves td.reason')].every(td => td.textContent === "done")`)
 	b.waitJS("the approval in the history", `[...document.querySelectorAll('tr[data-kind="approve"]')].some(r => /alice \(dashboard\)/.test(r.textContent) && /wave 2/.test(r.textContent))`)
+}
+
+// A metric the test sets, scraped by a real Prometheus every second.
+var promOnce struct {
+	sync.Once
+	p     *rig.Prometheus
+	ratio prometheus.Gauge
+	err   error
+}
+
+func prometheusServer(t *testing.T) (*rig.Prometheus, prometheus.Gauge) {
+	promOnce.Do(func() {
+		reg := prometheus.NewRegistry()
+		promOnce.ratio = prometheus.NewGauge(prometheus.GaugeOpts{Name: "app_error_ratio", Help: "set by the test"})
+		reg.MustRegister(promOnce.ratio)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			promOnce.err = err
+			return
+		}
+		go http.Serve(ln, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		promOnce.p, promOnce.err = rig.StartPrometheus(ln.Addr().String())
+	})
+	testutil.RequireServer(t, "Prometheus", promOnce.err)
+	// The gate judges from the start of each bake: have the series there.
+	g := &rollout.Prometheus{Address: promOnce.p.URL, Query: "app_error_ratio"}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		now := time.Now()
+		if v, err := g.Check(context.Background(), now, now); err == nil && v.OK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Prometheus never scraped the test's metric")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return promOnce.p, promOnce.ratio
+}
+
+// A gate that fails during a bake stops the rollout, and with
+// on_failure = "revert" every host already updated goes back; the hosts
+// of the next waves never start.
+func TestRolloutGateFailsMidBakeAndReverts(t *testing.T) {
+	c := consulServer(t)
+	p, ratio := prometheusServer(t)
+	ratio.Set(0.001)
+	f := newFleet(t, 8, 4, c, fmt.Sprintf(`
+  rollout {
+    canary     = 1
+    waves      = ["50%%", "100%%"]
+    bake       = "4s"
+    on_failure = "revert"
+    gate "prometheus" {
+      address = %q
+      query   = "app_error_ratio < 0.01"
+    }
+  }`, p.URL))
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 90*time.Second)
+	f.waitEnds("v1", 8)
+	f.publish("v2", false)
+	// Wave 1 (the canary and 3 more: 50 %) installs; during its bake the
+	// error ratio goes up.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		n := 0
+		for _, h := range f.hosts {
+			if h.version() == "v2" {
+				n++
+			}
+		}
+		if n == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d hosts on v2, want 4 (canary and wave 1)", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	marks := f.marks()
+	ratio.Set(0.5)
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	out, _, _ := run(t, "fleet", "status", "app", "-c", f.hosts[0].cfg)
+	if !strings.Contains(out, "BREAKER") || !strings.Contains(out, "in gate") || !strings.Contains(out, "gate prometheus failed during the bake of wave 1") {
+		t.Fatalf("fleet status does not show the gate's breaker:\n%s", out)
+	}
+	w := map[string][]string{}
+	for _, h := range f.hosts {
+		b, _ := os.ReadFile(filepath.Join(f.dir, h.name+".log"))
+		if hasLine(string(b[marks[h]:]), []string{"fleet revert"}) {
+			w["reverted"] = append(w["reverted"], h.name)
+		}
+	}
+	if len(w["reverted"]) != 4 {
+		t.Fatalf("reverted %v, want the 4 hosts of the canary and wave 1", w["reverted"])
+	}
+	_, starts := f.timeline()
+	for s, nodes := range starts {
+		if len(nodes) == 4 {
+			continue // v2: the canary and wave 1
+		}
+		if len(nodes) != 8 {
+			t.Fatalf("checksum %s started on %v", s, nodes)
+		}
+	}
+	log, _, _ := run(t, "fleet", "log", "app", "-c", f.hosts[0].cfg)
+	if strings.Count(log, "revert ") < 4 || !strings.Contains(log, "gate ") {
+		t.Fatalf("the audit log lacks the gate or the reverts:\n%s", log)
+	}
+	ratio.Set(0.001)
 }
