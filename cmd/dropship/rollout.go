@@ -254,6 +254,7 @@ func printRollout(ctx context.Context, g *globals, p *rollout.Policy, st fleet.S
 	}
 	sum := rollout.Rolling(st)
 	if sum == "" {
+		fmt.Fprintf(g.stdout, "rollout (policy %s): no release announced or installed yet\n", mine)
 		return
 	}
 	fmt.Fprintf(g.stdout, "rollout of %s (policy %s, on failure: %s):\n", sum, mine, p.OnFailure)

@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -14,9 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
@@ -64,6 +69,7 @@ const rolloutWaves = `
 func TestRolloutWavesInOrderWithBake(t *testing.T) {
 	c := consulServer(t)
 	f := newFleet(t, 8, 2, c, rolloutWaves)
+	f.tag(5, "canary", "eu")
 	f.publish("v1", false)
 	f.startAll()
 	f.waitAll(f.hosts, "v1", 90*time.Second)
@@ -76,6 +82,9 @@ func TestRolloutWavesInOrderWithBake(t *testing.T) {
 	w := f.waves(sum)
 	if len(w["canary"]) != 1 || len(w["1"]) != 3 || len(w["2"]) != 4 {
 		t.Fatalf("waves %v: want 1 canary, 3 more to reach 50%%, 4 in the last", w)
+	}
+	if w["canary"][0] != "host-5" {
+		t.Fatalf("the canary is %s, want host-5, tagged canary", w["canary"][0])
 	}
 	us, _ := f.timeline()
 	span := map[string][2]float64{} // host -> start, end of its v2 update
@@ -527,4 +536,47 @@ func TestRolloutGateFailsMidBakeAndReverts(t *testing.T) {
 		t.Fatalf("the audit log lacks the gate or the reverts:\n%s", log)
 	}
 	ratio.Set(0.001)
+}
+
+// A closed deploy window holds every host back, saying until when; the
+// window opened (by a config reload) lets the rollout go. The window's
+// arithmetic with an injected clock is in fleet/rollout's tests.
+func TestRolloutWindowClosed(t *testing.T) {
+	c := consulServer(t)
+	now := time.Now().UTC()
+	closed := now.Add(48 * time.Hour).Weekday().String()[:3]
+	f := newFleet(t, 8, 4, c, fmt.Sprintf(`
+  rollout {
+    waves = ["100%%"]
+    window {
+      days  = %q
+      hours = "00:00-24:00"
+    }
+  }`, closed))
+	f.publish("v1", false)
+	marks := f.marks()
+	f.startAll()
+	f.waitLog(f.hosts, marks, "outside the deploy window", "opens "+now.Add(48*time.Hour).Format("2006-01-02")+"T00:00:00Z")
+	if _, starts := f.timeline(); len(starts) != 0 {
+		t.Fatalf("hosts started outside the window: %v", starts)
+	}
+	// What `dropship publish` announces, so that fleet status knows the
+	// release rolling out before any host has it.
+	b, _ := os.ReadFile(f.store)
+	sum := md5.Sum(b)
+	pub, _ := json.Marshal(fleet.Published{Service: "app", Checksum: hex.EncodeToString(sum[:])})
+	client, _ := api.NewClient(&api.Config{Address: c.Addr})
+	if _, err := client.KV().Put(&api.KVPair{Key: fleet.PublishedPrefix(f.prefix) + "app", Value: pub}, nil); err != nil {
+		t.Fatal(err)
+	}
+	out, _, _ := run(t, "fleet", "status", "app", "-c", f.hosts[0].cfg)
+	if !strings.Contains(squash(out), "wave 1 8 hosts: 0 done, 8 waiting: outside the deploy window") {
+		t.Fatalf("fleet status does not say the window is closed:\n%s", out)
+	}
+	for _, h := range f.hosts {
+		b, _ := os.ReadFile(h.cfg)
+		os.WriteFile(h.cfg, []byte(strings.Replace(string(b), fmt.Sprintf("days  = %q", closed), `days  = "Mon-Sun"`, 1)), 0o644)
+		h.cmd.Process.Signal(syscall.SIGHUP)
+	}
+	f.waitAll(f.hosts, "v1", 60*time.Second)
 }
