@@ -1,24 +1,33 @@
 // Command install benchmarks dropship's install of a large artifact
 // against `curl URL | tar -x` from the same MinIO, on tmpfs.
 //
-//	go run ./bench/install [-size 1024] [-rounds 3]
+//	go run ./bench/install [-size 1024] [-rounds 3] [-trees generated,real]
 //
-// It builds (once, cached in /dev/shm/dropship-bench) an artifact of about
-// -size MiB with realistic content: ~20,000 files, many small source files
-// and some large binaries, gzip ratio near 4:1; as .tar.gz and .tar.zst.
+// Two trees of about -size MiB, each as .tar.gz and .tar.zst (built once,
+// cached in /dev/shm/dropship-bench):
+//
+//   - generated: ~20,000 files, many small source files and some large
+//     binaries, made up, gzip ratio near 4:1;
+//   - real: real files of this machine, in a fixed order: Go's source and
+//     tools, /usr/bin, Chromium's files (a few large binaries), shared
+//     libraries, /usr/share; much of it compresses poorly.
+//
 // Then, alternating, it times dropship (download, verify MD5 and SHA-256,
-// unpack, switch) and the shell pipeline, and prints wall time, peak RSS
-// and the ratio per round.
+// unpack, switch) and the shell pipeline, prints wall time, peak RSS and
+// the ratio per round, and ends with a table per tree and format: the
+// best round of each, their ratio, and dropship's peak RSS.
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -36,7 +45,16 @@ var (
 	files   = flag.Int("files", 20000, "number of files")
 	rounds  = flag.Int("rounds", 3, "rounds per format")
 	work    = flag.String("dir", "/dev/shm/dropship-bench", "work directory (tmpfs)")
+	trees   = flag.String("trees", "generated,real", "trees to install: generated, real")
 )
+
+// result is the best round of one tree and format.
+type result struct {
+	tree, format   string
+	mib            float64 // artifact size
+	drop, pipe     time.Duration
+	dropRSS, pipRS float64
+}
 
 func main() {
 	flag.Parse()
@@ -53,26 +71,26 @@ func run() error {
 		}
 	}
 	os.MkdirAll(*work, 0o755)
-	src := filepath.Join(*work, fmt.Sprintf("tree2-%d-%d", *sizeMiB, *files))
-	gz, zst := src+".tar.gz", src+".tar.zst"
-	if _, err := os.Stat(zst); err != nil {
-		fmt.Printf("building a %d MiB tree of %d files in %s …\n", *sizeMiB, *files, src)
-		if err := buildTree(src); err != nil {
+	artifacts := map[string][2]string{} // tree -> gz, zst
+	for _, tree := range strings.Split(*trees, ",") {
+		var gz, zst string
+		var err error
+		switch tree {
+		case "generated":
+			gz, zst, err = generatedTree()
+		case "real":
+			gz, zst, err = realTree()
+		default:
+			err = fmt.Errorf("no tree %q (generated, real)", tree)
+		}
+		if err != nil {
 			return err
 		}
-		for _, c := range [][]string{
-			{"sh", "-c", fmt.Sprintf("tar -C %s -cf - . | gzip -6 > %s", src, gz)},
-			{"sh", "-c", fmt.Sprintf("tar -C %s -cf - . | zstd -q -T0 -3 -o %s", src, zst)},
-		} {
-			if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
-				return fmt.Errorf("%v: %v\n%s", c, err, out)
-			}
+		artifacts[tree] = [2]string{gz, zst}
+		for _, a := range []string{gz, zst} {
+			fi, _ := os.Stat(a)
+			fmt.Printf("%s: %.1f MiB (ratio %.2f:1)\n", filepath.Base(a), float64(fi.Size())/(1<<20), float64(*sizeMiB<<20)/float64(fi.Size()))
 		}
-		os.RemoveAll(src)
-	}
-	for _, a := range []string{gz, zst} {
-		fi, _ := os.Stat(a)
-		fmt.Printf("%s: %.1f MiB (ratio %.2f:1)\n", filepath.Base(a), float64(fi.Size())/(1<<20), float64(*sizeMiB<<20)/float64(fi.Size()))
 	}
 
 	minio, err := rig.StartMinIO()
@@ -100,23 +118,60 @@ func run() error {
 	presign := awss3.NewPresignClient(awss3.New(awss3.Options{Region: "us-east-1", BaseEndpoint: aws.String(minio.Endpoint),
 		UsePathStyle: true, Credentials: credentials.NewStaticCredentialsProvider(minio.AccessKey, minio.SecretKey, "")}))
 
-	for _, c := range []struct {
-		name, file, untar string
-	}{
-		{"tar.gz", gz, "tar -xzf -"},
-		{"tar.zst", zst, "zstd -dc | tar -xf -"},
-	} {
-		key := "app." + c.name
-		if _, err := store.Publish(ctx, "bench", key, c.file, 0); err != nil {
-			return err
+	var results []result
+	for _, tree := range strings.Split(*trees, ",") {
+		for i, c := range []struct {
+			name, untar string
+		}{
+			{"tar.gz", "tar -xzf -"},
+			{"tar.zst", "zstd -dc | tar -xf -"},
+		} {
+			res, err := bench(ctx, store, presign, minio, bin, tree, artifacts[tree][i], c.name, c.untar)
+			if err != nil {
+				return err
+			}
+			results = append(results, res)
 		}
-		req, err := presign.PresignGetObject(ctx, &awss3.GetObjectInput{Bucket: aws.String("bench"), Key: aws.String(key)},
-			awss3.WithPresignExpires(time.Hour))
-		if err != nil {
-			return err
-		}
-		cfg := filepath.Join(*work, "bench-"+c.name+".hcl")
-		os.WriteFile(cfg, []byte(fmt.Sprintf(`state_path = %q
+	}
+	os.RemoveAll(filepath.Join(*work, "state"))
+	os.RemoveAll(filepath.Join(*work, "dest"))
+	fmt.Printf("\nbest of %d rounds each (load average at the end: %s)\n", *rounds, loadavg())
+	fmt.Printf("| tree | format | artifact | dropship | pipeline | ratio | dropship peak RSS | pipeline peak RSS |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n")
+	for _, r := range results {
+		fmt.Printf("| %s | %s | %.0f MiB | %.2f s | %.2f s | %.2f | %.1f MiB | %.1f MiB |\n", r.tree, r.format, r.mib,
+			r.drop.Seconds(), r.pipe.Seconds(), r.drop.Seconds()/r.pipe.Seconds(), r.dropRSS, r.pipRS)
+	}
+	return nil
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// bench times -rounds installs of one artifact, alternating dropship and
+// the shell pipeline, and returns the best of each.
+func bench(ctx context.Context, store *s3.Store, presign *awss3.PresignClient, minio *rig.MinIO, bin, tree, file, format, untar string) (result, error) {
+	fi, err := os.Stat(file)
+	if err != nil {
+		return result{}, err
+	}
+	res := result{tree: tree, format: format, mib: float64(fi.Size()) / (1 << 20)}
+	key := tree + "." + format
+	if _, err := store.Publish(ctx, "bench", key, file, 0); err != nil {
+		return res, err
+	}
+	req, err := presign.PresignGetObject(ctx, &awss3.GetObjectInput{Bucket: aws.String("bench"), Key: aws.String(key)},
+		awss3.WithPresignExpires(time.Hour))
+	if err != nil {
+		return res, err
+	}
+	cfg := filepath.Join(*work, "bench-"+key+".hcl")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`state_path = %q
 repo "s3" {
   endpoint   = %q
   access_key = %q
@@ -128,35 +183,126 @@ service "bench" {
     bucket      = "bench"
     path        = %q
     destination = %q
+    max_files   = 1000000
   }
 }
 `, filepath.Join(*work, "state"), minio.Endpoint, minio.AccessKey, minio.SecretKey, key, filepath.Join(*work, "dest"))), 0o644)
 
-		fmt.Printf("\n%s: %d rounds, alternating (wall time, peak RSS)\n", c.name, *rounds)
-		fmt.Printf("%-6s %-24s %-24s %s\n", "round", "dropship", "curl | "+c.untar, "ratio")
-		for r := 1; r <= *rounds; r++ {
-			os.RemoveAll(filepath.Join(*work, "state"))
-			os.RemoveAll(filepath.Join(*work, "dest"))
-			dw, drss, err := timed(exec.Command(bin, "agent", "--once", "-c", cfg, "--log-level", "warn"))
-			if err != nil {
-				return fmt.Errorf("dropship: %w", err)
-			}
-			out := filepath.Join(*work, "curl-out")
-			os.RemoveAll(out)
-			os.MkdirAll(out, 0o755)
-			pipe := fmt.Sprintf("curl -sf '%s' | %s", req.URL, strings.Replace(c.untar, "tar ", "tar -C "+out+" ", 1))
-			cw, crss, err := timed(exec.Command("sh", "-c", pipe))
-			if err != nil {
-				return fmt.Errorf("curl | tar: %w", err)
-			}
-			os.RemoveAll(out)
-			fmt.Printf("%-6d %-24s %-24s %.2f\n", r, fmt.Sprintf("%.2fs %5.1f MiB", dw.Seconds(), drss),
-				fmt.Sprintf("%.2fs %5.1f MiB", cw.Seconds(), crss), dw.Seconds()/cw.Seconds())
+	fmt.Printf("\n%s tree, %s: %d rounds, alternating (wall time, peak RSS)\n", tree, format, *rounds)
+	fmt.Printf("%-6s %-24s %-24s %s\n", "round", "dropship", "curl | "+untar, "ratio")
+	for r := 1; r <= *rounds; r++ {
+		os.RemoveAll(filepath.Join(*work, "state"))
+		os.RemoveAll(filepath.Join(*work, "dest"))
+		dw, drss, err := timed(exec.Command(bin, "agent", "--once", "-c", cfg, "--log-level", "warn"))
+		if err != nil {
+			return res, fmt.Errorf("dropship: %w", err)
+		}
+		out := filepath.Join(*work, "curl-out")
+		os.RemoveAll(out)
+		os.MkdirAll(out, 0o755)
+		pipe := fmt.Sprintf("curl -sf '%s' | %s", req.URL, strings.Replace(untar, "tar ", "tar -C "+out+" ", 1))
+		cw, crss, err := timed(exec.Command("sh", "-c", pipe))
+		if err != nil {
+			return res, fmt.Errorf("curl | tar: %w", err)
+		}
+		os.RemoveAll(out)
+		fmt.Printf("%-6d %-24s %-24s %.2f\n", r, fmt.Sprintf("%.2fs %5.1f MiB", dw.Seconds(), drss),
+			fmt.Sprintf("%.2fs %5.1f MiB", cw.Seconds(), crss), dw.Seconds()/cw.Seconds())
+		if res.drop == 0 || dw < res.drop {
+			res.drop = dw
+		}
+		if res.pipe == 0 || cw < res.pipe {
+			res.pipe = cw
+		}
+		res.dropRSS, res.pipRS = max(res.dropRSS, drss), max(res.pipRS, crss)
+	}
+	return res, nil
+}
+
+// generatedTree builds (once) the made-up tree's artifacts.
+func generatedTree() (gz, zst string, err error) {
+	src := filepath.Join(*work, fmt.Sprintf("tree2-%d-%d", *sizeMiB, *files))
+	gz, zst = src+".tar.gz", src+".tar.zst"
+	if _, err := os.Stat(zst); err == nil {
+		return gz, zst, nil
+	}
+	fmt.Printf("building a %d MiB tree of %d files in %s …\n", *sizeMiB, *files, src)
+	if err := buildTree(src); err != nil {
+		return "", "", err
+	}
+	defer os.RemoveAll(src)
+	return gz, zst, pack(fmt.Sprintf("tar -C %s -cf - .", src), gz, zst)
+}
+
+func pack(tarCmd, gz, zst string) error {
+	for _, c := range []string{
+		fmt.Sprintf("%s | gzip -6 > %s.tmp && mv %s.tmp %s", tarCmd, gz, gz, gz),
+		fmt.Sprintf("%s | zstd -q -T0 -3 -o %s.tmp && mv %s.tmp %s", tarCmd, zst, zst, zst),
+	} {
+		if out, err := exec.Command("sh", "-c", c).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %v\n%s", c, err, out)
 		}
 	}
-	os.RemoveAll(filepath.Join(*work, "state"))
-	os.RemoveAll(filepath.Join(*work, "dest"))
 	return nil
+}
+
+// realRoots are where the real tree's files come from, in order, each
+// with the most it may give (0: up to the total).
+var realRoots = []struct {
+	dir string
+	cap int64
+}{
+	{runtime.GOROOT(), 300 << 20},
+	{"/usr/bin", 200 << 20},
+	{"/usr/lib/chromium", 250 << 20},
+	{"/usr/lib/x86_64-linux-gnu", 200 << 20},
+	{"/usr/share", 0},
+}
+
+// realTree lists (once) about -size MiB of this machine's regular files,
+// walked in lexical order, and packs them.
+func realTree() (gz, zst string, err error) {
+	base := filepath.Join(*work, fmt.Sprintf("real-%d", *sizeMiB))
+	gz, zst = base+".tar.gz", base+".tar.zst"
+	if _, err := os.Stat(zst); err == nil {
+		return gz, zst, nil
+	}
+	total := int64(*sizeMiB) << 20
+	var list []string
+	var sum int64
+	for _, root := range realRoots {
+		var taken int64
+		filepath.WalkDir(root.dir, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || sum >= total || (root.cap > 0 && taken >= root.cap) {
+				if d != nil && d.IsDir() && err == nil {
+					return filepath.SkipDir
+				}
+				return nil
+			}
+			if !d.Type().IsRegular() {
+				return nil
+			}
+			info, err := d.Info()
+			if err != nil || info.Size() > total-sum {
+				return nil
+			}
+			f, err := os.Open(p)
+			if err != nil {
+				return nil // unreadable: left out
+			}
+			f.Close()
+			list = append(list, strings.TrimPrefix(p, "/"))
+			sum += info.Size()
+			taken += info.Size()
+			return nil
+		})
+	}
+	fmt.Printf("real tree: %d files, %.0f MiB, from %d roots\n", len(list), float64(sum)/(1<<20), len(realRoots))
+	listFile := base + ".list"
+	if err := os.WriteFile(listFile, []byte(strings.Join(list, "\n")+"\n"), 0o644); err != nil {
+		return "", "", err
+	}
+	return gz, zst, pack(fmt.Sprintf("tar -C / -cf - --files-from %s", listFile), gz, zst)
 }
 
 // timed runs cmd under GNU time and returns its wall time and the peak
