@@ -19,6 +19,7 @@ import (
 	"github.com/dropshipd/dropship/artifact/archive"
 	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/hooks"
+	"github.com/dropshipd/dropship/internal/prefetch"
 )
 
 // The update as a transaction, a step per function:
@@ -201,7 +202,7 @@ func (t *txn) fetch(ctx context.Context) error {
 	v := artifact.NewVerifier(stream, t.info)
 	// Download and hashing on one core, decompression and unpacking on
 	// the other; 4 × 64 KiB in flight at most.
-	ahead := artifact.Prefetch(v, 64<<10, 4)
+	ahead := prefetch.New(v, 64<<10, 4)
 	defer ahead.Close()
 	opt := t.r.svc.Unpack
 	opt.Name = path.Base(strings.TrimRight(t.info.Key, "/"))

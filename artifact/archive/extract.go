@@ -15,11 +15,14 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
+
+	"github.com/dropshipd/dropship/internal/prefetch"
 )
 
 // Defaults for the limits of Options.
@@ -127,7 +130,7 @@ func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats
 	if opt.FinalDir == "" {
 		opt.FinalDir, _ = filepath.Abs(dir)
 	}
-	x := &extractor{ctx: ctx, root: root, opt: opt, compressed: counted, links: map[string]bool{}, made: map[string]bool{}}
+	x := &extractor{ctx: ctx, root: root, opt: opt, compressed: counted, links: map[string]bool{}, made: map[string]bool{}, onDisk: map[string]bool{}}
 	x.stats.Format = format
 
 	switch format {
@@ -139,7 +142,16 @@ func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats
 		var r io.Reader
 		r, err = decompressor(format, br)
 		if err == nil {
-			err = x.tar(tar.NewReader(r))
+			src := r
+			if format != Tar {
+				// Decompression in a goroutine of its own, a few chunks
+				// ahead of the unpacking: on two cores they overlap.
+				src = prefetch.New(r, 64<<10, 4)
+			}
+			err = x.tar(tar.NewReader(src))
+			if src != r {
+				src.(io.Closer).Close() // before the decompressor: it reads from it
+			}
 			if c, ok := r.(io.Closer); ok {
 				c.Close()
 			}
@@ -251,12 +263,12 @@ func (z zstdCloser) Close() error { z.Decoder.Close(); return nil }
 
 type countReader struct {
 	r io.Reader
-	n int64
+	n atomic.Int64 // read by the unpacking goroutine, written by the decompressing one
 }
 
 func (c *countReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
 }
 
@@ -277,6 +289,8 @@ type extractor struct {
 	// made holds every directory known to exist, explicit or made for an
 	// entry's parents: each counts once toward max_files.
 	made map[string]bool
+	// onDisk holds the directories made on disk for entries' parents.
+	onDisk map[string]bool
 }
 
 // clean validates an entry name and returns it relative to the root.
@@ -325,20 +339,39 @@ func (x *extractor) count(name string) error {
 // prepare makes the parents of name and clears a previous entry of the
 // same name, refusing anything but a file replacing a file.
 func (x *extractor) prepare(orig, name string, isDir bool) error {
+	if err := x.parentsOf(orig, name); err != nil {
+		return err
+	}
+	return x.clear(orig, name, isDir)
+}
+
+// parentsOf checks where name would be written and makes its parents.
+func (x *extractor) parentsOf(orig, name string) error {
 	if err := x.viaLink(orig, name); err != nil {
 		return err
 	}
 	if err := x.shape(orig, name); err != nil {
 		return err
 	}
-	if dir := path.Dir(name); dir != "." {
+	if dir := path.Dir(name); dir != "." && !x.onDisk[dir] {
 		if err := x.parents(orig, dir); err != nil {
 			return err
 		}
 		if err := x.root.MkdirAll(dir, 0o755); err != nil {
 			return refuse(orig, "cannot create its directory: %v", err)
 		}
+		// Made here, and never replaced (a directory is never replaced
+		// by anything else): the next entry in it needs no MkdirAll.
+		for p := dir; p != "." && p != "/"; p = path.Dir(p) {
+			x.onDisk[p] = true
+		}
 	}
+	return nil
+}
+
+// clear removes a previous file of the same name, refusing anything but
+// a file replacing a file (or a directory entry for a directory).
+func (x *extractor) clear(orig, name string, isDir bool) error {
 	fi, err := x.root.Lstat(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -434,10 +467,18 @@ func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime ti
 	if declared > x.opt.MaxSize-x.stats.Bytes {
 		return refuse(orig, "declares %d bytes: unpacked size over max_size = %d bytes", declared, x.opt.MaxSize)
 	}
-	if err := x.prepare(orig, name, false); err != nil {
+	if err := x.parentsOf(orig, name); err != nil {
 		return err
 	}
+	// Most names are new: create first (O_EXCL follows no link and
+	// replaces nothing), and look at what is there only when it fails.
 	f, err := x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		if err := x.clear(orig, name, false); err != nil {
+			return err
+		}
+		f, err = x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	}
 	if err != nil {
 		return refuse(orig, "%v", err)
 	}
@@ -463,6 +504,7 @@ func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime ti
 	if err == nil {
 		err = f.Chmod(x.mode(m, false))
 	}
+	timed := err == nil && !mtime.IsZero() && setTimes(f, mtime)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -473,7 +515,7 @@ func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime ti
 		}
 		return fmt.Errorf("write %q: %w", orig, err)
 	}
-	if !mtime.IsZero() {
+	if !mtime.IsZero() && !timed {
 		x.root.Chtimes(name, mtime, mtime)
 	}
 	return nil
@@ -482,7 +524,7 @@ func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime ti
 // ratio refuses an archive that has unpacked to over max_ratio times the
 // compressed bytes read (past a floor, so small archives of zeros pass).
 func (x *extractor) ratio(orig string) error {
-	if x.stats.Bytes > ratioFloor && float64(x.stats.Bytes) > x.opt.MaxRatio*float64(x.compressed.n) {
+	if x.stats.Bytes > ratioFloor && float64(x.stats.Bytes) > x.opt.MaxRatio*float64(x.compressed.n.Load()) {
 		return refuse(orig, "compression ratio over %g:1 (a decompression bomb? max_ratio on the artifact block raises it)", x.opt.MaxRatio)
 	}
 	return nil
@@ -659,7 +701,7 @@ func (x *extractor) zip(r io.Reader) error {
 	if err != nil {
 		return fmt.Errorf("%w: not a valid zip archive: %v", ErrRefused, err)
 	}
-	x.compressed.n = size
+	x.compressed.n.Store(size)
 	for _, e := range zr.File {
 		if err := x.count(e.Name); err != nil {
 			return err
