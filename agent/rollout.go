@@ -310,9 +310,10 @@ func (r *Runner) rolloutWait(out Outcome) time.Duration {
 	return max(wait, 10*time.Millisecond)
 }
 
-// followGap is the least time between two checks the fleet's changes
-// trigger: a rollout writes many records at once.
-const followGap = 200 * time.Millisecond
+// followGap is the least time between two looks the fleet's changes
+// trigger: a rollout writes many records at once, and each look of each
+// host reads the service's records.
+const followGap = time.Second
 
 // follow wakes a service with a rollout when its fleet records change and
 // it has something to do: it waits on the rollout, or the breaker tripped
@@ -337,7 +338,7 @@ func (a *Agent) follow(ctx context.Context, r *Runner, w fleet.ServiceWatcher) {
 			index = 0 // a new Consul: start afresh
 			continue
 		}
-		index = next
+		index = max(next, 1) // index 0 would not block
 		if r.rolloutWaiting() || a.mustAct(ctx, r) {
 			a.Trigger(r.svc.Name)
 		}

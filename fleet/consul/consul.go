@@ -254,6 +254,9 @@ func (p *Fleet) SetPin(ctx context.Context, service, glob string, pin *fleet.Pin
 
 // Approve lets a wave of a rollout of a checksum start.
 func (p *Fleet) Approve(ctx context.Context, service string, a fleet.Approval) error {
+	if len(a.Wave) == 0 || len(a.Wave) > 64 || len(a.Checksum) == 0 || len(a.Checksum) > 128 {
+		return fmt.Errorf("approve: a wave name (up to 64 bytes) and a checksum (up to 128) are needed")
+	}
 	if a.Time.IsZero() {
 		a.Time = time.Now().UTC()
 	}

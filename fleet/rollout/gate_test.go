@@ -117,8 +117,12 @@ func TestPrometheusGateErrors(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := ln.Addr().String()
 	ln.Close()
-	g = &Prometheus{Address: "http://" + addr, Query: "up"}
-	if v, err := g.Check(context.Background(), now.Add(-10*time.Second), now); err == nil || v.OK {
+	g = &Prometheus{Address: "http://reader:s3cret@" + addr, Query: "up"}
+	v, err := g.Check(context.Background(), now.Add(-10*time.Second), now)
+	if err == nil || v.OK {
 		t.Fatalf("an unreachable Prometheus: %+v %v", v, err)
+	}
+	if strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("the error shows the password: %v", err)
 	}
 }

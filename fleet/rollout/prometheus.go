@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"time"
 
 	promapi "github.com/prometheus/client_golang/api"
@@ -43,7 +44,7 @@ func (p *Prometheus) client() (promv1.API, error) {
 	}
 	c, err := promapi.NewClient(promapi.Config{Address: p.Address, Client: p.Client})
 	if err != nil {
-		return nil, fmt.Errorf("prometheus %s: %w", p.Address, err)
+		return nil, p.wrap(err)
 	}
 	p.api = promv1.NewAPI(c)
 	return p.api, nil
@@ -108,10 +109,21 @@ func (p *Prometheus) Check(ctx context.Context, from, to time.Time) (Verdict, er
 	return Verdict{OK: true, Detail: fmt.Sprintf("held at %d of %d steps, last value %s", total, total, held[total-1])}, nil
 }
 
+// wrap names Prometheus by its address without credentials (the error
+// goes to logs, the breaker and the dashboard), and drops the request's
+// URL that net/http puts into its errors.
 func (p *Prometheus) wrap(err error) error {
+	addr := "(an address)"
+	if u, perr := url.Parse(p.Address); perr == nil {
+		addr = u.Redacted()
+	}
 	var perr *promv1.Error
 	if errors.As(err, &perr) {
-		return fmt.Errorf("prometheus %s: query %q: %s: %s", p.Address, p.Query, perr.Type, perr.Msg)
+		return fmt.Errorf("prometheus %s: query %q: %s: %s", addr, p.Query, perr.Type, perr.Msg)
 	}
-	return fmt.Errorf("prometheus %s: %w", p.Address, err)
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		err = uerr.Err
+	}
+	return fmt.Errorf("prometheus %s: %w", addr, err)
 }
