@@ -66,6 +66,9 @@ type Fleet interface {
 	// p is nil; it says whether there was one.
 	SetPin(ctx context.Context, service, glob string, p *Pin) (bool, error)
 	Approve(ctx context.Context, service string, a Approval) error
+	// Forget removes the record of a host that is gone for good, so that
+	// waves stop waiting for it; false if there was none.
+	Forget(ctx context.Context, service, node string) (bool, error)
 
 	// Record appends ev to the audit log of service. The log keeps the
 	// newest MaxEvents; appends from many hosts at once never lose one.
@@ -222,6 +225,7 @@ const (
 	EventUnfreeze = "unfreeze" // new waves allowed again
 	EventPin      = "pin"      // hosts pinned to a release
 	EventUnpin    = "unpin"
+	EventForget   = "forget" // a host's record removed
 )
 
 // Event is one entry of the audit log: who did what to which service,

@@ -141,7 +141,7 @@ func fleetCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}, fleetLogCmd(g), fleetServeCmd(g), fleetApproveCmd(g), fleetFreezeCmd(g), fleetUnfreezeCmd(g),
-		fleetPinCmd(g), fleetUnpinCmd(g))
+		fleetPinCmd(g), fleetUnpinCmd(g), fleetForgetCmd(g))
 	return cmd
 }
 

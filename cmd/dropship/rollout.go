@@ -275,3 +275,30 @@ func printRollout(ctx context.Context, g *globals, p *rollout.Policy, st fleet.S
 		fmt.Fprintln(g.stdout, line)
 	}
 }
+
+func fleetForgetCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "forget SERVICE NODE",
+		Short: "Remove the record of a host that is gone for good",
+		Long: "Delete NODE's record of SERVICE in Consul. Rollout waves are planned from the registered\n" +
+			"hosts and wait for every host of a wave: a host taken out of service must be forgotten, or\n" +
+			"its wave waits for it. A host that is still running registers again at its next look.",
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := g.fleet()
+			if err != nil {
+				return err
+			}
+			ok, err := p.Forget(cmd.Context(), args[0], args[1])
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return fmt.Errorf("%s: no record of host %q", args[0], args[1])
+			}
+			g.record(cmd.Context(), p, args[0], fleet.Event{Kind: fleet.EventForget, Node: args[1]})
+			fmt.Fprintf(g.stdout, "%s: host %s forgotten\n", args[0], args[1])
+			return nil
+		},
+	}
+}

@@ -580,3 +580,30 @@ func TestRolloutWindowClosed(t *testing.T) {
 	}
 	f.waitAll(f.hosts, "v1", 60*time.Second)
 }
+
+// A host gone for good holds its wave back until it is forgotten.
+func TestRolloutForgetADeadHost(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 8, 4, c, `
+  rollout {
+    canary = 1
+    waves  = ["100%"]
+  }`)
+	client, _ := api.NewClient(&api.Config{Address: c.Addr})
+	p, _ := rollout.ParseWave("100%")
+	pol := &rollout.Policy{Canary: 1, Waves: []rollout.Wave{p}, MaxFailed: 1, OnFailure: rollout.OnFailureStop}
+	// Tagged canary: the wave every other host waits for.
+	dead, _ := json.Marshal(fleet.NodeStatus{Node: "host-dead", Result: "registered", Policy: pol.Hash(), Tags: []string{"canary"}, Time: time.Now()})
+	client.KV().Put(&api.KVPair{Key: fleet.NodesKey(f.prefix, "app") + "host-dead", Value: dead}, nil)
+	f.publish("v1", false)
+	marks := f.marks()
+	f.startAll()
+	f.waitLog(f.hosts, marks, "waiting for wave canary: 0 of 1 hosts done (host-dead to go)")
+	if out, errOut, code := run(t, "fleet", "forget", "app", "host-dead", "-c", f.hosts[0].cfg); code != 0 || !strings.Contains(out, "forgotten") {
+		t.Fatalf("forget: %d %s %s", code, out, errOut)
+	}
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	if _, _, code := run(t, "fleet", "forget", "app", "host-dead", "-c", f.hosts[0].cfg); code == 0 {
+		t.Fatal("forgetting a host twice succeeded")
+	}
+}

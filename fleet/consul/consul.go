@@ -263,6 +263,11 @@ func (p *Fleet) Approve(ctx context.Context, service string, a fleet.Approval) e
 	return p.put(ctx, fleet.RolloutKey(p.Prefix, service)+"approve/"+keySafe(a.Checksum)+"/"+keySafe(a.Wave), a)
 }
 
+// Forget removes the node record of node.
+func (p *Fleet) Forget(ctx context.Context, service, node string) (bool, error) {
+	return p.delete(ctx, fleet.NodesKey(p.Prefix, service)+node)
+}
+
 // delete removes key, saying whether it was there.
 func (p *Fleet) delete(ctx context.Context, key string) (bool, error) {
 	kv, _, err := p.Client.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))

@@ -162,6 +162,9 @@ func (Fleet) SetPin(context.Context, string, string, *fleet.Pin) (bool, error) {
 	return false, fleet.ErrSingleHost
 }
 func (Fleet) Approve(context.Context, string, fleet.Approval) error { return fleet.ErrSingleHost }
+func (Fleet) Forget(context.Context, string, string) (bool, error) {
+	return false, fleet.ErrSingleHost
+}
 
 // Record: a single host keeps its history in its state file.
 func (Fleet) Record(context.Context, string, fleet.Event) error { return nil }
