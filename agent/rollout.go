@@ -49,14 +49,22 @@ func (r *Runner) register(ctx context.Context, st *State, view fleet.Status) {
 			return
 		}
 		ns = *own
+		if own.Checksum != st.Checksum {
+			// What the record said is stale (a report that was lost):
+			// the install is as of now, and a bake counts from here.
+			ns.Result, ns.Time = "registered", r.now().UTC()
+		}
 		ns.Checksum, ns.Release = st.Checksum, st.Release
 	}
 	ns.Tags, ns.Policy = r.tags, r.policyHash()
-	if own == nil || r.registeredAt.IsZero() {
-		// New here, or the fleet lost its records (a Consul that
-		// restarted empty): the others are registering too, so settle
-		// again before deciding.
+	switch {
+	case r.registeredAt.IsZero():
 		r.registeredAt = r.now()
+	case own == nil:
+		// The fleet lost its records (a Consul that restarted empty):
+		// the others register again as their followers come back, up to
+		// followBackoffCap apart: wait that long before planning.
+		r.registeredAt = r.now().Add(reregisterSettle - registerSettle)
 	}
 	if err := r.fleet.Report(ctx, r.svc.Name, ns); err != nil {
 		r.logger.Warn("could not register in the fleet", "error", err)
@@ -149,7 +157,9 @@ func (r *Runner) revert(ctx context.Context, st *State, view fleet.Status, b *fl
 	}
 	cur := r.lay.current()
 	target, err := pickRollback(st, cur, "")
-	for err == nil && target.Checksum == b.Checksum { // the same bytes kept twice: further back
+	// Further back past the same bytes kept twice, and past any release
+	// the fleet refused too.
+	for err == nil && (target.Checksum == b.Checksum || view.Breaker(target.Checksum) != nil) {
 		target, err = pickRollback(st, target.ID, "")
 	}
 	if err != nil {
@@ -274,11 +284,9 @@ func (r *Runner) underMaxFailed(ctx context.Context, checksum string) bool {
 	if err != nil {
 		return false // cannot count: stop the rollout
 	}
-	failed := 1
-	for _, n := range view.Nodes {
-		if n.Node != r.node && n.Result == string(ResultFailed) && n.Attempt == checksum {
-			failed++
-		}
+	failed := rollout.Failed(view, checksum) // this host's report is in
+	if failed == 0 {
+		failed = 1
 	}
 	if failed < p.MaxFailed {
 		r.logger.Warn("rollout: failure counted, the rollout goes on", "checksum", checksum, "failed_hosts", failed, "max_failed", p.MaxFailed)
@@ -290,6 +298,13 @@ func (r *Runner) underMaxFailed(ctx context.Context, checksum string) bool {
 // registerSettle is how long a host waits after registering before its
 // first rollout decision.
 const registerSettle = 3 * time.Second
+
+// reregisterSettle is the wait after registering again in a fleet that
+// lost its records: longer than the followers' back-off.
+const reregisterSettle = followBackoffCap + 5*time.Second
+
+// followBackoffCap bounds the follower's back-off while Consul is away.
+const followBackoffCap = 10 * time.Second
 
 // rolloutPoll is how long a host waiting on a rollout sleeps when nothing
 // wakes it: the fleet's changes (Agent.follow) and the decision's own
@@ -329,7 +344,7 @@ func (a *Agent) follow(ctx context.Context, r *Runner, w fleet.ServiceWatcher) {
 			}
 			r.logger.Debug("following the fleet's records", "error", err)
 			sleep(ctx, jitter(backoff))
-			backoff = min(backoff*2, time.Minute)
+			backoff = min(backoff*2, followBackoffCap)
 			index = 0
 			continue
 		}

@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
@@ -121,9 +122,9 @@ func decodeRollout(s *Service, blocks []rolloutBlock, fleetKind string) hcl.Diag
 			diags = append(diags, hclx.Errorf(b.Body, key, "Invalid rollout", "%s: %s", key, msg))
 		}
 	}
-	if len(p.Gates) > 0 && p.Bake <= 0 {
+	if len(p.Gates) > 0 && p.Bake < time.Second {
 		diags = append(diags, hclx.Errorf(b.Body, "bake", "Gate without a bake",
-			"A gate judges the metrics during the bake between waves: set bake (like \"10m\")."))
+			"A gate judges the metrics during the bake between waves: set bake, at least 1s (like \"10m\")."))
 	}
 	s.Rollout = p
 	return diags
@@ -146,7 +147,9 @@ func decodeGate(gb gateBlock) (rollout.Gate, string, hcl.Diagnostics) {
 		diags = append(diags, ds...)
 		g.Step, ds = hclx.Duration(pg.Body, "step", hclx.Str(pg.Step), 0)
 		diags = append(diags, ds...)
-		return g, fmt.Sprintf("prometheus %s %q for=%s step=%s", pg.Address, pg.Query, g.For, g.Step), diags
+		// The spec goes into the policy's hash, published in Consul:
+		// never credentials.
+		return g, fmt.Sprintf("prometheus %s %q for=%s step=%s", rollout.RedactAddress(pg.Address), pg.Query, g.For, g.Step), diags
 	}
 	r := gb.Body.MissingItemRange()
 	return nil, "", hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Unknown gate",

@@ -344,11 +344,10 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 			attrs = append(attrs, "attempts", f.Count, "next_try_in", r.failureBackoff(f.Count))
 		}
 		r.logger.Error("update failed", attrs...)
-		if tripsBreaker(out) && !r.underMaxFailed(ctx, out.Checksum) {
-			b := fleet.Breaker{Checksum: out.Checksum, Node: r.node, Phase: string(out.Phase), Error: out.Err.Error(), Time: r.now().UTC()}
-			if err := r.fleet.Trip(ctx, r.svc.Name, b); err != nil {
-				r.logger.Error("could not mark the checksum failed for the fleet", "error", err)
-			}
+		// With a rollout, the failure is reported first and the failed
+		// hosts counted after: hosts failing at once each see the others.
+		if tripsBreaker(out) && r.decider == nil {
+			r.trip(ctx, out)
 		}
 	}
 	switch out.Result {
@@ -365,8 +364,14 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 				r.logger.Warn("could not record the event in the audit log", "kind", ev.Kind, "error", err)
 			}
 		}
+		if out.Result == ResultFailed && tripsBreaker(out) {
+			ns.Counted = true
+		}
 		if err := r.fleet.Report(ctx, r.svc.Name, ns); err != nil {
 			r.logger.Warn("could not report node status", "error", err)
+		}
+		if ns.Counted && r.decider != nil && !r.underMaxFailed(ctx, out.Checksum) {
+			r.trip(ctx, out)
 		}
 	}
 	if out.announce != nil {
@@ -378,6 +383,14 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 		r.logger.Info("installed", "checksum", out.Checksum, "release", out.Release, "duration", out.Duration.Round(time.Millisecond))
 	}
 	return out
+}
+
+// trip marks the checksum of a failed outcome failed for the fleet.
+func (r *Runner) trip(ctx context.Context, out Outcome) {
+	b := fleet.Breaker{Checksum: out.Checksum, Node: r.node, Phase: string(out.Phase), Error: out.Err.Error(), Time: r.now().UTC()}
+	if err := r.fleet.Trip(ctx, r.svc.Name, b); err != nil {
+		r.logger.Error("could not mark the checksum failed for the fleet", "error", err)
+	}
 }
 
 // announce runs the reporting hooks with the outcome of an update. They

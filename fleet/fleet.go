@@ -102,6 +102,9 @@ type NodeStatus struct {
 	// ("" without one). Hosts whose policies differ stop advancing.
 	Tags   []string `json:"tags,omitempty"`
 	Policy string   `json:"policy,omitempty"`
+	// Counted: the failure is the release's fault (it trips breakers and
+	// counts toward a rollout's max_failed), not this host's trouble.
+	Counted bool `json:"counted,omitempty"`
 }
 
 // ServiceWatcher is a Fleet whose records of a service can be waited on.
@@ -166,6 +169,9 @@ type Status struct {
 	Freeze    *Freeze
 	Pins      []Pin
 	Approvals []Approval
+	// Cleared is when `fleet clear` lifted a checksum's breaker: failures
+	// before it no longer count.
+	Cleared map[string]time.Time
 }
 
 // Breaker returns the breaker of checksum, or nil.

@@ -220,9 +220,14 @@ func (p *Fleet) Resume(ctx context.Context, service string) error {
 	return nil
 }
 
-// Clear lifts the breaker of checksum; false if there was none.
+// Clear lifts the breaker of checksum; false if there was none. It notes
+// when, so that rollouts stop counting the failures from before.
 func (p *Fleet) Clear(ctx context.Context, service, checksum string) (bool, error) {
-	return p.delete(ctx, fleet.FailedKey(p.Prefix, service)+checksum)
+	ok, err := p.delete(ctx, fleet.FailedKey(p.Prefix, service)+checksum)
+	if err != nil || !ok {
+		return ok, err
+	}
+	return true, p.put(ctx, fleet.RolloutKey(p.Prefix, service)+"cleared/"+keySafe(checksum), map[string]any{"checksum": checksum, "time": time.Now().UTC()})
 }
 
 // SetFreeze writes or lifts the freeze of service.
@@ -235,6 +240,7 @@ func (p *Fleet) SetFreeze(ctx context.Context, service string, f *fleet.Freeze) 
 	if f.Time.IsZero() {
 		f.Time = time.Now().UTC()
 	}
+	f.Reason = fleet.Clip(f.Reason)
 	return p.put(ctx, key, f)
 }
 
@@ -357,8 +363,21 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 			}
 		case rest == "rollout/freeze":
 			var f fleet.Freeze
-			if json.Unmarshal(kv.Value, &f) == nil {
-				st.Freeze = &f
+			if err := json.Unmarshal(kv.Value, &f); err != nil {
+				// Unreadable is still a freeze: fail closed.
+				f = fleet.Freeze{Reason: "an unreadable freeze record (" + err.Error() + "); `dropship fleet unfreeze` lifts it", Who: "?"}
+			}
+			st.Freeze = &f
+		case strings.HasPrefix(rest, "rollout/cleared/"):
+			var c struct {
+				Checksum string    `json:"checksum"`
+				Time     time.Time `json:"time"`
+			}
+			if json.Unmarshal(kv.Value, &c) == nil {
+				if st.Cleared == nil {
+					st.Cleared = map[string]time.Time{}
+				}
+				st.Cleared[c.Checksum] = c.Time
 			}
 		case strings.HasPrefix(rest, "rollout/pins/"):
 			var pin fleet.Pin

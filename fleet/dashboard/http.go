@@ -274,12 +274,15 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	case "approve":
+		// The checksum the operator saw, never the one rolling out at the
+		// time of the click: a publish in between is not approved.
 		sum := body.Checksum
-		if sum == "" {
-			sum = svc.RolloutOf
-		}
 		if sum == "" || strings.TrimSpace(body.Wave) == "" {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "approve needs the wave (and the checksum, when no rollout is shown)"})
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "approve needs the wave and the checksum of the release approved"})
+			return
+		}
+		if sum != svc.RolloutOf {
+			writeJSON(w, http.StatusConflict, map[string]string{"error": fmt.Sprintf("%s is not the release rolling out (%s): reload and look again", sum, svc.RolloutOf)})
 			return
 		}
 		ev.Kind, ev.Checksum, ev.Detail = fleet.EventApprove, sum, "wave "+body.Wave
@@ -289,8 +292,8 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "a freeze needs a reason: say why, for whoever finds it"})
 			return
 		}
-		ev.Kind, ev.Detail = fleet.EventFreeze, body.Reason
-		err = s.actor.SetFreeze(ctx, name, &fleet.Freeze{Reason: body.Reason, Who: identity + " (dashboard)"})
+		ev.Kind, ev.Detail = fleet.EventFreeze, fleet.Clip(body.Reason)
+		err = s.actor.SetFreeze(ctx, name, &fleet.Freeze{Reason: fleet.Clip(body.Reason), Who: identity + " (dashboard)"})
 	case "unfreeze":
 		ev.Kind = fleet.EventUnfreeze
 		err = s.actor.SetFreeze(ctx, name, nil)

@@ -76,14 +76,35 @@ type progress struct {
 	doneAt                time.Time // the last host's install or failure
 }
 
-func waveProgress(s Step, checksum string, nodes map[string]fleet.NodeStatus) progress {
+// counts says whether a node's record is a failure of checksum that
+// counts toward max_failed: the release's fault, and since the last clear.
+func counts(n fleet.NodeStatus, checksum string, cleared map[string]time.Time) bool {
+	return n.Result == "failed" && n.Counted && n.Attempt == checksum && checksum != "" && n.Time.After(cleared[checksum])
+}
+
+// Failed counts the hosts whose failure of checksum counts toward
+// max_failed.
+func Failed(st fleet.Status, checksum string) int {
+	n := 0
+	for _, ns := range st.Nodes {
+		if counts(ns, checksum, st.Cleared) {
+			n++
+		}
+	}
+	return n
+}
+
+// waveProgress sorts a wave's hosts: done (on checksum), failed (a failure
+// that counts toward max_failed), pending (everything else, including a
+// host that failed for its own reasons: it tries again, and its wave waits).
+func waveProgress(s Step, checksum string, nodes map[string]fleet.NodeStatus, cleared map[string]time.Time) progress {
 	var p progress
 	for _, n := range s.Nodes {
 		st := nodes[n]
 		switch {
 		case st.Checksum == checksum && checksum != "":
 			p.done = append(p.done, n)
-		case st.Result == "failed" && st.Attempt == checksum:
+		case counts(st, checksum, cleared):
 			p.failed = append(p.failed, n)
 		default:
 			p.pending = append(p.pending, n)
@@ -121,6 +142,11 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 	if len(differ) > 0 {
 		return Decision{Reason: fmt.Sprintf("rollout policy differs (this host has %s): %s", mine, strings.Join(differ, ", "))}
 	}
+	// Hosts failing at once may each have counted before the others
+	// reported: whoever decides next trips the breaker.
+	if failed := Failed(st, v.Checksum); failed >= p.MaxFailed && st.Breaker(v.Checksum) == nil {
+		return Decision{Trip: fmt.Sprintf("%d hosts failed %s (max_failed = %d)", failed, v.Checksum, p.MaxFailed)}
+	}
 	steps := p.Plan(v.Checksum, Members(st, me))
 	k := WaveOf(steps, me)
 	if k < 0 {
@@ -138,7 +164,7 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 		if len(steps[j].Nodes) == 0 {
 			continue
 		}
-		pr := waveProgress(steps[j], v.Checksum, nodes)
+		pr := waveProgress(steps[j], v.Checksum, nodes, st.Cleared)
 		if len(pr.pending) > 0 {
 			dec.Reason = fmt.Sprintf("waiting for wave %s: %d of %d hosts done (%s to go)", steps[j].Name,
 				len(pr.done)+len(pr.failed), len(steps[j].Nodes), list(pr.pending))

@@ -51,7 +51,7 @@ func (d *Decider) Describe(ctx context.Context, checksum string, st fleet.Status
 	var out []WaveState
 	for _, s := range steps {
 		ws := WaveState{Name: s.Name, Nodes: s.Nodes, Approval: d.Policy.needsApproval(s.Name)}
-		pr := waveProgress(s, checksum, nodes)
+		pr := waveProgress(s, checksum, nodes, st.Cleared)
 		ws.Done, ws.Failed = pr.done, pr.failed
 		for _, n := range pr.pending {
 			if slices.Contains(st.Holders, n) {

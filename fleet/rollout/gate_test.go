@@ -92,7 +92,7 @@ func TestPrometheusGateFailsWhenTheValueGoesBad(t *testing.T) {
 	bad := waitFor(t, p, `rig_error_ratio{test="bad"} > 0.1`)
 	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test="bad"} < 0.01`, Step: time.Second}
 	v, err := g.Check(context.Background(), start, bad.Add(time.Second))
-	if err != nil || v.OK || !strings.Contains(v.Detail, "did not hold at") {
+	if err != nil || v.OK || !strings.Contains(v.Detail, "did not hold for") {
 		t.Fatalf("%+v %v", v, err)
 	}
 	// With For, only the end of the range counts: it was bad there too.
@@ -104,6 +104,22 @@ func TestPrometheusGateFailsWhenTheValueGoesBad(t *testing.T) {
 	g.For = 0
 	if v, err := g.Check(context.Background(), start, start.Add(2*time.Second)); err != nil || !v.OK {
 		t.Fatalf("the good part: %+v %v", v, err)
+	}
+}
+
+// One instance failing is not hidden by another that holds.
+func TestPrometheusGateEverySeriesMustHold(t *testing.T) {
+	p := needPrometheus(t)
+	ratio.WithLabelValues("multi-a").Set(0.001)
+	ratio.WithLabelValues("multi-b").Set(0.001)
+	start := waitFor(t, p, `count(rig_error_ratio{test=~"multi-.*"}) == 2`)
+	waitFor(t, p, `count_over_time(rig_error_ratio{test="multi-b"}[1m]) >= 3`)
+	ratio.WithLabelValues("multi-b").Set(0.5)
+	bad := waitFor(t, p, `rig_error_ratio{test="multi-b"} > 0.1`)
+	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test=~"multi-.*"} < 0.01`, Step: time.Second}
+	v, err := g.Check(context.Background(), start, bad.Add(time.Second))
+	if err != nil || v.OK || !strings.Contains(v.Detail, `test="multi-b"`) {
+		t.Fatalf("%+v %v", v, err)
 	}
 }
 

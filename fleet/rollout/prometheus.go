@@ -89,34 +89,39 @@ func (p *Prometheus) Check(ctx context.Context, from, to time.Time) (Verdict, er
 	if !ok {
 		return Verdict{}, fmt.Errorf("prometheus query %q: a %s, want a range vector", p.Query, v.Type())
 	}
-	// Steps at which any series has a value (Prometheus rounds the
-	// times it answers with: match each step within half a step).
-	held := map[int64]model.SampleValue{} // by step number
+	// Every series the query returned must have a value at every step
+	// (Prometheus rounds the times it answers with: match each step within
+	// half a step). A series with a gap is an instance for which the
+	// condition stopped holding: a healthy one does not hide it.
+	total := int64(to.Sub(from)/step) + 1
+	if len(m) == 0 {
+		return Verdict{Detail: fmt.Sprintf("did not hold from %s to %s (no value at all); query: %s",
+			from.UTC().Format(time.TimeOnly), to.UTC().Format(time.TimeOnly), p.Query)}, nil
+	}
+	var last model.SampleValue
 	for _, series := range m {
+		held := map[int64]model.SampleValue{} // by step number
 		for _, s := range series.Values {
 			k := (s.Timestamp.Time().Sub(from) + step/2) / step
 			held[int64(k)] = s.Value
 		}
-	}
-	total := int64(to.Sub(from)/step) + 1
-	for k := range total {
-		if _, ok := held[k]; !ok {
-			at := from.Add(time.Duration(k) * step)
-			return Verdict{Detail: fmt.Sprintf("did not hold at %s (step %d of %d, %s–%s); query: %s",
-				at.UTC().Format(time.TimeOnly), k+1, total, from.UTC().Format(time.TimeOnly), to.UTC().Format(time.TimeOnly), p.Query)}, nil
+		for k := range total {
+			if _, ok := held[k]; !ok {
+				at := from.Add(time.Duration(k) * step)
+				return Verdict{Detail: fmt.Sprintf("did not hold for %s at %s (step %d of %d, %s–%s); query: %s",
+					series.Metric, at.UTC().Format(time.TimeOnly), k+1, total, from.UTC().Format(time.TimeOnly), to.UTC().Format(time.TimeOnly), p.Query)}, nil
+			}
 		}
+		last = held[total-1]
 	}
-	return Verdict{OK: true, Detail: fmt.Sprintf("held at %d of %d steps, last value %s", total, total, held[total-1])}, nil
+	return Verdict{OK: true, Detail: fmt.Sprintf("held at %d of %d steps for %d series, last value %s", total, total, len(m), last)}, nil
 }
 
 // wrap names Prometheus by its address without credentials (the error
 // goes to logs, the breaker and the dashboard), and drops the request's
 // URL that net/http puts into its errors.
 func (p *Prometheus) wrap(err error) error {
-	addr := "(an address)"
-	if u, perr := url.Parse(p.Address); perr == nil {
-		addr = u.Redacted()
-	}
+	addr := RedactAddress(p.Address)
 	var perr *promv1.Error
 	if errors.As(err, &perr) {
 		return fmt.Errorf("prometheus %s: query %q: %s: %s", addr, p.Query, perr.Type, perr.Msg)
@@ -126,4 +131,14 @@ func (p *Prometheus) wrap(err error) error {
 		err = uerr.Err
 	}
 	return fmt.Errorf("prometheus %s: %w", addr, err)
+}
+
+// RedactAddress is an address as logs, breakers and policy hashes may
+// show it: scheme and host, without credentials, path or query.
+func RedactAddress(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "(an address)"
+	}
+	return u.Scheme + "://" + u.Host
 }

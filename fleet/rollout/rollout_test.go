@@ -292,3 +292,59 @@ func TestPinnedHostsAreLeftOutOfWaves(t *testing.T) {
 		t.Fatalf("members %v, want host-02 alone", ms)
 	}
 }
+
+// Failures that count (the release's fault, since the last clear) stop
+// the rollout at max_failed, whoever counts; others hold their wave.
+func TestDecideCountsFailures(t *testing.T) {
+	p := policy(t, 0, "50%", "100%")
+	p.MaxFailed = 2
+	now := time.Now()
+	st := fleetOf(p, 4, "new", nil)
+	steps := p.Plan("new", Members(st, ""))
+	first, second := steps[0].Nodes, steps[1].Nodes
+	fail := func(st *fleet.Status, node string, counted bool, at time.Time) {
+		for i := range st.Nodes {
+			if st.Nodes[i].Node == node {
+				st.Nodes[i].Result, st.Nodes[i].Attempt, st.Nodes[i].Counted, st.Nodes[i].Time = "failed", "new", counted, at
+			}
+		}
+	}
+	d := NewDecider(p)
+	decide := func(st fleet.Status) Decision {
+		return d.Decide(context.Background(), second[0], View{Checksum: "new", Status: st, Now: now})
+	}
+	// One host of the first wave failed for its own reasons (a download
+	// that broke): its wave waits for it.
+	fail(&st, first[0], false, now)
+	st.Nodes[indexOf(st, first[1])].Checksum = "new"
+	if dec := decide(st); dec.Go || !strings.Contains(dec.Reason, "waiting for wave 1: 1 of 2") {
+		t.Fatalf("a host's own failure let the wave through: %+v", dec)
+	}
+	// The release's fault, under max_failed: the wave is done.
+	fail(&st, first[0], true, now)
+	if dec := decide(st); !dec.Go {
+		t.Fatalf("one counted failure under max_failed = 2: %+v", dec)
+	}
+	// Two counted failures: whoever decides trips the breaker.
+	fail(&st, second[1], true, now)
+	if dec := decide(st); dec.Go || !strings.Contains(dec.Trip, "2 hosts failed new (max_failed = 2)") {
+		t.Fatalf("max_failed reached: %+v", dec)
+	}
+	if Failed(st, "new") != 2 {
+		t.Fatalf("Failed = %d", Failed(st, "new"))
+	}
+	// Cleared: the failures before it no longer count.
+	st.Cleared = map[string]time.Time{"new": now.Add(time.Second)}
+	if n := Failed(st, "new"); n != 0 {
+		t.Fatalf("%d failures count after the clear", n)
+	}
+}
+
+func indexOf(st fleet.Status, node string) int {
+	for i, n := range st.Nodes {
+		if n.Node == node {
+			return i
+		}
+	}
+	return -1
+}

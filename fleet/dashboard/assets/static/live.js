@@ -27,6 +27,11 @@
       e.preventDefault();
       var body = {};
       new FormData(form).forEach(function (v, k) { body[k] = v; });
+      if (form.getAttribute("data-action") === "approve") {
+        // The release shown on the page is the one approved.
+        var waves = document.querySelector("table.waves");
+        body.checksum = waves ? waves.getAttribute("data-rollout") : "";
+      }
       var token = document.getElementById("token").value;
       var headers = { "Content-Type": "application/json" };
       if (token) headers.Authorization = "Bearer " + token;
