@@ -27,6 +27,7 @@ var (
 	ErrUntrustedKey = fmt.Errorf("%w: signed with a key that is not trusted", ErrRefused)
 	ErrRevokedKey   = fmt.Errorf("%w: signed with a revoked key", ErrRefused)
 	ErrForged       = fmt.Errorf("%w: the signature does not match the bytes", ErrRefused)
+	ErrLegacy       = fmt.Errorf("%w: a legacy minisign signature (not pre-hashed)", ErrRefused)
 	ErrOtherService = fmt.Errorf("%w: signed for another service", ErrRefused)
 	ErrReplay       = fmt.Errorf("%w: older than the installed release (a replayed release?)", ErrRefused)
 	// ErrStale: the signature names other bytes than those fetched: it
@@ -181,6 +182,11 @@ func (k *Keyring) Verify(sig []byte, r *minisign.Reader, want Expect) (Claims, e
 		return Claims{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	keyID := fmt.Sprintf("%016X", s.KeyID)
+	if s.Algorithm != minisign.HashEdDSA {
+		// The stream is only ever hashed: the library would check a legacy
+		// signature against the 64-byte digest as if it were the message.
+		return Claims{}, fmt.Errorf("%w (key id %s; sign with `dropship sign`, or minisign without -l)", ErrLegacy, keyID)
+	}
 	if k.revoked[s.KeyID] {
 		return Claims{}, fmt.Errorf("%w (key id %s is in revoked_keys)", ErrRevokedKey, keyID)
 	}
