@@ -368,7 +368,14 @@ func (t *txn) promote(ctx context.Context) error {
 	if err := t.r.lay.promote(t.stage, t.id); err != nil {
 		return err
 	}
-	t.onUndo(func(context.Context) { t.r.lay.remove(t.id, t.logger) })
+	t.onUndo(func(context.Context) {
+		if t.r.lay.current() == t.id {
+			// Switching back failed: the destination still points here.
+			t.logger.Error("the failed release stays: the destination still points at it", "release", t.id)
+			return
+		}
+		t.r.lay.remove(t.id, t.logger)
+	})
 	return nil
 }
 
