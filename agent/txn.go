@@ -256,7 +256,7 @@ func (t *txn) verifySignature(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("verify %s: %w", t.info.Key, err)
 	}
-	want := signature.Expect{Service: t.r.svc.Name, SHA256: t.sums.SHA256}
+	want := signature.Expect{Service: t.r.svc.Name, SHA256: t.sums.SHA256, Now: t.r.now()}
 	if cur, ok := t.st.release(t.st.Release); ok && cur.Signed != nil {
 		want.After = cur.Signed.Time
 	}

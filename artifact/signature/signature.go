@@ -30,6 +30,9 @@ var (
 	ErrLegacy       = fmt.Errorf("%w: a legacy minisign signature (not pre-hashed)", ErrRefused)
 	ErrOtherService = fmt.Errorf("%w: signed for another service", ErrRefused)
 	ErrReplay       = fmt.Errorf("%w: older than the installed release (a replayed release?)", ErrRefused)
+	// ErrFuture: installed, such a release would make every later one
+	// look older than it, a replay.
+	ErrFuture = fmt.Errorf("%w: signed in the future (the signing machine's clock?)", ErrRefused)
 	// ErrStale: the signature names other bytes than those fetched: it
 	// belongs to an earlier artifact and has not been replaced yet.
 	ErrStale = fmt.Errorf("%w: the signature is for other bytes (not yet replaced?)", ErrRefused)
@@ -169,7 +172,11 @@ type Expect struct {
 	Service string
 	SHA256  string    // computed over the bytes fetched
 	After   time.Time // the installed release's signing time: older is a replay
+	Now     time.Time // this host's time: a signature dated past it (and MaxSkew) is refused
 }
+
+// MaxSkew is how far ahead of a host's clock a signing time may be.
+const MaxSkew = time.Hour
 
 // Verify checks sig (the text of a .minisig) against the bytes r read,
 // and its claims against want. It returns the authentic claims.
@@ -209,6 +216,9 @@ func (k *Keyring) Verify(sig []byte, r *minisign.Reader, want Expect) (Claims, e
 		return c, fmt.Errorf("%w (signed for %q, this is %q)", ErrOtherService, c.Service, want.Service)
 	case c.SHA256 != "" && want.SHA256 != "" && c.SHA256 != want.SHA256:
 		return c, fmt.Errorf("%w (the trusted comment names sha256 %s)", ErrForged, c.SHA256)
+	case !want.Now.IsZero() && c.Time.After(want.Now.Add(MaxSkew)):
+		return c, fmt.Errorf("%w (signed %s, this host's time is %s)", ErrFuture,
+			c.Time.Format(time.RFC3339), want.Now.UTC().Format(time.RFC3339))
 	case !want.After.IsZero() && c.Time.IsZero():
 		return c, fmt.Errorf("%w (the signature carries no time, so it cannot be told apart from a replay; sign with `dropship publish --sign` or minisign's default trusted comment)", ErrReplay)
 	case !want.After.IsZero() && c.Time.Before(want.After):
