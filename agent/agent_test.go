@@ -553,3 +553,25 @@ func TestIdleCheckLeavesStateFileAlone(t *testing.T) {
 		t.Fatalf("the cleared error was not written: %q", st.LastError)
 	}
 }
+
+// A rollback whose switch fails (here: something is in the way of the
+// switch link) leaves the destination on the failed release: that
+// release's directory must stay, never a destination pointing nowhere.
+func TestFailedRollbackSwitchKeepsTheCurrentRelease(t *testing.T) {
+	e := newEnv(t)
+	block := filepath.Join(filepath.Dir(e.dest), ".app.dropship-tmp", "in-the-way")
+	cfg := e.config(fmt.Sprintf(`
+  check "script" { command = "if grep -q v2 \"$DROPSHIP_RELEASE_DIR/VERSION\"; then mkdir -p %s; exit 1; fi" }
+`, block))
+	r := e.runner(cfg)
+	e.publish("v1")
+	e.check(r, agent.ResultInstalled)
+	e.publish("v2")
+	out := e.check(r, agent.ResultFailed)
+	if !strings.Contains(out.Err.Error(), "rollback failed") {
+		t.Fatalf("the rollback's switch did not fail: %v", out.Err)
+	}
+	if got := e.current(); got != "v2" {
+		t.Fatalf("destination reads %q: the release it points at was removed", got)
+	}
+}

@@ -80,17 +80,28 @@ func (l layout) switchTo(id string, logger *slog.Logger) (movedAside string, err
 		}
 		logger.Warn("destination was "+what+": moved aside, not deleted", "destination", l.dest, "moved_to", movedAside)
 	}
+	// Until the rename, the destination is not ours: a failure puts back
+	// what was moved aside.
+	putBack := func(err error) (string, error) {
+		if movedAside == "" {
+			return "", err
+		}
+		if rerr := os.Rename(movedAside, l.dest); rerr != nil {
+			return movedAside, fmt.Errorf("%w; and putting %s back failed: %v", err, movedAside, rerr)
+		}
+		return "", err
+	}
 	tmp := l.tmpLink()
 	os.Remove(tmp)
 	if err := os.Symlink(l.releaseDir(id), tmp); err != nil {
-		return movedAside, fmt.Errorf("switch %s: %w", l.dest, err)
+		return putBack(fmt.Errorf("switch %s: %w", l.dest, err))
 	}
 	if l.crash != nil {
 		l.crash("linked")
 	}
 	if err := os.Rename(tmp, l.dest); err != nil {
 		os.Remove(tmp)
-		return movedAside, fmt.Errorf("switch %s: %w", l.dest, err)
+		return putBack(fmt.Errorf("switch %s: %w", l.dest, err))
 	}
 	if err := syncDir(filepath.Dir(l.dest)); err != nil {
 		return movedAside, fmt.Errorf("switch %s: %w", l.dest, err)

@@ -103,6 +103,11 @@ func TestSignedReleases(t *testing.T) {
 		{"replayed older release", func(e *env) {
 			ci.sign(e, func(c *signature.Claims) { c.Time = time.Now().Add(-24 * time.Hour) })
 		}, nil, "replayed"},
+		// A signing machine with its clock years ahead would otherwise
+		// make every later release look like a replay of an older one.
+		{"signed in the future", func(e *env) {
+			ci.sign(e, func(c *signature.Claims) { c.Time = time.Now().Add(365 * 24 * time.Hour) })
+		}, nil, "in the future"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)

@@ -257,7 +257,7 @@ func (t *txn) verifySignature(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("verify %s: %w", t.info.Key, err)
 	}
-	want := signature.Expect{Service: t.r.svc.Name, SHA256: t.sums.SHA256}
+	want := signature.Expect{Service: t.r.svc.Name, SHA256: t.sums.SHA256, Now: t.r.now()}
 	if cur, ok := t.st.release(t.st.Release); ok && cur.Signed != nil {
 		want.After = cur.Signed.Time
 	}
@@ -369,7 +369,14 @@ func (t *txn) promote(ctx context.Context) error {
 	if err := t.r.lay.promote(t.stage, t.id); err != nil {
 		return err
 	}
-	t.onUndo(func(context.Context) { t.r.lay.remove(t.id, t.logger) })
+	t.onUndo(func(context.Context) {
+		if t.r.lay.current() == t.id {
+			// Switching back failed: the destination still points here.
+			t.logger.Error("the failed release stays: the destination still points at it", "release", t.id)
+			return
+		}
+		t.r.lay.remove(t.id, t.logger)
+	})
 	return nil
 }
 

@@ -213,3 +213,22 @@ func TestOldStateFileIsMadePrivate(t *testing.T) {
 		t.Fatalf("state.json is %v after a restart", fi.Mode().Perm())
 	}
 }
+
+// A first install whose switch fails after moving the destination aside
+// (here: something is in the way of the switch link) puts it back.
+func TestFirstInstallSwitchFailurePutsTheDestinationBack(t *testing.T) {
+	e := newEnv(t)
+	os.MkdirAll(e.dest, 0o755)
+	os.WriteFile(filepath.Join(e.dest, "VERSION"), []byte("by hand"), 0o644)
+	os.MkdirAll(filepath.Join(filepath.Dir(e.dest), ".app.dropship-tmp", "in-the-way"), 0o755)
+	e.publish("v1")
+	out := e.check(e.runner(e.config("")), agent.ResultFailed)
+	if out.Phase != agent.PhaseSwitch {
+		t.Fatalf("phase %s: %v", out.Phase, out.Err)
+	}
+	if e.current() != "by hand" {
+		t.Fatalf("destination after a failed switch reads %q; aside: %v", e.current(), must(filepath.Glob(e.dest+".dropship-orig-*")))
+	}
+}
+
+func must[T any](v T, _ error) T { return v }

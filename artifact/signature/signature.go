@@ -27,8 +27,12 @@ var (
 	ErrUntrustedKey = fmt.Errorf("%w: signed with a key that is not trusted", ErrRefused)
 	ErrRevokedKey   = fmt.Errorf("%w: signed with a revoked key", ErrRefused)
 	ErrForged       = fmt.Errorf("%w: the signature does not match the bytes", ErrRefused)
+	ErrLegacy       = fmt.Errorf("%w: a legacy minisign signature (not pre-hashed)", ErrRefused)
 	ErrOtherService = fmt.Errorf("%w: signed for another service", ErrRefused)
 	ErrReplay       = fmt.Errorf("%w: older than the installed release (a replayed release?)", ErrRefused)
+	// ErrFuture: installed, such a release would make every later one
+	// look older than it, a replay.
+	ErrFuture = fmt.Errorf("%w: signed in the future (the signing machine's clock?)", ErrRefused)
 	// ErrStale: the signature names other bytes than those fetched: it
 	// belongs to an earlier artifact and has not been replaced yet.
 	ErrStale = fmt.Errorf("%w: the signature is for other bytes (not yet replaced?)", ErrRefused)
@@ -168,7 +172,11 @@ type Expect struct {
 	Service string
 	SHA256  string    // computed over the bytes fetched
 	After   time.Time // the installed release's signing time: older is a replay
+	Now     time.Time // this host's time: a signature dated past it (and MaxSkew) is refused
 }
+
+// MaxSkew is how far ahead of a host's clock a signing time may be.
+const MaxSkew = time.Hour
 
 // Verify checks sig (the text of a .minisig) against the bytes r read,
 // and its claims against want. It returns the authentic claims.
@@ -181,6 +189,11 @@ func (k *Keyring) Verify(sig []byte, r *minisign.Reader, want Expect) (Claims, e
 		return Claims{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	keyID := fmt.Sprintf("%016X", s.KeyID)
+	if s.Algorithm != minisign.HashEdDSA {
+		// The stream is only ever hashed: the library would check a legacy
+		// signature against the 64-byte digest as if it were the message.
+		return Claims{}, fmt.Errorf("%w (key id %s; sign with `dropship sign`, or minisign without -l)", ErrLegacy, keyID)
+	}
 	if k.revoked[s.KeyID] {
 		return Claims{}, fmt.Errorf("%w (key id %s is in revoked_keys)", ErrRevokedKey, keyID)
 	}
@@ -203,6 +216,9 @@ func (k *Keyring) Verify(sig []byte, r *minisign.Reader, want Expect) (Claims, e
 		return c, fmt.Errorf("%w (signed for %q, this is %q)", ErrOtherService, c.Service, want.Service)
 	case c.SHA256 != "" && want.SHA256 != "" && c.SHA256 != want.SHA256:
 		return c, fmt.Errorf("%w (the trusted comment names sha256 %s)", ErrForged, c.SHA256)
+	case !want.Now.IsZero() && c.Time.After(want.Now.Add(MaxSkew)):
+		return c, fmt.Errorf("%w (signed %s, this host's time is %s)", ErrFuture,
+			c.Time.Format(time.RFC3339), want.Now.UTC().Format(time.RFC3339))
 	case !want.After.IsZero() && c.Time.IsZero():
 		return c, fmt.Errorf("%w (the signature carries no time, so it cannot be told apart from a replay; sign with `dropship publish --sign` or minisign's default trusted comment)", ErrReplay)
 	case !want.After.IsZero() && c.Time.Before(want.After):

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"aead.dev/minisign"
+	"golang.org/x/crypto/blake2b"
 
 	"github.com/dropshipd/dropship/artifact/signature"
 )
@@ -123,6 +124,28 @@ func TestTrustedCommentIsAuthenticated(t *testing.T) {
 		_, err := ring.Verify(forged, read(body), signature.Expect{Service: "web", SHA256: sum(body)})
 		if !errors.Is(err, signature.ErrForged) {
 			t.Fatalf("edited comment (%s): err = %v", edit[1], err)
+		}
+	}
+}
+
+// A legacy signature (Ed25519 over the message itself, not its BLAKE2b
+// digest) is refused as such: the agent only ever hashes the stream, so
+// a legacy signature over the 64 bytes of that digest must not pass for
+// a signature of the artifact, and one over the artifact must not be
+// called a forgery.
+func TestLegacySignatureRefused(t *testing.T) {
+	pub, priv := key(t)
+	body := []byte("release v2")
+	ring := signature.NewKeyring([]minisign.PublicKey{pub}, nil)
+	c := signature.Claims{Service: "api", SHA256: sum(body), Time: time.Now()}
+	digest := blake2b.Sum512(body)
+	for name, sig := range map[string][]byte{
+		"over the digest":   minisign.SignWithComments(priv, digest[:], c.Comment(), "legacy"),
+		"over the artifact": minisign.SignWithComments(priv, body, c.Comment(), "legacy"),
+	} {
+		_, err := ring.Verify(sig, read(body), signature.Expect{Service: "api", SHA256: sum(body)})
+		if !errors.Is(err, signature.ErrLegacy) {
+			t.Errorf("legacy signature %s: %v, want ErrLegacy", name, err)
 		}
 	}
 }

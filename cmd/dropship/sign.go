@@ -206,7 +206,7 @@ func verifyCmd(g *globals) *cobra.Command {
 			if _, err := io.Copy(io.Discard, r); err != nil {
 				return err
 			}
-			c, err := ring.Verify(sig, r, signature.Expect{Service: name, SHA256: hex.EncodeToString(h.Sum(nil))})
+			c, err := ring.Verify(sig, r, signature.Expect{Service: name, SHA256: hex.EncodeToString(h.Sum(nil)), Now: time.Now()})
 			if err != nil {
 				fmt.Fprintf(g.stderr, "%s: %v\n", args[0], err)
 				return exitError{1}
