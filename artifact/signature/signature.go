@@ -214,6 +214,10 @@ func (k *Keyring) Verify(sig []byte, r *minisign.Reader, want Expect) (Claims, e
 	switch {
 	case c.Service != "" && want.Service != "" && c.Service != want.Service:
 		return c, fmt.Errorf("%w (signed for %q, this is %q)", ErrOtherService, c.Service, want.Service)
+	case c.Service == "" && want.Service != "" && strings.HasPrefix(s.TrustedComment, commentTag):
+		// dropship's own signatures always name their service: one
+		// that does not could be moved to any service trusting the key.
+		return c, fmt.Errorf("%w (signed for no service; sign with --service %s)", ErrOtherService, want.Service)
 	case c.SHA256 != "" && want.SHA256 != "" && c.SHA256 != want.SHA256:
 		return c, fmt.Errorf("%w (the trusted comment names sha256 %s)", ErrForged, c.SHA256)
 	case !want.Now.IsZero() && c.Time.After(want.Now.Add(MaxSkew)):

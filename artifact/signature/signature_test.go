@@ -76,6 +76,7 @@ func TestVerify(t *testing.T) {
 		{"key not trusted", ring, sign(otherPriv, body, claims), body, want, signature.ErrUntrustedKey},
 		{"revoked", signature.NewKeyring([]minisign.PublicKey{pub, otherPub}, []minisign.PublicKey{pub}), good, body, want, signature.ErrRevokedKey},
 		{"other service", ring, sign(priv, body, signature.Claims{Service: "billing", SHA256: sum(body), Time: now}), body, want, signature.ErrOtherService},
+		{"no service: could be moved to any", ring, sign(priv, body, signature.Claims{SHA256: sum(body), Time: now}), body, want, signature.ErrOtherService},
 		{"replayed old release", ring, sign(priv, old, oldClaims), old, signature.Expect{Service: "api", SHA256: sum(old), After: now.Add(-time.Hour)}, signature.ErrReplay},
 		{"stale signature beside new bytes", ring, sign(priv, old, oldClaims), body, want, signature.ErrStale},
 	} {

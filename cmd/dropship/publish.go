@@ -63,6 +63,13 @@ func publishCmd(g *globals) *cobra.Command {
 				return err
 			}
 			key := strings.TrimPrefix(u.Path, "/")
+			if signKey != "" && claims.Service == "" {
+				// A signature binds its service: one that names none could
+				// be moved to any service trusting the key.
+				if claims.Service = serviceOf(cfg, key); claims.Service == "" {
+					return fmt.Errorf("--sign needs --service NAME: the signature names the service it is for")
+				}
+			}
 			if signKey != "" {
 				if err := publishSignature(ctx, g, store, u.Host, key, args[0], signKey, claims); err != nil {
 					return err

@@ -307,5 +307,6 @@ func signCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&c.Service, "service", "", "the service the release is for (agents of other services refuse it)")
 	cmd.Flags().StringVar(&c.Version, "version", "", "version or build id, recorded by the agent")
 	cmd.MarkFlagRequired("key")
+	cmd.MarkFlagRequired("service")
 	return cmd
 }

@@ -81,15 +81,15 @@ func TestEncryptedSigningKey(t *testing.T) {
 	}
 	art := filepath.Join(dir, "a.bin")
 	os.WriteFile(art, []byte("payload"), 0o644)
-	if _, errOut, code := run(t, "sign", art, "--key", prefix+".key"); code != 0 {
+	if _, errOut, code := run(t, "sign", art, "--key", prefix+".key", "--service", "api"); code != 0 {
 		t.Fatalf("sign with the right passphrase: %s", errOut)
 	}
 	t.Setenv(passwordEnv, "wrong")
-	if _, errOut, code := run(t, "sign", art, "--key", prefix+".key"); code == 0 || !strings.Contains(errOut, "passphrase") {
+	if _, errOut, code := run(t, "sign", art, "--key", prefix+".key", "--service", "api"); code == 0 || !strings.Contains(errOut, "passphrase") {
 		t.Fatalf("sign with a wrong passphrase: %d %s", code, errOut)
 	}
 	os.Unsetenv(passwordEnv)
-	if _, errOut, code := run(t, "sign", art, "--key", prefix+".key"); code == 0 || !strings.Contains(errOut, passwordEnv) {
+	if _, errOut, code := run(t, "sign", art, "--key", prefix+".key", "--service", "api"); code == 0 || !strings.Contains(errOut, passwordEnv) {
 		t.Fatalf("sign with no passphrase and no terminal: %d %s", code, errOut)
 	}
 }
@@ -130,7 +130,7 @@ service "web" {
 `), 0o600)
 	art := filepath.Join(dir, "a.tar.gz")
 	os.WriteFile(art, []byte("release"), 0o644)
-	if _, errOut, code := run(t, "sign", art, "--key", filepath.Join(dir, "ci.key")); code != 0 {
+	if _, errOut, code := run(t, "sign", art, "--key", filepath.Join(dir, "ci.key"), "--service", "api"); code != 0 {
 		t.Fatal(errOut)
 	}
 	if out, errOut, code := run(t, "verify", "-c", cfg, "--service", "api", art); code != 0 || !strings.Contains(out, "ok") {
