@@ -155,7 +155,9 @@ func (b *browser) call(method string, params, result any) {
 func (b *browser) navigate(url string) {
 	b.t.Helper()
 	b.call("Page.navigate", map[string]any{"url": url}, nil)
-	b.waitJS("page loaded", `document.readyState === "complete" && document.getElementById("conn").dataset.state === "live"`)
+	// Right after Page.navigate the old document (about:blank) may still
+	// be the one asked: no element yet is "not loaded", not an error.
+	b.waitJS("page loaded", `document.readyState === "complete" && (c => c && c.dataset.state === "live")(document.getElementById("conn"))`)
 }
 
 // eval runs JavaScript in the page and decodes its value into out.

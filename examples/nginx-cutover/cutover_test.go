@@ -189,6 +189,9 @@ service "app" {
 	}
 	// A release whose health never comes up: the hook fails, dropship
 	// rolls back, and nginx never points at it.
+	// v1, v2 and v3 installed: the agent logs an install once its checks
+	// pass, a moment after nginx already answers with it.
+	waitFor(t, &logs, func() bool { return strings.Count(logs.String(), "result=installed") >= 3 })
 	installed := strings.Count(logs.String(), "result=installed")
 	publish("bad", false)
 	waitFor(t, &logs, func() bool { return strings.Contains(logs.String(), "result=failed") })
