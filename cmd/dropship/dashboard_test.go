@@ -68,6 +68,9 @@ func startBrowser(t *testing.T) *browser {
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
 		"--user-data-dir="+t.TempDir(), "--remote-debugging-pipe", "about:blank")
 	b.cmd.ExtraFiles = []*os.File{toChrome, fromChrome} // fds 3 and 4
+	// Its own process group: Chromium's helper processes write to the
+	// profile too, and must be gone before the test's directory is removed.
+	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := b.cmd.Start(); err != nil {
 		t.Fatalf("start chromium: %v", err)
 	}
@@ -75,8 +78,14 @@ func startBrowser(t *testing.T) *browser {
 	fromChrome.Close()
 	t.Cleanup(func() {
 		b.w.Close()
-		b.cmd.Process.Kill()
+		pgid := b.cmd.Process.Pid
+		syscall.Kill(-pgid, syscall.SIGKILL)
 		b.cmd.Wait()
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if syscall.Kill(-pgid, 0) != nil { // no process of the group is left
+				break
+			}
+		}
 	})
 	go b.read(bufio.NewReader(chromeOut))
 	var target struct{ TargetID string }

@@ -53,6 +53,10 @@ func newFleet(t *testing.T, n, concurrency int, consul *rig.Consul, extra ...str
 	dir := t.TempDir()
 	f := &fleetRig{t: t, dir: dir, store: filepath.Join(dir, "store", "app.tar.gz"), shared: filepath.Join(dir, "timeline"),
 		prefix: "test/" + strings.ToLower(t.Name())}
+	// A fresh fleet, also when a test runs again (-count).
+	if c, err := api.NewClient(&api.Config{Address: consul.Addr}); err == nil {
+		c.KV().DeleteTree(f.prefix+"/", nil)
+	}
 	interval := `check_interval = "300ms"`
 	for _, e := range extra {
 		if strings.HasPrefix(e, "check_interval") || e == "# default check_interval" {
