@@ -37,9 +37,13 @@ func main() {
 	// never fill with pages.
 	runtime.MemProfileRate = 0
 	// A deploy agent idles on every server: trade a little GC work during
-	// an update for a smaller peak. GOGC in the environment still wins.
+	// an update for a smaller peak. 25 rather than 50: 1.5 MiB less at the
+	// peak of a 1 GiB .tar.zst install (the decoder's window is live heap,
+	// so the GC's headroom grows with it), no measurable difference in
+	// time (make bench -env 'GOGC=50;GOGC=25'). GOGC in the environment
+	// still wins.
 	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(50)
+		debug.SetGCPercent(25)
 	}
 	err := newRoot(os.Stdout, os.Stderr).Execute()
 	var ee exitError
