@@ -9,7 +9,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/bin" "$here/run/store"
 cat >"$work/bin/hello" <<APP
 #!/bin/sh
-echo "hello app says: $msg (running from \$(pwd))"
+echo "hello app says: $msg (running from \$(cd "\$(dirname "\$0")/.." && pwd -P))"
 APP
 chmod 755 "$work/bin/hello"
 echo "$msg" >"$work/VERSION"
