@@ -64,12 +64,15 @@ bench-rollout: rig
 
 # Fuzz the archive reader, the config loader and the state loader
 # (FUZZTIME each; `make test` runs a 30 s pass of each). A crasher lands in
-# testdata/fuzz/ and is replayed by every `go test` from then on.
+# testdata/fuzz/ and is replayed by every `go test` from then on. Each
+# new input is minimised for at most FUZZMINTIME: Go's default of 60 s
+# would spend a short pass minimising its first find instead of fuzzing.
 FUZZTIME ?= 10m
+FUZZMINTIME ?= 3s
 fuzz:
-	$(GO) test ./artifact/archive -run '^$$' -fuzz '^FuzzExtract$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./agent -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./agent -run '^$$' -fuzz '^FuzzLoadState$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./artifact/archive -run '^$$' -fuzz '^FuzzExtract$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINTIME)
+	$(GO) test ./agent -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINTIME)
+	$(GO) test ./agent -run '^$$' -fuzz '^FuzzLoadState$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINTIME)
 
 clean:
 	rm -f dropship
