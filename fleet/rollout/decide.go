@@ -199,9 +199,18 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 			d.mu.Unlock()
 		}
 	}
-	if p.needsApproval(dec.Wave) && !approved(st.Approvals, v.Checksum, dec.Wave) {
-		dec.Reason = fmt.Sprintf("waiting for approval of wave %s: dropship fleet approve %s --wave %s", dec.Wave, v.Service, dec.Wave)
-		return dec
+	// An earlier wave left empty in this fleet (its share rounds to hosts
+	// already placed, no host has its tag) has nobody to wait for its
+	// approval: the next hosts wait for it, or it would never be asked.
+	for j := 0; j <= k; j++ {
+		name := steps[j].Name
+		if (j == k || len(steps[j].Nodes) == 0) && p.needsApproval(name) && !approved(st.Approvals, v.Checksum, name) {
+			dec.Reason = fmt.Sprintf("waiting for approval of wave %s: dropship fleet approve %s --wave %s", name, v.Service, name)
+			if j < k {
+				dec.Reason += fmt.Sprintf(" (wave %s has no hosts in this fleet; wave %s comes after it)", name, dec.Wave)
+			}
+			return dec
+		}
 	}
 	if w := p.Window; w != nil {
 		if open, next := w.Open(v.Now); !open {

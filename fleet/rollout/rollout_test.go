@@ -348,3 +348,28 @@ func indexOf(st fleet.Status, node string) int {
 	}
 	return -1
 }
+
+// A wave that is empty for this fleet (its share rounds to hosts already
+// placed) still holds back the waves after it when it needs approval: the
+// person who asked to approve the rollout past the canary is asked.
+func TestApprovalOfAnEmptyWaveHoldsTheNext(t *testing.T) {
+	p := policy(t, 1, "10%", "50%", "100%")
+	p.Approve = []string{"1"}
+	now := time.Now()
+	st := fleetOf(p, 3, "new", nil)
+	steps := p.Plan("new", Members(st, ""))
+	if len(steps[1].Nodes) != 0 || len(steps[2].Nodes) == 0 {
+		t.Fatalf("want wave 1 empty with 3 hosts: %v", steps)
+	}
+	st = fleetOf(p, 3, "new", map[string]time.Time{steps[0].Nodes[0]: now.Add(-time.Hour)})
+	decide := func(st fleet.Status) Decision {
+		return NewDecider(p).Decide(context.Background(), steps[2].Nodes[0], View{Service: "app", Checksum: "new", Status: st, Now: now})
+	}
+	if dec := decide(st); dec.Go || !strings.Contains(dec.Reason, "waiting for approval of wave 1") {
+		t.Fatalf("wave 2 started without the approval of wave 1: %+v", dec)
+	}
+	st.Approvals = []fleet.Approval{{Checksum: "new", Wave: "1"}}
+	if dec := decide(st); !dec.Go {
+		t.Fatalf("wave 1 approved: %+v", dec)
+	}
+}
