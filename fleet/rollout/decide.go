@@ -37,7 +37,7 @@ type Decision struct {
 type Decider struct {
 	Policy *Policy
 	mu     sync.Mutex
-	held   map[string]string // checksum/wave -> verdict detail
+	held   map[string]string // checksum/wave/end -> verdict detail
 }
 
 // NewDecider returns a decider for p.
@@ -174,7 +174,10 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 	}
 	if prev >= 0 {
 		end := last.doneAt.Add(p.Bake)
-		key := v.Checksum + "/" + steps[prev].Name
+		// The bake judged is this one: the wave's end is in the key, so a
+		// wave that ends again (a host that joined it, a checksum cleared
+		// and installed anew) is judged again.
+		key := v.Checksum + "/" + steps[prev].Name + "/" + last.doneAt.UTC().Format(time.RFC3339Nano)
 		if v.Now.Before(end) {
 			if trip := d.judge(ctx, p, steps[prev].Name, last.doneAt, v.Now, false); trip != "" {
 				dec.Trip = trip

@@ -373,3 +373,31 @@ func TestApprovalOfAnEmptyWaveHoldsTheNext(t *testing.T) {
 		t.Fatalf("wave 1 approved: %+v", dec)
 	}
 }
+
+// A bake judged once is not judged again; but a wave that ends again (a
+// host that joined it, a checksum cleared and installed anew) has a new
+// bake, and its gates judge that one.
+func TestANewBakeOfTheSameWaveIsJudgedAgain(t *testing.T) {
+	p := policy(t, 1, "100%")
+	p.Bake = 10 * time.Minute
+	g := &fakeGate{ok: true}
+	p.Gates = []Gate{g}
+	d := NewDecider(p)
+	t0 := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	st := fleetOf(p, 3, "new", nil)
+	steps := p.Plan("new", Members(st, ""))
+	canary, next := steps[0].Nodes[0], steps[1].Nodes[0]
+	decide := func(done, now time.Time) Decision {
+		st := fleetOf(p, 3, "new", map[string]time.Time{canary: done})
+		return d.Decide(context.Background(), next, View{Service: "app", Checksum: "new", Status: st, Now: now})
+	}
+	if dec := decide(t0, t0.Add(11*time.Minute)); !dec.Go {
+		t.Fatalf("first bake: %+v", dec)
+	}
+	t1 := t0.Add(time.Hour)
+	g.ok = false
+	dec := decide(t1, t1.Add(11*time.Minute))
+	if dec.Go || !strings.Contains(dec.Trip, "gate fake failed") {
+		t.Fatalf("the second bake of wave canary went by unjudged: %+v", dec)
+	}
+}
