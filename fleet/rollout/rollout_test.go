@@ -401,3 +401,13 @@ func TestANewBakeOfTheSameWaveIsJudgedAgain(t *testing.T) {
 		t.Fatalf("the second bake of wave canary went by unjudged: %+v", dec)
 	}
 }
+
+// Every host judges the window alike: "Local" is each host's own zone,
+// so the same policy would open at different times on different hosts.
+func TestWindowRefusesTheLocalZone(t *testing.T) {
+	for _, tz := range []string{"Local", "local"} {
+		if _, err := ParseWindow("Mon-Fri", "09:00-16:00", tz); err == nil || !strings.HasPrefix(err.Error(), "timezone") {
+			t.Errorf("timezone %q: %v", tz, err)
+		}
+	}
+}
