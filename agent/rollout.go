@@ -116,12 +116,14 @@ func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifa
 	dec := r.decider.Decide(ctx, r.node, rollout.View{Service: r.svc.Name, Checksum: sum, Status: view, Now: r.now()})
 	if dec.Trip != "" {
 		r.logger.Error("rollout stopped", "checksum", sum, "wave", dec.Wave, "reason", dec.Trip)
-		b := fleet.Breaker{Checksum: sum, Node: r.node, Phase: "gate", Error: dec.Trip, Time: r.now().UTC()}
+		b := fleet.Breaker{Checksum: sum, Node: r.node, Phase: dec.TripPhase, Error: dec.Trip, Time: r.now().UTC()}
 		if err := r.fleet.Trip(ctx, r.svc.Name, b); err != nil {
 			return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("trip the breaker: %w", err)}
 		}
-		r.fleet.Record(ctx, r.svc.Name, fleet.Event{Kind: fleet.EventGate, Who: r.node, Via: "agent", Node: r.node,
-			Checksum: sum, Detail: fleet.Clip(dec.Trip)})
+		if dec.TripPhase == rollout.PhaseGate { // the failures that reach max_failed are in the log already
+			r.fleet.Record(ctx, r.svc.Name, fleet.Event{Kind: fleet.EventGate, Who: r.node, Via: "agent", Node: r.node,
+				Checksum: sum, Detail: fleet.Clip(dec.Trip)})
+		}
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: dec.Trip, rollout: true}
 	}
 	if dec.Go {

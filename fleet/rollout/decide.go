@@ -27,10 +27,18 @@ type Decision struct {
 	Wave   string    // the host's wave
 	Reason string    // why not yet
 	Until  time.Time // when to look again; zero: when the fleet changes
-	// Trip, when set, is why the rollout must stop: a gate failed. The
-	// caller trips the breaker with it.
-	Trip string
+	// Trip, when set, is why the rollout must stop: a gate failed, or
+	// max_failed hosts failed. The caller trips the breaker with it, in
+	// TripPhase ("gate" or "max_failed").
+	Trip      string
+	TripPhase string
 }
+
+// Phases of the breakers a rollout trips.
+const (
+	PhaseGate      = "gate"
+	PhaseMaxFailed = "max_failed"
+)
 
 // Decider applies a policy. It remembers which waves' gates have held,
 // so a host does not ask the metrics again for a bake already judged.
@@ -145,7 +153,7 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 	// Hosts failing at once may each have counted before the others
 	// reported: whoever decides next trips the breaker.
 	if failed := Failed(st, v.Checksum); failed >= p.MaxFailed && st.Breaker(v.Checksum) == nil {
-		return Decision{Trip: fmt.Sprintf("%d hosts failed %s (max_failed = %d)", failed, v.Checksum, p.MaxFailed)}
+		return Decision{Trip: fmt.Sprintf("%d hosts failed %s (max_failed = %d)", failed, v.Checksum, p.MaxFailed), TripPhase: PhaseMaxFailed}
 	}
 	steps := p.Plan(v.Checksum, Members(st, me))
 	k := WaveOf(steps, me)
@@ -180,7 +188,7 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 		key := v.Checksum + "/" + steps[prev].Name + "/" + last.doneAt.UTC().Format(time.RFC3339Nano)
 		if v.Now.Before(end) {
 			if trip := d.judge(ctx, p, steps[prev].Name, last.doneAt, v.Now, false); trip != "" {
-				dec.Trip = trip
+				dec.Trip, dec.TripPhase = trip, PhaseGate
 				return dec
 			}
 			dec.Reason = fmt.Sprintf("baking wave %s until %s", steps[prev].Name, end.Format(time.RFC3339))
@@ -194,7 +202,7 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 					dec.Until = v.Now.Add(recheck(p.Bake))
 					return dec
 				}
-				dec.Trip = trip
+				dec.Trip, dec.TripPhase = trip, PhaseGate
 				return dec
 			}
 			d.mu.Lock()

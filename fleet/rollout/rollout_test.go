@@ -271,7 +271,7 @@ func TestDecideGateFailingMidBakeTrips(t *testing.T) {
 	steps := p.Plan("new", Members(st, ""))
 	st = fleetOf(p, 3, "new", map[string]time.Time{steps[0].Nodes[0]: now})
 	dec := NewDecider(p).Decide(context.Background(), steps[1].Nodes[0], View{Checksum: "new", Status: st, Now: now.Add(20 * time.Second)})
-	if dec.Go || !strings.Contains(dec.Trip, "gate fake failed during the bake of wave canary: value 0.2") {
+	if dec.Go || !strings.Contains(dec.Trip, "gate fake failed during the bake of wave canary: value 0.2") || dec.TripPhase != PhaseGate {
 		t.Fatalf("%+v", dec)
 	}
 	// A gate that cannot be asked at the end of the bake proves nothing:
@@ -327,7 +327,7 @@ func TestDecideCountsFailures(t *testing.T) {
 	}
 	// Two counted failures: whoever decides trips the breaker.
 	fail(&st, second[1], true, now)
-	if dec := decide(st); dec.Go || !strings.Contains(dec.Trip, "2 hosts failed new (max_failed = 2)") {
+	if dec := decide(st); dec.Go || !strings.Contains(dec.Trip, "2 hosts failed new (max_failed = 2)") || dec.TripPhase != PhaseMaxFailed {
 		t.Fatalf("max_failed reached: %+v", dec)
 	}
 	if Failed(st, "new") != 2 {
