@@ -116,12 +116,14 @@ func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifa
 	dec := r.decider.Decide(ctx, r.node, rollout.View{Service: r.svc.Name, Checksum: sum, Status: view, Now: r.now()})
 	if dec.Trip != "" {
 		r.logger.Error("rollout stopped", "checksum", sum, "wave", dec.Wave, "reason", dec.Trip)
-		b := fleet.Breaker{Checksum: sum, Node: r.node, Phase: "gate", Error: dec.Trip, Time: r.now().UTC()}
+		b := fleet.Breaker{Checksum: sum, Node: r.node, Phase: dec.TripPhase, Error: dec.Trip, Time: r.now().UTC()}
 		if err := r.fleet.Trip(ctx, r.svc.Name, b); err != nil {
 			return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("trip the breaker: %w", err)}
 		}
-		r.fleet.Record(ctx, r.svc.Name, fleet.Event{Kind: fleet.EventGate, Who: r.node, Via: "agent", Node: r.node,
-			Checksum: sum, Detail: fleet.Clip(dec.Trip)})
+		if dec.TripPhase == rollout.PhaseGate { // the failures that reach max_failed are in the log already
+			r.fleet.Record(ctx, r.svc.Name, fleet.Event{Kind: fleet.EventGate, Who: r.node, Via: "agent", Node: r.node,
+				Checksum: sum, Detail: fleet.Clip(dec.Trip)})
+		}
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: dec.Trip, rollout: true}
 	}
 	if dec.Go {
@@ -173,10 +175,33 @@ func (r *Runner) revert(ctx context.Context, st *State, view fleet.Status, b *fl
 		}
 		var out Outcome
 		defer func() { s.release(ctx, out) }()
+		// The wait for the slot may have been long: a breaker lifted or a
+		// hold set meanwhile stops the revert.
+		var ok bool
+		if out, ok = r.revertStill(ctx, st, b); !ok {
+			return out
+		}
 		out = r.doRevert(ctx, st, b, cur, target)
 		return out
 	}
 	return r.doRevert(ctx, st, b, cur, target)
+}
+
+// revertStill reads the fleet again once the slot is held, and says
+// whether the revert of b should still be done.
+func (r *Runner) revertStill(ctx context.Context, st *State, b *fleet.Breaker) (Outcome, bool) {
+	view, err := r.fleet.Status(ctx, r.svc.Name)
+	switch {
+	case err != nil:
+		return Outcome{Result: ResultError, Phase: PhaseLock, Checksum: st.Checksum, Err: fmt.Errorf("read the rollout: %w", err)}, false
+	case view.Hold != nil:
+		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: "revert waits: on hold by " + view.Hold.Who + ": " + view.Hold.Reason}, false
+	case view.Breaker(b.Checksum) == nil:
+		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: "no revert: the breaker of " + b.Checksum + " was lifted"}, false
+	case rollout.Pinned(view.Pins, r.node) != nil:
+		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: "no revert: this host was pinned meanwhile"}, false
+	}
+	return Outcome{}, true
 }
 
 func (r *Runner) doRevert(ctx context.Context, st *State, b *fleet.Breaker, cur string, target Release) Outcome {
@@ -245,6 +270,17 @@ func (r *Runner) pinned(ctx context.Context, st *State, view fleet.Status, pin *
 		}
 		var out Outcome
 		defer func() { s.release(ctx, out) }()
+		// A pin lifted or changed, or a hold set, while the host waited
+		// for the slot: the next check decides afresh.
+		now, err := r.fleet.Status(ctx, r.svc.Name)
+		if err != nil {
+			out = Outcome{Result: ResultError, Phase: PhaseLock, Checksum: st.Checksum, Err: fmt.Errorf("read the rollout: %w", err)}
+			return out
+		}
+		if p := rollout.Pinned(now.Pins, r.node); p == nil || p.Target != pin.Target || now.Hold != nil {
+			out = Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: "the pin or a hold changed while this host waited for a slot"}
+			return out
+		}
 		out = r.switchToPin(ctx, st, cur, *target, why)
 		return out
 	}

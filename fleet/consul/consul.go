@@ -357,10 +357,14 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 				st.Hold = &h
 			}
 		case strings.HasPrefix(rest, "failed/"):
+			// The key is the checksum refused, as Blocked reads it; an
+			// unreadable record still refuses it (fail closed).
 			var b fleet.Breaker
-			if json.Unmarshal(kv.Value, &b) == nil {
-				st.Breakers = append(st.Breakers, b)
+			if err := json.Unmarshal(kv.Value, &b); err != nil {
+				b = fleet.Breaker{Node: "?", Error: "an unreadable breaker record (" + err.Error() + "); `dropship fleet clear` lifts it"}
 			}
+			b.Checksum = strings.TrimPrefix(rest, "failed/")
+			st.Breakers = append(st.Breakers, b)
 		case rest == "rollout/freeze":
 			var f fleet.Freeze
 			if err := json.Unmarshal(kv.Value, &f); err != nil {

@@ -215,3 +215,29 @@ func TestOutcomeEvents(t *testing.T) {
 		}
 	}
 }
+
+// A breaker is the key it is written under: a record edited by hand to
+// name another checksum (or none) neither lets its own checksum be
+// reverted from nor makes hosts on another checksum revert.
+func TestBreakerIsItsKey(t *testing.T) {
+	p := newFleet(t, "ops")
+	ctx := context.Background()
+	key := fleet.FailedKey(p.Prefix, "app") + "aaaa"
+	if _, err := p.Client.KV().Put(&api.KVPair{Key: key, Value: []byte(`{"checksum":"bbbb","node":"x","phase":"check"}`)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := p.Status(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Breaker("aaaa") == nil || st.Breaker("bbbb") != nil {
+		t.Fatalf("breakers %+v: want aaaa's, as its key says", st.Breakers)
+	}
+	// Unreadable: still a breaker.
+	if _, err := p.Client.KV().Put(&api.KVPair{Key: fleet.FailedKey(p.Prefix, "app") + "cccc", Value: []byte(`{"time": 12}`)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = p.Status(ctx, "app"); err != nil || st.Breaker("cccc") == nil {
+		t.Fatalf("an unreadable breaker dropped: %+v %v", st.Breakers, err)
+	}
+}

@@ -27,17 +27,25 @@ type Decision struct {
 	Wave   string    // the host's wave
 	Reason string    // why not yet
 	Until  time.Time // when to look again; zero: when the fleet changes
-	// Trip, when set, is why the rollout must stop: a gate failed. The
-	// caller trips the breaker with it.
-	Trip string
+	// Trip, when set, is why the rollout must stop: a gate failed, or
+	// max_failed hosts failed. The caller trips the breaker with it, in
+	// TripPhase ("gate" or "max_failed").
+	Trip      string
+	TripPhase string
 }
+
+// Phases of the breakers a rollout trips.
+const (
+	PhaseGate      = "gate"
+	PhaseMaxFailed = "max_failed"
+)
 
 // Decider applies a policy. It remembers which waves' gates have held,
 // so a host does not ask the metrics again for a bake already judged.
 type Decider struct {
 	Policy *Policy
 	mu     sync.Mutex
-	held   map[string]string // checksum/wave -> verdict detail
+	held   map[string]string // checksum/wave/end -> verdict detail
 }
 
 // NewDecider returns a decider for p.
@@ -145,7 +153,7 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 	// Hosts failing at once may each have counted before the others
 	// reported: whoever decides next trips the breaker.
 	if failed := Failed(st, v.Checksum); failed >= p.MaxFailed && st.Breaker(v.Checksum) == nil {
-		return Decision{Trip: fmt.Sprintf("%d hosts failed %s (max_failed = %d)", failed, v.Checksum, p.MaxFailed)}
+		return Decision{Trip: fmt.Sprintf("%d hosts failed %s (max_failed = %d)", failed, v.Checksum, p.MaxFailed), TripPhase: PhaseMaxFailed}
 	}
 	steps := p.Plan(v.Checksum, Members(st, me))
 	k := WaveOf(steps, me)
@@ -174,10 +182,13 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 	}
 	if prev >= 0 {
 		end := last.doneAt.Add(p.Bake)
-		key := v.Checksum + "/" + steps[prev].Name
+		// The bake judged is this one: the wave's end is in the key, so a
+		// wave that ends again (a host that joined it, a checksum cleared
+		// and installed anew) is judged again.
+		key := v.Checksum + "/" + steps[prev].Name + "/" + last.doneAt.UTC().Format(time.RFC3339Nano)
 		if v.Now.Before(end) {
 			if trip := d.judge(ctx, p, steps[prev].Name, last.doneAt, v.Now, false); trip != "" {
-				dec.Trip = trip
+				dec.Trip, dec.TripPhase = trip, PhaseGate
 				return dec
 			}
 			dec.Reason = fmt.Sprintf("baking wave %s until %s", steps[prev].Name, end.Format(time.RFC3339))
@@ -191,7 +202,7 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 					dec.Until = v.Now.Add(recheck(p.Bake))
 					return dec
 				}
-				dec.Trip = trip
+				dec.Trip, dec.TripPhase = trip, PhaseGate
 				return dec
 			}
 			d.mu.Lock()
@@ -199,9 +210,18 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 			d.mu.Unlock()
 		}
 	}
-	if p.needsApproval(dec.Wave) && !approved(st.Approvals, v.Checksum, dec.Wave) {
-		dec.Reason = fmt.Sprintf("waiting for approval of wave %s: dropship fleet approve %s --wave %s", dec.Wave, v.Service, dec.Wave)
-		return dec
+	// An earlier wave left empty in this fleet (its share rounds to hosts
+	// already placed, no host has its tag) has nobody to wait for its
+	// approval: the next hosts wait for it, or it would never be asked.
+	for j := 0; j <= k; j++ {
+		name := steps[j].Name
+		if (j == k || len(steps[j].Nodes) == 0) && p.needsApproval(name) && !approved(st.Approvals, v.Checksum, name) {
+			dec.Reason = fmt.Sprintf("waiting for approval of wave %s: dropship fleet approve %s --wave %s", name, v.Service, name)
+			if j < k {
+				dec.Reason += fmt.Sprintf(" (wave %s has no hosts in this fleet; wave %s comes after it)", name, dec.Wave)
+			}
+			return dec
+		}
 	}
 	if w := p.Window; w != nil {
 		if open, next := w.Open(v.Now); !open {

@@ -142,3 +142,16 @@ func TestPrometheusGateErrors(t *testing.T) {
 		t.Fatalf("the error shows the password: %v", err)
 	}
 }
+
+// A long bake (days) is judged in steps Prometheus accepts: it answers
+// at most 11,000 points a series, and a gate it refuses would hold the
+// rollout forever.
+func TestPrometheusGateLongBake(t *testing.T) {
+	p := needPrometheus(t)
+	g := &Prometheus{Address: p.URL, Query: `vector(1)`}
+	now := time.Now()
+	v, err := g.Check(context.Background(), now.Add(-96*time.Hour), now)
+	if err != nil || !v.OK {
+		t.Fatalf("a 96h bake: %+v %v", v, err)
+	}
+}

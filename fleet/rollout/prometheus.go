@@ -22,7 +22,8 @@ type Prometheus struct {
 	Query   string
 	// For bounds the range judged to its last For (0: all of it).
 	For time.Duration
-	// Step between the samples judged (0: the range / 20, from 1 s to 30 s).
+	// Step between the samples judged (0: the range / 20, from 1 s to 30 s;
+	// never finer than the range / 10,000, which Prometheus would refuse).
 	Step time.Duration
 	// Client, if set, makes the requests (tests, TLS).
 	Client *http.Client
@@ -34,6 +35,10 @@ var _ Gate = (*Prometheus)(nil)
 
 // Name is the gate's kind.
 func (p *Prometheus) Name() string { return "prometheus" }
+
+// maxPoints bounds the steps of one range query, under Prometheus's
+// limit of 11,000 points a series.
+const maxPoints = 10000
 
 // queryTimeout bounds one request to Prometheus.
 const queryTimeout = 10 * time.Second
@@ -64,6 +69,12 @@ func (p *Prometheus) Check(ctx context.Context, from, to time.Time) (Verdict, er
 	step := p.Step
 	if step <= 0 {
 		step = min(max(to.Sub(from)/20, time.Second), 30*time.Second)
+	}
+	// Prometheus answers at most 11,000 points a series and refuses the
+	// query otherwise: a bake of days is judged in coarser steps, or the
+	// gate could never be asked and the rollout would wait forever.
+	if to.Sub(from)/step >= maxPoints {
+		step = (to.Sub(from) / maxPoints).Truncate(time.Second) + time.Second
 	}
 	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()

@@ -271,7 +271,7 @@ func TestDecideGateFailingMidBakeTrips(t *testing.T) {
 	steps := p.Plan("new", Members(st, ""))
 	st = fleetOf(p, 3, "new", map[string]time.Time{steps[0].Nodes[0]: now})
 	dec := NewDecider(p).Decide(context.Background(), steps[1].Nodes[0], View{Checksum: "new", Status: st, Now: now.Add(20 * time.Second)})
-	if dec.Go || !strings.Contains(dec.Trip, "gate fake failed during the bake of wave canary: value 0.2") {
+	if dec.Go || !strings.Contains(dec.Trip, "gate fake failed during the bake of wave canary: value 0.2") || dec.TripPhase != PhaseGate {
 		t.Fatalf("%+v", dec)
 	}
 	// A gate that cannot be asked at the end of the bake proves nothing:
@@ -327,7 +327,7 @@ func TestDecideCountsFailures(t *testing.T) {
 	}
 	// Two counted failures: whoever decides trips the breaker.
 	fail(&st, second[1], true, now)
-	if dec := decide(st); dec.Go || !strings.Contains(dec.Trip, "2 hosts failed new (max_failed = 2)") {
+	if dec := decide(st); dec.Go || !strings.Contains(dec.Trip, "2 hosts failed new (max_failed = 2)") || dec.TripPhase != PhaseMaxFailed {
 		t.Fatalf("max_failed reached: %+v", dec)
 	}
 	if Failed(st, "new") != 2 {
@@ -347,4 +347,67 @@ func indexOf(st fleet.Status, node string) int {
 		}
 	}
 	return -1
+}
+
+// A wave that is empty for this fleet (its share rounds to hosts already
+// placed) still holds back the waves after it when it needs approval: the
+// person who asked to approve the rollout past the canary is asked.
+func TestApprovalOfAnEmptyWaveHoldsTheNext(t *testing.T) {
+	p := policy(t, 1, "10%", "50%", "100%")
+	p.Approve = []string{"1"}
+	now := time.Now()
+	st := fleetOf(p, 3, "new", nil)
+	steps := p.Plan("new", Members(st, ""))
+	if len(steps[1].Nodes) != 0 || len(steps[2].Nodes) == 0 {
+		t.Fatalf("want wave 1 empty with 3 hosts: %v", steps)
+	}
+	st = fleetOf(p, 3, "new", map[string]time.Time{steps[0].Nodes[0]: now.Add(-time.Hour)})
+	decide := func(st fleet.Status) Decision {
+		return NewDecider(p).Decide(context.Background(), steps[2].Nodes[0], View{Service: "app", Checksum: "new", Status: st, Now: now})
+	}
+	if dec := decide(st); dec.Go || !strings.Contains(dec.Reason, "waiting for approval of wave 1") {
+		t.Fatalf("wave 2 started without the approval of wave 1: %+v", dec)
+	}
+	st.Approvals = []fleet.Approval{{Checksum: "new", Wave: "1"}}
+	if dec := decide(st); !dec.Go {
+		t.Fatalf("wave 1 approved: %+v", dec)
+	}
+}
+
+// A bake judged once is not judged again; but a wave that ends again (a
+// host that joined it, a checksum cleared and installed anew) has a new
+// bake, and its gates judge that one.
+func TestANewBakeOfTheSameWaveIsJudgedAgain(t *testing.T) {
+	p := policy(t, 1, "100%")
+	p.Bake = 10 * time.Minute
+	g := &fakeGate{ok: true}
+	p.Gates = []Gate{g}
+	d := NewDecider(p)
+	t0 := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	st := fleetOf(p, 3, "new", nil)
+	steps := p.Plan("new", Members(st, ""))
+	canary, next := steps[0].Nodes[0], steps[1].Nodes[0]
+	decide := func(done, now time.Time) Decision {
+		st := fleetOf(p, 3, "new", map[string]time.Time{canary: done})
+		return d.Decide(context.Background(), next, View{Service: "app", Checksum: "new", Status: st, Now: now})
+	}
+	if dec := decide(t0, t0.Add(11*time.Minute)); !dec.Go {
+		t.Fatalf("first bake: %+v", dec)
+	}
+	t1 := t0.Add(time.Hour)
+	g.ok = false
+	dec := decide(t1, t1.Add(11*time.Minute))
+	if dec.Go || !strings.Contains(dec.Trip, "gate fake failed") {
+		t.Fatalf("the second bake of wave canary went by unjudged: %+v", dec)
+	}
+}
+
+// Every host judges the window alike: "Local" is each host's own zone,
+// so the same policy would open at different times on different hosts.
+func TestWindowRefusesTheLocalZone(t *testing.T) {
+	for _, tz := range []string{"Local", "local"} {
+		if _, err := ParseWindow("Mon-Fri", "09:00-16:00", tz); err == nil || !strings.HasPrefix(err.Error(), "timezone") {
+			t.Errorf("timezone %q: %v", tz, err)
+		}
+	}
 }

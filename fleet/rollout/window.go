@@ -63,6 +63,11 @@ func ParseWindow(days, hours, tz string) (*Window, error) {
 	if tz == "" {
 		tz = "UTC"
 	}
+	if strings.EqualFold(tz, "Local") {
+		// Each host's own zone: hosts with the same policy would open
+		// the window at different times.
+		return nil, fmt.Errorf("timezone %q: each host's own zone; name one, like \"Europe/Berlin\" or \"UTC\"", tz)
+	}
 	loc, err := time.LoadLocation(tz)
 	if err != nil {
 		return nil, fmt.Errorf("timezone %q: %v", tz, err)
