@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -233,6 +234,104 @@ func TestLoadTokens(t *testing.T) {
 			t.Errorf("%q: %v, %v", c.body, toks, err)
 		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
 			t.Errorf("%q: error %v, want %q", c.body, err, c.err)
+		}
+	}
+}
+
+// sseEvent is one event of a stream, parsed as a browser does.
+type sseEvent struct {
+	Type, Data, ID string
+	Retry          bool // the stream set the reconnection time
+}
+
+// readSSE parses body as the EventSource of a browser would: CR, LF and
+// CRLF all end a line; a blank line dispatches the event.
+func readSSE(body io.Reader) <-chan sseEvent {
+	out := make(chan sseEvent, 100)
+	go func() {
+		defer close(out)
+		br := bufio.NewReader(body)
+		var ev sseEvent
+		var data []string
+		var line strings.Builder
+		for {
+			c, err := br.ReadByte()
+			if err != nil {
+				return
+			}
+			if c != '\r' && c != '\n' {
+				line.WriteByte(c)
+				continue
+			}
+			if c == '\r' {
+				if next, err := br.Peek(1); err == nil && next[0] == '\n' {
+					br.ReadByte()
+				}
+			}
+			l := line.String()
+			line.Reset()
+			if l == "" {
+				if data != nil {
+					ev.Data = strings.Join(data, "\n")
+					if ev.Type == "" {
+						ev.Type = "message"
+					}
+					out <- ev
+				}
+				ev, data = sseEvent{ID: ev.ID}, nil
+				continue
+			}
+			field, value, _ := strings.Cut(l, ":")
+			value = strings.TrimPrefix(value, " ")
+			switch field {
+			case "event":
+				ev.Type = value
+			case "data":
+				data = append(data, value)
+			case "id":
+				ev.ID = value
+			case "retry":
+				ev.Retry = true
+			}
+		}
+	}()
+	return out
+}
+
+// A host writes what it likes into its record. Text with carriage
+// returns (a line end to an EventSource) must not end the update early,
+// start an event of the host's making, or set the stream's fields.
+func TestEventStreamKeepsHostileTextInsideTheUpdate(t *testing.T) {
+	p, hs := start(t, false)
+	report(t, p, "host-0", "aaaa", "installed")
+	evil := *p
+	evil.Node = "evil"
+	forged := "\r\revent: update\rid: 999999\rretry: 86400000\rdata: all hosts steady\r\r"
+	if err := evil.Report(context.Background(), "app", fleet.NodeStatus{Node: "evil" + forged, Checksum: "bbbb" + forged,
+		Release: "r" + forged, Result: "failed", Phase: "check", Error: "boom" + forged, Time: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(hs.URL + "/events?service=app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	events := readSSE(resp.Body)
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				t.Fatal("the stream ended")
+			}
+			if ev.Type != "update" || ev.Retry || ev.ID == "999999" || !strings.HasSuffix(strings.TrimSpace(ev.Data), "</section>") {
+				t.Fatalf("the stream carries an event the host made up or cut short: type %q, id %q, retry %v, data %q", ev.Type, ev.ID, ev.Retry, ev.Data)
+			}
+			if strings.Contains(ev.Data, "data-node=\"evil") {
+				return
+			}
+		case <-timeout:
+			t.Fatal("the hostile host never showed on the stream")
 		}
 	}
 }

@@ -185,7 +185,10 @@ func (s *Server) sse(w http.ResponseWriter, r *http.Request) {
 		}
 		bw := bufio.NewWriter(w)
 		fmt.Fprintf(bw, "event: update\nid: %d\n", f.Index)
-		for line := range strings.SplitSeq(b.String(), "\n") {
+		// An EventSource ends a line at CR as well as LF: a CR in a
+		// host's record would end the data early and let the host write
+		// fields and events of its own. HTML reads CR as LF anyway.
+		for line := range strings.SplitSeq(lineEnds.Replace(b.String()), "\n") {
 			fmt.Fprintf(bw, "data: %s\n", line)
 		}
 		bw.WriteString("\n")
@@ -213,6 +216,9 @@ func (s *Server) sse(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 }
+
+// lineEnds turns every line end an EventSource knows into LF.
+var lineEnds = strings.NewReplacer("\r\n", "\n", "\r", "\n")
 
 // act runs hold, resume or clear for the bearer of a known token.
 func (s *Server) act(w http.ResponseWriter, r *http.Request) {
