@@ -56,6 +56,14 @@ type Options struct {
 	Events int
 	// Debounce gathers a burst of writes into one read (default 50ms).
 	Debounce time.Duration
+	// MaxStreams bounds the event streams open at once (default 256):
+	// each holds a connection and renders its page on every change. One
+	// more is answered 503.
+	MaxStreams int
+	// StreamWriteTimeout is how long a write to an event stream may take
+	// (default 30s): a client that stops reading is let go, not kept
+	// with its goroutine and buffers for as long as it stays connected.
+	StreamWriteTimeout time.Duration
 	// Policies are the rollout blocks of the services in the config the
 	// dashboard runs with: their waves are shown.
 	Policies map[string]*rollout.Policy
@@ -70,6 +78,8 @@ type Server struct {
 	keep     int
 	debounce time.Duration
 	deciders map[string]*rollout.Decider
+	streams  chan struct{} // a token per open event stream
+	writeMax time.Duration
 
 	snap atomic.Pointer[Fleet]
 
@@ -104,6 +114,13 @@ func New(o Options) (*Server, error) {
 	}
 	if s.debounce <= 0 {
 		s.debounce = 50 * time.Millisecond
+	}
+	if o.MaxStreams <= 0 {
+		o.MaxStreams = 256
+	}
+	s.streams = make(chan struct{}, o.MaxStreams)
+	if s.writeMax = o.StreamWriteTimeout; s.writeMax <= 0 {
+		s.writeMax = 30 * time.Second
 	}
 	s.snap.Store(&Fleet{Services: []Service{}, Error: "reading the fleet…"})
 	return s, nil

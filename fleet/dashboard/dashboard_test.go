@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -39,12 +41,23 @@ func TestMain(m *testing.M) {
 // start runs a dashboard over a fresh prefix in the real Consul.
 func start(t *testing.T, actions bool) (*consul.Fleet, *httptest.Server) {
 	t.Helper()
+	return startWith(t, func(o *dashboard.Options) {
+		if actions {
+			o.Actor, o.Tokens = o.Store.(*consul.Fleet), map[string]string{"s3cret-token-0123456789": "alice"}
+		}
+	}, nil)
+}
+
+// startWith is start with options of the test's own, served on ln if
+// not nil.
+func startWith(t *testing.T, opts func(*dashboard.Options), ln net.Listener) (*consul.Fleet, *httptest.Server) {
+	t.Helper()
 	testutil.RequireServer(t, "Consul", serverErr)
 	c, _ := api.NewClient(&api.Config{Address: server.Addr})
 	p := &consul.Fleet{Client: c, Prefix: "test/" + t.Name(), Node: "dash", SessionTTL: 10 * time.Second}
 	o := dashboard.Options{Store: p}
-	if actions {
-		o.Actor, o.Tokens = p, map[string]string{"s3cret-token-0123456789": "alice"}
+	if opts != nil {
+		opts(&o)
 	}
 	s, err := dashboard.New(o)
 	if err != nil {
@@ -52,8 +65,13 @@ func start(t *testing.T, actions bool) (*consul.Fleet, *httptest.Server) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go s.Run(ctx)
-	hs := httptest.NewServer(s.Handler())
-	t.Cleanup(func() { hs.Close(); cancel() })
+	hs := httptest.NewUnstartedServer(s.Handler())
+	if ln != nil {
+		hs.Listener.Close()
+		hs.Listener = ln
+	}
+	hs.Start()
+	t.Cleanup(func() { hs.CloseClientConnections(); hs.Close(); cancel() })
 	return p, hs
 }
 
@@ -333,5 +351,81 @@ func TestEventStreamKeepsHostileTextInsideTheUpdate(t *testing.T) {
 		case <-timeout:
 			t.Fatal("the hostile host never showed on the stream")
 		}
+	}
+}
+
+// smallBuffers accepts connections whose send buffer is small, so that a
+// client that does not read blocks the server's writes soon.
+type smallBuffers struct{ net.Listener }
+
+func (l smallBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetWriteBuffer(4096)
+	}
+	return c, err
+}
+
+// The event streams are bounded, and a client that connects and never
+// reads does not keep its stream (and its goroutine) once the server's
+// writes to it block.
+func TestEventStreamsAreBoundedAndAStalledReaderIsLetGo(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, hs := startWith(t, func(o *dashboard.Options) {
+		o.MaxStreams, o.StreamWriteTimeout = 1, 200*time.Millisecond
+	}, smallBuffers{ln})
+	// Hosts with long errors: each update of the page is some 40 kB.
+	change := func(round int) {
+		for i := range 40 {
+			host := *p
+			host.Node = fmt.Sprintf("host-%02d", i)
+			if err := host.Report(context.Background(), "app", fleet.NodeStatus{Node: host.Node, Checksum: "aaaa", Result: "failed",
+				Error: fmt.Sprintf("round %d: %s", round, strings.Repeat("x", 500)), Time: time.Now().UTC()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	change(0)
+	// The stalled client: it asks for the stream and reads nothing.
+	stalled, err := net.Dial("tcp", hs.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	stalled.(*net.TCPConn).SetReadBuffer(4096)
+	fmt.Fprintf(stalled, "GET /events?service=app HTTP/1.1\r\nHost: dashboard\r\n\r\n")
+
+	// While it holds the only stream, one more is refused; once its
+	// writes block long enough, the stream is free again.
+	sawRefusal := false
+	deadline := time.Now().Add(60 * time.Second)
+	for round := 1; ; round++ {
+		resp, err := http.Get(hs.URL + "/events?service=app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode == http.StatusOK {
+			ev, ok := <-readSSE(resp.Body)
+			resp.Body.Close()
+			if !ok || ev.Type != "update" {
+				t.Fatalf("the stream admitted sent %+v", ev)
+			}
+			break
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("a stream beyond the bound: %s, Retry-After %q", resp.Status, resp.Header.Get("Retry-After"))
+		}
+		sawRefusal = true
+		if time.Now().After(deadline) {
+			t.Fatal("the client that reads nothing kept its stream")
+		}
+		change(round) // more to write to it
+	}
+	if !sawRefusal {
+		t.Fatal("a second stream was admitted while the first was open: the bound is not kept")
 	}
 }

@@ -156,7 +156,18 @@ func (s *Server) serviceJSON(w http.ResponseWriter, r *http.Request) {
 // each change, as `event: update`. The first comes at once, so a client
 // that reconnects is current.
 func (s *Server) sse(w http.ResponseWriter, r *http.Request) {
+	select {
+	case s.streams <- struct{}{}:
+		defer func() { <-s.streams }()
+	default:
+		w.Header().Set("Retry-After", "30")
+		http.Error(w, "too many open event streams: reload later", http.StatusServiceUnavailable)
+		return
+	}
 	rc := http.NewResponseController(w)
+	// A client that stops reading fills the buffers and blocks the
+	// write: the deadline ends it (and frees its stream).
+	deadline := func() { rc.SetWriteDeadline(time.Now().Add(s.writeMax)) }
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
@@ -192,6 +203,7 @@ func (s *Server) sse(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(bw, "data: %s\n", line)
 		}
 		bw.WriteString("\n")
+		deadline()
 		if err := bw.Flush(); err != nil {
 			return err
 		}
@@ -210,6 +222,7 @@ func (s *Server) sse(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case <-ping.C:
+			deadline()
 			if _, err := io.WriteString(w, ": ping\n\n"); err != nil || rc.Flush() != nil {
 				return
 			}
