@@ -353,14 +353,22 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 			}
 		case rest == "hold":
 			var h fleet.Hold
-			if json.Unmarshal(kv.Value, &h) == nil {
-				st.Hold = &h
+			if err := json.Unmarshal(kv.Value, &h); err != nil {
+				// Unreadable is still a hold: Blocked fails on it, so no
+				// host updates. Show it, and how to lift it.
+				h = fleet.Hold{Reason: "an unreadable hold record (" + err.Error() + "); `dropship resume` lifts it", Who: "?"}
 			}
+			st.Hold = &h
 		case strings.HasPrefix(rest, "failed/"):
 			var b fleet.Breaker
-			if json.Unmarshal(kv.Value, &b) == nil {
-				st.Breakers = append(st.Breakers, b)
+			if err := json.Unmarshal(kv.Value, &b); err != nil {
+				// Blocked fails on it too: no host installs the checksum.
+				b = fleet.Breaker{Error: "an unreadable breaker record (" + err.Error() + "); `dropship fleet clear` lifts it", Node: "?"}
 			}
+			if b.Checksum == "" {
+				b.Checksum = strings.TrimPrefix(rest, "failed/")
+			}
+			st.Breakers = append(st.Breakers, b)
 		case rest == "rollout/freeze":
 			var f fleet.Freeze
 			if err := json.Unmarshal(kv.Value, &f); err != nil {

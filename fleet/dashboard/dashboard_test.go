@@ -429,3 +429,37 @@ func TestEventStreamsAreBoundedAndAStalledReaderIsLetGo(t *testing.T) {
 		t.Fatal("a second stream was admitted while the first was open: the bound is not kept")
 	}
 }
+
+// A hold or breaker written by hand as plain text (`consul kv put
+// dropship/app/hold "db migration"`) stops every host, which cannot read
+// it: the dashboard shows it rather than a steady service.
+func TestUnreadableHoldAndBreakerShow(t *testing.T) {
+	p, hs := start(t, false)
+	report(t, p, "host-0", "aaaa", "installed")
+	for key, value := range map[string]string{fleet.HoldKey(p.Prefix, "app"): "db migration", fleet.FailedKey(p.Prefix, "app") + "bbbb": "bad"} {
+		if _, err := p.Client.KV().Put(&api.KVPair{Key: key, Value: []byte(value)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if reason, err := p.Blocked(context.Background(), "app", "aaaa"); err == nil {
+		t.Fatalf("hosts are not stopped by the hold (%q): the test shows nothing", reason)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		f := getFleet(t, hs)
+		if len(f.Services) == 1 && len(f.Services[0].Nodes) == 1 {
+			s := f.Services[0]
+			if s.Hold == nil || !strings.Contains(s.Hold.Reason, "unreadable") || s.State() != "on hold" {
+				t.Fatalf("hosts are held but the dashboard shows %q, hold %+v", s.State(), s.Hold)
+			}
+			if len(s.Breakers) != 1 || s.Breakers[0].Checksum != "bbbb" || !strings.Contains(s.Breakers[0].Error, "unreadable") {
+				t.Fatalf("breakers %+v", s.Breakers)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dashboard never showed the service: %+v", f)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
