@@ -314,6 +314,9 @@ func (s *Server) follow(ctx context.Context, service string) {
 			if len(evs) == 0 {
 				continue
 			}
+			for i := range evs {
+				evs[i] = clipEvent(evs[i])
+			}
 			s.mu.Lock()
 			all := append(s.events[service], evs...)
 			if len(all) > s.keep {
@@ -344,15 +347,17 @@ func (s *Server) Events(service string) []fleet.Event {
 // summarize groups a service's hosts by checksum and finds the one
 // rolling out.
 func (s *Server) summarize(ctx context.Context, st fleet.Status) Service {
-	out := Service{Name: st.Service, Nodes: st.Nodes, Updating: st.Holders, Limit: st.Limit, Hold: st.Hold,
-		Breakers: st.Breakers, Groups: []Group{}, Failed: []string{}, Freeze: st.Freeze, Pins: st.Pins}
+	shown := clipStatus(st) // the decider reads the records as they are
+	out := Service{Name: st.Service, Nodes: shown.Nodes, Updating: clipAll(st.Holders), Limit: st.Limit, Hold: shown.Hold,
+		Breakers: shown.Breakers, Groups: []Group{}, Failed: []string{}, Freeze: shown.Freeze, Pins: shown.Pins}
 	if d := s.deciders[st.Service]; d != nil {
 		if out.RolloutOf = rollout.Rolling(st); out.RolloutOf != "" {
 			// Describe may ask the gates: bounded, so a slow Prometheus
 			// does not hold the page back.
 			gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			out.Waves = d.Describe(gctx, out.RolloutOf, st, time.Now())
+			out.Waves = clipWaves(d.Describe(gctx, out.RolloutOf, st, time.Now()))
 			cancel()
+			out.RolloutOf = fleet.Clip(out.RolloutOf)
 		}
 	}
 	if out.Nodes == nil {
@@ -365,7 +370,7 @@ func (s *Server) summarize(ctx context.Context, st fleet.Status) Service {
 		out.Breakers = []fleet.Breaker{}
 	}
 	var at time.Time
-	for _, n := range st.Nodes {
+	for _, n := range shown.Nodes {
 		sum := n.Attempt
 		if sum == "" {
 			sum = n.Checksum
@@ -385,7 +390,7 @@ func (s *Server) summarize(ctx context.Context, st fleet.Status) Service {
 	}
 	s.mu.Unlock()
 	groups := map[string][]string{}
-	for _, n := range st.Nodes {
+	for _, n := range shown.Nodes {
 		groups[n.Checksum] = append(groups[n.Checksum], n.Node)
 		if n.Checksum == out.Newest {
 			out.OnNewest++
@@ -468,4 +473,72 @@ func plural(n int, one, many string) string {
 		return fmt.Sprintf("%d %s", n, one)
 	}
 	return fmt.Sprintf("%d %s", n, many)
+}
+
+// clipStatus bounds the text of records as read. Agents clip what they
+// write, but anyone who can write the prefix can write half a megabyte
+// into a field, and every open page would get it on every change.
+func clipStatus(st fleet.Status) fleet.Status {
+	c := fleet.Clip
+	nodes := make([]fleet.NodeStatus, len(st.Nodes))
+	for i, n := range st.Nodes {
+		n.Node, n.Checksum, n.Release, n.Result, n.Attempt, n.Phase, n.Error, n.Policy =
+			c(n.Node), c(n.Checksum), c(n.Release), c(n.Result), c(n.Attempt), c(n.Phase), c(n.Error), c(n.Policy)
+		if len(n.Tags) > 64 {
+			n.Tags = n.Tags[:64]
+		}
+		tags := make([]string, len(n.Tags))
+		for j, t := range n.Tags {
+			tags[j] = c(t)
+		}
+		n.Tags = tags
+		nodes[i] = n
+	}
+	st.Nodes = nodes
+	breakers := make([]fleet.Breaker, len(st.Breakers))
+	for i, b := range st.Breakers {
+		b.Checksum, b.Node, b.Phase, b.Error = c(b.Checksum), c(b.Node), c(b.Phase), c(b.Error)
+		breakers[i] = b
+	}
+	st.Breakers = breakers
+	if h := st.Hold; h != nil {
+		st.Hold = &fleet.Hold{Reason: c(h.Reason), Who: c(h.Who), Time: h.Time}
+	}
+	if f := st.Freeze; f != nil {
+		st.Freeze = &fleet.Freeze{Reason: c(f.Reason), Who: c(f.Who), Time: f.Time, Until: f.Until}
+	}
+	pins := make([]fleet.Pin, len(st.Pins))
+	for i, p := range st.Pins {
+		p.Nodes, p.Target, p.Who = c(p.Nodes), c(p.Target), c(p.Who)
+		pins[i] = p
+	}
+	st.Pins = pins
+	return st
+}
+
+func clipEvent(ev fleet.Event) fleet.Event {
+	c := fleet.Clip
+	ev.Kind, ev.Who, ev.Via, ev.From, ev.Node, ev.Checksum, ev.Release, ev.Phase, ev.Detail =
+		c(ev.Kind), c(ev.Who), c(ev.Via), c(ev.From), c(ev.Node), c(ev.Checksum), c(ev.Release), c(ev.Phase), c(ev.Detail)
+	return ev
+}
+
+func clipAll(ss []string) []string {
+	if ss == nil {
+		return nil
+	}
+	out := make([]string, len(ss))
+	for i, v := range ss {
+		out[i] = fleet.Clip(v)
+	}
+	return out
+}
+
+func clipWaves(ws []rollout.WaveState) []rollout.WaveState {
+	for i, w := range ws {
+		w.Name, w.Reason = fleet.Clip(w.Name), fleet.Clip(w.Reason)
+		w.Nodes, w.Done, w.Failed, w.Running, w.Waiting = clipAll(w.Nodes), clipAll(w.Done), clipAll(w.Failed), clipAll(w.Running), clipAll(w.Waiting)
+		ws[i] = w
+	}
+	return ws
 }

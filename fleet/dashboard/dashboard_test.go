@@ -463,3 +463,53 @@ func TestUnreadableHoldAndBreakerShow(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Anyone who can write the prefix can put half a megabyte into a field
+// of a record (agents clip what they write; a hostile or old writer need
+// not). The dashboard shows it clipped, not to every page on every change.
+func TestHugeFieldsAreClippedOnRead(t *testing.T) {
+	p, hs := start(t, false)
+	huge := strings.Repeat("x", 80<<10) // five of them: Consul takes values up to 512 kB
+	st := fleet.NodeStatus{Node: "host-" + huge, Checksum: "aaaa" + huge, Release: huge, Result: "failed", Phase: huge, Error: huge, Time: time.Now().UTC()}
+	b, _ := json.Marshal(st)
+	if _, err := p.Client.KV().Put(&api.KVPair{Key: fleet.NodesKey(p.Prefix, "app") + "host-0", Value: b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	ev, _ := json.Marshal(fleet.Event{Kind: "failure", Who: huge, Node: huge, Detail: huge, Time: time.Now().UTC()})
+	if _, err := p.Client.KV().Put(&api.KVPair{Key: fleet.AuditKey(p.Prefix, "app") + "1-host-0-x", Value: ev}, nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(hs.URL + "/api/v1/services/app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var s dashboard.Service
+		json.Unmarshal(body, &s)
+		if len(s.Nodes) == 1 && len(s.Events) == 1 {
+			if len(body) > 64<<10 {
+				t.Fatalf("the service's JSON is %d bytes", len(body))
+			}
+			if n := s.Nodes[0]; len(n.Error) > fleet.MaxErrorText || !strings.HasSuffix(n.Error, "[cut]") || len(n.Node) > fleet.MaxErrorText {
+				t.Fatalf("node shown with a %d-byte error and a %d-byte name", len(n.Error), len(n.Node))
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dashboard never showed the host and its event: %d nodes, %d events", len(s.Nodes), len(s.Events))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	resp, err := http.Get(hs.URL + "/services/app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || len(page) > 64<<10 {
+		t.Fatalf("the service page: %s, %d bytes", resp.Status, len(page))
+	}
+}
