@@ -84,8 +84,8 @@ type Server struct {
 	snap atomic.Pointer[Fleet]
 
 	mu      sync.Mutex
-	events  map[string][]fleet.Event // newest last, at most keep
-	logging map[string]bool          // services whose log is followed
+	events  map[string][]fleet.Event      // newest last, at most keep
+	logging map[string]context.CancelFunc // services whose log is followed: how to stop
 	subs    map[chan struct{}]struct{}
 	changed chan struct{} // a log follower saw new events
 }
@@ -99,7 +99,7 @@ func New(o Options) (*Server, error) {
 		return nil, errors.New("dashboard: actions need at least one token")
 	}
 	s := &Server{store: o.Store, actor: o.Actor, tokens: o.Tokens, log: o.Logger, keep: o.Events, debounce: o.Debounce,
-		events: map[string][]fleet.Event{}, logging: map[string]bool{}, subs: map[chan struct{}]struct{}{},
+		events: map[string][]fleet.Event{}, logging: map[string]context.CancelFunc{}, subs: map[chan struct{}]struct{}{},
 		changed: make(chan struct{}, 1), deciders: map[string]*rollout.Decider{}}
 	for name, p := range o.Policies {
 		if p != nil {
@@ -260,6 +260,7 @@ func (s *Server) refresh(ctx context.Context, idx uint64) {
 		return
 	}
 	f := &Fleet{Generated: time.Now().UTC(), Index: idx, Services: make([]Service, 0, len(names))}
+	s.unfollow(names)
 	for _, name := range names {
 		st, err := s.store.Status(ctx, name)
 		if err != nil {
@@ -282,14 +283,34 @@ func (s *Server) fail(err error) {
 	s.notify()
 }
 
+// unfollow stops the log readers of services no longer in the fleet, and
+// forgets their events: names come and go (anyone who can write the
+// prefix can make up thousands), and each reader holds a blocking query.
+func (s *Server) unfollow(names []string) {
+	keep := make(map[string]bool, len(names))
+	for _, n := range names {
+		keep[n] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, stop := range s.logging {
+		if !keep[name] {
+			stop()
+			delete(s.logging, name)
+			delete(s.events, name)
+		}
+	}
+}
+
 // follow starts, once per service, a blocking reader of its audit log.
 func (s *Server) follow(ctx context.Context, service string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.logging[service] {
+	if s.logging[service] != nil {
 		return
 	}
-	s.logging[service] = true
+	ctx, stop := context.WithCancel(ctx)
+	s.logging[service] = stop
 	go func() {
 		var idx uint64
 		for ctx.Err() == nil {
@@ -306,7 +327,9 @@ func (s *Server) follow(ctx context.Context, service string) {
 			}
 			if idx == 0 || n < idx { // a full read (Log starts over when the index went back)
 				s.mu.Lock()
-				s.events[service] = nil
+				if ctx.Err() == nil {
+					s.events[service] = nil
+				}
 				s.mu.Unlock()
 			}
 			n = max(n, 1) // index 0 would not block
@@ -318,6 +341,10 @@ func (s *Server) follow(ctx context.Context, service string) {
 				evs[i] = clipEvent(evs[i])
 			}
 			s.mu.Lock()
+			if ctx.Err() != nil { // unfollowed meanwhile: keep nothing
+				s.mu.Unlock()
+				return
+			}
 			all := append(s.events[service], evs...)
 			if len(all) > s.keep {
 				all = append([]fleet.Event(nil), all[len(all)-s.keep:]...)
