@@ -513,3 +513,25 @@ func TestHugeFieldsAreClippedOnRead(t *testing.T) {
 		t.Fatalf("the service page: %s, %d bytes", resp.Status, len(page))
 	}
 }
+
+// Every answer says it is not to be framed, sniffed or given a base.
+func TestEveryAnswerCarriesTheSecurityHeaders(t *testing.T) {
+	p, hs := start(t, false)
+	report(t, p, "host-0", "aaaa", "installed")
+	for len(getFleet(t, hs).Services) == 0 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, path := range []string{"/", "/services/app", "/services/nope", "/api/v1/fleet", "/static/live.js", "/nothing", "/healthz"} {
+		resp, err := http.Get(hs.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		h := resp.Header
+		if !strings.Contains(h.Get("Content-Security-Policy"), "frame-ancestors 'none'") || !strings.Contains(h.Get("Content-Security-Policy"), "base-uri 'none'") ||
+			h.Get("X-Frame-Options") != "DENY" || h.Get("X-Content-Type-Options") != "nosniff" || h.Get("Access-Control-Allow-Origin") != "" {
+			t.Errorf("%s: %s, headers %v", path, resp.Status, h)
+		}
+	}
+}
+
