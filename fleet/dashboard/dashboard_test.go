@@ -535,3 +535,29 @@ func TestEveryAnswerCarriesTheSecurityHeaders(t *testing.T) {
 	}
 }
 
+// The scheme of an Authorization header is case-insensitive.
+func TestBearerSchemeInAnyCase(t *testing.T) {
+	p, hs := start(t, true)
+	report(t, p, "host-0", "aaaa", "installed")
+	for len(getFleet(t, hs).Services) == 0 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for header, want := range map[string]int{
+		"bearer s3cret-token-0123456789":   http.StatusOK,
+		"BEARER  s3cret-token-0123456789 ": http.StatusOK,
+		"Basic s3cret-token-0123456789":    http.StatusUnauthorized,
+		"Bearer":                           http.StatusUnauthorized,
+		"s3cret-token-0123456789":          http.StatusUnauthorized,
+	} {
+		req, _ := http.NewRequest(http.MethodPost, hs.URL+"/api/v1/services/app/resume", nil)
+		req.Header.Set("Authorization", header)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("Authorization: %q: %s, want %d", header, resp.Status, want)
+		}
+	}
+}

@@ -338,8 +338,10 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 // identity returns who holds the request's bearer token. Every token is
 // compared, in constant time, so the time taken tells nothing.
 func (s *Server) identity(r *http.Request) (string, bool) {
-	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || tok == "" {
+	// The scheme is case-insensitive (RFC 9110): curl users type "bearer".
+	scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	tok = strings.TrimSpace(tok)
+	if !strings.EqualFold(scheme, "Bearer") || tok == "" {
 		return "", false
 	}
 	who, found := "", false
