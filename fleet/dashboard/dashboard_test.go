@@ -5,12 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"html"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -559,5 +562,65 @@ func TestBearerSchemeInAnyCase(t *testing.T) {
 		if resp.StatusCode != want {
 			t.Errorf("Authorization: %q: %s, want %d", header, resp.Status, want)
 		}
+	}
+}
+
+// A service's name is a folder in Consul, which may hold what a path
+// does not ("?", "#", "%"): its link still leads to its page.
+func TestOddServiceNamesLinkToTheirPage(t *testing.T) {
+	p, hs := start(t, true)
+	const name = "a?b#c%zz"
+	host := *p
+	host.Node = "host-0"
+	if err := host.Report(context.Background(), name, fleet.NodeStatus{Node: "host-0", Checksum: "aaaa", Result: "installed", Time: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	for len(getFleet(t, hs).Services) == 0 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	get := func(u string) string {
+		resp, err := http.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %s: %s", u, resp.Status, b)
+		}
+		return string(b)
+	}
+	page := get(hs.URL + "/")
+	m := regexp.MustCompile(`<h2><a href="([^"]*)">`).FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no link to the service on %s", page)
+	}
+	base, _ := url.Parse(hs.URL + "/")
+	link, err := base.Parse(html.UnescapeString(m[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := get(link.String())
+	if !strings.Contains(svc, `data-service="a?b#c%zz"`) {
+		t.Fatalf("%s (from %q) is not the page of the service", link, m[1])
+	}
+	// The actions post to the service's own path.
+	m = regexp.MustCompile(`data-api="([^"]*)"`).FindStringSubmatch(svc)
+	if m == nil {
+		t.Fatal("no actions on the page")
+	}
+	api, err := link.Parse(html.UnescapeString(m[1]) + "resume")
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, api.String(), nil)
+	req.Header.Set("Authorization", "Bearer s3cret-token-0123456789")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("resume at %s: %s", api, resp.Status)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"mime"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -24,8 +25,11 @@ import (
 var assets embed.FS
 
 var pages = template.Must(template.New("").Funcs(template.FuncMap{
-	"short":  short,
-	"plural": plural,
+	"short": short,
+	// A name in a link is one path segment, whatever it holds ("?",
+	// "#", "%"): services are folders anyone with write access can name.
+	"pathEscape": url.PathEscape,
+	"plural":     plural,
 	"when": func(t time.Time) string {
 		if t.IsZero() {
 			return "-"
