@@ -353,9 +353,12 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 			}
 		case rest == "hold":
 			var h fleet.Hold
-			if json.Unmarshal(kv.Value, &h) == nil {
-				st.Hold = &h
+			if err := json.Unmarshal(kv.Value, &h); err != nil {
+				// Unreadable is still a hold: Blocked fails on it, so no
+				// host updates. Show it, and how to lift it.
+				h = fleet.Hold{Reason: "an unreadable hold record (" + err.Error() + "); `dropship resume` lifts it", Who: "?"}
 			}
+			st.Hold = &h
 		case strings.HasPrefix(rest, "failed/"):
 			// The key is the checksum refused, as Blocked reads it; an
 			// unreadable record still refuses it (fail closed).

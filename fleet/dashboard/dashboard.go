@@ -56,6 +56,14 @@ type Options struct {
 	Events int
 	// Debounce gathers a burst of writes into one read (default 50ms).
 	Debounce time.Duration
+	// MaxStreams bounds the event streams open at once (default 256):
+	// each holds a connection and renders its page on every change. One
+	// more is answered 503.
+	MaxStreams int
+	// StreamWriteTimeout is how long a write to an event stream may take
+	// (default 30s): a client that stops reading is let go, not kept
+	// with its goroutine and buffers for as long as it stays connected.
+	StreamWriteTimeout time.Duration
 	// Policies are the rollout blocks of the services in the config the
 	// dashboard runs with: their waves are shown.
 	Policies map[string]*rollout.Policy
@@ -70,12 +78,14 @@ type Server struct {
 	keep     int
 	debounce time.Duration
 	deciders map[string]*rollout.Decider
+	streams  chan struct{} // a token per open event stream
+	writeMax time.Duration
 
 	snap atomic.Pointer[Fleet]
 
 	mu      sync.Mutex
-	events  map[string][]fleet.Event // newest last, at most keep
-	logging map[string]bool          // services whose log is followed
+	events  map[string][]fleet.Event      // newest last, at most keep
+	logging map[string]context.CancelFunc // services whose log is followed: how to stop
 	subs    map[chan struct{}]struct{}
 	changed chan struct{} // a log follower saw new events
 }
@@ -89,7 +99,7 @@ func New(o Options) (*Server, error) {
 		return nil, errors.New("dashboard: actions need at least one token")
 	}
 	s := &Server{store: o.Store, actor: o.Actor, tokens: o.Tokens, log: o.Logger, keep: o.Events, debounce: o.Debounce,
-		events: map[string][]fleet.Event{}, logging: map[string]bool{}, subs: map[chan struct{}]struct{}{},
+		events: map[string][]fleet.Event{}, logging: map[string]context.CancelFunc{}, subs: map[chan struct{}]struct{}{},
 		changed: make(chan struct{}, 1), deciders: map[string]*rollout.Decider{}}
 	for name, p := range o.Policies {
 		if p != nil {
@@ -104,6 +114,13 @@ func New(o Options) (*Server, error) {
 	}
 	if s.debounce <= 0 {
 		s.debounce = 50 * time.Millisecond
+	}
+	if o.MaxStreams <= 0 {
+		o.MaxStreams = 256
+	}
+	s.streams = make(chan struct{}, o.MaxStreams)
+	if s.writeMax = o.StreamWriteTimeout; s.writeMax <= 0 {
+		s.writeMax = 30 * time.Second
 	}
 	s.snap.Store(&Fleet{Services: []Service{}, Error: "reading the fleet…"})
 	return s, nil
@@ -243,6 +260,7 @@ func (s *Server) refresh(ctx context.Context, idx uint64) {
 		return
 	}
 	f := &Fleet{Generated: time.Now().UTC(), Index: idx, Services: make([]Service, 0, len(names))}
+	s.unfollow(names)
 	for _, name := range names {
 		st, err := s.store.Status(ctx, name)
 		if err != nil {
@@ -265,14 +283,34 @@ func (s *Server) fail(err error) {
 	s.notify()
 }
 
+// unfollow stops the log readers of services no longer in the fleet, and
+// forgets their events: names come and go (anyone who can write the
+// prefix can make up thousands), and each reader holds a blocking query.
+func (s *Server) unfollow(names []string) {
+	keep := make(map[string]bool, len(names))
+	for _, n := range names {
+		keep[n] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, stop := range s.logging {
+		if !keep[name] {
+			stop()
+			delete(s.logging, name)
+			delete(s.events, name)
+		}
+	}
+}
+
 // follow starts, once per service, a blocking reader of its audit log.
 func (s *Server) follow(ctx context.Context, service string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.logging[service] {
+	if s.logging[service] != nil {
 		return
 	}
-	s.logging[service] = true
+	ctx, stop := context.WithCancel(ctx)
+	s.logging[service] = stop
 	go func() {
 		var idx uint64
 		for ctx.Err() == nil {
@@ -289,7 +327,9 @@ func (s *Server) follow(ctx context.Context, service string) {
 			}
 			if idx == 0 || n < idx { // a full read (Log starts over when the index went back)
 				s.mu.Lock()
-				s.events[service] = nil
+				if ctx.Err() == nil {
+					s.events[service] = nil
+				}
 				s.mu.Unlock()
 			}
 			n = max(n, 1) // index 0 would not block
@@ -297,7 +337,14 @@ func (s *Server) follow(ctx context.Context, service string) {
 			if len(evs) == 0 {
 				continue
 			}
+			for i := range evs {
+				evs[i] = clipEvent(evs[i])
+			}
 			s.mu.Lock()
+			if ctx.Err() != nil { // unfollowed meanwhile: keep nothing
+				s.mu.Unlock()
+				return
+			}
 			all := append(s.events[service], evs...)
 			if len(all) > s.keep {
 				all = append([]fleet.Event(nil), all[len(all)-s.keep:]...)
@@ -327,15 +374,17 @@ func (s *Server) Events(service string) []fleet.Event {
 // summarize groups a service's hosts by checksum and finds the one
 // rolling out.
 func (s *Server) summarize(ctx context.Context, st fleet.Status) Service {
-	out := Service{Name: st.Service, Nodes: st.Nodes, Updating: st.Holders, Limit: st.Limit, Hold: st.Hold,
-		Breakers: st.Breakers, Groups: []Group{}, Failed: []string{}, Freeze: st.Freeze, Pins: st.Pins}
+	shown := clipStatus(st) // the decider reads the records as they are
+	out := Service{Name: st.Service, Nodes: shown.Nodes, Updating: clipAll(st.Holders), Limit: st.Limit, Hold: shown.Hold,
+		Breakers: shown.Breakers, Groups: []Group{}, Failed: []string{}, Freeze: shown.Freeze, Pins: shown.Pins}
 	if d := s.deciders[st.Service]; d != nil {
 		if out.RolloutOf = rollout.Rolling(st); out.RolloutOf != "" {
 			// Describe may ask the gates: bounded, so a slow Prometheus
 			// does not hold the page back.
 			gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			out.Waves = d.Describe(gctx, out.RolloutOf, st, time.Now())
+			out.Waves = clipWaves(d.Describe(gctx, out.RolloutOf, st, time.Now()))
 			cancel()
+			out.RolloutOf = fleet.Clip(out.RolloutOf)
 		}
 	}
 	if out.Nodes == nil {
@@ -348,7 +397,7 @@ func (s *Server) summarize(ctx context.Context, st fleet.Status) Service {
 		out.Breakers = []fleet.Breaker{}
 	}
 	var at time.Time
-	for _, n := range st.Nodes {
+	for _, n := range shown.Nodes {
 		sum := n.Attempt
 		if sum == "" {
 			sum = n.Checksum
@@ -368,7 +417,7 @@ func (s *Server) summarize(ctx context.Context, st fleet.Status) Service {
 	}
 	s.mu.Unlock()
 	groups := map[string][]string{}
-	for _, n := range st.Nodes {
+	for _, n := range shown.Nodes {
 		groups[n.Checksum] = append(groups[n.Checksum], n.Node)
 		if n.Checksum == out.Newest {
 			out.OnNewest++
@@ -451,4 +500,72 @@ func plural(n int, one, many string) string {
 		return fmt.Sprintf("%d %s", n, one)
 	}
 	return fmt.Sprintf("%d %s", n, many)
+}
+
+// clipStatus bounds the text of records as read. Agents clip what they
+// write, but anyone who can write the prefix can write half a megabyte
+// into a field, and every open page would get it on every change.
+func clipStatus(st fleet.Status) fleet.Status {
+	c := fleet.Clip
+	nodes := make([]fleet.NodeStatus, len(st.Nodes))
+	for i, n := range st.Nodes {
+		n.Node, n.Checksum, n.Release, n.Result, n.Attempt, n.Phase, n.Error, n.Policy =
+			c(n.Node), c(n.Checksum), c(n.Release), c(n.Result), c(n.Attempt), c(n.Phase), c(n.Error), c(n.Policy)
+		if len(n.Tags) > 64 {
+			n.Tags = n.Tags[:64]
+		}
+		tags := make([]string, len(n.Tags))
+		for j, t := range n.Tags {
+			tags[j] = c(t)
+		}
+		n.Tags = tags
+		nodes[i] = n
+	}
+	st.Nodes = nodes
+	breakers := make([]fleet.Breaker, len(st.Breakers))
+	for i, b := range st.Breakers {
+		b.Checksum, b.Node, b.Phase, b.Error = c(b.Checksum), c(b.Node), c(b.Phase), c(b.Error)
+		breakers[i] = b
+	}
+	st.Breakers = breakers
+	if h := st.Hold; h != nil {
+		st.Hold = &fleet.Hold{Reason: c(h.Reason), Who: c(h.Who), Time: h.Time}
+	}
+	if f := st.Freeze; f != nil {
+		st.Freeze = &fleet.Freeze{Reason: c(f.Reason), Who: c(f.Who), Time: f.Time, Until: f.Until}
+	}
+	pins := make([]fleet.Pin, len(st.Pins))
+	for i, p := range st.Pins {
+		p.Nodes, p.Target, p.Who = c(p.Nodes), c(p.Target), c(p.Who)
+		pins[i] = p
+	}
+	st.Pins = pins
+	return st
+}
+
+func clipEvent(ev fleet.Event) fleet.Event {
+	c := fleet.Clip
+	ev.Kind, ev.Who, ev.Via, ev.From, ev.Node, ev.Checksum, ev.Release, ev.Phase, ev.Detail =
+		c(ev.Kind), c(ev.Who), c(ev.Via), c(ev.From), c(ev.Node), c(ev.Checksum), c(ev.Release), c(ev.Phase), c(ev.Detail)
+	return ev
+}
+
+func clipAll(ss []string) []string {
+	if ss == nil {
+		return nil
+	}
+	out := make([]string, len(ss))
+	for i, v := range ss {
+		out[i] = fleet.Clip(v)
+	}
+	return out
+}
+
+func clipWaves(ws []rollout.WaveState) []rollout.WaveState {
+	for i, w := range ws {
+		w.Name, w.Reason = fleet.Clip(w.Name), fleet.Clip(w.Reason)
+		w.Nodes, w.Done, w.Failed, w.Running, w.Waiting = clipAll(w.Nodes), clipAll(w.Done), clipAll(w.Failed), clipAll(w.Running), clipAll(w.Waiting)
+		ws[i] = w
+	}
+	return ws
 }

@@ -4,10 +4,16 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
+	"html"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -38,12 +44,23 @@ func TestMain(m *testing.M) {
 // start runs a dashboard over a fresh prefix in the real Consul.
 func start(t *testing.T, actions bool) (*consul.Fleet, *httptest.Server) {
 	t.Helper()
+	return startWith(t, func(o *dashboard.Options) {
+		if actions {
+			o.Actor, o.Tokens = o.Store.(*consul.Fleet), map[string]string{"s3cret-token-0123456789": "alice"}
+		}
+	}, nil)
+}
+
+// startWith is start with options of the test's own, served on ln if
+// not nil.
+func startWith(t *testing.T, opts func(*dashboard.Options), ln net.Listener) (*consul.Fleet, *httptest.Server) {
+	t.Helper()
 	testutil.RequireServer(t, "Consul", serverErr)
 	c, _ := api.NewClient(&api.Config{Address: server.Addr})
 	p := &consul.Fleet{Client: c, Prefix: "test/" + t.Name(), Node: "dash", SessionTTL: 10 * time.Second}
 	o := dashboard.Options{Store: p}
-	if actions {
-		o.Actor, o.Tokens = p, map[string]string{"s3cret-token-0123456789": "alice"}
+	if opts != nil {
+		opts(&o)
 	}
 	s, err := dashboard.New(o)
 	if err != nil {
@@ -51,8 +68,13 @@ func start(t *testing.T, actions bool) (*consul.Fleet, *httptest.Server) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go s.Run(ctx)
-	hs := httptest.NewServer(s.Handler())
-	t.Cleanup(func() { hs.Close(); cancel() })
+	hs := httptest.NewUnstartedServer(s.Handler())
+	if ln != nil {
+		hs.Listener.Close()
+		hs.Listener = ln
+	}
+	hs.Start()
+	t.Cleanup(func() { hs.CloseClientConnections(); hs.Close(); cancel() })
 	return p, hs
 }
 
@@ -234,5 +256,371 @@ func TestLoadTokens(t *testing.T) {
 		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
 			t.Errorf("%q: error %v, want %q", c.body, err, c.err)
 		}
+	}
+}
+
+// sseEvent is one event of a stream, parsed as a browser does.
+type sseEvent struct {
+	Type, Data, ID string
+	Retry          bool // the stream set the reconnection time
+}
+
+// readSSE parses body as the EventSource of a browser would: CR, LF and
+// CRLF all end a line; a blank line dispatches the event.
+func readSSE(body io.Reader) <-chan sseEvent {
+	out := make(chan sseEvent, 100)
+	go func() {
+		defer close(out)
+		br := bufio.NewReader(body)
+		var ev sseEvent
+		var data []string
+		var line strings.Builder
+		for {
+			c, err := br.ReadByte()
+			if err != nil {
+				return
+			}
+			if c != '\r' && c != '\n' {
+				line.WriteByte(c)
+				continue
+			}
+			if c == '\r' {
+				if next, err := br.Peek(1); err == nil && next[0] == '\n' {
+					br.ReadByte()
+				}
+			}
+			l := line.String()
+			line.Reset()
+			if l == "" {
+				if data != nil {
+					ev.Data = strings.Join(data, "\n")
+					if ev.Type == "" {
+						ev.Type = "message"
+					}
+					out <- ev
+				}
+				ev, data = sseEvent{ID: ev.ID}, nil
+				continue
+			}
+			field, value, _ := strings.Cut(l, ":")
+			value = strings.TrimPrefix(value, " ")
+			switch field {
+			case "event":
+				ev.Type = value
+			case "data":
+				data = append(data, value)
+			case "id":
+				ev.ID = value
+			case "retry":
+				ev.Retry = true
+			}
+		}
+	}()
+	return out
+}
+
+// A host writes what it likes into its record. Text with carriage
+// returns (a line end to an EventSource) must not end the update early,
+// start an event of the host's making, or set the stream's fields.
+func TestEventStreamKeepsHostileTextInsideTheUpdate(t *testing.T) {
+	p, hs := start(t, false)
+	report(t, p, "host-0", "aaaa", "installed")
+	evil := *p
+	evil.Node = "evil"
+	forged := "\r\revent: update\rid: 999999\rretry: 86400000\rdata: all hosts steady\r\r"
+	if err := evil.Report(context.Background(), "app", fleet.NodeStatus{Node: "evil" + forged, Checksum: "bbbb" + forged,
+		Release: "r" + forged, Result: "failed", Phase: "check", Error: "boom" + forged, Time: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(hs.URL + "/events?service=app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	events := readSSE(resp.Body)
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				t.Fatal("the stream ended")
+			}
+			if ev.Type != "update" || ev.Retry || ev.ID == "999999" || !strings.HasSuffix(strings.TrimSpace(ev.Data), "</section>") {
+				t.Fatalf("the stream carries an event the host made up or cut short: type %q, id %q, retry %v, data %q", ev.Type, ev.ID, ev.Retry, ev.Data)
+			}
+			if strings.Contains(ev.Data, "data-node=\"evil") {
+				return
+			}
+		case <-timeout:
+			t.Fatal("the hostile host never showed on the stream")
+		}
+	}
+}
+
+// smallBuffers accepts connections whose send buffer is small, so that a
+// client that does not read blocks the server's writes soon.
+type smallBuffers struct{ net.Listener }
+
+func (l smallBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetWriteBuffer(4096)
+	}
+	return c, err
+}
+
+// The event streams are bounded, and a client that connects and never
+// reads does not keep its stream (and its goroutine) once the server's
+// writes to it block.
+func TestEventStreamsAreBoundedAndAStalledReaderIsLetGo(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, hs := startWith(t, func(o *dashboard.Options) {
+		o.MaxStreams, o.StreamWriteTimeout = 1, 200*time.Millisecond
+	}, smallBuffers{ln})
+	// Hosts with long errors: each update of the page is some 40 kB.
+	change := func(round int) {
+		for i := range 40 {
+			host := *p
+			host.Node = fmt.Sprintf("host-%02d", i)
+			if err := host.Report(context.Background(), "app", fleet.NodeStatus{Node: host.Node, Checksum: "aaaa", Result: "failed",
+				Error: fmt.Sprintf("round %d: %s", round, strings.Repeat("x", 500)), Time: time.Now().UTC()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	change(0)
+	// The stalled client: it asks for the stream and reads nothing.
+	stalled, err := net.Dial("tcp", hs.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	stalled.(*net.TCPConn).SetReadBuffer(4096)
+	fmt.Fprintf(stalled, "GET /events?service=app HTTP/1.1\r\nHost: dashboard\r\n\r\n")
+
+	// While it holds the only stream, one more is refused; once its
+	// writes block long enough, the stream is free again.
+	sawRefusal := false
+	deadline := time.Now().Add(60 * time.Second)
+	for round := 1; ; round++ {
+		resp, err := http.Get(hs.URL + "/events?service=app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode == http.StatusOK {
+			ev, ok := <-readSSE(resp.Body)
+			resp.Body.Close()
+			if !ok || ev.Type != "update" {
+				t.Fatalf("the stream admitted sent %+v", ev)
+			}
+			break
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("a stream beyond the bound: %s, Retry-After %q", resp.Status, resp.Header.Get("Retry-After"))
+		}
+		sawRefusal = true
+		if time.Now().After(deadline) {
+			t.Fatal("the client that reads nothing kept its stream")
+		}
+		change(round) // more to write to it
+	}
+	if !sawRefusal {
+		t.Fatal("a second stream was admitted while the first was open: the bound is not kept")
+	}
+}
+
+// A hold or breaker written by hand as plain text (`consul kv put
+// dropship/app/hold "db migration"`) stops every host, which cannot read
+// it: the dashboard shows it rather than a steady service.
+func TestUnreadableHoldAndBreakerShow(t *testing.T) {
+	p, hs := start(t, false)
+	report(t, p, "host-0", "aaaa", "installed")
+	for key, value := range map[string]string{fleet.HoldKey(p.Prefix, "app"): "db migration", fleet.FailedKey(p.Prefix, "app") + "bbbb": "bad"} {
+		if _, err := p.Client.KV().Put(&api.KVPair{Key: key, Value: []byte(value)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if reason, err := p.Blocked(context.Background(), "app", "aaaa"); err == nil {
+		t.Fatalf("hosts are not stopped by the hold (%q): the test shows nothing", reason)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		f := getFleet(t, hs)
+		if len(f.Services) == 1 && len(f.Services[0].Nodes) == 1 {
+			s := f.Services[0]
+			if s.Hold == nil || !strings.Contains(s.Hold.Reason, "unreadable") || s.State() != "on hold" {
+				t.Fatalf("hosts are held but the dashboard shows %q, hold %+v", s.State(), s.Hold)
+			}
+			if len(s.Breakers) != 1 || s.Breakers[0].Checksum != "bbbb" || !strings.Contains(s.Breakers[0].Error, "unreadable") {
+				t.Fatalf("breakers %+v", s.Breakers)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dashboard never showed the service: %+v", f)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Anyone who can write the prefix can put half a megabyte into a field
+// of a record (agents clip what they write; a hostile or old writer need
+// not). The dashboard shows it clipped, not to every page on every change.
+func TestHugeFieldsAreClippedOnRead(t *testing.T) {
+	p, hs := start(t, false)
+	huge := strings.Repeat("x", 80<<10) // five of them: Consul takes values up to 512 kB
+	st := fleet.NodeStatus{Node: "host-" + huge, Checksum: "aaaa" + huge, Release: huge, Result: "failed", Phase: huge, Error: huge, Time: time.Now().UTC()}
+	b, _ := json.Marshal(st)
+	if _, err := p.Client.KV().Put(&api.KVPair{Key: fleet.NodesKey(p.Prefix, "app") + "host-0", Value: b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	ev, _ := json.Marshal(fleet.Event{Kind: "failure", Who: huge, Node: huge, Detail: huge, Time: time.Now().UTC()})
+	if _, err := p.Client.KV().Put(&api.KVPair{Key: fleet.AuditKey(p.Prefix, "app") + "1-host-0-x", Value: ev}, nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(hs.URL + "/api/v1/services/app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var s dashboard.Service
+		json.Unmarshal(body, &s)
+		if len(s.Nodes) == 1 && len(s.Events) == 1 {
+			if len(body) > 64<<10 {
+				t.Fatalf("the service's JSON is %d bytes", len(body))
+			}
+			if n := s.Nodes[0]; len(n.Error) > fleet.MaxErrorText || !strings.HasSuffix(n.Error, "[cut]") || len(n.Node) > fleet.MaxErrorText {
+				t.Fatalf("node shown with a %d-byte error and a %d-byte name", len(n.Error), len(n.Node))
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dashboard never showed the host and its event: %d nodes, %d events", len(s.Nodes), len(s.Events))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	resp, err := http.Get(hs.URL + "/services/app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || len(page) > 64<<10 {
+		t.Fatalf("the service page: %s, %d bytes", resp.Status, len(page))
+	}
+}
+
+// Every answer says it is not to be framed, sniffed or given a base.
+func TestEveryAnswerCarriesTheSecurityHeaders(t *testing.T) {
+	p, hs := start(t, false)
+	report(t, p, "host-0", "aaaa", "installed")
+	for len(getFleet(t, hs).Services) == 0 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, path := range []string{"/", "/services/app", "/services/nope", "/api/v1/fleet", "/static/live.js", "/nothing", "/healthz"} {
+		resp, err := http.Get(hs.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		h := resp.Header
+		if !strings.Contains(h.Get("Content-Security-Policy"), "frame-ancestors 'none'") || !strings.Contains(h.Get("Content-Security-Policy"), "base-uri 'none'") ||
+			h.Get("X-Frame-Options") != "DENY" || h.Get("X-Content-Type-Options") != "nosniff" || h.Get("Access-Control-Allow-Origin") != "" {
+			t.Errorf("%s: %s, headers %v", path, resp.Status, h)
+		}
+	}
+}
+
+// The scheme of an Authorization header is case-insensitive.
+func TestBearerSchemeInAnyCase(t *testing.T) {
+	p, hs := start(t, true)
+	report(t, p, "host-0", "aaaa", "installed")
+	for len(getFleet(t, hs).Services) == 0 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for header, want := range map[string]int{
+		"bearer s3cret-token-0123456789":   http.StatusOK,
+		"BEARER  s3cret-token-0123456789 ": http.StatusOK,
+		"Basic s3cret-token-0123456789":    http.StatusUnauthorized,
+		"Bearer":                           http.StatusUnauthorized,
+		"s3cret-token-0123456789":          http.StatusUnauthorized,
+	} {
+		req, _ := http.NewRequest(http.MethodPost, hs.URL+"/api/v1/services/app/resume", nil)
+		req.Header.Set("Authorization", header)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("Authorization: %q: %s, want %d", header, resp.Status, want)
+		}
+	}
+}
+
+// A service's name is a folder in Consul, which may hold what a path
+// does not ("?", "#", "%"): its link still leads to its page.
+func TestOddServiceNamesLinkToTheirPage(t *testing.T) {
+	p, hs := start(t, true)
+	const name = "a?b#c%zz"
+	host := *p
+	host.Node = "host-0"
+	if err := host.Report(context.Background(), name, fleet.NodeStatus{Node: "host-0", Checksum: "aaaa", Result: "installed", Time: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	for len(getFleet(t, hs).Services) == 0 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	get := func(u string) string {
+		resp, err := http.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %s: %s", u, resp.Status, b)
+		}
+		return string(b)
+	}
+	page := get(hs.URL + "/")
+	m := regexp.MustCompile(`<h2><a href="([^"]*)">`).FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no link to the service on %s", page)
+	}
+	base, _ := url.Parse(hs.URL + "/")
+	link, err := base.Parse(html.UnescapeString(m[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := get(link.String())
+	if !strings.Contains(svc, `data-service="a?b#c%zz"`) {
+		t.Fatalf("%s (from %q) is not the page of the service", link, m[1])
+	}
+	// The actions post to the service's own path.
+	m = regexp.MustCompile(`data-api="([^"]*)"`).FindStringSubmatch(svc)
+	if m == nil {
+		t.Fatal("no actions on the page")
+	}
+	api, err := link.Parse(html.UnescapeString(m[1]) + "resume")
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, api.String(), nil)
+	req.Header.Set("Authorization", "Bearer s3cret-token-0123456789")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("resume at %s: %s", api, resp.Status)
 	}
 }

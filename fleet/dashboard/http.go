@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"mime"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -24,8 +25,11 @@ import (
 var assets embed.FS
 
 var pages = template.Must(template.New("").Funcs(template.FuncMap{
-	"short":  short,
-	"plural": plural,
+	"short": short,
+	// A name in a link is one path segment, whatever it holds ("?",
+	// "#", "%"): services are folders anyone with write access can name.
+	"pathEscape": url.PathEscape,
+	"plural":     plural,
 	"when": func(t time.Time) string {
 		if t.IsZero() {
 			return "-"
@@ -86,7 +90,8 @@ func (s *Server) Handler() http.Handler {
 // headers: nothing inline runs, nothing frames the page, nothing leaks.
 func headers(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'none'")
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'none'; base-uri 'none'")
+		w.Header().Set("X-Frame-Options", "DENY") // browsers that know no frame-ancestors
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		w.Header().Set("Referrer-Policy", "no-referrer")
 		h.ServeHTTP(w, r)
@@ -156,7 +161,18 @@ func (s *Server) serviceJSON(w http.ResponseWriter, r *http.Request) {
 // each change, as `event: update`. The first comes at once, so a client
 // that reconnects is current.
 func (s *Server) sse(w http.ResponseWriter, r *http.Request) {
+	select {
+	case s.streams <- struct{}{}:
+		defer func() { <-s.streams }()
+	default:
+		w.Header().Set("Retry-After", "30")
+		http.Error(w, "too many open event streams: reload later", http.StatusServiceUnavailable)
+		return
+	}
 	rc := http.NewResponseController(w)
+	// A client that stops reading fills the buffers and blocks the
+	// write: the deadline ends it (and frees its stream).
+	deadline := func() { rc.SetWriteDeadline(time.Now().Add(s.writeMax)) }
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
@@ -185,10 +201,14 @@ func (s *Server) sse(w http.ResponseWriter, r *http.Request) {
 		}
 		bw := bufio.NewWriter(w)
 		fmt.Fprintf(bw, "event: update\nid: %d\n", f.Index)
-		for line := range strings.SplitSeq(b.String(), "\n") {
+		// An EventSource ends a line at CR as well as LF: a CR in a
+		// host's record would end the data early and let the host write
+		// fields and events of its own. HTML reads CR as LF anyway.
+		for line := range strings.SplitSeq(lineEnds.Replace(b.String()), "\n") {
 			fmt.Fprintf(bw, "data: %s\n", line)
 		}
 		bw.WriteString("\n")
+		deadline()
 		if err := bw.Flush(); err != nil {
 			return err
 		}
@@ -207,12 +227,16 @@ func (s *Server) sse(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case <-ping.C:
+			deadline()
 			if _, err := io.WriteString(w, ": ping\n\n"); err != nil || rc.Flush() != nil {
 				return
 			}
 		}
 	}
 }
+
+// lineEnds turns every line end an EventSource knows into LF.
+var lineEnds = strings.NewReplacer("\r\n", "\n", "\r", "\n")
 
 // act runs hold, resume or clear for the bearer of a known token.
 func (s *Server) act(w http.ResponseWriter, r *http.Request) {
@@ -318,8 +342,10 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 // identity returns who holds the request's bearer token. Every token is
 // compared, in constant time, so the time taken tells nothing.
 func (s *Server) identity(r *http.Request) (string, bool) {
-	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || tok == "" {
+	// The scheme is case-insensitive (RFC 9110): curl users type "bearer".
+	scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	tok = strings.TrimSpace(tok)
+	if !strings.EqualFold(scheme, "Bearer") || tok == "" {
 		return "", false
 	}
 	who, found := "", false

@@ -5,7 +5,7 @@
   "use strict";
   var live = document.getElementById("live");
   var conn = document.getElementById("conn");
-  if (live && window.EventSource) {
+  var connect = function () {
     var es = new EventSource(live.getAttribute("data-events"));
     es.addEventListener("update", function (e) {
       live.innerHTML = e.data;
@@ -15,8 +15,12 @@
     es.onerror = function () {
       conn.textContent = "connection lost, retrying…";
       conn.setAttribute("data-state", "lost");
+      // An answer other than a stream (503: too many open) closes it
+      // for good: try again later.
+      if (es.readyState === EventSource.CLOSED) setTimeout(connect, 30000);
     };
-  }
+  };
+  if (live && window.EventSource) connect();
   // Actions: POST with the bearer token typed into the page. No cookie is
   // ever set, so another site cannot make this browser act.
   var panel = document.getElementById("actions");
