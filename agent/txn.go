@@ -208,6 +208,7 @@ func (t *txn) fetch(ctx context.Context) error {
 	opt.Name = path.Base(strings.TrimRight(t.info.Key, "/"))
 	opt.Spool = t.r.lay.staging()
 	opt.FinalDir = t.r.lay.releaseDir(t.id) // links leaving the release are judged from where it will live
+	opt.Aliases = []string{t.r.lay.dest}    // and a link coming back in through the destination lands in it
 	stats, xerr := archive.Extract(ctx, ahead, t.stage, opt)
 	if xerr == nil {
 		// The unpacker may stop before the end (tar padding, trailers):
