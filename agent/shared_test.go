@@ -55,3 +55,43 @@ func TestSharedDirectoriesAndFiles(t *testing.T) {
 		t.Fatalf("after an update and a rollback: current %q, log %q", e.current(), b)
 	}
 }
+
+// A shared path inside another could never be linked (the outer one is a
+// link out of the release by then): refused in the config, as are paths
+// that leave the release.
+func TestSharedPathsRefusedInTheConfig(t *testing.T) {
+	for _, tc := range []struct{ shared, want string }{
+		{`dirs = ["config"]
+    files = ["config/secrets.yml"]`, `"config/secrets.yml" is inside the shared "config"`},
+		{`dirs = ["tmp/pids", "tmp"]`, `"tmp/pids" is inside the shared "tmp"`},
+		{`dirs = ["log", "log/"]`, "listed twice"},
+		{`dirs = ["../x"]`, "stays inside it"},
+		{`files = ["/etc/x"]`, "stays inside it"},
+		{`dirs = ["a/.."]`, "stays inside it"},
+		{`dirs = [""]`, "stays inside it"},
+	} {
+		e := newEnv(t)
+		path := filepath.Join(e.dir, "dropship.hcl")
+		os.WriteFile(path, []byte(fmt.Sprintf(`
+state_path = %q
+service "app" {
+  artifact "file" {
+    path        = %q
+    destination = %q
+  }
+  shared {
+    %s
+  }
+}
+`, e.state, e.store, e.dest, tc.shared)), 0o644)
+		_, diags := agent.Load(path, registry(), nil)
+		if !diags.HasErrors() || !strings.Contains(diags.Error(), tc.want) {
+			t.Errorf("%s: diags = %v, want %q", tc.shared, diags, tc.want)
+		}
+	}
+	// Siblings with a common prefix are not nested.
+	e := newEnv(t)
+	e.config(`shared {
+    dirs = ["log", "logs", "tmp/pids", "tmp/sockets"]
+  }`)
+}
