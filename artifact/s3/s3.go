@@ -373,9 +373,11 @@ func (s *Source) OpenAt(ctx context.Context, pin artifact.Info, off int64) (io.R
 	if err != nil {
 		return nil, s.classify(ctx, "download", err)
 	}
-	if off > 0 && !strings.HasPrefix(aws.ToString(o.ContentRange), fmt.Sprintf("bytes %d-", off)) {
-		o.Body.Close()
-		return nil, fmt.Errorf("download %s from byte %d: %w (the store answered range %q)", s, off, artifact.ErrRejected, aws.ToString(o.ContentRange))
+	if off > 0 {
+		if err := artifact.CheckRange(aws.ToString(o.ContentRange), off, pin); err != nil {
+			o.Body.Close()
+			return nil, fmt.Errorf("download %s from byte %d: %w", s, off, err)
+		}
 	}
 	return o.Body, nil
 }
