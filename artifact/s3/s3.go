@@ -333,7 +333,12 @@ func (s *Source) Stat(ctx context.Context) (artifact.Info, error) {
 		Modified:    aws.ToTime(o.LastModified),
 	}
 	etag := aws.ToString(o.ETag)
-	info.SetChecksums(etag, meta(o.Metadata, artifact.MetaMD5), meta(o.Metadata, artifact.MetaSHA256), strings.Contains(etag, "-"))
+	// Multipart uploads, and objects encrypted with SSE-KMS or SSE-C,
+	// have ETags that are not the content's MD5 (though the latter look
+	// like one).
+	opaque := strings.Contains(etag, "-") || strings.HasPrefix(string(o.ServerSideEncryption), "aws:kms") ||
+		aws.ToString(o.SSECustomerAlgorithm) != ""
+	info.SetChecksums(etag, meta(o.Metadata, artifact.MetaMD5), meta(o.Metadata, artifact.MetaSHA256), opaque)
 	return info, nil
 }
 

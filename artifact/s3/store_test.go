@@ -556,3 +556,37 @@ func TestResumeOfAnotherSizeIsChanged(t *testing.T) {
 		t.Fatalf("err = %v, want ErrChanged", err)
 	}
 }
+
+// Objects encrypted with SSE-KMS or SSE-C have ETags that look like an
+// MD5 and are not one: such an ETag is an opaque version token, or every
+// download would fail its MD5 check.
+func TestEncryptedObjectETagIsNotAnMD5(t *testing.T) {
+	for _, h := range []map[string]string{
+		{"x-amz-server-side-encryption": "aws:kms"},
+		{"x-amz-server-side-encryption": "aws:kms:dsse"},
+		{"x-amz-server-side-encryption-customer-algorithm": "AES256"},
+		{"x-amz-server-side-encryption": "AES256"}, // SSE-S3: the ETag is the MD5
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("ETag", `"0123456789abcdef0123456789abcdef"`)
+			w.Header().Set("Content-Length", "10")
+			for k, v := range h {
+				w.Header().Set(k, v)
+			}
+		}))
+		st, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(srv.URL), Region: aws.String("us-east-1"),
+			AccessKey: aws.String("a"), SecretKey: aws.String("b")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Source("b", "k").Stat(context.Background())
+		srv.Close()
+		want := "opaque-etag"
+		if h["x-amz-server-side-encryption"] == "AES256" {
+			want = "etag"
+		}
+		if err != nil || info.ChecksumFrom != want || (want == "opaque-etag") != (info.MD5 == "") {
+			t.Errorf("%v: checksum from %q, md5 %q, %v; want from %q", h, info.ChecksumFrom, info.MD5, err, want)
+		}
+	}
+}
