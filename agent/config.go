@@ -495,6 +495,17 @@ func decodeShared(s *Service, b serviceBlock) hcl.Diagnostics {
 			}
 		}
 	}
+	// One inside another could never be linked: the outer one is a link
+	// out of the release by then.
+	all := append(append([]string{}, s.SharedDirs...), s.SharedFiles...)
+	for _, p := range all {
+		for _, q := range all {
+			if strings.HasPrefix(p, q+"/") {
+				diags = append(diags, hclx.Errorf(b.Shared[0].Body, "dirs", "Nested shared paths",
+					"%q is inside the shared %q: each shared path is linked whole, so list only the outer one.", p, q))
+			}
+		}
+	}
 	return diags
 }
 

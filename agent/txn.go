@@ -208,6 +208,7 @@ func (t *txn) fetch(ctx context.Context) error {
 	opt.Name = path.Base(strings.TrimRight(t.info.Key, "/"))
 	opt.Spool = t.r.lay.staging()
 	opt.FinalDir = t.r.lay.releaseDir(t.id) // links leaving the release are judged from where it will live
+	opt.Aliases = []string{t.r.lay.dest}    // and a link coming back in through the destination lands in it
 	stats, xerr := archive.Extract(ctx, ahead, t.stage, opt)
 	if xerr == nil {
 		// The unpacker may stop before the end (tar padding, trailers):
@@ -282,12 +283,21 @@ func (t *txn) linkShared(context.Context) error {
 		return nil
 	}
 	shared := t.r.lay.shared()
+	// The files first: a check that fails makes nothing.
+	for _, f := range svc.SharedFiles {
+		if fi, err := os.Stat(filepath.Join(shared, f)); err != nil || fi.IsDir() {
+			return fmt.Errorf("shared file %s: put it in %s before deploying (it is linked into every release): %w",
+				f, filepath.Join(shared, f), errors.Join(err, errIfDir(fi)))
+		}
+	}
 	if err := os.MkdirAll(shared, 0o755); err != nil {
 		return fmt.Errorf("shared: %w", err)
 	}
 	for _, d := range svc.SharedDirs {
 		p := filepath.Join(shared, d)
-		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+		fi, err := os.Stat(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
 			if err := os.MkdirAll(p, 0o755); err != nil {
 				return fmt.Errorf("shared directory %s: %w", d, err)
 			}
@@ -295,12 +305,10 @@ func (t *txn) linkShared(context.Context) error {
 				os.Chown(p, u.UID, u.GID) // the service writes there
 			}
 			t.logger.Info("created a shared directory", "path", p)
-		}
-	}
-	for _, f := range svc.SharedFiles {
-		if fi, err := os.Stat(filepath.Join(shared, f)); err != nil || fi.IsDir() {
-			return fmt.Errorf("shared file %s: put it in %s before deploying (it is linked into every release): %w",
-				f, filepath.Join(shared, f), errors.Join(err, errIfDir(fi)))
+		case err != nil:
+			return fmt.Errorf("shared directory %s: %w", d, err)
+		case !fi.IsDir():
+			return fmt.Errorf("shared directory %s: %s is not a directory", d, p)
 		}
 	}
 	root, err := os.OpenRoot(t.stage)
@@ -309,6 +317,9 @@ func (t *txn) linkShared(context.Context) error {
 	}
 	defer root.Close()
 	for _, p := range append(append([]string{}, svc.SharedDirs...), svc.SharedFiles...) {
+		if err := sharedParents(root, p); err != nil {
+			return err
+		}
 		if _, err := root.Lstat(p); err == nil {
 			t.logger.Info("the release ships a shared path; replaced by the link to the shared one", "path", p)
 			if err := root.RemoveAll(p); err != nil {
@@ -322,6 +333,31 @@ func (t *txn) linkShared(context.Context) error {
 		}
 		if err := root.Symlink(filepath.Join(shared, p), p); err != nil {
 			return fmt.Errorf("shared %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// sharedParents refuses, by name, a parent of the shared path p that the
+// release ships as something the link cannot be made in: a file, or a
+// link out of the release (os.Root would refuse it, less clearly). A link
+// that stays inside is followed.
+func sharedParents(root *os.Root, p string) error {
+	for dir := filepath.Dir(p); dir != "."; dir = filepath.Dir(dir) {
+		fi, err := root.Lstat(dir)
+		if err != nil {
+			continue // missing (made below), or under one of these
+		}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			if _, err := root.Stat(dir); err != nil {
+				target, _ := root.Readlink(dir)
+				if errors.Is(err, fs.ErrNotExist) {
+					return fmt.Errorf("shared %s: the release ships %q as a link to %q, which does not exist", p, dir, target)
+				}
+				return fmt.Errorf("shared %s: the release ships %q as a link out of it (to %q): a shared path is never linked through one", p, dir, target)
+			}
+		} else if !fi.IsDir() {
+			return fmt.Errorf("shared %s: the release ships %q as a file", p, dir)
 		}
 	}
 	return nil

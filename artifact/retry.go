@@ -225,6 +225,11 @@ func (d *download) Read(p []byte) (int, error) {
 			d.off += int64(n)
 			d.a.poke()
 		}
+		if err == io.EOF && d.pin.Size > 0 && d.off < d.pin.Size {
+			// Ended before the size pinned: a body delimited by the
+			// connection's close that was cut looks whole. A drop.
+			err = fmt.Errorf("download %s: the body ended at byte %d of %d: %w", d.r.src, d.off, d.pin.Size, io.ErrUnexpectedEOF)
+		}
 		if err == nil || err == io.EOF {
 			return n, err
 		}

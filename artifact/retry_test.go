@@ -18,6 +18,7 @@ type flaky struct {
 	data  []byte
 	errs  []error
 	cut   int
+	clean bool // a cut body ends as if it were whole (io.EOF)
 	calls int
 	from  []int64 // offset of each open
 }
@@ -53,6 +54,9 @@ func (f *flaky) OpenAt(_ context.Context, _ artifact.Info, off int64) (io.ReadCl
 	end := min(int(off)+f.cut, len(f.data))
 	if end == len(f.data) {
 		return io.NopCloser(bytes.NewReader(f.data[off:])), nil
+	}
+	if f.clean {
+		return io.NopCloser(bytes.NewReader(f.data[off:end])), nil
 	}
 	return io.NopCloser(io.MultiReader(bytes.NewReader(f.data[off:end]), errReader{})), nil
 }
@@ -102,6 +106,34 @@ func TestRetryResumesFromTheByteReached(t *testing.T) {
 	}
 	if fmt.Sprint(f.from) != "[0 3000 6000 9000]" {
 		t.Fatalf("opened from %v", f.from)
+	}
+}
+
+// A body that ends cleanly before the size pinned (a response delimited
+// by the connection's close, cut mid-way) is a drop too: resumed, not
+// handed on as the whole object.
+func TestRetryResumesABodyThatEndsEarly(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789"), 1000)
+	f := &flaky{data: data, cut: 3000, clean: true}
+	rc, err := artifact.Retry(f, policy(4), nil).Open(context.Background(), artifact.Info{Size: int64(len(data))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	if err != nil || !bytes.Equal(got, data) || fmt.Sprint(f.from) != "[0 3000 6000 9000]" {
+		t.Fatalf("%d bytes, %v, opened from %v", len(got), err, f.from)
+	}
+	// Out of tries, it is an error, not an end.
+	f = &flaky{data: data, cut: 3000, clean: true}
+	rc, _ = artifact.Retry(f, policy(2), nil).Open(context.Background(), artifact.Info{Size: int64(len(data))})
+	if got, err := io.ReadAll(rc); err == nil || len(got) != 6000 {
+		t.Fatalf("out of tries: %d bytes, %v", len(got), err)
+	}
+	// A size unknown (-1 or 0) is not judged here: the verifier does.
+	f = &flaky{data: data, cut: 3000, clean: true}
+	rc, _ = artifact.Retry(f, policy(2), nil).Open(context.Background(), artifact.Info{Size: -1})
+	if got, err := io.ReadAll(rc); err != nil || len(got) != 3000 {
+		t.Fatalf("size unknown: %d bytes, %v", len(got), err)
 	}
 }
 

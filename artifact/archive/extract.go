@@ -13,6 +13,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,7 +55,11 @@ type Options struct {
 	AllowSymlinksTo []string
 	// FinalDir is where the release will live once promoted: relative
 	// links that leave it are judged from there ("" : the unpack dir).
-	FinalDir       string
+	FinalDir string
+	// Aliases are paths that will lead to the release once it is current
+	// (the destination symlink): a link coming back in through one is
+	// followed through the release's own links.
+	Aliases        []string
 	PreserveSetuid bool
 	FileMode       fs.FileMode // 0: from the archive
 	DirMode        fs.FileMode // 0: from the archive
@@ -130,6 +135,11 @@ func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats
 	if opt.FinalDir == "" {
 		opt.FinalDir, _ = filepath.Abs(dir)
 	}
+	aliases := make([]string, len(opt.Aliases))
+	for i, a := range opt.Aliases {
+		aliases[i] = path.Clean(a)
+	}
+	opt.Aliases = aliases
 	x := &extractor{ctx: ctx, root: root, opt: opt, compressed: counted, links: map[string]bool{}, made: map[string]bool{}, onDisk: map[string]bool{}}
 	x.stats.Format = format
 
@@ -814,23 +824,44 @@ func (x *extractor) finish() error {
 }
 
 // resolveInside follows link the way the kernel would, component by
-// component, and refuses it if any step leaves the release.
+// component, and refuses it if it lands outside the release anywhere
+// allow_symlinks_to does not list. Outside the release the host's own
+// directories are taken as named, but a path that comes back in (through
+// the release's final place or an alias of it, the destination) goes on
+// through the release's own links, and one that enters another release
+// is refused: their links are not judged here.
 func (x *extractor) resolveInside(link string) error {
+	final := path.Clean(x.opt.FinalDir)
+	releases := path.Dir(final)
 	var stack []string // resolved components, relative to the root
+	host := ""         // where the walk is on the host, once out of the release
 	pending := strings.Split(link, "/")
 	hops := 0
 	for len(pending) > 0 {
 		c := pending[0]
 		pending = pending[1:]
-		switch c {
-		case "", ".":
+		if c == "" || c == "." {
 			continue
-		case "..":
-			if len(stack) == 0 {
-				// Above the release: where it lands on the host, as the
-				// kernel will walk it from the release's final place.
+		}
+		if host != "" {
+			if c == ".." {
+				host = path.Dir(host)
+			} else {
+				host = path.Join(host, c)
+			}
+			switch {
+			case host == final || slices.Contains(x.opt.Aliases, host):
+				host, stack = "", stack[:0]
+			case host != releases && path.Dir(host) == releases:
 				target, _ := x.root.Readlink(link)
-				return x.outside(link, target, path.Join(append([]string{x.opt.FinalDir, ".."}, pending...)...))
+				return refuse(link, "symlink to %q leads into another release, %s", target, host)
+			}
+			continue
+		}
+		if c == ".." {
+			if len(stack) == 0 {
+				host = releases // above the release, from its final place
+				continue
 			}
 			stack = stack[:len(stack)-1]
 			continue
@@ -849,9 +880,13 @@ func (x *extractor) resolveInside(link string) error {
 			return refuse(link, "%v", err)
 		}
 		if path.IsAbs(target) {
-			return x.outside(link, target, path.Join(append([]string{target}, pending...)...))
+			host = "/"
 		}
 		pending = append(strings.Split(target, "/"), pending...)
 	}
-	return nil
+	if host == "" {
+		return nil
+	}
+	target, _ := x.root.Readlink(link)
+	return x.outside(link, target, host)
 }

@@ -32,9 +32,25 @@ func TestSymlinksOutOfTheRelease(t *testing.T) {
 		{"relative, not listed", []entry{symlink("x", "../../../../../etc")}, allow, "allow_symlinks_to does not list"},
 		{"a file written through an allowed link", []entry{symlink("log", "/var/log/app"), file("log/evil", "x")}, allow, "written through the symlink"},
 		{"hard link out: always refused", []entry{hardlink("h", "/var/log/app/x")}, []string{"/"}, "hard link"},
+		// Back into the release through the destination (which will point
+		// at it): the release's own links count there, as the kernel
+		// follows them. up -> / climbs out of /srv, wherever it stands.
+		{"back in through the destination", []entry{symlink("d/up", "/srv"), symlink("pw", "/srv/app/d/up/../../etc/shadow")},
+			[]string{"/srv"}, "/etc/shadow"},
+		{"back in through the destination, relative", []entry{symlink("d/up", "/srv"), symlink("pw", "../../../../app/d/up/../../etc/shadow")},
+			[]string{"/srv"}, "/etc/shadow"},
+		{"back in through the destination, harmless", []entry{symlink("d/up", "/srv/data"), symlink("pw", "/srv/app/d/up/../x")},
+			[]string{"/srv"}, ""},
+		{"back in through the release's own directory", []entry{symlink("d/up", "/srv"), symlink("pw", "/srv/dropship/app/releases/R1/d/up/../../etc/shadow")},
+			[]string{"/srv"}, "/etc/shadow"},
+		{"into another release", []entry{symlink("pw", "/srv/dropship/app/releases/R0/d/x")}, []string{"/srv"}, "another release"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir, _, err := extract(t, makeTar(t, tc.entries...), archive.Options{AllowSymlinksTo: tc.allow, FinalDir: final})
+			final, aliases := final, []string(nil)
+			if tc.allow != nil && tc.allow[0] == "/srv" {
+				final, aliases = "/srv/dropship/app/releases/R1", []string{"/srv/app"}
+			}
+			dir, _, err := extract(t, makeTar(t, tc.entries...), archive.Options{AllowSymlinksTo: tc.allow, FinalDir: final, Aliases: aliases})
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("refused: %v", err)

@@ -333,7 +333,12 @@ func (s *Source) Stat(ctx context.Context) (artifact.Info, error) {
 		Modified:    aws.ToTime(o.LastModified),
 	}
 	etag := aws.ToString(o.ETag)
-	info.SetChecksums(etag, meta(o.Metadata, artifact.MetaMD5), meta(o.Metadata, artifact.MetaSHA256), strings.Contains(etag, "-"))
+	// Multipart uploads, and objects encrypted with SSE-KMS or SSE-C,
+	// have ETags that are not the content's MD5 (though the latter look
+	// like one).
+	opaque := strings.Contains(etag, "-") || strings.HasPrefix(string(o.ServerSideEncryption), "aws:kms") ||
+		aws.ToString(o.SSECustomerAlgorithm) != ""
+	info.SetChecksums(etag, meta(o.Metadata, artifact.MetaMD5), meta(o.Metadata, artifact.MetaSHA256), opaque)
 	return info, nil
 }
 
@@ -373,9 +378,11 @@ func (s *Source) OpenAt(ctx context.Context, pin artifact.Info, off int64) (io.R
 	if err != nil {
 		return nil, s.classify(ctx, "download", err)
 	}
-	if off > 0 && !strings.HasPrefix(aws.ToString(o.ContentRange), fmt.Sprintf("bytes %d-", off)) {
-		o.Body.Close()
-		return nil, fmt.Errorf("download %s from byte %d: %w (the store answered range %q)", s, off, artifact.ErrRejected, aws.ToString(o.ContentRange))
+	if off > 0 {
+		if err := artifact.CheckRange(aws.ToString(o.ContentRange), off, pin); err != nil {
+			o.Body.Close()
+			return nil, fmt.Errorf("download %s from byte %d: %w", s, off, err)
+		}
 	}
 	return o.Body, nil
 }

@@ -515,3 +515,78 @@ func TestStalledStoreFailsWithinTheTries(t *testing.T) {
 		t.Fatalf("%d GETs, want 3 (the policy's tries)", n)
 	}
 }
+
+// A resume answered with the range of an object of another size (a cache
+// in front of the store that ignores If-Match) is ErrChanged, so the
+// update starts over: never the first bytes of one object and the rest of
+// another.
+func TestResumeOfAnotherSizeIsChanged(t *testing.T) {
+	other := bytes.Repeat([]byte("b"), 3000)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("ETag", `"0123456789abcdef0123456789abcdef-2"`)
+		w.Header().Set("Content-Length", "2000")
+		if r.Method == http.MethodHead {
+			return
+		}
+		var from int
+		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-", &from); err == nil {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-2999/3000", from))
+			w.Header().Set("Content-Length", fmt.Sprint(3000-from))
+			w.WriteHeader(http.StatusPartialContent)
+			w.Write(other[from:])
+			return
+		}
+		w.Write(bytes.Repeat([]byte("a"), 1000))
+		w.(http.Flusher).Flush()
+		conn, _, _ := w.(http.Hijacker).Hijack()
+		conn.Close() // 1000 bytes of the 2000 announced
+	}))
+	defer srv.Close()
+	st, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(srv.URL), Region: aws.String("us-east-1"),
+		AccessKey: aws.String("a"), SecretKey: aws.String("b")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := artifact.Retry(st.Source("b", "k"), fast(), nil)
+	pin, err := src.Stat(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err = fetch(src, pin); !errors.Is(err, artifact.ErrChanged) {
+		t.Fatalf("err = %v, want ErrChanged", err)
+	}
+}
+
+// Objects encrypted with SSE-KMS or SSE-C have ETags that look like an
+// MD5 and are not one: such an ETag is an opaque version token, or every
+// download would fail its MD5 check.
+func TestEncryptedObjectETagIsNotAnMD5(t *testing.T) {
+	for _, h := range []map[string]string{
+		{"x-amz-server-side-encryption": "aws:kms"},
+		{"x-amz-server-side-encryption": "aws:kms:dsse"},
+		{"x-amz-server-side-encryption-customer-algorithm": "AES256"},
+		{"x-amz-server-side-encryption": "AES256"}, // SSE-S3: the ETag is the MD5
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("ETag", `"0123456789abcdef0123456789abcdef"`)
+			w.Header().Set("Content-Length", "10")
+			for k, v := range h {
+				w.Header().Set(k, v)
+			}
+		}))
+		st, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(srv.URL), Region: aws.String("us-east-1"),
+			AccessKey: aws.String("a"), SecretKey: aws.String("b")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Source("b", "k").Stat(context.Background())
+		srv.Close()
+		want := "opaque-etag"
+		if h["x-amz-server-side-encryption"] == "AES256" {
+			want = "etag"
+		}
+		if err != nil || info.ChecksumFrom != want || (want == "opaque-etag") != (info.MD5 == "") {
+			t.Errorf("%v: checksum from %q, md5 %q, %v; want from %q", h, info.ChecksumFrom, info.MD5, err, want)
+		}
+	}
+}

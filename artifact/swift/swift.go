@@ -272,9 +272,11 @@ func (s *Source) OpenAt(ctx context.Context, pin artifact.Info, off int64) (io.R
 	if err != nil {
 		return nil, s.classify("download", err)
 	}
-	if off > 0 && !strings.HasPrefix(rh["Content-Range"], fmt.Sprintf("bytes %d-", off)) {
-		f.Close()
-		return nil, fmt.Errorf("download %s from byte %d: %w (the store answered range %q)", s, off, artifact.ErrRejected, rh["Content-Range"])
+	if off > 0 {
+		if err := artifact.CheckRange(rh["Content-Range"], off, pin); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("download %s from byte %d: %w", s, off, err)
+		}
 	}
 	return f, nil
 }
