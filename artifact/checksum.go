@@ -1,6 +1,9 @@
 package artifact
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // Metadata keys `dropship publish` stores with an object (S3:
 // x-amz-meta-md5, Swift: X-Object-Meta-Md5, …).
@@ -27,8 +30,16 @@ func lowerHex(s string, n int) bool {
 // ETag that is a plain MD5 (a single-part upload); otherwise the ETag is
 // only an opaque version token (S3 multipart, Swift SLO/DLO manifests).
 // largeObject says the store itself told us the ETag is not a content MD5.
-func (i *Info) SetChecksums(etag, metaMD5, metaSHA256 string, largeObject bool) {
-	i.ETag = strings.Trim(strings.TrimSpace(etag), `"`)
+//
+// A weak ETag (W/"…") is refused: S3 and Swift never send one, so something
+// between the agent and the store rewrote the object, and a GET can never
+// be pinned to it (If-Match compares strongly: every download would fail).
+func (i *Info) SetChecksums(etag, metaMD5, metaSHA256 string, largeObject bool) error {
+	etag = strings.TrimSpace(etag)
+	if strings.HasPrefix(etag, "W/") {
+		return fmt.Errorf("%w: it answered a weak ETag (%.80s), which no download can be pinned to; a proxy or CDN between dropship and the store rewrites objects?", ErrRejected, etag)
+	}
+	i.ETag = strings.Trim(etag, `"`)
 	m, s := strings.ToLower(strings.TrimSpace(metaMD5)), strings.ToLower(strings.TrimSpace(metaSHA256))
 	if !lowerHex(m, 32) {
 		m = ""
@@ -44,4 +55,5 @@ func (i *Info) SetChecksums(etag, metaMD5, metaSHA256 string, largeObject bool) 
 	default:
 		i.ChecksumFrom = "opaque-etag"
 	}
+	return nil
 }

@@ -1,6 +1,10 @@
 package artifact
 
-import "testing"
+import (
+	"errors"
+	"strings"
+	"testing"
+)
 
 func TestSetChecksums(t *testing.T) {
 	const md5 = "5d41402abc4b2a76b9719d911017c592"
@@ -20,9 +24,22 @@ func TestSetChecksums(t *testing.T) {
 		{"too long", `"` + md5 + `0"`, "", "", false, "", "", "opaque-etag"},
 	} {
 		var i Info
-		i.SetChecksums(c.etag, c.mMD5, c.mSHA, c.large)
+		if err := i.SetChecksums(c.etag, c.mMD5, c.mSHA, c.large); err != nil {
+			t.Errorf("%s: %v", c.name, err)
+		}
 		if i.MD5 != c.md5 || i.SHA256 != c.sha || i.ChecksumFrom != c.from {
 			t.Errorf("%s: md5 %q sha %q from %q", c.name, i.MD5, i.SHA256, i.ChecksumFrom)
 		}
+	}
+}
+
+func TestWeakETagIsRefused(t *testing.T) {
+	var i Info
+	err := i.SetChecksums(`W/"5d41402abc4b2a76b9719d911017c592"`, "", "", false)
+	if !errors.Is(err, ErrRejected) || !Permanent(err) || !strings.Contains(err.Error(), "weak ETag") {
+		t.Fatalf("a weak ETag: %v", err)
+	}
+	if i.MD5 != "" || i.ETag != "" {
+		t.Fatalf("a weak ETag left md5 %q etag %q", i.MD5, i.ETag)
 	}
 }

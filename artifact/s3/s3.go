@@ -338,7 +338,9 @@ func (s *Source) Stat(ctx context.Context) (artifact.Info, error) {
 	// like one).
 	opaque := strings.Contains(etag, "-") || strings.HasPrefix(string(o.ServerSideEncryption), "aws:kms") ||
 		aws.ToString(o.SSECustomerAlgorithm) != ""
-	info.SetChecksums(etag, meta(o.Metadata, artifact.MetaMD5), meta(o.Metadata, artifact.MetaSHA256), opaque)
+	if err := info.SetChecksums(etag, meta(o.Metadata, artifact.MetaMD5), meta(o.Metadata, artifact.MetaSHA256), opaque); err != nil {
+		return artifact.Info{}, fmt.Errorf("check %s: %w", s, err)
+	}
 	return info, nil
 }
 

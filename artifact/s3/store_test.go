@@ -590,3 +590,27 @@ func TestEncryptedObjectETagIsNotAnMD5(t *testing.T) {
 		}
 	}
 }
+
+// A weak ETag (a proxy or CDN rewrote the object) is refused at the check,
+// once, with a message saying so: no GET could be pinned to it.
+func TestWeakETagIsRefusedAtTheCheck(t *testing.T) {
+	var heads atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		heads.Add(1)
+		w.Header().Set("ETag", `W/"0123456789abcdef0123456789abcdef"`)
+		w.Header().Set("Content-Length", "10")
+	}))
+	defer srv.Close()
+	st, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(srv.URL), Region: aws.String("us-east-1"),
+		AccessKey: aws.String("a"), SecretKey: aws.String("b")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = artifact.Retry(st.Source("b", "k"), artifact.DefaultPolicy, nil).Stat(context.Background())
+	if !errors.Is(err, artifact.ErrRejected) || !strings.Contains(err.Error(), "weak ETag") {
+		t.Fatalf("a weak ETag: %v", err)
+	}
+	if n := heads.Load(); n != 1 {
+		t.Fatalf("%d requests for a refusal that asking again cannot change", n)
+	}
+}

@@ -244,7 +244,9 @@ func (s *Source) Stat(ctx context.Context) (artifact.Info, error) {
 	if etag == "" {
 		etag = obj.Hash
 	}
-	info.SetChecksums(etag, meta[artifact.MetaMD5], meta[artifact.MetaSHA256], large)
+	if err := info.SetChecksums(etag, meta[artifact.MetaMD5], meta[artifact.MetaSHA256], large); err != nil {
+		return artifact.Info{}, fmt.Errorf("check %s: %w", s, err)
+	}
 	return info, nil
 }
 
