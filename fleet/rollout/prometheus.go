@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
 	"time"
@@ -16,7 +17,8 @@ import (
 // Prometheus is a gate on a PromQL condition: a filter such as
 // `sum(rate(errors[5m])) / sum(rate(requests[5m])) < 0.01`, which has a
 // value while it holds and none when it does not. It holds over a range
-// when a range query of it has a value at every step.
+// when a range query of it has a value at every step, and none of them is
+// NaN or ±Inf.
 type Prometheus struct {
 	Address string
 	Query   string
@@ -90,6 +92,11 @@ func (p *Prometheus) Check(ctx context.Context, from, to time.Time) (Verdict, er
 		if len(vec) == 0 {
 			return Verdict{Detail: fmt.Sprintf("did not hold at %s (no value); query: %s", to.UTC().Format(time.TimeOnly), p.Query)}, nil
 		}
+		for _, s := range vec {
+			if !number(s.Value) {
+				return Verdict{Detail: fmt.Sprintf("did not hold for %s at %s: value %s; query: %s", s.Metric, to.UTC().Format(time.TimeOnly), s.Value, p.Query)}, nil
+			}
+		}
 		return Verdict{OK: true, Detail: fmt.Sprintf("held at %s, value %s", to.UTC().Format(time.TimeOnly), vec[0].Value)}, nil
 	}
 	v, _, _, err := api.QueryRange(ctx, p.Query, promv1.Range{Start: from, End: to, Step: step})
@@ -113,6 +120,10 @@ func (p *Prometheus) Check(ctx context.Context, from, to time.Time) (Verdict, er
 	for _, series := range m {
 		held := map[int64]model.SampleValue{} // by step number
 		for _, s := range series.Values {
+			if !number(s.Value) {
+				return Verdict{Detail: fmt.Sprintf("did not hold for %s at %s: value %s; query: %s",
+					series.Metric, s.Timestamp.Time().UTC().Format(time.TimeOnly), s.Value, p.Query)}, nil
+			}
 			k := (s.Timestamp.Time().Sub(from) + step/2) / step
 			held[int64(k)] = s.Value
 		}
@@ -126,6 +137,13 @@ func (p *Prometheus) Check(ctx context.Context, from, to time.Time) (Verdict, er
 		last = held[total-1]
 	}
 	return Verdict{OK: true, Detail: fmt.Sprintf("held at %d of %d steps for %d series, last value %s", total, total, len(m), last)}, nil
+}
+
+// number says whether a value can hold: NaN (0/0, say, of two rates with
+// no traffic) and ±Inf compare to nothing, and prove nothing.
+func number(v model.SampleValue) bool {
+	f := float64(v)
+	return !math.IsNaN(f) && !math.IsInf(f, 0)
 }
 
 // wrap names Prometheus by its address without credentials (the error
