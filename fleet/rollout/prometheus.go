@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	promapi "github.com/prometheus/client_golang/api"
@@ -137,6 +138,72 @@ func (p *Prometheus) Check(ctx context.Context, from, to time.Time) (Verdict, er
 		last = held[total-1]
 	}
 	return Verdict{OK: true, Detail: fmt.Sprintf("held at %d of %d steps for %d series, last value %s", total, total, len(m), last)}, nil
+}
+
+// Validate refuses a query the gate would misjudge: a comparison with the
+// bool modifier (`x < bool 0.01`) returns a value, 0 or 1, whether or not
+// the condition holds, and a gate holds while its query has a value. Such
+// a gate would always hold; the condition is written without bool.
+func (p *Prometheus) Validate() error {
+	if usesBool(p.Query) {
+		return fmt.Errorf("the query compares with the bool modifier, so it returns a value (0 or 1) whether or not the condition holds, and the gate would always hold; write the condition as a filter, without bool (like `x < 0.01`), which returns a value only while it holds")
+	}
+	return nil
+}
+
+// usesBool says whether a PromQL query has a comparison followed by the
+// bool modifier. Strings, label matchers ({…}) and comments are skipped;
+// "bool" elsewhere (a label name in by (…)) is no modifier.
+func usesBool(q string) bool {
+	cmp := false // the last token was a comparison operator
+	for i := 0; i < len(q); {
+		c := q[i]
+		switch {
+		case c == '"' || c == '\'' || c == '`':
+			j := i + 1
+			for j < len(q) && q[j] != c {
+				if q[j] == '\\' && c != '`' {
+					j++
+				}
+				j++
+			}
+			i, cmp = j+1, false
+		case c == '#':
+			for i < len(q) && q[i] != '\n' {
+				i++
+			}
+		case c == '{':
+			// Label matchers: strings inside may hold a brace.
+			for i++; i < len(q) && q[i] != '}'; i++ {
+				if d := q[i]; d == '"' || d == '\'' || d == '`' {
+					for i++; i < len(q) && q[i] != d; i++ {
+						if q[i] == '\\' && d != '`' {
+							i++
+						}
+					}
+				}
+			}
+			i, cmp = i+1, false
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			i++
+		case strings.HasPrefix(q[i:], "==") || strings.HasPrefix(q[i:], "!=") || strings.HasPrefix(q[i:], "<=") || strings.HasPrefix(q[i:], ">="):
+			i, cmp = i+2, true
+		case c == '<' || c == '>':
+			i, cmp = i+1, true
+		case c == '_' || c == ':' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.':
+			j := i
+			for j < len(q) && (q[j] == '_' || q[j] == ':' || q[j] == '.' || q[j] >= 'a' && q[j] <= 'z' || q[j] >= 'A' && q[j] <= 'Z' || q[j] >= '0' && q[j] <= '9') {
+				j++
+			}
+			if cmp && strings.EqualFold(q[i:j], "bool") {
+				return true
+			}
+			i, cmp = j, false
+		default:
+			i, cmp = i+1, false
+		}
+	}
+	return false
 }
 
 // number says whether a value can hold: NaN (0/0, say, of two rates with

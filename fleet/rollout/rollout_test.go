@@ -411,3 +411,24 @@ func TestWindowRefusesTheLocalZone(t *testing.T) {
 		}
 	}
 }
+
+// A comparison with bool returns 0 or 1 whether or not it holds: such a
+// gate would always hold, and is refused.
+func TestPrometheusGateRefusesBool(t *testing.T) {
+	for q, refused := range map[string]bool{
+		`rate(errors[5m]) < bool 0.01`:                       true,
+		`sum(rate(errors[5m])) / sum(rate(req[5m])) >BOOL 0`: true,
+		"up ==\n  # a comment\n  bool 1":                     true,
+		`rate(errors[5m]) < 0.01`:                            false,
+		`sum by (bool) (up) > 0`:                             false,
+		`up{job="a < bool 1"} > 0`:                           false,
+		`up{job=~"x{2}", bool="1"} == 1`:                     false,
+		`label_replace(up, "x", "< bool", "", "") > 0`:       false,
+		"up > 0 # < bool 1":                                  false,
+	} {
+		g := &Prometheus{Query: q}
+		if err := g.Validate(); (err != nil) != refused {
+			t.Errorf("%q: %v, want refused %v", q, err, refused)
+		}
+	}
+}
