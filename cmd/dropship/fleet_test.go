@@ -603,3 +603,29 @@ func TestFleetClear(t *testing.T) {
 	}
 	_ = context.Background
 }
+
+// `fleet approve --wave` writes only a wave a rollout has: with this
+// host's rollout block, one of its waves; without one, a name a rollout
+// could have (canary, 1, 2, …).
+func TestFleetApproveRefusesAnUnknownWave(t *testing.T) {
+	c := consulServer(t)
+	plain := newFleet(t, 1, 1, c).hosts[0].cfg
+	for wave, ok := range map[string]bool{"canary": true, "2": true, "cnary": false, "0": false, "02": false, "-1": false, "1/x": false} {
+		out, errOut, code := run(t, "fleet", "approve", "app", "--wave", wave, "--checksum", "abc", "-c", plain)
+		if (code == 0) != ok {
+			t.Errorf("without a rollout block, wave %q: %d %s %s", wave, code, out, errOut)
+		}
+		if !ok && !strings.Contains(errOut, "canary, 1, 2") {
+			t.Errorf("wave %q refused without saying which names a rollout has: %s", wave, errOut)
+		}
+	}
+	withPolicy := newFleet(t, 1, 1, c, `rollout {
+    waves = ["50%", "100%"]
+  }`).hosts[0].cfg
+	if _, errOut, code := run(t, "fleet", "approve", "app", "--wave", "3", "--checksum", "abc", "-c", withPolicy); code == 0 || !strings.Contains(errOut, `no wave "3" (the waves are 1, 2)`) {
+		t.Errorf("wave 3 of two: %d %s", code, errOut)
+	}
+	if out, errOut, code := run(t, "fleet", "approve", "app", "--wave", "2", "--checksum", "abc", "-c", withPolicy); code != 0 {
+		t.Errorf("wave 2 of two: %d %s %s", code, out, errOut)
+	}
+}
