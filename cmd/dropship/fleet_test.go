@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
@@ -627,5 +629,23 @@ func TestFleetApproveRefusesAnUnknownWave(t *testing.T) {
 	}
 	if out, errOut, code := run(t, "fleet", "approve", "app", "--wave", "2", "--checksum", "abc", "-c", withPolicy); code != 0 {
 		t.Errorf("wave 2 of two: %d %s %s", code, out, errOut)
+	}
+}
+
+// `fleet status` names a host whose record is dated ahead of this host's
+// clock, and not one within the tolerance.
+func TestFleetStatusNamesAClockAhead(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 1, 1, c)
+	client, _ := api.NewClient(&api.Config{Address: c.Addr})
+	for node, at := range map[string]time.Time{"fast": time.Now().Add(3 * time.Hour), "near": time.Now().Add(10 * time.Second)} {
+		b, _ := json.Marshal(fleet.NodeStatus{Node: node, Checksum: "abc", Result: "installed", Time: at})
+		if _, err := client.KV().Put(&api.KVPair{Key: f.prefix + "/app/nodes/" + node, Value: b}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, errOut, code := run(t, "fleet", "status", "app", "-c", f.hosts[0].cfg)
+	if code != 0 || !strings.Contains(out, "CLOCK AHEAD on fast?") || strings.Contains(out, "CLOCK AHEAD on near") {
+		t.Fatalf("%d %s %s", code, out, errOut)
 	}
 }
