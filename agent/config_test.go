@@ -1,12 +1,17 @@
 package agent_test
 
 import (
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/hcl/v2"
+
 	"github.com/dropshipd/dropship/agent"
+	"github.com/dropshipd/dropship/fleet"
 )
 
 func TestServicePathAndRelativePaths(t *testing.T) {
@@ -59,5 +64,39 @@ func TestDefaults(t *testing.T) {
 	s := cfg.Services[0]
 	if s.KeepReleases != 5 || s.Concurrency != 1 || s.Sequential || s.Hold != 0 || cfg.LockKind != "local" || cfg.NodeName != "test-node" {
 		t.Fatalf("defaults: %+v", s)
+	}
+}
+
+// A gate whose query compares with bool would always hold: the config
+// is refused, at the query.
+func TestGateQueryWithBoolIsRefused(t *testing.T) {
+	e := newEnv(t)
+	reg := registry()
+	reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Fleet, hcl.Diagnostics) { return &fakeFleet{}, nil }}
+	src := fmt.Sprintf(`
+state_path = %q
+lock "consul" {}
+service "app" {
+  artifact "file" {
+    path        = %q
+    destination = %q
+  }
+  rollout {
+    waves = ["100%%"]
+    bake  = "1m"
+    gate "prometheus" {
+      address = "http://prometheus:9090"
+      query   = "rate(errors[5m]) < bool 0.01"
+    }
+  }
+}
+`, e.state, e.store, e.dest)
+	path := filepath.Join(e.dir, "gate.hcl")
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, diags := agent.Load(path, reg, slog.New(slog.DiscardHandler))
+	if !diags.HasErrors() || !strings.Contains(diags.Error(), "bool") || diags[0].Subject == nil || diags[0].Subject.Start.Line != 14 {
+		t.Fatalf("diags = %v", diags)
 	}
 }

@@ -320,7 +320,7 @@ func (r *Runner) underMaxFailed(ctx context.Context, checksum string) bool {
 	if err != nil {
 		return false // cannot count: stop the rollout
 	}
-	failed := rollout.Failed(view, checksum) // this host's report is in
+	failed := rollout.Failed(r.decider.Settle(view, r.now()), checksum) // this host's report is in
 	if failed == 0 {
 		failed = 1
 	}

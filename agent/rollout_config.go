@@ -147,6 +147,9 @@ func decodeGate(gb gateBlock) (rollout.Gate, string, hcl.Diagnostics) {
 		diags = append(diags, ds...)
 		g.Step, ds = hclx.Duration(pg.Body, "step", hclx.Str(pg.Step), 0)
 		diags = append(diags, ds...)
+		if err := g.Validate(); err != nil {
+			diags = append(diags, hclx.Errorf(gb.Body, "query", "Invalid gate query", "query: %v", err))
+		}
 		// The spec goes into the policy's hash, published in Consul:
 		// never credentials.
 		return g, fmt.Sprintf("prometheus %s %q for=%s step=%s", rollout.RedactAddress(pg.Address), pg.Query, g.For, g.Step), diags

@@ -184,6 +184,16 @@ func (s Status) Breaker(checksum string) *Breaker {
 	return nil
 }
 
+// ClockSkew is how far ahead of a reader's clock a record's time may be
+// and still be taken as it is. Past it, the writer's clock runs ahead (or
+// the record was edited): rollouts count the record as of when they first
+// saw it, and `fleet status` names the host.
+const ClockSkew = time.Minute
+
+// Ahead says whether t, read from a record, is ahead of the clock now by
+// more than ClockSkew.
+func Ahead(t, now time.Time) bool { return t.After(now.Add(ClockSkew)) }
+
 // MaxErrorText bounds the error text a host writes into shared records
 // (node status, breaker): hook output can be long and may hold more than
 // the fleet should see. The full text stays in the host's own log.

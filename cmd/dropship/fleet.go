@@ -253,6 +253,13 @@ func printFleet(g *globals, st fleet.Status) {
 	for _, b := range st.Breakers {
 		fmt.Fprintf(g.stdout, "BREAKER %s: failed on %s in %s at %s: %s\n", b.Checksum, b.Node, b.Phase, b.Time.Format(time.RFC3339), oneLine(b.Error))
 	}
+	now := time.Now()
+	for _, n := range st.Nodes {
+		if fleet.Ahead(n.Time, now) {
+			fmt.Fprintf(g.stdout, "CLOCK AHEAD on %s? its record is dated %s, %s after this host's clock; rollouts count it as of when they first read it\n",
+				n.Node, n.Time.Format(time.RFC3339), n.Time.Sub(now).Round(time.Second))
+		}
+	}
 	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tCHECKSUM\tRELEASE\tLAST RESULT\tPHASE\tTIME\tERROR")
 	for _, n := range st.Nodes {

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
@@ -602,4 +604,48 @@ func TestFleetClear(t *testing.T) {
 		t.Fatal("clearing a missing breaker succeeded")
 	}
 	_ = context.Background
+}
+
+// `fleet approve --wave` writes only a wave a rollout has: with this
+// host's rollout block, one of its waves; without one, a name a rollout
+// could have (canary, 1, 2, …).
+func TestFleetApproveRefusesAnUnknownWave(t *testing.T) {
+	c := consulServer(t)
+	plain := newFleet(t, 1, 1, c).hosts[0].cfg
+	for wave, ok := range map[string]bool{"canary": true, "2": true, "cnary": false, "0": false, "02": false, "-1": false, "1/x": false} {
+		out, errOut, code := run(t, "fleet", "approve", "app", "--wave", wave, "--checksum", "abc", "-c", plain)
+		if (code == 0) != ok {
+			t.Errorf("without a rollout block, wave %q: %d %s %s", wave, code, out, errOut)
+		}
+		if !ok && !strings.Contains(errOut, "canary, 1, 2") {
+			t.Errorf("wave %q refused without saying which names a rollout has: %s", wave, errOut)
+		}
+	}
+	withPolicy := newFleet(t, 1, 1, c, `rollout {
+    waves = ["50%", "100%"]
+  }`).hosts[0].cfg
+	if _, errOut, code := run(t, "fleet", "approve", "app", "--wave", "3", "--checksum", "abc", "-c", withPolicy); code == 0 || !strings.Contains(errOut, `no wave "3" (the waves are 1, 2)`) {
+		t.Errorf("wave 3 of two: %d %s", code, errOut)
+	}
+	if out, errOut, code := run(t, "fleet", "approve", "app", "--wave", "2", "--checksum", "abc", "-c", withPolicy); code != 0 {
+		t.Errorf("wave 2 of two: %d %s %s", code, out, errOut)
+	}
+}
+
+// `fleet status` names a host whose record is dated ahead of this host's
+// clock, and not one within the tolerance.
+func TestFleetStatusNamesAClockAhead(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 1, 1, c)
+	client, _ := api.NewClient(&api.Config{Address: c.Addr})
+	for node, at := range map[string]time.Time{"fast": time.Now().Add(3 * time.Hour), "near": time.Now().Add(10 * time.Second)} {
+		b, _ := json.Marshal(fleet.NodeStatus{Node: node, Checksum: "abc", Result: "installed", Time: at})
+		if _, err := client.KV().Put(&api.KVPair{Key: f.prefix + "/app/nodes/" + node, Value: b}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, errOut, code := run(t, "fleet", "status", "app", "-c", f.hosts[0].cfg)
+	if code != 0 || !strings.Contains(out, "CLOCK AHEAD on fast?") || strings.Contains(out, "CLOCK AHEAD on near") {
+		t.Fatalf("%d %s %s", code, out, errOut)
+	}
 }

@@ -66,6 +66,10 @@ func fleetApproveCmd(g *globals) *cobra.Command {
 				}
 			} else if p := policyOf(cfg, svc); p != nil && !contains(p.Names(), wave) {
 				return fmt.Errorf("%s: no wave %q (the waves are %s)", svc, wave, strings.Join(p.Names(), ", "))
+			} else if p == nil && !rollout.PossibleWave(wave) {
+				// Without the policy the waves are unknown here, but not
+				// their names: an approval no rollout can ask for is a typo.
+				return fmt.Errorf("%s: no rollout has a wave %q: waves are named canary, 1, 2, … (%s has no rollout block in this host's config to say which it has)", svc, wave, svc)
 			}
 			if err := cfg.Fleet.Approve(ctx, svc, fleet.Approval{Checksum: checksum, Wave: wave, Who: who()}); err != nil {
 				return err

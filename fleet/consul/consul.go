@@ -263,10 +263,15 @@ func (p *Fleet) Approve(ctx context.Context, service string, a fleet.Approval) e
 	if len(a.Wave) == 0 || len(a.Wave) > 64 || len(a.Checksum) == 0 || len(a.Checksum) > 128 {
 		return fmt.Errorf("approve: a wave name (up to 64 bytes) and a checksum (up to 128) are needed")
 	}
+	// The key is the approval (Status reads it back from the key): a name
+	// the key would change approves nothing, so refuse it.
+	if keySafe(a.Wave) != a.Wave || keySafe(a.Checksum) != a.Checksum {
+		return fmt.Errorf("approve: wave %q or checksum %q has a slash, a space or a control character", a.Wave, a.Checksum)
+	}
 	if a.Time.IsZero() {
 		a.Time = time.Now().UTC()
 	}
-	return p.put(ctx, fleet.RolloutKey(p.Prefix, service)+"approve/"+keySafe(a.Checksum)+"/"+keySafe(a.Wave), a)
+	return p.put(ctx, fleet.RolloutKey(p.Prefix, service)+"approve/"+a.Checksum+"/"+a.Wave, a)
 }
 
 // Forget removes the node record of node.
@@ -392,10 +397,17 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 				st.Pins = append(st.Pins, pin)
 			}
 		case strings.HasPrefix(rest, "rollout/approve/"):
+			// The key is what is approved, as Approve writes it: a record
+			// cannot approve another checksum or wave than its key names.
+			// The JSON only says who and when; an unreadable one approves
+			// nothing.
+			sum, wave, ok := strings.Cut(strings.TrimPrefix(rest, "rollout/approve/"), "/")
 			var a fleet.Approval
-			if json.Unmarshal(kv.Value, &a) == nil {
-				st.Approvals = append(st.Approvals, a)
+			if !ok || sum == "" || wave == "" || strings.Contains(wave, "/") || json.Unmarshal(kv.Value, &a) != nil {
+				continue
 			}
+			a.Checksum, a.Wave = sum, wave
+			st.Approvals = append(st.Approvals, a)
 		case rest == "lock/.lock":
 			json.Unmarshal(kv.Value, &lockDoc)
 		case strings.HasPrefix(rest, "lock/") && kv.Session != "":

@@ -241,3 +241,39 @@ func TestBreakerIsItsKey(t *testing.T) {
 		t.Fatalf("an unreadable breaker dropped: %+v %v", st.Breakers, err)
 	}
 }
+
+// An approval is the key it is written under: a record at
+// approve/<checksum>/<wave> approves that wave of that checksum, whatever
+// its JSON says, and nothing else.
+func TestApprovalIsItsKey(t *testing.T) {
+	p := newFleet(t, "ops")
+	ctx := context.Background()
+	base := fleet.RolloutKey(p.Prefix, "app") + "approve/"
+	for key, val := range map[string]string{
+		"aaaa/canary": `{"checksum":"bbbb","wave":"2","who":"x"}`,
+		"cccc/1":      `{"who":"y"}`,
+		"dddd/1/2":    `{"checksum":"dddd","wave":"1"}`, // no such key is written: ignored
+		"eeee":        `{"checksum":"eeee","wave":"1"}`,
+	} {
+		if _, err := p.Client.KV().Put(&api.KVPair{Key: base + key, Value: []byte(val)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := p.Status(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, a := range st.Approvals {
+		got[a.Checksum+"/"+a.Wave] = a.Who
+	}
+	want := map[string]string{"aaaa/canary": "x", "cccc/1": "y"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("approvals %+v: want %v, as their keys say", st.Approvals, want)
+	}
+	// A name that would not be its own key is refused, not approved as
+	// something else.
+	if err := p.Approve(ctx, "app", fleet.Approval{Checksum: "ffff", Wave: "a/b"}); err == nil {
+		t.Fatal("approved a wave whose name is not a key")
+	}
+}

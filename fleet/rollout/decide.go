@@ -46,10 +46,53 @@ type Decider struct {
 	Policy *Policy
 	mu     sync.Mutex
 	held   map[string]string // checksum/wave/end -> verdict detail
+	// seen is when this decider first saw each record dated ahead of its
+	// clock (see Settle), by record and its time.
+	seen map[string]time.Time
 }
 
 // NewDecider returns a decider for p.
-func NewDecider(p *Policy) *Decider { return &Decider{Policy: p, held: map[string]string{}} }
+func NewDecider(p *Policy) *Decider {
+	return &Decider{Policy: p, held: map[string]string{}, seen: map[string]time.Time{}}
+}
+
+// Settle returns st with the times that drive decisions (hosts' reports,
+// clears) that are ahead of now by more than fleet.ClockSkew replaced by
+// when this decider first saw them: a host whose clock runs ahead, or a
+// record edited by hand, would otherwise hold a bake until its date, or
+// hide the failures after a clear. st itself is left as it is.
+func (d *Decider) Settle(st fleet.Status, now time.Time) fleet.Status {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	seen := map[string]time.Time{} // only the records still there
+	settle := func(key string, t time.Time) time.Time {
+		if !fleet.Ahead(t, now) {
+			return t
+		}
+		key += "\x00" + t.UTC().Format(time.RFC3339Nano)
+		first, ok := d.seen[key]
+		if !ok {
+			first = now
+		}
+		seen[key] = first
+		return first
+	}
+	nodes := make([]fleet.NodeStatus, len(st.Nodes))
+	for i, n := range st.Nodes {
+		n.Time = settle("node\x00"+n.Node, n.Time)
+		nodes[i] = n
+	}
+	st.Nodes = nodes
+	if st.Cleared != nil {
+		cleared := make(map[string]time.Time, len(st.Cleared))
+		for sum, t := range st.Cleared {
+			cleared[sum] = settle("cleared\x00"+sum, t)
+		}
+		st.Cleared = cleared
+	}
+	d.seen = seen
+	return st
+}
 
 // Pinned returns the pin that holds node, if any.
 func Pinned(pins []fleet.Pin, node string) *fleet.Pin {
@@ -131,7 +174,7 @@ func waveProgress(s Step, checksum string, nodes map[string]fleet.NodeStatus, cl
 // window.
 func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 	p := d.Policy
-	st := v.Status
+	st := d.Settle(v.Status, v.Now)
 	if f := st.Freeze; f != nil && (f.Until.IsZero() || v.Now.Before(f.Until)) {
 		dec := Decision{Reason: "frozen by " + f.Who + ": " + f.Reason}
 		if !f.Until.IsZero() {

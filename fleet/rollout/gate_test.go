@@ -155,3 +155,28 @@ func TestPrometheusGateLongBake(t *testing.T) {
 		t.Fatalf("a 96h bake: %+v %v", v, err)
 	}
 }
+
+// A value that is not a number (0/0 of two idle rates, say) or infinite
+// proves nothing: the gate does not hold, and says which value it saw.
+func TestPrometheusGateNaNAndInfDoNotHold(t *testing.T) {
+	p := needPrometheus(t)
+	now := time.Now()
+	for _, want := range []string{"NaN", "+Inf", "-Inf"} {
+		q := "vector(" + want + ")"
+		g := &Prometheus{Address: p.URL, Query: q}
+		// A range, and an instant.
+		for _, from := range []time.Time{now.Add(-20 * time.Second), now.Add(-100 * time.Millisecond)} {
+			v, err := g.Check(context.Background(), from, now)
+			if err != nil || v.OK || !strings.Contains(v.Detail, "value "+want) {
+				t.Fatalf("%s over %s: %+v %v", q, now.Sub(from), v, err)
+			}
+		}
+	}
+	// One bad step in a range that otherwise holds.
+	g := &Prometheus{Address: p.URL, Step: time.Second,
+		Query: fmt.Sprintf(`(vector(1) and on() (vector(time()) < %d or vector(time()) > %d)) or vector(NaN)`, now.Add(-5*time.Second).Unix(), now.Add(-4*time.Second).Unix())}
+	v, err := g.Check(context.Background(), now.Add(-10*time.Second), now)
+	if err != nil || v.OK || !strings.Contains(v.Detail, "value NaN") {
+		t.Fatalf("a NaN step: %+v %v", v, err)
+	}
+}

@@ -82,6 +82,13 @@ func (p *Policy) WaveName(i int) string {
 	return strconv.Itoa(i + 1)
 }
 
+// PossibleWave says whether name is a wave some rollout could have:
+// "canary", or a number from 1 as WaveName writes it.
+func PossibleWave(name string) bool {
+	n, err := strconv.Atoi(name)
+	return name == "canary" || err == nil && n >= 1 && strconv.Itoa(n) == name
+}
+
 func (p *Policy) hasCanary() bool { return p.Canary > 0 }
 
 // Validate checks what the decoder cannot: the waves end at every host,

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	promapi "github.com/prometheus/client_golang/api"
@@ -16,7 +18,8 @@ import (
 // Prometheus is a gate on a PromQL condition: a filter such as
 // `sum(rate(errors[5m])) / sum(rate(requests[5m])) < 0.01`, which has a
 // value while it holds and none when it does not. It holds over a range
-// when a range query of it has a value at every step.
+// when a range query of it has a value at every step, and none of them is
+// NaN or ±Inf.
 type Prometheus struct {
 	Address string
 	Query   string
@@ -90,6 +93,11 @@ func (p *Prometheus) Check(ctx context.Context, from, to time.Time) (Verdict, er
 		if len(vec) == 0 {
 			return Verdict{Detail: fmt.Sprintf("did not hold at %s (no value); query: %s", to.UTC().Format(time.TimeOnly), p.Query)}, nil
 		}
+		for _, s := range vec {
+			if !number(s.Value) {
+				return Verdict{Detail: fmt.Sprintf("did not hold for %s at %s: value %s; query: %s", s.Metric, to.UTC().Format(time.TimeOnly), s.Value, p.Query)}, nil
+			}
+		}
 		return Verdict{OK: true, Detail: fmt.Sprintf("held at %s, value %s", to.UTC().Format(time.TimeOnly), vec[0].Value)}, nil
 	}
 	v, _, _, err := api.QueryRange(ctx, p.Query, promv1.Range{Start: from, End: to, Step: step})
@@ -113,6 +121,10 @@ func (p *Prometheus) Check(ctx context.Context, from, to time.Time) (Verdict, er
 	for _, series := range m {
 		held := map[int64]model.SampleValue{} // by step number
 		for _, s := range series.Values {
+			if !number(s.Value) {
+				return Verdict{Detail: fmt.Sprintf("did not hold for %s at %s: value %s; query: %s",
+					series.Metric, s.Timestamp.Time().UTC().Format(time.TimeOnly), s.Value, p.Query)}, nil
+			}
 			k := (s.Timestamp.Time().Sub(from) + step/2) / step
 			held[int64(k)] = s.Value
 		}
@@ -126,6 +138,79 @@ func (p *Prometheus) Check(ctx context.Context, from, to time.Time) (Verdict, er
 		last = held[total-1]
 	}
 	return Verdict{OK: true, Detail: fmt.Sprintf("held at %d of %d steps for %d series, last value %s", total, total, len(m), last)}, nil
+}
+
+// Validate refuses a query the gate would misjudge: a comparison with the
+// bool modifier (`x < bool 0.01`) returns a value, 0 or 1, whether or not
+// the condition holds, and a gate holds while its query has a value. Such
+// a gate would always hold; the condition is written without bool.
+func (p *Prometheus) Validate() error {
+	if usesBool(p.Query) {
+		return fmt.Errorf("the query compares with the bool modifier, so it returns a value (0 or 1) whether or not the condition holds, and the gate would always hold; write the condition as a filter, without bool (like `x < 0.01`), which returns a value only while it holds")
+	}
+	return nil
+}
+
+// usesBool says whether a PromQL query has a comparison followed by the
+// bool modifier. Strings, label matchers ({…}) and comments are skipped;
+// "bool" elsewhere (a label name in by (…)) is no modifier.
+func usesBool(q string) bool {
+	cmp := false // the last token was a comparison operator
+	for i := 0; i < len(q); {
+		c := q[i]
+		switch {
+		case c == '"' || c == '\'' || c == '`':
+			j := i + 1
+			for j < len(q) && q[j] != c {
+				if q[j] == '\\' && c != '`' {
+					j++
+				}
+				j++
+			}
+			i, cmp = j+1, false
+		case c == '#':
+			for i < len(q) && q[i] != '\n' {
+				i++
+			}
+		case c == '{':
+			// Label matchers: strings inside may hold a brace.
+			for i++; i < len(q) && q[i] != '}'; i++ {
+				if d := q[i]; d == '"' || d == '\'' || d == '`' {
+					for i++; i < len(q) && q[i] != d; i++ {
+						if q[i] == '\\' && d != '`' {
+							i++
+						}
+					}
+				}
+			}
+			i, cmp = i+1, false
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			i++
+		case strings.HasPrefix(q[i:], "==") || strings.HasPrefix(q[i:], "!=") || strings.HasPrefix(q[i:], "<=") || strings.HasPrefix(q[i:], ">="):
+			i, cmp = i+2, true
+		case c == '<' || c == '>':
+			i, cmp = i+1, true
+		case c == '_' || c == ':' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.':
+			j := i
+			for j < len(q) && (q[j] == '_' || q[j] == ':' || q[j] == '.' || q[j] >= 'a' && q[j] <= 'z' || q[j] >= 'A' && q[j] <= 'Z' || q[j] >= '0' && q[j] <= '9') {
+				j++
+			}
+			if cmp && strings.EqualFold(q[i:j], "bool") {
+				return true
+			}
+			i, cmp = j, false
+		default:
+			i, cmp = i+1, false
+		}
+	}
+	return false
+}
+
+// number says whether a value can hold: NaN (0/0, say, of two rates with
+// no traffic) and ±Inf compare to nothing, and prove nothing.
+func number(v model.SampleValue) bool {
+	f := float64(v)
+	return !math.IsNaN(f) && !math.IsInf(f, 0)
 }
 
 // wrap names Prometheus by its address without credentials (the error

@@ -411,3 +411,69 @@ func TestWindowRefusesTheLocalZone(t *testing.T) {
 		}
 	}
 }
+
+// A comparison with bool returns 0 or 1 whether or not it holds: such a
+// gate would always hold, and is refused.
+func TestPrometheusGateRefusesBool(t *testing.T) {
+	for q, refused := range map[string]bool{
+		`rate(errors[5m]) < bool 0.01`:                       true,
+		`sum(rate(errors[5m])) / sum(rate(req[5m])) >BOOL 0`: true,
+		"up ==\n  # a comment\n  bool 1":                     true,
+		`rate(errors[5m]) < 0.01`:                            false,
+		`sum by (bool) (up) > 0`:                             false,
+		`up{job="a < bool 1"} > 0`:                           false,
+		`up{job=~"x{2}", bool="1"} == 1`:                     false,
+		`label_replace(up, "x", "< bool", "", "") > 0`:       false,
+		"up > 0 # < bool 1":                                  false,
+	} {
+		g := &Prometheus{Query: q}
+		if err := g.Validate(); (err != nil) != refused {
+			t.Errorf("%q: %v, want refused %v", q, err, refused)
+		}
+	}
+}
+
+// A record dated ahead of the reader's clock (a host whose clock runs
+// fast, a hand-edited record) counts as of when the reader first saw it:
+// a bake ends after its length, and a clear dated ahead does not hide the
+// failures after it.
+func TestRecordsDatedAheadCountFromWhenSeen(t *testing.T) {
+	p := policy(t, 1, "100%")
+	p.Bake = 10 * time.Minute
+	now := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	st := fleetOf(p, 3, "new", nil)
+	steps := p.Plan("new", Members(st, ""))
+	canary, next := steps[0].Nodes[0], steps[1].Nodes[0]
+	st = fleetOf(p, 3, "new", map[string]time.Time{canary: now.Add(24 * time.Hour)})
+	d := NewDecider(p)
+	decide := func(st fleet.Status, at time.Time) Decision {
+		return d.Decide(context.Background(), next, View{Checksum: "new", Status: st, Now: at})
+	}
+	if dec := decide(st, now); dec.Go || !dec.Until.Equal(now.Add(p.Bake)) {
+		t.Fatalf("a canary dated a day ahead, seen now: %+v; want a bake until %s", dec, now.Add(p.Bake))
+	}
+	if dec := decide(st, now.Add(p.Bake)); !dec.Go {
+		t.Fatalf("after the bake: %+v", dec)
+	}
+	// Within the tolerance, a record's time is taken as it is.
+	st = fleetOf(p, 3, "new", map[string]time.Time{canary: now.Add(30 * time.Second)})
+	if dec := NewDecider(p).Decide(context.Background(), next, View{Checksum: "new", Status: st, Now: now}); !dec.Until.Equal(now.Add(30*time.Second + p.Bake)) {
+		t.Fatalf("a record 30 s ahead: %+v", dec)
+	}
+
+	// A clear dated an hour ahead, seen now; then two hosts fail.
+	p = policy(t, 0, "100%")
+	p.MaxFailed = 2
+	st = fleetOf(p, 3, "new", nil)
+	st.Cleared = map[string]time.Time{"new": now.Add(time.Hour)}
+	d = NewDecider(p)
+	if dec := d.Decide(context.Background(), "host-02", View{Checksum: "new", Status: st, Now: now}); !dec.Go {
+		t.Fatalf("after the clear: %+v", dec)
+	}
+	for _, i := range []int{0, 1} {
+		st.Nodes[i].Result, st.Nodes[i].Attempt, st.Nodes[i].Counted, st.Nodes[i].Time = "failed", "new", true, now.Add(time.Second)
+	}
+	if dec := d.Decide(context.Background(), "host-02", View{Checksum: "new", Status: st, Now: now.Add(2 * time.Second)}); dec.TripPhase != PhaseMaxFailed {
+		t.Fatalf("two failures after a clear dated ahead: %+v", dec)
+	}
+}
