@@ -23,6 +23,7 @@ import (
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/consul"
 	"github.com/dropshipd/dropship/fleet/dashboard"
+	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
@@ -622,5 +623,54 @@ func TestOddServiceNamesLinkToTheirPage(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("resume at %s: %s", api, resp.Status)
+	}
+}
+
+// An approval from the page names one of the waves the page shows; any
+// other name is refused, never written.
+func TestApproveOnlyAWaveShown(t *testing.T) {
+	const token = "s3cret-token-0123456789"
+	pol := &rollout.Policy{Canary: 1, Waves: []rollout.Wave{{Percent: 100}}, Approve: []string{"1"}, MaxFailed: 1, OnFailure: rollout.OnFailureStop}
+	p, hs := startWith(t, func(o *dashboard.Options) {
+		o.Actor, o.Tokens = o.Store.(*consul.Fleet), map[string]string{token: "alice"}
+		o.Policies = map[string]*rollout.Policy{"app": pol}
+	}, nil)
+	report(t, p, "host-0", "aaaa", "installed")
+	report(t, p, "host-1", "", "registered")
+	var sum string
+	for deadline := time.Now().Add(10 * time.Second); sum == ""; time.Sleep(20 * time.Millisecond) {
+		if f := getFleet(t, hs); len(f.Services) > 0 && len(f.Services[0].Waves) > 0 {
+			sum = f.Services[0].RolloutOf
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the rollout never showed")
+		}
+	}
+	approve := func(wave string) (int, string) {
+		req, _ := http.NewRequest(http.MethodPost, hs.URL+"/api/v1/services/app/approve", strings.NewReader(fmt.Sprintf(`{"wave":%q,"checksum":%q}`, wave, sum)))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, w := range []string{"7", "cnary", "1/../canary"} {
+		if code, body := approve(w); code != http.StatusBadRequest || !strings.Contains(body, "its waves: canary, 1") {
+			t.Errorf("approve wave %q: %d %s", w, code, body)
+		}
+	}
+	st, err := p.Status(context.Background(), "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Approvals) != 0 {
+		t.Fatalf("refused approvals were written: %+v", st.Approvals)
+	}
+	if code, body := approve("1"); code != http.StatusOK {
+		t.Fatalf("approve wave 1: %d %s", code, body)
 	}
 }

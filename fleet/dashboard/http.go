@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -307,6 +308,16 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 		}
 		if sum != svc.RolloutOf {
 			writeJSON(w, http.StatusConflict, map[string]string{"error": fmt.Sprintf("%s is not the release rolling out (%s): reload and look again", sum, svc.RolloutOf)})
+			return
+		}
+		// Only a wave the page showed: any other name would be written as
+		// an approval no host ever reads.
+		var names []string
+		for _, wv := range svc.Waves {
+			names = append(names, wv.Name)
+		}
+		if !slices.Contains(names, body.Wave) {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("%s has no wave %.40q (its waves: %s)", name, body.Wave, strings.Join(names, ", "))})
 			return
 		}
 		ev.Kind, ev.Checksum, ev.Detail = fleet.EventApprove, sum, "wave "+body.Wave
