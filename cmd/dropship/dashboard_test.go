@@ -423,6 +423,81 @@ func TestFleetLogFollow(t *testing.T) {
 	wait("resume   by")
 }
 
+// TestFleetLogFollowPrintsEachEventOnce: when Consul's index goes
+// backwards (a restored snapshot, a restarted agent), `fleet log
+// --follow` does not print the log again. A proxy in front of Consul
+// answers one blocking read of the log at once with index 1.
+func TestFleetLogFollowPrintsEachEventOnce(t *testing.T) {
+	c := consulServer(t)
+	f := newFleet(t, 1, 1, c)
+	target, _ := neturl.Parse("http://" + c.Addr)
+	var back, answered atomic.Bool
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(target)
+			q := r.Out.URL.Query()
+			if q.Get("index") != "" && q.Get("index") != "0" && strings.Contains(r.In.URL.Path, "/audit/") && back.Load() {
+				q.Del("index")
+				q.Del("wait")
+				r.Out.URL.RawQuery = q.Encode()
+				r.Out.Header.Set("X-Backwards", "1")
+			}
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			if resp.Request.Header.Get("X-Backwards") != "" && back.CompareAndSwap(true, false) {
+				resp.Header.Set("X-Consul-Index", "1")
+				answered.Store(true)
+			}
+			return nil
+		},
+	}
+	proxy := httptest.NewServer(rp)
+	defer proxy.Close()
+	cfgText, err := os.ReadFile(f.hosts[0].cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(f.dir, "via-proxy.hcl")
+	os.WriteFile(cfg, []byte(strings.Replace(string(cfgText), c.Addr, proxy.Listener.Addr().String(), 1)), 0o644)
+	var out syncBuffer
+	cmd := exec.Command(bin, "fleet", "log", "app", "--follow", "-c", cfg)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	wait := func(cond func() bool, what string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("fleet log --follow: never %s:\n%s", what, out.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	printed := func(s string) func() bool { return func() bool { return strings.Contains(out.String(), s) } }
+	if _, errOut, code := run(t, "hold", "app", "--reason", "first", "-c", f.hosts[0].cfg); code != 0 {
+		t.Fatalf("hold: %s", errOut)
+	}
+	wait(printed("by"), "printed the hold")
+	back.Store(true)
+	// The blocking read waiting now ends with the resume; the next is
+	// answered with the index gone back.
+	run(t, "resume", "app", "-c", f.hosts[0].cfg)
+	wait(answered.Load, "read the log with the index gone back")
+	run(t, "hold", "app", "--reason", "second", "-c", f.hosts[0].cfg)
+	wait(printed(": second"), "printed the second hold")
+	for _, s := range []string{": first", "resume   by"} {
+		if n := strings.Count(out.String(), s); n != 1 {
+			t.Errorf("%q printed %d times:\n%s", s, n, out.String())
+		}
+	}
+}
+
 var graphiteOnce struct {
 	sync.Once
 	g   *rig.Graphite

@@ -19,6 +19,7 @@ import (
 	"github.com/dropshipd/dropship/fleet/consul"
 	"github.com/dropshipd/dropship/fleet/dashboard"
 	"github.com/dropshipd/dropship/fleet/rollout"
+	"github.com/dropshipd/dropship/internal/blocking"
 )
 
 // fleet loads the config and returns its fleet.
@@ -177,33 +178,73 @@ func fleetLogCmd(g *globals) *cobra.Command {
 			if limit > 0 && len(evs) > limit {
 				evs = evs[len(evs)-limit:]
 			}
+			var last printed
 			for _, ev := range evs {
-				printEvent(g, ev)
+				last.print(g, ev)
 			}
-			for follow {
-				evs, idx, err = p.Log(ctx, args[0], idx)
-				if ctx.Err() != nil {
-					return nil
-				}
+			if !follow {
+				return nil
+			}
+			// Each event is printed once. Consul's index goes backwards on
+			// a restored snapshot or a restarted agent, and after an error
+			// the log is read afresh: Log then returns all of it, of which
+			// only what is newer than the last event printed is new.
+			loop := blocking.Loop{Down: func(err error) {
+				fmt.Fprintf(g.stderr, "warning: %v (retrying with back-off)\n", err)
+			}}
+			loop.Run(ctx, idx, func(ctx context.Context, idx uint64) (uint64, error) {
+				evs, n, err := p.Log(ctx, args[0], idx)
 				if err != nil {
-					fmt.Fprintf(g.stderr, "warning: %v (retrying)\n", err)
-					select {
-					case <-ctx.Done():
-						return nil
-					case <-time.After(2 * time.Second):
-					}
-					continue
+					return idx, err
 				}
+				whole := idx == 0 || n < idx
 				for _, ev := range evs {
-					printEvent(g, ev)
+					if whole {
+						last.print(g, ev)
+					} else {
+						last.printNew(g, ev)
+					}
 				}
-			}
+				return n, nil
+			})
 			return nil
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new events")
 	cmd.Flags().IntVarP(&limit, "lines", "n", 0, "print only the last N events (0: all)")
 	return cmd
+}
+
+// printed is where `fleet log` is in the log: the time of the last event
+// printed, and the events printed at that time.
+type printed struct {
+	time time.Time
+	at   map[fleet.Event]bool
+}
+
+// print prints ev, of a read of the whole log, unless it is older than
+// the last printed or was printed.
+func (p *printed) print(g *globals, ev fleet.Event) {
+	key := ev
+	key.Index = 0
+	if ev.Time.Before(p.time) || ev.Time.Equal(p.time) && p.at[key] {
+		return
+	}
+	p.printNew(g, ev)
+}
+
+// printNew prints ev, written after the last read (whatever its time: the
+// clocks of hosts differ).
+func (p *printed) printNew(g *globals, ev fleet.Event) {
+	key := ev
+	key.Index = 0
+	if ev.Time.After(p.time) {
+		p.time, p.at = ev.Time, map[fleet.Event]bool{}
+	}
+	if ev.Time.Equal(p.time) {
+		p.at[key] = true
+	}
+	printEvent(g, ev)
 }
 
 // printEvent writes one event as one line.

@@ -205,10 +205,12 @@ func (p *Fleet) Report(ctx context.Context, service string, st fleet.NodeStatus)
 }
 
 // Hold writes a hold: no host starts an update of service until Resume.
+// The reason is clipped, as a freeze's: every host and operator reads it.
 func (p *Fleet) Hold(ctx context.Context, service string, h fleet.Hold) error {
 	if h.Time.IsZero() {
 		h.Time = time.Now().UTC()
 	}
+	h.Reason = fleet.Clip(h.Reason)
 	return p.put(ctx, fleet.HoldKey(p.Prefix, service), h)
 }
 

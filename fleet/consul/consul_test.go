@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -275,5 +276,26 @@ func TestApprovalIsItsKey(t *testing.T) {
 	// something else.
 	if err := p.Approve(ctx, "app", fleet.Approval{Checksum: "ffff", Wave: "a/b"}); err == nil {
 		t.Fatal("approved a wave whose name is not a key")
+	}
+}
+
+// A hold's reason is clipped when written, as a freeze's is: every host
+// and every open dashboard reads it.
+func TestHoldReasonIsClipped(t *testing.T) {
+	p := newFleet(t, "host-0")
+	ctx := context.Background()
+	long := strings.Repeat("why ", 10000)
+	if err := p.Hold(ctx, "app", fleet.Hold{Reason: long, Who: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := p.Status(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Hold == nil {
+		t.Fatal("no hold read back")
+	}
+	if got := st.Hold.Reason; got != fleet.Clip(long) {
+		t.Fatalf("the reason written is %d bytes, want it clipped to %d", len(got), len(fleet.Clip(long)))
 	}
 }

@@ -3,13 +3,13 @@ package consul
 import (
 	"context"
 	"encoding/json"
-	"math/rand/v2"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
 	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/internal/blocking"
 )
 
 // Announce writes the published record of p.Service.
@@ -30,55 +30,36 @@ const (
 	// with an index that did not move, and bounds how often a flood of
 	// announcements (anyone with write access to the folder) can make an
 	// agent look at its store: one wake-up a second at most.
-	watchMinGap = time.Second
+	watchMinGap = blocking.DefaultMinGap
 )
 
 // WatchPublished long-polls the folder of announcements with Consul's
 // blocking queries: one request per agent for all of its services, woken
-// only by announcements. It follows Consul's advice on the index: reset
-// when it goes backwards, never block on zero, back off with jitter on
-// errors, and never spin.
+// only by announcements. It follows Consul's advice on the index (see
+// internal/blocking): reset when it goes backwards, never block on zero,
+// back off with jitter on errors, and never spin.
 func (p *Fleet) WatchPublished(ctx context.Context, w fleet.Watch) error {
 	prefix := fleet.PublishedPrefix(p.Prefix)
-	var index uint64
 	seen := map[string]string{} // key -> value last seen: indexes do not survive a new cluster
-	first, up := true, false
-	backoff := watchBackoff
-	for ctx.Err() == nil {
-		start := time.Now()
+	first, wasUp := true, false
+	loop := blocking.Loop{MinGap: watchMinGap, Backoff: watchBackoff, BackoffCap: watchBackoffCap,
+		Up: func() {
+			wasUp = true
+			if w.Up != nil {
+				w.Up()
+			}
+		},
+		Down: func(err error) {
+			if wasUp && w.Down != nil { // a watch that never answered was never up
+				w.Down(err)
+			}
+		},
+	}
+	return loop.Run(ctx, 0, func(ctx context.Context, index uint64) (uint64, error) {
 		opts := (&api.QueryOptions{WaitIndex: index, WaitTime: watchWait}).WithContext(ctx)
 		pairs, meta, err := p.Client.KV().List(prefix, opts)
 		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			if up && w.Down != nil {
-				w.Down(err)
-			}
-			up = false
-			// The Consul that answers next may be a new one whose index
-			// is behind ours: a blocking query would then wait its whole
-			// time. Ask without blocking first.
-			index = 0
-			wait := backoff/2 + rand.N(backoff/2+1)
-			backoff = min(backoff*2, watchBackoffCap)
-			if !sleep(ctx, wait) {
-				break
-			}
-			continue
-		}
-		backoff = watchBackoff
-		if !up && w.Up != nil {
-			w.Up()
-		}
-		up = true
-		switch {
-		case meta.LastIndex < index:
-			index = 0 // the index went backwards (a restored snapshot, a new leader): start over
-		case meta.LastIndex == 0:
-			index = 1 // zero would not block
-		default:
-			index = meta.LastIndex
+			return index, err
 		}
 		for _, kv := range pairs {
 			if seen[kv.Key] == string(kv.Value) {
@@ -98,22 +79,8 @@ func (p *Fleet) WatchPublished(ctx context.Context, w fleet.Watch) error {
 			w.Changed(pub)
 		}
 		first = false
-		if gap := time.Since(start); gap < watchMinGap && !sleep(ctx, watchMinGap-gap) {
-			break
-		}
-	}
-	return ctx.Err()
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+		return meta.LastIndex, nil
+	})
 }
 
 var _ fleet.Watcher = (*Fleet)(nil)

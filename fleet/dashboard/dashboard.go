@@ -22,6 +22,7 @@ import (
 
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/rollout"
+	"github.com/dropshipd/dropship/internal/blocking"
 )
 
 // Store is what the dashboard reads: fleet/consul's Fleet.
@@ -67,6 +68,8 @@ type Options struct {
 	// Policies are the rollout blocks of the services in the config the
 	// dashboard runs with: their waves are shown.
 	Policies map[string]*rollout.Policy
+
+	sleep func(context.Context, time.Duration) bool // tests: the blocking queries' waits
 }
 
 // Server watches the fleet and serves it.
@@ -80,6 +83,7 @@ type Server struct {
 	deciders map[string]*rollout.Decider
 	streams  chan struct{} // a token per open event stream
 	writeMax time.Duration
+	sleep    func(context.Context, time.Duration) bool // the blocking queries' waits; nil: a timer
 
 	snap atomic.Pointer[Fleet]
 
@@ -100,7 +104,7 @@ func New(o Options) (*Server, error) {
 	}
 	s := &Server{store: o.Store, actor: o.Actor, tokens: o.Tokens, log: o.Logger, keep: o.Events, debounce: o.Debounce,
 		events: map[string][]fleet.Event{}, logging: map[string]context.CancelFunc{}, subs: map[chan struct{}]struct{}{},
-		changed: make(chan struct{}, 1), deciders: map[string]*rollout.Decider{}}
+		changed: make(chan struct{}, 1), deciders: map[string]*rollout.Decider{}, sleep: o.sleep}
 	for name, p := range o.Policies {
 		if p != nil {
 			s.deciders[name] = rollout.NewDecider(p)
@@ -192,43 +196,26 @@ func (s *Server) Snapshot() *Fleet { return s.snap.Load() }
 // follower per service for its audit log.
 func (s *Server) Run(ctx context.Context) error {
 	var idx uint64
-	backoff := time.Second
 	s.refresh(ctx, 0)
 	wake := make(chan uint64, 1)
-	go func() {
-		var i uint64
-		for ctx.Err() == nil {
-			n, err := s.store.Wait(ctx, i)
-			if err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				s.fail(err)
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(backoff):
-				}
-				backoff = min(2*backoff, 30*time.Second)
-				i = 0
-				continue
-			}
-			backoff = time.Second
-			if n < i {
-				i = 0 // the index went back (Consul restarted): read again
-			}
-			n = max(n, 1) // index 0 would not block
-			if n != i {
-				i = n
-				select {
-				case wake <- n:
-				default:
-					<-wake
-					wake <- n
-				}
+	// One warning per outage, not one per retry: the snapshot says the
+	// read failed meanwhile.
+	loop := s.loop(func(err error) { s.fail(err) }, nil)
+	go loop.Run(ctx, 0, func(ctx context.Context, i uint64) (uint64, error) {
+		n, err := s.store.Wait(ctx, i)
+		if err != nil {
+			return i, err
+		}
+		if next := blocking.Next(i, n); next != i {
+			select {
+			case wake <- next:
+			default:
+				<-wake
+				wake <- next
 			}
 		}
-	}()
+		return n, nil
+	})
 	for {
 		// A rollout also moves with the clock (a bake ends, a window
 		// opens): read again then, though Consul did not change.
@@ -311,52 +298,50 @@ func (s *Server) follow(ctx context.Context, service string) {
 	}
 	ctx, stop := context.WithCancel(ctx)
 	s.logging[service] = stop
-	go func() {
-		var idx uint64
-		for ctx.Err() == nil {
-			evs, n, err := s.store.Log(ctx, service, idx)
-			if err != nil {
-				if ctx.Err() == nil {
-					s.log.Warn("could not read the audit log", "service", service, "error", err)
-					select {
-					case <-ctx.Done():
-					case <-time.After(2 * time.Second):
-					}
-				}
-				continue
-			}
-			if idx == 0 || n < idx { // a full read (Log starts over when the index went back)
-				s.mu.Lock()
-				if ctx.Err() == nil {
-					s.events[service] = nil
-				}
-				s.mu.Unlock()
-			}
-			n = max(n, 1) // index 0 would not block
-			idx = n
-			if len(evs) == 0 {
-				continue
-			}
-			for i := range evs {
-				evs[i] = clipEvent(evs[i])
-			}
-			s.mu.Lock()
-			if ctx.Err() != nil { // unfollowed meanwhile: keep nothing
-				s.mu.Unlock()
-				return
-			}
-			all := append(s.events[service], evs...)
-			if len(all) > s.keep {
-				all = append([]fleet.Event(nil), all[len(all)-s.keep:]...)
-			}
-			s.events[service] = all
-			s.mu.Unlock()
-			select {
-			case s.changed <- struct{}{}:
-			default:
-			}
+	loop := s.loop(func(err error) {
+		s.log.Warn("could not read the audit log; retrying with back-off", "service", service, "error", err)
+	}, nil)
+	go loop.Run(ctx, 0, func(ctx context.Context, idx uint64) (uint64, error) {
+		evs, n, err := s.store.Log(ctx, service, idx)
+		if err != nil {
+			return idx, err
 		}
-	}()
+		if idx == 0 || n < idx { // a full read (Log starts over when the index went back)
+			s.mu.Lock()
+			if ctx.Err() == nil {
+				s.events[service] = nil
+			}
+			s.mu.Unlock()
+		}
+		if len(evs) == 0 {
+			return n, nil
+		}
+		for i := range evs {
+			evs[i] = clipEvent(evs[i])
+		}
+		s.mu.Lock()
+		if ctx.Err() != nil { // unfollowed meanwhile: keep nothing
+			s.mu.Unlock()
+			return n, nil
+		}
+		all := append(s.events[service], evs...)
+		if len(all) > s.keep {
+			all = append([]fleet.Event(nil), all[len(all)-s.keep:]...)
+		}
+		s.events[service] = all
+		s.mu.Unlock()
+		select {
+		case s.changed <- struct{}{}:
+		default:
+		}
+		return n, nil
+	})
+}
+
+// loop is how the dashboard follows a blocking query: the rules of the
+// agent's watch, with back-off up to 30 s while Consul is away.
+func (s *Server) loop(down func(error), up func()) blocking.Loop {
+	return blocking.Loop{Down: down, Up: up, Sleep: s.sleep}
 }
 
 // Events returns the newest events of service, newest first.
