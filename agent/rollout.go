@@ -11,6 +11,7 @@ import (
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/hooks"
+	"github.com/dropshipd/dropship/internal/blocking"
 )
 
 // reasonRevert: the fleet's breaker tripped on the checksum installed
@@ -370,31 +371,22 @@ const followGap = time.Second
 // it has something to do: it waits on the rollout, or the breaker tripped
 // on what it runs (a revert), or a pin names it.
 func (a *Agent) follow(ctx context.Context, r *Runner, w fleet.ServiceWatcher) {
-	var index uint64
-	backoff := time.Second
-	for ctx.Err() == nil {
+	loop := blocking.Loop{BackoffCap: followBackoffCap, Down: func(err error) {
+		r.logger.Debug("following the fleet's records", "error", err)
+	}}
+	loop.Run(ctx, 0, func(ctx context.Context, index uint64) (uint64, error) {
 		next, err := w.WaitService(ctx, r.svc.Name, index)
 		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			r.logger.Debug("following the fleet's records", "error", err)
-			sleep(ctx, jitter(backoff))
-			backoff = min(backoff*2, followBackoffCap)
-			index = 0
-			continue
+			return 0, err
 		}
-		backoff = time.Second
-		if next < index {
-			index = 0 // a new Consul: start afresh
-			continue
-		}
-		index = max(next, 1) // index 0 would not block
-		if r.rolloutWaiting() || a.mustAct(ctx, r) {
+		// An index gone backwards is a new Consul: the loop starts over
+		// from 0, and the answer to that says what changed.
+		if next >= index && (r.rolloutWaiting() || a.mustAct(ctx, r)) {
 			a.Trigger(r.svc.Name)
 		}
 		sleep(ctx, followGap)
-	}
+		return next, nil
+	})
 }
 
 // mustAct says whether the fleet asks this host to revert, to follow a

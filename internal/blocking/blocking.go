@@ -3,8 +3,8 @@
 // would not block), errors are retried with jittered exponential back-off
 // reset on success, and at most one query is made per gap, so that a
 // Consul answering at once with an index that did not move cannot make
-// the loop spin. Every follower of Consul in dropship (the agent's watch,
-// the dashboard, `fleet log --follow`) runs on it.
+// the loop spin. Every follower of Consul in dropship (the agent's watch
+// and rollout follower, the dashboard, `fleet log --follow`) runs on it.
 package blocking
 
 import (
