@@ -362,16 +362,17 @@ func (r *Runner) rolloutWait(out Outcome) time.Duration {
 	return max(wait, 10*time.Millisecond)
 }
 
-// followGap is the least time between two looks the fleet's changes
-// trigger: a rollout writes many records at once, and each look of each
-// host reads the service's records.
+// followGap is the least time between the starts of two queries of the
+// fleet's records: a rollout writes many records at once, and each look
+// of each host reads them. Counted from the query's start, so a change
+// after a quiet spell (a breaker tripping) is acted on at once.
 const followGap = time.Second
 
 // follow wakes a service with a rollout when its fleet records change and
 // it has something to do: it waits on the rollout, or the breaker tripped
 // on what it runs (a revert), or a pin names it.
 func (a *Agent) follow(ctx context.Context, r *Runner, w fleet.ServiceWatcher) {
-	loop := blocking.Loop{BackoffCap: followBackoffCap, Down: func(err error) {
+	loop := blocking.Loop{MinGap: followGap, BackoffCap: followBackoffCap, Down: func(err error) {
 		r.logger.Debug("following the fleet's records", "error", err)
 	}}
 	loop.Run(ctx, 0, func(ctx context.Context, index uint64) (uint64, error) {
@@ -384,7 +385,6 @@ func (a *Agent) follow(ctx context.Context, r *Runner, w fleet.ServiceWatcher) {
 		if next >= index && (r.rolloutWaiting() || a.mustAct(ctx, r)) {
 			a.Trigger(r.svc.Name)
 		}
-		sleep(ctx, followGap)
 		return next, nil
 	})
 }
