@@ -51,3 +51,19 @@ func TestFailedCheckKeepsReleaseWhenThePreviousOneIsGone(t *testing.T) {
 		t.Fatalf("destination reads %q: switched back into a removed release", got)
 	}
 }
+
+// The current release's directory removed by hand leaves the destination
+// pointing nowhere: the next check installs the release again instead of
+// finding nothing to do.
+func TestCurrentReleaseRemovedByHandIsInstalledAgain(t *testing.T) {
+	e := newEnv(t)
+	r := e.runner(e.config(""))
+	e.publish("v1")
+	e.check(r, agent.ResultInstalled)
+	os.RemoveAll(filepath.Join(r.Dir(), "releases", e.state_(r).Release))
+	e.check(r, agent.ResultInstalled)
+	if got := e.current(); got != "v1" {
+		t.Fatalf("destination reads %q", got)
+	}
+	e.check(r, agent.ResultNoop)
+}

@@ -253,8 +253,12 @@ func (r *Runner) look(ctx context.Context, st *State) (artifact.Info, *Outcome) 
 func (r *Runner) skip(st *State, info artifact.Info) *Outcome {
 	sum := info.Checksum()
 	switch {
-	case sum == st.Checksum && r.lay.current() == st.Release:
+	case sum == st.Checksum && r.lay.current() == st.Release && r.lay.present(st.Release):
 		return &Outcome{Result: ResultNoop, Checksum: sum, Release: st.Release}
+	case sum == st.Checksum && r.lay.current() == st.Release && st.Release != "":
+		// Its directory was removed by hand: the destination points
+		// nowhere. The release is installed again.
+		r.logger.Warn("the current release's directory is gone; installing it again", "release", st.Release)
 	case sum == st.RolledBackFrom:
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: "rolled back from this checksum; waiting for a new one"}
 	}
