@@ -86,6 +86,12 @@ type Runner struct {
 	registeredAt time.Time        // when this process found or wrote its node record
 	registered   bool             // this host's node record has its tags and policy
 
+	// unsaved is a state finish could not write (a full disk, say), and
+	// unsavedOver the bytes of the file it should have replaced: until
+	// it is written, it, not the file, is what the service has installed.
+	unsaved     *State
+	unsavedOver []byte
+
 	recovered sync.Once
 	crash     func(point string) // tests: crash here
 	obs       Observer
@@ -167,13 +173,37 @@ func (r *Runner) open(ctx context.Context) (*State, *Outcome) {
 	r.recovered.Do(func() { err = r.recover() })
 	var st *State
 	if err == nil {
-		st, err = LoadState(r.lay.dir, r.svc.Name)
+		st, err = r.loadState()
 	}
 	if err != nil {
 		r.local.Release(context.WithoutCancel(ctx))
 		return nil, &Outcome{Result: ResultError, Phase: PhaseInstall, Err: err}
 	}
 	return st, nil
+}
+
+// loadState reads the state; a state the last finish could not write is
+// written now and used instead, unless the file changed since (another
+// process, `dropship rollback`, wrote it).
+func (r *Runner) loadState() (*State, error) {
+	if st := r.unsaved; st != nil {
+		b, err := os.ReadFile(statePath(r.lay.dir))
+		if errors.Is(err, fs.ErrNotExist) {
+			b, err = nil, nil
+		}
+		if err == nil && string(b) == string(r.unsavedOver) {
+			if err := st.Save(r.lay.dir); err != nil {
+				r.logger.Error("still cannot save the state", "error", err)
+				return st, nil
+			}
+			r.logger.Info("saved the state an earlier check could not")
+			r.unsaved, r.unsavedOver = nil, nil
+			return st, nil
+		}
+		r.logger.Warn("the state file changed since a check could not save the state; what it held is dropped")
+		r.unsaved, r.unsavedOver = nil, nil
+	}
+	return LoadState(r.lay.dir, r.svc.Name)
 }
 
 // update is one pass: stat, gate, slot, then the transaction. Every path
@@ -332,10 +362,19 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 	if !quiet {
 		st.LastCheck = r.now().UTC()
 		if err := st.Save(r.lay.dir); err != nil {
-			r.logger.Error("could not save the state", "error", err)
+			r.logger.Error("could not save the state; the next check tries again", "error", err)
 			if out.Err == nil {
 				out.Result, out.Phase, out.Err = ResultError, PhaseInstall, err
 			}
+			if r.unsaved != st {
+				// The file as it stands: kept unless another writer changes it.
+				over, rerr := os.ReadFile(statePath(r.lay.dir))
+				if rerr == nil || errors.Is(rerr, fs.ErrNotExist) {
+					r.unsaved, r.unsavedOver = st, over
+				}
+			}
+		} else {
+			r.unsaved, r.unsavedOver = nil, nil
 		}
 	}
 	switch out.Result {
