@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -66,4 +67,28 @@ func TestCurrentReleaseRemovedByHandIsInstalledAgain(t *testing.T) {
 		t.Fatalf("destination reads %q", got)
 	}
 	e.check(r, agent.ResultNoop)
+}
+
+// A failure recorded while the clock was far ahead (then set back) backs
+// the checksum off for its back-off, not until the clock catches up.
+func TestFailureFromAClockAheadDoesNotHoldForever(t *testing.T) {
+	e := newEnv(t)
+	flag := filepath.Join(e.dir, "fail")
+	r := e.runner(e.config(fmt.Sprintf(`before "script" { command = "! test -e %s" }`, flag)))
+	e.publish("v1")
+	e.check(r, agent.ResultInstalled)
+	e.publish("v2")
+	os.WriteFile(flag, nil, 0o644)
+	out := e.check(r, agent.ResultFailed)
+	os.Remove(flag)
+	st := e.state_(r)
+	f := st.Failures[out.Checksum]
+	f.Last = f.Last.AddDate(1, 0, 0)
+	if err := st.Save(r.Dir()); err != nil {
+		t.Fatal(err)
+	}
+	e.check(r, agent.ResultInstalled)
+	if got := e.current(); got != "v2" {
+		t.Fatalf("current %q", got)
+	}
 }

@@ -293,7 +293,11 @@ func (r *Runner) skip(st *State, info artifact.Info) *Outcome {
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: "rolled back from this checksum; waiting for a new one"}
 	}
 	if f := st.Failures[sum]; f != nil {
-		if wait := r.failureBackoff(f.Count); r.now().Before(f.Last.Add(wait)) {
+		// A failure dated further ahead than its back-off was recorded by
+		// a clock since set back: it would hold the checksum until the
+		// clock caught up, not for the back-off. It is tried again.
+		now := r.now()
+		if wait := r.failureBackoff(f.Count); now.Before(f.Last.Add(wait)) && f.Last.Before(now.Add(wait)) {
 			return &Outcome{Result: ResultSkipped, Checksum: sum,
 				Reason: fmt.Sprintf("failed %d time(s) in %s: %s; next try after %s", f.Count, f.Phase, f.Error, f.Last.Add(wait).Format(time.RFC3339))}
 		}
