@@ -59,6 +59,15 @@ func (l layout) newID(checksum string, now time.Time) string {
 	}
 }
 
+// present says whether release id's directory is there.
+func (l layout) present(id string) bool {
+	if id == "" {
+		return false
+	}
+	fi, err := os.Stat(l.releaseDir(id))
+	return err == nil && fi.IsDir()
+}
+
 // switchTo points destination at release id by renaming a new symlink over
 // it: at every instant the destination is the old release or the new one.
 // What the destination was before dropship managed it (a real directory,
@@ -66,6 +75,10 @@ func (l layout) newID(checksum string, now time.Time) string {
 // aside, never deleted, and its new name returned so a failed first
 // install can put it back.
 func (l layout) switchTo(id string, logger *slog.Logger) (movedAside string, err error) {
+	// A kept release removed by hand: the destination would point nowhere.
+	if !l.present(id) {
+		return "", fmt.Errorf("switch %s: release %s is not there (removed by hand?)", l.dest, id)
+	}
 	if err := os.MkdirAll(filepath.Dir(l.dest), 0o755); err != nil {
 		return "", fmt.Errorf("switch %s: %w", l.dest, err)
 	}

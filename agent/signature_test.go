@@ -190,3 +190,24 @@ func TestStaleSignatureWaits(t *testing.T) {
 		t.Fatal(e.current())
 	}
 }
+
+// A host whose clock is behind the store's installs a release signed
+// when the store received it: the future is judged from the later of
+// the two clocks, so the host's clock alone does not refuse the release
+// (and trip the fleet's breaker).
+func TestSignedReleaseOnAHostWithItsClockBehind(t *testing.T) {
+	ci := newSigner(t)
+	e := newEnv(t)
+	r := e.runner(e.config(keysConfig(e, []signer{ci})))
+	e.publish("v1")
+	ci.sign(e, nil)
+	e.check(r, agent.ResultInstalled)
+	e.publish("v2")
+	ahead := time.Now().Add(48 * time.Hour)
+	ci.sign(e, func(c *signature.Claims) { c.Time = ahead })
+	os.Chtimes(e.store, ahead, ahead)
+	e.check(r, agent.ResultInstalled)
+	if e.current() != "v2" {
+		t.Fatal(e.current())
+	}
+}

@@ -86,6 +86,12 @@ type Runner struct {
 	registeredAt time.Time        // when this process found or wrote its node record
 	registered   bool             // this host's node record has its tags and policy
 
+	// unsaved is a state finish could not write (a full disk, say), and
+	// unsavedOver the bytes of the file it should have replaced: until
+	// it is written, it, not the file, is what the service has installed.
+	unsaved     *State
+	unsavedOver []byte
+
 	recovered sync.Once
 	crash     func(point string) // tests: crash here
 	obs       Observer
@@ -167,13 +173,37 @@ func (r *Runner) open(ctx context.Context) (*State, *Outcome) {
 	r.recovered.Do(func() { err = r.recover() })
 	var st *State
 	if err == nil {
-		st, err = LoadState(r.lay.dir, r.svc.Name)
+		st, err = r.loadState()
 	}
 	if err != nil {
 		r.local.Release(context.WithoutCancel(ctx))
 		return nil, &Outcome{Result: ResultError, Phase: PhaseInstall, Err: err}
 	}
 	return st, nil
+}
+
+// loadState reads the state; a state the last finish could not write is
+// written now and used instead, unless the file changed since (another
+// process, `dropship rollback`, wrote it).
+func (r *Runner) loadState() (*State, error) {
+	if st := r.unsaved; st != nil {
+		b, err := os.ReadFile(statePath(r.lay.dir))
+		if errors.Is(err, fs.ErrNotExist) {
+			b, err = nil, nil
+		}
+		if err == nil && string(b) == string(r.unsavedOver) {
+			if err := st.Save(r.lay.dir); err != nil {
+				r.logger.Error("still cannot save the state", "error", err)
+				return st, nil
+			}
+			r.logger.Info("saved the state an earlier check could not")
+			r.unsaved, r.unsavedOver = nil, nil
+			return st, nil
+		}
+		r.logger.Warn("the state file changed since a check could not save the state; what it held is dropped")
+		r.unsaved, r.unsavedOver = nil, nil
+	}
+	return LoadState(r.lay.dir, r.svc.Name)
 }
 
 // update is one pass: stat, gate, slot, then the transaction. Every path
@@ -253,13 +283,21 @@ func (r *Runner) look(ctx context.Context, st *State) (artifact.Info, *Outcome) 
 func (r *Runner) skip(st *State, info artifact.Info) *Outcome {
 	sum := info.Checksum()
 	switch {
-	case sum == st.Checksum && r.lay.current() == st.Release:
+	case sum == st.Checksum && r.lay.current() == st.Release && r.lay.present(st.Release):
 		return &Outcome{Result: ResultNoop, Checksum: sum, Release: st.Release}
+	case sum == st.Checksum && r.lay.current() == st.Release && st.Release != "":
+		// Its directory was removed by hand: the destination points
+		// nowhere. The release is installed again.
+		r.logger.Warn("the current release's directory is gone; installing it again", "release", st.Release)
 	case sum == st.RolledBackFrom:
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: "rolled back from this checksum; waiting for a new one"}
 	}
 	if f := st.Failures[sum]; f != nil {
-		if wait := r.failureBackoff(f.Count); r.now().Before(f.Last.Add(wait)) {
+		// A failure dated further ahead than its back-off was recorded by
+		// a clock since set back: it would hold the checksum until the
+		// clock caught up, not for the back-off. It is tried again.
+		now := r.now()
+		if wait := r.failureBackoff(f.Count); now.Before(f.Last.Add(wait)) && f.Last.Before(now.Add(wait)) {
 			return &Outcome{Result: ResultSkipped, Checksum: sum,
 				Reason: fmt.Sprintf("failed %d time(s) in %s: %s; next try after %s", f.Count, f.Phase, f.Error, f.Last.Add(wait).Format(time.RFC3339))}
 		}
@@ -328,10 +366,19 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 	if !quiet {
 		st.LastCheck = r.now().UTC()
 		if err := st.Save(r.lay.dir); err != nil {
-			r.logger.Error("could not save the state", "error", err)
+			r.logger.Error("could not save the state; the next check tries again", "error", err)
 			if out.Err == nil {
 				out.Result, out.Phase, out.Err = ResultError, PhaseInstall, err
 			}
+			if r.unsaved != st {
+				// The file as it stands: kept unless another writer changes it.
+				over, rerr := os.ReadFile(statePath(r.lay.dir))
+				if rerr == nil || errors.Is(rerr, fs.ErrNotExist) {
+					r.unsaved, r.unsavedOver = st, over
+				}
+			}
+		} else {
+			r.unsaved, r.unsavedOver = nil, nil
 		}
 	}
 	switch out.Result {

@@ -1,0 +1,138 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dropshipd/dropship/agent"
+)
+
+// fsImmutableFL is FS_IMMUTABLE_FL of linux/fs.h (chattr +i).
+const fsImmutableFL = 0x10
+
+// setImmutable sets or clears the immutable flag of dir: nothing can be
+// created in it, as on a full disk, while what is there stays readable.
+func setImmutable(t *testing.T, dir string, on bool) {
+	t.Helper()
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	flags, err := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+	if err == nil {
+		if on {
+			flags |= fsImmutableFL
+		} else {
+			flags &^= fsImmutableFL
+		}
+		err = unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags))
+	}
+	if err != nil {
+		if on {
+			t.Skipf("cannot make %s immutable (needs root and a filesystem that has the flag): %v", dir, err)
+		}
+		t.Fatal(err)
+	}
+}
+
+// blockStateAtSwitch makes the state directory unwritable once the
+// update has switched, until the test's end or unblock.
+func blockStateAtSwitch(t *testing.T, r *agent.Runner) (unblock func()) {
+	blocked := false
+	unblock = func() {
+		if blocked {
+			setImmutable(t, r.Dir(), false)
+			blocked = false
+		}
+	}
+	t.Cleanup(unblock)
+	r.SetCrashHook(func(point string) {
+		if point == "linked" && !blocked {
+			setImmutable(t, r.Dir(), true)
+			blocked = true
+		}
+	})
+	return unblock
+}
+
+// An install whose state cannot be saved (a full disk) is not installed
+// a second time: the next check saves what the first one could not, and
+// finds nothing to do.
+func TestUnsavedInstallIsSavedNotInstalledAgain(t *testing.T) {
+	e := newEnv(t)
+	r := e.runner(e.config(fmt.Sprintf(`
+  before "script" { command = "echo before $(cat VERSION) >> %s" }`, e.log)))
+	e.publish("v1")
+	e.check(r, agent.ResultInstalled)
+	e.publish("v2")
+	unblock := blockStateAtSwitch(t, r)
+	out := e.check(r, agent.ResultError)
+	if !strings.Contains(out.Err.Error(), "state.json") || e.current() != "v2" {
+		t.Fatalf("error %v, current %q", out.Err, e.current())
+	}
+	if st := e.state_(r); e.current() != "v2" || st.Release == "" {
+		t.Fatalf("state %+v", st)
+	}
+	unblock()
+	r.SetCrashHook(nil)
+	e.check(r, agent.ResultNoop)
+	if n := strings.Count(e.hookLog(), "before v2"); n != 1 {
+		t.Fatalf("v2's before hooks ran %d times:\n%s", n, e.hookLog())
+	}
+	st := e.state_(r)
+	if cur, _ := os.Readlink(e.dest); !strings.HasSuffix(cur, "/"+st.Release) || len(st.Releases) != 2 {
+		t.Fatalf("saved state: release %s, %d kept; destination %s", st.Release, len(st.Releases), cur)
+	}
+}
+
+// An operator's rollback whose state cannot be saved sticks: the next
+// check does not reinstall the release rolled back from.
+func TestUnsavedRollbackSticks(t *testing.T) {
+	e := newEnv(t)
+	r := e.runner(e.config(""))
+	e.publish("v1")
+	e.check(r, agent.ResultInstalled)
+	e.publish("v2")
+	e.check(r, agent.ResultInstalled)
+	unblock := blockStateAtSwitch(t, r)
+	if _, err := r.Rollback(context.Background(), ""); err == nil || e.current() != "v1" {
+		t.Fatalf("rollback: %v, current %q", err, e.current())
+	}
+	unblock()
+	r.SetCrashHook(nil)
+	e.check(r, agent.ResultSkipped)
+	if got := e.current(); got != "v1" {
+		t.Fatalf("the release rolled back from was installed again: %q", got)
+	}
+	if st := e.state_(r); st.RolledBackFrom == "" {
+		t.Fatal("the rollback was not saved")
+	}
+}
+
+// A state that could not be saved is dropped when the file changed since
+// (another process wrote it): that writer's state wins.
+func TestUnsavedStateYieldsToAnotherWriter(t *testing.T) {
+	e := newEnv(t)
+	r := e.runner(e.config(""))
+	e.publish("v1")
+	e.check(r, agent.ResultInstalled)
+	e.publish("v2")
+	unblock := blockStateAtSwitch(t, r)
+	e.check(r, agent.ResultError)
+	unblock()
+	r.SetCrashHook(nil)
+	// Another process (an agent started by mistake) installs meanwhile.
+	other := e.runner(e.config(""))
+	e.check(other, agent.ResultInstalled)
+	want := e.state_(r)
+	e.check(r, agent.ResultNoop)
+	if got := e.state_(r); got.Release != want.Release {
+		t.Fatalf("state overwritten: release %s, the other writer's %s", got.Release, want.Release)
+	}
+}
