@@ -46,6 +46,11 @@ func crashChild(cfgPath, at string) {
 			killSelf()
 		}
 	})
+	if os.Getenv("DROPSHIP_CRASH_OP") == "rollback" {
+		_, err := r.Rollback(context.Background(), "")
+		fmt.Fprintln(os.Stderr, "child finished: rollback", err)
+		return
+	}
 	out := r.Check(context.Background())
 	fmt.Fprintln(os.Stderr, "child finished:", out.Result, out.Err)
 }
@@ -114,5 +119,52 @@ func TestCrashRecovery(t *testing.T) {
 				t.Fatalf("%d release dirs, %d in state: orphans not pruned", len(dirs), len(st.Releases))
 			}
 		})
+	}
+}
+
+// An operator rollback killed after its switch, before its state was
+// saved: nothing records it and its hooks never ran, so the restarted
+// agent installs the release its state names again, hooks and all (the
+// destination, the state and what runs agree again), and the rollback
+// can be run again.
+func TestCrashDuringRollbackIsUndone(t *testing.T) {
+	e := newEnv(t)
+	r := e.runner(e.config(""))
+	e.publish("v1")
+	e.check(r, agent.ResultInstalled)
+	e.publish("v2")
+	e.check(r, agent.ResultInstalled)
+
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "DROPSHIP_CRASH_CONFIG="+filepath.Join(e.dir, "dropship.hcl"), "DROPSHIP_CRASH_AT=switched:operator", "DROPSHIP_CRASH_OP=rollback")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); err == nil || !ok || !ws.Signaled() {
+		t.Fatalf("child was not killed: %v\n%s", err, stderr.String())
+	}
+	if v := e.current(); v != "v1" {
+		t.Fatalf("the rollback did not get to its switch: destination has %q", v)
+	}
+
+	r = e.runner(e.config(""))
+	e.check(r, agent.ResultInstalled)
+	if v := e.current(); v != "v2" {
+		t.Fatalf("after restart the destination has %q, the state says v2", v)
+	}
+	st := e.state_(r)
+	if got := r.Status(); got.Release != st.Release {
+		t.Fatalf("status says %q, state %q", got.Release, st.Release)
+	}
+	// Run again, the rollback goes through and sticks.
+	if _, err := r.Rollback(context.Background(), ""); err != nil {
+		t.Fatal(err)
+	}
+	if v := e.current(); v != "v1" {
+		t.Fatalf("the rollback run again left %q", v)
+	}
+	e.check(r, agent.ResultSkipped)
+	if v := e.current(); v != "v1" {
+		t.Fatalf("after the rollback, a check left %q", v)
 	}
 }

@@ -49,6 +49,8 @@ func (r *Runner) activate(ctx context.Context, id, aside string, ev hooks.Event,
 	}
 	if why == reasonInstall {
 		r.crashPoint("switched")
+	} else {
+		r.crashPoint("switched:" + string(why))
 	}
 	// Once the destination points at id, its hooks must run even if the
 	// agent is told to stop or the update ran out of time: they start the
@@ -170,7 +172,14 @@ func pickRollback(st *State, cur, to string) (Release, error) {
 		}
 		return Release{}, fmt.Errorf("no release older than the current one %q is kept", cur)
 	}
-	return st.Releases[idx-1], nil
+	// The newest older release of another checksum: one of the same
+	// checksum (the current release installed again) is no way back.
+	for i := idx - 1; i >= 0; i-- {
+		if st.Releases[i].Checksum != st.Releases[idx].Checksum {
+			return st.Releases[i], nil
+		}
+	}
+	return Release{}, fmt.Errorf("no release older than the current one %q with another checksum is kept", cur)
 }
 
 // HistoryEntry is one kept release as `dropship history` shows it.
