@@ -57,12 +57,32 @@ func newEnv(t *testing.T) *env {
 
 // config writes the agent file with one service whose body is extra
 // (hooks, keys) and loads it.
+// installedTwice is an env whose runner installed v1, then v2: the
+// start of every test of going back.
+func installedTwice(t *testing.T) (*env, *agent.Runner) {
+	e := newEnv(t)
+	r := e.runner(e.config(""))
+	e.publish("v1")
+	e.check(r, agent.ResultInstalled)
+	e.publish("v2")
+	e.check(r, agent.ResultInstalled)
+	return e, r
+}
+
 func (e *env) config(extra string) *agent.Config {
 	e.t.Helper()
 	return e.configKind("file", extra)
 }
 
 func (e *env) configKind(kind, extra string) *agent.Config {
+	e.t.Helper()
+	return e.load(e.writeConfig(kind, "", extra))
+}
+
+// writeConfig writes the test's config: one service "app" from an
+// artifact of kind, with artifactKeys in its artifact block and extra in
+// the service, and returns its path.
+func (e *env) writeConfig(kind, artifactKeys, extra string) string {
 	e.t.Helper()
 	src := fmt.Sprintf(`
 state_path = %q
@@ -72,14 +92,20 @@ service "app" {
   artifact %q {
     path        = %q
     destination = %q
+    %s
   }
 %s
 }
-`, e.state, kind, e.store, e.dest, extra)
+`, e.state, kind, e.store, e.dest, artifactKeys, extra)
 	path := filepath.Join(e.dir, "dropship.hcl")
 	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
 		e.t.Fatal(err)
 	}
+	return path
+}
+
+func (e *env) load(path string) *agent.Config {
+	e.t.Helper()
 	cfg, diags := agent.Load(path, registry(), slog.New(slog.DiscardHandler))
 	if diags.HasErrors() {
 		e.t.Fatalf("config: %v", diags)

@@ -128,12 +128,7 @@ func TestCrashRecovery(t *testing.T) {
 // destination, the state and what runs agree again), and the rollback
 // can be run again.
 func TestCrashDuringRollbackIsUndone(t *testing.T) {
-	e := newEnv(t)
-	r := e.runner(e.config(""))
-	e.publish("v1")
-	e.check(r, agent.ResultInstalled)
-	e.publish("v2")
-	e.check(r, agent.ResultInstalled)
+	e, r := installedTwice(t)
 
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "DROPSHIP_CRASH_CONFIG="+filepath.Join(e.dir, "dropship.hcl"), "DROPSHIP_CRASH_AT=switched:operator", "DROPSHIP_CRASH_OP=rollback")

@@ -72,19 +72,7 @@ func TestSharedPathsRefusedInTheConfig(t *testing.T) {
 		{`dirs = [""]`, "stays inside it"},
 	} {
 		e := newEnv(t)
-		path := filepath.Join(e.dir, "dropship.hcl")
-		os.WriteFile(path, []byte(fmt.Sprintf(`
-state_path = %q
-service "app" {
-  artifact "file" {
-    path        = %q
-    destination = %q
-  }
-  shared {
-    %s
-  }
-}
-`, e.state, e.store, e.dest, tc.shared)), 0o644)
+		path := e.writeConfig("file", "", "shared {\n"+tc.shared+"\n}")
 		_, diags := agent.Load(path, registry(), nil)
 		if !diags.HasErrors() || !strings.Contains(diags.Error(), tc.want) {
 			t.Errorf("%s: diags = %v, want %q", tc.shared, diags, tc.want)
@@ -100,23 +88,7 @@ service "app" {
 // configWithArtifact is e.config with keys for the artifact block too.
 func (e *env) configWithArtifact(artifactKeys, extra string) *agent.Config {
 	e.t.Helper()
-	path := filepath.Join(e.dir, "dropship.hcl")
-	os.WriteFile(path, []byte(fmt.Sprintf(`
-state_path = %q
-service "app" {
-  artifact "file" {
-    path        = %q
-    destination = %q
-    %s
-  }
-  %s
-}
-`, e.state, e.store, e.dest, artifactKeys, extra)), 0o644)
-	cfg, diags := agent.Load(path, registry(), nil)
-	if diags.HasErrors() {
-		e.t.Fatalf("config: %v", diags)
-	}
-	return cfg
+	return e.load(e.writeConfig("file", artifactKeys, extra))
 }
 
 // A shared path whose parent the release ships as a link out of it, or

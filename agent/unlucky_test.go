@@ -15,12 +15,7 @@ import (
 // to: an operator's rollback to it is refused and the destination stays
 // on the current release.
 func TestRollbackToARemovedReleaseIsRefused(t *testing.T) {
-	e := newEnv(t)
-	r := e.runner(e.config(""))
-	e.publish("v1")
-	e.check(r, agent.ResultInstalled)
-	e.publish("v2")
-	e.check(r, agent.ResultInstalled)
+	e, r := installedTwice(t)
 	st := e.state_(r)
 	os.RemoveAll(filepath.Join(r.Dir(), "releases", st.Releases[0].ID))
 	if _, err := r.Rollback(context.Background(), ""); err == nil || !strings.Contains(err.Error(), "not there") {
