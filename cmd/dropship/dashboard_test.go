@@ -260,6 +260,26 @@ func startDashboard(t *testing.T, cfg, token string) string {
 	}
 }
 
+// waitService waits until the dashboard at url knows service: its page
+// is a 404 until a host of it has registered and the dashboard has read it.
+func waitService(t *testing.T, url, service string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(url + "api/v1/services/" + service)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dashboard never knew service %s (%v)", service, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func nodeStatus(t *testing.T, c *api.Client, prefix string) map[string]fleet.NodeStatus {
 	t.Helper()
 	pairs, _, err := c.KV().List(fleet.NodesKey(prefix, "app"), nil)

@@ -406,6 +406,7 @@ func TestDashboardShowsARolloutInABrowser(t *testing.T) {
 	f.startAll()
 	const token = "rollout-test-token-0123456789"
 	url := startDashboard(t, f.hosts[0].cfg, token)
+	waitService(t, url, "app")
 	b.navigate(url + "services/app")
 	b.waitJS("the waves, wave 2 waiting for approval",
 		`(r => r && /4 waiting: waiting for approval of wave 2/.test(r.textContent))(document.querySelector('table.waves tr[data-wave="2"]'))`)
