@@ -115,15 +115,23 @@ func TestRolloutWavesInOrderWithBake(t *testing.T) {
 }
 
 // checksum is the checksum of the artifact in the store, as hosts report
-// it after installing it.
+// it after installing it. A host shows the new files at its switch and
+// logs "installed" once its after hooks have run, so this waits (bounded)
+// for that line.
 func (f *fleetRig) checksum(t *testing.T, h *host) string {
 	t.Helper()
-	b, _ := os.ReadFile(filepath.Join(f.dir, h.name+".log"))
-	m := regexp.MustCompile(`msg=installed service=app checksum=(\S+)`).FindAllStringSubmatch(string(b), -1)
-	if len(m) == 0 {
-		t.Fatalf("%s never logged an install:\n%s", h.name, tailOf(b))
+	installed := regexp.MustCompile(`msg=installed service=app checksum=(\S+)`)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, _ := os.ReadFile(filepath.Join(f.dir, h.name+".log"))
+		if m := installed.FindAllStringSubmatch(string(b), -1); len(m) > 0 {
+			return m[len(m)-1][1]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never logged an install:\n%s", h.name, tailOf(b))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	return m[len(m)-1][1]
 }
 
 // squash collapses runs of spaces, for comparing aligned output.
