@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -132,5 +133,47 @@ func TestUnsavedStateYieldsToAnotherWriter(t *testing.T) {
 	e.check(r, agent.ResultNoop)
 	if got := e.state_(r); got.Release != want.Release {
 		t.Fatalf("state overwritten: release %s, the other writer's %s", got.Release, want.Release)
+	}
+}
+
+// A recovery that fails at start (a leftover that cannot be removed yet)
+// is tried again at the next check, not taken as done: the update waits
+// for it, and once it can run it cleans what the crash left.
+func TestFailedRecoveryIsTriedAgain(t *testing.T) {
+	e := newEnv(t)
+	r := e.runner(e.config(""))
+	e.publish("v1")
+	e.check(r, agent.ResultInstalled)
+
+	// A fresh process finds a crash's leftover in staging that cannot be
+	// removed for now.
+	r = e.runner(e.config(""))
+	left := filepath.Join(r.Dir(), "staging", "crashed-unpack")
+	if err := os.MkdirAll(filepath.Join(left, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	setImmutable(t, left, true)
+	t.Cleanup(func() {
+		if _, err := os.Stat(left); err == nil {
+			setImmutable(t, left, false)
+		}
+	})
+	e.publish("v2")
+	out := e.check(r, agent.ResultError)
+	if !strings.Contains(out.Err.Error(), "interrupted update") || e.current() != "v1" {
+		t.Fatalf("error %v, current %q", out.Err, e.current())
+	}
+	out = e.check(r, agent.ResultError)
+	if out.Err == nil || !strings.Contains(out.Err.Error(), "interrupted update") {
+		t.Fatalf("the second check did not try the recovery again: %+v", out)
+	}
+
+	setImmutable(t, left, false)
+	e.check(r, agent.ResultInstalled)
+	if e.current() != "v2" {
+		t.Fatalf("current %q", e.current())
+	}
+	if entries, _ := os.ReadDir(filepath.Join(r.Dir(), "staging")); len(entries) != 0 {
+		t.Fatalf("the crash's leftovers stay in staging: %v", entries)
 	}
 }

@@ -92,7 +92,11 @@ type Runner struct {
 	unsaved     *State
 	unsavedOver []byte
 
-	recovered sync.Once
+	// recovered is set once recover has run to its end: a recovery that
+	// failed (a full disk, a file that cannot be removed) runs again at
+	// the next check instead of being taken as done.
+	recoverMu sync.Mutex
+	recovered bool
 	crash     func(point string) // tests: crash here
 	obs       Observer
 	mu        sync.Mutex
@@ -169,8 +173,7 @@ func (r *Runner) open(ctx context.Context) (*State, *Outcome) {
 	if _, err := r.local.Acquire(ctx); err != nil {
 		return nil, &Outcome{Result: ResultError, Phase: PhaseLock, Err: err}
 	}
-	var err error
-	r.recovered.Do(func() { err = r.recover() })
+	err := r.recoverOnce()
 	var st *State
 	if err == nil {
 		st, err = r.loadState()
@@ -478,7 +481,21 @@ func (r *Runner) crashPoint(p string) {
 	}
 }
 
-// recover cleans what a crash left, once per process.
+// recoverOnce runs recover until it has succeeded once in this process.
+func (r *Runner) recoverOnce() error {
+	r.recoverMu.Lock()
+	defer r.recoverMu.Unlock()
+	if r.recovered {
+		return nil
+	}
+	if err := r.recover(); err != nil {
+		return fmt.Errorf("recover from an interrupted update: %w", err)
+	}
+	r.recovered = true
+	return nil
+}
+
+// recover cleans what a crash left.
 func (r *Runner) recover() error {
 	if err := os.MkdirAll(r.lay.dir, stateDirMode); err != nil {
 		return err
