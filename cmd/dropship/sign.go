@@ -133,6 +133,14 @@ func loadSecretKey(g *globals, path string) (minisign.PrivateKey, error) {
 	if err != nil {
 		return minisign.PrivateKey{}, fmt.Errorf("signing key: %w", err)
 	}
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		// Anyone who can read a key without a passphrase can sign releases
+		// the fleet installs; an encrypted one still needs its passphrase.
+		if !minisign.IsEncrypted(b) {
+			return minisign.PrivateKey{}, fmt.Errorf("signing key %s has no passphrase and others may read it (mode %04o): chmod 600 it, or make an encrypted key with dropship keygen", path, fi.Mode().Perm())
+		}
+		fmt.Fprintf(g.stderr, "warning: signing key %s may be read by others (mode %04o): chmod 600 it\n", path, fi.Mode().Perm())
+	}
 	if !minisign.IsEncrypted(b) {
 		var k minisign.PrivateKey
 		if err := k.UnmarshalText(b); err != nil {

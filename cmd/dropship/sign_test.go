@@ -94,6 +94,34 @@ func TestEncryptedSigningKey(t *testing.T) {
 	}
 }
 
+// A key others may read is refused when it has no passphrase, and
+// warned about when it has one.
+func TestSigningKeyOthersMayReadIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	art := filepath.Join(dir, "a.bin")
+	os.WriteFile(art, []byte("payload"), 0o644)
+	plain := filepath.Join(dir, "plain")
+	if _, errOut, code := run(t, "keygen", "--out", plain, "--no-password"); code != 0 {
+		t.Fatalf("keygen: %s", errOut)
+	}
+	if _, errOut, code := run(t, "sign", art, "--key", plain+".key", "--service", "api"); code != 0 || strings.Contains(errOut, "warning") {
+		t.Fatalf("sign with a private key: %d %s", code, errOut)
+	}
+	os.Chmod(plain+".key", 0o644)
+	if _, errOut, code := run(t, "sign", art, "--key", plain+".key", "--service", "api"); code == 0 || !strings.Contains(errOut, "chmod 600") {
+		t.Fatalf("sign with a readable key without passphrase: %d %s", code, errOut)
+	}
+	enc := filepath.Join(dir, "enc")
+	t.Setenv(passwordEnv, "correct horse")
+	if _, errOut, code := run(t, "keygen", "--out", enc); code != 0 {
+		t.Fatalf("keygen: %s", errOut)
+	}
+	os.Chmod(enc+".key", 0o640)
+	if _, errOut, code := run(t, "sign", art, "--key", enc+".key", "--service", "api"); code != 0 || !strings.Contains(errOut, "warning: signing key") {
+		t.Fatalf("sign with a readable encrypted key: %d %s", code, errOut)
+	}
+}
+
 // trusted_keys on a repo block apply to every service of that repo; a
 // service's own replace them, and its revoked_keys add to the repo's.
 func TestRepoTrustedKeys(t *testing.T) {
