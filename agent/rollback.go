@@ -186,6 +186,10 @@ func pickRollback(st *State, cur, to string) (Release, error) {
 type HistoryEntry struct {
 	Release
 	Current bool `json:"current"`
+	// Unrecorded marks the release destination points at when the state
+	// file does not name it: an agent switched to it and could not save
+	// its state yet (a full disk), or was stopped before it could.
+	Unrecorded bool `json:"unrecorded,omitempty"`
 }
 
 // History returns the kept releases, oldest first, and recent attempts.
@@ -196,8 +200,13 @@ func (r *Runner) History() ([]HistoryEntry, []Attempt, error) {
 	}
 	cur := r.lay.current()
 	out := make([]HistoryEntry, 0, len(st.Releases))
+	found := false
 	for _, rel := range st.Releases {
 		out = append(out, HistoryEntry{Release: rel, Current: rel.ID == cur})
+		found = found || rel.ID == cur
+	}
+	if cur != "" && !found {
+		out = append(out, HistoryEntry{Release: Release{ID: cur}, Current: true, Unrecorded: true})
 	}
 	return out, st.History, nil
 }

@@ -83,6 +83,18 @@ func TestUnsavedInstallIsSavedNotInstalledAgain(t *testing.T) {
 	if st := e.state_(r); e.current() != "v2" || st.Release == "" {
 		t.Fatalf("state %+v", st)
 	}
+	// What runs is shown while its record waits to be saved.
+	cur, _ := os.Readlink(e.dest)
+	if s := r.Status(); s.Release == "" || !strings.HasSuffix(cur, "/"+s.Release) {
+		t.Fatalf("status shows release %q, destination %s", s.Release, cur)
+	}
+	rels, _, err := r.History()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := rels[len(rels)-1]; !last.Current || !last.Unrecorded || !strings.HasSuffix(cur, "/"+last.ID) {
+		t.Fatalf("history %+v, destination %s", rels, cur)
+	}
 	unblock()
 	r.SetCrashHook(nil)
 	e.check(r, agent.ResultNoop)
