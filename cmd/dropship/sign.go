@@ -129,11 +129,22 @@ func passphrase(g *globals, confirm bool) (string, error) {
 // loadSecretKey reads a secret key file, decrypting it when it is
 // encrypted.
 func loadSecretKey(g *globals, path string) (minisign.PrivateKey, error) {
-	b, err := os.ReadFile(path)
+	// The mode is that of the file read, taken on the same descriptor: a
+	// path replaced meanwhile never lends another file's mode to the key.
+	f, err := os.Open(path)
 	if err != nil {
 		return minisign.PrivateKey{}, fmt.Errorf("signing key: %w", err)
 	}
-	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return minisign.PrivateKey{}, fmt.Errorf("signing key: %w", err)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return minisign.PrivateKey{}, fmt.Errorf("signing key: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
 		// Anyone who can read a key without a passphrase can sign releases
 		// the fleet installs; an encrypted one still needs its passphrase.
 		if !minisign.IsEncrypted(b) {

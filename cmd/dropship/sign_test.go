@@ -1,11 +1,15 @@
 package main
 
 import (
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"aead.dev/minisign"
 
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
@@ -166,5 +170,59 @@ service "web" {
 	}
 	if _, errOut, code := run(t, "verify", "-c", cfg, "--service", "web", art); code != 1 || !strings.Contains(errOut, "not trusted") {
 		t.Fatalf("web's own keys replace the repo's: %d %s", code, errOut)
+	}
+}
+
+// The mode judged is that of the file whose bytes are read: a key path
+// replaced while it is read (a rotated secret mount, a re-deployed file)
+// never lets a key others may read through on the mode of another file.
+func TestSigningKeyModeIsOfTheFileRead(t *testing.T) {
+	dir := t.TempDir()
+	g := &globals{stdout: io.Discard, stderr: io.Discard}
+	readable, private := filepath.Join(dir, "readable.key"), filepath.Join(dir, "private.key")
+	for p, mode := range map[string]os.FileMode{readable: 0o644, private: 0o600} {
+		_, priv, err := minisign.GenerateKey(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := priv.MarshalText()
+		if err := writeFileMode(p, b, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, _ := os.ReadFile(readable)
+	var exposed minisign.PrivateKey
+	if err := exposed.UnmarshalText(b); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(dir, "ci.key")
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tmp := filepath.Join(dir, "ci.key.tmp")
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			src := readable
+			if i%2 == 1 {
+				src = private
+			}
+			os.Remove(tmp)
+			if err := os.Link(src, tmp); err == nil {
+				os.Rename(tmp, key)
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	deadline := time.Now().Add(2 * time.Second)
+	for n := 0; time.Now().Before(deadline); n++ {
+		k, err := loadSecretKey(g, key)
+		if err == nil && k.ID() == exposed.ID() {
+			t.Fatalf("after %d reads: the key others may read was taken, on the mode of another file", n)
+		}
 	}
 }
