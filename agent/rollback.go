@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -205,7 +206,9 @@ func (r *Runner) History() ([]HistoryEntry, []Attempt, error) {
 		out = append(out, HistoryEntry{Release: rel, Current: rel.ID == cur})
 		found = found || rel.ID == cur
 	}
-	if cur != "" && !found {
+	// A release directory that is gone (removed by hand) is not one an
+	// agent switched to: destination dangles, and nothing is listed.
+	if fi, err := os.Stat(r.lay.releaseDir(cur)); cur != "" && !found && err == nil && fi.IsDir() {
 		out = append(out, HistoryEntry{Release: Release{ID: cur}, Current: true, Unrecorded: true})
 	}
 	return out, st.History, nil

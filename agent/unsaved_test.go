@@ -189,3 +189,34 @@ func TestFailedRecoveryIsTriedAgain(t *testing.T) {
 		t.Fatalf("the crash's leftovers stay in staging: %v", entries)
 	}
 }
+
+// A destination that points at a release directory which is gone (removed
+// by hand) is not listed as a release the agent switched to and could not
+// record; one outside the releases is not listed at all.
+func TestUnsavedHistoryIgnoresMissingOrForeignTarget(t *testing.T) {
+	e := newEnv(t)
+	r := e.runner(e.config(""))
+	e.publish("v1")
+	e.check(r, agent.ResultInstalled)
+	for _, target := range []string{
+		filepath.Join(r.Dir(), "releases", "20990101T000000.000Z-gone"),
+		t.TempDir(),
+	} {
+		tmp := e.dest + ".test-tmp"
+		if err := os.Symlink(target, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, e.dest); err != nil {
+			t.Fatal(err)
+		}
+		rels, _, err := r.History()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rel := range rels {
+			if rel.Current || rel.Unrecorded {
+				t.Fatalf("destination %s: history %+v", target, rels)
+			}
+		}
+	}
+}
