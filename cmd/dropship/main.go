@@ -267,7 +267,7 @@ func historyCmd(g *globals) *cobra.Command {
 					mark = "*"
 				}
 				if rel.Unrecorded {
-					fmt.Fprintf(tw, "%s\t%s\t-\t-\t(not in the state file yet: the agent could not save it)\n", mark, rel.ID)
+					fmt.Fprintf(tw, "%s\t%s\t-\t-\t(not in the state file yet: an update is finishing, or the agent could not save it)\n", mark, rel.ID)
 					continue
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", mark, rel.ID, rel.Installed.Format(time.RFC3339), rel.Checksum, rel.Source)
