@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -208,7 +207,7 @@ func (r *Runner) History() ([]HistoryEntry, []Attempt, error) {
 	}
 	// A release directory that is gone (removed by hand) is not one an
 	// agent switched to: destination dangles, and nothing is listed.
-	if fi, err := os.Stat(r.lay.releaseDir(cur)); cur != "" && !found && err == nil && fi.IsDir() {
+	if !found && r.lay.present(cur) {
 		out = append(out, HistoryEntry{Release: Release{ID: cur}, Current: true, Unrecorded: true})
 	}
 	return out, st.History, nil
