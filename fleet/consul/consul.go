@@ -428,12 +428,18 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 }
 
 // The audit log is one key per event, named by time, writer and a random
-// suffix, and trimmed of its oldest keys after each append. Hosts append
-// at once without contention: no key is shared, so no write can lose
-// another (a ring of MaxEvents slots would need a check-and-set on a
-// shared head counter, retried by every host that loses the race). The
-// time first in the name makes Consul's sorted key listing the log's
-// order, so trimming is one listing and a delete of its head.
+// suffix. Hosts append at once without contention: no key is shared, so
+// no write can lose another (a ring of MaxEvents slots would need a
+// check-and-set on a shared head counter, retried by every host that
+// loses the race). The order of the log is Consul's: the index at which
+// each key was created, never the writers' clocks, so a host whose clock
+// runs ahead can neither sort its events after the operators' nor have
+// theirs trimmed first.
+
+// trimSlack is how far past MaxEvents the log may grow before it is
+// trimmed: the trim reads every event (for its index), so it runs once
+// per trimSlack appends rather than on each.
+const trimSlack = fleet.MaxEvents / 20
 
 // Record appends ev to the audit log of service and trims the log to
 // fleet.MaxEvents.
@@ -452,23 +458,32 @@ func (p *Fleet) Record(ctx context.Context, service string, ev fleet.Event) erro
 	return p.trim(ctx, service, fleet.MaxEvents)
 }
 
-// trim deletes the oldest events beyond keep. Two hosts trimming at once
-// may delete the same keys: deleting a missing key is no error.
+// trim deletes the events written first (by Consul's index) beyond keep,
+// once there are trimSlack more. Two hosts trimming at once may delete
+// the same keys: deleting a missing key is no error.
 func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
-	keys, _, err := p.Client.KV().Keys(fleet.AuditKey(p.Prefix, service), "", (&api.QueryOptions{}).WithContext(ctx))
+	prefix := fleet.AuditKey(p.Prefix, service)
+	keys, _, err := p.Client.KV().Keys(prefix, "", (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("%w: trim the audit log of %s: %v", fleet.ErrUnavailable, service, err)
 	}
-	if len(keys) <= keep {
+	if len(keys) <= keep+trimSlack {
 		return nil
 	}
-	sort.Strings(keys)
-	old := keys[:len(keys)-keep]
+	pairs, _, err := p.Client.KV().List(prefix, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("%w: trim the audit log of %s: %v", fleet.ErrUnavailable, service, err)
+	}
+	if len(pairs) <= keep {
+		return nil
+	}
+	sort.Slice(pairs, func(i, j int) bool { return pairs[i].CreateIndex < pairs[j].CreateIndex })
+	old := pairs[:len(pairs)-keep]
 	for len(old) > 0 {
 		n := min(len(old), 64) // Consul's limit of operations per transaction
 		var ops api.TxnOps
-		for _, k := range old[:n] {
-			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: k}})
+		for _, kv := range old[:n] {
+			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: kv.Key}})
 		}
 		ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 		if err != nil {
@@ -485,7 +500,8 @@ func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
 // LogWait bounds one blocking read of the audit log.
 const LogWait = 5 * time.Minute
 
-// Log returns the audit log of service, oldest first. With since > 0 it
+// Log returns the audit log of service, in the order Consul wrote it
+// (oldest first), at most fleet.MaxEvents. With since > 0 it
 // is a Consul blocking query: it returns once something was written after
 // since (or after LogWait, with no events and the same index).
 func (p *Fleet) Log(ctx context.Context, service string, since uint64) ([]fleet.Event, uint64, error) {
@@ -510,12 +526,12 @@ func (p *Fleet) Log(ctx context.Context, service string, since uint64) ([]fleet.
 		ev.Index = kv.ModifyIndex
 		out = append(out, ev)
 	}
-	sort.SliceStable(out, func(i, j int) bool {
-		if !out[i].Time.Equal(out[j].Time) {
-			return out[i].Time.Before(out[j].Time)
-		}
-		return out[i].Index < out[j].Index
-	})
+	// Consul's order, not the writers' clocks. Events are never changed
+	// after they are written, so the modify index is the create index.
+	sort.Slice(out, func(i, j int) bool { return out[i].Index < out[j].Index })
+	if since == 0 && len(out) > fleet.MaxEvents { // not trimmed yet (trimSlack)
+		out = out[len(out)-fleet.MaxEvents:]
+	}
 	return out, idx, nil
 }
 

@@ -75,9 +75,53 @@ func TestRecordFromManyHostsAtOnceLosesNothing(t *testing.T) {
 		t.Fatalf("%d events (%d distinct) in the log, want %d", len(evs), len(seen), hosts*each)
 	}
 	for i := 1; i < len(evs); i++ {
-		if evs[i].Time.Before(evs[i-1].Time) {
-			t.Fatalf("log out of order at %d: %v after %v", i, evs[i].Time, evs[i-1].Time)
+		if evs[i].Index <= evs[i-1].Index {
+			t.Fatalf("log out of Consul's order at %d: index %d after %d", i, evs[i].Index, evs[i-1].Index)
 		}
+	}
+}
+
+// A host whose clock runs a year ahead neither sorts its events after
+// those written later nor gets the operators' events trimmed first.
+func TestAuditLogOrderIsConsulsNotTheWritersClock(t *testing.T) {
+	ctx := context.Background()
+	ahead := newFleet(t, "clock-ahead")
+	ops := newFleet(t, "ops")
+	ahead.Prefix = ops.Prefix
+	future := time.Now().Add(365 * 24 * time.Hour)
+	for i := range fleet.MaxEvents {
+		if err := ahead.Record(ctx, "app", fleet.Event{Time: future.Add(time.Duration(i) * time.Millisecond), Kind: fleet.EventInstall, Checksum: fmt.Sprint("ahead-", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const mine = 3 * trimSlack
+	for i := range mine {
+		if err := ops.Record(ctx, "app", fleet.Event{Kind: fleet.EventHold, Who: "ops@desk", Detail: fmt.Sprint("op-", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs, _, err := ops.Log(ctx, "app", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != fleet.MaxEvents {
+		t.Fatalf("%d events, want %d", len(evs), fleet.MaxEvents)
+	}
+	tail := evs[len(evs)-mine:]
+	for i, ev := range tail {
+		if ev.Detail != fmt.Sprint("op-", i) {
+			t.Fatalf("event %d from the end is %q (%s), want the operator's op-%d: the writers' clocks decided the order or the trim", mine-i, ev.Detail+ev.Checksum, ev.Who, i)
+		}
+	}
+	if evs[0].Checksum != fmt.Sprint("ahead-", mine) {
+		t.Fatalf("oldest kept %q, want ahead-%d: the first written are trimmed first", evs[0].Checksum, mine)
+	}
+	keys, _, err := ops.Client.KV().Keys(fleet.AuditKey(ops.Prefix, "app"), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) > fleet.MaxEvents+trimSlack {
+		t.Fatalf("%d keys stored: the log is not trimmed", len(keys))
 	}
 }
 
