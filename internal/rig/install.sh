@@ -22,46 +22,64 @@ log() { printf 'rig: %s\n' "$*" >&2; }
 apt_pkgs=(swift swift-proxy swift-account swift-container swift-object memcached
   graphite-web graphite-carbon chromium debhelper dh-golang lintian debootstrap fakeroot zstd xz-utils bzip2 curl time systemd
   minisign nginx-light prometheus)
-missing=()
-for p in "${apt_pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
+# The four installs are independent: apt and debootstrap wait on the
+# network, the two Go builds on the CPU. Run them side by side, each to a
+# log of its own, and fail if any failed (its log is printed).
+pids=() names=()
+step() { # step NAME FUNCTION
+  local name=$1; shift
+  ( "$@" ) >"$rig/$name.log" 2>&1 &
+  pids+=($!) names+=("$name")
+}
+
+install_apt() {
+  missing=()
+  for p in "${apt_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -gt 0 ] || return 0
   log "apt-get install ${missing[*]}"
-  t=$SECONDS
+  local t=$SECONDS
   # Keep the stock daemons from starting where systemd runs: tests start their own.
-  policy=/usr/sbin/policy-rc.d
-  created_policy=
+  local policy=/usr/sbin/policy-rc.d created_policy=
   if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; created_policy=1
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  [ -n "$created_policy" ] && rm -f "$policy"
+  [ -z "$created_policy" ] || rm -f "$policy"
   log "apt packages installed in $((SECONDS - t))s"
-fi
+}
 
-if [ ! -x "$rig/bin/minio" ]; then
+build_minio() {
+  [ ! -x "$rig/bin/minio" ] || return 0
   log "building minio $MINIO_VERSION (a few minutes)"
-  t=$SECONDS
-  GOBIN="$rig/bin" go install "github.com/minio/minio@$MINIO_VERSION"
+  local t=$SECONDS
+  GOBIN="$rig/bin" go install -trimpath -ldflags '-s -w' "github.com/minio/minio@$MINIO_VERSION"
   log "minio built in $((SECONDS - t))s"
-fi
+}
 
-if [ ! -x "$rig/bin/consul" ]; then
+build_consul() {
+  [ ! -x "$rig/bin/consul" ] || return 0
   log "building consul through internal/rig/consul (a few minutes)"
-  t=$SECONDS
-  (cd "$here/consul" && go build -o "$rig/bin/consul" github.com/hashicorp/consul)
+  local t=$SECONDS
+  (cd "$here/consul" && go build -trimpath -ldflags '-s -w' -o "$rig/bin/consul.tmp" github.com/hashicorp/consul)
+  mv "$rig/bin/consul.tmp" "$rig/bin/consul"
   log "consul built in $((SECONDS - t))s"
-fi
-
+}
 
 # A minimal Debian root for the package tests (install, upgrade, purge run
-# the real maintainer scripts in a chroot). Kept as a tarball.
-if [ ! -s "$rig/debian-root.tar" ]; then
+# the real maintainer scripts in a chroot). Kept as a tarball. debootstrap
+# itself comes with the apt packages: wait for them first.
+debian_root() {
+  [ ! -s "$rig/debian-root.tar" ] || return 0
+  while ! command -v debootstrap >/dev/null; do
+    [ -e "$rig/apt.done" ] && { log "debootstrap is not installed: the apt step failed"; return 1; }
+    sleep 1
+  done
   log "debootstrap a minimal Debian root (a few minutes)"
-  t=$SECONDS
+  local t=$SECONDS
   suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
   # The machine's own Debian mirror, as apt knows it: deb822 sources
   # first, then the one-line format. No address of our own.
@@ -71,7 +89,7 @@ if [ ! -s "$rig/debian-root.tar" ]; then
   fi
   if [ -z "$mirror" ]; then
     log "no Debian mirror found in /etc/apt/sources.list{,.d}: the package tests need one for debootstrap"
-    exit 1
+    return 1
   fi
   tmp=$(mktemp -d)
   debootstrap --variant=minbase "$suite" "$tmp/root" "$mirror" >"$rig/debootstrap.log" 2>&1
@@ -79,6 +97,26 @@ if [ ! -s "$rig/debian-root.tar" ]; then
   mv "$rig/debian-root.tar.tmp" "$rig/debian-root.tar"
   rm -rf "$tmp"
   log "debian root ready in $((SECONDS - t))s"
-fi
+}
+
+# debian_root waits for this mark, set however the apt step ends.
+apt_step() { trap 'touch "$rig/apt.done"' EXIT; install_apt; }
+rm -f "$rig/apt.done"
+step apt apt_step
+step minio build_minio
+step consul build_consul
+step debian-root debian_root
+
+failed=0
+for i in "${!pids[@]}"; do
+  if ! wait "${pids[$i]}"; then
+    failed=1
+    log "${names[$i]} failed; its log ($rig/${names[$i]}.log):"
+    tail -n 40 "$rig/${names[$i]}.log" >&2
+  else
+    grep '^rig: ' "$rig/${names[$i]}.log" >&2 || true
+  fi
+done
+[ "$failed" = 0 ] || exit 1
 
 log "rig ready in $((SECONDS - start))s: $rig/bin"
