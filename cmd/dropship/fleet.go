@@ -318,7 +318,7 @@ func orDash(s string) string {
 }
 
 func fleetServeCmd(g *globals) *cobra.Command {
-	var listen, tokenFile string
+	var listen, tokenFile, readTokenFile string
 	var allowActions bool
 	cmd := &cobra.Command{
 		Use:   "serve --listen ADDR",
@@ -355,6 +355,13 @@ func fleetServeCmd(g *globals) *cobra.Command {
 				}
 				opts.Actor = p
 			}
+			if readTokenFile != "" {
+				if opts.ReadTokens, err = dashboard.LoadTokens(readTokenFile); err != nil {
+					return err
+				}
+			} else {
+				opts.Logger.Warn("fleet serve: anyone who reaches the address reads the dashboard (hook output, operators' addresses); give --read-token-file to require a token")
+			}
 			srv, err := dashboard.New(opts)
 			if err != nil {
 				return err
@@ -366,7 +373,7 @@ func fleetServeCmd(g *globals) *cobra.Command {
 			ctx, stop := signalContext()
 			defer stop()
 			go srv.Run(ctx)
-			hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+			hs := dashboard.HTTPServer(srv.Handler(), 0)
 			go func() {
 				<-ctx.Done()
 				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -383,6 +390,7 @@ func fleetServeCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8600", "address to serve on")
 	cmd.Flags().BoolVar(&allowActions, "allow-actions", false, "accept hold, resume and clear (needs --token-file)")
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file of `IDENTITY TOKEN` lines allowed to act")
+	cmd.Flags().StringVar(&readTokenFile, "read-token-file", "", "file of `IDENTITY TOKEN` lines allowed to read (else anyone who reaches --listen reads)")
 	return cmd
 }
 

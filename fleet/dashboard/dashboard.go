@@ -51,7 +51,11 @@ type Options struct {
 	// Actor and Tokens (token -> identity) allow actions; nil: read-only.
 	Actor  Actor
 	Tokens map[string]string
-	Logger *slog.Logger
+	// ReadTokens (token -> identity), when given, are needed to read
+	// anything but /healthz and the static assets: the pages show hook
+	// output and operators' addresses. An action token reads too.
+	ReadTokens map[string]string
+	Logger     *slog.Logger
 	// Events is how many of each service's newest events are kept in
 	// memory and shown (default 200).
 	Events int
@@ -61,6 +65,10 @@ type Options struct {
 	// each holds a connection and renders its page on every change. One
 	// more is answered 503.
 	MaxStreams int
+	// MaxStreamsPerClient bounds the event streams of one client (its
+	// identity when it gave a token, else its address; default 8), so
+	// that one client cannot take every stream and lock the others out.
+	MaxStreamsPerClient int
 	// StreamWriteTimeout is how long a write to an event stream may take
 	// (default 30s): a client that stops reading is let go, not kept
 	// with its goroutine and buffers for as long as it stays connected.
@@ -74,16 +82,18 @@ type Options struct {
 
 // Server watches the fleet and serves it.
 type Server struct {
-	store    Store
-	actor    Actor
-	tokens   map[string]string
-	log      *slog.Logger
-	keep     int
-	debounce time.Duration
-	deciders map[string]*rollout.Decider
-	streams  chan struct{} // a token per open event stream
-	writeMax time.Duration
-	sleep    func(context.Context, time.Duration) bool // the blocking queries' waits; nil: a timer
+	store      Store
+	actor      Actor
+	tokens     map[string]string
+	log        *slog.Logger
+	keep       int
+	debounce   time.Duration
+	deciders   map[string]*rollout.Decider
+	streams    chan struct{} // a token per open event stream
+	readTokens map[string]string
+	perMax     int
+	writeMax   time.Duration
+	sleep      func(context.Context, time.Duration) bool // the blocking queries' waits; nil: a timer
 
 	snap atomic.Pointer[Fleet]
 
@@ -91,7 +101,8 @@ type Server struct {
 	events  map[string][]fleet.Event      // newest last, at most keep
 	logging map[string]context.CancelFunc // services whose log is followed: how to stop
 	subs    map[chan struct{}]struct{}
-	changed chan struct{} // a log follower saw new events
+	perOpen map[string]int // open event streams by client
+	changed chan struct{}  // a log follower saw new events
 }
 
 // New returns a server; Run feeds it.
@@ -104,7 +115,8 @@ func New(o Options) (*Server, error) {
 	}
 	s := &Server{store: o.Store, actor: o.Actor, tokens: o.Tokens, log: o.Logger, keep: o.Events, debounce: o.Debounce,
 		events: map[string][]fleet.Event{}, logging: map[string]context.CancelFunc{}, subs: map[chan struct{}]struct{}{},
-		changed: make(chan struct{}, 1), deciders: map[string]*rollout.Decider{}, sleep: o.sleep}
+		changed: make(chan struct{}, 1), deciders: map[string]*rollout.Decider{}, sleep: o.sleep,
+		readTokens: o.ReadTokens, perMax: o.MaxStreamsPerClient, perOpen: map[string]int{}}
 	for name, p := range o.Policies {
 		if p != nil {
 			s.deciders[name] = rollout.NewDecider(p)
@@ -123,6 +135,9 @@ func New(o Options) (*Server, error) {
 		o.MaxStreams = 256
 	}
 	s.streams = make(chan struct{}, o.MaxStreams)
+	if s.perMax <= 0 {
+		s.perMax = 8
+	}
 	if s.writeMax = o.StreamWriteTimeout; s.writeMax <= 0 {
 		s.writeMax = 30 * time.Second
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html"
 	"io"
@@ -675,5 +676,141 @@ func TestApproveOnlyAWaveShown(t *testing.T) {
 	}
 	if code, body := approve("1"); code != http.StatusOK {
 		t.Fatalf("approve wave 1: %d %s", code, body)
+	}
+}
+
+// With read tokens, nothing but /healthz and the static assets is shown
+// without one; a browser is asked for it (Basic, the token as password),
+// an API client sends it as a bearer token, and a read token cannot act.
+func TestReadTokenGuardsEveryRead(t *testing.T) {
+	const readTok, actTok = "reader-token-0123456789", "s3cret-token-0123456789"
+	p, hs := startWith(t, func(o *dashboard.Options) {
+		o.Actor, o.Tokens = o.Store.(*consul.Fleet), map[string]string{actTok: "alice"}
+		o.ReadTokens = map[string]string{readTok: "bob"}
+	}, nil)
+	report(t, p, "host-0", "aaaa", "installed")
+	get := func(path string, auth func(*http.Request)) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, hs.URL+path, nil)
+		if auth != nil {
+			auth(req)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	bearerOf := func(tok string) func(*http.Request) {
+		return func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+tok) }
+	}
+	for _, path := range []string{"/", "/services/app", "/api/v1/fleet", "/api/v1/services/app", "/events"} {
+		resp := get(path, nil)
+		if resp.StatusCode != http.StatusUnauthorized || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Basic") {
+			t.Errorf("GET %s without a token: %s, WWW-Authenticate %q", path, resp.Status, resp.Header.Get("WWW-Authenticate"))
+		}
+		if resp := get(path, bearerOf("wrong-token-0123456789")); resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("GET %s with a wrong token: %s", path, resp.Status)
+		}
+	}
+	for _, path := range []string{"/healthz", "/static/live.js"} {
+		if resp := get(path, nil); resp.StatusCode == http.StatusUnauthorized {
+			t.Errorf("GET %s needs a token: load balancers and the prompt's page cannot give one", path)
+		}
+	}
+	for name, auth := range map[string]func(*http.Request){
+		"bearer read token":   bearerOf(readTok),
+		"basic read token":    func(r *http.Request) { r.SetBasicAuth("anyone", readTok) },
+		"bearer action token": bearerOf(actTok),
+	} {
+		if resp := get("/api/v1/fleet", auth); resp.StatusCode != http.StatusOK {
+			t.Errorf("%s: %s", name, resp.Status)
+		}
+	}
+	// A read token, or any token sent the way a browser resends it, acts on nothing.
+	for name, auth := range map[string]func(*http.Request){
+		"bearer read token":  bearerOf(readTok),
+		"basic action token": func(r *http.Request) { r.SetBasicAuth("alice", actTok) },
+	} {
+		req, _ := http.NewRequest(http.MethodPost, hs.URL+"/api/v1/services/app/resume", nil)
+		auth(req)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("resume with a %s: %s, want 401", name, resp.Status)
+		}
+	}
+}
+
+// One client cannot hold every event stream: past its own bound it is
+// refused while another client still gets one.
+func TestOneClientCannotTakeEveryStream(t *testing.T) {
+	const a, b = "client-a-token-0123456789", "client-b-token-0123456789"
+	_, hs := startWith(t, func(o *dashboard.Options) {
+		o.ReadTokens = map[string]string{a: "a", b: "b"}
+		o.MaxStreams, o.MaxStreamsPerClient = 4, 2
+	}, nil)
+	open := func(tok string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, hs.URL+"/events", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		return resp
+	}
+	for i := range 2 {
+		if resp := open(a); resp.StatusCode != http.StatusOK {
+			t.Fatalf("stream %d of client a: %s", i, resp.Status)
+		}
+	}
+	if resp := open(a); resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("a third stream of client a: %s, Retry-After %q; want 429 with Retry-After", resp.Status, resp.Header.Get("Retry-After"))
+	}
+	if resp := open(b); resp.StatusCode != http.StatusOK {
+		t.Fatalf("client b locked out by client a: %s", resp.Status)
+	}
+}
+
+// The dashboard's server closes a connection that stays idle, and one
+// that never finishes its request.
+func TestServerLetsIdleConnectionsGo(t *testing.T) {
+	s, err := dashboard.New(dashboard.Options{Store: &consul.Fleet{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := dashboard.HTTPServer(s.Handler(), 300*time.Millisecond)
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: dashboard\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	// Kept alive, then idle: the server must hang up (EOF), well before
+	// this test's own bound.
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("an idle kept-alive connection was not closed by the server: %v", err)
 	}
 }

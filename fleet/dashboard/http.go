@@ -12,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -85,7 +86,43 @@ func (s *Server) Handler() http.Handler {
 		}
 		io.WriteString(w, "ok\n")
 	})
-	return headers(mux)
+	return headers(s.readers(mux))
+}
+
+// readers lets through only the holders of a read or action token, when
+// read tokens are configured: the pages show hook output and where
+// operators act from. /healthz and the static assets stay open, for load
+// balancers and the login prompt's page.
+func (s *Server) readers(h http.Handler) http.Handler {
+	if len(s.readTokens) == 0 {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" || strings.HasPrefix(r.URL.Path, "/static/") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		if _, ok := s.reader(r); !ok {
+			// Basic, so that a browser asks for it (the token as the
+			// password) and sends it with the event stream too.
+			w.Header().Set("WWW-Authenticate", `Basic realm="dropship fleet", charset="UTF-8"`)
+			http.Error(w, "this dashboard needs a read token: Authorization: Bearer TOKEN, or any user name with the token as password", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// HTTPServer returns the server that serves h with the time limits a
+// dashboard on a shared network needs: a client that sends its request
+// slowly, or keeps an idle connection, is let go. The event stream sets
+// its own write deadline on each write.
+func HTTPServer(h http.Handler, idle time.Duration) *http.Server {
+	if idle <= 0 {
+		idle = 2 * time.Minute
+	}
+	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 60 * time.Second, IdleTimeout: idle, MaxHeaderBytes: 64 << 10}
 }
 
 // headers: nothing inline runs, nothing frames the page, nothing leaks.
@@ -162,6 +199,13 @@ func (s *Server) serviceJSON(w http.ResponseWriter, r *http.Request) {
 // each change, as `event: update`. The first comes at once, so a client
 // that reconnects is current.
 func (s *Server) sse(w http.ResponseWriter, r *http.Request) {
+	client := s.client(r)
+	if !s.openStream(client) {
+		w.Header().Set("Retry-After", "30")
+		http.Error(w, fmt.Sprintf("too many open event streams from you (at most %d): close a tab, or reload later", s.perMax), http.StatusTooManyRequests)
+		return
+	}
+	defer s.closeStream(client)
 	select {
 	case s.streams <- struct{}{}:
 		defer func() { <-s.streams }()
@@ -233,6 +277,37 @@ func (s *Server) sse(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
+	}
+}
+
+// client names who opened a stream: the identity of its token, else its
+// address (without the port: one browser opens many connections).
+func (s *Server) client(r *http.Request) string {
+	if who, ok := s.reader(r); ok && who != "" {
+		return "token " + who
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	return "addr " + host
+}
+
+func (s *Server) openStream(client string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perOpen[client] >= s.perMax {
+		return false
+	}
+	s.perOpen[client]++
+	return true
+}
+
+func (s *Server) closeStream(client string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perOpen[client]--; s.perOpen[client] <= 0 {
+		delete(s.perOpen, client)
 	}
 }
 
@@ -350,17 +425,48 @@ func (s *Server) act(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "service": name, "action": action, "who": identity})
 }
 
-// identity returns who holds the request's bearer token. Every token is
-// compared, in constant time, so the time taken tells nothing.
+// identity returns who holds the request's action token, sent as a
+// bearer token only: a browser attaches Basic credentials to requests
+// other sites make it send, and an action must not be one of those.
 func (s *Server) identity(r *http.Request) (string, bool) {
+	return lookup(s.tokens, bearer(r))
+}
+
+// reader returns who holds the request's read or action token.
+func (s *Server) reader(r *http.Request) (string, bool) {
+	tok := presented(r)
+	if who, ok := lookup(s.readTokens, tok); ok {
+		return who, true
+	}
+	return lookup(s.tokens, tok)
+}
+
+// presented is the token of a request: a bearer token, or the password
+// of Basic authentication (what a browser's prompt sends).
+func presented(r *http.Request) string {
+	if _, pw, ok := r.BasicAuth(); ok {
+		return pw
+	}
+	return bearer(r)
+}
+
+func bearer(r *http.Request) string {
 	// The scheme is case-insensitive (RFC 9110): curl users type "bearer".
 	scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
-	tok = strings.TrimSpace(tok)
-	if !strings.EqualFold(scheme, "Bearer") || tok == "" {
+	if !strings.EqualFold(scheme, "Bearer") {
+		return ""
+	}
+	return strings.TrimSpace(tok)
+}
+
+// lookup finds the identity of tok. Every token is compared, in constant
+// time, so the time taken tells nothing.
+func lookup(tokens map[string]string, tok string) (string, bool) {
+	if tok == "" {
 		return "", false
 	}
 	who, found := "", false
-	for t, id := range s.tokens {
+	for t, id := range tokens {
 		if subtle.ConstantTimeCompare([]byte(t), []byte(tok)) == 1 {
 			who, found = id, true
 		}
