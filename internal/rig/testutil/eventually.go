@@ -1,0 +1,44 @@
+package testutil
+
+import (
+	"testing"
+	"time"
+)
+
+// Poll is how often Eventually looks again.
+const Poll = 50 * time.Millisecond
+
+// Eventually calls cond until it returns nil or timeout has passed, then
+// fails t with what cond last said: the state the test was waiting to
+// see change. cond runs on the test's goroutine; it must not call
+// t.Fatal itself.
+//
+//	testutil.Eventually(t, 30*time.Second, func() error {
+//		if n := onV2(); n != 4 {
+//			return fmt.Errorf("%d hosts on v2, want 4", n)
+//		}
+//		return nil
+//	})
+func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
+	t.Helper()
+	if err := Wait(timeout, cond); err != nil {
+		t.Fatalf("after %s: %v", timeout, err)
+	}
+}
+
+// Wait is Eventually without a test: it returns nil once cond does, or
+// cond's last error when timeout has passed. For goroutines other than
+// the test's, which must not call t.Fatal.
+func Wait(timeout time.Duration, cond func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(Poll)
+	}
+}
