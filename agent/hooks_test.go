@@ -8,32 +8,16 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/internal/rig"
-	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
-var graphiteOnce struct {
-	sync.Once
-	g   *rig.Graphite
-	err error
-}
+var servers rig.Servers
 
 // graphiteServer starts graphite-web and carbon once for the package.
-func graphiteServer(t *testing.T) *rig.Graphite {
-	graphiteOnce.Do(func() { graphiteOnce.g, graphiteOnce.err = rig.StartGraphite() })
-	testutil.RequireServer(t, "graphite-web", graphiteOnce.err)
-	return graphiteOnce.g
-}
-
-func stopServers() {
-	if graphiteOnce.g != nil {
-		graphiteOnce.g.Stop()
-	}
-}
+func graphiteServer(t *testing.T) *rig.Graphite { return servers.Graphite(t) }
 
 func graphiteEvents(t *testing.T, base, tag string) []map[string]any {
 	t.Helper()

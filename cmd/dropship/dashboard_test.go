@@ -28,7 +28,6 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/dropshipd/dropship/fleet"
-	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
@@ -518,21 +517,13 @@ func TestFleetLogFollowPrintsEachEventOnce(t *testing.T) {
 	}
 }
 
-var graphiteOnce struct {
-	sync.Once
-	g   *rig.Graphite
-	err error
-}
-
 // TestGrafanaDashboard checks examples/grafana/dropship.json against a
 // running agent: every metric its panels name is in the agent's /metrics,
 // and each annotation's tags find, in a real graphite-web, the events
 // the graphite-event hook sends with its default settings, and only
 // those of its kind.
 func TestGrafanaDashboard(t *testing.T) {
-	graphiteOnce.Do(func() { graphiteOnce.g, graphiteOnce.err = rig.StartGraphite() })
-	testutil.RequireServer(t, "graphite-web", graphiteOnce.err)
-	g := graphiteOnce.g
+	g := servers.Graphite(t)
 	raw, err := os.ReadFile("../../examples/grafana/dropship.json")
 	if err != nil {
 		t.Fatal(err)
@@ -660,9 +651,7 @@ var metricName = regexp.MustCompile(`\bdropship_[a-z_]+\b`)
 // host reporting a new release and the stream carrying it. Reported: the
 // server's resident memory, and Consul requests per minute during it.
 func BenchmarkDashboard50Hosts(b *testing.B) {
-	consulOnce.Do(func() { consulOnce.c, consulOnce.err = rig.StartConsul() })
-	testutil.RequireServer(b, "Consul", consulOnce.err)
-	c := consulOnce.c
+	c := servers.Consul(b)
 	client, _ := api.NewClient(&api.Config{Address: c.Addr})
 	prefix := "bench/dashboard50"
 	client.KV().DeleteTree(prefix+"/", nil)

@@ -11,7 +11,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,17 +22,7 @@ import (
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
-var consulOnce struct {
-	sync.Once
-	c   *rig.Consul
-	err error
-}
-
-func consulServer(t *testing.T) *rig.Consul {
-	consulOnce.Do(func() { consulOnce.c, consulOnce.err = rig.StartConsul() })
-	testutil.RequireServer(t, "Consul", consulOnce.err)
-	return consulOnce.c
-}
+func consulServer(t *testing.T) *rig.Consul { return servers.Consul(t) }
 
 // fleetRig is N agents, as separate processes, each with its own state
 // dir, destination and node name, all watching one artifact.

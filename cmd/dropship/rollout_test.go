@@ -6,20 +6,16 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/rollout"
@@ -435,42 +431,20 @@ func TestDashboardShowsARolloutInABrowser(t *testing.T) {
 	b.waitJS("the approval in the history", `[...document.querySelectorAll('tr[data-kind="approve"]')].some(r => /alice \(dashboard\)/.test(r.textContent) && /wave 2/.test(r.textContent))`)
 }
 
-// A metric the test sets, scraped by a real Prometheus every second.
-var promOnce struct {
-	sync.Once
-	p     *rig.Prometheus
-	ratio prometheus.Gauge
-	err   error
-}
-
+// prometheusServer is the package's Prometheus, once it has scraped
+// errorRatio: the gate judges from the start of each bake, so the series
+// must be there.
 func prometheusServer(t *testing.T) (*rig.Prometheus, prometheus.Gauge) {
-	promOnce.Do(func() {
-		reg := prometheus.NewRegistry()
-		promOnce.ratio = prometheus.NewGauge(prometheus.GaugeOpts{Name: "app_error_ratio", Help: "set by the test"})
-		reg.MustRegister(promOnce.ratio)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			promOnce.err = err
-			return
-		}
-		go http.Serve(ln, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		promOnce.p, promOnce.err = rig.StartPrometheus(ln.Addr().String())
-	})
-	testutil.RequireServer(t, "Prometheus", promOnce.err)
-	// The gate judges from the start of each bake: have the series there.
-	g := &rollout.Prometheus{Address: promOnce.p.URL, Query: "app_error_ratio"}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	p := servers.Prometheus(t)
+	g := &rollout.Prometheus{Address: p.URL, Query: "app_error_ratio"}
+	testutil.Eventually(t, 30*time.Second, func() error {
 		now := time.Now()
-		if v, err := g.Check(context.Background(), now, now); err == nil && v.OK {
-			break
+		if v, err := g.Check(context.Background(), now, now); err != nil || !v.OK {
+			return fmt.Errorf("Prometheus has not scraped the test's metric: %v %+v", err, v)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("Prometheus never scraped the test's metric")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	return promOnce.p, promOnce.ratio
+		return nil
+	})
+	return p, errorRatio
 }
 
 // A gate that fails during a bake stops the rollout, and with

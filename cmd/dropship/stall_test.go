@@ -22,7 +22,7 @@ import (
 // second host of the fleet installs: one stuck host never stalls a
 // rollout.
 func TestStalledHostFreesTheSlot(t *testing.T) {
-	testutil.RequireServer(t, "MinIO", minioErr)
+	minio := servers.MinIO(t)
 	c := consulServer(t)
 	st := minioBucket(t, "stall")
 	dir := t.TempDir()

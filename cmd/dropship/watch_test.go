@@ -90,7 +90,7 @@ func TestWatchBringsReleasesAtOnce(t *testing.T) {
 // Consul, and an agent polling only every 5 minutes installs it within
 // seconds.
 func TestPublishAnnouncesToWatchingAgents(t *testing.T) {
-	testutil.RequireServer(t, "MinIO", minioErr)
+	minio := servers.MinIO(t)
 	c := consulServer(t)
 	minioBucket(t, "watched")
 	dir := t.TempDir()

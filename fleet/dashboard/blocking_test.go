@@ -22,7 +22,6 @@ import (
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/consul"
 	"github.com/dropshipd/dropship/fleet/dashboard"
-	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 // faultyConsul is a proxy in front of the real Consul that can fail
@@ -51,7 +50,7 @@ func (f *faultyConsul) down() {
 
 func newFaultyConsul(t *testing.T) *faultyConsul {
 	t.Helper()
-	target, _ := url.Parse("http://" + server.Addr)
+	target, _ := url.Parse("http://" + servers.Consul(t).Addr)
 	f := &faultyConsul{pending: map[*http.Request]context.CancelFunc{}, spun: make(chan struct{}, 1)}
 	f.limit.Store(1 << 62)
 	f.mode.Store("")
@@ -179,7 +178,6 @@ func gated(t *testing.T, c *faultyConsul, log *lines) (*consul.Fleet, *dashboard
 // With Consul down, the log readers and the watch back off (doubling,
 // with jitter, up to 30 s) and warn once per outage, not once per retry.
 func TestConsulDownIsOneWarningAndBackoff(t *testing.T) {
-	testutil.RequireServer(t, "Consul", serverErr)
 	c := newFaultyConsul(t)
 	log := &lines{wrote: make(chan struct{}, 1)}
 	_, s, waits := gated(t, c, log)
@@ -218,7 +216,6 @@ func TestConsulDownIsOneWarningAndBackoff(t *testing.T) {
 // move, with 0, or with one that went backwards: the watch and the log
 // readers make one query per wait, not as many as Consul can answer.
 func TestBlockingQueriesAnsweredAtOnceDoNotSpin(t *testing.T) {
-	testutil.RequireServer(t, "Consul", serverErr)
 	for _, mode := range []string{"same", "zero", "backwards"} {
 		t.Run(mode, func(t *testing.T) {
 			c := newFaultyConsul(t)

@@ -25,22 +25,11 @@ import (
 	"github.com/dropshipd/dropship/fleet/dashboard"
 	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/internal/rig"
-	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
-var (
-	server    *rig.Consul
-	serverErr error
-)
+var servers rig.Servers
 
-func TestMain(m *testing.M) {
-	server, serverErr = rig.StartConsul()
-	code := m.Run()
-	if server != nil {
-		server.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { rig.Main(m, &servers, rig.Need{Consul: true}) }
 
 // start runs a dashboard over a fresh prefix in the real Consul.
 func start(t *testing.T, actions bool) (*consul.Fleet, *httptest.Server) {
@@ -56,8 +45,7 @@ func start(t *testing.T, actions bool) (*consul.Fleet, *httptest.Server) {
 // not nil.
 func startWith(t *testing.T, opts func(*dashboard.Options), ln net.Listener) (*consul.Fleet, *httptest.Server) {
 	t.Helper()
-	testutil.RequireServer(t, "Consul", serverErr)
-	c, _ := api.NewClient(&api.Config{Address: server.Addr})
+	c, _ := api.NewClient(&api.Config{Address: servers.Consul(t).Addr})
 	p := &consul.Fleet{Client: c, Prefix: "test/" + t.Name(), Node: "dash", SessionTTL: 10 * time.Second}
 	o := dashboard.Options{Store: p}
 	if opts != nil {

@@ -20,8 +20,7 @@ import (
 // The test controls a gauge that a real Prometheus scrapes every second.
 var (
 	ratio   = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "rig_error_ratio", Help: "set by the test"}, []string{"test"})
-	prom    *rig.Prometheus
-	promErr error
+	servers rig.Servers
 )
 
 func TestMain(m *testing.M) {
@@ -33,18 +32,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	go http.Serve(ln, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	prom, promErr = rig.StartPrometheus(ln.Addr().String())
-	code := m.Run()
-	if prom != nil {
-		prom.Stop()
-	}
-	os.Exit(code)
+	rig.Main(m, &servers, rig.Need{Prometheus: []string{ln.Addr().String()}})
 }
 
 func needPrometheus(t *testing.T) *rig.Prometheus {
 	t.Helper()
-	testutil.RequireServer(t, "Prometheus", promErr)
-	return prom
+	return servers.Prometheus(t)
 }
 
 // waitFor waits until Prometheus answers query with a value: it has
@@ -52,18 +45,17 @@ func needPrometheus(t *testing.T) *rig.Prometheus {
 func waitFor(t *testing.T, p *rig.Prometheus, query string) time.Time {
 	t.Helper()
 	g := &Prometheus{Address: p.URL, Query: query}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	var at time.Time
+	testutil.Eventually(t, 30*time.Second, func() error {
 		now := time.Now()
 		v, err := g.Check(context.Background(), now, now)
-		if err == nil && v.OK {
-			return now
+		if err != nil || !v.OK {
+			return fmt.Errorf("Prometheus has no value for %s: %v %+v", query, err, v)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Prometheus never had a value for %s: %v %+v", query, err, v)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		at = now
+		return nil
+	})
+	return at
 }
 
 func TestPrometheusGateHolds(t *testing.T) {

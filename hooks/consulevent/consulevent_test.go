@@ -3,7 +3,6 @@ package consulevent_test
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"testing"
 
 	"github.com/hashicorp/consul/api"
@@ -12,28 +11,16 @@ import (
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/hooks/consulevent"
 	"github.com/dropshipd/dropship/internal/rig"
-	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
-var (
-	consul    *rig.Consul
-	consulErr error
-)
+var servers rig.Servers
 
-func TestMain(m *testing.M) {
-	consul, consulErr = rig.StartConsul()
-	code := m.Run()
-	if consul != nil {
-		consul.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { rig.Main(m, &servers, rig.Need{Consul: true}) }
 
 func TestEventFired(t *testing.T) {
-	testutil.RequireServer(t, "Consul", consulErr)
 	f, _ := hclparse.NewParser().ParseHCL([]byte(`
 name    = "deploys"
-address = "`+consul.Addr+`"
+address = "`+servers.Consul(t).Addr+`"
 `), "t.hcl")
 	h, diags := consulevent.Factory("consul-event", f.Body, hooks.Env{})
 	if diags.HasErrors() {
@@ -42,7 +29,7 @@ address = "`+consul.Addr+`"
 	if err := h.Announce(context.Background(), hooks.Event{Name: "api", Hash: "abc", Release: "r1", Result: "success"}); err != nil {
 		t.Fatal(err)
 	}
-	c, _ := api.NewClient(&api.Config{Address: consul.Addr})
+	c, _ := api.NewClient(&api.Config{Address: servers.Consul(t).Addr})
 	events, _, err := c.Event().List("deploys", nil)
 	if err != nil || len(events) != 1 {
 		t.Fatalf("%d events, %v", len(events), err)
