@@ -5,6 +5,7 @@ import (
 	"crypto/md5"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -70,11 +71,11 @@ func TestRolloutWavesInOrderWithBake(t *testing.T) {
 	f.startAll()
 	f.waitAll(f.hosts, "v1", 90*time.Second)
 	f.waitEnds("v1", 8)
-	f.publish("v2", false)
+	sum := f.publish("v2", false)
 	f.waitAll(f.hosts, "v2", 90*time.Second)
 	f.waitEnds("v2", 8)
+	f.waitInstalled(f.hosts, sum)
 
-	sum := f.checksum(t, f.hosts[0])
 	w := f.waves(sum)
 	if len(w["canary"]) != 1 || len(w["1"]) != 3 || len(w["2"]) != 4 {
 		t.Fatalf("waves %v: want 1 canary, 3 more to reach 50%%, 4 in the last", w)
@@ -110,26 +111,6 @@ func TestRolloutWavesInOrderWithBake(t *testing.T) {
 	}
 }
 
-// checksum is the checksum of the artifact in the store, as hosts report
-// it after installing it. A host shows the new files at its switch and
-// logs "installed" once its after hooks have run, so this waits (bounded)
-// for that line.
-func (f *fleetRig) checksum(t *testing.T, h *host) string {
-	t.Helper()
-	installed := regexp.MustCompile(`msg=installed service=app checksum=(\S+)`)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		b, _ := os.ReadFile(filepath.Join(f.dir, h.name+".log"))
-		if m := installed.FindAllStringSubmatch(string(b), -1); len(m) > 0 {
-			return m[len(m)-1][1]
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never logged an install:\n%s", h.name, tailOf(b))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // squash collapses runs of spaces, for comparing aligned output.
 func squash(s string) string {
 	return regexp.MustCompile(` +`).ReplaceAllString(s, " ")
@@ -157,22 +138,19 @@ func TestRolloutApprovalBlocksAndReleases(t *testing.T) {
     waves   = ["100%"]
     approve = ["1"]
   }`)
-	f.publish("v1", false)
+	sum := f.publish("v1", false)
 	f.startAll()
 	marks := f.marks()
 	var canary *host
-	deadline := time.Now().Add(60 * time.Second)
-	for canary == nil {
+	testutil.Eventually(t, 60*time.Second, func() error {
 		for _, h := range f.hosts {
 			if h.version() == "v1" {
 				canary = h
+				return nil
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("no canary installed v1")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return errors.New("no canary installed v1")
+	})
 	var others []*host
 	for _, h := range f.hosts {
 		if h != canary {
@@ -180,7 +158,6 @@ func TestRolloutApprovalBlocksAndReleases(t *testing.T) {
 		}
 	}
 	f.waitLog(others, marks, "waiting for approval of wave 1: dropship fleet approve app --wave 1")
-	sum := f.checksum(t, canary)
 	if got := f.startedOnce(t, sum); len(got) != 1 {
 		t.Fatalf("before the approval %v started, want the canary alone", got)
 	}
@@ -240,10 +217,9 @@ func TestRolloutPinKeepsHostsOnARelease(t *testing.T) {
   rollout {
     waves = ["100%"]
   }`)
-	f.publish("v1", false)
+	v1 := f.publish("v1", false)
 	f.startAll()
 	f.waitAll(f.hosts, "v1", 60*time.Second)
-	v1 := f.checksum(t, f.hosts[3])
 	f.publish("v2", false)
 	f.waitAll(f.hosts, "v2", 60*time.Second)
 
@@ -311,22 +287,13 @@ func TestRolloutCanaryFailsAlone(t *testing.T) {
 	f.startAll()
 	f.waitAll(f.hosts, "v1", 60*time.Second)
 	marks := f.marks()
-	f.publish("bad", true)
-	deadline := time.Now().Add(30 * time.Second)
-	var bad string
-	for bad == "" {
-		for sum, nodes := range f.timelineStarts() {
-			if len(nodes) == 1 && !strings.HasPrefix(sum, "x") {
-				if sum != f.checksum(t, f.hosts[0]) {
-					bad = sum
-				}
-			}
+	bad := f.publish("bad", true)
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if starts := f.timelineStarts(); len(starts[bad]) == 0 {
+			return fmt.Errorf("no canary started the bad release %s: %v", bad, starts)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("no canary started the bad release")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	f.waitLog(f.hosts, marks, "result=skipped", "checksum="+bad)
 	if got := f.startedOnce(t, bad); len(got) != 1 {
 		t.Fatalf("the bad release was started by %v, want the canary alone", got)
@@ -336,6 +303,17 @@ func TestRolloutCanaryFailsAlone(t *testing.T) {
 			t.Fatalf("%s runs %q", h.name, h.version())
 		}
 	}
+}
+
+// onVersion is the hosts whose files are those of version v.
+func (f *fleetRig) onVersion(v string) []*host {
+	var on []*host
+	for _, h := range f.hosts {
+		if h.version() == v {
+			on = append(on, h)
+		}
+	}
+	return on
 }
 
 func (f *fleetRig) timelineStarts() map[string][]string {
@@ -359,24 +337,14 @@ func TestRolloutSurvivesAConsulRestart(t *testing.T) {
 	f.publish("v1", false)
 	f.startAll()
 	f.waitAll(f.hosts, "v1", 90*time.Second)
-	f.publish("v2", false)
+	sum := f.publish("v2", false)
 	// Once the canary is done, Consul goes away and comes back empty.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		n := 0
-		for _, h := range f.hosts {
-			if h.version() == "v2" {
-				n++
-			}
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if n := f.onVersion("v2"); len(n) == 0 {
+			return errors.New("the canary has not installed v2")
 		}
-		if n >= 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the canary never installed v2")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	c.Kill()
 	time.Sleep(time.Second) // hosts find Consul gone (a real outage, not a test shortcut)
 	if err := c.Start(); err != nil {
@@ -384,7 +352,7 @@ func TestRolloutSurvivesAConsulRestart(t *testing.T) {
 	}
 	f.waitAll(f.hosts, "v2", 90*time.Second)
 	f.waitEnds("v2", 8)
-	sum := f.checksum(t, f.hosts[0])
+	f.waitInstalled(f.hosts, sum)
 	if got := f.startedOnce(t, sum); len(got) != 8 {
 		t.Fatalf("%d hosts started v2, want 8 (each once): %v", len(got), got)
 	}
