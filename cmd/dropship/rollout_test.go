@@ -229,7 +229,7 @@ func TestRolloutPinKeepsHostsOnARelease(t *testing.T) {
 	}
 	f.waitAll(f.hosts[3:4], "v1", 30*time.Second)
 	marks := f.marks()
-	f.publish("v3", false)
+	v3 := f.publish("v3", false)
 	var others []*host
 	for i, h := range f.hosts {
 		if i != 3 {
@@ -237,6 +237,7 @@ func TestRolloutPinKeepsHostsOnARelease(t *testing.T) {
 		}
 	}
 	f.waitAll(others, "v3", 60*time.Second)
+	f.waitInstalled(others, v3) // their records say so, for fleet status
 	f.waitLog(f.hosts[3:4], marks, "pinned to "+v1)
 	if v := f.hosts[3].version(); v != "v1" {
 		t.Fatalf("the pinned host runs %s", v)
@@ -433,32 +434,25 @@ func TestRolloutGateFailsMidBakeAndReverts(t *testing.T) {
       query   = "app_error_ratio < 0.01"
     }
   }`, p.URL))
-	f.publish("v1", false)
+	v1 := f.publish("v1", false)
 	f.startAll()
 	f.waitAll(f.hosts, "v1", 90*time.Second)
 	f.waitEnds("v1", 8)
 	f.publish("v2", false)
 	// Wave 1 (the canary and 3 more: 50 %) installs; during its bake the
 	// error ratio goes up.
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		n := 0
-		for _, h := range f.hosts {
-			if h.version() == "v2" {
-				n++
-			}
+	var updated []*host
+	testutil.Eventually(t, 60*time.Second, func() error {
+		if updated = f.onVersion("v2"); len(updated) != 4 {
+			return fmt.Errorf("%d hosts on v2, want 4 (canary and wave 1)", len(updated))
 		}
-		if n == 4 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d hosts on v2, want 4 (canary and wave 1)", n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	marks := f.marks()
 	ratio.Set(0.5)
 	f.waitAll(f.hosts, "v1", 60*time.Second)
+	// Back on v1 at the switch; the revert is recorded once its hooks ran.
+	f.waitLog(updated, marks, "msg=check", "result=reverted", "checksum="+v1)
 	out, _, _ := run(t, "fleet", "status", "app", "-c", f.hosts[0].cfg)
 	if !strings.Contains(out, "BREAKER") || !strings.Contains(out, "in gate") || !strings.Contains(out, "gate prometheus failed during the bake of wave 1") {
 		t.Fatalf("fleet status does not show the gate's breaker:\n%s", out)
