@@ -307,9 +307,10 @@ func TestFleetRolloutOneAtATime(t *testing.T) {
 	f.waitAll(f.hosts, "v1", 60*time.Second)
 	f.waitEnds("v1", 5)
 	before, _ := f.timeline()
-	f.publish("v2", false)
+	sum2 := f.publish("v2", false)
 	f.waitAll(f.hosts, "v2", 60*time.Second)
 	f.waitEnds("v2", 5)
+	f.waitInstalled(f.hosts, sum2) // their records say so, for fleet status
 	us, _ := f.timeline()
 	if got := maxOverlap(us); got != 1 {
 		t.Fatalf("with concurrency = 1, %d updates overlapped", got)
