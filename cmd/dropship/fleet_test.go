@@ -359,17 +359,13 @@ func TestBadReleaseStopsAtTheFirstHost(t *testing.T) {
 	f.publish("bad", true)
 
 	client, _ := api.NewClient(&api.Config{Address: c.Addr})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		keys, _, _ := client.KV().Keys(f.prefix+"/app/failed/", "", nil)
-		if len(keys) == 1 {
-			break
+	testutil.Eventually(t, 30*time.Second, func() error {
+		keys, _, err := client.KV().Keys(f.prefix+"/app/failed/", "", nil)
+		if len(keys) != 1 {
+			return fmt.Errorf("breakers %v (%v), want one", keys, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("no breaker written")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	_, starts := f.timeline()
 	var badStarts []string
 	var badSum string
@@ -441,17 +437,14 @@ func TestForgedReleaseTripsTheBreaker(t *testing.T) {
 	os.Chtimes(f.store, later, later)
 	client, _ := api.NewClient(&api.Config{Address: c.Addr})
 	var breaker string
-	deadline := time.Now().Add(30 * time.Second)
-	for breaker == "" {
-		pairs, _, _ := client.KV().List(f.prefix+"/app/failed/", nil)
-		if len(pairs) == 1 {
-			breaker = string(pairs[0].Value)
+	testutil.Eventually(t, 30*time.Second, func() error {
+		pairs, _, err := client.KV().List(f.prefix+"/app/failed/", nil)
+		if len(pairs) != 1 {
+			return fmt.Errorf("%d breakers (%v), want one for the forged release", len(pairs), err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("no breaker written for the forged release")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		breaker = string(pairs[0].Value)
+		return nil
+	})
 	if !strings.Contains(breaker, `"phase":"signature"`) || !strings.Contains(breaker, "not trusted") {
 		t.Fatalf("breaker: %s", breaker)
 	}
@@ -489,28 +482,20 @@ func TestKilledHolderFreesTheSlot(t *testing.T) {
 	f.startAll()
 	f.waitAll(f.hosts, "v1", 60*time.Second)
 	os.WriteFile(filepath.Join(f.dir, "slow"), nil, 0o644)
-	_, before := f.timeline()
-	f.publish("v2", false)
+	v2 := f.publish("v2", false)
 	// Wait for the first host to start v2 (it now sleeps in its before
 	// hook, holding the slot), then kill -9 its agent.
 	var victim *host
-	deadline := time.Now().Add(30 * time.Second)
-	for victim == nil {
+	testutil.Eventually(t, 30*time.Second, func() error {
 		_, starts := f.timeline()
-		for sum, nodes := range starts {
-			if len(before[sum]) == 0 && len(nodes) > 0 {
-				for _, h := range f.hosts {
-					if h.name == nodes[0] {
-						victim = h
-					}
-				}
+		for _, h := range f.hosts {
+			if len(starts[v2]) > 0 && h.name == starts[v2][0] {
+				victim = h
+				return nil
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("nobody started v2")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return fmt.Errorf("nobody started v2: %v", starts)
+	})
 	os.Remove(filepath.Join(f.dir, "slow"))
 	killed := time.Now()
 	victim.cmd.Process.Signal(syscall.SIGKILL)
