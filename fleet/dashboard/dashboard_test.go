@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html"
 	"io"
@@ -25,6 +26,7 @@ import (
 	"github.com/dropshipd/dropship/fleet/dashboard"
 	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 var servers rig.Servers
@@ -89,23 +91,29 @@ func getFleet(t *testing.T, hs *httptest.Server) dashboard.Fleet {
 	return f
 }
 
+// waitService waits (bounded) until the dashboard shows a service.
+func waitService(t *testing.T, hs *httptest.Server) {
+	t.Helper()
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if len(getFleet(t, hs).Services) == 0 {
+			return errors.New("the dashboard shows no service")
+		}
+		return nil
+	})
+}
+
 func TestFleetAPIGroupsHostsByChecksum(t *testing.T) {
 	p, hs := start(t, false)
 	report(t, p, "host-0", "aaaa", "installed")
 	report(t, p, "host-1", "aaaa", "installed")
 	report(t, p, "host-2", "bbbb", "installed")
-	deadline := time.Now().Add(10 * time.Second)
 	var f dashboard.Fleet
-	for {
-		f = getFleet(t, hs)
-		if len(f.Services) == 1 && len(f.Services[0].Nodes) == 3 {
-			break
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if f = getFleet(t, hs); len(f.Services) != 1 || len(f.Services[0].Nodes) != 3 {
+			return fmt.Errorf("the dashboard shows %+v, not 3 hosts", f)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the dashboard never showed 3 hosts: %+v", f)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	s := f.Services[0]
 	if s.Newest != "bbbb" || s.OnNewest != 1 || len(s.Groups) != 2 || len(s.Groups[0].Hosts) != 2 || s.Groups[0].Checksum != "aaaa" || !s.Groups[1].Newest {
 		t.Fatalf("service %+v", s)
@@ -197,9 +205,7 @@ func TestActions(t *testing.T) {
 
 	p, hs := start(t, true)
 	report(t, p, "host-0", "aaaa", "installed")
-	for len(getFleet(t, hs).Services) == 0 {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitService(t, hs)
 	for _, tok := range []string{"", "wrong-token-0123456789"} {
 		if code := post(hs, "/api/v1/services/app/hold", tok, `{"reason":"x"}`); code != http.StatusUnauthorized {
 			t.Errorf("token %q: hold got %d, want 401", tok, code)
@@ -439,24 +445,19 @@ func TestUnreadableHoldAndBreakerShow(t *testing.T) {
 	// The dashboard may show the host before it has read the hold and the
 	// breaker written after it: it is judged once it has all three, or at
 	// the deadline.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(t, 30*time.Second, func() error {
 		f := getFleet(t, hs)
-		if len(f.Services) == 1 && len(f.Services[0].Nodes) == 1 {
-			s := f.Services[0]
-			held := s.Hold != nil && strings.Contains(s.Hold.Reason, "unreadable") && s.State() == "on hold"
-			broken := len(s.Breakers) == 1 && s.Breakers[0].Checksum == "bbbb" && strings.Contains(s.Breakers[0].Error, "unreadable")
-			if held && broken {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("hosts are held but the dashboard shows %q, hold %+v, breakers %+v", s.State(), s.Hold, s.Breakers)
-			}
-		} else if time.Now().After(deadline) {
-			t.Fatalf("the dashboard never showed the service: %+v", f)
+		if len(f.Services) != 1 || len(f.Services[0].Nodes) != 1 {
+			return fmt.Errorf("the dashboard does not show the service: %+v", f)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		s := f.Services[0]
+		held := s.Hold != nil && strings.Contains(s.Hold.Reason, "unreadable") && s.State() == "on hold"
+		broken := len(s.Breakers) == 1 && s.Breakers[0].Checksum == "bbbb" && strings.Contains(s.Breakers[0].Error, "unreadable")
+		if !held || !broken {
+			return fmt.Errorf("hosts are held but the dashboard shows %q, hold %+v, breakers %+v", s.State(), s.Hold, s.Breakers)
+		}
+		return nil
+	})
 }
 
 // Anyone who can write the prefix can put half a megabyte into a field
@@ -474,29 +475,27 @@ func TestHugeFieldsAreClippedOnRead(t *testing.T) {
 	if _, err := p.Client.KV().Put(&api.KVPair{Key: fleet.AuditKey(p.Prefix, "app") + "1-host-0-x", Value: ev}, nil); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var body []byte
+	var s dashboard.Service
+	testutil.Eventually(t, 30*time.Second, func() error {
 		resp, err := http.Get(hs.URL + "/api/v1/services/app")
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
-		body, _ := io.ReadAll(resp.Body)
+		body, _ = io.ReadAll(resp.Body)
 		resp.Body.Close()
-		var s dashboard.Service
+		s = dashboard.Service{}
 		json.Unmarshal(body, &s)
-		if len(s.Nodes) == 1 && len(s.Events) == 1 {
-			if len(body) > 64<<10 {
-				t.Fatalf("the service's JSON is %d bytes", len(body))
-			}
-			if n := s.Nodes[0]; len(n.Error) > fleet.MaxErrorText || !strings.HasSuffix(n.Error, "[cut]") || len(n.Node) > fleet.MaxErrorText {
-				t.Fatalf("node shown with a %d-byte error and a %d-byte name", len(n.Error), len(n.Node))
-			}
-			break
+		if len(s.Nodes) != 1 || len(s.Events) != 1 {
+			return fmt.Errorf("the dashboard shows %d nodes, %d events; want the host and its event", len(s.Nodes), len(s.Events))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the dashboard never showed the host and its event: %d nodes, %d events", len(s.Nodes), len(s.Events))
-		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if len(body) > 64<<10 {
+		t.Fatalf("the service's JSON is %d bytes", len(body))
+	}
+	if n := s.Nodes[0]; len(n.Error) > fleet.MaxErrorText || !strings.HasSuffix(n.Error, "[cut]") || len(n.Node) > fleet.MaxErrorText {
+		t.Fatalf("node shown with a %d-byte error and a %d-byte name", len(n.Error), len(n.Node))
 	}
 	resp, err := http.Get(hs.URL + "/services/app")
 	if err != nil {
@@ -513,9 +512,7 @@ func TestHugeFieldsAreClippedOnRead(t *testing.T) {
 func TestEveryAnswerCarriesTheSecurityHeaders(t *testing.T) {
 	p, hs := start(t, false)
 	report(t, p, "host-0", "aaaa", "installed")
-	for len(getFleet(t, hs).Services) == 0 {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitService(t, hs)
 	for _, path := range []string{"/", "/services/app", "/services/nope", "/api/v1/fleet", "/static/live.js", "/nothing", "/healthz"} {
 		resp, err := http.Get(hs.URL + path)
 		if err != nil {
@@ -534,9 +531,7 @@ func TestEveryAnswerCarriesTheSecurityHeaders(t *testing.T) {
 func TestBearerSchemeInAnyCase(t *testing.T) {
 	p, hs := start(t, true)
 	report(t, p, "host-0", "aaaa", "installed")
-	for len(getFleet(t, hs).Services) == 0 {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitService(t, hs)
 	for header, want := range map[string]int{
 		"bearer s3cret-token-0123456789":   http.StatusOK,
 		"BEARER  s3cret-token-0123456789 ": http.StatusOK,
@@ -567,9 +562,7 @@ func TestOddServiceNamesLinkToTheirPage(t *testing.T) {
 	if err := host.Report(context.Background(), name, fleet.NodeStatus{Node: "host-0", Checksum: "aaaa", Result: "installed", Time: time.Now().UTC()}); err != nil {
 		t.Fatal(err)
 	}
-	for len(getFleet(t, hs).Services) == 0 {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitService(t, hs)
 	get := func(u string) string {
 		resp, err := http.Get(u)
 		if err != nil {
@@ -629,14 +622,14 @@ func TestApproveOnlyAWaveShown(t *testing.T) {
 	report(t, p, "host-0", "aaaa", "installed")
 	report(t, p, "host-1", "", "registered")
 	var sum string
-	for deadline := time.Now().Add(10 * time.Second); sum == ""; time.Sleep(20 * time.Millisecond) {
-		if f := getFleet(t, hs); len(f.Services) > 0 && len(f.Services[0].Waves) > 0 {
-			sum = f.Services[0].RolloutOf
+	testutil.Eventually(t, 30*time.Second, func() error {
+		f := getFleet(t, hs)
+		if len(f.Services) == 0 || len(f.Services[0].Waves) == 0 || f.Services[0].RolloutOf == "" {
+			return fmt.Errorf("the rollout does not show: %+v", f)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the rollout never showed")
-		}
-	}
+		sum = f.Services[0].RolloutOf
+		return nil
+	})
 	approve := func(wave string) (int, string) {
 		req, _ := http.NewRequest(http.MethodPost, hs.URL+"/api/v1/services/app/approve", strings.NewReader(fmt.Sprintf(`{"wave":%q,"checksum":%q}`, wave, sum)))
 		req.Header.Set("Content-Type", "application/json")

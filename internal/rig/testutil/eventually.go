@@ -10,8 +10,8 @@ const Poll = 50 * time.Millisecond
 
 // Eventually calls cond until it returns nil or timeout has passed, then
 // fails t with what cond last said: the state the test was waiting to
-// see change. cond runs on the test's goroutine; it must not call
-// t.Fatal itself.
+// see change. cond runs on the test's goroutine, so it may end the test
+// with t.Fatal where a state can never change for the better.
 //
 //	testutil.Eventually(t, 30*time.Second, func() error {
 //		if n := onV2(); n != 4 {
