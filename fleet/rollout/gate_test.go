@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,12 +59,21 @@ func waitFor(t *testing.T, p *rig.Prometheus, query string) time.Time {
 	return at
 }
 
+// label is a series name new to Prometheus: with -count, a run must not
+// find the values an earlier run left.
+func label(name string) string {
+	return fmt.Sprintf("%s-%d", name, labelSeq.Add(1))
+}
+
+var labelSeq atomic.Int64
+
 func TestPrometheusGateHolds(t *testing.T) {
 	p := needPrometheus(t)
-	ratio.WithLabelValues("held").Set(0.001)
-	start := waitFor(t, p, `rig_error_ratio{test="held"}`)
-	waitFor(t, p, `count_over_time(rig_error_ratio{test="held"}[1m]) >= 4`)
-	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test="held"} < 0.01`}
+	l := label("held")
+	ratio.WithLabelValues(l).Set(0.001)
+	start := waitFor(t, p, `rig_error_ratio{test="`+l+`"}`)
+	waitFor(t, p, `count_over_time(rig_error_ratio{test="`+l+`"}[1m]) >= 4`)
+	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test="` + l + `"} < 0.01`}
 	v, err := g.Check(context.Background(), start, time.Now())
 	if err != nil || !v.OK || !strings.Contains(v.Detail, "held at") {
 		t.Fatalf("%+v %v", v, err)
@@ -77,12 +87,13 @@ func TestPrometheusGateHolds(t *testing.T) {
 
 func TestPrometheusGateFailsWhenTheValueGoesBad(t *testing.T) {
 	p := needPrometheus(t)
-	ratio.WithLabelValues("bad").Set(0.001)
-	start := waitFor(t, p, `rig_error_ratio{test="bad"}`)
-	waitFor(t, p, `count_over_time(rig_error_ratio{test="bad"}[1m]) >= 3`)
-	ratio.WithLabelValues("bad").Set(0.5)
-	bad := waitFor(t, p, `rig_error_ratio{test="bad"} > 0.1`)
-	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test="bad"} < 0.01`, Step: time.Second}
+	l := label("bad")
+	ratio.WithLabelValues(l).Set(0.001)
+	start := waitFor(t, p, `rig_error_ratio{test="`+l+`"}`)
+	waitFor(t, p, `count_over_time(rig_error_ratio{test="`+l+`"}[1m]) >= 3`)
+	ratio.WithLabelValues(l).Set(0.5)
+	bad := waitFor(t, p, `rig_error_ratio{test="`+l+`"} > 0.1`)
+	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test="` + l + `"} < 0.01`, Step: time.Second}
 	v, err := g.Check(context.Background(), start, bad.Add(time.Second))
 	if err != nil || v.OK || !strings.Contains(v.Detail, "did not hold for") {
 		t.Fatalf("%+v %v", v, err)
@@ -102,15 +113,16 @@ func TestPrometheusGateFailsWhenTheValueGoesBad(t *testing.T) {
 // One instance failing is not hidden by another that holds.
 func TestPrometheusGateEverySeriesMustHold(t *testing.T) {
 	p := needPrometheus(t)
-	ratio.WithLabelValues("multi-a").Set(0.001)
-	ratio.WithLabelValues("multi-b").Set(0.001)
-	start := waitFor(t, p, `count(rig_error_ratio{test=~"multi-.*"}) == 2`)
-	waitFor(t, p, `count_over_time(rig_error_ratio{test="multi-b"}[1m]) >= 3`)
-	ratio.WithLabelValues("multi-b").Set(0.5)
-	bad := waitFor(t, p, `rig_error_ratio{test="multi-b"} > 0.1`)
-	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test=~"multi-.*"} < 0.01`, Step: time.Second}
+	l := label("multi")
+	ratio.WithLabelValues(l + "-a").Set(0.001)
+	ratio.WithLabelValues(l + "-b").Set(0.001)
+	start := waitFor(t, p, `count(rig_error_ratio{test=~"`+l+`-.*"}) == 2`)
+	waitFor(t, p, `count_over_time(rig_error_ratio{test="`+l+`-b"}[1m]) >= 3`)
+	ratio.WithLabelValues(l + "-b").Set(0.5)
+	bad := waitFor(t, p, `rig_error_ratio{test="`+l+`-b"} > 0.1`)
+	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test=~"` + l + `-.*"} < 0.01`, Step: time.Second}
 	v, err := g.Check(context.Background(), start, bad.Add(time.Second))
-	if err != nil || v.OK || !strings.Contains(v.Detail, `test="multi-b"`) {
+	if err != nil || v.OK || !strings.Contains(v.Detail, `test="`+l+`-b"`) {
 		t.Fatalf("%+v %v", v, err)
 	}
 }
