@@ -16,6 +16,7 @@ import (
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/hooks/graphite"
 	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 var servers rig.Servers
@@ -89,16 +90,12 @@ prefix   = "deploys"
 			}
 			target := "deploys.web_1." + svc + ".deploy.duration_seconds"
 			// carbon writes within about a second; poll, bounded.
-			var got float64
-			for i := 0; i < 100 && got == 0; i++ {
-				got = lastValue(t, servers.Graphite(t).URL, target)
-				if got == 0 {
-					time.Sleep(100 * time.Millisecond)
+			testutil.Eventually(t, 30*time.Second, func() error {
+				if got := lastValue(t, servers.Graphite(t).URL, target); got != 2.5 {
+					return fmt.Errorf("%s = %v, want 2.5", target, got)
 				}
-			}
-			if got != 2.5 {
-				t.Fatalf("%s = %v, want 2.5", target, got)
-			}
+				return nil
+			})
 		})
 	}
 }
