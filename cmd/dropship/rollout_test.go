@@ -346,8 +346,17 @@ func TestRolloutSurvivesAConsulRestart(t *testing.T) {
 		}
 		return nil
 	})
+	marks := f.marks()
 	c.Kill()
-	time.Sleep(time.Second) // hosts find Consul gone (a real outage, not a test shortcut)
+	// A real outage, not a test shortcut: a host finds Consul gone.
+	testutil.Eventually(t, 30*time.Second, func() error {
+		for _, h := range f.hosts {
+			if strings.Contains(f.logSince(h, marks), "fleet records unavailable") {
+				return nil
+			}
+		}
+		return errors.New("no host has found Consul gone")
+	})
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
