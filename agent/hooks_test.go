@@ -12,6 +12,7 @@ import (
 
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 var servers rig.Servers
@@ -34,7 +35,7 @@ func graphiteEvents(t *testing.T, base, tag string) []map[string]any {
 func TestFailedHealthCheckRollsBackAndReports(t *testing.T) {
 	g := graphiteServer(t)
 	e := newEnv(t)
-	tag := "rb-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
+	tag := "rb-" + strings.ToLower(strings.ReplaceAll(testutil.Unique(t), "/", "-")) // with -count, a run of its own
 	cfg := e.config(fmt.Sprintf(`
   after "script" { command = "echo start $(cat VERSION) >> %[1]s" }
   after "graphite-event" {

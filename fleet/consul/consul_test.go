@@ -12,6 +12,7 @@ import (
 
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 var servers rig.Servers
@@ -24,7 +25,7 @@ func newFleet(t *testing.T, node string) *Fleet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Fleet{Client: c, Prefix: "test/" + t.Name(), Node: node, SessionTTL: 10 * time.Second}
+	return &Fleet{Client: c, Prefix: "test/" + testutil.Unique(t), Node: node, SessionTTL: 10 * time.Second}
 }
 
 func TestRecordFromManyHostsAtOnceLosesNothing(t *testing.T) {

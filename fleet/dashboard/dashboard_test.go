@@ -48,7 +48,7 @@ func start(t *testing.T, actions bool) (*consul.Fleet, *httptest.Server) {
 func startWith(t *testing.T, opts func(*dashboard.Options), ln net.Listener) (*consul.Fleet, *httptest.Server) {
 	t.Helper()
 	c, _ := api.NewClient(&api.Config{Address: servers.Consul(t).Addr})
-	p := &consul.Fleet{Client: c, Prefix: "test/" + t.Name(), Node: "dash", SessionTTL: 10 * time.Second}
+	p := &consul.Fleet{Client: c, Prefix: "test/" + testutil.Unique(t), Node: "dash", SessionTTL: 10 * time.Second}
 	o := dashboard.Options{Store: p}
 	if opts != nil {
 		opts(&o)

@@ -11,6 +11,7 @@ import (
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/hooks/consulevent"
 	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 var servers rig.Servers
@@ -18,8 +19,9 @@ var servers rig.Servers
 func TestMain(m *testing.M) { rig.Main(m, &servers, rig.Need{Consul: true}) }
 
 func TestEventFired(t *testing.T) {
+	name := "deploys-" + testutil.Unique(t) // with -count, a run of its own
 	f, _ := hclparse.NewParser().ParseHCL([]byte(`
-name    = "deploys"
+name    = "`+name+`"
 address = "`+servers.Consul(t).Addr+`"
 `), "t.hcl")
 	h, diags := consulevent.Factory("consul-event", f.Body, hooks.Env{})
@@ -30,7 +32,7 @@ address = "`+servers.Consul(t).Addr+`"
 		t.Fatal(err)
 	}
 	c, _ := api.NewClient(&api.Config{Address: servers.Consul(t).Addr})
-	events, _, err := c.Event().List("deploys", nil)
+	events, _, err := c.Event().List(name, nil)
 	if err != nil || len(events) != 1 {
 		t.Fatalf("%d events, %v", len(events), err)
 	}

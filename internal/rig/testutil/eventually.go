@@ -1,6 +1,9 @@
 package testutil
 
 import (
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -41,4 +44,21 @@ func Wait(timeout time.Duration, cond func() error) error {
 		}
 		time.Sleep(Poll)
 	}
+}
+
+var (
+	runs   sync.Map // testing.TB → its Unique name
+	runSeq atomic.Int64
+)
+
+// Unique names this run of the test: t.Name() and a number new to the
+// process, the same for every call within the run. A test keys what it
+// writes to a server shared by the package with it, so that with -count a
+// run never finds what an earlier one left.
+func Unique(t testing.TB) string {
+	if v, ok := runs.Load(t); ok {
+		return v.(string)
+	}
+	v, _ := runs.LoadOrStore(t, fmt.Sprintf("%s-%d", t.Name(), runSeq.Add(1)))
+	return v.(string)
 }

@@ -40,7 +40,8 @@ type fakeTB struct {
 	msg string
 }
 
-func (f *fakeTB) Helper() {}
+func (f *fakeTB) Helper()      {}
+func (f *fakeTB) Name() string { return "fake" }
 func (f *fakeTB) Fatalf(format string, args ...any) {
 	f.msg = fmt.Sprintf(format, args...)
 }
@@ -51,5 +52,13 @@ func TestEventuallyFailsWithTheLastState(t *testing.T) {
 	Eventually(f, Poll, func() error { return errors.New("3 of 4 hosts on v2") })
 	if !strings.Contains(f.msg, "3 of 4 hosts on v2") || !strings.Contains(f.msg, "after 50ms") {
 		t.Fatalf("failure message %q lacks the timeout or the last state", f.msg)
+	}
+}
+
+func TestUniqueIsStableWithinARunAndNewForTheNext(t *testing.T) {
+	t.Parallel()
+	a, b := &fakeTB{}, &fakeTB{}
+	if Unique(a) != Unique(a) || Unique(a) == Unique(b) {
+		t.Fatalf("Unique: %q, %q for one run, %q for another", Unique(a), Unique(a), Unique(b))
 	}
 }
