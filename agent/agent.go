@@ -104,7 +104,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		trimWhileIdle(ctx, trimInterval, debug.FreeOSMemory)
+		tick := time.NewTicker(trimInterval)
+		defer tick.Stop()
+		trimWhileIdle(ctx, tick.C, debug.FreeOSMemory)
 	}()
 	if w, ok := a.cfg.Fleet.(fleet.Watcher); ok && a.watching() {
 		wg.Add(1)
@@ -138,17 +140,15 @@ var updating atomic.Int32
 const trimInterval = 30 * time.Second
 
 // trimWhileIdle gives the heap's free pages back to the system (free)
-// every interval while no update runs. Between updates the agent only checks,
+// at every tick while no update runs. Between updates the agent only checks,
 // and the Go runtime otherwise keeps what the checks freed for a while; a
 // forced collection of its small heap costs a millisecond or two.
-func trimWhileIdle(ctx context.Context, interval time.Duration, free func()) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
+func trimWhileIdle(ctx context.Context, tick <-chan time.Time, free func()) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-tick:
 			if updating.Load() == 0 {
 				free()
 			}

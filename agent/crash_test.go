@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/dropshipd/dropship/agent"
+	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
@@ -24,9 +25,7 @@ func TestMain(m *testing.M) {
 		crashChild(cfgPath, os.Getenv("DROPSHIP_CRASH_AT"))
 		os.Exit(3) // not reached when the crash happened
 	}
-	code := m.Run()
-	stopServers()
-	os.Exit(code)
+	rig.Main(m, &servers, rig.Need{Graphite: true})
 }
 
 func killSelf() { syscall.Kill(os.Getpid(), syscall.SIGKILL) }

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/dropshipd/dropship/agent"
@@ -16,24 +15,10 @@ import (
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
-var graphiteOnce struct {
-	sync.Once
-	g   *rig.Graphite
-	err error
-}
+var servers rig.Servers
 
 // graphiteServer starts graphite-web and carbon once for the package.
-func graphiteServer(t *testing.T) *rig.Graphite {
-	graphiteOnce.Do(func() { graphiteOnce.g, graphiteOnce.err = rig.StartGraphite() })
-	testutil.RequireServer(t, "graphite-web", graphiteOnce.err)
-	return graphiteOnce.g
-}
-
-func stopServers() {
-	if graphiteOnce.g != nil {
-		graphiteOnce.g.Stop()
-	}
-}
+func graphiteServer(t *testing.T) *rig.Graphite { return servers.Graphite(t) }
 
 func graphiteEvents(t *testing.T, base, tag string) []map[string]any {
 	t.Helper()
@@ -50,7 +35,7 @@ func graphiteEvents(t *testing.T, base, tag string) []map[string]any {
 func TestFailedHealthCheckRollsBackAndReports(t *testing.T) {
 	g := graphiteServer(t)
 	e := newEnv(t)
-	tag := "rb-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
+	tag := "rb-" + strings.ToLower(strings.ReplaceAll(testutil.Unique(t), "/", "-")) // with -count, a run of its own
 	cfg := e.config(fmt.Sprintf(`
   after "script" { command = "echo start $(cat VERSION) >> %[1]s" }
   after "graphite-event" {

@@ -3,6 +3,7 @@ package agent_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/dropshipd/dropship/agent"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 func post(t *testing.T, h http.Handler, url, token string) int {
@@ -147,11 +149,10 @@ func (s *syncBuf) String() string {
 // waitFor waits (bounded) for cond.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in 20 s")
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if !cond() {
+			return errors.New("condition not met")
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }

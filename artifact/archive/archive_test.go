@@ -105,6 +105,7 @@ func checkSample(t *testing.T, dir string) {
 }
 
 func TestRoundTripEveryFormat(t *testing.T) {
+	t.Parallel()
 	plainTar := makeTar(t, sample...)
 	zstdOf := func(b []byte) []byte {
 		var buf bytes.Buffer
@@ -176,6 +177,7 @@ func TestRoundTripEveryFormat(t *testing.T) {
 }
 
 func TestPlainFile(t *testing.T) {
+	t.Parallel()
 	dir, st, err := extract(t, []byte("#!/bin/sh\necho plain\n"), archive.Options{Name: "bin/tool.sh", FileMode: 0o755})
 	if err != nil {
 		t.Fatal(err)
@@ -187,6 +189,7 @@ func TestPlainFile(t *testing.T) {
 }
 
 func TestContentTypeOverride(t *testing.T) {
+	t.Parallel()
 	// A gzip stream forced to be a plain file is placed as it is.
 	data := gz(t, makeTar(t, sample...))
 	f, err := archive.FromContentType("application/octet-stream")
@@ -206,6 +209,7 @@ func TestContentTypeOverride(t *testing.T) {
 }
 
 func TestHostileArchivesRefused(t *testing.T) {
+	t.Parallel()
 	big := strings.Repeat("0", 40<<20)
 	cases := []struct {
 		name   string
@@ -267,6 +271,7 @@ func TestHostileArchivesRefused(t *testing.T) {
 }
 
 func TestSetuidStrippedUnlessPreserved(t *testing.T) {
+	t.Parallel()
 	data := makeTar(t, entry{name: "suid", typ: tar.TypeReg, body: "x", mode: 0o4755}, entry{name: "sgid", typ: tar.TypeReg, body: "x", mode: 0o2755})
 	for _, preserve := range []bool{false, true} {
 		dir, _, err := extract(t, data, archive.Options{PreserveSetuid: preserve})
@@ -284,6 +289,7 @@ func TestSetuidStrippedUnlessPreserved(t *testing.T) {
 }
 
 func TestModesOverride(t *testing.T) {
+	t.Parallel()
 	data := makeTar(t, entry{name: "d/", typ: tar.TypeDir, mode: 0o700}, entry{name: "d/f", typ: tar.TypeReg, body: "x", mode: 0o600}, file("implicit/g", "y"))
 	dir, _, err := extract(t, data, archive.Options{FileMode: 0o640, DirMode: 0o750})
 	if err != nil {
@@ -306,6 +312,7 @@ func TestModesOverride(t *testing.T) {
 }
 
 func TestOwnerApplied(t *testing.T) {
+	t.Parallel()
 	if os.Getuid() != 0 {
 		if os.Getenv("CI") != "" {
 			t.Fatal("CI runs as root: chown must be tested there")
@@ -326,6 +333,7 @@ func TestOwnerApplied(t *testing.T) {
 }
 
 func TestTruncatedStreamIsAnError(t *testing.T) {
+	t.Parallel()
 	data := gz(t, makeTar(t, file("a", strings.Repeat("abc", 100000))))
 	_, _, err := extract(t, data[:len(data)/2], archive.Options{})
 	if err == nil {

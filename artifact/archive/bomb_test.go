@@ -38,6 +38,7 @@ func onDisk(t *testing.T, dir string) (bytes int64, entries int) {
 // A few KiB of tar whose sparse entry declares 300 MiB is refused before
 // anything is written, in both of GNU tar's sparse encodings.
 func TestSparseBombRefused(t *testing.T) {
+	t.Parallel()
 	for _, format := range []string{"gnu", "pax"} {
 		t.Run(format, func(t *testing.T) {
 			src := t.TempDir()
@@ -68,6 +69,7 @@ func TestSparseBombRefused(t *testing.T) {
 // A header that declares more than max_size is refused before a byte of
 // it is written, even if its data never follows.
 func TestDeclaredSizeCountsFirst(t *testing.T) {
+	t.Parallel()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	tw.WriteHeader(&tar.Header{Name: "huge", Typeflag: tar.TypeReg, Mode: 0o644, Size: 5 << 30})
@@ -84,6 +86,7 @@ func TestDeclaredSizeCountsFirst(t *testing.T) {
 // A decompression bomb is refused while it is written: little of it is
 // on disk when the ratio trips.
 func TestRatioJudgedWhileWriting(t *testing.T) {
+	t.Parallel()
 	var tarball bytes.Buffer
 	tw := tar.NewWriter(&tarball)
 	tw.WriteHeader(&tar.Header{Name: "zeros", Typeflag: tar.TypeReg, Mode: 0o644, Size: 300 << 20})
@@ -106,6 +109,7 @@ func TestRatioJudgedWhileWriting(t *testing.T) {
 // and name length are bounded, each refusal named; nothing is created
 // for a refused name.
 func TestDirectoryBombRefused(t *testing.T) {
+	t.Parallel()
 	deep := strings.Repeat("d/", 1500) + "f" // 3,001 bytes: a PAX name
 	for _, tc := range []struct {
 		name string
@@ -139,6 +143,7 @@ func TestDirectoryBombRefused(t *testing.T) {
 // An xz stream of 1.5 KiB whose header asks for a 1.5 GiB dictionary
 // (xz --lzma2=dict=1536MiB) is refused before the decoder allocates it.
 func TestXZDictionaryBomb(t *testing.T) {
+	t.Parallel()
 	data, err := os.ReadFile("testdata/dict-1536MiB.tar.xz")
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 // only, judged component by component and as the kernel will resolve
 // them; nothing is ever written through such a link.
 func TestSymlinksOutOfTheRelease(t *testing.T) {
+	t.Parallel()
 	final := "/var/lib/dropship/app/releases/R1"
 	allow := []string{"/var/log/app", "/var/lib/dropship/app/shared"}
 	for _, tc := range []struct {

@@ -18,6 +18,7 @@ func owner(fi fs.FileInfo) (int, int) {
 // With owner set and preserve_setuid, the setuid bit survives the chown
 // (which clears it): the mode is applied after the owner.
 func TestSetuidSurvivesOwner(t *testing.T) {
+	t.Parallel()
 	if os.Getuid() != 0 {
 		if os.Getenv("CI") != "" {
 			t.Fatal("CI runs as root: chown must be tested there")

@@ -13,6 +13,7 @@ import (
 )
 
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	path := func(key string) string { return filepath.Join(root, key) }
 	sourcetest.Run(t, sourcetest.Harness{
@@ -31,6 +32,7 @@ func TestConformance(t *testing.T) {
 }
 
 func TestHashedOnlyWhenChanged(t *testing.T) {
+	t.Parallel()
 	p := filepath.Join(t.TempDir(), "a")
 	os.WriteFile(p, []byte("one"), 0o644)
 	src := file.New(p)

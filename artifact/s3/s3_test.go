@@ -25,41 +25,28 @@ import (
 	"github.com/dropshipd/dropship/artifact/s3"
 	"github.com/dropshipd/dropship/artifact/sourcetest"
 	"github.com/dropshipd/dropship/internal/rig"
-	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
-var (
-	minio    *rig.MinIO
-	minioErr error
-)
+var servers rig.Servers
 
-func TestMain(m *testing.M) {
-	minio, minioErr = rig.StartMinIO()
-	code := m.Run()
-	if minio != nil {
-		minio.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { rig.Main(m, &servers, rig.Need{MinIO: true}) }
 
 // sdk is an AWS SDK client on MinIO: an independent S3 client, to lay
 // out objects the way other tools do.
 func sdk(t *testing.T) *awss3.Client {
 	t.Helper()
-	testutil.RequireServer(t, "MinIO", minioErr)
 	return awss3.New(awss3.Options{
 		Region:       "us-east-1",
-		BaseEndpoint: aws.String(minio.Endpoint),
+		BaseEndpoint: aws.String(servers.MinIO(t).Endpoint),
 		UsePathStyle: true,
-		Credentials:  credentials.NewStaticCredentialsProvider(minio.AccessKey, minio.SecretKey, ""),
+		Credentials:  credentials.NewStaticCredentialsProvider(servers.MinIO(t).AccessKey, servers.MinIO(t).SecretKey, ""),
 	})
 }
 
 func client(t *testing.T, endpoint, secret string) *s3.Store {
 	t.Helper()
-	testutil.RequireServer(t, "MinIO", minioErr)
 	c, err := s3.NewStore(context.Background(), s3.Config{
-		Endpoint: aws.String(endpoint), AccessKey: aws.String(minio.AccessKey), SecretKey: aws.String(secret),
+		Endpoint: aws.String(endpoint), AccessKey: aws.String(servers.MinIO(t).AccessKey), SecretKey: aws.String(secret),
 		Region: aws.String("us-east-1"),
 	})
 	if err != nil {
@@ -99,10 +86,10 @@ func put(t *testing.T, _ *s3.Store, b, key string, data []byte) {
 }
 
 func TestConformance(t *testing.T) {
-	c := client(t, minio.Endpoint, minio.SecretKey)
+	c := client(t, servers.MinIO(t).Endpoint, servers.MinIO(t).SecretKey)
 	b := bucket(t, c)
 	sourcetest.Run(t, sourcetest.Harness{
-		Addr: minio.Addr,
+		Addr: servers.MinIO(t).Addr,
 		Put:  func(t *testing.T, key string, data []byte) { put(t, c, b, key, data) },
 		Source: func(t *testing.T, key string) artifact.Source {
 			return c.Source(b, key)
@@ -129,23 +116,23 @@ func TestConformance(t *testing.T) {
 			}
 		},
 		WrongCredentials: func(t *testing.T, key string) artifact.Source {
-			return client(t, minio.Endpoint, "not-the-secret").Source(b, key)
+			return client(t, servers.MinIO(t).Endpoint, "not-the-secret").Source(b, key)
 		},
 		Through: func(t *testing.T, key, addr string) artifact.Source {
-			return client(t, "http://"+addr, minio.SecretKey).Source(b, key)
+			return client(t, "http://"+addr, servers.MinIO(t).SecretKey).Source(b, key)
 		},
 	})
 }
 
 func TestErrorsNameBucketKeyAndCredentials(t *testing.T) {
-	c := client(t, minio.Endpoint, minio.SecretKey)
+	c := client(t, servers.MinIO(t).Endpoint, servers.MinIO(t).SecretKey)
 	b := bucket(t, c)
 	_, err := c.Source("no-such-bucket-here", "x.tar.gz").Stat(context.Background())
 	if !errors.Is(err, artifact.ErrNotFound) || !strings.Contains(err.Error(), "s3://no-such-bucket-here/x.tar.gz") {
 		t.Fatalf("missing bucket: %v", err)
 	}
 	put(t, c, b, "k", []byte("x"))
-	_, err = client(t, minio.Endpoint, "wrong").Source(b, "k").Stat(context.Background())
+	_, err = client(t, servers.MinIO(t).Endpoint, "wrong").Source(b, "k").Stat(context.Background())
 	if !errors.Is(err, artifact.ErrAccess) || !strings.Contains(err.Error(), "credentials from StaticCredentials") || !strings.Contains(err.Error(), "s3://"+b+"/k") {
 		t.Fatalf("wrong secret: %v", err)
 	}
@@ -155,7 +142,7 @@ func TestErrorsNameBucketKeyAndCredentials(t *testing.T) {
 }
 
 func TestVersionedBucketPinsTheVersion(t *testing.T) {
-	c := client(t, minio.Endpoint, minio.SecretKey)
+	c := client(t, servers.MinIO(t).Endpoint, servers.MinIO(t).SecretKey)
 	b := bucket(t, c)
 	_, err := sdk(t).PutBucketVersioning(context.Background(), &awss3.PutBucketVersioningInput{Bucket: &b,
 		VersioningConfiguration: &types.VersioningConfiguration{Status: types.BucketVersioningStatusEnabled}})
@@ -196,10 +183,10 @@ func (c *counter) count(method string) {
 }
 
 func TestIdleCheckIsOneHead(t *testing.T) {
-	c := client(t, minio.Endpoint, minio.SecretKey)
+	c := client(t, servers.MinIO(t).Endpoint, servers.MinIO(t).SecretKey)
 	b := bucket(t, c)
 	put(t, c, b, "app.tar.gz", []byte("release"))
-	target, _ := url.Parse(minio.Endpoint)
+	target, _ := url.Parse(servers.MinIO(t).Endpoint)
 	cnt := &counter{n: map[string]int{}}
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -213,7 +200,7 @@ func TestIdleCheckIsOneHead(t *testing.T) {
 	go srv.Serve(ln)
 	defer srv.Close()
 	// As the agent has it: behind the retry wrapper.
-	src := artifact.Retry(client(t, "http://"+ln.Addr().String(), minio.SecretKey).Source(b, "app.tar.gz"), artifact.DefaultPolicy, nil)
+	src := artifact.Retry(client(t, "http://"+ln.Addr().String(), servers.MinIO(t).SecretKey).Source(b, "app.tar.gz"), artifact.DefaultPolicy, nil)
 	const checks = 10
 	for range checks {
 		if _, err := src.Stat(context.Background()); err != nil {

@@ -34,7 +34,7 @@ import (
 // Keys with characters that need encoding publish, stat and download, and
 // a client of its own reads back the same object.
 func TestOddKeysRoundTrip(t *testing.T) {
-	c := client(t, minio.Endpoint, minio.SecretKey)
+	c := client(t, servers.MinIO(t).Endpoint, servers.MinIO(t).SecretKey)
 	b := bucket(t, c)
 	for i, key := range []string{"dir/a b+c=d&e;f,g'h(i)*!~ü€.tar.gz", "x%2Fy?z#w", "deep/ly/nested/app.tar.gz"} {
 		data := bytes.Repeat([]byte{byte('a' + i)}, 1000+i)
@@ -80,7 +80,7 @@ func store(t *testing.T, r s3.Config, env map[string]string, b, key string) stri
 		t.Setenv(k, v)
 	}
 	if r.Endpoint == nil {
-		r.Endpoint = aws.String(minio.Endpoint)
+		r.Endpoint = aws.String(servers.MinIO(t).Endpoint)
 	}
 	c, err := s3.NewStore(context.Background(), r)
 	if err != nil {
@@ -95,7 +95,7 @@ func store(t *testing.T, r s3.Config, env map[string]string, b, key string) stri
 // The AWS SDK's default chain, through the store, against MinIO (and its
 // STS for an assumed role).
 func TestCredentialChain(t *testing.T) {
-	c := client(t, minio.Endpoint, minio.SecretKey)
+	c := client(t, servers.MinIO(t).Endpoint, servers.MinIO(t).SecretKey)
 	b := bucket(t, c)
 	put(t, c, b, "k", []byte("x"))
 	dir := t.TempDir()
@@ -109,17 +109,17 @@ func TestCredentialChain(t *testing.T) {
 		}
 		return e
 	}
-	keys := fmt.Sprintf("aws_access_key_id = %s\naws_secret_access_key = %s\n", minio.AccessKey, minio.SecretKey)
+	keys := fmt.Sprintf("aws_access_key_id = %s\naws_secret_access_key = %s\n", servers.MinIO(t).AccessKey, servers.MinIO(t).SecretKey)
 
 	t.Run("config keys", func(t *testing.T) {
-		src := store(t, s3.Config{AccessKey: &minio.AccessKey, SecretKey: &minio.SecretKey}, home(nil), b, "k")
+		src := store(t, s3.Config{AccessKey: &servers.MinIO(t).AccessKey, SecretKey: &servers.MinIO(t).SecretKey}, home(nil), b, "k")
 		if src != "StaticCredentials" {
 			t.Errorf("source %q", src)
 		}
 	})
 	t.Run("environment", func(t *testing.T) {
 		e := home(nil)
-		e["AWS_ACCESS_KEY_ID"], e["AWS_SECRET_ACCESS_KEY"] = minio.AccessKey, minio.SecretKey
+		e["AWS_ACCESS_KEY_ID"], e["AWS_SECRET_ACCESS_KEY"] = servers.MinIO(t).AccessKey, servers.MinIO(t).SecretKey
 		if src := store(t, s3.Config{}, e, b, "k"); !strings.Contains(src, "Env") {
 			t.Errorf("source %q", src)
 		}
@@ -141,7 +141,7 @@ func TestCredentialChain(t *testing.T) {
 	})
 	t.Run("credential_process", func(t *testing.T) {
 		script := filepath.Join(dir, "creds.sh")
-		os.WriteFile(script, []byte(fmt.Sprintf("#!/bin/sh\necho '{\"Version\": 1, \"AccessKeyId\": \"%s\", \"SecretAccessKey\": \"%s\"}'\n", minio.AccessKey, minio.SecretKey)), 0o755)
+		os.WriteFile(script, []byte(fmt.Sprintf("#!/bin/sh\necho '{\"Version\": 1, \"AccessKeyId\": \"%s\", \"SecretAccessKey\": \"%s\"}'\n", servers.MinIO(t).AccessKey, servers.MinIO(t).SecretKey)), 0o755)
 		e := home(map[string]string{"config": "[profile p]\ncredential_process = " + script + "\n"})
 		if src := store(t, s3.Config{Profile: aws.String("p")}, e, b, "k"); src != "ProcessProvider" {
 			t.Errorf("source %q", src)
@@ -149,7 +149,7 @@ func TestCredentialChain(t *testing.T) {
 	})
 	t.Run("assumed role through MinIO's STS", func(t *testing.T) {
 		e := home(map[string]string{"config": "[profile base]\n" + keys + "\n[profile role]\nrole_arn = arn:aws:iam::123456789012:role/deploy\nsource_profile = base\n"})
-		e["AWS_ENDPOINT_URL_STS"] = minio.Endpoint
+		e["AWS_ENDPOINT_URL_STS"] = servers.MinIO(t).Endpoint
 		if src := store(t, s3.Config{Profile: aws.String("role")}, e, b, "k"); src != "AssumeRoleProvider" {
 			t.Errorf("source %q", src)
 		}
@@ -167,7 +167,7 @@ func TestCredentialChain(t *testing.T) {
 		for k, v := range home(nil) {
 			t.Setenv(k, v)
 		}
-		_, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(minio.Endpoint), Profile: aws.String("missing")})
+		_, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(servers.MinIO(t).Endpoint), Profile: aws.String("missing")})
 		if err == nil || !strings.Contains(err.Error(), "missing") {
 			t.Errorf("%v", err)
 		}
@@ -176,7 +176,7 @@ func TestCredentialChain(t *testing.T) {
 		for k, v := range home(nil) {
 			t.Setenv(k, v)
 		}
-		st, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(minio.Endpoint)})
+		st, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(servers.MinIO(t).Endpoint)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -194,7 +194,7 @@ func credServer(t *testing.T, path string, ok func(*http.Request) bool) *httptes
 			http.Error(w, "no", http.StatusUnauthorized)
 			return
 		}
-		json.NewEncoder(w).Encode(map[string]string{"AccessKeyId": minio.AccessKey, "SecretAccessKey": minio.SecretKey,
+		json.NewEncoder(w).Encode(map[string]string{"AccessKeyId": servers.MinIO(t).AccessKey, "SecretAccessKey": servers.MinIO(t).SecretKey,
 			"Token": "", "Expiration": time.Now().Add(time.Hour).UTC().Format(time.RFC3339)})
 	}))
 	t.Cleanup(srv.Close)
@@ -211,10 +211,10 @@ func fast() artifact.Policy {
 // A 5xx or a dropped connection is tried again by the retry wrapper; a
 // 403 is not: the SDK makes one request per call.
 func TestTransientErrorsAreRetried(t *testing.T) {
-	c := client(t, minio.Endpoint, minio.SecretKey)
+	c := client(t, servers.MinIO(t).Endpoint, servers.MinIO(t).SecretKey)
 	b := bucket(t, c)
 	put(t, c, b, "k", []byte("x"))
-	target, _ := url.Parse(minio.Endpoint)
+	target, _ := url.Parse(servers.MinIO(t).Endpoint)
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	var mu sync.Mutex
 	seen := 0
@@ -234,7 +234,7 @@ func TestTransientErrorsAreRetried(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	src := artifact.Retry(client(t, srv.URL, minio.SecretKey).Source(b, "k"), fast(), nil)
+	src := artifact.Retry(client(t, srv.URL, servers.MinIO(t).SecretKey).Source(b, "k"), fast(), nil)
 	if _, err := src.Stat(context.Background()); err != nil || seen != 3 {
 		t.Fatalf("after a 503 and a dropped connection: %v (%d requests)", err, seen)
 	}
@@ -250,10 +250,10 @@ func TestTransientErrorsAreRetried(t *testing.T) {
 // takes any region), a proxy answers as AWS does: 301 with
 // x-amz-bucket-region to a request signed for another region.
 func TestWrongRegionIsFollowed(t *testing.T) {
-	c := client(t, minio.Endpoint, minio.SecretKey)
+	c := client(t, servers.MinIO(t).Endpoint, servers.MinIO(t).SecretKey)
 	b := bucket(t, c)
 	put(t, c, b, "k", []byte("x"))
-	target, _ := url.Parse(minio.Endpoint)
+	target, _ := url.Parse(servers.MinIO(t).Endpoint)
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	var mu sync.Mutex
 	var regions []string
@@ -275,7 +275,7 @@ func TestWrongRegionIsFollowed(t *testing.T) {
 	}))
 	defer srv.Close()
 	other, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(srv.URL), Region: aws.String("eu-west-3"),
-		AccessKey: aws.String(minio.AccessKey), SecretKey: aws.String(minio.SecretKey)})
+		AccessKey: aws.String(servers.MinIO(t).AccessKey), SecretKey: aws.String(servers.MinIO(t).SecretKey)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,10 +298,10 @@ func TestWrongRegionIsFollowed(t *testing.T) {
 // Services on the same store share one pool of connections: ten sources
 // of one store checking one after another use one connection, not ten.
 func TestSourcesOfAStoreShareConnections(t *testing.T) {
-	c := client(t, minio.Endpoint, minio.SecretKey)
+	c := client(t, servers.MinIO(t).Endpoint, servers.MinIO(t).SecretKey)
 	b := bucket(t, c)
 	put(t, c, b, "k", []byte("x"))
-	target, _ := url.Parse(minio.Endpoint)
+	target, _ := url.Parse(servers.MinIO(t).Endpoint)
 	srv := httptest.NewUnstartedServer(httputil.NewSingleHostReverseProxy(target))
 	var conns atomic.Int32
 	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
@@ -311,7 +311,7 @@ func TestSourcesOfAStoreShareConnections(t *testing.T) {
 	}
 	srv.Start()
 	defer srv.Close()
-	st := client(t, srv.URL, minio.SecretKey)
+	st := client(t, srv.URL, servers.MinIO(t).SecretKey)
 	for i := range 10 {
 		if _, err := st.Source(b, "k").Stat(context.Background()); err != nil {
 			t.Fatal(err)
@@ -356,11 +356,11 @@ func fetch(src artifact.Source, pin artifact.Info) ([]byte, error) {
 // One download on a connection that always drops makes exactly the
 // documented number of GETs, then fails.
 func TestDroppedDownloadMakesAtMostTriesGETs(t *testing.T) {
-	c := client(t, minio.Endpoint, minio.SecretKey)
+	c := client(t, servers.MinIO(t).Endpoint, servers.MinIO(t).SecretKey)
 	b := bucket(t, c)
 	put(t, c, b, "k", random(1<<20))
-	p := sourcetest.NewProxy(t, minio.Addr)
-	src := artifact.Retry(client(t, "http://"+p.Addr(), minio.SecretKey).Source(b, "k"), fast(), nil)
+	p := sourcetest.NewProxy(t, servers.MinIO(t).Addr)
+	src := artifact.Retry(client(t, "http://"+p.Addr(), servers.MinIO(t).SecretKey).Source(b, "k"), fast(), nil)
 	pin, err := src.Stat(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -377,7 +377,7 @@ func TestDroppedDownloadMakesAtMostTriesGETs(t *testing.T) {
 // A large download cut three times resumes where it was each time: the
 // bytes are right and the proxy forwards little more than the object.
 func TestDownloadResumesAfterCuts(t *testing.T) {
-	c := client(t, minio.Endpoint, minio.SecretKey)
+	c := client(t, servers.MinIO(t).Endpoint, servers.MinIO(t).SecretKey)
 	data := random(24 << 20)
 	for _, versioned := range []bool{false, true} {
 		b, key := bucket(t, c), "big"
@@ -389,8 +389,8 @@ func TestDownloadResumesAfterCuts(t *testing.T) {
 			}
 		}
 		put(t, c, b, key, data)
-		p := sourcetest.NewProxy(t, minio.Addr)
-		src := artifact.Retry(client(t, "http://"+p.Addr(), minio.SecretKey).Source(b, key), fast(), nil)
+		p := sourcetest.NewProxy(t, servers.MinIO(t).Addr)
+		src := artifact.Retry(client(t, "http://"+p.Addr(), servers.MinIO(t).SecretKey).Source(b, key), fast(), nil)
 		pin, err := src.Stat(context.Background())
 		if err != nil {
 			t.Fatal(err)
@@ -418,11 +418,11 @@ func TestDownloadResumesAfterCuts(t *testing.T) {
 // A resumed download of an object replaced meanwhile stops with
 // ErrChanged: no mix of two versions.
 func TestResumeOfAReplacedObjectIsChanged(t *testing.T) {
-	c := client(t, minio.Endpoint, minio.SecretKey)
+	c := client(t, servers.MinIO(t).Endpoint, servers.MinIO(t).SecretKey)
 	b := bucket(t, c)
 	put(t, c, b, "k", random(32<<20))
-	p := sourcetest.NewProxy(t, minio.Addr)
-	src := artifact.Retry(client(t, "http://"+p.Addr(), minio.SecretKey).Source(b, "k"), fast(), nil)
+	p := sourcetest.NewProxy(t, servers.MinIO(t).Addr)
+	src := artifact.Retry(client(t, "http://"+p.Addr(), servers.MinIO(t).SecretKey).Source(b, "k"), fast(), nil)
 	pin, err := src.Stat(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -448,14 +448,14 @@ func TestResumeOfAReplacedObjectIsChanged(t *testing.T) {
 // A body that stops arriving mid-way (MinIO behind a proxy that holds the
 // connection) is dropped after stall_timeout and resumed.
 func TestStalledBodyResumes(t *testing.T) {
-	c := client(t, minio.Endpoint, minio.SecretKey)
+	c := client(t, servers.MinIO(t).Endpoint, servers.MinIO(t).SecretKey)
 	b := bucket(t, c)
 	data := random(8 << 20)
 	put(t, c, b, "k", data)
-	p := sourcetest.NewProxy(t, minio.Addr)
+	p := sourcetest.NewProxy(t, servers.MinIO(t).Addr)
 	pol := fast()
 	pol.Stall = 300 * time.Millisecond
-	src := artifact.Retry(client(t, "http://"+p.Addr(), minio.SecretKey).Source(b, "k"), pol, nil)
+	src := artifact.Retry(client(t, "http://"+p.Addr(), servers.MinIO(t).SecretKey).Source(b, "k"), pol, nil)
 	pin, err := src.Stat(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -41,6 +41,7 @@ func read(body []byte) *minisign.Reader {
 func sum(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
 
 func TestVerify(t *testing.T) {
+	t.Parallel()
 	pub, priv := key(t)
 	otherPub, otherPriv := key(t)
 	body := []byte("release v2")
@@ -96,6 +97,7 @@ func TestVerify(t *testing.T) {
 }
 
 func TestParseComment(t *testing.T) {
+	t.Parallel()
 	c := signature.ParseComment("timestamp:1700000000\tfile:api.tar.gz\thashed")
 	if !c.Time.Equal(time.Unix(1700000000, 0)) || c.Service != "" {
 		t.Fatalf("minisign default comment: %+v", c)
@@ -109,6 +111,7 @@ func TestParseComment(t *testing.T) {
 // The trusted comment is signed too: editing it (another service, a
 // later time to pass the replay rule) breaks the signature.
 func TestTrustedCommentIsAuthenticated(t *testing.T) {
+	t.Parallel()
 	pub, priv := key(t)
 	body := []byte("release")
 	now := time.Now().UTC().Truncate(time.Second)
@@ -135,6 +138,7 @@ func TestTrustedCommentIsAuthenticated(t *testing.T) {
 // a signature of the artifact, and one over the artifact must not be
 // called a forgery.
 func TestLegacySignatureRefused(t *testing.T) {
+	t.Parallel()
 	pub, priv := key(t)
 	body := []byte("release v2")
 	ring := signature.NewKeyring([]minisign.PublicKey{pub}, nil)

@@ -23,27 +23,15 @@ import (
 	"github.com/dropshipd/dropship/artifact/sourcetest"
 	"github.com/dropshipd/dropship/artifact/swift"
 	"github.com/dropshipd/dropship/internal/rig"
-	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
-var (
-	server    *rig.Swift
-	serverErr error
-)
+var servers rig.Servers
 
-func TestMain(m *testing.M) {
-	server, serverErr = rig.StartSwift()
-	code := m.Run()
-	if server != nil {
-		server.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { rig.Main(m, &servers, rig.Need{Swift: true}) }
 
 func conn(t *testing.T, authURL, key string) *swift.Store {
 	t.Helper()
-	testutil.RequireServer(t, "OpenStack Swift", serverErr)
-	c, err := swift.NewStore("swift", swift.Config{User: &server.User, Key: &key, AuthURL: &authURL})
+	c, err := swift.NewStore("swift", swift.Config{User: &servers.Swift(t).User, Key: &key, AuthURL: &authURL})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,12 +56,12 @@ func container(t *testing.T, st *swift.Store) string {
 }
 
 func TestConformance(t *testing.T) {
-	st := conn(t, server.AuthURL, server.Key)
+	st := conn(t, servers.Swift(t).AuthURL, servers.Swift(t).Key)
 	ct := container(t, st)
 	c := st.Connection()
 	ctx := context.Background()
 	sourcetest.Run(t, sourcetest.Harness{
-		Addr: server.Addr,
+		Addr: servers.Swift(t).Addr,
 		Put: func(t *testing.T, key string, data []byte) {
 			if err := c.ObjectPutBytes(ctx, ct, key, data, ""); err != nil {
 				t.Fatal(err)
@@ -109,10 +97,10 @@ func TestConformance(t *testing.T) {
 			}
 		},
 		WrongCredentials: func(t *testing.T, key string) artifact.Source {
-			return conn(t, server.AuthURL, "not-the-key").Source(ct, key)
+			return conn(t, servers.Swift(t).AuthURL, "not-the-key").Source(ct, key)
 		},
 		Through: func(t *testing.T, key, addr string) artifact.Source {
-			return conn(t, "http://"+addr+"/auth/v1.0", server.Key).Source(ct, key)
+			return conn(t, "http://"+addr+"/auth/v1.0", servers.Swift(t).Key).Source(ct, key)
 		},
 	})
 }
@@ -133,19 +121,19 @@ func TestRackspacePreset(t *testing.T) {
 }
 
 func TestErrorsNameContainerAndUser(t *testing.T) {
-	_, err := conn(t, server.AuthURL, "wrong").Source("x", "y").Stat(context.Background())
+	_, err := conn(t, servers.Swift(t).AuthURL, "wrong").Source("x", "y").Stat(context.Background())
 	if !errors.Is(err, artifact.ErrAccess) || !strings.Contains(err.Error(), `user "test:tester"`) || !strings.Contains(err.Error(), "swift://x/y") {
 		t.Fatalf("err = %v", err)
 	}
 }
 
 func TestIdleCheckRequests(t *testing.T) {
-	st := conn(t, server.AuthURL, server.Key)
+	st := conn(t, servers.Swift(t).AuthURL, servers.Swift(t).Key)
 	ct := container(t, st)
 	if err := st.Connection().ObjectPutBytes(context.Background(), ct, "app.tar.gz", []byte("x"), ""); err != nil {
 		t.Fatal(err)
 	}
-	target, _ := url.Parse("http://" + server.Addr)
+	target, _ := url.Parse("http://" + servers.Swift(t).Addr)
 	var mu sync.Mutex
 	counts := map[string]int{}
 	proxy := httputil.NewSingleHostReverseProxy(target)
@@ -158,7 +146,7 @@ func TestIdleCheckRequests(t *testing.T) {
 	})}
 	go srv.Serve(ln)
 	defer srv.Close()
-	src := conn(t, "http://"+ln.Addr().String()+"/auth/v1.0", server.Key).Source(ct, "app.tar.gz")
+	src := conn(t, "http://"+ln.Addr().String()+"/auth/v1.0", servers.Swift(t).Key).Source(ct, "app.tar.gz")
 	const checks = 10
 	for range checks {
 		if _, err := src.Stat(context.Background()); err != nil {
@@ -173,7 +161,7 @@ func TestIdleCheckRequests(t *testing.T) {
 }
 
 func TestPublishedSmallObjectVerifies(t *testing.T) {
-	st := conn(t, server.AuthURL, server.Key)
+	st := conn(t, servers.Swift(t).AuthURL, servers.Swift(t).Key)
 	ct := container(t, st)
 	p := filepath.Join(t.TempDir(), "a")
 	data := bytes.Repeat([]byte("z"), 5000)
@@ -188,7 +176,7 @@ func TestPublishedSmallObjectVerifies(t *testing.T) {
 // If-Match: the bytes are right and the proxy forwards little more than
 // the object. An expired token in between is renewed, not retried.
 func TestDownloadResumesAfterCuts(t *testing.T) {
-	st := conn(t, server.AuthURL, server.Key)
+	st := conn(t, servers.Swift(t).AuthURL, servers.Swift(t).Key)
 	ct := container(t, st)
 	data := bytes.Repeat([]byte("0123456789abcdef"), 24<<20/16)
 	for i := range data {
@@ -197,8 +185,8 @@ func TestDownloadResumesAfterCuts(t *testing.T) {
 	if err := st.Connection().ObjectPutBytes(context.Background(), ct, "big", data, ""); err != nil {
 		t.Fatal(err)
 	}
-	p := sourcetest.NewProxy(t, server.Addr)
-	through := conn(t, "http://"+p.Addr()+"/auth/v1.0", server.Key)
+	p := sourcetest.NewProxy(t, servers.Swift(t).Addr)
+	through := conn(t, "http://"+p.Addr()+"/auth/v1.0", servers.Swift(t).Key)
 	pol := artifact.DefaultPolicy
 	pol.Backoff = time.Millisecond
 	src := artifact.Retry(through.Source(ct, "big"), pol, nil)
@@ -242,7 +230,7 @@ func TestDownloadResumesAfterCuts(t *testing.T) {
 // computed from the segments, which the object server holding the
 // manifest cannot match an If-Match against.
 func TestDynamicLargeObjectDownloads(t *testing.T) {
-	st := conn(t, server.AuthURL, server.Key)
+	st := conn(t, servers.Swift(t).AuthURL, servers.Swift(t).Key)
 	ct := container(t, st)
 	c := st.Connection()
 	ctx := context.Background()

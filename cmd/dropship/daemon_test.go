@@ -107,13 +107,12 @@ func (d *daemonEnv) version() string {
 
 func (d *daemonEnv) waitFor(what string, cond func() bool) {
 	d.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			d.t.Fatalf("timed out waiting for %s\nlog:\n%s", what, tailOf(d.log.Bytes()))
+	testutil.Eventually(d.t, 30*time.Second, func() error {
+		if !cond() {
+			return fmt.Errorf("waiting for %s\nlog:\n%s", what, tailOf(d.log.Bytes()))
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func (d *daemonEnv) client() *http.Client {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -28,7 +29,6 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/dropshipd/dropship/fleet"
-	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
@@ -81,11 +81,12 @@ func startBrowser(t *testing.T) *browser {
 		pgid := b.cmd.Process.Pid
 		syscall.Kill(-pgid, syscall.SIGKILL)
 		b.cmd.Wait()
-		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			if syscall.Kill(-pgid, 0) != nil { // no process of the group is left
-				break
+		testutil.Wait(10*time.Second, func() error {
+			if syscall.Kill(-pgid, 0) == nil {
+				return errors.New("a process of the group is left")
 			}
-		}
+			return nil
+		})
 	})
 	go b.read(bufio.NewReader(chromeOut))
 	var target struct{ TargetID string }
@@ -192,20 +193,15 @@ func (b *browser) eval(js string, out any) {
 // waitJS polls a JavaScript condition until it holds (bounded).
 func (b *browser) waitJS(what, cond string) {
 	b.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	testutil.Eventually(b.t, 60*time.Second, func() error {
 		var ok bool
-		b.eval("!!("+cond+")", &ok)
-		if ok {
-			return
+		if b.eval("!!("+cond+")", &ok); ok {
+			return nil
 		}
-		if time.Now().After(deadline) {
-			var text string
-			b.eval(`document.body ? document.body.innerText : ""`, &text)
-			b.t.Fatalf("the page never showed %s; it shows:\n%s", what, text)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+		var text string
+		b.eval(`document.body ? document.body.innerText : ""`, &text)
+		return fmt.Errorf("the page does not show %s; it shows:\n%s", what, text)
+	})
 }
 
 // screenshot writes a PNG of the page, width × height CSS pixels, into
@@ -244,40 +240,38 @@ func startDashboard(t *testing.T, cfg, token string) string {
 		cmd.Wait()
 	})
 	url := "http://" + addr + "/"
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(url + "healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return url
-			}
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if err := httpOK(url + "healthz"); err != nil {
+			return fmt.Errorf("fleet serve is not healthy (%v):\n%s", err, log.String())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("fleet serve never became healthy (%v):\n%s", err, log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+		return nil
+	})
+	return url
+}
+
+// httpOK is nil when a GET of url answers 200.
+func httpOK(url string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
 	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
 }
 
 // waitService waits until the dashboard at url knows service: its page
 // is a 404 until a host of it has registered and the dashboard has read it.
 func waitService(t *testing.T, url, service string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(url + "api/v1/services/" + service)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if err := httpOK(url + "api/v1/services/" + service); err != nil {
+			return fmt.Errorf("the dashboard does not know service %s: %w", service, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the dashboard never knew service %s (%v)", service, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func nodeStatus(t *testing.T, c *api.Client, prefix string) map[string]fleet.NodeStatus {
@@ -428,13 +422,12 @@ func TestFleetLogFollow(t *testing.T) {
 	}
 	wait := func(want string) {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for !strings.Contains(out.String(), want) {
-			if time.Now().After(deadline) {
-				t.Fatalf("fleet log --follow never printed %q:\n%s", want, out.String())
+		testutil.Eventually(t, 30*time.Second, func() error {
+			if !strings.Contains(out.String(), want) {
+				return fmt.Errorf("fleet log --follow has not printed %q:\n%s", want, out.String())
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	// Once the hold is printed, its first read is done: the resume can
 	// only come through the blocking query.
@@ -491,13 +484,12 @@ func TestFleetLogFollowPrintsEachEventOnce(t *testing.T) {
 	}()
 	wait := func(cond func() bool, what string) {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("fleet log --follow: never %s:\n%s", what, out.String())
+		testutil.Eventually(t, 30*time.Second, func() error {
+			if !cond() {
+				return fmt.Errorf("fleet log --follow: not yet %s:\n%s", what, out.String())
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	printed := func(s string) func() bool { return func() bool { return strings.Contains(out.String(), s) } }
 	if _, errOut, code := run(t, "hold", "app", "--reason", "first", "-c", f.hosts[0].cfg); code != 0 {
@@ -518,21 +510,13 @@ func TestFleetLogFollowPrintsEachEventOnce(t *testing.T) {
 	}
 }
 
-var graphiteOnce struct {
-	sync.Once
-	g   *rig.Graphite
-	err error
-}
-
 // TestGrafanaDashboard checks examples/grafana/dropship.json against a
 // running agent: every metric its panels name is in the agent's /metrics,
 // and each annotation's tags find, in a real graphite-web, the events
 // the graphite-event hook sends with its default settings, and only
 // those of its kind.
 func TestGrafanaDashboard(t *testing.T) {
-	graphiteOnce.Do(func() { graphiteOnce.g, graphiteOnce.err = rig.StartGraphite() })
-	testutil.RequireServer(t, "graphite-web", graphiteOnce.err)
-	g := graphiteOnce.g
+	g := servers.Graphite(t)
 	raw, err := os.ReadFile("../../examples/grafana/dropship.json")
 	if err != nil {
 		t.Fatal(err)
@@ -623,28 +607,27 @@ func TestGrafanaDashboard(t *testing.T) {
 			Tags []string `json:"tags"`
 			What string   `json:"what"`
 		}
-		deadline := time.Now().Add(30 * time.Second)
-		for len(evs) == 0 {
+		want := 1
+		if a.Name == "Deploys" {
+			want = 2 // the 2 installs
+		}
+		testutil.Eventually(t, 30*time.Second, func() error {
+			evs = nil
 			resp, err := http.Get(g.URL + "/events/get_data?from=-1h&until=now&tags=" + strings.ReplaceAll(strings.Join(tags, " "), " ", "%20"))
 			if err != nil {
-				t.Fatal(err)
+				return err
 			}
 			json.NewDecoder(resp.Body).Decode(&evs)
 			resp.Body.Close()
-			if time.Now().After(deadline) {
-				t.Fatalf("annotation %q (tags %v) finds no event the agent sent", a.Name, tags)
+			if len(evs) < want {
+				return fmt.Errorf("annotation %q (tags %v) finds %d events the agent sent, want %d", a.Name, tags, len(evs), want)
 			}
-			if len(evs) == 0 {
-				time.Sleep(100 * time.Millisecond)
-			}
-		}
+			return nil
+		})
 		for _, ev := range evs {
 			if !slices.Contains(ev.Tags, wantKind[a.Name]) || !slices.Contains(ev.Tags, "app") {
 				t.Errorf("annotation %q finds event %q tagged %v", a.Name, ev.What, ev.Tags)
 			}
-		}
-		if a.Name == "Deploys" && len(evs) < 2 {
-			t.Errorf("annotation Deploys finds %d events, want at least the 2 installs", len(evs))
 		}
 	}
 	if found != 3 {
@@ -660,9 +643,7 @@ var metricName = regexp.MustCompile(`\bdropship_[a-z_]+\b`)
 // host reporting a new release and the stream carrying it. Reported: the
 // server's resident memory, and Consul requests per minute during it.
 func BenchmarkDashboard50Hosts(b *testing.B) {
-	consulOnce.Do(func() { consulOnce.c, consulOnce.err = rig.StartConsul() })
-	testutil.RequireServer(b, "Consul", consulOnce.err)
-	c := consulOnce.c
+	c := servers.Consul(b)
 	client, _ := api.NewClient(&api.Config{Address: c.Addr})
 	prefix := "bench/dashboard50"
 	client.KV().DeleteTree(prefix+"/", nil)
@@ -704,16 +685,17 @@ func BenchmarkDashboard50Hosts(b *testing.B) {
 		cmd.Wait()
 	}()
 	var resp *http.Response
-	for deadline := time.Now().Add(30 * time.Second); ; {
+	testutil.Eventually(b, 30*time.Second, func() error {
 		var err error
-		if resp, err = http.Get("http://" + addr + "/events"); err == nil && resp.StatusCode == http.StatusOK {
-			break
+		if resp, err = http.Get("http://" + addr + "/events"); err != nil {
+			return fmt.Errorf("fleet serve does not answer: %w", err)
 		}
-		if time.Now().After(deadline) {
-			b.Fatalf("fleet serve never answered: %v", err)
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+			return fmt.Errorf("fleet serve answers %s", resp.Status)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	defer resp.Body.Close()
 	updates := make(chan string, 1000)
 	go func() {

@@ -22,7 +22,7 @@ import (
 // minioBucket is a store on the test MinIO with a new bucket in it.
 func minioBucket(t *testing.T, bucket string) *s3.Store {
 	t.Helper()
-	testutil.RequireServer(t, "MinIO", minioErr)
+	minio := servers.MinIO(t)
 	st, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(minio.Endpoint),
 		AccessKey: aws.String(minio.AccessKey), SecretKey: aws.String(minio.SecretKey)})
 	if err != nil {
@@ -87,7 +87,7 @@ service "app" {
 }
 
 func TestEndToEndS3(t *testing.T) {
-	testutil.RequireServer(t, "MinIO", minioErr)
+	minio := servers.MinIO(t)
 	minioBucket(t, "e2e-releases")
 	e2e(t, fmt.Sprintf(`repo "s3" {
   region     = "us-east-1"
@@ -103,7 +103,7 @@ func TestEndToEndS3(t *testing.T) {
 }
 
 func TestEndToEndSwift(t *testing.T) {
-	testutil.RequireServer(t, "OpenStack Swift", swiftErr)
+	swiftSrv := servers.Swift(t)
 	st, err := swift.NewStore("swift", swift.Config{User: &swiftSrv.User, Key: &swiftSrv.Key, AuthURL: &swiftSrv.AuthURL})
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +129,7 @@ func TestEndToEndSwift(t *testing.T) {
 // A .tar.gz stored as application/octet-stream under a name with no
 // extension installs: the format comes from the bytes, not the store.
 func TestOctetStreamTarGzInstalls(t *testing.T) {
-	testutil.RequireServer(t, "MinIO", minioErr)
+	minio := servers.MinIO(t)
 	ctx := context.Background()
 	c, err := s3.NewStore(ctx, s3.Config{Endpoint: aws.String(minio.Endpoint),
 		AccessKey: aws.String(minio.AccessKey), SecretKey: aws.String(minio.SecretKey)})

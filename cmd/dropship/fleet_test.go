@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,7 +13,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,17 +24,7 @@ import (
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
-var consulOnce struct {
-	sync.Once
-	c   *rig.Consul
-	err error
-}
-
-func consulServer(t *testing.T) *rig.Consul {
-	consulOnce.Do(func() { consulOnce.c, consulOnce.err = rig.StartConsul() })
-	testutil.RequireServer(t, "Consul", consulOnce.err)
-	return consulOnce.c
-}
+func consulServer(t *testing.T) *rig.Consul { return servers.Consul(t) }
 
 // fleetRig is N agents, as separate processes, each with its own state
 // dir, destination and node name, all watching one artifact.
@@ -103,14 +94,19 @@ service "app" {
 	return f
 }
 
-func (f *fleetRig) publish(v string, bad bool) {
+// publish puts release v in the store and returns its checksum, which the
+// hosts name in their logs and records.
+func (f *fleetRig) publish(v string, bad bool) string {
 	files := []testutil.File{{Name: "VERSION", Body: v}}
 	if bad {
 		files = append(files, testutil.File{Name: "BAD", Body: "this release fails its health check"})
 	}
-	testutil.WriteFile(f.t, f.store, testutil.TarGz(f.t, files...))
+	b := testutil.TarGz(f.t, files...)
+	testutil.WriteFile(f.t, f.store, b)
 	later := time.Now().Add(time.Duration(len(v)) * time.Millisecond)
 	os.Chtimes(f.store, later, later)
+	sum := md5.Sum(b)
+	return hex.EncodeToString(sum[:])
 }
 
 func (f *fleetRig) start(h *host) {
@@ -145,8 +141,7 @@ func (h *host) version() string {
 // waitAll waits (bounded) until every host in hosts runs version v.
 func (f *fleetRig) waitAll(hosts []*host, v string, timeout time.Duration) {
 	f.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	testutil.Eventually(f.t, timeout, func() error {
 		done := 0
 		for _, h := range hosts {
 			if h.version() == v {
@@ -154,35 +149,28 @@ func (f *fleetRig) waitAll(hosts []*host, v string, timeout time.Duration) {
 			}
 		}
 		if done == len(hosts) {
-			return
+			return nil
 		}
-		if time.Now().After(deadline) {
-			var got []string
-			for _, h := range f.hosts {
-				got = append(got, h.name+"="+h.version())
-			}
-			log, _ := os.ReadFile(filepath.Join(f.dir, f.hosts[0].name+".log"))
-			f.t.Fatalf("after %s, %d of %d hosts on %s: %v\nhost-0 log tail:\n%s", timeout, done, len(hosts), v, got, tailOf(log))
+		var got []string
+		for _, h := range f.hosts {
+			got = append(got, h.name+"="+h.version())
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		log, _ := os.ReadFile(filepath.Join(f.dir, f.hosts[0].name+".log"))
+		return fmt.Errorf("%d of %d hosts on %s: %v\nhost-0 log tail:\n%s", done, len(hosts), v, got, tailOf(log))
+	})
 }
 
 // waitEnds waits (bounded) until n after hooks have finished for version
 // v: a host shows v at its switch, its after hook ends a moment later.
 func (f *fleetRig) waitEnds(v string, n int) {
 	f.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testutil.Eventually(f.t, 30*time.Second, func() error {
 		b, _ := os.ReadFile(f.shared)
-		if strings.Count(string(b), " after "+v+"\n") >= n {
-			return
+		if got := strings.Count(string(b), " after "+v+"\n"); got < n {
+			return fmt.Errorf("%d of %d after hooks finished for %s:\n%s", got, n, v, b)
 		}
-		if time.Now().After(deadline) {
-			f.t.Fatalf("fewer than %d after hooks finished for %s:\n%s", n, v, b)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // marks notes how far each host's log has got, so that waitLog looks
@@ -197,27 +185,37 @@ func (f *fleetRig) marks() map[*host]int64 {
 	return m
 }
 
+// logSince is what h has logged after its mark.
+func (f *fleetRig) logSince(h *host, marks map[*host]int64) string {
+	b, _ := os.ReadFile(filepath.Join(f.dir, h.name+".log"))
+	if off := marks[h]; off <= int64(len(b)) {
+		b = b[off:]
+	}
+	return string(b)
+}
+
 // waitLog waits (bounded) until each of hosts has logged, after its mark,
 // a line holding every one of parts: a positive sign that it looked and
 // decided, rather than a pause after which nothing is seen to happen.
+// marks may be nil: the whole log.
 func (f *fleetRig) waitLog(hosts []*host, marks map[*host]int64, parts ...string) {
 	f.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for _, h := range hosts {
-		for {
-			b, _ := os.ReadFile(filepath.Join(f.dir, h.name+".log"))
-			if off := marks[h]; off <= int64(len(b)) {
-				b = b[off:]
+	testutil.Eventually(f.t, 30*time.Second, func() error {
+		for _, h := range hosts {
+			if log := f.logSince(h, marks); !hasLine(log, parts) {
+				return fmt.Errorf("%s has not logged a line with %q; log tail:\n%s", h.name, parts, tailOf([]byte(log)))
 			}
-			if hasLine(string(b), parts) {
-				break
-			}
-			if time.Now().After(deadline) {
-				f.t.Fatalf("%s never logged a line with %q; log tail:\n%s", h.name, parts, tailOf(b))
-			}
-			time.Sleep(50 * time.Millisecond)
 		}
-	}
+		return nil
+	})
+}
+
+// waitInstalled waits (bounded) until each of hosts has logged that it
+// installed sum: its after hooks have run and its record in Consul says
+// so.
+func (f *fleetRig) waitInstalled(hosts []*host, sum string) {
+	f.t.Helper()
+	f.waitLog(hosts, nil, "msg=installed service=app checksum="+sum)
 }
 
 func hasLine(log string, parts []string) bool {
@@ -309,9 +307,10 @@ func TestFleetRolloutOneAtATime(t *testing.T) {
 	f.waitAll(f.hosts, "v1", 60*time.Second)
 	f.waitEnds("v1", 5)
 	before, _ := f.timeline()
-	f.publish("v2", false)
+	sum2 := f.publish("v2", false)
 	f.waitAll(f.hosts, "v2", 60*time.Second)
 	f.waitEnds("v2", 5)
+	f.waitInstalled(f.hosts, sum2) // their records say so, for fleet status
 	us, _ := f.timeline()
 	if got := maxOverlap(us); got != 1 {
 		t.Fatalf("with concurrency = 1, %d updates overlapped", got)
@@ -360,17 +359,13 @@ func TestBadReleaseStopsAtTheFirstHost(t *testing.T) {
 	f.publish("bad", true)
 
 	client, _ := api.NewClient(&api.Config{Address: c.Addr})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		keys, _, _ := client.KV().Keys(f.prefix+"/app/failed/", "", nil)
-		if len(keys) == 1 {
-			break
+	testutil.Eventually(t, 30*time.Second, func() error {
+		keys, _, err := client.KV().Keys(f.prefix+"/app/failed/", "", nil)
+		if len(keys) != 1 {
+			return fmt.Errorf("breakers %v (%v), want one", keys, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("no breaker written")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	_, starts := f.timeline()
 	var badStarts []string
 	var badSum string
@@ -442,17 +437,14 @@ func TestForgedReleaseTripsTheBreaker(t *testing.T) {
 	os.Chtimes(f.store, later, later)
 	client, _ := api.NewClient(&api.Config{Address: c.Addr})
 	var breaker string
-	deadline := time.Now().Add(30 * time.Second)
-	for breaker == "" {
-		pairs, _, _ := client.KV().List(f.prefix+"/app/failed/", nil)
-		if len(pairs) == 1 {
-			breaker = string(pairs[0].Value)
+	testutil.Eventually(t, 30*time.Second, func() error {
+		pairs, _, err := client.KV().List(f.prefix+"/app/failed/", nil)
+		if len(pairs) != 1 {
+			return fmt.Errorf("%d breakers (%v), want one for the forged release", len(pairs), err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("no breaker written for the forged release")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		breaker = string(pairs[0].Value)
+		return nil
+	})
 	if !strings.Contains(breaker, `"phase":"signature"`) || !strings.Contains(breaker, "not trusted") {
 		t.Fatalf("breaker: %s", breaker)
 	}
@@ -490,28 +482,20 @@ func TestKilledHolderFreesTheSlot(t *testing.T) {
 	f.startAll()
 	f.waitAll(f.hosts, "v1", 60*time.Second)
 	os.WriteFile(filepath.Join(f.dir, "slow"), nil, 0o644)
-	_, before := f.timeline()
-	f.publish("v2", false)
+	v2 := f.publish("v2", false)
 	// Wait for the first host to start v2 (it now sleeps in its before
 	// hook, holding the slot), then kill -9 its agent.
 	var victim *host
-	deadline := time.Now().Add(30 * time.Second)
-	for victim == nil {
+	testutil.Eventually(t, 30*time.Second, func() error {
 		_, starts := f.timeline()
-		for sum, nodes := range starts {
-			if len(before[sum]) == 0 && len(nodes) > 0 {
-				for _, h := range f.hosts {
-					if h.name == nodes[0] {
-						victim = h
-					}
-				}
+		for _, h := range f.hosts {
+			if len(starts[v2]) > 0 && h.name == starts[v2][0] {
+				victim = h
+				return nil
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("nobody started v2")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return fmt.Errorf("nobody started v2: %v", starts)
+	})
 	os.Remove(filepath.Join(f.dir, "slow"))
 	killed := time.Now()
 	victim.cmd.Process.Signal(syscall.SIGKILL)

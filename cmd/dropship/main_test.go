@@ -2,22 +2,27 @@ package main
 
 import (
 	"bytes"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 var (
-	bin      string
-	minio    *rig.MinIO
-	minioErr error
-	swiftSrv *rig.Swift
-	swiftErr error
+	bin     string
+	servers rig.Servers
+	// errorRatio is a metric the tests set, scraped by a real Prometheus
+	// every second.
+	errorRatio = prometheus.NewGauge(prometheus.GaugeOpts{Name: "app_error_ratio", Help: "set by the test"})
 )
 
 func TestMain(m *testing.M) {
@@ -29,18 +34,15 @@ func TestMain(m *testing.M) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		panic(string(out))
 	}
-	minio, minioErr = rig.StartMinIO()
-	swiftSrv, swiftErr = rig.StartSwift()
-	code := m.Run()
-	if minio != nil {
-		minio.Stop()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(errorRatio)
+	metrics, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
 	}
-	if swiftSrv != nil {
-		swiftSrv.Stop()
-	}
-	if consulOnce.c != nil {
-		consulOnce.c.Stop()
-	}
+	go http.Serve(metrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	code := rig.Run(m, &servers, rig.Need{MinIO: true, Swift: true, Consul: true, Graphite: true,
+		Prometheus: []string{metrics.Addr().String()}})
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

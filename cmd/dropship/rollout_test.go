@@ -5,21 +5,18 @@ import (
 	"crypto/md5"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/rollout"
@@ -74,11 +71,11 @@ func TestRolloutWavesInOrderWithBake(t *testing.T) {
 	f.startAll()
 	f.waitAll(f.hosts, "v1", 90*time.Second)
 	f.waitEnds("v1", 8)
-	f.publish("v2", false)
+	sum := f.publish("v2", false)
 	f.waitAll(f.hosts, "v2", 90*time.Second)
 	f.waitEnds("v2", 8)
+	f.waitInstalled(f.hosts, sum)
 
-	sum := f.checksum(t, f.hosts[0])
 	w := f.waves(sum)
 	if len(w["canary"]) != 1 || len(w["1"]) != 3 || len(w["2"]) != 4 {
 		t.Fatalf("waves %v: want 1 canary, 3 more to reach 50%%, 4 in the last", w)
@@ -114,26 +111,6 @@ func TestRolloutWavesInOrderWithBake(t *testing.T) {
 	}
 }
 
-// checksum is the checksum of the artifact in the store, as hosts report
-// it after installing it. A host shows the new files at its switch and
-// logs "installed" once its after hooks have run, so this waits (bounded)
-// for that line.
-func (f *fleetRig) checksum(t *testing.T, h *host) string {
-	t.Helper()
-	installed := regexp.MustCompile(`msg=installed service=app checksum=(\S+)`)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		b, _ := os.ReadFile(filepath.Join(f.dir, h.name+".log"))
-		if m := installed.FindAllStringSubmatch(string(b), -1); len(m) > 0 {
-			return m[len(m)-1][1]
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never logged an install:\n%s", h.name, tailOf(b))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // squash collapses runs of spaces, for comparing aligned output.
 func squash(s string) string {
 	return regexp.MustCompile(` +`).ReplaceAllString(s, " ")
@@ -161,22 +138,19 @@ func TestRolloutApprovalBlocksAndReleases(t *testing.T) {
     waves   = ["100%"]
     approve = ["1"]
   }`)
-	f.publish("v1", false)
+	sum := f.publish("v1", false)
 	f.startAll()
 	marks := f.marks()
 	var canary *host
-	deadline := time.Now().Add(60 * time.Second)
-	for canary == nil {
+	testutil.Eventually(t, 60*time.Second, func() error {
 		for _, h := range f.hosts {
 			if h.version() == "v1" {
 				canary = h
+				return nil
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("no canary installed v1")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return errors.New("no canary installed v1")
+	})
 	var others []*host
 	for _, h := range f.hosts {
 		if h != canary {
@@ -184,7 +158,6 @@ func TestRolloutApprovalBlocksAndReleases(t *testing.T) {
 		}
 	}
 	f.waitLog(others, marks, "waiting for approval of wave 1: dropship fleet approve app --wave 1")
-	sum := f.checksum(t, canary)
 	if got := f.startedOnce(t, sum); len(got) != 1 {
 		t.Fatalf("before the approval %v started, want the canary alone", got)
 	}
@@ -244,10 +217,9 @@ func TestRolloutPinKeepsHostsOnARelease(t *testing.T) {
   rollout {
     waves = ["100%"]
   }`)
-	f.publish("v1", false)
+	v1 := f.publish("v1", false)
 	f.startAll()
 	f.waitAll(f.hosts, "v1", 60*time.Second)
-	v1 := f.checksum(t, f.hosts[3])
 	f.publish("v2", false)
 	f.waitAll(f.hosts, "v2", 60*time.Second)
 
@@ -257,7 +229,7 @@ func TestRolloutPinKeepsHostsOnARelease(t *testing.T) {
 	}
 	f.waitAll(f.hosts[3:4], "v1", 30*time.Second)
 	marks := f.marks()
-	f.publish("v3", false)
+	v3 := f.publish("v3", false)
 	var others []*host
 	for i, h := range f.hosts {
 		if i != 3 {
@@ -265,6 +237,7 @@ func TestRolloutPinKeepsHostsOnARelease(t *testing.T) {
 		}
 	}
 	f.waitAll(others, "v3", 60*time.Second)
+	f.waitInstalled(others, v3) // their records say so, for fleet status
 	f.waitLog(f.hosts[3:4], marks, "pinned to "+v1)
 	if v := f.hosts[3].version(); v != "v1" {
 		t.Fatalf("the pinned host runs %s", v)
@@ -315,22 +288,13 @@ func TestRolloutCanaryFailsAlone(t *testing.T) {
 	f.startAll()
 	f.waitAll(f.hosts, "v1", 60*time.Second)
 	marks := f.marks()
-	f.publish("bad", true)
-	deadline := time.Now().Add(30 * time.Second)
-	var bad string
-	for bad == "" {
-		for sum, nodes := range f.timelineStarts() {
-			if len(nodes) == 1 && !strings.HasPrefix(sum, "x") {
-				if sum != f.checksum(t, f.hosts[0]) {
-					bad = sum
-				}
-			}
+	bad := f.publish("bad", true)
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if starts := f.timelineStarts(); len(starts[bad]) == 0 {
+			return fmt.Errorf("no canary started the bad release %s: %v", bad, starts)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("no canary started the bad release")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	f.waitLog(f.hosts, marks, "result=skipped", "checksum="+bad)
 	if got := f.startedOnce(t, bad); len(got) != 1 {
 		t.Fatalf("the bad release was started by %v, want the canary alone", got)
@@ -340,6 +304,17 @@ func TestRolloutCanaryFailsAlone(t *testing.T) {
 			t.Fatalf("%s runs %q", h.name, h.version())
 		}
 	}
+}
+
+// onVersion is the hosts whose files are those of version v.
+func (f *fleetRig) onVersion(v string) []*host {
+	var on []*host
+	for _, h := range f.hosts {
+		if h.version() == v {
+			on = append(on, h)
+		}
+	}
+	return on
 }
 
 func (f *fleetRig) timelineStarts() map[string][]string {
@@ -363,32 +338,31 @@ func TestRolloutSurvivesAConsulRestart(t *testing.T) {
 	f.publish("v1", false)
 	f.startAll()
 	f.waitAll(f.hosts, "v1", 90*time.Second)
-	f.publish("v2", false)
+	sum := f.publish("v2", false)
 	// Once the canary is done, Consul goes away and comes back empty.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		n := 0
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if n := f.onVersion("v2"); len(n) == 0 {
+			return errors.New("the canary has not installed v2")
+		}
+		return nil
+	})
+	marks := f.marks()
+	c.Kill()
+	// A real outage, not a test shortcut: a host finds Consul gone.
+	testutil.Eventually(t, 30*time.Second, func() error {
 		for _, h := range f.hosts {
-			if h.version() == "v2" {
-				n++
+			if strings.Contains(f.logSince(h, marks), "fleet records unavailable") {
+				return nil
 			}
 		}
-		if n >= 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the canary never installed v2")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	c.Kill()
-	time.Sleep(time.Second) // hosts find Consul gone (a real outage, not a test shortcut)
+		return errors.New("no host has found Consul gone")
+	})
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
 	f.waitAll(f.hosts, "v2", 90*time.Second)
 	f.waitEnds("v2", 8)
-	sum := f.checksum(t, f.hosts[0])
+	f.waitInstalled(f.hosts, sum)
 	if got := f.startedOnce(t, sum); len(got) != 8 {
 		t.Fatalf("%d hosts started v2, want 8 (each once): %v", len(got), got)
 	}
@@ -435,42 +409,20 @@ func TestDashboardShowsARolloutInABrowser(t *testing.T) {
 	b.waitJS("the approval in the history", `[...document.querySelectorAll('tr[data-kind="approve"]')].some(r => /alice \(dashboard\)/.test(r.textContent) && /wave 2/.test(r.textContent))`)
 }
 
-// A metric the test sets, scraped by a real Prometheus every second.
-var promOnce struct {
-	sync.Once
-	p     *rig.Prometheus
-	ratio prometheus.Gauge
-	err   error
-}
-
+// prometheusServer is the package's Prometheus, once it has scraped
+// errorRatio: the gate judges from the start of each bake, so the series
+// must be there.
 func prometheusServer(t *testing.T) (*rig.Prometheus, prometheus.Gauge) {
-	promOnce.Do(func() {
-		reg := prometheus.NewRegistry()
-		promOnce.ratio = prometheus.NewGauge(prometheus.GaugeOpts{Name: "app_error_ratio", Help: "set by the test"})
-		reg.MustRegister(promOnce.ratio)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			promOnce.err = err
-			return
-		}
-		go http.Serve(ln, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		promOnce.p, promOnce.err = rig.StartPrometheus(ln.Addr().String())
-	})
-	testutil.RequireServer(t, "Prometheus", promOnce.err)
-	// The gate judges from the start of each bake: have the series there.
-	g := &rollout.Prometheus{Address: promOnce.p.URL, Query: "app_error_ratio"}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	p := servers.Prometheus(t)
+	g := &rollout.Prometheus{Address: p.URL, Query: "app_error_ratio"}
+	testutil.Eventually(t, 30*time.Second, func() error {
 		now := time.Now()
-		if v, err := g.Check(context.Background(), now, now); err == nil && v.OK {
-			break
+		if v, err := g.Check(context.Background(), now, now); err != nil || !v.OK {
+			return fmt.Errorf("Prometheus has not scraped the test's metric: %v %+v", err, v)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("Prometheus never scraped the test's metric")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	return promOnce.p, promOnce.ratio
+		return nil
+	})
+	return p, errorRatio
 }
 
 // A gate that fails during a bake stops the rollout, and with
@@ -491,32 +443,25 @@ func TestRolloutGateFailsMidBakeAndReverts(t *testing.T) {
       query   = "app_error_ratio < 0.01"
     }
   }`, p.URL))
-	f.publish("v1", false)
+	v1 := f.publish("v1", false)
 	f.startAll()
 	f.waitAll(f.hosts, "v1", 90*time.Second)
 	f.waitEnds("v1", 8)
 	f.publish("v2", false)
 	// Wave 1 (the canary and 3 more: 50 %) installs; during its bake the
 	// error ratio goes up.
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		n := 0
-		for _, h := range f.hosts {
-			if h.version() == "v2" {
-				n++
-			}
+	var updated []*host
+	testutil.Eventually(t, 60*time.Second, func() error {
+		if updated = f.onVersion("v2"); len(updated) != 4 {
+			return fmt.Errorf("%d hosts on v2, want 4 (canary and wave 1)", len(updated))
 		}
-		if n == 4 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d hosts on v2, want 4 (canary and wave 1)", n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	marks := f.marks()
 	ratio.Set(0.5)
 	f.waitAll(f.hosts, "v1", 60*time.Second)
+	// Back on v1 at the switch; the revert is recorded once its hooks ran.
+	f.waitLog(updated, marks, "msg=check", "result=reverted", "checksum="+v1)
 	out, _, _ := run(t, "fleet", "status", "app", "-c", f.hosts[0].cfg)
 	if !strings.Contains(out, "BREAKER") || !strings.Contains(out, "in gate") || !strings.Contains(out, "gate prometheus failed during the bake of wave 1") {
 		t.Fatalf("fleet status does not show the gate's breaker:\n%s", out)

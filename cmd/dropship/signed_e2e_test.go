@@ -105,7 +105,7 @@ func must[T any](v T, err error) T {
 }
 
 func TestSignedEndToEndS3(t *testing.T) {
-	testutil.RequireServer(t, "MinIO", minioErr)
+	minio := servers.MinIO(t)
 	minioBucket(t, "signed-releases")
 	signedE2E(t, fmt.Sprintf(`repo "s3" {
   region     = "us-east-1"
@@ -121,7 +121,7 @@ func TestSignedEndToEndS3(t *testing.T) {
 }
 
 func TestSignedEndToEndSwift(t *testing.T) {
-	testutil.RequireServer(t, "OpenStack Swift", swiftErr)
+	swiftSrv := servers.Swift(t)
 	st, err := swift.NewStore("swift", swift.Config{User: &swiftSrv.User, Key: &swiftSrv.Key, AuthURL: &swiftSrv.AuthURL})
 	if err != nil {
 		t.Fatal(err)

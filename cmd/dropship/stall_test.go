@@ -22,7 +22,7 @@ import (
 // second host of the fleet installs: one stuck host never stalls a
 // rollout.
 func TestStalledHostFreesTheSlot(t *testing.T) {
-	testutil.RequireServer(t, "MinIO", minioErr)
+	minio := servers.MinIO(t)
 	c := consulServer(t)
 	st := minioBucket(t, "stall")
 	dir := t.TempDir()
@@ -79,13 +79,12 @@ service "app" {
 	}
 	waitLog := func(h *host, want string) {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for !strings.Contains(h.log.String(), want) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s never logged %q:\n%s", h.name, want, h.log.String())
+		testutil.Eventually(t, 30*time.Second, func() error {
+			if !strings.Contains(h.log.String(), want) {
+				return fmt.Errorf("%s has not logged %q:\n%s", h.name, want, h.log.String())
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	stuck, next := hosts[0], hosts[1]
 	stuck.proxy.PauseAfter(256 << 10) // its first download stops a quarter MiB in

@@ -90,7 +90,7 @@ func TestWatchBringsReleasesAtOnce(t *testing.T) {
 // Consul, and an agent polling only every 5 minutes installs it within
 // seconds.
 func TestPublishAnnouncesToWatchingAgents(t *testing.T) {
-	testutil.RequireServer(t, "MinIO", minioErr)
+	minio := servers.MinIO(t)
 	c := consulServer(t)
 	minioBucket(t, "watched")
 	dir := t.TempDir()
@@ -128,12 +128,12 @@ service "app" {
 	waitFor := func(v string) time.Duration {
 		t.Helper()
 		start := time.Now()
-		for version() != v {
-			if time.Since(start) > 20*time.Second {
-				t.Fatalf("after 20 s the agent runs %q, not %s", version(), v)
+		testutil.Eventually(t, 20*time.Second, func() error {
+			if got := version(); got != v {
+				return fmt.Errorf("the agent runs %q, not %s", got, v)
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 		return time.Since(start)
 	}
 	publish("v1")
@@ -145,13 +145,12 @@ service "app" {
 	}
 	t.Cleanup(func() { agent.Process.Signal(syscall.SIGTERM); agent.Wait() })
 	waitFor("v1") // a new host: within seconds, whatever the interval
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(logs.String(), "watching for announced releases") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no watch:\n%s", logs.String())
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if !strings.Contains(logs.String(), "watching for announced releases") {
+			return fmt.Errorf("no watch:\n%s", logs.String())
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	publish("v2")
 	t.Logf("end of publish to installed: %s (poll interval 5m)", waitFor("v2").Round(time.Millisecond))
 }

@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 // TestZeroDowntimeCutover deploys releases through examples/nginx-cutover's
@@ -194,9 +196,12 @@ service "app" {
 	waitFor(t, &logs, func() bool { return strings.Count(logs.String(), "result=installed") >= 3 })
 	installed := strings.Count(logs.String(), "result=installed")
 	publish("bad", false)
+	// The check line saying failed comes once the rollback is over: the
+	// load goes on until 300 more requests have been answered after it.
 	waitFor(t, &logs, func() bool { return strings.Contains(logs.String(), "result=failed") })
 	waitFor(t, &logs, func() bool { return running(app) == "v3" })
-	time.Sleep(500 * time.Millisecond) // keep the load on across the rollback's end
+	after := res.sent.Load()
+	waitFor(t, &logs, func() bool { return res.sent.Load() >= after+300 })
 	stop()
 	wg.Wait()
 	elapsed := time.Since(began)
@@ -268,13 +273,12 @@ func running(app string) string {
 
 func waitFor(t *testing.T, logs *syncBuffer, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out; agent log:\n%s", tail(logs.String()))
+	testutil.Eventually(t, 60*time.Second, func() error {
+		if !cond() {
+			return fmt.Errorf("not yet; agent log:\n%s", tail(logs.String()))
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func tail(s string) string {

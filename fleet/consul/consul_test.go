@@ -3,7 +3,6 @@ package consul
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -16,28 +15,17 @@ import (
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
-var (
-	server    *rig.Consul
-	serverErr error
-)
+var servers rig.Servers
 
-func TestMain(m *testing.M) {
-	server, serverErr = rig.StartConsul()
-	code := m.Run()
-	if server != nil {
-		server.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { rig.Main(m, &servers, rig.Need{Consul: true}) }
 
 func newFleet(t *testing.T, node string) *Fleet {
 	t.Helper()
-	testutil.RequireServer(t, "Consul", serverErr)
-	c, err := api.NewClient(&api.Config{Address: server.Addr})
+	c, err := api.NewClient(&api.Config{Address: servers.Consul(t).Addr})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Fleet{Client: c, Prefix: "test/" + t.Name(), Node: node, SessionTTL: 10 * time.Second}
+	return &Fleet{Client: c, Prefix: "test/" + testutil.Unique(t), Node: node, SessionTTL: 10 * time.Second}
 }
 
 func TestRecordFromManyHostsAtOnceLosesNothing(t *testing.T) {

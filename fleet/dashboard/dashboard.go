@@ -78,6 +78,7 @@ type Options struct {
 	Policies map[string]*rollout.Policy
 
 	sleep func(context.Context, time.Duration) bool // tests: the blocking queries' waits
+	gap   time.Duration                             // tests: the least time between two; 0: watchGap
 }
 
 // Server watches the fleet and serves it.
@@ -94,6 +95,7 @@ type Server struct {
 	perMax     int
 	writeMax   time.Duration
 	sleep      func(context.Context, time.Duration) bool // the blocking queries' waits; nil: a timer
+	gap        time.Duration                             // the least time from one to the next
 
 	snap atomic.Pointer[Fleet]
 
@@ -115,7 +117,7 @@ func New(o Options) (*Server, error) {
 	}
 	s := &Server{store: o.Store, actor: o.Actor, tokens: o.Tokens, log: o.Logger, keep: o.Events, debounce: o.Debounce,
 		events: map[string][]fleet.Event{}, logging: map[string]context.CancelFunc{}, subs: map[chan struct{}]struct{}{},
-		changed: make(chan struct{}, 1), deciders: map[string]*rollout.Decider{}, sleep: o.sleep,
+		changed: make(chan struct{}, 1), deciders: map[string]*rollout.Decider{}, sleep: o.sleep, gap: o.gap,
 		readTokens: o.ReadTokens, perMax: o.MaxStreamsPerClient, perOpen: map[string]int{}}
 	for name, p := range o.Policies {
 		if p != nil {
@@ -130,6 +132,9 @@ func New(o Options) (*Server, error) {
 	}
 	if s.debounce <= 0 {
 		s.debounce = 50 * time.Millisecond
+	}
+	if s.gap <= 0 {
+		s.gap = watchGap
 	}
 	if o.MaxStreams <= 0 {
 		o.MaxStreams = 256
@@ -360,7 +365,7 @@ func (s *Server) follow(ctx context.Context, service string) {
 // a blink, not a second later (50 hosts changing without pause: about 4
 // queries a second).
 func (s *Server) loop(down func(error), up func()) blocking.Loop {
-	return blocking.Loop{MinGap: watchGap, Down: down, Up: up, Sleep: s.sleep}
+	return blocking.Loop{MinGap: s.gap, Down: down, Up: up, Sleep: s.sleep}
 }
 
 const watchGap = 250 * time.Millisecond

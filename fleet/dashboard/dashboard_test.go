@@ -29,19 +29,9 @@ import (
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
-var (
-	server    *rig.Consul
-	serverErr error
-)
+var servers rig.Servers
 
-func TestMain(m *testing.M) {
-	server, serverErr = rig.StartConsul()
-	code := m.Run()
-	if server != nil {
-		server.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { rig.Main(m, &servers, rig.Need{Consul: true}) }
 
 // start runs a dashboard over a fresh prefix in the real Consul.
 func start(t *testing.T, actions bool) (*consul.Fleet, *httptest.Server) {
@@ -57,9 +47,8 @@ func start(t *testing.T, actions bool) (*consul.Fleet, *httptest.Server) {
 // not nil.
 func startWith(t *testing.T, opts func(*dashboard.Options), ln net.Listener) (*consul.Fleet, *httptest.Server) {
 	t.Helper()
-	testutil.RequireServer(t, "Consul", serverErr)
-	c, _ := api.NewClient(&api.Config{Address: server.Addr})
-	p := &consul.Fleet{Client: c, Prefix: "test/" + t.Name(), Node: "dash", SessionTTL: 10 * time.Second}
+	c, _ := api.NewClient(&api.Config{Address: servers.Consul(t).Addr})
+	p := &consul.Fleet{Client: c, Prefix: "test/" + testutil.Unique(t), Node: "dash", SessionTTL: 10 * time.Second}
 	o := dashboard.Options{Store: p}
 	if opts != nil {
 		opts(&o)
@@ -102,23 +91,29 @@ func getFleet(t *testing.T, hs *httptest.Server) dashboard.Fleet {
 	return f
 }
 
+// waitService waits (bounded) until the dashboard shows a service.
+func waitService(t *testing.T, hs *httptest.Server) {
+	t.Helper()
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if len(getFleet(t, hs).Services) == 0 {
+			return errors.New("the dashboard shows no service")
+		}
+		return nil
+	})
+}
+
 func TestFleetAPIGroupsHostsByChecksum(t *testing.T) {
 	p, hs := start(t, false)
 	report(t, p, "host-0", "aaaa", "installed")
 	report(t, p, "host-1", "aaaa", "installed")
 	report(t, p, "host-2", "bbbb", "installed")
-	deadline := time.Now().Add(10 * time.Second)
 	var f dashboard.Fleet
-	for {
-		f = getFleet(t, hs)
-		if len(f.Services) == 1 && len(f.Services[0].Nodes) == 3 {
-			break
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if f = getFleet(t, hs); len(f.Services) != 1 || len(f.Services[0].Nodes) != 3 {
+			return fmt.Errorf("the dashboard shows %+v, not 3 hosts", f)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the dashboard never showed 3 hosts: %+v", f)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	s := f.Services[0]
 	if s.Newest != "bbbb" || s.OnNewest != 1 || len(s.Groups) != 2 || len(s.Groups[0].Hosts) != 2 || s.Groups[0].Checksum != "aaaa" || !s.Groups[1].Newest {
 		t.Fatalf("service %+v", s)
@@ -210,9 +205,7 @@ func TestActions(t *testing.T) {
 
 	p, hs := start(t, true)
 	report(t, p, "host-0", "aaaa", "installed")
-	for len(getFleet(t, hs).Services) == 0 {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitService(t, hs)
 	for _, tok := range []string{"", "wrong-token-0123456789"} {
 		if code := post(hs, "/api/v1/services/app/hold", tok, `{"reason":"x"}`); code != http.StatusUnauthorized {
 			t.Errorf("token %q: hold got %d, want 401", tok, code)
@@ -406,8 +399,8 @@ func TestEventStreamsAreBoundedAndAStalledReaderIsLetGo(t *testing.T) {
 	// While it holds the only stream, one more is refused; once its
 	// writes block long enough, the stream is free again.
 	sawRefusal := false
-	deadline := time.Now().Add(60 * time.Second)
-	for round := 1; ; round++ {
+	round := 0
+	testutil.Eventually(t, 60*time.Second, func() error {
 		resp, err := http.Get(hs.URL + "/events?service=app")
 		if err != nil {
 			t.Fatal(err)
@@ -418,18 +411,17 @@ func TestEventStreamsAreBoundedAndAStalledReaderIsLetGo(t *testing.T) {
 			if !ok || ev.Type != "update" {
 				t.Fatalf("the stream admitted sent %+v", ev)
 			}
-			break
+			return nil
 		}
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 			t.Fatalf("a stream beyond the bound: %s, Retry-After %q", resp.Status, resp.Header.Get("Retry-After"))
 		}
 		sawRefusal = true
-		if time.Now().After(deadline) {
-			t.Fatal("the client that reads nothing kept its stream")
-		}
+		round++
 		change(round) // more to write to it
-	}
+		return fmt.Errorf("after %d rounds, the client that reads nothing keeps its stream", round)
+	})
 	if !sawRefusal {
 		t.Fatal("a second stream was admitted while the first was open: the bound is not kept")
 	}
@@ -452,24 +444,19 @@ func TestUnreadableHoldAndBreakerShow(t *testing.T) {
 	// The dashboard may show the host before it has read the hold and the
 	// breaker written after it: it is judged once it has all three, or at
 	// the deadline.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(t, 30*time.Second, func() error {
 		f := getFleet(t, hs)
-		if len(f.Services) == 1 && len(f.Services[0].Nodes) == 1 {
-			s := f.Services[0]
-			held := s.Hold != nil && strings.Contains(s.Hold.Reason, "unreadable") && s.State() == "on hold"
-			broken := len(s.Breakers) == 1 && s.Breakers[0].Checksum == "bbbb" && strings.Contains(s.Breakers[0].Error, "unreadable")
-			if held && broken {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("hosts are held but the dashboard shows %q, hold %+v, breakers %+v", s.State(), s.Hold, s.Breakers)
-			}
-		} else if time.Now().After(deadline) {
-			t.Fatalf("the dashboard never showed the service: %+v", f)
+		if len(f.Services) != 1 || len(f.Services[0].Nodes) != 1 {
+			return fmt.Errorf("the dashboard does not show the service: %+v", f)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		s := f.Services[0]
+		held := s.Hold != nil && strings.Contains(s.Hold.Reason, "unreadable") && s.State() == "on hold"
+		broken := len(s.Breakers) == 1 && s.Breakers[0].Checksum == "bbbb" && strings.Contains(s.Breakers[0].Error, "unreadable")
+		if !held || !broken {
+			return fmt.Errorf("hosts are held but the dashboard shows %q, hold %+v, breakers %+v", s.State(), s.Hold, s.Breakers)
+		}
+		return nil
+	})
 }
 
 // Anyone who can write the prefix can put half a megabyte into a field
@@ -487,29 +474,27 @@ func TestHugeFieldsAreClippedOnRead(t *testing.T) {
 	if _, err := p.Client.KV().Put(&api.KVPair{Key: fleet.AuditKey(p.Prefix, "app") + "1-host-0-x", Value: ev}, nil); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var body []byte
+	var s dashboard.Service
+	testutil.Eventually(t, 30*time.Second, func() error {
 		resp, err := http.Get(hs.URL + "/api/v1/services/app")
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
-		body, _ := io.ReadAll(resp.Body)
+		body, _ = io.ReadAll(resp.Body)
 		resp.Body.Close()
-		var s dashboard.Service
+		s = dashboard.Service{}
 		json.Unmarshal(body, &s)
-		if len(s.Nodes) == 1 && len(s.Events) == 1 {
-			if len(body) > 64<<10 {
-				t.Fatalf("the service's JSON is %d bytes", len(body))
-			}
-			if n := s.Nodes[0]; len(n.Error) > fleet.MaxErrorText || !strings.HasSuffix(n.Error, "[cut]") || len(n.Node) > fleet.MaxErrorText {
-				t.Fatalf("node shown with a %d-byte error and a %d-byte name", len(n.Error), len(n.Node))
-			}
-			break
+		if len(s.Nodes) != 1 || len(s.Events) != 1 {
+			return fmt.Errorf("the dashboard shows %d nodes, %d events; want the host and its event", len(s.Nodes), len(s.Events))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the dashboard never showed the host and its event: %d nodes, %d events", len(s.Nodes), len(s.Events))
-		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if len(body) > 64<<10 {
+		t.Fatalf("the service's JSON is %d bytes", len(body))
+	}
+	if n := s.Nodes[0]; len(n.Error) > fleet.MaxErrorText || !strings.HasSuffix(n.Error, "[cut]") || len(n.Node) > fleet.MaxErrorText {
+		t.Fatalf("node shown with a %d-byte error and a %d-byte name", len(n.Error), len(n.Node))
 	}
 	resp, err := http.Get(hs.URL + "/services/app")
 	if err != nil {
@@ -526,9 +511,7 @@ func TestHugeFieldsAreClippedOnRead(t *testing.T) {
 func TestEveryAnswerCarriesTheSecurityHeaders(t *testing.T) {
 	p, hs := start(t, false)
 	report(t, p, "host-0", "aaaa", "installed")
-	for len(getFleet(t, hs).Services) == 0 {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitService(t, hs)
 	for _, path := range []string{"/", "/services/app", "/services/nope", "/api/v1/fleet", "/static/live.js", "/nothing", "/healthz"} {
 		resp, err := http.Get(hs.URL + path)
 		if err != nil {
@@ -547,9 +530,7 @@ func TestEveryAnswerCarriesTheSecurityHeaders(t *testing.T) {
 func TestBearerSchemeInAnyCase(t *testing.T) {
 	p, hs := start(t, true)
 	report(t, p, "host-0", "aaaa", "installed")
-	for len(getFleet(t, hs).Services) == 0 {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitService(t, hs)
 	for header, want := range map[string]int{
 		"bearer s3cret-token-0123456789":   http.StatusOK,
 		"BEARER  s3cret-token-0123456789 ": http.StatusOK,
@@ -580,9 +561,7 @@ func TestOddServiceNamesLinkToTheirPage(t *testing.T) {
 	if err := host.Report(context.Background(), name, fleet.NodeStatus{Node: "host-0", Checksum: "aaaa", Result: "installed", Time: time.Now().UTC()}); err != nil {
 		t.Fatal(err)
 	}
-	for len(getFleet(t, hs).Services) == 0 {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitService(t, hs)
 	get := func(u string) string {
 		resp, err := http.Get(u)
 		if err != nil {
@@ -642,14 +621,14 @@ func TestApproveOnlyAWaveShown(t *testing.T) {
 	report(t, p, "host-0", "aaaa", "installed")
 	report(t, p, "host-1", "", "registered")
 	var sum string
-	for deadline := time.Now().Add(10 * time.Second); sum == ""; time.Sleep(20 * time.Millisecond) {
-		if f := getFleet(t, hs); len(f.Services) > 0 && len(f.Services[0].Waves) > 0 {
-			sum = f.Services[0].RolloutOf
+	testutil.Eventually(t, 30*time.Second, func() error {
+		f := getFleet(t, hs)
+		if len(f.Services) == 0 || len(f.Services[0].Waves) == 0 || f.Services[0].RolloutOf == "" {
+			return fmt.Errorf("the rollout does not show: %+v", f)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the rollout never showed")
-		}
-	}
+		sum = f.Services[0].RolloutOf
+		return nil
+	})
 	approve := func(wave string) (int, string) {
 		req, _ := http.NewRequest(http.MethodPost, hs.URL+"/api/v1/services/app/approve", strings.NewReader(fmt.Sprintf(`{"wave":%q,"checksum":%q}`, wave, sum)))
 		req.Header.Set("Content-Type", "application/json")

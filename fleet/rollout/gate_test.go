@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,8 +21,7 @@ import (
 // The test controls a gauge that a real Prometheus scrapes every second.
 var (
 	ratio   = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "rig_error_ratio", Help: "set by the test"}, []string{"test"})
-	prom    *rig.Prometheus
-	promErr error
+	servers rig.Servers
 )
 
 func TestMain(m *testing.M) {
@@ -33,18 +33,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	go http.Serve(ln, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	prom, promErr = rig.StartPrometheus(ln.Addr().String())
-	code := m.Run()
-	if prom != nil {
-		prom.Stop()
-	}
-	os.Exit(code)
+	rig.Main(m, &servers, rig.Need{Prometheus: []string{ln.Addr().String()}})
 }
 
 func needPrometheus(t *testing.T) *rig.Prometheus {
 	t.Helper()
-	testutil.RequireServer(t, "Prometheus", promErr)
-	return prom
+	return servers.Prometheus(t)
 }
 
 // waitFor waits until Prometheus answers query with a value: it has
@@ -52,26 +46,34 @@ func needPrometheus(t *testing.T) *rig.Prometheus {
 func waitFor(t *testing.T, p *rig.Prometheus, query string) time.Time {
 	t.Helper()
 	g := &Prometheus{Address: p.URL, Query: query}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	var at time.Time
+	testutil.Eventually(t, 30*time.Second, func() error {
 		now := time.Now()
 		v, err := g.Check(context.Background(), now, now)
-		if err == nil && v.OK {
-			return now
+		if err != nil || !v.OK {
+			return fmt.Errorf("Prometheus has no value for %s: %v %+v", query, err, v)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Prometheus never had a value for %s: %v %+v", query, err, v)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		at = now
+		return nil
+	})
+	return at
 }
+
+// label is a series name new to Prometheus: with -count, a run must not
+// find the values an earlier run left.
+func label(name string) string {
+	return fmt.Sprintf("%s-%d", name, labelSeq.Add(1))
+}
+
+var labelSeq atomic.Int64
 
 func TestPrometheusGateHolds(t *testing.T) {
 	p := needPrometheus(t)
-	ratio.WithLabelValues("held").Set(0.001)
-	start := waitFor(t, p, `rig_error_ratio{test="held"}`)
-	waitFor(t, p, `count_over_time(rig_error_ratio{test="held"}[1m]) >= 4`)
-	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test="held"} < 0.01`}
+	l := label("held")
+	ratio.WithLabelValues(l).Set(0.001)
+	start := waitFor(t, p, `rig_error_ratio{test="`+l+`"}`)
+	waitFor(t, p, `count_over_time(rig_error_ratio{test="`+l+`"}[1m]) >= 4`)
+	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test="` + l + `"} < 0.01`}
 	v, err := g.Check(context.Background(), start, time.Now())
 	if err != nil || !v.OK || !strings.Contains(v.Detail, "held at") {
 		t.Fatalf("%+v %v", v, err)
@@ -85,12 +87,13 @@ func TestPrometheusGateHolds(t *testing.T) {
 
 func TestPrometheusGateFailsWhenTheValueGoesBad(t *testing.T) {
 	p := needPrometheus(t)
-	ratio.WithLabelValues("bad").Set(0.001)
-	start := waitFor(t, p, `rig_error_ratio{test="bad"}`)
-	waitFor(t, p, `count_over_time(rig_error_ratio{test="bad"}[1m]) >= 3`)
-	ratio.WithLabelValues("bad").Set(0.5)
-	bad := waitFor(t, p, `rig_error_ratio{test="bad"} > 0.1`)
-	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test="bad"} < 0.01`, Step: time.Second}
+	l := label("bad")
+	ratio.WithLabelValues(l).Set(0.001)
+	start := waitFor(t, p, `rig_error_ratio{test="`+l+`"}`)
+	waitFor(t, p, `count_over_time(rig_error_ratio{test="`+l+`"}[1m]) >= 3`)
+	ratio.WithLabelValues(l).Set(0.5)
+	bad := waitFor(t, p, `rig_error_ratio{test="`+l+`"} > 0.1`)
+	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test="` + l + `"} < 0.01`, Step: time.Second}
 	v, err := g.Check(context.Background(), start, bad.Add(time.Second))
 	if err != nil || v.OK || !strings.Contains(v.Detail, "did not hold for") {
 		t.Fatalf("%+v %v", v, err)
@@ -110,15 +113,16 @@ func TestPrometheusGateFailsWhenTheValueGoesBad(t *testing.T) {
 // One instance failing is not hidden by another that holds.
 func TestPrometheusGateEverySeriesMustHold(t *testing.T) {
 	p := needPrometheus(t)
-	ratio.WithLabelValues("multi-a").Set(0.001)
-	ratio.WithLabelValues("multi-b").Set(0.001)
-	start := waitFor(t, p, `count(rig_error_ratio{test=~"multi-.*"}) == 2`)
-	waitFor(t, p, `count_over_time(rig_error_ratio{test="multi-b"}[1m]) >= 3`)
-	ratio.WithLabelValues("multi-b").Set(0.5)
-	bad := waitFor(t, p, `rig_error_ratio{test="multi-b"} > 0.1`)
-	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test=~"multi-.*"} < 0.01`, Step: time.Second}
+	l := label("multi")
+	ratio.WithLabelValues(l + "-a").Set(0.001)
+	ratio.WithLabelValues(l + "-b").Set(0.001)
+	start := waitFor(t, p, `count(rig_error_ratio{test=~"`+l+`-.*"}) == 2`)
+	waitFor(t, p, `count_over_time(rig_error_ratio{test="`+l+`-b"}[1m]) >= 3`)
+	ratio.WithLabelValues(l + "-b").Set(0.5)
+	bad := waitFor(t, p, `rig_error_ratio{test="`+l+`-b"} > 0.1`)
+	g := &Prometheus{Address: p.URL, Query: `rig_error_ratio{test=~"` + l + `-.*"} < 0.01`, Step: time.Second}
 	v, err := g.Check(context.Background(), start, bad.Add(time.Second))
-	if err != nil || v.OK || !strings.Contains(v.Detail, `test="multi-b"`) {
+	if err != nil || v.OK || !strings.Contains(v.Detail, `test="`+l+`-b"`) {
 		t.Fatalf("%+v %v", v, err)
 	}
 }

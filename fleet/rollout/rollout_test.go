@@ -35,6 +35,7 @@ func members(n int, tags map[int][]string) []Member {
 }
 
 func TestPlanIsDeterministicAndCoversEveryHostOnce(t *testing.T) {
+	t.Parallel()
 	p := policy(t, 1, "10%", "50%", "100%")
 	ms := members(20, nil)
 	a := p.Plan("sum1", ms)
@@ -81,6 +82,7 @@ func TestPlanIsDeterministicAndCoversEveryHostOnce(t *testing.T) {
 }
 
 func TestPlanTagsCanaryAndTagWaves(t *testing.T) {
+	t.Parallel()
 	p := policy(t, 1, "tag:eu", "100%")
 	ms := members(6, map[int][]string{4: {"canary"}, 1: {"eu"}, 2: {"eu", "canary"}})
 	steps := p.Plan("x", ms)
@@ -96,6 +98,7 @@ func TestPlanTagsCanaryAndTagWaves(t *testing.T) {
 }
 
 func TestValidateRefuses(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		p    Policy
 		want string
@@ -117,6 +120,7 @@ func TestValidateRefuses(t *testing.T) {
 }
 
 func TestWindow(t *testing.T) {
+	t.Parallel()
 	w, err := ParseWindow("Mon-Fri", "09:00-16:00", "Europe/Berlin")
 	if err != nil {
 		t.Fatal(err)
@@ -184,6 +188,7 @@ func fleetOf(p *Policy, n int, sum string, done map[string]time.Time) fleet.Stat
 }
 
 func TestDecideWavesBakeGatesApprovalWindow(t *testing.T) {
+	t.Parallel()
 	p := policy(t, 1, "50%", "100%")
 	p.Bake = 10 * time.Minute
 	p.Approve = []string{"2"}
@@ -262,6 +267,7 @@ func TestDecideWavesBakeGatesApprovalWindow(t *testing.T) {
 }
 
 func TestDecideGateFailingMidBakeTrips(t *testing.T) {
+	t.Parallel()
 	p := policy(t, 1, "100%")
 	p.Bake = time.Minute
 	g := &fakeGate{ok: false}
@@ -284,6 +290,7 @@ func TestDecideGateFailingMidBakeTrips(t *testing.T) {
 }
 
 func TestPinnedHostsAreLeftOutOfWaves(t *testing.T) {
+	t.Parallel()
 	p := policy(t, 0, "100%")
 	st := fleetOf(p, 3, "new", nil)
 	st.Pins = []fleet.Pin{{Nodes: "host-0[01]", Target: "old"}}
@@ -296,6 +303,7 @@ func TestPinnedHostsAreLeftOutOfWaves(t *testing.T) {
 // Failures that count (the release's fault, since the last clear) stop
 // the rollout at max_failed, whoever counts; others hold their wave.
 func TestDecideCountsFailures(t *testing.T) {
+	t.Parallel()
 	p := policy(t, 0, "50%", "100%")
 	p.MaxFailed = 2
 	now := time.Now()
@@ -353,6 +361,7 @@ func indexOf(st fleet.Status, node string) int {
 // placed) still holds back the waves after it when it needs approval: the
 // person who asked to approve the rollout past the canary is asked.
 func TestApprovalOfAnEmptyWaveHoldsTheNext(t *testing.T) {
+	t.Parallel()
 	p := policy(t, 1, "10%", "50%", "100%")
 	p.Approve = []string{"1"}
 	now := time.Now()
@@ -378,6 +387,7 @@ func TestApprovalOfAnEmptyWaveHoldsTheNext(t *testing.T) {
 // host that joined it, a checksum cleared and installed anew) has a new
 // bake, and its gates judge that one.
 func TestANewBakeOfTheSameWaveIsJudgedAgain(t *testing.T) {
+	t.Parallel()
 	p := policy(t, 1, "100%")
 	p.Bake = 10 * time.Minute
 	g := &fakeGate{ok: true}
@@ -405,6 +415,7 @@ func TestANewBakeOfTheSameWaveIsJudgedAgain(t *testing.T) {
 // Every host judges the window alike: "Local" is each host's own zone,
 // so the same policy would open at different times on different hosts.
 func TestWindowRefusesTheLocalZone(t *testing.T) {
+	t.Parallel()
 	for _, tz := range []string{"Local", "local"} {
 		if _, err := ParseWindow("Mon-Fri", "09:00-16:00", tz); err == nil || !strings.HasPrefix(err.Error(), "timezone") {
 			t.Errorf("timezone %q: %v", tz, err)
@@ -415,6 +426,7 @@ func TestWindowRefusesTheLocalZone(t *testing.T) {
 // A comparison with bool returns 0 or 1 whether or not it holds: such a
 // gate would always hold, and is refused.
 func TestPrometheusGateRefusesBool(t *testing.T) {
+	t.Parallel()
 	for q, refused := range map[string]bool{
 		`rate(errors[5m]) < bool 0.01`:                       true,
 		`sum(rate(errors[5m])) / sum(rate(req[5m])) >BOOL 0`: true,
@@ -438,6 +450,7 @@ func TestPrometheusGateRefusesBool(t *testing.T) {
 // a bake ends after its length, and a clear dated ahead does not hide the
 // failures after it.
 func TestRecordsDatedAheadCountFromWhenSeen(t *testing.T) {
+	t.Parallel()
 	p := policy(t, 1, "100%")
 	p.Bake = 10 * time.Minute
 	now := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)

@@ -29,6 +29,7 @@ func load(t *testing.T, f hooks.Factory, src string) hooks.Hook {
 }
 
 func TestHTTPCheckRetriesUntilHealthy(t *testing.T) {
+	t.Parallel()
 	var calls atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if calls.Add(1) < 3 {
@@ -48,6 +49,7 @@ body_contains = "ok"`)
 }
 
 func TestHTTPCheckGivesUp(t *testing.T) {
+	t.Parallel()
 	var calls atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		calls.Add(1)
@@ -63,6 +65,8 @@ retries = 4`)
 	}
 }
 
+// Not parallel: the closed port must stay closed, and a server of a test
+// running beside it could take it.
 func TestTCPCheck(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := ln.Addr().String()
@@ -78,6 +82,7 @@ retries = 1`)
 }
 
 func TestScriptCheckTimeoutPerAttempt(t *testing.T) {
+	t.Parallel()
 	h := load(t, check.ScriptFactory, `command = "sleep 5"
 timeout = "100ms"
 retries = 2
@@ -89,6 +94,7 @@ interval = "10ms"`)
 }
 
 func TestStartPeriodThenPass(t *testing.T) {
+	t.Parallel()
 	h := load(t, check.ScriptFactory, `command = "true"
 start_period = "10ms"`)
 	if err := h.Run(context.Background(), hooks.Event{}); err != nil {

@@ -3,7 +3,6 @@ package consulevent_test
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"testing"
 
 	"github.com/hashicorp/consul/api"
@@ -15,25 +14,15 @@ import (
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
-var (
-	consul    *rig.Consul
-	consulErr error
-)
+var servers rig.Servers
 
-func TestMain(m *testing.M) {
-	consul, consulErr = rig.StartConsul()
-	code := m.Run()
-	if consul != nil {
-		consul.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { rig.Main(m, &servers, rig.Need{Consul: true}) }
 
 func TestEventFired(t *testing.T) {
-	testutil.RequireServer(t, "Consul", consulErr)
+	name := "deploys-" + testutil.Unique(t) // with -count, a run of its own
 	f, _ := hclparse.NewParser().ParseHCL([]byte(`
-name    = "deploys"
-address = "`+consul.Addr+`"
+name    = "`+name+`"
+address = "`+servers.Consul(t).Addr+`"
 `), "t.hcl")
 	h, diags := consulevent.Factory("consul-event", f.Body, hooks.Env{})
 	if diags.HasErrors() {
@@ -42,8 +31,8 @@ address = "`+consul.Addr+`"
 	if err := h.Announce(context.Background(), hooks.Event{Name: "api", Hash: "abc", Release: "r1", Result: "success"}); err != nil {
 		t.Fatal(err)
 	}
-	c, _ := api.NewClient(&api.Config{Address: consul.Addr})
-	events, _, err := c.Event().List("deploys", nil)
+	c, _ := api.NewClient(&api.Config{Address: servers.Consul(t).Addr})
+	events, _, err := c.Event().List(name, nil)
 	if err != nil || len(events) != 1 {
 		t.Fatalf("%d events, %v", len(events), err)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -20,19 +19,9 @@ import (
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
-var (
-	server    *rig.Graphite
-	serverErr error
-)
+var servers rig.Servers
 
-func TestMain(m *testing.M) {
-	server, serverErr = rig.StartGraphite()
-	code := m.Run()
-	if server != nil {
-		server.Stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { rig.Main(m, &servers, rig.Need{Graphite: true}) }
 
 func body(t *testing.T, src string) hcl.Body {
 	f, diags := hclparse.NewParser().ParseHCL([]byte(src), "test.hcl")
@@ -58,13 +47,12 @@ func GraphiteEvents(t *testing.T, base, tag string) []map[string]any {
 }
 
 func TestEventReachesGraphite(t *testing.T) {
-	testutil.RequireServer(t, "graphite-web", serverErr)
 	h, diags := graphite.EventFactory("graphite-event", body(t, fmt.Sprintf(`
 host = %q
 tags = "deploy production"
 what = "deployed {{.Name}} to {{.Hostname}}"
 data = "{{.Hash}} after {{.PreviousHash}} in {{.Duration}}"
-`, server.URL)), hooks.Env{})
+`, servers.Graphite(t).URL)), hooks.Env{})
 	if diags.HasErrors() {
 		t.Fatal(diags)
 	}
@@ -72,7 +60,7 @@ data = "{{.Hash}} after {{.PreviousHash}} in {{.Duration}}"
 	if err := h.Announce(context.Background(), ev); err != nil {
 		t.Fatal(err)
 	}
-	events := GraphiteEvents(t, server.URL, "api-event-test")
+	events := GraphiteEvents(t, servers.Graphite(t).URL, "api-event-test")
 	if len(events) != 1 {
 		t.Fatalf("%d events", len(events))
 	}
@@ -85,14 +73,13 @@ data = "{{.Hash}} after {{.PreviousHash}} in {{.Duration}}"
 }
 
 func TestMetricReachesCarbon(t *testing.T) {
-	testutil.RequireServer(t, "carbon", serverErr)
 	for _, proto := range []string{"tcp", "udp"} {
 		t.Run(proto, func(t *testing.T) {
 			h, diags := graphite.MetricFactory("graphite-metric", body(t, fmt.Sprintf(`
 address  = %q
 protocol = %q
 prefix   = "deploys"
-`, server.CarbonAddr, proto)), hooks.Env{})
+`, servers.Graphite(t).CarbonAddr, proto)), hooks.Env{})
 			if diags.HasErrors() {
 				t.Fatal(diags)
 			}
@@ -103,16 +90,12 @@ prefix   = "deploys"
 			}
 			target := "deploys.web_1." + svc + ".deploy.duration_seconds"
 			// carbon writes within about a second; poll, bounded.
-			var got float64
-			for i := 0; i < 100 && got == 0; i++ {
-				got = lastValue(t, server.URL, target)
-				if got == 0 {
-					time.Sleep(100 * time.Millisecond)
+			testutil.Eventually(t, 30*time.Second, func() error {
+				if got := lastValue(t, servers.Graphite(t).URL, target); got != 2.5 {
+					return fmt.Errorf("%s = %v, want 2.5", target, got)
 				}
-			}
-			if got != 2.5 {
-				t.Fatalf("%s = %v, want 2.5", target, got)
-			}
+				return nil
+			})
 		})
 	}
 }

@@ -2,6 +2,8 @@ package script_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/hooks/script"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 var quiet = slog.New(slog.DiscardHandler)
@@ -30,21 +33,20 @@ func alive(pid int) bool {
 
 func readPID(t *testing.T, path string) int {
 	t.Helper()
-	for i := 0; i < 100; i++ {
+	var pid int
+	testutil.Eventually(t, 20*time.Second, func() error {
 		b, err := os.ReadFile(path)
-		if err == nil && strings.TrimSpace(string(b)) != "" {
-			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-			if err == nil {
-				return pid
-			}
+		if err != nil {
+			return fmt.Errorf("the child has not written its pid: %w", err)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("child did not write its pid")
-	return 0
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err
+	})
+	return pid
 }
 
 func TestTimeoutKillsTheGroup(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "pid")
 	// A child that ignores SIGTERM and keeps our stdout open, behind a
@@ -59,16 +61,17 @@ func TestTimeoutKillsTheGroup(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 	pid := readPID(t, pidFile)
-	for i := 0; i < 100 && alive(pid); i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if alive(pid) {
-		syscall.Kill(pid, syscall.SIGKILL)
-		t.Fatal("the child that ignored SIGTERM survived the timeout")
-	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if alive(pid) {
+			return errors.New("the child that ignored SIGTERM survived the timeout")
+		}
+		return nil
+	})
 }
 
 func TestEscapedGrandchildDoesNotHangTheHook(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "pid")
 	// setsid leaves the process group: only WaitDelay frees us from the
@@ -92,6 +95,7 @@ func TestEscapedGrandchildDoesNotHangTheHook(t *testing.T) {
 }
 
 func TestEnvironmentAndDirectory(t *testing.T) {
+	t.Parallel()
 	rel := t.TempDir()
 	out := filepath.Join(t.TempDir(), "out")
 	h := &script.Hook{Logger: quiet, Command: `echo "$DROPSHIP_SERVICE $DROPSHIP_CHECKSUM $DROPSHIP_PREVIOUS_CHECKSUM $DROPSHIP_PHASE $DROPSHIP_HOSTNAME $DROPSHIP_RELEASE_DIR $(pwd)" > ` + out}
@@ -107,6 +111,7 @@ func TestEnvironmentAndDirectory(t *testing.T) {
 }
 
 func TestFailureCarriesOutput(t *testing.T) {
+	t.Parallel()
 	h := &script.Hook{Logger: quiet, Command: "echo something broke >&2; exit 7"}
 	err := h.Run(context.Background(), hooks.Event{})
 	if err == nil || !strings.Contains(err.Error(), "status 7") || !strings.Contains(err.Error(), "something broke") {
@@ -115,6 +120,7 @@ func TestFailureCarriesOutput(t *testing.T) {
 }
 
 func TestOutputIsBounded(t *testing.T) {
+	t.Parallel()
 	h := &script.Hook{Logger: quiet, Command: "head -c 1000000 /dev/zero | tr '\\0' x; exit 1"}
 	err := h.Run(context.Background(), hooks.Event{})
 	if err == nil || len(err.Error()) > 1024 {
@@ -123,6 +129,7 @@ func TestOutputIsBounded(t *testing.T) {
 }
 
 func TestCancelKills(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { time.Sleep(100 * time.Millisecond); cancel() }()
 	h := &script.Hook{Logger: quiet, Command: "sleep 30", Grace: 100 * time.Millisecond}

@@ -16,6 +16,7 @@ import (
 )
 
 func TestSlackStyleAnnouncement(t *testing.T) {
+	t.Parallel()
 	var got struct {
 		method, auth string
 		body         map[string]string
@@ -44,6 +45,7 @@ body    = "{\"text\": \"{{.Name}} {{.Hash}} {{.Result}} on {{.Hostname}}\"}"
 }
 
 func TestNon2xxIsAnError(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(404) }))
 	defer srv.Close()
 	f, _ := hclparse.NewParser().ParseHCL([]byte(`url = "`+srv.URL+`"`), "t.hcl")
@@ -56,6 +58,7 @@ func TestNon2xxIsAnError(t *testing.T) {
 // json = { … } arrives as valid JSON whatever the error holds: quotes,
 // backslashes, newlines.
 func TestJSONBodyEscapesTheError(t *testing.T) {
+	t.Parallel()
 	var raw []byte
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		raw, _ = io.ReadAll(r.Body)
@@ -86,6 +89,9 @@ json = {
 }
 
 // The URL of a webhook is its secret: errors name the host only.
+//
+// Not parallel: the closed server's port must stay refused, and a server
+// of a test running beside it could take it.
 func TestErrorsDoNotShowTheWebhookURL(t *testing.T) {
 	for _, status := range []int{0, 500} {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(status) }))

@@ -30,6 +30,7 @@ func (s *script) query(_ context.Context, index uint64) (uint64, error) {
 }
 
 func TestBackoffDoublesWithJitterUpToItsCapAndResetsOnAnAnswer(t *testing.T) {
+	t.Parallel()
 	down := errors.New("connection refused")
 	var answers []answer
 	for range 8 {
@@ -78,6 +79,7 @@ func TestBackoffDoublesWithJitterUpToItsCapAndResetsOnAnAnswer(t *testing.T) {
 // with one that went backwards: one query per gap, and the index reset
 // when it goes backwards, 1 for 0.
 func TestNoSpinAndConsulsRulesOnTheIndex(t *testing.T) {
+	t.Parallel()
 	answers := []answer{{index: 5}, {index: 5}, {index: 5}, {index: 0}, {index: 0}, {index: 9}, {index: 3}, {index: 9}}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &script{answers: answers, cancel: cancel}
