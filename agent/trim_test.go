@@ -7,36 +7,49 @@ import (
 	"time"
 )
 
-// Free memory goes back to the system while the agent idles, never in
-// the middle of an update.
+// Free memory goes back to the system at a tick while the agent idles,
+// never in the middle of an update. The ticks are the test's: each send
+// returns once the loop has taken it, so what the previous tick did is
+// done by then.
 func TestTrimWhileIdle(t *testing.T) {
-	var calls atomic.Int32
-
+	tick := make(chan time.Time)
+	freed := make(chan struct{}, 8)
+	var busy atomic.Bool
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { trimWhileIdle(ctx, 5*time.Millisecond, func() { calls.Add(1) }); close(done) }()
+	go func() {
+		trimWhileIdle(ctx, tick, func() bool { return !busy.Load() }, func() { freed <- struct{}{} })
+		close(done)
+	}()
+	wantFreed := func(when string) {
+		t.Helper()
+		select {
+		case <-freed:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("nothing given back %s", when)
+		}
+	}
 
-	deadline := time.Now().Add(5 * time.Second)
-	for calls.Load() < 2 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	if calls.Load() < 2 {
-		t.Fatal("nothing given back while idle")
+	tick <- time.Now()
+	wantFreed("while idle")
+
+	busy.Store(true)
+	tick <- time.Now()
+	tick <- time.Now() // taken once the first tick of the update is handled
+	select {
+	case <-freed:
+		t.Fatal("memory given back during an update")
+	default:
 	}
 
-	updating.Add(1)
-	time.Sleep(10 * time.Millisecond) // a tick that saw 0 may still be running
-	before := calls.Load()
-	time.Sleep(50 * time.Millisecond)
-	if n := calls.Load() - before; n != 0 {
-		t.Errorf("%d trims during an update", n)
-	}
-	updating.Add(-1)
+	busy.Store(false)
+	tick <- time.Now()
+	wantFreed("once the update ended")
 
 	cancel()
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(10 * time.Second):
 		t.Fatal("trimWhileIdle did not stop with its context")
 	}
 }

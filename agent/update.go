@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dropshipd/dropship/artifact"
@@ -99,6 +100,7 @@ type Runner struct {
 	recovered bool
 	crash     func(point string) // tests: crash here
 	obs       Observer
+	updating  *atomic.Int32 // the agent's count of updates in progress; nil without an agent
 	mu        sync.Mutex
 	status    Status
 }
@@ -245,8 +247,10 @@ func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
 			}
 		}
 	}
-	updating.Add(1)
-	defer updating.Add(-1)
+	if r.updating != nil {
+		r.updating.Add(1)
+		defer r.updating.Add(-1)
+	}
 	tctx, cancel := context.WithTimeoutCause(ctx, r.svc.UpdateTimeout, errUpdateTimeout)
 	defer cancel()
 	return r.finish(ctx, st, r.begin(st, info, lost).run(tctx))
