@@ -314,7 +314,12 @@ func (t *txn) linkShared(context.Context) error {
 				return fmt.Errorf("shared directory %s: %w", d, err)
 			}
 			if u := svc.Unpack; u.UID >= 0 || u.GID >= 0 {
-				os.Chown(p, u.UID, u.GID) // the service writes there
+				// The service writes there. Made again at the next try
+				// if it cannot be given away: a directory left behind
+				// would not be.
+				if err := os.Chown(p, u.UID, u.GID); err != nil {
+					return fmt.Errorf("shared directory %s: give it to the release's owner: %w", d, errors.Join(err, os.Remove(p)))
+				}
 			}
 			t.logger.Info("created a shared directory", "path", p)
 		case err != nil:

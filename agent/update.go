@@ -256,6 +256,15 @@ func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
 	return r.finish(ctx, st, r.begin(st, info, lost).run(tctx))
 }
 
+// record appends ev to the service's audit log. The log tells operators
+// what happened; failing to write it never changes what the update did,
+// so a failure is logged, with the event, and the agent goes on.
+func (r *Runner) record(ctx context.Context, ev fleet.Event) {
+	if err := r.fleet.Record(ctx, r.svc.Name, ev); err != nil {
+		r.logger.Warn("could not record the event in the audit log", "kind", ev.Kind, "checksum", ev.Checksum, "error", err)
+	}
+}
+
 // finishIfNeeded ends a check with an outcome that pin and revert have
 // already finished (they save their own state), or finishes it.
 func (r *Runner) finishIfNeeded(ctx context.Context, st *State, out Outcome) Outcome {
@@ -414,9 +423,7 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 		// The audit log first: whoever sees the node status (a dashboard,
 		// fleet status) then finds its events already written.
 		for _, ev := range fleet.OutcomeEvents(ns) {
-			if err := r.fleet.Record(ctx, r.svc.Name, ev); err != nil {
-				r.logger.Warn("could not record the event in the audit log", "kind", ev.Kind, "error", err)
-			}
+			r.record(ctx, ev)
 		}
 		if out.Result == ResultFailed && tripsBreaker(out) {
 			ns.Counted = true
