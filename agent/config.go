@@ -135,34 +135,8 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 	}
 	cfg.NodeTags = af.NodeTags
 
-	repos := map[string]*artifact.Repo{}
-	repoKeys := map[string]keyLists{}
-	for _, r := range af.Repos {
-		kind := r.Name
-		if r.Type != nil {
-			kind = *r.Type
-		}
-		rng := r.Body.MissingItemRange()
-		if prev, dup := repos[r.Name]; dup {
-			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate repo",
-				Detail: fmt.Sprintf("repo %q is already defined at %s:%d.", r.Name, prev.Range.Filename, prev.Range.Start.Line), Subject: &rng})
-			continue
-		}
-		factory, ok := reg.Repos[kind]
-		if !ok {
-			diags = append(diags, unknown("repo", kind, keys(reg.Repos), rng))
-			continue
-		}
-		// Decoded once, here: relative paths resolve against this file's
-		// directory, and every service of the repo shares its store.
-		store, d := factory(kind, r.Body, base)
-		diags = append(diags, d...)
-		repos[r.Name] = &artifact.Repo{Name: r.Name, Type: kind, Store: store, Range: rng}
-		k, d := parseKeys(r.Body, r.TrustedKeys, r.RevokedKeys, base)
-		diags = append(diags, d...)
-		repoKeys[r.Name] = k
-	}
-
+	repos, repoKeys, d := decodeRepos(af.Repos, reg, base)
+	diags = append(diags, d...)
 	cfg.Repos = repos
 	cfg.Fleet, cfg.LockKind = local.Fleet{Dir: cfg.StatePath}, "local"
 	for i, l := range af.Locks {

@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"fmt"
+
 	"aead.dev/minisign"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
 
+	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/internal/hclx"
 )
@@ -15,6 +18,40 @@ type repoBlock struct {
 	TrustedKeys []string `hcl:"trusted_keys,optional"`
 	RevokedKeys []string `hcl:"revoked_keys,optional"`
 	Body        hcl.Body `hcl:",remain"`
+}
+
+// decodeRepos makes the store of each repo block, once, with base the
+// directory of the agent file, and reads the keys each trusts.
+func decodeRepos(blocks []repoBlock, reg Registry, base string) (map[string]*artifact.Repo, map[string]keyLists, hcl.Diagnostics) {
+	repos := map[string]*artifact.Repo{}
+	repoKeys := map[string]keyLists{}
+	var diags hcl.Diagnostics
+	for _, r := range blocks {
+		kind := r.Name
+		if r.Type != nil {
+			kind = *r.Type
+		}
+		rng := r.Body.MissingItemRange()
+		if prev, dup := repos[r.Name]; dup {
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate repo",
+				Detail: fmt.Sprintf("repo %q is already defined at %s:%d.", r.Name, prev.Range.Filename, prev.Range.Start.Line), Subject: &rng})
+			continue
+		}
+		factory, ok := reg.Repos[kind]
+		if !ok {
+			diags = append(diags, unknown("repo", kind, keys(reg.Repos), rng))
+			continue
+		}
+		// Decoded once, here: relative paths resolve against this file's
+		// directory, and every service of the repo shares its store.
+		store, d := factory(kind, r.Body, base)
+		diags = append(diags, d...)
+		repos[r.Name] = &artifact.Repo{Name: r.Name, Type: kind, Store: store, Range: rng}
+		k, d := parseKeys(r.Body, r.TrustedKeys, r.RevokedKeys, base)
+		diags = append(diags, d...)
+		repoKeys[r.Name] = k
+	}
+	return repos, repoKeys, diags
 }
 
 // repoOf names the repo an artifact block uses: its repo attribute, else
