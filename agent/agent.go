@@ -34,6 +34,9 @@ type Agent struct {
 	logger   *slog.Logger
 	triggers map[string]chan bool // true: forced
 	obs      Observer
+	// updating counts this agent's updates in progress: memory is
+	// given back only while it is zero.
+	updating atomic.Int32
 
 	mu     sync.Mutex
 	nudges map[string]*nudge // by service
@@ -47,7 +50,7 @@ func New(cfg *Config, obs Observer, logger *slog.Logger) (*Agent, error) {
 		if err != nil {
 			return nil, err
 		}
-		r.obs = obs
+		r.obs, r.updating = obs, &a.updating
 		a.runners = append(a.runners, r)
 		a.triggers[svc.Name] = make(chan bool, 1)
 	}
@@ -104,9 +107,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		tick := time.NewTicker(trimInterval)
-		defer tick.Stop()
-		trimWhileIdle(ctx, tick.C, debug.FreeOSMemory)
+		t := time.NewTicker(trimInterval)
+		defer t.Stop()
+		trimWhileIdle(ctx, t.C, func() bool { return a.updating.Load() == 0 }, debug.FreeOSMemory)
 	}()
 	if w, ok := a.cfg.Fleet.(fleet.Watcher); ok && a.watching() {
 		wg.Add(1)
@@ -133,23 +136,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// updating counts the updates in progress, in every agent of the process.
-var updating atomic.Int32
-
 // trimInterval is how often an idle agent gives free memory back.
 const trimInterval = 30 * time.Second
 
-// trimWhileIdle gives the heap's free pages back to the system (free)
-// at every tick while no update runs. Between updates the agent only checks,
-// and the Go runtime otherwise keeps what the checks freed for a while; a
-// forced collection of its small heap costs a millisecond or two.
-func trimWhileIdle(ctx context.Context, tick <-chan time.Time, free func()) {
+// trimWhileIdle gives the heap's free pages back to the system (free) at
+// each tick when idle says no update runs. Between updates the agent only
+// checks, and the Go runtime otherwise keeps what the checks freed for a
+// while; a forced collection of its small heap costs a millisecond or two.
+func trimWhileIdle(ctx context.Context, tick <-chan time.Time, idle func() bool, free func()) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick:
-			if updating.Load() == 0 {
+			if idle() {
 				free()
 			}
 		}

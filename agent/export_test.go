@@ -2,3 +2,6 @@ package agent
 
 // SetCrashHook lets a test stop the process at a named point of an update.
 func (r *Runner) SetCrashHook(f func(point string)) { r.crash, r.lay.crash = f, f }
+
+// Updating is the agent's count of updates in progress.
+func (a *Agent) Updating() int32 { return a.updating.Load() }

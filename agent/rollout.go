@@ -122,7 +122,7 @@ func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifa
 			return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("trip the breaker: %w", err)}
 		}
 		if dec.TripPhase == rollout.PhaseGate { // the failures that reach max_failed are in the log already
-			r.fleet.Record(ctx, r.svc.Name, fleet.Event{Kind: fleet.EventGate, Who: r.node, Via: "agent", Node: r.node,
+			r.record(ctx, fleet.Event{Kind: fleet.EventGate, Who: r.node, Via: "agent", Node: r.node,
 				Checksum: sum, Detail: fleet.Clip(dec.Trip)})
 		}
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: dec.Trip, rollout: true}

@@ -1,8 +1,8 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -94,11 +94,8 @@ func decodeRollout(s *Service, blocks []rolloutBlock, fleetKind string) hcl.Diag
 		w, err := rollout.ParseWindow(hclx.Str(wb.Days), wb.Hours, hclx.Str(wb.Timezone))
 		if err != nil {
 			key := "hours"
-			switch {
-			case strings.HasPrefix(err.Error(), "days"):
-				key = "days"
-			case strings.HasPrefix(err.Error(), "timezone"):
-				key = "timezone"
+			if pr := (rollout.Problem{}); errors.As(err, &pr) {
+				key = pr.Key
 			}
 			diags = append(diags, hclx.Errorf(wb.Body, key, "Invalid window", "%v", err))
 			continue
@@ -113,14 +110,11 @@ func decodeRollout(s *Service, blocks []rolloutBlock, fleetKind string) hcl.Diag
 			p.GateSpecs = append(p.GateSpecs, spec)
 		}
 	}
-	if err := p.Validate(); err != nil {
-		for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
-			key, msg, _ := strings.Cut(e.Error(), ": ")
-			if key == "waves" && len(p.Waves) < len(waves) {
-				continue // an unreadable wave is reported already
-			}
-			diags = append(diags, hclx.Errorf(b.Body, key, "Invalid rollout", "%s: %s", key, msg))
+	for _, pr := range p.Validate() {
+		if pr.Key == "waves" && len(p.Waves) < len(waves) {
+			continue // an unreadable wave is reported already
 		}
+		diags = append(diags, hclx.Errorf(b.Body, pr.Key, "Invalid rollout", "%s", pr.Msg))
 	}
 	if len(p.Gates) > 0 && p.Bake < time.Second {
 		diags = append(diags, hclx.Errorf(b.Body, "bake", "Gate without a bake",

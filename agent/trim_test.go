@@ -2,44 +2,49 @@ package agent
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// Free memory goes back to the system while the agent idles, never in
-// the middle of an update. The test drives the ticker: a tick sent on the
-// unbuffered channel is taken only once the tick before it is handled.
+// Free memory goes back to the system at a tick while the agent idles,
+// never in the middle of an update. The ticks are the test's: each send
+// returns once the loop has taken it, so what the previous tick did is
+// done by then.
 func TestTrimWhileIdle(t *testing.T) {
-	freed := make(chan struct{}, 10)
 	tick := make(chan time.Time)
+	freed := make(chan struct{}, 8)
+	var busy atomic.Bool
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { trimWhileIdle(ctx, tick, func() { freed <- struct{}{} }); close(done) }()
-	waitFreed := func(why string) {
+	go func() {
+		trimWhileIdle(ctx, tick, func() bool { return !busy.Load() }, func() { freed <- struct{}{} })
+		close(done)
+	}()
+	wantFreed := func(when string) {
 		t.Helper()
 		select {
 		case <-freed:
 		case <-time.After(10 * time.Second):
-			t.Fatalf("nothing given back %s", why)
+			t.Fatalf("nothing given back %s", when)
 		}
 	}
 
 	tick <- time.Now()
-	waitFreed("while idle")
+	wantFreed("while idle")
 
-	updating.Add(1)
+	busy.Store(true)
 	tick <- time.Now()
-	tick <- time.Now() // the first tick of the update is handled
-	if n := len(freed); n != 0 {
-		t.Errorf("%d trims during an update", n)
+	tick <- time.Now() // taken once the first tick of the update is handled
+	select {
+	case <-freed:
+		t.Fatal("memory given back during an update")
+	default:
 	}
-	updating.Add(-1)
-	tick <- time.Now() // the second one is handled too, during the update or after it
-	for len(freed) > 0 {
-		<-freed
-	}
+
+	busy.Store(false)
 	tick <- time.Now()
-	waitFreed("once the update is over")
+	wantFreed("once the update ended")
 
 	cancel()
 	select {

@@ -36,6 +36,11 @@ import (
 // rollback. The state is changed through State's methods and saved by
 // Runner.finish alone.
 
+// ErrAbandoned is an update stopped before the switch by a shutdown (or
+// the update_timeout): the previous release stays, and a shutdown's is an
+// error of the circumstances, not a failure of the release.
+var ErrAbandoned = errors.New("update abandoned before the switch")
+
 var (
 	errLost          = errors.New("lost the fleet slot before the switch; update abandoned")
 	errUpdateTimeout = errors.New("update_timeout reached")
@@ -152,7 +157,7 @@ func (t *txn) stillOurs(ctx context.Context) error {
 	default:
 	}
 	if ctx.Err() != nil {
-		return fmt.Errorf("update abandoned before the switch: %w", context.Cause(ctx))
+		return fmt.Errorf("%w: %w", ErrAbandoned, context.Cause(ctx))
 	}
 	return nil
 }
@@ -309,7 +314,12 @@ func (t *txn) linkShared(context.Context) error {
 				return fmt.Errorf("shared directory %s: %w", d, err)
 			}
 			if u := svc.Unpack; u.UID >= 0 || u.GID >= 0 {
-				os.Chown(p, u.UID, u.GID) // the service writes there
+				// The service writes there. Made again at the next try
+				// if it cannot be given away: a directory left behind
+				// would not be.
+				if err := os.Chown(p, u.UID, u.GID); err != nil {
+					return fmt.Errorf("shared directory %s: give it to the release's owner: %w", d, errors.Join(err, os.Remove(p)))
+				}
 			}
 			t.logger.Info("created a shared directory", "path", p)
 		case err != nil:
@@ -504,8 +514,8 @@ func (t *txn) fail(ctx context.Context, phase Phase, err error) Outcome {
 		return Outcome{Result: ResultError, Checksum: t.sum, Phase: PhaseLock, Err: err}
 	case !t.switched && ctx.Err() != nil && !errors.Is(cause, errUpdateTimeout):
 		// Shutting down, not the release's fault: abandoned, not failed.
-		if !strings.Contains(err.Error(), "abandoned") {
-			err = fmt.Errorf("update abandoned before the switch (%v): %w", cause, err)
+		if !errors.Is(err, ErrAbandoned) {
+			err = fmt.Errorf("%w (%v): %w", ErrAbandoned, cause, err)
 		}
 		return Outcome{Result: ResultError, Checksum: t.sum, Phase: phase, Err: err}
 	}

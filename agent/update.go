@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dropshipd/dropship/artifact"
@@ -99,6 +100,7 @@ type Runner struct {
 	recovered bool
 	crash     func(point string) // tests: crash here
 	obs       Observer
+	updating  *atomic.Int32 // the agent's count of updates in progress; nil without an agent
 	mu        sync.Mutex
 	status    Status
 }
@@ -245,11 +247,22 @@ func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
 			}
 		}
 	}
-	updating.Add(1)
-	defer updating.Add(-1)
+	if r.updating != nil {
+		r.updating.Add(1)
+		defer r.updating.Add(-1)
+	}
 	tctx, cancel := context.WithTimeoutCause(ctx, r.svc.UpdateTimeout, errUpdateTimeout)
 	defer cancel()
 	return r.finish(ctx, st, r.begin(st, info, lost).run(tctx))
+}
+
+// record appends ev to the service's audit log. The log tells operators
+// what happened; failing to write it never changes what the update did,
+// so a failure is logged, with the event, and the agent goes on.
+func (r *Runner) record(ctx context.Context, ev fleet.Event) {
+	if err := r.fleet.Record(ctx, r.svc.Name, ev); err != nil {
+		r.logger.Warn("could not record the event in the audit log", "kind", ev.Kind, "checksum", ev.Checksum, "error", err)
+	}
 }
 
 // finishIfNeeded ends a check with an outcome that pin and revert have
@@ -410,9 +423,7 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 		// The audit log first: whoever sees the node status (a dashboard,
 		// fleet status) then finds its events already written.
 		for _, ev := range fleet.OutcomeEvents(ns) {
-			if err := r.fleet.Record(ctx, r.svc.Name, ev); err != nil {
-				r.logger.Warn("could not record the event in the audit log", "kind", ev.Kind, "error", err)
-			}
+			r.record(ctx, ev)
 		}
 		if out.Result == ResultFailed && tripsBreaker(out) {
 			ns.Counted = true

@@ -21,6 +21,82 @@ type Store interface {
 	// SHA-256 as metadata (in parts above partSize; 0: the store's
 	// default), then stats it as agents will see it.
 	Publish(ctx context.Context, container, key, path string, partSize int64) (Info, error)
+	// Settings are the connection keys the store was made of: an
+	// artifact block's own keys go over them.
+	Settings() Settings
+}
+
+// Settings are the connection keys of one store type (a repo block's, or
+// an artifact block's own), and how they make a store.
+type Settings interface {
+	// Over returns the settings with the keys written in body set over
+	// them; relative paths in body resolve against base.
+	Over(body hcl.Body, base string) (Settings, hcl.Diagnostics)
+	// Key identifies the settings: blocks with equal keys share a store.
+	Key() string
+	// Open makes the store. Nothing is dialled.
+	Open() (Store, error)
+}
+
+// RepoStore is the store of a repo block: its keys over none (the
+// settings of no keys), made once for every service of the repo. what
+// names the store type in errors ("S3").
+func RepoStore(body hcl.Body, base string, none Settings, what string) (Store, hcl.Diagnostics) {
+	s, diags := none.Over(body, base)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	st, err := s.Open()
+	if err != nil {
+		return nil, append(diags, invalid(body, what, err))
+	}
+	return st, diags
+}
+
+func invalid(body hcl.Body, what string, err error) *hcl.Diagnostic {
+	rng := body.MissingItemRange()
+	return &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid " + what + " settings", Detail: err.Error(), Subject: &rng}
+}
+
+// Conn is how an artifact block of a store type reaches its store: the
+// logic the S3 and Swift sources share.
+type Conn struct {
+	Kind  string   // the artifact block's kind
+	Types []string // the repo types it may use
+	Repo  *string  // its repo attribute
+	Keys  hcl.Body // the rest of the block: connection keys of its own
+	None  Settings // the settings of no keys at all, for a block without a repo
+	What  string   // the store type, in errors ("S3")
+}
+
+// Store is the store of an artifact block: its repo's (see Repo), or,
+// when the block writes connection keys of its own, a store of those keys
+// over the repo's (or over none), shared with every block of this load
+// that comes to the same keys. diags are the block's diagnostics so far:
+// the returned ones add to them, and with errors among them no store is
+// made.
+func (env Env) Store(body hcl.Body, c Conn, diags hcl.Diagnostics) (Store, hcl.Diagnostics) {
+	r, d := env.Repo(body, c.Repo, c.Kind, c.Types...)
+	diags = append(diags, d...)
+	base := c.None
+	if r != nil && r.Store != nil {
+		base = r.Store.Settings()
+	}
+	s, d := base.Over(c.Keys, env.BaseDir)
+	diags = append(diags, d...)
+	switch {
+	case diags.HasErrors():
+		return nil, diags
+	case r != nil && r.Store == nil:
+		return nil, diags // the repo block's own diagnostics say why
+	case r != nil && s.Key() == base.Key():
+		return r.Store, diags
+	}
+	st, err := env.Stores.Get(s.Key(), s.Open)
+	if err != nil {
+		return nil, append(diags, invalid(body, c.What, err))
+	}
+	return st, diags
 }
 
 // RepoFactory decodes the body of a `repo` block of type kind into its

@@ -596,7 +596,9 @@ func (x *extractor) symlink(orig, name, target string) error {
 	}
 	x.links[name] = true
 	if x.opt.UID >= 0 || x.opt.GID >= 0 {
-		x.root.Lchown(name, x.opt.UID, x.opt.GID)
+		if err := x.root.Lchown(name, x.opt.UID, x.opt.GID); err != nil {
+			return fmt.Errorf("chown %q: %w", orig, err)
+		}
 	}
 	return nil
 }

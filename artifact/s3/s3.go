@@ -71,6 +71,15 @@ func DecodeConfig(body hcl.Body, base string) (Config, hcl.Diagnostics) {
 	return c, diags
 }
 
+// Over returns c with the keys written in body over it.
+func (c Config) Over(body hcl.Body, base string) (artifact.Settings, hcl.Diagnostics) {
+	o, diags := DecodeConfig(body, base)
+	return c.merge(o), diags
+}
+
+// Open makes the store of c.
+func (c Config) Open() (artifact.Store, error) { return NewStore(context.Background(), c) }
+
 // merge returns c with the keys set in o overriding it.
 func (c Config) merge(o Config) Config {
 	c.Region = hclx.First(o.Region, c.Region)
@@ -84,9 +93,9 @@ func (c Config) merge(o Config) Config {
 	return c
 }
 
-// key identifies the settings, to share one store among blocks that
+// Key identifies the settings, to share one store among blocks that
 // repeat them.
-func (c Config) key() string {
+func (c Config) Key() string {
 	ps := "unset"
 	if c.PathStyle != nil {
 		ps = fmt.Sprint(*c.PathStyle)
@@ -94,8 +103,6 @@ func (c Config) key() string {
 	return strings.Join([]string{"s3", hclx.Str(c.Region), hclx.Str(c.Endpoint), hclx.Str(c.AccessKey), hclx.Str(c.SecretKey),
 		hclx.Str(c.SessionToken), hclx.Str(c.Profile), ps, hclx.Str(c.CAFile)}, "\x00")
 }
-
-func (c Config) empty() bool { return c.key() == (Config{}).key() }
 
 // Store is one S3 account: one SDK client with one connection pool and
 // one credential cache, shared by every service that uses the repo.
@@ -207,6 +214,9 @@ func httpClient(caFile string) (*awshttp.BuildableClient, error) {
 	}), nil
 }
 
+// Settings are the keys the store was made of.
+func (s *Store) Settings() artifact.Settings { return s.cfg }
+
 // Source is the object key in bucket.
 func (s *Store) Source(bucket, key string) artifact.Source {
 	return &Source{store: s, bucket: bucket, key: strings.TrimPrefix(key, "/")}
@@ -228,16 +238,7 @@ type block struct {
 
 // RepoFactory decodes a `repo "s3"` block into its store.
 func RepoFactory(_ string, body hcl.Body, base string) (artifact.Store, hcl.Diagnostics) {
-	c, diags := DecodeConfig(body, base)
-	if diags.HasErrors() {
-		return nil, diags
-	}
-	st, err := NewStore(context.Background(), c)
-	if err != nil {
-		r := body.MissingItemRange()
-		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid S3 settings", Detail: err.Error(), Subject: &r})
-	}
-	return st, diags
+	return artifact.RepoStore(body, base, Config{}, "S3")
 }
 
 // Factory decodes `artifact "s3" { bucket path [repo] [inline keys] }`.
@@ -251,31 +252,9 @@ func Factory(_ string, body hcl.Body, env artifact.Env) (artifact.Source, hcl.Di
 	}
 	diags = append(diags, hclx.Required(body, "bucket", c.Bucket)...)
 	diags = append(diags, hclx.Required(body, "path", c.Path)...)
-	rb, d := env.Repo(body, c.Repo, "s3", "s3")
-	diags = append(diags, d...)
-	inline, d := DecodeConfig(c.Inline, env.BaseDir)
-	diags = append(diags, d...)
-	if diags.HasErrors() {
+	st, diags := env.Store(body, artifact.Conn{Kind: "s3", Types: []string{"s3"}, Repo: c.Repo, Keys: c.Inline, None: Config{}, What: "S3"}, diags)
+	if st == nil {
 		return nil, diags
-	}
-	var base *Store
-	if rb != nil {
-		base, _ = rb.Store.(*Store)
-		if base == nil {
-			return nil, diags // the repo block's own diagnostics say why
-		}
-		if inline.empty() {
-			return base.Source(c.Bucket, c.Path), diags
-		}
-	}
-	merged := inline
-	if base != nil {
-		merged = base.cfg.merge(inline)
-	}
-	st, err := env.Stores.Get(merged.key(), func() (artifact.Store, error) { return NewStore(context.Background(), merged) })
-	if err != nil {
-		r := body.MissingItemRange()
-		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid S3 settings", Detail: err.Error(), Subject: &r})
 	}
 	return st.Source(c.Bucket, c.Path), diags
 }
@@ -442,4 +421,5 @@ var (
 	_ artifact.Source      = (*Source)(nil)
 	_ artifact.RangeOpener = (*Source)(nil)
 	_ artifact.Store       = (*Store)(nil)
+	_ artifact.Settings    = Config{}
 )

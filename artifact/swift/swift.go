@@ -53,6 +53,22 @@ func DecodeConfig(body hcl.Body) (Config, hcl.Diagnostics) {
 	return r, diags
 }
 
+// settings are the keys of a store of kind ("swift" or "rackspace": its
+// default identity endpoint).
+type settings struct {
+	kind string
+	cfg  Config
+}
+
+func (s settings) Over(body hcl.Body, _ string) (artifact.Settings, hcl.Diagnostics) {
+	o, diags := DecodeConfig(body)
+	return settings{kind: s.kind, cfg: s.cfg.merge(o)}, diags
+}
+
+func (s settings) Key() string { return s.cfg.key(s.kind) }
+
+func (s settings) Open() (artifact.Store, error) { return NewStore(s.kind, s.cfg) }
+
 func (r Config) merge(o Config) Config {
 	r.User = hclx.First(o.User, r.User)
 	r.Key = hclx.First(o.Key, r.Key)
@@ -77,8 +93,6 @@ func (r Config) key(kind string) string {
 		hclx.Str(r.TenantID), hclx.Str(r.Domain), av, hclx.Str(r.Timeout)}, "\x00")
 }
 
-func (r Config) empty() bool { return r.key("") == (Config{}).key("") }
-
 // Store is one Swift account: one connection (one token, one pool of
 // connections) shared by every service that uses the repo.
 type Store struct {
@@ -96,6 +110,9 @@ func NewStore(kind string, r Config) (*Store, error) {
 	}
 	return &Store{kind: kind, cfg: r, conn: c}, nil
 }
+
+// Settings are the keys the store was made of.
+func (s *Store) Settings() artifact.Settings { return settings{kind: s.kind, cfg: s.cfg} }
 
 // Connection is the store's Swift connection (tests and setups).
 func (s *Store) Connection() *swift.Connection { return s.conn }
@@ -162,16 +179,7 @@ func (s *Store) call(fn func() error) error {
 // RepoFactory decodes a `repo "swift"` or `repo "rackspace"` block into
 // its store.
 func RepoFactory(kind string, body hcl.Body, _ string) (artifact.Store, hcl.Diagnostics) {
-	r, diags := DecodeConfig(body)
-	if diags.HasErrors() {
-		return nil, diags
-	}
-	st, err := NewStore(kind, r)
-	if err != nil {
-		rng := body.MissingItemRange()
-		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid " + kind + " settings", Detail: err.Error(), Subject: &rng})
-	}
-	return st, diags
+	return artifact.RepoStore(body, "", settings{kind: kind}, kind)
 }
 
 type config struct {
@@ -194,31 +202,10 @@ func Factory(kind string, body hcl.Body, env artifact.Env) (artifact.Source, hcl
 		diags = append(diags, hclx.Required(body, "container", container)...)
 	}
 	diags = append(diags, hclx.Required(body, "path", c.Path)...)
-	rb, d := env.Repo(body, c.Repo, kind, "swift", "rackspace")
-	diags = append(diags, d...)
-	inline, d := DecodeConfig(c.Inline)
-	diags = append(diags, d...)
-	if diags.HasErrors() {
+	st, diags := env.Store(body, artifact.Conn{Kind: kind, Types: []string{"swift", "rackspace"}, Repo: c.Repo, Keys: c.Inline,
+		None: settings{kind: kind}, What: kind}, diags)
+	if st == nil {
 		return nil, diags
-	}
-	var base *Store
-	if rb != nil {
-		base, _ = rb.Store.(*Store)
-		if base == nil {
-			return nil, diags // the repo block's own diagnostics say why
-		}
-		if inline.empty() {
-			return base.Source(container, c.Path), diags
-		}
-	}
-	merged, storeKind := inline, kind
-	if base != nil {
-		merged, storeKind = base.cfg.merge(inline), base.kind
-	}
-	st, err := env.Stores.Get(merged.key(storeKind), func() (artifact.Store, error) { return NewStore(storeKind, merged) })
-	if err != nil {
-		r := body.MissingItemRange()
-		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid " + kind + " settings", Detail: err.Error(), Subject: &r})
 	}
 	return st.Source(container, c.Path), diags
 }
@@ -306,4 +293,5 @@ var (
 	_ artifact.Source      = (*Source)(nil)
 	_ artifact.RangeOpener = (*Source)(nil)
 	_ artifact.Store       = (*Store)(nil)
+	_ artifact.Settings    = settings{}
 )

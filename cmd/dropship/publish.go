@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/spf13/cobra"
 
@@ -21,10 +20,12 @@ import (
 	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/consul"
+	"github.com/dropshipd/dropship/internal/consulx"
 )
 
 func publishCmd(g *globals) *cobra.Command {
-	var to, repoName, signKey, consulAddr, consulPrefix string
+	var to, repoName, signKey, consulPrefix string
+	var consulConn consulx.Conn
 	var partSize int64
 	var claims signature.Claims
 	cmd := &cobra.Command{
@@ -37,7 +38,9 @@ func publishCmd(g *globals) *cobra.Command {
 			"--sign KEY writes a minisign signature (KEY.minisig beside the artifact) and uploads it\n" +
 			"before the artifact, so that an agent never sees the new artifact beside an old signature.\n" +
 			"With a lock \"consul\" block in --config (or --consul ADDR), the release is then announced\n" +
-			"to the fleet: watching agents check it at once.",
+			"to the fleet: watching agents check it at once. --consul takes its token and TLS settings\n" +
+			"from --consul-token-file and --consul-ca-file, else from Consul's environment variables\n" +
+			"(CONSUL_HTTP_TOKEN, CONSUL_CACERT, CONSUL_CLIENT_CERT, …), as a lock \"consul\" block does.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			u, err := url.Parse(to)
@@ -58,7 +61,7 @@ func publishCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("publish to %s: %w", to, err)
 			}
-			fl, err := announcer(cfg, consulAddr, consulPrefix)
+			fl, err := announcer(cfg, consulConn, consulPrefix)
 			if err != nil {
 				return err
 			}
@@ -110,7 +113,10 @@ func publishCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&signKey, "sign", "", "secret key to sign the release with (see dropship keygen)")
 	cmd.Flags().StringVar(&claims.Service, "service", "", "the service the release is for (signature and announcement)")
 	cmd.Flags().StringVar(&claims.Version, "version", "", "version or build id, in the signature")
-	cmd.Flags().StringVar(&consulAddr, "consul", "", "Consul address to announce the release at, without a lock \"consul\" block in --config")
+	cmd.Flags().Func("consul", "Consul address to announce the release at (https://HOST:PORT for TLS), without a lock \"consul\" block in --config",
+		flagPtr(&consulConn.Address))
+	cmd.Flags().Func("consul-token-file", "with --consul: file holding the ACL token (as token_file in lock \"consul\")", flagPtr(&consulConn.TokenFile))
+	cmd.Flags().Func("consul-ca-file", "with --consul: CA certificate to verify Consul's TLS certificate with (as ca_file)", flagPtr(&consulConn.CAFile))
 	cmd.Flags().StringVar(&consulPrefix, "consul-prefix", "dropship", "with --consul: the fleet's key prefix")
 	cmd.MarkFlagRequired("to")
 	return cmd
@@ -147,13 +153,18 @@ func publishSignature(ctx context.Context, g *globals, store artifact.Store, con
 	return nil
 }
 
-// announcer is where publish announces: the fleet of --config when it is
-// one that announces, else a Consul at --consul.
-func announcer(cfg *agent.Config, addr, prefix string) (fleet.Fleet, error) {
-	if addr != "" {
-		client, err := api.NewClient(&api.Config{Address: addr})
+// announcer is where publish announces: a Consul at --consul, made as a
+// lock "consul" block's client is (the same defaults, environment, token
+// and TLS files), else the fleet of --config when it is one that announces.
+func announcer(cfg *agent.Config, conn consulx.Conn, prefix string) (fleet.Fleet, error) {
+	if conn.Address == nil {
+		if conn.TokenFile != nil || conn.CAFile != nil {
+			return nil, fmt.Errorf("--consul-token-file and --consul-ca-file go with --consul ADDR (a lock \"consul\" block has its own token_file and ca_file)")
+		}
+	} else {
+		client, err := conn.Client("")
 		if err != nil {
-			return nil, fmt.Errorf("--consul %q: %w", addr, err)
+			return nil, fmt.Errorf("--consul %q: %w", *conn.Address, err)
 		}
 		return &consul.Fleet{Client: client, Prefix: strings.Trim(prefix, "/")}, nil
 	}
@@ -164,6 +175,14 @@ func announcer(cfg *agent.Config, addr, prefix string) (fleet.Fleet, error) {
 		return cfg.Fleet, nil
 	}
 	return nil, nil
+}
+
+// flagPtr sets *dst to a flag's value when the flag is given.
+func flagPtr(dst **string) func(string) error {
+	return func(v string) error {
+		*dst = &v
+		return nil
+	}
 }
 
 // serviceOf finds the service of --config whose artifact is at key.

@@ -9,7 +9,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -92,14 +91,14 @@ func PossibleWave(name string) bool {
 func (p *Policy) hasCanary() bool { return p.Canary > 0 }
 
 // Validate checks what the decoder cannot: the waves end at every host,
-// shares grow, approvals name waves. It returns every problem found,
-// joined; each starts with the key it is about.
-func (p *Policy) Validate() error {
-	var errs []error
+// shares grow, approvals name waves. It returns every problem found, each
+// with the key it is about; none (nil) when the policy is sound.
+func (p *Policy) Validate() Problems {
+	var errs Problems
 	if len(p.Waves) == 0 {
-		errs = append(errs, fmt.Errorf(`waves: at least one, the last "100%%"`))
+		errs = append(errs, problem("waves", `at least one, the last "100%%"`))
 	} else if last := p.Waves[len(p.Waves)-1]; last.Percent != 100 {
-		errs = append(errs, fmt.Errorf(`waves: the last wave must be "100%%", so that every host is in a wave (it is %q)`, last))
+		errs = append(errs, problem("waves", `the last wave must be "100%%", so that every host is in a wave (it is %q)`, last))
 	}
 	prev := 0
 	for _, w := range p.Waves {
@@ -107,20 +106,20 @@ func (p *Policy) Validate() error {
 			continue
 		}
 		if w.Percent <= prev {
-			errs = append(errs, fmt.Errorf("waves: shares are of all hosts and must grow (%d%% after %d%%)", w.Percent, prev))
+			errs = append(errs, problem("waves", "shares are of all hosts and must grow (%d%% after %d%%)", w.Percent, prev))
 		}
 		prev = w.Percent
 	}
 	if p.Canary < 0 {
-		errs = append(errs, fmt.Errorf("canary: %d hosts", p.Canary))
+		errs = append(errs, problem("canary", "%d hosts", p.Canary))
 	}
 	if p.MaxFailed < 1 {
-		errs = append(errs, fmt.Errorf("max_failed: at least 1"))
+		errs = append(errs, problem("max_failed", "at least 1"))
 	}
 	switch p.OnFailure {
 	case OnFailureStop, OnFailureRevert:
 	default:
-		errs = append(errs, fmt.Errorf("on_failure: %q: want %q or %q", p.OnFailure, OnFailureStop, OnFailureRevert))
+		errs = append(errs, problem("on_failure", "%q: want %q or %q", p.OnFailure, OnFailureStop, OnFailureRevert))
 	}
 	names := map[string]bool{}
 	for i := 0; i < p.steps(); i++ {
@@ -128,10 +127,10 @@ func (p *Policy) Validate() error {
 	}
 	for _, a := range p.Approve {
 		if !names[a] {
-			errs = append(errs, fmt.Errorf("approve: no wave %q (the waves are %s)", a, strings.Join(p.Names(), ", ")))
+			errs = append(errs, problem("approve", "no wave %q (the waves are %s)", a, strings.Join(p.Names(), ", ")))
 		}
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 // steps counts the canary and the waves.

@@ -24,7 +24,8 @@ var dayNames = map[string]time.Weekday{"sun": time.Sunday, "mon": time.Monday, "
 	"wed": time.Wednesday, "thu": time.Thursday, "fri": time.Friday, "sat": time.Saturday}
 
 // ParseWindow reads days ("Mon-Fri", "Mon,Wed,Sat-Sun", "" for every
-// day), hours ("09:00-16:00") and a time zone name ("" is UTC).
+// day), hours ("09:00-16:00") and a time zone name ("" is UTC). An error
+// is a Problem naming the key at fault.
 func ParseWindow(days, hours, tz string) (*Window, error) {
 	w := &Window{Days: days, Hours: hours, Timezone: tz}
 	if strings.TrimSpace(days) == "" {
@@ -42,7 +43,7 @@ func ParseWindow(days, hours, tz string) (*Window, error) {
 			d2, ok2 = dayNames[strings.ToLower(strings.TrimSpace(b))]
 		}
 		if !ok1 || !ok2 {
-			return nil, fmt.Errorf("days %q: want names like \"Mon-Fri\" or \"Mon,Wed,Fri\"", days)
+			return nil, Problem{Key: "days", Msg: fmt.Sprintf("days %q: want names like \"Mon-Fri\" or \"Mon,Wed,Fri\"", days)}
 		}
 		for d := d1; ; d = (d + 1) % 7 {
 			w.days[d] = true
@@ -58,7 +59,7 @@ func ParseWindow(days, hours, tz string) (*Window, error) {
 		w.to, err2 = clock(b)
 	}
 	if !ok || err1 != nil || err2 != nil || w.from == w.to {
-		return nil, fmt.Errorf("hours %q: want \"HH:MM-HH:MM\" (like \"09:00-16:00\")", hours)
+		return nil, Problem{Key: "hours", Msg: fmt.Sprintf("hours %q: want \"HH:MM-HH:MM\" (like \"09:00-16:00\")", hours)}
 	}
 	if tz == "" {
 		tz = "UTC"
@@ -66,11 +67,11 @@ func ParseWindow(days, hours, tz string) (*Window, error) {
 	if strings.EqualFold(tz, "Local") {
 		// Each host's own zone: hosts with the same policy would open
 		// the window at different times.
-		return nil, fmt.Errorf("timezone %q: each host's own zone; name one, like \"Europe/Berlin\" or \"UTC\"", tz)
+		return nil, Problem{Key: "timezone", Msg: fmt.Sprintf("timezone %q: each host's own zone; name one, like \"Europe/Berlin\" or \"UTC\"", tz)}
 	}
 	loc, err := time.LoadLocation(tz)
 	if err != nil {
-		return nil, fmt.Errorf("timezone %q: %v", tz, err)
+		return nil, Problem{Key: "timezone", Msg: fmt.Sprintf("timezone %q: %v", tz, err)}
 	}
 	w.loc = loc
 	return w, nil

@@ -3,6 +3,7 @@
 package consulx
 
 import (
+	"fmt"
 	"os"
 
 	"github.com/hashicorp/consul/api"
@@ -34,6 +35,41 @@ func NewClient(body hcl.Body, baseDir string) (*api.Client, hcl.Diagnostics) {
 	if diags.HasErrors() {
 		return nil, diags
 	}
+	cfg := c.Config(baseDir)
+	if c.TokenFile != nil {
+		if _, err := os.Stat(cfg.TokenFile); err != nil {
+			diags = append(diags, hclx.Errorf(body, "token_file", "Unreadable token_file", "%v", err))
+		}
+	}
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		r := body.MissingItemRange()
+		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid Consul settings", Detail: err.Error(), Subject: &r})
+	}
+	return client, diags
+}
+
+// Client returns a client of the keys of c, for connection keys that come
+// from somewhere other than a block (command-line flags): the same
+// defaults, environment and files as a block's. Nothing is dialled.
+func (c Conn) Client(baseDir string) (*api.Client, error) {
+	cfg := c.Config(baseDir)
+	if c.TokenFile != nil {
+		if _, err := os.Stat(cfg.TokenFile); err != nil {
+			return nil, fmt.Errorf("token_file: %w", err)
+		}
+	}
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("consul at %s: %w", cfg.Address, err)
+	}
+	return client, nil
+}
+
+// Config is the client configuration of c: Consul's defaults and
+// environment variables, with the keys set in c over them. Relative files
+// resolve against baseDir.
+func (c Conn) Config(baseDir string) *api.Config {
 	cfg := api.DefaultConfig()
 	set := func(dst *string, v *string) {
 		if v != nil {
@@ -46,9 +82,6 @@ func NewClient(body hcl.Body, baseDir string) (*api.Client, hcl.Diagnostics) {
 	set(&cfg.Datacenter, c.Datacenter)
 	if c.TokenFile != nil {
 		cfg.TokenFile = hclx.Path(baseDir, *c.TokenFile)
-		if _, err := os.Stat(cfg.TokenFile); err != nil {
-			diags = append(diags, hclx.Errorf(body, "token_file", "Unreadable token_file", "%v", err))
-		}
 	}
 	for _, f := range []struct {
 		v   *string
@@ -58,10 +91,5 @@ func NewClient(body hcl.Body, baseDir string) (*api.Client, hcl.Diagnostics) {
 			*f.dst = hclx.Path(baseDir, *f.v)
 		}
 	}
-	client, err := api.NewClient(cfg)
-	if err != nil {
-		r := body.MissingItemRange()
-		return nil, append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid Consul settings", Detail: err.Error(), Subject: &r})
-	}
-	return client, diags
+	return cfg
 }
