@@ -61,6 +61,10 @@ type txn struct {
 	signed *minisign.Reader
 	claims *signature.Claims
 	aside  string // what the destination was before a first install
+	// verified: the bytes fetched matched the store's size and checksums,
+	// so the checksum the update is known by is one computed here. Only
+	// then may a failure count against it in the fleet.
+	verified bool
 
 	switched    bool
 	undo        []func(ctx context.Context)
@@ -221,6 +225,7 @@ func (t *txn) fetch(ctx context.Context) error {
 	if verr := v.Drain(); verr != nil {
 		return fmt.Errorf("download %s: %w", t.info.Key, verr)
 	}
+	t.verified = true
 	if xerr != nil {
 		return fmt.Errorf("unpack %s: %w", t.info.Key, xerr)
 	}
@@ -526,5 +531,5 @@ func (t *txn) fail(ctx context.Context, phase Phase, err error) Outcome {
 			ev.ReleaseDir = t.r.lay.releaseDir(t.prev)
 		}
 	}
-	return Outcome{Result: ResultFailed, Checksum: t.sum, Release: t.id, Phase: phase, Err: err, announce: &ev}
+	return Outcome{Result: ResultFailed, Checksum: t.sum, Release: t.id, Phase: phase, Err: err, announce: &ev, verified: t.verified}
 }
