@@ -1,4 +1,9 @@
 package agent
 
+import "time"
+
 // SetCrashHook lets a test stop the process at a named point of an update.
 func (r *Runner) SetCrashHook(f func(point string)) { r.crash, r.lay.crash = f, f }
+
+// SetClock replaces the runner's clock (back-offs, signing times).
+func (r *Runner) SetClock(now func() time.Time) { r.now = now }

@@ -165,10 +165,12 @@ func TestSignedReleaseRotationAndRollback(t *testing.T) {
 	}
 }
 
-// A signature that names other bytes (the artifact was replaced before
-// its signature) is not a forgery: no failure is counted, and the next
-// check installs once the right signature is there.
-func TestStaleSignatureWaits(t *testing.T) {
+// A signature whose authenticated claims name other bytes (the artifact
+// was replaced before its signature) is refused before the artifact is
+// read: a failure, counted and backed off on this host (not fetched
+// again every check), which does not trip the fleet's breaker; the
+// right signature installs once the back-off is over.
+func TestStaleSignatureBacksOff(t *testing.T) {
 	ci := newSigner(t)
 	e := newEnv(t)
 	cfg := e.config(keysConfig(e, []signer{ci}))
@@ -177,14 +179,16 @@ func TestStaleSignatureWaits(t *testing.T) {
 	r := e.runner(cfg)
 	e.check(r, agent.ResultInstalled)
 	e.publish("v2") // the v1 signature is still beside it
-	out := e.check(r, agent.ResultError)
-	if out.Phase != agent.PhaseSignature || !strings.Contains(out.Err.Error(), "other bytes") {
+	out := e.check(r, agent.ResultFailed)
+	if out.Phase != agent.PhaseSignature || !strings.Contains(out.Err.Error(), "other bytes") || !strings.Contains(out.Err.Error(), "nothing was downloaded") {
 		t.Fatalf("phase %s err %v", out.Phase, out.Err)
 	}
-	if len(e.state_(r).Failures) != 0 {
-		t.Fatalf("a stale signature counted as a failure: %+v", e.state_(r).Failures)
+	if f := e.state_(r).Failures[out.Checksum]; f == nil || f.Count != 1 {
+		t.Fatalf("a stale signature not counted as a failure: %+v", e.state_(r).Failures)
 	}
 	ci.sign(e, nil)
+	e.check(r, agent.ResultSkipped) // backed off
+	r.SetClock(func() time.Time { return time.Now().Add(time.Hour) })
 	e.check(r, agent.ResultInstalled)
 	if e.current() != "v2" {
 		t.Fatal(e.current())

@@ -476,8 +476,9 @@ func tripsBreaker(o Outcome) bool {
 		return true
 	case PhaseSignature:
 		// Every host would refuse it; but a store that cannot be read
-		// is this host's trouble.
-		return errors.Is(o.Err, signature.ErrRefused)
+		// is this host's trouble, and a signature for other bytes may
+		// be a good release's whose signature is not up yet.
+		return errors.Is(o.Err, signature.ErrRefused) && !errors.Is(o.Err, signature.ErrStale)
 	case PhaseDownload:
 		return errors.Is(o.Err, archive.ErrRefused)
 	}

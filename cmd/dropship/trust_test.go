@@ -1,10 +1,12 @@
 package main
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/md5"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,5 +128,103 @@ func TestJunkClaimingAGoodChecksumTripsNothing(t *testing.T) {
 	}
 	if f.hosts[0].version() != "v2" || f.hosts[1].version() != "" {
 		t.Fatalf("host-0 on %q, host-1 on %q", f.hosts[0].version(), f.hosts[1].version())
+	}
+}
+
+// plainTar is an uncompressed tar of one VERSION file: tars of versions
+// of one length have one size.
+func plainTar(t *testing.T, version string) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	w := tar.NewWriter(&b)
+	w.WriteHeader(&tar.Header{Name: "VERSION", Mode: 0o644, Size: int64(len(version)), Typeflag: tar.TypeReg, ModTime: time.Unix(1, 0)})
+	w.Write([]byte(version))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// With trusted_keys, the signature beside the object is checked before
+// the object's body is read, and the bytes are unpacked only once they
+// match it. A bucket writer who puts other bytes beside a good signature
+// gets them refused: before download when the size differs, after the
+// download but before any unpacking when only the content does. Either
+// refusal is a failure, counted and backed off, not retried each check.
+func TestBytesBesideAnOldSignatureAreNeverUnpacked(t *testing.T) {
+	const bucket = "trust-unpack"
+	minioBucket(t, bucket)
+	sdk := awss3.New(awss3.Options{Region: "us-east-1", BaseEndpoint: aws.String(minio.Endpoint), UsePathStyle: true,
+		Credentials: credentials.NewStaticCredentialsProvider(minio.AccessKey, minio.SecretKey, "")})
+	dir := t.TempDir()
+	if _, errOut, code := run(t, "keygen", "--out", filepath.Join(dir, "ci"), "--no-password"); code != 0 {
+		t.Fatal(errOut)
+	}
+	cfg := filepath.Join(dir, "dropship.hcl")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`state_path = "state"
+repo "s3" {
+  region     = "us-east-1"
+  endpoint   = %q
+  access_key = %q
+  secret_key = %q
+}
+service "app" {
+  trusted_keys = [%q]
+  artifact "s3" {
+    bucket      = %q
+    path        = "app.tar"
+    destination = "srv/app"
+  }
+}
+`, minio.Endpoint, minio.AccessKey, minio.SecretKey, filepath.Join(dir, "ci.pub"), bucket)), 0o600)
+	once := func() string {
+		t.Helper()
+		_, errOut, _ := run(t, "agent", "--once", "-c", cfg, "--log-level", "debug")
+		return errOut
+	}
+	v1 := filepath.Join(dir, "app.tar")
+	os.WriteFile(v1, plainTar(t, "v1"), 0o644)
+	if out, errOut, code := run(t, "publish", "-c", cfg, v1, "--to", "s3://"+bucket+"/app.tar", "--sign", filepath.Join(dir, "ci.key"), "--service", "app"); code != 0 {
+		t.Fatalf("publish: %s%s", out, errOut)
+	}
+	if log := once(); !strings.Contains(log, "signature verified") || !strings.Contains(log, "result=installed") {
+		t.Fatalf("signed v1 not installed:\n%s", log)
+	}
+	o, err := sdk.GetObject(context.Background(), &awss3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String("app.tar.minisig")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, _ := io.ReadAll(o.Body)
+	o.Body.Close()
+	if !strings.Contains(string(sig), fmt.Sprintf("size=%d", len(plainTar(t, "v1")))) {
+		t.Fatalf("the trusted comment does not vouch for the size:\n%s", sig)
+	}
+
+	for _, c := range []struct {
+		name, body string
+		want       string
+	}{
+		// Other bytes of another size: refused before the body is read.
+		{"other size", strings.Repeat("pwned ", 100), "nothing was downloaded"},
+		// Other bytes of the same size, no digest in the store's
+		// metadata: downloaded, compared with the signature, never
+		// unpacked.
+		{"same size", "v2", "the signature vouches for sha256"},
+	} {
+		put(t, sdk, bucket, "app.tar", plainTar(t, c.body), nil)
+		log := once()
+		if !hasLine(log, []string{"result=failed", "phase=signature", c.want}) {
+			t.Fatalf("%s: not refused at the signature:\n%s", c.name, log)
+		}
+		if strings.Contains(log, "downloaded and verified") || strings.Contains(log, "unpack s3://") {
+			t.Fatalf("%s: the bytes were unpacked:\n%s", c.name, log)
+		}
+		if b, _ := os.ReadFile(filepath.Join(dir, "srv", "app", "VERSION")); string(b) != "v1" {
+			t.Fatalf("%s: installed %q", c.name, b)
+		}
+		// Counted: the next check backs off instead of fetching again.
+		if log := once(); !hasLine(log, []string{"result=skipped", "failed 1 time(s) in signature"}) {
+			t.Fatalf("%s: the refusal is not backed off:\n%s", c.name, log)
+		}
 	}
 }
