@@ -325,9 +325,12 @@ func (t *txn) openSignature(ctx context.Context) error {
 	if t.info.Modified.After(now) {
 		now = t.info.Modified
 	}
-	want := signature.Expect{Service: t.r.svc.Name, Now: now}
-	if cur, ok := t.st.release(t.st.Release); ok && cur.Signed != nil {
-		want.After = cur.Signed.Time
+	// Replays are judged from the newest release ever installed here, not
+	// the current one: after a rollback, the release rolled away from is
+	// not installed again by putting its signed bytes back.
+	want := signature.Expect{Service: t.r.svc.Name, Now: now, Current: t.st.SHA256}
+	if n := t.st.NewestSigned; n != nil {
+		want.After, want.AfterSHA256 = n.Time, n.SHA256
 	}
 	p, err := keys.Open(sig, want)
 	if err != nil {

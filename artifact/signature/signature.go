@@ -152,6 +152,16 @@ func (k *Keyring) Len() int {
 	return len(k.trusted)
 }
 
+// RevokedID says whether the key of hex id (as a release's record holds
+// it, "%016X") is in revoked_keys.
+func (k *Keyring) RevokedID(id string) bool {
+	if k == nil {
+		return false
+	}
+	n, err := strconv.ParseUint(id, 16, 64)
+	return err == nil && k.revoked[n]
+}
+
 // ParseKey reads one key: the base64 of a minisign public key ("RWQ…"),
 // or the path of a .pub file (relative to baseDir).
 func ParseKey(v, baseDir string) (minisign.PublicKey, error) {
