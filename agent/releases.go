@@ -190,12 +190,19 @@ func (l layout) sweep(st *State, logger *slog.Logger) {
 func (l layout) remove(id string, logger *slog.Logger) {
 	p := l.releaseDir(id)
 	// A release may hold read-only directories; make them writable first.
-	filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			os.Chmod(path, 0o755)
-		}
-		return nil
-	})
+	// Its files may belong to the service's user, who can swap a
+	// directory for a link while this runs: the modes are changed through
+	// the open release directory (os.Root: *at calls, no link leads out
+	// of it), never by a path.
+	if root, err := os.OpenRoot(p); err == nil {
+		fs.WalkDir(root.FS(), ".", func(path string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				root.Chmod(path, 0o755)
+			}
+			return nil
+		})
+		root.Close()
+	}
 	if err := os.RemoveAll(p); err != nil {
 		logger.Warn("cannot remove old release", "release", id, "error", err)
 		return

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/hooks"
 )
 
@@ -102,8 +103,15 @@ func (r *Runner) Rollback(ctx context.Context, to string) (Release, error) {
 	defer r.local.Release(context.WithoutCancel(ctx))
 	cur := r.lay.current()
 	target, err := pickRollback(st, cur, to)
+	if err == nil {
+		err = r.mayRunAgain(target)
+	}
 	if err != nil {
 		return Release{}, fmt.Errorf("rollback %s: %w", r.svc.Name, err)
+	}
+	if n := st.NewestSigned; n != nil && target.Signed != nil && target.Signed.Time.Before(n.Time) {
+		r.logger.Warn("rolling back to a release signed before the newest one installed here: an operator may, an update never would (it is refused as a replay)",
+			"release", target.ID, "signed", target.Signed.Time, "newest_signed", n.Time)
 	}
 	from, _ := st.release(cur)
 	if from.Checksum == "" {
@@ -136,6 +144,16 @@ func (r *Runner) Rollback(ctx context.Context, to string) (Release, error) {
 		return target, fmt.Errorf("rolled back to %s, but a hook failed: %w", target.ID, hookErr)
 	}
 	return target, nil
+}
+
+// mayRunAgain refuses to make a kept release current again when the key
+// that signed it is now in revoked_keys: checked on every switch back
+// (an operator's rollback, a pin, a fleet revert), as for an update.
+func (r *Runner) mayRunAgain(rel Release) error {
+	if rel.Signed != nil && r.svc.Keys.RevokedID(rel.Signed.KeyID) {
+		return fmt.Errorf("release %s: %w (key id %s is in revoked_keys)", rel.ID, signature.ErrRevokedKey, rel.Signed.KeyID)
+	}
+	return nil
 }
 
 func pickRollback(st *State, cur, to string) (Release, error) {

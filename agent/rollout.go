@@ -160,9 +160,9 @@ func (r *Runner) revert(ctx context.Context, st *State, view fleet.Status, b *fl
 	}
 	cur := r.lay.current()
 	target, err := pickRollback(st, cur, "")
-	// Further back past the same bytes kept twice, and past any release
-	// the fleet refused too.
-	for err == nil && (target.Checksum == b.Checksum || view.Breaker(target.Checksum) != nil) {
+	// Further back past the same bytes kept twice, past any release the
+	// fleet refused too, and past one signed by a key since revoked.
+	for err == nil && (target.Checksum == b.Checksum || view.Breaker(target.Checksum) != nil || r.mayRunAgain(target) != nil) {
 		target, err = pickRollback(st, target.ID, "")
 	}
 	if err != nil {
@@ -260,6 +260,9 @@ func (r *Runner) pinned(ctx context.Context, st *State, view fleet.Status, pin *
 	}
 	if target == nil {
 		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; no kept release here matches it, so this host stays where it is"}
+	}
+	if err := r.mayRunAgain(*target); err != nil {
+		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; this host stays where it is: " + err.Error()}
 	}
 	if view.Hold != nil {
 		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; the switch waits: on hold"}

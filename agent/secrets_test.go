@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -101,6 +102,43 @@ func TestSecretsStayOutOfLogs(t *testing.T) {
 			if strings.Contains(text, s) {
 				t.Errorf("%s holds the secret %s:\n%s", where, s, text)
 			}
+		}
+	}
+}
+
+// A failing script hook is named by its place in the config, never by
+// its command line, which may carry secrets: not in the outcome, the
+// state file or the status (what /v1/status, Consul and the audit log
+// are given).
+func TestHookErrorNamesTheConfigLineNotTheCommand(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.config(`  before "script" {
+    command = "curl -s -H 'Authorization: Bearer SCRIPTSECRET' http://127.0.0.1:1/ >/dev/null; exit 3"
+  }`)
+	r := e.runner(cfg)
+	e.publish("v1")
+	out := e.check(r, agent.ResultFailed)
+	// The hook's block opens on line 11 of the file env.config writes.
+	for _, want := range []string{"before hook 1", "dropship.hcl:11,", "exited with status 3"} {
+		if !strings.Contains(out.Err.Error(), want) {
+			t.Fatalf("error %q lacks %q", out.Err, want)
+		}
+	}
+	status, _ := json.Marshal(r.Status())
+	texts := map[string]string{"outcome": out.Err.Error(), "status": string(status)}
+	filepath.WalkDir(e.state, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			b, _ := os.ReadFile(p)
+			texts[p] = string(b)
+		}
+		return nil
+	})
+	if !strings.Contains(texts[filepath.Join(r.Dir(), "state.json")], "exited with status 3") {
+		t.Fatalf("the state does not record the failure:\n%s", texts[filepath.Join(r.Dir(), "state.json")])
+	}
+	for where, text := range texts {
+		if strings.Contains(text, "SCRIPTSECRET") || strings.Contains(text, "curl") {
+			t.Errorf("%s quotes the hook's command:\n%s", where, text)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,9 +14,11 @@ import (
 	"time"
 
 	"aead.dev/minisign"
+	"github.com/hashicorp/hcl/v2"
 
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/artifact/signature"
+	"github.com/dropshipd/dropship/fleet"
 )
 
 type signer struct {
@@ -165,10 +168,12 @@ func TestSignedReleaseRotationAndRollback(t *testing.T) {
 	}
 }
 
-// A signature that names other bytes (the artifact was replaced before
-// its signature) is not a forgery: no failure is counted, and the next
-// check installs once the right signature is there.
-func TestStaleSignatureWaits(t *testing.T) {
+// A signature whose authenticated claims name other bytes (the artifact
+// was replaced before its signature) is refused before the artifact is
+// read: a failure, counted and backed off on this host (not fetched
+// again every check), which does not trip the fleet's breaker; the
+// right signature installs once the back-off is over.
+func TestStaleSignatureBacksOff(t *testing.T) {
 	ci := newSigner(t)
 	e := newEnv(t)
 	cfg := e.config(keysConfig(e, []signer{ci}))
@@ -177,14 +182,16 @@ func TestStaleSignatureWaits(t *testing.T) {
 	r := e.runner(cfg)
 	e.check(r, agent.ResultInstalled)
 	e.publish("v2") // the v1 signature is still beside it
-	out := e.check(r, agent.ResultError)
-	if out.Phase != agent.PhaseSignature || !strings.Contains(out.Err.Error(), "other bytes") {
+	out := e.check(r, agent.ResultFailed)
+	if out.Phase != agent.PhaseSignature || !strings.Contains(out.Err.Error(), "other bytes") || !strings.Contains(out.Err.Error(), "nothing was downloaded") {
 		t.Fatalf("phase %s err %v", out.Phase, out.Err)
 	}
-	if len(e.state_(r).Failures) != 0 {
-		t.Fatalf("a stale signature counted as a failure: %+v", e.state_(r).Failures)
+	if f := e.state_(r).Failures[out.Checksum]; f == nil || f.Count != 1 {
+		t.Fatalf("a stale signature not counted as a failure: %+v", e.state_(r).Failures)
 	}
 	ci.sign(e, nil)
+	e.check(r, agent.ResultSkipped) // backed off
+	r.SetClock(func() time.Time { return time.Now().Add(time.Hour) })
 	e.check(r, agent.ResultInstalled)
 	if e.current() != "v2" {
 		t.Fatal(e.current())
@@ -209,5 +216,131 @@ func TestSignedReleaseOnAHostWithItsClockBehind(t *testing.T) {
 	e.check(r, agent.ResultInstalled)
 	if e.current() != "v2" {
 		t.Fatal(e.current())
+	}
+}
+
+// signedAt signs the store's artifact as signed at t, and returns the
+// artifact and its signature, to put back later.
+func (s signer) signedAt(e *env, at time.Time) (body, sig []byte) {
+	e.t.Helper()
+	s.sign(e, func(c *signature.Claims) { c.Time = at })
+	body, _ = os.ReadFile(e.store)
+	sig, _ = os.ReadFile(e.store + ".minisig")
+	return body, sig
+}
+
+// The replay rule holds against the newest release ever installed, kept
+// in the state: after an operator rolls back (which may go to a release
+// signed earlier, and says so), the release rolled away from does not
+// install again by putting its signed bytes back, also after a restart.
+func TestReplayAfterRollbackRefused(t *testing.T) {
+	ci := newSigner(t)
+	e := newEnv(t)
+	cfg := e.config(keysConfig(e, []signer{ci}))
+	var logs bytes.Buffer
+	r, err := agent.NewRunner(cfg, cfg.Services[0], slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	var v3, v3sig []byte
+	for i, v := range []string{"v1", "v2", "v3"} {
+		e.publish(v)
+		v3, v3sig = ci.signedAt(e, now.Add(time.Duration(i-3)*time.Minute))
+		e.check(r, agent.ResultInstalled)
+	}
+	for _, want := range []string{"v2", "v1"} {
+		if _, err := r.Rollback(t.Context(), ""); err != nil || e.current() != want {
+			t.Fatalf("rollback: %v, on %q, want %s", err, e.current(), want)
+		}
+	}
+	if !strings.Contains(logs.String(), "signed before the newest one installed here") {
+		t.Fatalf("the operator's rollback to an older signed release is not said:\n%s", logs.String())
+	}
+	st := e.state_(r)
+	if st.NewestSigned == nil || !st.NewestSigned.Time.Equal(now.Add(-time.Minute)) {
+		t.Fatalf("high-water mark %+v, want v3's signing time", st.NewestSigned)
+	}
+	// v3 put back, seen by a new process: refused as a replay.
+	os.WriteFile(e.store, v3, 0o644)
+	os.WriteFile(e.store+".minisig", v3sig, 0o644)
+	later := time.Now().Add(time.Second)
+	os.Chtimes(e.store, later, later)
+	out := e.check(e.runner(cfg), agent.ResultFailed)
+	if out.Phase != agent.PhaseSignature || !strings.Contains(out.Err.Error(), "replayed") || e.current() != "v1" {
+		t.Fatalf("v3 put back after the rollback: phase %s, err %v, on %q", out.Phase, out.Err, e.current())
+	}
+}
+
+// keysRolloutRunner is a runner of the service with keys, whose rollout
+// reverts on failure, coordinated through ff.
+func keysRolloutRunner(t *testing.T, e *env, ff *fakeFleet, keys string) *agent.Runner {
+	t.Helper()
+	reg := registry()
+	reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Fleet, hcl.Diagnostics) { return ff, nil }}
+	src := fmt.Sprintf(`
+state_path = %q
+node_name  = "test-node"
+lock "consul" {}
+service "app" {
+  check_interval = "1s"
+  sequential     = true
+  artifact "file" {
+    path        = %q
+    destination = %q
+  }
+  rollout {
+    waves      = ["100%%"]
+    on_failure = "revert"
+  }
+  %s
+}
+`, e.state, e.store, e.dest, keys)
+	path := filepath.Join(e.dir, "rollout.hcl")
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, diags := agent.Load(path, reg, slog.New(slog.DiscardHandler))
+	if diags.HasErrors() {
+		t.Fatalf("config: %v", diags)
+	}
+	r, err := agent.NewRunner(cfg, cfg.Services[0], slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// A key put in revoked_keys after a release it signed was installed is
+// checked whenever that kept release would be current again: an
+// operator's rollback, a fleet pin and a fleet revert all refuse it.
+func TestRevokedKeyCheckedOnEverySwitchBack(t *testing.T) {
+	old, next := newSigner(t), newSigner(t)
+	e := newEnv(t)
+	r := e.runner(e.config(keysConfig(e, []signer{old, next})))
+	e.publish("v1")
+	old.sign(e, nil)
+	e.check(r, agent.ResultInstalled)
+	v1 := e.state_(r).Checksum
+	e.publish("v2")
+	next.sign(e, nil)
+	e.check(r, agent.ResultInstalled)
+	v2 := e.state_(r).Checksum
+
+	revoking := keysConfig(e, []signer{next}, old)
+	if _, err := e.runner(e.config(revoking)).Rollback(t.Context(), ""); err == nil || !strings.Contains(err.Error(), "revoked") || e.current() != "v2" {
+		t.Fatalf("rollback to a release of a revoked key: %v, on %q", err, e.current())
+	}
+
+	ff := &fakeFleet{}
+	rr := keysRolloutRunner(t, e, ff, revoking)
+	ff.st.Pins = []fleet.Pin{{Nodes: "test-*", Target: v1, Who: "ops"}}
+	if out := e.check(rr, agent.ResultSkipped); !strings.Contains(out.Reason, "revoked") || e.current() != "v2" {
+		t.Fatalf("pin to a release of a revoked key: %q, on %q", out.Reason, e.current())
+	}
+	ff.st.Pins = nil
+	ff.st.Breakers = []fleet.Breaker{{Checksum: v2, Node: "other", Phase: "gate"}}
+	if out := e.check(rr, agent.ResultSkipped); !strings.Contains(out.Reason, "cannot") || e.current() != "v2" {
+		t.Fatalf("revert to a release of a revoked key: %q, on %q", out.Reason, e.current())
 	}
 }

@@ -36,6 +36,28 @@ type State struct {
 	// write; the status endpoint has the time of the latest.
 	LastCheck time.Time `json:"last_check,omitzero"`
 	LastError string    `json:"last_error,omitempty"`
+	// NewestSigned is the newest signing time of any release ever
+	// installed here, with that release's digest: a release signed
+	// before it is a replay, even after a rollback made an older one
+	// current.
+	NewestSigned *NewestSigned `json:"newest_signed,omitempty"`
+}
+
+// NewestSigned is the replay rule's high-water mark.
+type NewestSigned struct {
+	Time   time.Time `json:"time"`
+	SHA256 string    `json:"sha256,omitempty"`
+	KeyID  string    `json:"key_id,omitempty"`
+}
+
+// signedMark raises the high-water mark to rel's signing time.
+func (s *State) signedMark(rel Release) {
+	if rel.Signed == nil || rel.Signed.Time.IsZero() {
+		return
+	}
+	if n := s.NewestSigned; n == nil || !rel.Signed.Time.Before(n.Time) {
+		s.NewestSigned = &NewestSigned{Time: rel.Signed.Time, SHA256: rel.SHA256, KeyID: rel.Signed.KeyID}
+	}
 }
 
 // Release is one unpacked release kept on disk.
@@ -89,6 +111,7 @@ func (s *State) installed(rel Release, a Attempt) {
 	}
 	delete(s.Failures, rel.Checksum)
 	s.Releases = append(s.Releases, rel)
+	s.signedMark(rel)
 	s.record(a)
 }
 
@@ -182,6 +205,13 @@ func LoadState(dir, service string) (*State, error) {
 		return nil, fmt.Errorf("read state %s: version %d is newer than this dropship understands (%d)", statePath(dir), s.Version, stateVersion)
 	}
 	s.Version, s.Service = stateVersion, service
+	if s.NewestSigned == nil {
+		// A state written before the mark was kept: the newest of the
+		// releases it still lists.
+		for _, r := range s.Releases {
+			s.signedMark(r)
+		}
+	}
 	return &s, nil
 }
 

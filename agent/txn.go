@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -24,7 +25,12 @@ import (
 
 // The update as a transaction, a step per function:
 //
-//	preflight → fetch → signature → shared → promote → before → activate (switch, after) → check → commit
+//	preflight → signature → fetch → shared → promote → before → activate (switch, after) → check → commit
+//
+// With trusted_keys, the signature comes first: its trusted comment is
+// authenticated and judged, and the size it vouches for compared with the
+// object's, before the body is read; the body is then spooled and its
+// bytes verified against the signature before anything is unpacked.
 //
 // The release is promoted (moved out of staging, not current) before the
 // before hooks, so that they can work in it (migrations, say) with the
@@ -61,11 +67,16 @@ type txn struct {
 	stage string
 	ev    hooks.Event // what the hooks of the new release see
 	sums  digests     // computed over the bytes fetched
-	// signed hashes the bytes for the signature check (BLAKE2b, as
-	// minisign's pre-hashed mode); nil when no keys are configured.
-	signed *minisign.Reader
-	claims *signature.Claims
-	aside  string // what the destination was before a first install
+	// pending is the signature whose trusted comment was authenticated
+	// before the download; nil when no keys are configured. claims are
+	// its claims once the bytes matched it too.
+	pending *signature.Pending
+	claims  *signature.Claims
+	aside   string // what the destination was before a first install
+	// verified: the bytes fetched matched the store's size and checksums,
+	// so the checksum the update is known by is one computed here. Only
+	// then may a failure count against it in the fleet.
+	verified bool
 
 	switched    bool
 	undo        []func(ctx context.Context)
@@ -120,8 +131,8 @@ func (t *txn) run(ctx context.Context) Outcome {
 		do    func(context.Context) error
 	}{
 		{PhasePreflight, t.preflight},
+		{PhaseSignature, t.openSignature},
 		{PhaseDownload, t.fetch},
-		{PhaseSignature, t.verifySignature},
 		{PhaseInstall, t.linkShared},
 		{PhaseInstall, t.promote},
 		{PhaseBefore, t.before},
@@ -175,6 +186,9 @@ func (t *txn) preflight(context.Context) error {
 		return fmt.Errorf("preflight: %w", err)
 	}
 	need := uint64(r.svc.DiskFactor * float64(t.info.Size))
+	if r.svc.Keys.Len() > 0 {
+		need += uint64(t.info.Size) // the spooled download, until its signature is checked
+	}
 	if free < need {
 		return fmt.Errorf("preflight: %d bytes free under %s, need %d (%.1f × the %d-byte artifact; set disk_space_factor to change)",
 			free, r.lay.dir, need, r.svc.DiskFactor, t.info.Size)
@@ -182,9 +196,11 @@ func (t *txn) preflight(context.Context) error {
 	return nil
 }
 
-// fetch streams the pinned artifact through the verifier into the
-// unpacker, in staging. Nothing there is trusted until the verifier has
-// seen the last byte. Retrying a dropped connection is the source's
+// fetch downloads the pinned artifact through the verifier and unpacks
+// it in staging. Without trusted keys it streams into the unpacker, and
+// nothing there is trusted until the verifier has seen the last byte.
+// With them, the bytes are spooled first and unpacked only once they
+// match the signature. Retrying a dropped connection is the source's
 // business (one policy, in the store), not the transaction's.
 func (t *txn) fetch(ctx context.Context) error {
 	t.onUndo(func(context.Context) { os.RemoveAll(t.stage) })
@@ -199,22 +215,15 @@ func (t *txn) fetch(ctx context.Context) error {
 		return fmt.Errorf("download %s: %w", t.info.Key, err)
 	}
 	defer body.Close()
-	var stream io.Reader = body
-	if t.r.svc.Keys.Len() > 0 {
-		t.signed = minisign.NewReader(body)
-		stream = t.signed
+	if t.pending != nil {
+		return t.fetchSigned(ctx, body)
 	}
-	v := artifact.NewVerifier(stream, t.info)
+	v := artifact.NewVerifier(body, t.info)
 	// Download and hashing on one core, decompression and unpacking on
 	// the other; 4 × 64 KiB in flight at most.
 	ahead := prefetch.New(v, 64<<10, 4)
 	defer ahead.Close()
-	opt := t.r.svc.Unpack
-	opt.Name = path.Base(strings.TrimRight(t.info.Key, "/"))
-	opt.Spool = t.r.lay.staging()
-	opt.FinalDir = t.r.lay.releaseDir(t.id) // links leaving the release are judged from where it will live
-	opt.Aliases = []string{t.r.lay.dest}    // and a link coming back in through the destination lands in it
-	stats, xerr := archive.Extract(ctx, ahead, t.stage, opt)
+	stats, xerr := t.extract(ctx, ahead)
 	if xerr == nil {
 		// The unpacker may stop before the end (tar padding, trailers):
 		// the verifier must see every byte.
@@ -226,9 +235,61 @@ func (t *txn) fetch(ctx context.Context) error {
 	if verr := v.Drain(); verr != nil {
 		return fmt.Errorf("download %s: %w", t.info.Key, verr)
 	}
+	t.verified = true
 	if xerr != nil {
 		return fmt.Errorf("unpack %s: %w", t.info.Key, xerr)
 	}
+	return t.fetched(v, stats)
+}
+
+// fetchSigned spools the body, verifies it against the store's claims and
+// then the signature, and only then unpacks it.
+func (t *txn) fetchSigned(ctx context.Context, body io.Reader) error {
+	spool, err := os.CreateTemp(t.r.lay.staging(), ".download-*")
+	if err != nil {
+		return fmt.Errorf("download %s: %w", t.info.Key, err)
+	}
+	defer os.Remove(spool.Name())
+	defer spool.Close()
+	// minisign's pre-hashed mode: BLAKE2b of the bytes, as they pass.
+	signed := minisign.NewReader(body)
+	v := artifact.NewVerifier(signed, t.info)
+	if _, err := io.Copy(spool, v); err != nil {
+		return fmt.Errorf("download %s: %w", t.info.Key, err)
+	}
+	if verr := v.Drain(); verr != nil {
+		return fmt.Errorf("download %s: %w", t.info.Key, verr)
+	}
+	t.verified = true
+	if err := t.pending.Check(signed, v.SHA256(), v.Size()); err != nil {
+		return &phaseError{PhaseSignature, fmt.Errorf("verify %s: %w", t.info.Key, err)}
+	}
+	c := t.pending.Claims
+	t.claims = &c
+	t.logger.Info("signature verified", "key_id", fmt.Sprintf("%016X", c.KeyID), "version", c.Version,
+		"publisher", c.Publisher, "signed", c.Time)
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("download %s: %w", t.info.Key, err)
+	}
+	stats, err := t.extract(ctx, bufio.NewReaderSize(spool, 64<<10))
+	if err != nil {
+		return fmt.Errorf("unpack %s: %w", t.info.Key, err)
+	}
+	return t.fetched(v, stats)
+}
+
+// extract unpacks r into staging.
+func (t *txn) extract(ctx context.Context, r io.Reader) (archive.Stats, error) {
+	opt := t.r.svc.Unpack
+	opt.Name = path.Base(strings.TrimRight(t.info.Key, "/"))
+	opt.Spool = t.r.lay.staging()
+	opt.FinalDir = t.r.lay.releaseDir(t.id) // links leaving the release are judged from where it will live
+	opt.Aliases = []string{t.r.lay.dest}    // and a link coming back in through the destination lands in it
+	return archive.Extract(ctx, r, t.stage, opt)
+}
+
+// fetched makes the unpacked release durable and records its digests.
+func (t *txn) fetched(v *artifact.Verifier, stats archive.Stats) error {
 	if err := syncFS(t.stage); err != nil {
 		return fmt.Errorf("sync %s: %w", t.stage, err)
 	}
@@ -241,10 +302,13 @@ func (t *txn) fetch(ctx context.Context) error {
 	return nil
 }
 
-// verifySignature checks, when the service trusts keys, that one of them
-// signed exactly the bytes fetched, for this service, and no earlier than
-// the installed release: before any hook runs or anything is promoted.
-func (t *txn) verifySignature(ctx context.Context) error {
+// openSignature checks, when the service trusts keys, that one of them
+// (not revoked) signed the release, for this service, no earlier than the
+// newest release installed here, and that the size and SHA-256 it vouches
+// for are those the store reports for the object: all before the body is
+// read. A refusal is a failure, backed off like any other; the breaker is
+// not tripped by it (the checksum is the store's claim, not computed).
+func (t *txn) openSignature(ctx context.Context) error {
 	keys := t.r.svc.Keys
 	if keys.Len() == 0 {
 		return nil
@@ -253,9 +317,6 @@ func (t *txn) verifySignature(ctx context.Context) error {
 	if !ok {
 		return fmt.Errorf("%s cannot hold signatures, but trusted_keys is set", t.r.svc.Source)
 	}
-	// The signature is read after the bytes: one published since the
-	// download began names other bytes (ErrStale), and the update starts
-	// over instead of failing.
 	sig, err := src.Signature(ctx)
 	if errors.Is(err, artifact.ErrNotFound) {
 		return fmt.Errorf("verify %s: %w (trusted_keys is set; publish with --sign)", t.info.Key, signature.ErrUnsigned)
@@ -264,23 +325,35 @@ func (t *txn) verifySignature(ctx context.Context) error {
 		return fmt.Errorf("verify %s: %w", t.info.Key, err)
 	}
 	// The store's time for the object, when later than this host's: a
-	// clock that is behind is this host's trouble, not the release's (and
-	// a refusal would trip the fleet's breaker for every host).
+	// clock that is behind is this host's trouble, not the release's.
 	now := t.r.now()
 	if t.info.Modified.After(now) {
 		now = t.info.Modified
 	}
-	want := signature.Expect{Service: t.r.svc.Name, SHA256: t.sums.SHA256, Now: now}
-	if cur, ok := t.st.release(t.st.Release); ok && cur.Signed != nil {
-		want.After = cur.Signed.Time
+	// Replays are judged from the newest release ever installed here, not
+	// the current one: after a rollback, the release rolled away from is
+	// not installed again by putting its signed bytes back.
+	want := signature.Expect{Service: t.r.svc.Name, Now: now, Current: t.st.SHA256}
+	if n := t.st.NewestSigned; n != nil {
+		want.After, want.AfterSHA256 = n.Time, n.SHA256
 	}
-	c, err := keys.Verify(sig, t.signed, want)
+	p, err := keys.Open(sig, want)
 	if err != nil {
 		return fmt.Errorf("verify %s: %w", t.info.Key, err)
 	}
-	t.claims = &c
-	t.logger.Info("signature verified", "key_id", fmt.Sprintf("%016X", c.KeyID), "version", c.Version,
-		"publisher", c.Publisher, "signed", c.Time)
+	c := p.Claims
+	switch {
+	case c.Size > 0 && t.info.Size >= 0 && c.Size != t.info.Size:
+		return fmt.Errorf("verify %s: %w (the signature vouches for %d bytes, the object is %d; nothing was downloaded)",
+			t.info.Key, signature.ErrStale, c.Size, t.info.Size)
+	case c.SHA256 != "" && t.info.SHA256 != "" && c.SHA256 != t.info.SHA256:
+		return fmt.Errorf("verify %s: %w (the signature vouches for sha256 %.12s…, the store reports %.12s…; nothing was downloaded)",
+			t.info.Key, signature.ErrStale, c.SHA256, t.info.SHA256)
+	case c.Size == 0:
+		t.logger.Warn("the signature vouches for no size: the object is downloaded before its signature can be compared with it (sign with `dropship sign` or `publish --sign` to check it first)",
+			"key_id", fmt.Sprintf("%016X", c.KeyID))
+	}
+	t.pending = p
 	return nil
 }
 
@@ -506,10 +579,6 @@ func (t *txn) fail(ctx context.Context, phase Phase, err error) Outcome {
 	switch {
 	case errors.Is(err, artifact.ErrChanged):
 		return Outcome{Result: ResultError, Checksum: t.sum, Phase: PhaseDownload, Err: err}
-	case errors.Is(err, signature.ErrStale):
-		// The signature of another version: its own will follow (or the
-		// artifact changed under us). Looked at again next check.
-		return Outcome{Result: ResultError, Checksum: t.sum, Phase: PhaseSignature, Err: err}
 	case errors.Is(err, errLost):
 		return Outcome{Result: ResultError, Checksum: t.sum, Phase: PhaseLock, Err: err}
 	case !t.switched && ctx.Err() != nil && !errors.Is(cause, errUpdateTimeout):
@@ -536,5 +605,5 @@ func (t *txn) fail(ctx context.Context, phase Phase, err error) Outcome {
 			ev.ReleaseDir = t.r.lay.releaseDir(t.prev)
 		}
 	}
-	return Outcome{Result: ResultFailed, Checksum: t.sum, Release: t.id, Phase: phase, Err: err, announce: &ev}
+	return Outcome{Result: ResultFailed, Checksum: t.sum, Release: t.id, Phase: phase, Err: err, announce: &ev, verified: t.verified}
 }

@@ -65,6 +65,9 @@ type Outcome struct {
 	Until    time.Time
 	rollout  bool
 	finished bool // finish ran already
+	// verified: the checksum is one this host computed over the bytes it
+	// fetched, not only what the store claims (see tripsBreaker).
+	verified bool
 
 	// announce is the event the reporting hooks get once the state is
 	// saved; nil when there is nothing to tell.
@@ -466,11 +469,17 @@ func (r *Runner) announce(ctx context.Context, ev hooks.Event) {
 }
 
 // tripsBreaker says whether a failure is the release's fault, so that
-// every host would meet it: hooks, checks, the install, a refused or
-// corrupt archive. A full disk, a network error or a timeout is this
-// host's own.
+// every host would meet it: hooks, checks, the install, a refused
+// archive, a refused signature. A full disk, a network error or a
+// timeout is this host's own.
+//
+// The breaker is keyed by the checksum, so only a checksum this host
+// computed over bytes it verified can trip it: bytes that do not match
+// what the store claims (a corrupt or short download, or junk uploaded
+// with another release's checksum in its metadata) are backed off here
+// and reported, never a fleet-wide refusal of the checksum claimed.
 func tripsBreaker(o Outcome) bool {
-	if errors.Is(o.Err, errUpdateTimeout) {
+	if errors.Is(o.Err, errUpdateTimeout) || !o.verified || errors.Is(o.Err, artifact.ErrCorrupt) {
 		return false
 	}
 	switch o.Phase {
@@ -478,10 +487,11 @@ func tripsBreaker(o Outcome) bool {
 		return true
 	case PhaseSignature:
 		// Every host would refuse it; but a store that cannot be read
-		// is this host's trouble.
-		return errors.Is(o.Err, signature.ErrRefused)
+		// is this host's trouble, and a signature for other bytes may
+		// be a good release's whose signature is not up yet.
+		return errors.Is(o.Err, signature.ErrRefused) && !errors.Is(o.Err, signature.ErrStale)
 	case PhaseDownload:
-		return errors.Is(o.Err, archive.ErrRefused) || errors.Is(o.Err, artifact.ErrCorrupt)
+		return errors.Is(o.Err, archive.ErrRefused)
 	}
 	return false
 }

@@ -1,10 +1,18 @@
 // Package signature checks that a release was published by someone who
 // holds a trusted key: minisign signatures (the format of the minisign
 // CLI) over the artifact's bytes, pre-hashed, with a trusted comment that
-// names the service, the version, the publish time and the publisher.
+// names the service, the version, the size and SHA-256 of the bytes, the
+// publish time and the publisher.
+//
+// The check has two halves. Open authenticates the trusted comment alone
+// (minisign signs it with the signature, a second Ed25519 signature), so
+// its claims can be judged, and the object's size compared, before a
+// byte of the artifact is read. Pending.Check then verifies the bytes.
 package signature
 
 import (
+	"crypto/ed25519"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
@@ -33,8 +41,10 @@ var (
 	// ErrFuture: installed, such a release would make every later one
 	// look older than it, a replay.
 	ErrFuture = fmt.Errorf("%w: signed in the future (the signing machine's clock?)", ErrRefused)
-	// ErrStale: the signature names other bytes than those fetched: it
-	// belongs to an earlier artifact and has not been replaced yet.
+	// ErrStale: the signature's authenticated claims name other bytes
+	// (another size or SHA-256) than the artifact's: it belongs to
+	// another artifact and has not been replaced yet, or was put beside
+	// bytes it does not vouch for.
 	ErrStale = fmt.Errorf("%w: the signature is for other bytes (not yet replaced?)", ErrRefused)
 )
 
@@ -43,6 +53,7 @@ type Claims struct {
 	Service   string
 	Version   string
 	SHA256    string // hex, of the artifact's bytes
+	Size      int64  // of the artifact's bytes; 0 when the comment does not say
 	Publisher string
 	Time      time.Time // when it was signed
 	KeyID     uint64
@@ -56,7 +67,11 @@ const commentTag = "dropship-release"
 func (c Claims) Comment() string {
 	var b strings.Builder
 	b.WriteString(commentTag)
-	for _, kv := range [][2]string{{"service", c.Service}, {"version", c.Version}, {"sha256", c.SHA256},
+	size := ""
+	if c.Size > 0 {
+		size = strconv.FormatInt(c.Size, 10)
+	}
+	for _, kv := range [][2]string{{"service", c.Service}, {"version", c.Version}, {"sha256", c.SHA256}, {"size", size},
 		{"time", strconv.FormatInt(c.Time.Unix(), 10)}, {"publisher", c.Publisher}} {
 		if kv[1] == "" {
 			continue
@@ -98,6 +113,10 @@ func ParseComment(tc string) Claims {
 				c.Version = v
 			case "sha256":
 				c.SHA256 = strings.ToLower(v)
+			case "size":
+				if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 0 {
+					c.Size = n
+				}
 			case "publisher":
 				c.Publisher = v
 			case "time":
@@ -131,6 +150,16 @@ func (k *Keyring) Len() int {
 		return 0
 	}
 	return len(k.trusted)
+}
+
+// RevokedID says whether the key of hex id (as a release's record holds
+// it, "%016X") is in revoked_keys.
+func (k *Keyring) RevokedID(id string) bool {
+	if k == nil {
+		return false
+	}
+	n, err := strconv.ParseUint(id, 16, 64)
+	return err == nil && k.revoked[n]
 }
 
 // ParseKey reads one key: the base64 of a minisign public key ("RWQ…"),
@@ -170,64 +199,126 @@ func NewKeyring(trusted, revoked []minisign.PublicKey) *Keyring {
 // Expect is what the release being installed must match.
 type Expect struct {
 	Service string
-	SHA256  string    // computed over the bytes fetched
-	After   time.Time // the installed release's signing time: older is a replay
-	Now     time.Time // this host's time: a signature dated past it (and MaxSkew) is refused
+	SHA256  string // computed over the bytes fetched (Verify only)
+	Size    int64  // of the bytes fetched (Verify only); 0 unknown
+	// After is the newest signing time of a release ever installed: one
+	// signed earlier is a replay. AfterSHA256 is that release's digest:
+	// signed at the same second, only it is (the same signature put back
+	// after a rollback); Current is the installed release's digest, which
+	// may always be installed again.
+	After       time.Time
+	AfterSHA256 string
+	Current     string
+	Now         time.Time // this host's time: a signature dated past it (and MaxSkew) is refused
 }
 
 // MaxSkew is how far ahead of a host's clock a signing time may be.
 const MaxSkew = time.Hour
 
-// Verify checks sig (the text of a .minisig) against the bytes r read,
-// and its claims against want. It returns the authentic claims.
-func (k *Keyring) Verify(sig []byte, r *minisign.Reader, want Expect) (Claims, error) {
+// Pending is a signature whose trusted comment is authentic, its claims
+// accepted, and whose bytes are still to be checked.
+type Pending struct {
+	Claims Claims
+	sig    []byte
+	pk     minisign.PublicKey
+}
+
+// Open reads sig (the text of a .minisig), checks that a trusted key that
+// is not revoked made it, authenticates its trusted comment, and judges
+// the claims against want: all before the artifact is read. The bytes
+// are checked by Pending.Check.
+func (k *Keyring) Open(sig []byte, want Expect) (*Pending, error) {
 	if len(sig) == 0 {
-		return Claims{}, ErrUnsigned
+		return nil, ErrUnsigned
 	}
 	var s minisign.Signature
 	if err := s.UnmarshalText(sig); err != nil {
-		return Claims{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	keyID := fmt.Sprintf("%016X", s.KeyID)
 	if s.Algorithm != minisign.HashEdDSA {
 		// The stream is only ever hashed: the library would check a legacy
 		// signature against the 64-byte digest as if it were the message.
-		return Claims{}, fmt.Errorf("%w (key id %s; sign with `dropship sign`, or minisign without -l)", ErrLegacy, keyID)
+		return nil, fmt.Errorf("%w (key id %s; sign with `dropship sign`, or minisign without -l)", ErrLegacy, keyID)
 	}
 	if k.revoked[s.KeyID] {
-		return Claims{}, fmt.Errorf("%w (key id %s is in revoked_keys)", ErrRevokedKey, keyID)
+		return nil, fmt.Errorf("%w (key id %s is in revoked_keys)", ErrRevokedKey, keyID)
 	}
 	pk, ok := k.trusted[s.KeyID]
 	if !ok {
-		return Claims{}, fmt.Errorf("%w (key id %s; add its public key to trusted_keys if it is yours)", ErrUntrustedKey, keyID)
+		return nil, fmt.Errorf("%w (key id %s; add its public key to trusted_keys if it is yours)", ErrUntrustedKey, keyID)
 	}
-	// The claims are read before they are authentic only to tell a stale
-	// signature (other bytes) from a forged one; nothing is trusted yet.
+	// minisign's global signature covers the signature and the trusted
+	// comment: checked alone, it makes the comment authentic.
+	raw, err := base64.StdEncoding.DecodeString(pk.String())
+	if err != nil || len(raw) != 10+ed25519.PublicKeySize {
+		return nil, fmt.Errorf("%w (key id %s: unreadable public key)", ErrMalformed, keyID)
+	}
+	global := append(append([]byte(nil), s.Signature[:]...), s.TrustedComment...)
+	if !ed25519.Verify(ed25519.PublicKey(raw[10:]), global, s.CommentSignature[:]) {
+		return nil, fmt.Errorf("%w (key id %s: the trusted comment is not signed by it)", ErrForged, keyID)
+	}
 	c := ParseComment(s.TrustedComment)
-	if !r.Verify(pk, sig) {
-		if c.SHA256 != "" && want.SHA256 != "" && c.SHA256 != want.SHA256 {
-			return Claims{}, fmt.Errorf("%w (signature names sha256 %.12s…, the artifact is %.12s…)", ErrStale, c.SHA256, want.SHA256)
-		}
-		return Claims{}, fmt.Errorf("%w (key id %s)", ErrForged, keyID)
-	}
 	c.KeyID = s.KeyID
+	if err := c.judge(want, strings.HasPrefix(s.TrustedComment, commentTag)); err != nil {
+		return nil, err
+	}
+	return &Pending{Claims: c, sig: sig, pk: pk}, nil
+}
+
+// judge checks authentic claims against want.
+func (c Claims) judge(want Expect, ours bool) error {
 	switch {
 	case c.Service != "" && want.Service != "" && c.Service != want.Service:
-		return c, fmt.Errorf("%w (signed for %q, this is %q)", ErrOtherService, c.Service, want.Service)
-	case c.Service == "" && want.Service != "" && strings.HasPrefix(s.TrustedComment, commentTag):
+		return fmt.Errorf("%w (signed for %q, this is %q)", ErrOtherService, c.Service, want.Service)
+	case c.Service == "" && want.Service != "" && ours:
 		// dropship's own signatures always name their service: one
 		// that does not could be moved to any service trusting the key.
-		return c, fmt.Errorf("%w (signed for no service; sign with --service %s)", ErrOtherService, want.Service)
-	case c.SHA256 != "" && want.SHA256 != "" && c.SHA256 != want.SHA256:
-		return c, fmt.Errorf("%w (the trusted comment names sha256 %s)", ErrForged, c.SHA256)
+		return fmt.Errorf("%w (signed for no service; sign with --service %s)", ErrOtherService, want.Service)
 	case !want.Now.IsZero() && c.Time.After(want.Now.Add(MaxSkew)):
-		return c, fmt.Errorf("%w (signed %s, this host's time is %s)", ErrFuture,
+		return fmt.Errorf("%w (signed %s, this host's time is %s)", ErrFuture,
 			c.Time.Format(time.RFC3339), want.Now.UTC().Format(time.RFC3339))
 	case !want.After.IsZero() && c.Time.IsZero():
-		return c, fmt.Errorf("%w (the signature carries no time, so it cannot be told apart from a replay; sign with `dropship publish --sign` or minisign's default trusted comment)", ErrReplay)
+		return fmt.Errorf("%w (the signature carries no time, so it cannot be told apart from a replay; sign with `dropship publish --sign` or minisign's default trusted comment)", ErrReplay)
 	case !want.After.IsZero() && c.Time.Before(want.After):
-		return c, fmt.Errorf("%w (signed %s, the installed release was signed %s)", ErrReplay,
+		return fmt.Errorf("%w (signed %s, a release signed %s was installed here)", ErrReplay,
 			c.Time.Format(time.RFC3339), want.After.Format(time.RFC3339))
+	case !want.After.IsZero() && c.Time.Equal(want.After) && want.AfterSHA256 != "" &&
+		(c.SHA256 == "" || c.SHA256 == want.AfterSHA256) && (c.SHA256 == "" || c.SHA256 != want.Current):
+		// The newest release installed, signed again at the same second
+		// or put back after a rollback from it: a replay, unless it is
+		// what runs now (installed again).
+		return fmt.Errorf("%w (the release signed %s was installed here and rolled back from)", ErrReplay,
+			c.Time.Format(time.RFC3339))
 	}
-	return c, nil
+	return nil
+}
+
+// Check verifies the bytes r read (whose SHA-256 and size, computed over
+// them, are given) against the signature. A signature that names other
+// bytes is ErrStale; one the bytes do not match otherwise, ErrForged.
+func (p *Pending) Check(r *minisign.Reader, sha256 string, size int64) error {
+	c := p.Claims
+	switch {
+	case c.Size > 0 && size > 0 && size != c.Size:
+		return fmt.Errorf("%w (the signature vouches for %d bytes, %d were read)", ErrStale, c.Size, size)
+	case c.SHA256 != "" && sha256 != "" && sha256 != c.SHA256:
+		return fmt.Errorf("%w (the signature vouches for sha256 %.12s…, the bytes are %.12s…)", ErrStale, c.SHA256, sha256)
+	case !r.Verify(p.pk, p.sig):
+		return fmt.Errorf("%w (key id %016X)", ErrForged, c.KeyID)
+	}
+	return nil
+}
+
+// Verify checks sig against the bytes r read, and its claims against
+// want, in one step (`dropship verify`). It returns the authentic claims.
+func (k *Keyring) Verify(sig []byte, r *minisign.Reader, want Expect) (Claims, error) {
+	p, err := k.Open(sig, want)
+	if err != nil {
+		return Claims{}, err
+	}
+	if err := p.Check(r, want.SHA256, want.Size); err != nil {
+		return p.Claims, err
+	}
+	return p.Claims, nil
 }

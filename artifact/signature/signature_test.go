@@ -61,6 +61,8 @@ func TestVerify(t *testing.T) {
 	i := bytes.LastIndexByte(flipped[:len(flipped)-2], '\n') + 5
 	flipped[i] ^= 1
 	oldClaims := claims
+	sized := claims
+	sized.Size = int64(len(body))
 	oldClaims.SHA256, oldClaims.Time = sum(old), now.Add(-2*time.Hour)
 	for _, tc := range []struct {
 		name string
@@ -79,7 +81,10 @@ func TestVerify(t *testing.T) {
 		{"other service", ring, sign(priv, body, signature.Claims{Service: "billing", SHA256: sum(body), Time: now}), body, want, signature.ErrOtherService},
 		{"no service: could be moved to any", ring, sign(priv, body, signature.Claims{SHA256: sum(body), Time: now}), body, want, signature.ErrOtherService},
 		{"replayed old release", ring, sign(priv, old, oldClaims), old, signature.Expect{Service: "api", SHA256: sum(old), After: now.Add(-time.Hour)}, signature.ErrReplay},
-		{"stale signature beside new bytes", ring, sign(priv, old, oldClaims), body, want, signature.ErrStale},
+		{"stale signature beside new bytes", ring, sign(priv, old, oldClaims), body, signature.Expect{Service: "api", SHA256: sum(body)}, signature.ErrStale},
+		{"signed size differs", ring, sign(priv, body, sized), body, signature.Expect{Service: "api", SHA256: sum(body), Size: int64(len(body)) + 1}, signature.ErrStale},
+		{"the newest release installed, put back after a rollback", ring, good, body,
+			signature.Expect{Service: "api", SHA256: sum(body), After: now, AfterSHA256: sum(body), Current: sum(old)}, signature.ErrReplay},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := tc.ring.Verify(tc.sig, read(tc.body), tc.want)
@@ -87,6 +92,12 @@ func TestVerify(t *testing.T) {
 				t.Fatalf("err = %v, want %v", err, tc.err)
 			}
 		})
+	}
+
+	// The release that runs may be installed again (its directory removed
+	// by hand); the newest one, put back, only then.
+	if _, err := ring.Verify(good, read(body), signature.Expect{Service: "api", SHA256: sum(body), After: now, AfterSHA256: sum(body), Current: sum(body)}); err != nil {
+		t.Fatalf("the current release again: %v", err)
 	}
 
 	// Rotation: either of two trusted keys verifies.
@@ -102,7 +113,7 @@ func TestParseComment(t *testing.T) {
 	if !c.Time.Equal(time.Unix(1700000000, 0)) || c.Service != "" {
 		t.Fatalf("minisign default comment: %+v", c)
 	}
-	in := signature.Claims{Service: "api", Version: "build 42 \"rc\"", Publisher: `a b\c`, Time: time.Unix(1800000000, 0).UTC(), SHA256: strings.Repeat("ab", 32)}
+	in := signature.Claims{Service: "api", Version: "build 42 \"rc\"", Publisher: `a b\c`, Time: time.Unix(1800000000, 0).UTC(), SHA256: strings.Repeat("ab", 32), Size: 1 << 33}
 	if got := signature.ParseComment(in.Comment()); got != in {
 		t.Fatalf("round trip:\n%+v\n%+v\n%s", got, in, in.Comment())
 	}
@@ -152,5 +163,27 @@ func TestLegacySignatureRefused(t *testing.T) {
 		if !errors.Is(err, signature.ErrLegacy) {
 			t.Errorf("legacy signature %s: %v, want ErrLegacy", name, err)
 		}
+	}
+}
+
+// The trusted comment is authenticated before a byte of the artifact is
+// read: Open accepts a good signature, refuses an edited comment, and
+// gives the size and SHA-256 it vouches for to compare with the object.
+func TestOpenAuthenticatesTheCommentAlone(t *testing.T) {
+	pub, priv := key(t)
+	body := []byte("release v3")
+	now := time.Now().UTC().Truncate(time.Second)
+	sig := sign(priv, body, signature.Claims{Service: "api", SHA256: sum(body), Size: int64(len(body)), Time: now})
+	ring := signature.NewKeyring([]minisign.PublicKey{pub}, nil)
+	p, err := ring.Open(sig, signature.Expect{Service: "api", Now: now})
+	if err != nil || p.Claims.Size != int64(len(body)) || p.Claims.SHA256 != sum(body) {
+		t.Fatalf("open: %+v %v", p, err)
+	}
+	forged := bytes.Replace(sig, []byte(fmt.Sprintf("size=%d", len(body))), []byte(fmt.Sprintf("size=%d", len(body)+1)), 1)
+	if _, err := ring.Open(forged, signature.Expect{Service: "api"}); !errors.Is(err, signature.ErrForged) {
+		t.Fatalf("an edited size: %v", err)
+	}
+	if err := p.Check(read(body), sum(body), int64(len(body))); err != nil {
+		t.Fatalf("the bytes: %v", err)
 	}
 }

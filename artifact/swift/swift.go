@@ -133,6 +133,12 @@ func newConnection(kind string, r Config) (*swift.Connection, error) {
 		ConnectTimeout: 10 * time.Second,
 		Timeout:        60 * time.Second,
 	}
+	// The library's client follows redirects and Go's copies every header
+	// but its own sensitive ones: X-Auth-Token and X-Auth-Key would go to
+	// whatever host a redirect names.
+	tr := &http.Transport{Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 512}
+	swift.SetExpectContinueTimeout(tr, 5*time.Second)
+	c.Transport = sameHost{tr}
 	if r.AuthVersion != nil {
 		c.AuthVersion = *r.AuthVersion
 	}
@@ -150,6 +156,24 @@ func newConnection(kind string, r Config) (*swift.Connection, error) {
 		return nil, fmt.Errorf("user, key and auth_url are required (in the artifact or its repo block)")
 	}
 	return c, nil
+}
+
+// sameHost refuses a redirect to another host than the request's that
+// caused it, before anything (a token, a key) is sent there.
+type sameHost struct{ next http.RoundTripper }
+
+// errRedirect: a redirect to another host was refused.
+var errRedirect = errors.New("redirect to another host refused (the credentials would follow it)")
+
+func (t sameHost) RoundTrip(req *http.Request) (*http.Response, error) {
+	if prev := req.Response; prev != nil && prev.Request != nil {
+		from := prev.Request.URL
+		if from.Scheme != req.URL.Scheme || from.Host != req.URL.Host {
+			return nil, fmt.Errorf("%s %s: %w: to %s://%s: %w", req.Method, from.Redacted(), errRedirect,
+				req.URL.Scheme, req.URL.Host, artifact.ErrRejected)
+		}
+	}
+	return t.next.RoundTrip(req)
 }
 
 // Source is one object in one container.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os"
@@ -263,5 +264,46 @@ func TestDynamicLargeObjectDownloads(t *testing.T) {
 	}
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("a DLO: %d bytes, %v", len(got), err)
+	}
+}
+
+// A redirect to another host is refused before anything is sent there:
+// the token (and, for auth, the key) would follow it.
+func TestRedirectToAnotherHostIsRefused(t *testing.T) {
+	st := conn(t, server.AuthURL, server.Key)
+	ct := container(t, st)
+	if err := st.Connection().ObjectPutBytes(context.Background(), ct, "app.tar.gz", []byte("x"), ""); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var stolen []string
+	thief := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		stolen = append(stolen, r.Method+" "+r.URL.Path+" token="+r.Header.Get("X-Auth-Token")+" key="+r.Header.Get("X-Auth-Key"))
+		mu.Unlock()
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer thief.Close()
+	target, _ := url.Parse("http://" + server.Addr)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	for _, c := range []struct{ name, redirect string }{{"object", "/v1/"}, {"auth", "/auth/"}} {
+		front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasPrefix(r.URL.Path, c.redirect) {
+				http.Redirect(w, r, thief.URL+r.URL.Path, http.StatusFound)
+				return
+			}
+			proxy.ServeHTTP(w, r)
+		}))
+		src := conn(t, front.URL+"/auth/v1.0", server.Key).Source(ct, "app.tar.gz")
+		_, err := src.Stat(context.Background())
+		front.Close()
+		if err == nil || !strings.Contains(err.Error(), "redirect to another host refused") {
+			t.Fatalf("%s redirected to another host: Stat error %v", c.name, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(stolen) > 0 {
+		t.Fatalf("requests reached the other host: %v", stolen)
 	}
 }

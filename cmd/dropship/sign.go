@@ -180,10 +180,13 @@ func signFile(key minisign.PrivateKey, path string, c signature.Claims) ([]byte,
 	defer f.Close()
 	h := sha256.New()
 	r := minisign.NewReader(io.TeeReader(f, h))
-	if _, err := io.Copy(io.Discard, r); err != nil {
+	n, err := io.Copy(io.Discard, r)
+	if err != nil {
 		return nil, fmt.Errorf("sign %s: %w", path, err)
 	}
-	c.SHA256 = hex.EncodeToString(h.Sum(nil))
+	// The size and digest in the trusted comment let an agent check the
+	// object before reading its body.
+	c.SHA256, c.Size = hex.EncodeToString(h.Sum(nil)), n
 	if c.Time.IsZero() {
 		c.Time = time.Now().UTC()
 	}
@@ -222,10 +225,11 @@ func verifyCmd(g *globals) *cobra.Command {
 			defer f.Close()
 			h := sha256.New()
 			r := minisign.NewReader(io.TeeReader(f, h))
-			if _, err := io.Copy(io.Discard, r); err != nil {
+			n, err := io.Copy(io.Discard, r)
+			if err != nil {
 				return err
 			}
-			c, err := ring.Verify(sig, r, signature.Expect{Service: name, SHA256: hex.EncodeToString(h.Sum(nil)), Now: time.Now()})
+			c, err := ring.Verify(sig, r, signature.Expect{Service: name, SHA256: hex.EncodeToString(h.Sum(nil)), Size: n, Now: time.Now()})
 			if err != nil {
 				fmt.Fprintf(g.stderr, "%s: %v\n", args[0], err)
 				return exitError{1}
@@ -298,8 +302,9 @@ func signCmd(g *globals) *cobra.Command {
 		Use:   "sign FILE --key SECRET_KEY [--service NAME] [--version V]",
 		Short: "Write FILE.minisig, a signature agents with trusted_keys accept",
 		Long: "Sign FILE with a secret key from `dropship keygen` (or the minisign CLI). The trusted\n" +
-			"comment names the service, the version, the SHA-256 of FILE, the time and the publisher,\n" +
-			"and the agent checks each. `dropship publish --sign` does this and uploads both; use this\n" +
+			"comment names the service, the version, the size and SHA-256 of FILE, the time and the\n" +
+			"publisher, and the agent checks each (the size before it reads the artifact). `dropship\n" +
+			"publish --sign` does this and uploads both; use this\n" +
 			"command with other upload tools, and upload the signature before the artifact.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

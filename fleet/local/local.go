@@ -19,6 +19,10 @@ import (
 	"github.com/dropshipd/dropship/fleet"
 )
 
+// lockFileMode: readable by the agent alone, so no other user can open
+// the file to flock it.
+const lockFileMode = 0o600
+
 // pollInterval: flock cannot be interrupted, so Acquire retries it.
 const pollInterval = 50 * time.Millisecond
 
@@ -42,9 +46,19 @@ func (l *Flock) TryAcquire() (bool, error) {
 	if err := os.MkdirAll(filepath.Dir(l.path), 0o755); err != nil {
 		return false, fmt.Errorf("lock %s: %w", l.path, err)
 	}
-	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o644)
+	// Only root's agent may hold the file open: with a mode others could
+	// read, any local user could flock it and stall every update. A link
+	// put in its place is refused, never followed.
+	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC|unix.O_NOFOLLOW, lockFileMode)
 	if err != nil {
 		return false, fmt.Errorf("lock %s: %w", l.path, err)
+	}
+	// A lock file made by an older version kept its 0644.
+	if fi, err := f.Stat(); err != nil || fi.Mode().Perm() != lockFileMode {
+		if err := f.Chmod(lockFileMode); err != nil {
+			f.Close()
+			return false, fmt.Errorf("lock %s: %w", l.path, err)
+		}
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()

@@ -127,7 +127,7 @@ func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
 
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %q: %w", h.Command, err)
+		return fmt.Errorf("start the script: %w", err)
 	}
 	pgid := cmd.Process.Pid
 	done := make(chan struct{})
@@ -174,15 +174,18 @@ func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
 	}
 	logger.Info("script finished", "phase", ev.Phase, "command", h.Command,
 		"duration", time.Since(start).Round(time.Millisecond), "error", errString(err), "output", logged)
+	// The error never quotes the command: it may carry secrets, and the
+	// error goes to the state file, the fleet's records and the status
+	// endpoint. The caller names the hook by its place in the config.
 	if why != nil {
-		return fmt.Errorf("script %q %w%s", h.Command, why, lastLines(text))
+		return fmt.Errorf("script %w%s", why, lastLines(text))
 	}
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
-			return fmt.Errorf("script %q exited with status %d%s", h.Command, ee.ExitCode(), lastLines(text))
+			return fmt.Errorf("script exited with status %d%s", ee.ExitCode(), lastLines(text))
 		}
-		return fmt.Errorf("script %q: %w%s", h.Command, err, lastLines(text))
+		return fmt.Errorf("script: %w%s", err, lastLines(text))
 	}
 	return nil
 }
