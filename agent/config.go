@@ -102,6 +102,9 @@ type Service struct {
 	// the after blocks: they run once the update's outcome is known, with
 	// {{.Result}} success, failure or rollback.
 	Report []hooks.Announce
+	// ChunkCache bounds the chunks of the current release kept for
+	// deltas, in bytes; 0 turns deltas off (the archive every time).
+	ChunkCache int64
 }
 
 type agentFile struct {
@@ -173,6 +176,7 @@ type artifactBlock struct {
 	DirMode        *string  `hcl:"dir_mode,optional"`
 	DiskFactor     *float64 `hcl:"disk_space_factor,optional"`
 	StallTimeout   *string  `hcl:"stall_timeout,optional"`
+	ChunkCache     *int64   `hcl:"chunk_cache,optional"`
 	Full           hcl.Body `hcl:",body"` // for the ranges of the keys above
 	Body           hcl.Body `hcl:",remain"`
 }
@@ -612,6 +616,13 @@ func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnos
 	}
 	if a.DiskFactor != nil {
 		s.DiskFactor = *a.DiskFactor
+	}
+	s.ChunkCache = DefaultChunkCache
+	if a.ChunkCache != nil {
+		s.ChunkCache = *a.ChunkCache
+		if s.ChunkCache < 0 {
+			diags = append(diags, hclx.Errorf(a.Full, "chunk_cache", "Invalid chunk_cache", "chunk_cache is a number of bytes: 0 turns deltas off."))
+		}
 	}
 	for _, m := range []struct {
 		name string

@@ -65,6 +65,11 @@ type Options struct {
 	DirMode        fs.FileMode // 0: from the archive
 	UID, GID       int         // -1: leave as created
 	Spool          string      // directory for the zip spool file
+	// Tee, when set, receives the tar stream of a tar archive (after
+	// decompression), every byte of it to the end, as it is unpacked: the
+	// chunk cache fills itself from it. An error it returns stops the
+	// extraction.
+	Tee io.Writer
 }
 
 func (o *Options) defaults() {
@@ -158,7 +163,16 @@ func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats
 				// ahead of the unpacking: on two cores they overlap.
 				src = prefetch.New(r, 64<<10, 4)
 			}
-			err = x.tar(tar.NewReader(src))
+			var tr io.Reader = src
+			if opt.Tee != nil {
+				tr = io.TeeReader(src, opt.Tee)
+			}
+			err = x.tar(tar.NewReader(tr))
+			if err == nil && opt.Tee != nil {
+				// The tar reader stops at the end-of-archive marker: the
+				// tee gets the padding after it too.
+				_, err = io.Copy(io.Discard, tr)
+			}
 			if src != r {
 				src.(io.Closer).Close() // before the decompressor: it reads from it
 			}
@@ -171,6 +185,19 @@ func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats
 		err = x.finish()
 	}
 	return x.stats, err
+}
+
+// TarStream returns the tar stream inside a tar archive of any format
+// Extract knows (detected as Extract does, name helping), and the format.
+// Zip and plain files have none: an error wrapping ErrRefused.
+func TarStream(r io.Reader, name string) (io.Reader, string, error) {
+	br := bufio.NewReaderSize(r, 16<<10)
+	format := Detect(br, name)
+	if format == Zip || format == Plain {
+		return nil, format, fmt.Errorf("%w: a %s is not a tar archive", ErrRefused, format)
+	}
+	tr, err := decompressor(format, br)
+	return tr, format, err
 }
 
 func decompressor(format string, r io.Reader) (io.Reader, error) {
