@@ -277,3 +277,10 @@ func TestDynamicLargeObjectDownloads(t *testing.T) {
 		t.Fatalf("a DLO: %d bytes, %v", len(got), err)
 	}
 }
+
+func TestChunks(t *testing.T) {
+	st := conn(t, server.AuthURL, server.Key)
+	sourcetest.RunChunks(t, sourcetest.ChunkHarness{
+		Store: func(t *testing.T) (artifact.Store, string) { return st, container(t, st) },
+	})
+}
