@@ -115,7 +115,11 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 	if err == nil {
 		d.cache.Keep(d.idx)
 		t.sums = digests{MD5: d.idx.Archive.MD5, SHA256: d.idx.Archive.SHA256, Size: d.idx.Archive.Size}
-		t.claims = d.claims
+		if c := d.claims; c != nil {
+			t.claims = c
+			t.logger.Info("signature verified", "of", "chunk index", "key_id", fmt.Sprintf("%016X", c.KeyID), "version", c.Version,
+				"publisher", c.Publisher, "signed", c.Time)
+		}
 		if t.r.obs != nil {
 			t.r.obs.Downloaded(t.r.svc.Name, got.Bytes)
 		}

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 
+	"aead.dev/minisign"
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/spf13/cobra"
@@ -85,15 +86,23 @@ func publishCmd(g *globals) *cobra.Command {
 					return fmt.Errorf("--sign needs --service NAME: the signature names the service it is for")
 				}
 			}
+			var priv *minisign.PrivateKey
+			if signKey != "" {
+				k, err := loadSecretKey(g, signKey) // once: it may ask for a passphrase
+				if err != nil {
+					return err
+				}
+				priv = &k
+			}
 			if !noChunks {
 				// The chunks and their index first: an agent that sees the
 				// new archive finds its index beside it.
-				if err := publishChunks(ctx, g, store, u.Host, key, args[0], signKey, claims); err != nil {
+				if err := publishChunks(ctx, g, store, u.Host, key, args[0], priv, claims); err != nil {
 					return err
 				}
 			}
-			if signKey != "" {
-				if err := publishSignature(ctx, g, store, u.Host, key, args[0], signKey, claims); err != nil {
+			if priv != nil {
+				if err := publishSignature(ctx, g, store, u.Host, key, args[0], *priv, claims); err != nil {
 					return err
 				}
 			}
@@ -142,14 +151,10 @@ func publishCmd(g *globals) *cobra.Command {
 // publishChunks writes the chunk index of a tar archive and the chunks
 // the store lacks (signed like the archive with --sign). Another kind of
 // artifact has none: agents fetch it whole.
-func publishChunks(ctx context.Context, g *globals, store artifact.Store, container, key, path, keyFile string, c signature.Claims) error {
+func publishChunks(ctx context.Context, g *globals, store artifact.Store, container, key, path string, priv *minisign.PrivateKey, c signature.Claims) error {
 	var sign chunks.Sign
-	if keyFile != "" {
-		priv, err := loadSecretKey(g, keyFile)
-		if err != nil {
-			return err
-		}
-		sign = func(p string) ([]byte, error) { return signFile(priv, p, c) }
+	if priv != nil {
+		sign = func(p string) ([]byte, error) { return signFile(*priv, p, c) }
 	}
 	out, err := chunks.Publish(ctx, store, container, key, path, sign)
 	if errors.Is(err, archive.ErrRefused) {
@@ -166,11 +171,7 @@ func publishChunks(ctx context.Context, g *globals, store artifact.Store, contai
 
 // publishSignature signs the file and uploads the signature beside where
 // the artifact will be, before the artifact itself.
-func publishSignature(ctx context.Context, g *globals, store artifact.Store, container, key, path, keyFile string, c signature.Claims) error {
-	priv, err := loadSecretKey(g, keyFile)
-	if err != nil {
-		return err
-	}
+func publishSignature(ctx context.Context, g *globals, store artifact.Store, container, key, path string, priv minisign.PrivateKey, c signature.Claims) error {
 	sig, err := signFile(priv, path, c)
 	if err != nil {
 		return err
