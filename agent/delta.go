@@ -172,12 +172,14 @@ func (d *delta) unpack(ctx context.Context) error {
 }
 
 // tee is what the archive's tar stream is copied to: the cache, filled
-// with the chunks of this release. nil without an index.
+// with the chunks of this release. nil without an index. What it wrote
+// is dropped unless filled is called, after the archive verified.
 func (d *delta) tee() io.Writer {
 	if d == nil {
 		return nil
 	}
 	d.fill = d.cache.Filler(d.idx)
+	d.t.onUndo(func(context.Context) { d.fill.Close() })
 	return d.fill
 }
 
@@ -187,7 +189,7 @@ func (d *delta) filled() {
 	if d == nil || d.fill == nil {
 		return
 	}
-	d.fill.Close()
+	d.fill.Commit()
 	if err := d.cache.Keep(d.idx); err != nil {
 		d.t.logger.Warn("chunk cache", "error", err)
 		return

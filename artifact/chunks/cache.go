@@ -200,15 +200,20 @@ func (s *stream) Close() error {
 }
 
 // Filler cuts a tar stream written to it at the sizes of the index's
-// chunks and keeps those whose SHA-256 matches, up to the cache's bound:
-// the Tee of an archive install, so that the next release can be a delta.
-// It never fails the install: a problem of its own stops it, logged.
+// chunks and keeps them, up to the cache's bound: the Tee of an archive
+// install, so that the next release can be a delta. The pieces are not
+// hashed again: they are named by the index only by Commit, once the
+// archive they come from has been verified against the version pinned,
+// which the index was made from (Index.Fits). An index that lied about
+// them is caught where the cache is used: the tar reassembled from it
+// would not have the SHA-256 of the next index. It never fails the
+// install: a problem of its own stops it, logged.
 func (c *Cache) Filler(idx *Index) *Filler {
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		c.logger().Warn("chunk cache off for this install", "dir", c.Dir, "error", err)
 		return &Filler{off: true}
 	}
-	f := &Filler{c: c, idx: idx, h: sha256.New()}
+	f := &Filler{c: c, idx: idx}
 	f.budget = c.Max - c.Size()
 	return f
 }
@@ -221,11 +226,13 @@ type Filler struct {
 	got    int64 // bytes of it seen
 	skip   bool  // current chunk: cached already, or over budget
 	tmp    *os.File
-	h      hash.Hash
+	done   []pending // written, named at Commit
 	budget int64
 	off    bool
-	Kept   int // chunks written to the cache
+	Kept   int // chunks Commit put in the cache
 }
+
+type pending struct{ tmp, sum string }
 
 func (f *Filler) Write(p []byte) (int, error) {
 	n := len(p)
@@ -244,12 +251,11 @@ func (f *Filler) Write(p []byte) (int, error) {
 					break
 				}
 				f.tmp = t
-				f.h.Reset()
+				f.budget -= ch.Size
 			}
 		}
 		take := min(int64(len(p)), ch.Size-f.got)
 		if !f.skip {
-			f.h.Write(p[:take])
 			if _, err := f.tmp.Write(p[:take]); err != nil {
 				f.stop(err.Error())
 				break
@@ -258,34 +264,21 @@ func (f *Filler) Write(p []byte) (int, error) {
 		f.got += take
 		p = p[take:]
 		if f.got == ch.Size {
-			f.end(ch)
+			f.i++
+			f.got = 0
+			if !f.skip {
+				t := f.tmp
+				f.tmp = nil
+				if err := t.Close(); err != nil {
+					os.Remove(t.Name())
+					f.stop(err.Error())
+					break
+				}
+				f.done = append(f.done, pending{t.Name(), ch.SHA256})
+			}
 		}
 	}
 	return n, nil
-}
-
-// end closes the current chunk: kept when its bytes are what the index
-// names, dropped otherwise.
-func (f *Filler) end(ch Chunk) {
-	f.i++
-	f.got = 0
-	if f.skip {
-		return
-	}
-	t := f.tmp
-	f.tmp = nil
-	err := t.Close()
-	if sum := hex.EncodeToString(f.h.Sum(nil)); err == nil && sum == ch.SHA256 {
-		if err = os.Rename(t.Name(), f.c.path(sum)); err == nil {
-			f.budget -= ch.Size
-			f.Kept++
-			return
-		}
-	}
-	os.Remove(t.Name())
-	if err != nil {
-		f.stop(err.Error())
-	}
 }
 
 func (f *Filler) stop(why string) {
@@ -294,15 +287,32 @@ func (f *Filler) stop(why string) {
 		os.Remove(f.tmp.Name())
 		f.tmp = nil
 	}
-	if !f.off {
+	if !f.off && why != "" {
 		f.c.logger().Warn("stopped filling the chunk cache", "reason", why)
 	}
 	f.off = true
 }
 
-// Close ends filling; a partial chunk is dropped.
-func (f *Filler) Close() error {
-	f.off = true
+// Commit names the chunks written after the archive they were cut from
+// was verified: each whole chunk becomes the cache's copy of it.
+func (f *Filler) Commit() {
 	f.stop("")
+	for _, p := range f.done {
+		if err := os.Rename(p.tmp, f.c.path(p.sum)); err == nil {
+			f.Kept++
+		} else {
+			os.Remove(p.tmp)
+		}
+	}
+	f.done = nil
+}
+
+// Close drops what was written and not committed (a failed install).
+func (f *Filler) Close() error {
+	f.stop("")
+	for _, p := range f.done {
+		os.Remove(p.tmp)
+	}
+	f.done = nil
 	return nil
 }

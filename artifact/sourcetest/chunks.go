@@ -101,7 +101,7 @@ func installArchive(t *testing.T, src artifact.Source, pin artifact.Info, idx *c
 	if err := v.Drain(); err != nil {
 		t.Fatal(err)
 	}
-	fill.Close()
+	fill.Commit()
 	if err := cache.Keep(idx); err != nil {
 		t.Fatal(err)
 	}

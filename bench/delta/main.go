@@ -71,8 +71,16 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if err := store.CreateBucket(ctx, "bench"); err != nil {
-		return err
+	// A loaded machine: MinIO may answer "not initialized" for a while.
+	for try := 0; ; try++ {
+		err := store.CreateBucket(ctx, "bench")
+		if err == nil {
+			break
+		}
+		if try == 30 {
+			return err
+		}
+		time.Sleep(time.Second)
 	}
 	bin := filepath.Join(*work, "dropship")
 	build := exec.Command("go", "build", "-trimpath", "-tags", "nethttpomithttp2", "-ldflags", "-s -w", "-o", bin, "./cmd/dropship")
