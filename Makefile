@@ -9,7 +9,7 @@ export DROPSHIP_RIG_DIR := $(RIG_DIR)
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 
-.PHONY: all build demo test rig vet fmt-check bench bench-idle bench-watch bench-rollout fuzz deb clean
+.PHONY: all build demo test rig vet fmt-check bench bench-delta bench-idle bench-watch bench-rollout fuzz deb clean
 
 all: build
 
@@ -44,9 +44,17 @@ deb:
 	dpkg-buildpackage -b -us -uc
 
 # Install benchmark: 1 GiB artifact from MinIO, dropship against curl | tar
-# on tmpfs, three rounds of each format. Not part of `make test`.
+# on tmpfs, three rounds of each format; then chunked deltas (bench-delta).
+# Not part of `make test`.
 bench: rig
 	PATH="$(RIG_DIR)/bench:$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/install
+	$(MAKE) bench-delta
+
+# Chunked deltas: a 1 GiB tree with one 5 MB file changed, fetched as a
+# delta against the whole archive, and the first install with an empty
+# chunk cache.
+bench-delta: rig
+	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/delta
 
 # The agent at rest: resident memory and CPU time with 10 services, each
 # installed once, over 10 minutes at a 10 s interval. IDLE_SOURCE=s3 puts

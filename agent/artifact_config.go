@@ -28,6 +28,7 @@ type artifactBlock struct {
 	DirMode        *string  `hcl:"dir_mode,optional"`
 	DiskFactor     *float64 `hcl:"disk_space_factor,optional"`
 	StallTimeout   *string  `hcl:"stall_timeout,optional"`
+	ChunkCache     *int64   `hcl:"chunk_cache,optional"`
 	Full           hcl.Body `hcl:",body"` // for the ranges of the keys above
 	Body           hcl.Body `hcl:",remain"`
 }
@@ -86,6 +87,13 @@ func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnos
 	}
 	if a.DiskFactor != nil {
 		s.DiskFactor = *a.DiskFactor
+	}
+	s.ChunkCache = DefaultChunkCache
+	if a.ChunkCache != nil {
+		s.ChunkCache = *a.ChunkCache
+		if s.ChunkCache < 0 {
+			diags = append(diags, hclx.Errorf(a.Full, "chunk_cache", "Invalid chunk_cache", "chunk_cache is a number of bytes: 0 turns deltas off."))
+		}
 	}
 	for _, m := range []struct {
 		name string

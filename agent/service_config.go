@@ -48,6 +48,9 @@ type Service struct {
 	// the after blocks: they run once the update's outcome is known, with
 	// {{.Result}} success, failure or rollback.
 	Report []hooks.Announce
+	// ChunkCache bounds the chunks of the current release kept for
+	// deltas, in bytes; 0 turns deltas off (the archive every time).
+	ChunkCache int64
 }
 
 type sharedBlock struct {

@@ -204,10 +204,13 @@ func (t *txn) preflight(context.Context) error {
 // business (one policy, in the store), not the transaction's.
 func (t *txn) fetch(ctx context.Context) error {
 	t.onUndo(func(context.Context) { os.RemoveAll(t.stage) })
-	if err := os.RemoveAll(t.stage); err != nil {
+	// With a chunk index of this version and a warm cache, only the
+	// chunks that changed are fetched (delta.go); else the archive.
+	d := t.chunked(ctx)
+	if ok, err := d.install(ctx); ok || err != nil {
 		return err
 	}
-	if err := os.MkdirAll(t.stage, 0o755); err != nil {
+	if err := t.freshStage(); err != nil {
 		return err
 	}
 	body, err := t.r.svc.Source.Open(ctx, t.info)
@@ -216,14 +219,14 @@ func (t *txn) fetch(ctx context.Context) error {
 	}
 	defer body.Close()
 	if t.pending != nil {
-		return t.fetchSigned(ctx, body)
+		return t.fetchSigned(ctx, body, d)
 	}
 	v := artifact.NewVerifier(body, t.info)
 	// Download and hashing on one core, decompression and unpacking on
 	// the other; 4 × 64 KiB in flight at most.
 	ahead := prefetch.New(v, 64<<10, 4)
 	defer ahead.Close()
-	stats, xerr := t.extract(ctx, ahead)
+	stats, xerr := t.extract(ctx, ahead, d.tee())
 	if xerr == nil {
 		// The unpacker may stop before the end (tar padding, trailers):
 		// the verifier must see every byte.
@@ -239,12 +242,12 @@ func (t *txn) fetch(ctx context.Context) error {
 	if xerr != nil {
 		return fmt.Errorf("unpack %s: %w", t.info.Key, xerr)
 	}
-	return t.fetched(v, stats)
+	return t.fetched(v, stats, d)
 }
 
 // fetchSigned spools the body, verifies it against the store's claims and
 // then the signature, and only then unpacks it.
-func (t *txn) fetchSigned(ctx context.Context, body io.Reader) error {
+func (t *txn) fetchSigned(ctx context.Context, body io.Reader, d *delta) error {
 	spool, err := os.CreateTemp(t.r.lay.staging(), ".download-*")
 	if err != nil {
 		return fmt.Errorf("download %s: %w", t.info.Key, err)
@@ -271,29 +274,39 @@ func (t *txn) fetchSigned(ctx context.Context, body io.Reader) error {
 	if _, err := spool.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("download %s: %w", t.info.Key, err)
 	}
-	stats, err := t.extract(ctx, bufio.NewReaderSize(spool, 64<<10))
+	stats, err := t.extract(ctx, bufio.NewReaderSize(spool, 64<<10), d.tee())
 	if err != nil {
 		return fmt.Errorf("unpack %s: %w", t.info.Key, err)
 	}
-	return t.fetched(v, stats)
+	return t.fetched(v, stats, d)
 }
 
-// extract unpacks r into staging.
-func (t *txn) extract(ctx context.Context, r io.Reader) (archive.Stats, error) {
+// extract unpacks r into staging; the tar stream is copied to tee too
+// (the chunk cache), when not nil.
+func (t *txn) extract(ctx context.Context, r io.Reader, tee io.Writer) (archive.Stats, error) {
+	opt := t.unpackOptions()
+	opt.Tee = tee
+	return archive.Extract(ctx, r, t.stage, opt)
+}
+
+// unpackOptions are the service's, for this release.
+func (t *txn) unpackOptions() archive.Options {
 	opt := t.r.svc.Unpack
 	opt.Name = path.Base(strings.TrimRight(t.info.Key, "/"))
 	opt.Spool = t.r.lay.staging()
 	opt.FinalDir = t.r.lay.releaseDir(t.id) // links leaving the release are judged from where it will live
 	opt.Aliases = []string{t.r.lay.dest}    // and a link coming back in through the destination lands in it
-	return archive.Extract(ctx, r, t.stage, opt)
+	return opt
 }
 
-// fetched makes the unpacked release durable and records its digests.
-func (t *txn) fetched(v *artifact.Verifier, stats archive.Stats) error {
+// fetched makes the unpacked release durable and records its digests;
+// the chunk cache then keeps what the unpack cut.
+func (t *txn) fetched(v *artifact.Verifier, stats archive.Stats, d *delta) error {
 	if err := syncFS(t.stage); err != nil {
 		return fmt.Errorf("sync %s: %w", t.stage, err)
 	}
 	t.sums = digests{MD5: v.MD5(), SHA256: v.SHA256(), Size: v.Size()}
+	d.filled()
 	if t.r.obs != nil {
 		t.r.obs.Downloaded(t.r.svc.Name, t.sums.Size)
 	}

@@ -302,3 +302,21 @@ func (r *retrying) Signature(ctx context.Context) ([]byte, error) {
 		}
 	}
 }
+
+// Name is the retried source's key, when it has siblings.
+func (r *retrying) Name() string {
+	if s, ok := r.src.(Sibling); ok {
+		return s.Name()
+	}
+	return ""
+}
+
+// Sibling is another object of the retried source's store, retried by
+// the same policy; nil when the store cannot name one.
+func (r *retrying) Sibling(key string) Source {
+	s, ok := r.src.(Sibling)
+	if !ok {
+		return nil
+	}
+	return &retrying{src: s.Sibling(key), p: r.p, logger: r.logger}
+}

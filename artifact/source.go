@@ -84,3 +84,13 @@ type Factory func(kind string, body hcl.Body, env Env) (Source, hcl.Diagnostics)
 type RangeOpener interface {
 	OpenAt(ctx context.Context, pin Info, off int64) (io.ReadCloser, error)
 }
+
+// Sibling is a Source that can name other objects of its store: the
+// chunk index and the chunks `dropship publish` writes beside an archive.
+type Sibling interface {
+	// Name is the artifact's key in its bucket or container (a local
+	// file's base name: its directory is its container).
+	Name() string
+	// Sibling is the object at key in the same bucket or container.
+	Sibling(key string) Source
+}

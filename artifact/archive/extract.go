@@ -65,6 +65,11 @@ type Options struct {
 	DirMode        fs.FileMode // 0: from the archive
 	UID, GID       int         // -1: leave as created
 	Spool          string      // directory for the zip spool file
+	// Tee, when set, receives the tar stream of a tar archive (after
+	// decompression), every byte of it to the end, as it is unpacked: the
+	// chunk cache fills itself from it. An error it returns stops the
+	// extraction.
+	Tee io.Writer
 }
 
 func (o *Options) defaults() {
@@ -141,6 +146,7 @@ func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats
 	}
 	opt.Aliases = aliases
 	x := &extractor{ctx: ctx, root: root, opt: opt, compressed: counted, links: map[string]bool{}, made: map[string]bool{}, onDisk: map[string]bool{}}
+	defer x.closeDirRoots()
 	x.stats.Format = format
 
 	switch format {
@@ -158,7 +164,16 @@ func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats
 				// ahead of the unpacking: on two cores they overlap.
 				src = prefetch.New(r, 64<<10, 4)
 			}
-			err = x.tar(tar.NewReader(src))
+			var tr io.Reader = src
+			if opt.Tee != nil {
+				tr = io.TeeReader(src, opt.Tee)
+			}
+			err = x.tar(tar.NewReader(tr))
+			if err == nil && opt.Tee != nil {
+				// The tar reader stops at the end-of-archive marker: the
+				// tee gets the padding after it too.
+				_, err = io.Copy(io.Discard, tr)
+			}
 			if src != r {
 				src.(io.Closer).Close() // before the decompressor: it reads from it
 			}
@@ -171,6 +186,19 @@ func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats
 		err = x.finish()
 	}
 	return x.stats, err
+}
+
+// TarStream returns the tar stream inside a tar archive of any format
+// Extract knows (detected as Extract does, name helping), and the format.
+// Zip and plain files have none: an error wrapping ErrRefused.
+func TarStream(r io.Reader, name string) (io.Reader, string, error) {
+	br := bufio.NewReaderSize(r, 16<<10)
+	format := Detect(br, name)
+	if format == Zip || format == Plain {
+		return nil, format, fmt.Errorf("%w: a %s is not a tar archive", ErrRefused, format)
+	}
+	tr, err := decompressor(format, br)
+	return tr, format, err
 }
 
 func decompressor(format string, r io.Reader) (io.Reader, error) {
@@ -301,6 +329,9 @@ type extractor struct {
 	made map[string]bool
 	// onDisk holds the directories made on disk for entries' parents.
 	onDisk map[string]bool
+	// dirRoots are directories of the release kept open to create files
+	// in (create).
+	dirRoots map[string]*os.Root
 }
 
 // clean validates an entry name and returns it relative to the root.
@@ -482,7 +513,7 @@ func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime ti
 	}
 	// Most names are new: create first (O_EXCL follows no link and
 	// replaces nothing), and look at what is there only when it fails.
-	f, err := x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := x.create(name)
 	if errors.Is(err, fs.ErrExist) {
 		if err := x.clear(orig, name, false); err != nil {
 			return err
@@ -529,6 +560,45 @@ func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime ti
 		x.root.Chtimes(name, mtime, mtime)
 	}
 	return nil
+}
+
+// maxDirRoots bounds the directories kept open for creating files.
+const maxDirRoots = 64
+
+// create makes a new file through a root opened on its directory and
+// kept: one openat per file instead of a walk from the release root (an
+// open and a close per component). A directory path, once made, stays
+// that directory: nothing replaces a directory, and no entry is written
+// through a link.
+func (x *extractor) create(name string) (*os.File, error) {
+	const flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	dir, base := path.Split(name)
+	dir = strings.TrimSuffix(dir, "/")
+	if dir == "" {
+		return x.root.OpenFile(name, flags, 0o600)
+	}
+	r, ok := x.dirRoots[dir]
+	if !ok {
+		if len(x.dirRoots) >= maxDirRoots {
+			x.closeDirRoots()
+		}
+		var err error
+		if r, err = x.root.OpenRoot(dir); err != nil {
+			return nil, err
+		}
+		if x.dirRoots == nil {
+			x.dirRoots = map[string]*os.Root{}
+		}
+		x.dirRoots[dir] = r
+	}
+	return r.OpenFile(base, flags, 0o600)
+}
+
+func (x *extractor) closeDirRoots() {
+	for d, r := range x.dirRoots {
+		r.Close()
+		delete(x.dirRoots, d)
+	}
 }
 
 // ratio refuses an archive that has unpacked to over max_ratio times the

@@ -13,6 +13,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/hashicorp/hcl/v2"
@@ -25,13 +26,14 @@ import (
 // Source serves one file of the local filesystem.
 type Source struct {
 	path string
+	root string // the container: the directory its siblings' keys start from
 
 	mu     sync.Mutex
 	cached artifact.Info // valid while size and mtime match
 }
 
 // New returns a source for the file at path.
-func New(path string) *Source { return &Source{path: path} }
+func New(path string) *Source { return &Source{path: path, root: filepath.Dir(path)} }
 
 type config struct {
 	Path string `hcl:"path"`
@@ -121,7 +123,9 @@ func (s *Source) OpenAt(_ context.Context, pin artifact.Info, off int64) (io.Rea
 		f.Close()
 		return nil, s.wrap(err)
 	}
-	if fi.Size() != pin.Size || !fi.ModTime().Equal(pin.Modified) {
+	// A pin without a time (a chunk, named by its content) is checked
+	// by its size alone.
+	if fi.Size() != pin.Size || !pin.Modified.IsZero() && !fi.ModTime().Equal(pin.Modified) {
 		f.Close()
 		return nil, fmt.Errorf("open %s: %w", s, artifact.ErrChanged)
 	}
@@ -160,3 +164,20 @@ var (
 	_ artifact.Source      = (*Source)(nil)
 	_ artifact.RangeOpener = (*Source)(nil)
 )
+
+// Name is the file's key in its container: its path under the
+// directory it was opened in (the file's own directory, for a source of
+// an artifact block).
+func (s *Source) Name() string {
+	if rel, err := filepath.Rel(s.root, s.path); err == nil {
+		return filepath.ToSlash(rel)
+	}
+	return filepath.Base(s.path)
+}
+
+// Sibling is the file at key (slash-separated) in the same container.
+func (s *Source) Sibling(key string) artifact.Source {
+	return &Source{path: filepath.Join(s.root, filepath.FromSlash(key)), root: s.root}
+}
+
+var _ artifact.Sibling = (*Source)(nil)

@@ -56,3 +56,9 @@ func TestHashedOnlyWhenChanged(t *testing.T) {
 		t.Fatal("not rehashed after mtime changed")
 	}
 }
+
+func TestChunks(t *testing.T) {
+	sourcetest.RunChunks(t, sourcetest.ChunkHarness{
+		Store: func(t *testing.T) (artifact.Store, string) { return file.Store{}, t.TempDir() },
+	})
+}

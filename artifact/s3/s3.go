@@ -423,3 +423,11 @@ var (
 	_ artifact.Store       = (*Store)(nil)
 	_ artifact.Settings    = Config{}
 )
+
+// Name is the object's key in its bucket.
+func (s *Source) Name() string { return s.key }
+
+// Sibling is the object at key in the same bucket.
+func (s *Source) Sibling(key string) artifact.Source { return s.store.Source(s.bucket, key) }
+
+var _ artifact.Sibling = (*Source)(nil)

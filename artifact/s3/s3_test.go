@@ -212,3 +212,11 @@ func TestIdleCheckIsOneHead(t *testing.T) {
 	}
 	t.Logf("requests per idle check against S3: %d HEAD", cnt.n["HEAD"]/checks)
 }
+
+func TestChunks(t *testing.T) {
+	minio := servers.MinIO(t)
+	c := client(t, minio.Endpoint, minio.SecretKey)
+	sourcetest.RunChunks(t, sourcetest.ChunkHarness{
+		Store: func(t *testing.T) (artifact.Store, string) { return c, bucket(t, c) },
+	})
+}

@@ -319,3 +319,11 @@ var (
 	_ artifact.Store       = (*Store)(nil)
 	_ artifact.Settings    = settings{}
 )
+
+// Name is the object's name in its container.
+func (s *Source) Name() string { return s.name }
+
+// Sibling is the object at name in the same container.
+func (s *Source) Sibling(name string) artifact.Source { return s.store.Source(s.container, name) }
+
+var _ artifact.Sibling = (*Source)(nil)

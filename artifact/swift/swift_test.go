@@ -270,6 +270,7 @@ func TestDynamicLargeObjectDownloads(t *testing.T) {
 // A redirect to another host is refused before anything is sent there:
 // the token (and, for auth, the key) would follow it.
 func TestRedirectToAnotherHostIsRefused(t *testing.T) {
+	server := servers.Swift(t)
 	st := conn(t, server.AuthURL, server.Key)
 	ct := container(t, st)
 	if err := st.Connection().ObjectPutBytes(context.Background(), ct, "app.tar.gz", []byte("x"), ""); err != nil {
@@ -306,4 +307,12 @@ func TestRedirectToAnotherHostIsRefused(t *testing.T) {
 	if len(stolen) > 0 {
 		t.Fatalf("requests reached the other host: %v", stolen)
 	}
+}
+
+func TestChunks(t *testing.T) {
+	server := servers.Swift(t)
+	st := conn(t, server.AuthURL, server.Key)
+	sourcetest.RunChunks(t, sourcetest.ChunkHarness{
+		Store: func(t *testing.T) (artifact.Store, string) { return st, container(t, st) },
+	})
 }

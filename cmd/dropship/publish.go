@@ -9,14 +9,19 @@ import (
 	"maps"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
+	"aead.dev/minisign"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/spf13/cobra"
 
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/artifact"
+	"github.com/dropshipd/dropship/artifact/archive"
+	"github.com/dropshipd/dropship/artifact/chunks"
+	"github.com/dropshipd/dropship/artifact/file"
 	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/consul"
@@ -27,9 +32,10 @@ func publishCmd(g *globals) *cobra.Command {
 	var to, repoName, signKey, consulPrefix string
 	var consulConn consulx.Conn
 	var partSize int64
+	var noChunks bool
 	var claims signature.Claims
 	cmd := &cobra.Command{
-		Use:   "publish FILE --to s3://BUCKET/KEY | swift://CONTAINER/KEY",
+		Use:   "publish FILE --to s3://BUCKET/KEY | swift://CONTAINER/KEY | file:///PATH",
 		Short: "Upload an artifact with its MD5 and SHA-256, for the fleet to pick up",
 		Long: "Upload FILE to S3 or Swift (Rackspace Cloud Files) with its MD5 and SHA-256 stored as\n" +
 			"metadata, so agents verify it even when it is stored in parts. Credentials and endpoints\n" +
@@ -37,6 +43,9 @@ func publishCmd(g *globals) *cobra.Command {
 			"without them S3 uses the AWS SDK's default credential chain.\n\n" +
 			"--sign KEY writes a minisign signature (KEY.minisig beside the artifact) and uploads it\n" +
 			"before the artifact, so that an agent never sees the new artifact beside an old signature.\n" +
+			"A tar archive (.tar, .tar.gz, .tar.zst, …) also gets a chunk index (KEY.chunks, signed\n" +
+			"with --sign too) and its chunks under .dropship/chunks/ of the same bucket or container,\n" +
+			"each uploaded once: agents then fetch only the chunks that changed (--no-chunks: not).\n" +
 			"With a lock \"consul\" block in --config (or --consul ADDR), the release is then announced\n" +
 			"to the fleet: watching agents check it at once. --consul takes its token and TLS settings\n" +
 			"from --consul-token-file and --consul-ca-file, else from Consul's environment variables\n" +
@@ -44,8 +53,12 @@ func publishCmd(g *globals) *cobra.Command {
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			u, err := url.Parse(to)
+			if err == nil && u.Scheme == "file" && strings.Trim(u.Path, "/") != "" {
+				// A local directory: the container is the file's directory.
+				u.Host, u.Path = filepath.Dir(u.Path), "/"+filepath.Base(u.Path)
+			}
 			if err != nil || u.Host == "" || strings.Trim(u.Path, "/") == "" {
-				return fmt.Errorf("--to %q: want s3://BUCKET/KEY or swift://CONTAINER/KEY", to)
+				return fmt.Errorf("--to %q: want s3://BUCKET/KEY, swift://CONTAINER/KEY or file:///PATH", to)
 			}
 			cfg, err := g.publishConfig()
 			if err != nil {
@@ -57,7 +70,10 @@ func publishCmd(g *globals) *cobra.Command {
 			}
 			ctx, stop := signalContext()
 			defer stop()
-			store, err := pickStore(registry(), repos, repoName, u.Scheme)
+			var store artifact.Store = file.Store{}
+			if u.Scheme != "file" {
+				store, err = pickStore(registry(), repos, repoName, u.Scheme)
+			}
 			if err != nil {
 				return fmt.Errorf("publish to %s: %w", to, err)
 			}
@@ -73,8 +89,23 @@ func publishCmd(g *globals) *cobra.Command {
 					return fmt.Errorf("--sign needs --service NAME: the signature names the service it is for")
 				}
 			}
+			var priv *minisign.PrivateKey
 			if signKey != "" {
-				if err := publishSignature(ctx, g, store, u.Host, key, args[0], signKey, claims); err != nil {
+				k, err := loadSecretKey(g, signKey) // once: it may ask for a passphrase
+				if err != nil {
+					return err
+				}
+				priv = &k
+			}
+			if !noChunks {
+				// The chunks and their index first: an agent that sees the
+				// new archive finds its index beside it.
+				if err := publishChunks(ctx, g, store, u.Host, key, args[0], priv, claims); err != nil {
+					return err
+				}
+			}
+			if priv != nil {
+				if err := publishSignature(ctx, g, store, u.Host, key, args[0], *priv, claims); err != nil {
 					return err
 				}
 			}
@@ -108,6 +139,7 @@ func publishCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "destination: s3://BUCKET/KEY or swift://CONTAINER/KEY")
+	cmd.Flags().BoolVar(&noChunks, "no-chunks", false, "do not write the chunk index (agents then always fetch the whole archive)")
 	cmd.Flags().StringVar(&repoName, "repo", "", "repo block of the agent config to take credentials from")
 	cmd.Flags().Int64Var(&partSize, "part-size", 64<<20, "upload files larger than this in parts (bytes)")
 	cmd.Flags().StringVar(&signKey, "sign", "", "secret key to sign the release with (see dropship keygen)")
@@ -122,13 +154,30 @@ func publishCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// publishChunks writes the chunk index of a tar archive and the chunks
+// the store lacks (signed like the archive with --sign). Another kind of
+// artifact has none: agents fetch it whole.
+func publishChunks(ctx context.Context, g *globals, store artifact.Store, container, key, path string, priv *minisign.PrivateKey, c signature.Claims) error {
+	var sign chunks.Sign
+	if priv != nil {
+		sign = func(p string) ([]byte, error) { return signFile(*priv, p, c) }
+	}
+	out, err := chunks.Publish(ctx, store, container, key, path, sign)
+	if errors.Is(err, archive.ErrRefused) {
+		fmt.Fprintf(g.stdout, "no chunk index: %v\n", err)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("publish the chunk index: %w", err)
+	}
+	fmt.Fprintf(g.stdout, "chunk index: %d chunks, %d new (%d bytes uploaded), tar sha256 %s\n",
+		out.Chunks, out.Uploaded, out.Bytes, out.Index.Tar.SHA256)
+	return nil
+}
+
 // publishSignature signs the file and uploads the signature beside where
 // the artifact will be, before the artifact itself.
-func publishSignature(ctx context.Context, g *globals, store artifact.Store, container, key, path, keyFile string, c signature.Claims) error {
-	priv, err := loadSecretKey(g, keyFile)
-	if err != nil {
-		return err
-	}
+func publishSignature(ctx context.Context, g *globals, store artifact.Store, container, key, path string, priv minisign.PrivateKey, c signature.Claims) error {
 	sig, err := signFile(priv, path, c)
 	if err != nil {
 		return err

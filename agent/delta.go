@@ -1,0 +1,208 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"aead.dev/minisign"
+
+	"github.com/dropshipd/dropship/artifact"
+	"github.com/dropshipd/dropship/artifact/archive"
+	"github.com/dropshipd/dropship/artifact/chunks"
+	"github.com/dropshipd/dropship/artifact/signature"
+	"github.com/dropshipd/dropship/internal/prefetch"
+)
+
+// DefaultChunkCache is the chunk_cache of an artifact block that sets
+// none: room for the chunks of a 2 GiB release.
+const DefaultChunkCache = 2 << 30
+
+// deltaWorth: a delta is tried when the chunks to fetch take less than
+// this share of the archive; a colder cache fetches the archive (and
+// fills the cache from it).
+const deltaWorth = 0.5
+
+// delta is the chunked path of one fetch: the index of the version being
+// installed and the service's chunk cache. nil: the archive alone.
+type delta struct {
+	t     *txn
+	idx   *chunks.Index
+	cache *chunks.Cache
+	fill  *chunks.Filler
+	// claims are the index's signature's, checked when keys are trusted.
+	claims *signature.Claims
+}
+
+// chunked loads the chunk index of the version pinned, when the service
+// keeps a chunk cache and the store holds an index made from exactly this
+// version (signed, when the service trusts keys). Anything missing or
+// wrong means the archive is fetched, as without an index.
+func (t *txn) chunked(ctx context.Context) *delta {
+	if t.r.svc.ChunkCache <= 0 {
+		return nil
+	}
+	d := &delta{t: t, cache: &chunks.Cache{Dir: filepath.Join(t.r.lay.dir, "chunks"), Max: t.r.svc.ChunkCache, Logger: t.logger}}
+	var verify chunks.Verify
+	if t.r.svc.Keys.Len() > 0 {
+		verify = d.verify
+	}
+	idx, err := chunks.Load(ctx, t.r.svc.Source, t.info, verify)
+	if err != nil {
+		if !errors.Is(err, chunks.ErrNoIndex) || errors.Is(err, signature.ErrRefused) || errors.Is(err, artifact.ErrCorrupt) {
+			t.logger.Warn("chunk index not used; fetching the archive", "error", err)
+		} else {
+			t.logger.Debug("no chunk index; fetching the archive", "reason", err)
+		}
+		return nil
+	}
+	d.idx = idx
+	return d
+}
+
+// verify checks the index's signature as openSignature checks the
+// archive's: a trusted key, this service, no replay, not from the future.
+func (d *delta) verify(_ context.Context, sig, index []byte) error {
+	t := d.t
+	r := minisign.NewReader(bytes.NewReader(index))
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return err
+	}
+	sum := sha256.Sum256(index)
+	now := t.r.now()
+	if t.info.Modified.After(now) {
+		now = t.info.Modified
+	}
+	// Replays are judged from the newest release ever installed here, as
+	// for the archive's signature (which openSignature checked already).
+	want := signature.Expect{Service: t.r.svc.Name, SHA256: hex.EncodeToString(sum[:]), Now: now}
+	if n := t.st.NewestSigned; n != nil {
+		want.After = n.Time
+	}
+	c, err := t.r.svc.Keys.Verify(sig, r, want)
+	if err != nil {
+		return err
+	}
+	d.claims = &c
+	return nil
+}
+
+// install tries the delta: fetch the chunks the cache lacks, then unpack
+// the tar reassembled from the cache into staging. It reports whether the
+// release is unpacked; false with no error means the archive is to be
+// fetched (cold cache, a chunk missing or refused, a tar that does not
+// match its index: nothing of it is kept).
+func (d *delta) install(ctx context.Context) (bool, error) {
+	if d == nil {
+		return false, nil
+	}
+	t := d.t
+	missing, stored := d.cache.Missing(d.idx)
+	if float64(stored) > deltaWorth*float64(d.idx.Archive.Size) {
+		t.logger.Info("chunk cache too cold for a delta; fetching the archive", "missing_chunks", len(missing),
+			"missing_bytes", stored, "archive_bytes", d.idx.Archive.Size)
+		return false, nil
+	}
+	f := &chunks.Fetcher{Src: t.r.svc.Source, Cache: d.cache}
+	got, err := f.Fetch(ctx, missing)
+	if err == nil {
+		err = d.unpack(ctx)
+	}
+	if err == nil {
+		d.cache.Keep(d.idx)
+		t.sums = digests{MD5: d.idx.Archive.MD5, SHA256: d.idx.Archive.SHA256, Size: d.idx.Archive.Size}
+		if c := d.claims; c != nil {
+			t.claims = c
+			t.logger.Info("signature verified", "of", "chunk index", "key_id", fmt.Sprintf("%016X", c.KeyID), "version", c.Version,
+				"publisher", c.Publisher, "signed", c.Time)
+		}
+		if t.r.obs != nil {
+			t.r.obs.Downloaded(t.r.svc.Name, got.Bytes)
+		}
+		t.logger.Info("downloaded and verified", "format", "chunks", "chunks", len(d.idx.Chunks), "fetched_chunks", got.Chunks,
+			"fetched_bytes", got.Bytes, "archive_bytes", d.idx.Archive.Size, "tar_sha256", d.idx.Tar.SHA256,
+			"md5", t.sums.MD5, "sha256", t.sums.SHA256)
+		return true, nil
+	}
+	if ctx.Err() != nil {
+		return false, fmt.Errorf("fetch the chunks of %s: %w", t.info.Key, err)
+	}
+	if errors.Is(err, artifact.ErrCorrupt) {
+		// A chunk of the cache may be the wrong one: start it afresh.
+		d.cache.Clear()
+	}
+	t.logger.Warn("delta failed; fetching the archive", "error", err)
+	return false, nil
+}
+
+// unpack streams the tar reassembled from the cache, its SHA-256 checked
+// at the end, through the same confined extraction as an archive.
+func (d *delta) unpack(ctx context.Context) error {
+	t := d.t
+	if err := t.freshStage(); err != nil {
+		return err
+	}
+	s := d.cache.Stream(d.idx)
+	defer s.Close()
+	// Reading and hashing on one core, unpacking on the other.
+	ahead := prefetch.New(s, 64<<10, 4)
+	defer ahead.Close()
+	opt := t.unpackOptions()
+	opt.Format = archive.Tar
+	_, xerr := archive.Extract(ctx, ahead, t.stage, opt)
+	if xerr == nil {
+		_, xerr = io.Copy(io.Discard, ahead)
+	}
+	ahead.Close()
+	// The tar's verdict first: a mismatch explains any unpack error.
+	if _, err := io.Copy(io.Discard, s); err != nil && !errors.Is(err, io.ErrClosedPipe) {
+		return fmt.Errorf("reassemble %s: %w", t.info.Key, err)
+	}
+	if xerr != nil {
+		return fmt.Errorf("unpack the chunks of %s: %w", t.info.Key, xerr)
+	}
+	if err := syncFS(t.stage); err != nil {
+		return fmt.Errorf("sync %s: %w", t.stage, err)
+	}
+	return nil
+}
+
+// tee is what the archive's tar stream is copied to: the cache, filled
+// with the chunks of this release. nil without an index. What it wrote
+// is dropped unless filled is called, after the archive verified.
+func (d *delta) tee() io.Writer {
+	if d == nil {
+		return nil
+	}
+	d.fill = d.cache.Filler(d.idx)
+	d.t.onUndo(func(context.Context) { d.fill.Close() })
+	return d.fill
+}
+
+// filled ends an archive install that filled the cache: it now holds the
+// chunks of this release, within its bound.
+func (d *delta) filled() {
+	if d == nil || d.fill == nil {
+		return
+	}
+	d.fill.Commit()
+	if err := d.cache.Keep(d.idx); err != nil {
+		d.t.logger.Warn("chunk cache", "error", err)
+		return
+	}
+	d.t.logger.Info("chunk cache filled", "chunks", d.fill.Kept, "bytes", d.cache.Size())
+}
+
+// freshStage makes an empty staging directory for the release.
+func (t *txn) freshStage() error {
+	if err := os.RemoveAll(t.stage); err != nil {
+		return err
+	}
+	return os.MkdirAll(t.stage, 0o755)
+}

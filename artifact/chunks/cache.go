@@ -1,0 +1,318 @@
+package chunks
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/dropshipd/dropship/artifact"
+)
+
+// Cache holds uncompressed chunks, one file per chunk named by its
+// SHA-256, in a directory of the service's state. It is bounded: Keep
+// leaves at most Max bytes, the chunks of the release just installed.
+type Cache struct {
+	Dir    string
+	Max    int64
+	Logger *slog.Logger
+}
+
+func (c *Cache) path(sum string) string { return filepath.Join(c.Dir, sum) }
+
+func (c *Cache) logger() *slog.Logger {
+	if c.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return c.Logger
+}
+
+// Has reports whether the chunk is cached with the size expected.
+func (c *Cache) Has(ch Chunk) bool {
+	fi, err := os.Stat(c.path(ch.SHA256))
+	return err == nil && fi.Mode().IsRegular() && fi.Size() == ch.Size
+}
+
+// Missing returns the chunks of idx the cache lacks, each once, and the
+// bytes they take in the store.
+func (c *Cache) Missing(idx *Index) ([]Chunk, int64) {
+	var out []Chunk
+	var stored int64
+	seen := map[string]bool{}
+	for _, ch := range idx.Chunks {
+		if seen[ch.SHA256] {
+			continue
+		}
+		seen[ch.SHA256] = true
+		if !c.Has(ch) {
+			out = append(out, ch)
+			stored += ch.Stored
+		}
+	}
+	return out, stored
+}
+
+// Keep removes every file that is not a chunk of idx, then chunks of idx
+// (the last in the tar first) until the cache holds at most Max bytes.
+func (c *Cache) Keep(idx *Index) error {
+	want := map[string]bool{}
+	for _, ch := range idx.Chunks {
+		want[ch.SHA256] = true
+	}
+	ents, err := os.ReadDir(c.Dir)
+	if err != nil {
+		return err
+	}
+	var total int64
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil {
+			continue
+		}
+		if !want[e.Name()] || !fi.Mode().IsRegular() {
+			os.RemoveAll(c.path(e.Name()))
+			continue
+		}
+		total += fi.Size()
+	}
+	for i := len(idx.Chunks) - 1; i >= 0 && total > c.Max; i-- {
+		ch := idx.Chunks[i]
+		if fi, err := os.Stat(c.path(ch.SHA256)); err == nil {
+			if os.Remove(c.path(ch.SHA256)) == nil {
+				total -= fi.Size()
+			}
+		}
+	}
+	return nil
+}
+
+// Clear empties the cache (a chunk in it was found wrong).
+func (c *Cache) Clear() error {
+	ents, err := os.ReadDir(c.Dir)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	for _, e := range ents {
+		os.RemoveAll(c.path(e.Name()))
+	}
+	return nil
+}
+
+// Size is the bytes the cache holds.
+func (c *Cache) Size() int64 {
+	var n int64
+	filepath.WalkDir(c.Dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// Stream returns the tar idx describes, read from the cache in order. At
+// its end it compares the tar's size and SHA-256 with the index's: a
+// mismatch is an error wrapping artifact.ErrCorrupt instead of io.EOF, so
+// nothing unpacked from it is taken for a release.
+func (c *Cache) Stream(idx *Index) io.ReadCloser {
+	return &stream{c: c, idx: idx, h: sha256.New()}
+}
+
+type stream struct {
+	c    *Cache
+	idx  *Index
+	i    int      // next chunk
+	f    *os.File // current chunk
+	left int64    // of the current chunk
+	h    hash.Hash
+	n    int64
+	err  error
+}
+
+func (s *stream) Read(p []byte) (int, error) {
+	for s.err == nil {
+		if s.f == nil {
+			if s.i == len(s.idx.Chunks) {
+				s.err = s.check()
+				if s.err == nil {
+					s.err = io.EOF
+				}
+				break
+			}
+			ch := s.idx.Chunks[s.i]
+			f, err := os.Open(s.c.path(ch.SHA256))
+			if err != nil {
+				s.err = fmt.Errorf("%w: chunk %d (%.16s…) is not in the cache: %v", artifact.ErrCorrupt, s.i, ch.SHA256, err)
+				break
+			}
+			s.f, s.left = f, ch.Size
+			s.i++
+		}
+		if int64(len(p)) > s.left {
+			p = p[:s.left]
+		}
+		n, err := s.f.Read(p)
+		s.h.Write(p[:n])
+		s.n += int64(n)
+		s.left -= int64(n)
+		if s.left == 0 {
+			s.f.Close()
+			s.f = nil
+		} else if err == io.EOF {
+			s.err = fmt.Errorf("%w: chunk %d (%.16s…) in the cache is shorter than its size", artifact.ErrCorrupt, s.i-1, s.idx.Chunks[s.i-1].SHA256)
+		} else if err != nil {
+			s.err = err
+		}
+		if n > 0 {
+			return n, nil
+		}
+	}
+	return 0, s.err
+}
+
+func (s *stream) check() error {
+	if got := hex.EncodeToString(s.h.Sum(nil)); s.n != s.idx.Tar.Size || got != s.idx.Tar.SHA256 {
+		return fmt.Errorf("%w: the tar made of the chunks has %d bytes and SHA-256 %s; the index says %d bytes, %s",
+			artifact.ErrCorrupt, s.n, got, s.idx.Tar.Size, s.idx.Tar.SHA256)
+	}
+	return nil
+}
+
+// SHA256 is the hex SHA-256 of what was read so far.
+func (s *stream) SHA256() string { return hex.EncodeToString(s.h.Sum(nil)) }
+
+func (s *stream) Close() error {
+	if s.f != nil {
+		s.f.Close()
+		s.f = nil
+	}
+	if s.err == nil {
+		s.err = io.ErrClosedPipe
+	}
+	return nil
+}
+
+// Filler cuts a tar stream written to it at the sizes of the index's
+// chunks and keeps them, up to the cache's bound: the Tee of an archive
+// install, so that the next release can be a delta. The pieces are not
+// hashed again: they are named by the index only by Commit, once the
+// archive they come from has been verified against the version pinned,
+// which the index was made from (Index.Fits). An index that lied about
+// them is caught where the cache is used: the tar reassembled from it
+// would not have the SHA-256 of the next index. It never fails the
+// install: a problem of its own stops it, logged.
+func (c *Cache) Filler(idx *Index) *Filler {
+	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+		c.logger().Warn("chunk cache off for this install", "dir", c.Dir, "error", err)
+		return &Filler{off: true}
+	}
+	f := &Filler{c: c, idx: idx}
+	f.budget = c.Max - c.Size()
+	return f
+}
+
+// Filler: see Cache.Filler.
+type Filler struct {
+	c      *Cache
+	idx    *Index
+	i      int   // current chunk
+	got    int64 // bytes of it seen
+	skip   bool  // current chunk: cached already, or over budget
+	tmp    *os.File
+	done   []pending // written, named at Commit
+	budget int64
+	off    bool
+	Kept   int // chunks Commit put in the cache
+}
+
+type pending struct{ tmp, sum string }
+
+func (f *Filler) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 && !f.off {
+		if f.i >= len(f.idx.Chunks) {
+			f.stop("the tar is longer than its index says")
+			break
+		}
+		ch := f.idx.Chunks[f.i]
+		if f.got == 0 {
+			f.skip = f.c.Has(ch) || ch.Size > f.budget
+			if !f.skip {
+				t, err := os.CreateTemp(f.c.Dir, ".fill-*")
+				if err != nil {
+					f.stop(err.Error())
+					break
+				}
+				f.tmp = t
+				f.budget -= ch.Size
+			}
+		}
+		take := min(int64(len(p)), ch.Size-f.got)
+		if !f.skip {
+			if _, err := f.tmp.Write(p[:take]); err != nil {
+				f.stop(err.Error())
+				break
+			}
+		}
+		f.got += take
+		p = p[take:]
+		if f.got == ch.Size {
+			f.i++
+			f.got = 0
+			if !f.skip {
+				t := f.tmp
+				f.tmp = nil
+				if err := t.Close(); err != nil {
+					os.Remove(t.Name())
+					f.stop(err.Error())
+					break
+				}
+				f.done = append(f.done, pending{t.Name(), ch.SHA256})
+			}
+		}
+	}
+	return n, nil
+}
+
+func (f *Filler) stop(why string) {
+	if f.tmp != nil {
+		f.tmp.Close()
+		os.Remove(f.tmp.Name())
+		f.tmp = nil
+	}
+	if !f.off && why != "" {
+		f.c.logger().Warn("stopped filling the chunk cache", "reason", why)
+	}
+	f.off = true
+}
+
+// Commit names the chunks written after the archive they were cut from
+// was verified: each whole chunk becomes the cache's copy of it.
+func (f *Filler) Commit() {
+	f.stop("")
+	for _, p := range f.done {
+		if err := os.Rename(p.tmp, f.c.path(p.sum)); err == nil {
+			f.Kept++
+		} else {
+			os.Remove(p.tmp)
+		}
+	}
+	f.done = nil
+}
+
+// Close drops what was written and not committed (a failed install).
+func (f *Filler) Close() error {
+	f.stop("")
+	for _, p := range f.done {
+		os.Remove(p.tmp)
+	}
+	f.done = nil
+	return nil
+}
