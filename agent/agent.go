@@ -206,6 +206,9 @@ func (a *Agent) loop(ctx context.Context, r *Runner) {
 		if out.rollout {
 			next = min(next, r.rolloutWait(out))
 		}
+		if out.Result == ResultDeferred && !out.Until.IsZero() {
+			next = min(next, max(time.Until(out.Until), 10*time.Millisecond))
+		}
 	}
 }
 

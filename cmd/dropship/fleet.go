@@ -305,7 +305,7 @@ func printFleet(g *globals, st fleet.Status) {
 	fmt.Fprintln(tw, "NODE\tCHECKSUM\tRELEASE\tLAST RESULT\tPHASE\tTIME\tERROR")
 	for _, n := range st.Nodes {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Node, orDash(n.Checksum), orDash(n.Release), n.Result, orDash(n.Phase),
-			n.Time.Format(time.RFC3339), oneLine(n.Error))
+			n.Time.Format(time.RFC3339), oneLine(n.Error+n.Reason))
 	}
 	tw.Flush()
 }

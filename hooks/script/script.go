@@ -180,12 +180,21 @@ func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
-			return fmt.Errorf("script %q exited with status %d%s", h.Command, ee.ExitCode(), lastLines(text))
+			return &ExitError{Code: ee.ExitCode(), msg: fmt.Sprintf("script %q exited with status %d%s", h.Command, ee.ExitCode(), lastLines(text))}
 		}
 		return fmt.Errorf("script %q: %w%s", h.Command, err, lastLines(text))
 	}
 	return nil
 }
+
+// ExitError is a command that ran and exited non-zero: callers that give
+// exit codes a meaning (75, EX_TEMPFAIL: "not now") read Code.
+type ExitError struct {
+	Code int
+	msg  string
+}
+
+func (e *ExitError) Error() string { return e.msg }
 
 func workDir(ev hooks.Event) string {
 	for _, d := range []string{ev.ReleaseDir, ev.PreviousDir} {
