@@ -465,6 +465,7 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 		diags = append(diags, dd...)
 	}
 	diags = append(diags, decodeDefer(s, b.Defer, hookEnv)...)
+	diags = append(diags, watchDiags(s)...)
 	return s, diags
 }
 

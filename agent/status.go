@@ -18,6 +18,8 @@ type Status struct {
 	// DeferredSince (defer block); "" when it does not.
 	Deferred      string    `json:"deferred,omitempty"`
 	DeferredSince time.Time `json:"deferred_since,omitzero"`
+	// WatchUntil is when the watch of the release just switched to ends.
+	WatchUntil time.Time `json:"watch_until,omitzero"`
 }
 
 // Status returns a copy of the runner's live status.
@@ -86,6 +88,15 @@ func (r *Runner) setDeferred(reason string, since time.Time) {
 	r.status.Deferred, r.status.DeferredSince = reason, since.UTC()
 	if since.IsZero() {
 		r.status.DeferredSince = time.Time{}
+	}
+	r.mu.Unlock()
+}
+
+func (r *Runner) setWatching(until time.Time) {
+	r.mu.Lock()
+	r.status.WatchUntil = until.UTC()
+	if until.IsZero() {
+		r.status.WatchUntil = time.Time{}
 	}
 	r.mu.Unlock()
 }

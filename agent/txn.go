@@ -110,6 +110,7 @@ func (t *txn) run(ctx context.Context) Outcome {
 		t.logger.Info("checksum source", "from", t.info.ChecksumFrom)
 	}
 	t.logger.Info("installing", "release", t.id, "from", t.info.Key, "size", t.info.Size)
+	outer := ctx
 	steps := []struct {
 		phase Phase
 		do    func(context.Context) error
@@ -122,6 +123,9 @@ func (t *txn) run(ctx context.Context) Outcome {
 		{PhaseBefore, t.before},
 		{PhaseSwitch, t.activate},
 		{PhaseCheck, t.check},
+		// The watch ends with the update's own context (shutdown,
+		// update_timeout), which the switch drops for the other steps.
+		{PhaseCheck, func(context.Context) error { return t.watch(outer) }},
 	}
 	for _, s := range steps {
 		if t.switched {

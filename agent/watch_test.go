@@ -1,0 +1,96 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dropshipd/dropship/agent"
+)
+
+// health is a health endpoint a test can fail on demand, or one request
+// in every.
+type health struct {
+	down     atomic.Bool
+	every    int64 // 0 for never
+	calls    atomic.Int64
+	failures atomic.Int64
+}
+
+func (h *health) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	n := h.calls.Add(1)
+	if h.down.Load() || (h.every > 0 && n%h.every == 0) {
+		h.failures.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	w.Write([]byte("ok"))
+}
+
+// watchedRunner installs v1 without a watch and returns a runner of the
+// same host whose http check on h watches for window.
+func watchedRunner(t *testing.T, e *env, h *health, window, extra string) *agent.Runner {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	e.publish("v1")
+	e.check(e.runner(e.config("")), agent.ResultInstalled)
+	return e.runner(e.config(fmt.Sprintf(`check "http" {
+    url            = "%s/health"
+    interval       = "20ms"
+    retries        = 2
+    watch          = %q
+    watch_interval = "20ms"
+    %s
+  }`, srv.URL, window, extra)))
+}
+
+// A release that passes its checks at the switch and fails during the
+// watch is rolled back, as a failed check is: the update fails in check.
+func TestWatchRollsBackALateFailure(t *testing.T) {
+	e := newEnv(t)
+	h := &health{}
+	r := watchedRunner(t, e, h, "10m", "")
+	e.publish("v2")
+	done := make(chan agent.Outcome, 1)
+	go func() { done <- r.Check(context.Background()) }()
+	waitFor(t, func() bool { return !r.Status().WatchUntil.IsZero() && e.current() == "v2" })
+	down := time.Now()
+	h.down.Store(true)
+	var out agent.Outcome
+	select {
+	case out = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the failing release was not rolled back")
+	}
+	t.Logf("back on v1 %s after the endpoint went down (2 attempts 20ms apart, a probe every 20ms)",
+		time.Since(down).Round(time.Millisecond))
+	if out.Result != agent.ResultFailed || out.Phase != agent.PhaseCheck || !strings.Contains(out.Err.Error(), "watch") {
+		t.Fatalf("outcome %s in %s: %v", out.Result, out.Phase, out.Err)
+	}
+	if e.current() != "v1" {
+		t.Fatalf("running %q after the watch failed, want v1", e.current())
+	}
+	if st := e.state_(r); st.Failures[out.Checksum] == nil {
+		t.Fatal("the failure is not recorded")
+	}
+}
+
+// A probe failing one request in a hundred is not a rollback: each probe
+// has two attempts.
+func TestWatchToleratesAFlakyProbe(t *testing.T) {
+	e := newEnv(t)
+	h := &health{every: 100}
+	r := watchedRunner(t, e, h, "4s", "")
+	e.publish("v2")
+	out := e.check(r, agent.ResultInstalled)
+	if e.current() != "v2" || h.failures.Load() == 0 {
+		t.Fatalf("running %q, %d of %d requests failed (want some)", e.current(), h.failures.Load(), h.calls.Load())
+	}
+	t.Logf("%d requests, %d failed, no rollback (%s)", h.calls.Load(), h.failures.Load(), out.Duration.Round(time.Millisecond))
+}
