@@ -118,6 +118,7 @@ func fleetCmd(g *globals) *cobra.Command {
 				}
 				printFleet(g, st)
 				printRollout(cmd.Context(), g, policyOf(cfg, svc), st)
+				printOnce(cmd.Context(), g, p, svc)
 			}
 			return nil
 		},

@@ -117,6 +117,9 @@ func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
 		"DROPSHIP_RESULT="+ev.Result,
 		"DROPSHIP_HOSTNAME="+ev.Hostname,
 	)
+	if ev.RunID != "" {
+		cmd.Env = append(cmd.Env, "DROPSHIP_RUN_ID="+ev.RunID)
+	}
 	cmd.Env = append(cmd.Env, h.Env...)
 	out := &tail{max: outputLimit}
 	cmd.Stdout, cmd.Stderr = out, out
