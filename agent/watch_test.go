@@ -20,12 +20,14 @@ type health struct {
 	every    int64 // 0 for never
 	calls    atomic.Int64
 	failures atomic.Int64
+	lastFail atomic.Int64 // unix nanoseconds of the last failed answer
 }
 
 func (h *health) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	n := h.calls.Add(1)
 	if h.down.Load() || (h.every > 0 && n%h.every == 0) {
 		h.failures.Add(1)
+		h.lastFail.Store(time.Now().UnixNano())
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return
 	}
@@ -34,7 +36,7 @@ func (h *health) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 
 // watchedRunner installs v1 without a watch and returns a runner of the
 // same host whose http check on h watches for window.
-func watchedRunner(t *testing.T, e *env, h *health, window, extra string) *agent.Runner {
+func watchedRunner(t testing.TB, e *env, h *health, window, extra string) *agent.Runner {
 	t.Helper()
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
@@ -93,4 +95,52 @@ func TestWatchToleratesAFlakyProbe(t *testing.T) {
 		t.Fatalf("running %q, %d of %d requests failed (want some)", e.current(), h.failures.Load(), h.calls.Load())
 	}
 	t.Logf("%d requests, %d failed, no rollback (%s)", h.calls.Load(), h.failures.Load(), out.Duration.Round(time.Millisecond))
+}
+
+// BenchmarkWatchRollback measures, for a release whose health fails
+// during its watch, the time from the failed probe (its last attempt's
+// answer) to the host back on the previous release, its state saved.
+func BenchmarkWatchRollback(b *testing.B) {
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		e := newEnv(b)
+		h := &health{}
+		r := watchedRunner(b, e, h, "10m", "")
+		e.publish("v2")
+		done := make(chan agent.Outcome, 1)
+		go func() { done <- r.Check(context.Background()) }()
+		for r.Status().WatchUntil.IsZero() {
+			time.Sleep(time.Millisecond)
+		}
+		h.down.Store(true)
+		out := <-done
+		back := time.Now()
+		if out.Result != agent.ResultFailed || e.current() != "v1" {
+			b.Fatalf("%s, running %q", out.Result, e.current())
+		}
+		total += back.Sub(time.Unix(0, h.lastFail.Load()))
+	}
+	b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "ms-probe-to-previous")
+}
+
+// BenchmarkWatchFlakyTwoMinutes watches for two minutes a release whose
+// health endpoint fails one request in a hundred, a probe every 100 ms
+// with two attempts: it reports the rollbacks (want 0) and the failed
+// requests absorbed.
+func BenchmarkWatchFlakyTwoMinutes(b *testing.B) {
+	rollbacks := 0
+	var failed int64
+	for i := 0; i < b.N; i++ {
+		e := newEnv(b)
+		h := &health{every: 100}
+		r := watchedRunner(b, e, h, "2m", `watch_interval = "100ms"`)
+		e.publish("v2")
+		if out := r.Check(context.Background()); out.Result != agent.ResultInstalled {
+			rollbacks++
+		}
+		failed += h.failures.Load()
+	}
+	b.ReportMetric(float64(rollbacks)/float64(b.N), "rollbacks/op")
+	b.ReportMetric(float64(failed)/float64(b.N), "failed-requests/op")
 }
