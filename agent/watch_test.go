@@ -125,7 +125,7 @@ func BenchmarkWatchRollback(b *testing.B) {
 }
 
 // BenchmarkWatchFlakyTwoMinutes watches for two minutes a release whose
-// health endpoint fails one request in a hundred, a probe every 100 ms
+// health endpoint fails one request in a hundred, a probe every 20 ms
 // with two attempts: it reports the rollbacks (want 0) and the failed
 // requests absorbed.
 func BenchmarkWatchFlakyTwoMinutes(b *testing.B) {
@@ -134,7 +134,7 @@ func BenchmarkWatchFlakyTwoMinutes(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		e := newEnv(b)
 		h := &health{every: 100}
-		r := watchedRunner(b, e, h, "2m", `watch_interval = "100ms"`)
+		r := watchedRunner(b, e, h, "2m", "")
 		e.publish("v2")
 		if out := r.Check(context.Background()); out.Result != agent.ResultInstalled {
 			rollbacks++
