@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -144,15 +146,30 @@ func TestHeldLockFileDefersTheUpdate(t *testing.T) {
 	}
 
 	// The agent, running, looks again every interval.
-	a, err := agent.New(cfg, nil, slog.New(slog.DiscardHandler))
+	srv := agent.NewServer("test")
+	a, err := agent.New(cfg, srv, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv.SetAgent(a)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { a.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	waitFor(t, func() bool { return a.Runners()[0].Status().Deferred != "" })
+	// The status endpoint and the metrics say so.
+	get := func(url string) string {
+		rec := httptest.NewRecorder()
+		srv.Handler(agent.Access{}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, url, nil))
+		return rec.Body.String()
+	}
+	if body := get("/v1/status"); !strings.Contains(body, `"deferred":"the application holds `) || !strings.Contains(body, `"deferred_since":`) {
+		t.Fatalf("/v1/status: %s", body)
+	}
+	if body := get("/metrics"); !strings.Contains(body, `dropship_update_deferred{service="app"} 1`) ||
+		!strings.Contains(body, `dropship_checks_total{result="deferred",service="app"}`) {
+		t.Fatalf("/metrics:\n%s", body)
+	}
 	released := time.Now()
 	release()
 	waitFor(t, func() bool { return e.current() == "v2" })
