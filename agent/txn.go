@@ -18,6 +18,7 @@ import (
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/archive"
 	"github.com/dropshipd/dropship/artifact/signature"
+	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/internal/prefetch"
 )
@@ -506,6 +507,10 @@ func (t *txn) fail(ctx context.Context, phase Phase, err error) Outcome {
 		return Outcome{Result: ResultError, Checksum: t.sum, Phase: PhaseSignature, Err: err}
 	case errors.Is(err, errLost):
 		return Outcome{Result: ResultError, Checksum: t.sum, Phase: PhaseLock, Err: err}
+	case errors.Is(err, fleet.ErrUnavailable) || errors.Is(err, errOnceWait):
+		// A run-once hook whose fleet could not be reached, or whose
+		// runner took too long: this host's trouble, not the release's.
+		return Outcome{Result: ResultError, Checksum: t.sum, Phase: phase, Err: err}
 	case !t.switched && ctx.Err() != nil && !errors.Is(cause, errUpdateTimeout):
 		// Shutting down, not the release's fault: abandoned, not failed.
 		if !strings.Contains(err.Error(), "abandoned") {
