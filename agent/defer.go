@@ -278,3 +278,20 @@ func (g deferredNow) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(deferredDesc, prometheus.GaugeValue, v, run.svc.Name)
 	}
 }
+
+// deferralEnded tells the fleet that a host which said "deferred" no
+// longer waits, when its check ended with no attempt to report (the
+// release was withdrawn, a hold came): its record would say deferred
+// until the next update otherwise.
+func (r *Runner) deferralEnded(ctx context.Context, st *State, out Outcome) {
+	if r.deferral.reported == "" || (out.Result != ResultNoop && out.Result != ResultSkipped) {
+		return
+	}
+	ns := fleet.NodeStatus{Node: r.node, Checksum: st.Checksum, Release: st.Release, Result: "registered",
+		Time: r.now().UTC(), Tags: r.tags, Policy: r.policyHash()}
+	if err := r.fleet.Report(ctx, r.svc.Name, ns); err != nil {
+		r.logger.Warn("could not report node status", "error", err)
+		return
+	}
+	r.deferral.reported = ""
+}

@@ -254,3 +254,27 @@ func TestDeferCommandErrorIsNotAnUpdate(t *testing.T) {
 		t.Fatalf("phase %s, %v, running %q", out.Phase, out.Err, e.current())
 	}
 }
+
+// A release withdrawn while the application defers it: the host's record
+// no longer says deferred.
+func TestWithdrawnReleaseEndsTheDeferral(t *testing.T) {
+	e := newEnv(t)
+	ff := &recordingFleet{}
+	r := e.runner(e.deferConfig(ff, fmt.Sprintf(`defer { command = "test ! -f %s/busy || exit 75" }`, e.dir)))
+	e.publish("v1")
+	v1, _ := os.ReadFile(e.store)
+	e.check(r, agent.ResultInstalled)
+	os.WriteFile(filepath.Join(e.dir, "busy"), nil, 0o644)
+	e.publish("v2")
+	e.check(r, agent.ResultDeferred)
+	os.WriteFile(e.store, v1, 0o644) // v1's bytes again: nothing to install
+	e.check(r, agent.ResultNoop)
+	ff.mu.Lock()
+	defer ff.mu.Unlock()
+	if n := ff.st.Nodes[len(ff.st.Nodes)-1]; n.Result == "deferred" || n.Reason != "" {
+		t.Fatalf("the record still says deferred: %+v", n)
+	}
+	if r.Status().Deferred != "" {
+		t.Fatalf("the status still says deferred: %+v", r.Status())
+	}
+}

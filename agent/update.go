@@ -449,6 +449,8 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 	}
 	if out.Result == ResultDeferred {
 		r.reportDeferred(ctx, st, out)
+	} else {
+		r.deferralEnded(ctx, st, out)
 	}
 	if out.announce != nil {
 		r.announce(ctx, *out.announce)
