@@ -308,7 +308,7 @@ func (a *Agent) log(r *Runner, out Outcome) {
 	switch {
 	case out.Err != nil:
 		a.logger.Error("check", append(attrs, "phase", out.Phase, "error", out.Err)...)
-	case out.Result == ResultSkipped:
+	case out.Result == ResultSkipped || out.Result == ResultDeferred:
 		a.logger.Info("check", append(attrs, "reason", out.Reason)...)
 	case out.Result == ResultNoop:
 		a.logger.Debug("check", attrs...)
