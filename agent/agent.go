@@ -206,6 +206,9 @@ func (a *Agent) loop(ctx context.Context, r *Runner) {
 		if out.rollout {
 			next = min(next, r.rolloutWait(out))
 		}
+		if out.Result == ResultDeferred && !out.Until.IsZero() {
+			next = min(next, max(time.Until(out.Until), 10*time.Millisecond))
+		}
 	}
 }
 
@@ -305,7 +308,7 @@ func (a *Agent) log(r *Runner, out Outcome) {
 	switch {
 	case out.Err != nil:
 		a.logger.Error("check", append(attrs, "phase", out.Phase, "error", out.Err)...)
-	case out.Result == ResultSkipped:
+	case out.Result == ResultSkipped || out.Result == ResultDeferred:
 		a.logger.Info("check", append(attrs, "reason", out.Reason)...)
 	case out.Result == ResultNoop:
 		a.logger.Debug("check", attrs...)

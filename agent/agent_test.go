@@ -40,7 +40,7 @@ func registry() agent.Registry {
 
 // env is one host: a config dir, a store, a state dir and a destination.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	dir   string
 	store string // the artifact file
 	dest  string
@@ -48,7 +48,7 @@ type env struct {
 	log   string // hooks append here
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	d := t.TempDir()
 	e := &env{t: t, dir: d, store: filepath.Join(d, "store", "app.tar.gz"), dest: filepath.Join(d, "srv", "app"),
 		state: filepath.Join(d, "state"), log: filepath.Join(d, "hooks.log")}

@@ -10,3 +10,6 @@ func (a *Agent) Updating() int32 { return a.updating.Load() }
 
 // SetClock replaces the runner's clock (back-offs, signing times).
 func (r *Runner) SetClock(now func() time.Time) { r.now = now }
+
+// SemaphoreForTest is the runner's fleet semaphore.
+func (r *Runner) SemaphoreForTest() any { return r.sem }

@@ -15,6 +15,7 @@ import (
 type hookBlock struct {
 	Kind      string   `hcl:"kind,label"`
 	OnFailure *string  `hcl:"on_failure,optional"`
+	Once      *string  `hcl:"once,optional"`
 	Full      hcl.Body `hcl:",body"` // for the ranges of the keys above
 	Body      hcl.Body `hcl:",remain"`
 }
@@ -67,7 +68,9 @@ func (d *decoder) chain(reg map[string]hooks.Factory, what string, blocks []hook
 				continue
 			}
 		}
-		steps = append(steps, hooks.Step{Kind: b.Kind, Hook: h, OnFailure: policy, Range: rng})
+		once, ds := decodeOnce(what, b, d.fleetKind)
+		diags = append(diags, ds...)
+		steps = append(steps, hooks.Step{Kind: b.Kind, Hook: h, OnFailure: policy, Range: rng, Once: once})
 	}
 	return steps, diags
 }

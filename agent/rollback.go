@@ -76,7 +76,12 @@ func (r *Runner) activate(ctx context.Context, id, aside string, ev hooks.Event,
 func (r *Runner) runChain(ctx context.Context, steps []hooks.Step, ev hooks.Event) error {
 	for i, s := range steps {
 		start := r.now()
-		err := s.Hook.Run(ctx, ev)
+		var err error
+		if s.Once == OnceFleet {
+			err = r.runOnce(ctx, s, fmt.Sprintf("%s-%d", ev.Phase, i+1), ev)
+		} else {
+			err = s.Hook.Run(ctx, ev)
+		}
 		if err == nil {
 			continue
 		}

@@ -53,7 +53,7 @@ func NewServer(version string) *Server {
 		return c
 	}
 	s.checks = counter("dropship_checks_total",
-		"Artifact checks, by service and result (noop, skipped, installed, failed, error).", "service", "result")
+		"Artifact checks, by service and result (noop, skipped, deferred, installed, failed, error).", "service", "result")
 	s.updates = counter("dropship_updates_total",
 		"Updates attempted, by service and result (installed, failed).", "service", "result")
 	s.failures = counter("dropship_update_failures_total",
@@ -64,7 +64,7 @@ func NewServer(version string) *Server {
 	r.MustRegister(s.duration)
 	s.downloaded = counter("dropship_downloaded_bytes_total",
 		"Bytes of artifacts downloaded and verified.", "service")
-	r.MustRegister(releaseAges{s})
+	r.MustRegister(releaseAges{s}, deferredNow{s})
 	return s
 }
 

@@ -34,7 +34,9 @@ type Service struct {
 	SharedDirs, SharedFiles []string
 	// Rollout, when set, shapes how the fleet takes a release: canary,
 	// waves, bake, gates, approvals, window, fleet revert.
-	Rollout      *rollout.Policy
+	Rollout *rollout.Policy
+	// Defer, when set, lets the application hold an update back.
+	Defer        *Deferral
 	KeepReleases int
 	Source       artifact.Source
 	Destination  string
@@ -77,6 +79,7 @@ type serviceBlock struct {
 	TrustedKeys   []string        `hcl:"trusted_keys,optional"`
 	Shared        []sharedBlock   `hcl:"shared,block"`
 	Rollout       []rolloutBlock  `hcl:"rollout,block"`
+	Defer         []deferBlock    `hcl:"defer,block"`
 	RevokedKeys   []string        `hcl:"revoked_keys,optional"`
 	KeepReleases  *int            `hcl:"keep_releases,optional"`
 	Artifacts     []artifactBlock `hcl:"artifact,block"`
@@ -183,6 +186,8 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 		*c.dst, dd = d.chain(c.reg, c.what, c.blocks, hookEnv, s)
 		diags = append(diags, dd...)
 	}
+	diags = append(diags, decodeDefer(s, b.Defer, hookEnv)...)
+	diags = append(diags, watchDiags(s)...)
 	return s, diags
 }
 

@@ -14,6 +14,12 @@ type Status struct {
 	Waiting     bool      `json:"waiting_for_slot"`
 	RolloutWait string    `json:"rollout_wait,omitempty"` // why the rollout holds this host back
 	Holding     bool      `json:"holding_slot"`
+	// Deferred is why the application holds the update back, since
+	// DeferredSince (defer block); "" when it does not.
+	Deferred      string    `json:"deferred,omitempty"`
+	DeferredSince time.Time `json:"deferred_since,omitzero"`
+	// WatchUntil is when the watch of the release just switched to ends.
+	WatchUntil time.Time `json:"watch_until,omitzero"`
 }
 
 // Status returns a copy of the runner's live status.
@@ -33,6 +39,12 @@ func (r *Runner) noteCheck(o Outcome, st *State) {
 	r.status.RolloutWait = ""
 	if o.rollout {
 		r.status.RolloutWait = o.Reason
+	}
+	if o.Result != ResultDeferred {
+		r.status.Deferred, r.status.DeferredSince = "", time.Time{}
+		if o.Result != ResultError {
+			r.deferral = deferring{}
+		}
 	}
 	r.status.LastError = ""
 	if o.Err != nil {
@@ -68,5 +80,23 @@ func (r *Runner) setWaiting(b bool) {
 func (r *Runner) setHolding(b bool) {
 	r.mu.Lock()
 	r.status.Holding = b
+	r.mu.Unlock()
+}
+
+func (r *Runner) setDeferred(reason string, since time.Time) {
+	r.mu.Lock()
+	r.status.Deferred, r.status.DeferredSince = reason, since.UTC()
+	if since.IsZero() {
+		r.status.DeferredSince = time.Time{}
+	}
+	r.mu.Unlock()
+}
+
+func (r *Runner) setWatching(until time.Time) {
+	r.mu.Lock()
+	r.status.WatchUntil = until.UTC()
+	if until.IsZero() {
+		r.status.WatchUntil = time.Time{}
+	}
 	r.mu.Unlock()
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/archive"
 	"github.com/dropshipd/dropship/artifact/signature"
+	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/internal/prefetch"
 )
@@ -126,6 +127,7 @@ func (t *txn) run(ctx context.Context) Outcome {
 		t.logger.Info("checksum source", "from", t.info.ChecksumFrom)
 	}
 	t.logger.Info("installing", "release", t.id, "from", t.info.Key, "size", t.info.Size)
+	outer := ctx
 	steps := []struct {
 		phase Phase
 		do    func(context.Context) error
@@ -138,6 +140,9 @@ func (t *txn) run(ctx context.Context) Outcome {
 		{PhaseBefore, t.before},
 		{PhaseSwitch, t.activate},
 		{PhaseCheck, t.check},
+		// The watch ends with the update's own context (shutdown,
+		// update_timeout), which the switch drops for the other steps.
+		{PhaseCheck, func(context.Context) error { return t.watch(outer) }},
 	}
 	for _, s := range steps {
 		if t.switched {
@@ -594,6 +599,10 @@ func (t *txn) fail(ctx context.Context, phase Phase, err error) Outcome {
 		return Outcome{Result: ResultError, Checksum: t.sum, Phase: PhaseDownload, Err: err}
 	case errors.Is(err, errLost):
 		return Outcome{Result: ResultError, Checksum: t.sum, Phase: PhaseLock, Err: err}
+	case errors.Is(err, fleet.ErrUnavailable) || errors.Is(err, errOnceWait):
+		// A run-once hook whose fleet could not be reached, or whose
+		// runner took too long: this host's trouble, not the release's.
+		return Outcome{Result: ResultError, Checksum: t.sum, Phase: phase, Err: err}
 	case !t.switched && ctx.Err() != nil && !errors.Is(cause, errUpdateTimeout):
 		// Shutting down, not the release's fault: abandoned, not failed.
 		if !errors.Is(err, ErrAbandoned) {

@@ -99,6 +99,9 @@ type Runner struct {
 	// recovered is set once recover has run to its end: a recovery that
 	// failed (a full disk, a file that cannot be removed) runs again at
 	// the next check instead of being taken as done.
+	// deferral is the update the application defers, if any.
+	deferral deferring
+
 	recoverMu sync.Mutex
 	recovered bool
 	crash     func(point string) // tests: crash here
@@ -232,6 +235,19 @@ func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
 	if stop != nil {
 		return r.finish(ctx, st, *stop)
 	}
+	if r.svc.Defer != nil {
+		// Asked before the slot is taken, so a deferring host holds no
+		// slot; asked again once it is held, and the lock file kept.
+		release, stop := r.mayStart(ctx, st, info.Checksum())
+		if stop != nil {
+			return r.finish(ctx, st, *stop)
+		}
+		if r.sem != nil {
+			release()
+		} else {
+			defer release()
+		}
+	}
 	lost := make(<-chan struct{})
 	if r.sem != nil {
 		slot, stop := r.takeSlot(ctx, info)
@@ -248,6 +264,13 @@ func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
 			if stop = r.rolloutAgain(ctx, info); stop != nil {
 				return r.finish(ctx, st, *stop)
 			}
+		}
+		if r.svc.Defer != nil {
+			release, stop := r.mayStart(ctx, st, info.Checksum())
+			if stop != nil {
+				return r.finish(ctx, st, *stop)
+			}
+			defer release()
 		}
 	}
 	if r.updating != nil {
@@ -381,7 +404,7 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 	}
 	// A check that found nothing to do and no new error leaves the state
 	// file alone: no write and no fsync every interval.
-	quiet := (out.Result == ResultNoop || out.Result == ResultSkipped) && st.LastError == lastError
+	quiet := (out.Result == ResultNoop || out.Result == ResultSkipped || out.Result == ResultDeferred) && st.LastError == lastError
 	if !quiet {
 		st.LastCheck = r.now().UTC()
 		if err := st.Save(r.lay.dir); err != nil {
@@ -437,6 +460,11 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 		if ns.Counted && r.decider != nil && !r.underMaxFailed(ctx, out.Checksum) {
 			r.trip(ctx, out)
 		}
+	}
+	if out.Result == ResultDeferred {
+		r.reportDeferred(ctx, st, out)
+	} else {
+		r.deferralEnded(ctx, st, out)
 	}
 	if out.announce != nil {
 		r.announce(ctx, *out.announce)

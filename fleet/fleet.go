@@ -105,6 +105,9 @@ type NodeStatus struct {
 	// Counted: the failure is the release's fault (it trips breakers and
 	// counts toward a rollout's max_failed), not this host's trouble.
 	Counted bool `json:"counted,omitempty"`
+	// Reason is why the host waits: the application defers the update
+	// of Attempt (Result "deferred").
+	Reason string `json:"reason,omitempty"`
 }
 
 // ServiceWatcher is a Fleet whose records of a service can be waited on.
@@ -242,6 +245,7 @@ const (
 	EventPin      = "pin"      // hosts pinned to a release
 	EventUnpin    = "unpin"
 	EventForget   = "forget" // a host's record removed
+	EventDefer    = "defer"  // the application deferred an update on a host
 )
 
 // Event is one entry of the audit log: who did what to which service,
@@ -278,6 +282,9 @@ func OutcomeEvents(st NodeStatus) []Event {
 		return []Event{ev}
 	case "rolledback":
 		ev.Kind, ev.Detail = EventRollback, strings.TrimSpace("operator rollback "+ev.Detail)
+		return []Event{ev}
+	case "deferred":
+		ev.Kind, ev.Release, ev.Detail = EventDefer, "", Clip(st.Reason)
 		return []Event{ev}
 	case "failed":
 		ev.Kind, ev.Release = EventFailure, ""

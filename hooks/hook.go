@@ -36,6 +36,9 @@ type Event struct {
 	Error        string
 	Duration     time.Duration
 	Time         time.Time
+	// RunID names one run of a run-once hook (once = "fleet"): a run
+	// started again after its host died has the same.
+	RunID string
 }
 
 // Hook is one step of a gating chain (before, after, check, rollback):
@@ -91,6 +94,9 @@ type Step struct {
 	Hook      Hook
 	OnFailure Policy
 	Range     hcl.Range
+	// Once is "fleet" for a hook one host of the fleet runs per release
+	// while the others wait for it; "" for every host.
+	Once string
 }
 
 // Redact shows a URL as its scheme and host only: its user info, path

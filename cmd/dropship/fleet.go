@@ -118,6 +118,7 @@ func fleetCmd(g *globals) *cobra.Command {
 				}
 				printFleet(g, st)
 				printRollout(cmd.Context(), g, policyOf(cfg, svc), st)
+				printOnce(cmd.Context(), g, p, svc)
 			}
 			return nil
 		},
@@ -305,7 +306,7 @@ func printFleet(g *globals, st fleet.Status) {
 	fmt.Fprintln(tw, "NODE\tCHECKSUM\tRELEASE\tLAST RESULT\tPHASE\tTIME\tERROR")
 	for _, n := range st.Nodes {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Node, orDash(n.Checksum), orDash(n.Release), n.Result, orDash(n.Phase),
-			n.Time.Format(time.RFC3339), oneLine(n.Error))
+			n.Time.Format(time.RFC3339), oneLine(n.Error+n.Reason))
 	}
 	tw.Flush()
 }

@@ -83,8 +83,15 @@ func statusCmd(g *globals) *cobra.Command {
 				case s.Waiting:
 					slot = "waiting"
 				}
+				detail := oneLine(s.LastError)
+				switch {
+				case s.Deferred != "":
+					detail = "deferred since " + when(s.DeferredSince) + ": " + oneLine(s.Deferred)
+				case !s.WatchUntil.IsZero():
+					detail = "watching the new release's health until " + when(s.WatchUntil)
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Service, orDash(s.Checksum), orDash(s.Release),
-					when(s.LastCheck), orDash(string(s.LastResult)), when(s.NextCheck), slot, oneLine(s.LastError))
+					when(s.LastCheck), orDash(string(s.LastResult)), when(s.NextCheck), slot, detail)
 			}
 			return tw.Flush()
 		},

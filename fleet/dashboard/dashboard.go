@@ -522,6 +522,7 @@ func clipStatus(st fleet.Status) fleet.Status {
 	for i, n := range st.Nodes {
 		n.Node, n.Checksum, n.Release, n.Result, n.Attempt, n.Phase, n.Error, n.Policy =
 			c(n.Node), c(n.Checksum), c(n.Release), c(n.Result), c(n.Attempt), c(n.Phase), c(n.Error), c(n.Policy)
+		n.Reason = c(n.Reason)
 		if len(n.Tags) > 64 {
 			n.Tags = n.Tags[:64]
 		}

@@ -219,6 +219,15 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 		if len(pr.pending) > 0 {
 			dec.Reason = fmt.Sprintf("waiting for wave %s: %d of %d hosts done (%s to go)", steps[j].Name,
 				len(pr.done)+len(pr.failed), len(steps[j].Nodes), list(pr.pending))
+			var deferring []string
+			for _, n := range pr.pending {
+				if r := nodes[n]; r.Result == "deferred" && r.Attempt == v.Checksum {
+					deferring = append(deferring, n)
+				}
+			}
+			if len(deferring) > 0 {
+				dec.Reason += "; the application defers it on " + list(deferring)
+			}
 			return dec
 		}
 		last, prev = pr, j

@@ -209,6 +209,16 @@ func TestDecideWavesBakeGatesApprovalWindow(t *testing.T) {
 	if dec := decide(wave1, st, now); dec.Go || !strings.Contains(dec.Reason, "waiting for wave canary: 0 of 1") {
 		t.Fatalf("wave 1 before the canary: %+v", dec)
 	}
+	// The canary's application defers the release: the wave says so.
+	deferred := fleetOf(p, 4, "new", nil)
+	for i := range deferred.Nodes {
+		if deferred.Nodes[i].Node == canary {
+			deferred.Nodes[i].Result, deferred.Nodes[i].Attempt = "deferred", "new"
+		}
+	}
+	if dec := decide(wave1, deferred, now); dec.Go || !strings.Contains(dec.Reason, "the application defers it on "+canary) {
+		t.Fatalf("wave 1 while the canary defers: %+v", dec)
+	}
 	// The canary done: wave 1 bakes for 10 minutes, asking the gate.
 	st = fleetOf(p, 4, "new", map[string]time.Time{canary: now})
 	dec := decide(wave1, st, now.Add(time.Minute))

@@ -22,21 +22,34 @@ import (
 
 // Retry runs Probe until it passes: after StartPeriod, up to Retries
 // attempts, Interval apart, each bounded by Timeout.
+//
+// With a Watch window, the check goes on after it passed: a probe (up to
+// Retries attempts) every WatchInterval until the window closes; Failures
+// failed probes within it fail the check (see Watch).
 type Retry struct {
-	Probe       hooks.Hook
-	Interval    time.Duration
-	Timeout     time.Duration
-	Retries     int
-	StartPeriod time.Duration
+	Probe         hooks.Hook
+	Interval      time.Duration
+	Timeout       time.Duration
+	Retries       int
+	StartPeriod   time.Duration
+	Window        time.Duration
+	WatchInterval time.Duration
+	Failures      int
 }
 
+// DefaultWatchInterval is how often a watched check probes.
+const DefaultWatchInterval = 5 * time.Second
+
 type common struct {
-	Interval    *string  `hcl:"interval,optional"`
-	Timeout     *string  `hcl:"timeout,optional"`
-	Retries     *int     `hcl:"retries,optional"`
-	StartPeriod *string  `hcl:"start_period,optional"`
-	Full        hcl.Body `hcl:",body"`
-	Rest        hcl.Body `hcl:",remain"`
+	Interval      *string  `hcl:"interval,optional"`
+	Timeout       *string  `hcl:"timeout,optional"`
+	Retries       *int     `hcl:"retries,optional"`
+	StartPeriod   *string  `hcl:"start_period,optional"`
+	Watch         *string  `hcl:"watch,optional"`
+	WatchInterval *string  `hcl:"watch_interval,optional"`
+	Failures      *int     `hcl:"failures,optional"`
+	Full          hcl.Body `hcl:",body"`
+	Rest          hcl.Body `hcl:",remain"`
 }
 
 func decodeCommon(body hcl.Body) (*Retry, hcl.Body, hcl.Diagnostics) {
@@ -59,7 +72,78 @@ func decodeCommon(body hcl.Body) (*Retry, hcl.Body, hcl.Diagnostics) {
 			diags = append(diags, hclx.Errorf(c.Full, "retries", "Invalid retries", "retries is the number of attempts: 1 or more."))
 		}
 	}
+	diags = append(diags, decodeWatch(r, c)...)
 	return r, c.Rest, diags
+}
+
+// decodeWatch reads watch, watch_interval and failures.
+func decodeWatch(r *Retry, c common) hcl.Diagnostics {
+	var diags, d hcl.Diagnostics
+	r.Window, d = hclx.Duration(c.Full, "watch", hclx.Str(c.Watch), 0)
+	diags = append(diags, d...)
+	r.WatchInterval, d = hclx.Duration(c.Full, "watch_interval", hclx.Str(c.WatchInterval), DefaultWatchInterval)
+	diags = append(diags, d...)
+	r.Failures = 1
+	if c.Failures != nil {
+		r.Failures = *c.Failures
+		if r.Failures < 1 {
+			diags = append(diags, hclx.Errorf(c.Full, "failures", "Invalid failures",
+				"failures is how many failed probes within the watch window roll the release back: 1 or more."))
+		}
+	}
+	if r.Window <= 0 {
+		for _, k := range []struct {
+			name string
+			set  bool
+		}{{"watch_interval", c.WatchInterval != nil}, {"failures", c.Failures != nil}} {
+			if k.set {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: k.name + " without watch",
+					Detail:  k.name + " applies to the watch window after the switch, and this check has no watch = \"…\": it is ignored.",
+					Subject: hclx.AttrRange(c.Full, k.name)})
+			}
+		}
+		return diags
+	}
+	if r.WatchInterval <= 0 {
+		diags = append(diags, hclx.Errorf(c.Full, "watch_interval", "Invalid duration", "watch_interval must be more than zero."))
+	}
+	return diags
+}
+
+// WatchWindow is how long the check goes on after the switch; 0 for none.
+func (r *Retry) WatchWindow() time.Duration { return r.Window }
+
+// Watch probes every WatchInterval for the window and fails once
+// Failures probes have failed in it; a probe fails when all its Retries
+// attempts do, so one lost request is not a rollback. It ends early, with
+// nil, when ctx ends; failed is called at each failed probe.
+func (r *Retry) Watch(ctx context.Context, ev hooks.Event, failed func(n int, err error)) error {
+	end := time.NewTimer(r.Window)
+	defer end.Stop()
+	tick := time.NewTicker(r.WatchInterval)
+	defer tick.Stop()
+	probes, fails := 0, 0
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-end.C:
+			return nil
+		case <-tick.C:
+		}
+		probes++
+		err := r.attempts(ctx, ev)
+		if err == nil || ctx.Err() != nil {
+			continue
+		}
+		fails++
+		if failed != nil {
+			failed(fails, err)
+		}
+		if fails >= r.Failures {
+			return fmt.Errorf("watch: %d of %d probes failed within %s of the switch; last: %w", fails, probes, r.Window, err)
+		}
+	}
 }
 
 // Run waits the start period, then tries the probe until it passes.
@@ -67,6 +151,11 @@ func (r *Retry) Run(ctx context.Context, ev hooks.Event) error {
 	if err := sleep(ctx, r.StartPeriod); err != nil {
 		return err
 	}
+	return r.attempts(ctx, ev)
+}
+
+// attempts tries the probe up to Retries times, Interval apart.
+func (r *Retry) attempts(ctx context.Context, ev hooks.Event) error {
 	var last error
 	for i := 1; i <= r.Retries; i++ {
 		actx, cancel := context.WithTimeout(ctx, r.Timeout)

@@ -2,12 +2,14 @@ package check_test
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/hcl/v2/hclparse"
 
@@ -99,5 +101,38 @@ func TestStartPeriodThenPass(t *testing.T) {
 start_period = "10ms"`)
 	if err := h.Run(context.Background(), hooks.Event{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// probeFunc is a probe a test scripts.
+type probeFunc func() error
+
+func (f probeFunc) Run(context.Context, hooks.Event) error { return f() }
+
+// Watch fails at the failures-th failed probe, not before; a probe fails
+// only when all its attempts do.
+func TestWatchCountsFailedProbes(t *testing.T) {
+	var n atomic.Int32
+	// Attempts alternate: probes of 1 attempt fail every other time.
+	flaky := probeFunc(func() error {
+		if n.Add(1)%2 == 0 {
+			return errors.New("down")
+		}
+		return nil
+	})
+	r := &check.Retry{Probe: flaky, Retries: 1, Timeout: time.Second, Window: time.Hour, WatchInterval: time.Millisecond, Failures: 3}
+	var seen []int
+	err := r.Watch(context.Background(), hooks.Event{}, func(k int, _ error) { seen = append(seen, k) })
+	if err == nil || !strings.Contains(err.Error(), "3 of 6 probes failed") || len(seen) != 3 {
+		t.Fatalf("err %v, failed probes seen %v", err, seen)
+	}
+	// Two attempts a probe: never two failures in a row, so no failed probe.
+	n.Store(0)
+	r.Retries, r.Interval, r.Failures, r.Window = 2, time.Millisecond, 1, 200*time.Millisecond
+	if err := r.Watch(context.Background(), hooks.Event{}, nil); err != nil {
+		t.Fatalf("with retries = 2: %v", err)
+	}
+	if n.Load() < 10 {
+		t.Fatalf("only %d attempts in the window", n.Load())
 	}
 }

@@ -117,6 +117,9 @@ func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
 		"DROPSHIP_RESULT="+ev.Result,
 		"DROPSHIP_HOSTNAME="+ev.Hostname,
 	)
+	if ev.RunID != "" {
+		cmd.Env = append(cmd.Env, "DROPSHIP_RUN_ID="+ev.RunID)
+	}
 	cmd.Env = append(cmd.Env, h.Env...)
 	out := &tail{max: outputLimit}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -183,12 +186,21 @@ func (h *Hook) Run(ctx context.Context, ev hooks.Event) error {
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
-			return fmt.Errorf("script exited with status %d%s", ee.ExitCode(), lastLines(text))
+			return &ExitError{Code: ee.ExitCode(), msg: fmt.Sprintf("script exited with status %d%s", ee.ExitCode(), lastLines(text))}
 		}
 		return fmt.Errorf("script: %w%s", err, lastLines(text))
 	}
 	return nil
 }
+
+// ExitError is a command that ran and exited non-zero: callers that give
+// exit codes a meaning (75, EX_TEMPFAIL: "not now") read Code.
+type ExitError struct {
+	Code int
+	msg  string
+}
+
+func (e *ExitError) Error() string { return e.msg }
 
 func workDir(ev hooks.Event) string {
 	for _, d := range []string{ev.ReleaseDir, ev.PreviousDir} {
