@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -19,8 +20,9 @@ import (
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
-// minioBucket is a store on the test MinIO with a new bucket in it.
-func minioBucket(t *testing.T, bucket string) *s3.Store {
+// minioBucket is a store on the test MinIO with a new bucket in it,
+// named after bucket and new to this run of the test (-count).
+func minioBucket(t *testing.T, bucket string) (*s3.Store, string) {
 	t.Helper()
 	minio := servers.MinIO(t)
 	st, err := s3.NewStore(context.Background(), s3.Config{Endpoint: aws.String(minio.Endpoint),
@@ -28,11 +30,14 @@ func minioBucket(t *testing.T, bucket string) *s3.Store {
 	if err != nil {
 		t.Fatal(err)
 	}
+	bucket = fmt.Sprintf("%s-%d", bucket, bucketSeq.Add(1))
 	if err := st.CreateBucket(context.Background(), bucket); err != nil {
 		t.Fatal(err)
 	}
-	return st
+	return st, bucket
 }
+
+var bucketSeq atomic.Int64
 
 // e2e runs the real binary against a real store: publish v1, agent --once
 // installs it, a second run does nothing, publish v2, agent installs it.
@@ -88,7 +93,7 @@ service "app" {
 
 func TestEndToEndS3(t *testing.T) {
 	minio := servers.MinIO(t)
-	minioBucket(t, "e2e-releases")
+	_, b := minioBucket(t, "e2e-releases")
 	e2e(t, fmt.Sprintf(`repo "s3" {
   region     = "us-east-1"
   endpoint   = %q
@@ -96,10 +101,10 @@ func TestEndToEndS3(t *testing.T) {
   secret_key = %q
 }`, minio.Endpoint, minio.AccessKey, minio.SecretKey),
 		`artifact "s3" {
-    bucket      = "e2e-releases"
+    bucket      = "`+b+`"
     path        = "app/app.tar.gz"
     destination = %q
-  }`, "s3://e2e-releases/app/app.tar.gz")
+  }`, "s3://"+b+"/app/app.tar.gz")
 }
 
 func TestEndToEndSwift(t *testing.T) {

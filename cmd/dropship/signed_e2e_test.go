@@ -106,7 +106,7 @@ func must[T any](v T, err error) T {
 
 func TestSignedEndToEndS3(t *testing.T) {
 	minio := servers.MinIO(t)
-	minioBucket(t, "signed-releases")
+	_, b := minioBucket(t, "signed-releases")
 	signedE2E(t, fmt.Sprintf(`repo "s3" {
   region     = "us-east-1"
   endpoint   = %q
@@ -114,10 +114,10 @@ func TestSignedEndToEndS3(t *testing.T) {
   secret_key = %q
 }`, minio.Endpoint, minio.AccessKey, minio.SecretKey),
 		`artifact "s3" {
-    bucket      = "signed-releases"
+    bucket      = "`+b+`"
     path        = "app/app.tar.gz"
     destination = %q
-  }`, "s3://signed-releases/app/app.tar.gz")
+  }`, "s3://"+b+"/app/app.tar.gz")
 }
 
 func TestSignedEndToEndSwift(t *testing.T) {

@@ -24,13 +24,13 @@ import (
 func TestStalledHostFreesTheSlot(t *testing.T) {
 	minio := servers.MinIO(t)
 	c := consulServer(t)
-	st := minioBucket(t, "stall")
+	st, bucket := minioBucket(t, "stall")
 	dir := t.TempDir()
 	noise := make([]byte, 2<<20) // incompressible: the body is long
 	rand.Read(noise)
 	art := filepath.Join(dir, "app.tar.gz")
 	os.WriteFile(art, testutil.TarGz(t, testutil.File{Name: "VERSION", Body: "v1"}, testutil.File{Name: "noise", Body: string(noise)}), 0o644)
-	if _, err := st.Publish(context.Background(), "stall", "app.tar.gz", art, 0); err != nil {
+	if _, err := st.Publish(context.Background(), bucket, "app.tar.gz", art, 0); err != nil {
 		t.Fatal(err)
 	}
 
@@ -50,14 +50,14 @@ func TestStalledHostFreesTheSlot(t *testing.T) {
 node_name  = %q
 lock "consul" {
   address     = %q
-  prefix      = "test/stall"
+  prefix      = "test/%s"
   session_ttl = "10s"
 }
 service "app" {
   sequential     = true
   update_timeout = "3s"
   artifact "s3" {
-    bucket        = "stall"
+    bucket        = %q
     path          = "app.tar.gz"
     destination   = %q
     endpoint      = "http://%s"
@@ -66,7 +66,7 @@ service "app" {
     stall_timeout = "1m"
   }
 }
-`, filepath.Join(dir, h.name, "state"), h.name, c.Addr, h.dest, h.proxy.Addr(), minio.AccessKey, minio.SecretKey)), 0o600)
+`, filepath.Join(dir, h.name, "state"), h.name, c.Addr, bucket, bucket, h.dest, h.proxy.Addr(), minio.AccessKey, minio.SecretKey)), 0o600)
 		hosts = append(hosts, h)
 	}
 	start := func(h *host) {

@@ -92,7 +92,7 @@ func TestWatchBringsReleasesAtOnce(t *testing.T) {
 func TestPublishAnnouncesToWatchingAgents(t *testing.T) {
 	minio := servers.MinIO(t)
 	c := consulServer(t)
-	minioBucket(t, "watched")
+	_, bucket := minioBucket(t, "watched")
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "dropship.hcl")
 	dest := filepath.Join(dir, "srv", "app")
@@ -104,21 +104,21 @@ repo "s3" {
 }
 lock "consul" {
   address = %q
-  prefix  = "test/announce"
+  prefix  = "test/%s"
 }
 service "app" {
   artifact "s3" {
-    bucket      = "watched"
+    bucket      = %q
     path        = "app.tar.gz"
     destination = %q
   }
 }
-`, minio.Endpoint, minio.AccessKey, minio.SecretKey, c.Addr, dest)), 0o600)
+`, minio.Endpoint, minio.AccessKey, minio.SecretKey, c.Addr, bucket, bucket, dest)), 0o600)
 	publish := func(v string) string {
 		t.Helper()
 		art := filepath.Join(dir, v+".tar.gz")
 		os.WriteFile(art, testutil.TarGz(t, testutil.File{Name: "VERSION", Body: v}), 0o644)
-		out, errOut, code := run(t, "publish", "-c", cfg, art, "--to", "s3://watched/app.tar.gz")
+		out, errOut, code := run(t, "publish", "-c", cfg, art, "--to", "s3://"+bucket+"/app.tar.gz")
 		if code != 0 || !strings.Contains(out, "announced app") {
 			t.Fatalf("publish: %d\n%s%s", code, out, errOut)
 		}

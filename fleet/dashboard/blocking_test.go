@@ -41,9 +41,9 @@ type faultyConsul struct {
 
 // down fails every request from now on, those waiting in Consul too.
 func (f *faultyConsul) down() {
-	f.mode.Store("down")
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.mode.Store("down")
 	for _, cancel := range f.pending {
 		cancel()
 	}
@@ -92,13 +92,16 @@ func newFaultyConsul(t *testing.T) *faultyConsul {
 		},
 	}
 	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if f.mode.Load() == "down" {
-			http.Error(w, "no cluster leader", http.StatusInternalServerError)
-			return
-		}
+		// Checked and registered at once: a request down() does not
+		// cancel is one that sees the mode down.
 		ctx, cancel := context.WithCancel(r.Context())
 		defer cancel()
 		f.mu.Lock()
+		if f.mode.Load() == "down" {
+			f.mu.Unlock()
+			http.Error(w, "no cluster leader", http.StatusInternalServerError)
+			return
+		}
 		f.pending[r] = cancel
 		f.mu.Unlock()
 		defer func() { f.mu.Lock(); delete(f.pending, r); f.mu.Unlock() }()
@@ -215,7 +218,7 @@ func TestConsulDownIsOneWarningAndBackoff(t *testing.T) {
 		t.Fatalf("%d warnings for the outage of the audit log, want 1", n)
 	}
 	if n := log.count("could not read the fleet"); n != 1 {
-		t.Fatalf("%d warnings for the outage of the watch, want 1", n)
+		t.Fatalf("%d warnings for the outage of the watch, want 1:\n%s", n, log.buf.String())
 	}
 }
 

@@ -97,7 +97,8 @@ type Server struct {
 	sleep      func(context.Context, time.Duration) bool // the blocking queries' waits; nil: a timer
 	gap        time.Duration                             // the least time from one to the next
 
-	snap atomic.Pointer[Fleet]
+	snap    atomic.Pointer[Fleet]
+	failing atomic.Bool // a read of the fleet failed and none succeeded since
 
 	mu      sync.Mutex
 	events  map[string][]fleet.Event      // newest last, at most keep
@@ -277,12 +278,15 @@ func (s *Server) refresh(ctx context.Context, idx uint64) {
 		s.follow(ctx, name)
 		f.Services = append(f.Services, s.summarize(ctx, st))
 	}
+	s.failing.Store(false)
 	s.snap.Store(f)
 	s.notify()
 }
 
 func (s *Server) fail(err error) {
-	s.log.Warn("could not read the fleet", "error", err)
+	if !s.failing.Swap(true) { // one warning per outage, whichever read meets it first
+		s.log.Warn("could not read the fleet", "error", err)
+	}
 	old := s.snap.Load()
 	f := *old
 	f.Error = err.Error()
