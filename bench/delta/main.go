@@ -6,11 +6,12 @@
 //
 // Each round, from an empty state:
 //
-//   - first: v1 installed with an empty chunk cache (the archive, the
+//   - full v1: v1 installed from the archive alone (chunk_cache = 0), as
+//     before chunked deltas;
+//   - first v1: v1 installed with an empty chunk cache (the archive, the
 //     cache filled from its tar);
-//   - delta: v2 installed over it (only the changed chunks fetched);
-//   - full: v2 installed from the archive alone (chunk_cache = 0), as
-//     before chunked deltas.
+//   - delta v2: v2 installed over it (only the changed chunks fetched);
+//   - full v2: v2 from the archive alone.
 //
 // It prints wall time and bytes fetched per round, then the best round of
 // each and the ratios the targets are set on: delta/full time, delta
@@ -130,12 +131,19 @@ service "bench" {
 
 	var best struct{ first, delta, full time.Duration }
 	var deltaBytes, archiveBytes int64
-	fmt.Printf("\n%-6s %-10s %-22s %-10s\n", "round", "first", "delta (fetched)", "full")
+	fmt.Printf("\n%-6s %-10s %-10s %-22s %-10s\n", "round", "full v1", "first v1", "delta v2 (fetched)", "full v2")
 	for r := 1; r <= *rounds; r++ {
-		reset()
+		// Each install next to the one it is compared with, right after
+		// the same publish: v1 full then first; v2 delta then full.
 		if _, err := publish(v1); err != nil {
 			return err
 		}
+		reset()
+		full1, _, err := install(bin, without)
+		if err != nil {
+			return err
+		}
+		reset()
 		first, _, err := install(bin, withChunks)
 		if err != nil {
 			return err
@@ -152,13 +160,13 @@ service "bench" {
 			return fmt.Errorf("the second install was no delta")
 		}
 		reset()
-		full, _, err := install(bin, without)
+		full2, _, err := install(bin, without)
 		if err != nil {
 			return err
 		}
-		fmt.Printf("%-6d %-10s %-22s %-10s\n", r, fmt.Sprintf("%.2fs", first.Seconds()),
-			fmt.Sprintf("%.2fs (%.2f MiB)", delta.Seconds(), float64(fetched)/(1<<20)), fmt.Sprintf("%.2fs", full.Seconds()))
-		best.first, best.delta, best.full = minNZ(best.first, first), minNZ(best.delta, delta), minNZ(best.full, full)
+		fmt.Printf("%-6d %-10s %-10s %-22s %-10s\n", r, fmt.Sprintf("%.2fs", full1.Seconds()), fmt.Sprintf("%.2fs", first.Seconds()),
+			fmt.Sprintf("%.2fs (%.2f MiB)", delta.Seconds(), float64(fetched)/(1<<20)), fmt.Sprintf("%.2fs", full2.Seconds()))
+		best.first, best.delta, best.full = minNZ(best.first, first), minNZ(best.delta, delta), minNZ(minNZ(best.full, full1), full2)
 		deltaBytes, archiveBytes = fetched, size
 	}
 	reset()
