@@ -454,7 +454,9 @@ func TestStalledBodyResumes(t *testing.T) {
 	put(t, c, b, "k", data)
 	p := sourcetest.NewProxy(t, servers.MinIO(t).Addr)
 	pol := fast()
-	pol.Stall = 300 * time.Millisecond
+	// Long enough that a loaded machine's own pauses are not taken for
+	// the proxy's stall, which lasts until the request is given up.
+	pol.Stall = 2 * time.Second
 	src := artifact.Retry(client(t, "http://"+p.Addr(), servers.MinIO(t).SecretKey).Source(b, "k"), pol, nil)
 	pin, err := src.Stat(context.Background())
 	if err != nil {
