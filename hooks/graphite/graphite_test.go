@@ -56,17 +56,18 @@ data = "{{.Hash}} after {{.PreviousHash}} in {{.Duration}}"
 	if diags.HasErrors() {
 		t.Fatal(diags)
 	}
-	ev := hooks.Event{Name: "api-event-test", Hostname: "web-1", Hash: "abc", PreviousHash: "def", Result: "success", Duration: 1500 * time.Millisecond}
+	name := strings.ToLower(testutil.Unique(t)) // with -count, a run of its own
+	ev := hooks.Event{Name: name, Hostname: "web-1", Hash: "abc", PreviousHash: "def", Result: "success", Duration: 1500 * time.Millisecond}
 	if err := h.Announce(context.Background(), ev); err != nil {
 		t.Fatal(err)
 	}
-	events := GraphiteEvents(t, servers.Graphite(t).URL, "api-event-test")
+	events := GraphiteEvents(t, servers.Graphite(t).URL, name)
 	if len(events) != 1 {
 		t.Fatalf("%d events", len(events))
 	}
 	e := events[0]
 	tags := fmt.Sprint(e["tags"])
-	if e["what"] != "deployed api-event-test to web-1" || e["data"] != "abc after def in 1.5s" ||
+	if e["what"] != "deployed "+name+" to web-1" || e["data"] != "abc after def in 1.5s" ||
 		!strings.Contains(tags, "deploy") || !strings.Contains(tags, "production") || !strings.Contains(tags, "success") {
 		t.Fatalf("event %v", e)
 	}
