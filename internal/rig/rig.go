@@ -186,10 +186,19 @@ func StartMinIO() (*MinIO, error) {
 		m.stop()
 		return nil, err
 	}
-	if err := waitHTTP(m.Endpoint+"/minio/health/live", 60*time.Second, ok200); err != nil {
-		log := tail(filepath.Join(dir, "minio.log"))
-		m.stop()
-		return nil, fmt.Errorf("%w\n%s", err, log)
+	// Live is not ready: until its object layer is up, MinIO answers S3
+	// requests 503 "Server not initialized" (a loaded machine shows it).
+	// An anonymous listing is refused (403) once it is.
+	initialized := func(r *http.Response, _ []byte) bool { return r.StatusCode == http.StatusForbidden }
+	for _, w := range []struct {
+		path  string
+		ready func(*http.Response, []byte) bool
+	}{{"/minio/health/live", ok200}, {"/", initialized}} {
+		if err := waitHTTP(m.Endpoint+w.path, 120*time.Second, w.ready); err != nil {
+			log := tail(filepath.Join(dir, "minio.log"))
+			m.stop()
+			return nil, fmt.Errorf("%w\n%s", err, log)
+		}
 	}
 	return m, nil
 }
