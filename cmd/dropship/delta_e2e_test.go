@@ -20,7 +20,7 @@ import (
 // an index signed by an untrusted key is not used (the archive is).
 func TestSignedDeltaEndToEndS3(t *testing.T) {
 	minio := servers.MinIO(t)
-	minioBucket(t, "delta-releases")
+	_, bucket := minioBucket(t, "delta-releases")
 	dir := t.TempDir()
 	for _, k := range []string{"ci", "forger"} {
 		if _, errOut, code := run(t, "keygen", "--out", filepath.Join(dir, k), "--no-password"); code != 0 {
@@ -39,12 +39,12 @@ repo "s3" {
 service "app" {
   trusted_keys = [%q]
   artifact "s3" {
-    bucket      = "delta-releases"
+    bucket      = "%s"
     path        = "app/app.tar"
     destination = %q
   }
 }
-`, filepath.Join(dir, "state"), minio.Endpoint, minio.AccessKey, minio.SecretKey, filepath.Join(dir, "ci.pub"), dest)), 0o600)
+`, filepath.Join(dir, "state"), minio.Endpoint, minio.AccessKey, minio.SecretKey, filepath.Join(dir, "ci.pub"), bucket, dest)), 0o600)
 	// A plain tar: the test needs no compressor, and the chunks are the same.
 	art := func(v string, changed byte) string {
 		var b bytes.Buffer
@@ -70,7 +70,7 @@ service "app" {
 	}
 	publish := func(file, key string) string {
 		t.Helper()
-		out, errOut, code := run(t, "publish", file, "-c", cfg, "--to", "s3://delta-releases/app/app.tar", "--sign", filepath.Join(dir, key), "--service", "app")
+		out, errOut, code := run(t, "publish", file, "-c", cfg, "--to", "s3://"+bucket+"/app/app.tar", "--sign", filepath.Join(dir, key), "--service", "app")
 		if code != 0 {
 			t.Fatalf("publish: %d\n%s%s", code, out, errOut)
 		}

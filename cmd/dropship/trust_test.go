@@ -25,10 +25,10 @@ import (
 // s3Fleet is n agents following one object in the test MinIO, with a
 // rollout that reverts on failure, coordinated through the test Consul.
 // extra goes into the service block.
-func s3Fleet(t *testing.T, n int, bucket string, extra string) (*fleetRig, *awss3.Client) {
+func s3Fleet(t *testing.T, n int, bucket string, extra string) (*fleetRig, *awss3.Client, string) {
 	c := consulServer(t)
 	minio := servers.MinIO(t)
-	minioBucket(t, bucket)
+	_, bucket = minioBucket(t, bucket)
 	dir := t.TempDir()
 	f := &fleetRig{t: t, dir: dir, shared: filepath.Join(dir, "timeline"), prefix: "test/" + strings.ToLower(t.Name())}
 	if cl, err := api.NewClient(&api.Config{Address: c.Addr}); err == nil {
@@ -72,7 +72,7 @@ service "app" {
 	t.Cleanup(f.stopAll)
 	sdk := awss3.New(awss3.Options{Region: "us-east-1", BaseEndpoint: aws.String(minio.Endpoint), UsePathStyle: true,
 		Credentials: credentials.NewStaticCredentialsProvider(minio.AccessKey, minio.SecretKey, "")})
-	return f, sdk
+	return f, sdk, bucket
 }
 
 // put uploads body as the artifact, with meta as its user metadata.
@@ -91,8 +91,7 @@ func put(t *testing.T, sdk *awss3.Client, bucket, key string, body []byte, meta 
 // is not tripped for the checksum the store merely claims, so the hosts
 // running the good release stay on it (on_failure = "revert").
 func TestJunkClaimingAGoodChecksumTripsNothing(t *testing.T) {
-	const bucket = "trust-junk"
-	f, sdk := s3Fleet(t, 2, bucket, "")
+	f, sdk, bucket := s3Fleet(t, 2, "trust-junk", "")
 	v1 := testutil.TarGz(t, testutil.File{Name: "VERSION", Body: "v1"})
 	put(t, sdk, bucket, "app.tar.gz", v1, nil)
 	f.start(f.hosts[0])
@@ -153,9 +152,9 @@ func plainTar(t *testing.T, version string) []byte {
 // download but before any unpacking when only the content does. Either
 // refusal is a failure, counted and backed off, not retried each check.
 func TestBytesBesideAnOldSignatureAreNeverUnpacked(t *testing.T) {
-	const bucket = "trust-unpack"
+	bucket := "trust-unpack"
 	minio := servers.MinIO(t)
-	minioBucket(t, bucket)
+	_, bucket = minioBucket(t, bucket)
 	sdk := awss3.New(awss3.Options{Region: "us-east-1", BaseEndpoint: aws.String(minio.Endpoint), UsePathStyle: true,
 		Credentials: credentials.NewStaticCredentialsProvider(minio.AccessKey, minio.SecretKey, "")})
 	dir := t.TempDir()
