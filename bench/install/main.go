@@ -46,6 +46,7 @@ var (
 	rounds  = flag.Int("rounds", 3, "rounds per format")
 	work    = flag.String("dir", "/dev/shm/dropship-bench", "work directory (tmpfs)")
 	trees   = flag.String("trees", "generated,real", "trees to install: generated, real")
+	formats = flag.String("formats", "tar.gz,tar.zst", "formats to install: tar.gz, tar.zst")
 )
 
 // result is the best round of one tree and format.
@@ -104,8 +105,16 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if err := store.CreateBucket(ctx, "bench"); err != nil {
-		return err
+	// A loaded machine: MinIO may answer "not initialized" for a while.
+	for try := 0; ; try++ {
+		err := store.CreateBucket(ctx, "bench")
+		if err == nil {
+			break
+		}
+		if try == 30 {
+			return err
+		}
+		time.Sleep(time.Second)
 	}
 	bin := filepath.Join(*work, "dropship")
 	// As `make build` builds it.
@@ -126,6 +135,9 @@ func run() error {
 			{"tar.gz", "tar -xzf -"},
 			{"tar.zst", "zstd -dc | tar -xf -"},
 		} {
+			if !strings.Contains(","+*formats+",", ","+c.name+",") {
+				continue
+			}
 			res, err := bench(ctx, store, presign, minio, bin, tree, artifacts[tree][i], c.name, c.untar)
 			if err != nil {
 				return err
