@@ -1,6 +1,7 @@
 package chunks
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -226,7 +227,8 @@ type Filler struct {
 	got    int64 // bytes of it seen
 	skip   bool  // current chunk: cached already, or over budget
 	tmp    *os.File
-	done   []pending // written, named at Commit
+	w      *bufio.Writer // to tmp: the tar reader reads headers 512 bytes at a time
+	done   []pending     // written, named at Commit
 	budget int64
 	off    bool
 	Kept   int // chunks Commit put in the cache
@@ -251,12 +253,16 @@ func (f *Filler) Write(p []byte) (int, error) {
 					break
 				}
 				f.tmp = t
+				if f.w == nil {
+					f.w = bufio.NewWriterSize(t, 256<<10)
+				}
+				f.w.Reset(t)
 				f.budget -= ch.Size
 			}
 		}
 		take := min(int64(len(p)), ch.Size-f.got)
 		if !f.skip {
-			if _, err := f.tmp.Write(p[:take]); err != nil {
+			if _, err := f.w.Write(p[:take]); err != nil {
 				f.stop(err.Error())
 				break
 			}
@@ -269,7 +275,11 @@ func (f *Filler) Write(p []byte) (int, error) {
 			if !f.skip {
 				t := f.tmp
 				f.tmp = nil
-				if err := t.Close(); err != nil {
+				err := f.w.Flush()
+				if cerr := t.Close(); err == nil {
+					err = cerr
+				}
+				if err != nil {
 					os.Remove(t.Name())
 					f.stop(err.Error())
 					break

@@ -129,9 +129,9 @@ service "bench" {
 	withChunks, without := config("chunks", ""), config("full", "chunk_cache = 0")
 	reset := func() { os.RemoveAll(state); os.RemoveAll(dest) }
 
-	var best struct{ first, delta, full time.Duration }
+	var best, bestCPU struct{ first, delta, full time.Duration }
 	var deltaBytes, archiveBytes int64
-	fmt.Printf("\n%-6s %-10s %-10s %-22s %-10s\n", "round", "full v1", "first v1", "delta v2 (fetched)", "full v2")
+	fmt.Printf("\n(wall / CPU time)\n%-6s %-16s %-16s %-30s %-16s\n", "round", "full v1", "first v1", "delta v2 (fetched)", "full v2")
 	for r := 1; r <= *rounds; r++ {
 		// Each install next to the one it is compared with, right after
 		// the same publish: v1 full then first; v2 delta then full.
@@ -143,11 +143,13 @@ service "bench" {
 		if err != nil {
 			return err
 		}
+		cFull1 := cpu
 		reset()
 		first, _, err := install(bin, withChunks)
 		if err != nil {
 			return err
 		}
+		cFirst := cpu
 		size, err := publish(v2)
 		if err != nil {
 			return err
@@ -156,6 +158,7 @@ service "bench" {
 		if err != nil {
 			return err
 		}
+		cDelta := cpu
 		if fetched < 0 {
 			return fmt.Errorf("the second install was no delta")
 		}
@@ -164,19 +167,26 @@ service "bench" {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("%-6d %-10s %-10s %-22s %-10s\n", r, fmt.Sprintf("%.2fs", full1.Seconds()), fmt.Sprintf("%.2fs", first.Seconds()),
-			fmt.Sprintf("%.2fs (%.2f MiB)", delta.Seconds(), float64(fetched)/(1<<20)), fmt.Sprintf("%.2fs", full2.Seconds()))
+		cFull2 := cpu
+		fmt.Printf("%-6d %-16s %-16s %-30s %-16s\n", r, wc(full1, cFull1), wc(first, cFirst),
+			fmt.Sprintf("%s (%.2f MiB)", wc(delta, cDelta), float64(fetched)/(1<<20)), wc(full2, cFull2))
 		best.first, best.delta, best.full = minNZ(best.first, first), minNZ(best.delta, delta), minNZ(minNZ(best.full, full1), full2)
+		bestCPU.first, bestCPU.delta, bestCPU.full = minNZ(bestCPU.first, cFirst), minNZ(bestCPU.delta, cDelta), minNZ(minNZ(bestCPU.full, cFull1), cFull2)
 		deltaBytes, archiveBytes = fetched, size
 	}
 	reset()
 	fmt.Printf("\nbest of %d rounds (load average at the end: %s)\n", *rounds, loadavg())
-	fmt.Printf("| install | time | bytes fetched | vs full archive install |\n| --- | --- | --- | --- |\n")
-	fmt.Printf("| full archive (chunk_cache = 0) | %.2f s | %.1f MiB | 1.00× time |\n", best.full.Seconds(), float64(archiveBytes)/(1<<20))
-	fmt.Printf("| first, empty cache (archive + fill) | %.2f s | %.1f MiB | %.2f× time |\n", best.first.Seconds(), float64(archiveBytes)/(1<<20), best.first.Seconds()/best.full.Seconds())
-	fmt.Printf("| delta, one 5 MB file changed | %.2f s | %.2f MiB | %.2f× time, %.2f %% of the bytes |\n", best.delta.Seconds(),
-		float64(deltaBytes)/(1<<20), best.delta.Seconds()/best.full.Seconds(), 100*float64(deltaBytes)/float64(archiveBytes))
+	fmt.Printf("| install | wall time | CPU time | bytes fetched | vs full archive install |\n| --- | --- | --- | --- | --- |\n")
+	fmt.Printf("| full archive (chunk_cache = 0) | %.2f s | %.2f s | %.1f MiB | 1.00× |\n", best.full.Seconds(), bestCPU.full.Seconds(), float64(archiveBytes)/(1<<20))
+	fmt.Printf("| first, empty cache (archive + fill) | %.2f s | %.2f s | %.1f MiB | %.2f× wall, %.2f× CPU |\n", best.first.Seconds(), bestCPU.first.Seconds(),
+		float64(archiveBytes)/(1<<20), best.first.Seconds()/best.full.Seconds(), bestCPU.first.Seconds()/bestCPU.full.Seconds())
+	fmt.Printf("| delta, one 5 MB file changed | %.2f s | %.2f s | %.2f MiB | %.2f× wall, %.2f× CPU, %.2f %% of the bytes |\n", best.delta.Seconds(), bestCPU.delta.Seconds(),
+		float64(deltaBytes)/(1<<20), best.delta.Seconds()/best.full.Seconds(), bestCPU.delta.Seconds()/bestCPU.full.Seconds(), 100*float64(deltaBytes)/float64(archiveBytes))
 	return nil
+}
+
+func wc(wall, cpu time.Duration) string {
+	return fmt.Sprintf("%.2fs / %.2fs", wall.Seconds(), cpu.Seconds())
 }
 
 func minNZ(a, b time.Duration) time.Duration {
@@ -187,6 +197,10 @@ func minNZ(a, b time.Duration) time.Duration {
 }
 
 var fetchedRE = regexp.MustCompile(`format=chunks .*fetched_bytes=(\d+)`)
+
+// cpu is the CPU time (user and system) of the last install: on a
+// loaded machine it says more than the wall time.
+var cpu time.Duration
 
 // install runs one agent pass and returns its wall time and, for a
 // delta, the bytes it fetched (-1: not a delta).
@@ -201,6 +215,9 @@ func install(bin, cfg string) (time.Duration, int64, error) {
 	start := time.Now()
 	err = cmd.Run()
 	wall := time.Since(start)
+	if cmd.ProcessState != nil {
+		cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
 	out.Close()
 	log, _ := os.ReadFile(out.Name())
 	if err != nil || !strings.Contains(string(log), "installed") {
