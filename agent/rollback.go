@@ -111,6 +111,9 @@ func (r *Runner) Rollback(ctx context.Context, to string) (Release, error) {
 	if resumed != nil && reason(resumed.Reason) == reasonOperator && cur == resumed.Target.ID && to == "" {
 		// A rollback killed on its way, run again: the one it started is
 		// the one asked for, and it is done now.
+		if st.LastError != "" {
+			return resumed.Target, fmt.Errorf("rolled back to %s, but: %s", resumed.Target.ID, st.LastError)
+		}
 		return resumed.Target, nil
 	}
 	target, err := pickRollback(st, cur, to)
