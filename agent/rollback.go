@@ -18,6 +18,7 @@ const (
 	reasonRestart  reason = "restart"  // the current release again: an update stopped after its before hooks
 	reasonRollback reason = "rollback" // back from a release that failed after its switch
 	reasonOperator reason = "operator" // `dropship rollback`
+	reasonPin      reason = "pin"      // a fleet pin names a kept release
 )
 
 // activation is what activate did.
@@ -63,7 +64,7 @@ func (r *Runner) activate(ctx context.Context, id, aside string, ev hooks.Event,
 			err = &phaseError{PhaseAfter, err}
 		}
 	}
-	if why == reasonRollback || why == reasonOperator {
+	if why == reasonRollback || why == reasonOperator || why == reasonPin {
 		r.logger.Warn("rolled back", "release", id, "reason", string(why))
 		if rerr := r.runChain(ctx, r.svc.Rollback, ev); rerr != nil && err == nil {
 			err = &phaseError{PhaseRollback, rerr}
@@ -101,54 +102,169 @@ func (r *Runner) runChain(ctx context.Context, steps []hooks.Step, ev hooks.Even
 // the after hooks and the rollback chain for it. The checksum rolled back
 // from is not installed again until another one is published.
 func (r *Runner) Rollback(ctx context.Context, to string) (Release, error) {
-	st, stop := r.open(ctx)
+	st, resumed, stop := r.open(ctx)
 	if stop != nil {
 		return Release{}, stop.Err
 	}
 	defer r.local.Release(context.WithoutCancel(ctx))
 	cur := r.lay.current()
-	target, err := pickRollback(st, cur, to)
-	if err == nil {
-		err = r.mayRunAgain(target)
+	if resumed != nil && reason(resumed.Reason) == reasonOperator && cur == resumed.Target.ID && to == "" {
+		// A rollback killed on its way, run again: the one it started is
+		// the one asked for, and it is done now.
+		if st.LastError != "" {
+			return resumed.Target, fmt.Errorf("rolled back to %s, but: %s", resumed.Target.ID, st.LastError)
+		}
+		return resumed.Target, nil
 	}
+	target, err := pickRollback(st, cur, to)
 	if err != nil {
 		return Release{}, fmt.Errorf("rollback %s: %w", r.svc.Name, err)
 	}
-	if n := st.NewestSigned; n != nil && target.Signed != nil && target.Signed.Time.Before(n.Time) {
-		r.logger.Warn("rolling back to a release signed before the newest one installed here: an operator may, an update never would (it is refused as a replay)",
-			"release", target.ID, "signed", target.Signed.Time, "newest_signed", n.Time)
+	if resumed != nil && cur == target.ID {
+		return target, nil
 	}
-	from, _ := st.release(cur)
-	if from.Checksum == "" {
-		from.Checksum = st.Checksum
+	out, err := r.switchBack(ctx, st, target, reasonOperator, "")
+	if err != nil {
+		return Release{}, fmt.Errorf("rollback %s: %w", r.svc.Name, err)
 	}
-	start := r.now()
-	ev := hooks.Event{Name: r.svc.Name, Hostname: r.node, Hash: target.Checksum, PreviousHash: from.Checksum,
-		Release: target.ID, ReleaseDir: r.lay.releaseDir(target.ID), Phase: hooks.PhaseRollback,
-		Result: "rollback", Time: start}
-	if cur != "" {
-		ev.PreviousDir = r.lay.releaseDir(cur)
+	if out.Phase == PhaseSwitch {
+		return Release{}, fmt.Errorf("rollback %s: %w", r.svc.Name, out.Err)
 	}
-	_, hookErr := r.activate(context.WithoutCancel(ctx), target.ID, "", ev, reasonOperator)
-	if pe, ok := hookErr.(*phaseError); ok && pe.phase == PhaseSwitch {
-		return Release{}, fmt.Errorf("rollback %s: %w", r.svc.Name, hookErr)
-	}
-	ev.Duration = r.now().Sub(start)
-	a := Attempt{Time: start.UTC(), Checksum: target.Checksum, Release: target.ID, Result: "rollback", Duration: ev.Duration}
-	if hookErr != nil {
-		a.Error = hookErr.Error()
-	}
-	st.rolledBack(target, from.Checksum, a)
-	r.logger.Warn("rolled back by operator", "release", target.ID, "from_checksum", from.Checksum)
-	out := r.finish(ctx, st, Outcome{Result: ResultRolledBack, Checksum: target.Checksum, Release: target.ID,
-		Phase: PhaseRollback, Err: hookErr, announce: &ev})
 	if out.Result == ResultError {
 		return target, out.Err
 	}
-	if hookErr != nil {
-		return target, fmt.Errorf("rolled back to %s, but a hook failed: %w", target.ID, hookErr)
+	if out.Err != nil {
+		return target, fmt.Errorf("rolled back to %s, but a hook failed: %w", target.ID, out.Err)
 	}
 	return target, nil
+}
+
+// switchBack is the one way back to a kept release, for an operator's
+// rollback, a pin and a fleet revert. It refuses a release signed by a
+// key now revoked (the error, nothing done), warns of one signed before
+// the replay mark, saves its intent, then switches, runs the hooks,
+// records the switch and finishes: a crash after the intent is saved is
+// completed at the next start (resume), never undone.
+func (r *Runner) switchBack(ctx context.Context, st *State, target Release, why reason, words string) (Outcome, error) {
+	if err := r.mayRunAgain(target); err != nil {
+		return Outcome{}, err
+	}
+	if n := st.NewestSigned; n != nil && target.Signed != nil && target.Signed.Time.Before(n.Time) {
+		r.logger.Warn("switching back to a release signed before the newest one installed here: an operator's rollback, a pin or a revert may, an update never would (it is refused as a replay)",
+			"release", target.ID, "signed", target.Signed.Time, "newest_signed", n.Time, "reason", string(why))
+	}
+	cur := r.lay.current()
+	sb := SwitchBack{Target: target, From: cur, FromChecksum: st.Checksum, Reason: string(why), Why: words, Time: r.now().UTC()}
+	if from, ok := st.release(cur); ok && from.Checksum != "" {
+		sb.FromChecksum = from.Checksum
+	}
+	st.SwitchBack = &sb
+	if err := st.Save(r.lay.dir); err != nil {
+		st.SwitchBack = nil
+		return Outcome{}, fmt.Errorf("save the intent to switch back to %s, before switching: %w", target.ID, err)
+	}
+	// The file holds all of st now, including what an earlier check
+	// could not save.
+	r.unsaved, r.unsavedOver = nil, nil
+	r.crashPoint("intent:" + string(why))
+	return r.carryOut(ctx, st, sb), nil
+}
+
+// carryOut does a switch back whose intent is saved: the switch (none
+// when the destination is there already, as after a crash), the after
+// hooks and the rollback chain, for a revert the checks; then the state
+// records it, the intent cleared, and finish saves and reports it.
+func (r *Runner) carryOut(ctx context.Context, st *State, sb SwitchBack) Outcome {
+	why, target := reason(sb.Reason), sb.Target
+	start := r.now()
+	ev := hooks.Event{Name: r.svc.Name, Hostname: r.node, Hash: target.Checksum, PreviousHash: sb.FromChecksum,
+		Release: target.ID, ReleaseDir: r.lay.releaseDir(target.ID), Phase: hooks.PhaseRollback,
+		Result: "rollback", Time: start}
+	if sb.From != "" {
+		ev.PreviousDir = r.lay.releaseDir(sb.From)
+	}
+	if why == reasonRevert {
+		ev.Phase, ev.Result = hooks.PhaseAfter, "revert"
+	}
+	ctx = context.WithoutCancel(ctx)
+	_, err := r.activate(ctx, target.ID, "", ev, why)
+	phase := PhaseRollback
+	if pe, ok := err.(*phaseError); ok {
+		if pe.phase == PhaseSwitch {
+			st.SwitchBack = nil
+			return r.finish(ctx, st, Outcome{Result: ResultError, Checksum: st.Checksum, Phase: PhaseSwitch,
+				Err: fmt.Errorf("switch back to %s (%s): %w", target.ID, why, err)})
+		}
+		phase = pe.phase
+	}
+	ev.Duration = r.now().Sub(start)
+	a := Attempt{Time: start.UTC(), Checksum: target.Checksum, Release: target.ID, Result: "rollback"}
+	out := Outcome{Result: ResultRolledBack, Checksum: target.Checksum, Release: target.ID,
+		Phase: PhaseRollback, Err: err, Reason: sb.Why, announce: &ev}
+	if why == reasonRevert {
+		if err == nil {
+			cev := ev
+			cev.Phase = hooks.PhaseCheck
+			if err = r.runChain(ctx, r.svc.Checks, cev); err != nil {
+				phase = PhaseCheck
+			}
+			ev.Duration = r.now().Sub(start)
+		}
+		a.Result = "revert"
+		out = Outcome{Result: ResultReverted, Checksum: target.Checksum, Release: target.ID, announce: &ev}
+		if err != nil {
+			out.Phase, out.Err = phase, fmt.Errorf("reverted to %s, but: %w", target.ID, err)
+			r.logger.Error("fleet revert: a hook failed after switching back", "release", target.ID, "error", err)
+		}
+	}
+	a.Duration = ev.Duration
+	if err != nil {
+		a.Error = err.Error()
+	}
+	if why == reasonRevert {
+		st.reverted(target, a)
+	} else {
+		st.rolledBack(target, sb.FromChecksum, a)
+	}
+	if why == reasonOperator {
+		r.logger.Warn("rolled back by operator", "release", target.ID, "from_checksum", sb.FromChecksum)
+	}
+	st.SwitchBack = nil
+	return r.finish(ctx, st, out)
+}
+
+// resume completes a switch back a crash interrupted (the agent's, or a
+// killed `dropship rollback`, which is another process than the agent:
+// so it is looked for each time the state is read, not once per
+// process). Destination on the target: the switch is recorded and the
+// after hooks and the rollback chain run again, since the crash may have
+// come before or during them and the service must run the release it is
+// on. An operator's rollback not switched yet is carried out; a pin or a
+// revert not switched yet is dropped, left to the check that follows: it
+// reads the fleet again, which may have lifted the pin or cleared the
+// breaker meanwhile, and switches in a fleet slot. A target whose key was
+// revoked since is dropped too. It returns the switch back completed.
+func (r *Runner) resume(ctx context.Context, st *State) *SwitchBack {
+	sb := *st.SwitchBack
+	why, switched := reason(sb.Reason), r.lay.current() == sb.Target.ID
+	drop := func(msg string, args ...any) *SwitchBack {
+		r.logger.Warn(msg, append([]any{"release", sb.Target.ID, "reason", sb.Reason}, args...)...)
+		st.SwitchBack = nil
+		if err := st.Save(r.lay.dir); err != nil {
+			r.logger.Error("could not save the state", "error", err)
+		}
+		return nil
+	}
+	if err := r.mayRunAgain(sb.Target); err != nil {
+		return drop("an interrupted switch back is dropped", "error", err)
+	}
+	if !switched && why != reasonOperator {
+		return drop("an interrupted switch back had not switched yet; the next check decides afresh")
+	}
+	r.logger.Warn("completing a switch back an interruption left unfinished", "release", sb.Target.ID,
+		"reason", sb.Reason, "switched", switched, "from", sb.From)
+	r.carryOut(ctx, st, sb)
+	return &sb
 }
 
 // mayRunAgain refuses to make a kept release current again when the key

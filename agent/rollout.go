@@ -2,15 +2,16 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/dropshipd/dropship/artifact"
+	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/rollout"
-	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/internal/blocking"
 )
 
@@ -182,10 +183,10 @@ func (r *Runner) revert(ctx context.Context, st *State, view fleet.Status, b *fl
 		if out, ok = r.revertStill(ctx, st, b); !ok {
 			return out
 		}
-		out = r.doRevert(ctx, st, b, cur, target)
+		out = r.doRevert(ctx, st, b, target)
 		return out
 	}
-	return r.doRevert(ctx, st, b, cur, target)
+	return r.doRevert(ctx, st, b, target)
 }
 
 // revertStill reads the fleet again once the slot is held, and says
@@ -205,39 +206,14 @@ func (r *Runner) revertStill(ctx context.Context, st *State, b *fleet.Breaker) (
 	return Outcome{}, true
 }
 
-func (r *Runner) doRevert(ctx context.Context, st *State, b *fleet.Breaker, cur string, target Release) Outcome {
-	start := r.now()
+func (r *Runner) doRevert(ctx context.Context, st *State, b *fleet.Breaker, target Release) Outcome {
 	r.logger.Warn("fleet revert: the breaker tripped on the installed checksum; switching back",
 		"checksum", b.Checksum, "failed_on", b.Node, "phase", b.Phase, "to", target.ID)
-	ev := hooks.Event{Name: r.svc.Name, Hostname: r.node, Hash: target.Checksum, PreviousHash: st.Checksum,
-		Release: target.ID, ReleaseDir: r.lay.releaseDir(target.ID), PreviousDir: r.lay.releaseDir(cur),
-		Phase: hooks.PhaseAfter, Result: "revert", Time: start}
-	_, err := r.activate(ctx, target.ID, "", ev, reasonRevert)
-	phase := PhaseSwitch
-	if pe, ok := err.(*phaseError); ok {
-		phase = pe.phase
-		if pe.phase == PhaseSwitch {
-			return r.finish(ctx, st, Outcome{Result: ResultError, Checksum: st.Checksum, Phase: PhaseSwitch,
-				Err: fmt.Errorf("fleet revert to %s: %w", target.ID, err)})
-		}
-	}
-	if err == nil {
-		cev := ev
-		cev.Phase = hooks.PhaseCheck
-		if err = r.runChain(context.WithoutCancel(ctx), r.svc.Checks, cev); err != nil {
-			phase = PhaseCheck
-		}
-	}
-	ev.Duration = r.now().Sub(start)
-	a := Attempt{Time: start.UTC(), Checksum: target.Checksum, Release: target.ID, Result: "revert", Duration: ev.Duration}
-	out := Outcome{Result: ResultReverted, Checksum: target.Checksum, Release: target.ID, announce: &ev}
+	out, err := r.switchBack(ctx, st, target, reasonRevert, "")
 	if err != nil {
-		a.Error = err.Error()
-		out.Phase, out.Err = phase, fmt.Errorf("reverted to %s, but: %w", target.ID, err)
-		r.logger.Error("fleet revert: a hook failed after switching back", "release", target.ID, "error", err)
+		return Outcome{Result: ResultError, Phase: PhaseInstall, Checksum: st.Checksum, Err: fmt.Errorf("fleet revert to %s: %w", target.ID, err)}
 	}
-	st.reverted(target, a)
-	return r.finish(ctx, st, out)
+	return out
 }
 
 // pinned keeps a pinned host on its pin's release: switched to it if a
@@ -285,31 +261,22 @@ func (r *Runner) pinned(ctx context.Context, st *State, view fleet.Status, pin *
 			out = Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: "the pin or a hold changed while this host waited for a slot"}
 			return out
 		}
-		out = r.switchToPin(ctx, st, cur, *target, why)
+		out = r.switchToPin(ctx, st, *target, why)
 		return out
 	}
-	return r.switchToPin(ctx, st, cur, *target, why)
+	return r.switchToPin(ctx, st, *target, why)
 }
 
-func (r *Runner) switchToPin(ctx context.Context, st *State, cur string, target Release, why string) Outcome {
-	start := r.now()
-	ev := hooks.Event{Name: r.svc.Name, Hostname: r.node, Hash: target.Checksum, PreviousHash: st.Checksum,
-		Release: target.ID, ReleaseDir: r.lay.releaseDir(target.ID), PreviousDir: r.lay.releaseDir(cur),
-		Phase: hooks.PhaseRollback, Result: "rollback", Time: start}
+func (r *Runner) switchToPin(ctx context.Context, st *State, target Release, why string) Outcome {
 	r.logger.Warn("switching to the pinned release", "release", target.ID, "reason", why)
-	_, err := r.activate(ctx, target.ID, "", ev, reasonOperator)
-	if pe, ok := err.(*phaseError); ok && pe.phase == PhaseSwitch {
-		return r.finish(ctx, st, Outcome{Result: ResultError, Checksum: st.Checksum, Phase: PhaseSwitch, Err: err})
+	out, err := r.switchBack(ctx, st, target, reasonPin, why)
+	if errors.Is(err, signature.ErrRevokedKey) {
+		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; this host stays where it is: " + err.Error()}
 	}
-	ev.Duration = r.now().Sub(start)
-	a := Attempt{Time: start.UTC(), Checksum: target.Checksum, Release: target.ID, Result: "rollback", Duration: ev.Duration}
 	if err != nil {
-		a.Error = err.Error()
+		return Outcome{Result: ResultError, Phase: PhaseInstall, Checksum: st.Checksum, Err: fmt.Errorf("switch to the pinned %s: %w", target.ID, err)}
 	}
-	from := st.Checksum
-	st.rolledBack(target, from, a)
-	return r.finish(ctx, st, Outcome{Result: ResultRolledBack, Checksum: target.Checksum, Release: target.ID,
-		Phase: PhaseRollback, Err: err, Reason: why, announce: &ev})
+	return out
 }
 
 // underMaxFailed says whether a failure of checksum stays under the

@@ -41,6 +41,22 @@ type State struct {
 	// before it is a replay, even after a rollback made an older one
 	// current.
 	NewestSigned *NewestSigned `json:"newest_signed,omitempty"`
+	// SwitchBack is a switch back to a kept release under way: saved
+	// before the destination changes and cleared by the save that
+	// records the switch, so a crash in between is completed at the next
+	// start, not undone (see Runner.resume).
+	SwitchBack *SwitchBack `json:"switch_back,omitempty"`
+}
+
+// SwitchBack is the intent of an operator's rollback, a pin or a fleet
+// revert: the release to make current and the one left.
+type SwitchBack struct {
+	Target       Release   `json:"target"`
+	From         string    `json:"from,omitempty"` // the release left, by id
+	FromChecksum string    `json:"from_checksum,omitempty"`
+	Reason       string    `json:"reason"`        // operator, pin or revert
+	Why          string    `json:"why,omitempty"` // a pin's words
+	Time         time.Time `json:"time"`
 }
 
 // NewestSigned is the replay rule's high-water mark.

@@ -220,3 +220,29 @@ func TestUnsavedHistoryIgnoresMissingOrForeignTarget(t *testing.T) {
 		}
 	}
 }
+
+// A rollback whose intent cannot be saved (a full disk) is refused before
+// anything changes: the current release stays and no hook runs.
+func TestRollbackRefusedWhenItsIntentCannotBeSaved(t *testing.T) {
+	e := newEnv(t)
+	r := e.runner(e.config(fmt.Sprintf(`
+  after "script" { command = "echo after $(cat VERSION) >> %s" }`, e.log)))
+	for _, v := range []string{"v1", "v2"} {
+		e.publish(v)
+		e.check(r, agent.ResultInstalled)
+	}
+	hooksBefore := e.hookLog()
+	setImmutable(t, r.Dir(), true)
+	t.Cleanup(func() { setImmutable(t, r.Dir(), false) })
+	_, err := r.Rollback(context.Background(), "")
+	if err == nil || !strings.Contains(err.Error(), "intent") || e.current() != "v2" || e.hookLog() != hooksBefore {
+		t.Fatalf("rollback: %v; current %q; hooks ran:\n%s", err, e.current(), strings.TrimPrefix(e.hookLog(), hooksBefore))
+	}
+	setImmutable(t, r.Dir(), false)
+	if st := e.state_(r); st.SwitchBack != nil || st.RolledBackFrom != "" {
+		t.Fatalf("state after a refused rollback: %+v", st)
+	}
+	if _, err := r.Rollback(context.Background(), ""); err != nil || e.current() != "v1" {
+		t.Fatalf("rollback once the disk has room: %v, current %q", err, e.current())
+	}
+}

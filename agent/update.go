@@ -158,7 +158,7 @@ func (r *Runner) Check(ctx context.Context) (out Outcome) {
 			r.obs.Checked(r.svc.Name, out)
 		}
 	}()
-	st, stop := r.open(ctx)
+	st, _, stop := r.open(ctx)
 	if stop != nil {
 		return *stop
 	}
@@ -175,11 +175,11 @@ func (r *Runner) Check(ctx context.Context) (out Outcome) {
 }
 
 // open takes the host lock of the service, cleans what a crash left (once
-// per process) and reads the state. On success the caller releases the
-// lock.
-func (r *Runner) open(ctx context.Context) (*State, *Outcome) {
+// per process), reads the state and completes a switch back a crash
+// interrupted, which it returns. On success the caller releases the lock.
+func (r *Runner) open(ctx context.Context) (*State, *SwitchBack, *Outcome) {
 	if _, err := r.local.Acquire(ctx); err != nil {
-		return nil, &Outcome{Result: ResultError, Phase: PhaseLock, Err: err}
+		return nil, nil, &Outcome{Result: ResultError, Phase: PhaseLock, Err: err}
 	}
 	err := r.recoverOnce()
 	var st *State
@@ -188,9 +188,13 @@ func (r *Runner) open(ctx context.Context) (*State, *Outcome) {
 	}
 	if err != nil {
 		r.local.Release(context.WithoutCancel(ctx))
-		return nil, &Outcome{Result: ResultError, Phase: PhaseInstall, Err: err}
+		return nil, nil, &Outcome{Result: ResultError, Phase: PhaseInstall, Err: err}
 	}
-	return st, nil
+	var resumed *SwitchBack
+	if st.SwitchBack != nil {
+		resumed = r.resume(ctx, st)
+	}
+	return st, resumed, nil
 }
 
 // loadState reads the state; a state the last finish could not write is
@@ -564,7 +568,9 @@ func (r *Runner) recover() error {
 	if err != nil {
 		return err
 	}
-	if cur := r.lay.current(); cur != "" && cur != st.Release {
+	// A switch back to a kept release saved its intent first: open
+	// completes it (see resume), whichever process was interrupted.
+	if cur := r.lay.current(); cur != "" && cur != st.Release && st.SwitchBack == nil {
 		if _, known := st.release(cur); !known {
 			// Switched, then interrupted before the state was saved: the
 			// release is whole but its after hooks may not have run. It is
