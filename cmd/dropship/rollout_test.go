@@ -485,10 +485,14 @@ func TestRolloutGateFailsMidBakeAndReverts(t *testing.T) {
 			t.Fatalf("checksum %s started on %v", s, nodes)
 		}
 	}
-	log, _, _ := run(t, "fleet", "log", "app", "-c", f.hosts[0].cfg)
-	if strings.Count(log, "revert ") < 4 || !strings.Contains(log, "gate ") {
-		t.Fatalf("the audit log lacks the gate or the reverts:\n%s", log)
-	}
+	// A host writes its audit events after its node record: wait for them.
+	testutil.Eventually(t, 30*time.Second, func() error {
+		log, _, _ := run(t, "fleet", "log", "app", "-c", f.hosts[0].cfg)
+		if strings.Count(log, "revert ") < 4 || !strings.Contains(log, "gate ") {
+			return fmt.Errorf("the audit log lacks the gate or the reverts:\n%s", log)
+		}
+		return nil
+	})
 	ratio.Set(0.001)
 }
 
