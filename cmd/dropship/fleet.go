@@ -189,7 +189,7 @@ func fleetLogCmd(g *globals) *cobra.Command {
 			// Each event is printed once. Consul's index goes backwards on
 			// a restored snapshot or a restarted agent, and after an error
 			// the log is read afresh: Log then returns all of it, of which
-			// only what is newer than the last event printed is new.
+			// only what was not printed is new.
 			loop := blocking.Loop{Down: func(err error) {
 				fmt.Fprintf(g.stderr, "warning: %v (retrying with back-off)\n", err)
 			}}
@@ -198,13 +198,8 @@ func fleetLogCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return idx, err
 				}
-				whole := idx == 0 || n < idx
 				for _, ev := range evs {
-					if whole {
-						last.print(g, ev)
-					} else {
-						last.printNew(g, ev)
-					}
+					last.print(g, ev)
 				}
 				return n, nil
 			})
@@ -216,34 +211,32 @@ func fleetLogCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// printed is where `fleet log` is in the log: the time of the last event
-// printed, and the events printed at that time.
+// printed is what `fleet log` has printed: each event is printed once,
+// also when the log is read afresh. Events are told apart by what they
+// say (their time to the nanosecond, host, kind…), not by Consul's
+// index, which a restored snapshot or a restarted agent renumbers; the
+// log's order is Consul's, not the events' times, so no time can stand
+// for "printed up to here". It remembers the newest 2 × MaxEvents.
 type printed struct {
-	time time.Time
-	at   map[fleet.Event]bool
+	seen  map[fleet.Event]bool
+	order []fleet.Event
 }
 
-// print prints ev, of a read of the whole log, unless it is older than
-// the last printed or was printed.
+// print prints ev unless it was printed.
 func (p *printed) print(g *globals, ev fleet.Event) {
 	key := ev
 	key.Index = 0
-	if ev.Time.Before(p.time) || ev.Time.Equal(p.time) && p.at[key] {
+	if p.seen[key] {
 		return
 	}
-	p.printNew(g, ev)
-}
-
-// printNew prints ev, written after the last read (whatever its time: the
-// clocks of hosts differ).
-func (p *printed) printNew(g *globals, ev fleet.Event) {
-	key := ev
-	key.Index = 0
-	if ev.Time.After(p.time) {
-		p.time, p.at = ev.Time, map[fleet.Event]bool{}
+	if p.seen == nil {
+		p.seen = map[fleet.Event]bool{}
 	}
-	if ev.Time.Equal(p.time) {
-		p.at[key] = true
+	p.seen[key] = true
+	p.order = append(p.order, key)
+	if len(p.order) > 2*fleet.MaxEvents {
+		delete(p.seen, p.order[0])
+		p.order = p.order[1:]
 	}
 	printEvent(g, ev)
 }

@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"text/template"
+	"time"
+
+	"github.com/dropshipd/dropship/fleet"
 )
 
 var updateUnit = flag.Bool("update-unit", false, "rewrite debian/dropship.service from the unit template")
@@ -85,5 +89,32 @@ func TestUnitSecurityExposure(t *testing.T) {
 	}
 	if _, err := fmt.Sscanf(after, "%g", &score); err != nil || score > 3.5 {
 		t.Fatalf("exposure %v (%v), want at most 3.5:\n%s", score, err, out)
+	}
+}
+
+// `fleet log` prints every event once, in the log's order (Consul's),
+// whatever the times the writers' clocks gave them; a read of the whole
+// log again prints nothing twice.
+func TestFleetLogPrintsEachEventOnceWhateverItsTime(t *testing.T) {
+	var out bytes.Buffer
+	g := &globals{stdout: &out, stderr: io.Discard}
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	evs := []fleet.Event{
+		{Time: now.Add(time.Hour), Kind: fleet.EventInstall, Node: "clock-ahead", Index: 10},
+		{Time: now, Kind: fleet.EventRevert, Node: "host-1", Index: 11},
+		{Time: now, Kind: fleet.EventRevert, Node: "host-2", Index: 12},
+	}
+	var p printed
+	for _, ev := range evs {
+		p.print(g, ev)
+	}
+	// Read again after Consul renumbered its index.
+	for i, ev := range evs {
+		ev.Index = uint64(100 + i)
+		p.print(g, ev)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[1], "host-1") || !strings.Contains(lines[2], "host-2") {
+		t.Fatalf("printed:\n%s\nwant each of the three events once, in the log's order", out.String())
 	}
 }
