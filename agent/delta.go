@@ -119,6 +119,11 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 		t.sums = digests{MD5: d.idx.Archive.MD5, SHA256: d.idx.Archive.SHA256, Size: d.idx.Archive.Size}
 		if c := d.claims; c != nil {
 			t.claims = c
+			// The index is signed: the archive's checksum in it, which
+			// the update is known by, is the publisher's, not a store's
+			// claim, so a failure of this release may trip the breaker.
+			// Unsigned, it is any bucket writer's word: it may not.
+			t.verified = true
 			t.logger.Info("signature verified", "of", "chunk index", "key_id", fmt.Sprintf("%016X", c.KeyID), "version", c.Version,
 				"publisher", c.Publisher, "signed", c.Time)
 		}
