@@ -62,6 +62,15 @@ func (t *txn) chunked(ctx context.Context) *delta {
 		}
 		return nil
 	}
+	if p := t.pending; p != nil && (p.Claims.SHA256 != "" && p.Claims.SHA256 != idx.Archive.SHA256 ||
+		p.Claims.Size > 0 && p.Claims.Size != idx.Archive.Size) {
+		// The archive's signature and the index's vouch for different
+		// archives: the archive, whose bytes are checked against its
+		// signature, decides.
+		t.logger.Warn("chunk index not used; fetching the archive", "error",
+			fmt.Errorf("the index was made from sha256 %.12s…, the archive's signature vouches for %.12s…", idx.Archive.SHA256, p.Claims.SHA256))
+		return nil
+	}
 	d.idx = idx
 	return d
 }
@@ -119,6 +128,13 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 		t.sums = digests{MD5: d.idx.Archive.MD5, SHA256: d.idx.Archive.SHA256, Size: d.idx.Archive.Size}
 		if c := d.claims; c != nil {
 			t.claims = c
+			if p := t.pending; p != nil {
+				// The release is known by its archive's signature (which
+				// vouches for the archive the index was made from), as
+				// after an archive install: its time, not the index's
+				// (signed first), is the replay high-water mark.
+				t.claims = &p.Claims
+			}
 			// The index is signed: the archive's checksum in it, which
 			// the update is known by, is the publisher's, not a store's
 			// claim, so a failure of this release may trip the breaker.

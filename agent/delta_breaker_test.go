@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,5 +68,41 @@ func TestSignedDeltaFailureTripsBreaker(t *testing.T) {
 	defer ff.mu.Unlock()
 	if len(ff.trips) != 1 || ff.trips[0].Checksum != out.Checksum {
 		t.Fatalf("a signed release that fails its before hook, installed as a delta, tripped %+v; want the breaker on %s", ff.trips, out.Checksum)
+	}
+}
+
+// A signed release installed as a delta raises the replay high-water mark
+// to its archive's signing time, as an archive install does: `publish`
+// signs the index first and the archive after, so the index's earlier
+// time would let the release rolled away from install again once its
+// signed bytes are put back.
+func TestSignedDeltaReplayAfterRollbackRefused(t *testing.T) {
+	ci := newSigner(t)
+	e := newEnv(t)
+	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
+	cfg := e.config(fmt.Sprintf("trusted_keys = [%q]", ci.pub.String()))
+	r, logs := e.loggedRunner(cfg)
+	now := time.Now().UTC().Truncate(time.Second)
+	for i, v := range []string{"v1", "v2", "v3"} {
+		e.publishChunked(v, i)
+		at := now.Add(time.Duration(i-3) * time.Minute)
+		ci.signPath(e, e.store+".chunks", at)
+		ci.signPath(e, e.store, at.Add(30*time.Second))
+		e.check(r, agent.ResultInstalled)
+	}
+	if got := logs.records("downloaded and verified"); len(got) != 3 || got[2]["format"] != "chunks" {
+		t.Fatalf("v3 was not installed as a delta: %v", got)
+	}
+	for _, want := range []string{"v2", "v1"} {
+		if _, err := r.Rollback(t.Context(), ""); err != nil || e.current() != want {
+			t.Fatalf("rollback: %v, on %q, want %s", err, e.current(), want)
+		}
+	}
+	// v3, still in the store with its signatures: refused as a replay.
+	later := time.Now().Add(time.Second)
+	os.Chtimes(e.store, later, later)
+	out := e.check(e.runner(cfg), agent.ResultFailed)
+	if out.Phase != agent.PhaseSignature || !strings.Contains(out.Err.Error(), "replayed") || e.current() != "v1" {
+		t.Fatalf("v3 put back after the rollback: phase %s, err %v, on %q", out.Phase, out.Err, e.current())
 	}
 }
