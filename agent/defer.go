@@ -179,7 +179,9 @@ func (d *Deferral) busy(ctx context.Context, ev hooks.Event) (reason string, rel
 		case err == nil:
 		case errors.As(err, &ee) && ee.Code == exTempFail:
 			release()
-			return fmt.Sprintf("the defer command %q exited %d (not now)", d.Command.Command, exTempFail), func() {}, nil
+			// Never the command's text: it may carry a secret, and the
+			// reason goes to the status, the node record and the audit log.
+			return fmt.Sprintf("the defer command exited %d (not now)", exTempFail), func() {}, nil
 		default:
 			release()
 			return "", func() {}, fmt.Errorf("defer: %w (exit 0 to go on, %d to defer)", err, exTempFail)
