@@ -112,6 +112,21 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 	t := d.t
+	// The tar is the index's word until its last byte: what it makes is
+	// bounded as an archive's unpacking is, before a chunk is written.
+	opt := t.unpackOptions()
+	maxSize, maxRatio := opt.MaxSize, opt.MaxRatio
+	if maxSize <= 0 {
+		maxSize = archive.DefaultMaxSize
+	}
+	if maxRatio <= 0 {
+		maxRatio = archive.DefaultMaxRatio
+	}
+	if tar := d.idx.Tar.Size; tar > maxSize || float64(tar) > maxRatio*float64(d.idx.Archive.Size) {
+		t.logger.Warn("chunk index not used; fetching the archive", "error",
+			fmt.Errorf("its tar of %d bytes, from a %d-byte archive, is over max_size = %d or max_ratio = %g", tar, d.idx.Archive.Size, maxSize, maxRatio))
+		return false, nil
+	}
 	missing, stored := d.cache.Missing(d.idx)
 	if float64(stored) > deltaWorth*float64(d.idx.Archive.Size) {
 		t.logger.Info("chunk cache too cold for a delta; fetching the archive", "missing_chunks", len(missing),
