@@ -142,10 +142,22 @@ type deferring struct {
 func (d *Deferral) busy(ctx context.Context, ev hooks.Event) (reason string, release func(), err error) {
 	release = func() {}
 	if d.LockFile != "" {
-		f, err := os.Open(d.LockFile)
+		// The file is the application's, whose user may put anything at
+		// its path: a link is not followed (to a device, say, whose
+		// opening does something), a FIFO does not wait for a writer,
+		// and only a regular file is locked.
+		f, err := os.OpenFile(d.LockFile, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+		if err == nil {
+			if fi, serr := f.Stat(); serr != nil || !fi.Mode().IsRegular() {
+				f.Close()
+				return "", release, fmt.Errorf("defer: the lock file %s is not a regular file (%v): %w", d.LockFile, fileMode(fi), errors.Join(serr, errNotRegular))
+			}
+		}
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			// No lock file: the application is not running, or not busy.
+		case errors.Is(err, syscall.ELOOP):
+			return "", release, fmt.Errorf("defer: the lock file %s is a symbolic link, not a regular file: %w", d.LockFile, err)
 		case err != nil:
 			return "", release, fmt.Errorf("defer: open the lock file %s: %w", d.LockFile, err)
 		default:
@@ -167,13 +179,34 @@ func (d *Deferral) busy(ctx context.Context, ev hooks.Event) (reason string, rel
 		case err == nil:
 		case errors.As(err, &ee) && ee.Code == exTempFail:
 			release()
-			return fmt.Sprintf("the defer command %q exited %d (not now)", d.Command.Command, exTempFail), func() {}, nil
+			// Never the command's text: it may carry a secret, and the
+			// reason goes to the status, the node record and the audit log.
+			return fmt.Sprintf("the defer command exited %d (not now)", exTempFail), func() {}, nil
 		default:
 			release()
 			return "", func() {}, fmt.Errorf("defer: %w (exit 0 to go on, %d to defer)", err, exTempFail)
 		}
 	}
 	return "", release, nil
+}
+
+var errNotRegular = errors.New("only a regular file is locked")
+
+func fileMode(fi fs.FileInfo) string {
+	if fi == nil {
+		return "unknown type"
+	}
+	switch m := fi.Mode(); {
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	}
+	return "type " + fi.Mode().Type().String()
 }
 
 // mayStart asks the application whether the update of sum may start. It

@@ -62,6 +62,15 @@ func (t *txn) chunked(ctx context.Context) *delta {
 		}
 		return nil
 	}
+	if p := t.pending; p != nil && (p.Claims.SHA256 != "" && p.Claims.SHA256 != idx.Archive.SHA256 ||
+		p.Claims.Size > 0 && p.Claims.Size != idx.Archive.Size) {
+		// The archive's signature and the index's vouch for different
+		// archives: the archive, whose bytes are checked against its
+		// signature, decides.
+		t.logger.Warn("chunk index not used; fetching the archive", "error",
+			fmt.Errorf("the index was made from sha256 %.12s…, the archive's signature vouches for %.12s…", idx.Archive.SHA256, p.Claims.SHA256))
+		return nil
+	}
 	d.idx = idx
 	return d
 }
@@ -103,6 +112,21 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 	t := d.t
+	// The tar is the index's word until its last byte: what it makes is
+	// bounded as an archive's unpacking is, before a chunk is written.
+	opt := t.unpackOptions()
+	maxSize, maxRatio := opt.MaxSize, opt.MaxRatio
+	if maxSize <= 0 {
+		maxSize = archive.DefaultMaxSize
+	}
+	if maxRatio <= 0 {
+		maxRatio = archive.DefaultMaxRatio
+	}
+	if tar := d.idx.Tar.Size; tar > maxSize || float64(tar) > maxRatio*float64(d.idx.Archive.Size) {
+		t.logger.Warn("chunk index not used; fetching the archive", "error",
+			fmt.Errorf("its tar of %d bytes, from a %d-byte archive, is over max_size = %d or max_ratio = %g", tar, d.idx.Archive.Size, maxSize, maxRatio))
+		return false, nil
+	}
 	missing, stored := d.cache.Missing(d.idx)
 	if float64(stored) > deltaWorth*float64(d.idx.Archive.Size) {
 		t.logger.Info("chunk cache too cold for a delta; fetching the archive", "missing_chunks", len(missing),
@@ -119,6 +143,18 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 		t.sums = digests{MD5: d.idx.Archive.MD5, SHA256: d.idx.Archive.SHA256, Size: d.idx.Archive.Size}
 		if c := d.claims; c != nil {
 			t.claims = c
+			if p := t.pending; p != nil {
+				// The release is known by its archive's signature (which
+				// vouches for the archive the index was made from), as
+				// after an archive install: its time, not the index's
+				// (signed first), is the replay high-water mark.
+				t.claims = &p.Claims
+			}
+			// The index is signed: the archive's checksum in it, which
+			// the update is known by, is the publisher's, not a store's
+			// claim, so a failure of this release may trip the breaker.
+			// Unsigned, it is any bucket writer's word: it may not.
+			t.verified = true
 			t.logger.Info("signature verified", "of", "chunk index", "key_id", fmt.Sprintf("%016X", c.KeyID), "version", c.Version,
 				"publisher", c.Publisher, "signed", c.Time)
 		}

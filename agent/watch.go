@@ -48,7 +48,11 @@ func (t *txn) watch(outer context.Context) error {
 	t.logger.Info("watching the release's health", "release", t.id, "window", window, "until", until.Format(time.RFC3339))
 	ev := t.ev
 	ev.Phase = hooks.PhaseCheck
-	errs := make(chan error, len(ws))
+	type failure struct {
+		kind string
+		err  error
+	}
+	errs := make(chan failure, len(ws))
 	for _, w := range ws {
 		go func() {
 			err := w.w.Watch(ctx, ev, func(n int, err error) {
@@ -58,12 +62,12 @@ func (t *txn) watch(outer context.Context) error {
 				t.logger.Warn("watch: check failed; on_failure = continue", "release", t.id, "check", w.step.Kind, "error", err)
 				err = nil
 			}
-			errs <- err
+			errs <- failure{w.step.Kind, err}
 		}()
 	}
 	for range ws {
-		if err := <-errs; err != nil {
-			return fmt.Errorf("%s check: %w", ws[0].step.Kind, err)
+		if f := <-errs; f.err != nil {
+			return fmt.Errorf("%s check: %w", f.kind, f.err)
 		}
 	}
 	if outer.Err() != nil {

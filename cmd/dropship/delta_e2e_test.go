@@ -17,7 +17,7 @@ import (
 // A release published with --sign to MinIO, then the same with one file
 // of nine changed: the real binary installs the second as a delta, the
 // chunk index's signature verified, fetching a fraction of the archive;
-// an index signed by an untrusted key is not used (the archive is).
+// a release signed by an untrusted key is refused before its index is read.
 func TestSignedDeltaEndToEndS3(t *testing.T) {
 	minio := servers.MinIO(t)
 	_, bucket := minioBucket(t, "delta-releases")
@@ -39,7 +39,7 @@ repo "s3" {
 service "app" {
   trusted_keys = [%q]
   artifact "s3" {
-    bucket      = "%s"
+    bucket      = %q
     path        = "app/app.tar"
     destination = %q
   }
@@ -104,11 +104,11 @@ service "app" {
 	if fetched, whole := must(strconv.Atoi(m[1])), must(strconv.Atoi(m[2])); fetched > whole/2 {
 		t.Fatalf("the delta fetched %d bytes of %d", fetched, whole)
 	}
-	// The index signed by a key the service does not trust is not used;
-	// the archive, signed by the same key, is refused too.
+	// A release signed by a key the service does not trust is refused
+	// on its archive's signature, before its index or a chunk is read.
 	publish(art("v3", 2), "forger.key")
 	_, errOut, code := run(t, "agent", "--once", "-c", cfg)
-	if code != 1 || version() != "v2" || !strings.Contains(errOut, "chunk index not used") || strings.Contains(errOut, "format=chunks") {
+	if code != 1 || version() != "v2" || !strings.Contains(errOut, "not trusted") || strings.Contains(errOut, "format=chunks") {
 		t.Fatalf("forged v3: exit %d, %q\n%s", code, version(), errOut)
 	}
 }

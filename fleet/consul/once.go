@@ -34,7 +34,10 @@ func (p *Fleet) RunOnce(ctx context.Context, service, checksum, hook string, run
 	lockKey, recKey := base+"lock", base+"record"
 	sid, _, err := p.Client.Session().Create(&api.SessionEntry{
 		Name: "dropship once " + p.Node + " " + service, TTL: p.SessionTTL.String(),
-		Behavior: api.SessionBehaviorRelease, LockDelay: time.Millisecond,
+		// The lock delay keeps the lock from the next host for a TTL after
+		// the session is lost: by then its runner, cut off from Consul
+		// but maybe alive, has stopped the hook (keepSession).
+		Behavior: api.SessionBehaviorRelease, LockDelay: p.SessionTTL,
 	}, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil {
 		return fleet.Once{}, false, fmt.Errorf("%w: create a session for %s: %v", fleet.ErrUnavailable, lockKey, err)
@@ -44,7 +47,7 @@ func (p *Fleet) RunOnce(ctx context.Context, service, checksum, hook string, run
 		close(done)
 		p.Client.Session().Destroy(sid, nil)
 	}()
-	go p.Client.Session().RenewPeriodic(p.SessionTTL.String(), sid, nil, done)
+	lost := p.keepSession(sid, done)
 
 	kv := p.Client.KV()
 	var index uint64
@@ -62,7 +65,7 @@ func (p *Fleet) RunOnce(ctx context.Context, service, checksum, hook string, run
 			return rec, false, fmt.Errorf("%w: take %s: %v", fleet.ErrUnavailable, lockKey, err)
 		}
 		if ok {
-			return p.runHeld(ctx, lockKey, recKey, sid, fleet.Once{Checksum: checksum, Hook: hook}, run)
+			return p.runHeld(ctx, lockKey, recKey, sid, lost, fleet.Once{Checksum: checksum, Hook: hook}, run)
 		}
 		// Held by another host: wait for it to let go (done, or dead).
 		pair, meta, err := kv.Get(lockKey, (&api.QueryOptions{WaitIndex: index, WaitTime: onceWait}).WithContext(ctx))
@@ -74,13 +77,19 @@ func (p *Fleet) RunOnce(ctx context.Context, service, checksum, hook string, run
 		}
 		index = meta.LastIndex
 		if pair == nil || pair.Session == "" {
-			index = 0 // free: try again at once
+			// Free, yet not taken: its holder's session was lost and
+			// the lock delay runs. Try again shortly.
+			index = 0
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
 		}
 	}
 }
 
 // runHeld runs the hook under its lock, unless it ended meanwhile.
-func (p *Fleet) runHeld(ctx context.Context, lockKey, recKey, sid string, rec fleet.Once, run func(context.Context, string) error) (fleet.Once, bool, error) {
+func (p *Fleet) runHeld(ctx context.Context, lockKey, recKey, sid string, lost <-chan struct{}, rec fleet.Once, run func(context.Context, string) error) (fleet.Once, bool, error) {
 	defer p.Client.KV().Release(&api.KVPair{Key: lockKey, Session: sid}, nil)
 	var last fleet.Once
 	found, err := p.get(ctx, recKey, &last)
@@ -106,7 +115,21 @@ func (p *Fleet) runHeld(ctx context.Context, lockKey, recKey, sid string, rec fl
 	if err := p.put(ctx, recKey, rec); err != nil {
 		return rec, false, err
 	}
-	err = run(ctx, rec.RunID)
+	// The hook stops when the session is lost: another host may then
+	// take the lock and run it again.
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-lost:
+			cancel(errSessionLost)
+		case <-rctx.Done():
+		}
+	}()
+	err = run(rctx, rec.RunID)
+	if context.Cause(rctx) == errSessionLost {
+		return rec, true, fmt.Errorf("%w: the run-once hook %s of %s stopped: %w (another host runs it again)", fleet.ErrUnavailable, rec.Hook, rec.Checksum, errSessionLost)
+	}
 	if err != nil && ctx.Err() != nil {
 		// Cut short (the agent stops): not the hook's verdict. The record
 		// stays "running" and the next host runs it again.
@@ -120,6 +143,41 @@ func (p *Fleet) runHeld(ctx context.Context, lockKey, recKey, sid string, rec fl
 		return rec, true, errors.Join(err, perr)
 	}
 	return rec, true, err
+}
+
+var errSessionLost = errors.New("lost its session in Consul while running it")
+
+// keepSession renews the session sid until done is closed. The channel it
+// returns is closed once the session is lost: Consul no longer knows it,
+// or no renewal got through for a TTL (Consul may then expire it any
+// moment). Each renewal is bounded, so a stalled link is noticed.
+func (p *Fleet) keepSession(sid string, done <-chan struct{}) <-chan struct{} {
+	lost := make(chan struct{})
+	ttl := p.SessionTTL
+	go func() {
+		last := time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(ttl / 4):
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), ttl/4)
+			e, _, err := p.Client.Session().Renew(sid, (&api.WriteOptions{}).WithContext(ctx))
+			cancel()
+			switch {
+			case err == nil && e == nil:
+				close(lost)
+				return
+			case err == nil:
+				last = time.Now()
+			case time.Since(last) >= ttl:
+				close(lost)
+				return
+			}
+		}
+	}()
+	return lost
 }
 
 func newRunID() string {
