@@ -9,12 +9,12 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/internal/trim"
 )
 
 // maxErrorBackoff caps the wait after repeated errors (store or lock down).
@@ -109,7 +109,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		t := time.NewTicker(trimInterval)
 		defer t.Stop()
-		trimWhileIdle(ctx, t.C, func() bool { return a.updating.Load() == 0 }, debug.FreeOSMemory)
+		trimWhileIdle(ctx, t.C, func() bool { return a.updating.Load() == 0 }, trim.Idle)
 	}()
 	if w, ok := a.cfg.Fleet.(fleet.Watcher); ok && a.watching() {
 		wg.Add(1)
@@ -190,7 +190,7 @@ func (a *Agent) loop(ctx context.Context, r *Runner) {
 		if out.Result == ResultInstalled || out.Result == ResultFailed {
 			// The agent idles between updates: give the buffers of this
 			// one back to the system now rather than at the next trim.
-			debug.FreeOSMemory()
+			trim.Idle()
 		}
 		if out.Result == ResultError {
 			errs++
