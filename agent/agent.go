@@ -9,12 +9,12 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/internal/trim"
 )
 
 // maxErrorBackoff caps the wait after repeated errors (store or lock down).
@@ -109,7 +109,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		t := time.NewTicker(trimInterval)
 		defer t.Stop()
-		trimWhileIdle(ctx, t.C, func() bool { return a.updating.Load() == 0 }, debug.FreeOSMemory)
+		trimWhileIdle(ctx, t.C, func() bool { return a.updating.Load() == 0 }, trim.Idle)
 	}()
 	if w, ok := a.cfg.Fleet.(fleet.Watcher); ok && a.watching() {
 		wg.Add(1)
@@ -139,10 +139,11 @@ func (a *Agent) Run(ctx context.Context) error {
 // trimInterval is how often an idle agent gives free memory back.
 const trimInterval = 30 * time.Second
 
-// trimWhileIdle gives the heap's free pages back to the system (free) at
-// each tick when idle says no update runs. Between updates the agent only
-// checks, and the Go runtime otherwise keeps what the checks freed for a
-// while; a forced collection of its small heap costs a millisecond or two.
+// trimWhileIdle gives memory back to the system (free: the heap's free
+// pages and the program's code not in use, see trim.Idle) at each tick
+// when idle says no update runs. Between updates the agent only checks,
+// and the Go runtime otherwise keeps what the checks freed for a while; a
+// forced collection of its small heap costs a millisecond or two.
 func trimWhileIdle(ctx context.Context, tick <-chan time.Time, idle func() bool, free func()) {
 	for {
 		select {
@@ -189,8 +190,8 @@ func (a *Agent) loop(ctx context.Context, r *Runner) {
 		a.log(r, out)
 		if out.Result == ResultInstalled || out.Result == ResultFailed {
 			// The agent idles between updates: give the buffers of this
-			// one back to the system now rather than at the next trim.
-			debug.FreeOSMemory()
+			// one, and the code it ran, back now rather than at the next trim.
+			trim.Idle()
 		}
 		if out.Result == ResultError {
 			errs++

@@ -19,6 +19,7 @@ import (
 	"github.com/dropshipd/dropship/fleet/local"
 	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/hooks"
+	"github.com/dropshipd/dropship/internal/trim"
 )
 
 // Result is what one check did.
@@ -281,6 +282,9 @@ func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
 		r.updating.Add(1)
 		defer r.updating.Add(-1)
 	}
+	// What start-up and the checks touched of the program is not what an
+	// install runs: drop it, so the peak of an install holds only its own.
+	trim.Text()
 	tctx, cancel := context.WithTimeoutCause(ctx, r.svc.UpdateTimeout, errUpdateTimeout)
 	defer cancel()
 	return r.finish(ctx, st, r.begin(st, info, lost).run(tctx))

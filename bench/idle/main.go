@@ -87,8 +87,16 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		if err := store.CreateBucket(ctx, "idle"); err != nil {
-			return err
+		// MinIO answers "not initialized yet" for a while after it is
+		// live on a busy machine.
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+			err := store.CreateBucket(ctx, "idle")
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return err
+			}
 		}
 		fmt.Fprintf(&cfg, "repo \"s3\" {\n  endpoint = %q\n  access_key = %q\n  secret_key = %q\n}\n", minio.Endpoint, minio.AccessKey, minio.SecretKey)
 		put = func(i int, file string) (string, error) {

@@ -1,0 +1,6 @@
+//go:build !linux
+
+package trim
+
+// Text does nothing outside Linux.
+func Text() {}
