@@ -74,7 +74,7 @@ func rolloutRunner(t *testing.T, e *env, ff *fakeFleet) (*agent.Runner, string) 
 	e.publish("v2")
 	v2 := e.check(plain, agent.ResultInstalled).Checksum
 	reg := registry()
-	reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Fleet, hcl.Diagnostics) { return ff, nil }}
+	reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Agent, hcl.Diagnostics) { return ff, nil }}
 	src := fmt.Sprintf(`
 state_path = %q
 node_name  = "test-node"

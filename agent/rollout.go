@@ -83,7 +83,7 @@ func equalTags(a, b []string) bool {
 // check over. It returns the fleet as read, or the outcome that ends the
 // check.
 func (r *Runner) rolloutFirst(ctx context.Context, st *State) (fleet.Status, *Outcome) {
-	view, err := r.fleet.Status(ctx, r.svc.Name)
+	view, err := r.records.Status(ctx, r.svc.Name)
 	if err != nil {
 		return view, &Outcome{Result: ResultError, Phase: PhaseLock, Err: fmt.Errorf("read the rollout: %w", err)}
 	}
@@ -141,7 +141,7 @@ func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifa
 // breaker may have come while this host waited for it. (A pin or a revert
 // is left to the next check, which takes the slot for it.)
 func (r *Runner) rolloutAgain(ctx context.Context, info artifact.Info) *Outcome {
-	view, err := r.fleet.Status(ctx, r.svc.Name)
+	view, err := r.records.Status(ctx, r.svc.Name)
 	if err != nil {
 		return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: info.Checksum(), Err: fmt.Errorf("read the rollout: %w", err)}
 	}
@@ -191,7 +191,7 @@ func (r *Runner) revert(ctx context.Context, st *State, view fleet.Status, b *fl
 // revertStill reads the fleet again once the slot is held, and says
 // whether the revert of b should still be done.
 func (r *Runner) revertStill(ctx context.Context, st *State, b *fleet.Breaker) (Outcome, bool) {
-	view, err := r.fleet.Status(ctx, r.svc.Name)
+	view, err := r.records.Status(ctx, r.svc.Name)
 	switch {
 	case err != nil:
 		return Outcome{Result: ResultError, Phase: PhaseLock, Checksum: st.Checksum, Err: fmt.Errorf("read the rollout: %w", err)}, false
@@ -273,7 +273,7 @@ func (r *Runner) pinned(ctx context.Context, st *State, view fleet.Status, pin *
 		defer func() { s.release(ctx, out) }()
 		// A pin lifted or changed, or a hold set, while the host waited
 		// for the slot: the next check decides afresh.
-		now, err := r.fleet.Status(ctx, r.svc.Name)
+		now, err := r.records.Status(ctx, r.svc.Name)
 		if err != nil {
 			out = Outcome{Result: ResultError, Phase: PhaseLock, Checksum: st.Checksum, Err: fmt.Errorf("read the rollout: %w", err)}
 			return out
@@ -317,7 +317,7 @@ func (r *Runner) underMaxFailed(ctx context.Context, checksum string) bool {
 	if p == nil || p.MaxFailed <= 1 {
 		return false
 	}
-	view, err := r.fleet.Status(ctx, r.svc.Name)
+	view, err := r.records.Status(ctx, r.svc.Name)
 	if err != nil {
 		return false // cannot count: stop the rollout
 	}
@@ -392,7 +392,7 @@ func (a *Agent) follow(ctx context.Context, r *Runner, w fleet.ServiceWatcher) {
 // mustAct says whether the fleet asks this host to revert, to follow a
 // pin, or to register again.
 func (a *Agent) mustAct(ctx context.Context, r *Runner) bool {
-	view, err := r.fleet.Status(ctx, r.svc.Name)
+	view, err := r.records.Status(ctx, r.svc.Name)
 	if err != nil {
 		return false
 	}

@@ -47,7 +47,7 @@ type config struct {
 }
 
 // Factory decodes `lock "consul" { … }`.
-func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Fleet, hcl.Diagnostics) {
+func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Agent, hcl.Diagnostics) {
 	var c config
 	diags := gohcl.DecodeBody(body, nil, &c)
 	if diags.HasErrors() {
