@@ -73,7 +73,14 @@ func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Agent, hcl.Diagnosti
 
 // Semaphore returns the fleet semaphore of service with limit slots.
 func (p *Fleet) Semaphore(service string, limit int) (fleet.Semaphore, error) {
-	return &Semaphore{p: p, service: service, limit: max(limit, 1)}, nil
+	return p.LegacySemaphore(service, limit), nil
+}
+
+// LegacySemaphore is consul/api's semaphore under <service>/lock/: every
+// waiting host wakes on every change under the prefix and reads every
+// contender's entry.
+func (p *Fleet) LegacySemaphore(service string, limit int) *Semaphore {
+	return &Semaphore{p: p, service: service, limit: max(limit, 1)}
 }
 
 // Semaphore is one host's claim on a service's slots.
