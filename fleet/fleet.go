@@ -6,13 +6,13 @@
 //
 // Layout under the prefix (default "dropship"):
 //
-//	<prefix>/<service>/grant/<node>        a host's wait for a slot, or its grant (lock/consul)
-//	<prefix>/<service>/coord               the coordinator of the grants (lock/consul)
 //	<prefix>/<service>/lock/...            the semaphore of dropship before the grants (consul/api)
 //	<prefix>/<service>/nodes/<node>        NodeStatus
 //	<prefix>/<service>/hold                Hold: no host starts an update
 //	<prefix>/<service>/failed/<checksum>   Breaker: no host installs it
 //	<prefix>/_published/<service>          Published: the nudge agents watch
+//	<prefix>/_slots/<service>/grant/<node> a host's wait for a slot, or its grant (lock/consul)
+//	<prefix>/_slots/<service>/coord        the coordinator of the grants (lock/consul)
 //	<prefix>/<service>/audit/<time>-<node>-<rand>   Event: the audit log
 //	<prefix>/<service>/rollout/freeze      Freeze: no new waves
 //	<prefix>/<service>/rollout/pins/<id>   Pin: hosts kept on a release

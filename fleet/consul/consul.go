@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -24,6 +25,7 @@ import (
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/internal/consulx"
 	"github.com/dropshipd/dropship/internal/hclx"
+	lockconsul "github.com/dropshipd/dropship/lock/consul"
 )
 
 // Defaults of the lock block.
@@ -71,9 +73,11 @@ func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Agent, hcl.Diagnosti
 	return p, diags
 }
 
-// Semaphore returns the fleet semaphore of service with limit slots.
+// Semaphore returns this host's claim on the limit update slots of
+// service: grants handed out by a coordinator elected among the waiting
+// agents (lock/consul).
 func (p *Fleet) Semaphore(service string, limit int) (fleet.Semaphore, error) {
-	return p.LegacySemaphore(service, limit), nil
+	return lockconsul.New(p.Client, p.Prefix, service, p.Node, p.SessionTTL, limit), nil
 }
 
 // LegacySemaphore is consul/api's semaphore under <service>/lock/: every
@@ -332,7 +336,9 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 	}
 	// A get of a missing key fails a transaction; a tree does not.
 	pubKey := fleet.PublishedPrefix(p.Prefix) + service
-	ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: pubKey}})
+	slots := lockconsul.SlotsPrefix(p.Prefix, service)
+	ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: pubKey}},
+		&api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: slots}})
 	ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return st, fmt.Errorf("%w: read %s: %v", fleet.ErrUnavailable, base, err)
@@ -354,6 +360,22 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 			var pub fleet.Published
 			if json.Unmarshal(kv.Value, &pub) == nil {
 				st.Published = &pub
+			}
+			continue
+		}
+		if slot, ok := strings.CutPrefix(kv.Key, slots); ok {
+			switch {
+			case slot == "coord":
+				var d lockconsul.Doc
+				if json.Unmarshal(kv.Value, &d) == nil && kv.Session != "" {
+					st.Limit = max(st.Limit, d.Limit)
+				}
+			case strings.HasPrefix(slot, "grant/"):
+				var g lockconsul.Grant
+				if kv.Session != "" && json.Unmarshal(kv.Value, &g) == nil && g.State == lockconsul.StateGranted {
+					st.Holders = append(st.Holders, strings.TrimPrefix(slot, "grant/"))
+					st.Limit = max(st.Limit, g.Limit)
+				}
 			}
 			continue
 		}
@@ -423,9 +445,11 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 			sessions[kv.Session] = string(kv.Value)
 		}
 	}
-	st.Limit = lockDoc.Limit
+	// The semaphore of agents before the grants: its holders that are
+	// not grants (whose entries carry the node name too) are older agents.
+	st.Limit = max(st.Limit, lockDoc.Limit)
 	for sess := range lockDoc.Holders {
-		if node, ok := sessions[sess]; ok {
+		if node, ok := sessions[sess]; ok && !slices.Contains(st.Holders, node) {
 			st.Holders = append(st.Holders, node)
 		}
 	}
