@@ -14,7 +14,8 @@
 // Printed per run: wall time from the release (every host starts waiting
 // at once) to the last host done, against the ideal (ceil(N/concurrency)
 // updates back to back); the p99 hand-off (a slot released to the next
-// grant); requests and bytes from Consul per host; Consul's CPU seconds
+// grant, or the host's wait written to its grant when that came later;
+// the semaphore's hosts are timed from the release alone); requests and bytes from Consul per host; Consul's CPU seconds
 // and resident memory; and, with -idle, the requests per host per hour
 // once nothing happens.
 package main
@@ -164,6 +165,9 @@ func run(design string, n int) error {
 	req := make([]atomic.Int64, n)
 	recv := make([]atomic.Int64, n)
 	slots := make([]lock.Slot, n)
+	// When each host's wait was in Consul: a slot freed before it is not
+	// this host's hand-off to wait for.
+	waiting := make([]time.Time, n)
 	for i := range n {
 		cl, err := newClient(c.Addr, &req[i], &recv[i])
 		if err != nil {
@@ -175,7 +179,9 @@ func run(design string, n int) error {
 			f := &fleetconsul.Fleet{Client: cl, Prefix: "bench", Node: node, SessionTTL: *ttl}
 			slots[i] = f.LegacySemaphore("app", conc)
 		default:
-			slots[i] = lockconsul.New(cl, "bench", "app", node, *ttl, conc)
+			sl := lockconsul.New(cl, "bench", "app", node, *ttl, conc)
+			sl.Waiting = func() { waiting[i] = time.Now() }
+			slots[i] = sl
 		}
 	}
 	cpu0, _, _ := cpu(pid)
@@ -218,13 +224,25 @@ func run(design string, n int) error {
 		reqs += req[i].Load()
 		bytes += recv[i].Load()
 	}
-	g := append([]time.Time(nil), grants...)
+	// The k-th grant took the slot the (k-concurrency)-th release freed:
+	// its hand-off is from that release, or from when the host's wait was
+	// written if that came later (a host still starting up was not kept
+	// waiting by the fleet).
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(a, b int) bool { return grants[order[a]].Before(grants[order[b]]) })
 	r := append([]time.Time(nil), releases...)
-	sort.Slice(g, func(i, j int) bool { return g[i].Before(g[j]) })
 	sort.Slice(r, func(i, j int) bool { return r[i].Before(r[j]) })
 	var hand []time.Duration
 	for k := conc; k < n; k++ {
-		hand = append(hand, max(0, g[k].Sub(r[k-conc])))
+		h := order[k]
+		from := r[k-conc]
+		if waiting[h].After(from) {
+			from = waiting[h]
+		}
+		hand = append(hand, max(0, grants[h].Sub(from)))
 	}
 	sort.Slice(hand, func(i, j int) bool { return hand[i] < hand[j] })
 	p99 := time.Duration(0)

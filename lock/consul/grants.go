@@ -99,6 +99,10 @@ type Slots struct {
 	TTL     time.Duration
 	Limit   int
 	Logger  *slog.Logger
+	// Waiting, if set, is called once this host's wait is written: from
+	// then on a free slot can be granted to it (bench-scale measures the
+	// hand-off from it).
+	Waiting func()
 
 	mu    sync.Mutex
 	held  *session // while waiting or holding
@@ -221,6 +225,9 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 	s.mu.Lock()
 	s.held = se
 	s.mu.Unlock()
+	if s.Waiting != nil {
+		s.Waiting()
+	}
 	s.ensureCoordinator(ctx)
 	index = 0
 	for {
@@ -376,6 +383,8 @@ type coordinator struct {
 	held   map[string]heldGrant // by node
 	queue  []want
 	legacy *legacyLock // the older semaphore's record, as last written or read
+	// lastLen is how many keys the last listing of the folder had.
+	lastLen int
 }
 
 // heldGrant is a live grant: the modify index of its key as granted, and
@@ -432,22 +441,7 @@ func (c *coordinator) run(ctx context.Context) {
 	}()
 	lists := make(chan listing, 1)
 	released := make(chan grantRef, s.Limit*2+8)
-	go func() {
-		loop := blocking.Loop{MinGap: ListGap, BackoffCap: 5 * time.Second}
-		loop.Run(ctx, 0, func(ctx context.Context, index uint64) (uint64, error) {
-			q := (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute, RequireConsistent: index == 0}).WithContext(ctx)
-			pairs, meta, err := s.Client.KV().List(GrantPrefix(s.Prefix, s.Service), q)
-			if err != nil {
-				return 0, err
-			}
-			select {
-			case <-lists: // an older listing nobody read: this one replaces it
-			default:
-			}
-			lists <- listing{pairs, meta.LastIndex}
-			return meta.LastIndex, nil
-		})
-	}()
+	go c.list(ctx, lists)
 	idleSince := time.Now()
 	tick := time.NewTicker(IdleResign / 4)
 	defer tick.Stop()
@@ -465,7 +459,9 @@ func (c *coordinator) run(ctx context.Context) {
 				c.legacyGone(h.session)
 			}
 		case <-tick.C:
-			if len(c.held) == 0 && len(c.queue) == 0 && time.Since(idleSince) > IdleResign {
+			// Only once the folder read last was empty: a listing slow to
+			// come (a busy Consul) is no sign that nobody waits.
+			if listed && c.lastLen == 0 && len(c.held) == 0 && len(c.queue) == 0 && time.Since(idleSince) > IdleResign {
 				s.logger().Info("nobody waits for a slot: giving up coordinating", "service", s.Service)
 				return
 			}
@@ -487,9 +483,61 @@ func (c *coordinator) run(ctx context.Context) {
 	}
 }
 
+// list follows the grant folder with a blocking query and hands each
+// listing to the coordinator. A listing with many waiting hosts (the
+// only read that grows with the fleet) is made at most once per ListGap;
+// one that is short, because every waiting host known is granted, may
+// be made again at once, so that a host that starts waiting then is
+// granted without waiting for the gap.
+func (c *coordinator) list(ctx context.Context, lists chan listing) {
+	s := c.s
+	var index uint64
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute, RequireConsistent: index == 0}).WithContext(ctx)
+		pairs, meta, err := s.Client.KV().List(GrantPrefix(s.Prefix, s.Service), q)
+		if err != nil {
+			index = 0 // the Consul that answers next may be behind
+			pause(ctx, backoff/2+rand.N(backoff/2))
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		if meta.LastIndex < index {
+			index = 0 // gone backwards (a restored Consul): read afresh
+		} else {
+			index = meta.LastIndex
+		}
+		select {
+		case <-lists: // an older listing nobody read: this one replaces it
+		default:
+		}
+		lists <- listing{pairs, meta.LastIndex}
+		gap := ListGap
+		if len(pairs) <= 4*s.Limit+16 {
+			gap = 5 * time.Millisecond
+		}
+		pause(ctx, gap-time.Since(start))
+	}
+}
+
+func pause(ctx context.Context, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
 // merge takes a listing of the grant folder: the live grants (some this
 // coordinator did not make: a predecessor's) and the hosts waiting.
 func (c *coordinator) merge(ctx context.Context, l listing, released chan<- grantRef) {
+	c.lastLen = len(l.pairs)
 	granted := map[string]bool{}
 	c.queue = c.queue[:0]
 	for _, kv := range l.pairs {
