@@ -45,7 +45,10 @@ func (r *Runner) register(ctx context.Context, st *State, view fleet.Status) {
 	if own != nil {
 		if own.Policy == r.policyHash() && equalTags(own.Tags, r.tags) && own.Checksum == st.Checksum {
 			if r.registeredAt.IsZero() {
-				r.registeredAt = r.now()
+				// Registered by an earlier run (`agent --once` from cron,
+				// a restart): the fleet knew this host already, so there
+				// is nothing to let settle.
+				r.registeredAt = r.now().Add(-registerSettle)
 			}
 			return
 		}
@@ -111,8 +114,7 @@ func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifa
 	// started gives the others started with it time to register, or it
 	// could see a fleet of one and take itself for the canary.
 	if settled := r.registeredAt.Add(registerSettle); r.registeredAt.IsZero() || r.now().Before(settled) {
-		return &Outcome{Result: ResultSkipped, Checksum: sum, Until: settled, rollout: true,
-			Reason: "rollout: letting the fleet's hosts register first"}
+		return &Outcome{Result: ResultSkipped, Checksum: sum, Until: settled, rollout: true, Reason: reasonSettle}
 	}
 	dec := r.decider.Decide(ctx, r.node, rollout.View{Service: r.svc.Name, Checksum: sum, Status: view, Now: r.now()})
 	if dec.Trip != "" {
@@ -331,6 +333,10 @@ func (r *Runner) underMaxFailed(ctx context.Context, checksum string) bool {
 	}
 	return false
 }
+
+// reasonSettle: the host registered a moment ago, and gives the others
+// started with it time to register before it plans the waves.
+const reasonSettle = "rollout: letting the fleet's hosts register first"
 
 // registerSettle is how long a host waits after registering before its
 // first rollout decision.
