@@ -49,6 +49,19 @@ func (f *fakeFleet) Report(_ context.Context, _ string, ns fleet.NodeStatus) err
 
 func (f *fakeFleet) Record(context.Context, string, fleet.Event) error { return nil }
 
+func (f *fakeFleet) FixPlan(_ context.Context, _, checksum string, waves []fleet.PlanWave) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.st.Plans[checksum]; ok {
+		return false, nil
+	}
+	if f.st.Plans == nil {
+		f.st.Plans = map[string][]fleet.PlanWave{}
+	}
+	f.st.Plans[checksum] = waves
+	return true, nil
+}
+
 func (f *fakeFleet) Semaphore(string, int) (fleet.Semaphore, error) { return fakeSem{f}, nil }
 
 type fakeSem struct{ f *fakeFleet }

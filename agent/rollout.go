@@ -77,6 +77,17 @@ func (r *Runner) register(ctx context.Context, st *State, view fleet.Status) {
 	r.logger.Info("registered in the fleet", "tags", r.tags, "policy", ns.Policy)
 }
 
+// samePolicy says whether every registered host has this host's rollout
+// policy: only then is a plan it makes the fleet's.
+func (r *Runner) samePolicy(view fleet.Status) bool {
+	for _, n := range view.Nodes {
+		if n.Policy != r.policyHash() {
+			return false
+		}
+	}
+	return true
+}
+
 func equalTags(a, b []string) bool {
 	return strings.Join(a, ",") == strings.Join(b, ",")
 }
@@ -115,6 +126,19 @@ func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifa
 	// could see a fleet of one and take itself for the canary.
 	if settled := r.registeredAt.Add(registerSettle); r.registeredAt.IsZero() || r.now().Before(settled) {
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Until: settled, rollout: true, Reason: reasonSettle}
+	}
+	if _, fixed := view.Plans[sum]; !fixed && r.samePolicy(view) {
+		// The first host to decide on this release fixes its plan: a
+		// host that registers later goes into the last wave, and no host
+		// moves into an earlier or an approved wave.
+		steps := r.svc.Rollout.Plan(sum, rollout.Members(view, r.node))
+		if _, err := r.records.FixPlan(ctx, r.svc.Name, sum, rollout.Waves(steps)); err != nil {
+			return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("fix the rollout's plan: %w", err)}
+		}
+		var err error
+		if view, err = r.records.Status(ctx, r.svc.Name); err != nil {
+			return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("read the rollout: %w", err)}
+		}
 	}
 	dec := r.decider.Decide(ctx, r.node, rollout.View{Service: r.svc.Name, Checksum: sum, Status: view, Now: r.now()})
 	if dec.Trip != "" {

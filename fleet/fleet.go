@@ -17,6 +17,7 @@
 //	<prefix>/<service>/rollout/freeze      Freeze: no new waves
 //	<prefix>/<service>/rollout/pins/<id>   Pin: hosts kept on a release
 //	<prefix>/<service>/rollout/approve/<checksum>/<wave>   Approval
+//	<prefix>/<service>/rollout/plan/<checksum>   the waves, fixed when the rollout started
 package fleet
 
 import (
@@ -80,6 +81,10 @@ type Operator interface {
 	// Forget removes the record of a host that is gone for good, so that
 	// waves stop waiting for it; false if there was none.
 	Forget(ctx context.Context, service, node string) (bool, error)
+	// FixPlan writes the plan of the rollout of checksum (which host in
+	// which wave) unless one is written already: false then. Status
+	// returns it from then on.
+	FixPlan(ctx context.Context, service, checksum string, waves []PlanWave) (bool, error)
 
 	// Log returns the audit log of service, oldest first, with the index
 	// to pass next time. With since > 0 it blocks (up to a few minutes,
@@ -194,7 +199,19 @@ type Status struct {
 	// Cleared is when `fleet clear` lifted a checksum's breaker: failures
 	// before it no longer count.
 	Cleared map[string]time.Time
+	// Plans are the plans of rollouts, fixed when each started, by
+	// checksum.
+	Plans map[string][]PlanWave
 }
+
+// PlanWave is one wave of a fixed plan: its name and its hosts.
+type PlanWave struct {
+	Name  string   `json:"name"`
+	Nodes []string `json:"nodes"`
+}
+
+// MaxPlans is how many fixed plans a service keeps (the newest).
+const MaxPlans = 4
 
 // Breaker returns the breaker of checksum, or nil.
 func (s Status) Breaker(checksum string) *Breaker {

@@ -287,6 +287,30 @@ func (p *Fleet) Approve(ctx context.Context, service string, a fleet.Approval) e
 	return p.put(ctx, fleet.RolloutKey(p.Prefix, service)+"approve/"+a.Checksum+"/"+a.Wave, a)
 }
 
+// FixPlan writes the plan of the rollout of checksum if none is written
+// (a check-and-set on a key that does not exist), then keeps only the
+// newest fleet.MaxPlans plans of service.
+func (p *Fleet) FixPlan(ctx context.Context, service, checksum string, waves []fleet.PlanWave) (bool, error) {
+	prefix := fleet.RolloutKey(p.Prefix, service) + "plan/"
+	b, _ := json.Marshal(waves)
+	ok, _, err := p.Client.KV().CAS(&api.KVPair{Key: prefix + keySafe(checksum), Value: b}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		return false, fmt.Errorf("%w: fix the plan of %s of %s: %v", fleet.ErrUnavailable, checksum, service, err)
+	}
+	if !ok {
+		return false, nil
+	}
+	pairs, _, err := p.Client.KV().List(prefix, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil || len(pairs) <= fleet.MaxPlans {
+		return true, nil // the old plans go next time
+	}
+	sort.Slice(pairs, func(i, j int) bool { return pairs[i].CreateIndex > pairs[j].CreateIndex })
+	for _, kv := range pairs[fleet.MaxPlans:] {
+		p.Client.KV().DeleteCAS(&api.KVPair{Key: kv.Key, ModifyIndex: kv.ModifyIndex}, (&api.WriteOptions{}).WithContext(ctx))
+	}
+	return true, nil
+}
+
 // Forget removes the node record of node.
 func (p *Fleet) Forget(ctx context.Context, service, node string) (bool, error) {
 	return p.delete(ctx, fleet.NodesKey(p.Prefix, service)+node)
@@ -421,6 +445,14 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 					st.Cleared = map[string]time.Time{}
 				}
 				st.Cleared[c.Checksum] = c.Time
+			}
+		case strings.HasPrefix(rest, "rollout/plan/"):
+			var waves []fleet.PlanWave
+			if json.Unmarshal(kv.Value, &waves) == nil {
+				if st.Plans == nil {
+					st.Plans = map[string][]fleet.PlanWave{}
+				}
+				st.Plans[strings.TrimPrefix(rest, "rollout/plan/")] = waves
 			}
 		case strings.HasPrefix(rest, "rollout/pins/"):
 			var pin fleet.Pin
