@@ -9,7 +9,7 @@ export DROPSHIP_RIG_DIR := $(RIG_DIR)
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 
-.PHONY: all build demo test rig vet fmt-check bench bench-delta bench-idle bench-watch bench-rollout fuzz deb clean
+.PHONY: all build demo test rig vet fmt-check bench bench-delta bench-idle bench-watch bench-rollout bench-scale fuzz deb clean
 
 all: build
 
@@ -71,6 +71,13 @@ bench-watch: rig
 # then a fleet revert, breaker to the last host switched back.
 bench-rollout: rig
 	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/rollout
+
+# Fleet slots at scale: N simulated hosts (goroutines, one Consul client
+# each) against one Consul agent; the consul/api semaphore beside.
+SCALE_HOSTS ?= 100,1000,5000
+SCALE_BASELINE ?= 200,500
+bench-scale: rig
+	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/scale -hosts $(SCALE_HOSTS) -baseline $(SCALE_BASELINE)
 
 # Fuzz the archive reader, the config loader and the state loader
 # (FUZZTIME each; `make test` runs a 30 s pass of each). A crasher lands in

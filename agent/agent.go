@@ -87,6 +87,14 @@ func (a *Agent) Once(ctx context.Context) error {
 	var errs []error
 	for _, r := range a.runners {
 		out := r.Check(ctx)
+		if out.Reason == reasonSettle && ctx.Err() == nil {
+			// Registered just now: a run from cron waits the few
+			// seconds the fleet is given, then decides, rather than
+			// exiting without installing every time.
+			a.log(r, out)
+			sleep(ctx, time.Until(out.Until))
+			out = r.Check(ctx)
+		}
 		a.log(r, out)
 		if out.Err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", r.svc.Name, out.Err))

@@ -15,9 +15,9 @@ import (
 
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/fleet"
-	"github.com/dropshipd/dropship/fleet/local"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/internal/hclx"
+	"github.com/dropshipd/dropship/lock/local"
 )
 
 // Defaults of the agent and service files.
@@ -57,7 +57,7 @@ type Config struct {
 	// StatusToken, when set, lets a TCP status_addr take POSTs that carry
 	// it as a bearer token; without it a TCP listener is read-only.
 	StatusToken string
-	Fleet       fleet.Fleet // never nil: a single host without a lock block
+	Fleet       fleet.Agent // never nil: a single host without a lock block
 	LockKind    string
 	Repos       map[string]*artifact.Repo
 	Services    []*Service

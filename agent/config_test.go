@@ -72,7 +72,7 @@ func TestDefaults(t *testing.T) {
 func TestGateQueryWithBoolIsRefused(t *testing.T) {
 	e := newEnv(t)
 	reg := registry()
-	reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Fleet, hcl.Diagnostics) { return &fakeFleet{}, nil }}
+	reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Agent, hcl.Diagnostics) { return &fakeFleet{}, nil }}
 	src := fmt.Sprintf(`
 state_path = %q
 lock "consul" {}

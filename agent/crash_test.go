@@ -37,7 +37,7 @@ func crashChild(cfgPath, at string) {
 	reg := registry()
 	if kind, sum, ok := strings.Cut(os.Getenv("DROPSHIP_CRASH_FLEET"), ":"); ok {
 		ff := switchBackFleet(kind, sum)
-		reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Fleet, hcl.Diagnostics) { return ff, nil }}
+		reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Agent, hcl.Diagnostics) { return ff, nil }}
 	}
 	cfg, diags := agent.Load(cfgPath, reg, nil)
 	if diags.HasErrors() {
@@ -314,7 +314,7 @@ service "app" {
 
 			ff := switchBackFleet(tc.kind, sum)
 			reg := registry()
-			reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Fleet, hcl.Diagnostics) { return ff, nil }}
+			reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Agent, hcl.Diagnostics) { return ff, nil }}
 			cfg, diags := agent.Load(path, reg, slog.New(slog.DiscardHandler))
 			if diags.HasErrors() {
 				t.Fatal(diags)

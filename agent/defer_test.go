@@ -59,7 +59,7 @@ func (s *countingSem) Release(context.Context) error { return nil }
 func (e *env) deferConfig(ff fleet.Fleet, extra string) *agent.Config {
 	e.t.Helper()
 	reg := registry()
-	reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Fleet, hcl.Diagnostics) { return ff, nil }}
+	reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Agent, hcl.Diagnostics) { return ff, nil }}
 	src := fmt.Sprintf(`
 state_path = %q
 node_name  = "test-node"

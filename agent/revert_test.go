@@ -49,6 +49,19 @@ func (f *fakeFleet) Report(_ context.Context, _ string, ns fleet.NodeStatus) err
 
 func (f *fakeFleet) Record(context.Context, string, fleet.Event) error { return nil }
 
+func (f *fakeFleet) FixPlan(_ context.Context, _, checksum string, waves []fleet.PlanWave) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.st.Plans[checksum]; ok {
+		return false, nil
+	}
+	if f.st.Plans == nil {
+		f.st.Plans = map[string][]fleet.PlanWave{}
+	}
+	f.st.Plans[checksum] = waves
+	return true, nil
+}
+
 func (f *fakeFleet) Semaphore(string, int) (fleet.Semaphore, error) { return fakeSem{f}, nil }
 
 type fakeSem struct{ f *fakeFleet }
@@ -74,7 +87,7 @@ func rolloutRunner(t *testing.T, e *env, ff *fakeFleet) (*agent.Runner, string) 
 	e.publish("v2")
 	v2 := e.check(plain, agent.ResultInstalled).Checksum
 	reg := registry()
-	reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Fleet, hcl.Diagnostics) { return ff, nil }}
+	reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Agent, hcl.Diagnostics) { return ff, nil }}
 	src := fmt.Sprintf(`
 state_path = %q
 node_name  = "test-node"

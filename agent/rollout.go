@@ -46,7 +46,10 @@ func (r *Runner) register(ctx context.Context, st *State, view fleet.Status) {
 	if own != nil {
 		if own.Policy == r.policyHash() && equalTags(own.Tags, r.tags) && own.Checksum == st.Checksum {
 			if r.registeredAt.IsZero() {
-				r.registeredAt = r.now()
+				// Registered by an earlier run (`agent --once` from cron,
+				// a restart): the fleet knew this host already, so there
+				// is nothing to let settle.
+				r.registeredAt = r.now().Add(-registerSettle)
 			}
 			return
 		}
@@ -75,6 +78,17 @@ func (r *Runner) register(ctx context.Context, st *State, view fleet.Status) {
 	r.logger.Info("registered in the fleet", "tags", r.tags, "policy", ns.Policy)
 }
 
+// samePolicy says whether every registered host has this host's rollout
+// policy: only then is a plan it makes the fleet's.
+func (r *Runner) samePolicy(view fleet.Status) bool {
+	for _, n := range view.Nodes {
+		if n.Policy != r.policyHash() {
+			return false
+		}
+	}
+	return true
+}
+
 func equalTags(a, b []string) bool {
 	return strings.Join(a, ",") == strings.Join(b, ",")
 }
@@ -84,7 +98,7 @@ func equalTags(a, b []string) bool {
 // check over. It returns the fleet as read, or the outcome that ends the
 // check.
 func (r *Runner) rolloutFirst(ctx context.Context, st *State) (fleet.Status, *Outcome) {
-	view, err := r.fleet.Status(ctx, r.svc.Name)
+	view, err := r.records.Status(ctx, r.svc.Name)
 	if err != nil {
 		return view, &Outcome{Result: ResultError, Phase: PhaseLock, Err: fmt.Errorf("read the rollout: %w", err)}
 	}
@@ -112,8 +126,20 @@ func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifa
 	// started gives the others started with it time to register, or it
 	// could see a fleet of one and take itself for the canary.
 	if settled := r.registeredAt.Add(registerSettle); r.registeredAt.IsZero() || r.now().Before(settled) {
-		return &Outcome{Result: ResultSkipped, Checksum: sum, Until: settled, rollout: true,
-			Reason: "rollout: letting the fleet's hosts register first"}
+		return &Outcome{Result: ResultSkipped, Checksum: sum, Until: settled, rollout: true, Reason: reasonSettle}
+	}
+	if _, fixed := view.Plans[sum]; !fixed && r.samePolicy(view) {
+		// The first host to decide on this release fixes its plan: a
+		// host that registers later goes into the last wave, and no host
+		// moves into an earlier or an approved wave.
+		steps := r.svc.Rollout.Plan(sum, rollout.Members(view, r.node))
+		if _, err := r.records.FixPlan(ctx, r.svc.Name, sum, rollout.Waves(steps)); err != nil {
+			return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("fix the rollout's plan: %w", err)}
+		}
+		var err error
+		if view, err = r.records.Status(ctx, r.svc.Name); err != nil {
+			return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("read the rollout: %w", err)}
+		}
 	}
 	dec := r.decider.Decide(ctx, r.node, rollout.View{Service: r.svc.Name, Checksum: sum, Status: view, Now: r.now()})
 	if dec.Trip != "" {
@@ -142,7 +168,7 @@ func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifa
 // breaker may have come while this host waited for it. (A pin or a revert
 // is left to the next check, which takes the slot for it.)
 func (r *Runner) rolloutAgain(ctx context.Context, info artifact.Info) *Outcome {
-	view, err := r.fleet.Status(ctx, r.svc.Name)
+	view, err := r.records.Status(ctx, r.svc.Name)
 	if err != nil {
 		return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: info.Checksum(), Err: fmt.Errorf("read the rollout: %w", err)}
 	}
@@ -192,7 +218,7 @@ func (r *Runner) revert(ctx context.Context, st *State, view fleet.Status, b *fl
 // revertStill reads the fleet again once the slot is held, and says
 // whether the revert of b should still be done.
 func (r *Runner) revertStill(ctx context.Context, st *State, b *fleet.Breaker) (Outcome, bool) {
-	view, err := r.fleet.Status(ctx, r.svc.Name)
+	view, err := r.records.Status(ctx, r.svc.Name)
 	switch {
 	case err != nil:
 		return Outcome{Result: ResultError, Phase: PhaseLock, Checksum: st.Checksum, Err: fmt.Errorf("read the rollout: %w", err)}, false
@@ -252,7 +278,7 @@ func (r *Runner) pinned(ctx context.Context, st *State, view fleet.Status, pin *
 		defer func() { s.release(ctx, out) }()
 		// A pin lifted or changed, or a hold set, while the host waited
 		// for the slot: the next check decides afresh.
-		now, err := r.fleet.Status(ctx, r.svc.Name)
+		now, err := r.records.Status(ctx, r.svc.Name)
 		if err != nil {
 			out = Outcome{Result: ResultError, Phase: PhaseLock, Checksum: st.Checksum, Err: fmt.Errorf("read the rollout: %w", err)}
 			return out
@@ -287,7 +313,7 @@ func (r *Runner) underMaxFailed(ctx context.Context, checksum string) bool {
 	if p == nil || p.MaxFailed <= 1 {
 		return false
 	}
-	view, err := r.fleet.Status(ctx, r.svc.Name)
+	view, err := r.records.Status(ctx, r.svc.Name)
 	if err != nil {
 		return false // cannot count: stop the rollout
 	}
@@ -301,6 +327,10 @@ func (r *Runner) underMaxFailed(ctx context.Context, checksum string) bool {
 	}
 	return false
 }
+
+// reasonSettle: the host registered a moment ago, and gives the others
+// started with it time to register before it plans the waves.
+const reasonSettle = "rollout: letting the fleet's hosts register first"
 
 // registerSettle is how long a host waits after registering before its
 // first rollout decision.
@@ -362,7 +392,7 @@ func (a *Agent) follow(ctx context.Context, r *Runner, w fleet.ServiceWatcher) {
 // mustAct says whether the fleet asks this host to revert, to follow a
 // pin, or to register again.
 func (a *Agent) mustAct(ctx context.Context, r *Runner) bool {
-	view, err := r.fleet.Status(ctx, r.svc.Name)
+	view, err := r.records.Status(ctx, r.svc.Name)
 	if err != nil {
 		return false
 	}

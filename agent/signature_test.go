@@ -277,7 +277,7 @@ func TestReplayAfterRollbackRefused(t *testing.T) {
 func keysRolloutRunner(t *testing.T, e *env, ff *fakeFleet, keys string) *agent.Runner {
 	t.Helper()
 	reg := registry()
-	reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Fleet, hcl.Diagnostics) { return ff, nil }}
+	reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Agent, hcl.Diagnostics) { return ff, nil }}
 	src := fmt.Sprintf(`
 state_path = %q
 node_name  = "test-node"

@@ -16,10 +16,10 @@ import (
 	"github.com/dropshipd/dropship/artifact/archive"
 	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/fleet"
-	"github.com/dropshipd/dropship/fleet/local"
 	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/internal/trim"
+	"github.com/dropshipd/dropship/lock/local"
 )
 
 // Result is what one check did.
@@ -77,14 +77,16 @@ type Outcome struct {
 
 // Runner checks and updates one service.
 type Runner struct {
-	svc    *Service
-	node   string
-	lay    layout
-	local  *local.Flock    // one agent per service per host
-	sem    fleet.Semaphore // fleet slots, when sequential
-	fleet  fleet.Fleet
-	logger *slog.Logger
-	now    func() time.Time
+	svc   *Service
+	node  string
+	lay   layout
+	local *local.Flock    // one agent per service per host
+	sem   fleet.Semaphore // fleet slots, when sequential
+	fleet fleet.Agent
+	// records are the fleet's shared records a rollout plans from.
+	records fleet.Operator
+	logger  *slog.Logger
+	now     func() time.Time
 
 	tags         []string         // node_tags
 	decider      *rollout.Decider // the service's rollout, or nil
@@ -125,11 +127,16 @@ func NewRunner(cfg *Config, svc *Service, logger *slog.Logger) (*Runner, error) 
 		now:    time.Now,
 		tags:   cfg.NodeTags,
 	}
-	if svc.Rollout != nil {
-		r.decider = rollout.NewDecider(svc.Rollout)
-	}
 	if r.fleet == nil {
 		r.fleet = local.Fleet{Dir: cfg.StatePath}
+	}
+	if svc.Rollout != nil {
+		r.decider = rollout.NewDecider(svc.Rollout)
+		shared, err := fleet.Shared(r.fleet)
+		if err != nil {
+			return nil, fmt.Errorf("service %s: a rollout plans from the fleet's records: %w", svc.Name, err)
+		}
+		r.records = shared
 	}
 	if svc.Sequential {
 		sem, err := r.fleet.Semaphore(svc.Name, svc.Concurrency)

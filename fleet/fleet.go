@@ -1,20 +1,23 @@
-// Package fleet is what the hosts of a service share: the semaphore that
-// lets N of them update at once, each host's status, holds, and the
-// breaker that stops a bad release at the first host. One interface,
-// Fleet, is what the agent and the CLI use; fleet/consul keeps it in
-// Consul, fleet/local on one host.
+// Package fleet is what the hosts of a service share: the slots that let
+// N of them update at once, each host's status, holds, and the breaker
+// that stops a bad release at the first host. The agent uses Agent; the
+// operators' commands and the dashboard use Operator. fleet/consul keeps
+// both in Consul; lock/local is a single host's Agent, with no records.
 //
 // Layout under the prefix (default "dropship"):
 //
-//	<prefix>/<service>/lock/...            the semaphore (consul/api)
+//	<prefix>/<service>/lock/...            the semaphore of dropship before the grants (consul/api)
 //	<prefix>/<service>/nodes/<node>        NodeStatus
 //	<prefix>/<service>/hold                Hold: no host starts an update
 //	<prefix>/<service>/failed/<checksum>   Breaker: no host installs it
 //	<prefix>/_published/<service>          Published: the nudge agents watch
+//	<prefix>/_slots/<service>/grant/<node> a host's wait for a slot, or its grant (lock/consul)
+//	<prefix>/_slots/<service>/coord        the coordinator of the grants (lock/consul)
 //	<prefix>/<service>/audit/<time>-<node>-<rand>   Event: the audit log
 //	<prefix>/<service>/rollout/freeze      Freeze: no new waves
 //	<prefix>/<service>/rollout/pins/<id>   Pin: hosts kept on a release
 //	<prefix>/<service>/rollout/approve/<checksum>/<wave>   Approval
+//	<prefix>/<service>/rollout/plan/<checksum>   the waves, fixed when the rollout started
 package fleet
 
 import (
@@ -34,8 +37,10 @@ type Semaphore interface {
 	Release(ctx context.Context) error
 }
 
-// Fleet is the hosts of every service, as one host sees them.
-type Fleet interface {
+// Agent is what an agent needs of the fleet: a slot to update in, whether
+// it may start, and telling the other hosts what it did. lock/local is a
+// single host's; fleet/consul the shared one.
+type Agent interface {
 	// Semaphore returns this host's claim on the update slots of service.
 	Semaphore(service string, limit int) (Semaphore, error)
 	// Blocked returns why service must not start installing checksum now
@@ -49,8 +54,15 @@ type Fleet interface {
 	// Announce tells the hosts of p.Service that a release was published
 	// (a no-op on a single host).
 	Announce(ctx context.Context, p Published) error
+	// Record appends ev to the audit log of service. The log keeps the
+	// newest MaxEvents; appends from many hosts at once never lose one.
+	Record(ctx context.Context, service string, ev Event) error
+}
 
-	// Operators: `dropship hold|resume|fleet status|fleet clear`.
+// Operator is the fleet's shared records as the operators' commands
+// (`dropship hold|resume|fleet …`), the dashboard, and a rollout that
+// plans its waves from them read and change them. A single host has none.
+type Operator interface {
 	Hold(ctx context.Context, service string, h Hold) error
 	Resume(ctx context.Context, service string) error
 	// Clear lifts the breaker of checksum; false if there was none.
@@ -69,15 +81,30 @@ type Fleet interface {
 	// Forget removes the record of a host that is gone for good, so that
 	// waves stop waiting for it; false if there was none.
 	Forget(ctx context.Context, service, node string) (bool, error)
+	// FixPlan writes the plan of the rollout of checksum (which host in
+	// which wave) unless one is written already: false then. Status
+	// returns it from then on.
+	FixPlan(ctx context.Context, service, checksum string, waves []PlanWave) (bool, error)
 
-	// Record appends ev to the audit log of service. The log keeps the
-	// newest MaxEvents; appends from many hosts at once never lose one.
-	Record(ctx context.Context, service string, ev Event) error
 	// Log returns the audit log of service, oldest first, with the index
 	// to pass next time. With since > 0 it blocks (up to a few minutes,
 	// or until ctx ends) until the log has moved past since, and returns
 	// only the events written after it.
 	Log(ctx context.Context, service string, since uint64) ([]Event, uint64, error)
+}
+
+// Fleet is a shared fleet (lock "consul"): both interfaces.
+type Fleet interface {
+	Agent
+	Operator
+}
+
+// Shared returns a's shared records, or ErrSingleHost.
+func Shared(a Agent) (Fleet, error) {
+	if f, ok := a.(Fleet); ok {
+		return f, nil
+	}
+	return nil, ErrSingleHost
 }
 
 var (
@@ -175,7 +202,19 @@ type Status struct {
 	// Cleared is when `fleet clear` lifted a checksum's breaker: failures
 	// before it no longer count.
 	Cleared map[string]time.Time
+	// Plans are the plans of rollouts, fixed when each started, by
+	// checksum.
+	Plans map[string][]PlanWave
 }
+
+// PlanWave is one wave of a fixed plan: its name and its hosts.
+type PlanWave struct {
+	Name  string   `json:"name"`
+	Nodes []string `json:"nodes"`
+}
+
+// MaxPlans is how many fixed plans a service keeps (the newest).
+const MaxPlans = 4
 
 // Breaker returns the breaker of checksum, or nil.
 func (s Status) Breaker(checksum string) *Breaker {
@@ -222,8 +261,8 @@ type Env struct {
 	NodeName  string
 }
 
-// Factory builds a Fleet from a `lock "KIND"` block.
-type Factory func(kind string, body hcl.Body, env Env) (Fleet, hcl.Diagnostics)
+// Factory builds the fleet of a `lock "KIND"` block.
+type Factory func(kind string, body hcl.Body, env Env) (Agent, hcl.Diagnostics)
 
 // MaxEvents is how many events the audit log keeps per service.
 const MaxEvents = 1000

@@ -28,7 +28,7 @@ func (g *globals) fleet() (fleet.Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cfg.Fleet, nil
+	return fleet.Shared(cfg.Fleet)
 }
 
 func who() string {
@@ -101,7 +101,10 @@ func fleetCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p := cfg.Fleet
+			p, err := fleet.Shared(cfg.Fleet)
+			if err != nil {
+				return err
+			}
 			services := args
 			if len(services) == 0 {
 				if services, err = p.Services(cmd.Context()); err != nil {
@@ -149,7 +152,7 @@ func fleetCmd(g *globals) *cobra.Command {
 
 // record appends an operator's event to the audit log. The action itself
 // is done: a log that cannot be written is a warning, not a failure.
-func (g *globals) record(ctx context.Context, p fleet.Fleet, service string, ev fleet.Event) {
+func (g *globals) record(ctx context.Context, p fleet.Agent, service string, ev fleet.Event) {
 	ev.Who, ev.Via = who(), "cli"
 	if err := p.Record(ctx, service, ev); err != nil {
 		fmt.Fprintf(g.stderr, "warning: %s: could not write the %s to the audit log: %v\n", service, ev.Kind, err)
@@ -328,7 +331,10 @@ func fleetServeCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p := cfg.Fleet
+			p, err := fleet.Shared(cfg.Fleet)
+			if err != nil {
+				return fmt.Errorf("fleet serve: %w", err)
+			}
 			store, ok := p.(dashboard.Store)
 			if !ok {
 				return fmt.Errorf("fleet serve: %w", fleet.ErrSingleHost)

@@ -220,8 +220,11 @@ func announcer(cfg *agent.Config, conn consulx.Conn, prefix string) (fleet.Fleet
 	if cfg == nil {
 		return nil, nil
 	}
-	if _, ok := cfg.Fleet.(fleet.Watcher); ok {
-		return cfg.Fleet, nil
+	if f, ok := cfg.Fleet.(interface {
+		fleet.Fleet
+		fleet.Watcher
+	}); ok {
+		return f, nil
 	}
 	return nil, nil
 }

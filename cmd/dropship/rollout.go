@@ -41,7 +41,11 @@ func fleetApproveCmd(g *globals) *cobra.Command {
 				return err
 			}
 			svc, ctx := args[0], cmd.Context()
-			st, err := cfg.Fleet.Status(ctx, svc)
+			p, err := fleet.Shared(cfg.Fleet)
+			if err != nil {
+				return err
+			}
+			st, err := p.Status(ctx, svc)
 			if err != nil {
 				return err
 			}
@@ -71,10 +75,10 @@ func fleetApproveCmd(g *globals) *cobra.Command {
 				// their names: an approval no rollout can ask for is a typo.
 				return fmt.Errorf("%s: no rollout has a wave %q: waves are named canary, 1, 2, … (%s has no rollout block in this host's config to say which it has)", svc, wave, svc)
 			}
-			if err := cfg.Fleet.Approve(ctx, svc, fleet.Approval{Checksum: checksum, Wave: wave, Who: who()}); err != nil {
+			if err := p.Approve(ctx, svc, fleet.Approval{Checksum: checksum, Wave: wave, Who: who()}); err != nil {
 				return err
 			}
-			g.record(ctx, cfg.Fleet, svc, fleet.Event{Kind: fleet.EventApprove, Checksum: checksum, Detail: "wave " + wave})
+			g.record(ctx, p, svc, fleet.Event{Kind: fleet.EventApprove, Checksum: checksum, Detail: "wave " + wave})
 			fmt.Fprintf(g.stdout, "%s: wave %s of %s approved\n", svc, wave, checksum)
 			return nil
 		},

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -24,6 +25,7 @@ import (
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/internal/consulx"
 	"github.com/dropshipd/dropship/internal/hclx"
+	lockconsul "github.com/dropshipd/dropship/lock/consul"
 )
 
 // Defaults of the lock block.
@@ -47,7 +49,7 @@ type config struct {
 }
 
 // Factory decodes `lock "consul" { … }`.
-func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Fleet, hcl.Diagnostics) {
+func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Agent, hcl.Diagnostics) {
 	var c config
 	diags := gohcl.DecodeBody(body, nil, &c)
 	if diags.HasErrors() {
@@ -71,9 +73,18 @@ func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Fleet, hcl.Diagnosti
 	return p, diags
 }
 
-// Semaphore returns the fleet semaphore of service with limit slots.
+// Semaphore returns this host's claim on the limit update slots of
+// service: grants handed out by a coordinator elected among the waiting
+// agents (lock/consul).
 func (p *Fleet) Semaphore(service string, limit int) (fleet.Semaphore, error) {
-	return &Semaphore{p: p, service: service, limit: max(limit, 1)}, nil
+	return lockconsul.New(p.Client, p.Prefix, service, p.Node, p.SessionTTL, limit), nil
+}
+
+// LegacySemaphore is consul/api's semaphore under <service>/lock/: every
+// waiting host wakes on every change under the prefix and reads every
+// contender's entry.
+func (p *Fleet) LegacySemaphore(service string, limit int) *Semaphore {
+	return &Semaphore{p: p, service: service, limit: max(limit, 1)}
 }
 
 // Semaphore is one host's claim on a service's slots.
@@ -276,6 +287,30 @@ func (p *Fleet) Approve(ctx context.Context, service string, a fleet.Approval) e
 	return p.put(ctx, fleet.RolloutKey(p.Prefix, service)+"approve/"+a.Checksum+"/"+a.Wave, a)
 }
 
+// FixPlan writes the plan of the rollout of checksum if none is written
+// (a check-and-set on a key that does not exist), then keeps only the
+// newest fleet.MaxPlans plans of service.
+func (p *Fleet) FixPlan(ctx context.Context, service, checksum string, waves []fleet.PlanWave) (bool, error) {
+	prefix := fleet.RolloutKey(p.Prefix, service) + "plan/"
+	b, _ := json.Marshal(waves)
+	ok, _, err := p.Client.KV().CAS(&api.KVPair{Key: prefix + keySafe(checksum), Value: b}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		return false, fmt.Errorf("%w: fix the plan of %s of %s: %v", fleet.ErrUnavailable, checksum, service, err)
+	}
+	if !ok {
+		return false, nil
+	}
+	pairs, _, err := p.Client.KV().List(prefix, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil || len(pairs) <= fleet.MaxPlans {
+		return true, nil // the old plans go next time
+	}
+	sort.Slice(pairs, func(i, j int) bool { return pairs[i].CreateIndex > pairs[j].CreateIndex })
+	for _, kv := range pairs[fleet.MaxPlans:] {
+		p.Client.KV().DeleteCAS(&api.KVPair{Key: kv.Key, ModifyIndex: kv.ModifyIndex}, (&api.WriteOptions{}).WithContext(ctx))
+	}
+	return true, nil
+}
+
 // Forget removes the node record of node.
 func (p *Fleet) Forget(ctx context.Context, service, node string) (bool, error) {
 	return p.delete(ctx, fleet.NodesKey(p.Prefix, service)+node)
@@ -325,7 +360,9 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 	}
 	// A get of a missing key fails a transaction; a tree does not.
 	pubKey := fleet.PublishedPrefix(p.Prefix) + service
-	ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: pubKey}})
+	slots := lockconsul.SlotsPrefix(p.Prefix, service)
+	ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: pubKey}},
+		&api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: slots}})
 	ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return st, fmt.Errorf("%w: read %s: %v", fleet.ErrUnavailable, base, err)
@@ -347,6 +384,22 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 			var pub fleet.Published
 			if json.Unmarshal(kv.Value, &pub) == nil {
 				st.Published = &pub
+			}
+			continue
+		}
+		if slot, ok := strings.CutPrefix(kv.Key, slots); ok {
+			switch {
+			case slot == "coord":
+				var d lockconsul.Doc
+				if json.Unmarshal(kv.Value, &d) == nil && kv.Session != "" {
+					st.Limit = max(st.Limit, d.Limit)
+				}
+			case strings.HasPrefix(slot, "grant/"):
+				var g lockconsul.Grant
+				if kv.Session != "" && json.Unmarshal(kv.Value, &g) == nil && g.State == lockconsul.StateGranted {
+					st.Holders = append(st.Holders, strings.TrimPrefix(slot, "grant/"))
+					st.Limit = max(st.Limit, g.Limit)
+				}
 			}
 			continue
 		}
@@ -393,6 +446,14 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 				}
 				st.Cleared[c.Checksum] = c.Time
 			}
+		case strings.HasPrefix(rest, "rollout/plan/"):
+			var waves []fleet.PlanWave
+			if json.Unmarshal(kv.Value, &waves) == nil {
+				if st.Plans == nil {
+					st.Plans = map[string][]fleet.PlanWave{}
+				}
+				st.Plans[strings.TrimPrefix(rest, "rollout/plan/")] = waves
+			}
 		case strings.HasPrefix(rest, "rollout/pins/"):
 			var pin fleet.Pin
 			if json.Unmarshal(kv.Value, &pin) == nil {
@@ -416,9 +477,11 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 			sessions[kv.Session] = string(kv.Value)
 		}
 	}
-	st.Limit = lockDoc.Limit
+	// The semaphore of agents before the grants: its holders that are
+	// not grants (whose entries carry the node name too) are older agents.
+	st.Limit = max(st.Limit, lockDoc.Limit)
 	for sess := range lockDoc.Holders {
-		if node, ok := sessions[sess]; ok {
+		if node, ok := sessions[sess]; ok && !slices.Contains(st.Holders, node) {
 			st.Holders = append(st.Holders, node)
 		}
 	}

@@ -331,3 +331,37 @@ func TestHoldReasonIsClipped(t *testing.T) {
 		t.Fatalf("the reason written is %d bytes, want it clipped to %d", len(got), len(fleet.Clip(long)))
 	}
 }
+
+// The plan of a rollout is written once: the second writer (a host that
+// planned from a later view of the fleet) leaves the first plan in place.
+// Only the newest fleet.MaxPlans plans stay.
+func TestFixPlanWritesOnceAndKeepsTheNewest(t *testing.T) {
+	ctx := context.Background()
+	p := newFleet(t, "h1")
+	first := []fleet.PlanWave{{Name: "canary", Nodes: []string{"h1"}}, {Name: "1", Nodes: []string{"h2"}}}
+	if ok, err := p.FixPlan(ctx, "app", "sum0", first); err != nil || !ok {
+		t.Fatalf("first plan: %v %v", ok, err)
+	}
+	later := []fleet.PlanWave{{Name: "canary", Nodes: []string{"h3"}}, {Name: "1", Nodes: []string{"h1", "h2"}}}
+	if ok, err := p.FixPlan(ctx, "app", "sum0", later); err != nil || ok {
+		t.Fatalf("a second plan of the same release was written: %v %v", ok, err)
+	}
+	st, err := p.Status(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(st.Plans["sum0"]) != fmt.Sprint(first) {
+		t.Fatalf("plan %v, want the first %v", st.Plans["sum0"], first)
+	}
+	for i := 1; i <= fleet.MaxPlans; i++ {
+		if _, err := p.FixPlan(ctx, "app", fmt.Sprintf("sum%d", i), first); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, err = p.Status(ctx, "app"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.Plans["sum0"]; ok || len(st.Plans) != fleet.MaxPlans {
+		t.Fatalf("plans kept: %d (sum0 kept: %v); want the newest %d", len(st.Plans), ok, fleet.MaxPlans)
+	}
+}

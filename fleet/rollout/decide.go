@@ -198,7 +198,7 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 	if failed := Failed(st, v.Checksum); failed >= p.MaxFailed && st.Breaker(v.Checksum) == nil {
 		return Decision{Trip: fmt.Sprintf("%d hosts failed %s (max_failed = %d)", failed, v.Checksum, p.MaxFailed), TripPhase: PhaseMaxFailed}
 	}
-	steps := p.Plan(v.Checksum, Members(st, me))
+	steps := p.Fixed(v.Checksum, st, Members(st, me))
 	k := WaveOf(steps, me)
 	if k < 0 {
 		return Decision{Reason: "not in any wave"}

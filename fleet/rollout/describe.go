@@ -43,7 +43,7 @@ func Rolling(st fleet.Status) string {
 // its hosts wait on, as the first waiting host of the wave would decide.
 // It asks the gates like a host would (the decider's cache is its own).
 func (d *Decider) Describe(ctx context.Context, checksum string, st fleet.Status, now time.Time) []WaveState {
-	steps := d.Policy.Plan(checksum, Members(st, ""))
+	steps := d.Policy.Fixed(checksum, st, Members(st, ""))
 	nodes := map[string]fleet.NodeStatus{}
 	for _, n := range st.Nodes {
 		nodes[n.Node] = n

@@ -6,6 +6,8 @@ import (
 	"math"
 	"slices"
 	"sort"
+
+	"github.com/dropshipd/dropship/fleet"
 )
 
 // Member is a host registered for the service, with its node tags.
@@ -100,4 +102,48 @@ func WaveOf(steps []Step, node string) int {
 		}
 	}
 	return -1
+}
+
+// Fixed returns the plan of the rollout of checksum as written when it
+// started (st.Plans), kept to the members: a host that left (forgotten,
+// pinned) is taken out of its wave, and one that registered since goes
+// into the last wave. Without a written plan it is Plan's. So a host that
+// joins never moves another into an earlier wave, nor into one already
+// approved.
+func (p *Policy) Fixed(checksum string, st fleet.Status, members []Member) []Step {
+	fixed, ok := st.Plans[checksum]
+	if !ok || len(fixed) == 0 {
+		return p.Plan(checksum, members)
+	}
+	in := map[string]bool{}
+	for _, m := range members {
+		in[m.Node] = true
+	}
+	placed := map[string]bool{}
+	steps := make([]Step, len(fixed))
+	for i, w := range fixed {
+		steps[i].Name = w.Name
+		for _, n := range w.Nodes {
+			if in[n] && !placed[n] {
+				steps[i].Nodes = append(steps[i].Nodes, n)
+				placed[n] = true
+			}
+		}
+	}
+	last := &steps[len(steps)-1]
+	for _, m := range members {
+		if !placed[m.Node] {
+			last.Nodes = append(last.Nodes, m.Node)
+		}
+	}
+	return steps
+}
+
+// Waves is steps as a plan to write.
+func Waves(steps []Step) []fleet.PlanWave {
+	out := make([]fleet.PlanWave, len(steps))
+	for i, s := range steps {
+		out[i] = fleet.PlanWave{Name: s.Name, Nodes: s.Nodes}
+	}
+	return out
 }

@@ -500,3 +500,49 @@ func TestRecordsDatedAheadCountFromWhenSeen(t *testing.T) {
 		t.Fatalf("two failures after a clear dated ahead: %+v", dec)
 	}
 }
+
+// A host that registers in the middle of a rollout whose plan is fixed
+// goes into the last wave: it does not become the canary, and no waiting
+// host moves into a wave already approved.
+func TestFixedPlanPutsLateHostsLast(t *testing.T) {
+	p := policy(t, 1, "50%", "100%")
+	p.Approve = []string{"1"}
+	st := fleetOf(p, 6, "new", nil)
+	steps := p.Plan("new", Members(st, ""))
+	st.Plans = map[string][]fleet.PlanWave{"new": Waves(steps)}
+	canary := steps[0].Nodes[0]
+	st = fleetOf(p, 6, "new", map[string]time.Time{canary: time.Date(2026, 11, 23, 9, 0, 0, 0, time.UTC)})
+	st.Plans = map[string][]fleet.PlanWave{"new": Waves(steps)}
+	st.Approvals = []fleet.Approval{{Checksum: "new", Wave: "1"}}
+	// Hosts join; one is forgotten. Recomputed, the plan would move hosts
+	// between waves; fixed, the waves keep their hosts.
+	for i := 6; i < 12; i++ {
+		st.Nodes = append(st.Nodes, fleet.NodeStatus{Node: fmt.Sprintf("late-%02d", i), Checksum: "old", Policy: p.Hash()})
+	}
+	gone := steps[1].Nodes[0]
+	st.Nodes = append(st.Nodes[:indexOf(st, gone)], st.Nodes[indexOf(st, gone)+1:]...)
+	got := p.Fixed("new", st, Members(st, ""))
+	if fmt.Sprint(got[0].Nodes) != fmt.Sprint(steps[0].Nodes) {
+		t.Fatalf("the canary changed: %v, was %v", got[0].Nodes, steps[0].Nodes)
+	}
+	for i, s := range got[:len(got)-1] {
+		for _, n := range s.Nodes {
+			if strings.HasPrefix(n, "late-") {
+				t.Errorf("late host %s in wave %s", n, s.Name)
+			}
+		}
+		if i == 1 && len(s.Nodes) != len(steps[1].Nodes)-1 {
+			t.Errorf("wave 1 has %v; was %v less %s", s.Nodes, steps[1].Nodes, gone)
+		}
+	}
+	if n := len(got[len(got)-1].Nodes); n != len(steps[len(steps)-1].Nodes)+6 {
+		t.Errorf("the last wave has %d hosts; want its %d and the 6 late ones", n, len(steps[len(steps)-1].Nodes))
+	}
+	// A late host waits for the approved wave 1 to finish, like the rest
+	// of the last wave; it is not let in with it.
+	d := NewDecider(p)
+	dec := d.Decide(context.Background(), "late-07", View{Service: "app", Checksum: "new", Status: st, Now: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)})
+	if dec.Go || dec.Wave != "2" || !strings.Contains(dec.Reason, "waiting for wave 1") {
+		t.Fatalf("a late host: %+v", dec)
+	}
+}

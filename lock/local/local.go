@@ -1,7 +1,8 @@
-// Package local is the fleet of one host: update slots are flock(2) on
+// Package local is the lock of one host: update slots are flock(2) on
 // files in the state directory, so two agents on one host never install
 // the same service at once and a dead holder's lock is freed by the
-// kernel. There are no shared records: the host's own state has them.
+// kernel. Fleet is a single host's fleet.Agent: there are no shared
+// records (the host's own state has them) and no operators' interface.
 package local
 
 import (
@@ -165,37 +166,15 @@ func (Fleet) Trip(context.Context, string, fleet.Breaker) error { return nil }
 // Report: the status endpoint and state file are the report.
 func (Fleet) Report(context.Context, string, fleet.NodeStatus) error { return nil }
 
-func (Fleet) Hold(context.Context, string, fleet.Hold) error { return fleet.ErrSingleHost }
-func (Fleet) Resume(context.Context, string) error           { return fleet.ErrSingleHost }
-func (Fleet) Clear(context.Context, string, string) (bool, error) {
-	return false, fleet.ErrSingleHost
-}
-
-func (Fleet) SetFreeze(context.Context, string, *fleet.Freeze) error { return fleet.ErrSingleHost }
-func (Fleet) SetPin(context.Context, string, string, *fleet.Pin) (bool, error) {
-	return false, fleet.ErrSingleHost
-}
-func (Fleet) Approve(context.Context, string, fleet.Approval) error { return fleet.ErrSingleHost }
-func (Fleet) Forget(context.Context, string, string) (bool, error) {
-	return false, fleet.ErrSingleHost
-}
-
 // Record: a single host keeps its history in its state file.
 func (Fleet) Record(context.Context, string, fleet.Event) error { return nil }
-func (Fleet) Log(context.Context, string, uint64) ([]fleet.Event, uint64, error) {
-	return nil, 0, fleet.ErrSingleHost
-}
-func (Fleet) Services(context.Context) ([]string, error) { return nil, fleet.ErrSingleHost }
-func (Fleet) Status(context.Context, string) (fleet.Status, error) {
-	return fleet.Status{}, fleet.ErrSingleHost
-}
 
 type config struct {
 	Path string `hcl:"path,optional"`
 }
 
 // Factory decodes `lock "local" { path = "…" }` (default: the state dir).
-func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Fleet, hcl.Diagnostics) {
+func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Agent, hcl.Diagnostics) {
 	var c config
 	diags := gohcl.DecodeBody(body, nil, &c)
 	dir := env.StatePath
@@ -211,7 +190,7 @@ func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Fleet, hcl.Diagnosti
 var (
 	_ fleet.Semaphore = (*Flock)(nil)
 	_ fleet.Semaphore = (*Slots)(nil)
-	_ fleet.Fleet     = Fleet{}
+	_ fleet.Agent     = Fleet{}
 )
 
 // Announce: there is nobody to tell; the agent's own poll finds it.

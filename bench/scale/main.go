@@ -1,0 +1,279 @@
+// Command scale measures how the fleet's update slots scale with the
+// number of hosts, against one real Consul agent from the rig:
+//
+//	go run ./bench/scale [-hosts 100,1000,5000] [-baseline 200,500]
+//
+// Each simulated host is a goroutine with its own Consul client (its own
+// connections, behind a RoundTripper that counts what Consul sends it),
+// running the project's slot code: it waits for a slot, "updates" for
+// -update, and gives the slot back, as an agent does with `sequential`
+// and `concurrency` set to 1% of the hosts. -hosts runs the grants of
+// lock/consul (a coordinator elected among the hosts); -baseline the
+// consul/api semaphore that fleet/consul used before them.
+//
+// Printed per run: wall time from the release (every host starts waiting
+// at once) to the last host done, against the ideal (ceil(N/concurrency)
+// updates back to back); the p99 hand-off (a slot released to the next
+// grant, or the host's wait written to its grant when that came later;
+// the semaphore's hosts are timed from the release alone); requests and bytes from Consul per host; Consul's CPU seconds
+// and resident memory; and, with -idle, the requests per host per hour
+// once nothing happens.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	fleetconsul "github.com/dropshipd/dropship/fleet/consul"
+	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/lock"
+	lockconsul "github.com/dropshipd/dropship/lock/consul"
+)
+
+var (
+	hostsFlag    = flag.String("hosts", "100,1000,5000", "host counts to run with the grants")
+	baselineFlag = flag.String("baseline", "", "host counts to run with the consul/api semaphore")
+	update       = flag.Duration("update", 100*time.Millisecond, "how long each host's update takes")
+	percent      = flag.Float64("concurrency", 1, "concurrency, in percent of the hosts (at least 1)")
+	idle         = flag.Duration("idle", 20*time.Second, "idle time measured after the rollout (0: none)")
+	ttl          = flag.Duration("ttl", 15*time.Second, "session TTL")
+)
+
+func main() {
+	flag.Parse()
+	fmt.Printf("%-10s %6s %5s %7s %7s %9s %9s %9s %8s %8s %10s\n", "design", "hosts", "conc", "wall s", "÷ideal", "p99 ms", "req/host", "KB/host", "cpu s", "rss MB", "idle req/h")
+	for _, d := range []struct{ name, list string }{{"semaphore", *baselineFlag}, {"grants", *hostsFlag}} {
+		for _, f := range strings.Split(d.list, ",") {
+			if f = strings.TrimSpace(f); f == "" {
+				continue
+			}
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "bench:", err)
+				os.Exit(2)
+			}
+			if err := run(d.name, n); err != nil {
+				fmt.Fprintf(os.Stderr, "bench: %s %d: %v\n", d.name, n, err)
+				os.Exit(1)
+			}
+		}
+	}
+}
+
+// counting counts the requests a client makes and the bytes Consul
+// answers with (status line, headers and body).
+type counting struct {
+	base      http.RoundTripper
+	req, recv *atomic.Int64
+}
+
+func (c counting) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.req.Add(1)
+	resp, err := c.base.RoundTrip(r)
+	if err != nil {
+		return resp, err
+	}
+	n := len(resp.Status) + 11
+	for k, vs := range resp.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	c.recv.Add(int64(n))
+	resp.Body = &countBody{resp.Body, c.recv}
+	return resp, nil
+}
+
+type countBody struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (b *countBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
+
+func newClient(addr string, req, recv *atomic.Int64) (*api.Client, error) {
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 1,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	return api.NewClient(&api.Config{Address: addr, HttpClient: &http.Client{Transport: counting{tr, req, recv}}})
+}
+
+// cpu returns the CPU seconds (user + system) and the resident and peak
+// memory (MB) of process pid.
+func cpu(pid int) (float64, float64, float64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	var rss, hwm float64
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			kb := func() float64 { v, _ := strconv.ParseFloat(strings.Fields(l)[1], 64); return v / 1024 }
+			switch {
+			case strings.HasPrefix(l, "VmRSS:"):
+				rss = kb()
+			case strings.HasPrefix(l, "VmHWM:"):
+				hwm = kb()
+			}
+		}
+	}
+	return (ut + st) / 100, rss, hwm
+}
+
+func run(design string, n int) error {
+	dir, err := os.MkdirTemp("", "dropship-scale-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	conf := filepath.Join(dir, "limits.hcl")
+	os.WriteFile(conf, []byte("limits {\n  http_max_conns_per_client = 19000\n}\n"), 0o644)
+	c, err := rig.StartConsul("-config-file", conf)
+	if err != nil {
+		return err
+	}
+	defer c.Stop()
+	pid, err := c.Pid()
+	if err != nil {
+		return err
+	}
+	conc := max(1, int(float64(n)**percent/100))
+	req := make([]atomic.Int64, n)
+	recv := make([]atomic.Int64, n)
+	slots := make([]lock.Slot, n)
+	// When each host's wait was in Consul: a slot freed before it is not
+	// this host's hand-off to wait for.
+	waiting := make([]time.Time, n)
+	for i := range n {
+		cl, err := newClient(c.Addr, &req[i], &recv[i])
+		if err != nil {
+			return err
+		}
+		node := fmt.Sprintf("host-%05d", i)
+		switch design {
+		case "semaphore":
+			f := &fleetconsul.Fleet{Client: cl, Prefix: "bench", Node: node, SessionTTL: *ttl}
+			slots[i] = f.LegacySemaphore("app", conc)
+		default:
+			sl := lockconsul.New(cl, "bench", "app", node, *ttl, conc)
+			sl.Waiting = func() { waiting[i] = time.Now() }
+			slots[i] = sl
+		}
+	}
+	cpu0, _, _ := cpu(pid)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	grants := make([]time.Time, n)
+	releases := make([]time.Time, n)
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	t0 := time.Now()
+	for i := range n {
+		wg.Go(func() {
+			for {
+				_, err := slots[i].Acquire(ctx)
+				if err == nil {
+					break
+				}
+				firstErr.CompareAndSwap(nil, err.Error())
+				failed.Add(1)
+				if ctx.Err() != nil {
+					return
+				}
+				time.Sleep(time.Second)
+			}
+			grants[i] = time.Now()
+			time.Sleep(*update)
+			releases[i] = time.Now()
+			slots[i].Release(ctx)
+		})
+	}
+	wg.Wait()
+	wall := time.Since(t0)
+	if ctx.Err() != nil {
+		return fmt.Errorf("did not finish: %v", firstErr.Load())
+	}
+	cpu1, rss, hwm := cpu(pid)
+	var reqs, bytes int64
+	for i := range n {
+		reqs += req[i].Load()
+		bytes += recv[i].Load()
+	}
+	// The k-th grant took the slot the (k-concurrency)-th release freed:
+	// its hand-off is from that release, or from when the host's wait was
+	// written if that came later (a host still starting up was not kept
+	// waiting by the fleet).
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(a, b int) bool { return grants[order[a]].Before(grants[order[b]]) })
+	r := append([]time.Time(nil), releases...)
+	sort.Slice(r, func(i, j int) bool { return r[i].Before(r[j]) })
+	var hand []time.Duration
+	for k := conc; k < n; k++ {
+		h := order[k]
+		from := r[k-conc]
+		if waiting[h].After(from) {
+			from = waiting[h]
+		}
+		hand = append(hand, max(0, grants[h].Sub(from)))
+	}
+	sort.Slice(hand, func(i, j int) bool { return hand[i] < hand[j] })
+	p99 := time.Duration(0)
+	if len(hand) > 0 {
+		p99 = hand[min(len(hand)-1, len(hand)*99/100)]
+	}
+	ideal := time.Duration((n+conc-1)/conc) * *update
+	idleRate := -1.0
+	if *idle > 0 {
+		var before int64
+		for i := range n {
+			before += req[i].Load()
+		}
+		time.Sleep(*idle)
+		var after int64
+		for i := range n {
+			after += req[i].Load()
+		}
+		idleRate = float64(after-before) / float64(n) * float64(time.Hour) / float64(*idle)
+	}
+	for _, s := range slots {
+		if cl, ok := s.(interface{ Close() }); ok {
+			cl.Close()
+		}
+	}
+	fmt.Printf("%-10s %6d %5d %7.2f %7.2f %9.1f %9.1f %9.1f %8.2f %8.0f %10.1f",
+		design, n, conc, wall.Seconds(), wall.Seconds()/ideal.Seconds(), float64(p99)/float64(time.Millisecond),
+		float64(reqs)/float64(n), float64(bytes)/float64(n)/1024, cpu1-cpu0, rss, idleRate)
+	if f := failed.Load(); f > 0 {
+		fmt.Printf("  (%d waits failed and were retried: %v)", f, firstErr.Load())
+	}
+	fmt.Printf("  peak rss %.0f MB\n", hwm)
+	return nil
+}

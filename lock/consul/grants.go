@@ -1,0 +1,647 @@
+// Package consul keeps a service's update slots in Consul as grants.
+//
+// Layout under <prefix>/_slots/<service>/:
+//
+//	grant/<node>   one per waiting or updating host, held by that host's
+//	               session (behavior "delete"): {"state":"want"} while it
+//	               waits, {"state":"granted"} once the coordinator let it
+//	               start. A host that dies loses its key, and its slot,
+//	               when its session expires.
+//	coord          held by the coordinator's session: who coordinates,
+//	               since when, and the limit it applies.
+//
+// A waiting host makes one blocking query at a time, on its own key: a
+// grant to another host never wakes it. The coordinator is whichever
+// waiting agent took the coord key first; it reads the grant folder (at
+// most once per ListGap), turns the oldest wants into grants while fewer
+// than the limit are granted, and watches each grant it made so that the
+// next host starts as soon as one finishes. Every grant is written in one
+// transaction with a check that the coordinator still holds the coord
+// key: a coordinator that lost its lock (its session expired) can grant
+// nothing, and a new one counts the live grants before it grants any.
+package consul
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/internal/blocking"
+)
+
+// States of a grant key.
+const (
+	StateWant    = "want"
+	StateGranted = "granted"
+)
+
+// Grant is the value of a host's grant key.
+type Grant struct {
+	Node  string    `json:"node"`
+	State string    `json:"state"`
+	Limit int       `json:"limit"`        // the host's concurrency
+	Since time.Time `json:"since"`        // when it started waiting
+	By    string    `json:"by,omitempty"` // the coordinator that granted it
+	At    time.Time `json:"at,omitzero"`  // when
+	// Session is the host's: the coordinator takes the older
+	// dropship's semaphore slot with it too (see legacy.go).
+	Session string `json:"session,omitempty"`
+}
+
+// Doc is the value of the coord key.
+type Doc struct {
+	Node  string    `json:"node"`
+	Since time.Time `json:"since"`
+	Limit int       `json:"limit"`
+}
+
+// Tunables; tests and the bench shorten some.
+var (
+	// ListGap is the least time between two reads of the grant folder
+	// by the coordinator: the only read whose size grows with the fleet.
+	ListGap = time.Second
+	// CheckCoordinator is how long a waiting host blocks on its key
+	// before it looks whether a coordinator is still there.
+	CheckCoordinator = 10 * time.Second
+	// ElectionSpread bounds the random wait of a host that found no
+	// coordinator before it looks again and tries to become it.
+	ElectionSpread = 200 * time.Millisecond
+	// IdleResign is how long a coordinator with nobody waiting and
+	// nothing granted keeps its lock before giving it up.
+	IdleResign = 30 * time.Second
+)
+
+// SlotsPrefix, GrantPrefix, GrantKey and CoordKey name the keys of
+// service under prefix. They live outside the service's own folder, which
+// agents with a rollout follow: the traffic of grants wakes none of them.
+func SlotsPrefix(prefix, service string) string { return prefix + "/_slots/" + service + "/" }
+func GrantPrefix(prefix, service string) string { return SlotsPrefix(prefix, service) + "grant/" }
+func GrantKey(prefix, service, node string) string {
+	return GrantPrefix(prefix, service) + node
+}
+func CoordKey(prefix, service string) string { return SlotsPrefix(prefix, service) + "coord" }
+
+// Slots is one host's claim on the update slots of one service.
+type Slots struct {
+	Client  *api.Client
+	Prefix  string
+	Service string
+	Node    string
+	TTL     time.Duration
+	Limit   int
+	Logger  *slog.Logger
+	// Waiting, if set, is called once this host's wait is written: from
+	// then on a free slot can be granted to it (bench-scale measures the
+	// hand-off from it).
+	Waiting func()
+
+	mu    sync.Mutex
+	held  *session // while waiting or holding
+	coord *coordinator
+}
+
+// New returns node's claim on the limit slots of service.
+func New(c *api.Client, prefix, service, node string, ttl time.Duration, limit int) *Slots {
+	return &Slots{Client: c, Prefix: prefix, Service: service, Node: node, TTL: ttl, Limit: max(limit, 1)}
+}
+
+func (s *Slots) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+func (s *Slots) unavailable(what string, err error) error {
+	return fmt.Errorf("%w: %s (%s/%s): %v", fleet.ErrUnavailable, what, s.Prefix, s.Service, err)
+}
+
+// session is a Consul session renewed until it is ended or lost.
+type session struct {
+	id   string
+	lost chan struct{} // closed when Consul no longer knows it
+	stop chan struct{}
+	done chan struct{}
+}
+
+// newSession creates a session whose keys are deleted (behavior delete)
+// or released with it, and renews it every TTL/2.
+func newSession(ctx context.Context, c *api.Client, name string, ttl time.Duration, behavior string) (*session, error) {
+	id, _, err := c.Session().Create(&api.SessionEntry{
+		Name: name, TTL: ttl.String(), Behavior: behavior,
+		// A key of a dead session may be taken again at once: the
+		// coordinator's check of its own lock in every grant, not
+		// Consul's lock delay, is what keeps two coordinators apart.
+		LockDelay: time.Millisecond,
+	}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, err
+	}
+	se := &session{id: id, lost: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
+	go se.renew(c, ttl)
+	return se, nil
+}
+
+func (se *session) renew(c *api.Client, ttl time.Duration) {
+	defer close(se.done)
+	t := time.NewTicker(ttl / 2)
+	defer t.Stop()
+	deadline := time.Now().Add(ttl)
+	for {
+		select {
+		case <-se.stop:
+			return
+		case <-t.C:
+		}
+		ent, _, err := c.Session().Renew(se.id, nil)
+		switch {
+		case err == nil && ent == nil:
+			close(se.lost) // expired
+			return
+		case err == nil:
+			deadline = time.Now().Add(ttl)
+		case time.Now().After(deadline):
+			close(se.lost) // Consul unreachable for a whole TTL
+			return
+		}
+	}
+}
+
+// end stops renewing and destroys the session (its keys go with it).
+func (se *session) end(c *api.Client) error {
+	close(se.stop)
+	<-se.done
+	_, err := c.Session().Destroy(se.id, nil)
+	return err
+}
+
+// abandon stops renewing without destroying: the session expires by its
+// TTL, as a host's that was killed. Tests only.
+func (se *session) abandon() {
+	close(se.stop)
+	<-se.done
+}
+
+// Acquire writes this host's want and blocks (one blocking query on its
+// own key) until the coordinator grants it, or ctx ends. When no agent
+// coordinates the service, this one starts to.
+func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
+	key := GrantKey(s.Prefix, s.Service, s.Node)
+	se, err := newSession(ctx, s.Client, "dropship "+s.Node+" "+s.Service, s.TTL, api.SessionBehaviorDelete)
+	if err != nil {
+		return nil, s.unavailable("create a session to wait for a slot", err)
+	}
+	fail := func(err error) (<-chan struct{}, error) {
+		se.end(s.Client)
+		return nil, err
+	}
+	want, _ := json.Marshal(Grant{Node: s.Node, State: StateWant, Limit: s.Limit, Since: time.Now().UTC(), Session: se.id})
+	// The key may still be held by this host's previous process, whose
+	// session outlives it by its TTL: wait for it.
+	var index uint64
+	for {
+		ok, _, err := s.Client.KV().Acquire(&api.KVPair{Key: key, Value: want, Session: se.id}, (&api.WriteOptions{}).WithContext(ctx))
+		if err != nil {
+			return fail(s.unavailable("write the wait for a slot", err))
+		}
+		if ok {
+			break
+		}
+		_, meta, err := s.Client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: s.TTL}).WithContext(ctx))
+		if err != nil {
+			return fail(waitErr(ctx, s.unavailable("wait for an older session's key", err)))
+		}
+		index = meta.LastIndex
+	}
+	s.mu.Lock()
+	s.held = se
+	s.mu.Unlock()
+	if s.Waiting != nil {
+		s.Waiting()
+	}
+	s.ensureCoordinator(ctx)
+	index = 0
+	for {
+		kv, meta, err := s.Client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: CheckCoordinator}).WithContext(ctx))
+		if err != nil {
+			s.Release(context.WithoutCancel(ctx))
+			return nil, waitErr(ctx, s.unavailable("wait for a slot", err))
+		}
+		if kv == nil || kv.Session != se.id {
+			s.Release(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("%w: the wait for a slot of %s ended: this host's session expired", fleet.ErrUnavailable, s.Service)
+		}
+		var g Grant
+		if json.Unmarshal(kv.Value, &g) == nil && g.State == StateGranted {
+			return se.lost, nil
+		}
+		if meta.LastIndex == index {
+			s.ensureCoordinator(ctx) // a long quiet: is somebody still coordinating?
+		}
+		index = meta.LastIndex
+	}
+}
+
+func waitErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("waiting for a slot: %w", context.Cause(ctx))
+	}
+	return err
+}
+
+// Release gives the slot (or the place in line) back: the session ends
+// and its key with it, so the coordinator grants the next host at once.
+func (s *Slots) Release(context.Context) error {
+	s.mu.Lock()
+	se := s.held
+	s.held = nil
+	s.mu.Unlock()
+	if se == nil {
+		return nil
+	}
+	if err := se.end(s.Client); err != nil {
+		return s.unavailable("release the slot", err)
+	}
+	return nil
+}
+
+// Kill drops this host's session without destroying it, and stops its
+// coordinator the same way, as `kill -9` would. Tests only.
+func (s *Slots) Kill() {
+	s.mu.Lock()
+	se, c := s.held, s.coord
+	s.held, s.coord = nil, nil
+	s.mu.Unlock()
+	if se != nil {
+		se.abandon()
+	}
+	if c != nil {
+		c.kill()
+	}
+}
+
+// Close stops this agent's coordinator, if it runs one, giving its lock
+// back. Waiting hosts elect another.
+func (s *Slots) Close() {
+	s.mu.Lock()
+	c := s.coord
+	s.mu.Unlock()
+	if c != nil {
+		c.cancel()
+		<-c.done
+	}
+}
+
+// Coordinating says whether this agent coordinates the service now.
+func (s *Slots) Coordinating() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.coord != nil
+}
+
+// ensureCoordinator starts a coordinator here when the service has none
+// (no coord key, or one no session holds).
+func (s *Slots) ensureCoordinator(ctx context.Context) {
+	s.mu.Lock()
+	running := s.coord != nil
+	s.mu.Unlock()
+	if running {
+		return
+	}
+	free := func() bool {
+		kv, _, err := s.Client.KV().Get(CoordKey(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
+		return err == nil && (kv == nil || kv.Session == "")
+	}
+	if !free() {
+		return
+	}
+	// Hosts that start waiting together would all find no coordinator and
+	// all create a session to try: spread them, and look again first.
+	t := time.NewTimer(rand.N(ElectionSpread))
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return
+	case <-t.C:
+	}
+	if free() {
+		s.startCoordinator()
+	}
+}
+
+func (s *Slots) startCoordinator() {
+	se, err := newSession(context.Background(), s.Client, "dropship coordinator "+s.Node+" "+s.Service, s.TTL, api.SessionBehaviorRelease)
+	if err != nil {
+		return
+	}
+	doc, _ := json.Marshal(Doc{Node: s.Node, Since: time.Now().UTC(), Limit: s.Limit})
+	ok, _, err := s.Client.KV().Acquire(&api.KVPair{Key: CoordKey(s.Prefix, s.Service), Value: doc, Session: se.id}, nil)
+	if err != nil || !ok {
+		se.end(s.Client) // another agent was quicker
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &coordinator{s: s, se: se, cancel: cancel, done: make(chan struct{}), held: map[string]heldGrant{}}
+	s.mu.Lock()
+	if s.coord != nil {
+		s.mu.Unlock()
+		cancel()
+		se.end(s.Client)
+		return
+	}
+	s.coord = c
+	s.mu.Unlock()
+	s.logger().Info("coordinating the fleet's slots", "service", s.Service, "limit", s.Limit)
+	go func() {
+		defer close(c.done)
+		c.run(ctx)
+		s.mu.Lock()
+		if s.coord == c {
+			s.coord = nil
+		}
+		s.mu.Unlock()
+	}()
+}
+
+// coordinator hands out grants while it holds the coord key.
+type coordinator struct {
+	s      *Slots
+	se     *session
+	cancel context.CancelFunc
+	done   chan struct{}
+	killed bool
+
+	held   map[string]heldGrant // by node
+	queue  []want
+	legacy *legacyLock // the older semaphore's record, as last written or read
+	// lastLen is how many keys the last listing of the folder had.
+	lastLen int
+}
+
+// heldGrant is a live grant: the modify index of its key as granted, and
+// the host's session.
+type heldGrant struct {
+	index   uint64
+	session string
+}
+
+type want struct {
+	node          string
+	key           string
+	session       string
+	modify, order uint64
+}
+
+type grantRef struct {
+	node  string
+	index uint64
+}
+
+type listing struct {
+	pairs api.KVPairs
+	index uint64
+}
+
+// kill stops the coordinator without giving its lock back. Tests only.
+func (c *coordinator) kill() {
+	c.killed = true
+	c.cancel()
+	<-c.done
+}
+
+var errNotCoordinator = errors.New("no longer the coordinator")
+
+func (c *coordinator) run(ctx context.Context) {
+	s := c.s
+	defer func() {
+		if c.killed {
+			c.se.abandon()
+			return
+		}
+		s.Client.KV().Release(&api.KVPair{Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}, nil)
+		c.se.end(s.Client)
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-c.se.lost:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	lists := make(chan listing, 1)
+	released := make(chan grantRef, s.Limit*2+8)
+	go c.list(ctx, lists)
+	idleSince := time.Now()
+	tick := time.NewTicker(IdleResign / 4)
+	defer tick.Stop()
+	listed := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case l := <-lists:
+			c.merge(ctx, l, released)
+			listed = true
+		case g := <-released:
+			if h := c.held[g.node]; h.index == g.index { // not a newer grant to the same host
+				delete(c.held, g.node)
+				c.legacyGone(h.session)
+			}
+		case <-tick.C:
+			// Only once the folder read last was empty: a listing slow to
+			// come (a busy Consul) is no sign that nobody waits.
+			if listed && c.lastLen == 0 && len(c.held) == 0 && len(c.queue) == 0 && time.Since(idleSince) > IdleResign {
+				s.logger().Info("nobody waits for a slot: giving up coordinating", "service", s.Service)
+				return
+			}
+			if len(c.queue) == 0 {
+				continue
+			}
+			c.legacy = nil // older agents may have freed slots: read their semaphore again
+		}
+		if !listed {
+			continue // the grants live now are not known yet
+		}
+		if err := c.fill(ctx, released); errors.Is(err, errNotCoordinator) {
+			s.logger().Warn("lost the coordinator's lock", "service", s.Service)
+			return
+		}
+		if len(c.held) > 0 || len(c.queue) > 0 {
+			idleSince = time.Now()
+		}
+	}
+}
+
+// list follows the grant folder with a blocking query and hands each
+// listing to the coordinator. A listing with many waiting hosts (the
+// only read that grows with the fleet) is made at most once per ListGap;
+// one that is short, because every waiting host known is granted, may
+// be made again at once, so that a host that starts waiting then is
+// granted without waiting for the gap.
+func (c *coordinator) list(ctx context.Context, lists chan listing) {
+	s := c.s
+	var index uint64
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute, RequireConsistent: index == 0}).WithContext(ctx)
+		pairs, meta, err := s.Client.KV().List(GrantPrefix(s.Prefix, s.Service), q)
+		if err != nil {
+			index = 0 // the Consul that answers next may be behind
+			pause(ctx, backoff/2+rand.N(backoff/2))
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		if meta.LastIndex < index {
+			index = 0 // gone backwards (a restored Consul): read afresh
+		} else {
+			index = meta.LastIndex
+		}
+		select {
+		case <-lists: // an older listing nobody read: this one replaces it
+		default:
+		}
+		lists <- listing{pairs, meta.LastIndex}
+		gap := ListGap
+		if len(pairs) <= 4*s.Limit+16 {
+			gap = 5 * time.Millisecond
+		}
+		pause(ctx, gap-time.Since(start))
+	}
+}
+
+func pause(ctx context.Context, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// merge takes a listing of the grant folder: the live grants (some this
+// coordinator did not make: a predecessor's) and the hosts waiting.
+func (c *coordinator) merge(ctx context.Context, l listing, released chan<- grantRef) {
+	c.lastLen = len(l.pairs)
+	granted := map[string]bool{}
+	c.queue = c.queue[:0]
+	for _, kv := range l.pairs {
+		if kv.Session == "" {
+			continue // no live host holds it
+		}
+		var g Grant
+		if json.Unmarshal(kv.Value, &g) != nil {
+			continue
+		}
+		node := kv.Key[len(GrantPrefix(c.s.Prefix, c.s.Service)):]
+		switch g.State {
+		case StateGranted:
+			granted[node] = true
+			if _, ok := c.held[node]; !ok {
+				c.held[node] = heldGrant{kv.ModifyIndex, g.Session}
+				go c.watch(ctx, node, kv.Key, kv.ModifyIndex, released)
+			}
+		case StateWant:
+			c.queue = append(c.queue, want{node: node, key: kv.Key, session: g.Session, modify: kv.ModifyIndex, order: kv.CreateIndex})
+		}
+	}
+	for node, h := range c.held {
+		if !granted[node] && h.index <= l.index {
+			delete(c.held, node) // released before this listing
+			c.legacyGone(h.session)
+		}
+	}
+	sort.Slice(c.queue, func(i, j int) bool { return c.queue[i].order < c.queue[j].order })
+}
+
+// fill grants the oldest wants while fewer than the limit are granted.
+// Each grant also takes a slot of the older dropship's semaphore for the
+// host, so agents of both kinds share one limit.
+func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error {
+	s := c.s
+	for len(c.held) < s.Limit && len(c.queue) > 0 {
+		w := c.queue[0]
+		if _, ok := c.held[w.node]; ok {
+			c.queue = c.queue[1:]
+			continue
+		}
+		lk, err := c.legacyRoom(ctx)
+		if err != nil {
+			return err
+		}
+		if lk == nil {
+			return nil // older agents hold the free slots: the next listing looks again
+		}
+		c.queue = c.queue[1:]
+		g, _ := json.Marshal(Grant{Node: w.node, State: StateGranted, Limit: s.Limit, By: s.Node, At: time.Now().UTC(), Session: w.session})
+		ops := api.TxnOps{
+			{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}},
+			{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: w.key, Value: g, Index: w.modify}},
+		}
+		ops = append(ops, c.legacyOps(lk, w)...)
+		ok, resp, _, err := s.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			c.queue = append([]want{w}, c.queue...) // the next event tries again
+			c.legacy = nil
+			return err
+		}
+		if !ok {
+			for _, e := range resp.Errors {
+				switch e.OpIndex {
+				case 0:
+					return errNotCoordinator
+				case 3:
+					// An older agent changed the semaphore: read it again.
+					c.legacy = nil
+					c.queue = append([]want{w}, c.queue...)
+				}
+			}
+			continue // else the host left the line, or its want changed: the next listing has it
+		}
+		idx := w.modify
+		if len(resp.Results) > 1 && resp.Results[1].KV != nil {
+			idx = resp.Results[1].KV.ModifyIndex
+		}
+		c.legacyTook(lk, w, resp)
+		c.held[w.node] = heldGrant{idx, w.session}
+		go c.watch(ctx, w.node, w.key, idx, released)
+	}
+	return nil
+}
+
+// watch waits for a grant's key to change (the host released it, or its
+// session expired) and reports the slot free.
+func (c *coordinator) watch(ctx context.Context, node, key string, index uint64, released chan<- grantRef) {
+	loop := blocking.Loop{MinGap: time.Millisecond, BackoffCap: 5 * time.Second}
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	loop.Run(wctx, index, func(ctx context.Context, idx uint64) (uint64, error) {
+		kv, meta, err := c.s.Client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx))
+		if err != nil {
+			return 0, err
+		}
+		if kv == nil || kv.ModifyIndex != index {
+			select {
+			case released <- grantRef{node, index}:
+			case <-ctx.Done():
+			}
+			stop()
+		}
+		return meta.LastIndex, nil
+	})
+}

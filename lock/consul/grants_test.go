@@ -1,0 +1,275 @@
+package consul
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
+)
+
+var (
+	server    *rig.Consul
+	serverErr error
+)
+
+func TestMain(m *testing.M) {
+	server, serverErr = rig.StartConsul()
+	// A waiting host looks for a coordinator often: the failover tests
+	// wait for a session TTL, not for this.
+	CheckCoordinator = time.Second
+	ListGap = 100 * time.Millisecond
+	IdleResign = 3 * time.Second
+	code := m.Run()
+	if server != nil {
+		server.Stop()
+	}
+	os.Exit(code)
+}
+
+func client(t *testing.T) *api.Client {
+	t.Helper()
+	testutil.RequireServer(t, "Consul", serverErr)
+	c, err := api.NewClient(&api.Config{Address: server.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func hosts(t *testing.T, n, limit int) []*Slots {
+	var out []*Slots
+	prefix := "test/" + t.Name()
+	for i := range n {
+		s := New(client(t), prefix, "app", fmt.Sprintf("host-%02d", i), 10*time.Second, limit)
+		t.Cleanup(s.Close)
+		out = append(out, s)
+	}
+	return out
+}
+
+// granted counts the live grants in Consul, as a new coordinator would.
+func granted(t *testing.T, s *Slots) (int, error) {
+	pairs, _, err := s.Client.KV().List(GrantPrefix(s.Prefix, s.Service), &api.QueryOptions{RequireConsistent: true})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, kv := range pairs {
+		var g Grant
+		if kv.Session != "" && json.Unmarshal(kv.Value, &g) == nil && g.State == StateGranted {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// watchGrants samples the live grants until stop closes and returns the
+// most seen at once.
+func watchGrants(t *testing.T, s *Slots, stop <-chan struct{}) <-chan int {
+	out := make(chan int, 1)
+	go func() {
+		most := 0
+		for {
+			select {
+			case <-stop:
+				out <- most
+				return
+			default:
+			}
+			if n, err := granted(t, s); err == nil {
+				most = max(most, n)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return out
+}
+
+func TestGrantsNeverExceedTheLimit(t *testing.T) {
+	const n, limit = 12, 3
+	hs := hosts(t, n, limit)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	stop := make(chan struct{})
+	most := watchGrants(t, hs[0], stop)
+	var holding, peak atomic.Int32
+	var wg sync.WaitGroup
+	for _, h := range hs {
+		wg.Go(func() {
+			if _, err := h.Acquire(ctx); err != nil {
+				t.Errorf("%s: %v", h.Node, err)
+				return
+			}
+			cur := holding.Add(1)
+			for p := peak.Load(); cur > p && !peak.CompareAndSwap(p, cur); p = peak.Load() {
+			}
+			time.Sleep(50 * time.Millisecond)
+			holding.Add(-1)
+			if err := h.Release(ctx); err != nil {
+				t.Errorf("%s: release: %v", h.Node, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	if p := peak.Load(); p > limit || p < 2 {
+		t.Errorf("%d hosts held a slot at once; want 2..%d", p, limit)
+	}
+	if m := <-most; m > limit {
+		t.Errorf("Consul showed %d grants at once; limit %d", m, limit)
+	}
+}
+
+// A coordinator that dies (its session left to expire, as after kill -9)
+// is replaced by a waiting host; the new one counts the grants still
+// live, so the limit holds across the change, and every host gets its
+// turn.
+func TestCoordinatorDiesMidWave(t *testing.T) {
+	const n, limit = 8, 2
+	hs := hosts(t, n, limit)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	stop := make(chan struct{})
+	most := watchGrants(t, hs[0], stop)
+	// The first host takes a slot and so becomes the coordinator.
+	if _, err := hs[0].Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !hs[0].Coordinating() {
+		t.Fatal("the first host to wait does not coordinate")
+	}
+	var wg sync.WaitGroup
+	done := make(chan string, n)
+	for _, h := range hs[1:] {
+		wg.Go(func() {
+			if _, err := h.Acquire(ctx); err != nil {
+				t.Errorf("%s: %v", h.Node, err)
+				return
+			}
+			time.Sleep(300 * time.Millisecond)
+			h.Release(ctx)
+			done <- h.Node
+		})
+	}
+	// One host other than the coordinator's holds the second slot.
+	<-done
+	start := time.Now()
+	hs[0].Kill() // the coordinator's process, and its slot with it
+	wg.Wait()
+	took := time.Since(start)
+	close(stop)
+	if m := <-most; m > limit {
+		t.Errorf("Consul showed %d grants at once across the failover; limit %d", m, limit)
+	}
+	coordinators := 0
+	for _, h := range hs[1:] {
+		if h.Coordinating() {
+			coordinators++
+		}
+	}
+	if coordinators != 1 {
+		t.Errorf("%d hosts coordinate after the failover; want 1", coordinators)
+	}
+	t.Logf("the remaining %d hosts finished %s after the coordinator died", n-2, took.Round(time.Millisecond))
+}
+
+// A granted host that dies frees its slot when its session expires.
+func TestDeadHostFreesItsSlotByTTL(t *testing.T) {
+	hs := hosts(t, 2, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// host-00 is granted (and coordinates: its coordinator stands for
+	// another agent's, and lives on); then it dies holding the slot.
+	if _, err := hs[0].Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan time.Time, 1)
+	go func() {
+		if _, err := hs[1].Acquire(ctx); err != nil {
+			t.Error(err)
+		}
+		got <- time.Now()
+	}()
+	died := time.Now()
+	hs[0].dieHolding()
+	select {
+	case at := <-got:
+		// Consul expires a session between its TTL and twice it.
+		if d := at.Sub(died); d > 2*hs[0].TTL+5*time.Second {
+			t.Errorf("the slot freed %s after its holder died; TTL %s", d, hs[0].TTL)
+		}
+	case <-ctx.Done():
+		t.Fatal("the dead host's slot was never freed")
+	}
+}
+
+// dieHolding drops the host's session without destroying it, as kill -9
+// of an agent holding a slot would, but leaves its coordinator running.
+func (s *Slots) dieHolding() {
+	s.mu.Lock()
+	se := s.held
+	s.held = nil
+	s.mu.Unlock()
+	se.abandon()
+}
+
+// Agents of the older dropship (consul/api's semaphore) and newer ones
+// (grants) serving one service keep to one limit together.
+func TestOlderAgentsAndGrantsShareTheLimit(t *testing.T) {
+	const limit = 2
+	hs := hosts(t, 5, limit)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var holding, peak atomic.Int32
+	hold := func() {
+		cur := holding.Add(1)
+		for p := peak.Load(); cur > p && !peak.CompareAndSwap(p, cur); p = peak.Load() {
+		}
+		time.Sleep(40 * time.Millisecond)
+		holding.Add(-1)
+	}
+	var wg sync.WaitGroup
+	for round := range 3 {
+		for i := range 4 {
+			c := client(t)
+			sem, err := c.SemaphoreOpts(&api.SemaphoreOptions{
+				Prefix: LegacyPrefix(hs[0].Prefix, "app"), Limit: limit,
+				Value: []byte(fmt.Sprintf("old-%d-%d", round, i)), SessionTTL: "10s",
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			wg.Go(func() {
+				if _, err := sem.Acquire(ctx.Done()); err != nil {
+					t.Errorf("older agent: %v", err)
+					return
+				}
+				hold()
+				sem.Release()
+			})
+		}
+		for _, h := range hs {
+			wg.Go(func() {
+				if _, err := h.Acquire(ctx); err != nil {
+					t.Errorf("%s: %v", h.Node, err)
+					return
+				}
+				hold()
+				h.Release(ctx)
+			})
+		}
+		wg.Wait()
+	}
+	if p := peak.Load(); p > limit {
+		t.Errorf("%d hosts, older and newer, held a slot at once; limit %d", p, limit)
+	}
+}
