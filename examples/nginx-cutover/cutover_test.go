@@ -35,6 +35,10 @@ func TestZeroDowntimeCutover(t *testing.T) {
 		t.Skip("nginx is not installed; run make rig")
 	}
 	dir := t.TempDir()
+	realDir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	bin := filepath.Join(dir, "dropship")
 	app := filepath.Join(dir, "app")
 	for out, pkg := range map[string]string{bin: "../../cmd/dropship", app: "./testdata/app"} {
@@ -136,7 +140,7 @@ service "app" {
 		}
 	})
 	url := fmt.Sprintf("http://127.0.0.1:%d/", front)
-	waitFor(t, &logs, func() bool { return get(url) == "v1" && running(app) == "v1" })
+	waitFor(t, &logs, func() bool { return get(url) == "v1" && running(realDir) == "v1" })
 
 	// Load through nginx for the whole time: keep-alive clients and
 	// clients that open a connection per request.
@@ -189,7 +193,7 @@ service "app" {
 	for _, v := range []string{"v2", "v3"} {
 		publish(v, true)
 		// The new release serves, and once the drain is over it alone runs.
-		waitFor(t, &logs, func() bool { return get(url) == v && running(app) == v })
+		waitFor(t, &logs, func() bool { return get(url) == v && running(realDir) == v })
 		// Under load for a while: 1000 answers from it before the next.
 		waitFor(t, &logs, func() bool { res.mu.Lock(); defer res.mu.Unlock(); return res.seen[v] >= 1000 })
 	}
@@ -203,7 +207,7 @@ service "app" {
 	// The check line saying failed comes once the rollback is over: the
 	// load goes on until 300 more requests have been answered after it.
 	waitFor(t, &logs, func() bool { return strings.Contains(logs.String(), "result=failed") })
-	waitFor(t, &logs, func() bool { return running(app) == "v3" })
+	waitFor(t, &logs, func() bool { return running(realDir) == "v3" })
 	after := res.sent.Load()
 	waitFor(t, &logs, func() bool { return res.sent.Load() >= after+300 })
 	stop()
@@ -249,14 +253,18 @@ func get(url string) string {
 	return string(b)
 }
 
-// running lists the versions of the app processes alive now, joined by
+// running lists the versions of this test's app processes alive now
+// (those working under dir: another run's, beside it, are not), joined by
 // ","; zombies (a stopped release not yet reaped) do not count.
-func running(app string) string {
+func running(dir string) string {
 	var vs []string
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
 		if err != nil || len(b) == 0 {
+			continue
+		}
+		if cwd, err := os.Readlink(filepath.Join("/proc", e.Name(), "cwd")); err != nil || !strings.HasPrefix(cwd, dir+"/") {
 			continue
 		}
 		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
