@@ -9,11 +9,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 // fakeFleet is a fleet in memory, for what a rollout reads and writes; a
@@ -49,6 +51,18 @@ func (f *fakeFleet) Report(_ context.Context, _ string, ns fleet.NodeStatus) err
 
 func (f *fakeFleet) Record(context.Context, string, fleet.Event) error { return nil }
 
+// Blocked: never, but by a breaker of the checksum.
+func (f *fakeFleet) Blocked(_ context.Context, _, checksum string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, b := range f.st.Breakers {
+		if b.Checksum == checksum {
+			return "failed on " + b.Node, nil
+		}
+	}
+	return "", nil
+}
+
 func (f *fakeFleet) FixPlan(_ context.Context, _, checksum string, waves []fleet.PlanWave) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -78,8 +92,9 @@ func (s fakeSem) Acquire(context.Context) (<-chan struct{}, error) {
 func (s fakeSem) Release(context.Context) error { return nil }
 
 // rolloutRunner installs v1 then v2 without a rollout, and returns a
-// runner of the same host whose service reverts on failure, in ff.
-func rolloutRunner(t *testing.T, e *env, ff *fakeFleet) (*agent.Runner, string) {
+// runner of the same host whose service reverts on failure, in ff, with
+// the blocks of extra in its service.
+func rolloutRunner(t *testing.T, e *env, ff *fakeFleet, extra ...string) (*agent.Runner, string) {
 	t.Helper()
 	plain := e.runner(e.config(""))
 	e.publish("v1")
@@ -103,8 +118,9 @@ service "app" {
     waves      = ["100%%"]
     on_failure = "revert"
   }
+%s
 }
-`, e.state, e.store, e.dest)
+`, e.state, e.store, e.dest, strings.Join(extra, "\n"))
 	path := filepath.Join(e.dir, "rollout.hcl")
 	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
@@ -175,5 +191,35 @@ func TestPinLiftedWhileWaitingForTheSlot(t *testing.T) {
 	e.check(r, agent.ResultRolledBack)
 	if e.current() != "v1" {
 		t.Fatalf("pinned to v1, on %s", e.current())
+	}
+}
+
+// A fleet revert never runs a run-once hook; the next install does.
+func TestRevertNeverRunsARunOnceHook(t *testing.T) {
+	e := newEnv(t)
+	ff := &fakeFleet{}
+	ran := filepath.Join(e.dir, "once.log")
+	r, v2 := rolloutRunner(t, e, ff, fmt.Sprintf(`  after "script" {
+    once    = "fleet"
+    command = "cat VERSION >> %s"
+  }`, ran))
+	ff.st.Breakers = []fleet.Breaker{{Checksum: v2, Node: "other", Phase: "gate"}}
+	e.check(r, agent.ResultReverted)
+	if e.current() != "v1" {
+		t.Fatalf("reverted to %q, want v1", e.current())
+	}
+	if b, _ := os.ReadFile(ran); len(b) != 0 {
+		t.Fatalf("the revert ran the run-once hook: %q", b)
+	}
+	// The install of v3 waits for the fleet's hosts to register first.
+	e.publish("v3")
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if out := r.Check(context.Background()); out.Result != agent.ResultInstalled {
+			return fmt.Errorf("v3: %s (%s %v)", out.Result, out.Reason, out.Err)
+		}
+		return nil
+	})
+	if b, _ := os.ReadFile(ran); string(b) != "v3" {
+		t.Fatalf("the install of v3 ran the run-once hook as %q, want once, in v3", b)
 	}
 }
