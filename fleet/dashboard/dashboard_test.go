@@ -395,6 +395,12 @@ func TestEventStreamsAreBoundedAndAStalledReaderIsLetGo(t *testing.T) {
 	defer stalled.Close()
 	stalled.(*net.TCPConn).SetReadBuffer(4096)
 	fmt.Fprintf(stalled, "GET /events?service=app HTTP/1.1\r\nHost: dashboard\r\n\r\n")
+	// Its stream is open once its status line comes: read that, and
+	// nothing more (a loaded machine may take a while to admit it).
+	status := make([]byte, len("HTTP/1.1 200"))
+	if _, err := io.ReadFull(stalled, status); err != nil || string(status) != "HTTP/1.1 200" {
+		t.Fatalf("the stalled client's stream: %q, %v", status, err)
+	}
 
 	// While it holds the only stream, one more is refused; once its
 	// writes block long enough, the stream is free again.
