@@ -79,6 +79,9 @@ type txn struct {
 	// then may a failure count against it in the fleet.
 	verified bool
 
+	// watched: the health watch after the switch ran its whole window.
+	watched time.Duration
+
 	switched    bool
 	undo        []func(ctx context.Context)
 	rollbackErr error
@@ -576,7 +579,7 @@ func (t *txn) commit() Outcome {
 	t.st.trim(t.r.svc.KeepReleases, t.r.lay.current())
 	ev := t.ev
 	ev.Phase, ev.Result, ev.Duration = hooks.PhaseAfter, "success", d
-	return Outcome{Result: ResultInstalled, Checksum: t.sum, Release: t.id, announce: &ev}
+	return Outcome{Result: ResultInstalled, Checksum: t.sum, Release: t.id, Watched: t.watched, announce: &ev}
 }
 
 // fail undoes what the steps did, newest first, and decides in one place

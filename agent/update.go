@@ -63,7 +63,10 @@ type Outcome struct {
 	// Until, when set, is when a waiting rollout should be looked at
 	// again (a bake's end, a window's opening); rollout says the check
 	// waits on the rollout, so a change in the fleet should wake it.
-	Until    time.Time
+	Until time.Time
+	// Watched: how long the release's health was watched after the
+	// switch, the whole window without a failure.
+	Watched  time.Duration
 	rollout  bool
 	finished bool // finish ran already
 	// verified: the checksum is one this host computed over the bytes it
@@ -457,7 +460,8 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 	switch out.Result {
 	case ResultInstalled, ResultFailed, ResultRolledBack, ResultReverted:
 		ns := fleet.NodeStatus{Node: r.node, Checksum: st.Checksum, Release: st.Release, Result: string(out.Result),
-			Attempt: out.Checksum, Phase: string(out.Phase), Time: r.now().UTC(), Tags: r.tags, Policy: r.policyHash()}
+			Attempt: out.Checksum, Phase: string(out.Phase), Time: r.now().UTC(), Tags: r.tags, Policy: r.policyHash(),
+			Watched: out.Watched}
 		if out.Err != nil {
 			ns.Error = out.Err.Error()
 		}

@@ -18,6 +18,13 @@ type watcher interface {
 	Watch(ctx context.Context, ev hooks.Event, failed func(n int, err error)) error
 }
 
+// bakeWatcher is a check with watch = "bake": its window is the
+// rollout's bake.
+type bakeWatcher interface {
+	WatchesBake() bool
+	SetWatchWindow(time.Duration)
+}
+
 // watch runs the watched checks of the new release, all at once, until
 // their windows close, with the fleet slot held: the next host (and the
 // next wave, which counts this one only once it reports) starts only
@@ -76,13 +83,29 @@ func (t *txn) watch(outer context.Context) error {
 		return nil
 	}
 	t.logger.Info("watch window closed; the release stays", "release", t.id, "window", window)
+	t.watched = window
 	return nil
 }
 
-// watchDiags says when a check's watch window is longer than
-// update_timeout, which ends it early.
+// watchDiags sets the window of watch = "bake" checks to the rollout's
+// bake (an error without one), and says when a check's watch window is
+// longer than update_timeout, which ends it early.
 func watchDiags(s *Service) hcl.Diagnostics {
 	var diags hcl.Diagnostics
+	for _, c := range s.Checks {
+		b, ok := c.Hook.(bakeWatcher)
+		if !ok || !b.WatchesBake() {
+			continue
+		}
+		if s.Rollout == nil || s.Rollout.Bake <= 0 {
+			rng := c.Range
+			diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "watch = \"bake\" without a bake",
+				Detail:  "watch = \"bake\" watches the release's health for the bake of its rollout wave, and this service has no rollout block with a bake. Add one (rollout { bake = \"10m\" … }), or give the window itself: watch = \"10m\".",
+				Subject: &rng})
+			continue
+		}
+		b.SetWatchWindow(s.Rollout.Bake)
+	}
 	for _, c := range s.Checks {
 		w, ok := c.Hook.(watcher)
 		if !ok || w.WatchWindow() < s.UpdateTimeout {

@@ -135,6 +135,11 @@ type NodeStatus struct {
 	// Reason is why the host waits: the application defers the update
 	// of Attempt (Result "deferred").
 	Reason string `json:"reason,omitempty"`
+	// Watched is how long the host watched the installed release's
+	// health after the switch, a window that closed without a failure
+	// (checks with watch = "…"). A wave whose hosts all watched for the
+	// rollout's bake has served its bake.
+	Watched time.Duration `json:"watched,omitempty"`
 }
 
 // ServiceWatcher is a Fleet whose records of a service can be waited on.

@@ -139,3 +139,71 @@ func TestWatchRollsBackTheFleet(t *testing.T) {
 		}
 	}
 }
+
+// watch = "bake": each host of a wave watches its health for the bake,
+// with its slot held, and the next wave starts once the wave reports: the
+// watch served the bake, so it is not waited for twice.
+func TestWatchThroughTheBake(t *testing.T) {
+	c := consulServer(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	health := &healthByHost{dead: map[string]bool{}}
+	srv := &http.Server{Handler: health}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	f := newFleet(t, 3, 1, c, fmt.Sprintf(`
+  rollout {
+    canary = 1
+    waves  = ["100%%"]
+    bake   = "3s"
+  }
+  check "http" {
+    url            = "http://%s/health/{{.Hostname}}"
+    watch          = "bake"
+    watch_interval = "500ms"
+  }`, ln.Addr()))
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 90*time.Second)
+	f.waitEnds("v1", 3)
+	marks := f.marks()
+	sum := f.publish("v2", false)
+	f.waitAll(f.hosts, "v2", 90*time.Second)
+	f.waitInstalled(f.hosts, sum)
+
+	w := f.waves(sum)
+	if len(w["canary"]) != 1 || len(w["1"]) != 2 {
+		t.Fatalf("waves %v: want 1 canary and 2 more", w)
+	}
+	var canary *host
+	for _, h := range f.hosts {
+		if h.name == w["canary"][0] {
+			canary = h
+		}
+	}
+	log, _ := os.ReadFile(filepath.Join(f.dir, canary.name+".log"))
+	lineTime(t, log, marks[canary], "watching the release's health", "window=3s", sum)
+	closed := lineTime(t, log, marks[canary], "watch window closed", sum)
+	_, starts := f.timeline()
+	if len(starts[sum]) != 3 {
+		t.Fatalf("v2 started by %v, want 3 hosts", starts[sum])
+	}
+	us, _ := f.timeline()
+	for _, u := range us[len(us)-3:] {
+		if u.node == canary.name {
+			continue
+		}
+		start := time.Unix(0, int64(u.start*1e9))
+		if start.Before(closed) {
+			t.Errorf("%s started v2 at %s, before the canary's watch closed at %s", u.node, start.Format(time.RFC3339Nano), closed.Format(time.RFC3339Nano))
+		}
+		for _, h := range f.hosts {
+			if h.name == u.node && strings.Contains(f.logSince(h, marks), "baking wave canary") {
+				t.Errorf("%s waited a bake after the canary watched through it:\n%s", h.name, tailOf([]byte(f.logSince(h, marks))))
+			}
+		}
+	}
+}

@@ -125,6 +125,16 @@ func Members(st fleet.Status, me string) []Member {
 type progress struct {
 	done, failed, pending []string
 	doneAt                time.Time // the last host's install or failure
+	// watched is the shortest health watch among the done hosts (0 when
+	// one did not watch): each was healthy for that long after its switch.
+	watched time.Duration
+}
+
+// served says whether the wave's hosts watched their health for the
+// whole bake (watch = "bake"): the bake then ends with the wave, since
+// every host was seen healthy for it, each after its own switch.
+func (p progress) served(bake time.Duration) bool {
+	return bake > 0 && len(p.done) > 0 && p.watched >= bake
 }
 
 // counts says whether a node's record is a failure of checksum that
@@ -154,6 +164,9 @@ func waveProgress(s Step, checksum string, nodes map[string]fleet.NodeStatus, cl
 		st := nodes[n]
 		switch {
 		case st.Checksum == checksum && checksum != "":
+			if len(p.done) == 0 || st.Watched < p.watched {
+				p.watched = st.Watched
+			}
 			p.done = append(p.done, n)
 		case counts(st, checksum, cleared):
 			p.failed = append(p.failed, n)
@@ -233,13 +246,17 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 		last, prev = pr, j
 	}
 	if prev >= 0 {
-		end := last.doneAt.Add(p.Bake)
+		from, end := last.doneAt, last.doneAt.Add(p.Bake)
+		if last.served(p.Bake) {
+			// Watched through the bake: judge the gates over it, now.
+			from, end = last.doneAt.Add(-p.Bake), last.doneAt
+		}
 		// The bake judged is this one: the wave's end is in the key, so a
 		// wave that ends again (a host that joined it, a checksum cleared
 		// and installed anew) is judged again.
 		key := v.Checksum + "/" + steps[prev].Name + "/" + last.doneAt.UTC().Format(time.RFC3339Nano)
 		if v.Now.Before(end) {
-			if trip := d.judge(ctx, p, steps[prev].Name, last.doneAt, v.Now, false); trip != "" {
+			if trip := d.judge(ctx, p, steps[prev].Name, from, v.Now, false); trip != "" {
 				dec.Trip, dec.TripPhase = trip, PhaseGate
 				return dec
 			}
@@ -248,7 +265,7 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 			return dec
 		}
 		if !d.passed(key) {
-			if trip := d.judge(ctx, p, steps[prev].Name, last.doneAt, end, true); trip != "" {
+			if trip := d.judge(ctx, p, steps[prev].Name, from, end, true); trip != "" {
 				if strings.HasPrefix(trip, "?") { // the gate could not be asked: wait
 					dec.Reason = trip[1:]
 					dec.Until = v.Now.Add(recheck(p.Bake))

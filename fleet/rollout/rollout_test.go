@@ -546,3 +546,51 @@ func TestFixedPlanPutsLateHostsLast(t *testing.T) {
 		t.Fatalf("a late host: %+v", dec)
 	}
 }
+
+// A wave whose hosts watched their health for the whole bake (watch =
+// "bake") has served it: the next wave starts when it reports, with the
+// gates judged over the watch. A host that watched less, or did not,
+// leaves the bake to count from the wave's end.
+func TestAWaveWatchedThroughTheBakeHasServedIt(t *testing.T) {
+	t.Parallel()
+	p := policy(t, 1, "100%")
+	p.Bake = 10 * time.Minute
+	g := &gateWindow{}
+	p.Gates = []Gate{g}
+	now := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	st := fleetOf(p, 3, "new", nil)
+	steps := p.Plan("new", Members(st, ""))
+	canary, next := steps[0].Nodes[0], steps[1].Nodes[0]
+	withWatch := func(w time.Duration) fleet.Status {
+		st := fleetOf(p, 3, "new", map[string]time.Time{canary: now})
+		for i := range st.Nodes {
+			if st.Nodes[i].Node == canary {
+				st.Nodes[i].Watched = w
+			}
+		}
+		return st
+	}
+	decide := func(st fleet.Status) Decision {
+		return NewDecider(p).Decide(context.Background(), next, View{Service: "app", Checksum: "new", Status: st, Now: now})
+	}
+	if dec := decide(withWatch(p.Bake)); !dec.Go {
+		t.Fatalf("the canary watched for the bake; the next wave waits: %+v", dec)
+	}
+	if !g.from.Equal(now.Add(-p.Bake)) || !g.to.Equal(now) {
+		t.Fatalf("gates judged over [%s, %s]; want the watch [%s, %s]", g.from, g.to, now.Add(-p.Bake), now)
+	}
+	for _, w := range []time.Duration{0, p.Bake - time.Second} {
+		if dec := decide(withWatch(w)); dec.Go || !dec.Until.Equal(now.Add(p.Bake)) {
+			t.Fatalf("the canary watched %s of a %s bake: %+v; want a bake until %s", w, p.Bake, dec, now.Add(p.Bake))
+		}
+	}
+}
+
+// gateWindow passes and keeps the window it was asked about.
+type gateWindow struct{ from, to time.Time }
+
+func (g *gateWindow) Name() string { return "window" }
+func (g *gateWindow) Check(_ context.Context, from, to time.Time) (Verdict, error) {
+	g.from, g.to = from, to
+	return Verdict{OK: true}, nil
+}

@@ -27,12 +27,15 @@ import (
 // Retries attempts) every WatchInterval until the window closes; Failures
 // failed probes within it fail the check (see Watch).
 type Retry struct {
-	Probe         hooks.Hook
-	Interval      time.Duration
-	Timeout       time.Duration
-	Retries       int
-	StartPeriod   time.Duration
-	Window        time.Duration
+	Probe       hooks.Hook
+	Interval    time.Duration
+	Timeout     time.Duration
+	Retries     int
+	StartPeriod time.Duration
+	Window      time.Duration
+	// WatchBake: watch = "bake", the window is the rollout's bake,
+	// which the service sets with SetWatchWindow.
+	WatchBake     bool
 	WatchInterval time.Duration
 	Failures      int
 }
@@ -79,8 +82,12 @@ func decodeCommon(body hcl.Body) (*Retry, hcl.Body, hcl.Diagnostics) {
 // decodeWatch reads watch, watch_interval and failures.
 func decodeWatch(r *Retry, c common) hcl.Diagnostics {
 	var diags, d hcl.Diagnostics
-	r.Window, d = hclx.Duration(c.Full, "watch", hclx.Str(c.Watch), 0)
-	diags = append(diags, d...)
+	if hclx.Str(c.Watch) == "bake" {
+		r.WatchBake = true
+	} else {
+		r.Window, d = hclx.Duration(c.Full, "watch", hclx.Str(c.Watch), 0)
+		diags = append(diags, d...)
+	}
 	r.WatchInterval, d = hclx.Duration(c.Full, "watch_interval", hclx.Str(c.WatchInterval), DefaultWatchInterval)
 	diags = append(diags, d...)
 	r.Failures = 1
@@ -91,7 +98,7 @@ func decodeWatch(r *Retry, c common) hcl.Diagnostics {
 				"failures is how many failed probes within the watch window roll the release back: 1 or more."))
 		}
 	}
-	if r.Window <= 0 {
+	if r.Window <= 0 && !r.WatchBake {
 		for _, k := range []struct {
 			name string
 			set  bool
@@ -112,6 +119,13 @@ func decodeWatch(r *Retry, c common) hcl.Diagnostics {
 
 // WatchWindow is how long the check goes on after the switch; 0 for none.
 func (r *Retry) WatchWindow() time.Duration { return r.Window }
+
+// WatchesBake says the check has watch = "bake": its window is the
+// rollout's bake, set by SetWatchWindow once the service is decoded.
+func (r *Retry) WatchesBake() bool { return r.WatchBake }
+
+// SetWatchWindow sets the window of a watch = "bake" check.
+func (r *Retry) SetWatchWindow(d time.Duration) { r.Window = d }
 
 // Watch probes every WatchInterval for the window and fails once
 // Failures probes have failed in it; a probe fails when all its Retries
