@@ -44,11 +44,13 @@ deb:
 	dpkg-buildpackage -b -us -uc
 
 # Install benchmark: 1 GiB artifact from MinIO, dropship against curl | tar
-# on tmpfs, three rounds of each format; then chunked deltas (bench-delta).
-# Not part of `make test`.
+# on tmpfs, three rounds of each format (with the install's peak resident
+# memory); then chunked deltas (bench-delta) and the agent's footprint at
+# rest with 10 S3 services (bench-idle, 3 minutes). Not part of `make test`.
 bench: rig
 	PATH="$(RIG_DIR)/bench:$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/install
 	$(MAKE) bench-delta
+	$(MAKE) bench-idle IDLE_SOURCE=s3 IDLE_DURATION=3m
 
 # Chunked deltas: a 1 GiB tree with one 5 MB file changed, fetched as a
 # delta against the whole archive, and the first install with an empty
@@ -60,8 +62,9 @@ bench-delta: rig
 # installed once, over 10 minutes at a 10 s interval. IDLE_SOURCE=s3 puts
 # the artifacts in MinIO instead of local files.
 IDLE_SOURCE ?= file
+IDLE_DURATION ?= 10m
 bench-idle: rig
-	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/idle -source $(IDLE_SOURCE)
+	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/idle -source $(IDLE_SOURCE) -duration $(IDLE_DURATION)
 
 # Watch mode: 1,000 watchers on one Consul agent, key write to wake-up.
 bench-watch: rig
