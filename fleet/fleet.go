@@ -205,6 +205,15 @@ type Status struct {
 	// Plans are the plans of rollouts, fixed when each started, by
 	// checksum.
 	Plans map[string][]PlanWave
+	// Ignored are operators' records not acted on (with operator_keys:
+	// unsigned, signed by another key, or copied), and why.
+	Ignored []Ignored `json:",omitempty"`
+}
+
+// Ignored is an operator's record that agents do not act on.
+type Ignored struct {
+	Key    string `json:"key"` // under the service's folder: "hold", "rollout/pins/…"
+	Reason string `json:"reason"`
 }
 
 // PlanWave is one wave of a fixed plan: its name and its hosts.
