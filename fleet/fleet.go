@@ -13,7 +13,7 @@
 //	<prefix>/_published/<service>          Published: the nudge agents watch
 //	<prefix>/_slots/<service>/grant/<node> a host's wait for a slot, or its grant (lock/consul)
 //	<prefix>/_slots/<service>/coord        the coordinator of the grants (lock/consul)
-//	<prefix>/<service>/audit/<time>-<node>-<rand>   Event: the audit log
+//	<prefix>/<service>/audit/<node>/<time>-<rand>   Event: the audit log, a folder per writer
 //	<prefix>/<service>/rollout/freeze      Freeze: no new waves
 //	<prefix>/<service>/rollout/pins/<id>   Pin: hosts kept on a release
 //	<prefix>/<service>/rollout/approve/<checksum>/<wave>   Approval

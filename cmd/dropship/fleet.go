@@ -201,7 +201,7 @@ func fleetCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}, fleetLogCmd(g), fleetServeCmd(g), fleetApproveCmd(g), fleetFreezeCmd(g), fleetUnfreezeCmd(g),
-		fleetPinCmd(g), fleetUnpinCmd(g), fleetForgetCmd(g))
+		fleetPinCmd(g), fleetUnpinCmd(g), fleetForgetCmd(g), fleetACLPolicyCmd(g))
 	return cmd
 }
 
@@ -459,3 +459,46 @@ func fleetServeCmd(g *globals) *cobra.Command {
 }
 
 var _ dashboard.Store = (*consul.Fleet)(nil)
+
+func fleetACLPolicyCmd(g *globals) *cobra.Command {
+	var node, consulNode string
+	cmd := &cobra.Command{
+		Use:   "acl-policy agent|operator",
+		Short: "Print the Consul ACL rules of this host's agent, or of the operators",
+		Long: "Print the least Consul ACL rules dropship needs, for the prefix of the config's lock \"consul\"\n" +
+			"block. agent: the rules of this host's agent (its node_name and the services of its config):\n" +
+			"its own node record and audit folder, the breaker, slots, run-once records; read on the rest.\n" +
+			"Each host gets a policy of its own. operator: write on every record of the prefix.",
+		Args:      cobra.ExactArgs(1),
+		ValidArgs: []string{"agent", "operator"},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := g.load(slog.New(slog.DiscardHandler))
+			if err != nil {
+				return err
+			}
+			c, ok := cfg.Fleet.(*consul.Fleet)
+			if !ok {
+				return fleet.ErrSingleHost
+			}
+			switch args[0] {
+			case "agent":
+				if node == "" {
+					node = cfg.NodeName
+				}
+				var services []string
+				for _, s := range cfg.Services {
+					services = append(services, s.Name)
+				}
+				fmt.Fprint(g.stdout, consul.AgentPolicy(c.Prefix, node, consulNode, services))
+			case "operator":
+				fmt.Fprint(g.stdout, consul.OperatorPolicy(c.Prefix))
+			default:
+				return fmt.Errorf("acl-policy %q: agent or operator", args[0])
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&node, "node", "", "the agent's node_name (default: the config's)")
+	cmd.Flags().StringVar(&consulNode, "consul-node", "", "the Consul agent's node name, to allow sessions there only (default: any node)")
+	return cmd
+}

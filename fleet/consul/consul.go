@@ -593,7 +593,7 @@ func (p *Fleet) Record(ctx context.Context, service string, ev fleet.Event) erro
 	ev.Time, ev.Service, ev.Index, ev.Detail = ev.Time.UTC(), service, 0, fleet.Clip(ev.Detail)
 	var rnd [4]byte
 	rand.Read(rnd[:])
-	key := fmt.Sprintf("%s%020d-%s-%x", fleet.AuditKey(p.Prefix, service), ev.Time.UnixNano(), keySafe(p.Node), rnd)
+	key := fmt.Sprintf("%s%020d-%x", p.auditFolder(service), ev.Time.UnixNano(), rnd)
 	b, _ := json.Marshal(ev)
 	if _, err := p.Client.KV().Put(&api.KVPair{Key: key, Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		return fmt.Errorf("%w: record %s event of %s: %v", fleet.ErrUnavailable, ev.Kind, service, err)
@@ -601,9 +601,18 @@ func (p *Fleet) Record(ctx context.Context, service string, ev fleet.Event) erro
 	return p.trim(ctx, service, fleet.MaxEvents)
 }
 
+// auditFolder is where this writer appends to the audit log of service:
+// a folder of its own, so that an agent's token may append there without
+// being able to delete other writers' events (see AgentPolicy).
+func (p *Fleet) auditFolder(service string) string {
+	return fleet.AuditKey(p.Prefix, service) + keySafe(p.Node) + "/"
+}
+
 // trim deletes the events written first (by Consul's index) beyond keep,
 // once there are trimSlack more. Two hosts trimming at once may delete
-// the same keys: deleting a missing key is no error.
+// the same keys: deleting a missing key is no error. A writer whose token
+// may not delete them all (an agent's) deletes its own among them; the
+// others go when their writers next append, or when an operator does.
 func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
 	prefix := fleet.AuditKey(p.Prefix, service)
 	keys, _, err := p.Client.KV().Keys(prefix, "", (&api.QueryOptions{}).WithContext(ctx))
@@ -622,6 +631,20 @@ func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
 	}
 	sort.Slice(pairs, func(i, j int) bool { return pairs[i].CreateIndex < pairs[j].CreateIndex })
 	old := pairs[:len(pairs)-keep]
+	if err := p.deleteAll(ctx, service, old); err == nil {
+		return nil
+	}
+	var own api.KVPairs
+	for _, kv := range old {
+		if strings.HasPrefix(kv.Key, p.auditFolder(service)) {
+			own = append(own, kv)
+		}
+	}
+	return p.deleteAll(ctx, service, own)
+}
+
+// deleteAll deletes the events old of the audit log of service.
+func (p *Fleet) deleteAll(ctx context.Context, service string, old api.KVPairs) error {
 	for len(old) > 0 {
 		n := min(len(old), 64) // Consul's limit of operations per transaction
 		var ops api.TxnOps
