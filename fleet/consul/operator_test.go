@@ -3,11 +3,16 @@ package consul
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"aead.dev/minisign"
 	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
 
 	"github.com/dropshipd/dropship/fleet"
 )
@@ -147,5 +152,33 @@ func TestOperatorRecordsNeedAnOperatorsSignature(t *testing.T) {
 	reasons := st.Ignored[0].Reason + " | " + st.Ignored[1].Reason
 	if !strings.Contains(reasons, "not this record") || !strings.Contains(reasons, "a replay?") {
 		t.Errorf("ignored because %s", reasons)
+	}
+}
+
+// operator_keys in lock "consul": keys by name, base64 or a .pub file; a
+// key that is neither is an error that names it.
+func TestOperatorKeysConfig(t *testing.T) {
+	pub, _ := operatorKey(t)
+	dir := t.TempDir()
+	text, _ := pub.MarshalText()
+	if err := os.WriteFile(filepath.Join(dir, "bob.pub"), text, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	decode := func(src string) (*Fleet, hcl.Diagnostics) {
+		f, diags := hclsyntax.ParseConfig([]byte(src), "dropship.hcl", hcl.InitialPos)
+		if diags.HasErrors() {
+			t.Fatal(diags)
+		}
+		a, diags := Factory("consul", f.Body, fleet.Env{BaseDir: dir, NodeName: "web-1"})
+		p, _ := a.(*Fleet)
+		return p, diags
+	}
+	p, diags := decode(fmt.Sprintf("operator_keys = { alice = %q, bob = \"bob.pub\" }\n", pub.String()))
+	if diags.HasErrors() || len(p.OperatorKeys) != 2 || p.OperatorKeyName(pub.ID()) != "alice" || p.OperatorKeys[1].Name != "bob" {
+		t.Fatalf("keys %+v, %v", p, diags)
+	}
+	_, diags = decode("operator_keys = { mallory = \"nonsense\" }\n")
+	if !diags.HasErrors() || !strings.Contains(diags.Error(), "Invalid operator key") || !strings.Contains(diags.Error(), "mallory") {
+		t.Fatalf("a bad key: %v", diags)
 	}
 }
