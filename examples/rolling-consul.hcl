@@ -8,8 +8,10 @@ repo "s3" { region = "eu-west-1" }
 
 lock "consul" {
   address     = "127.0.0.1:8500"
-  # token_file = "/etc/dropship.d/consul.token"  # a token with consul-acl-policy.hcl;
-  #                                              # or CONSUL_HTTP_TOKEN in the environment
+  # token_file = "/etc/dropship.d/consul.token"  # a token with this host's policy
+  #                                              # (dropship fleet acl-policy agent; see
+  #                                              # consul-acl-agent.hcl), or CONSUL_HTTP_TOKEN
+  # operator_keys = { alice = "/etc/dropship.d/keys/alice.pub" }  # act only on signed operators' records
   prefix      = "dropship"
   session_ttl = "15s"
 }

@@ -13,7 +13,7 @@
 //	<prefix>/_published/<service>          Published: the nudge agents watch
 //	<prefix>/_slots/<service>/grant/<node> a host's wait for a slot, or its grant (lock/consul)
 //	<prefix>/_slots/<service>/coord        the coordinator of the grants (lock/consul)
-//	<prefix>/<service>/audit/<time>-<node>-<rand>   Event: the audit log
+//	<prefix>/<service>/audit/<node>/<time>-<rand>   Event: the audit log, a folder per writer
 //	<prefix>/<service>/rollout/freeze      Freeze: no new waves
 //	<prefix>/<service>/rollout/pins/<id>   Pin: hosts kept on a release
 //	<prefix>/<service>/rollout/approve/<checksum>/<wave>   Approval
@@ -210,6 +210,15 @@ type Status struct {
 	// Plans are the plans of rollouts, fixed when each started, by
 	// checksum.
 	Plans map[string][]PlanWave
+	// Ignored are operators' records not acted on (with operator_keys:
+	// unsigned, signed by another key, or copied), and why.
+	Ignored []Ignored `json:",omitempty"`
+}
+
+// Ignored is an operator's record that agents do not act on.
+type Ignored struct {
+	Key    string `json:"key"` // under the service's folder: "hold", "rollout/pins/…"
+	Reason string `json:"reason"`
 }
 
 // PlanWave is one wave of a fixed plan: its name and its hosts.

@@ -31,6 +31,50 @@ func (g *globals) fleet() (fleet.Fleet, error) {
 	return fleet.Shared(cfg.Fleet)
 }
 
+// operatorKeyEnv names the operator's secret key when --operator-key
+// does not.
+const operatorKeyEnv = "DROPSHIP_OPERATOR_KEY"
+
+// operatorFleet is fleet for a command that writes operators' records:
+// with --operator-key (or $DROPSHIP_OPERATOR_KEY) they are signed.
+func (g *globals) operatorFleet() (fleet.Fleet, error) {
+	cfg, err := g.load(slog.New(slog.DiscardHandler))
+	if err != nil {
+		return nil, err
+	}
+	return g.signing(cfg.Fleet)
+}
+
+// signing returns the shared fleet of a, signing what it writes with the
+// operator's key when one is given.
+func (g *globals) signing(a fleet.Agent) (fleet.Fleet, error) {
+	p, err := fleet.Shared(a)
+	if err != nil {
+		return nil, err
+	}
+	path := g.operatorKey
+	if path == "" {
+		path = os.Getenv(operatorKeyEnv)
+	}
+	c, ok := p.(*consul.Fleet)
+	if path == "" || !ok {
+		return p, nil
+	}
+	key, err := loadSecretKey(g, path)
+	if err != nil {
+		return nil, fmt.Errorf("operator key: %w", err)
+	}
+	name := c.OperatorKeyName(key.ID())
+	if name == "" {
+		name = fmt.Sprintf("key %016X", key.ID())
+		if len(c.OperatorKeys) > 0 {
+			fmt.Fprintf(g.stderr, "warning: operator key %s is not in this config's operator_keys: agents that list theirs ignore what it signs\n", path)
+		}
+	}
+	c.Signer = &consul.Signer{Key: key, Name: name}
+	return c, nil
+}
+
 func who() string {
 	name := "unknown"
 	if u, err := user.Current(); err == nil {
@@ -48,7 +92,7 @@ func holdCmd(g *globals) *cobra.Command {
 		Long:  "Write a hold for SERVICE in Consul: no host starts an update while it exists (hosts already\nupdating finish). `dropship resume SERVICE` removes it.",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := g.fleet()
+			p, err := g.operatorFleet()
 			if err != nil {
 				return err
 			}
@@ -64,16 +108,17 @@ func holdCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why updates are held")
+	operatorKeyFlag(g, cmd)
 	return cmd
 }
 
 func resumeCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "resume SERVICE",
 		Short: "Remove the hold of SERVICE",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := g.fleet()
+			p, err := g.operatorFleet()
 			if err != nil {
 				return err
 			}
@@ -85,6 +130,15 @@ func resumeCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	operatorKeyFlag(g, cmd)
+	return cmd
+}
+
+// operatorKeyFlag adds --operator-key: the minisign secret key that signs
+// the operators' records a command writes.
+func operatorKeyFlag(g *globals, cmd *cobra.Command) {
+	cmd.PersistentFlags().StringVar(&g.operatorKey, "operator-key", "",
+		"operator's minisign secret key (dropship keygen): sign the records written, for agents with operator_keys (or $"+operatorKeyEnv+")")
 }
 
 func fleetCmd(g *globals) *cobra.Command {
@@ -92,6 +146,7 @@ func fleetCmd(g *globals) *cobra.Command {
 		Use:   "fleet",
 		Short: "See and steer the fleet in Consul",
 	}
+	operatorKeyFlag(g, cmd)
 	cmd.AddCommand(&cobra.Command{
 		Use:   "status [SERVICE]",
 		Short: "Table of hosts and versions, slot holders, holds, breakers, and rollouts wave by wave",
@@ -130,7 +185,7 @@ func fleetCmd(g *globals) *cobra.Command {
 		Short: "Lift the breaker that stops CHECKSUM from rolling out",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := g.fleet()
+			p, err := g.operatorFleet()
 			if err != nil {
 				return err
 			}
@@ -146,7 +201,7 @@ func fleetCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}, fleetLogCmd(g), fleetServeCmd(g), fleetApproveCmd(g), fleetFreezeCmd(g), fleetUnfreezeCmd(g),
-		fleetPinCmd(g), fleetUnpinCmd(g), fleetForgetCmd(g))
+		fleetPinCmd(g), fleetUnpinCmd(g), fleetForgetCmd(g), fleetACLPolicyCmd(g))
 	return cmd
 }
 
@@ -154,6 +209,9 @@ func fleetCmd(g *globals) *cobra.Command {
 // is done: a log that cannot be written is a warning, not a failure.
 func (g *globals) record(ctx context.Context, p fleet.Agent, service string, ev fleet.Event) {
 	ev.Who, ev.Via = who(), "cli"
+	if c, ok := p.(*consul.Fleet); ok && c.Signer != nil {
+		ev.Who = c.Signer.Name // the key's name, as the agents know it
+	}
 	if err := p.Record(ctx, service, ev); err != nil {
 		fmt.Fprintf(g.stderr, "warning: %s: could not write the %s to the audit log: %v\n", service, ev.Kind, err)
 	}
@@ -288,6 +346,9 @@ func printFleet(g *globals, st fleet.Status) {
 	if st.Hold != nil {
 		fmt.Fprintf(g.stdout, "HOLD since %s by %s: %s\n", st.Hold.Time.Format(time.RFC3339), st.Hold.Who, st.Hold.Reason)
 	}
+	for _, ig := range st.Ignored {
+		fmt.Fprintf(g.stdout, "IGNORED %s: %s\n", ig.Key, oneLine(ig.Reason))
+	}
 	for _, b := range st.Breakers {
 		fmt.Fprintf(g.stdout, "BREAKER %s: failed on %s in %s at %s: %s\n", b.Checksum, b.Node, b.Phase, b.Time.Format(time.RFC3339), oneLine(b.Error))
 	}
@@ -332,6 +393,9 @@ func fleetServeCmd(g *globals) *cobra.Command {
 				return err
 			}
 			p, err := fleet.Shared(cfg.Fleet)
+			if allowActions && err == nil {
+				p, err = g.signing(cfg.Fleet) // actions signed with --operator-key
+			}
 			if err != nil {
 				return fmt.Errorf("fleet serve: %w", err)
 			}
@@ -395,3 +459,46 @@ func fleetServeCmd(g *globals) *cobra.Command {
 }
 
 var _ dashboard.Store = (*consul.Fleet)(nil)
+
+func fleetACLPolicyCmd(g *globals) *cobra.Command {
+	var node, consulNode string
+	cmd := &cobra.Command{
+		Use:   "acl-policy agent|operator",
+		Short: "Print the Consul ACL rules of this host's agent, or of the operators",
+		Long: "Print the least Consul ACL rules dropship needs, for the prefix of the config's lock \"consul\"\n" +
+			"block. agent: the rules of this host's agent (its node_name and the services of its config):\n" +
+			"its own node record and audit folder, the breaker, slots, run-once records; read on the rest.\n" +
+			"Each host gets a policy of its own. operator: write on every record of the prefix.",
+		Args:      cobra.ExactArgs(1),
+		ValidArgs: []string{"agent", "operator"},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := g.load(slog.New(slog.DiscardHandler))
+			if err != nil {
+				return err
+			}
+			c, ok := cfg.Fleet.(*consul.Fleet)
+			if !ok {
+				return fleet.ErrSingleHost
+			}
+			switch args[0] {
+			case "agent":
+				if node == "" {
+					node = cfg.NodeName
+				}
+				var services []string
+				for _, s := range cfg.Services {
+					services = append(services, s.Name)
+				}
+				fmt.Fprint(g.stdout, consul.AgentPolicy(c.Prefix, node, consulNode, services))
+			case "operator":
+				fmt.Fprint(g.stdout, consul.OperatorPolicy(c.Prefix))
+			default:
+				return fmt.Errorf("acl-policy %q: agent or operator", args[0])
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&node, "node", "", "the agent's node_name (default: the config's)")
+	cmd.Flags().StringVar(&consulNode, "consul-node", "", "the Consul agent's node name, to allow sessions there only (default: any node)")
+	return cmd
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dropshipd/dropship/agent"
+	"github.com/dropshipd/dropship/fleet/consul"
 )
 
 // version is set at build time: -ldflags "-X main.version=…".
@@ -60,8 +61,10 @@ type globals struct {
 	config    string
 	logLevel  string
 	logFormat string
-	stdout    io.Writer
-	stderr    io.Writer
+	// operatorKey signs operators' records (--operator-key).
+	operatorKey string
+	stdout      io.Writer
+	stderr      io.Writer
 }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
@@ -154,6 +157,9 @@ func agentCmd(g *globals) *cobra.Command {
 			}
 			if len(cfg.Services) == 0 {
 				logger.Warn("no services configured", "config", cfg.File, "service_path", cfg.ServicePath)
+			}
+			if c, ok := cfg.Fleet.(*consul.Fleet); ok && len(c.OperatorKeys) == 0 {
+				logger.Warn(`no operator_keys in lock "consul": holds, freezes, pins, approvals and clears are acted on whoever wrote them (anyone with write on the prefix, an agent's token included)`)
 			}
 			if once {
 				a, err := agent.New(cfg, nil, logger)

@@ -41,7 +41,7 @@ func fleetApproveCmd(g *globals) *cobra.Command {
 				return err
 			}
 			svc, ctx := args[0], cmd.Context()
-			p, err := fleet.Shared(cfg.Fleet)
+			p, err := g.signing(cfg.Fleet)
 			if err != nil {
 				return err
 			}
@@ -116,7 +116,7 @@ func fleetFreezeCmd(g *globals) *cobra.Command {
 			"Hosts already updating finish; a fleet revert still runs.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := g.fleet()
+			p, err := g.operatorFleet()
 			if err != nil {
 				return err
 			}
@@ -166,7 +166,7 @@ func fleetUnfreezeCmd(g *globals) *cobra.Command {
 		Short: "Lift the freeze of SERVICE",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := g.fleet()
+			p, err := g.operatorFleet()
 			if err != nil {
 				return err
 			}
@@ -190,7 +190,7 @@ func fleetPinCmd(g *globals) *cobra.Command {
 			"left out of waves. `fleet unpin` lifts it.",
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := g.fleet()
+			p, err := g.operatorFleet()
 			if err != nil {
 				return err
 			}
@@ -217,7 +217,7 @@ func fleetUnpinCmd(g *globals) *cobra.Command {
 		Short: "Lift the pin of the hosts matching GLOB",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := g.fleet()
+			p, err := g.operatorFleet()
 			if err != nil {
 				return err
 			}
@@ -293,7 +293,7 @@ func fleetForgetCmd(g *globals) *cobra.Command {
 			"its wave waits for it. A host that is still running registers again at its next look.",
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := g.fleet()
+			p, err := g.operatorFleet()
 			if err != nil {
 				return err
 			}

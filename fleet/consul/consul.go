@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 
+	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/internal/consulx"
 	"github.com/dropshipd/dropship/internal/hclx"
@@ -40,12 +41,19 @@ type Fleet struct {
 	Prefix     string
 	Node       string
 	SessionTTL time.Duration
+	// OperatorKeys: with any, operators' records count only when signed
+	// by one of them (operatorRecord).
+	OperatorKeys []OperatorKey
+	// Signer signs the operators' records written through this Fleet
+	// (`--operator-key`), or nil.
+	Signer *Signer
 }
 
 type config struct {
-	Prefix     *string  `hcl:"prefix,optional"`
-	SessionTTL *string  `hcl:"session_ttl,optional"`
-	Conn       hcl.Body `hcl:",remain"`
+	Prefix       *string           `hcl:"prefix,optional"`
+	SessionTTL   *string           `hcl:"session_ttl,optional"`
+	OperatorKeys map[string]string `hcl:"operator_keys,optional"`
+	Conn         hcl.Body          `hcl:",remain"`
 }
 
 // Factory decodes `lock "consul" { … }`.
@@ -64,6 +72,19 @@ func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Agent, hcl.Diagnosti
 	diags = append(diags, d...)
 	if p.SessionTTL < 10*time.Second || p.SessionTTL > 24*time.Hour {
 		diags = append(diags, hclx.Errorf(body, "session_ttl", "Invalid session_ttl", "Consul accepts session TTLs from 10s to 24h."))
+	}
+	names := make([]string, 0, len(c.OperatorKeys))
+	for name := range c.OperatorKeys {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		pk, err := signature.ParseKey(c.OperatorKeys[name], env.BaseDir)
+		if err != nil {
+			diags = append(diags, hclx.Errorf(body, "operator_keys", "Invalid operator key", "%s: %v", name, err))
+			continue
+		}
+		p.OperatorKeys = append(p.OperatorKeys, OperatorKey{Name: name, Key: pk})
 	}
 	p.Client, d = consulx.NewClient(c.Conn, env.BaseDir)
 	diags = append(diags, d...)
@@ -183,10 +204,9 @@ func (p *Fleet) put(ctx context.Context, key string, v any) error {
 // breaker tripped by another host. An unreachable Consul is an error: the
 // caller starts nothing (fail closed).
 func (p *Fleet) Blocked(ctx context.Context, service, checksum string) (string, error) {
-	var h fleet.Hold
-	if ok, err := p.get(ctx, fleet.HoldKey(p.Prefix, service), &h); err != nil {
+	if h, err := p.hold(ctx, service); err != nil {
 		return "", err
-	} else if ok {
+	} else if h != nil {
 		return fmt.Sprintf("on hold since %s by %s: %s", h.Time.Format(time.RFC3339), h.Who, h.Reason), nil
 	}
 	var b fleet.Breaker
@@ -197,6 +217,30 @@ func (p *Fleet) Blocked(ctx context.Context, service, checksum string) (string, 
 			checksum, b.Node, b.Phase, b.Error, service, checksum), nil
 	}
 	return "", nil
+}
+
+// hold reads the hold of service as operatorRecord accepts it: nil when
+// there is none, or none signed by an operator key when keys are set.
+func (p *Fleet) hold(ctx context.Context, service string) (*fleet.Hold, error) {
+	key := fleet.HoldKey(p.Prefix, service)
+	kv, _, err := p.Client.KV().Get(key, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("%w: read %s: %v", fleet.ErrUnavailable, key, err)
+	}
+	if kv == nil {
+		return nil, nil
+	}
+	var h fleet.Hold
+	who, err := p.operatorRecord(service, kv, &h)
+	switch {
+	case err != nil && len(p.OperatorKeys) > 0:
+		return nil, nil // ignored; Status says why
+	case err != nil:
+		return nil, fmt.Errorf("read %s: %w", key, err) // unreadable is still a hold: fail closed
+	case who != "":
+		h.Who = who
+	}
+	return &h, nil
 }
 
 // Trip marks a checksum failed for the fleet. The error text is clipped:
@@ -222,7 +266,7 @@ func (p *Fleet) Hold(ctx context.Context, service string, h fleet.Hold) error {
 		h.Time = time.Now().UTC()
 	}
 	h.Reason = fleet.Clip(h.Reason)
-	return p.put(ctx, fleet.HoldKey(p.Prefix, service), h)
+	return p.putOperator(ctx, service, fleet.HoldKey(p.Prefix, service), h)
 }
 
 // Resume removes the hold of service.
@@ -240,7 +284,7 @@ func (p *Fleet) Clear(ctx context.Context, service, checksum string) (bool, erro
 	if err != nil || !ok {
 		return ok, err
 	}
-	return true, p.put(ctx, fleet.RolloutKey(p.Prefix, service)+"cleared/"+keySafe(checksum), map[string]any{"checksum": checksum, "time": time.Now().UTC()})
+	return true, p.putOperator(ctx, service, fleet.RolloutKey(p.Prefix, service)+"cleared/"+keySafe(checksum), map[string]any{"checksum": checksum, "time": time.Now().UTC()})
 }
 
 // SetFreeze writes or lifts the freeze of service.
@@ -254,7 +298,7 @@ func (p *Fleet) SetFreeze(ctx context.Context, service string, f *fleet.Freeze) 
 		f.Time = time.Now().UTC()
 	}
 	f.Reason = fleet.Clip(f.Reason)
-	return p.put(ctx, key, f)
+	return p.putOperator(ctx, service, key, f)
 }
 
 // SetPin writes or removes the pin of the hosts matching glob.
@@ -268,7 +312,7 @@ func (p *Fleet) SetPin(ctx context.Context, service, glob string, pin *fleet.Pin
 	if pin.Time.IsZero() {
 		pin.Time = time.Now().UTC()
 	}
-	return true, p.put(ctx, key, pin)
+	return true, p.putOperator(ctx, service, key, pin)
 }
 
 // Approve lets a wave of a rollout of a checksum start.
@@ -284,7 +328,7 @@ func (p *Fleet) Approve(ctx context.Context, service string, a fleet.Approval) e
 	if a.Time.IsZero() {
 		a.Time = time.Now().UTC()
 	}
-	return p.put(ctx, fleet.RolloutKey(p.Prefix, service)+"approve/"+a.Checksum+"/"+a.Wave, a)
+	return p.putOperator(ctx, service, fleet.RolloutKey(p.Prefix, service)+"approve/"+a.Checksum+"/"+a.Wave, a)
 }
 
 // FixPlan writes the plan of the rollout of checksum if none is written
@@ -413,10 +457,17 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 			}
 		case rest == "hold":
 			var h fleet.Hold
-			if err := json.Unmarshal(kv.Value, &h); err != nil {
+			who, err := p.operatorRecord(service, kv, &h)
+			switch {
+			case err != nil && len(p.OperatorKeys) > 0:
+				ignore(&st, rest, err)
+				continue
+			case err != nil:
 				// Unreadable is still a hold: Blocked fails on it, so no
 				// host updates. Show it, and how to lift it.
 				h = fleet.Hold{Reason: "an unreadable hold record (" + err.Error() + "); `dropship resume` lifts it", Who: "?"}
+			case who != "":
+				h.Who = who
 			}
 			st.Hold = &h
 		case strings.HasPrefix(rest, "failed/"):
@@ -430,9 +481,16 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 			st.Breakers = append(st.Breakers, b)
 		case rest == "rollout/freeze":
 			var f fleet.Freeze
-			if err := json.Unmarshal(kv.Value, &f); err != nil {
+			who, err := p.operatorRecord(service, kv, &f)
+			switch {
+			case err != nil && len(p.OperatorKeys) > 0:
+				ignore(&st, rest, err)
+				continue
+			case err != nil:
 				// Unreadable is still a freeze: fail closed.
 				f = fleet.Freeze{Reason: "an unreadable freeze record (" + err.Error() + "); `dropship fleet unfreeze` lifts it", Who: "?"}
+			case who != "":
+				f.Who = who
 			}
 			st.Freeze = &f
 		case strings.HasPrefix(rest, "rollout/cleared/"):
@@ -440,7 +498,11 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 				Checksum string    `json:"checksum"`
 				Time     time.Time `json:"time"`
 			}
-			if json.Unmarshal(kv.Value, &c) == nil {
+			if _, err := p.operatorRecord(service, kv, &c); err != nil {
+				if len(p.OperatorKeys) > 0 {
+					ignore(&st, rest, err)
+				}
+			} else {
 				if st.Cleared == nil {
 					st.Cleared = map[string]time.Time{}
 				}
@@ -456,7 +518,14 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 			}
 		case strings.HasPrefix(rest, "rollout/pins/"):
 			var pin fleet.Pin
-			if json.Unmarshal(kv.Value, &pin) == nil {
+			who, err := p.operatorRecord(service, kv, &pin)
+			switch {
+			case err != nil && len(p.OperatorKeys) > 0:
+				ignore(&st, rest, err)
+			case err == nil:
+				if who != "" {
+					pin.Who = who
+				}
 				st.Pins = append(st.Pins, pin)
 			}
 		case strings.HasPrefix(rest, "rollout/approve/"):
@@ -466,8 +535,18 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 			// nothing.
 			sum, wave, ok := strings.Cut(strings.TrimPrefix(rest, "rollout/approve/"), "/")
 			var a fleet.Approval
-			if !ok || sum == "" || wave == "" || strings.Contains(wave, "/") || json.Unmarshal(kv.Value, &a) != nil {
+			if !ok || sum == "" || wave == "" || strings.Contains(wave, "/") {
 				continue
+			}
+			who, err := p.operatorRecord(service, kv, &a)
+			if err != nil {
+				if len(p.OperatorKeys) > 0 {
+					ignore(&st, rest, err)
+				}
+				continue
+			}
+			if who != "" {
+				a.Who = who
 			}
 			a.Checksum, a.Wave = sum, wave
 			st.Approvals = append(st.Approvals, a)
@@ -486,6 +565,7 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 		}
 	}
 	sort.Strings(st.Holders)
+	sortIgnored(&st)
 	sort.Slice(st.Nodes, func(i, j int) bool { return st.Nodes[i].Node < st.Nodes[j].Node })
 	return st, nil
 }
@@ -513,7 +593,7 @@ func (p *Fleet) Record(ctx context.Context, service string, ev fleet.Event) erro
 	ev.Time, ev.Service, ev.Index, ev.Detail = ev.Time.UTC(), service, 0, fleet.Clip(ev.Detail)
 	var rnd [4]byte
 	rand.Read(rnd[:])
-	key := fmt.Sprintf("%s%020d-%s-%x", fleet.AuditKey(p.Prefix, service), ev.Time.UnixNano(), keySafe(p.Node), rnd)
+	key := fmt.Sprintf("%s%020d-%x", p.auditFolder(service), ev.Time.UnixNano(), rnd)
 	b, _ := json.Marshal(ev)
 	if _, err := p.Client.KV().Put(&api.KVPair{Key: key, Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		return fmt.Errorf("%w: record %s event of %s: %v", fleet.ErrUnavailable, ev.Kind, service, err)
@@ -521,9 +601,18 @@ func (p *Fleet) Record(ctx context.Context, service string, ev fleet.Event) erro
 	return p.trim(ctx, service, fleet.MaxEvents)
 }
 
+// auditFolder is where this writer appends to the audit log of service:
+// a folder of its own, so that an agent's token may append there without
+// being able to delete other writers' events (see AgentPolicy).
+func (p *Fleet) auditFolder(service string) string {
+	return fleet.AuditKey(p.Prefix, service) + keySafe(p.Node) + "/"
+}
+
 // trim deletes the events written first (by Consul's index) beyond keep,
 // once there are trimSlack more. Two hosts trimming at once may delete
-// the same keys: deleting a missing key is no error.
+// the same keys: deleting a missing key is no error. A writer whose token
+// may not delete them all (an agent's) deletes its own among them; the
+// others go when their writers next append, or when an operator does.
 func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
 	prefix := fleet.AuditKey(p.Prefix, service)
 	keys, _, err := p.Client.KV().Keys(prefix, "", (&api.QueryOptions{}).WithContext(ctx))
@@ -542,6 +631,20 @@ func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
 	}
 	sort.Slice(pairs, func(i, j int) bool { return pairs[i].CreateIndex < pairs[j].CreateIndex })
 	old := pairs[:len(pairs)-keep]
+	if err := p.deleteAll(ctx, service, old); err == nil {
+		return nil
+	}
+	var own api.KVPairs
+	for _, kv := range old {
+		if strings.HasPrefix(kv.Key, p.auditFolder(service)) {
+			own = append(own, kv)
+		}
+	}
+	return p.deleteAll(ctx, service, own)
+}
+
+// deleteAll deletes the events old of the audit log of service.
+func (p *Fleet) deleteAll(ctx context.Context, service string, old api.KVPairs) error {
 	for len(old) > 0 {
 		n := min(len(old), 64) // Consul's limit of operations per transaction
 		var ops api.TxnOps

@@ -119,7 +119,7 @@ func TestRecordKeepsTheNewestMaxEvents(t *testing.T) {
 	// Fill the log past its bound directly, oldest first, then append.
 	base := time.Now().Add(-time.Hour)
 	for i := range fleet.MaxEvents + 5 {
-		key := fmt.Sprintf("%s%020d-old-%d", fleet.AuditKey(p.Prefix, "app"), base.Add(time.Duration(i)*time.Millisecond).UnixNano(), i)
+		key := fmt.Sprintf("%s%020d-old-%d", p.auditFolder("app"), base.Add(time.Duration(i)*time.Millisecond).UnixNano(), i)
 		if _, err := p.Client.KV().Put(&api.KVPair{Key: key, Value: fmt.Appendf(nil, `{"kind":"install","checksum":"%d"}`, i)}, nil); err != nil {
 			t.Fatal(err)
 		}

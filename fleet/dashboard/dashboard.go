@@ -178,8 +178,11 @@ type Service struct {
 	// Rollouts: the freeze, the pins, and, for a service with a rollout
 	// block in the dashboard's config, the waves of the release rolling
 	// out and what each waits on.
-	Freeze    *fleet.Freeze       `json:"freeze,omitempty"`
-	Pins      []fleet.Pin         `json:"pins,omitempty"`
+	Freeze *fleet.Freeze `json:"freeze,omitempty"`
+	Pins   []fleet.Pin   `json:"pins,omitempty"`
+	// Ignored: operators' records the agents do not act on (unsigned
+	// with operator_keys set), and why.
+	Ignored   []fleet.Ignored     `json:"ignored,omitempty"`
 	RolloutOf string              `json:"rollout_of,omitempty"`
 	Waves     []rollout.WaveState `json:"waves,omitempty"`
 	Events    []fleet.Event       `json:"events,omitempty"`
@@ -391,7 +394,7 @@ func (s *Server) Events(service string) []fleet.Event {
 func (s *Server) summarize(ctx context.Context, st fleet.Status) Service {
 	shown := clipStatus(st) // the decider reads the records as they are
 	out := Service{Name: st.Service, Nodes: shown.Nodes, Updating: clipAll(st.Holders), Limit: st.Limit, Hold: shown.Hold,
-		Breakers: shown.Breakers, Groups: []Group{}, Failed: []string{}, Freeze: shown.Freeze, Pins: shown.Pins}
+		Breakers: shown.Breakers, Groups: []Group{}, Failed: []string{}, Freeze: shown.Freeze, Pins: shown.Pins, Ignored: shown.Ignored}
 	if d := s.deciders[st.Service]; d != nil {
 		if out.RolloutOf = rollout.Rolling(st); out.RolloutOf != "" {
 			// Describe may ask the gates: bounded, so a slow Prometheus
@@ -556,6 +559,11 @@ func clipStatus(st fleet.Status) fleet.Status {
 		pins[i] = p
 	}
 	st.Pins = pins
+	ignored := make([]fleet.Ignored, len(st.Ignored))
+	for i, ig := range st.Ignored {
+		ignored[i] = fleet.Ignored{Key: c(ig.Key), Reason: c(ig.Reason)}
+	}
+	st.Ignored = ignored
 	return st
 }
 

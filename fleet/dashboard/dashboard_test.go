@@ -3,6 +3,7 @@ package dashboard_test
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"aead.dev/minisign"
 	"github.com/hashicorp/consul/api"
 
 	"github.com/dropshipd/dropship/fleet"
@@ -797,5 +799,43 @@ func TestServerLetsIdleConnectionsGo(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Fatalf("an idle kept-alive connection was not closed by the server: %v", err)
+	}
+}
+
+// With operator_keys, an operator's record no key signed is not shown as
+// in force: the dashboard lists it as ignored, and why, on the API and
+// the service's page.
+func TestUnsignedOperatorRecordsShowAsIgnored(t *testing.T) {
+	pub, _, err := minisign.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, hs := startWith(t, func(o *dashboard.Options) {
+		o.Store.(*consul.Fleet).OperatorKeys = []consul.OperatorKey{{Name: "alice", Key: pub}}
+	}, nil)
+	report(t, p, "host-0", "aaaa", "installed")
+	writer := *p
+	writer.OperatorKeys = nil
+	if err := writer.Hold(context.Background(), "app", fleet.Hold{Reason: "forged", Who: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, func() error {
+		f := getFleet(t, hs)
+		if len(f.Services) != 1 || len(f.Services[0].Ignored) != 1 {
+			return fmt.Errorf("the dashboard does not list the unsigned hold as ignored: %+v", f)
+		}
+		if s := f.Services[0]; s.Hold != nil || s.Ignored[0].Key != "hold" || !strings.Contains(s.Ignored[0].Reason, "not signed") {
+			return fmt.Errorf("hold %+v, ignored %+v", s.Hold, s.Ignored)
+		}
+		return nil
+	})
+	resp, err := http.Get(hs.URL + "/services/app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	page, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(page), "IGNORED</b> operator record <code>hold</code>: not signed by an operator key") {
+		t.Errorf("the service's page does not say the hold is ignored:\n%s", page)
 	}
 }
