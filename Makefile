@@ -34,9 +34,12 @@ vet:
 	$(GO) vet ./...
 
 # -count=1: every run runs every test. A cached result would let a run
-# pass without talking to a single server.
+# pass without talking to a single server. -parallel: the tests that
+# mark themselves parallel mostly wait on agents' timers and servers, not
+# the CPU, so more of them run at once than there are cores.
+TEST_PARALLEL ?= 8
 test: rig fmt-check vet
-	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) test -race -count=1 -timeout 20m ./...
+	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) test -race -count=1 -parallel $(TEST_PARALLEL) -timeout 20m ./...
 	$(MAKE) fuzz FUZZTIME=10000x
 
 # The Debian package: ../dropship_<version>_<arch>.deb

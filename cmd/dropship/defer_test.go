@@ -27,6 +27,7 @@ func (h *host) withBlock(t *testing.T, block string) {
 // and holds no slot (host-1 updates meanwhile, with one slot for both);
 // once the lock is let go, host-0 installs it.
 func TestHeldLockFileDefersAHost(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 2, 1, c)
 	lock := filepath.Join(f.dir, "host-0.busy")

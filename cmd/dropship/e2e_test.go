@@ -92,6 +92,7 @@ service "app" {
 }
 
 func TestEndToEndS3(t *testing.T) {
+	t.Parallel()
 	minio := servers.MinIO(t)
 	_, b := minioBucket(t, "e2e-releases")
 	e2e(t, fmt.Sprintf(`repo "s3" {
@@ -108,6 +109,7 @@ func TestEndToEndS3(t *testing.T) {
 }
 
 func TestEndToEndSwift(t *testing.T) {
+	t.Parallel()
 	swiftSrv := servers.Swift(t)
 	st, err := swift.NewStore("swift", swift.Config{User: &swiftSrv.User, Key: &swiftSrv.Key, AuthURL: &swiftSrv.AuthURL})
 	if err != nil {
@@ -134,6 +136,7 @@ func TestEndToEndSwift(t *testing.T) {
 // A .tar.gz stored as application/octet-stream under a name with no
 // extension installs: the format comes from the bytes, not the store.
 func TestOctetStreamTarGzInstalls(t *testing.T) {
+	t.Parallel()
 	minio := servers.MinIO(t)
 	ctx := context.Background()
 	c, err := s3.NewStore(ctx, s3.Config{Endpoint: aws.String(minio.Endpoint),

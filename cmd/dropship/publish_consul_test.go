@@ -30,6 +30,7 @@ import (
 // certificate only --consul-ca-file holds, takes the announcement with the
 // token of --consul-token-file, and refuses it without the token or the CA.
 func TestPublishConsulHonoursTokenAndCAFiles(t *testing.T) {
+	t.Parallel()
 	minio := servers.MinIO(t)
 	root := uuid(t)
 	c, err := rig.StartConsul("-hcl", fmt.Sprintf(`acl { enabled = true

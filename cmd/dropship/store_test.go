@@ -27,6 +27,7 @@ import (
 // the services directory holds another file of the same name, which would
 // be refused.
 func TestRepoCAFileResolvesWhereTheRepoIsWritten(t *testing.T) {
+	t.Parallel()
 	minio := servers.MinIO(t)
 	ctx := context.Background()
 	direct, err := s3.NewStore(ctx, s3.Config{Endpoint: aws.String(minio.Endpoint), Region: aws.String("us-east-1"),
