@@ -144,14 +144,15 @@ func TestOctetStreamTarGzInstalls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.CreateBucket(ctx, "octet"); err != nil {
+	bucket := fmt.Sprintf("octet-%d", bucketSeq.Add(1)) // new to this run (-count)
+	if err := c.CreateBucket(ctx, bucket); err != nil {
 		t.Fatal(err)
 	}
 	body := testutil.TarGz(t, testutil.File{Name: "VERSION", Body: "octet"})
 	// Put by the AWS SDK, as other tools would.
 	sdk := awss3.New(awss3.Options{Region: "us-east-1", BaseEndpoint: aws.String(minio.Endpoint), UsePathStyle: true,
 		Credentials: credentials.NewStaticCredentialsProvider(minio.AccessKey, minio.SecretKey, "")})
-	_, err = sdk.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("octet"), Key: aws.String("release"),
+	_, err = sdk.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String("release"),
 		Body: bytes.NewReader(body), ContentType: aws.String("application/octet-stream")})
 	if err != nil {
 		t.Fatal(err)
@@ -161,14 +162,14 @@ func TestOctetStreamTarGzInstalls(t *testing.T) {
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`state_path = "state"
 service "app" {
   artifact "s3" {
-    bucket      = "octet"
+    bucket      = %q
     path        = "release"
     destination = "srv/app"
     endpoint    = %q
     access_key  = %q
     secret_key  = %q
   }
-}`, minio.Endpoint, minio.AccessKey, minio.SecretKey)), 0o600)
+}`, bucket, minio.Endpoint, minio.AccessKey, minio.SecretKey)), 0o600)
 	if _, errOut, code := run(t, "agent", "--once", "-c", cfg); code != 0 {
 		t.Fatalf("%d\n%s", code, errOut)
 	}
