@@ -34,9 +34,14 @@ vet:
 	$(GO) vet ./...
 
 # -count=1: every run runs every test. A cached result would let a run
-# pass without talking to a single server.
+# pass without talking to a single server. -parallel: the tests that
+# mark themselves parallel mostly wait on agents' timers and servers, not
+# the CPU, so more of them run at once than there are cores; -p: so do
+# most packages' test binaries.
+TEST_PARALLEL ?= 8
+TEST_PACKAGES ?= 4
 test: rig fmt-check vet
-	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) test -race -count=1 -timeout 20m ./...
+	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) test -race -count=1 -p $(TEST_PACKAGES) -parallel $(TEST_PARALLEL) -timeout 20m ./...
 	$(MAKE) fuzz FUZZTIME=10000x
 
 # The Debian package: ../dropship_<version>_<arch>.deb

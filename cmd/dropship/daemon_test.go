@@ -135,6 +135,7 @@ func (d *daemonEnv) status() agent.StatusReport {
 }
 
 func TestStatusAndMetricsAfterAnUpdate(t *testing.T) {
+	t.Parallel()
 	d := newDaemon(t, "")
 	d.write(d.service("app", ""))
 	d.publish("v1")
@@ -213,6 +214,7 @@ func TestStatusAndMetricsAfterAnUpdate(t *testing.T) {
 }
 
 func TestReloadGoodAndBadConfig(t *testing.T) {
+	t.Parallel()
 	d := newDaemon(t, "")
 	d.write(d.service("app", ""))
 	d.publish("v1")
@@ -240,6 +242,7 @@ func TestReloadGoodAndBadConfig(t *testing.T) {
 }
 
 func TestSIGTERMDuringUpdate(t *testing.T) {
+	t.Parallel()
 	t.Run("before the switch: abandoned", func(t *testing.T) {
 		d := newDaemon(t, "")
 		marker := filepath.Join(d.dir, "in-before")

@@ -292,6 +292,7 @@ func nodeStatus(t *testing.T, c *api.Client, prefix string) map[string]fleet.Nod
 // TestDashboardInABrowser: four agents as separate processes, a real
 // Consul, `dropship fleet serve`, and headless Chromium reading the page.
 func TestDashboardInABrowser(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	b := startBrowser(t)
 	f := newFleet(t, 4, 1, c)
@@ -402,6 +403,7 @@ func TestDashboardInABrowser(t *testing.T) {
 // TestFleetLogFollow: `fleet log --follow` prints an event written after
 // it started, from a blocking query.
 func TestFleetLogFollow(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 1, 1, c)
 	client, _ := api.NewClient(&api.Config{Address: c.Addr})
@@ -441,6 +443,7 @@ func TestFleetLogFollow(t *testing.T) {
 // --follow` does not print the log again. A proxy in front of Consul
 // answers one blocking read of the log at once with index 1.
 func TestFleetLogFollowPrintsEachEventOnce(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 1, 1, c)
 	target, _ := neturl.Parse("http://" + c.Addr)
@@ -516,6 +519,7 @@ func TestFleetLogFollowPrintsEachEventOnce(t *testing.T) {
 // the graphite-event hook sends with its default settings, and only
 // those of its kind.
 func TestGrafanaDashboard(t *testing.T) {
+	t.Parallel()
 	g := servers.Graphite(t)
 	raw, err := os.ReadFile("../../examples/grafana/dropship.json")
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 // chunk index's signature verified, fetching a fraction of the archive;
 // a release signed by an untrusted key is refused before its index is read.
 func TestSignedDeltaEndToEndS3(t *testing.T) {
+	t.Parallel()
 	minio := servers.MinIO(t)
 	_, bucket := minioBucket(t, "delta-releases")
 	dir := t.TempDir()

@@ -19,6 +19,7 @@ const goldenSep = "----------\n"
 // CLI's own printer) on each testdata/diags/*.txt and compares what a
 // user reads, file:line:column and all, with the expected part.
 func TestDiagnosticsGolden(t *testing.T) {
+	t.Parallel()
 	files, _ := filepath.Glob("testdata/diags/*.txt")
 	if len(files) < 15 {
 		t.Fatalf("only %d cases", len(files))

@@ -92,6 +92,7 @@ service "app" {
 }
 
 func TestEndToEndS3(t *testing.T) {
+	t.Parallel()
 	minio := servers.MinIO(t)
 	_, b := minioBucket(t, "e2e-releases")
 	e2e(t, fmt.Sprintf(`repo "s3" {
@@ -108,6 +109,7 @@ func TestEndToEndS3(t *testing.T) {
 }
 
 func TestEndToEndSwift(t *testing.T) {
+	t.Parallel()
 	swiftSrv := servers.Swift(t)
 	st, err := swift.NewStore("swift", swift.Config{User: &swiftSrv.User, Key: &swiftSrv.Key, AuthURL: &swiftSrv.AuthURL})
 	if err != nil {
@@ -134,6 +136,7 @@ func TestEndToEndSwift(t *testing.T) {
 // A .tar.gz stored as application/octet-stream under a name with no
 // extension installs: the format comes from the bytes, not the store.
 func TestOctetStreamTarGzInstalls(t *testing.T) {
+	t.Parallel()
 	minio := servers.MinIO(t)
 	ctx := context.Background()
 	c, err := s3.NewStore(ctx, s3.Config{Endpoint: aws.String(minio.Endpoint),
@@ -141,14 +144,15 @@ func TestOctetStreamTarGzInstalls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.CreateBucket(ctx, "octet"); err != nil {
+	bucket := fmt.Sprintf("octet-%d", bucketSeq.Add(1)) // new to this run (-count)
+	if err := c.CreateBucket(ctx, bucket); err != nil {
 		t.Fatal(err)
 	}
 	body := testutil.TarGz(t, testutil.File{Name: "VERSION", Body: "octet"})
 	// Put by the AWS SDK, as other tools would.
 	sdk := awss3.New(awss3.Options{Region: "us-east-1", BaseEndpoint: aws.String(minio.Endpoint), UsePathStyle: true,
 		Credentials: credentials.NewStaticCredentialsProvider(minio.AccessKey, minio.SecretKey, "")})
-	_, err = sdk.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String("octet"), Key: aws.String("release"),
+	_, err = sdk.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String("release"),
 		Body: bytes.NewReader(body), ContentType: aws.String("application/octet-stream")})
 	if err != nil {
 		t.Fatal(err)
@@ -158,14 +162,14 @@ func TestOctetStreamTarGzInstalls(t *testing.T) {
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`state_path = "state"
 service "app" {
   artifact "s3" {
-    bucket      = "octet"
+    bucket      = %q
     path        = "release"
     destination = "srv/app"
     endpoint    = %q
     access_key  = %q
     secret_key  = %q
   }
-}`, minio.Endpoint, minio.AccessKey, minio.SecretKey)), 0o600)
+}`, bucket, minio.Endpoint, minio.AccessKey, minio.SecretKey)), 0o600)
 	if _, errOut, code := run(t, "agent", "--once", "-c", cfg); code != 0 {
 		t.Fatalf("%d\n%s", code, errOut)
 	}

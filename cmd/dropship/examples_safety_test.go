@@ -8,6 +8,7 @@ import (
 
 // The examples of the README's deploy-safety sections load as they are.
 func TestSafetyExamplesValidate(t *testing.T) {
+	t.Parallel()
 	files, _ := filepath.Glob("../../examples/safety/*.hcl")
 	if len(files) < 4 {
 		t.Fatalf("%d examples", len(files))

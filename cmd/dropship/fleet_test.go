@@ -26,6 +26,16 @@ import (
 
 func consulServer(t *testing.T) *rig.Consul { return servers.Consul(t) }
 
+// ownConsul is a Consul agent of the test's own, for a test that kills
+// and restarts it: the package's agent serves the tests running beside.
+func ownConsul(t *testing.T) *rig.Consul {
+	t.Helper()
+	c, err := rig.StartConsul()
+	testutil.RequireServer(t, "Consul", err)
+	t.Cleanup(c.Stop)
+	return c
+}
+
 // fleetRig is N agents, as separate processes, each with its own state
 // dir, destination and node name, all watching one artifact.
 type fleetRig struct {
@@ -300,6 +310,7 @@ func maxOverlap(us []update) int {
 }
 
 func TestFleetRolloutOneAtATime(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 5, 1, c)
 	f.publish("v1", false)
@@ -335,6 +346,7 @@ func TestFleetRolloutOneAtATime(t *testing.T) {
 }
 
 func TestFleetRolloutTwoAtATime(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 6, 2, c)
 	f.publish("v1", false)
@@ -351,6 +363,7 @@ func TestFleetRolloutTwoAtATime(t *testing.T) {
 }
 
 func TestBadReleaseStopsAtTheFirstHost(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 5, 1, c)
 	f.publish("v1", false)
@@ -409,6 +422,7 @@ func TestBadReleaseStopsAtTheFirstHost(t *testing.T) {
 // good release's checksum must not stop that release), and each host
 // backs off on its own.
 func TestForgedReleaseIsRefusedUnread(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	dir := t.TempDir()
 	trusted, forger := filepath.Join(dir, "ci"), filepath.Join(dir, "forger")
@@ -459,6 +473,7 @@ func TestForgedReleaseIsRefusedUnread(t *testing.T) {
 }
 
 func TestKilledHolderFreesTheSlot(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 5, 1, c)
 	f.publish("v1", false)
@@ -501,7 +516,8 @@ func TestKilledHolderFreesTheSlot(t *testing.T) {
 }
 
 func TestConsulDownNobodyStarts(t *testing.T) {
-	c := consulServer(t)
+	t.Parallel()
+	c := ownConsul(t)
 	f := newFleet(t, 5, 1, c)
 	f.publish("v1", false)
 	f.startAll()
@@ -532,6 +548,7 @@ func TestConsulDownNobodyStarts(t *testing.T) {
 }
 
 func TestHoldAndResume(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 2, 1, c)
 	f.publish("v1", false)
@@ -557,6 +574,7 @@ func TestHoldAndResume(t *testing.T) {
 }
 
 func TestFleetClear(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 1, 1, c)
 	client, _ := api.NewClient(&api.Config{Address: c.Addr})
@@ -577,6 +595,7 @@ func TestFleetClear(t *testing.T) {
 // host's rollout block, one of its waves; without one, a name a rollout
 // could have (canary, 1, 2, …).
 func TestFleetApproveRefusesAnUnknownWave(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	plain := newFleet(t, 1, 1, c).hosts[0].cfg
 	for wave, ok := range map[string]bool{"canary": true, "2": true, "cnary": false, "0": false, "02": false, "-1": false, "1/x": false} {
@@ -602,6 +621,7 @@ func TestFleetApproveRefusesAnUnknownWave(t *testing.T) {
 // `fleet status` names a host whose record is dated ahead of this host's
 // clock, and not one within the tolerance.
 func TestFleetStatusNamesAClockAhead(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 1, 1, c)
 	client, _ := api.NewClient(&api.Config{Address: c.Addr})

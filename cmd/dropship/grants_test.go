@@ -67,6 +67,7 @@ func coordinatorOf(t *testing.T, addr, prefix string) string {
 // more than concurrency hosts hold a grant at once, and every other host
 // installs the release.
 func TestCoordinatorKilledMidRollout(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 6, 2, c)
 	f.publish("v1", false)
@@ -160,6 +161,7 @@ func buildPrevious(t *testing.T) string {
 // consul/api semaphore) and of this one (grants) serve one service at
 // once, and together never update more than concurrency hosts at once.
 func TestPreviousReleaseAndGrantsShareTheLimit(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	old := buildPrevious(t)
 	f := newFleet(t, 4, 1, c)

@@ -49,7 +49,24 @@ func TestMain(m *testing.M) {
 
 func run(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
+	return runEnv(t, nil, args...)
+}
+
+// runEnv is run with the passphrase variable taken out of the
+// environment, and env (KEY=VALUE) added: a test passes the command its
+// own environment rather than changing the process's, so that it can run
+// in parallel with others.
+func runEnv(t *testing.T, env []string, args ...string) (string, string, int) {
+	t.Helper()
 	cmd := exec.Command(bin, args...)
+	if env != nil {
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, passwordEnv+"=") {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		cmd.Env = append(cmd.Env, env...)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -63,6 +80,7 @@ func run(t *testing.T, args ...string) (string, string, int) {
 }
 
 func TestHelpOnEveryCommand(t *testing.T) {
+	t.Parallel()
 	root := newRoot(&bytes.Buffer{}, &bytes.Buffer{})
 	for _, c := range root.Commands() {
 		if c.Hidden || c.Name() == "help" || c.Name() == "completion" {
@@ -102,6 +120,7 @@ service "app" {
 }
 
 func TestValidate(t *testing.T) {
+	t.Parallel()
 	cfg, _, _ := writeConfig(t, "true")
 	out, errOut, code := run(t, "validate", "--config", cfg)
 	if code != 0 || !strings.Contains(out, "ok (1 services: app)") || errOut != "" {
@@ -120,6 +139,7 @@ func TestValidate(t *testing.T) {
 }
 
 func TestAgentOnceExitStatus(t *testing.T) {
+	t.Parallel()
 	cfg, store, dest := writeConfig(t, "test -f VERSION")
 	testutil.WriteFile(t, store, testutil.TarGz(t, testutil.File{Name: "VERSION", Body: "1"}))
 	if _, errOut, code := run(t, "agent", "--once", "-c", cfg); code != 0 {
@@ -149,6 +169,7 @@ func TestAgentOnceExitStatus(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
+	t.Parallel()
 	out, _, code := run(t, "version")
 	if code != 0 || !strings.HasPrefix(out, "dropship ") {
 		t.Fatalf("%d %q", code, out)
@@ -159,6 +180,7 @@ func TestVersion(t *testing.T) {
 // service_path pointed at the copy beside it) load with a warning for each
 // old key that names the new one.
 func TestAncestorConfigLoads(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	src, _ := os.ReadFile("../../examples/ancestor/dropship.hcl")
 	cfg := filepath.Join(dir, "dropship.hcl")
@@ -180,6 +202,7 @@ func TestAncestorConfigLoads(t *testing.T) {
 
 // Every example a user copies passes `dropship validate`.
 func TestExamplesValidate(t *testing.T) {
+	t.Parallel()
 	examples := []string{
 		"quickstart/dropship.hcl", "s3.hcl", "cloudfiles.hcl", "rolling-consul.hcl", "rollout.hcl",
 		"nginx-cutover/dropship.hcl", "ancestor/dropship.hcl",

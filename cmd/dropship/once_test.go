@@ -32,6 +32,7 @@ func onceRuns(t *testing.T, path string) map[string][][]string {
 // for it; never on a rollback; a run whose host is SIGKILLed mid-hook
 // runs again once, elsewhere, with the same run id.
 func TestOnceHookRunsOncePerRelease(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	const n, releases = 10, 10
 	f := newFleet(t, n, n, c)

@@ -30,6 +30,7 @@ import (
 // certificate only --consul-ca-file holds, takes the announcement with the
 // token of --consul-token-file, and refuses it without the token or the CA.
 func TestPublishConsulHonoursTokenAndCAFiles(t *testing.T) {
+	t.Parallel()
 	minio := servers.MinIO(t)
 	root := uuid(t)
 	c, err := rig.StartConsul("-hcl", fmt.Sprintf(`acl { enabled = true
@@ -49,7 +50,8 @@ tokens { initial_management = %q } }`, root))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := direct.CreateBucket(ctx, "consul-tls"); err != nil {
+	bucket := fmt.Sprintf("consul-tls-%d", bucketSeq.Add(1)) // new to this run (-count)
+	if err := direct.CreateBucket(ctx, bucket); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
@@ -68,7 +70,7 @@ repo "s3" {
 	art := filepath.Join(dir, "app.tar.gz")
 	os.WriteFile(art, testutil.TarGz(t, testutil.File{Name: "VERSION", Body: "1"}), 0o644)
 	publish := func(service string, extra ...string) (string, string, int) {
-		args := append([]string{"publish", "-c", cfg, art, "--to", "s3://consul-tls/app.tar.gz", "--service", service,
+		args := append([]string{"publish", "-c", cfg, art, "--to", "s3://" + bucket + "/app.tar.gz", "--service", service,
 			"--consul", tlsSrv.URL}, extra...)
 		return run(t, args...)
 	}
@@ -86,7 +88,7 @@ repo "s3" {
 		t.Fatalf("no announcement in Consul: %v", err)
 	}
 	var pub fleet.Published
-	if err := json.Unmarshal(kv.Value, &pub); err != nil || pub.Key != "s3://consul-tls/app.tar.gz" || !strings.Contains(out, "md5 "+pub.Checksum) {
+	if err := json.Unmarshal(kv.Value, &pub); err != nil || pub.Key != "s3://"+bucket+"/app.tar.gz" || !strings.Contains(out, "md5 "+pub.Checksum) {
 		t.Fatalf("announced %+v (%v); publish said:\n%s", pub, err, out)
 	}
 

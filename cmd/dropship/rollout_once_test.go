@@ -10,6 +10,7 @@ import (
 // `agent --once` from cron with a rollout block: the first run registers
 // the host and installs; a second run, with a new release, installs it.
 func TestAgentOnceWithRolloutInstalls(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 1, 1, c, `rollout {
     waves = ["100%"]

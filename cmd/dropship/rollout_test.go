@@ -64,6 +64,7 @@ const rolloutWaves = `
 // Waves go in order: no host of a wave starts before every host of the
 // wave before it has finished and the bake has passed.
 func TestRolloutWavesInOrderWithBake(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 8, 2, c, rolloutWaves)
 	f.tag(5, "canary", "eu")
@@ -131,6 +132,7 @@ func (f *fleetRig) startedOnce(t *testing.T, sum string) []string {
 }
 
 func TestRolloutApprovalBlocksAndReleases(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 8, 4, c, `
   rollout {
@@ -176,6 +178,7 @@ func TestRolloutApprovalBlocksAndReleases(t *testing.T) {
 }
 
 func TestRolloutFreezeStopsNewWaves(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 8, 4, c, `
   rollout {
@@ -212,6 +215,7 @@ func TestRolloutFreezeStopsNewWaves(t *testing.T) {
 }
 
 func TestRolloutPinKeepsHostsOnARelease(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 8, 4, c, `
   rollout {
@@ -253,6 +257,7 @@ func TestRolloutPinKeepsHostsOnARelease(t *testing.T) {
 }
 
 func TestRolloutPolicyMismatchStopsEveryone(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 8, 4, c, rolloutWaves)
 	b, _ := os.ReadFile(f.hosts[7].cfg)
@@ -277,6 +282,7 @@ func TestRolloutPolicyMismatchStopsEveryone(t *testing.T) {
 // A canary whose health check fails: only it is touched (its own
 // rollback), the breaker stops every other host.
 func TestRolloutCanaryFailsAlone(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 8, 4, c, `
   rollout {
@@ -326,9 +332,8 @@ func (f *fleetRig) timelineStarts() map[string][]string {
 // hosts register again, the rollout goes on, and no host runs an update
 // twice.
 func TestRolloutSurvivesAConsulRestart(t *testing.T) {
-	c, err := rig.StartConsul()
-	testutil.RequireServer(t, "Consul", err)
-	t.Cleanup(c.Stop)
+	t.Parallel()
+	c := ownConsul(t)
 	f := newFleet(t, 8, 2, c, `
   rollout {
     canary = 1
@@ -375,6 +380,7 @@ func TestRolloutSurvivesAConsulRestart(t *testing.T) {
 // The dashboard shows a rollout wave by wave, live, and a wave waiting
 // for approval is approved from the page with a token.
 func TestDashboardShowsARolloutInABrowser(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	b := startBrowser(t)
 	f := newFleet(t, 8, 4, c, `
@@ -429,6 +435,7 @@ func prometheusServer(t *testing.T) (*rig.Prometheus, prometheus.Gauge) {
 // on_failure = "revert" every host already updated goes back; the hosts
 // of the next waves never start.
 func TestRolloutGateFailsMidBakeAndReverts(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	p, ratio := prometheusServer(t)
 	ratio.Set(0.001)
@@ -500,6 +507,7 @@ func TestRolloutGateFailsMidBakeAndReverts(t *testing.T) {
 // window opened (by a config reload) lets the rollout go. The window's
 // arithmetic with an injected clock is in fleet/rollout's tests.
 func TestRolloutWindowClosed(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	now := time.Now().UTC()
 	closed := now.Add(48 * time.Hour).Weekday().String()[:3]
@@ -541,6 +549,7 @@ func TestRolloutWindowClosed(t *testing.T) {
 
 // A host gone for good holds its wave back until it is forgotten.
 func TestRolloutForgetADeadHost(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 8, 4, c, `
   rollout {

@@ -30,6 +30,7 @@ func minisignCLI(t *testing.T) string {
 // release signed by `minisign -S` (default trusted comment) verifies, and
 // one signed by `dropship sign` verifies with `minisign -V`.
 func TestSigningInteroperatesWithMinisign(t *testing.T) {
+	t.Parallel()
 	cli := minisignCLI(t)
 	dir := t.TempDir()
 	prefix := filepath.Join(dir, "keys", "ci")
@@ -77,23 +78,22 @@ func TestSigningInteroperatesWithMinisign(t *testing.T) {
 
 // An encrypted key needs its passphrase, from the environment here.
 func TestEncryptedSigningKey(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	prefix := filepath.Join(dir, "k")
-	t.Setenv(passwordEnv, "correct horse")
-	if _, errOut, code := run(t, "keygen", "--out", prefix); code != 0 {
+	right := []string{passwordEnv + "=correct horse"}
+	if _, errOut, code := runEnv(t, right, "keygen", "--out", prefix); code != 0 {
 		t.Fatalf("keygen: %s", errOut)
 	}
 	art := filepath.Join(dir, "a.bin")
 	os.WriteFile(art, []byte("payload"), 0o644)
-	if _, errOut, code := run(t, "sign", art, "--key", prefix+".key", "--service", "api"); code != 0 {
+	if _, errOut, code := runEnv(t, right, "sign", art, "--key", prefix+".key", "--service", "api"); code != 0 {
 		t.Fatalf("sign with the right passphrase: %s", errOut)
 	}
-	t.Setenv(passwordEnv, "wrong")
-	if _, errOut, code := run(t, "sign", art, "--key", prefix+".key", "--service", "api"); code == 0 || !strings.Contains(errOut, "passphrase") {
+	if _, errOut, code := runEnv(t, []string{passwordEnv + "=wrong"}, "sign", art, "--key", prefix+".key", "--service", "api"); code == 0 || !strings.Contains(errOut, "passphrase") {
 		t.Fatalf("sign with a wrong passphrase: %d %s", code, errOut)
 	}
-	os.Unsetenv(passwordEnv)
-	if _, errOut, code := run(t, "sign", art, "--key", prefix+".key", "--service", "api"); code == 0 || !strings.Contains(errOut, passwordEnv) {
+	if _, errOut, code := runEnv(t, []string{}, "sign", art, "--key", prefix+".key", "--service", "api"); code == 0 || !strings.Contains(errOut, passwordEnv) {
 		t.Fatalf("sign with no passphrase and no terminal: %d %s", code, errOut)
 	}
 }
@@ -101,6 +101,7 @@ func TestEncryptedSigningKey(t *testing.T) {
 // A key others may read is refused when it has no passphrase, and
 // warned about when it has one.
 func TestSigningKeyOthersMayReadIsRefused(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	art := filepath.Join(dir, "a.bin")
 	os.WriteFile(art, []byte("payload"), 0o644)
@@ -116,12 +117,12 @@ func TestSigningKeyOthersMayReadIsRefused(t *testing.T) {
 		t.Fatalf("sign with a readable key without passphrase: %d %s", code, errOut)
 	}
 	enc := filepath.Join(dir, "enc")
-	t.Setenv(passwordEnv, "correct horse")
-	if _, errOut, code := run(t, "keygen", "--out", enc); code != 0 {
+	right := []string{passwordEnv + "=correct horse"}
+	if _, errOut, code := runEnv(t, right, "keygen", "--out", enc); code != 0 {
 		t.Fatalf("keygen: %s", errOut)
 	}
 	os.Chmod(enc+".key", 0o640)
-	if _, errOut, code := run(t, "sign", art, "--key", enc+".key", "--service", "api"); code != 0 || !strings.Contains(errOut, "warning: signing key") {
+	if _, errOut, code := runEnv(t, right, "sign", art, "--key", enc+".key", "--service", "api"); code != 0 || !strings.Contains(errOut, "warning: signing key") {
 		t.Fatalf("sign with a readable encrypted key: %d %s", code, errOut)
 	}
 }
@@ -129,6 +130,7 @@ func TestSigningKeyOthersMayReadIsRefused(t *testing.T) {
 // trusted_keys on a repo block apply to every service of that repo; a
 // service's own replace them, and its revoked_keys add to the repo's.
 func TestRepoTrustedKeys(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	for _, k := range []string{"ci", "other"} {
 		if _, errOut, code := run(t, "keygen", "--out", filepath.Join(dir, k), "--no-password"); code != 0 {
@@ -177,6 +179,7 @@ service "web" {
 // replaced while it is read (a rotated secret mount, a re-deployed file)
 // never lets a key others may read through on the mode of another file.
 func TestSigningKeyModeIsOfTheFileRead(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := &globals{stdout: io.Discard, stderr: io.Discard}
 	readable, private := filepath.Join(dir, "readable.key"), filepath.Join(dir, "private.key")

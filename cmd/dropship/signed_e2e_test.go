@@ -105,6 +105,7 @@ func must[T any](v T, err error) T {
 }
 
 func TestSignedEndToEndS3(t *testing.T) {
+	t.Parallel()
 	minio := servers.MinIO(t)
 	_, b := minioBucket(t, "signed-releases")
 	signedE2E(t, fmt.Sprintf(`repo "s3" {
@@ -121,6 +122,7 @@ func TestSignedEndToEndS3(t *testing.T) {
 }
 
 func TestSignedEndToEndSwift(t *testing.T) {
+	t.Parallel()
 	swiftSrv := servers.Swift(t)
 	st, err := swift.NewStore("swift", swift.Config{User: &swiftSrv.User, Key: &swiftSrv.Key, AuthURL: &swiftSrv.AuthURL})
 	if err != nil {

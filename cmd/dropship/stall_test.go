@@ -22,6 +22,7 @@ import (
 // second host of the fleet installs: one stuck host never stalls a
 // rollout.
 func TestStalledHostFreesTheSlot(t *testing.T) {
+	t.Parallel()
 	minio := servers.MinIO(t)
 	c := consulServer(t)
 	st, bucket := minioBucket(t, "stall")

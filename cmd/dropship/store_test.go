@@ -27,6 +27,7 @@ import (
 // the services directory holds another file of the same name, which would
 // be refused.
 func TestRepoCAFileResolvesWhereTheRepoIsWritten(t *testing.T) {
+	t.Parallel()
 	minio := servers.MinIO(t)
 	ctx := context.Background()
 	direct, err := s3.NewStore(ctx, s3.Config{Endpoint: aws.String(minio.Endpoint), Region: aws.String("us-east-1"),
@@ -34,7 +35,8 @@ func TestRepoCAFileResolvesWhereTheRepoIsWritten(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := direct.CreateBucket(ctx, "cafile"); err != nil {
+	bucket := fmt.Sprintf("cafile-%d", bucketSeq.Add(1)) // new to this run (-count)
+	if err := direct.CreateBucket(ctx, bucket); err != nil {
 		t.Fatal(err)
 	}
 	target, _ := url.Parse(minio.Endpoint)
@@ -61,17 +63,17 @@ repo "s3" {
 `, filepath.Join(dir, "state"), tlsSrv.URL, minio.AccessKey, minio.SecretKey)), 0o644)
 	os.WriteFile(filepath.Join(svcDir, "app.hcl"), []byte(fmt.Sprintf(`service "app" {
   artifact "s3" {
-    bucket      = "cafile"
+    bucket      = %q
     path        = "app.tar.gz"
     destination = %q
   }
 }
-`, filepath.Join(dir, "srv"))), 0o644)
+`, bucket, filepath.Join(dir, "srv"))), 0o644)
 
 	art := filepath.Join(dir, "app.tar.gz")
 	os.WriteFile(art, testutil.TarGz(t, testutil.File{Name: "VERSION", Body: "1"}), 0o644)
-	out, errOut, code := run(t, "publish", "-c", cfg, art, "--to", "s3://cafile/app.tar.gz")
-	if code != 0 || !strings.Contains(out, "published s3://cafile/app.tar.gz") {
+	out, errOut, code := run(t, "publish", "-c", cfg, art, "--to", "s3://"+bucket+"/app.tar.gz")
+	if code != 0 || !strings.Contains(out, "published s3://"+bucket+"/app.tar.gz") {
 		t.Fatalf("publish through the TLS proxy: exit %d\n%s%s", code, out, errOut)
 	}
 	loaded, diags := agent.Load(cfg, registry(), slog.New(slog.DiscardHandler))

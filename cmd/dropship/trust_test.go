@@ -91,6 +91,7 @@ func put(t *testing.T, sdk *awss3.Client, bucket, key string, body []byte, meta 
 // is not tripped for the checksum the store merely claims, so the hosts
 // running the good release stay on it (on_failure = "revert").
 func TestJunkClaimingAGoodChecksumTripsNothing(t *testing.T) {
+	t.Parallel()
 	f, sdk, bucket := s3Fleet(t, 2, "trust-junk", "")
 	v1 := testutil.TarGz(t, testutil.File{Name: "VERSION", Body: "v1"})
 	put(t, sdk, bucket, "app.tar.gz", v1, nil)
@@ -152,6 +153,7 @@ func plainTar(t *testing.T, version string) []byte {
 // download but before any unpacking when only the content does. Either
 // refusal is a failure, counted and backed off, not retried each check.
 func TestBytesBesideAnOldSignatureAreNeverUnpacked(t *testing.T) {
+	t.Parallel()
 	bucket := "trust-unpack"
 	minio := servers.MinIO(t)
 	_, bucket = minioBucket(t, bucket)

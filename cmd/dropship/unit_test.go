@@ -32,6 +32,7 @@ func renderUnit(t *testing.T, path string) string {
 
 // The packaged unit is the one `dropship service install` writes.
 func TestDebianUnitMatchesTemplate(t *testing.T) {
+	t.Parallel()
 	want := renderUnit(t, "/usr/bin/dropship")
 	if *updateUnit {
 		os.WriteFile("../../debian/dropship.service", []byte(want), 0o644)
@@ -44,6 +45,7 @@ func TestDebianUnitMatchesTemplate(t *testing.T) {
 
 // systemd-analyze verify accepts the unit.
 func TestUnitVerifies(t *testing.T) {
+	t.Parallel()
 	if _, err := exec.LookPath("systemd-analyze"); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatal("systemd-analyze is required in CI")
@@ -70,6 +72,7 @@ func TestUnitVerifies(t *testing.T) {
 // 6.9 (MEDIUM) before the file system, capabilities, system calls and
 // address families were bounded, 3.2 (OK) after.
 func TestUnitSecurityExposure(t *testing.T) {
+	t.Parallel()
 	if _, err := exec.LookPath("systemd-analyze"); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatal("systemd-analyze is required in CI")
@@ -96,6 +99,7 @@ func TestUnitSecurityExposure(t *testing.T) {
 // whatever the times the writers' clocks gave them; a read of the whole
 // log again prints nothing twice.
 func TestFleetLogPrintsEachEventOnceWhateverItsTime(t *testing.T) {
+	t.Parallel()
 	var out bytes.Buffer
 	g := &globals{stdout: &out, stderr: io.Discard}
 	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)

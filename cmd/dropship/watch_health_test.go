@@ -11,24 +11,35 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 // healthByHost answers /health/HOST: 200, or 503 once the test says the
 // host's process died.
 type healthByHost struct {
-	mu   sync.Mutex
-	dead map[string]bool
+	mu     sync.Mutex
+	dead   map[string]bool
+	probes map[string]int // probes answered, by host
 }
 
 func (h *healthByHost) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	host := strings.TrimPrefix(r.URL.Path, "/health/")
 	h.mu.Lock()
-	dead := h.dead[strings.TrimPrefix(r.URL.Path, "/health/")]
+	dead := h.dead[host]
+	h.probes[host]++
 	h.mu.Unlock()
 	if dead {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return
 	}
 	w.Write([]byte("ok"))
+}
+
+func (h *healthByHost) answered(host string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.probes[host]
 }
 
 func (h *healthByHost) kill(host string) {
@@ -61,16 +72,18 @@ func lineTime(t *testing.T, log []byte, mark int64, parts ...string) time.Time {
 }
 
 // Real agents in a real Consul: a release passes its health check at the
-// switch, then its process dies 20 s later, inside the watch window. Its
+// switch and a few watch probes, then its process dies, inside the watch
+// window. Its
 // host rolls back at the failed probe and trips the breaker; no other
 // host ever starts it.
 func TestWatchRollsBackTheFleet(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	health := &healthByHost{dead: map[string]bool{}}
+	health := &healthByHost{dead: map[string]bool{}, probes: map[string]int{}}
 	srv := &http.Server{Handler: health}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
@@ -107,7 +120,15 @@ func TestWatchRollsBackTheFleet(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	time.Sleep(20 * time.Second) // the release runs healthy for a while, then its process dies
+	// The release runs healthy for a while (the watch probes it and it
+	// answers), then its process dies.
+	watched := health.answered(first.name)
+	testutil.Eventually(t, 60*time.Second, func() error {
+		if n := health.answered(first.name) - watched; n < 3 {
+			return fmt.Errorf("the watch has probed %s %d times since it began, want 3", first.name, n)
+		}
+		return nil
+	})
 	died := time.Now()
 	health.kill(first.name)
 	f.waitAll([]*host{first}, "v1", 60*time.Second)

@@ -44,7 +44,8 @@ func (f *fleetRig) storeMD5(t *testing.T) string {
 // announcement the store does not bear out installs nothing, and the
 // watch comes back after Consul does.
 func TestWatchBringsReleasesAtOnce(t *testing.T) {
-	c := consulServer(t)
+	t.Parallel()
+	c := ownConsul(t)
 	f := newFleet(t, 3, 3, c, "# default check_interval")
 	f.publish("v1", false)
 	f.startAll()
@@ -90,6 +91,7 @@ func TestWatchBringsReleasesAtOnce(t *testing.T) {
 // Consul, and an agent polling only every 5 minutes installs it within
 // seconds.
 func TestPublishAnnouncesToWatchingAgents(t *testing.T) {
+	t.Parallel()
 	minio := servers.MinIO(t)
 	c := consulServer(t)
 	_, bucket := minioBucket(t, "watched")

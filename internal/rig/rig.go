@@ -236,7 +236,10 @@ func StartConsul(extra ...string) (*Consul, error) {
 	c.args = []string{"agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-http-port", fmt.Sprint(p[0]), "-server-port", fmt.Sprint(p[1]), "-serf-lan-port", fmt.Sprint(p[2]),
 		"-serf-wan-port", fmt.Sprint(p[3]), "-grpc-port", "-1", "-grpc-tls-port", "-1", "-dns-port", "-1",
-		"-node", "rig", "-log-level", "warn"}
+		"-node", "rig", "-log-level", "warn",
+		// Every client is on 127.0.0.1: the default of 200 connections
+		// per address is less than tests running side by side hold.
+		"-hcl", "limits { http_max_conns_per_client = 2000 }"}
 	c.args = append(c.args, extra...)
 	if err := c.Start(); err != nil {
 		c.stop()
