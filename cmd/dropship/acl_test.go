@@ -93,6 +93,7 @@ func (f *aclFleet) once() string {
 // host's record, approvals, freezes, pins, holds, clears or announcements,
 // nor delete the audit log or the operators' events in it.
 func TestAgentTokenCannotSteerTheFleet(t *testing.T) {
+	t.Parallel()
 	f := newACLFleet(t, "")
 	h := f.hosts[0]
 	// The operators' token acts, and its event is in the log.
@@ -172,6 +173,7 @@ func TestAgentTokenCannotSteerTheFleet(t *testing.T) {
 // why), a hold signed with --operator-key stops it, and the audit log
 // and the status name the key as who.
 func TestAgentActsOnlyOnSignedOperatorRecords(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	key := filepath.Join(dir, "alice")
 	if out, errOut, code := run(t, "keygen", "--out", key, "--no-password"); code != 0 {

@@ -165,6 +165,7 @@ func TestWatchRollsBackTheFleet(t *testing.T) {
 // with its slot held, and the next wave starts once the wave reports: the
 // watch served the bake, so it is not waited for twice.
 func TestWatchThroughTheBake(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
