@@ -66,6 +66,9 @@ type Outcome struct {
 	Until    time.Time
 	rollout  bool
 	finished bool // finish ran already
+	// restage: the artifact changed over the staged release while the
+	// host waited for its slot; the check starts over, staging it.
+	restage bool
 	// verified: the checksum is one this host computed over the bytes it
 	// fetched, not only what the store claims (see tripsBreaker).
 	verified bool
@@ -104,6 +107,8 @@ type Runner struct {
 	// the next check instead of being taken as done.
 	// deferral is the update the application defers, if any.
 	deferral deferring
+	// staged is the release staged ahead of its slot, if any (stage.go).
+	staged *txn
 
 	recoverMu sync.Mutex
 	recovered bool
@@ -175,7 +180,7 @@ func (r *Runner) Check(ctx context.Context) (out Outcome) {
 	// a few times, never installed as a mix.
 	for attempt := 0; ; attempt++ {
 		out = r.update(ctx, st)
-		if !errors.Is(out.Err, artifact.ErrChanged) || attempt >= 3 || ctx.Err() != nil {
+		if !errors.Is(out.Err, artifact.ErrChanged) && !out.restage || attempt >= 3 || ctx.Err() != nil {
 			return out
 		}
 		r.logger.Info("artifact changed during the update; starting over", "checksum", out.Checksum)
@@ -244,7 +249,13 @@ func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
 	if stop == nil && r.decider != nil {
 		stop = r.rolloutGate(ctx, view, info)
 	}
+	r.keepStaged(info, stop)
 	if stop != nil {
+		return r.finish(ctx, st, *stop)
+	}
+	// Staged before any deferral and before the slot: only the hooks,
+	// the switch and the checks hold it.
+	if stop := r.stageAhead(ctx, st, info); stop != nil {
 		return r.finish(ctx, st, *stop)
 	}
 	if r.svc.Defer != nil {
@@ -270,7 +281,16 @@ func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
 		defer func() { slot.release(ctx, out) }()
 		// The world may have moved while we waited: look again.
 		if info, stop = r.look(ctx, st); stop != nil {
+			r.keepStaged(info, stop)
 			return r.finish(ctx, st, *stop)
+		}
+		if r.staged != nil && !sameRelease(r.staged.info, info) {
+			// Published over the staged release: it is dropped, never
+			// installed, and the slot given back while the new one is
+			// staged.
+			r.dropStaged("a newer release was published over it while the host waited for a slot")
+			return r.finish(ctx, st, Outcome{Result: ResultSkipped, Checksum: info.Checksum(),
+				Reason: "a newer release was published over the staged one", restage: true})
 		}
 		if r.decider != nil {
 			if stop = r.rolloutAgain(ctx, info); stop != nil {
@@ -294,7 +314,11 @@ func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
 	trim.Text()
 	tctx, cancel := context.WithTimeoutCause(ctx, r.svc.UpdateTimeout, errUpdateTimeout)
 	defer cancel()
-	return r.finish(ctx, st, r.begin(st, info, lost).run(tctx))
+	t := r.takeStaged(st, info, lost)
+	if t == nil {
+		t = r.begin(st, info, lost)
+	}
+	return r.finish(ctx, st, t.run(tctx))
 }
 
 // record appends ev to the service's audit log. The log tells operators
