@@ -311,7 +311,12 @@ type proxy struct {
 
 	mu   sync.Mutex
 	next time.Time // when the link is free again
-	// What went through since reset: bytes, first and last write.
+	// The bursts of bytes sent since reset (writes less than 200 ms
+	// apart): the current one, and the largest, the release's download.
+	cur, best burst
+}
+
+type burst struct {
 	bytes       int64
 	first, last time.Time
 }
@@ -319,16 +324,17 @@ type proxy struct {
 // reset starts counting what goes through anew.
 func (p *proxy) reset() {
 	p.mu.Lock()
-	p.bytes, p.first, p.last = 0, time.Time{}, time.Time{}
+	p.cur, p.best = burst{}, burst{}
 	p.mu.Unlock()
 }
 
-// achieved is the bytes a second sent since reset, first write to last.
+// achieved is the bytes a second of the largest burst since reset: the
+// release's download (the polls between are a few hundred bytes).
 func (p *proxy) achieved() float64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if d := p.last.Sub(p.first).Seconds(); d > 0 {
-		return float64(p.bytes) / d
+	if d := p.best.last.Sub(p.best.first).Seconds(); d > 0 {
+		return float64(p.best.bytes) / d
 	}
 	return 0
 }
@@ -336,11 +342,14 @@ func (p *proxy) achieved() float64 {
 func (p *proxy) sent(n int) {
 	p.mu.Lock()
 	now := time.Now()
-	if p.first.IsZero() {
-		p.first = now
+	if now.Sub(p.cur.last) > 200*time.Millisecond {
+		p.cur = burst{first: now}
 	}
-	p.last = now
-	p.bytes += int64(n)
+	p.cur.last = now
+	p.cur.bytes += int64(n)
+	if p.cur.bytes > p.best.bytes {
+		p.best = p.cur
+	}
 	p.mu.Unlock()
 }
 
