@@ -2,7 +2,13 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/internal/trim"
@@ -59,6 +65,7 @@ func (r *Runner) stageAhead(ctx context.Context, st *State, info artifact.Info) 
 	r.staged = t
 	r.setStaged(info.Checksum())
 	t.logger.Info("staged", "release", t.id, "dir", t.stage)
+	r.crashPoint("staged")
 	return nil
 }
 
@@ -141,4 +148,28 @@ func (r *Runner) setStaged(sum string) {
 	r.mu.Lock()
 	r.status.Staged = sum
 	r.mu.Unlock()
+}
+
+// cleanChunkTemps removes the pieces of chunks a download was writing
+// into the chunk cache when the process died (a staging fills the cache
+// as it unpacks): named only once verified, they are never used, and
+// nothing else would remove them.
+func cleanChunkTemps(dir string, logger *slog.Logger) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if n := e.Name(); strings.HasPrefix(n, ".fill-") || strings.HasPrefix(n, ".fetch-") {
+			p := filepath.Join(dir, n)
+			logger.Info("removing leftover of an interrupted update", "path", p)
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("clean the chunk cache: %w", err)
+			}
+		}
+	}
+	return nil
 }

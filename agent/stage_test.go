@@ -90,3 +90,41 @@ func TestStageOffDownloadsNothingBeforeTheSlot(t *testing.T) {
 		t.Fatalf("running %q", e.current())
 	}
 }
+
+// What a process killed while staging leaves (a partial release under
+// staging/, the pieces of chunks it was writing into the chunk cache) is
+// removed by the next start, before it looks at the artifact; the chunks
+// the cache holds stay.
+func TestNextStartCleansWhatAStagingLeft(t *testing.T) {
+	e := newEnv(t)
+	e.publish("v1")
+	r := e.runner(e.config(""))
+	e.check(r, agent.ResultInstalled)
+	app := filepath.Join(e.state, "app")
+	left := []string{
+		filepath.Join(app, "staging", "20261206T000000.000Z-0123456789ab", "bin", "run"),
+		filepath.Join(app, "staging", ".download-123"),
+		filepath.Join(app, "chunks", ".fill-123"),
+		filepath.Join(app, "chunks", ".fetch-456"),
+	}
+	kept := filepath.Join(app, "chunks", "ab", "abcdef")
+	for _, p := range append(left, kept) {
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r = e.runner(e.config(""))
+	e.check(r, agent.ResultNoop)
+	for _, p := range left {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("%s is still there", p)
+		}
+	}
+	if len(e.staging()) != 0 {
+		t.Errorf("staging/ holds %v", e.staging())
+	}
+	if _, err := os.Stat(kept); err != nil {
+		t.Errorf("a chunk of the cache was removed: %v", err)
+	}
+}

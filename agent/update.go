@@ -599,6 +599,9 @@ func (r *Runner) recover() error {
 	if err := r.lay.recoverDisk(r.logger); err != nil {
 		return err
 	}
+	if err := cleanChunkTemps(filepath.Join(r.lay.dir, "chunks"), r.logger); err != nil {
+		return err
+	}
 	st, err := LoadState(r.lay.dir, r.svc.Name)
 	if err != nil {
 		return err
