@@ -79,12 +79,12 @@ type txn struct {
 	// then may a failure count against it in the fleet.
 	verified bool
 
-	// staged: the ahead steps (download, verify, unpack) are done.
-	staged bool
-
 	switched    bool
 	undo        []func(ctx context.Context)
 	rollbackErr error
+
+	// staged: the ahead steps (download, verify, unpack) are done.
+	staged bool
 }
 
 // digests are what the verifier computed over the bytes it passed on.

@@ -66,12 +66,12 @@ type Outcome struct {
 	Until    time.Time
 	rollout  bool
 	finished bool // finish ran already
-	// restage: the artifact changed over the staged release while the
-	// host waited for its slot; the check starts over, staging it.
-	restage bool
 	// verified: the checksum is one this host computed over the bytes it
 	// fetched, not only what the store claims (see tripsBreaker).
 	verified bool
+	// restage: the artifact changed over the staged release while the
+	// host waited for its slot; the check starts over, staging it.
+	restage bool
 
 	// announce is the event the reporting hooks get once the state is
 	// saved; nil when there is nothing to tell.

@@ -77,7 +77,7 @@ func newStageProxy(t *testing.T, target, bucket, key string, want int) *stagePro
 			// on the count instead of hanging.
 			select {
 			case <-p.open:
-			case <-time.After(20 * time.Second):
+			case <-time.After(60 * time.Second):
 			case <-r.Context().Done():
 				return
 			}
@@ -286,6 +286,7 @@ func (f *stageRig) slotSpans(sum string) map[string][2]float64 {
 // asked), yet never more than one host is between its before hook and
 // the end of its after hook.
 func TestStagedDownloadsOverlapOneHostInTheSlot(t *testing.T) {
+	t.Parallel()
 	const n = 3
 	f := newStageRig(t, n, n, "")
 	sum := f.publish("v1", 4<<20)
@@ -328,6 +329,7 @@ func TestStagedDownloadsOverlapOneHostInTheSlot(t *testing.T) {
 // install (another host holds the slot): the host drops the staged
 // release, never runs a hook for it, and installs the new one.
 func TestPublishOverStagedReleaseNeverInstallsIt(t *testing.T) {
+	t.Parallel()
 	f := newStageRig(t, 2, 1, "")
 	f.publish("v1", 64<<10)
 	for _, h := range f.hosts {
@@ -368,6 +370,7 @@ func TestPublishOverStagedReleaseNeverInstallsIt(t *testing.T) {
 // way) leaves a partial release in staging/; the next start removes it
 // before anything else, and installs nothing from it.
 func TestKillDuringStagingLeavesNothing(t *testing.T) {
+	t.Parallel()
 	f := newStageRig(t, 1, 1, "")
 	h := f.hosts[0]
 	f.publish("v1", 64<<10)
