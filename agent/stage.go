@@ -33,7 +33,8 @@ const (
 //
 // A staged release is installed only if the artifact, looked at again
 // once the slot is held, is still the one staged; anything else (a
-// release published on top, a rollback to it, nothing to do) drops it.
+// release published on top, the artifact put back to the release that
+// is installed) drops it.
 
 // stageAhead stages info, unless the service stages nothing or info is
 // staged already. It returns a failure's outcome, finished by the
@@ -44,10 +45,14 @@ func (r *Runner) stageAhead(ctx context.Context, st *State, info artifact.Info) 
 		return nil
 	}
 	if s := r.staged; s != nil {
-		if sameRelease(s.info, info) && r.stagedPresent() {
+		switch {
+		case !sameRelease(s.info, info):
+			r.dropStaged("a newer release was published over it")
+		case !r.stagedPresent():
+			r.dropStaged("its directory is gone")
+		default:
 			return nil
 		}
-		r.dropStaged("a newer release was published over it")
 	}
 	if r.updating != nil {
 		r.updating.Add(1)
