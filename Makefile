@@ -9,7 +9,7 @@ export DROPSHIP_RIG_DIR := $(RIG_DIR)
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 
-.PHONY: all build demo test rig vet fmt-check bench bench-delta bench-idle bench-watch bench-rollout bench-scale fuzz deb clean
+.PHONY: all build demo test rig vet fmt-check bench bench-delta bench-idle bench-watch bench-rollout bench-scale bench-stage fuzz deb clean
 
 all: build
 
@@ -50,12 +50,20 @@ deb:
 
 # Install benchmark: 1 GiB artifact from MinIO, dropship against curl | tar
 # on tmpfs, three rounds of each format (with the install's peak resident
-# memory); then chunked deltas (bench-delta) and the agent's footprint at
+# memory); then chunked deltas (bench-delta), a rollout staged ahead of the
+# slot against one that is not (bench-stage), and the agent's footprint at
 # rest with 10 S3 services (bench-idle, 3 minutes). Not part of `make test`.
 bench: rig
 	PATH="$(RIG_DIR)/bench:$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/install
 	$(MAKE) bench-delta
+	$(MAKE) bench-stage
 	$(MAKE) bench-idle IDLE_SOURCE=s3 IDLE_DURATION=3m
+
+# Staging ahead: 10 agents at concurrency = 1 roll out a 256 MiB release,
+# with stage = "off" and stage = "ahead", each host on a 50 MiB/s link
+# and then with no limit.
+bench-stage: rig
+	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/stage
 
 # Chunked deltas: a 1 GiB tree with one 5 MB file changed, fetched as a
 # delta against the whole archive, and the first install with an empty

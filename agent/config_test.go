@@ -62,7 +62,8 @@ func TestDefaults(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.config("")
 	s := cfg.Services[0]
-	if s.KeepReleases != 5 || s.Concurrency != 1 || s.Sequential || s.Hold != 0 || cfg.LockKind != "local" || cfg.NodeName != "test-node" {
+	if s.KeepReleases != 5 || s.Concurrency != 1 || s.Sequential || s.Hold != 0 || cfg.LockKind != "local" || cfg.NodeName != "test-node" ||
+		!s.StageAhead() {
 		t.Fatalf("defaults: %+v", s)
 	}
 }

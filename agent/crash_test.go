@@ -63,10 +63,11 @@ func crashChild(cfgPath, at string) {
 }
 
 // TestCrashRecovery kills a real agent process (SIGKILL) during the unpack
-// and at each instant of the switch, then checks that the destination is
+// (of a staging), with a release staged and waiting, and at each instant
+// of the switch, then checks that the destination is
 // a complete release and a restarted agent cleans up and carries on.
 func TestCrashRecovery(t *testing.T) {
-	for _, at := range []string{"unpack", "verified", "linked", "switched"} {
+	for _, at := range []string{"unpack", "staged", "verified", "linked", "switched"} {
 		t.Run(at, func(t *testing.T) {
 			e := newEnv(t)
 			r := e.runner(e.config(""))

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -46,11 +47,12 @@ func (f *recordingFleet) Record(_ context.Context, _ string, ev fleet.Event) err
 
 func (f *recordingFleet) Semaphore(string, int) (fleet.Semaphore, error) { return &countingSem{}, nil }
 
-// countingSem counts the slots taken.
-type countingSem struct{ taken int }
+// countingSem counts the slots taken; the agent's goroutine takes them
+// while the test reads the count.
+type countingSem struct{ taken atomic.Int32 }
 
 func (s *countingSem) Acquire(context.Context) (<-chan struct{}, error) {
-	s.taken++
+	s.taken.Add(1)
 	return make(chan struct{}), nil
 }
 func (s *countingSem) Release(context.Context) error { return nil }
@@ -120,12 +122,12 @@ func TestHeldLockFileDefersTheUpdate(t *testing.T) {
 	release := holdLock(t, lock)
 	e.publish("v2")
 	sem := r.SemaphoreForTest().(*countingSem)
-	taken := sem.taken
+	taken := sem.taken.Load()
 	out := e.check(r, agent.ResultDeferred)
 	if !strings.Contains(out.Reason, lock) || e.current() != "v1" {
 		t.Fatalf("deferred: reason %q, running %q", out.Reason, e.current())
 	}
-	if sem.taken != taken {
+	if sem.taken.Load() != taken {
 		t.Fatal("a deferring host took a fleet slot")
 	}
 	if st := r.Status(); !strings.Contains(st.Deferred, lock) || st.DeferredSince.IsZero() {
@@ -174,8 +176,8 @@ func TestHeldLockFileDefersTheUpdate(t *testing.T) {
 	release()
 	waitFor(t, func() bool { return e.current() == "v2" })
 	t.Logf("installed %s after the lock was released (interval 100ms)", time.Since(released).Round(time.Millisecond))
-	if sem := a.Runners()[0].SemaphoreForTest().(*countingSem); sem.taken != 1 {
-		t.Fatalf("the running agent took %d slots, want 1", sem.taken)
+	if sem := a.Runners()[0].SemaphoreForTest().(*countingSem); sem.taken.Load() != 1 {
+		t.Fatalf("the running agent took %d slots, want 1", sem.taken.Load())
 	}
 	waitFor(t, func() bool { return a.Runners()[0].Status().Deferred == "" })
 	ff.mu.Lock()

@@ -53,7 +53,13 @@ type Service struct {
 	// ChunkCache bounds the chunks of the current release kept for
 	// deltas, in bytes; 0 turns deltas off (the archive every time).
 	ChunkCache int64
+	// Stage is when a release is downloaded: StageAhead (before the
+	// fleet slot is taken) or StageOff (inside it).
+	Stage string
 }
+
+// StageAhead says whether a release is staged before the slot is taken.
+func (s *Service) StageAhead() bool { return s.Stage != StageOff }
 
 type sharedBlock struct {
 	Dirs  []string `hcl:"dirs,optional"`
@@ -82,6 +88,7 @@ type serviceBlock struct {
 	Defer         []deferBlock    `hcl:"defer,block"`
 	RevokedKeys   []string        `hcl:"revoked_keys,optional"`
 	KeepReleases  *int            `hcl:"keep_releases,optional"`
+	Stage         *string         `hcl:"stage,optional"`
 	Artifacts     []artifactBlock `hcl:"artifact,block"`
 	Before        []hookBlock     `hcl:"before,block"`
 	After         []hookBlock     `hcl:"after,block"`
@@ -152,6 +159,15 @@ func (d *decoder) service(file string, b serviceBlock) (*Service, hcl.Diagnostic
 		if s.KeepReleases < 2 {
 			diags = append(diags, hclx.Errorf(b.Body, "keep_releases", "Invalid keep_releases",
 				"keep_releases must be 2 or more: the current release and one to roll back to."))
+		}
+	}
+	s.Stage = StageAhead
+	if b.Stage != nil {
+		s.Stage = *b.Stage
+		if s.Stage != StageAhead && s.Stage != StageOff {
+			diags = append(diags, hclx.Errorf(b.Body, "stage", "Invalid stage",
+				"stage = %q: use %q (download, verify and unpack a release before taking a fleet slot: the default) or %q (download it inside the slot, for hosts whose disk has no room for a release waiting beside the current one).",
+				*b.Stage, StageAhead, StageOff))
 		}
 	}
 

@@ -14,6 +14,9 @@ type Status struct {
 	Waiting     bool      `json:"waiting_for_slot"`
 	RolloutWait string    `json:"rollout_wait,omitempty"` // why the rollout holds this host back
 	Holding     bool      `json:"holding_slot"`
+	// Staged is the checksum of the release downloaded, verified and
+	// unpacked ahead of its slot (stage = "ahead"), "" when none.
+	Staged string `json:"staged,omitempty"`
 	// Deferred is why the application holds the update back, since
 	// DeferredSince (defer block); "" when it does not.
 	Deferred      string    `json:"deferred,omitempty"`

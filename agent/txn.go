@@ -85,6 +85,9 @@ type txn struct {
 	switched    bool
 	undo        []func(ctx context.Context)
 	rollbackErr error
+
+	// staged: the ahead steps (download, verify, unpack) are done.
+	staged bool
 }
 
 // digests are what the verifier computed over the bytes it passed on.
@@ -125,29 +128,52 @@ func (r *Runner) begin(st *State, info artifact.Info, lost <-chan struct{}) *txn
 	return t
 }
 
+// step is one step of the transaction; ahead steps are those staging
+// runs before the slot is taken (stage.go).
+type step struct {
+	phase Phase
+	do    func(context.Context) error
+	ahead bool
+}
+
+func (t *txn) steps(outer context.Context) []step {
+	return []step{
+		{PhasePreflight, t.preflight, true},
+		{PhaseSignature, t.openSignature, true},
+		{PhaseDownload, t.fetch, true},
+		{PhaseInstall, t.linkShared, false},
+		{PhaseInstall, t.promote, false},
+		{PhaseBefore, t.before, false},
+		{PhaseSwitch, t.activate, false},
+		{PhaseCheck, t.check, false},
+		// The watch ends with the update's own context (shutdown,
+		// update_timeout), which the switch drops for the other steps.
+		{PhaseCheck, func(context.Context) error { return t.watch(outer) }, false},
+	}
+}
+
 func (t *txn) run(ctx context.Context) Outcome {
 	if t.info.ChecksumFrom != "" && t.info.ChecksumFrom != "content" {
 		t.logger.Info("checksum source", "from", t.info.ChecksumFrom)
 	}
-	t.logger.Info("installing", "release", t.id, "from", t.info.Key, "size", t.info.Size)
-	outer := ctx
-	steps := []struct {
-		phase Phase
-		do    func(context.Context) error
-	}{
-		{PhasePreflight, t.preflight},
-		{PhaseSignature, t.openSignature},
-		{PhaseDownload, t.fetch},
-		{PhaseInstall, t.linkShared},
-		{PhaseInstall, t.promote},
-		{PhaseBefore, t.before},
-		{PhaseSwitch, t.activate},
-		{PhaseCheck, t.check},
-		// The watch ends with the update's own context (shutdown,
-		// update_timeout), which the switch drops for the other steps.
-		{PhaseCheck, func(context.Context) error { return t.watch(outer) }},
+	if t.staged {
+		t.logger.Info("installing the staged release", "release", t.id, "from", t.info.Key, "size", t.info.Size)
+	} else {
+		t.logger.Info("installing", "release", t.id, "from", t.info.Key, "size", t.info.Size)
 	}
+	if o := t.runSteps(ctx, t.steps(ctx), false); o != nil {
+		return *o
+	}
+	return t.commit()
+}
+
+// runSteps runs the steps not done yet (all of them, or with onlyAhead
+// those a staging runs); a failure's outcome, or nil.
+func (t *txn) runSteps(ctx context.Context, steps []step, onlyAhead bool) *Outcome {
 	for _, s := range steps {
+		if t.staged && s.ahead || onlyAhead && !s.ahead {
+			continue
+		}
 		if t.switched {
 			// From the switch on, the update finishes even if the agent
 			// is told to stop: the hooks that start the new release must
@@ -160,10 +186,11 @@ func (t *txn) run(ctx context.Context) Outcome {
 			if errors.As(err, &pe) {
 				phase = pe.phase
 			}
-			return t.fail(ctx, phase, err)
+			o := t.fail(ctx, phase, err)
+			return &o
 		}
 	}
-	return t.commit()
+	return nil
 }
 
 func (t *txn) onUndo(f func(ctx context.Context)) { t.undo = append(t.undo, f) }

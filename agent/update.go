@@ -72,6 +72,9 @@ type Outcome struct {
 	// verified: the checksum is one this host computed over the bytes it
 	// fetched, not only what the store claims (see tripsBreaker).
 	verified bool
+	// restage: the artifact changed over the staged release while the
+	// host waited for its slot; the check starts over, staging it.
+	restage bool
 
 	// announce is the event the reporting hooks get once the state is
 	// saved; nil when there is nothing to tell.
@@ -107,6 +110,8 @@ type Runner struct {
 	// the next check instead of being taken as done.
 	// deferral is the update the application defers, if any.
 	deferral deferring
+	// staged is the release staged ahead of its slot, if any (stage.go).
+	staged *txn
 
 	recoverMu sync.Mutex
 	recovered bool
@@ -178,7 +183,7 @@ func (r *Runner) Check(ctx context.Context) (out Outcome) {
 	// a few times, never installed as a mix.
 	for attempt := 0; ; attempt++ {
 		out = r.update(ctx, st)
-		if !errors.Is(out.Err, artifact.ErrChanged) || attempt >= 3 || ctx.Err() != nil {
+		if !errors.Is(out.Err, artifact.ErrChanged) && !out.restage || attempt >= 3 || ctx.Err() != nil {
 			return out
 		}
 		r.logger.Info("artifact changed during the update; starting over", "checksum", out.Checksum)
@@ -247,7 +252,13 @@ func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
 	if stop == nil && r.decider != nil {
 		stop = r.rolloutGate(ctx, view, info)
 	}
+	r.keepStaged(info, stop)
 	if stop != nil {
+		return r.finish(ctx, st, *stop)
+	}
+	// Staged before any deferral and before the slot: only the hooks,
+	// the switch and the checks hold it.
+	if stop := r.stageAhead(ctx, st, info); stop != nil {
 		return r.finish(ctx, st, *stop)
 	}
 	if r.svc.Defer != nil {
@@ -273,7 +284,16 @@ func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
 		defer func() { slot.release(ctx, out) }()
 		// The world may have moved while we waited: look again.
 		if info, stop = r.look(ctx, st); stop != nil {
+			r.keepStaged(info, stop)
 			return r.finish(ctx, st, *stop)
+		}
+		if r.staged != nil && !sameRelease(r.staged.info, info) {
+			// Published over the staged release: it is dropped, never
+			// installed, and the slot given back while the new one is
+			// staged.
+			r.dropStaged("a newer release was published over it while the host waited for a slot")
+			return r.finish(ctx, st, Outcome{Result: ResultSkipped, Checksum: info.Checksum(),
+				Reason: "a newer release was published over the staged one", restage: true})
 		}
 		if r.decider != nil {
 			if stop = r.rolloutAgain(ctx, info); stop != nil {
@@ -297,7 +317,11 @@ func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
 	trim.Text()
 	tctx, cancel := context.WithTimeoutCause(ctx, r.svc.UpdateTimeout, errUpdateTimeout)
 	defer cancel()
-	return r.finish(ctx, st, r.begin(st, info, lost).run(tctx))
+	t := r.takeStaged(st, info, lost)
+	if t == nil {
+		t = r.begin(st, info, lost)
+	}
+	return r.finish(ctx, st, t.run(tctx))
 }
 
 // record appends ev to the service's audit log. The log tells operators
@@ -577,6 +601,9 @@ func (r *Runner) recover() error {
 		return err
 	}
 	if err := r.lay.recoverDisk(r.logger); err != nil {
+		return err
+	}
+	if err := cleanChunkTemps(filepath.Join(r.lay.dir, "chunks"), r.logger); err != nil {
 		return err
 	}
 	st, err := LoadState(r.lay.dir, r.svc.Name)

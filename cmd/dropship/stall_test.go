@@ -57,6 +57,7 @@ lock "consul" {
 service "app" {
   sequential     = true
   update_timeout = "3s"
+  stage          = "off" # the download inside the slot: the slot is what a stall must not keep
   artifact "s3" {
     bucket        = %q
     path          = "app.tar.gz"

@@ -89,6 +89,8 @@ func statusCmd(g *globals) *cobra.Command {
 					detail = "deferred since " + when(s.DeferredSince) + ": " + oneLine(s.Deferred)
 				case !s.WatchUntil.IsZero():
 					detail = "watching the new release's health until " + when(s.WatchUntil)
+				case s.Staged != "" && detail == "":
+					detail = "staged " + s.Staged + ", waiting to install it"
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Service, orDash(s.Checksum), orDash(s.Release),
 					when(s.LastCheck), orDash(string(s.LastResult)), when(s.NextCheck), slot, detail)
