@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/dropshipd/dropship/artifact"
 )
@@ -121,61 +123,181 @@ func (c *Cache) Size() int64 {
 // Stream returns the tar idx describes, read from the cache in order. At
 // its end it compares the tar's size and SHA-256 with the index's: a
 // mismatch is an error wrapping artifact.ErrCorrupt instead of io.EOF, so
-// nothing unpacked from it is taken for a release.
+// nothing unpacked from it is taken for a release. The chunks are read
+// and hashed by a goroutine of their own, a few blocks ahead, in blocks
+// of up to 512 KiB; Seek (forward only) skips bytes without copying them
+// out, hashed all the same, and WriteTo hands the blocks over as read.
 func (c *Cache) Stream(idx *Index) io.ReadCloser {
 	return &stream{c: c, idx: idx, h: sha256.New()}
 }
 
+const (
+	streamBlock = 512 << 10
+	streamAhead = 4
+)
+
+type block struct {
+	b   []byte
+	err error // the stream's end: io.EOF, or why it stopped
+}
+
 type stream struct {
-	c    *Cache
-	idx  *Index
-	i    int      // next chunk
-	f    *os.File // current chunk
-	left int64    // of the current chunk
-	h    hash.Hash
-	n    int64
-	err  error
+	c      *Cache
+	idx    *Index
+	h      hash.Hash // the reading goroutine's
+	n      int64     // read, by the reading goroutine
+	start  sync.Once
+	blocks chan block
+	free   chan []byte
+	done   chan struct{}
+	wg     sync.WaitGroup
+	cur    []byte // unread part of the current block
+	buf    []byte // the current block, returned to free once read
+	pos    int64
+	err    error
+	closed bool
+}
+
+func (s *stream) run() {
+	s.blocks = make(chan block, streamAhead)
+	s.free = make(chan []byte, streamAhead+1)
+	s.done = make(chan struct{})
+	for range streamAhead + 1 {
+		s.free <- make([]byte, streamBlock)
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		err := s.read()
+		if err == nil {
+			err = s.check()
+		}
+		if err == nil {
+			err = io.EOF
+		}
+		select {
+		case s.blocks <- block{err: err}:
+		case <-s.done:
+		}
+	}()
+}
+
+// read reads and hashes every chunk in order, handing the blocks over.
+func (s *stream) read() error {
+	var n int64
+	for i, ch := range s.idx.Chunks {
+		f, err := os.Open(s.c.path(ch.SHA256))
+		if err != nil {
+			return fmt.Errorf("%w: chunk %d (%.16s…) is not in the cache: %v", artifact.ErrCorrupt, i, ch.SHA256, err)
+		}
+		left := ch.Size
+		for left > 0 {
+			var b []byte
+			select {
+			case b = <-s.free:
+			case <-s.done:
+				f.Close()
+				return io.ErrClosedPipe
+			}
+			b = b[:min(int64(cap(b)), left)]
+			k, err := io.ReadFull(f, b)
+			b = b[:k]
+			s.h.Write(b)
+			n += int64(k)
+			left -= int64(k)
+			if k > 0 {
+				select {
+				case s.blocks <- block{b: b}:
+				case <-s.done:
+					f.Close()
+					return io.ErrClosedPipe
+				}
+			}
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				f.Close()
+				return fmt.Errorf("%w: chunk %d (%.16s…) in the cache is shorter than its size", artifact.ErrCorrupt, i, ch.SHA256)
+			}
+			if err != nil {
+				f.Close()
+				return err
+			}
+		}
+		f.Close()
+	}
+	s.n = n
+	return nil
+}
+
+// next makes the next block current; false at the end (s.err set).
+func (s *stream) next() bool {
+	if s.err != nil {
+		return false
+	}
+	s.start.Do(s.run)
+	if s.buf != nil {
+		s.free <- s.buf[:cap(s.buf)]
+		s.buf, s.cur = nil, nil
+	}
+	b := <-s.blocks
+	if b.err != nil {
+		s.err = b.err
+		return false
+	}
+	s.buf, s.cur = b.b, b.b
+	return true
 }
 
 func (s *stream) Read(p []byte) (int, error) {
-	for s.err == nil {
-		if s.f == nil {
-			if s.i == len(s.idx.Chunks) {
-				s.err = s.check()
-				if s.err == nil {
-					s.err = io.EOF
-				}
-				break
-			}
-			ch := s.idx.Chunks[s.i]
-			f, err := os.Open(s.c.path(ch.SHA256))
-			if err != nil {
-				s.err = fmt.Errorf("%w: chunk %d (%.16s…) is not in the cache: %v", artifact.ErrCorrupt, s.i, ch.SHA256, err)
-				break
-			}
-			s.f, s.left = f, ch.Size
-			s.i++
-		}
-		if int64(len(p)) > s.left {
-			p = p[:s.left]
-		}
-		n, err := s.f.Read(p)
-		s.h.Write(p[:n])
-		s.n += int64(n)
-		s.left -= int64(n)
-		if s.left == 0 {
-			s.f.Close()
-			s.f = nil
-		} else if err == io.EOF {
-			s.err = fmt.Errorf("%w: chunk %d (%.16s…) in the cache is shorter than its size", artifact.ErrCorrupt, s.i-1, s.idx.Chunks[s.i-1].SHA256)
-		} else if err != nil {
-			s.err = err
-		}
-		if n > 0 {
-			return n, nil
+	for len(s.cur) == 0 {
+		if !s.next() {
+			return 0, s.err
 		}
 	}
-	return 0, s.err
+	n := copy(p, s.cur)
+	s.cur = s.cur[n:]
+	s.pos += int64(n)
+	return n, nil
+}
+
+// Seek skips forward (whence io.SeekCurrent, off >= 0 only): the bytes
+// are read and hashed, not copied out.
+func (s *stream) Seek(off int64, whence int) (int64, error) {
+	if whence != io.SeekCurrent || off < 0 {
+		return s.pos, errors.New("chunk stream: seek forward only")
+	}
+	for off > 0 {
+		if len(s.cur) == 0 && !s.next() {
+			if s.err == io.EOF {
+				return s.pos, nil // the read that follows says it
+			}
+			return s.pos, s.err
+		}
+		k := min(off, int64(len(s.cur)))
+		s.cur = s.cur[k:]
+		s.pos += k
+		off -= k
+	}
+	return s.pos, nil
+}
+
+// WriteTo writes the rest of the stream to w, block by block.
+func (s *stream) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		if len(s.cur) == 0 && !s.next() {
+			if s.err == io.EOF {
+				return total, nil
+			}
+			return total, s.err
+		}
+		n, err := w.Write(s.cur)
+		s.cur = s.cur[n:]
+		s.pos += int64(n)
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+	}
 }
 
 func (s *stream) check() error {
@@ -186,13 +308,14 @@ func (s *stream) check() error {
 	return nil
 }
 
-// SHA256 is the hex SHA-256 of what was read so far.
-func (s *stream) SHA256() string { return hex.EncodeToString(s.h.Sum(nil)) }
-
 func (s *stream) Close() error {
-	if s.f != nil {
-		s.f.Close()
-		s.f = nil
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if s.done != nil {
+		close(s.done)
+		s.wg.Wait()
 	}
 	if s.err == nil {
 		s.err = io.ErrClosedPipe
