@@ -73,16 +73,20 @@ func (x *extractor) reuse(orig, name string, src *os.File, size int64) (bool, er
 	return true, nil
 }
 
+// maxDirFiles bounds the directories kept open for linking files into.
+const maxDirFiles = 512
+
 // dirFile is the open directory dir of the release (kept, as create's
 // roots are), to link files into.
 func (x *extractor) dirFile(dir string) (*os.File, error) {
 	if f, ok := x.dirFiles[dir]; ok {
 		return f, nil
 	}
-	if len(x.dirFiles) >= maxDirRoots {
-		for d, f := range x.dirFiles {
+	if len(x.dirFiles) >= maxDirFiles {
+		for d, f := range x.dirFiles { // one, any: a tree of more directories than the bound keeps most open
 			f.Close()
 			delete(x.dirFiles, d)
+			break
 		}
 	}
 	f, err := x.root.Open(dir)

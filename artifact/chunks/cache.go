@@ -350,7 +350,7 @@ type Filler struct {
 	got    int64 // bytes of it seen
 	skip   bool  // current chunk: cached already, or over budget
 	tmp    *os.File
-	w      *bufio.Writer // to tmp: the tar reader reads headers 512 bytes at a time
+	w      *bufio.Writer // to tmp: the tar reader reads headers 512 bytes at a time; content of 32 KiB or more goes straight to the file, uncopied
 	done   []pending     // written, named at Commit
 	budget int64
 	off    bool
@@ -377,7 +377,7 @@ func (f *Filler) Write(p []byte) (int, error) {
 				}
 				f.tmp = t
 				if f.w == nil {
-					f.w = bufio.NewWriterSize(t, 256<<10)
+					f.w = bufio.NewWriterSize(t, 32<<10)
 				}
 				f.w.Reset(t)
 				f.budget -= ch.Size
