@@ -137,8 +137,10 @@ const (
 )
 
 type block struct {
-	b   []byte
-	err error // the stream's end: io.EOF, or why it stopped
+	b      []byte
+	buf    []byte // the buffer from free that b is, or that stands for b's mapping
+	mapped bool   // b is a mapping of the chunk file, unmapped once read
+	err    error  // the stream's end: io.EOF, or why it stopped
 }
 
 type stream struct {
@@ -152,7 +154,7 @@ type stream struct {
 	done   chan struct{}
 	wg     sync.WaitGroup
 	cur    []byte // unread part of the current block
-	buf    []byte // the current block, returned to free once read
+	blk    block  // the current block: its buffer is returned to free once read
 	pos    int64
 	err    error
 	closed bool
@@ -190,28 +192,47 @@ func (s *stream) read() error {
 		if err != nil {
 			return fmt.Errorf("%w: chunk %d (%.16s…) is not in the cache: %v", artifact.ErrCorrupt, i, ch.SHA256, err)
 		}
+		if fi, err := f.Stat(); err != nil || fi.Size() < ch.Size {
+			f.Close()
+			return fmt.Errorf("%w: chunk %d (%.16s…) in the cache is shorter than its size", artifact.ErrCorrupt, i, ch.SHA256)
+		}
 		left := ch.Size
 		for left > 0 {
-			var b []byte
+			var buf []byte
 			select {
-			case b = <-s.free:
+			case buf = <-s.free:
 			case <-s.done:
 				f.Close()
 				return io.ErrClosedPipe
 			}
-			b = b[:min(int64(cap(b)), left)]
-			k, err := io.ReadFull(f, b)
-			b = b[:k]
+			want := min(int64(cap(buf)), left)
+			// Mapped, the bytes are hashed and skipped without a copy;
+			// read into the buffer where that cannot be done.
+			var k int
+			var err error
+			b, mapped := mapBlock(f, ch.Size-left, int(want))
+			if mapped {
+				k = len(b)
+			} else {
+				b = buf[:want]
+				k, err = f.ReadAt(b, ch.Size-left)
+				b = b[:k]
+			}
 			s.h.Write(b)
 			n += int64(k)
 			left -= int64(k)
 			if k > 0 {
 				select {
-				case s.blocks <- block{b: b}:
+				case s.blocks <- block{b: b, buf: buf, mapped: mapped}:
 				case <-s.done:
+					if mapped {
+						unmapBlock(b)
+					}
 					f.Close()
 					return io.ErrClosedPipe
 				}
+			} else {
+				s.free <- buf
 			}
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 				f.Close()
@@ -234,16 +255,13 @@ func (s *stream) next() bool {
 		return false
 	}
 	s.start.Do(s.run)
-	if s.buf != nil {
-		s.free <- s.buf[:cap(s.buf)]
-		s.buf, s.cur = nil, nil
-	}
+	s.release()
 	b := <-s.blocks
 	if b.err != nil {
 		s.err = b.err
 		return false
 	}
-	s.buf, s.cur = b.b, b.b
+	s.blk, s.cur = b, b.b
 	return true
 }
 
@@ -308,6 +326,18 @@ func (s *stream) check() error {
 	return nil
 }
 
+// release is done with the current block.
+func (s *stream) release() {
+	if s.blk.buf == nil {
+		return
+	}
+	if s.blk.mapped {
+		unmapBlock(s.blk.b)
+	}
+	s.free <- s.blk.buf[:cap(s.blk.buf)]
+	s.blk, s.cur = block{}, nil
+}
+
 func (s *stream) Close() error {
 	if s.closed {
 		return nil
@@ -316,6 +346,17 @@ func (s *stream) Close() error {
 	if s.done != nil {
 		close(s.done)
 		s.wg.Wait()
+		s.release()
+		for {
+			select {
+			case b := <-s.blocks:
+				s.blk = b
+				s.release()
+				continue
+			default:
+			}
+			break
+		}
 	}
 	if s.err == nil {
 		s.err = io.ErrClosedPipe
