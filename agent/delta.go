@@ -262,13 +262,14 @@ func (d *delta) saveFiles() {
 }
 
 // reuser offers the files of the current release that can be linked
-// into the new one (chunks.Reuser), or nil: no current release, or no
+// into the new one (chunks.Reuser), or nil: chunk_links = false, no
+// current release, or no
 // record of its files (made by an install without an index), or made
 // for another owner.
 func (d *delta) reuser() *chunks.Reuser {
 	t := d.t
 	cur := t.st.Release
-	if cur == "" || !t.r.lay.present(cur) {
+	if !t.r.svc.ChunkLinks || cur == "" || !t.r.lay.present(cur) {
 		return nil
 	}
 	old, err := chunks.LoadFiles(d.filesPath())

@@ -202,3 +202,22 @@ func TestDeltaCorruptCachedChunkRefusedWithLinks(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// chunk_links = false: a delta writes every file, as an archive install.
+func TestDeltaChunkLinksOff(t *testing.T) {
+	e := newEnv(t)
+	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
+	r, logs := e.loggedRunner(e.configWithArtifact("chunk_links = false", ""))
+	e.publishChunked("v1", 0)
+	e.check(r, agent.ResultInstalled)
+	ino := inode(t, e.releasePath("bin/part06"))
+	e.publishChunked("v2", 1)
+	e.check(r, agent.ResultInstalled)
+	if n := linked(lastDelta(t, logs)); n != 0 {
+		t.Fatalf("the delta linked %v files", n)
+	}
+	if inode(t, e.releasePath("bin/part06")) == ino {
+		t.Fatal("bin/part06 was linked")
+	}
+	e.checkParts(1)
+}

@@ -53,6 +53,9 @@ type Service struct {
 	// ChunkCache bounds the chunks of the current release kept for
 	// deltas, in bytes; 0 turns deltas off (the archive every time).
 	ChunkCache int64
+	// ChunkLinks: a delta hard-links the files that did not change from
+	// the current release instead of writing them (the default).
+	ChunkLinks bool
 }
 
 type sharedBlock struct {
