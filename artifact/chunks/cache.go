@@ -136,9 +136,13 @@ const (
 	streamAhead = 4
 )
 
+// mapBlocks: the stream maps chunk files where it can (tests turn it off
+// to read them).
+var mapBlocks = true
+
 type block struct {
 	b      []byte
-	buf    []byte // the buffer from free that b is, or that stands for b's mapping
+	buf    []byte // the buffer from free that b is, or (nil) the token that stands for b's mapping
 	mapped bool   // b is a mapping of the chunk file, unmapped once read
 	err    error  // the stream's end: io.EOF, or why it stopped
 }
@@ -165,7 +169,7 @@ func (s *stream) run() {
 	s.free = make(chan []byte, streamAhead+1)
 	s.done = make(chan struct{})
 	for range streamAhead + 1 {
-		s.free <- make([]byte, streamBlock)
+		s.free <- nil // a buffer is made only where a block cannot be mapped
 	}
 	s.wg.Add(1)
 	go func() {
@@ -205,15 +209,22 @@ func (s *stream) read() error {
 				f.Close()
 				return io.ErrClosedPipe
 			}
-			want := min(int64(cap(buf)), left)
+			want := min(streamBlock, left)
 			// Mapped, the bytes are hashed and skipped without a copy;
 			// read into the buffer where that cannot be done.
 			var k int
 			var err error
-			b, mapped := mapBlock(f, ch.Size-left, int(want))
+			var b []byte
+			mapped := false
+			if mapBlocks {
+				b, mapped = mapBlock(f, ch.Size-left, int(want))
+			}
 			if mapped {
 				k = len(b)
 			} else {
+				if buf == nil {
+					buf = make([]byte, streamBlock)
+				}
 				b = buf[:want]
 				k, err = f.ReadAt(b, ch.Size-left)
 				b = b[:k]
@@ -328,7 +339,7 @@ func (s *stream) check() error {
 
 // release is done with the current block.
 func (s *stream) release() {
-	if s.blk.buf == nil {
+	if s.blk.b == nil {
 		return
 	}
 	if s.blk.mapped {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -102,6 +103,16 @@ func TestKeepBounds(t *testing.T) {
 // hands the rest over by WriteTo: the bytes are the tar's wherever the
 // reads, skips and block ends fall, and what is skipped is hashed too.
 func TestStreamSeekAndWriteTo(t *testing.T) {
+	for _, mapped := range []bool{true, false} {
+		t.Run(fmt.Sprintf("mapped=%v", mapped), func(t *testing.T) {
+			defer func(m bool) { mapBlocks = m }(mapBlocks)
+			mapBlocks = mapped
+			testStreamSeekAndWriteTo(t)
+		})
+	}
+}
+
+func testStreamSeekAndWriteTo(t *testing.T) {
 	data := make([]byte, (1300+700+1024)<<10)
 	rand.NewChaCha8([32]byte{4}).Read(data)
 	idx := testIndex(data, 1300<<10, 700<<10, 1<<20)
