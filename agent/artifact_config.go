@@ -29,6 +29,7 @@ type artifactBlock struct {
 	DiskFactor     *float64 `hcl:"disk_space_factor,optional"`
 	StallTimeout   *string  `hcl:"stall_timeout,optional"`
 	ChunkCache     *int64   `hcl:"chunk_cache,optional"`
+	ChunkLinks     *bool    `hcl:"chunk_links,optional"`
 	Full           hcl.Body `hcl:",body"` // for the ranges of the keys above
 	Body           hcl.Body `hcl:",remain"`
 }
@@ -89,6 +90,7 @@ func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnos
 		s.DiskFactor = *a.DiskFactor
 	}
 	s.ChunkCache = DefaultChunkCache
+	s.ChunkLinks = a.ChunkLinks == nil || *a.ChunkLinks
 	if a.ChunkCache != nil {
 		s.ChunkCache = *a.ChunkCache
 		if s.ChunkCache < 0 {

@@ -17,7 +17,6 @@ import (
 	"github.com/dropshipd/dropship/artifact/archive"
 	"github.com/dropshipd/dropship/artifact/chunks"
 	"github.com/dropshipd/dropship/artifact/signature"
-	"github.com/dropshipd/dropship/internal/prefetch"
 )
 
 // DefaultChunkCache is the chunk_cache of an artifact block that sets
@@ -32,12 +31,18 @@ const deltaWorth = 0.5
 // delta is the chunked path of one fetch: the index of the version being
 // installed and the service's chunk cache. nil: the archive alone.
 type delta struct {
-	t     *txn
-	idx   *chunks.Index
-	cache *chunks.Cache
-	fill  *chunks.Filler
+	t      *txn
+	idx    *chunks.Index
+	cache  *chunks.Cache
+	filler *chunks.Filler
+	// files records the files this install makes, for the next delta.
+	files *chunks.Files
 	// claims are the index's signature's, checked when keys are trusted.
 	claims *signature.Claims
+	// linked and linkedBytes: the files of the current release a delta
+	// linked instead of writing.
+	linked      int
+	linkedBytes int64
 }
 
 // chunked loads the chunk index of the version pinned, when the service
@@ -140,6 +145,7 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 	}
 	if err == nil {
 		d.cache.Keep(d.idx)
+		d.saveFiles()
 		t.sums = digests{MD5: d.idx.Archive.MD5, SHA256: d.idx.Archive.SHA256, Size: d.idx.Archive.Size}
 		if c := d.claims; c != nil {
 			t.claims = c
@@ -162,7 +168,7 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 			t.r.obs.Downloaded(t.r.svc.Name, got.Bytes)
 		}
 		t.logger.Info("downloaded and verified", "format", "chunks", "chunks", len(d.idx.Chunks), "fetched_chunks", got.Chunks,
-			"fetched_bytes", got.Bytes, "archive_bytes", d.idx.Archive.Size, "tar_sha256", d.idx.Tar.SHA256,
+			"fetched_bytes", got.Bytes, "archive_bytes", d.idx.Archive.Size, "linked_files", d.linked, "linked_bytes", d.linkedBytes, "tar_sha256", d.idx.Tar.SHA256,
 			"md5", t.sums.MD5, "sha256", t.sums.SHA256)
 		return true, nil
 	}
@@ -184,19 +190,24 @@ func (d *delta) unpack(ctx context.Context) error {
 	if err := t.freshStage(); err != nil {
 		return err
 	}
+	// Reading and hashing on one core (the stream's goroutine), unpacking
+	// on the other.
 	s := d.cache.Stream(d.idx)
 	defer s.Close()
-	// Reading and hashing on one core, unpacking on the other.
-	ahead := prefetch.New(s, 64<<10, 4)
-	defer ahead.Close()
 	opt := t.unpackOptions()
 	opt.Format = archive.Tar
-	_, xerr := archive.Extract(ctx, ahead, t.stage, opt)
-	if xerr == nil {
-		_, xerr = io.Copy(io.Discard, ahead)
+	d.record(&opt)
+	reuse := d.reuser()
+	if reuse != nil {
+		defer reuse.Close()
+		opt.Reuse = reuse.Reuse
 	}
-	ahead.Close()
-	// The tar's verdict first: a mismatch explains any unpack error.
+	_, xerr := archive.Extract(ctx, s, t.stage, opt)
+	if reuse != nil {
+		d.linked, d.linkedBytes = reuse.Linked, reuse.Bytes
+	}
+	// The tar's verdict first (the rest of it read and hashed): a
+	// mismatch explains any unpack error.
 	if _, err := io.Copy(io.Discard, s); err != nil && !errors.Is(err, io.ErrClosedPipe) {
 		return fmt.Errorf("reassemble %s: %w", t.info.Key, err)
 	}
@@ -209,30 +220,83 @@ func (d *delta) unpack(ctx context.Context) error {
 	return nil
 }
 
-// tee is what the archive's tar stream is copied to: the cache, filled
-// with the chunks of this release. nil without an index. What it wrote
-// is dropped unless filled is called, after the archive verified.
-func (d *delta) tee() io.Writer {
+// fill shapes the extraction of the archive: its tar stream is copied to
+// the cache, filled with the chunks of this release, and the files made
+// are recorded. Nothing without an index. What the cache got is dropped
+// unless filled is called, after the archive verified.
+func (d *delta) fill(opt *archive.Options) {
 	if d == nil {
+		return
+	}
+	d.filler = d.cache.Filler(d.idx)
+	d.t.onUndo(func(context.Context) { d.filler.Close() })
+	opt.Tee = d.filler
+	d.record(opt)
+}
+
+// record has the files an extraction makes recorded, for the next delta
+// to link those that do not change.
+func (d *delta) record(opt *archive.Options) {
+	d.files = chunks.NewFiles(d.t.id, d.owner(), d.idx)
+	opt.Made = d.files.Made
+}
+
+// owner says for whom and by whom files are made: a delta links files
+// only from a release made for the same.
+func (d *delta) owner() string {
+	u := d.t.r.svc.Unpack
+	return fmt.Sprintf("%d:%d:%d:%d", u.UID, u.GID, os.Geteuid(), os.Getegid())
+}
+
+// filesPath is where the record of the current release's files is kept.
+func (d *delta) filesPath() string { return filepath.Join(d.t.r.lay.dir, "chunks.files") }
+
+// saveFiles keeps the record of the files of the release just unpacked.
+func (d *delta) saveFiles() {
+	if d.files == nil {
+		return
+	}
+	if err := d.files.Save(d.filesPath()); err != nil {
+		d.t.logger.Warn("chunk cache: cannot record the release's files; the next delta writes them all", "error", err)
+	}
+}
+
+// reuser offers the files of the current release that can be linked
+// into the new one (chunks.Reuser), or nil: chunk_links = false, no
+// current release, or no
+// record of its files (made by an install without an index), or made
+// for another owner.
+func (d *delta) reuser() *chunks.Reuser {
+	t := d.t
+	cur := t.st.Release
+	if !t.r.svc.ChunkLinks || cur == "" || !t.r.lay.present(cur) {
 		return nil
 	}
-	d.fill = d.cache.Filler(d.idx)
-	d.t.onUndo(func(context.Context) { d.fill.Close() })
-	return d.fill
+	old, err := chunks.LoadFiles(d.filesPath())
+	if err != nil || old.Release != cur || old.Owner != d.owner() {
+		return nil
+	}
+	r, err := chunks.NewReuser(old, t.r.lay.releaseDir(cur), d.idx)
+	if err != nil {
+		t.logger.Debug("files of the current release not linked", "error", err)
+		return nil
+	}
+	return r
 }
 
 // filled ends an archive install that filled the cache: it now holds the
 // chunks of this release, within its bound.
 func (d *delta) filled() {
-	if d == nil || d.fill == nil {
+	if d == nil || d.filler == nil {
 		return
 	}
-	d.fill.Commit()
+	d.filler.Commit()
 	if err := d.cache.Keep(d.idx); err != nil {
 		d.t.logger.Warn("chunk cache", "error", err)
 		return
 	}
-	d.t.logger.Info("chunk cache filled", "chunks", d.fill.Kept, "bytes", d.cache.Size())
+	d.saveFiles()
+	d.t.logger.Info("chunk cache filled", "chunks", d.filler.Kept, "bytes", d.cache.Size())
 }
 
 // freshStage makes an empty staging directory for the release.

@@ -56,6 +56,9 @@ type Service struct {
 	// Stage is when a release is downloaded: StageAhead (before the
 	// fleet slot is taken) or StageOff (inside it).
 	Stage string
+	// ChunkLinks: a delta hard-links the files that did not change from
+	// the current release instead of writing them (the default).
+	ChunkLinks bool
 }
 
 // StageAhead says whether a release is staged before the slot is taken.

@@ -261,7 +261,7 @@ func (t *txn) fetch(ctx context.Context) error {
 	// the other; 4 × 64 KiB in flight at most.
 	ahead := prefetch.New(v, 64<<10, 4)
 	defer ahead.Close()
-	stats, xerr := t.extract(ctx, ahead, d.tee())
+	stats, xerr := t.extract(ctx, ahead, d)
 	if xerr == nil {
 		// The unpacker may stop before the end (tar padding, trailers):
 		// the verifier must see every byte.
@@ -309,18 +309,18 @@ func (t *txn) fetchSigned(ctx context.Context, body io.Reader, d *delta) error {
 	if _, err := spool.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("download %s: %w", t.info.Key, err)
 	}
-	stats, err := t.extract(ctx, bufio.NewReaderSize(spool, 64<<10), d.tee())
+	stats, err := t.extract(ctx, bufio.NewReaderSize(spool, 64<<10), d)
 	if err != nil {
 		return fmt.Errorf("unpack %s: %w", t.info.Key, err)
 	}
 	return t.fetched(v, stats, d)
 }
 
-// extract unpacks r into staging; the tar stream is copied to tee too
-// (the chunk cache), when not nil.
-func (t *txn) extract(ctx context.Context, r io.Reader, tee io.Writer) (archive.Stats, error) {
+// extract unpacks r into staging; with a chunk index, the tar stream is
+// copied to the chunk cache too and the files made are recorded (delta.go).
+func (t *txn) extract(ctx context.Context, r io.Reader, d *delta) (archive.Stats, error) {
 	opt := t.unpackOptions()
-	opt.Tee = tee
+	d.fill(&opt)
 	return archive.Extract(ctx, r, t.stage, opt)
 }
 

@@ -70,6 +70,16 @@ type Options struct {
 	// chunk cache fills itself from it. An error it returns stops the
 	// extraction.
 	Tee io.Writer
+	// Reuse, when set, is asked before each regular file of a tar is
+	// written: a file it returns (opened O_PATH, its content and metadata
+	// checked to be the entry's) is hard-linked in its place, and the
+	// entry's content is skipped (through Seek, when the tar stream can).
+	// It is never written through: a later entry of the same name
+	// replaces the link.
+	Reuse func(e *Entry) *os.File
+	// Made, when set, is told of each regular file of a tar made (written
+	// or linked), with what the file system says of it once made.
+	Made func(e *Entry, st FileStat)
 }
 
 func (o *Options) defaults() {
@@ -126,6 +136,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }
 // written outside dir.
 func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats, error) {
 	opt.defaults()
+	in := src
 	counted := &countReader{r: src}
 	br := bufio.NewReaderSize(counted, 16<<10)
 	format := opt.Format
@@ -167,6 +178,15 @@ func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats
 			var tr io.Reader = src
 			if opt.Tee != nil {
 				tr = io.TeeReader(src, opt.Tee)
+			}
+			if rs, ok := in.(io.ReadSeeker); ok && opt.Format == Tar && opt.Tee == nil && opt.Reuse != nil {
+				// The tar reader reads the stream itself (it buffers),
+				// and skips reused files' content by Seek.
+				s := &seekSource{rs: rs, c: counted}
+				tr, x.pos = s, func() int64 { return s.n }
+			} else if opt.Reuse != nil || opt.Made != nil {
+				p := &posReader{r: tr}
+				tr, x.pos = p, func() int64 { return p.n }
 			}
 			err = x.tar(tar.NewReader(tr))
 			if err == nil && opt.Tee != nil {
@@ -332,6 +352,13 @@ type extractor struct {
 	// dirRoots are directories of the release kept open to create files
 	// in (create).
 	dirRoots map[string]*os.Root
+	// dirFiles are directories of the release kept open to link files
+	// into (Reuse).
+	dirFiles map[string]*os.File
+	// pos is the position in the tar stream, when Reuse or Made needs it.
+	pos func() int64
+	// entry is the tar entry file is writing, when Made wants it.
+	entry *Entry
 }
 
 // clean validates an entry name and returns it relative to the root.
@@ -546,6 +573,11 @@ func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime ti
 		err = f.Chmod(x.mode(m, false))
 	}
 	timed := err == nil && !mtime.IsZero() && setTimes(f, mtime)
+	if err == nil && x.entry != nil && (timed || mtime.IsZero()) {
+		if st, serr := Stat(f); serr == nil {
+			x.opt.Made(x.entry, st)
+		}
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -598,6 +630,10 @@ func (x *extractor) closeDirRoots() {
 	for d, r := range x.dirRoots {
 		r.Close()
 		delete(x.dirRoots, d)
+	}
+	for d, f := range x.dirFiles {
+		f.Close()
+		delete(x.dirFiles, d)
 	}
 }
 
@@ -736,7 +772,12 @@ func (x *extractor) tar(tr *tar.Reader) error {
 				err = refuse(hdr.Name, "sparse file (refused: a release needs none; make the archive without --sparse)")
 				break
 			}
-			err = x.file(hdr.Name, name, tr, mode, hdr.ModTime, hdr.Size)
+			if x.pos == nil {
+				err = x.file(hdr.Name, name, tr, mode, hdr.ModTime, hdr.Size)
+				break
+			}
+			e := &Entry{Name: name, Header: hdr, Offset: x.pos(), Mode: x.mode(mode, false)}
+			err = x.tarFile(hdr.Name, e, tr, mode)
 		case tar.TypeSymlink:
 			err = x.symlink(hdr.Name, name, hdr.Linkname)
 		case tar.TypeLink:
@@ -752,6 +793,30 @@ func (x *extractor) tar(tr *tar.Reader) error {
 			return err
 		}
 	}
+}
+
+// tarFile makes a regular file of a tar when Reuse or Made is set: linked
+// from what Reuse offers, else written.
+func (x *extractor) tarFile(orig string, e *Entry, tr io.Reader, mode fs.FileMode) error {
+	if x.opt.Reuse != nil {
+		if src := x.opt.Reuse(e); src != nil {
+			ok, err := x.reuse(orig, e.Name, src, e.Header.Size)
+			if ok && x.opt.Made != nil {
+				if st, serr := Stat(src); serr == nil {
+					x.opt.Made(e, st)
+				}
+			}
+			src.Close()
+			if ok || err != nil {
+				return err
+			}
+		}
+	}
+	if x.opt.Made != nil {
+		x.entry = e
+		defer func() { x.entry = nil }()
+	}
+	return x.file(orig, e.Name, tr, mode, e.Header.ModTime, e.Header.Size)
 }
 
 // sparsePAX tells a PAX sparse entry (GNU tar's formats 0.x and 1.0),

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/dropshipd/dropship/artifact"
 )
@@ -121,61 +123,210 @@ func (c *Cache) Size() int64 {
 // Stream returns the tar idx describes, read from the cache in order. At
 // its end it compares the tar's size and SHA-256 with the index's: a
 // mismatch is an error wrapping artifact.ErrCorrupt instead of io.EOF, so
-// nothing unpacked from it is taken for a release.
+// nothing unpacked from it is taken for a release. The chunks are read
+// and hashed by a goroutine of their own, a few blocks ahead, in blocks
+// of up to 512 KiB; Seek (forward only) skips bytes without copying them
+// out, hashed all the same, and WriteTo hands the blocks over as read.
 func (c *Cache) Stream(idx *Index) io.ReadCloser {
 	return &stream{c: c, idx: idx, h: sha256.New()}
 }
 
+const (
+	streamBlock = 512 << 10
+	streamAhead = 4
+)
+
+// mapBlocks: the stream maps chunk files where it can (tests turn it off
+// to read them).
+var mapBlocks = true
+
+type block struct {
+	b      []byte
+	buf    []byte // the buffer from free that b is, or (nil) the token that stands for b's mapping
+	mapped bool   // b is a mapping of the chunk file, unmapped once read
+	err    error  // the stream's end: io.EOF, or why it stopped
+}
+
 type stream struct {
-	c    *Cache
-	idx  *Index
-	i    int      // next chunk
-	f    *os.File // current chunk
-	left int64    // of the current chunk
-	h    hash.Hash
-	n    int64
-	err  error
+	c      *Cache
+	idx    *Index
+	h      hash.Hash // the reading goroutine's
+	n      int64     // read, by the reading goroutine
+	start  sync.Once
+	blocks chan block
+	free   chan []byte
+	done   chan struct{}
+	wg     sync.WaitGroup
+	cur    []byte // unread part of the current block
+	blk    block  // the current block: its buffer is returned to free once read
+	pos    int64
+	err    error
+	closed bool
+}
+
+func (s *stream) run() {
+	s.blocks = make(chan block, streamAhead)
+	s.free = make(chan []byte, streamAhead+1)
+	s.done = make(chan struct{})
+	for range streamAhead + 1 {
+		s.free <- nil // a buffer is made only where a block cannot be mapped
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		err := s.read()
+		if err == nil {
+			err = s.check()
+		}
+		if err == nil {
+			err = io.EOF
+		}
+		select {
+		case s.blocks <- block{err: err}:
+		case <-s.done:
+		}
+	}()
+}
+
+// read reads and hashes every chunk in order, handing the blocks over.
+func (s *stream) read() error {
+	var n int64
+	for i, ch := range s.idx.Chunks {
+		f, err := os.Open(s.c.path(ch.SHA256))
+		if err != nil {
+			return fmt.Errorf("%w: chunk %d (%.16s…) is not in the cache: %v", artifact.ErrCorrupt, i, ch.SHA256, err)
+		}
+		if fi, err := f.Stat(); err != nil || fi.Size() < ch.Size {
+			f.Close()
+			return fmt.Errorf("%w: chunk %d (%.16s…) in the cache is shorter than its size", artifact.ErrCorrupt, i, ch.SHA256)
+		}
+		left := ch.Size
+		for left > 0 {
+			var buf []byte
+			select {
+			case buf = <-s.free:
+			case <-s.done:
+				f.Close()
+				return io.ErrClosedPipe
+			}
+			want := min(streamBlock, left)
+			// Mapped, the bytes are hashed and skipped without a copy;
+			// read into the buffer where that cannot be done.
+			var k int
+			var err error
+			var b []byte
+			mapped := false
+			if mapBlocks {
+				b, mapped = mapBlock(f, ch.Size-left, int(want))
+			}
+			if mapped {
+				k = len(b)
+			} else {
+				if buf == nil {
+					buf = make([]byte, streamBlock)
+				}
+				b = buf[:want]
+				k, err = f.ReadAt(b, ch.Size-left)
+				b = b[:k]
+			}
+			s.h.Write(b)
+			n += int64(k)
+			left -= int64(k)
+			if k > 0 {
+				select {
+				case s.blocks <- block{b: b, buf: buf, mapped: mapped}:
+				case <-s.done:
+					if mapped {
+						unmapBlock(b)
+					}
+					f.Close()
+					return io.ErrClosedPipe
+				}
+			} else {
+				s.free <- buf
+			}
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				f.Close()
+				return fmt.Errorf("%w: chunk %d (%.16s…) in the cache is shorter than its size", artifact.ErrCorrupt, i, ch.SHA256)
+			}
+			if err != nil {
+				f.Close()
+				return err
+			}
+		}
+		f.Close()
+	}
+	s.n = n
+	return nil
+}
+
+// next makes the next block current; false at the end (s.err set).
+func (s *stream) next() bool {
+	if s.err != nil {
+		return false
+	}
+	s.start.Do(s.run)
+	s.release()
+	b := <-s.blocks
+	if b.err != nil {
+		s.err = b.err
+		return false
+	}
+	s.blk, s.cur = b, b.b
+	return true
 }
 
 func (s *stream) Read(p []byte) (int, error) {
-	for s.err == nil {
-		if s.f == nil {
-			if s.i == len(s.idx.Chunks) {
-				s.err = s.check()
-				if s.err == nil {
-					s.err = io.EOF
-				}
-				break
-			}
-			ch := s.idx.Chunks[s.i]
-			f, err := os.Open(s.c.path(ch.SHA256))
-			if err != nil {
-				s.err = fmt.Errorf("%w: chunk %d (%.16s…) is not in the cache: %v", artifact.ErrCorrupt, s.i, ch.SHA256, err)
-				break
-			}
-			s.f, s.left = f, ch.Size
-			s.i++
-		}
-		if int64(len(p)) > s.left {
-			p = p[:s.left]
-		}
-		n, err := s.f.Read(p)
-		s.h.Write(p[:n])
-		s.n += int64(n)
-		s.left -= int64(n)
-		if s.left == 0 {
-			s.f.Close()
-			s.f = nil
-		} else if err == io.EOF {
-			s.err = fmt.Errorf("%w: chunk %d (%.16s…) in the cache is shorter than its size", artifact.ErrCorrupt, s.i-1, s.idx.Chunks[s.i-1].SHA256)
-		} else if err != nil {
-			s.err = err
-		}
-		if n > 0 {
-			return n, nil
+	for len(s.cur) == 0 {
+		if !s.next() {
+			return 0, s.err
 		}
 	}
-	return 0, s.err
+	n := copy(p, s.cur)
+	s.cur = s.cur[n:]
+	s.pos += int64(n)
+	return n, nil
+}
+
+// Seek skips forward (whence io.SeekCurrent, off >= 0 only): the bytes
+// are read and hashed, not copied out.
+func (s *stream) Seek(off int64, whence int) (int64, error) {
+	if whence != io.SeekCurrent || off < 0 {
+		return s.pos, errors.New("chunk stream: seek forward only")
+	}
+	for off > 0 {
+		if len(s.cur) == 0 && !s.next() {
+			if s.err == io.EOF {
+				return s.pos, nil // the read that follows says it
+			}
+			return s.pos, s.err
+		}
+		k := min(off, int64(len(s.cur)))
+		s.cur = s.cur[k:]
+		s.pos += k
+		off -= k
+	}
+	return s.pos, nil
+}
+
+// WriteTo writes the rest of the stream to w, block by block.
+func (s *stream) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		if len(s.cur) == 0 && !s.next() {
+			if s.err == io.EOF {
+				return total, nil
+			}
+			return total, s.err
+		}
+		n, err := w.Write(s.cur)
+		s.cur = s.cur[n:]
+		s.pos += int64(n)
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+	}
 }
 
 func (s *stream) check() error {
@@ -186,13 +337,37 @@ func (s *stream) check() error {
 	return nil
 }
 
-// SHA256 is the hex SHA-256 of what was read so far.
-func (s *stream) SHA256() string { return hex.EncodeToString(s.h.Sum(nil)) }
+// release is done with the current block.
+func (s *stream) release() {
+	if s.blk.b == nil {
+		return
+	}
+	if s.blk.mapped {
+		unmapBlock(s.blk.b)
+	}
+	s.free <- s.blk.buf[:cap(s.blk.buf)]
+	s.blk, s.cur = block{}, nil
+}
 
 func (s *stream) Close() error {
-	if s.f != nil {
-		s.f.Close()
-		s.f = nil
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if s.done != nil {
+		close(s.done)
+		s.wg.Wait()
+		s.release()
+		for {
+			select {
+			case b := <-s.blocks:
+				s.blk = b
+				s.release()
+				continue
+			default:
+			}
+			break
+		}
 	}
 	if s.err == nil {
 		s.err = io.ErrClosedPipe
@@ -227,7 +402,7 @@ type Filler struct {
 	got    int64 // bytes of it seen
 	skip   bool  // current chunk: cached already, or over budget
 	tmp    *os.File
-	w      *bufio.Writer // to tmp: the tar reader reads headers 512 bytes at a time
+	w      *bufio.Writer // to tmp: the tar reader reads headers 512 bytes at a time; content of 32 KiB or more goes straight to the file, uncopied
 	done   []pending     // written, named at Commit
 	budget int64
 	off    bool
@@ -254,7 +429,7 @@ func (f *Filler) Write(p []byte) (int, error) {
 				}
 				f.tmp = t
 				if f.w == nil {
-					f.w = bufio.NewWriterSize(t, 256<<10)
+					f.w = bufio.NewWriterSize(t, 32<<10)
 				}
 				f.w.Reset(t)
 				f.budget -= ch.Size

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -95,4 +97,82 @@ func TestKeepBounds(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(c.Dir, "stale")); err == nil {
 		t.Fatal("a file of no chunk of the index stayed")
 	}
+}
+
+// The stream reads in blocks (mapped or read), skips forward by Seek and
+// hands the rest over by WriteTo: the bytes are the tar's wherever the
+// reads, skips and block ends fall, and what is skipped is hashed too.
+func TestStreamSeekAndWriteTo(t *testing.T) {
+	for _, mapped := range []bool{true, false} {
+		t.Run(fmt.Sprintf("mapped=%v", mapped), func(t *testing.T) {
+			defer func(m bool) { mapBlocks = m }(mapBlocks)
+			mapBlocks = mapped
+			testStreamSeekAndWriteTo(t)
+		})
+	}
+}
+
+func testStreamSeekAndWriteTo(t *testing.T) {
+	data := make([]byte, (1300+700+1024)<<10)
+	rand.NewChaCha8([32]byte{4}).Read(data)
+	idx := testIndex(data, 1300<<10, 700<<10, 1<<20)
+	write := func(c *Cache, change int) {
+		off := 0
+		for i, ch := range idx.Chunks {
+			b := append([]byte(nil), data[off:off+int(ch.Size)]...)
+			if i == change {
+				b[len(b)-3] ^= 1
+			}
+			os.WriteFile(c.path(ch.SHA256), b, 0o600)
+			off += int(ch.Size)
+		}
+	}
+	c := &Cache{Dir: t.TempDir(), Max: 1 << 30}
+	write(c, -1)
+	s := c.Stream(idx).(*stream)
+	var got bytes.Buffer
+	small := make([]byte, 512)
+	pos := 0
+	for _, skip := range []int{0, 100, 600 << 10, 1, 1 << 20} {
+		n, err := s.Read(small)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got.Write(small[:n])
+		pos += n
+		p, err := s.Seek(int64(skip), 1)
+		if err != nil || p != int64(pos+skip) {
+			t.Fatalf("seek %d from %d: %d, %v", skip, pos, p, err)
+		}
+		got.Write(data[pos : pos+skip]) // what was skipped, as the tar has it
+		pos += skip
+	}
+	if _, err := s.WriteTo(&got); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if !bytes.Equal(got.Bytes(), data) {
+		t.Fatal("the stream's bytes are not the tar's")
+	}
+
+	// A byte changed in a chunk the reader skips over entirely.
+	c2 := &Cache{Dir: t.TempDir(), Max: 1 << 30}
+	write(c2, 1)
+	s2 := c2.Stream(idx).(*stream)
+	s2.Read(small)
+	if _, err := s2.Seek(2<<20, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.WriteTo(io.Discard); err == nil {
+		t.Fatal("a changed chunk that was skipped was not caught")
+	}
+	s2.Close()
+
+	// A chunk file shorter than its size.
+	os.Truncate(c.path(idx.Chunks[2].SHA256), 1000)
+	s3 := c.Stream(idx)
+	if _, err := io.Copy(io.Discard, s3); err == nil {
+		t.Fatal("a short chunk file was taken")
+	}
+	s3.Close()
 }

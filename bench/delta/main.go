@@ -131,7 +131,7 @@ service "bench" {
 
 	var best, bestCPU struct{ first, delta, full time.Duration }
 	var deltaBytes, archiveBytes int64
-	fmt.Printf("\n(wall / CPU time)\n%-6s %-16s %-16s %-30s %-16s\n", "round", "full v1", "first v1", "delta v2 (fetched)", "full v2")
+	fmt.Printf("\n(wall / CPU time)\n%-6s %-16s %-16s %-30s %-16s\n", "round", "full v1", "first v1", "delta v2 (fetched, files linked)", "full v2")
 	for r := 1; r <= *rounds; r++ {
 		// Each install next to the one it is compared with, right after
 		// the same publish: v1 full then first; v2 delta then full.
@@ -169,7 +169,7 @@ service "bench" {
 		}
 		cFull2 := cpu
 		fmt.Printf("%-6d %-16s %-16s %-30s %-16s\n", r, wc(full1, cFull1), wc(first, cFirst),
-			fmt.Sprintf("%s (%.2f MiB)", wc(delta, cDelta), float64(fetched)/(1<<20)), wc(full2, cFull2))
+			fmt.Sprintf("%s (%.2f MiB, %s linked)", wc(delta, cDelta), float64(fetched)/(1<<20), linked), wc(full2, cFull2))
 		best.first, best.delta, best.full = minNZ(best.first, first), minNZ(best.delta, delta), minNZ(minNZ(best.full, full1), full2)
 		bestCPU.first, bestCPU.delta, bestCPU.full = minNZ(bestCPU.first, cFirst), minNZ(bestCPU.delta, cDelta), minNZ(minNZ(bestCPU.full, cFull1), cFull2)
 		deltaBytes, archiveBytes = fetched, size
@@ -196,7 +196,12 @@ func minNZ(a, b time.Duration) time.Duration {
 	return a
 }
 
-var fetchedRE = regexp.MustCompile(`format=chunks .*fetched_bytes=(\d+)`)
+var (
+	fetchedRE = regexp.MustCompile(`format=chunks .*fetched_bytes=(\d+)`)
+	linkedRE  = regexp.MustCompile(`format=chunks .*linked_files=(\d+)`)
+	// linked is the files the last delta linked from the current release.
+	linked string
+)
 
 // cpu is the CPU time (user and system) of the last install: on a
 // loaded machine it says more than the wall time.
@@ -225,6 +230,9 @@ func install(bin, cfg string) (time.Duration, int64, error) {
 	}
 	if m := fetchedRE.FindSubmatch(log); m != nil {
 		n, _ := strconv.ParseInt(string(m[1]), 10, 64)
+		if l := linkedRE.FindSubmatch(log); l != nil {
+			linked = string(l[1])
+		}
 		return wall, n, nil
 	}
 	return wall, -1, nil
