@@ -453,6 +453,9 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 		case strings.HasPrefix(rest, "nodes/"):
 			var n fleet.NodeStatus
 			if json.Unmarshal(kv.Value, &n) == nil {
+				// The key names the host (a host's token may write only
+				// its own): a body naming another is still its claim.
+				n.Node = strings.TrimPrefix(rest, "nodes/")
 				st.Nodes = append(st.Nodes, n)
 			}
 		case rest == "hold":
