@@ -171,7 +171,7 @@ func TestWatchThroughTheBake(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	health := &healthByHost{dead: map[string]bool{}}
+	health := &healthByHost{dead: map[string]bool{}, probes: map[string]int{}}
 	srv := &http.Server{Handler: health}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
