@@ -280,6 +280,9 @@ func (p *Fleet) Resume(ctx context.Context, service string) error {
 // Clear lifts the breaker of checksum; false if there was none. It notes
 // when, so that rollouts stop counting the failures from before.
 func (p *Fleet) Clear(ctx context.Context, service, checksum string) (bool, error) {
+	if err := p.signable(); err != nil {
+		return false, err // before the breaker goes: its clear would not count
+	}
 	ok, err := p.delete(ctx, fleet.FailedKey(p.Prefix, service)+checksum)
 	if err != nil || !ok {
 		return ok, err
