@@ -219,7 +219,7 @@ func TestAgentActsOnlyOnSignedOperatorRecords(t *testing.T) {
 		t.Errorf("fleet status with a signed hold:\n%s", out)
 	}
 	out, _, _ = run(t, "fleet", "log", "app", "-c", h.cfg)
-	if !strings.Contains(out, "hold     by alice (cli): signed") {
+	if !strings.Contains(out, "hold     by alice (cli on ops-desk): signed") {
 		t.Errorf("the audit log does not name the key as who:\n%s", out)
 	}
 

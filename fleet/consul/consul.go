@@ -695,7 +695,13 @@ func (p *Fleet) Log(ctx context.Context, service string, since uint64) ([]fleet.
 		if json.Unmarshal(kv.Value, &ev) != nil {
 			continue
 		}
-		ev.Index = kv.ModifyIndex
+		ev.Index, ev.Writer = kv.ModifyIndex, ""
+		// The folder names the writer (Record; an agent's token may
+		// write only its own): say so when the event names another.
+		if w, _, ok := strings.Cut(strings.TrimPrefix(kv.Key, fleet.AuditKey(p.Prefix, service)), "/"); ok &&
+			(w != keySafe(ev.Who) || ev.Node != "" && w != keySafe(ev.Node)) {
+			ev.Writer = w
+		}
 		out = append(out, ev)
 	}
 	// Consul's order, not the writers' clocks. Events are never changed

@@ -569,8 +569,8 @@ func clipStatus(st fleet.Status) fleet.Status {
 
 func clipEvent(ev fleet.Event) fleet.Event {
 	c := fleet.Clip
-	ev.Kind, ev.Who, ev.Via, ev.From, ev.Node, ev.Checksum, ev.Release, ev.Phase, ev.Detail =
-		c(ev.Kind), c(ev.Who), c(ev.Via), c(ev.From), c(ev.Node), c(ev.Checksum), c(ev.Release), c(ev.Phase), c(ev.Detail)
+	ev.Kind, ev.Who, ev.Via, ev.From, ev.Node, ev.Checksum, ev.Release, ev.Phase, ev.Detail, ev.Writer =
+		c(ev.Kind), c(ev.Who), c(ev.Via), c(ev.From), c(ev.Node), c(ev.Checksum), c(ev.Release), c(ev.Phase), c(ev.Detail), c(ev.Writer)
 	return ev
 }
 
