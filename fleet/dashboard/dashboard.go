@@ -231,12 +231,16 @@ func (s *Server) Run(ctx context.Context) error {
 			return i, err
 		}
 		if next := blocking.Next(i, n); next != i {
+			// The newest index replaces one not taken yet. Not a blocking
+			// receive: the refresh loop may take it between a full
+			// buffer seen and the receive, which would block this loop
+			// for good (the dashboard no longer following changes). Only
+			// this loop sends, so once drained the send cannot block.
 			select {
-			case wake <- next:
+			case <-wake:
 			default:
-				<-wake
-				wake <- next
 			}
+			wake <- next
 		}
 		return n, nil
 	})
