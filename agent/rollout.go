@@ -56,8 +56,9 @@ func (r *Runner) register(ctx context.Context, st *State, view fleet.Status) {
 		ns = *own
 		if own.Checksum != st.Checksum {
 			// What the record said is stale (a report that was lost):
-			// the install is as of now, and a bake counts from here.
-			ns.Result, ns.Time = "registered", r.now().UTC()
+			// the install is as of now, and a bake counts from here; the
+			// old record's watch was of another release.
+			ns.Result, ns.Time, ns.Watched = "registered", r.now().UTC(), 0
 		}
 		ns.Checksum, ns.Release = st.Checksum, st.Release
 	}

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -60,6 +61,7 @@ func (t *txn) watch(outer context.Context) error {
 		err  error
 	}
 	errs := make(chan failure, len(ws))
+	var continued atomic.Bool // a check failed, on_failure = "continue"
 	for _, w := range ws {
 		go func() {
 			err := w.w.Watch(ctx, ev, func(n int, err error) {
@@ -67,6 +69,7 @@ func (t *txn) watch(outer context.Context) error {
 			})
 			if err != nil && w.step.OnFailure == hooks.Continue {
 				t.logger.Warn("watch: check failed; on_failure = continue", "release", t.id, "check", w.step.Kind, "error", err)
+				continued.Store(true)
 				err = nil
 			}
 			errs <- failure{w.step.Kind, err}
@@ -80,6 +83,12 @@ func (t *txn) watch(outer context.Context) error {
 	if outer.Err() != nil {
 		t.logger.Warn("watch cut short; the release stays (it passed its checks at the switch)", "release", t.id,
 			"cause", context.Cause(outer))
+		return nil
+	}
+	if continued.Load() {
+		// The release stays, but was not seen healthy for the window (its
+		// check stopped at the failure): no watch served.
+		t.logger.Info("watch window closed after a check failed (on_failure = continue); the release stays", "release", t.id, "window", window)
 		return nil
 	}
 	t.logger.Info("watch window closed; the release stays", "release", t.id, "window", window)

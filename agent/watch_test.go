@@ -144,3 +144,26 @@ func BenchmarkWatchFlakyTwoMinutes(b *testing.B) {
 	b.ReportMetric(float64(rollbacks)/float64(b.N), "rollbacks/op")
 	b.ReportMetric(float64(failed)/float64(b.N), "failed-requests/op")
 }
+
+// A watch whose check failed, with on_failure = "continue", keeps the
+// release but is no watch served: the host does not report having
+// watched (a wave of such hosts has not served a bake), while a clean
+// watch reports its window.
+func TestWatchThatFailedDoesNotCountAsWatched(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		h    *health
+		want time.Duration
+	}{{"failing", &health{every: 1}, 0}, {"healthy", &health{}, time.Second}} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			r := watchedRunner(t, e, c.h, "1s", `on_failure = "continue"`)
+			e.publish("v2")
+			out := e.check(r, agent.ResultInstalled)
+			if e.current() != "v2" || out.Watched != c.want {
+				t.Fatalf("running %q, watched %v, want v2 and %v (%d of %d probes failed)", e.current(), out.Watched, c.want,
+					c.h.failures.Load(), c.h.calls.Load())
+			}
+		})
+	}
+}

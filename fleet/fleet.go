@@ -315,6 +315,11 @@ type Event struct {
 	Release  string    `json:"release,omitempty"`
 	Phase    string    `json:"phase,omitempty"`
 	Detail   string    `json:"detail,omitempty"` // a reason, or an error (clipped)
+	// Writer is the folder of the log the event was written in (the node
+	// name of its writer's config), set on read when it is not Who's or
+	// Node's: an operator's desk, the dashboard's host, or a host that
+	// wrote an event in another's name (its token may write only there).
+	Writer string `json:"writer,omitempty"`
 	// Index orders events as the store wrote them (Consul's modify
 	// index); set on read.
 	Index uint64 `json:"index,omitempty"`

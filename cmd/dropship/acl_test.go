@@ -21,7 +21,8 @@ import (
 type aclFleet struct {
 	*fleetRig
 	admin, agent *api.Client
-	ops          string // config with the operators' token
+	operator     *api.Client // with the operators' token
+	ops          string      // config with the operators' token
 }
 
 func newACLFleet(t *testing.T, lockExtra string) *aclFleet {
@@ -61,6 +62,9 @@ tokens { initial_management = %q } }`, root))
 	agentToken := token("agent", "--consul-node", consulNode)
 	opsToken := token("operator")
 	if f.agent, err = api.NewClient(&api.Config{Address: c.Addr, Token: agentToken}); err != nil {
+		t.Fatal(err)
+	}
+	if f.operator, err = api.NewClient(&api.Config{Address: c.Addr, Token: opsToken}); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := os.ReadFile(h.cfg)
@@ -182,8 +186,17 @@ func TestAgentActsOnlyOnSignedOperatorRecords(t *testing.T) {
 	f := newACLFleet(t, fmt.Sprintf("  operator_keys = { alice = %q }\n", key+".pub"))
 	h := f.hosts[0]
 
-	if out, errOut, code := run(t, "hold", "app", "--reason", "unsigned", "-c", f.ops); code != 0 {
-		t.Fatalf("hold: exit %d\n%s%s", code, out, errOut)
+	// The CLI refuses to write a hold the agents would ignore (it would
+	// look in force and stop nothing).
+	if out, errOut, code := run(t, "hold", "app", "--reason", "unsigned", "-c", f.ops); code == 0 || !strings.Contains(errOut, "--operator-key") {
+		t.Fatalf("an unsigned hold with operator_keys in the config: exit %d\n%s%s", code, out, errOut)
+	}
+	if out, _, _ := run(t, "fleet", "status", "app", "-c", h.cfg); strings.Contains(out, "IGNORED hold") || strings.Contains(out, "HOLD since") {
+		t.Fatalf("the refused hold was written:\n%s", out)
+	}
+	// The operators' token without a key (stolen) writes one anyway.
+	if _, err := f.operator.KV().Put(&api.KVPair{Key: fleet.HoldKey(f.prefix, "app"), Value: []byte(`{"reason":"unsigned","who":"alice"}`)}, nil); err != nil {
+		t.Fatal(err)
 	}
 	f.publish("v1", false)
 	if log := f.once(); h.version() != "v1" {
@@ -206,7 +219,7 @@ func TestAgentActsOnlyOnSignedOperatorRecords(t *testing.T) {
 		t.Errorf("fleet status with a signed hold:\n%s", out)
 	}
 	out, _, _ = run(t, "fleet", "log", "app", "-c", h.cfg)
-	if !strings.Contains(out, "hold     by alice (cli): signed") {
+	if !strings.Contains(out, "hold     by alice (cli on ops-desk): signed") {
 		t.Errorf("the audit log does not name the key as who:\n%s", out)
 	}
 

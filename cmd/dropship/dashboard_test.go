@@ -385,7 +385,7 @@ func TestDashboardInABrowser(t *testing.T) {
 		form.requestSubmit();
 	})()`, token), nil)
 	b.waitJS("the hold, live", `/ON HOLD/.test(document.getElementById("live").textContent) && /hold: done/.test(document.getElementById("action-result").textContent)`)
-	b.waitJS("the hold in the history", `[...document.querySelectorAll('tr[data-kind="hold"]')].some(r => /alice \(dashboard\)/.test(r.textContent))`)
+	b.waitJS("the hold in the history", `[...document.querySelectorAll('tr[data-kind="hold"]')].some(r => /alice \(dashboard on host-0\)/.test(r.textContent))`)
 
 	// The same history from the command line.
 	out, errOut, code := run(t, "fleet", "log", "app", "-c", f.hosts[0].cfg)
@@ -393,7 +393,7 @@ func TestDashboardInABrowser(t *testing.T) {
 		t.Fatalf("fleet log: %d %s", code, errOut)
 	}
 	t.Logf("fleet log app:\n%s", out)
-	for _, want := range []string{"install  on host-", "failure  on host-", "rollback on host-", "hold     by alice (dashboard): checking the bad release"} {
+	for _, want := range []string{"install  on host-", "failure  on host-", "rollback on host-", "hold     by alice (dashboard on host-0): checking the bad release"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("fleet log lacks %q:\n%s", want, out)
 		}

@@ -318,7 +318,10 @@ func printEvent(g *globals, ev fleet.Event) {
 		line += " in " + ev.Phase
 	}
 	line += " by " + orDash(ev.Who)
-	if ev.Via != "" {
+	switch {
+	case ev.Writer != "":
+		line += " (" + orDash(ev.Via) + " on " + ev.Writer + ")"
+	case ev.Via != "":
 		line += " (" + ev.Via + ")"
 	}
 	if ev.Detail != "" {

@@ -52,21 +52,20 @@ func run(t *testing.T, args ...string) (string, string, int) {
 	return runEnv(t, nil, args...)
 }
 
-// runEnv is run with the passphrase variable taken out of the
-// environment, and env (KEY=VALUE) added: a test passes the command its
+// runEnv is run with the passphrase and operator key variables taken out
+// of the environment (a developer's own must not sign or unlock anything
+// in a test), and env (KEY=VALUE) added: a test passes the command its
 // own environment rather than changing the process's, so that it can run
 // in parallel with others.
 func runEnv(t *testing.T, env []string, args ...string) (string, string, int) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
-	if env != nil {
-		for _, kv := range os.Environ() {
-			if !strings.HasPrefix(kv, passwordEnv+"=") {
-				cmd.Env = append(cmd.Env, kv)
-			}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, passwordEnv+"=") && !strings.HasPrefix(kv, operatorKeyEnv+"=") {
+			cmd.Env = append(cmd.Env, kv)
 		}
-		cmd.Env = append(cmd.Env, env...)
 	}
+	cmd.Env = append(cmd.Env, env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -220,5 +219,24 @@ func TestExamplesValidate(t *testing.T) {
 	}
 	if out, err := exec.Command("sh", "-n", "../../examples/nginx-cutover/cutover.sh").CombinedOutput(); err != nil {
 		t.Fatalf("cutover.sh: %v %s", err, out)
+	}
+}
+
+// The developer's own DROPSHIP_OPERATOR_KEY and DROPSHIP_KEY_PASSWORD (as
+// the README suggests exporting) do not reach the commands the tests run:
+// a hold would otherwise load that key, or fail on it. Not parallel: it
+// sets the process's environment.
+func TestCommandsRunWithoutTheDevelopersKeys(t *testing.T) {
+	t.Setenv(operatorKeyEnv, filepath.Join(t.TempDir(), "missing.key"))
+	t.Setenv(passwordEnv, "secret")
+	cfg := filepath.Join(t.TempDir(), "c.hcl")
+	testutil.WriteFile(t, cfg, []byte(`node_name = "t"
+lock "consul" {
+  address = "127.0.0.1:1"
+}
+`))
+	_, errOut, code := run(t, "hold", "app", "--reason", "r", "-c", cfg)
+	if code == 0 || strings.Contains(errOut, "operator key") {
+		t.Fatalf("hold with the developer's operator key in the environment: exit %d\n%s", code, errOut)
 	}
 }

@@ -412,7 +412,7 @@ func TestDashboardShowsARolloutInABrowser(t *testing.T) {
 	f.waitAll(f.hosts, "v1", 60*time.Second)
 	b.waitJS("every wave done, live",
 		`[...document.querySelectorAll('table.waves td.reason')].every(td => td.textContent === "done")`)
-	b.waitJS("the approval in the history", `[...document.querySelectorAll('tr[data-kind="approve"]')].some(r => /alice \(dashboard\)/.test(r.textContent) && /wave 2/.test(r.textContent))`)
+	b.waitJS("the approval in the history", `[...document.querySelectorAll('tr[data-kind="approve"]')].some(r => /alice \(dashboard on host-0\)/.test(r.textContent) && /wave 2/.test(r.textContent))`)
 }
 
 // prometheusServer is the package's Prometheus, once it has scraped

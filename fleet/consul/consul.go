@@ -280,6 +280,9 @@ func (p *Fleet) Resume(ctx context.Context, service string) error {
 // Clear lifts the breaker of checksum; false if there was none. It notes
 // when, so that rollouts stop counting the failures from before.
 func (p *Fleet) Clear(ctx context.Context, service, checksum string) (bool, error) {
+	if err := p.signable(); err != nil {
+		return false, err // before the breaker goes: its clear would not count
+	}
 	ok, err := p.delete(ctx, fleet.FailedKey(p.Prefix, service)+checksum)
 	if err != nil || !ok {
 		return ok, err
@@ -453,6 +456,9 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 		case strings.HasPrefix(rest, "nodes/"):
 			var n fleet.NodeStatus
 			if json.Unmarshal(kv.Value, &n) == nil {
+				// The key names the host (a host's token may write only
+				// its own): a body naming another is still its claim.
+				n.Node = strings.TrimPrefix(rest, "nodes/")
 				st.Nodes = append(st.Nodes, n)
 			}
 		case rest == "hold":
@@ -689,7 +695,13 @@ func (p *Fleet) Log(ctx context.Context, service string, since uint64) ([]fleet.
 		if json.Unmarshal(kv.Value, &ev) != nil {
 			continue
 		}
-		ev.Index = kv.ModifyIndex
+		ev.Index, ev.Writer = kv.ModifyIndex, ""
+		// The folder names the writer (Record; an agent's token may
+		// write only its own): say so when the event names another.
+		if w, _, ok := strings.Cut(strings.TrimPrefix(kv.Key, fleet.AuditKey(p.Prefix, service)), "/"); ok &&
+			(w != keySafe(ev.Who) || ev.Node != "" && w != keySafe(ev.Node)) {
+			ev.Writer = w
+		}
 		out = append(out, ev)
 	}
 	// Consul's order, not the writers' clocks. Events are never changed

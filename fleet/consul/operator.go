@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -75,9 +76,34 @@ func actionOf(rel string) string {
 	return ""
 }
 
+// ErrUnsigned: a record the agents would ignore (they list
+// operator_keys, and the writer has no key, or one not among them).
+var ErrUnsigned = errors.New("not signed by one of this config's operator_keys")
+
+// signable says whether a record this Fleet writes would be acted on:
+// with operator_keys in the config, only one signed by one of them is, so
+// an unsigned write (a hold in an incident) would look done and do
+// nothing. Without operator_keys the config cannot tell.
+func (p *Fleet) signable() error {
+	if len(p.OperatorKeys) == 0 {
+		return nil
+	}
+	if p.Signer == nil {
+		return fmt.Errorf("%w: agents with operator_keys would ignore it; sign it with --operator-key (or $DROPSHIP_OPERATOR_KEY)", ErrUnsigned)
+	}
+	if p.OperatorKeyName(p.Signer.Key.ID()) == "" {
+		return fmt.Errorf("%w: the operator key (id %016X) is not among them, and agents that list theirs would ignore it", ErrUnsigned, p.Signer.Key.ID())
+	}
+	return nil
+}
+
 // putOperator writes an operator's record v at key, signed when p has a
-// Signer. Unsigned, it is a plain write, as before operator keys.
+// Signer. Unsigned, it is a plain write, as before operator keys; it is
+// refused when the config lists operator_keys (signable).
 func (p *Fleet) putOperator(ctx context.Context, service, key string, v any) error {
+	if err := p.signable(); err != nil {
+		return err
+	}
 	if p.Signer == nil {
 		return p.put(ctx, key, v)
 	}

@@ -3,6 +3,7 @@ package consul
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -180,5 +181,52 @@ func TestOperatorKeysConfig(t *testing.T) {
 	_, diags = decode("operator_keys = { mallory = \"nonsense\" }\n")
 	if !diags.HasErrors() || !strings.Contains(diags.Error(), "Invalid operator key") || !strings.Contains(diags.Error(), "mallory") {
 		t.Fatalf("a bad key: %v", diags)
+	}
+}
+
+// A config that lists operator_keys writes only records the agents would
+// act on: without a key, or with one not among them, hold, freeze, pin,
+// approve and clear are refused (an unsigned hold in an incident would
+// look in force and stop nothing), and clear leaves the breaker as it is.
+func TestUnsignedWritesRefusedWithOperatorKeys(t *testing.T) {
+	ctx := context.Background()
+	pub, priv := operatorKey(t)
+	_, otherPriv := operatorKey(t)
+	for name, signer := range map[string]*Signer{"no key": nil, "another key": {Key: otherPriv, Name: "eve"}} {
+		p := newFleet(t, "ops-desk")
+		p.OperatorKeys = []OperatorKey{{Name: "alice", Key: pub}}
+		p.Signer = signer
+		if err := p.Trip(ctx, "app", fleet.Breaker{Checksum: "abc"}); err != nil {
+			t.Fatal(err)
+		}
+		errs := map[string]error{
+			"hold":    p.Hold(ctx, "app", fleet.Hold{Reason: "r"}),
+			"freeze":  p.SetFreeze(ctx, "app", &fleet.Freeze{Reason: "r"}),
+			"approve": p.Approve(ctx, "app", fleet.Approval{Checksum: "abc", Wave: "1"}),
+		}
+		_, errs["pin"] = p.SetPin(ctx, "app", "web-*", &fleet.Pin{Target: "old"})
+		_, errs["clear"] = p.Clear(ctx, "app", "abc")
+		for what, err := range errs {
+			if !errors.Is(err, ErrUnsigned) {
+				t.Errorf("%s: %s with operator_keys: %v, want refused", name, what, err)
+			}
+		}
+		st, err := p.Status(ctx, "app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Hold != nil || st.Freeze != nil || len(st.Pins)+len(st.Approvals)+len(st.Ignored)+len(st.Cleared) != 0 || len(st.Breakers) != 1 {
+			t.Errorf("%s: refused writes left records: %+v", name, st)
+		}
+	}
+	// Signed by a listed key, it is written.
+	p := newFleet(t, "ops-desk")
+	p.OperatorKeys = []OperatorKey{{Name: "alice", Key: pub}}
+	p.Signer = &Signer{Key: priv, Name: "alice"}
+	if err := p.Hold(ctx, "app", fleet.Hold{Reason: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	if why, err := p.Blocked(ctx, "app", "abc"); err != nil || !strings.Contains(why, "by alice") {
+		t.Errorf("a hold signed by alice: %q, %v", why, err)
 	}
 }

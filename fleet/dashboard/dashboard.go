@@ -231,12 +231,16 @@ func (s *Server) Run(ctx context.Context) error {
 			return i, err
 		}
 		if next := blocking.Next(i, n); next != i {
+			// The newest index replaces one not taken yet. Not a blocking
+			// receive: the refresh loop may take it between a full
+			// buffer seen and the receive, which would block this loop
+			// for good (the dashboard no longer following changes). Only
+			// this loop sends, so once drained the send cannot block.
 			select {
-			case wake <- next:
+			case <-wake:
 			default:
-				<-wake
-				wake <- next
 			}
+			wake <- next
 		}
 		return n, nil
 	})
@@ -569,8 +573,8 @@ func clipStatus(st fleet.Status) fleet.Status {
 
 func clipEvent(ev fleet.Event) fleet.Event {
 	c := fleet.Clip
-	ev.Kind, ev.Who, ev.Via, ev.From, ev.Node, ev.Checksum, ev.Release, ev.Phase, ev.Detail =
-		c(ev.Kind), c(ev.Who), c(ev.Via), c(ev.From), c(ev.Node), c(ev.Checksum), c(ev.Release), c(ev.Phase), c(ev.Detail)
+	ev.Kind, ev.Who, ev.Via, ev.From, ev.Node, ev.Checksum, ev.Release, ev.Phase, ev.Detail, ev.Writer =
+		c(ev.Kind), c(ev.Who), c(ev.Via), c(ev.From), c(ev.Node), c(ev.Checksum), c(ev.Release), c(ev.Phase), c(ev.Detail), c(ev.Writer)
 	return ev
 }
 
