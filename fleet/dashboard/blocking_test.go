@@ -195,7 +195,13 @@ func TestConsulDownIsOneWarningAndBackoff(t *testing.T) {
 	read(t, s, waits, timeout) // up
 	c.down()
 	var longest time.Duration
-	for i := 0; i < 24; {
+	// 24 waits for the back-off to grow, and until both readers met the
+	// outage: one loop's waits can all come before the other's cancelled
+	// query has come back as an error.
+	warned := func() bool {
+		return log.count("could not read the audit log") >= 1 && log.count("could not read the fleet") >= 1
+	}
+	for i := 0; i < 24 || !warned(); {
 		select {
 		case d := <-waits:
 			if d > 30*time.Second {
@@ -209,6 +215,9 @@ func TestConsulDownIsOneWarningAndBackoff(t *testing.T) {
 		}
 		if n := log.count("could not read the audit log"); n > 1 {
 			t.Fatalf("%d warnings for one outage of the audit log:\n%s", n, log.buf.String())
+		}
+		if n := log.count("could not read the fleet"); n > 1 {
+			t.Fatalf("%d warnings for one outage of the watch:\n%s", n, log.buf.String())
 		}
 	}
 	if longest < 8*time.Second {
