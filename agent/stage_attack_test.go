@@ -1,0 +1,113 @@
+package agent_test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dropshipd/dropship/agent"
+)
+
+// A release staged while the application deferred it is not installed
+// once a release signed later has been installed here meanwhile (by
+// another process: `dropship agent --once`): put back in the store, the
+// staged release's bytes are a replay, refused as they would be if they
+// had not been staged.
+func TestStagedReleaseOlderThanTheNewestInstalledIsNotInstalled(t *testing.T) {
+	ci := newSigner(t)
+	e := newEnv(t)
+	lock := filepath.Join(e.dir, "busy.lock")
+	keys := keysConfig(e, []signer{ci})
+	a := e.runner(e.deferConfig(&recordingFleet{}, fmt.Sprintf(`defer {
+    lock_file = %q
+    interval  = "100ms"
+  }
+  %s`, lock, keys)))
+	now := time.Now().UTC().Truncate(time.Second)
+	e.publish("v1")
+	ci.signedAt(e, now.Add(-3*time.Minute))
+	e.check(a, agent.ResultInstalled)
+
+	release := holdLock(t, lock)
+	e.publish("v2")
+	v2, v2sig := ci.signedAt(e, now.Add(-2*time.Minute))
+	e.check(a, agent.ResultDeferred)
+	if len(e.staging()) != 1 {
+		t.Fatalf("v2 not staged: %v", e.staging())
+	}
+
+	// Another process installs v3, signed later, while v2 waits staged
+	// (the staged directory stays: it belongs to the running agent).
+	e.publish("v3")
+	ci.signedAt(e, now.Add(-time.Minute))
+	b := e.runner(e.config(keys))
+	e.check(b, agent.ResultInstalled)
+	if e.current() != "v3" {
+		t.Fatalf("running %q", e.current())
+	}
+
+	// v2 put back in the store, with its signature.
+	os.WriteFile(e.store, v2, 0o644)
+	os.WriteFile(e.store+".minisig", v2sig, 0o644)
+	later := time.Now().Add(time.Second)
+	os.Chtimes(e.store, later, later)
+	release()
+	out := a.Check(t.Context())
+	if e.current() != "v3" || out.Result == agent.ResultInstalled {
+		t.Fatalf("the staged v2 was installed over v3 signed later: %s (phase %s, err %v), running %q", out.Result, out.Phase, out.Err, e.current())
+	}
+	if out.Result != agent.ResultFailed || out.Phase != agent.PhaseSignature || !strings.Contains(out.Err.Error(), "replayed") {
+		t.Fatalf("v2 put back: %s (phase %s, err %v), want a refused replay", out.Result, out.Phase, out.Err)
+	}
+}
+
+// Another process (`dropship rollback`, `dropship agent --once`) removes
+// what it finds under staging/ when it starts, a release the running
+// agent staged included. A removal that stops part way (the process
+// killed, a file that cannot be removed) must not leave a release the
+// agent then installs with files missing: the staged release is
+// installed whole, fetched again, or not at all.
+func TestStagedReleasePartlyRemovedByAnotherProcessIsNotInstalled(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (chattr +i)")
+	}
+	e := newEnv(t)
+	lock := filepath.Join(e.dir, "busy.lock")
+	a := e.runner(e.deferConfig(&recordingFleet{}, fmt.Sprintf(`defer {
+    lock_file = %q
+    interval  = "100ms"
+  }`, lock)))
+	e.publish("v1")
+	e.check(a, agent.ResultInstalled)
+	release := holdLock(t, lock)
+	e.publish("v2")
+	e.check(a, agent.ResultDeferred)
+	staged := e.staging()
+	if len(staged) != 1 {
+		t.Fatalf("v2 not staged: %v", staged)
+	}
+	// A file the removal cannot take: it stops there, the rest removed.
+	stuck := filepath.Join(e.state, "app", "staging", staged[0], "bin", "run")
+	if out, err := exec.Command("chattr", "+i", stuck).CombinedOutput(); err != nil {
+		t.Skipf("chattr: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("chattr", "-R", "-i", filepath.Join(e.state, "app", "staging")).Run() })
+	b := e.runner(e.config(""))
+	if out := b.Check(t.Context()); out.Result != agent.ResultError {
+		t.Fatalf("another process's start with a file it cannot remove: %s (err %v)", out.Result, out.Err)
+	}
+	exec.Command("chattr", "-R", "-i", filepath.Join(e.state, "app", "staging")).Run()
+
+	release()
+	out := a.Check(t.Context())
+	if e.current() == "v1" && out.Result != agent.ResultInstalled {
+		return // not installed: the partial release was not taken
+	}
+	if e.current() != "v2" {
+		t.Fatalf("installed a partly removed staged release: %s (err %v), VERSION %q", out.Result, out.Err, e.current())
+	}
+}
