@@ -111,3 +111,48 @@ func TestStagedReleasePartlyRemovedByAnotherProcessIsNotInstalled(t *testing.T) 
 		t.Fatalf("installed a partly removed staged release: %s (err %v), VERSION %q", out.Result, out.Err, e.current())
 	}
 }
+
+// A staged delta links the unchanged files of the current release: they
+// are the running release's inodes. The application writing one of them
+// while the staged release waits for its slot (a normal write: its
+// modification time changes) must not carry the write into the release
+// installed: what is installed is the signed tar's bytes.
+func TestStagedDeltaDoesNotInstallAFileTheApplicationWroteSince(t *testing.T) {
+	e := newEnv(t)
+	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
+	lock := filepath.Join(e.dir, "busy.lock")
+	a := e.runner(e.deferConfig(&recordingFleet{}, fmt.Sprintf(`defer {
+    lock_file = %q
+    interval  = "100ms"
+  }`, lock)))
+	e.publishChunked("v1", 0)
+	e.check(a, agent.ResultInstalled)
+	running := e.releasePath("bin/part06")
+
+	release := holdLock(t, lock)
+	e.publishChunked("v2", 1)
+	e.check(a, agent.ResultDeferred)
+	if len(e.staging()) != 1 {
+		t.Fatalf("v2 not staged: %v", e.staging())
+	}
+	staged := filepath.Join(e.state, "app", "staging", e.staging()[0], "bin", "part06")
+	if inode(t, staged) != inode(t, running) {
+		t.Fatal("bin/part06, unchanged, was not linked from the running release")
+	}
+	// The application writes its file in place.
+	f, err := os.OpenFile(running, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("written by the application"), 0)
+	f.Close()
+	later := time.Now().Add(time.Second)
+	os.Chtimes(running, later, later)
+
+	release()
+	e.check(a, agent.ResultInstalled)
+	if e.current() != "v2" {
+		t.Fatalf("installed %q", e.current())
+	}
+	e.checkParts(1)
+}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/archive"
+	"github.com/dropshipd/dropship/artifact/chunks"
 	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/hooks"
@@ -88,6 +89,9 @@ type txn struct {
 
 	// staged: the ahead steps (download, verify, unpack) are done.
 	staged bool
+	// files: the record of the files the unpack made, when it had a
+	// chunk index (a staged release is checked against it at its switch).
+	files *chunks.Files
 }
 
 // digests are what the verifier computed over the bytes it passed on.
