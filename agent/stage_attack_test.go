@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dropshipd/dropship/agent"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 // A release staged while the application deferred it is not installed
@@ -155,4 +156,35 @@ func TestStagedDeltaDoesNotInstallAFileTheApplicationWroteSince(t *testing.T) {
 		t.Fatalf("installed %q", e.current())
 	}
 	e.checkParts(1)
+}
+
+// A host whose disk is full while it stages a release fails on its own:
+// the release is not refused for the fleet (the breaker is not tripped).
+func TestFullDiskWhileStagingDoesNotTripTheBreaker(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (mounts a small tmpfs)")
+	}
+	e := newEnv(t)
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=64", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("mount: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	e.state = mnt
+	ff := &recordingFleet{}
+	a := e.runner(e.deferConfig(ff, ""))
+	e.publish("v1")
+	e.check(a, agent.ResultInstalled)
+	var many []testutil.File
+	for i := range 80 {
+		many = append(many, testutil.File{Name: fmt.Sprintf("lib/f%02d", i), Body: "x"})
+	}
+	e.publish("v2", many...)
+	out := e.check(a, agent.ResultFailed)
+	if !strings.Contains(out.Err.Error(), "no space left") {
+		t.Fatalf("failed with %v", out.Err)
+	}
+	if len(ff.trips) != 0 {
+		t.Fatalf("a full disk on one host tripped the fleet's breaker: %+v", ff.trips)
+	}
 }
