@@ -188,3 +188,31 @@ func TestFullDiskWhileStagingDoesNotTripTheBreaker(t *testing.T) {
 		t.Fatalf("a full disk on one host tripped the fleet's breaker: %+v", ff.trips)
 	}
 }
+
+// staging/ made world-searchable by an early version is closed before a
+// release is staged in it: the release waits there for its slot, its
+// files owned by the service's user when owner is set.
+func TestStagingIsClosedBeforeAReleaseWaitsThere(t *testing.T) {
+	e := newEnv(t)
+	staging := filepath.Join(e.state, "app", "staging")
+	os.MkdirAll(staging, 0o755)
+	os.Chmod(staging, 0o755)
+	lock := filepath.Join(e.dir, "busy.lock")
+	a := e.runner(e.deferConfig(&recordingFleet{}, fmt.Sprintf(`defer {
+    lock_file = %q
+    interval  = "100ms"
+  }`, lock)))
+	e.publish("v1")
+	e.check(a, agent.ResultInstalled)
+	release := holdLock(t, lock)
+	defer release()
+	e.publish("v2")
+	e.check(a, agent.ResultDeferred)
+	fi, err := os.Stat(staging)
+	if err != nil || len(e.staging()) != 1 {
+		t.Fatalf("v2 not staged: %v %v", e.staging(), err)
+	}
+	if m := fi.Mode().Perm(); m != 0o700 {
+		t.Fatalf("a release waits staged in a staging/ of mode %v", m)
+	}
+}

@@ -217,6 +217,12 @@ func (t *txn) preflight(context.Context) error {
 	if err := os.MkdirAll(r.lay.staging(), 0o700); err != nil {
 		return fmt.Errorf("preflight: %w", err)
 	}
+	// Made 0755 by early versions: a release staged there, its files
+	// the service user's (owner), waits for its slot where that user
+	// could change it.
+	if err := os.Chmod(r.lay.staging(), 0o700); err != nil {
+		return fmt.Errorf("preflight: %w", err)
+	}
 	if r.svc.DiskFactor <= 0 || t.info.Size <= 0 {
 		return nil
 	}
