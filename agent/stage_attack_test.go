@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -214,5 +215,35 @@ func TestStagingIsClosedBeforeAReleaseWaitsThere(t *testing.T) {
 	}
 	if m := fi.Mode().Perm(); m != 0o700 {
 		t.Fatalf("a release waits staged in a staging/ of mode %v", m)
+	}
+}
+
+// Two services with one destination would each install into, link from
+// and switch back to what the other made: the config is refused, naming
+// both.
+func TestTwoServicesWithOneDestinationRefused(t *testing.T) {
+	e := newEnv(t)
+	src := fmt.Sprintf(`
+state_path = %q
+service "app" {
+  artifact "file" {
+    path        = %q
+    destination = %q
+  }
+}
+service "other" {
+  artifact "file" {
+    path        = %q
+    destination = "%s/"
+  }
+}
+`, e.state, e.store, e.dest, e.store, e.dest)
+	path := filepath.Join(e.dir, "two.hcl")
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, diags := agent.Load(path, registry(), slog.New(slog.DiscardHandler))
+	if !diags.HasErrors() || !strings.Contains(diags.Error(), `"app"`) || !strings.Contains(diags.Error(), `"other"`) {
+		t.Fatalf("diags = %v", diags)
 	}
 }
