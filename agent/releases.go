@@ -172,7 +172,15 @@ func (l layout) recoverDisk(logger *slog.Logger) error {
 		// whole).
 		if !strings.HasPrefix(e.Name(), removingPrefix) {
 			gone := filepath.Join(l.staging(), removingPrefix+e.Name())
-			if err := os.Rename(p, gone); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			err := os.Rename(p, gone)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				// What an earlier removal left under that name first.
+				if err := os.RemoveAll(gone); err != nil {
+					return fmt.Errorf("clean staging: %w", err)
+				}
+				err = os.Rename(p, gone)
+			}
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("clean staging: %w", err)
 			}
 			p = gone
