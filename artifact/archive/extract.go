@@ -129,12 +129,20 @@ func (e *EntryError) Unwrap() error { return ErrRefused }
 // quota, an I/O error, a read-only mount, no descriptor left): those are
 // not the archive's fault and are no refusal.
 func refuseFS(name string, err error) error {
-	for _, e := range []error{syscall.ENOSPC, syscall.EDQUOT, syscall.EIO, syscall.EROFS, syscall.EMFILE, syscall.ENFILE, syscall.ENOMEM} {
-		if errors.Is(err, e) {
-			return fmt.Errorf("make %q: %w", name, err)
-		}
+	if hostFS(err) {
+		return fmt.Errorf("make %q: %w", name, err)
 	}
 	return refuse(name, "%v", err)
+}
+
+// hostFS says whether err is the host's file system's own failure.
+func hostFS(err error) bool {
+	for _, e := range []error{syscall.ENOSPC, syscall.EDQUOT, syscall.EIO, syscall.EROFS, syscall.EMFILE, syscall.ENFILE, syscall.ENOMEM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 func refuse(name, format string, args ...any) error {
@@ -440,6 +448,9 @@ func (x *extractor) parentsOf(orig, name string) error {
 			return err
 		}
 		if err := x.root.MkdirAll(dir, 0o755); err != nil {
+			if hostFS(err) {
+				return fmt.Errorf("make the directory of %q: %w", orig, err)
+			}
 			return refuse(orig, "cannot create its directory: %v", err)
 		}
 		// Made here, and never replaced (a directory is never replaced

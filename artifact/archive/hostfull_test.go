@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -30,18 +31,22 @@ func TestNoRoomOnTheHostIsNotARefusedArchive(t *testing.T) {
 	for i := range 10 {
 		files = append(files, dir(fmt.Sprintf("d%02d", i)), file(fmt.Sprintf("d%02d/f", i), "x"))
 	}
-	data := makeTar(t, files...)
-	for _, reuse := range []bool{false, true} {
-		dest := filepath.Join(mnt, fmt.Sprint(reuse))
-		os.Mkdir(dest, 0o755)
-		opt := archive.Options{UID: -1, GID: -1}
-		if reuse {
-			opt.Made = func(*archive.Entry, archive.FileStat) {}
+	// A file whose directories, more than the inodes left, the tar does
+	// not list.
+	implied := []entry{file(strings.Repeat("d/", 20)+"f", "x")}
+	for i, data := range [][]byte{makeTar(t, files...), makeTar(t, implied...)} {
+		for _, reuse := range []bool{false, true} {
+			dest := filepath.Join(mnt, fmt.Sprint(i, reuse))
+			os.Mkdir(dest, 0o755)
+			opt := archive.Options{UID: -1, GID: -1}
+			if reuse {
+				opt.Made = func(*archive.Entry, archive.FileStat) {}
+			}
+			_, err := archive.Extract(context.Background(), bytes.NewReader(data), dest, opt)
+			if err == nil || errors.Is(err, archive.ErrRefused) || !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("tar %d made with Made %v on a full file system: %v (refused: %v)", i, reuse, err, errors.Is(err, archive.ErrRefused))
+			}
+			os.RemoveAll(dest)
 		}
-		_, err := archive.Extract(context.Background(), bytes.NewReader(data), dest, opt)
-		if err == nil || errors.Is(err, archive.ErrRefused) || !errors.Is(err, syscall.ENOSPC) {
-			t.Fatalf("made with Made %v on a full file system: %v (refused: %v)", reuse, err, errors.Is(err, archive.ErrRefused))
-		}
-		os.RemoveAll(dest)
 	}
 }
