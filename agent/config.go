@@ -197,6 +197,7 @@ type decoder struct {
 	stores    *artifact.Stores
 	logger    *slog.Logger
 	seen      map[string]hcl.Range
+	dests     map[string]string // destination: the service switching it
 }
 
 func (d *decoder) services(cfg *Config, file string, blocks []serviceBlock) hcl.Diagnostics {
@@ -212,6 +213,18 @@ func (d *decoder) services(cfg *Config, file string, blocks []serviceBlock) hcl.
 		s, ds := d.service(file, b)
 		diags = append(diags, ds...)
 		if !ds.HasErrors() {
+			// Two services switching one destination would each install
+			// into, link from and roll back to what the other made.
+			dest := filepath.Clean(s.Destination)
+			if other, dup := d.dests[dest]; dup {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Destination of two services",
+					Detail: fmt.Sprintf("service %q has destination %q, as service %q does: a destination is one service's.", b.Name, s.Destination, other), Subject: &rng})
+				continue
+			}
+			if d.dests == nil {
+				d.dests = map[string]string{}
+			}
+			d.dests[dest] = b.Name
 			cfg.Services = append(cfg.Services, s)
 		}
 	}

@@ -256,6 +256,7 @@ func (d *delta) saveFiles() {
 	if d.files == nil {
 		return
 	}
+	d.t.files = d.files
 	if err := d.files.Save(d.filesPath()); err != nil {
 		d.t.logger.Warn("chunk cache: cannot record the release's files; the next delta writes them all", "error", err)
 	}

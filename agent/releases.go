@@ -154,6 +154,9 @@ func (l layout) promote(stage, id string) error {
 // recoverDisk removes what an interrupted update left: staging (partial
 // downloads and unpacks) and a half-made switch symlink. Destination
 // itself is always whole: it is only ever replaced by rename.
+// removingPrefix names what recoverDisk is removing under staging/.
+const removingPrefix = ".removing-"
+
 func (l layout) recoverDisk(logger *slog.Logger) error {
 	entries, err := os.ReadDir(l.staging())
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -162,6 +165,26 @@ func (l layout) recoverDisk(logger *slog.Logger) error {
 	for _, e := range entries {
 		p := filepath.Join(l.staging(), e.Name())
 		logger.Info("removing leftover of an interrupted update", "path", p)
+		// Renamed first: a removal that stops part way (this process
+		// killed, a file that cannot be removed) leaves no half release
+		// under the name a running agent staged it as, which that agent
+		// would install (it takes a staged directory still there for
+		// whole).
+		if !strings.HasPrefix(e.Name(), removingPrefix) {
+			gone := filepath.Join(l.staging(), removingPrefix+e.Name())
+			err := os.Rename(p, gone)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				// What an earlier removal left under that name first.
+				if err := os.RemoveAll(gone); err != nil {
+					return fmt.Errorf("clean staging: %w", err)
+				}
+				err = os.Rename(p, gone)
+			}
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("clean staging: %w", err)
+			}
+			p = gone
+		}
 		if err := os.RemoveAll(p); err != nil {
 			return fmt.Errorf("clean staging: %w", err)
 		}

@@ -86,6 +86,15 @@ func (r *Runner) takeStaged(st *State, info artifact.Info, lost <-chan struct{})
 		r.dropStaged("the artifact changed while the host waited")
 		return nil
 	}
+	// A delta linked the unchanged files of the current release: its
+	// application may have written them since. The release is what its
+	// tar made, or it is unpacked again.
+	if s.files != nil {
+		if err := s.files.Check(s.stage); err != nil {
+			r.dropStaged(err.Error())
+			return nil
+		}
+	}
 	r.staged = nil
 	r.setStaged("")
 	// The state and the current release may have moved since staging
@@ -96,7 +105,7 @@ func (r *Runner) takeStaged(st *State, info artifact.Info, lost <-chan struct{})
 	t.ev.Release, t.ev.ReleaseDir = s.id, r.lay.releaseDir(s.id)
 	t.sums, t.pending, t.claims, t.verified = s.sums, s.pending, s.claims, s.verified
 	t.undo = s.undo // removes the staged release; closes the chunk cache's filler
-	t.staged = true
+	t.staged, t.files = true, s.files
 	return t
 }
 

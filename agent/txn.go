@@ -18,6 +18,7 @@ import (
 
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/archive"
+	"github.com/dropshipd/dropship/artifact/chunks"
 	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/hooks"
@@ -88,6 +89,9 @@ type txn struct {
 
 	// staged: the ahead steps (download, verify, unpack) are done.
 	staged bool
+	// files: the record of the files the unpack made, when it had a
+	// chunk index (a staged release is checked against it at its switch).
+	files *chunks.Files
 }
 
 // digests are what the verifier computed over the bytes it passed on.
@@ -211,6 +215,12 @@ func (t *txn) stillOurs(ctx context.Context) error {
 func (t *txn) preflight(context.Context) error {
 	r := t.r
 	if err := os.MkdirAll(r.lay.staging(), 0o700); err != nil {
+		return fmt.Errorf("preflight: %w", err)
+	}
+	// Made 0755 by early versions: a release staged there, its files
+	// the service user's (owner), waits for its slot where that user
+	// could change it.
+	if err := os.Chmod(r.lay.staging(), 0o700); err != nil {
 		return fmt.Errorf("preflight: %w", err)
 	}
 	if r.svc.DiskFactor <= 0 || t.info.Size <= 0 {

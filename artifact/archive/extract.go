@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/klauspost/compress/gzip"
@@ -122,6 +123,27 @@ func (e *EntryError) Error() string {
 	return fmt.Sprintf("archive refused: entry %q: %s", name, e.Reason)
 }
 func (e *EntryError) Unwrap() error { return ErrRefused }
+
+// refuseFS refuses an entry the file system would not make, unless the
+// file system failed for reasons of the host's own (no room, no inode, a
+// quota, an I/O error, a read-only mount, no descriptor left): those are
+// not the archive's fault and are no refusal.
+func refuseFS(name string, err error) error {
+	if hostFS(err) {
+		return fmt.Errorf("make %q: %w", name, err)
+	}
+	return refuse(name, "%v", err)
+}
+
+// hostFS says whether err is the host's file system's own failure.
+func hostFS(err error) bool {
+	for _, e := range []error{syscall.ENOSPC, syscall.EDQUOT, syscall.EIO, syscall.EROFS, syscall.EMFILE, syscall.ENFILE, syscall.ENOMEM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
 
 func refuse(name, format string, args ...any) error {
 	return &EntryError{Entry: name, Reason: fmt.Sprintf(format, args...)}
@@ -426,6 +448,9 @@ func (x *extractor) parentsOf(orig, name string) error {
 			return err
 		}
 		if err := x.root.MkdirAll(dir, 0o755); err != nil {
+			if hostFS(err) {
+				return fmt.Errorf("make the directory of %q: %w", orig, err)
+			}
 			return refuse(orig, "cannot create its directory: %v", err)
 		}
 		// Made here, and never replaced (a directory is never replaced
@@ -445,7 +470,7 @@ func (x *extractor) clear(orig, name string, isDir bool) error {
 		return nil
 	}
 	if err != nil {
-		return refuse(orig, "%v", err)
+		return refuseFS(orig, err)
 	}
 	switch {
 	case fi.IsDir() && isDir:
@@ -517,7 +542,7 @@ func (x *extractor) dir(orig, name string, m fs.FileMode, mtime time.Time) error
 		return err
 	}
 	if err := x.root.Mkdir(name, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-		return refuse(orig, "%v", err)
+		return refuseFS(orig, err)
 	}
 	x.made[name] = true
 	x.dirs = append(x.dirs, dirMeta{name, x.mode(m, true), mtime})
@@ -548,7 +573,7 @@ func (x *extractor) file(orig, name string, r io.Reader, m fs.FileMode, mtime ti
 		f, err = x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	}
 	if err != nil {
-		return refuse(orig, "%v", err)
+		return refuseFS(orig, err)
 	}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
@@ -698,7 +723,7 @@ func (x *extractor) symlink(orig, name, target string) error {
 		return err
 	}
 	if err := x.root.Symlink(target, name); err != nil {
-		return refuse(orig, "%v", err)
+		return refuseFS(orig, err)
 	}
 	x.links[name] = true
 	if x.opt.UID >= 0 || x.opt.GID >= 0 {
@@ -728,7 +753,7 @@ func (x *extractor) hardlink(orig, name, target string) error {
 		return err
 	}
 	if err := x.root.Link(t, name); err != nil {
-		return refuse(orig, "%v", err)
+		return refuseFS(orig, err)
 	}
 	return nil
 }

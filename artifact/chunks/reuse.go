@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/gob"
 	"errors"
+	"fmt"
 	"os"
 	"sort"
 	"syscall"
@@ -184,4 +185,34 @@ func (r *Reuser) sameBytes(a, b, n int64) bool {
 		}
 	}
 	return true
+}
+
+// Check reports the first file of the record that the directory dir (the
+// release it describes) no longer holds as made: another inode, or a
+// size, modification time, mode or owner that changed. A release linked
+// from another shares its inodes: a write to them there since shows here.
+func (f *Files) Check(dir string) error {
+	d, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	for name, rec := range f.Files {
+		src, err := archive.OpenBeneath(d, name)
+		if errors.Is(err, archive.ErrNoReuse) {
+			return nil // nothing was linked
+		}
+		if err != nil {
+			return err
+		}
+		st, err := archive.Stat(src)
+		src.Close()
+		if err != nil {
+			return err
+		}
+		if st != rec.Stat {
+			return fmt.Errorf("%s changed since it was made (a file linked from the current release, written since?)", name)
+		}
+	}
+	return nil
 }
