@@ -90,7 +90,7 @@ func (d *decoder) artifact(s *Service, base string, a artifactBlock) hcl.Diagnos
 		s.DiskFactor = *a.DiskFactor
 	}
 	s.ChunkCache = DefaultChunkCache
-	s.ChunkLinks = a.ChunkLinks == nil || *a.ChunkLinks
+	s.ChunkLinks = a.ChunkLinks != nil && *a.ChunkLinks
 	if a.ChunkCache != nil {
 		s.ChunkCache = *a.ChunkCache
 		if s.ChunkCache < 0 {

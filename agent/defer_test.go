@@ -60,6 +60,13 @@ func (s *countingSem) Release(context.Context) error { return nil }
 // deferConfig loads a sequential service in ff whose body is extra.
 func (e *env) deferConfig(ff fleet.Fleet, extra string) *agent.Config {
 	e.t.Helper()
+	return e.deferConfigArtifact(ff, "", extra)
+}
+
+// deferConfigArtifact is deferConfig with artifactKeys in the artifact
+// block.
+func (e *env) deferConfigArtifact(ff fleet.Fleet, artifactKeys, extra string) *agent.Config {
+	e.t.Helper()
 	reg := registry()
 	reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Agent, hcl.Diagnostics) { return ff, nil }}
 	src := fmt.Sprintf(`
@@ -72,10 +79,11 @@ service "app" {
   artifact "file" {
     path        = %q
     destination = %q
+    %s
   }
   %s
 }
-`, e.state, e.store, e.dest, extra)
+`, e.state, e.store, e.dest, artifactKeys, extra)
 	path := filepath.Join(e.dir, "defer.hcl")
 	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
 		e.t.Fatal(err)

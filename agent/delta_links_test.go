@@ -78,7 +78,7 @@ func linked(d map[string]any) float64 {
 func TestDeltaLinksUnchangedFiles(t *testing.T) {
 	e := newEnv(t)
 	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
-	r, logs := e.loggedRunner(e.config("keep_releases = 2"))
+	r, logs := e.loggedRunner(e.configWithArtifact("chunk_links = true", "keep_releases = 2"))
 	e.publishChunked("v1", 0)
 	e.check(r, agent.ResultInstalled)
 	first := e.releasePath("bin/part06")
@@ -129,7 +129,7 @@ func TestDeltaLinksUnchangedFiles(t *testing.T) {
 func TestDeltaDoesNotLinkFilesChangedInTheRelease(t *testing.T) {
 	e := newEnv(t)
 	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
-	r, logs := e.loggedRunner(e.config(""))
+	r, logs := e.loggedRunner(e.configWithArtifact("chunk_links = true", ""))
 	e.publishChunked("v1", 0)
 	e.check(r, agent.ResultInstalled)
 	edited := e.releasePath("bin/part06")
@@ -168,7 +168,7 @@ func TestDeltaDoesNotLinkFilesChangedInTheRelease(t *testing.T) {
 func TestDeltaCorruptCachedChunkRefusedWithLinks(t *testing.T) {
 	e := newEnv(t)
 	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
-	r, logs := e.loggedRunner(e.config(""))
+	r, logs := e.loggedRunner(e.configWithArtifact("chunk_links = true", ""))
 	e.publishChunked("v1", 0)
 	e.check(r, agent.ResultInstalled)
 	cache := filepath.Join(r.Dir(), "chunks")
@@ -203,11 +203,13 @@ func TestDeltaCorruptCachedChunkRefusedWithLinks(t *testing.T) {
 	}
 }
 
-// chunk_links = false: a delta writes every file, as an archive install.
+// Without chunk_links = true (the default), a delta writes every file, as
+// an archive install: a hook or the application writing over a file in
+// place must never reach the release kept for rollback.
 func TestDeltaChunkLinksOff(t *testing.T) {
 	e := newEnv(t)
 	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
-	r, logs := e.loggedRunner(e.configWithArtifact("chunk_links = false", ""))
+	r, logs := e.loggedRunner(e.configWithArtifact("", ""))
 	e.publishChunked("v1", 0)
 	e.check(r, agent.ResultInstalled)
 	ino := inode(t, e.releasePath("bin/part06"))

@@ -123,7 +123,7 @@ func TestStagedDeltaDoesNotInstallAFileTheApplicationWroteSince(t *testing.T) {
 	e := newEnv(t)
 	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
 	lock := filepath.Join(e.dir, "busy.lock")
-	a := e.runner(e.deferConfig(&recordingFleet{}, fmt.Sprintf(`defer {
+	a := e.runner(e.deferConfigArtifact(&recordingFleet{}, "chunk_links = true", fmt.Sprintf(`defer {
     lock_file = %q
     interval  = "100ms"
   }`, lock)))

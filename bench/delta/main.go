@@ -126,7 +126,7 @@ service "bench" {
 `, state, minio.Endpoint, minio.AccessKey, minio.SecretKey, key, dest, extra)), 0o644)
 		return p
 	}
-	withChunks, without := config("chunks", ""), config("full", "chunk_cache = 0")
+	withChunks, without := config("chunks", "chunk_links = true"), config("full", "chunk_cache = 0")
 	reset := func() { os.RemoveAll(state); os.RemoveAll(dest) }
 
 	var best, bestCPU struct{ first, delta, full time.Duration }
