@@ -19,6 +19,7 @@ import (
 	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/internal/trim"
+	"github.com/dropshipd/dropship/lock"
 	"github.com/dropshipd/dropship/lock/local"
 )
 
@@ -90,6 +91,7 @@ type Runner struct {
 
 	tags         []string         // node_tags
 	decider      *rollout.Decider // the service's rollout, or nil
+	coord        lock.Coordinated // the slots, when their coordinator decides the rollout
 	registeredAt time.Time        // when this process found or wrote its node record
 	registered   bool             // this host's node record has its tags and policy
 
@@ -144,6 +146,12 @@ func NewRunner(cfg *Config, svc *Service, logger *slog.Logger) (*Runner, error) 
 			return nil, fmt.Errorf("service %s: %w", svc.Name, err)
 		}
 		r.sem = sem
+		if c, ok := sem.(lock.Coordinated); ok && r.decider != nil {
+			// The coordinator decides the waves: this host reads its
+			// document and its own wave, never every host's record.
+			r.coord = c
+			c.SetPlanner(r.planner())
+		}
 	}
 	r.status.Service = svc.Name
 	return r, nil

@@ -352,17 +352,42 @@ func (p *Fleet) Services(ctx context.Context) ([]string, error) {
 // Status reads the fleet records of service in one transaction, leaving
 // out the audit log (up to MaxEvents values nobody asked for).
 func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error) {
+	slots := lockconsul.SlotsPrefix(p.Prefix, service)
+	return p.status(ctx, service, []string{"nodes/", "hold", "failed/", "lock/", "rollout/"},
+		fleet.PublishedPrefix(p.Prefix)+service, slots+"coord", slots+"grant/")
+}
+
+// Brief reads what one host of service needs of the records before it
+// asks the coordinator of a rollout: its own record, the hold, the
+// breakers, the freeze, the pins and the clears. Its size does not grow
+// with the fleet (the breakers and pins are the operators').
+func (p *Fleet) Brief(ctx context.Context, service, node string) (fleet.Status, error) {
+	st, err := p.status(ctx, service, []string{"nodes/" + node, "hold", "failed/", "rollout/freeze", "rollout/pins/", "rollout/cleared/"})
+	own := st.Nodes[:0]
+	for _, n := range st.Nodes {
+		if n.Node == node { // the tree of nodes/host-1 holds nodes/host-10 too
+			own = append(own, n)
+		}
+	}
+	st.Nodes = own
+	return st, err
+}
+
+// status reads the trees subs of the service's folder and the trees
+// named in full by more, in one transaction.
+func (p *Fleet) status(ctx context.Context, service string, subs []string, more ...string) (fleet.Status, error) {
 	st := fleet.Status{Service: service}
 	base := p.Prefix + "/" + service + "/"
 	var ops api.TxnOps
-	for _, sub := range []string{"nodes/", "hold", "failed/", "lock/", "rollout/"} {
+	for _, sub := range subs {
 		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: base + sub}})
 	}
 	// A get of a missing key fails a transaction; a tree does not.
 	pubKey := fleet.PublishedPrefix(p.Prefix) + service
 	slots := lockconsul.SlotsPrefix(p.Prefix, service)
-	ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: pubKey}},
-		&api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: slots}})
+	for _, k := range more {
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: k}})
+	}
 	ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return st, fmt.Errorf("%w: read %s: %v", fleet.ErrUnavailable, base, err)

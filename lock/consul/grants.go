@@ -36,6 +36,7 @@ import (
 
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/internal/blocking"
+	"github.com/dropshipd/dropship/lock"
 )
 
 // States of a grant key.
@@ -55,6 +56,9 @@ type Grant struct {
 	// Session is the host's: the coordinator takes the older
 	// dropship's semaphore slot with it too (see legacy.go).
 	Session string `json:"session,omitempty"`
+	// Checksum is the release the host waits to install, when its
+	// service has a rollout: it is granted only while its wave is open.
+	Checksum string `json:"checksum,omitempty"`
 }
 
 // Doc is the value of the coord key.
@@ -104,9 +108,12 @@ type Slots struct {
 	// hand-off from it).
 	Waiting func()
 
-	mu    sync.Mutex
-	held  *session // while waiting or holding
-	coord *coordinator
+	mu      sync.Mutex
+	held    *session // while waiting or holding
+	coord   *coordinator
+	planner lock.Planner
+	want    string            // the release the next Acquire waits for
+	waves   map[string]string // this host's wave, by release
 }
 
 // New returns node's claim on the limit slots of service.
@@ -204,7 +211,10 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 		se.end(s.Client)
 		return nil, err
 	}
-	want, _ := json.Marshal(Grant{Node: s.Node, State: StateWant, Limit: s.Limit, Since: time.Now().UTC(), Session: se.id})
+	s.mu.Lock()
+	sum := s.want
+	s.mu.Unlock()
+	want, _ := json.Marshal(Grant{Node: s.Node, State: StateWant, Limit: s.Limit, Since: time.Now().UTC(), Session: se.id, Checksum: sum})
 	// The key may still be held by this host's previous process, whose
 	// session outlives it by its TTL: wait for it.
 	var index uint64
@@ -350,7 +360,10 @@ func (s *Slots) startCoordinator() {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &coordinator{s: s, se: se, cancel: cancel, done: make(chan struct{}), held: map[string]heldGrant{}}
+	s.mu.Lock()
+	planner := s.planner
+	s.mu.Unlock()
+	c := &coordinator{s: s, se: se, cancel: cancel, done: make(chan struct{}), held: map[string]heldGrant{}, planner: planner}
 	s.mu.Lock()
 	if s.coord != nil {
 		s.mu.Unlock()
@@ -385,6 +398,10 @@ type coordinator struct {
 	legacy *legacyLock // the older semaphore's record, as last written or read
 	// lastLen is how many keys the last listing of the folder had.
 	lastLen int
+	// planner decides the service's rollout, if it has one; plan is its
+	// last decision.
+	planner lock.Planner
+	plan    *planned
 }
 
 // heldGrant is a live grant: the modify index of its key as granted, and
@@ -395,6 +412,7 @@ type heldGrant struct {
 }
 
 type want struct {
+	checksum      string
 	node          string
 	key           string
 	session       string
@@ -442,6 +460,10 @@ func (c *coordinator) run(ctx context.Context) {
 	lists := make(chan listing, 1)
 	released := make(chan grantRef, s.Limit*2+8)
 	go c.list(ctx, lists)
+	plans := make(chan planned)
+	if c.planner != nil {
+		go c.decide(ctx, plans)
+	}
 	idleSince := time.Now()
 	tick := time.NewTicker(IdleResign / 4)
 	defer tick.Stop()
@@ -453,6 +475,8 @@ func (c *coordinator) run(ctx context.Context) {
 		case l := <-lists:
 			c.merge(ctx, l, released)
 			listed = true
+		case p := <-plans:
+			c.plan = &p
 		case g := <-released:
 			if h := c.held[g.node]; h.index == g.index { // not a newer grant to the same host
 				delete(c.held, g.node)
@@ -461,7 +485,7 @@ func (c *coordinator) run(ctx context.Context) {
 		case <-tick.C:
 			// Only once the folder read last was empty: a listing slow to
 			// come (a busy Consul) is no sign that nobody waits.
-			if listed && c.lastLen == 0 && len(c.held) == 0 && len(c.queue) == 0 && time.Since(idleSince) > IdleResign {
+			if listed && c.lastLen == 0 && len(c.held) == 0 && len(c.queue) == 0 && c.rolloutDone() && time.Since(idleSince) > IdleResign {
 				s.logger().Info("nobody waits for a slot: giving up coordinating", "service", s.Service)
 				return
 			}
@@ -477,7 +501,7 @@ func (c *coordinator) run(ctx context.Context) {
 			s.logger().Warn("lost the coordinator's lock", "service", s.Service)
 			return
 		}
-		if len(c.held) > 0 || len(c.queue) > 0 {
+		if len(c.held) > 0 || len(c.queue) > 0 || !c.rolloutDone() {
 			idleSince = time.Now()
 		}
 	}
@@ -557,7 +581,7 @@ func (c *coordinator) merge(ctx context.Context, l listing, released chan<- gran
 				go c.watch(ctx, node, kv.Key, kv.ModifyIndex, released)
 			}
 		case StateWant:
-			c.queue = append(c.queue, want{node: node, key: kv.Key, session: g.Session, modify: kv.ModifyIndex, order: kv.CreateIndex})
+			c.queue = append(c.queue, want{checksum: g.Checksum, node: node, key: kv.Key, session: g.Session, modify: kv.ModifyIndex, order: kv.CreateIndex})
 		}
 	}
 	for node, h := range c.held {
@@ -574,9 +598,16 @@ func (c *coordinator) merge(ctx context.Context, l listing, released chan<- gran
 // host, so agents of both kinds share one limit.
 func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error {
 	s := c.s
+	var later []want // wants whose wave is not open: kept in line
+	defer func() { c.queue = append(later, c.queue...) }()
 	for len(c.held) < s.Limit && len(c.queue) > 0 {
 		w := c.queue[0]
 		if _, ok := c.held[w.node]; ok {
+			c.queue = c.queue[1:]
+			continue
+		}
+		if !c.allowed(w) {
+			later = append(later, w)
 			c.queue = c.queue[1:]
 			continue
 		}
@@ -588,7 +619,7 @@ func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error 
 			return nil // older agents hold the free slots: the next listing looks again
 		}
 		c.queue = c.queue[1:]
-		g, _ := json.Marshal(Grant{Node: w.node, State: StateGranted, Limit: s.Limit, By: s.Node, At: time.Now().UTC(), Session: w.session})
+		g, _ := json.Marshal(Grant{Node: w.node, State: StateGranted, Limit: s.Limit, By: s.Node, At: time.Now().UTC(), Session: w.session, Checksum: w.checksum})
 		ops := api.TxnOps{
 			{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}},
 			{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: w.key, Value: g, Index: w.modify}},

@@ -1,0 +1,381 @@
+package consul
+
+// A service with a rollout block: the coordinator also decides the waves.
+//
+// Layout, beside the grants under <prefix>/_slots/<service>/:
+//
+//	release        the release to roll out, as the first host to find it
+//	               asked: {"checksum": …}
+//	rollout        the coordinator's document (lock.Rollout): the release
+//	               rolling out and each wave's state; its size grows with
+//	               the waves, not the fleet
+//	wave/<node>    the host's wave of that release: {"checksum","wave"}
+//
+// Only the coordinator reads the fleet's records (through its Planner, at
+// most once per ListGap) and writes these keys, every write in a
+// transaction that checks it still holds the coord key. A host reads the
+// document and its own wave key, and waits on the document and its own
+// grant key: its work does not grow with the fleet. A host's want names
+// the release it waits to install, and the coordinator grants it only
+// while its wave of that release is open.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/dropshipd/dropship/lock"
+)
+
+// RolloutKey, ReleaseKey and WaveKey name the keys of a rollout.
+func RolloutKey(prefix, service string) string { return SlotsPrefix(prefix, service) + "rollout" }
+func ReleaseKey(prefix, service string) string { return SlotsPrefix(prefix, service) + "release" }
+func WavePrefix(prefix, service string) string { return SlotsPrefix(prefix, service) + "wave/" }
+func WaveKey(prefix, service, node string) string {
+	return WavePrefix(prefix, service) + node
+}
+
+// Placement is the value of a wave key.
+type Placement struct {
+	Checksum string `json:"checksum"`
+	Wave     string `json:"wave"`
+}
+
+// Tunables of the rollout; tests and the bench shorten some.
+var (
+	// DocGap is the least time between two writes of the document that
+	// change only the reasons (a wave's progress): each write wakes every
+	// host following it. A wave opening or closing is written at once.
+	DocGap = 5 * time.Second
+	// PlanEvery bounds the time between two decisions of a rollout not
+	// done, when nothing wakes the coordinator (a gate asked mid-bake).
+	PlanEvery = 5 * time.Second
+)
+
+var _ lock.Coordinated = (*Slots)(nil)
+
+// SetPlanner makes this host's coordinator decide the rollout with p.
+func (s *Slots) SetPlanner(p lock.Planner) {
+	s.mu.Lock()
+	s.planner = p
+	s.mu.Unlock()
+}
+
+// Want sets the release the next Acquire waits to install.
+func (s *Slots) Want(checksum string) {
+	s.mu.Lock()
+	s.want = checksum
+	s.mu.Unlock()
+}
+
+// Rollout reads the document and this host's wave of checksum. When the
+// document is about another release it asks for checksum; it starts a
+// coordinator when none runs.
+func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, string, error) {
+	doc, _, err := s.readDoc(ctx, 0)
+	if err != nil {
+		return nil, "", err
+	}
+	if doc == nil || doc.Checksum != checksum {
+		var rel Placement
+		kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return nil, "", s.unavailable("read the release rolling out", err)
+		}
+		if kv != nil {
+			json.Unmarshal(kv.Value, &rel)
+		}
+		if rel.Checksum != checksum {
+			b, _ := json.Marshal(Placement{Checksum: checksum})
+			if _, err := s.Client.KV().Put(&api.KVPair{Key: ReleaseKey(s.Prefix, s.Service), Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+				return nil, "", s.unavailable("ask for the rollout", err)
+			}
+		}
+	}
+	s.ensureCoordinator(ctx)
+	if doc == nil || doc.Checksum != checksum {
+		return doc, "", nil
+	}
+	s.mu.Lock()
+	w, ok := s.waves[checksum]
+	s.mu.Unlock()
+	if ok {
+		return doc, w, nil
+	}
+	kv, _, err := s.Client.KV().Get(WaveKey(s.Prefix, s.Service, s.Node), (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, "", s.unavailable("read this host's wave", err)
+	}
+	var p Placement
+	if kv == nil || json.Unmarshal(kv.Value, &p) != nil || p.Checksum != checksum {
+		return doc, "", nil
+	}
+	s.mu.Lock()
+	s.waves = map[string]string{checksum: p.Wave} // a fixed plan never moves a host
+	s.mu.Unlock()
+	return doc, p.Wave, nil
+}
+
+// WaitRollout blocks until the document changes past index.
+func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, uint64, error) {
+	return s.readDoc(ctx, index)
+}
+
+func (s *Slots) readDoc(ctx context.Context, index uint64) (*lock.Rollout, uint64, error) {
+	q := &api.QueryOptions{}
+	if index > 0 {
+		q.WaitIndex, q.WaitTime = index, 5*time.Minute
+	}
+	kv, meta, err := s.Client.KV().Get(RolloutKey(s.Prefix, s.Service), q.WithContext(ctx))
+	if err != nil {
+		return nil, 0, s.unavailable("read the rollout", err)
+	}
+	if kv == nil {
+		return nil, meta.LastIndex, nil
+	}
+	var doc lock.Rollout
+	if err := json.Unmarshal(kv.Value, &doc); err != nil {
+		return nil, meta.LastIndex, fmt.Errorf("read %s: %w", kv.Key, err)
+	}
+	return &doc, meta.LastIndex, nil
+}
+
+// planned is one decision of the coordinator's rollout.
+type planned struct {
+	doc   lock.Rollout
+	waves map[string]string
+}
+
+// allowed says whether the coordinator may grant w now: a want outside
+// any rollout always, one for a release only while its wave is open.
+func (c *coordinator) allowed(w want) bool {
+	if c.planner == nil || w.checksum == "" {
+		return true
+	}
+	p := c.plan
+	if p == nil || p.doc.Checksum != w.checksum {
+		return false
+	}
+	ws := p.doc.Wave(p.waves[w.node])
+	return ws != nil && ws.Open
+}
+
+// rolloutDone says whether the rollout, if any, needs the coordinator no
+// more: every planned host has the release, or nothing is asked.
+func (c *coordinator) rolloutDone() bool {
+	return c.planner == nil || c.plan == nil || c.plan.doc.Checksum == "" || c.plan.doc.Done
+}
+
+// decide runs the rollout: each time the service's records change (at
+// most once per ListGap), or a decision's time comes, it asks the planner,
+// places new hosts in their waves and writes the document.
+func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
+	s := c.s
+	wake := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+	go c.follow(ctx, s.Prefix+"/"+s.Service+"/", poke)
+	go c.follow(ctx, ReleaseKey(s.Prefix, s.Service), poke)
+	placed := map[string]string{} // node -> checksum/wave written
+	placedRead := false
+	var last *lock.Rollout
+	var lastWrite time.Time
+	for ctx.Err() == nil {
+		start := time.Now()
+		next := PlanEvery
+		var rel Placement
+		kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
+		switch {
+		case err != nil:
+			next = time.Second
+		case kv == nil || json.Unmarshal(kv.Value, &rel) != nil || rel.Checksum == "":
+			next = time.Minute // nothing asked: the release key wakes it
+		default:
+			doc, waves, err := c.planner.Plan(ctx, rel.Checksum)
+			if err != nil {
+				s.logger().Warn("could not decide the rollout", "service", s.Service, "error", err)
+				next = time.Second
+				break
+			}
+			if !placedRead {
+				// Placements a predecessor wrote: not written again.
+				pairs, _, err := s.Client.KV().List(WavePrefix(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
+				if err != nil {
+					next = time.Second
+					break
+				}
+				for _, kv := range pairs {
+					var p Placement
+					if json.Unmarshal(kv.Value, &p) == nil {
+						placed[kv.Key[len(WavePrefix(s.Prefix, s.Service)):]] = p.Checksum + "/" + p.Wave
+					}
+				}
+				placedRead = true
+			}
+			if err := c.place(ctx, rel.Checksum, waves, placed); err != nil {
+				if err == errNotCoordinator {
+					c.cancel()
+					return
+				}
+				next = time.Second
+				break
+			}
+			doc.By = s.Node
+			urgent := last == nil || !sameState(*last, doc)
+			if urgent || !sameDoc(*last, doc) && time.Since(lastWrite) >= DocGap {
+				doc.Time = time.Now().UTC()
+				if err := c.writeDoc(ctx, doc); err != nil {
+					if err == errNotCoordinator {
+						c.cancel()
+						return
+					}
+					next = time.Second
+					break
+				}
+				last, lastWrite = &doc, time.Now()
+			} else if !sameDoc(*last, doc) {
+				next = min(next, DocGap-time.Since(lastWrite))
+			}
+			if !doc.Again.IsZero() {
+				next = min(next, time.Until(doc.Again))
+			}
+			for _, w := range doc.Waves {
+				if !w.Until.IsZero() {
+					next = min(next, time.Until(w.Until)+10*time.Millisecond)
+				}
+			}
+			select {
+			case out <- planned{doc, waves}:
+			case <-ctx.Done():
+				return
+			}
+			if doc.Done {
+				next = time.Minute
+			}
+		}
+		pause(ctx, ListGap-time.Since(start))
+		t := time.NewTimer(max(next-time.Since(start), 0))
+		select {
+		case <-ctx.Done():
+		case <-wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// follow pokes on each change under key (a blocking query of its keys).
+func (c *coordinator) follow(ctx context.Context, key string, poke func()) {
+	var index uint64
+	for ctx.Err() == nil {
+		_, meta, err := c.s.Client.KV().Keys(key, "/", (&api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx))
+		if err != nil {
+			index = 0
+			pause(ctx, time.Second)
+			continue
+		}
+		if meta.LastIndex != index {
+			poke()
+		}
+		if meta.LastIndex < index {
+			index = 0
+		} else {
+			index = meta.LastIndex
+		}
+		pause(ctx, 5*time.Millisecond)
+	}
+}
+
+// place writes the wave keys of hosts not placed yet, up to 63 a
+// transaction, each checking the coord key.
+func (c *coordinator) place(ctx context.Context, checksum string, waves map[string]string, placed map[string]string) error {
+	s := c.s
+	var ops api.TxnOps
+	var batch []string
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		ok, resp, _, err := s.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			for _, e := range resp.Errors {
+				if e.OpIndex == 0 {
+					return errNotCoordinator
+				}
+			}
+			return fmt.Errorf("place hosts in waves: %v", resp.Errors)
+		}
+		for _, n := range batch {
+			placed[n] = checksum + "/" + waves[n]
+		}
+		ops, batch = nil, nil
+		return nil
+	}
+	for node, wave := range waves {
+		if placed[node] == checksum+"/"+wave {
+			continue
+		}
+		if len(ops) == 0 {
+			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}})
+		}
+		b, _ := json.Marshal(Placement{Checksum: checksum, Wave: wave})
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: WaveKey(s.Prefix, s.Service, node), Value: b}})
+		batch = append(batch, node)
+		if len(ops) == 64 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+func (c *coordinator) writeDoc(ctx context.Context, doc lock.Rollout) error {
+	s := c.s
+	b, _ := json.Marshal(doc)
+	ok, _, _, err := s.Client.Txn().Txn(api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}},
+		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: RolloutKey(s.Prefix, s.Service), Value: b}},
+	}, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errNotCoordinator
+	}
+	return nil
+}
+
+// sameState says whether a and b open the same waves with the same
+// times, and stop for the same reasons: what the waiting hosts act on.
+func sameState(a, b lock.Rollout) bool {
+	if a.Checksum != b.Checksum || a.Hold != b.Hold || a.Freeze != b.Freeze || a.Trip != b.Trip ||
+		!reflect.DeepEqual(a.Pins, b.Pins) || !reflect.DeepEqual(a.Breakers, b.Breakers) || len(a.Waves) != len(b.Waves) {
+		return false
+	}
+	for i := range a.Waves {
+		x, y := a.Waves[i], b.Waves[i]
+		if x.Name != y.Name || x.Open != y.Open || !x.Until.Equal(y.Until) || x.Hosts != y.Hosts {
+			return false
+		}
+	}
+	return true
+}
+
+// sameDoc says whether a and b say the same, their times aside.
+func sameDoc(a, b lock.Rollout) bool {
+	a.Time, b.Time = time.Time{}, time.Time{}
+	a.Again, b.Again = time.Time{}, time.Time{}
+	return reflect.DeepEqual(a, b)
+}
