@@ -129,7 +129,7 @@ func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifa
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Until: settled, rollout: true, Reason: reasonSettle}
 	}
 	if r.coord != nil {
-		return r.coordGate(ctx, sum)
+		return r.coordGate(ctx, sum, !r.granted)
 	}
 	if _, fixed := view.Plans[sum]; !fixed && r.samePolicy(view) {
 		// The first host to decide on this release fixes its plan: a
@@ -189,6 +189,8 @@ func (r *Runner) rolloutAgain(ctx context.Context, info artifact.Info) *Outcome 
 	if pin := rollout.Pinned(view.Pins, r.node); pin != nil {
 		return &Outcome{Result: ResultSkipped, Checksum: info.Checksum(), Reason: "pinned to " + pin.Target + " by " + pin.Who}
 	}
+	r.granted = true // the wave must be open now, not only in line
+	defer func() { r.granted = false }()
 	return r.rolloutGate(ctx, view, info)
 }
 

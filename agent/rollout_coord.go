@@ -58,13 +58,15 @@ func (r *Runner) ownRecords(ctx context.Context) (fleet.Status, error) {
 }
 
 // coordGate decides from the coordinator's document whether this host's
-// wave of sum is open.
-func (r *Runner) coordGate(ctx context.Context, sum string) *Outcome {
+// wave of sum is open, or (inLine) closed only until an earlier wave is
+// done: then the host waits for its grant in line, and the coordinator
+// grants it the moment its wave opens.
+func (r *Runner) coordGate(ctx context.Context, sum string, inLine bool) *Outcome {
 	doc, wave, err := r.coord.Rollout(ctx, sum)
 	if err != nil {
 		return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("read the rollout: %w", err)}
 	}
-	soon := r.now().Add(time.Second)
+	soon := r.now().Add(2 * time.Second) // the document, which this host follows, normally wakes it first
 	switch {
 	case doc == nil || doc.Checksum != sum:
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: reasonCoordPlan + sum, Until: soon, rollout: true}
@@ -74,6 +76,11 @@ func (r *Runner) coordGate(ctx context.Context, sum string) *Outcome {
 	ws := doc.Wave(wave)
 	if ws == nil {
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: "rollout wave " + wave + ": not in the coordinator's plan", Until: soon, rollout: true}
+	}
+	if !ws.Open && inLine && ws.Queue {
+		r.logger.Info("rollout: waiting in line for this host's wave", "checksum", sum, "wave", wave, "reason", ws.Reason)
+		r.coord.Want(sum)
+		return nil
 	}
 	if !ws.Open {
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: "rollout wave " + wave + ": " + ws.Reason, Until: ws.Until, rollout: true}

@@ -92,6 +92,7 @@ type Runner struct {
 	tags         []string         // node_tags
 	decider      *rollout.Decider // the service's rollout, or nil
 	coord        lock.Coordinated // the slots, when their coordinator decides the rollout
+	granted      bool             // rolloutAgain: the slot is held
 	registeredAt time.Time        // when this process found or wrote its node record
 	registered   bool             // this host's node record has its tags and policy
 
@@ -388,6 +389,12 @@ func (r *Runner) takeSlot(ctx context.Context, info artifact.Info) (*slot, *Outc
 	r.logger.Info("waiting for a fleet slot", "checksum", info.Checksum(), "concurrency", r.svc.Concurrency)
 	lost, err := r.sem.Acquire(ctx)
 	r.setWaiting(false)
+	if errors.Is(err, lock.ErrMoved) {
+		// The rollout moved on while this host waited in line: the next
+		// check decides afresh.
+		return nil, &Outcome{Result: ResultSkipped, Checksum: info.Checksum(), Reason: "rollout: " + err.Error(), rollout: true,
+			Until: r.now().Add(100 * time.Millisecond)}
+	}
 	if err != nil {
 		return nil, &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: info.Checksum(), Err: fmt.Errorf("take a slot: %w", err)}
 	}

@@ -11,6 +11,7 @@ package lock
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -51,9 +52,14 @@ type Rollout struct {
 
 // WaveState is one wave of a Rollout.
 type WaveState struct {
-	Name   string    `json:"name"`
-	Hosts  int       `json:"hosts"`
-	Open   bool      `json:"open,omitempty"`
+	Name  string `json:"name"`
+	Hosts int    `json:"hosts"`
+	Done  int    `json:"done"` // hosts on the release
+	Open  bool   `json:"open,omitempty"`
+	// Queue: closed only until an earlier wave is done. Its hosts wait
+	// for their grant in line, and the coordinator grants them as soon
+	// as it opens.
+	Queue  bool      `json:"queue,omitempty"`
 	Reason string    `json:"reason,omitempty"` // why it is not open
 	Until  time.Time `json:"until,omitzero"`   // when to look again
 }
@@ -70,6 +76,10 @@ func (r *Rollout) Wave(name string) *WaveState {
 	}
 	return nil
 }
+
+// ErrMoved ends a host's wait for a grant of a release when the rollout
+// moved on: another release, a breaker, a pin of the host.
+var ErrMoved = errors.New("the rollout moved on")
 
 // Planner decides a rollout for the coordinator: it reads the fleet's
 // records (the coordinator calls it at most once a second), fixes the

@@ -22,9 +22,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"net/http"
@@ -56,11 +58,15 @@ var (
 	percent      = flag.Float64("concurrency", 1, "concurrency, in percent of the hosts (at least 1)")
 	idle         = flag.Duration("idle", 20*time.Second, "idle time measured after the rollout (0: none)")
 	ttl          = flag.Duration("ttl", 15*time.Second, "session TTL")
+	kindsFlag    = flag.Bool("kinds", false, "print the requests per host by kind after each run")
 )
 
 func main() {
 	flag.Parse()
 	raiseFiles()
+	if *kindsFlag {
+		slog.SetLogLoggerLevel(slog.LevelDebug)
+	}
 	fmt.Printf("%-10s %6s %5s %7s %7s %9s %9s %9s %8s %8s %10s\n", "design", "hosts", "conc", "wall s", "÷ideal", "p99 ms", "req/host", "KB/host", "cpu s", "rss MB", "idle req/h")
 	for _, d := range []struct{ name, list string }{{"semaphore", *baselineFlag}, {"grants", *hostsFlag}, {"rollout", *rolloutFlag}} {
 		for _, f := range strings.Split(d.list, ",") {
@@ -87,8 +93,28 @@ type counting struct {
 	req, recv *atomic.Int64
 }
 
+// kinds counts the requests of every host by kind, for -kinds.
+var kinds sync.Map
+
+func kindOf(r *http.Request) string {
+	p := r.URL.Path
+	for _, cut := range []string{"/grant/", "/nodes/", "/wave/", "/failed/", "/session/create", "/session/renew/", "/session/destroy/"} {
+		if i := strings.Index(p, cut); i >= 0 {
+			p = p[:i+len(cut)]
+		}
+	}
+	if r.URL.Query().Has("index") {
+		p += " (blocking)"
+	}
+	return r.Method + " " + p
+}
+
 func (c counting) RoundTrip(r *http.Request) (*http.Response, error) {
 	c.req.Add(1)
+	if *kindsFlag {
+		n, _ := kinds.LoadOrStore(kindOf(r), new(atomic.Int64))
+		n.(*atomic.Int64).Add(1)
+	}
 	resp, err := c.base.RoundTrip(r)
 	if err != nil {
 		return resp, err
@@ -311,6 +337,9 @@ func run(design string, n int) error {
 			from = d
 		}
 		hand = append(hand, max(0, grants[h].Sub(from)))
+		if *kindsFlag && grants[h].Sub(from) > 300*time.Millisecond {
+			fmt.Printf("    hand-off %d (host %d, wave %d): %v, from %.3f to %.3f\n", k, h, waveOf[h], grants[h].Sub(from).Round(time.Millisecond), from.Sub(t0).Seconds(), grants[h].Sub(t0).Seconds())
+		}
 	}
 	sort.Slice(hand, func(i, j int) bool { return hand[i] < hand[j] })
 	p99 := time.Duration(0)
@@ -348,6 +377,13 @@ func run(design string, n int) error {
 		fmt.Printf("  (%d waits failed and were retried: %v)", f, firstErr.Load())
 	}
 	fmt.Printf("  peak rss %.0f MB\n", hwm)
+	if *kindsFlag {
+		kinds.Range(func(k, v any) bool {
+			fmt.Printf("    %-70s %6.2f\n", k, float64(v.(*atomic.Int64).Load())/float64(n))
+			v.(*atomic.Int64).Store(0)
+			return true
+		})
+	}
 	return nil
 }
 
@@ -357,7 +393,8 @@ const sum = "0123456789abcdef0123456789abcdef"
 // rolloutHost is one host of a service with a rollout, doing what an
 // agent's checks do against Consul: its own records, the hold and the
 // breaker, the coordinator's document and its own wave; while its wave is
-// closed it follows the document; once open it waits for its grant,
+// closed it follows the document; once open, or opening by itself once
+// an earlier wave is done, it waits in line for its grant,
 // looks again, updates, reports and gives the slot back.
 func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet, policy string, wave *int, grant, release *time.Time) error {
 	check := func() (*lock.Rollout, string, error) {
@@ -376,17 +413,26 @@ func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet
 			return err
 		}
 		if doc == nil || doc.Checksum != sum || name == "" {
-			time.Sleep(time.Second) // the agent looks again in a second
+			// The agent's follower wakes it when the document changes,
+			// its poll after 2 s.
+			wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, next, err := sl.WaitRollout(wctx, index)
+			cancel()
+			if err == nil {
+				index = next
+			}
 			continue
 		}
-		if ws := doc.Wave(name); ws != nil && ws.Open {
+		if ws := doc.Wave(name); ws != nil && (ws.Open || ws.Queue) {
 			for k := range doc.Waves {
 				if doc.Waves[k].Name == name {
 					*wave = k
 				}
 			}
 			sl.Want(sum)
-			if _, err := sl.Acquire(ctx); err != nil {
+			if _, err := sl.Acquire(ctx); errors.Is(err, lock.ErrMoved) {
+				continue // as the agent: its next check decides afresh
+			} else if err != nil {
 				return err
 			}
 			*grant = time.Now()

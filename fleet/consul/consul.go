@@ -183,16 +183,41 @@ func (p *Fleet) put(ctx context.Context, key string, v any) error {
 // breaker tripped by another host. An unreachable Consul is an error: the
 // caller starts nothing (fail closed).
 func (p *Fleet) Blocked(ctx context.Context, service, checksum string) (string, error) {
+	// Both keys in one consistent read (a tree: a missing key would fail
+	// the transaction).
+	holdKey, failedKey := fleet.HoldKey(p.Prefix, service), fleet.FailedKey(p.Prefix, service)+checksum
+	ok, resp, _, err := p.Client.Txn().Txn(api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: holdKey}},
+		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: failedKey}},
+	}, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err == nil && !ok {
+		err = fmt.Errorf("%v", resp.Errors)
+	}
+	if err != nil {
+		return "", fmt.Errorf("%w: read %s and %s: %v", fleet.ErrUnavailable, holdKey, failedKey, err)
+	}
+	var hold, failed *api.KVPair
+	for _, r := range resp.Results {
+		switch {
+		case r.KV == nil:
+		case r.KV.Key == holdKey:
+			hold = r.KV
+		case r.KV.Key == failedKey:
+			failed = r.KV
+		}
+	}
 	var h fleet.Hold
-	if ok, err := p.get(ctx, fleet.HoldKey(p.Prefix, service), &h); err != nil {
-		return "", err
-	} else if ok {
+	if hold != nil {
+		if err := json.Unmarshal(hold.Value, &h); err != nil {
+			return "", fmt.Errorf("read %s: %w", holdKey, err)
+		}
 		return fmt.Sprintf("on hold since %s by %s: %s", h.Time.Format(time.RFC3339), h.Who, h.Reason), nil
 	}
 	var b fleet.Breaker
-	if ok, err := p.get(ctx, fleet.FailedKey(p.Prefix, service)+checksum, &b); err != nil {
-		return "", err
-	} else if ok {
+	if failed != nil {
+		if err := json.Unmarshal(failed.Value, &b); err != nil {
+			return "", fmt.Errorf("read %s: %w", failedKey, err)
+		}
 		return fmt.Sprintf("checksum %s failed on %s in %s: %s (lift with `dropship fleet clear %s %s`)",
 			checksum, b.Node, b.Phase, b.Error, service, checksum), nil
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/dropshipd/dropship/fleet"
@@ -125,6 +126,11 @@ func (c *Coordinator) Plan(ctx context.Context, sum string) (lock.Rollout, map[s
 	}
 	for _, s := range steps {
 		ws := lock.WaveState{Name: s.Name, Hosts: len(s.Nodes)}
+		for _, n := range s.Nodes {
+			if on[n] {
+				ws.Done++
+			}
+		}
 		switch {
 		case closed != "":
 			ws.Reason = closed
@@ -142,6 +148,7 @@ func (c *Coordinator) Plan(ctx context.Context, sum string) (lock.Rollout, map[s
 				break
 			}
 			ws.Open, ws.Reason, ws.Until = dec.Go, dec.Reason, dec.Until
+			ws.Queue = !dec.Go && strings.HasPrefix(dec.Reason, reasonEarlierWave)
 			if !ws.Until.IsZero() && len(p.Gates) > 0 {
 				doc.Again = now.Add(p.Recheck()) // the gates are asked during the bake
 			}

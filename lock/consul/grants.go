@@ -114,6 +114,9 @@ type Slots struct {
 	planner lock.Planner
 	want    string            // the release the next Acquire waits for
 	waves   map[string]string // this host's wave, by release
+	// seen is when this host last saw a coordinator alive (its session
+	// on the rollout's document): it need not look again for a while.
+	seen time.Time
 }
 
 // New returns node's claim on the limit slots of service.
@@ -202,6 +205,26 @@ func (se *session) abandon() {
 // own key) until the coordinator grants it, or ctx ends. When no agent
 // coordinates the service, this one starts to.
 func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
+	s.mu.Lock()
+	sum, rolling := s.want, s.planner != nil && s.want != ""
+	s.mu.Unlock()
+	if rolling {
+		// A host waiting for a release of a rollout waits on its key and
+		// the coordinator's document: it stops waiting when the rollout
+		// moves on.
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		go s.watchMoved(ctx, sum, cancel)
+	}
+	lost, err := s.acquire(ctx, sum)
+	if err != nil && errors.Is(context.Cause(ctx), lock.ErrMoved) {
+		return nil, fmt.Errorf("%w: no longer waiting for a slot to install %s", lock.ErrMoved, sum)
+	}
+	return lost, err
+}
+
+func (s *Slots) acquire(ctx context.Context, sum string) (<-chan struct{}, error) {
 	key := GrantKey(s.Prefix, s.Service, s.Node)
 	se, err := newSession(ctx, s.Client, "dropship "+s.Node+" "+s.Service, s.TTL, api.SessionBehaviorDelete)
 	if err != nil {
@@ -211,19 +234,24 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 		se.end(s.Client)
 		return nil, err
 	}
-	s.mu.Lock()
-	sum := s.want
-	s.mu.Unlock()
 	want, _ := json.Marshal(Grant{Node: s.Node, State: StateWant, Limit: s.Limit, Since: time.Now().UTC(), Session: se.id, Checksum: sum})
 	// The key may still be held by this host's previous process, whose
 	// session outlives it by its TTL: wait for it.
 	var index uint64
 	for {
-		ok, _, err := s.Client.KV().Acquire(&api.KVPair{Key: key, Value: want, Session: se.id}, (&api.WriteOptions{}).WithContext(ctx))
+		// The wait written and read back in one request: its index is
+		// where the blocking query on it starts.
+		ok, resp, _, err := s.Client.Txn().Txn(api.TxnOps{
+			{KV: &api.KVTxnOp{Verb: api.KVLock, Key: key, Value: want, Session: se.id}},
+			{KV: &api.KVTxnOp{Verb: api.KVGet, Key: key}},
+		}, (&api.QueryOptions{}).WithContext(ctx))
 		if err != nil {
 			return fail(s.unavailable("write the wait for a slot", err))
 		}
 		if ok {
+			if len(resp.Results) > 1 && resp.Results[1].KV != nil {
+				index = resp.Results[1].KV.ModifyIndex
+			}
 			break
 		}
 		_, meta, err := s.Client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: s.TTL}).WithContext(ctx))
@@ -239,7 +267,6 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 		s.Waiting()
 	}
 	s.ensureCoordinator(ctx)
-	index = 0
 	for {
 		kv, meta, err := s.Client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: CheckCoordinator}).WithContext(ctx))
 		if err != nil {
@@ -321,8 +348,14 @@ func (s *Slots) Coordinating() bool {
 // ensureCoordinator starts a coordinator here when the service has none
 // (no coord key, or one no session holds).
 func (s *Slots) ensureCoordinator(ctx context.Context) {
+	s.elect(ctx, true)
+}
+
+// elect becomes the coordinator if nobody is: look (unless the caller
+// just did), wait a random moment, and look again before trying.
+func (s *Slots) elect(ctx context.Context, look bool) {
 	s.mu.Lock()
-	running := s.coord != nil
+	running := s.coord != nil || look && time.Since(s.seen) < seenFor
 	s.mu.Unlock()
 	if running {
 		return
@@ -331,7 +364,7 @@ func (s *Slots) ensureCoordinator(ctx context.Context) {
 		kv, _, err := s.Client.KV().Get(CoordKey(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
 		return err == nil && (kv == nil || kv.Session == "")
 	}
-	if !free() {
+	if look && !free() {
 		return
 	}
 	// Hosts that start waiting together would all find no coordinator and
@@ -363,7 +396,8 @@ func (s *Slots) startCoordinator() {
 	s.mu.Lock()
 	planner := s.planner
 	s.mu.Unlock()
-	c := &coordinator{s: s, se: se, cancel: cancel, done: make(chan struct{}), held: map[string]heldGrant{}, planner: planner}
+	c := &coordinator{s: s, se: se, cancel: cancel, done: make(chan struct{}), held: map[string]heldGrant{}, planner: planner,
+		gone: map[string]int{}, urgent: make(chan struct{}, 1), relist: make(chan struct{}, 1)}
 	s.mu.Lock()
 	if s.coord != nil {
 		s.mu.Unlock()
@@ -402,6 +436,11 @@ type coordinator struct {
 	// last decision.
 	planner lock.Planner
 	plan    *planned
+	// gone counts the grants released since the last decision, by wave;
+	// urgent asks for a decision at once: a wave's last host is done.
+	gone   map[string]int
+	urgent chan struct{}
+	relist chan struct{} // asks the listing of the grant folder to come now
 }
 
 // heldGrant is a live grant: the modify index of its key as granted, and
@@ -459,7 +498,7 @@ func (c *coordinator) run(ctx context.Context) {
 	}()
 	lists := make(chan listing, 1)
 	released := make(chan grantRef, s.Limit*2+8)
-	go c.list(ctx, lists)
+	go c.list(ctx, lists, c.relist)
 	plans := make(chan planned)
 	if c.planner != nil {
 		go c.decide(ctx, plans)
@@ -476,11 +515,20 @@ func (c *coordinator) run(ctx context.Context) {
 			c.merge(ctx, l, released)
 			listed = true
 		case p := <-plans:
-			c.plan = &p
+			if opened(c.plan, p) {
+				// The hosts of a wave just opened are about to wait: the
+				// next listing comes now, not after ListGap.
+				select {
+				case c.relist <- struct{}{}:
+				default:
+				}
+			}
+			c.plan, c.gone = &p, map[string]int{}
 		case g := <-released:
 			if h := c.held[g.node]; h.index == g.index { // not a newer grant to the same host
 				delete(c.held, g.node)
 				c.legacyGone(h.session)
+				c.releasedHost(g.node)
 			}
 		case <-tick.C:
 			// Only once the folder read last was empty: a listing slow to
@@ -513,7 +561,7 @@ func (c *coordinator) run(ctx context.Context) {
 // one that is short, because every waiting host known is granted, may
 // be made again at once, so that a host that starts waiting then is
 // granted without waiting for the gap.
-func (c *coordinator) list(ctx context.Context, lists chan listing) {
+func (c *coordinator) list(ctx context.Context, lists chan listing, relist <-chan struct{}) {
 	s := c.s
 	var index uint64
 	backoff := 100 * time.Millisecond
@@ -542,7 +590,15 @@ func (c *coordinator) list(ctx context.Context, lists chan listing) {
 		if len(pairs) <= 4*s.Limit+16 {
 			gap = 5 * time.Millisecond
 		}
-		pause(ctx, gap-time.Since(start))
+		if d := gap - time.Since(start); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			case <-relist:
+			}
+			t.Stop()
+		}
 	}
 }
 

@@ -23,7 +23,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path"
 	"reflect"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -50,11 +52,15 @@ var (
 	// DocGap is the least time between two writes of the document that
 	// change only the reasons (a wave's progress): each write wakes every
 	// host following it. A wave opening or closing is written at once.
-	DocGap = 5 * time.Second
+	DocGap = 30 * time.Second
 	// PlanEvery bounds the time between two decisions of a rollout not
 	// done, when nothing wakes the coordinator (a gate asked mid-bake).
 	PlanEvery = 5 * time.Second
 )
+
+// seenFor is how long a host that saw the coordinator alive does not
+// look for it again.
+const seenFor = 5 * time.Second
 
 var _ lock.Coordinated = (*Slots)(nil)
 
@@ -72,60 +78,70 @@ func (s *Slots) Want(checksum string) {
 	s.mu.Unlock()
 }
 
-// Rollout reads the document and this host's wave of checksum. When the
+// Rollout reads the document and this host's wave of checksum, the
+// release asked for and the coordinator's key, in one request. When the
 // document is about another release it asks for checksum; it starts a
 // coordinator when none runs.
 func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, string, error) {
-	doc, _, err := s.readDoc(ctx, 0)
-	if err != nil {
-		return nil, "", err
+	waveKey := WaveKey(s.Prefix, s.Service, s.Node)
+	// A get of a missing key fails a transaction; a tree does not.
+	ops := api.TxnOps{}
+	for _, k := range []string{RolloutKey(s.Prefix, s.Service), ReleaseKey(s.Prefix, s.Service), CoordKey(s.Prefix, s.Service), waveKey} {
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: k}})
 	}
-	if doc == nil || doc.Checksum != checksum {
-		var rel Placement
-		kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
-		if err != nil {
-			return nil, "", s.unavailable("read the release rolling out", err)
+	ok, resp, _, err := s.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	if err == nil && !ok {
+		err = fmt.Errorf("%v", resp.Errors)
+	}
+	if err != nil {
+		return nil, "", s.unavailable("read the rollout", err)
+	}
+	var doc *lock.Rollout
+	var rel, place Placement
+	coordinated := false
+	for _, r := range resp.Results {
+		kv := r.KV
+		if kv == nil {
+			continue
 		}
-		if kv != nil {
-			json.Unmarshal(kv.Value, &rel)
-		}
-		if rel.Checksum != checksum {
-			b, _ := json.Marshal(Placement{Checksum: checksum})
-			if _, err := s.Client.KV().Put(&api.KVPair{Key: ReleaseKey(s.Prefix, s.Service), Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
-				return nil, "", s.unavailable("ask for the rollout", err)
+		switch kv.Key {
+		case RolloutKey(s.Prefix, s.Service):
+			var d lock.Rollout
+			if json.Unmarshal(kv.Value, &d) == nil {
+				doc = &d
 			}
+		case ReleaseKey(s.Prefix, s.Service):
+			json.Unmarshal(kv.Value, &rel)
+		case CoordKey(s.Prefix, s.Service):
+			coordinated = kv.Session != ""
+		case waveKey:
+			json.Unmarshal(kv.Value, &place)
 		}
 	}
-	s.ensureCoordinator(ctx)
-	if doc == nil || doc.Checksum != checksum {
+	if (doc == nil || doc.Checksum != checksum) && rel.Checksum != checksum {
+		b, _ := json.Marshal(Placement{Checksum: checksum})
+		if _, err := s.Client.KV().Put(&api.KVPair{Key: ReleaseKey(s.Prefix, s.Service), Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+			return nil, "", s.unavailable("ask for the rollout", err)
+		}
+	}
+	if coordinated {
+		s.mu.Lock()
+		s.seen = time.Now()
+		s.mu.Unlock()
+	} else {
+		s.elect(ctx, false) // nobody coordinates: as read just now
+	}
+	if doc == nil || doc.Checksum != checksum || place.Checksum != checksum {
 		return doc, "", nil
 	}
 	s.mu.Lock()
-	w, ok := s.waves[checksum]
+	s.waves = map[string]string{checksum: place.Wave}
 	s.mu.Unlock()
-	if ok {
-		return doc, w, nil
-	}
-	kv, _, err := s.Client.KV().Get(WaveKey(s.Prefix, s.Service, s.Node), (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return nil, "", s.unavailable("read this host's wave", err)
-	}
-	var p Placement
-	if kv == nil || json.Unmarshal(kv.Value, &p) != nil || p.Checksum != checksum {
-		return doc, "", nil
-	}
-	s.mu.Lock()
-	s.waves = map[string]string{checksum: p.Wave} // a fixed plan never moves a host
-	s.mu.Unlock()
-	return doc, p.Wave, nil
+	return doc, place.Wave, nil
 }
 
 // WaitRollout blocks until the document changes past index.
 func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, uint64, error) {
-	return s.readDoc(ctx, index)
-}
-
-func (s *Slots) readDoc(ctx context.Context, index uint64) (*lock.Rollout, uint64, error) {
 	q := &api.QueryOptions{}
 	if index > 0 {
 		q.WaitIndex, q.WaitTime = index, 5*time.Minute
@@ -142,6 +158,49 @@ func (s *Slots) readDoc(ctx context.Context, index uint64) (*lock.Rollout, uint6
 		return nil, meta.LastIndex, fmt.Errorf("read %s: %w", kv.Key, err)
 	}
 	return &doc, meta.LastIndex, nil
+}
+
+// watchMoved follows the document while this host waits for a grant of
+// want, and ends the wait (cancel with lock.ErrMoved) when the rollout
+// moves on: another release, a breaker, a pin of this host.
+func (s *Slots) watchMoved(ctx context.Context, want string, cancel context.CancelCauseFunc) {
+	s.mu.Lock()
+	wave := s.waves[want]
+	s.mu.Unlock()
+	var index uint64
+	for ctx.Err() == nil {
+		doc, next, err := s.WaitRollout(ctx, index)
+		if err != nil {
+			index = 0
+			pause(ctx, time.Second)
+			continue
+		}
+		if moved(doc, want, wave, s.Node) {
+			cancel(lock.ErrMoved)
+			return
+		}
+		index = next
+		pause(ctx, 100*time.Millisecond)
+	}
+}
+
+// moved says whether doc ends the wait of node, in wave, for want: the
+// release changed, or the breaker tripped, or the host's wave neither is
+// open nor opens by itself (an approval, a bake, a window, a freeze: the
+// host's check waits for those and says so), or a pin names the host.
+func moved(doc *lock.Rollout, want, wave, node string) bool {
+	if doc == nil || doc.Checksum != want || doc.Trip != "" {
+		return true
+	}
+	if ws := doc.Wave(wave); wave != "" && (ws == nil || !ws.Open && !ws.Queue) {
+		return true
+	}
+	for _, glob := range doc.Pins {
+		if ok, _ := path.Match(glob, node); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // planned is one decision of the coordinator's rollout.
@@ -200,6 +259,7 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 			next = time.Minute // nothing asked: the release key wakes it
 		default:
 			doc, waves, err := c.planner.Plan(ctx, rel.Checksum)
+			s.logger().Debug("rollout decided", "service", s.Service, "took", time.Since(start), "error", err)
 			if err != nil {
 				s.logger().Warn("could not decide the rollout", "service", s.Service, "error", err)
 				next = time.Second
@@ -241,6 +301,7 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 					break
 				}
 				last, lastWrite = &doc, time.Now()
+				s.logger().Debug("rollout written", "service", s.Service, "took", time.Since(start), "urgent", urgent)
 			} else if !sameDoc(*last, doc) {
 				next = min(next, DocGap-time.Since(lastWrite))
 			}
@@ -261,11 +322,12 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 				next = time.Minute
 			}
 		}
-		pause(ctx, ListGap-time.Since(start))
 		t := time.NewTimer(max(next-time.Since(start), 0))
 		select {
 		case <-ctx.Done():
 		case <-wake:
+			pause(ctx, ListGap-time.Since(start))
+		case <-c.urgent: // a wave's last host is done: the next may open now
 		case <-t.C:
 		}
 		t.Stop()
@@ -295,66 +357,125 @@ func (c *coordinator) follow(ctx context.Context, key string, poke func()) {
 }
 
 // place writes the wave keys of hosts not placed yet, up to 63 a
-// transaction, each checking the coord key.
+// transaction, each checking the coord key, a few transactions at once.
 func (c *coordinator) place(ctx context.Context, checksum string, waves map[string]string, placed map[string]string) error {
 	s := c.s
-	var ops api.TxnOps
+	var batches [][]string
 	var batch []string
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		ok, resp, _, err := s.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
-		if err != nil {
-			return err
-		}
-		if !ok {
-			for _, e := range resp.Errors {
-				if e.OpIndex == 0 {
-					return errNotCoordinator
-				}
-			}
-			return fmt.Errorf("place hosts in waves: %v", resp.Errors)
-		}
-		for _, n := range batch {
-			placed[n] = checksum + "/" + waves[n]
-		}
-		ops, batch = nil, nil
-		return nil
-	}
 	for node, wave := range waves {
 		if placed[node] == checksum+"/"+wave {
 			continue
 		}
-		if len(ops) == 0 {
-			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}})
-		}
-		b, _ := json.Marshal(Placement{Checksum: checksum, Wave: wave})
-		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: WaveKey(s.Prefix, s.Service, node), Value: b}})
 		batch = append(batch, node)
-		if len(ops) == 64 {
-			if err := flush(); err != nil {
-				return err
+		if len(batch) == 63 {
+			batches, batch = append(batches, batch), nil
+		}
+	}
+	if len(batch) > 0 {
+		batches = append(batches, batch)
+	}
+	errs := make([]error, len(batches))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, b := range batches {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			ops := api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}}}
+			for _, node := range b {
+				v, _ := json.Marshal(Placement{Checksum: checksum, Wave: waves[node]})
+				ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: WaveKey(s.Prefix, s.Service, node), Value: v}})
+			}
+			ok, resp, _, err := s.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+			switch {
+			case err != nil:
+				errs[i] = err
+			case !ok:
+				errs[i] = fmt.Errorf("place hosts in waves: %v", resp.Errors)
+				for _, e := range resp.Errors {
+					if e.OpIndex == 0 {
+						errs[i] = errNotCoordinator
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for i, b := range batches {
+		if errs[i] == nil {
+			for _, node := range b {
+				placed[node] = checksum + "/" + waves[node]
 			}
 		}
 	}
-	return flush()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (c *coordinator) writeDoc(ctx context.Context, doc lock.Rollout) error {
 	s := c.s
 	b, _ := json.Marshal(doc)
-	ok, _, _, err := s.Client.Txn().Txn(api.TxnOps{
+	ok, resp, _, err := s.Client.Txn().Txn(api.TxnOps{
 		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}},
-		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: RolloutKey(s.Prefix, s.Service), Value: b}},
+		// Held by the coordinator's session: released when it dies, so a
+		// host reading it knows whether to look for a coordinator.
+		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: RolloutKey(s.Prefix, s.Service), Value: b, Session: c.se.id}},
 	}, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return errNotCoordinator
+		for _, e := range resp.Errors {
+			if e.OpIndex == 0 {
+				return errNotCoordinator
+			}
+		}
+		return fmt.Errorf("write the rollout: %v", resp.Errors)
 	}
 	return nil
+}
+
+// opened says whether next opens a wave that prev did not.
+func opened(prev *planned, next planned) bool {
+	for _, w := range next.doc.Waves {
+		if !w.Open {
+			continue
+		}
+		if prev == nil || prev.doc.Checksum != next.doc.Checksum {
+			return true
+		}
+		if ws := prev.doc.Wave(w.Name); ws == nil || !ws.Open {
+			return true
+		}
+	}
+	return false
+}
+
+// releasedHost notes a grant released: when it was the last host of its
+// wave to finish, the coordinator decides again at once rather than after
+// ListGap, so that the next wave opens without delay.
+func (c *coordinator) releasedHost(node string) {
+	p := c.plan
+	if p == nil {
+		return
+	}
+	w := p.waves[node]
+	ws := p.doc.Wave(w)
+	if ws == nil {
+		return
+	}
+	c.gone[w]++
+	if ws.Done+c.gone[w] >= ws.Hosts {
+		select {
+		case c.urgent <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // sameState says whether a and b open the same waves with the same
@@ -366,7 +487,7 @@ func sameState(a, b lock.Rollout) bool {
 	}
 	for i := range a.Waves {
 		x, y := a.Waves[i], b.Waves[i]
-		if x.Name != y.Name || x.Open != y.Open || !x.Until.Equal(y.Until) || x.Hosts != y.Hosts {
+		if x.Name != y.Name || x.Open != y.Open || x.Queue != y.Queue || !x.Until.Equal(y.Until) || x.Hosts != y.Hosts {
 			return false
 		}
 	}

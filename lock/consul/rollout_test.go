@@ -16,6 +16,7 @@ import (
 type planner struct {
 	mu    sync.Mutex
 	open  map[string]bool
+	stop  map[string]bool // closed, and not opening by itself
 	calls int
 }
 
@@ -25,7 +26,7 @@ func (p *planner) Plan(_ context.Context, sum string) (lock.Rollout, map[string]
 	p.calls++
 	doc := lock.Rollout{Checksum: sum}
 	for _, w := range []string{"a", "b"} {
-		ws := lock.WaveState{Name: w, Open: p.open[w]}
+		ws := lock.WaveState{Name: w, Open: p.open[w], Queue: !p.open[w] && !p.stop[w]}
 		if !ws.Open {
 			ws.Reason = "closed by the test"
 		}
@@ -48,11 +49,12 @@ func (p *planner) set(wave string, open bool) {
 func node(i int) string { return []string{"host-00", "host-01", "host-02", "host-03"}[i] }
 
 // The coordinator places each host in its wave and writes one document;
-// a host that waits for a release is granted only once its wave opens,
-// even when it asks before.
+// a host that waits in line for a release is granted only once its wave
+// opens; a wave that no longer opens by itself (an approval, say) ends
+// the wait.
 func TestRolloutGrantsOnlyOpenWaves(t *testing.T) {
 	hs := hosts(t, 4, 2)
-	p := &planner{open: map[string]bool{"a": true}}
+	p := &planner{open: map[string]bool{"a": true}, stop: map[string]bool{}}
 	for _, h := range hs {
 		h.SetPlanner(p)
 	}
@@ -67,7 +69,7 @@ func TestRolloutGrantsOnlyOpenWaves(t *testing.T) {
 		}
 		return err
 	})
-	if wave != "b" || doc.Wave("b") == nil || doc.Wave("b").Open || doc.Wave("a") == nil || !doc.Wave("a").Open {
+	if wave != "b" || doc.Wave("b") == nil || doc.Wave("b").Open || !doc.Wave("b").Queue || doc.Wave("a") == nil || !doc.Wave("a").Open {
 		t.Fatalf("host-01: wave %q of %+v", wave, doc)
 	}
 	// host-01 asks for a slot while its wave is closed: no grant.
@@ -100,8 +102,23 @@ func TestRolloutGrantsOnlyOpenWaves(t *testing.T) {
 		}
 		return err
 	})
-	// A slot outside the rollout (a revert) waits for no wave.
+	// A wave closed that does not open by itself ends the wait in line.
 	p.set("b", false)
+	p.mu.Lock()
+	p.stop["b"] = true
+	p.mu.Unlock()
+	testutil.Eventually(t, 20*time.Second, func() error {
+		d, _, err := hs[2].Rollout(ctx, "sum1")
+		if err == nil && (d == nil || d.Wave("b").Open || d.Wave("b").Queue) {
+			err = errors.New("the document does not say wave b stopped")
+		}
+		return err
+	})
+	hs[2].Want("sum1")
+	if _, err := hs[2].Acquire(ctx); !errors.Is(err, lock.ErrMoved) {
+		t.Fatalf("host-02 waited for a wave that stopped: %v", err)
+	}
+	// A slot outside the rollout (a revert) waits for no wave.
 	hs[3].Want("")
 	if _, err := hs[3].Acquire(ctx); err != nil {
 		t.Fatal(err)
