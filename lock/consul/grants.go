@@ -43,6 +43,10 @@ import (
 const (
 	StateWant    = "want"
 	StateGranted = "granted"
+	// StateMoved: the coordinator ended the wait, the rollout moved on
+	// (another release, a breaker, a pin, a wave that no longer opens by
+	// itself): the host's next check decides afresh.
+	StateMoved = "moved"
 )
 
 // Grant is the value of a host's grant key.
@@ -206,25 +210,8 @@ func (se *session) abandon() {
 // coordinates the service, this one starts to.
 func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 	s.mu.Lock()
-	sum, rolling := s.want, s.planner != nil && s.want != ""
+	sum := s.want
 	s.mu.Unlock()
-	if rolling {
-		// A host waiting for a release of a rollout waits on its key and
-		// the coordinator's document: it stops waiting when the rollout
-		// moves on.
-		var cancel context.CancelCauseFunc
-		ctx, cancel = context.WithCancelCause(ctx)
-		defer cancel(nil)
-		go s.watchMoved(ctx, sum, cancel)
-	}
-	lost, err := s.acquire(ctx, sum)
-	if err != nil && errors.Is(context.Cause(ctx), lock.ErrMoved) {
-		return nil, fmt.Errorf("%w: no longer waiting for a slot to install %s", lock.ErrMoved, sum)
-	}
-	return lost, err
-}
-
-func (s *Slots) acquire(ctx context.Context, sum string) (<-chan struct{}, error) {
 	key := GrantKey(s.Prefix, s.Service, s.Node)
 	se, err := newSession(ctx, s.Client, "dropship "+s.Node+" "+s.Service, s.TTL, api.SessionBehaviorDelete)
 	if err != nil {
@@ -280,6 +267,10 @@ func (s *Slots) acquire(ctx context.Context, sum string) (<-chan struct{}, error
 		var g Grant
 		if json.Unmarshal(kv.Value, &g) == nil && g.State == StateGranted {
 			return se.lost, nil
+		}
+		if g.State == StateMoved {
+			s.Release(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("%w: no longer waiting for a slot to install %s", lock.ErrMoved, sum)
 		}
 		if meta.LastIndex == index {
 			s.ensureCoordinator(ctx) // a long quiet: is somebody still coordinating?
@@ -514,6 +505,10 @@ func (c *coordinator) run(ctx context.Context) {
 		case l := <-lists:
 			c.merge(ctx, l, released)
 			listed = true
+			if err := c.moveOut(ctx); errors.Is(err, errNotCoordinator) {
+				s.logger().Warn("lost the coordinator's lock", "service", s.Service)
+				return
+			}
 		case p := <-plans:
 			if opened(c.plan, p) {
 				// The hosts of a wave just opened are about to wait: the
@@ -524,6 +519,10 @@ func (c *coordinator) run(ctx context.Context) {
 				}
 			}
 			c.plan, c.gone = &p, map[string]int{}
+			if err := c.moveOut(ctx); errors.Is(err, errNotCoordinator) {
+				s.logger().Warn("lost the coordinator's lock", "service", s.Service)
+				return
+			}
 		case g := <-released:
 			if h := c.held[g.node]; h.index == g.index { // not a newer grant to the same host
 				delete(c.held, g.node)

@@ -160,28 +160,47 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 	return &doc, meta.LastIndex, nil
 }
 
-// watchMoved follows the document while this host waits for a grant of
-// want, and ends the wait (cancel with lock.ErrMoved) when the rollout
-// moves on: another release, a breaker, a pin of this host.
-func (s *Slots) watchMoved(ctx context.Context, want string, cancel context.CancelCauseFunc) {
-	s.mu.Lock()
-	wave := s.waves[want]
-	s.mu.Unlock()
-	var index uint64
-	for ctx.Err() == nil {
-		doc, next, err := s.WaitRollout(ctx, index)
-		if err != nil {
-			index = 0
-			pause(ctx, time.Second)
-			continue
-		}
-		if moved(doc, want, wave, s.Node) {
-			cancel(lock.ErrMoved)
-			return
-		}
-		index = next
-		pause(ctx, 100*time.Millisecond)
+// moveOut ends the wait of the hosts in line that the rollout no longer
+// lets in (see moved): their want turns "moved", in transactions that
+// check the coord key. Rare: a new release, a breaker, a pin, a wave that
+// now waits for an approval, a bake or a window.
+func (c *coordinator) moveOut(ctx context.Context) error {
+	s, p := c.s, c.plan
+	if c.planner == nil || p == nil {
+		return nil
 	}
+	var out, keep []want
+	for _, w := range c.queue {
+		if w.checksum != "" && moved(&p.doc, w.checksum, p.waves[w.node], w.node) {
+			out = append(out, w)
+		} else {
+			keep = append(keep, w)
+		}
+	}
+	c.queue = keep
+	for len(out) > 0 {
+		n := min(len(out), 63)
+		ops := api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}}}
+		for _, w := range out[:n] {
+			g, _ := json.Marshal(Grant{Node: w.node, State: StateMoved, Limit: s.Limit, By: s.Node, At: time.Now().UTC(), Session: w.session, Checksum: w.checksum})
+			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: w.key, Value: g, Index: w.modify}})
+		}
+		ok, resp, _, err := s.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			for _, e := range resp.Errors {
+				if e.OpIndex == 0 {
+					return errNotCoordinator
+				}
+			}
+			// A want changed meanwhile (the host left the line): the
+			// others of the batch go one by one at the next decision.
+		}
+		out = out[n:]
+	}
+	return nil
 }
 
 // moved says whether doc ends the wait of node, in wave, for want: the
