@@ -339,12 +339,13 @@ func (s *Slots) Coordinating() bool {
 // ensureCoordinator starts a coordinator here when the service has none
 // (no coord key, or one no session holds).
 func (s *Slots) ensureCoordinator(ctx context.Context) {
-	s.elect(ctx, true)
+	s.elect(ctx, true, ElectionSpread)
 }
 
 // elect becomes the coordinator if nobody is: look (unless the caller
-// just did), wait a random moment, and look again before trying.
-func (s *Slots) elect(ctx context.Context, look bool) {
+// just did), wait a random moment up to spread, and look again before
+// trying.
+func (s *Slots) elect(ctx context.Context, look bool, spread time.Duration) {
 	s.mu.Lock()
 	running := s.coord != nil || look && time.Since(s.seen) < seenFor
 	s.mu.Unlock()
@@ -360,7 +361,7 @@ func (s *Slots) elect(ctx context.Context, look bool) {
 	}
 	// Hosts that start waiting together would all find no coordinator and
 	// all create a session to try: spread them, and look again first.
-	t := time.NewTimer(rand.N(ElectionSpread))
+	t := time.NewTimer(rand.N(max(spread, time.Millisecond)))
 	select {
 	case <-ctx.Done():
 		t.Stop()

@@ -98,6 +98,7 @@ func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, st
 	}
 	var doc *lock.Rollout
 	var rel, place Placement
+	var relIndex uint64
 	coordinated := false
 	for _, r := range resp.Results {
 		kv := r.KV
@@ -112,24 +113,36 @@ func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, st
 			}
 		case ReleaseKey(s.Prefix, s.Service):
 			json.Unmarshal(kv.Value, &rel)
+			relIndex = kv.ModifyIndex
 		case CoordKey(s.Prefix, s.Service):
 			coordinated = kv.Session != ""
 		case waveKey:
 			json.Unmarshal(kv.Value, &place)
 		}
 	}
+	asked := false
 	if (doc == nil || doc.Checksum != checksum) && rel.Checksum != checksum {
+		// Check-and-set: of the hosts that find a release at once, one
+		// asks for it, and it alone tries to coordinate at once.
 		b, _ := json.Marshal(Placement{Checksum: checksum})
-		if _, err := s.Client.KV().Put(&api.KVPair{Key: ReleaseKey(s.Prefix, s.Service), Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		ok, _, err := s.Client.KV().CAS(&api.KVPair{Key: ReleaseKey(s.Prefix, s.Service), Value: b, ModifyIndex: relIndex}, (&api.WriteOptions{}).WithContext(ctx))
+		if err != nil {
 			return nil, "", s.unavailable("ask for the rollout", err)
 		}
+		asked = ok
 	}
-	if coordinated {
+	switch {
+	case coordinated:
 		s.mu.Lock()
 		s.seen = time.Now()
 		s.mu.Unlock()
-	} else {
-		s.elect(ctx, false) // nobody coordinates: as read just now
+	case asked:
+		s.elect(ctx, false, 0) // nobody coordinates, as read just now
+	case rel.Checksum == checksum:
+		// Asked for, and nobody coordinates (it died, or the one that
+		// asked has not taken the lock yet): any host may, after a
+		// random wait spread widely, as many read the rollout at once.
+		s.elect(ctx, false, 10*ElectionSpread)
 	}
 	if doc == nil || doc.Checksum != checksum || place.Checksum != checksum {
 		return doc, "", nil
