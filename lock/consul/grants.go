@@ -116,8 +116,7 @@ type Slots struct {
 	held    *session // while waiting or holding
 	coord   *coordinator
 	planner lock.Planner
-	want    string            // the release the next Acquire waits for
-	waves   map[string]string // this host's wave, by release
+	want    string // the release the next Acquire waits for
 	// seen is when this host last saw a coordinator alive (its session
 	// on the rollout's document): it need not look again for a while.
 	seen time.Time

@@ -147,9 +147,6 @@ func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, st
 	if doc == nil || doc.Checksum != checksum || place.Checksum != checksum {
 		return doc, "", nil
 	}
-	s.mu.Lock()
-	s.waves = map[string]string{checksum: place.Wave}
-	s.mu.Unlock()
 	return doc, place.Wave, nil
 }
 
