@@ -92,8 +92,9 @@ bench-rollout: rig
 # each) against one Consul agent; the consul/api semaphore beside.
 SCALE_HOSTS ?= 100,1000,5000
 SCALE_BASELINE ?= 200,500
+SCALE_ROLLOUT ?= 100,1000,5000
 bench-scale: rig
-	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/scale -hosts $(SCALE_HOSTS) -baseline $(SCALE_BASELINE)
+	PATH="$(RIG_DIR)/bin:$$PATH" $(GO) run ./bench/scale -hosts $(SCALE_HOSTS) -baseline $(SCALE_BASELINE) -rollout $(SCALE_ROLLOUT)
 
 # Fuzz the archive reader, the config loader and the state loader
 # (FUZZTIME each; `make test` runs 10,000 inputs of each: a count, not a

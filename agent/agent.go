@@ -87,13 +87,21 @@ func (a *Agent) Once(ctx context.Context) error {
 	var errs []error
 	for _, r := range a.runners {
 		out := r.Check(ctx)
-		if out.Reason == reasonSettle && ctx.Err() == nil {
+		for deadline := time.Now().Add(onceCoordWait); out.Reason == reasonSettle ||
+			coordinating(out) && time.Now().Before(deadline); {
+			if ctx.Err() != nil {
+				break
+			}
 			// Registered just now: a run from cron waits the few
 			// seconds the fleet is given, then decides, rather than
-			// exiting without installing every time.
+			// exiting without installing every time. So too while the
+			// coordinator plans the rollout.
 			a.log(r, out)
 			sleep(ctx, time.Until(out.Until))
 			out = r.Check(ctx)
+		}
+		if c, ok := r.coord.(interface{ Close() }); ok {
+			c.Close() // the coordinator, if this run was it, gives its lock back
 		}
 		a.log(r, out)
 		if out.Err != nil {
@@ -132,7 +140,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			defer wg.Done()
 			a.loop(ctx, r)
 		}()
-		if w, ok := a.cfg.Fleet.(fleet.ServiceWatcher); ok && r.decider != nil {
+		if r.coord != nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a.followDoc(ctx, r)
+			}()
+		} else if w, ok := a.cfg.Fleet.(fleet.ServiceWatcher); ok && r.decider != nil {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -141,6 +155,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	wg.Wait()
+	for _, r := range a.runners {
+		// A coordinator decides with this config's policy: it gives its
+		// lock back, and another agent (or this one, reloaded) takes over.
+		if c, ok := r.coord.(interface{ Close() }); ok {
+			c.Close()
+		}
+	}
 	return nil
 }
 

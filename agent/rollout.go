@@ -99,7 +99,7 @@ func equalTags(a, b []string) bool {
 // check over. It returns the fleet as read, or the outcome that ends the
 // check.
 func (r *Runner) rolloutFirst(ctx context.Context, st *State) (fleet.Status, *Outcome) {
-	view, err := r.records.Status(ctx, r.svc.Name)
+	view, err := r.ownRecords(ctx)
 	if err != nil {
 		return view, &Outcome{Result: ResultError, Phase: PhaseLock, Err: fmt.Errorf("read the rollout: %w", err)}
 	}
@@ -129,6 +129,9 @@ func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifa
 	if settled := r.registeredAt.Add(registerSettle); r.registeredAt.IsZero() || r.now().Before(settled) {
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Until: settled, rollout: true, Reason: reasonSettle}
 	}
+	if r.coord != nil {
+		return r.coordGate(ctx, sum, !r.granted)
+	}
 	if _, fixed := view.Plans[sum]; !fixed && r.samePolicy(view) {
 		// The first host to decide on this release fixes its plan: a
 		// host that registers later goes into the last wave, and no host
@@ -142,18 +145,9 @@ func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifa
 			return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("read the rollout: %w", err)}
 		}
 	}
-	dec := r.decider.Decide(ctx, r.node, rollout.View{Service: r.svc.Name, Checksum: sum, Status: view, Now: r.now()})
-	if dec.Trip != "" {
-		r.logger.Error("rollout stopped", "checksum", sum, "wave", dec.Wave, "reason", dec.Trip)
-		b := fleet.Breaker{Checksum: sum, Node: r.node, Phase: dec.TripPhase, Error: dec.Trip, Time: r.now().UTC()}
-		if err := r.fleet.Trip(ctx, r.svc.Name, b); err != nil {
-			return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("trip the breaker: %w", err)}
-		}
-		if dec.TripPhase == rollout.PhaseGate { // the failures that reach max_failed are in the log already
-			r.record(ctx, fleet.Event{Kind: fleet.EventGate, Who: r.node, Via: "agent", Node: r.node,
-				Checksum: sum, Detail: fleet.Clip(dec.Trip)})
-		}
-		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: dec.Trip, rollout: true}
+	dec, stop := r.decide(ctx, view, sum, r.node)
+	if stop != nil {
+		return stop
 	}
 	if dec.Go {
 		if dec.Wave != "" {
@@ -165,17 +159,39 @@ func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifa
 		Until: dec.Until, rollout: true}
 }
 
+// decide applies the rollout to host me of view: the decision, or the
+// outcome that ends the check when the rollout must stop (the breaker is
+// tripped here, and a failed gate recorded).
+func (r *Runner) decide(ctx context.Context, view fleet.Status, sum, me string) (rollout.Decision, *Outcome) {
+	dec := r.decider.Decide(ctx, me, rollout.View{Service: r.svc.Name, Checksum: sum, Status: view, Now: r.now()})
+	if dec.Trip == "" {
+		return dec, nil
+	}
+	r.logger.Error("rollout stopped", "checksum", sum, "wave", dec.Wave, "reason", dec.Trip)
+	b := fleet.Breaker{Checksum: sum, Node: r.node, Phase: dec.TripPhase, Error: dec.Trip, Time: r.now().UTC()}
+	if err := r.fleet.Trip(ctx, r.svc.Name, b); err != nil {
+		return dec, &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("trip the breaker: %w", err)}
+	}
+	if dec.TripPhase == rollout.PhaseGate { // the failures that reach max_failed are in the log already
+		r.record(ctx, fleet.Event{Kind: fleet.EventGate, Who: r.node, Via: "agent", Node: r.node,
+			Checksum: sum, Detail: fleet.Clip(dec.Trip)})
+	}
+	return dec, &Outcome{Result: ResultSkipped, Checksum: sum, Reason: dec.Trip, rollout: true}
+}
+
 // rolloutAgain decides again once the slot is held: a freeze, a pin or a
 // breaker may have come while this host waited for it. (A pin or a revert
 // is left to the next check, which takes the slot for it.)
 func (r *Runner) rolloutAgain(ctx context.Context, info artifact.Info) *Outcome {
-	view, err := r.records.Status(ctx, r.svc.Name)
+	view, err := r.ownRecords(ctx)
 	if err != nil {
 		return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: info.Checksum(), Err: fmt.Errorf("read the rollout: %w", err)}
 	}
 	if pin := rollout.Pinned(view.Pins, r.node); pin != nil {
 		return &Outcome{Result: ResultSkipped, Checksum: info.Checksum(), Reason: "pinned to " + pin.Target + " by " + pin.Who}
 	}
+	r.granted = true // the wave must be open now, not only in line
+	defer func() { r.granted = false }()
 	return r.rolloutGate(ctx, view, info)
 }
 
@@ -198,6 +214,9 @@ func (r *Runner) revert(ctx context.Context, st *State, view fleet.Status, b *fl
 			Reason: fmt.Sprintf("the fleet reverts %s (failed on %s in %s), but this host cannot: %v", b.Checksum, b.Node, b.Phase, err)}
 	}
 	if r.sem != nil {
+		if r.coord != nil {
+			r.coord.Want("") // a revert waits for no wave
+		}
 		s, stop := r.takeSlot(ctx, artifact.Info{MD5: st.Checksum})
 		if stop != nil {
 			return *stop
@@ -271,6 +290,9 @@ func (r *Runner) pinned(ctx context.Context, st *State, view fleet.Status, pin *
 		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; the switch waits: on hold"}
 	}
 	if r.sem != nil {
+		if r.coord != nil {
+			r.coord.Want("") // a pin waits for no wave
+		}
 		s, stop := r.takeSlot(ctx, artifact.Info{MD5: target.Checksum})
 		if stop != nil {
 			return *stop
@@ -354,7 +376,9 @@ const rolloutPoll = 15 * time.Second
 // fail.
 func (r *Runner) rolloutWait(out Outcome) time.Duration {
 	wait := rolloutPoll
-	if p := r.svc.Rollout; p != nil && len(p.Gates) > 0 {
+	if r.coord != nil {
+		wait = coordPoll // the coordinator asks the gates; its document wakes this host
+	} else if p := r.svc.Rollout; p != nil && len(p.Gates) > 0 {
 		wait = p.Recheck()
 	}
 	if !out.Until.IsZero() {

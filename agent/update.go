@@ -19,6 +19,7 @@ import (
 	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/internal/trim"
+	"github.com/dropshipd/dropship/lock"
 	"github.com/dropshipd/dropship/lock/local"
 )
 
@@ -96,6 +97,8 @@ type Runner struct {
 
 	tags         []string         // node_tags
 	decider      *rollout.Decider // the service's rollout, or nil
+	coord        lock.Coordinated // the slots, when their coordinator decides the rollout
+	granted      bool             // rolloutAgain: the slot is held
 	registeredAt time.Time        // when this process found or wrote its node record
 	registered   bool             // this host's node record has its tags and policy
 
@@ -152,6 +155,12 @@ func NewRunner(cfg *Config, svc *Service, logger *slog.Logger) (*Runner, error) 
 			return nil, fmt.Errorf("service %s: %w", svc.Name, err)
 		}
 		r.sem = sem
+		if c, ok := sem.(lock.Coordinated); ok && r.decider != nil {
+			// The coordinator decides the waves: this host reads its
+			// document and its own wave, never every host's record.
+			r.coord = c
+			c.SetPlanner(r.planner())
+		}
 	}
 	r.status.Service = svc.Name
 	return r, nil
@@ -407,6 +416,12 @@ func (r *Runner) takeSlot(ctx context.Context, info artifact.Info) (*slot, *Outc
 	r.logger.Info("waiting for a fleet slot", "checksum", info.Checksum(), "concurrency", r.svc.Concurrency)
 	lost, err := r.sem.Acquire(ctx)
 	r.setWaiting(false)
+	if errors.Is(err, lock.ErrMoved) {
+		// The rollout moved on while this host waited in line: the next
+		// check decides afresh.
+		return nil, &Outcome{Result: ResultSkipped, Checksum: info.Checksum(), Reason: "rollout: " + err.Error(), rollout: true,
+			Until: r.now().Add(100 * time.Millisecond)}
+	}
 	if err != nil {
 		return nil, &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: info.Checksum(), Err: fmt.Errorf("take a slot: %w", err)}
 	}

@@ -22,9 +22,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -34,11 +37,14 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/dropshipd/dropship/fleet"
 	fleetconsul "github.com/dropshipd/dropship/fleet/consul"
+	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/lock"
 	lockconsul "github.com/dropshipd/dropship/lock/consul"
@@ -46,17 +52,23 @@ import (
 
 var (
 	hostsFlag    = flag.String("hosts", "100,1000,5000", "host counts to run with the grants")
+	rolloutFlag  = flag.String("rollout", "", "host counts to run with the grants and a rollout (canary, 10%, 100%) the coordinator decides")
 	baselineFlag = flag.String("baseline", "", "host counts to run with the consul/api semaphore")
 	update       = flag.Duration("update", 100*time.Millisecond, "how long each host's update takes")
 	percent      = flag.Float64("concurrency", 1, "concurrency, in percent of the hosts (at least 1)")
 	idle         = flag.Duration("idle", 20*time.Second, "idle time measured after the rollout (0: none)")
 	ttl          = flag.Duration("ttl", 15*time.Second, "session TTL")
+	kindsFlag    = flag.Bool("kinds", false, "print the requests per host by kind after each run")
 )
 
 func main() {
 	flag.Parse()
+	raiseFiles()
+	if *kindsFlag {
+		slog.SetLogLoggerLevel(slog.LevelDebug)
+	}
 	fmt.Printf("%-10s %6s %5s %7s %7s %9s %9s %9s %8s %8s %10s\n", "design", "hosts", "conc", "wall s", "÷ideal", "p99 ms", "req/host", "KB/host", "cpu s", "rss MB", "idle req/h")
-	for _, d := range []struct{ name, list string }{{"semaphore", *baselineFlag}, {"grants", *hostsFlag}} {
+	for _, d := range []struct{ name, list string }{{"semaphore", *baselineFlag}, {"grants", *hostsFlag}, {"rollout", *rolloutFlag}} {
 		for _, f := range strings.Split(d.list, ",") {
 			if f = strings.TrimSpace(f); f == "" {
 				continue
@@ -81,8 +93,28 @@ type counting struct {
 	req, recv *atomic.Int64
 }
 
+// kinds counts the requests of every host by kind, for -kinds.
+var kinds sync.Map
+
+func kindOf(r *http.Request) string {
+	p := r.URL.Path
+	for _, cut := range []string{"/grant/", "/nodes/", "/wave/", "/failed/", "/session/create", "/session/renew/", "/session/destroy/"} {
+		if i := strings.Index(p, cut); i >= 0 {
+			p = p[:i+len(cut)]
+		}
+	}
+	if r.URL.Query().Has("index") {
+		p += " (blocking)"
+	}
+	return r.Method + " " + p
+}
+
 func (c counting) RoundTrip(r *http.Request) (*http.Response, error) {
 	c.req.Add(1)
+	if *kindsFlag {
+		n, _ := kinds.LoadOrStore(kindOf(r), new(atomic.Int64))
+		n.(*atomic.Int64).Add(1)
+	}
 	resp, err := c.base.RoundTrip(r)
 	if err != nil {
 		return resp, err
@@ -109,13 +141,30 @@ func (b *countBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// shared is the connections of every simulated host: each keeps its own
+// client and its own count, but idle connections go back to one pool, so
+// the process holds about one connection per request in flight (a host
+// waiting on a blocking query holds one) rather than one idle connection
+// kept per host and per kind of request.
+var shared = &http.Transport{
+	DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+	MaxIdleConns:        4096,
+	MaxIdleConnsPerHost: 4096,
+	IdleConnTimeout:     90 * time.Second,
+}
+
 func newClient(addr string, req, recv *atomic.Int64) (*api.Client, error) {
-	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConnsPerHost: 1,
-		IdleConnTimeout:     90 * time.Second,
+	return api.NewClient(&api.Config{Address: addr, HttpClient: &http.Client{Transport: counting{shared, req, recv}}})
+}
+
+// raiseFiles raises the limit of open files to its hard limit: thousands
+// of hosts each hold a connection, and Consul (started from here) as many.
+func raiseFiles() {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Cur < l.Max {
+		l.Cur = l.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
 	}
-	return api.NewClient(&api.Config{Address: addr, HttpClient: &http.Client{Transport: counting{tr, req, recv}}})
 }
 
 // cpu returns the CPU seconds (user + system) and the resident and peak
@@ -168,13 +217,30 @@ func run(design string, n int) error {
 	// When each host's wait was in Consul: a slot freed before it is not
 	// this host's hand-off to wait for.
 	waiting := make([]time.Time, n)
+	fleets := make([]*fleetconsul.Fleet, n)
+	waveOf := make([]int, n)
+	policy := &rollout.Policy{Canary: 1, Waves: []rollout.Wave{{Percent: 10}, {Percent: 100}}, MaxFailed: 1, OnFailure: rollout.OnFailureStop}
 	for i := range n {
 		cl, err := newClient(c.Addr, &req[i], &recv[i])
 		if err != nil {
 			return err
 		}
 		node := fmt.Sprintf("host-%05d", i)
+		fleets[i] = &fleetconsul.Fleet{Client: cl, Prefix: "bench", Node: node, SessionTTL: *ttl}
 		switch design {
+		case "rollout":
+			sl := lockconsul.New(cl, "bench", "app", node, *ttl, conc)
+			sl.Waiting = func() { waiting[i] = time.Now() }
+			sl.SetPlanner(&rollout.Coordinator{Service: "app", Node: node, Decider: rollout.NewDecider(policy), Records: fleets[i]})
+			slots[i] = sl
+			// Registered, as an agent does when it starts: not part of
+			// the rollout measured.
+			if err := fleets[i].Report(context.Background(), "app", fleet.NodeStatus{Node: node, Result: "registered",
+				Time: time.Now().UTC(), Policy: policy.Hash()}); err != nil {
+				return err
+			}
+			req[i].Store(0)
+			recv[i].Store(0)
 		case "semaphore":
 			f := &fleetconsul.Fleet{Client: cl, Prefix: "bench", Node: node, SessionTTL: *ttl}
 			slots[i] = f.LegacySemaphore("app", conc)
@@ -195,6 +261,21 @@ func run(design string, n int) error {
 	t0 := time.Now()
 	for i := range n {
 		wg.Go(func() {
+			if design == "rollout" {
+				sl := slots[i].(*lockconsul.Slots)
+				for {
+					err := rolloutHost(ctx, sl, fleets[i], policy.Hash(), &waveOf[i], &grants[i], &releases[i])
+					if err == nil {
+						return
+					}
+					firstErr.CompareAndSwap(nil, err.Error())
+					failed.Add(1)
+					if ctx.Err() != nil {
+						return
+					}
+					time.Sleep(time.Second)
+				}
+			}
 			for {
 				_, err := slots[i].Acquire(ctx)
 				if err == nil {
@@ -235,14 +316,30 @@ func run(design string, n int) error {
 	sort.Slice(order, func(a, b int) bool { return grants[order[a]].Before(grants[order[b]]) })
 	r := append([]time.Time(nil), releases...)
 	sort.Slice(r, func(i, j int) bool { return r[i].Before(r[j]) })
+	// With a rollout, a host's slot is free only once the wave before
+	// its own is done: its hand-off counts from then if that is later.
+	waveDone := map[int]time.Time{}
+	for i := range n {
+		for w := waveOf[i] + 1; w <= 3; w++ {
+			if releases[i].After(waveDone[w]) {
+				waveDone[w] = releases[i]
+			}
+		}
+	}
 	var hand []time.Duration
 	for k := conc; k < n; k++ {
 		h := order[k]
 		from := r[k-conc]
-		if waiting[h].After(from) {
+		if waiting[h].After(from) && design != "rollout" {
 			from = waiting[h]
 		}
+		if d := waveDone[waveOf[h]]; d.After(from) {
+			from = d
+		}
 		hand = append(hand, max(0, grants[h].Sub(from)))
+		if *kindsFlag && grants[h].Sub(from) > 300*time.Millisecond {
+			fmt.Printf("    hand-off %d (host %d, wave %d): %v, from %.3f to %.3f\n", k, h, waveOf[h], grants[h].Sub(from).Round(time.Millisecond), from.Sub(t0).Seconds(), grants[h].Sub(t0).Seconds())
+		}
 	}
 	sort.Slice(hand, func(i, j int) bool { return hand[i] < hand[j] })
 	p99 := time.Duration(0)
@@ -250,6 +347,11 @@ func run(design string, n int) error {
 		p99 = hand[min(len(hand)-1, len(hand)*99/100)]
 	}
 	ideal := time.Duration((n+conc-1)/conc) * *update
+	if design == "rollout" {
+		// The canary alone, then each wave back to back.
+		first := int(math.Ceil(float64(n)/10)) - 1
+		ideal = time.Duration(1+(first+conc-1)/conc+(n-1-first+conc-1)/conc) * *update
+	}
 	idleRate := -1.0
 	if *idle > 0 {
 		var before int64
@@ -275,5 +377,87 @@ func run(design string, n int) error {
 		fmt.Printf("  (%d waits failed and were retried: %v)", f, firstErr.Load())
 	}
 	fmt.Printf("  peak rss %.0f MB\n", hwm)
+	if *kindsFlag {
+		kinds.Range(func(k, v any) bool {
+			fmt.Printf("    %-70s %6.2f\n", k, float64(v.(*atomic.Int64).Load())/float64(n))
+			v.(*atomic.Int64).Store(0)
+			return true
+		})
+	}
 	return nil
+}
+
+// sum is the release the rollout design rolls out.
+const sum = "0123456789abcdef0123456789abcdef"
+
+// rolloutHost is one host of a service with a rollout, doing what an
+// agent's checks do against Consul: its own records, the hold and the
+// breaker, the coordinator's document and its own wave; while its wave is
+// closed it follows the document; once open, or opening by itself once
+// an earlier wave is done, it waits in line for its grant,
+// looks again, updates, reports and gives the slot back.
+func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet, policy string, wave *int, grant, release *time.Time) error {
+	check := func() (*lock.Rollout, string, error) {
+		if _, err := f.Brief(ctx, "app", f.Node); err != nil {
+			return nil, "", err
+		}
+		if _, err := f.Blocked(ctx, "app", sum); err != nil {
+			return nil, "", err
+		}
+		return sl.Rollout(ctx, sum)
+	}
+	var index uint64
+	for {
+		doc, name, err := check()
+		if err != nil {
+			return err
+		}
+		if doc == nil || doc.Checksum != sum || name == "" {
+			// The agent's follower wakes it when the document changes,
+			// its poll after 2 s.
+			wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, next, err := sl.WaitRollout(wctx, index)
+			cancel()
+			if err == nil {
+				index = next
+			}
+			continue
+		}
+		if ws := doc.Wave(name); ws != nil && (ws.Open || ws.Queue) {
+			for k := range doc.Waves {
+				if doc.Waves[k].Name == name {
+					*wave = k
+				}
+			}
+			sl.Want(sum)
+			if _, err := sl.Acquire(ctx); errors.Is(err, lock.ErrMoved) {
+				continue // as the agent: its next check decides afresh
+			} else if err != nil {
+				return err
+			}
+			*grant = time.Now()
+			if _, _, err := check(); err != nil { // looked at again once the slot is held
+				sl.Release(ctx)
+				return err
+			}
+			time.Sleep(*update)
+			err := f.Report(ctx, "app", fleet.NodeStatus{Node: f.Node, Checksum: sum, Release: "v2", Result: "installed",
+				Attempt: sum, Time: time.Now().UTC(), Policy: policy})
+			*release = time.Now()
+			sl.Release(ctx)
+			return err
+		}
+		// Follow the document until this host's wave opens.
+		for {
+			d, next, err := sl.WaitRollout(ctx, index)
+			if err != nil {
+				return err
+			}
+			changed := next != index
+			index = next
+			if ws := d.Wave(name); changed && (d == nil || d.Checksum != sum || ws != nil && ws.Open) {
+				break
+			}
+		}
+	}
 }

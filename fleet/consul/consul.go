@@ -204,29 +204,48 @@ func (p *Fleet) put(ctx context.Context, key string, v any) error {
 // breaker tripped by another host. An unreachable Consul is an error: the
 // caller starts nothing (fail closed).
 func (p *Fleet) Blocked(ctx context.Context, service, checksum string) (string, error) {
-	if h, err := p.hold(ctx, service); err != nil {
+	// Both keys in one consistent read (a tree: a missing key would fail
+	// the transaction).
+	holdKey, failedKey := fleet.HoldKey(p.Prefix, service), fleet.FailedKey(p.Prefix, service)+checksum
+	ok, resp, _, err := p.Client.Txn().Txn(api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: holdKey}},
+		{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: failedKey}},
+	}, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err == nil && !ok {
+		err = fmt.Errorf("%v", resp.Errors)
+	}
+	if err != nil {
+		return "", fmt.Errorf("%w: read %s and %s: %v", fleet.ErrUnavailable, holdKey, failedKey, err)
+	}
+	var hold, failed *api.KVPair
+	for _, r := range resp.Results {
+		switch {
+		case r.KV == nil:
+		case r.KV.Key == holdKey:
+			hold = r.KV
+		case r.KV.Key == failedKey:
+			failed = r.KV
+		}
+	}
+	if h, err := p.holdOf(service, hold); err != nil {
 		return "", err
 	} else if h != nil {
 		return fmt.Sprintf("on hold since %s by %s: %s", h.Time.Format(time.RFC3339), h.Who, h.Reason), nil
 	}
 	var b fleet.Breaker
-	if ok, err := p.get(ctx, fleet.FailedKey(p.Prefix, service)+checksum, &b); err != nil {
-		return "", err
-	} else if ok {
+	if failed != nil {
+		if err := json.Unmarshal(failed.Value, &b); err != nil {
+			return "", fmt.Errorf("read %s: %w", failedKey, err)
+		}
 		return fmt.Sprintf("checksum %s failed on %s in %s: %s (lift with `dropship fleet clear %s %s`)",
 			checksum, b.Node, b.Phase, b.Error, service, checksum), nil
 	}
 	return "", nil
 }
 
-// hold reads the hold of service as operatorRecord accepts it: nil when
-// there is none, or none signed by an operator key when keys are set.
-func (p *Fleet) hold(ctx context.Context, service string) (*fleet.Hold, error) {
-	key := fleet.HoldKey(p.Prefix, service)
-	kv, _, err := p.Client.KV().Get(key, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
-	if err != nil {
-		return nil, fmt.Errorf("%w: read %s: %v", fleet.ErrUnavailable, key, err)
-	}
+// holdOf is the hold in kv as operatorRecord accepts it: nil when there
+// is none, or none signed by an operator key when keys are set.
+func (p *Fleet) holdOf(service string, kv *api.KVPair) (*fleet.Hold, error) {
 	if kv == nil {
 		return nil, nil
 	}
@@ -236,7 +255,7 @@ func (p *Fleet) hold(ctx context.Context, service string) (*fleet.Hold, error) {
 	case err != nil && len(p.OperatorKeys) > 0:
 		return nil, nil // ignored; Status says why
 	case err != nil:
-		return nil, fmt.Errorf("read %s: %w", key, err) // unreadable is still a hold: fail closed
+		return nil, fmt.Errorf("read %s: %w", kv.Key, err) // unreadable is still a hold: fail closed
 	case who != "":
 		h.Who = who
 	}
@@ -399,17 +418,42 @@ func (p *Fleet) Services(ctx context.Context) ([]string, error) {
 // Status reads the fleet records of service in one transaction, leaving
 // out the audit log (up to MaxEvents values nobody asked for).
 func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error) {
+	slots := lockconsul.SlotsPrefix(p.Prefix, service)
+	return p.status(ctx, service, []string{"nodes/", "hold", "failed/", "lock/", "rollout/"},
+		fleet.PublishedPrefix(p.Prefix)+service, slots+"coord", slots+"grant/")
+}
+
+// Brief reads what one host of service needs of the records before it
+// asks the coordinator of a rollout: its own record, the hold, the
+// breakers, the freeze, the pins and the clears. Its size does not grow
+// with the fleet (the breakers and pins are the operators').
+func (p *Fleet) Brief(ctx context.Context, service, node string) (fleet.Status, error) {
+	st, err := p.status(ctx, service, []string{"nodes/" + node, "hold", "failed/", "rollout/freeze", "rollout/pins/", "rollout/cleared/"})
+	own := st.Nodes[:0]
+	for _, n := range st.Nodes {
+		if n.Node == node { // the tree of nodes/host-1 holds nodes/host-10 too
+			own = append(own, n)
+		}
+	}
+	st.Nodes = own
+	return st, err
+}
+
+// status reads the trees subs of the service's folder and the trees
+// named in full by more, in one transaction.
+func (p *Fleet) status(ctx context.Context, service string, subs []string, more ...string) (fleet.Status, error) {
 	st := fleet.Status{Service: service}
 	base := p.Prefix + "/" + service + "/"
 	var ops api.TxnOps
-	for _, sub := range []string{"nodes/", "hold", "failed/", "lock/", "rollout/"} {
+	for _, sub := range subs {
 		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: base + sub}})
 	}
 	// A get of a missing key fails a transaction; a tree does not.
 	pubKey := fleet.PublishedPrefix(p.Prefix) + service
 	slots := lockconsul.SlotsPrefix(p.Prefix, service)
-	ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: pubKey}},
-		&api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: slots}})
+	for _, k := range more {
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: k}})
+	}
 	ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return st, fmt.Errorf("%w: read %s: %v", fleet.ErrUnavailable, base, err)

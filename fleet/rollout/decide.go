@@ -230,7 +230,7 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 		}
 		pr := waveProgress(steps[j], v.Checksum, nodes, st.Cleared)
 		if len(pr.pending) > 0 {
-			dec.Reason = fmt.Sprintf("waiting for wave %s: %d of %d hosts done (%s to go)", steps[j].Name,
+			dec.Reason = fmt.Sprintf(reasonEarlierWave+"%s: %d of %d hosts done (%s to go)", steps[j].Name,
 				len(pr.done)+len(pr.failed), len(steps[j].Nodes), list(pr.pending))
 			var deferring []string
 			for _, n := range pr.pending {
@@ -305,6 +305,10 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 	dec.Go = true
 	return dec
 }
+
+// reasonEarlierWave starts the reason of a host whose wave waits for an
+// earlier one to be done.
+const reasonEarlierWave = "waiting for wave "
 
 func (d *Decider) passed(key string) bool {
 	d.mu.Lock()

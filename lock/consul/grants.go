@@ -36,12 +36,17 @@ import (
 
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/internal/blocking"
+	"github.com/dropshipd/dropship/lock"
 )
 
 // States of a grant key.
 const (
 	StateWant    = "want"
 	StateGranted = "granted"
+	// StateMoved: the coordinator ended the wait, the rollout moved on
+	// (another release, a breaker, a pin, a wave that no longer opens by
+	// itself): the host's next check decides afresh.
+	StateMoved = "moved"
 )
 
 // Grant is the value of a host's grant key.
@@ -55,6 +60,9 @@ type Grant struct {
 	// Session is the host's: the coordinator takes the older
 	// dropship's semaphore slot with it too (see legacy.go).
 	Session string `json:"session,omitempty"`
+	// Checksum is the release the host waits to install, when its
+	// service has a rollout: it is granted only while its wave is open.
+	Checksum string `json:"checksum,omitempty"`
 }
 
 // Doc is the value of the coord key.
@@ -104,9 +112,14 @@ type Slots struct {
 	// hand-off from it).
 	Waiting func()
 
-	mu    sync.Mutex
-	held  *session // while waiting or holding
-	coord *coordinator
+	mu      sync.Mutex
+	held    *session // while waiting or holding
+	coord   *coordinator
+	planner lock.Planner
+	want    string // the release the next Acquire waits for
+	// seen is when this host last saw a coordinator alive (its session
+	// on the rollout's document): it need not look again for a while.
+	seen time.Time
 }
 
 // New returns node's claim on the limit slots of service.
@@ -195,6 +208,9 @@ func (se *session) abandon() {
 // own key) until the coordinator grants it, or ctx ends. When no agent
 // coordinates the service, this one starts to.
 func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
+	s.mu.Lock()
+	sum := s.want
+	s.mu.Unlock()
 	key := GrantKey(s.Prefix, s.Service, s.Node)
 	se, err := newSession(ctx, s.Client, "dropship "+s.Node+" "+s.Service, s.TTL, api.SessionBehaviorDelete)
 	if err != nil {
@@ -204,16 +220,24 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 		se.end(s.Client)
 		return nil, err
 	}
-	want, _ := json.Marshal(Grant{Node: s.Node, State: StateWant, Limit: s.Limit, Since: time.Now().UTC(), Session: se.id})
+	want, _ := json.Marshal(Grant{Node: s.Node, State: StateWant, Limit: s.Limit, Since: time.Now().UTC(), Session: se.id, Checksum: sum})
 	// The key may still be held by this host's previous process, whose
 	// session outlives it by its TTL: wait for it.
 	var index uint64
 	for {
-		ok, _, err := s.Client.KV().Acquire(&api.KVPair{Key: key, Value: want, Session: se.id}, (&api.WriteOptions{}).WithContext(ctx))
+		// The wait written and read back in one request: its index is
+		// where the blocking query on it starts.
+		ok, resp, _, err := s.Client.Txn().Txn(api.TxnOps{
+			{KV: &api.KVTxnOp{Verb: api.KVLock, Key: key, Value: want, Session: se.id}},
+			{KV: &api.KVTxnOp{Verb: api.KVGet, Key: key}},
+		}, (&api.QueryOptions{}).WithContext(ctx))
 		if err != nil {
 			return fail(s.unavailable("write the wait for a slot", err))
 		}
 		if ok {
+			if len(resp.Results) > 1 && resp.Results[1].KV != nil {
+				index = resp.Results[1].KV.ModifyIndex
+			}
 			break
 		}
 		_, meta, err := s.Client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: s.TTL}).WithContext(ctx))
@@ -229,7 +253,6 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 		s.Waiting()
 	}
 	s.ensureCoordinator(ctx)
-	index = 0
 	for {
 		kv, meta, err := s.Client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: CheckCoordinator}).WithContext(ctx))
 		if err != nil {
@@ -243,6 +266,10 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 		var g Grant
 		if json.Unmarshal(kv.Value, &g) == nil && g.State == StateGranted {
 			return se.lost, nil
+		}
+		if g.State == StateMoved {
+			s.Release(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("%w: no longer waiting for a slot to install %s", lock.ErrMoved, sum)
 		}
 		if meta.LastIndex == index {
 			s.ensureCoordinator(ctx) // a long quiet: is somebody still coordinating?
@@ -311,8 +338,15 @@ func (s *Slots) Coordinating() bool {
 // ensureCoordinator starts a coordinator here when the service has none
 // (no coord key, or one no session holds).
 func (s *Slots) ensureCoordinator(ctx context.Context) {
+	s.elect(ctx, true, ElectionSpread)
+}
+
+// elect becomes the coordinator if nobody is: look (unless the caller
+// just did), wait a random moment up to spread, and look again before
+// trying.
+func (s *Slots) elect(ctx context.Context, look bool, spread time.Duration) {
 	s.mu.Lock()
-	running := s.coord != nil
+	running := s.coord != nil || look && time.Since(s.seen) < seenFor
 	s.mu.Unlock()
 	if running {
 		return
@@ -321,12 +355,12 @@ func (s *Slots) ensureCoordinator(ctx context.Context) {
 		kv, _, err := s.Client.KV().Get(CoordKey(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
 		return err == nil && (kv == nil || kv.Session == "")
 	}
-	if !free() {
+	if look && !free() {
 		return
 	}
 	// Hosts that start waiting together would all find no coordinator and
 	// all create a session to try: spread them, and look again first.
-	t := time.NewTimer(rand.N(ElectionSpread))
+	t := time.NewTimer(rand.N(max(spread, time.Millisecond)))
 	select {
 	case <-ctx.Done():
 		t.Stop()
@@ -350,7 +384,11 @@ func (s *Slots) startCoordinator() {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &coordinator{s: s, se: se, cancel: cancel, done: make(chan struct{}), held: map[string]heldGrant{}}
+	s.mu.Lock()
+	planner := s.planner
+	s.mu.Unlock()
+	c := &coordinator{s: s, se: se, cancel: cancel, done: make(chan struct{}), held: map[string]heldGrant{}, planner: planner,
+		gone: map[string]int{}, urgent: make(chan struct{}, 1), relist: make(chan struct{}, 1)}
 	s.mu.Lock()
 	if s.coord != nil {
 		s.mu.Unlock()
@@ -385,6 +423,15 @@ type coordinator struct {
 	legacy *legacyLock // the older semaphore's record, as last written or read
 	// lastLen is how many keys the last listing of the folder had.
 	lastLen int
+	// planner decides the service's rollout, if it has one; plan is its
+	// last decision.
+	planner lock.Planner
+	plan    *planned
+	// gone counts the grants released since the last decision, by wave;
+	// urgent asks for a decision at once: a wave's last host is done.
+	gone   map[string]int
+	urgent chan struct{}
+	relist chan struct{} // asks the listing of the grant folder to come now
 }
 
 // heldGrant is a live grant: the modify index of its key as granted, and
@@ -395,6 +442,7 @@ type heldGrant struct {
 }
 
 type want struct {
+	checksum      string
 	node          string
 	key           string
 	session       string
@@ -441,7 +489,11 @@ func (c *coordinator) run(ctx context.Context) {
 	}()
 	lists := make(chan listing, 1)
 	released := make(chan grantRef, s.Limit*2+8)
-	go c.list(ctx, lists)
+	go c.list(ctx, lists, c.relist)
+	plans := make(chan planned)
+	if c.planner != nil {
+		go c.decide(ctx, plans)
+	}
 	idleSince := time.Now()
 	tick := time.NewTicker(IdleResign / 4)
 	defer tick.Stop()
@@ -453,15 +505,34 @@ func (c *coordinator) run(ctx context.Context) {
 		case l := <-lists:
 			c.merge(ctx, l, released)
 			listed = true
+			if err := c.moveOut(ctx); errors.Is(err, errNotCoordinator) {
+				s.logger().Warn("lost the coordinator's lock", "service", s.Service)
+				return
+			}
+		case p := <-plans:
+			if opened(c.plan, p) {
+				// The hosts of a wave just opened are about to wait: the
+				// next listing comes now, not after ListGap.
+				select {
+				case c.relist <- struct{}{}:
+				default:
+				}
+			}
+			c.plan, c.gone = &p, map[string]int{}
+			if err := c.moveOut(ctx); errors.Is(err, errNotCoordinator) {
+				s.logger().Warn("lost the coordinator's lock", "service", s.Service)
+				return
+			}
 		case g := <-released:
 			if h := c.held[g.node]; h.index == g.index { // not a newer grant to the same host
 				delete(c.held, g.node)
 				c.legacyGone(h.session)
+				c.releasedHost(g.node)
 			}
 		case <-tick.C:
 			// Only once the folder read last was empty: a listing slow to
 			// come (a busy Consul) is no sign that nobody waits.
-			if listed && c.lastLen == 0 && len(c.held) == 0 && len(c.queue) == 0 && time.Since(idleSince) > IdleResign {
+			if listed && c.lastLen == 0 && len(c.held) == 0 && len(c.queue) == 0 && c.rolloutDone() && time.Since(idleSince) > IdleResign {
 				s.logger().Info("nobody waits for a slot: giving up coordinating", "service", s.Service)
 				return
 			}
@@ -477,7 +548,7 @@ func (c *coordinator) run(ctx context.Context) {
 			s.logger().Warn("lost the coordinator's lock", "service", s.Service)
 			return
 		}
-		if len(c.held) > 0 || len(c.queue) > 0 {
+		if len(c.held) > 0 || len(c.queue) > 0 || !c.rolloutDone() {
 			idleSince = time.Now()
 		}
 	}
@@ -489,7 +560,7 @@ func (c *coordinator) run(ctx context.Context) {
 // one that is short, because every waiting host known is granted, may
 // be made again at once, so that a host that starts waiting then is
 // granted without waiting for the gap.
-func (c *coordinator) list(ctx context.Context, lists chan listing) {
+func (c *coordinator) list(ctx context.Context, lists chan listing, relist <-chan struct{}) {
 	s := c.s
 	var index uint64
 	backoff := 100 * time.Millisecond
@@ -518,7 +589,15 @@ func (c *coordinator) list(ctx context.Context, lists chan listing) {
 		if len(pairs) <= 4*s.Limit+16 {
 			gap = 5 * time.Millisecond
 		}
-		pause(ctx, gap-time.Since(start))
+		if d := gap - time.Since(start); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			case <-relist:
+			}
+			t.Stop()
+		}
 	}
 }
 
@@ -557,7 +636,7 @@ func (c *coordinator) merge(ctx context.Context, l listing, released chan<- gran
 				go c.watch(ctx, node, kv.Key, kv.ModifyIndex, released)
 			}
 		case StateWant:
-			c.queue = append(c.queue, want{node: node, key: kv.Key, session: g.Session, modify: kv.ModifyIndex, order: kv.CreateIndex})
+			c.queue = append(c.queue, want{checksum: g.Checksum, node: node, key: kv.Key, session: g.Session, modify: kv.ModifyIndex, order: kv.CreateIndex})
 		}
 	}
 	for node, h := range c.held {
@@ -574,9 +653,16 @@ func (c *coordinator) merge(ctx context.Context, l listing, released chan<- gran
 // host, so agents of both kinds share one limit.
 func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error {
 	s := c.s
+	var later []want // wants whose wave is not open: kept in line
+	defer func() { c.queue = append(later, c.queue...) }()
 	for len(c.held) < s.Limit && len(c.queue) > 0 {
 		w := c.queue[0]
 		if _, ok := c.held[w.node]; ok {
+			c.queue = c.queue[1:]
+			continue
+		}
+		if !c.allowed(w) {
+			later = append(later, w)
 			c.queue = c.queue[1:]
 			continue
 		}
@@ -588,7 +674,7 @@ func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error 
 			return nil // older agents hold the free slots: the next listing looks again
 		}
 		c.queue = c.queue[1:]
-		g, _ := json.Marshal(Grant{Node: w.node, State: StateGranted, Limit: s.Limit, By: s.Node, At: time.Now().UTC(), Session: w.session})
+		g, _ := json.Marshal(Grant{Node: w.node, State: StateGranted, Limit: s.Limit, By: s.Node, At: time.Now().UTC(), Session: w.session, Checksum: w.checksum})
 		ops := api.TxnOps{
 			{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}},
 			{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: w.key, Value: g, Index: w.modify}},

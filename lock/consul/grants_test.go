@@ -48,6 +48,8 @@ func client(t *testing.T) *api.Client {
 func hosts(t *testing.T, n, limit int) []*Slots {
 	var out []*Slots
 	prefix := "test/" + t.Name()
+	// A fresh service, also when a test runs again (-count).
+	client(t).KV().DeleteTree(prefix+"/", nil)
 	for i := range n {
 		s := New(client(t), prefix, "app", fmt.Sprintf("host-%02d", i), 10*time.Second, limit)
 		t.Cleanup(s.Close)

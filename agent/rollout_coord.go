@@ -1,0 +1,162 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/fleet/rollout"
+	"github.com/dropshipd/dropship/internal/blocking"
+	"github.com/dropshipd/dropship/lock"
+)
+
+// With slots whose coordinator decides the rollout (lock "consul"), the
+// coordinator, one agent elected per service, is the only one that reads
+// every host's record: it fixes the plan, decides each wave with the
+// rollout's Decider (bake, gates, max_failed, approvals, windows, freezes)
+// and writes one compact document. Every other host reads its own
+// records, that document and its own wave, and waits on the document: its
+// work does not grow with the fleet.
+
+// coordPoll is how long a host waiting on a coordinated rollout sleeps
+// when nothing wakes it: the document it follows normally comes first.
+const coordPoll = time.Minute
+
+// onceCoordWait bounds how long `agent --once` waits for a coordinator
+// to plan the rollout and place the host.
+const onceCoordWait = time.Minute
+
+// Reasons of a host that waits for the coordinator itself.
+const (
+	reasonCoordPlan  = "rollout: waiting for the coordinator to plan "
+	reasonCoordPlace = "rollout: waiting for the coordinator to place this host in a wave"
+)
+
+// coordinating says whether out waits for the coordinator to plan or to
+// place the host: seconds, not a wave.
+func coordinating(out Outcome) bool {
+	return strings.HasPrefix(out.Reason, reasonCoordPlan) || out.Reason == reasonCoordPlace
+}
+
+// briefer reads one host's share of the records (fleet/consul).
+type briefer interface {
+	Brief(ctx context.Context, service, node string) (fleet.Status, error)
+}
+
+// ownRecords reads what this host needs of the fleet's records before it
+// decides: all of them without a coordinator, its own and the operators'
+// with one.
+func (r *Runner) ownRecords(ctx context.Context) (fleet.Status, error) {
+	if b, ok := r.records.(briefer); ok && r.coord != nil {
+		return b.Brief(ctx, r.svc.Name, r.node)
+	}
+	return r.records.Status(ctx, r.svc.Name)
+}
+
+// coordGate decides from the coordinator's document whether this host's
+// wave of sum is open, or (inLine) closed only until an earlier wave is
+// done: then the host waits for its grant in line, and the coordinator
+// grants it the moment its wave opens.
+func (r *Runner) coordGate(ctx context.Context, sum string, inLine bool) *Outcome {
+	doc, wave, err := r.coord.Rollout(ctx, sum)
+	if err != nil {
+		return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("read the rollout: %w", err)}
+	}
+	soon := r.now().Add(2 * time.Second) // the document, which this host follows, normally wakes it first
+	switch {
+	case doc == nil || doc.Checksum != sum:
+		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: reasonCoordPlan + sum, Until: soon, rollout: true}
+	case wave == "":
+		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: reasonCoordPlace, Until: soon, rollout: true}
+	}
+	ws := doc.Wave(wave)
+	if ws == nil {
+		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: "rollout wave " + wave + ": not in the coordinator's plan", Until: soon, rollout: true}
+	}
+	if !ws.Open && inLine && ws.Queue {
+		r.logger.Info("rollout: waiting in line for this host's wave", "checksum", sum, "wave", wave, "reason", ws.Reason)
+		r.coord.Want(sum)
+		return nil
+	}
+	if !ws.Open {
+		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: "rollout wave " + wave + ": " + ws.Reason, Until: ws.Until, rollout: true}
+	}
+	r.logger.Info("rollout: this host's wave may start", "checksum", sum, "wave", wave)
+	r.coord.Want(sum)
+	return nil
+}
+
+// planner is the coordinator's side of the rollout: fleet/rollout's,
+// tripping the breaker as a host does.
+func (r *Runner) planner() *rollout.Coordinator {
+	return &rollout.Coordinator{Service: r.svc.Name, Node: r.node, Decider: r.decider, Records: r.records, Now: r.now,
+		Decide: func(ctx context.Context, view fleet.Status, sum, me string) (rollout.Decision, error) {
+			dec, stop := r.decide(ctx, view, sum, me)
+			if stop != nil && stop.Err != nil {
+				return dec, stop.Err // the breaker could not be tripped: decided again next time
+			}
+			return dec, nil
+		}}
+}
+
+// followDoc wakes a service whose coordinator decides the rollout when
+// the coordinator's document changes in what this host acts on: its wave
+// opens or its time changes while it waits, a pin names it, the breaker
+// of what it runs tripped (a revert), or the records went (a Consul that
+// lost its data: register again).
+func (a *Agent) followDoc(ctx context.Context, r *Runner) {
+	var last string
+	had := false
+	loop := blocking.Loop{MinGap: followGap, BackoffCap: followBackoffCap, Down: func(err error) {
+		r.logger.Debug("following the rollout's document", "error", err)
+	}}
+	loop.Run(ctx, 0, func(ctx context.Context, index uint64) (uint64, error) {
+		doc, next, err := r.coord.WaitRollout(ctx, index)
+		if err != nil {
+			return 0, err
+		}
+		state := docState(doc)
+		if index > 0 && (next != index || next < index) {
+			switch {
+			case doc == nil && had:
+				a.Trigger(r.svc.Name)
+			case r.rolloutWaiting() && state != last:
+				a.Trigger(r.svc.Name)
+			case doc != nil && r.mustActDoc(doc):
+				a.Trigger(r.svc.Name)
+			}
+		}
+		last, had = state, doc != nil
+		return next, nil
+	})
+}
+
+// mustActDoc says whether the document asks this host to revert or to
+// follow a pin.
+func (r *Runner) mustActDoc(doc *lock.Rollout) bool {
+	for _, glob := range doc.Pins {
+		if ok, _ := path.Match(glob, r.node); ok {
+			return true
+		}
+	}
+	cur := r.Status().Checksum
+	return r.svc.Rollout.OnFailure == rollout.OnFailureRevert && cur != "" && slices.Contains(doc.Breakers, cur)
+}
+
+// docState is what a waiting host acts on in a document: the reasons
+// aside, which change with every host done.
+func docState(doc *lock.Rollout) string {
+	if doc == nil {
+		return ""
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s|%s|%s|%s|%v|%v", doc.Checksum, doc.Hold, doc.Freeze, doc.Trip, doc.Pins, doc.Breakers)
+	for _, w := range doc.Waves {
+		fmt.Fprintf(&b, "|%s %v %d %s", w.Name, w.Open, w.Hosts, w.Until.Format(time.RFC3339Nano))
+	}
+	return b.String()
+}

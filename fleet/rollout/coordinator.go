@@ -1,0 +1,159 @@
+package rollout
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/lock"
+)
+
+// Coordinator decides a rollout for the whole fleet, for the agent that
+// coordinates the service's slots (lock.Planner): it alone reads every
+// host's record, fixes the plan when the rollout starts, and decides each
+// wave as a host of that wave would (Decide), into one document whose
+// size grows with the waves, not the fleet.
+type Coordinator struct {
+	Service string
+	Node    string // the coordinating host
+	Decider *Decider
+	Records fleet.Operator
+	Now     func() time.Time
+	// Decide, if set, decides for host me and trips the breaker when
+	// the decision says to (a gate failed, max_failed reached); else the
+	// Decider's decision is taken as it is.
+	Decide func(ctx context.Context, view fleet.Status, checksum, me string) (Decision, error)
+}
+
+var _ lock.Planner = (*Coordinator)(nil)
+
+func (c *Coordinator) decide(ctx context.Context, view fleet.Status, sum, me string) (Decision, error) {
+	if c.Decide != nil {
+		return c.Decide(ctx, view, sum, me)
+	}
+	return c.Decider.Decide(ctx, me, View{Service: c.Service, Checksum: sum, Status: view, Now: c.now()}), nil
+}
+
+func (c *Coordinator) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
+}
+
+// samePolicy says whether every registered host has the coordinator's
+// rollout policy: only then is a plan it makes the fleet's.
+func (c *Coordinator) samePolicy(view fleet.Status) bool {
+	mine := c.Decider.Policy.Hash()
+	for _, n := range view.Nodes {
+		if n.Policy != mine {
+			return false
+		}
+	}
+	return true
+}
+
+// Plan reads every host's record, fixes the plan of sum when the rollout
+// starts, and decides each wave. It returns the document and each planned
+// host's wave.
+func (c *Coordinator) Plan(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
+	p := c.Decider.Policy
+	doc := lock.Rollout{Checksum: sum}
+	view, err := c.Records.Status(ctx, c.Service)
+	if err != nil {
+		return doc, nil, err
+	}
+	if _, fixed := view.Plans[sum]; !fixed && c.samePolicy(view) {
+		// Fixed when the rollout starts: a host that registers later goes
+		// into the last wave, and no host moves into an earlier or an
+		// approved wave.
+		steps := p.Plan(sum, Members(view, ""))
+		if _, err := c.Records.FixPlan(ctx, c.Service, sum, Waves(steps)); err != nil {
+			return doc, nil, fmt.Errorf("fix the rollout's plan: %w", err)
+		}
+		if view, err = c.Records.Status(ctx, c.Service); err != nil {
+			return doc, nil, err
+		}
+	}
+	now := c.now()
+	if view.Hold != nil {
+		doc.Hold = view.Hold.Who + ": " + view.Hold.Reason
+	}
+	if f := view.Freeze; f != nil && (f.Until.IsZero() || now.Before(f.Until)) {
+		doc.Freeze = f.Who + ": " + f.Reason
+	}
+	for _, pin := range view.Pins {
+		doc.Pins = append(doc.Pins, pin.Nodes)
+	}
+	for _, b := range view.Breakers {
+		doc.Breakers = append(doc.Breakers, b.Checksum)
+	}
+	slices.Sort(doc.Pins)
+	slices.Sort(doc.Breakers)
+	steps := p.Fixed(sum, view, Members(view, ""))
+	on := map[string]bool{}
+	for _, n := range view.Nodes {
+		on[n.Node] = n.Checksum == sum
+	}
+	waves := map[string]string{}
+	doc.Done = true
+	for _, s := range steps {
+		for _, n := range s.Nodes {
+			waves[n] = s.Name
+			if !on[n] {
+				doc.Done = false
+				if doc.WaitingOn == "" {
+					doc.WaitingOn = n
+				}
+			}
+		}
+	}
+	// Once the breaker is tripped no wave opens, and the gate that
+	// tripped it is not asked again.
+	var closed string
+	if b := view.Breaker(sum); b != nil {
+		closed = fmt.Sprintf("%s failed on %s in %s: %s", sum, b.Node, b.Phase, b.Error)
+		doc.Trip = closed
+	} else if !c.samePolicy(view) {
+		dec, err := c.decide(ctx, view, sum, c.Node)
+		if err != nil {
+			return doc, nil, err
+		}
+		closed = dec.Reason
+	}
+	for _, s := range steps {
+		ws := lock.WaveState{Name: s.Name, Hosts: len(s.Nodes)}
+		for _, n := range s.Nodes {
+			if on[n] {
+				ws.Done++
+			}
+		}
+		switch {
+		case closed != "":
+			ws.Reason = closed
+		case len(s.Nodes) == 0:
+			ws.Reason = "no hosts in this fleet"
+		default:
+			// Every host of a wave is decided alike: its first speaks
+			// for it.
+			dec, err := c.decide(ctx, view, sum, s.Nodes[0])
+			if err != nil {
+				return doc, nil, err
+			}
+			if dec.Trip != "" {
+				doc.Trip, closed, ws.Reason = dec.Trip, dec.Trip, dec.Trip
+				break
+			}
+			ws.Open, ws.Reason, ws.Until = dec.Go, dec.Reason, dec.Until
+			ws.Queue = !dec.Go && strings.HasPrefix(dec.Reason, reasonEarlierWave)
+			if !ws.Until.IsZero() && len(p.Gates) > 0 {
+				doc.Again = now.Add(p.Recheck()) // the gates are asked during the bake
+			}
+		}
+		doc.Waves = append(doc.Waves, ws)
+	}
+	return doc, waves, nil
+}

@@ -1,0 +1,531 @@
+package consul
+
+// A service with a rollout block: the coordinator also decides the waves.
+//
+// Layout, beside the grants under <prefix>/_slots/<service>/:
+//
+//	release        the release to roll out, as the first host to find it
+//	               asked: {"checksum": …}
+//	rollout        the coordinator's document (lock.Rollout): the release
+//	               rolling out and each wave's state; its size grows with
+//	               the waves, not the fleet
+//	wave/<node>    the host's wave of that release: {"checksum","wave"}
+//
+// Only the coordinator reads the fleet's records (through its Planner, at
+// most once per ListGap) and writes these keys, every write in a
+// transaction that checks it still holds the coord key. A host reads the
+// document and its own wave key, and waits on the document and its own
+// grant key: its work does not grow with the fleet. A host's want names
+// the release it waits to install, and the coordinator grants it only
+// while its wave of that release is open.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/dropshipd/dropship/lock"
+)
+
+// RolloutKey, ReleaseKey and WaveKey name the keys of a rollout.
+func RolloutKey(prefix, service string) string { return SlotsPrefix(prefix, service) + "rollout" }
+func ReleaseKey(prefix, service string) string { return SlotsPrefix(prefix, service) + "release" }
+func WavePrefix(prefix, service string) string { return SlotsPrefix(prefix, service) + "wave/" }
+func WaveKey(prefix, service, node string) string {
+	return WavePrefix(prefix, service) + node
+}
+
+// Placement is the value of a wave key.
+type Placement struct {
+	Checksum string `json:"checksum"`
+	Wave     string `json:"wave"`
+}
+
+// Tunables of the rollout; tests and the bench shorten some.
+var (
+	// DocGap is the least time between two writes of the document that
+	// change only the reasons (a wave's progress): each write wakes every
+	// host following it. A wave opening or closing is written at once.
+	DocGap = 30 * time.Second
+	// PlanEvery bounds the time between two decisions of a rollout not
+	// done, when nothing wakes the coordinator (a gate asked mid-bake).
+	PlanEvery = 5 * time.Second
+)
+
+// seenFor is how long a host that saw the coordinator alive does not
+// look for it again.
+const seenFor = 5 * time.Second
+
+var _ lock.Coordinated = (*Slots)(nil)
+
+// SetPlanner makes this host's coordinator decide the rollout with p.
+func (s *Slots) SetPlanner(p lock.Planner) {
+	s.mu.Lock()
+	s.planner = p
+	s.mu.Unlock()
+}
+
+// Want sets the release the next Acquire waits to install.
+func (s *Slots) Want(checksum string) {
+	s.mu.Lock()
+	s.want = checksum
+	s.mu.Unlock()
+}
+
+// Rollout reads the document and this host's wave of checksum, the
+// release asked for and the coordinator's key, in one request. When the
+// document is about another release it asks for checksum; it starts a
+// coordinator when none runs.
+func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, string, error) {
+	waveKey := WaveKey(s.Prefix, s.Service, s.Node)
+	// A get of a missing key fails a transaction; a tree does not.
+	ops := api.TxnOps{}
+	for _, k := range []string{RolloutKey(s.Prefix, s.Service), ReleaseKey(s.Prefix, s.Service), CoordKey(s.Prefix, s.Service), waveKey} {
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: k}})
+	}
+	ok, resp, _, err := s.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	if err == nil && !ok {
+		err = fmt.Errorf("%v", resp.Errors)
+	}
+	if err != nil {
+		return nil, "", s.unavailable("read the rollout", err)
+	}
+	var doc *lock.Rollout
+	var rel, place Placement
+	var relIndex uint64
+	coordinated := false
+	for _, r := range resp.Results {
+		kv := r.KV
+		if kv == nil {
+			continue
+		}
+		switch kv.Key {
+		case RolloutKey(s.Prefix, s.Service):
+			var d lock.Rollout
+			if json.Unmarshal(kv.Value, &d) == nil {
+				doc = &d
+			}
+		case ReleaseKey(s.Prefix, s.Service):
+			json.Unmarshal(kv.Value, &rel)
+			relIndex = kv.ModifyIndex
+		case CoordKey(s.Prefix, s.Service):
+			coordinated = kv.Session != ""
+		case waveKey:
+			json.Unmarshal(kv.Value, &place)
+		}
+	}
+	asked := false
+	if (doc == nil || doc.Checksum != checksum) && rel.Checksum != checksum {
+		// Check-and-set: of the hosts that find a release at once, one
+		// asks for it, and it alone tries to coordinate at once.
+		b, _ := json.Marshal(Placement{Checksum: checksum})
+		ok, _, err := s.Client.KV().CAS(&api.KVPair{Key: ReleaseKey(s.Prefix, s.Service), Value: b, ModifyIndex: relIndex}, (&api.WriteOptions{}).WithContext(ctx))
+		if err != nil {
+			return nil, "", s.unavailable("ask for the rollout", err)
+		}
+		asked = ok
+	}
+	switch {
+	case coordinated:
+		s.mu.Lock()
+		s.seen = time.Now()
+		s.mu.Unlock()
+	case asked:
+		s.elect(ctx, false, 0) // nobody coordinates, as read just now
+	case rel.Checksum == checksum:
+		// Asked for, and nobody coordinates (it died, or the one that
+		// asked has not taken the lock yet): any host may, after a
+		// random wait spread widely, as many read the rollout at once.
+		s.elect(ctx, false, 10*ElectionSpread)
+	}
+	if doc == nil || doc.Checksum != checksum || place.Checksum != checksum {
+		return doc, "", nil
+	}
+	return doc, place.Wave, nil
+}
+
+// WaitRollout blocks until the document changes past index.
+func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, uint64, error) {
+	q := &api.QueryOptions{}
+	if index > 0 {
+		q.WaitIndex, q.WaitTime = index, 5*time.Minute
+	}
+	kv, meta, err := s.Client.KV().Get(RolloutKey(s.Prefix, s.Service), q.WithContext(ctx))
+	if err != nil {
+		return nil, 0, s.unavailable("read the rollout", err)
+	}
+	if kv == nil {
+		return nil, meta.LastIndex, nil
+	}
+	var doc lock.Rollout
+	if err := json.Unmarshal(kv.Value, &doc); err != nil {
+		return nil, meta.LastIndex, fmt.Errorf("read %s: %w", kv.Key, err)
+	}
+	return &doc, meta.LastIndex, nil
+}
+
+// moveOut ends the wait of the hosts in line that the rollout no longer
+// lets in (see moved): their want turns "moved", in transactions that
+// check the coord key. Rare: a new release, a breaker, a pin, a wave that
+// now waits for an approval, a bake or a window.
+func (c *coordinator) moveOut(ctx context.Context) error {
+	s, p := c.s, c.plan
+	if c.planner == nil || p == nil {
+		return nil
+	}
+	var out, keep []want
+	for _, w := range c.queue {
+		if w.checksum != "" && moved(&p.doc, w.checksum, p.waves[w.node], w.node) {
+			out = append(out, w)
+		} else {
+			keep = append(keep, w)
+		}
+	}
+	c.queue = keep
+	for len(out) > 0 {
+		n := min(len(out), 63)
+		ops := api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}}}
+		for _, w := range out[:n] {
+			g, _ := json.Marshal(Grant{Node: w.node, State: StateMoved, Limit: s.Limit, By: s.Node, At: time.Now().UTC(), Session: w.session, Checksum: w.checksum})
+			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: w.key, Value: g, Index: w.modify}})
+		}
+		ok, resp, _, err := s.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			for _, e := range resp.Errors {
+				if e.OpIndex == 0 {
+					return errNotCoordinator
+				}
+			}
+			// A want changed meanwhile (the host left the line): the
+			// others of the batch go one by one at the next decision.
+		}
+		out = out[n:]
+	}
+	return nil
+}
+
+// moved says whether doc ends the wait of node, in wave, for want: the
+// release changed, or the breaker tripped, or the host's wave neither is
+// open nor opens by itself (an approval, a bake, a window, a freeze: the
+// host's check waits for those and says so), or a pin names the host.
+func moved(doc *lock.Rollout, want, wave, node string) bool {
+	if doc == nil || doc.Checksum != want || doc.Trip != "" {
+		return true
+	}
+	if ws := doc.Wave(wave); wave != "" && (ws == nil || !ws.Open && !ws.Queue) {
+		return true
+	}
+	for _, glob := range doc.Pins {
+		if ok, _ := path.Match(glob, node); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// planned is one decision of the coordinator's rollout.
+type planned struct {
+	doc   lock.Rollout
+	waves map[string]string
+}
+
+// allowed says whether the coordinator may grant w now: a want outside
+// any rollout always, one for a release only while its wave is open.
+func (c *coordinator) allowed(w want) bool {
+	if c.planner == nil || w.checksum == "" {
+		return true
+	}
+	p := c.plan
+	if p == nil || p.doc.Checksum != w.checksum {
+		return false
+	}
+	ws := p.doc.Wave(p.waves[w.node])
+	return ws != nil && ws.Open
+}
+
+// rolloutDone says whether the rollout, if any, needs the coordinator no
+// more: every planned host has the release, or nothing is asked.
+func (c *coordinator) rolloutDone() bool {
+	return c.planner == nil || c.plan == nil || c.plan.doc.Checksum == "" || c.plan.doc.Done
+}
+
+// decide runs the rollout: each time the service's records change (at
+// most once per ListGap), or a decision's time comes, it asks the planner,
+// places new hosts in their waves and writes the document.
+func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
+	s := c.s
+	wake := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+	go c.follow(ctx, s.Prefix+"/"+s.Service+"/", poke)
+	go c.follow(ctx, ReleaseKey(s.Prefix, s.Service), poke)
+	placed := map[string]string{} // node -> checksum/wave written
+	placedRead := false
+	var last *lock.Rollout
+	var lastWrite time.Time
+	for ctx.Err() == nil {
+		start := time.Now()
+		next := PlanEvery
+		var rel Placement
+		kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
+		switch {
+		case err != nil:
+			next = time.Second
+		case kv == nil || json.Unmarshal(kv.Value, &rel) != nil || rel.Checksum == "":
+			next = time.Minute // nothing asked: the release key wakes it
+		default:
+			doc, waves, err := c.planner.Plan(ctx, rel.Checksum)
+			s.logger().Debug("rollout decided", "service", s.Service, "took", time.Since(start), "error", err)
+			if err != nil {
+				s.logger().Warn("could not decide the rollout", "service", s.Service, "error", err)
+				next = time.Second
+				break
+			}
+			if !placedRead {
+				// Placements a predecessor wrote: not written again.
+				pairs, _, err := s.Client.KV().List(WavePrefix(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
+				if err != nil {
+					next = time.Second
+					break
+				}
+				for _, kv := range pairs {
+					var p Placement
+					if json.Unmarshal(kv.Value, &p) == nil {
+						placed[kv.Key[len(WavePrefix(s.Prefix, s.Service)):]] = p.Checksum + "/" + p.Wave
+					}
+				}
+				placedRead = true
+			}
+			if err := c.place(ctx, rel.Checksum, waves, placed); err != nil {
+				if err == errNotCoordinator {
+					c.cancel()
+					return
+				}
+				next = time.Second
+				break
+			}
+			doc.By = s.Node
+			urgent := last == nil || !sameState(*last, doc)
+			if urgent || !sameDoc(*last, doc) && time.Since(lastWrite) >= DocGap {
+				doc.Time = time.Now().UTC()
+				if err := c.writeDoc(ctx, doc); err != nil {
+					if err == errNotCoordinator {
+						c.cancel()
+						return
+					}
+					next = time.Second
+					break
+				}
+				last, lastWrite = &doc, time.Now()
+				s.logger().Debug("rollout written", "service", s.Service, "took", time.Since(start), "urgent", urgent)
+			} else if !sameDoc(*last, doc) {
+				next = min(next, DocGap-time.Since(lastWrite))
+			}
+			if !doc.Again.IsZero() {
+				next = min(next, time.Until(doc.Again))
+			}
+			for _, w := range doc.Waves {
+				if !w.Until.IsZero() {
+					next = min(next, time.Until(w.Until)+10*time.Millisecond)
+				}
+			}
+			select {
+			case out <- planned{doc, waves}:
+			case <-ctx.Done():
+				return
+			}
+			if doc.Done {
+				next = time.Minute
+			}
+		}
+		t := time.NewTimer(max(next-time.Since(start), 0))
+		select {
+		case <-ctx.Done():
+		case <-wake:
+			pause(ctx, ListGap-time.Since(start))
+		case <-c.urgent: // a wave's last host is done: the next may open now
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// follow pokes on each change under key (a blocking query of its keys).
+func (c *coordinator) follow(ctx context.Context, key string, poke func()) {
+	var index uint64
+	for ctx.Err() == nil {
+		_, meta, err := c.s.Client.KV().Keys(key, "/", (&api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx))
+		if err != nil {
+			index = 0
+			pause(ctx, time.Second)
+			continue
+		}
+		if meta.LastIndex != index {
+			poke()
+		}
+		if meta.LastIndex < index {
+			index = 0
+		} else {
+			index = meta.LastIndex
+		}
+		pause(ctx, 5*time.Millisecond)
+	}
+}
+
+// place writes the wave keys of hosts not placed yet, up to 63 a
+// transaction, each checking the coord key, a few transactions at once.
+func (c *coordinator) place(ctx context.Context, checksum string, waves map[string]string, placed map[string]string) error {
+	s := c.s
+	var batches [][]string
+	var batch []string
+	for node, wave := range waves {
+		if placed[node] == checksum+"/"+wave {
+			continue
+		}
+		batch = append(batch, node)
+		if len(batch) == 63 {
+			batches, batch = append(batches, batch), nil
+		}
+	}
+	if len(batch) > 0 {
+		batches = append(batches, batch)
+	}
+	errs := make([]error, len(batches))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, b := range batches {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			ops := api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}}}
+			for _, node := range b {
+				v, _ := json.Marshal(Placement{Checksum: checksum, Wave: waves[node]})
+				ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: WaveKey(s.Prefix, s.Service, node), Value: v}})
+			}
+			ok, resp, _, err := s.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+			switch {
+			case err != nil:
+				errs[i] = err
+			case !ok:
+				errs[i] = fmt.Errorf("place hosts in waves: %v", resp.Errors)
+				for _, e := range resp.Errors {
+					if e.OpIndex == 0 {
+						errs[i] = errNotCoordinator
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for i, b := range batches {
+		if errs[i] == nil {
+			for _, node := range b {
+				placed[node] = checksum + "/" + waves[node]
+			}
+		}
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *coordinator) writeDoc(ctx context.Context, doc lock.Rollout) error {
+	s := c.s
+	b, _ := json.Marshal(doc)
+	ok, resp, _, err := s.Client.Txn().Txn(api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}},
+		// Held by the coordinator's session: released when it dies, so a
+		// host reading it knows whether to look for a coordinator.
+		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: RolloutKey(s.Prefix, s.Service), Value: b, Session: c.se.id}},
+	}, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return err
+	}
+	if !ok {
+		for _, e := range resp.Errors {
+			if e.OpIndex == 0 {
+				return errNotCoordinator
+			}
+		}
+		return fmt.Errorf("write the rollout: %v", resp.Errors)
+	}
+	return nil
+}
+
+// opened says whether next opens a wave that prev did not.
+func opened(prev *planned, next planned) bool {
+	for _, w := range next.doc.Waves {
+		if !w.Open {
+			continue
+		}
+		if prev == nil || prev.doc.Checksum != next.doc.Checksum {
+			return true
+		}
+		if ws := prev.doc.Wave(w.Name); ws == nil || !ws.Open {
+			return true
+		}
+	}
+	return false
+}
+
+// releasedHost notes a grant released: when it was the last host of its
+// wave to finish, the coordinator decides again at once rather than after
+// ListGap, so that the next wave opens without delay.
+func (c *coordinator) releasedHost(node string) {
+	p := c.plan
+	if p == nil {
+		return
+	}
+	w := p.waves[node]
+	ws := p.doc.Wave(w)
+	if ws == nil {
+		return
+	}
+	c.gone[w]++
+	if ws.Done+c.gone[w] >= ws.Hosts {
+		select {
+		case c.urgent <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// sameState says whether a and b open the same waves with the same
+// times, and stop for the same reasons: what the waiting hosts act on.
+func sameState(a, b lock.Rollout) bool {
+	if a.Checksum != b.Checksum || a.Hold != b.Hold || a.Freeze != b.Freeze || a.Trip != b.Trip ||
+		!reflect.DeepEqual(a.Pins, b.Pins) || !reflect.DeepEqual(a.Breakers, b.Breakers) || len(a.Waves) != len(b.Waves) {
+		return false
+	}
+	for i := range a.Waves {
+		x, y := a.Waves[i], b.Waves[i]
+		if x.Name != y.Name || x.Open != y.Open || x.Queue != y.Queue || !x.Until.Equal(y.Until) || x.Hosts != y.Hosts {
+			return false
+		}
+	}
+	return true
+}
+
+// sameDoc says whether a and b say the same, their times aside.
+func sameDoc(a, b lock.Rollout) bool {
+	a.Time, b.Time = time.Time{}, time.Time{}
+	a.Again, b.Again = time.Time{}, time.Time{}
+	return reflect.DeepEqual(a, b)
+}
