@@ -130,6 +130,22 @@ func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifa
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Until: settled, rollout: true, Reason: reasonSettle}
 	}
 	if r.coord != nil {
+		// The coordinator's document is written with an agent's token:
+		// the freeze, an operator's record read here as the hold and
+		// the breakers are, stops this host whatever the document says.
+		if f := view.Freeze; f != nil && (f.Until.IsZero() || r.now().Before(f.Until)) {
+			// Still asked for, so a coordinator is elected and its
+			// document, which this host follows, says when the freeze
+			// is lifted.
+			if _, _, err := r.coord.Rollout(ctx, sum); err != nil {
+				return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("read the rollout: %w", err)}
+			}
+			why := "rollout: frozen by " + f.Who + ": " + f.Reason
+			if !f.Until.IsZero() {
+				why += " (until " + f.Until.Format(time.RFC3339) + ")"
+			}
+			return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: why, Until: f.Until, rollout: true}
+		}
 		return r.coordGate(ctx, sum, !r.granted)
 	}
 	if _, fixed := view.Plans[sum]; !fixed && r.samePolicy(view) {
