@@ -398,10 +398,22 @@ func (r *Runner) rolloutWait(out Outcome) time.Duration {
 		wait = p.Recheck()
 	}
 	if !out.Until.IsZero() {
-		wait = min(wait, time.Until(out.Until)+10*time.Millisecond)
+		until := time.Until(out.Until) + 10*time.Millisecond
+		if r.coord != nil {
+			// The time is the coordinator's, by its clock: once it has
+			// passed here, the coordinator's next document wakes this
+			// host (followDoc), and until then it looks only now and then.
+			until = max(until, coordPassed)
+		}
+		wait = min(wait, until)
 	}
 	return max(wait, 10*time.Millisecond)
 }
+
+// coordPassed is how long a host waits on a coordinated rollout whose
+// time (a bake's end, a window's opening) has passed by this host's clock
+// while the document still says to wait.
+const coordPassed = 5 * time.Second
 
 // followGap is the least time between the starts of two queries of the
 // fleet's records: a rollout writes many records at once, and each look
