@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 	"github.com/dropshipd/dropship/lock"
 	lockconsul "github.com/dropshipd/dropship/lock/consul"
 )
@@ -26,7 +29,50 @@ func TestAgentTokenCannotLiftAFreezeThroughTheCoordinatorsDocument(t *testing.T)
 		t.Fatalf("freeze: exit %d\n%s%s", code, out, errOut)
 	}
 	sum := f.publish("v1", false)
+	f.forgeOpenWave(sum)
+	log := f.once()
+	if v := h.version(); v != "" {
+		t.Fatalf("a document written with an agent's token lifted the operators' freeze: the host installed %s\n%s", v, log)
+	}
+	if !strings.Contains(log, "frozen by") {
+		t.Fatalf("the host does not say it is frozen:\n%s", log)
+	}
+}
 
+// The same forged document does not open a wave outside the host's own
+// deploy window either: the window is in the host's config.
+func TestAgentTokenCannotOpenAWaveOutsideTheWindow(t *testing.T) {
+	t.Parallel()
+	f := newACLFleet(t, "")
+	h := f.hosts[0]
+	closed := time.Now().UTC().Add(48 * time.Hour).Weekday().String()[:3]
+	cfg, err := os.ReadFile(h.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	with := strings.Replace(string(cfg), `waves = ["100%"]`, fmt.Sprintf("waves = [\"100%%\"]\n    window {\n      days  = %q\n      hours = \"00:00-24:00\"\n    }", closed), 1)
+	if with == string(cfg) {
+		t.Fatal("no rollout block to add a window to")
+	}
+	testutil.WriteFile(t, h.cfg, []byte(with))
+	sum := f.publish("v1", false)
+	f.forgeOpenWave(sum)
+	log := f.once()
+	if v := h.version(); v != "" {
+		t.Fatalf("a document written with an agent's token opened a wave outside the window: the host installed %s\n%s", v, log)
+	}
+	if !strings.Contains(log, "outside the deploy window") {
+		t.Fatalf("the host does not say it is outside its window:\n%s", log)
+	}
+}
+
+// forgeOpenWave does, with the agent's token, what a compromised host
+// can: take the coordinator's role, write a document whose only wave is
+// open for sum with host-0 in it, and grant host-0 a slot whenever it
+// asks, until the test ends.
+func (f *aclFleet) forgeOpenWave(sum string) {
+	t := f.t
+	h := f.hosts[0]
 	kv := f.agent.KV()
 	se, _, err := f.agent.Session().Create(&api.SessionEntry{TTL: "60s", Behavior: api.SessionBehaviorDelete}, nil)
 	if err != nil {
@@ -52,9 +98,8 @@ func TestAgentTokenCannotLiftAFreezeThroughTheCoordinatorsDocument(t *testing.T)
 	put(lockconsul.RolloutKey(f.prefix, "app"), lock.Rollout{Checksum: sum, By: "mallory", Time: time.Now(),
 		Waves: []lock.WaveState{{Name: "1", Hosts: 1, Open: true}}}, false)
 	put(lockconsul.WaveKey(f.prefix, "app", h.name), lockconsul.Placement{Checksum: sum, Wave: "1"}, false)
-	// And grants the host its slot the moment it asks.
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	go func() {
 		key := lockconsul.GrantPrefix(f.prefix, "app") + h.name
 		for ctx.Err() == nil {
@@ -69,12 +114,4 @@ func TestAgentTokenCannotLiftAFreezeThroughTheCoordinatorsDocument(t *testing.T)
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
-
-	log := f.once()
-	if v := h.version(); v != "" {
-		t.Fatalf("a document written with an agent's token lifted the operators' freeze: the host installed %s\n%s", v, log)
-	}
-	if !strings.Contains(log, "frozen by") {
-		t.Fatalf("the host does not say it is frozen:\n%s", log)
-	}
 }
