@@ -130,6 +130,22 @@ func (r *Runner) rolloutGate(ctx context.Context, view fleet.Status, info artifa
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Until: settled, rollout: true, Reason: reasonSettle}
 	}
 	if r.coord != nil {
+		// The coordinator's document is written with an agent's token:
+		// the freeze, an operator's record read here as the hold and
+		// the breakers are, stops this host whatever the document says.
+		if f := view.Freeze; f != nil && (f.Until.IsZero() || r.now().Before(f.Until)) {
+			// Still asked for, so a coordinator is elected and its
+			// document, which this host follows, says when the freeze
+			// is lifted.
+			if _, _, err := r.coord.Rollout(ctx, sum); err != nil {
+				return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("read the rollout: %w", err)}
+			}
+			why := "rollout: frozen by " + f.Who + ": " + f.Reason
+			if !f.Until.IsZero() {
+				why += " (until " + f.Until.Format(time.RFC3339) + ")"
+			}
+			return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: why, Until: f.Until, rollout: true}
+		}
 		return r.coordGate(ctx, sum, !r.granted)
 	}
 	if _, fixed := view.Plans[sum]; !fixed && r.samePolicy(view) {
@@ -382,10 +398,22 @@ func (r *Runner) rolloutWait(out Outcome) time.Duration {
 		wait = p.Recheck()
 	}
 	if !out.Until.IsZero() {
-		wait = min(wait, time.Until(out.Until)+10*time.Millisecond)
+		until := time.Until(out.Until) + 10*time.Millisecond
+		if r.coord != nil {
+			// The time is the coordinator's, by its clock: once it has
+			// passed here, the coordinator's next document wakes this
+			// host (followDoc), and until then it looks only now and then.
+			until = max(until, coordPassed)
+		}
+		wait = min(wait, until)
 	}
 	return max(wait, 10*time.Millisecond)
 }
+
+// coordPassed is how long a host waits on a coordinated rollout whose
+// time (a bake's end, a window's opening) has passed by this host's clock
+// while the document still says to wait.
+const coordPassed = 5 * time.Second
 
 // followGap is the least time between the starts of two queries of the
 // fleet's records: a rollout writes many records at once, and each look

@@ -85,6 +85,17 @@ func (r *Runner) coordGate(ctx context.Context, sum string, inLine bool) *Outcom
 	if !ws.Open {
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: "rollout wave " + wave + ": " + ws.Reason, Until: ws.Until, rollout: true}
 	}
+	if w := r.svc.Rollout.Window; w != nil {
+		// The document may be any agent's (see the threat model); the
+		// window is this host's own, by its own clock.
+		if open, next := w.Open(r.now()); !open {
+			why := "rollout wave " + wave + ": outside the deploy window (" + w.Days + " " + w.Hours + " " + w.Timezone + ")"
+			if !next.IsZero() {
+				why += "; opens " + next.Format(time.RFC3339)
+			}
+			return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: why, Until: next, rollout: true}
+		}
+	}
 	r.logger.Info("rollout: this host's wave may start", "checksum", sum, "wave", wave)
 	r.coord.Want(sum)
 	return nil
