@@ -17,6 +17,7 @@ import (
 // approval like the others: it is never taken for the canary, nor let
 // past an approval.
 func TestRolloutHostJoiningMidRolloutGoesLast(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 6, 2, c, `
   rollout {
@@ -74,6 +75,7 @@ func TestRolloutHostJoiningMidRolloutGoesLast(t *testing.T) {
 // more than concurrency hosts hold a grant at once, and the rollout
 // finishes on every other host.
 func TestCoordinatorKilledMidWave(t *testing.T) {
+	t.Parallel()
 	c := consulServer(t)
 	f := newFleet(t, 10, 2, c, `
   rollout {
