@@ -74,9 +74,7 @@ func TestStagedReleaseOlderThanTheNewestInstalledIsNotInstalled(t *testing.T) {
 // agent then installs with files missing: the staged release is
 // installed whole, fetched again, or not at all.
 func TestStagedReleasePartlyRemovedByAnotherProcessIsNotInstalled(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (chattr +i)")
-	}
+	testutil.RequireRoot(t, "chattr +i")
 	e := newEnv(t)
 	lock := filepath.Join(e.dir, "busy.lock")
 	a := e.runner(e.deferConfig(&recordingFleet{}, fmt.Sprintf(`defer {
@@ -95,7 +93,7 @@ func TestStagedReleasePartlyRemovedByAnotherProcessIsNotInstalled(t *testing.T) 
 	// A file the removal cannot take: it stops there, the rest removed.
 	stuck := filepath.Join(e.state, "app", "staging", staged[0], "bin", "run")
 	if out, err := exec.Command("chattr", "+i", stuck).CombinedOutput(); err != nil {
-		t.Skipf("chattr: %v: %s", err, out)
+		testutil.Require(t, "chattr +i", fmt.Errorf("%v: %s", err, out))
 	}
 	t.Cleanup(func() { exec.Command("chattr", "-R", "-i", filepath.Join(e.state, "app", "staging")).Run() })
 	b := e.runner(e.config(""))
@@ -162,13 +160,11 @@ func TestStagedDeltaDoesNotInstallAFileTheApplicationWroteSince(t *testing.T) {
 // A host whose disk is full while it stages a release fails on its own:
 // the release is not refused for the fleet (the breaker is not tripped).
 func TestFullDiskWhileStagingDoesNotTripTheBreaker(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (mounts a small tmpfs)")
-	}
+	testutil.RequireRoot(t, "mounts a small tmpfs")
 	e := newEnv(t)
 	mnt := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=64", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("mount: %v: %s", err, out)
+		testutil.Require(t, "a tmpfs mount", fmt.Errorf("%v: %s", err, out))
 	}
 	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
 	e.state = mnt

@@ -13,18 +13,17 @@ import (
 	"testing"
 
 	"github.com/dropshipd/dropship/artifact/archive"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 // A file system with no inode left is the host's trouble, not the
 // archive's: the error is not a refusal (which would trip the fleet's
 // breaker for a good release), and it says why.
 func TestNoRoomOnTheHostIsNotARefusedArchive(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (mounts a small tmpfs)")
-	}
+	testutil.RequireRoot(t, "mounts a small tmpfs")
 	mnt := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=16", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("mount: %v: %s", err, out)
+		testutil.Require(t, "a tmpfs mount", fmt.Errorf("%v: %s", err, out))
 	}
 	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
 	var files []entry

@@ -5,6 +5,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -75,4 +76,25 @@ func RequireServer(t testing.TB, name string, err error) {
 		t.Fatalf("%s is required in CI and could not be started: %v", name, err)
 	}
 	t.Skipf("%s not available (%v); run `make rig` to install it", name, err)
+}
+
+// Require fails (in CI, which runs as root with the rig installed) or
+// skips (locally) a test that needs what, when err says it is missing.
+func Require(t testing.TB, what string, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s is required in CI: %v", what, err)
+	}
+	t.Skipf("needs %s: %v", what, err)
+}
+
+// RequireRoot is Require for root.
+func RequireRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Require(t, "root", fmt.Errorf("running as uid %d (%s)", os.Geteuid(), why))
+	}
 }
