@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -113,34 +112,7 @@ func TestCoordinatorKilledMidWave(t *testing.T) {
 		}
 		return nil
 	})
-	killed := time.Now()
-	victim.cmd.Process.Signal(syscall.SIGKILL)
-	victim.cmd.Wait()
-	var others []*host
-	for _, h := range f.hosts {
-		if h != victim {
-			others = append(others, h)
-		}
-	}
-	f.waitAll(others, "v2", 90*time.Second)
-	t.Logf("%s (the coordinator) killed mid-wave; the other hosts finished %.1fs later", victim.name, time.Since(killed).Seconds())
-	close(stop)
-	if m := <-most; m > 2 {
-		t.Errorf("Consul held %d grants at once; concurrency is 2", m)
-	}
-	if node := coordinatorOf(t, c.Addr, f.prefix); node == victim.name {
-		t.Errorf("the killed host still coordinates")
-	}
-	us, _ := f.timeline()
-	var done []update
-	for _, u := range us {
-		if u.node != victim.name {
-			done = append(done, u)
-		}
-	}
-	if got := maxOverlap(done); got > 2 {
-		t.Errorf("concurrency 2, but %d updates overlapped", got)
-	}
+	f.killCoordinator(t, c, victim, stop, most, 2)
 	if !strings.Contains(strings.Join(f.waves(sum)["1"], ","), "host") {
 		t.Errorf("no host started wave 1")
 	}
