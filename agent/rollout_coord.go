@@ -85,16 +85,10 @@ func (r *Runner) coordGate(ctx context.Context, sum string, inLine bool) *Outcom
 	if !ws.Open {
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: "rollout wave " + wave + ": " + ws.Reason, Until: ws.Until, rollout: true}
 	}
-	if w := r.svc.Rollout.Window; w != nil {
-		// The document may be any agent's (see the threat model); the
-		// window is this host's own, by its own clock.
-		if open, next := w.Open(r.now()); !open {
-			why := "rollout wave " + wave + ": outside the deploy window (" + w.Days + " " + w.Hours + " " + w.Timezone + ")"
-			if !next.IsZero() {
-				why += "; opens " + next.Format(time.RFC3339)
-			}
-			return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: why, Until: next, rollout: true}
-		}
+	// The document may be any agent's (see the threat model); the window
+	// is this host's own, by its own clock.
+	if why, next := r.svc.Rollout.Closed(r.now()); why != "" {
+		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: "rollout wave " + wave + ": " + why, Until: next, rollout: true}
 	}
 	r.logger.Info("rollout: this host's wave may start", "checksum", sum, "wave", wave)
 	r.coord.Want(sum)
@@ -131,7 +125,7 @@ func (a *Agent) followDoc(ctx context.Context, r *Runner) {
 			return 0, err
 		}
 		state := docState(doc)
-		if index > 0 && (next != index || next < index) {
+		if index > 0 && next != index {
 			switch {
 			case doc == nil && had:
 				a.Trigger(r.svc.Name)

@@ -292,15 +292,9 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 			return dec
 		}
 	}
-	if w := p.Window; w != nil {
-		if open, next := w.Open(v.Now); !open {
-			dec.Reason = "outside the deploy window (" + w.Days + " " + w.Hours + " " + w.Timezone + ")"
-			if !next.IsZero() {
-				dec.Reason += "; opens " + next.Format(time.RFC3339)
-				dec.Until = next
-			}
-			return dec
-		}
+	if why, next := p.Closed(v.Now); why != "" {
+		dec.Reason, dec.Until = why, next
+		return dec
 	}
 	dec.Go = true
 	return dec
@@ -309,6 +303,24 @@ func (d *Decider) Decide(ctx context.Context, me string, v View) Decision {
 // reasonEarlierWave starts the reason of a host whose wave waits for an
 // earlier one to be done.
 const reasonEarlierWave = "waiting for wave "
+
+// Closed says why the deploy window is closed at now ("" when it is open
+// or there is none) and when it opens (zero when not known).
+func (p *Policy) Closed(now time.Time) (why string, opens time.Time) {
+	w := p.Window
+	if w == nil {
+		return "", time.Time{}
+	}
+	open, next := w.Open(now)
+	if open {
+		return "", time.Time{}
+	}
+	why = "outside the deploy window (" + w.Days + " " + w.Hours + " " + w.Timezone + ")"
+	if !next.IsZero() {
+		why += "; opens " + next.Format(time.RFC3339)
+	}
+	return why, next
+}
 
 func (d *Decider) passed(key string) bool {
 	d.mu.Lock()
