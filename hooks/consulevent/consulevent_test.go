@@ -3,7 +3,9 @@ package consulevent_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/hcl/v2/hclparse"
@@ -32,9 +34,18 @@ address = "`+servers.Consul(t).Addr+`"
 		t.Fatal(err)
 	}
 	c, _ := api.NewClient(&api.Config{Address: servers.Consul(t).Addr})
-	events, _, err := c.Event().List(name, nil)
-	if err != nil || len(events) != 1 {
-		t.Fatalf("%d events, %v", len(events), err)
+	// Fired through the agent's gossip: its list has the event once the
+	// agent has received it back, not at once.
+	var events []*api.UserEvent
+	testutil.Eventually(t, 30*time.Second, func() error {
+		var err error
+		if events, _, err = c.Event().List(name, nil); err != nil || len(events) == 0 {
+			return fmt.Errorf("%d events, %v", len(events), err)
+		}
+		return nil
+	})
+	if len(events) != 1 {
+		t.Fatalf("%d events, want 1", len(events))
 	}
 	var p consulevent.Payload
 	json.Unmarshal(events[0].Payload, &p)
