@@ -106,7 +106,7 @@ type decision struct {
 	breaker *fleet.Breaker
 }
 
-func stopped(out Outcome) decision { return decision{stop: &out} }
+func stopHere(out Outcome) decision { return decision{stop: &out} }
 
 // rolloutFirst runs before the store is looked at, for a service with a
 // rollout: it registers the host and decides whether the check installs
@@ -115,7 +115,7 @@ func stopped(out Outcome) decision { return decision{stop: &out} }
 func (r *Runner) rolloutFirst(ctx context.Context, st *State) decision {
 	view, err := r.ownRecords(ctx)
 	if err != nil {
-		return stopped(Outcome{Result: ResultError, Phase: PhaseLock, Err: fmt.Errorf("read the rollout: %w", err)})
+		return stopHere(Outcome{Result: ResultError, Phase: PhaseLock, Err: fmt.Errorf("read the rollout: %w", err)})
 	}
 	r.register(ctx, st, view)
 	d := decision{do: reasonInstall, view: view}
@@ -257,7 +257,7 @@ func (r *Runner) switchStill(ctx context.Context, st *State, d decision) *Outcom
 // switch back then runs the after hooks and the checks.
 func (r *Runner) revert(st *State, view fleet.Status, b *fleet.Breaker) decision {
 	if view.Hold != nil {
-		return stopped(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: revertHeld(view.Hold)})
+		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: revertHeld(view.Hold)})
 	}
 	cur := r.lay.current()
 	target, err := pickRollback(st, cur, "")
@@ -267,7 +267,7 @@ func (r *Runner) revert(st *State, view fleet.Status, b *fleet.Breaker) decision
 		target, err = pickRollback(st, target.ID, "")
 	}
 	if err != nil {
-		return stopped(Outcome{Result: ResultSkipped, Checksum: st.Checksum,
+		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum,
 			Reason: fmt.Sprintf("the fleet reverts %s (failed on %s in %s), but this host cannot: %v", b.Checksum, b.Node, b.Phase, err)})
 	}
 	return decision{do: reasonRevert, target: target, breaker: b}
@@ -284,7 +284,7 @@ func (r *Runner) pinned(st *State, view fleet.Status, pin *fleet.Pin) decision {
 	}
 	cur := r.lay.current()
 	if rel, ok := st.release(cur); ok && matches(rel) {
-		return stopped(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Release: cur, Reason: why})
+		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Release: cur, Reason: why})
 	}
 	var target *Release
 	for i := len(st.Releases) - 1; i >= 0; i-- {
@@ -294,13 +294,13 @@ func (r *Runner) pinned(st *State, view fleet.Status, pin *fleet.Pin) decision {
 		}
 	}
 	if target == nil {
-		return stopped(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; no kept release here matches it, so this host stays where it is"})
+		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; no kept release here matches it, so this host stays where it is"})
 	}
 	if err := r.mayRunAgain(*target); err != nil {
-		return stopped(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; this host stays where it is: " + err.Error()})
+		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; this host stays where it is: " + err.Error()})
 	}
 	if view.Hold != nil {
-		return stopped(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; the switch waits: on hold"})
+		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; the switch waits: on hold"})
 	}
 	return decision{do: reasonPin, target: *target, words: why, pin: pin}
 }
