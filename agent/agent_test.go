@@ -22,6 +22,7 @@ import (
 	"github.com/dropshipd/dropship/hooks/check"
 	"github.com/dropshipd/dropship/hooks/graphite"
 	"github.com/dropshipd/dropship/hooks/script"
+	"github.com/dropshipd/dropship/internal/flock"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 	"github.com/dropshipd/dropship/lock/local"
 )
@@ -464,7 +465,7 @@ service "app" {
 func TestLocalLockSerialisesAgents(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.config("")
-	holder := local.NewFlock(filepath.Join(e.state, "app", "lock"))
+	holder := flock.New(filepath.Join(e.state, "app", "lock"))
 	if ok, err := holder.TryAcquire(); !ok || err != nil {
 		t.Fatal(ok, err)
 	}

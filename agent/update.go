@@ -18,9 +18,9 @@ import (
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/hooks"
+	"github.com/dropshipd/dropship/internal/flock"
 	"github.com/dropshipd/dropship/internal/trim"
 	"github.com/dropshipd/dropship/lock"
-	"github.com/dropshipd/dropship/lock/local"
 )
 
 // Result is what one check did.
@@ -86,7 +86,7 @@ type Runner struct {
 	svc   *Service
 	node  string
 	lay   layout
-	local *local.Flock    // one agent per service per host
+	local *flock.Lock     // one agent per service per host
 	sem   fleet.Semaphore // fleet slots, when sequential
 	fleet fleet.Agent
 	// records are the fleet's shared records a rollout plans from.
@@ -131,14 +131,14 @@ func NewRunner(cfg *Config, svc *Service, logger *slog.Logger) (*Runner, error) 
 		svc:    svc,
 		node:   cfg.NodeName,
 		lay:    layout{dir: dir, dest: svc.Destination},
-		local:  local.NewFlock(filepath.Join(dir, "lock")),
+		local:  flock.New(filepath.Join(dir, "lock")),
 		fleet:  cfg.Fleet,
 		logger: logger.With("service", svc.Name),
 		now:    time.Now,
 		tags:   cfg.NodeTags,
 	}
 	if r.fleet == nil {
-		r.fleet = local.Fleet{Dir: cfg.StatePath}
+		return nil, fmt.Errorf("service %s: no lock: the config names none and the build has no \"local\" one", svc.Name)
 	}
 	if svc.Rollout != nil {
 		r.decider = rollout.NewDecider(svc.Rollout)

@@ -1,4 +1,4 @@
-package local
+package flock
 
 import (
 	"os"
@@ -12,7 +12,7 @@ import (
 func TestLockFileIsPrivateAndNeverALink(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "lock")
-	l := NewFlock(p)
+	l := New(p)
 	if ok, err := l.TryAcquire(); !ok || err != nil {
 		t.Fatalf("acquire: %v %v", ok, err)
 	}
@@ -24,7 +24,7 @@ func TestLockFileIsPrivateAndNeverALink(t *testing.T) {
 	old := filepath.Join(dir, "old-lock")
 	os.WriteFile(old, nil, 0o644)
 	os.Chmod(old, 0o644)
-	l = NewFlock(old)
+	l = New(old)
 	if ok, err := l.TryAcquire(); !ok || err != nil {
 		t.Fatalf("acquire: %v %v", ok, err)
 	}
@@ -39,7 +39,7 @@ func TestLockFileIsPrivateAndNeverALink(t *testing.T) {
 	if err := os.Symlink(target, link); err != nil {
 		t.Fatal(err)
 	}
-	l = NewFlock(link)
+	l = New(link)
 	ok, err := l.TryAcquire()
 	if ok || err == nil || !strings.Contains(err.Error(), "too many levels of symbolic links") {
 		t.Fatalf("a lock file that is a link: acquired %v, error %v", ok, err)
