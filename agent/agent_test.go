@@ -18,13 +18,13 @@ import (
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/file"
 	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/fleet/local"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/hooks/check"
 	"github.com/dropshipd/dropship/hooks/graphite"
 	"github.com/dropshipd/dropship/hooks/script"
 	"github.com/dropshipd/dropship/internal/flock"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
-	"github.com/dropshipd/dropship/lock/local"
 )
 
 func registry() agent.Registry {

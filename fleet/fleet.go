@@ -2,7 +2,7 @@
 // N of them update at once, each host's status, holds, and the breaker
 // that stops a bad release at the first host. The agent uses Agent; the
 // operators' commands and the dashboard use Operator. fleet/consul keeps
-// both in Consul; lock/local is a single host's Agent, with no records.
+// both in Consul; fleet/local is a single host's Agent, with no records.
 //
 // Layout under the prefix (default "dropship"):
 //
@@ -36,7 +36,7 @@ import (
 type Semaphore = lock.Slot
 
 // Agent is what an agent needs of the fleet: a slot to update in, whether
-// it may start, and telling the other hosts what it did. lock/local is a
+// it may start, and telling the other hosts what it did. fleet/local is a
 // single host's; fleet/consul the shared one.
 type Agent interface {
 	// Semaphore returns this host's claim on the update slots of service.

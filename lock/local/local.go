@@ -1,8 +1,7 @@
 // Package local is the lock of one host: update slots are flock(2) on
 // files in the state directory, so two agents on one host never install
 // the same service at once and a dead holder's lock is freed by the
-// kernel. Fleet is a single host's fleet.Agent: there are no shared
-// records (the host's own state has them) and no operators' interface.
+// kernel. fleet/local makes of it a single host's fleet.Agent.
 package local
 
 import (
@@ -12,11 +11,22 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/gohcl"
-
-	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/internal/flock"
+	"github.com/dropshipd/dropship/lock"
+)
+
+// NewSlots returns the counting semaphore of limit (at least 1) flocks
+// in dir.
+func NewSlots(dir string, limit int) *Slots {
+	if limit < 1 {
+		limit = 1
+	}
+	return &Slots{dir: dir, limit: limit}
+}
+
+var (
+	_ lock.Slot = (*flock.Lock)(nil)
+	_ lock.Slot = (*Slots)(nil)
 )
 
 // Slots is a counting semaphore of limit flocks: slot-0 … slot-(N-1).
@@ -62,53 +72,3 @@ func (s *Slots) Release(ctx context.Context) error {
 	}
 	return f.Release(ctx)
 }
-
-// Fleet is a single host: slots under Dir, nothing shared.
-type Fleet struct{ Dir string }
-
-// Semaphore returns the slots of service.
-func (p Fleet) Semaphore(service string, limit int) (fleet.Semaphore, error) {
-	if limit < 1 {
-		limit = 1
-	}
-	return &Slots{dir: filepath.Join(p.Dir, service, "slots"), limit: limit}, nil
-}
-
-// Blocked: nothing but this host decides.
-func (Fleet) Blocked(context.Context, string, string) (string, error) { return "", nil }
-
-// Trip: the host's state records the failure; there is nobody to tell.
-func (Fleet) Trip(context.Context, string, fleet.Breaker) error { return nil }
-
-// Report: the status endpoint and state file are the report.
-func (Fleet) Report(context.Context, string, fleet.NodeStatus) error { return nil }
-
-// Record: a single host keeps its history in its state file.
-func (Fleet) Record(context.Context, string, fleet.Event) error { return nil }
-
-type config struct {
-	Path string `hcl:"path,optional"`
-}
-
-// Factory decodes `lock "local" { path = "…" }` (default: the state dir).
-func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Agent, hcl.Diagnostics) {
-	var c config
-	diags := gohcl.DecodeBody(body, nil, &c)
-	dir := env.StatePath
-	if c.Path != "" {
-		dir = c.Path
-		if !filepath.IsAbs(dir) {
-			dir = filepath.Join(env.BaseDir, dir)
-		}
-	}
-	return Fleet{Dir: dir}, diags
-}
-
-var (
-	_ fleet.Semaphore = (*flock.Lock)(nil)
-	_ fleet.Semaphore = (*Slots)(nil)
-	_ fleet.Agent     = Fleet{}
-)
-
-// Announce: there is nobody to tell; the agent's own poll finds it.
-func (Fleet) Announce(context.Context, fleet.Published) error { return nil }
