@@ -226,9 +226,9 @@ func (r *Runner) rolloutAgain(ctx context.Context, info artifact.Info) *Outcome 
 }
 
 // switchStill decides again on a pin or a revert once the slot is held,
-// the fleet read afresh: a pin lifted or changed, a hold set, or the
-// breaker lifted while the host waited for its slot stop the switch; the
-// next check decides afresh.
+// the fleet read afresh: a pin lifted or changed, a hold set, the breaker
+// lifted, or the revert's target refused too while the host waited for
+// its slot stop the switch; the next check decides afresh.
 func (r *Runner) switchStill(ctx context.Context, st *State, d decision) *Outcome {
 	view, err := r.records.Status(ctx, r.svc.Name)
 	if err != nil {
@@ -248,6 +248,10 @@ func (r *Runner) switchStill(ctx context.Context, st *State, d decision) *Outcom
 		return skip("no revert: the breaker of " + d.breaker.Checksum + " was lifted")
 	case rollout.Pinned(view.Pins, r.node) != nil:
 		return skip("no revert: this host was pinned meanwhile")
+	case view.Breaker(d.target.Checksum) != nil:
+		// Refused too while the host waited: the next check goes
+		// further back, past it, or says it cannot.
+		return skip("no revert to " + d.target.ID + ": the fleet refused its checksum " + d.target.Checksum + " meanwhile")
 	}
 	return nil
 }
