@@ -1,12 +1,27 @@
 package agent_test
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/fleet/consul"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
+
+// consulRolloutRunner is rolloutRunner with the rig's Consul as the
+// fleet, under a prefix of the test's own.
+func consulRolloutRunner(t *testing.T, e *env) (*agent.Runner, fleet.Agent, string) {
+	t.Helper()
+	c := servers.Consul(t)
+	prefix := "att-" + testutil.Unique(t)
+	return rolloutRunnerIn(t, e, fmt.Sprintf("address = %q\nprefix = %q", c.Addr, prefix), consul.Factory)
+}
 
 // A revert goes back past any release the fleet refused; a breaker
 // tripped on the chosen release while the host waited for its slot
@@ -32,5 +47,56 @@ func TestRevertTargetRefusedWhileWaitingForTheSlot(t *testing.T) {
 	out = e.check(r, agent.ResultSkipped)
 	if !strings.Contains(out.Reason, "cannot") || e.current() != "v2" {
 		t.Fatalf("then: %q, on %s", out.Reason, e.current())
+	}
+}
+
+// A kept release whose directory was removed by hand is no way back: a
+// revert goes further back, to one that is there, not into an error at
+// every check.
+func TestRevertPastAReleaseRemovedByHand(t *testing.T) {
+	e := newEnv(t)
+	plain := e.runner(e.config(""))
+	e.publish("v0")
+	e.check(plain, agent.ResultInstalled)
+	r, agentFleet, v2 := consulRolloutRunner(t, e)
+	st := e.state_(r)
+	if len(st.Releases) != 3 {
+		t.Fatalf("kept %d releases, want 3", len(st.Releases))
+	}
+	if err := os.RemoveAll(filepath.Join(r.Dir(), "releases", st.Releases[1].ID)); err != nil {
+		t.Fatal(err)
+	}
+	if err := agentFleet.Trip(t.Context(), "app", fleet.Breaker{Checksum: v2, Node: "other", Phase: "gate", Error: "gate failed", Time: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	out := r.Check(t.Context())
+	if out.Result != agent.ResultReverted || e.current() != "v0" {
+		t.Fatalf("revert with v1 removed by hand: %s (%v %s), on %q, want reverted to v0", out.Result, out.Err, out.Reason, e.current())
+	}
+	if st := e.state_(r); st.SwitchBack != nil || st.LastError != "" {
+		t.Fatalf("the state says switch back %+v, last error %q", st.SwitchBack, st.LastError)
+	}
+}
+
+// A pin whose kept release was removed by hand: the host stays where it
+// is and says why, as when no kept release matches.
+func TestPinOfAReleaseRemovedByHand(t *testing.T) {
+	e := newEnv(t)
+	r, agentFleet, _ := consulRolloutRunner(t, e)
+	st := e.state_(r)
+	v1 := st.Releases[0]
+	if err := os.RemoveAll(filepath.Join(r.Dir(), "releases", v1.ID)); err != nil {
+		t.Fatal(err)
+	}
+	ops, err := fleet.Shared(agentFleet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ops.SetPin(t.Context(), "app", "test-*", &fleet.Pin{Nodes: "test-*", Target: v1.Checksum, Who: "ops", Time: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	out := r.Check(t.Context())
+	if out.Result != agent.ResultSkipped || !strings.Contains(out.Reason, "stays where it is") || e.current() != "v2" {
+		t.Fatalf("pin of a removed release: %s (%v %s), on %q", out.Result, out.Err, out.Reason, e.current())
 	}
 }
