@@ -100,3 +100,25 @@ func TestPinOfAReleaseRemovedByHand(t *testing.T) {
 		t.Fatalf("pin of a removed release: %s (%v %s), on %q", out.Result, out.Err, out.Reason, e.current())
 	}
 }
+
+// The slot lost (a Consul session expired) before a revert switches:
+// another host may hold it now, so the revert waits for the next check,
+// as an install does.
+func TestRevertSlotLostBeforeTheSwitch(t *testing.T) {
+	e := newEnv(t)
+	ff := &fakeFleet{}
+	r, v2 := rolloutRunner(t, e, ff)
+	ff.st.Breakers = []fleet.Breaker{{Checksum: v2, Node: "other", Phase: "gate"}}
+	lost := make(chan struct{})
+	close(lost)
+	ff.lost = lost
+	out := r.Check(t.Context())
+	if e.current() != "v2" {
+		t.Fatalf("reverted to %s without the slot (%s)", e.current(), out.Result)
+	}
+	ff.lost = nil
+	e.check(r, agent.ResultReverted)
+	if e.current() != "v1" {
+		t.Fatalf("reverted to %q, want v1", e.current())
+	}
+}
