@@ -122,3 +122,58 @@ func TestRevertSlotLostBeforeTheSwitch(t *testing.T) {
 		t.Fatalf("reverted to %q, want v1", e.current())
 	}
 }
+
+// A switch to a pinned release interrupted after the switch, and the key
+// that signed that release revoked before the restart: the intent is
+// dropped, and the destination put back on the release it left, whose
+// after hooks run again. The host neither runs a release of a revoked
+// key nor has a state that names another release than it runs.
+func TestInterruptedSwitchBackToARevokedRelease(t *testing.T) {
+	old, next := newSigner(t), newSigner(t)
+	e := newEnv(t)
+	hook := fmt.Sprintf(`after "script" { command = "echo after $(cat VERSION) >> %s" }`, e.log)
+	r := e.runner(e.config(keysConfig(e, []signer{old, next}) + "\n" + hook))
+	e.publish("v1")
+	old.sign(e, nil)
+	e.check(r, agent.ResultInstalled)
+	v1 := e.state_(r).Checksum
+	e.publish("v2")
+	next.sign(e, nil)
+	e.check(r, agent.ResultInstalled)
+	v2 := e.state_(r).Release
+
+	ff := &fakeFleet{}
+	ff.st.Pins = []fleet.Pin{{Nodes: "test-*", Target: v1, Who: "ops"}}
+	rr := keysRolloutRunner(t, e, ff, keysConfig(e, []signer{old, next})+"\n"+hook)
+	type crashed struct{}
+	rr.SetCrashHook(func(point string) {
+		if point == "switched:pin" {
+			panic(crashed{})
+		}
+	})
+	func() {
+		defer func() {
+			if _, ok := recover().(crashed); !ok {
+				t.Fatal("the switch to the pinned release was not interrupted")
+			}
+		}()
+		rr.Check(t.Context())
+	}()
+	if e.current() != "v1" || e.state_(rr).SwitchBack == nil {
+		t.Fatalf("interrupted: on %q, intent %+v", e.current(), e.state_(rr).SwitchBack)
+	}
+	before := e.hookLog()
+
+	rr = keysRolloutRunner(t, e, ff, keysConfig(e, []signer{next}, old)+"\n"+hook)
+	out := rr.Check(t.Context())
+	st := e.state_(rr)
+	if e.current() != "v2" || st.Release != v2 || st.SwitchBack != nil {
+		t.Fatalf("after the restart (%s %s %v): on %q, the state says %s, intent %+v", out.Result, out.Reason, out.Err, e.current(), st.Release, st.SwitchBack)
+	}
+	if got := strings.TrimPrefix(e.hookLog(), before); !strings.Contains(got, "after v2") {
+		t.Fatalf("put back on v2 without its after hooks: %q", got)
+	}
+	if !strings.Contains(out.Reason, "revoked") {
+		t.Fatalf("then the pin: %s %q", out.Result, out.Reason)
+	}
+}
