@@ -25,6 +25,7 @@ type fakeFleet struct {
 	mu          sync.Mutex
 	st          fleet.Status
 	onAcquire   func(st *fleet.Status)
+	lost        chan struct{} // what Acquire returns, when set: a slot lost
 }
 
 func (f *fakeFleet) Status(context.Context, string) (fleet.Status, error) {
@@ -85,6 +86,9 @@ func (s fakeSem) Acquire(context.Context) (<-chan struct{}, error) {
 	defer s.f.mu.Unlock()
 	if s.f.onAcquire != nil {
 		s.f.onAcquire(&s.f.st)
+	}
+	if s.f.lost != nil {
+		return s.f.lost, nil
 	}
 	return make(chan struct{}), nil
 }

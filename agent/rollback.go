@@ -246,7 +246,8 @@ func (r *Runner) carryOut(ctx context.Context, st *State, sb SwitchBack) Outcome
 // revert not switched yet is dropped, left to the check that follows: it
 // reads the fleet again, which may have lifted the pin or cleared the
 // breaker meanwhile, and switches in a fleet slot. A target whose key was
-// revoked since is dropped too. It returns the switch back completed.
+// revoked since is dropped too, the destination put back on the release
+// left if it was switched (putBack). It returns the switch back completed.
 func (r *Runner) resume(ctx context.Context, st *State) *SwitchBack {
 	sb := *st.SwitchBack
 	why, switched := reason(sb.Reason), r.lay.current() == sb.Target.ID
@@ -259,6 +260,9 @@ func (r *Runner) resume(ctx context.Context, st *State) *SwitchBack {
 		return nil
 	}
 	if err := r.mayRunAgain(sb.Target); err != nil {
+		if switched {
+			r.putBack(ctx, sb)
+		}
 		return drop("an interrupted switch back is dropped", "error", err)
 	}
 	if !switched && why != reasonOperator {
@@ -268,6 +272,28 @@ func (r *Runner) resume(ctx context.Context, st *State) *SwitchBack {
 		"reason", sb.Reason, "switched", switched, "from", sb.From)
 	r.finish(ctx, st, r.carryOut(ctx, st, sb))
 	return &sb
+}
+
+// putBack points the destination back at the release an interrupted
+// switch back left, when the release it switched to may not run again
+// (its key was revoked since): the state still names the release left,
+// and the service runs it again, its after hooks and the rollback chain
+// run as after a failed update. A release left that is gone is logged:
+// nothing else can be put back.
+func (r *Runner) putBack(ctx context.Context, sb SwitchBack) {
+	if !r.lay.present(sb.From) {
+		r.logger.Error("an interrupted switch back went to a release that may not run again, and the release it left is not there to go back to",
+			"release", sb.Target.ID, "from", sb.From)
+		return
+	}
+	ev := hooks.Event{Name: r.svc.Name, Hostname: r.node, Hash: sb.FromChecksum, PreviousHash: sb.Target.Checksum,
+		Release: sb.From, ReleaseDir: r.lay.releaseDir(sb.From), PreviousDir: r.lay.releaseDir(sb.Target.ID),
+		Phase: hooks.PhaseRollback, Result: "rollback", Time: r.now()}
+	r.logger.Warn("an interrupted switch back went to a release that may not run again; putting back the release it left",
+		"release", sb.Target.ID, "from", sb.From)
+	if _, err := r.activate(ctx, sb.From, "", ev, reasonRollback); err != nil {
+		r.logger.Error("putting back the release an interrupted switch back left", "release", sb.From, "error", err)
+	}
 }
 
 // mayRunAgain refuses to make a kept release current again when the key

@@ -226,9 +226,9 @@ func (r *Runner) rolloutAgain(ctx context.Context, info artifact.Info) *Outcome 
 }
 
 // switchStill decides again on a pin or a revert once the slot is held,
-// the fleet read afresh: a pin lifted or changed, a hold set, or the
-// breaker lifted while the host waited for its slot stop the switch; the
-// next check decides afresh.
+// the fleet read afresh: a pin lifted or changed, a hold set, the breaker
+// lifted, or the revert's target refused too while the host waited for
+// its slot stop the switch; the next check decides afresh.
 func (r *Runner) switchStill(ctx context.Context, st *State, d decision) *Outcome {
 	view, err := r.records.Status(ctx, r.svc.Name)
 	if err != nil {
@@ -248,6 +248,10 @@ func (r *Runner) switchStill(ctx context.Context, st *State, d decision) *Outcom
 		return skip("no revert: the breaker of " + d.breaker.Checksum + " was lifted")
 	case rollout.Pinned(view.Pins, r.node) != nil:
 		return skip("no revert: this host was pinned meanwhile")
+	case view.Breaker(d.target.Checksum) != nil:
+		// Refused too while the host waited: the next check goes
+		// further back, past it, or says it cannot.
+		return skip("no revert to " + d.target.ID + ": the fleet refused its checksum " + d.target.Checksum + " meanwhile")
 	}
 	return nil
 }
@@ -262,8 +266,10 @@ func (r *Runner) revert(st *State, view fleet.Status, b *fleet.Breaker) decision
 	cur := r.lay.current()
 	target, err := pickRollback(st, cur, "")
 	// Further back past the same bytes kept twice, past any release the
-	// fleet refused too, and past one signed by a key since revoked.
-	for err == nil && (target.Checksum == b.Checksum || view.Breaker(target.Checksum) != nil || r.mayRunAgain(target) != nil) {
+	// fleet refused too, past one signed by a key since revoked, and past
+	// one whose directory was removed by hand (no switch could reach it).
+	for err == nil && (target.Checksum == b.Checksum || view.Breaker(target.Checksum) != nil || r.mayRunAgain(target) != nil ||
+		!r.lay.present(target.ID)) {
 		target, err = pickRollback(st, target.ID, "")
 	}
 	if err != nil {
@@ -286,12 +292,23 @@ func (r *Runner) pinned(st *State, view fleet.Status, pin *fleet.Pin) decision {
 	if rel, ok := st.release(cur); ok && matches(rel) {
 		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Release: cur, Reason: why})
 	}
-	var target *Release
+	// The newest kept release that matches and is there: one whose
+	// directory was removed by hand is no way back.
+	var target, gone *Release
 	for i := len(st.Releases) - 1; i >= 0; i-- {
 		if matches(st.Releases[i]) {
-			target = &st.Releases[i]
-			break
+			if r.lay.present(st.Releases[i].ID) {
+				target = &st.Releases[i]
+				break
+			}
+			if gone == nil {
+				gone = &st.Releases[i]
+			}
 		}
+	}
+	if target == nil && gone != nil {
+		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum,
+			Reason: why + "; this host stays where it is: the kept release " + gone.ID + " is not there (removed by hand?)"})
 	}
 	if target == nil {
 		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; no kept release here matches it, so this host stays where it is"})

@@ -364,11 +364,20 @@ func (r *Runner) switchFor(ctx context.Context, st *State, d decision, h *held) 
 		if d.do == reasonPin {
 			sum = d.target.Checksum
 		}
-		if _, stop := r.takeSlot(ctx, sum, h); stop != nil {
+		lost, stop := r.takeSlot(ctx, sum, h)
+		if stop != nil {
 			return *stop
 		}
 		if stop := r.switchStill(ctx, st, d); stop != nil {
 			return *stop
+		}
+		// As for an install: a slot lost before the switch may be
+		// another host's now; the next check takes one again.
+		select {
+		case <-lost:
+			return Outcome{Result: ResultError, Phase: PhaseLock, Checksum: st.Checksum,
+				Err: fmt.Errorf("switch to %s (%s): %w", d.target.ID, d.do, errLost)}
+		default:
 		}
 	}
 	if d.do == reasonPin {
