@@ -230,7 +230,7 @@ func (r *Runner) rolloutAgain(ctx context.Context, info artifact.Info) *Outcome 
 // lifted, or the revert's target refused too while the host waited for
 // its slot stop the switch; the next check decides afresh.
 func (r *Runner) switchStill(ctx context.Context, st *State, d decision) *Outcome {
-	view, err := r.records.Status(ctx, r.svc.Name)
+	view, err := r.ownRecords(ctx) // a coordinated host reads its own share, not every host's
 	if err != nil {
 		return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: st.Checksum, Err: fmt.Errorf("read the rollout: %w", err)}
 	}
