@@ -96,4 +96,3 @@ func (l *Lock) Release(context.Context) error {
 	l.f = nil
 	return err
 }
-
