@@ -34,7 +34,9 @@ type delta struct {
 	t      *txn
 	idx    *chunks.Index
 	cache  *chunks.Cache
-	filler *chunks.Filler
+	// skel keeps the headers of the tar this install unpacks: with the
+	// release's files, the next delta's source of unchanged chunks.
+	skel *chunks.Skeleton
 	// files records the files this install makes, for the next delta.
 	files *chunks.Files
 	// claims are the index's signature's, checked when keys are trusted.
@@ -132,20 +134,26 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 			fmt.Errorf("its tar of %d bytes, from a %d-byte archive, is over max_size = %d or max_ratio = %g", tar, d.idx.Archive.Size, maxSize, maxRatio))
 		return false, nil
 	}
-	missing, stored := d.cache.Missing(d.idx)
-	if float64(stored) > deltaWorth*float64(d.idx.Archive.Size) {
+	backing := d.backing()
+	defer backing.Close()
+	missing, stored := d.cache.Missing(d.idx, backing)
+	var need int64
+	for _, ch := range missing {
+		need += ch.Size
+	}
+	if float64(stored) > deltaWorth*float64(d.idx.Archive.Size) || need > d.cache.Max {
 		t.logger.Info("chunk cache too cold for a delta; fetching the archive", "missing_chunks", len(missing),
-			"missing_bytes", stored, "archive_bytes", d.idx.Archive.Size)
+			"missing_bytes", stored, "archive_bytes", d.idx.Archive.Size, "chunk_cache", d.cache.Max)
 		return false, nil
 	}
 	f := &chunks.Fetcher{Src: t.r.svc.Source, Cache: d.cache}
 	got, err := f.Fetch(ctx, missing)
+	backed := 0
 	if err == nil {
-		err = d.unpack(ctx)
+		backed, err = d.unpack(ctx, f, backing, &got)
 	}
 	if err == nil {
-		d.cache.Keep(d.idx)
-		d.saveFiles()
+		d.settle()
 		t.sums = digests{MD5: d.idx.Archive.MD5, SHA256: d.idx.Archive.SHA256, Size: d.idx.Archive.Size}
 		if c := d.claims; c != nil {
 			t.claims = c
@@ -168,7 +176,7 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 			t.r.obs.Downloaded(t.r.svc.Name, got.Bytes)
 		}
 		t.logger.Info("downloaded and verified", "format", "chunks", "chunks", len(d.idx.Chunks), "fetched_chunks", got.Chunks,
-			"fetched_bytes", got.Bytes, "archive_bytes", d.idx.Archive.Size, "linked_files", d.linked, "linked_bytes", d.linkedBytes, "tar_sha256", d.idx.Tar.SHA256,
+			"fetched_bytes", got.Bytes, "release_chunks", backed, "archive_bytes", d.idx.Archive.Size, "linked_files", d.linked, "linked_bytes", d.linkedBytes, "tar_sha256", d.idx.Tar.SHA256,
 			"md5", t.sums.MD5, "sha256", t.sums.SHA256)
 		return true, nil
 	}
@@ -183,16 +191,29 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 	return false, nil
 }
 
-// unpack streams the tar reassembled from the cache, its SHA-256 checked
-// at the end, through the same confined extraction as an archive.
-func (d *delta) unpack(ctx context.Context) error {
+// unpack streams the tar reassembled from the cache, the current
+// release (backing) and the store, each chunk checked against its
+// SHA-256 before it is unpacked, through the same confined extraction as
+// an archive. It returns the chunks read back from the current release.
+func (d *delta) unpack(ctx context.Context, f *chunks.Fetcher, backing *chunks.Backing, got *chunks.Fetched) (int, error) {
 	t := d.t
 	if err := t.freshStage(); err != nil {
-		return err
+		return 0, err
 	}
-	// Reading and hashing on one core (the stream's goroutine), unpacking
-	// on the other.
-	s := d.cache.Stream(d.idx)
+	d.skel = d.cache.Skeleton()
+	t.onUndo(func(context.Context) { d.skel.Close() })
+	// Reading and checking on one core (the stream's goroutine),
+	// unpacking on the other.
+	s := d.cache.StreamWith(d.idx, chunks.StreamOptions{
+		Backing: backing,
+		Fetch: func(ch chunks.Chunk) error {
+			g, err := f.One(ctx, ch)
+			got.Chunks += g.Chunks
+			got.Bytes += g.Bytes
+			return err
+		},
+		Tee: d.skel,
+	})
 	defer s.Close()
 	opt := t.unpackOptions()
 	opt.Format = archive.Tar
@@ -203,21 +224,28 @@ func (d *delta) unpack(ctx context.Context) error {
 		opt.Reuse = reuse.Reuse
 	}
 	_, xerr := archive.Extract(ctx, s, t.stage, opt)
-	if reuse != nil {
-		d.linked, d.linkedBytes = reuse.Linked, reuse.Bytes
-	}
-	// The tar's verdict first (the rest of it read and hashed): a
+	// The tar's verdict first (the rest of it read and checked): a
 	// mismatch explains any unpack error.
 	if _, err := io.Copy(io.Discard, s); err != nil && !errors.Is(err, io.ErrClosedPipe) {
-		return fmt.Errorf("reassemble %s: %w", t.info.Key, err)
+		return 0, fmt.Errorf("reassemble %s: %w", t.info.Key, err)
+	}
+	s.Close()
+	if reuse != nil {
+		d.linked, d.linkedBytes = reuse.Linked, reuse.Bytes
+		// A file linked from the current release whose bytes there were
+		// found not to be the chunk's (written in place with its
+		// modification time put back): the link would install them.
+		if name, ok := reuse.Overlaps(s.Replaced); ok {
+			return 0, fmt.Errorf("unpack the chunks of %s: %s, linked from the current release, no longer holds its content there", t.info.Key, name)
+		}
 	}
 	if xerr != nil {
-		return fmt.Errorf("unpack the chunks of %s: %w", t.info.Key, xerr)
+		return 0, fmt.Errorf("unpack the chunks of %s: %w", t.info.Key, xerr)
 	}
 	if err := syncFS(t.stage); err != nil {
-		return fmt.Errorf("sync %s: %w", t.stage, err)
+		return 0, fmt.Errorf("sync %s: %w", t.stage, err)
 	}
-	return nil
+	return s.Backed, nil
 }
 
 // fill shapes the extraction of the archive: its tar stream is copied to
@@ -228,9 +256,9 @@ func (d *delta) fill(opt *archive.Options) {
 	if d == nil {
 		return
 	}
-	d.filler = d.cache.Filler(d.idx)
-	d.t.onUndo(func(context.Context) { d.filler.Close() })
-	opt.Tee = d.filler
+	d.skel = d.cache.Skeleton()
+	d.t.onUndo(func(context.Context) { d.skel.Close() })
+	opt.Tee = d.skel
 	d.record(opt)
 }
 
@@ -285,19 +313,50 @@ func (d *delta) reuser() *chunks.Reuser {
 	return r
 }
 
-// filled ends an archive install that filled the cache: it now holds the
-// chunks of this release, within its bound.
+// filled ends an archive install that kept the tar's skeleton: the
+// next release can be a delta.
 func (d *delta) filled() {
-	if d == nil || d.filler == nil {
+	if d == nil || d.skel == nil {
 		return
 	}
-	d.filler.Commit()
-	if err := d.cache.Keep(d.idx); err != nil {
+	d.settle()
+	d.t.logger.Info("chunk cache filled", "skeleton_bytes", d.cache.Size(), "files", len(d.files.Files))
+}
+
+// settle names the skeleton of the release just unpacked, records it
+// with its files, and leaves nothing else in the cache: the release
+// holds the content of the chunks fetched for it.
+func (d *delta) settle() {
+	name := d.t.id + ".skel"
+	if d.skel != nil && d.skel.Commit(name) && d.files != nil {
+		d.files.Skel, d.files.SkelSize, d.files.Holes = name, d.skel.Size(), d.skel.Holes
+	} else {
+		name = ""
+	}
+	if err := d.cache.Settle(name); err != nil {
 		d.t.logger.Warn("chunk cache", "error", err)
-		return
 	}
 	d.saveFiles()
-	d.t.logger.Info("chunk cache filled", "chunks", d.filler.Kept, "bytes", d.cache.Size())
+}
+
+// backing reads back the chunks of the current release from its files
+// and its skeleton, or nil: no current release, or no record of it.
+func (d *delta) backing() *chunks.Backing {
+	t := d.t
+	cur := t.st.Release
+	if cur == "" || !t.r.lay.present(cur) {
+		return nil
+	}
+	old, err := chunks.LoadFiles(d.filesPath())
+	if err != nil || old.Release != cur {
+		return nil
+	}
+	b, err := d.cache.NewBacking(old, t.r.lay.releaseDir(cur))
+	if err != nil {
+		t.logger.Debug("the current release backs no delta", "error", err)
+		return nil
+	}
+	return b
 }
 
 // freshStage makes an empty staging directory for the release.

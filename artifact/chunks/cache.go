@@ -2,6 +2,7 @@ package chunks
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -41,9 +42,9 @@ func (c *Cache) Has(ch Chunk) bool {
 	return err == nil && fi.Mode().IsRegular() && fi.Size() == ch.Size
 }
 
-// Missing returns the chunks of idx the cache lacks, each once, and the
-// bytes they take in the store.
-func (c *Cache) Missing(idx *Index) ([]Chunk, int64) {
+// Missing returns the chunks of idx that neither the cache nor b (nil:
+// none) holds, each once, and the bytes they take in the store.
+func (c *Cache) Missing(idx *Index, b *Backing) ([]Chunk, int64) {
 	var out []Chunk
 	var stored int64
 	seen := map[string]bool{}
@@ -52,7 +53,7 @@ func (c *Cache) Missing(idx *Index) ([]Chunk, int64) {
 			continue
 		}
 		seen[ch.SHA256] = true
-		if !c.Has(ch) {
+		if !c.Has(ch) && !b.Has(ch) {
 			out = append(out, ch)
 			stored += ch.Stored
 		}
@@ -94,6 +95,25 @@ func (c *Cache) Keep(idx *Index) error {
 	return nil
 }
 
+// Settle leaves in the cache only the skeleton named skel ("": nothing):
+// after an install, the current release holds the content of the chunks
+// fetched for it, and the skeleton the rest of its tar.
+func (c *Cache) Settle(skel string) error {
+	ents, err := os.ReadDir(c.Dir)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return err
+	}
+	for _, e := range ents {
+		if e.Name() != skel || skel == "" {
+			os.RemoveAll(c.path(e.Name()))
+		}
+	}
+	return nil
+}
+
 // Clear empties the cache (a chunk in it was found wrong).
 func (c *Cache) Clear() error {
 	ents, err := os.ReadDir(c.Dir)
@@ -120,21 +140,38 @@ func (c *Cache) Size() int64 {
 	return n
 }
 
-// Stream returns the tar idx describes, read from the cache in order. At
-// its end it compares the tar's size and SHA-256 with the index's: a
-// mismatch is an error wrapping artifact.ErrCorrupt instead of io.EOF, so
-// nothing unpacked from it is taken for a release. The chunks are read
-// and hashed by a goroutine of their own, a few blocks ahead, in blocks
-// of up to 512 KiB; Seek (forward only) skips bytes without copying them
-// out, hashed all the same, and WriteTo hands the blocks over as read.
+// Stream returns the tar idx describes, read from the cache in order,
+// each chunk checked against its SHA-256 before any of its bytes is
+// handed over: a mismatch is an error wrapping artifact.ErrCorrupt, so
+// nothing unpacked from it is taken for a release. The chunks' sizes add
+// up to the tar's (Parse), so a tar whose every chunk matches is the
+// tar the index describes.
 func (c *Cache) Stream(idx *Index) io.ReadCloser {
-	return &stream{c: c, idx: idx, h: sha256.New()}
+	return c.StreamWith(idx, StreamOptions{})
 }
 
-const (
-	streamBlock = 512 << 10
-	streamAhead = 4
-)
+// StreamOptions: where a stream finds the chunks the cache lacks.
+type StreamOptions struct {
+	// Backing reads a chunk back from the current release; one that does
+	// not match its SHA-256 is fetched.
+	Backing *Backing
+	// Fetch gets a chunk into the cache (Fetcher.One): one the cache and
+	// the backing lack, or whose copy there does not match. Nil: such a
+	// chunk is an error.
+	Fetch func(Chunk) error
+	// Tee is written every chunk, checked, in order (a Skeleton).
+	Tee io.Writer
+}
+
+// StreamWith is Stream, with chunks read back from a release and fetched
+// from the store where the cache lacks them.
+func (c *Cache) StreamWith(idx *Index, opt StreamOptions) *Stream {
+	return &Stream{c: c, idx: idx, opt: opt, h: sha256.New()}
+}
+
+// streamAhead: chunks checked ahead of the one being unpacked. Each is
+// whole in memory (up to 8 MiB) until it is: one ahead keeps two.
+const streamAhead = 1
 
 // mapBlocks: the stream maps chunk files where it can (tests turn it off
 // to read them).
@@ -142,14 +179,16 @@ var mapBlocks = true
 
 type block struct {
 	b      []byte
-	buf    []byte // the buffer from free that b is, or (nil) the token that stands for b's mapping
+	buf    []byte // the buffer from free that b is in
 	mapped bool   // b is a mapping of the chunk file, unmapped once read
 	err    error  // the stream's end: io.EOF, or why it stopped
 }
 
-type stream struct {
+// Stream: see Cache.StreamWith.
+type Stream struct {
 	c      *Cache
 	idx    *Index
+	opt    StreamOptions
 	h      hash.Hash // the reading goroutine's
 	n      int64     // read, by the reading goroutine
 	start  sync.Once
@@ -162,21 +201,27 @@ type stream struct {
 	pos    int64
 	err    error
 	closed bool
+	// Replaced are the bytes (their place in the tar) that the backing
+	// held otherwise than the chunks fetched instead: read them once the
+	// stream is closed.
+	Replaced []Hole
+	// Backed is how many chunks came from the backing.
+	Backed int
 }
 
-func (s *stream) run() {
+func (s *Stream) run() {
 	s.blocks = make(chan block, streamAhead)
 	s.free = make(chan []byte, streamAhead+1)
 	s.done = make(chan struct{})
 	for range streamAhead + 1 {
-		s.free <- nil // a buffer is made only where a block cannot be mapped
+		s.free <- nil // a buffer is made only where a chunk cannot be mapped
 	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		err := s.read()
-		if err == nil {
-			err = s.check()
+		if err == nil && s.n != s.idx.Tar.Size {
+			err = fmt.Errorf("%w: the tar made of the chunks has %d bytes; the index says %d", artifact.ErrCorrupt, s.n, s.idx.Tar.Size)
 		}
 		if err == nil {
 			err = io.EOF
@@ -188,80 +233,154 @@ func (s *stream) run() {
 	}()
 }
 
-// read reads and hashes every chunk in order, handing the blocks over.
-func (s *stream) read() error {
-	var n int64
+// read gets, checks and hands over every chunk in order.
+func (s *Stream) read() error {
+	var off int64
 	for i, ch := range s.idx.Chunks {
-		f, err := os.Open(s.c.path(ch.SHA256))
+		var buf []byte
+		select {
+		case buf = <-s.free:
+		case <-s.done:
+			return io.ErrClosedPipe
+		}
+		b, buf, mapped, err := s.get(i, ch, off, buf)
 		if err != nil {
-			return fmt.Errorf("%w: chunk %d (%.16s…) is not in the cache: %v", artifact.ErrCorrupt, i, ch.SHA256, err)
+			s.free <- buf
+			return err
 		}
-		if fi, err := f.Stat(); err != nil || fi.Size() < ch.Size {
-			f.Close()
-			return fmt.Errorf("%w: chunk %d (%.16s…) in the cache is shorter than its size", artifact.ErrCorrupt, i, ch.SHA256)
+		if s.opt.Tee != nil {
+			s.opt.Tee.Write(b)
 		}
-		left := ch.Size
-		for left > 0 {
-			var buf []byte
-			select {
-			case buf = <-s.free:
-			case <-s.done:
-				f.Close()
-				return io.ErrClosedPipe
-			}
-			want := min(streamBlock, left)
-			// Mapped, the bytes are hashed and skipped without a copy;
-			// read into the buffer where that cannot be done.
-			var k int
-			var err error
-			var b []byte
-			mapped := false
-			if mapBlocks {
-				b, mapped = mapBlock(f, ch.Size-left, int(want))
-			}
+		s.n += int64(len(b))
+		off += ch.Size
+		select {
+		case s.blocks <- block{b: b, buf: buf, mapped: mapped}:
+		case <-s.done:
 			if mapped {
-				k = len(b)
-			} else {
-				if buf == nil {
-					buf = make([]byte, streamBlock)
-				}
-				b = buf[:want]
-				k, err = f.ReadAt(b, ch.Size-left)
-				b = b[:k]
+				unmapBlock(b)
 			}
-			s.h.Write(b)
-			n += int64(k)
-			left -= int64(k)
-			if k > 0 {
-				select {
-				case s.blocks <- block{b: b, buf: buf, mapped: mapped}:
-				case <-s.done:
-					if mapped {
-						unmapBlock(b)
-					}
-					f.Close()
-					return io.ErrClosedPipe
-				}
-			} else {
-				s.free <- buf
-			}
-			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-				f.Close()
-				return fmt.Errorf("%w: chunk %d (%.16s…) in the cache is shorter than its size", artifact.ErrCorrupt, i, ch.SHA256)
-			}
-			if err != nil {
-				f.Close()
-				return err
-			}
+			return io.ErrClosedPipe
 		}
-		f.Close()
 	}
-	s.n = n
 	return nil
 }
 
+// get returns the checked bytes of chunk i (at off in the tar): from
+// the cache, else the backing, else fetched (once more when the cache's
+// copy does not match).
+func (s *Stream) get(i int, ch Chunk, off int64, buf []byte) (b, _ []byte, mapped bool, err error) {
+	fetched := false
+	if !s.c.Has(ch) && s.opt.Backing.Has(ch) {
+		if cap(buf) < int(ch.Size) {
+			buf = make([]byte, max(ch.Size, MinChunk))
+		}
+		b = buf[:ch.Size]
+		rerr := s.opt.Backing.ReadChunk(ch, b)
+		if rerr == nil && s.sum(b) == ch.SHA256 {
+			s.Backed++
+			return b, buf, false, nil
+		}
+		why := "its bytes are not the chunk's"
+		if rerr != nil {
+			why = rerr.Error()
+		}
+		s.c.logger().Info("chunk not read back from the current release; fetching it", "chunk", i, "sha256", ch.SHA256, "reason", why)
+		bad := append([]byte(nil), b...)
+		if err := s.fetch(ch); err != nil {
+			return nil, buf, false, err
+		}
+		fetched = true
+		b, buf, mapped, err = s.cached(i, ch, buf)
+		if err == nil {
+			s.differ(off, bad, b)
+		}
+		return b, buf, mapped, err
+	}
+	for {
+		b, buf, mapped, err = s.cached(i, ch, buf)
+		if err == nil || fetched || s.opt.Fetch == nil {
+			return b, buf, mapped, err
+		}
+		os.Remove(s.c.path(ch.SHA256))
+		if ferr := s.fetch(ch); ferr != nil {
+			return nil, buf, false, fmt.Errorf("%w (fetched after: %v)", err, ferr)
+		}
+		fetched = true
+	}
+}
+
+// differ records in Replaced where the bytes the release held (bad) for
+// the chunk at off in the tar are not the chunk's (good).
+func (s *Stream) differ(off int64, bad, good []byte) {
+	const blk = 4 << 10
+	for at := 0; at < len(good); at += blk {
+		end := min(at+blk, len(good))
+		if bytes.Equal(bad[at:end], good[at:end]) {
+			continue
+		}
+		i, j := at, end-1
+		for bad[i] == good[i] {
+			i++
+		}
+		for bad[j] == good[j] {
+			j--
+		}
+		h := Hole{Off: off + int64(i), Size: int64(j - i + 1)}
+		if n := len(s.Replaced); n > 0 && s.Replaced[n-1].Off+s.Replaced[n-1].Size >= h.Off {
+			s.Replaced[n-1].Size = h.Off + h.Size - s.Replaced[n-1].Off
+			continue
+		}
+		s.Replaced = append(s.Replaced, h)
+	}
+}
+
+func (s *Stream) fetch(ch Chunk) error {
+	if s.opt.Fetch == nil {
+		return fmt.Errorf("%w: chunk %.16s… is in neither the cache nor the release", artifact.ErrCorrupt, ch.SHA256)
+	}
+	return s.opt.Fetch(ch)
+}
+
+func (s *Stream) sum(b []byte) string {
+	s.h.Reset()
+	s.h.Write(b)
+	return hex.EncodeToString(s.h.Sum(nil))
+}
+
+// cached reads chunk i from its cache file, mapped where it can be, and
+// checks it.
+func (s *Stream) cached(i int, ch Chunk, buf []byte) (b, _ []byte, mapped bool, err error) {
+	f, err := os.Open(s.c.path(ch.SHA256))
+	if err != nil {
+		return nil, buf, false, fmt.Errorf("%w: chunk %d (%.16s…) is not in the cache: %v", artifact.ErrCorrupt, i, ch.SHA256, err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || fi.Size() != ch.Size {
+		return nil, buf, false, fmt.Errorf("%w: chunk %d (%.16s…) in the cache is not its size", artifact.ErrCorrupt, i, ch.SHA256)
+	}
+	if mapBlocks {
+		b, mapped = mapBlock(f, 0, int(ch.Size))
+	}
+	if !mapped {
+		if cap(buf) < int(ch.Size) {
+			buf = make([]byte, max(ch.Size, MinChunk))
+		}
+		b = buf[:ch.Size]
+		if _, err := f.ReadAt(b, 0); err != nil {
+			return nil, buf, false, fmt.Errorf("%w: chunk %d (%.16s…) in the cache: %v", artifact.ErrCorrupt, i, ch.SHA256, err)
+		}
+	}
+	if got := s.sum(b); got != ch.SHA256 {
+		if mapped {
+			unmapBlock(b)
+		}
+		return nil, buf, false, fmt.Errorf("%w: chunk %d in the cache has SHA-256 %s; the index says %s", artifact.ErrCorrupt, i, got, ch.SHA256)
+	}
+	return b, buf, mapped, nil
+}
+
 // next makes the next block current; false at the end (s.err set).
-func (s *stream) next() bool {
+func (s *Stream) next() bool {
 	if s.err != nil {
 		return false
 	}
@@ -276,7 +395,7 @@ func (s *stream) next() bool {
 	return true
 }
 
-func (s *stream) Read(p []byte) (int, error) {
+func (s *Stream) Read(p []byte) (int, error) {
 	for len(s.cur) == 0 {
 		if !s.next() {
 			return 0, s.err
@@ -289,8 +408,8 @@ func (s *stream) Read(p []byte) (int, error) {
 }
 
 // Seek skips forward (whence io.SeekCurrent, off >= 0 only): the bytes
-// are read and hashed, not copied out.
-func (s *stream) Seek(off int64, whence int) (int64, error) {
+// are read and checked, not copied out.
+func (s *Stream) Seek(off int64, whence int) (int64, error) {
 	if whence != io.SeekCurrent || off < 0 {
 		return s.pos, errors.New("chunk stream: seek forward only")
 	}
@@ -310,7 +429,7 @@ func (s *stream) Seek(off int64, whence int) (int64, error) {
 }
 
 // WriteTo writes the rest of the stream to w, block by block.
-func (s *stream) WriteTo(w io.Writer) (int64, error) {
+func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 	var total int64
 	for {
 		if len(s.cur) == 0 && !s.next() {
@@ -329,27 +448,19 @@ func (s *stream) WriteTo(w io.Writer) (int64, error) {
 	}
 }
 
-func (s *stream) check() error {
-	if got := hex.EncodeToString(s.h.Sum(nil)); s.n != s.idx.Tar.Size || got != s.idx.Tar.SHA256 {
-		return fmt.Errorf("%w: the tar made of the chunks has %d bytes and SHA-256 %s; the index says %d bytes, %s",
-			artifact.ErrCorrupt, s.n, got, s.idx.Tar.Size, s.idx.Tar.SHA256)
-	}
-	return nil
-}
-
 // release is done with the current block.
-func (s *stream) release() {
+func (s *Stream) release() {
 	if s.blk.b == nil {
 		return
 	}
 	if s.blk.mapped {
 		unmapBlock(s.blk.b)
 	}
-	s.free <- s.blk.buf[:cap(s.blk.buf)]
+	s.free <- s.blk.buf
 	s.blk, s.cur = block{}, nil
 }
 
-func (s *stream) Close() error {
+func (s *Stream) Close() error {
 	if s.closed {
 		return nil
 	}

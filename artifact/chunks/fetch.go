@@ -138,6 +138,12 @@ func (f *Fetcher) Fetch(ctx context.Context, missing []Chunk) (Fetched, error) {
 	return Fetched{Chunks: int(n.Load()), Bytes: bytes.Load()}, err
 }
 
+// One fetches one chunk into the cache, checked, fetched once more when
+// it does not match: what a stream calls for a chunk it lacks.
+func (f *Fetcher) One(ctx context.Context, ch Chunk) (Fetched, error) {
+	return f.Fetch(ctx, []Chunk{ch})
+}
+
 // one fetches one chunk into the cache, checked; it returns the bytes
 // received.
 func (f *Fetcher) one(ctx context.Context, src artifact.Source, ch Chunk, dec *zstd.Decoder) (int64, error) {

@@ -25,6 +25,12 @@ type Files struct {
 	Tar    string          `json:"tar"`    // the SHA-256 of its tar
 	Chunks []Chunk         `json:"chunks"` // of its tar, in order
 	Files  map[string]File `json:"files"`
+	// Skel names the skeleton of its tar in the cache (Skeleton), SkelSize
+	// its size, and Holes the regular files' content it leaves out; none:
+	// the release cannot back a delta.
+	Skel     string `json:"skel,omitempty"`
+	SkelSize int64  `json:"skel_size,omitempty"`
+	Holes    []Hole `json:"holes,omitempty"`
 }
 
 // File is one regular file of a release, as its tar made it.
@@ -116,6 +122,12 @@ type Reuser struct {
 	off    bool
 	Linked int   // files linked
 	Bytes  int64 // their content
+	linked []linkedFile
+}
+
+type linkedFile struct {
+	name string
+	Hole
 }
 
 // NewReuser offers the files of old, a release in the directory dir, to
@@ -165,7 +177,20 @@ func (r *Reuser) Reuse(e *archive.Entry) *os.File {
 	}
 	r.Linked++
 	r.Bytes += h.Size
+	r.linked = append(r.linked, linkedFile{e.Name, Hole{e.Offset, h.Size}})
 	return src
+}
+
+// Overlaps names a file linked whose content in the new tar overlaps one
+// of the ranges (sorted by offset) given.
+func (r *Reuser) Overlaps(ranges []Hole) (string, bool) {
+	for _, l := range r.linked {
+		i := sort.Search(len(ranges), func(k int) bool { return ranges[k].Off+ranges[k].Size > l.Off })
+		if i < len(ranges) && ranges[i].Off < l.Off+l.Size {
+			return l.name, true
+		}
+	}
+	return "", false
 }
 
 // sameBytes reports whether the n bytes at a in the current release's

@@ -1,0 +1,184 @@
+package chunks
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"syscall"
+)
+
+// Backing gives back chunks of the current release's tar from what the
+// host already holds: the skeleton of that tar (its headers and padding)
+// and the release's files, which hold the rest. It is the cache of a
+// delta: nothing of a file's content is kept twice. What it reads is
+// only a candidate: the stream checks each chunk against its SHA-256 and
+// fetches from the store one that does not match (a file of the release
+// the application wrote to, removed or replaced).
+type Backing struct {
+	old    *Files
+	dir    *os.File // the release directory
+	skel   *os.File
+	at     map[string]int64 // a chunk of the old tar: its offset
+	holes  []Hole           // sorted by offset
+	before []int64          // bytes of holes before holes[i]
+	names  map[int64]string // a hole's offset: the file of the release holding it
+	cur    *os.File         // the file last read, kept open for the next piece
+	curOff int64            // its hole's offset
+	Read   int64            // bytes read back from the release and its skeleton
+}
+
+// NewBacking reads the release old describes, in the directory dir, and
+// its skeleton in the cache. Close it after.
+func (c *Cache) NewBacking(old *Files, dir string) (*Backing, error) {
+	if old.Skel == "" || len(old.Chunks) == 0 {
+		return nil, errors.New("no skeleton recorded for the current release")
+	}
+	skel, err := os.Open(c.path(old.Skel))
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := skel.Stat(); err != nil || fi.Size() != old.SkelSize {
+		skel.Close()
+		return nil, fmt.Errorf("the skeleton of the current release is not the size recorded")
+	}
+	d, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		skel.Close()
+		return nil, err
+	}
+	b := &Backing{old: old, dir: d, skel: skel, at: map[string]int64{}, names: map[int64]string{}}
+	var off int64
+	for _, ch := range old.Chunks {
+		if _, ok := b.at[ch.SHA256]; !ok {
+			b.at[ch.SHA256] = off
+		}
+		off += ch.Size
+	}
+	b.holes = append([]Hole(nil), old.Holes...)
+	sort.Slice(b.holes, func(i, j int) bool { return b.holes[i].Off < b.holes[j].Off })
+	b.before = make([]int64, len(b.holes)+1)
+	for i, h := range b.holes {
+		b.before[i+1] = b.before[i] + h.Size
+	}
+	for name, f := range old.Files {
+		b.names[f.Off] = name
+	}
+	return b, nil
+}
+
+// Close closes what it holds open.
+func (b *Backing) Close() error {
+	if b == nil {
+		return nil
+	}
+	if b.cur != nil {
+		b.cur.Close()
+	}
+	b.skel.Close()
+	return b.dir.Close()
+}
+
+// Has reports whether ch was a chunk of the current release's tar whose
+// every byte the skeleton or a recorded file of the release holds.
+func (b *Backing) Has(ch Chunk) bool {
+	if b == nil {
+		return false
+	}
+	off, ok := b.at[ch.SHA256]
+	if !ok {
+		return false
+	}
+	end := off + ch.Size
+	for i := b.hole(off); i < len(b.holes) && b.holes[i].Off < end; i++ {
+		h := b.holes[i]
+		name, ok := b.names[h.Off]
+		if !ok || b.old.Files[name].Size != h.Size {
+			return false
+		}
+	}
+	return true
+}
+
+// hole is the index of the first hole ending after off.
+func (b *Backing) hole(off int64) int {
+	return sort.Search(len(b.holes), func(i int) bool { return b.holes[i].Off+b.holes[i].Size > off })
+}
+
+// ReadChunk reads ch's bytes, as the current release holds them now,
+// into p (len(p) == ch.Size). They are not checked: the caller hashes
+// them. A piece that cannot be read (a file removed or replaced) is left
+// zero and the first such error returned, the rest read all the same:
+// compared with the chunk fetched instead, they tell which bytes of the
+// release differ.
+func (b *Backing) ReadChunk(ch Chunk, p []byte) error {
+	off, ok := b.at[ch.SHA256]
+	if !ok || int64(len(p)) != ch.Size {
+		return errors.New("not a chunk of the current release")
+	}
+	pos, end := off, off+ch.Size
+	i := b.hole(pos)
+	var first error
+	for pos < end {
+		var n int
+		var err error
+		if i < len(b.holes) && b.holes[i].Off <= pos {
+			h := b.holes[i]
+			k := min(end, h.Off+h.Size) - pos
+			n, err = b.readFile(h, p[pos-off:pos-off+k], pos-h.Off)
+			if err != nil {
+				clear(p[pos-off+int64(n) : pos-off+k])
+				n = int(k)
+			}
+			if pos+int64(n) == h.Off+h.Size {
+				i++
+			}
+		} else {
+			stop := end
+			if i < len(b.holes) {
+				stop = min(stop, b.holes[i].Off)
+			}
+			n, err = b.skel.ReadAt(p[pos-off:stop-off], pos-b.before[i])
+			if n == int(stop-pos) {
+				err = nil
+			} else {
+				clear(p[pos-off+int64(n) : stop-off])
+				n = int(stop - pos)
+			}
+		}
+		b.Read += int64(n)
+		if err != nil && first == nil {
+			first = err
+		}
+		pos += int64(n)
+	}
+	return first
+}
+
+// readFile reads p from offset at of the file whose content is hole h.
+func (b *Backing) readFile(h Hole, p []byte, at int64) (int, error) {
+	if b.cur == nil || b.curOff != h.Off {
+		if b.cur != nil {
+			b.cur.Close()
+			b.cur = nil
+		}
+		name, ok := b.names[h.Off]
+		if !ok {
+			return 0, errors.New("no file recorded there")
+		}
+		f, err := openRead(b.dir, name)
+		if err != nil {
+			return 0, err
+		}
+		b.cur, b.curOff = f, h.Off
+	}
+	n, err := b.cur.ReadAt(p, at)
+	if n == len(p) {
+		return n, nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
