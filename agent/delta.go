@@ -31,9 +31,9 @@ const deltaWorth = 0.5
 // delta is the chunked path of one fetch: the index of the version being
 // installed and the service's chunk cache. nil: the archive alone.
 type delta struct {
-	t      *txn
-	idx    *chunks.Index
-	cache  *chunks.Cache
+	t     *txn
+	idx   *chunks.Index
+	cache *chunks.Cache
 	// skel keeps the headers of the tar this install unpacks: with the
 	// release's files, the next delta's source of unchanged chunks.
 	skel *chunks.Skeleton
