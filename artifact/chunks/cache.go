@@ -1,7 +1,6 @@
 package chunks
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -59,40 +58,6 @@ func (c *Cache) Missing(idx *Index, b *Backing) ([]Chunk, int64) {
 		}
 	}
 	return out, stored
-}
-
-// Keep removes every file that is not a chunk of idx, then chunks of idx
-// (the last in the tar first) until the cache holds at most Max bytes.
-func (c *Cache) Keep(idx *Index) error {
-	want := map[string]bool{}
-	for _, ch := range idx.Chunks {
-		want[ch.SHA256] = true
-	}
-	ents, err := os.ReadDir(c.Dir)
-	if err != nil {
-		return err
-	}
-	var total int64
-	for _, e := range ents {
-		fi, err := e.Info()
-		if err != nil {
-			continue
-		}
-		if !want[e.Name()] || !fi.Mode().IsRegular() {
-			os.RemoveAll(c.path(e.Name()))
-			continue
-		}
-		total += fi.Size()
-	}
-	for i := len(idx.Chunks) - 1; i >= 0 && total > c.Max; i-- {
-		ch := idx.Chunks[i]
-		if fi, err := os.Stat(c.path(ch.SHA256)); err == nil {
-			if os.Remove(c.path(ch.SHA256)) == nil {
-				total -= fi.Size()
-			}
-		}
-	}
-	return nil
 }
 
 // Settle leaves in the cache only the skeleton named skel ("": nothing):
@@ -483,132 +448,5 @@ func (s *Stream) Close() error {
 	if s.err == nil {
 		s.err = io.ErrClosedPipe
 	}
-	return nil
-}
-
-// Filler cuts a tar stream written to it at the sizes of the index's
-// chunks and keeps them, up to the cache's bound: the Tee of an archive
-// install, so that the next release can be a delta. The pieces are not
-// hashed again: they are named by the index only by Commit, once the
-// archive they come from has been verified against the version pinned,
-// which the index was made from (Index.Fits). An index that lied about
-// them is caught where the cache is used: the tar reassembled from it
-// would not have the SHA-256 of the next index. It never fails the
-// install: a problem of its own stops it, logged.
-func (c *Cache) Filler(idx *Index) *Filler {
-	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
-		c.logger().Warn("chunk cache off for this install", "dir", c.Dir, "error", err)
-		return &Filler{off: true}
-	}
-	f := &Filler{c: c, idx: idx}
-	f.budget = c.Max - c.Size()
-	return f
-}
-
-// Filler: see Cache.Filler.
-type Filler struct {
-	c      *Cache
-	idx    *Index
-	i      int   // current chunk
-	got    int64 // bytes of it seen
-	skip   bool  // current chunk: cached already, or over budget
-	tmp    *os.File
-	w      *bufio.Writer // to tmp: the tar reader reads headers 512 bytes at a time; content of 32 KiB or more goes straight to the file, uncopied
-	done   []pending     // written, named at Commit
-	budget int64
-	off    bool
-	Kept   int // chunks Commit put in the cache
-}
-
-type pending struct{ tmp, sum string }
-
-func (f *Filler) Write(p []byte) (int, error) {
-	n := len(p)
-	for len(p) > 0 && !f.off {
-		if f.i >= len(f.idx.Chunks) {
-			f.stop("the tar is longer than its index says")
-			break
-		}
-		ch := f.idx.Chunks[f.i]
-		if f.got == 0 {
-			f.skip = f.c.Has(ch) || ch.Size > f.budget
-			if !f.skip {
-				t, err := os.CreateTemp(f.c.Dir, ".fill-*")
-				if err != nil {
-					f.stop(err.Error())
-					break
-				}
-				f.tmp = t
-				if f.w == nil {
-					f.w = bufio.NewWriterSize(t, 32<<10)
-				}
-				f.w.Reset(t)
-				f.budget -= ch.Size
-			}
-		}
-		take := min(int64(len(p)), ch.Size-f.got)
-		if !f.skip {
-			if _, err := f.w.Write(p[:take]); err != nil {
-				f.stop(err.Error())
-				break
-			}
-		}
-		f.got += take
-		p = p[take:]
-		if f.got == ch.Size {
-			f.i++
-			f.got = 0
-			if !f.skip {
-				t := f.tmp
-				f.tmp = nil
-				err := f.w.Flush()
-				if cerr := t.Close(); err == nil {
-					err = cerr
-				}
-				if err != nil {
-					os.Remove(t.Name())
-					f.stop(err.Error())
-					break
-				}
-				f.done = append(f.done, pending{t.Name(), ch.SHA256})
-			}
-		}
-	}
-	return n, nil
-}
-
-func (f *Filler) stop(why string) {
-	if f.tmp != nil {
-		f.tmp.Close()
-		os.Remove(f.tmp.Name())
-		f.tmp = nil
-	}
-	if !f.off && why != "" {
-		f.c.logger().Warn("stopped filling the chunk cache", "reason", why)
-	}
-	f.off = true
-}
-
-// Commit names the chunks written after the archive they were cut from
-// was verified: each whole chunk becomes the cache's copy of it.
-func (f *Filler) Commit() {
-	f.stop("")
-	for _, p := range f.done {
-		if err := os.Rename(p.tmp, f.c.path(p.sum)); err == nil {
-			f.Kept++
-		} else {
-			os.Remove(p.tmp)
-		}
-	}
-	f.done = nil
-}
-
-// Close drops what was written and not committed (a failed install).
-func (f *Filler) Close() error {
-	f.stop("")
-	for _, p := range f.done {
-		os.Remove(p.tmp)
-	}
-	f.done = nil
 	return nil
 }
