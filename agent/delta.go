@@ -17,6 +17,7 @@ import (
 	"github.com/dropshipd/dropship/artifact/archive"
 	"github.com/dropshipd/dropship/artifact/chunks"
 	"github.com/dropshipd/dropship/artifact/signature"
+	"github.com/dropshipd/dropship/internal/trim"
 )
 
 // DefaultChunkCache is the chunk_cache of an artifact block that sets
@@ -45,6 +46,9 @@ type delta struct {
 	// linked instead of writing.
 	linked      int
 	linkedBytes int64
+	// cur is the record of the current release's files, read once.
+	cur     *chunks.Files
+	curRead bool
 }
 
 // chunked loads the chunk index of the version pinned, when the service
@@ -146,6 +150,10 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 			"missing_bytes", stored, "archive_bytes", d.idx.Archive.Size, "chunk_cache", d.cache.Max)
 		return false, nil
 	}
+	// What reading the records left behind goes back to the system before
+	// the chunks' buffers are made: the install's peak stays that of an
+	// archive's.
+	trim.Heap()
 	f := &chunks.Fetcher{Src: t.r.svc.Source, Cache: d.cache}
 	got, err := f.Fetch(ctx, missing)
 	backed := 0
@@ -297,15 +305,14 @@ func (d *delta) saveFiles() {
 // for another owner.
 func (d *delta) reuser() *chunks.Reuser {
 	t := d.t
-	cur := t.st.Release
-	if !t.r.svc.ChunkLinks || cur == "" || !t.r.lay.present(cur) {
+	if !t.r.svc.ChunkLinks {
 		return nil
 	}
-	old, err := chunks.LoadFiles(d.filesPath())
-	if err != nil || old.Release != cur || old.Owner != d.owner() {
+	old := d.current()
+	if old == nil || old.Owner != d.owner() {
 		return nil
 	}
-	r, err := chunks.NewReuser(old, t.r.lay.releaseDir(cur), d.idx)
+	r, err := chunks.NewReuser(old, t.r.lay.releaseDir(old.Release), d.idx)
 	if err != nil {
 		t.logger.Debug("files of the current release not linked", "error", err)
 		return nil
@@ -326,32 +333,78 @@ func (d *delta) filled() {
 // settle names the skeleton of the release just unpacked, records it
 // with its files, and leaves nothing else in the cache: the release
 // holds the content of the chunks fetched for it.
+// The record of the current release, and its skeleton, are kept until
+// the release just unpacked is current: if it never is (a staged release
+// replaced by a newer one, an install that failed), the next delta is
+// still read from the current release.
 func (d *delta) settle() {
+	var keep []string
 	name := d.t.id + ".skel"
 	if d.skel != nil && d.skel.Commit(name) && d.files != nil {
 		d.files.Skel, d.files.SkelSize, d.files.Holes = name, d.skel.Size(), d.skel.Holes
-	} else {
-		name = ""
+		keep = append(keep, name)
 	}
-	if err := d.cache.Settle(name); err != nil {
+	if cur := d.keepCurrent(); cur != nil && cur.Skel != "" {
+		keep = append(keep, cur.Skel)
+	}
+	if err := d.cache.Settle(keep...); err != nil {
 		d.t.logger.Warn("chunk cache", "error", err)
 	}
+	d.cur = nil
+	trim.Heap()
 	d.saveFiles()
+}
+
+// prevPath keeps the record of the current release while the next one
+// is being installed.
+func (d *delta) prevPath() string { return d.filesPath() + ".prev" }
+
+// keepCurrent moves the record of the current release aside before the
+// record of the release just unpacked replaces it, and returns it; nil
+// when there is none.
+func (d *delta) keepCurrent() *chunks.Files {
+	cur := d.t.st.Release
+	if old, err := chunks.LoadFiles(d.filesPath()); err == nil && old.Release == cur && cur != d.t.id {
+		if os.Rename(d.filesPath(), d.prevPath()) == nil {
+			return old
+		}
+	}
+	if prev, err := chunks.LoadFiles(d.prevPath()); err == nil && prev.Release == cur && cur != d.t.id {
+		return prev
+	}
+	os.Remove(d.prevPath())
+	return nil
+}
+
+// current is the record of the current release's files, or nil.
+func (d *delta) current() *chunks.Files {
+	if d.curRead {
+		return d.cur
+	}
+	d.curRead = true
+	t := d.t
+	cur := t.st.Release
+	if cur == "" || !t.r.lay.present(cur) {
+		return nil
+	}
+	for _, p := range []string{d.filesPath(), d.prevPath()} {
+		if f, err := chunks.LoadFiles(p); err == nil && f.Release == cur {
+			d.cur = f
+			return f
+		}
+	}
+	return nil
 }
 
 // backing reads back the chunks of the current release from its files
 // and its skeleton, or nil: no current release, or no record of it.
 func (d *delta) backing() *chunks.Backing {
 	t := d.t
-	cur := t.st.Release
-	if cur == "" || !t.r.lay.present(cur) {
+	old := d.current()
+	if old == nil {
 		return nil
 	}
-	old, err := chunks.LoadFiles(d.filesPath())
-	if err != nil || old.Release != cur {
-		return nil
-	}
-	b, err := d.cache.NewBacking(old, t.r.lay.releaseDir(cur))
+	b, err := d.cache.NewBacking(old, t.r.lay.releaseDir(old.Release))
 	if err != nil {
 		t.logger.Debug("the current release backs no delta", "error", err)
 		return nil

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/dropshipd/dropship/agent"
+	"github.com/dropshipd/dropship/artifact/chunks"
 )
 
 // part is the content publishChunked gives bin/partNN.
@@ -202,15 +203,21 @@ func TestDeltaDamagedSkeleton(t *testing.T) {
 	}
 }
 
-// skeleton is the one skeleton in the runner's chunk cache.
+// skeleton is the skeleton of the release last installed, in the
+// runner's chunk cache, which holds that of the release before it too
+// and nothing else.
 func skeleton(t *testing.T, r *agent.Runner) string {
 	t.Helper()
+	f, err := chunks.LoadFiles(filepath.Join(r.Dir(), "chunks.files"))
+	if err != nil || f.Skel == "" {
+		t.Fatalf("no skeleton recorded: %v", err)
+	}
 	m, _ := filepath.Glob(filepath.Join(r.Dir(), "chunks", "*.skel"))
 	ents, _ := os.ReadDir(filepath.Join(r.Dir(), "chunks"))
-	if len(m) != 1 || len(ents) != 1 {
+	if len(m) > 2 || len(ents) != len(m) {
 		t.Fatalf("the cache holds %d entries, %d skeletons", len(ents), len(m))
 	}
-	return m[0]
+	return filepath.Join(r.Dir(), "chunks", f.Skel)
 }
 
 // Without chunk_links = true (the default), a delta writes every file, as
@@ -267,6 +274,9 @@ func TestDeltaAfterRestartFetchesWhatTheApplicationWrote(t *testing.T) {
 			}
 			if n := len(logs.records("chunk not read back from the current release; fetching it")); n < 1 {
 				t.Fatal("the chunks of the file written in place were not fetched")
+			}
+			if n := linked(d); links && n < 3 || !links && n != 0 {
+				t.Fatalf("%v files linked", n)
 			}
 			e.checkParts(1)
 			if b, _ := os.ReadFile(edited); bytes.Equal(b, part(6, 0)) {

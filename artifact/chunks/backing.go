@@ -1,10 +1,12 @@
 package chunks
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"syscall"
 )
@@ -23,7 +25,7 @@ type Backing struct {
 	at     map[string]int64 // a chunk of the old tar: its offset
 	holes  []Hole           // sorted by offset
 	before []int64          // bytes of holes before holes[i]
-	names  map[int64]string // a hole's offset: the file of the release holding it
+	names  []string         // the file of the release holding holes[i], "" for none
 	cur    *os.File         // the file last read, kept open for the next piece
 	curOff int64            // its hole's offset
 	Read   int64            // bytes read back from the release and its skeleton
@@ -34,6 +36,9 @@ type Backing struct {
 func (c *Cache) NewBacking(old *Files, dir string) (*Backing, error) {
 	if old.Skel == "" || len(old.Chunks) == 0 {
 		return nil, errors.New("no skeleton recorded for the current release")
+	}
+	if !slices.IsSortedFunc(old.Holes, func(x, y Hole) int { return cmp.Compare(x.Off, y.Off) }) {
+		return nil, errors.New("the record of the current release's holes is out of order")
 	}
 	skel, err := os.Open(c.path(old.Skel))
 	if err != nil {
@@ -48,7 +53,7 @@ func (c *Cache) NewBacking(old *Files, dir string) (*Backing, error) {
 		skel.Close()
 		return nil, err
 	}
-	b := &Backing{old: old, dir: d, skel: skel, at: map[string]int64{}, names: map[int64]string{}}
+	b := &Backing{old: old, dir: d, skel: skel, at: map[string]int64{}}
 	var off int64
 	for _, ch := range old.Chunks {
 		if _, ok := b.at[ch.SHA256]; !ok {
@@ -56,14 +61,17 @@ func (c *Cache) NewBacking(old *Files, dir string) (*Backing, error) {
 		}
 		off += ch.Size
 	}
-	b.holes = append([]Hole(nil), old.Holes...)
-	sort.Slice(b.holes, func(i, j int) bool { return b.holes[i].Off < b.holes[j].Off })
+	b.holes = old.Holes // in the tar's order, as the skeleton found them
 	b.before = make([]int64, len(b.holes)+1)
 	for i, h := range b.holes {
 		b.before[i+1] = b.before[i] + h.Size
 	}
+	b.names = make([]string, len(b.holes))
 	for name, f := range old.Files {
-		b.names[f.Off] = name
+		i := sort.Search(len(b.holes), func(i int) bool { return b.holes[i].Off >= f.Off })
+		if i < len(b.holes) && b.holes[i] == (Hole{f.Off, f.Size}) {
+			b.names[i] = name
+		}
 	}
 	return b, nil
 }
@@ -92,9 +100,7 @@ func (b *Backing) Has(ch Chunk) bool {
 	}
 	end := off + ch.Size
 	for i := b.hole(off); i < len(b.holes) && b.holes[i].Off < end; i++ {
-		h := b.holes[i]
-		name, ok := b.names[h.Off]
-		if !ok || b.old.Files[name].Size != h.Size {
+		if b.names[i] == "" {
 			return false
 		}
 	}
@@ -126,7 +132,7 @@ func (b *Backing) ReadChunk(ch Chunk, p []byte) error {
 		if i < len(b.holes) && b.holes[i].Off <= pos {
 			h := b.holes[i]
 			k := min(end, h.Off+h.Size) - pos
-			n, err = b.readFile(h, p[pos-off:pos-off+k], pos-h.Off)
+			n, err = b.readFile(i, p[pos-off:pos-off+k], pos-h.Off)
 			if err != nil {
 				clear(p[pos-off+int64(n) : pos-off+k])
 				n = int(k)
@@ -156,15 +162,16 @@ func (b *Backing) ReadChunk(ch Chunk, p []byte) error {
 	return first
 }
 
-// readFile reads p from offset at of the file whose content is hole h.
-func (b *Backing) readFile(h Hole, p []byte, at int64) (int, error) {
+// readFile reads p from offset at of the file whose content is hole i.
+func (b *Backing) readFile(i int, p []byte, at int64) (int, error) {
+	h := b.holes[i]
 	if b.cur == nil || b.curOff != h.Off {
 		if b.cur != nil {
 			b.cur.Close()
 			b.cur = nil
 		}
-		name, ok := b.names[h.Off]
-		if !ok {
+		name := b.names[i]
+		if name == "" {
 			return 0, errors.New("no file recorded there")
 		}
 		f, err := openRead(b.dir, name)

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/dropshipd/dropship/artifact"
@@ -60,10 +61,10 @@ func (c *Cache) Missing(idx *Index, b *Backing) ([]Chunk, int64) {
 	return out, stored
 }
 
-// Settle leaves in the cache only the skeleton named skel ("": nothing):
-// after an install, the current release holds the content of the chunks
-// fetched for it, and the skeleton the rest of its tar.
-func (c *Cache) Settle(skel string) error {
+// Settle leaves in the cache only the skeletons named keep: after an
+// install, the release holds the content of the chunks fetched for it,
+// and its skeleton the rest of its tar.
+func (c *Cache) Settle(keep ...string) error {
 	ents, err := os.ReadDir(c.Dir)
 	if err != nil {
 		if os.IsNotExist(err) {
@@ -72,7 +73,7 @@ func (c *Cache) Settle(skel string) error {
 		return err
 	}
 	for _, e := range ents {
-		if e.Name() != skel || skel == "" {
+		if !slices.Contains(keep, e.Name()) {
 			os.RemoveAll(c.path(e.Name()))
 		}
 	}
@@ -146,6 +147,7 @@ type block struct {
 	b      []byte
 	buf    []byte // the buffer from free that b is in
 	mapped bool   // b is a mapping of the chunk file, unmapped once read
+	anon   bool   // buf is a buffer alloc mapped
 	err    error  // the stream's end: io.EOF, or why it stopped
 }
 
@@ -172,6 +174,7 @@ type Stream struct {
 	Replaced []Hole
 	// Backed is how many chunks came from the backing.
 	Backed int
+	bufs   [][]byte // mapped by alloc
 }
 
 func (s *Stream) run() {
@@ -219,7 +222,7 @@ func (s *Stream) read() error {
 		s.n += int64(len(b))
 		off += ch.Size
 		select {
-		case s.blocks <- block{b: b, buf: buf, mapped: mapped}:
+		case s.blocks <- block{b: b, buf: buf, mapped: mapped, anon: !mapped && s.owned(buf)}:
 		case <-s.done:
 			if mapped {
 				unmapBlock(b)
@@ -237,7 +240,7 @@ func (s *Stream) get(i int, ch Chunk, off int64, buf []byte) (b, _ []byte, mappe
 	fetched := false
 	if !s.c.Has(ch) && s.opt.Backing.Has(ch) {
 		if cap(buf) < int(ch.Size) {
-			buf = make([]byte, max(ch.Size, MinChunk))
+			buf = s.alloc()
 		}
 		b = buf[:ch.Size]
 		rerr := s.opt.Backing.ReadChunk(ch, b)
@@ -299,6 +302,31 @@ func (s *Stream) differ(off int64, bad, good []byte) {
 	}
 }
 
+// bufKeep: a buffer keeps this much resident between chunks; the pages
+// a larger chunk took are given back once it is read.
+const bufKeep = 1 << 20
+
+// owned reports whether b is a buffer alloc mapped; the reading
+// goroutine's.
+func (s *Stream) owned(b []byte) bool {
+	for _, m := range s.bufs {
+		if cap(b) > 0 && &b[:1][0] == &m[:1][0] {
+			return true
+		}
+	}
+	return false
+}
+
+// alloc makes a buffer that holds any chunk, once per token: outside
+// the heap where it can, unmapped by Close.
+func (s *Stream) alloc() []byte {
+	b, mapped := allocBuf(MaxChunk)
+	if mapped {
+		s.bufs = append(s.bufs, b)
+	}
+	return b
+}
+
 func (s *Stream) fetch(ch Chunk) error {
 	if s.opt.Fetch == nil {
 		return fmt.Errorf("%w: chunk %.16s… is in neither the cache nor the release", artifact.ErrCorrupt, ch.SHA256)
@@ -328,7 +356,7 @@ func (s *Stream) cached(i int, ch Chunk, buf []byte) (b, _ []byte, mapped bool, 
 	}
 	if !mapped {
 		if cap(buf) < int(ch.Size) {
-			buf = make([]byte, max(ch.Size, MinChunk))
+			buf = s.alloc()
 		}
 		b = buf[:ch.Size]
 		if _, err := f.ReadAt(b, 0); err != nil {
@@ -420,6 +448,8 @@ func (s *Stream) release() {
 	}
 	if s.blk.mapped {
 		unmapBlock(s.blk.b)
+	} else if s.blk.anon && len(s.blk.b) > bufKeep {
+		trimBuf(s.blk.buf[:len(s.blk.b)], bufKeep)
 	}
 	s.free <- s.blk.buf
 	s.blk, s.cur = block{}, nil
@@ -445,6 +475,10 @@ func (s *Stream) Close() error {
 			break
 		}
 	}
+	for _, b := range s.bufs {
+		freeBuf(b)
+	}
+	s.bufs = nil
 	if s.err == nil {
 		s.err = io.ErrClosedPipe
 	}

@@ -32,7 +32,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -160,7 +159,7 @@ service "bench" {
 		if err != nil {
 			return err
 		}
-		cDelta := cpu
+		cDelta, linkedOn := cpu, linked
 		if fetched < 0 {
 			return fmt.Errorf("the second install was no delta")
 		}
@@ -184,7 +183,7 @@ service "bench" {
 		}
 		cFull2 := cpu
 		fmt.Printf("%-6d %-16s %-16s %-30s %-30s %-16s\n", r, wc(full1, cFull1), wc(first, cFirst),
-			fmt.Sprintf("%s (%.2f MiB, %s linked)", wc(delta, cDelta), float64(fetched)/(1<<20), linked),
+			fmt.Sprintf("%s (%.2f MiB, %s linked)", wc(delta, cDelta), float64(fetched)/(1<<20), linkedOn),
 			fmt.Sprintf("%s (%.2f MiB)", wc(delta0, cDelta0), float64(fetched0)/(1<<20)), wc(full2, cFull2))
 		best.first, best.delta, best.delta0, best.full = minNZ(best.first, first), minNZ(best.delta, delta), minNZ(best.delta0, delta0), minNZ(minNZ(best.full, full1), full2)
 		bestCPU.first, bestCPU.delta, bestCPU.delta0, bestCPU.full = minNZ(bestCPU.first, cFirst), minNZ(bestCPU.delta, cDelta), minNZ(bestCPU.delta0, cDelta0), minNZ(minNZ(bestCPU.full, cFull1), cFull2)
@@ -233,7 +232,16 @@ var cpu time.Duration
 // install runs one agent pass and returns its wall time and, for a
 // delta, the bytes it fetched (-1: not a delta).
 func install(bin, cfg string) (time.Duration, int64, error) {
-	cmd := exec.Command(bin, "agent", "--once", "-c", cfg, "--log-level", "info")
+	args := []string{"agent", "--once", "-c", cfg, "--log-level", "info"}
+	// GNU time reports the agent's own peak RSS: the rusage of a process
+	// exec'ed from this one counts this one's memory (the bench's, before
+	// the exec).
+	rss := filepath.Join(*work, "rss")
+	os.Remove(rss)
+	cmd := exec.Command(bin, args...)
+	if _, err := os.Stat("/usr/bin/time"); err == nil {
+		cmd = exec.Command("/usr/bin/time", append([]string{"-f", "%M", "-o", rss, bin}, args...)...)
+	}
 	out, err := os.CreateTemp(*work, "log-*")
 	if err != nil {
 		return 0, 0, err
@@ -245,13 +253,14 @@ func install(bin, cfg string) (time.Duration, int64, error) {
 	wall := time.Since(start)
 	if cmd.ProcessState != nil {
 		cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		if b, err := os.ReadFile(rss); err == nil {
+			kib, _ := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
 			kind := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(cfg), "delta-"), ".hcl")
 			out, _ := os.ReadFile(out.Name())
 			if kind == "chunks" && fetchedRE.Match(out) {
 				kind = "delta"
 			}
-			peak[kind] = max(peak[kind], float64(ru.Maxrss)/1024)
+			peak[kind] = max(peak[kind], kib/1024)
 		}
 	}
 	out.Close()
