@@ -184,7 +184,7 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 			t.r.obs.Downloaded(t.r.svc.Name, got.Bytes)
 		}
 		t.logger.Info("downloaded and verified", "format", "chunks", "chunks", len(d.idx.Chunks), "fetched_chunks", got.Chunks,
-			"fetched_bytes", got.Bytes, "release_chunks", backed, "archive_bytes", d.idx.Archive.Size, "linked_files", d.linked, "linked_bytes", d.linkedBytes, "tar_sha256", d.idx.Tar.SHA256,
+			"fetched_bytes", got.Bytes, "archive_bytes", d.idx.Archive.Size, "linked_files", d.linked, "linked_bytes", d.linkedBytes, "release_chunks", backed, "tar_sha256", d.idx.Tar.SHA256,
 			"md5", t.sums.MD5, "sha256", t.sums.SHA256)
 		return true, nil
 	}
