@@ -21,12 +21,13 @@ import (
 )
 
 // DefaultChunkCache is the chunk_cache of an artifact block that sets
-// none: room for the chunks of a 2 GiB release.
+// none: room for the skeletons of releases far larger, and for a delta
+// that fetches up to 2 GiB of chunks.
 const DefaultChunkCache = 2 << 30
 
 // deltaWorth: a delta is tried when the chunks to fetch take less than
 // this share of the archive; a colder cache fetches the archive (and
-// fills the cache from it).
+// keeps the skeleton of its tar).
 const deltaWorth = 0.5
 
 // delta is the chunked path of one fetch: the index of the version being
@@ -113,11 +114,11 @@ func (d *delta) verify(_ context.Context, sig, index []byte) error {
 	return nil
 }
 
-// install tries the delta: fetch the chunks the cache lacks, then unpack
-// the tar reassembled from the cache into staging. It reports whether the
-// release is unpacked; false with no error means the archive is to be
-// fetched (cold cache, a chunk missing or refused, a tar that does not
-// match its index: nothing of it is kept).
+// install tries the delta: fetch the chunks that neither the current
+// release nor the cache holds, then unpack the tar reassembled from them
+// into staging. It reports whether the release is unpacked; false with no
+// error means the archive is to be fetched (cold cache, a chunk missing
+// or refused: nothing of it is kept).
 func (d *delta) install(ctx context.Context) (bool, error) {
 	if d == nil {
 		return false, nil
@@ -192,7 +193,7 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("fetch the chunks of %s: %w", t.info.Key, err)
 	}
 	if errors.Is(err, artifact.ErrCorrupt) {
-		// A chunk of the cache may be the wrong one: start it afresh.
+		// A chunk fetched may be the wrong one: start the cache afresh.
 		d.cache.Clear()
 	}
 	t.logger.Warn("delta failed; fetching the archive", "error", err)
@@ -256,10 +257,10 @@ func (d *delta) unpack(ctx context.Context, f *chunks.Fetcher, backing *chunks.B
 	return s.Backed, nil
 }
 
-// fill shapes the extraction of the archive: its tar stream is copied to
-// the cache, filled with the chunks of this release, and the files made
-// are recorded. Nothing without an index. What the cache got is dropped
-// unless filled is called, after the archive verified.
+// fill shapes the extraction of the archive: the skeleton of its tar
+// (headers and padding, not the files' content) is written to the cache,
+// and the files made are recorded. Nothing without an index. The skeleton
+// is dropped unless filled is called, after the archive verified.
 func (d *delta) fill(opt *archive.Options) {
 	if d == nil {
 		return
@@ -271,7 +272,8 @@ func (d *delta) fill(opt *archive.Options) {
 }
 
 // record has the files an extraction makes recorded, for the next delta
-// to link those that do not change.
+// to read its unchanged chunks back from them, and to link those that do
+// not change.
 func (d *delta) record(opt *archive.Options) {
 	d.files = chunks.NewFiles(d.t.id, d.owner(), d.idx)
 	opt.Made = d.files.Made
