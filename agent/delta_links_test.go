@@ -285,3 +285,41 @@ func TestDeltaAfterRestartFetchesWhatTheApplicationWrote(t *testing.T) {
 		})
 	}
 }
+
+// A file of the current release written in place with its modification
+// time put back looks unchanged to the link's checks; its bytes read back
+// do not match the chunk's, so it is not linked into the new release:
+// the delta fails and the archive installs exactly the new release.
+func TestDeltaDoesNotLinkAFileEditedWithItsTimePutBack(t *testing.T) {
+	e := newEnv(t)
+	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
+	r, logs := e.loggedRunner(e.configWithArtifact("chunk_links = true", ""))
+	e.publishChunked("v1", 0)
+	e.check(r, agent.ResultInstalled)
+	for _, i := range []int{1, 5, 6, 7} {
+		p := e.releasePath(fmt.Sprintf("bin/part%02d", i))
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(p, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteAt([]byte("written by the application"), 300<<10)
+		f.Close()
+		if err := os.Chtimes(p, fi.ModTime(), fi.ModTime()); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	e.publishChunked("v2", 1)
+	e.check(r, agent.ResultInstalled)
+	if failed := logs.records("delta failed; fetching the archive"); len(failed) != 1 {
+		t.Fatalf("the delta did not fail: %v", failed)
+	}
+	if got := logs.records("downloaded and verified"); got[len(got)-1]["format"] != "tar.zst" {
+		t.Fatalf("not installed from the archive: %v", got[len(got)-1])
+	}
+	e.checkParts(1)
+}

@@ -34,6 +34,9 @@ type Backing struct {
 // NewBacking reads the release old describes, in the directory dir, and
 // its skeleton in the cache. Close it after.
 func (c *Cache) NewBacking(old *Files, dir string) (*Backing, error) {
+	if !readBack {
+		return nil, errors.New("files of a release are read back on Linux only")
+	}
 	if old.Skel == "" || len(old.Chunks) == 0 {
 		return nil, errors.New("no skeleton recorded for the current release")
 	}

@@ -8,6 +8,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// readBack: a release's files can be read back, confined (openat2).
+const readBack = true
+
 // openRead opens name beneath the directory dir to read it: no symlink
 // followed, nothing outside dir, no other file system, and nothing but a
 // regular file (a FIFO swapped in does not block the open).

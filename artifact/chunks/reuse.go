@@ -111,8 +111,9 @@ func LoadFiles(path string) (*Files, error) {
 //     mode and owner. A file written since, or replaced, is not that one;
 //     it is written again from the tar.
 //
-// The new tar is still read and hashed whole: unless its SHA-256 is the
-// index's, nothing unpacked from it is kept.
+// The new tar is still read and checked whole, chunk by chunk, a linked
+// file's bytes read back from that very file: a linked file found not to
+// hold the chunk's bytes (Overlaps) fails the delta.
 type Reuser struct {
 	old    *Files
 	dir    *os.File
