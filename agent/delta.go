@@ -192,6 +192,10 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 	if ctx.Err() != nil {
 		return false, fmt.Errorf("fetch the chunks of %s: %w", t.info.Key, err)
 	}
+	if d.skel != nil {
+		d.skel.Close() // the archive's install keeps its own
+		d.skel = nil
+	}
 	if errors.Is(err, artifact.ErrCorrupt) {
 		// A chunk fetched may be the wrong one: start the cache afresh.
 		d.cache.Clear()
@@ -209,8 +213,9 @@ func (d *delta) unpack(ctx context.Context, f *chunks.Fetcher, backing *chunks.B
 	if err := t.freshStage(); err != nil {
 		return 0, err
 	}
-	d.skel = d.cache.Skeleton()
-	t.onUndo(func(context.Context) { d.skel.Close() })
+	skel := d.cache.Skeleton()
+	d.skel = skel
+	t.onUndo(func(context.Context) { skel.Close() })
 	// Reading and checking on one core (the stream's goroutine),
 	// unpacking on the other.
 	s := d.cache.StreamWith(d.idx, chunks.StreamOptions{
@@ -265,9 +270,10 @@ func (d *delta) fill(opt *archive.Options) {
 	if d == nil {
 		return
 	}
-	d.skel = d.cache.Skeleton()
-	d.t.onUndo(func(context.Context) { d.skel.Close() })
-	opt.Tee = d.skel
+	skel := d.cache.Skeleton()
+	d.skel = skel
+	d.t.onUndo(func(context.Context) { skel.Close() })
+	opt.Tee = skel
 	d.record(opt)
 }
 
