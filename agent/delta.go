@@ -50,6 +50,9 @@ type delta struct {
 	// cur is the record of the current release's files, read once.
 	cur     *chunks.Files
 	curRead bool
+	// trusted: chunks of the current release not read, every file
+	// holding them trusted by its identity.
+	trusted int
 }
 
 // chunked loads the chunk index of the version pinned, when the service
@@ -185,7 +188,7 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 			t.r.obs.Downloaded(t.r.svc.Name, got.Bytes)
 		}
 		t.logger.Info("downloaded and verified", "format", "chunks", "chunks", len(d.idx.Chunks), "fetched_chunks", got.Chunks,
-			"fetched_bytes", got.Bytes, "archive_bytes", d.idx.Archive.Size, "linked_files", d.linked, "linked_bytes", d.linkedBytes, "release_chunks", backed, "tar_sha256", d.idx.Tar.SHA256,
+			"fetched_bytes", got.Bytes, "archive_bytes", d.idx.Archive.Size, "linked_files", d.linked, "linked_bytes", d.linkedBytes, "release_chunks", backed, "trusted_chunks", d.trusted, "tar_sha256", d.idx.Tar.SHA256,
 			"md5", t.sums.MD5, "sha256", t.sums.SHA256)
 		return true, nil
 	}
@@ -259,6 +262,7 @@ func (d *delta) unpack(ctx context.Context, f *chunks.Fetcher, backing *chunks.B
 	if err := syncFS(t.stage); err != nil {
 		return 0, fmt.Errorf("sync %s: %w", t.stage, err)
 	}
+	d.trusted = s.Trusted
 	return s.Backed, nil
 }
 
@@ -349,7 +353,7 @@ func (d *delta) settle() {
 	var keep []string
 	name := d.t.id + ".skel"
 	if d.skel != nil && d.skel.Commit(name) && d.files != nil {
-		d.files.Skel, d.files.SkelSize, d.files.Holes = name, d.skel.Size(), d.skel.Holes
+		d.files.Skel, d.files.SkelSize, d.files.Holes, d.files.SkelSHA256 = name, d.skel.Size(), d.skel.Holes, d.skel.SHA256()
 		keep = append(keep, name)
 	}
 	if cur := d.keepCurrent(); cur != nil && cur.Skel != "" {

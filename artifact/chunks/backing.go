@@ -2,6 +2,8 @@ package chunks
 
 import (
 	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +11,9 @@ import (
 	"slices"
 	"sort"
 	"syscall"
+
+	"github.com/dropshipd/dropship/artifact"
+	"github.com/dropshipd/dropship/artifact/archive"
 )
 
 // Backing gives back chunks of the current release's tar from what the
@@ -29,6 +34,21 @@ type Backing struct {
 	cur    *os.File         // the file last read, kept open for the next piece
 	curOff int64            // its hole's offset
 	Read   int64            // bytes read back from the release and its skeleton
+	// skelOK: the skeleton's SHA-256 is the one recorded, so its bytes
+	// are the current release's tar's; files can then be trusted.
+	skelOK bool
+	// trust says, per hole, whether the file holding it is trusted by
+	// its identity: 0 not yet known, 1 trusted, -1 not.
+	trust []int8
+}
+
+// lazy is a piece of a chunk that a trusted file of the current release
+// holds: left unread until the unpacking reads it (a file linked is
+// skipped, never read).
+type lazy struct {
+	at, n int   // in the chunk
+	hole  int   // the hole (file) of the release holding it
+	off   int64 // in that file
 }
 
 // NewBacking reads the release old describes, in the directory dir, and
@@ -76,7 +96,130 @@ func (c *Cache) NewBacking(old *Files, dir string) (*Backing, error) {
 			b.names[i] = name
 		}
 	}
+	b.trust = make([]int8, len(b.holes))
+	if old.SkelSHA256 != "" {
+		h := sha256.New()
+		if _, err := io.Copy(h, io.NewSectionReader(skel, 0, old.SkelSize)); err == nil && hex.EncodeToString(h.Sum(nil)) == old.SkelSHA256 {
+			b.skelOK = true
+		}
+	}
 	return b, nil
+}
+
+// trusted reports whether the file holding hole i is trusted by its
+// identity: the file found beneath the release directory now is the
+// inode the install made, with the size, modification time, mode and
+// owner it was given, and the change time it had once made. Writing to
+// the file, truncating it, replacing it, or writing through another link
+// to it, changes its change time, which no application can set back.
+// The file's bytes are then those the install wrote, which were the
+// tar's: they are not read or hashed. Known for each file once.
+func (b *Backing) trusted(i int) bool {
+	if b.trust[i] == 0 {
+		b.trust[i] = -1
+		if f, err := b.openTrusted(i); err == nil {
+			b.trust[i] = 1
+			if b.cur != nil {
+				b.cur.Close()
+			}
+			b.cur, b.curOff = f, b.holes[i].Off
+		}
+	}
+	return b.trust[i] == 1
+}
+
+// openTrusted opens the file holding hole i when it is trusted (see
+// trusted), for reading.
+func (b *Backing) openTrusted(i int) (*os.File, error) {
+	name := b.names[i]
+	if !b.skelOK || name == "" {
+		return nil, errors.New("not trusted")
+	}
+	rec, ok := b.old.Files[name]
+	if !ok || rec.Stat.Ctime == 0 || rec.Size != b.holes[i].Size {
+		return nil, errors.New("not trusted")
+	}
+	f, err := openRead(b.dir, name)
+	if err != nil {
+		return nil, err
+	}
+	st, err := archive.Stat(f)
+	if err != nil || st != rec.Stat {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s changed since the current release was installed", artifact.ErrCorrupt, name)
+	}
+	return f, nil
+}
+
+// fill reads the lazy piece l into p, for the stream's reading goroutine.
+func (b *Backing) fill(l lazy, p []byte) error {
+	if b.cur == nil || b.curOff != b.holes[l.hole].Off {
+		f, err := b.openTrusted(l.hole)
+		if err != nil {
+			return err
+		}
+		if b.cur != nil {
+			b.cur.Close()
+		}
+		b.cur, b.curOff = f, b.holes[l.hole].Off
+	}
+	if n, err := b.cur.ReadAt(p, l.off); n != len(p) {
+		return fmt.Errorf("%w: a file of the current release, read back: %v", artifact.ErrCorrupt, err)
+	}
+	b.Read += int64(len(p))
+	return nil
+}
+
+// ReadTrusted gives ch without reading the content of trusted files:
+// p gets the skeleton's bytes, and the pieces that trusted files hold
+// are returned, unread (but for the last byte of each file, which the
+// tar reader reads after skipping a file). false: a piece of ch is in no
+// trusted file, nothing done; the chunk is read back and hashed.
+func (b *Backing) ReadTrusted(ch Chunk, p []byte) ([]lazy, bool) {
+	off, ok := b.at[ch.SHA256]
+	if !ok || int64(len(p)) != ch.Size || !b.skelOK {
+		return nil, false
+	}
+	end := off + ch.Size
+	var out []lazy
+	pos := off
+	i := b.hole(off)
+	for pos < end {
+		if i < len(b.holes) && b.holes[i].Off <= pos {
+			if !b.trusted(i) {
+				return nil, false
+			}
+			h := b.holes[i]
+			stop := min(end, h.Off+h.Size)
+			n := stop - pos
+			if stop == h.Off+h.Size && n > 0 {
+				// The file's last byte, read now.
+				if k, err := b.readFile(i, p[stop-1-off:stop-off], h.Size-1); err != nil || k != 1 {
+					return nil, false
+				}
+				n--
+			}
+			if n > 0 {
+				out = append(out, lazy{at: int(pos - off), n: int(n), hole: i, off: pos - h.Off})
+			}
+			pos = stop
+			if stop == h.Off+h.Size {
+				i++
+			}
+			continue
+		}
+		stop := end
+		if i < len(b.holes) {
+			stop = min(stop, b.holes[i].Off)
+		}
+		n, err := b.skel.ReadAt(p[pos-off:stop-off], pos-b.before[i])
+		if n != int(stop-pos) || err != nil && err != io.EOF {
+			return nil, false
+		}
+		b.Read += int64(n)
+		pos = stop
+	}
+	return out, true
 }
 
 // Close closes what it holds open.

@@ -149,6 +149,10 @@ type block struct {
 	mapped bool   // b is a mapping of the chunk file, unmapped once read
 	anon   bool   // buf is a buffer alloc mapped
 	err    error  // the stream's end: io.EOF, or why it stopped
+	// lazy are the pieces of b left unread, in order: trusted files of
+	// the current release hold them (Backing.ReadTrusted), read only
+	// when the unpacking reads them.
+	lazy []lazy
 }
 
 // Stream: see Cache.StreamWith.
@@ -172,9 +176,13 @@ type Stream struct {
 	// held otherwise than the chunks fetched instead: read them once the
 	// stream is closed.
 	Replaced []Hole
-	// Backed is how many chunks came from the backing.
-	Backed int
-	bufs   [][]byte // mapped by alloc
+	// Backed is how many chunks came from the backing; Trusted, how
+	// many of them were not hashed, every file holding them trusted.
+	Backed, Trusted int
+	bufs            [][]byte // mapped by alloc
+	lz              []lazy   // the lazy pieces of the chunk get returned
+	lzFile          *os.File // the unpacking's: the file lazy pieces are read from
+	lzHole          int
 }
 
 func (s *Stream) run() {
@@ -212,17 +220,19 @@ func (s *Stream) read() error {
 			return io.ErrClosedPipe
 		}
 		b, buf, mapped, err := s.get(i, ch, off, buf)
+		lz := s.lz
+		s.lz = nil
+		if err == nil && s.opt.Tee != nil {
+			lz, err = s.tee(b, lz)
+		}
 		if err != nil {
 			s.free <- buf
 			return err
 		}
-		if s.opt.Tee != nil {
-			s.opt.Tee.Write(b)
-		}
 		s.n += int64(len(b))
 		off += ch.Size
 		select {
-		case s.blocks <- block{b: b, buf: buf, mapped: mapped, anon: !mapped && s.owned(buf)}:
+		case s.blocks <- block{b: b, buf: buf, mapped: mapped, anon: !mapped && s.owned(buf), lazy: lz}:
 		case <-s.done:
 			if mapped {
 				unmapBlock(b)
@@ -243,6 +253,12 @@ func (s *Stream) get(i int, ch Chunk, off int64, buf []byte) (b, _ []byte, mappe
 			buf = s.alloc()
 		}
 		b = buf[:ch.Size]
+		if lz, ok := s.opt.Backing.ReadTrusted(ch, b); ok {
+			s.Backed++
+			s.Trusted++
+			s.lz = lz
+			return b, buf, false, nil
+		}
 		rerr := s.opt.Backing.ReadChunk(ch, b)
 		if rerr == nil && s.sum(b) == ch.SHA256 {
 			s.Backed++
@@ -275,6 +291,61 @@ func (s *Stream) get(i int, ch Chunk, off int64, buf []byte) (b, _ []byte, mappe
 		}
 		fetched = true
 	}
+}
+
+// tee writes chunk b to the Tee. Its lazy pieces that the tee takes as
+// a regular file's content (a Skeleton leaves them out) are skipped;
+// any other is read first. It returns the pieces still unread.
+func (s *Stream) tee(b []byte, lz []lazy) ([]lazy, error) {
+	sk, _ := s.opt.Tee.(interface{ Skip(int64) bool })
+	var keep []lazy
+	at := 0
+	for _, l := range lz {
+		if at < l.at {
+			s.opt.Tee.Write(b[at:l.at])
+		}
+		if sk != nil && sk.Skip(int64(l.n)) {
+			keep = append(keep, l)
+		} else {
+			if err := s.opt.Backing.fill(l, b[l.at:l.at+l.n]); err != nil {
+				return nil, err
+			}
+			s.opt.Tee.Write(b[l.at : l.at+l.n])
+		}
+		at = l.at + l.n
+	}
+	s.opt.Tee.Write(b[at:])
+	return keep, nil
+}
+
+// readLazy reads, for the unpacking, p from k bytes into the lazy piece l.
+func (s *Stream) readLazy(l lazy, p []byte, k int) error {
+	if s.lzFile == nil || s.lzHole != l.hole {
+		if s.lzFile != nil {
+			s.lzFile.Close()
+			s.lzFile = nil
+		}
+		f, err := s.opt.Backing.openTrusted(l.hole)
+		if err != nil {
+			return err
+		}
+		s.lzFile, s.lzHole = f, l.hole
+	}
+	if n, err := s.lzFile.ReadAt(p, l.off+int64(k)); n != len(p) {
+		return fmt.Errorf("%w: a file of the current release, read back: %v", artifact.ErrCorrupt, err)
+	}
+	return nil
+}
+
+// fillLazy reads the current block's lazy pieces into it.
+func (s *Stream) fillLazy() error {
+	for _, l := range s.blk.lazy {
+		if err := s.readLazy(l, s.blk.b[l.at:l.at+l.n], 0); err != nil {
+			return err
+		}
+	}
+	s.blk.lazy = nil
+	return nil
 }
 
 // differ records in Replaced where the bytes the release held (bad) for
@@ -394,6 +465,27 @@ func (s *Stream) Read(p []byte) (int, error) {
 			return 0, s.err
 		}
 	}
+	if lz := s.blk.lazy; len(lz) > 0 {
+		at := len(s.blk.b) - len(s.cur)
+		for len(lz) > 0 && lz[0].at+lz[0].n <= at {
+			lz = lz[1:]
+		}
+		s.blk.lazy = lz
+		if len(lz) > 0 {
+			if l := lz[0]; l.at <= at {
+				n := min(len(p), len(s.cur), l.at+l.n-at)
+				if err := s.readLazy(l, p[:n], at-l.at); err != nil {
+					s.err, s.cur = err, nil
+					return 0, err
+				}
+				s.cur = s.cur[n:]
+				s.pos += int64(n)
+				return n, nil
+			} else if len(p) > l.at-at {
+				p = p[:l.at-at]
+			}
+		}
+	}
 	n := copy(p, s.cur)
 	s.cur = s.cur[n:]
 	s.pos += int64(n)
@@ -430,6 +522,10 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 				return total, nil
 			}
 			return total, s.err
+		}
+		if err := s.fillLazy(); err != nil {
+			s.err, s.cur = err, nil
+			return total, err
 		}
 		n, err := w.Write(s.cur)
 		s.cur = s.cur[n:]
@@ -474,6 +570,10 @@ func (s *Stream) Close() error {
 			}
 			break
 		}
+	}
+	if s.lzFile != nil {
+		s.lzFile.Close()
+		s.lzFile = nil
 	}
 	for _, b := range s.bufs {
 		freeBuf(b)

@@ -31,6 +31,9 @@ type Files struct {
 	Skel     string `json:"skel,omitempty"`
 	SkelSize int64  `json:"skel_size,omitempty"`
 	Holes    []Hole `json:"holes,omitempty"`
+	// SkelSHA256 is the SHA-256 of the skeleton: checked once by a delta
+	// that trusts files of the release by their identity (Backing).
+	SkelSHA256 string `json:"skel_sha256,omitempty"`
 }
 
 // File is one regular file of a release, as its tar made it.
@@ -172,7 +175,7 @@ func (r *Reuser) Reuse(e *archive.Entry) *os.File {
 		return nil
 	}
 	st, err := archive.Stat(src)
-	if err != nil || st != f.Stat || !st.IsRegular() || st.Perm() != e.Mode {
+	if err != nil || !st.Same(f.Stat) || !st.IsRegular() || st.Perm() != e.Mode {
 		src.Close()
 		return nil
 	}
@@ -236,7 +239,7 @@ func (f *Files) Check(dir string) error {
 		if err != nil {
 			return err
 		}
-		if st != rec.Stat {
+		if !st.Same(rec.Stat) {
 			return fmt.Errorf("%s changed since it was made (a file linked from the current release, written since?)", name)
 		}
 	}

@@ -3,7 +3,10 @@ package chunks
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"hash"
 	"os"
 	"strconv"
 )
@@ -46,6 +49,7 @@ type Skeleton struct {
 	size   int64 // bytes written to the skeleton
 	Holes  []Hole
 	budget int64
+	h      hash.Hash // of the bytes written
 }
 
 const maxPAX = 1 << 20
@@ -53,7 +57,7 @@ const maxPAX = 1 << 20
 // Skeleton starts a skeleton in the cache. Commit names it once the
 // release it comes from is verified; Close drops it otherwise.
 func (c *Cache) Skeleton() *Skeleton {
-	s := &Skeleton{c: c, next: -1, budget: c.Max}
+	s := &Skeleton{c: c, next: -1, budget: c.Max, h: sha256.New()}
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		s.stop(err.Error())
 		return s
@@ -166,10 +170,26 @@ func (s *Skeleton) keep(p []byte) {
 		s.stop(fmt.Sprintf("the tar's headers take over chunk_cache = %d bytes", s.c.Max))
 		return
 	}
+	s.h.Write(p)
 	if _, err := s.w.Write(p); err != nil {
 		s.stop(err.Error())
 	}
 }
+
+// Skip passes over the next n bytes of the tar without them when they
+// are all a regular file's content (left out of the skeleton anyway);
+// false, nothing done, otherwise: the caller writes them.
+func (s *Skeleton) Skip(n int64) bool {
+	if s.off || s.ended || !s.hole || len(s.hdr) != 0 || s.left-s.pad < n {
+		return s.off
+	}
+	s.pos += n
+	s.left -= n
+	return true
+}
+
+// SHA256 is the hex SHA-256 of the skeleton's bytes.
+func (s *Skeleton) SHA256() string { return hex.EncodeToString(s.h.Sum(nil)) }
 
 // tarNumber reads a numeric field: octal, or base-256 (GNU) when the
 // first byte has its high bit set.
