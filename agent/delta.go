@@ -160,6 +160,10 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 	trim.Heap()
 	f := &chunks.Fetcher{Src: t.r.svc.Source, Cache: d.cache}
 	got, err := f.Fetch(ctx, missing)
+	// Nor what the fetch left, heap or code (the store's client, rarely
+	// needed again: a chunk read back that does not match).
+	trim.Heap()
+	trim.Text()
 	backed := 0
 	if err == nil {
 		backed, err = d.unpack(ctx, f, backing, &got)
