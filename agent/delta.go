@@ -143,7 +143,7 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 	backing := d.backing()
-	defer backing.Close()
+	defer func() { backing.Close() }()
 	missing, stored := d.cache.Missing(d.idx, backing)
 	var need int64
 	for _, ch := range missing {
@@ -168,6 +168,10 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 	if err == nil {
 		backed, err = d.unpack(ctx, f, backing, &got)
 	}
+	// The current release's record goes before the new one is saved: the
+	// two are not in memory at once.
+	backing.Close()
+	backing = nil
 	if err == nil {
 		d.settle()
 		t.sums = digests{MD5: d.idx.Archive.MD5, SHA256: d.idx.Archive.SHA256, Size: d.idx.Archive.Size}
@@ -354,6 +358,8 @@ func (d *delta) filled() {
 // replaced by a newer one, an install that failed), the next delta is
 // still read from the current release.
 func (d *delta) settle() {
+	d.cur = nil
+	trim.Heap()
 	var keep []string
 	name := d.t.id + ".skel"
 	if d.skel != nil && d.skel.Commit(name) && d.files != nil {
@@ -380,12 +386,12 @@ func (d *delta) prevPath() string { return d.filesPath() + ".prev" }
 // when there is none.
 func (d *delta) keepCurrent() *chunks.Files {
 	cur := d.t.st.Release
-	if old, err := chunks.LoadFiles(d.filesPath()); err == nil && old.Release == cur && cur != d.t.id {
+	if old, err := chunks.LoadFilesHead(d.filesPath()); err == nil && old.Release == cur && cur != d.t.id {
 		if os.Rename(d.filesPath(), d.prevPath()) == nil {
 			return old
 		}
 	}
-	if prev, err := chunks.LoadFiles(d.prevPath()); err == nil && prev.Release == cur && cur != d.t.id {
+	if prev, err := chunks.LoadFilesHead(d.prevPath()); err == nil && prev.Release == cur && cur != d.t.id {
 		return prev
 	}
 	os.Remove(d.prevPath())

@@ -97,6 +97,21 @@ func LoadFiles(path string) (*Files, error) {
 	return &f, nil
 }
 
+// LoadFilesHead reads of the record Save wrote only which release and
+// skeleton it is of: the files are skipped, not kept in memory.
+func LoadFilesHead(path string) (*Files, error) {
+	r, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	var h struct{ Release, Skel string }
+	if err := gob.NewDecoder(bufio.NewReaderSize(r, 64<<10)).Decode(&h); err != nil {
+		return nil, err
+	}
+	return &Files{Release: h.Release, Skel: h.Skel}, nil
+}
+
 // Reuser offers, for each regular file of a new release's tar, the same
 // file of the current release when it can be hard-linked instead of
 // written: the archive.Options.Reuse of a delta. A file is offered only
