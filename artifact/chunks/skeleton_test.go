@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -148,4 +149,85 @@ func (o *oddWriter) Write(p []byte) (int, error) {
 		p = p[k:]
 	}
 	return n, nil
+}
+
+// A stream backed by a release whose files are trusted by their identity
+// gives back the tar without reading or hashing them, and the skeleton it
+// tees is the one it was read from; a file written to since, with its
+// modification time put back, is not trusted: its chunk is read back,
+// found wrong, and fetched.
+func TestStreamTrustsFilesByIdentity(t *testing.T) {
+	data := skelTar(t)
+	idx := testIndex(data, 600<<10, 700<<10, 800<<10, len(data)-2100<<10)
+	c := &Cache{Dir: filepath.Join(t.TempDir(), "chunks"), Max: 1 << 20}
+	dir := t.TempDir()
+	skel := c.Skeleton()
+	files := NewFiles("r", "", idx)
+	if _, err := archive.Extract(context.Background(), bytes.NewReader(data), dir, archive.Options{Format: archive.Tar, Tee: skel, Made: files.Made}); err != nil {
+		t.Fatal(err)
+	}
+	if !skel.Commit("r.skel") {
+		t.Fatal("no skeleton")
+	}
+	files.Skel, files.SkelSize, files.Holes, files.SkelSHA256 = "r.skel", skel.Size(), skel.Holes, skel.SHA256()
+	stream := func() (*Stream, *Skeleton, []byte) {
+		b, err := c.NewBacking(files, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		var offs []int64
+		var off int64
+		for _, ch := range idx.Chunks {
+			offs = append(offs, off)
+			off += ch.Size
+		}
+		tee := c.Skeleton()
+		s := c.StreamWith(idx, StreamOptions{Backing: b, Tee: tee, Fetch: func(ch Chunk) error {
+			for i, x := range idx.Chunks {
+				if x == ch {
+					return os.WriteFile(c.path(ch.SHA256), data[offs[i]:offs[i]+ch.Size], 0o600)
+				}
+			}
+			return os.ErrNotExist
+		}})
+		got, err := io.ReadAll(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		return s, tee, got
+	}
+	s, tee, got := stream()
+	if !bytes.Equal(got, data) {
+		t.Fatal("the tar given back is not the tar")
+	}
+	// Chunk 1 holds the first dir/twice, replaced: fetched; the 3 others
+	// are the release's, 2 trusted: dir/a, in chunk 0, got a hard link
+	// (dir/hard) after it was made, which changed its change time: it is
+	// read back and hashed.
+	if s.Backed != 3 || s.Trusted != 2 {
+		t.Fatalf("%d chunks from the release, %d trusted", s.Backed, s.Trusted)
+	}
+	if tee.Size() != skel.Size() || tee.SHA256() != skel.SHA256() {
+		t.Fatal("the skeleton teed is not the one read")
+	}
+	tee.Close()
+
+	p := filepath.Join(dir, "dir/b")
+	fi, _ := os.Stat(p)
+	f, _ := os.OpenFile(p, os.O_WRONLY, 0)
+	f.WriteAt([]byte("written"), 600_000)
+	f.Close()
+	os.Chtimes(p, fi.ModTime(), fi.ModTime())
+	s, tee, got = stream()
+	tee.Close()
+	if !bytes.Equal(got, data) {
+		t.Fatal("the tar given back is not the tar: a file written to was trusted")
+	}
+	// dir/b lies in chunks 2 and 3: chunk 2, which holds the change, is
+	// fetched, chunk 3 read back and hashed.
+	if s.Trusted != 0 || s.Backed != 2 {
+		t.Fatalf("%d chunks from the release, %d trusted", s.Backed, s.Trusted)
+	}
 }
