@@ -143,12 +143,24 @@ func (b *Backing) openTrusted(i int) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := archive.Stat(f)
-	if err != nil || st != rec.Stat {
+	if err := b.unchanged(f, i); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("%w: %s changed since the current release was installed", artifact.ErrCorrupt, name)
+		return nil, err
 	}
 	return f, nil
+}
+
+// unchanged checks that f, the file holding hole i, still has the
+// identity recorded: when it is opened, and again after bytes are read
+// from it, which a write made meanwhile may have changed (its change
+// time then moved).
+func (b *Backing) unchanged(f *os.File, i int) error {
+	name := b.names[i]
+	st, err := archive.Stat(f)
+	if err != nil || st != b.old.Files[name].Stat {
+		return fmt.Errorf("%w: %s changed since the current release was installed", artifact.ErrCorrupt, name)
+	}
+	return nil
 }
 
 // fill reads the lazy piece l into p, for the stream's reading goroutine.
@@ -165,6 +177,9 @@ func (b *Backing) fill(l lazy, p []byte) error {
 	}
 	if n, err := b.cur.ReadAt(p, l.off); n != len(p) {
 		return fmt.Errorf("%w: a file of the current release, read back: %v", artifact.ErrCorrupt, err)
+	}
+	if err := b.unchanged(b.cur, l.hole); err != nil {
+		return err
 	}
 	b.Read += int64(len(p))
 	return nil

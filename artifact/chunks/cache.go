@@ -334,7 +334,8 @@ func (s *Stream) readLazy(l lazy, p []byte, k int) error {
 	if n, err := s.lzFile.ReadAt(p, l.off+int64(k)); n != len(p) {
 		return fmt.Errorf("%w: a file of the current release, read back: %v", artifact.ErrCorrupt, err)
 	}
-	return nil
+	// Written to while it was read: the bytes are no longer vouched for.
+	return s.opt.Backing.unchanged(s.lzFile, l.hole)
 }
 
 // fillLazy reads the current block's lazy pieces into it.

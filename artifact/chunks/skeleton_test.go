@@ -231,3 +231,67 @@ func TestStreamTrustsFilesByIdentity(t *testing.T) {
 		t.Fatalf("%d chunks from the release, %d trusted", s.Backed, s.Trusted)
 	}
 }
+
+// A trusted file written to while the stream reads it (its identity
+// checked when it was opened) is not given back as the chunk's: the
+// stream fails rather than hand over bytes nobody checked.
+func TestStreamRefusesAFileWrittenWhileRead(t *testing.T) {
+	data := skelTar(t)
+	idx := testIndex(data, 600<<10, 700<<10, 800<<10, len(data)-2100<<10)
+	c := &Cache{Dir: filepath.Join(t.TempDir(), "chunks"), Max: 1 << 20}
+	dir := t.TempDir()
+	skel := c.Skeleton()
+	files := NewFiles("r", "", idx)
+	if _, err := archive.Extract(context.Background(), bytes.NewReader(data), dir, archive.Options{Format: archive.Tar, Tee: skel, Made: files.Made}); err != nil {
+		t.Fatal(err)
+	}
+	if !skel.Commit("r.skel") {
+		t.Fatal("no skeleton")
+	}
+	files.Skel, files.SkelSize, files.Holes, files.SkelSHA256 = "r.skel", skel.Size(), skel.Holes, skel.SHA256()
+	b, err := c.NewBacking(files, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	s := c.StreamWith(idx, StreamOptions{Backing: b, Fetch: func(ch Chunk) error {
+		var off int64
+		for _, x := range idx.Chunks {
+			if x == ch {
+				return os.WriteFile(c.path(ch.SHA256), data[off:off+ch.Size], 0o600)
+			}
+			off += x.Size
+		}
+		return os.ErrNotExist
+	}})
+	defer s.Close()
+	// Into dir/b's content: the file is open, its identity checked.
+	at := files.Files["dir/b"].Off + 200_000 // in chunk 2, trusted
+	got := make([]byte, at)
+	if _, err := io.ReadFull(s, got); err != nil {
+		t.Fatal(err)
+	}
+	if s.lzFile == nil {
+		t.Fatal("dir/b is not read lazily: not trusted")
+	}
+	p := filepath.Join(dir, "dir/b")
+	fi, _ := os.Stat(p)
+	f, _ := os.OpenFile(p, os.O_WRONLY, 0)
+	f.WriteAt([]byte("written"), 600_000)
+	f.Close()
+	os.Chtimes(p, fi.ModTime(), fi.ModTime())
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := s.Read(buf)
+		got = append(got, buf[:n]...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return // refused
+		}
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("the stream gave back bytes written to a trusted file while it was read")
+	}
+}
