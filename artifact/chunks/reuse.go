@@ -142,6 +142,9 @@ type Reuser struct {
 	Linked int   // files linked
 	Bytes  int64 // their content
 	linked []linkedFile
+	// first is the offset of the first chunk of the current release's
+	// tar with each SHA-256: the one a delta reads that chunk back from.
+	first map[string]int64
 }
 
 type linkedFile struct {
@@ -156,7 +159,13 @@ func NewReuser(old *Files, dir string, idx *Index) (*Reuser, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Reuser{old: old, dir: d, idx: idx, oldOff: offsets(old.Chunks), newOff: offsets(idx.Chunks)}, nil
+	r := &Reuser{old: old, dir: d, idx: idx, oldOff: offsets(old.Chunks), newOff: offsets(idx.Chunks), first: map[string]int64{}}
+	for i, ch := range old.Chunks {
+		if _, ok := r.first[ch.SHA256]; !ok {
+			r.first[ch.SHA256] = r.oldOff[i]
+		}
+	}
+	return r, nil
 }
 
 func offsets(cs []Chunk) []int64 {
@@ -194,6 +203,13 @@ func (r *Reuser) Reuse(e *archive.Entry) *os.File {
 		src.Close()
 		return nil
 	}
+	if st.Ctime != f.Stat.Ctime && !r.readBack(f.Off, h.Size) {
+		// Not trusted by its identity, and a chunk of it is read back
+		// from elsewhere in the release (another copy of the same
+		// bytes): nothing would check what this file holds.
+		src.Close()
+		return nil
+	}
 	r.Linked++
 	r.Bytes += h.Size
 	r.linked = append(r.linked, linkedFile{e.Name, Hole{e.Offset, h.Size}})
@@ -210,6 +226,20 @@ func (r *Reuser) Overlaps(ranges []Hole) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// readBack reports whether every chunk holding the n bytes at a in the
+// current release's tar is read back, when a delta needs it, from that
+// place (the first chunk of the tar with its SHA-256), not from another
+// copy of it.
+func (r *Reuser) readBack(a, n int64) bool {
+	i := sort.Search(len(r.oldOff), func(k int) bool { return r.oldOff[k] > a }) - 1
+	for ; i >= 0 && i < len(r.old.Chunks) && r.oldOff[i] < a+n; i++ {
+		if r.first[r.old.Chunks[i].SHA256] != r.oldOff[i] {
+			return false
+		}
+	}
+	return i >= 0
 }
 
 // sameBytes reports whether the n bytes at a in the current release's

@@ -1,0 +1,123 @@
+package agent_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/dropshipd/dropship/agent"
+	"github.com/dropshipd/dropship/artifact/chunks"
+	"github.com/dropshipd/dropship/artifact/file"
+)
+
+// twin is the content of a.bin and b.bin: the same 6 MiB, so the chunks
+// inside b.bin are chunks of a.bin too.
+func twin() []byte {
+	b := make([]byte, 6<<20)
+	rand.NewChaCha8([32]byte{42}).Read(b)
+	return b
+}
+
+// publishTwins publishes a release of VERSION, a.bin and b.bin (the
+// same bytes) and z.bin (changed with v), with its index, and returns
+// the index and the offset of b.bin's content in the tar.
+func (e *env) publishTwins(v string) (*chunks.Index, int64) {
+	e.t.Helper()
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	var bOff int64
+	add := func(name string, b []byte) {
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), ModTime: time.Unix(1700000000, 0)})
+		tw.Flush()
+		if name == "b.bin" {
+			bOff = int64(tb.Len())
+		}
+		tw.Write(b)
+	}
+	add("VERSION", []byte("1"))
+	add("a.bin", twin())
+	add("b.bin", twin())
+	z := make([]byte, 1<<20)
+	rand.NewChaCha8([32]byte{7, byte(len(v))}).Read(z)
+	add("z.bin", z)
+	tw.Close()
+	enc, _ := zstd.NewWriter(nil)
+	p := filepath.Join(e.t.TempDir(), "app.tar.zst")
+	os.WriteFile(p, enc.EncodeAll(tb.Bytes(), nil), 0o644)
+	dir, key := filepath.Dir(e.store), filepath.Base(e.store)
+	if _, err := chunks.Publish(context.Background(), file.Store{}, dir, key, p, nil); err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := (file.Store{}).Publish(context.Background(), dir, key, p, 0); err != nil {
+		e.t.Fatal(err)
+	}
+	later := time.Now().Add(time.Duration(len(v)) * time.Millisecond)
+	os.Chtimes(e.store, later, later)
+	raw, err := os.ReadFile(e.store + chunks.IndexSuffix)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var idx chunks.Index
+	if err := json.Unmarshal(raw, &idx); err != nil {
+		e.t.Fatal(err)
+	}
+	return &idx, bOff
+}
+
+// A file of the current release edited in place with its modification
+// time put back, whose chunks are chunks of another file of the release
+// too (a copy of it, unchanged), is not linked into the new release: the
+// chunks read back from the copy say nothing of its bytes.
+func TestDeltaDoesNotLinkAnEditedCopyOfAnotherFile(t *testing.T) {
+	e := newEnv(t)
+	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
+	r, logs := e.loggedRunner(e.configWithArtifact("chunk_links = true", ""))
+	idx, bOff := e.publishTwins("v1")
+	e.check(r, agent.ResultInstalled)
+
+	// A chunk wholly inside b.bin that a.bin holds first.
+	first := map[string]int64{}
+	var off, at int64 = 0, -1
+	for _, ch := range idx.Chunks {
+		if _, ok := first[ch.SHA256]; !ok {
+			first[ch.SHA256] = off
+		} else if off >= bOff && off+ch.Size <= bOff+6<<20 && first[ch.SHA256] < bOff {
+			at = off - bOff + ch.Size/2
+			break
+		}
+		off += ch.Size
+	}
+	if at < 0 {
+		t.Fatal("no chunk of b.bin is a chunk of a.bin too")
+	}
+	p := e.releasePath("b.bin")
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("written by the application"), at)
+	f.Close()
+	if err := os.Chtimes(p, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+
+	e.publishTwins("v22")
+	e.check(r, agent.ResultInstalled)
+	for _, name := range []string{"a.bin", "b.bin"} {
+		if b, _ := os.ReadFile(filepath.Join(e.dest, name)); !bytes.Equal(b, twin()) {
+			t.Fatalf("%s of the new release is not the index's (delta: %v)", name, logs.records("downloaded and verified"))
+		}
+	}
+}
