@@ -248,7 +248,11 @@ func (s *Stream) read() error {
 // copy does not match).
 func (s *Stream) get(i int, ch Chunk, off int64, buf []byte) (b, _ []byte, mapped bool, err error) {
 	fetched := false
-	if !s.c.Has(ch) && s.opt.Backing.Has(ch) {
+	// The release first, even for a chunk the cache holds too (one that a
+	// delta that failed fetched): a file of the release linked into the
+	// new one is known to hold the chunk's bytes only once they are read
+	// back from it (Reuser).
+	if s.opt.Backing.Has(ch) {
 		if cap(buf) < int(ch.Size) {
 			buf = s.alloc()
 		}
@@ -270,11 +274,20 @@ func (s *Stream) get(i int, ch Chunk, off int64, buf []byte) (b, _ []byte, mappe
 		}
 		s.c.logger().Info("chunk not read back from the current release; fetching it", "chunk", i, "sha256", ch.SHA256, "reason", why)
 		bad := append([]byte(nil), b...)
-		if err := s.fetch(ch); err != nil {
-			return nil, buf, false, err
+		if !s.c.Has(ch) {
+			if err := s.fetch(ch); err != nil {
+				return nil, buf, false, err
+			}
+			fetched = true
 		}
-		fetched = true
 		b, buf, mapped, err = s.cached(i, ch, buf)
+		if err != nil && !fetched && s.opt.Fetch != nil {
+			os.Remove(s.c.path(ch.SHA256))
+			if ferr := s.fetch(ch); ferr != nil {
+				return nil, buf, false, fmt.Errorf("%w (fetched after: %v)", err, ferr)
+			}
+			b, buf, mapped, err = s.cached(i, ch, buf)
+		}
 		if err == nil {
 			s.differ(off, bad, b)
 		}

@@ -295,3 +295,64 @@ func TestStreamRefusesAFileWrittenWhileRead(t *testing.T) {
 		t.Fatal("the stream gave back bytes written to a trusted file while it was read")
 	}
 }
+
+// A chunk both in the cache (fetched by a delta that failed) and in the
+// current release is read back from the release: the bytes a file of
+// the release holds there now are compared with the chunk's (Replaced),
+// which is what keeps a file edited with its time put back from being
+// linked into the new release.
+func TestStreamReadsTheReleaseBeforeTheCache(t *testing.T) {
+	data := skelTar(t)
+	idx := testIndex(data, 600<<10, 700<<10, 800<<10, len(data)-2100<<10)
+	c := &Cache{Dir: filepath.Join(t.TempDir(), "chunks"), Max: 1 << 20}
+	dir := t.TempDir()
+	skel := c.Skeleton()
+	files := NewFiles("r", "", idx)
+	if _, err := archive.Extract(context.Background(), bytes.NewReader(data), dir, archive.Options{Format: archive.Tar, Tee: skel, Made: files.Made}); err != nil {
+		t.Fatal(err)
+	}
+	if !skel.Commit("r.skel") {
+		t.Fatal("no skeleton")
+	}
+	files.Skel, files.SkelSize, files.Holes, files.SkelSHA256 = "r.skel", skel.Size(), skel.Holes, skel.SHA256()
+	var offs []int64
+	var off int64
+	for _, ch := range idx.Chunks {
+		offs = append(offs, off)
+		off += ch.Size
+	}
+	fetch := func(ch Chunk) error {
+		for i, x := range idx.Chunks {
+			if x == ch {
+				return os.WriteFile(c.path(ch.SHA256), data[offs[i]:offs[i]+ch.Size], 0o600)
+			}
+		}
+		return os.ErrNotExist
+	}
+	// dir/b, written to with its time put back, lies in chunks 2 and 3;
+	// chunk 2, which holds the change, is in the cache too.
+	p := filepath.Join(dir, "dir/b")
+	fi, _ := os.Stat(p)
+	f, _ := os.OpenFile(p, os.O_WRONLY, 0)
+	f.WriteAt([]byte("written"), 600_000)
+	f.Close()
+	os.Chtimes(p, fi.ModTime(), fi.ModTime())
+	if err := fetch(idx.Chunks[2]); err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.NewBacking(files, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	s := c.StreamWith(idx, StreamOptions{Backing: b, Fetch: fetch})
+	got, err := io.ReadAll(s)
+	s.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the tar given back is not the tar: %v", err)
+	}
+	at := files.Files["dir/b"].Off + 600_000
+	if len(s.Replaced) != 1 || s.Replaced[0].Off > at || s.Replaced[0].Off+s.Replaced[0].Size < at+7 {
+		t.Fatalf("the bytes dir/b holds were not compared with the chunk's: %v", s.Replaced)
+	}
+}
