@@ -45,16 +45,12 @@ func Load(ctx context.Context, src artifact.Source, pin artifact.Info, verify Ve
 		return nil, fmt.Errorf("%w: %s: %w", ErrNoIndex, is, err)
 	}
 	defer body.Close()
-	raw, err := io.ReadAll(artifact.NewVerifier(body, info))
+	// Read whole, in one buffer of the size the store gave (no more),
+	// and its signature checked before a byte of it is parsed: an index
+	// nobody trusted signed costs no more memory than its bytes.
+	raw, err := readIndex(artifact.NewVerifier(body, info), info.Size)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrNoIndex, is, err)
-	}
-	idx, err := Parse(bytes.NewReader(raw))
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrNoIndex, is, err)
-	}
-	if !idx.Fits(pin) {
-		return nil, fmt.Errorf("%w: %s was made from another version (%.12s…, %d bytes)", ErrNoIndex, is, idx.Archive.SHA256, idx.Archive.Size)
 	}
 	if verify != nil {
 		signed, ok := is.(artifact.Signed)
@@ -69,7 +65,39 @@ func Load(ctx context.Context, src artifact.Source, pin artifact.Info, verify Ve
 			return nil, fmt.Errorf("%w: %s: %w", ErrNoIndex, is, err)
 		}
 	}
+	idx, err := Parse(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrNoIndex, is, err)
+	}
+	if !idx.Fits(pin) {
+		return nil, fmt.Errorf("%w: %s was made from another version (%.12s…, %d bytes)", ErrNoIndex, is, idx.Archive.SHA256, idx.Archive.Size)
+	}
 	return idx, nil
+}
+
+// readIndex reads r to its end (where a Verifier checks it) into a
+// buffer of size bytes, or of what r holds, up to MaxIndex, when size is
+// not known.
+func readIndex(r io.Reader, size int64) ([]byte, error) {
+	if size <= 0 {
+		b, err := io.ReadAll(io.LimitReader(r, MaxIndex+1))
+		if err == nil && len(b) > MaxIndex {
+			err = fmt.Errorf("over %d bytes", MaxIndex)
+		}
+		return b, err
+	}
+	b := make([]byte, size)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	var one [1]byte
+	if n, err := r.Read(one[:]); n != 0 || err != io.EOF {
+		if err == nil || err == io.EOF {
+			err = fmt.Errorf("more than the %d bytes expected", size)
+		}
+		return nil, err
+	}
+	return b, nil
 }
 
 // Fetcher gets the chunks a cache lacks from the store.
