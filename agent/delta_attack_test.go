@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -120,4 +122,43 @@ func TestDeltaDoesNotLinkAnEditedCopyOfAnotherFile(t *testing.T) {
 			t.Fatalf("%s of the new release is not the index's (delta: %v)", name, logs.records("downloaded and verified"))
 		}
 	}
+}
+
+// A file system mounted over the current release (a FUSE one its owner
+// mounted could give its files any identity, and stall any read) is not
+// read back: the delta fetches what it needs from the store.
+func TestDeltaDoesNotReadAReleaseMountedOver(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting takes root")
+	}
+	e := newEnv(t)
+	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
+	r, logs := e.loggedRunner(e.configWithArtifact("chunk_links = true", ""))
+	e.publishChunked("v1", 0)
+	e.check(r, agent.ResultInstalled)
+	rel, err := filepath.EvalSymlinks(e.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := filepath.Join(t.TempDir(), "saved")
+	if err := os.Rename(rel, saved); err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(rel, 0o755)
+	if err := syscall.Mount("tmpfs", rel, "tmpfs", 0, "size=64m"); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(rel, syscall.MNT_DETACH) })
+	if out, err := exec.Command("cp", "-a", saved+"/.", rel).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+
+	e.publishChunked("v2", 1)
+	e.check(r, agent.ResultInstalled)
+	for _, d := range logs.records("downloaded and verified") {
+		if n, _ := d["release_chunks"].(float64); n > 0 || linked(d) > 0 {
+			t.Fatalf("the delta read %v chunks back from, and linked %v files of, a file system mounted over the release", n, linked(d))
+		}
+	}
+	e.checkParts(1)
 }

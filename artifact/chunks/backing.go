@@ -10,7 +10,6 @@ import (
 	"os"
 	"slices"
 	"sort"
-	"syscall"
 
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/archive"
@@ -71,7 +70,7 @@ func (c *Cache) NewBacking(old *Files, dir string) (*Backing, error) {
 		skel.Close()
 		return nil, fmt.Errorf("the skeleton of the current release is not the size recorded")
 	}
-	d, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_DIRECTORY, 0)
+	d, err := openRelease(dir)
 	if err != nil {
 		skel.Close()
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,4 +29,24 @@ func openRead(dir *os.File, name string) (*os.File, error) {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: errors.New("not a regular file")}
 	}
 	return os.NewFile(uintptr(fd), name), nil
+}
+
+// openRelease opens the release directory dir, which must be a
+// directory of the file system its parent is on, not a mount point: a
+// file system mounted over a release (a FUSE one its owner mounted, say)
+// could give its files any identity, and stall any read.
+func openRelease(dir string) (*os.File, error) {
+	parent, err := os.OpenFile(filepath.Dir(dir), os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer parent.Close()
+	fd, err := unix.Openat2(int(parent.Fd()), filepath.Base(dir), &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+	})
+	if err != nil {
+		return nil, &fs.PathError{Op: "openat2", Path: dir, Err: err}
+	}
+	return os.NewFile(uintptr(fd), dir), nil
 }

@@ -14,3 +14,8 @@ const readBack = false
 func openRead(dir *os.File, name string) (*os.File, error) {
 	return nil, errors.New("files of a release are read back on Linux only")
 }
+
+// openRelease opens the release directory dir.
+func openRelease(dir string) (*os.File, error) {
+	return os.OpenFile(dir, os.O_RDONLY, 0)
+}

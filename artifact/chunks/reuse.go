@@ -155,7 +155,7 @@ type linkedFile struct {
 // NewReuser offers the files of old, a release in the directory dir, to
 // the extraction of the tar idx describes. Close it after.
 func NewReuser(old *Files, dir string, idx *Index) (*Reuser, error) {
-	d, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_DIRECTORY, 0)
+	d, err := openRelease(dir)
 	if err != nil {
 		return nil, err
 	}
