@@ -247,6 +247,11 @@ func (d *delta) unpack(ctx context.Context, f *chunks.Fetcher, backing *chunks.B
 	if reuse != nil {
 		defer reuse.Close()
 		opt.Reuse = reuse.Reuse
+		made := opt.Made
+		opt.Made = func(e *archive.Entry, st archive.FileStat) {
+			made(e, st)
+			backing.Relinked(e.Name, st) // when linked: the same inode
+		}
 	}
 	_, xerr := archive.Extract(ctx, s, t.stage, opt)
 	// The tar's verdict first (the rest of it read and checked): a

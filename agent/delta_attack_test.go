@@ -32,12 +32,21 @@ func twin() []byte {
 // same bytes) and z.bin (changed with v), with its index, and returns
 // the index and the offset of b.bin's content in the tar.
 func (e *env) publishTwins(v string) (*chunks.Index, int64) {
+	return e.publishTwinsAt(v, time.Unix(1700000000, 0))
+}
+
+// publishTwinsAt is publishTwins with b.bin's modification time bTime.
+func (e *env) publishTwinsAt(v string, bTime time.Time) (*chunks.Index, int64) {
 	e.t.Helper()
 	var tb bytes.Buffer
 	tw := tar.NewWriter(&tb)
 	var bOff int64
 	add := func(name string, b []byte) {
-		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), ModTime: time.Unix(1700000000, 0)})
+		mtime := time.Unix(1700000000, 0)
+		if name == "b.bin" {
+			mtime = bTime
+		}
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), ModTime: mtime})
 		tw.Flush()
 		if name == "b.bin" {
 			bOff = int64(tb.Len())
@@ -161,4 +170,33 @@ func TestDeltaDoesNotReadAReleaseMountedOver(t *testing.T) {
 		}
 	}
 	e.checkParts(1)
+}
+
+// A file of the new release whose content is a copy of a file the delta
+// links (its chunks are that file's), but which cannot be linked itself
+// (its modification time changed), is written from the file linked: the
+// change time the link gave that file is the delta's own doing, not a
+// write, and the delta succeeds.
+func TestDeltaWritesACopyOfAFileItLinked(t *testing.T) {
+	e := newEnv(t)
+	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
+	r, logs := e.loggedRunner(e.configWithArtifact("chunk_links = true", ""))
+	e.publishTwins("v1")
+	e.check(r, agent.ResultInstalled)
+	e.publishTwinsAt("v22", time.Unix(1700000100, 0))
+	e.check(r, agent.ResultInstalled)
+	if failed := logs.records("delta failed; fetching the archive"); len(failed) != 0 {
+		t.Fatalf("the delta failed: %v", failed)
+	}
+	d := lastDelta(t, logs)
+	// The chunks holding b.bin's header and z.bin are fetched; b.bin's
+	// content, in chunks of a.bin's, is not.
+	if linked(d) < 1 || d["fetched_chunks"].(float64) > 4 || d["release_chunks"].(float64) < 5 {
+		t.Fatalf("a.bin not linked, or b.bin fetched: %v", d)
+	}
+	for _, name := range []string{"a.bin", "b.bin"} {
+		if b, _ := os.ReadFile(filepath.Join(e.dest, name)); !bytes.Equal(b, twin()) {
+			t.Fatalf("%s of the new release is not the index's", name)
+		}
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"sync"
 
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/archive"
@@ -39,6 +40,10 @@ type Backing struct {
 	// trust says, per hole, whether the file holding it is trusted by
 	// its identity: 0 not yet known, 1 trusted, -1 not.
 	trust []int8
+	// relinked: files of the release that the delta linked into the new
+	// one, with the identity the link left them (Relinked).
+	mu       sync.Mutex
+	relinked map[string]archive.FileStat
 }
 
 // lazy is a piece of a chunk that a trusted file of the current release
@@ -155,11 +160,39 @@ func (b *Backing) openTrusted(i int) (*os.File, error) {
 // time then moved).
 func (b *Backing) unchanged(f *os.File, i int) error {
 	name := b.names[i]
+	want := b.old.Files[name].Stat
+	b.mu.Lock()
+	if st, ok := b.relinked[name]; ok {
+		want = st
+	}
+	b.mu.Unlock()
 	st, err := archive.Stat(f)
-	if err != nil || st != b.old.Files[name].Stat {
+	if err != nil || st != want {
 		return fmt.Errorf("%w: %s changed since the current release was installed", artifact.ErrCorrupt, name)
 	}
 	return nil
+}
+
+// Relinked tells b that the delta linked the file name of the release
+// into the new one, which left it with the identity st: the change time
+// the link moved is the delta's own doing, not a write, and the file is
+// still trusted where another file of the new tar is written from it (a
+// copy of the same bytes). The link itself makes the two one inode: a
+// write to it, before or after, shows in the new release anyway.
+func (b *Backing) Relinked(name string, st archive.FileStat) {
+	if b == nil {
+		return
+	}
+	rec, ok := b.old.Files[name]
+	if !ok || !rec.Stat.Same(st) {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.relinked == nil {
+		b.relinked = map[string]archive.FileStat{}
+	}
+	b.relinked[name] = st
 }
 
 // fill reads the lazy piece l into p, for the stream's reading goroutine.
