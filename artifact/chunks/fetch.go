@@ -210,16 +210,24 @@ func (f *Fetcher) one(ctx context.Context, src artifact.Source, ch Chunk, decs c
 	}
 	defer os.Remove(tmp.Name())
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(dec, ch.Size+1))
+	w := &errWriter{w: tmp}
+	n, err := io.Copy(io.MultiWriter(w, h), io.LimitReader(dec, ch.Size+1))
 	if err == nil {
 		_, err = io.Copy(io.Discard, limited) // what follows the frame counts too
 	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
+	if cerr := tmp.Close(); err == nil && cerr != nil {
+		err, w.err = cerr, cerr
 	}
 	switch {
 	case err != nil && ctx.Err() != nil:
 		return counted.n, ctx.Err()
+	case err != nil && w.err != nil:
+		// The cache's disk (full, say), not the chunk.
+		return counted.n, fmt.Errorf("chunk %s into the cache: %w", src, w.err)
+	case err != nil && counted.err != nil && counted.err != io.EOF && !errors.Is(counted.err, artifact.ErrCorrupt):
+		// The download (dropped or stalled past the store's retries),
+		// not the chunk's bytes.
+		return counted.n, fmt.Errorf("fetch chunk %s: %w", src, counted.err)
 	case err != nil && !errors.Is(err, artifact.ErrNotFound) && !errors.Is(err, artifact.ErrAccess):
 		return counted.n, fmt.Errorf("%w: chunk %s: %v", artifact.ErrCorrupt, src, err)
 	case err != nil:
@@ -234,12 +242,30 @@ func (f *Fetcher) one(ctx context.Context, src artifact.Source, ch Chunk, decs c
 }
 
 type counter struct {
-	r io.Reader
-	n int64
+	r   io.Reader
+	n   int64
+	err error // the body's last error
 }
 
 func (c *counter) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	if err != nil {
+		c.err = err
+	}
+	return n, err
+}
+
+// errWriter keeps the error of the writes to w.
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) Write(p []byte) (int, error) {
+	n, err := e.w.Write(p)
+	if err != nil && e.err == nil {
+		e.err = err
+	}
 	return n, err
 }

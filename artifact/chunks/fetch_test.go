@@ -3,14 +3,24 @@ package chunks
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
+	"testing/iotest"
 
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/file"
 )
 
@@ -50,5 +60,55 @@ func TestLoadChecksTheSignatureBeforeParsing(t *testing.T) {
 	}
 	if got := m1.TotalAlloc - m0.TotalAlloc; got > 2*uint64(b.Len()) {
 		t.Fatalf("an index of %d bytes, refused, took %d bytes", b.Len(), got)
+	}
+}
+
+// dropping is a store whose chunk bodies drop after their first bytes.
+type dropping struct{ *file.Source }
+
+func (d dropping) Sibling(key string) artifact.Source {
+	return dropping{d.Source.Sibling(key).(*file.Source)}
+}
+
+func (d dropping) Open(ctx context.Context, info artifact.Info) (io.ReadCloser, error) {
+	body, err := d.Source.Open(ctx, info)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(io.LimitReader(body, 100), iotest.ErrReader(syscall.ECONNRESET)), body}, nil
+}
+
+// A chunk whose body drops on the way (after the store's retries) is a
+// failed download, not a corrupt chunk: it is not fetched again as one
+// that failed its check, and the delta that needed it does not empty
+// the cache (the skeleton of the current release with it).
+func TestFetchDropIsNotCorrupt(t *testing.T) {
+	dir := t.TempDir()
+	data := make([]byte, 600<<10)
+	rand.NewChaCha8([32]byte{9}).Read(data)
+	sum := sha256.Sum256(data)
+	enc, _ := zstd.NewWriter(nil)
+	stored := enc.EncodeAll(data, nil)
+	ch := Chunk{SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data)), Stored: int64(len(stored))}
+	os.MkdirAll(filepath.Join(dir, Prefix), 0o755)
+	os.WriteFile(filepath.Join(dir, Key(ch.SHA256)), stored, 0o644)
+	os.WriteFile(filepath.Join(dir, "app.tar"), []byte("x"), 0o644)
+	var logs bytes.Buffer
+	c := &Cache{Dir: filepath.Join(t.TempDir(), "chunks"), Max: 1 << 30, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+	f := &Fetcher{Src: dropping{file.New(filepath.Join(dir, "app.tar"))}, Cache: c}
+	_, err := f.Fetch(context.Background(), []Chunk{ch})
+	if err == nil || errors.Is(err, artifact.ErrCorrupt) || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("a dropped body: %v", err)
+	}
+	if strings.Contains(logs.String(), "failed its check") {
+		t.Fatalf("a dropped body was taken for a chunk that failed its check:\n%s", logs.String())
+	}
+	// The whole body: fetched.
+	f.Src = file.New(filepath.Join(dir, "app.tar"))
+	if _, err := f.Fetch(context.Background(), []Chunk{ch}); err != nil || !c.Has(ch) {
+		t.Fatalf("fetched: %v", err)
 	}
 }
