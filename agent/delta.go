@@ -246,6 +246,7 @@ func (d *delta) unpack(ctx context.Context, f *chunks.Fetcher, backing *chunks.B
 	reuse := d.reuser()
 	if reuse != nil {
 		defer reuse.Close()
+		reuse.Backing = backing
 		opt.Reuse = reuse.Reuse
 		made := opt.Made
 		opt.Made = func(e *archive.Entry, st archive.FileStat) {

@@ -200,3 +200,67 @@ func TestDeltaWritesACopyOfAFileItLinked(t *testing.T) {
 		}
 	}
 }
+
+// A file of the current release edited in place with its modification
+// time put back, whose first chunk the release cannot give back whole
+// (it holds the end of a file that a later entry of the same name
+// replaced): that chunk is fetched, so nothing reads the file's bytes
+// there, and the file is not linked.
+func TestDeltaDoesNotLinkAnEditedFileInAChunkFetched(t *testing.T) {
+	e := newEnv(t)
+	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
+	r, logs := e.loggedRunner(e.configWithArtifact("chunk_links = true", ""))
+	f := make([]byte, 4<<20)
+	rand.NewChaCha8([32]byte{5}).Read(f)
+	publish := func(v string) {
+		var tb bytes.Buffer
+		tw := tar.NewWriter(&tb)
+		add := func(name string, b []byte) {
+			tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), ModTime: time.Unix(1700000000, 0)})
+			tw.Write(b)
+		}
+		dup := make([]byte, 100<<10) // less than a chunk: the first holds f.bin's start too
+		rand.NewChaCha8([32]byte{6}).Read(dup)
+		add("dup", dup)
+		add("f.bin", f)
+		add("dup", []byte("the second dup"))
+		z := make([]byte, 1<<20)
+		rand.NewChaCha8([32]byte{7, byte(len(v))}).Read(z)
+		add("z.bin", z)
+		tw.Close()
+		enc, _ := zstd.NewWriter(nil)
+		p := filepath.Join(e.t.TempDir(), "app.tar.zst")
+		os.WriteFile(p, enc.EncodeAll(tb.Bytes(), nil), 0o644)
+		dir, key := filepath.Dir(e.store), filepath.Base(e.store)
+		if _, err := chunks.Publish(context.Background(), file.Store{}, dir, key, p, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := (file.Store{}).Publish(context.Background(), dir, key, p, 0); err != nil {
+			t.Fatal(err)
+		}
+		later := time.Now().Add(time.Duration(len(v)) * time.Millisecond)
+		os.Chtimes(e.store, later, later)
+	}
+	publish("v1")
+	e.check(r, agent.ResultInstalled)
+	p := e.releasePath("f.bin")
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.WriteAt([]byte("written by the application"), 1000)
+	w.Close()
+	if err := os.Chtimes(p, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+
+	publish("v22")
+	e.check(r, agent.ResultInstalled)
+	if b, _ := os.ReadFile(filepath.Join(e.dest, "f.bin")); !bytes.Equal(b, f) {
+		t.Fatalf("f.bin of the new release is not the index's (delta: %v)", logs.records("downloaded and verified"))
+	}
+}

@@ -145,6 +145,10 @@ type Reuser struct {
 	// first is the offset of the first chunk of the current release's
 	// tar with each SHA-256: the one a delta reads that chunk back from.
 	first map[string]int64
+	// Backing is what the delta reads the current release's chunks back
+	// from; nil: none, and a file not trusted by its identity is never
+	// linked.
+	Backing *Backing
 }
 
 type linkedFile struct {
@@ -229,13 +233,16 @@ func (r *Reuser) Overlaps(ranges []Hole) (string, bool) {
 }
 
 // readBack reports whether every chunk holding the n bytes at a in the
-// current release's tar is read back, when a delta needs it, from that
-// place (the first chunk of the tar with its SHA-256), not from another
-// copy of it.
+// current release's tar is read back by the delta (Backing.Has: not
+// fetched) from that place (the first chunk of the tar with its
+// SHA-256), not from another copy of it.
 func (r *Reuser) readBack(a, n int64) bool {
+	if r.Backing == nil {
+		return false
+	}
 	i := sort.Search(len(r.oldOff), func(k int) bool { return r.oldOff[k] > a }) - 1
 	for ; i >= 0 && i < len(r.old.Chunks) && r.oldOff[i] < a+n; i++ {
-		if r.first[r.old.Chunks[i].SHA256] != r.oldOff[i] {
+		if ch := r.old.Chunks[i]; r.first[ch.SHA256] != r.oldOff[i] || !r.Backing.Has(ch) {
 			return false
 		}
 	}
