@@ -127,7 +127,11 @@ func LoadFilesHead(path string) (*Files, error) {
 //     without following any symlink (openat2), is still the inode made:
 //     same device, inode, size, modification time to the nanosecond,
 //     mode and owner. A file written since, or replaced, is not that one;
-//     it is written again from the tar.
+//     it is written again from the tar;
+//   - when its change time moved too (not trusted by its identity: see
+//     Backing), every chunk holding it is read back from it by the
+//     delta (Backing.Has, and no other copy of the chunk before it in
+//     the tar), so that its bytes are hashed.
 //
 // The new tar is still read and checked whole, chunk by chunk, a linked
 // file's bytes read back from that very file: a linked file found not to
