@@ -185,23 +185,51 @@ func (f *Fetcher) one(ctx context.Context, src artifact.Source, ch Chunk, decs c
 	if err != nil {
 		return 0, fmt.Errorf("fetch chunk %s: %w", src, err)
 	}
-	defer body.Close()
+	// The body is read whole as it comes, into a file of the cache: the
+	// GETs overlap, their decoding does not, and a body left waiting for
+	// its turn would look stalled to the store's retries.
+	z, err := os.CreateTemp(f.Cache.Dir, ".fetch-*.zst")
+	if err != nil {
+		body.Close()
+		return 0, err
+	}
+	defer func() {
+		z.Close()
+		os.Remove(z.Name())
+	}()
+	counted := &counter{r: body}
+	zw := &errWriter{w: z}
+	// The stored size is the index's: a longer body is refused too.
+	_, err = io.Copy(zw, io.LimitReader(counted, ch.Stored+1))
+	body.Close()
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return counted.n, ctx.Err()
+	case err != nil && zw.err != nil:
+		// The cache's disk (full, say), not the chunk.
+		return counted.n, fmt.Errorf("chunk %s into the cache: %w", src, zw.err)
+	case err != nil && errors.Is(err, artifact.ErrCorrupt):
+		return counted.n, fmt.Errorf("chunk %s: %w", src, err)
+	case err != nil:
+		// The download (dropped or stalled past the store's retries),
+		// not the chunk's bytes.
+		return counted.n, fmt.Errorf("fetch chunk %s: %w", src, err)
+	case counted.n != ch.Stored:
+		return counted.n, fmt.Errorf("%w: chunk %s: %d bytes stored, the index says %d", artifact.ErrCorrupt, src, counted.n, ch.Stored)
+	}
 	var dec *zstd.Decoder
 	select {
 	case dec = <-decs:
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return counted.n, ctx.Err()
 	}
 	defer func() { decs <- dec }()
 	if dec == nil {
 		if dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxMemory(MaxChunk+1)); err != nil {
-			return 0, err
+			return counted.n, err
 		}
 	}
-	counted := &counter{r: body}
-	// The stored size is the index's: a longer body is refused too.
-	limited := io.LimitReader(counted, ch.Stored+1)
-	if err := dec.Reset(limited); err != nil {
+	if err := dec.Reset(io.NewSectionReader(z, 0, ch.Stored)); err != nil {
 		return counted.n, fmt.Errorf("%w: chunk %s: %v", artifact.ErrCorrupt, src, err)
 	}
 	tmp, err := os.CreateTemp(f.Cache.Dir, ".fetch-*")
@@ -212,9 +240,6 @@ func (f *Fetcher) one(ctx context.Context, src artifact.Source, ch Chunk, decs c
 	h := sha256.New()
 	w := &errWriter{w: tmp}
 	n, err := io.Copy(io.MultiWriter(w, h), io.LimitReader(dec, ch.Size+1))
-	if err == nil {
-		_, err = io.Copy(io.Discard, limited) // what follows the frame counts too
-	}
 	if cerr := tmp.Close(); err == nil && cerr != nil {
 		err, w.err = cerr, cerr
 	}
@@ -222,18 +247,9 @@ func (f *Fetcher) one(ctx context.Context, src artifact.Source, ch Chunk, decs c
 	case err != nil && ctx.Err() != nil:
 		return counted.n, ctx.Err()
 	case err != nil && w.err != nil:
-		// The cache's disk (full, say), not the chunk.
 		return counted.n, fmt.Errorf("chunk %s into the cache: %w", src, w.err)
-	case err != nil && counted.err != nil && counted.err != io.EOF && !errors.Is(counted.err, artifact.ErrCorrupt):
-		// The download (dropped or stalled past the store's retries),
-		// not the chunk's bytes.
-		return counted.n, fmt.Errorf("fetch chunk %s: %w", src, counted.err)
-	case err != nil && !errors.Is(err, artifact.ErrNotFound) && !errors.Is(err, artifact.ErrAccess):
-		return counted.n, fmt.Errorf("%w: chunk %s: %v", artifact.ErrCorrupt, src, err)
 	case err != nil:
-		return counted.n, fmt.Errorf("fetch chunk %s: %w", src, err)
-	case counted.n != ch.Stored:
-		return counted.n, fmt.Errorf("%w: chunk %s: %d bytes stored, the index says %d", artifact.ErrCorrupt, src, counted.n, ch.Stored)
+		return counted.n, fmt.Errorf("%w: chunk %s: %v", artifact.ErrCorrupt, src, err)
 	}
 	if sum := hex.EncodeToString(h.Sum(nil)); n != ch.Size || sum != ch.SHA256 {
 		return counted.n, fmt.Errorf("%w: chunk %s: %d bytes with SHA-256 %s, the index says %d bytes", artifact.ErrCorrupt, src, n, sum, ch.Size)
@@ -242,17 +258,13 @@ func (f *Fetcher) one(ctx context.Context, src artifact.Source, ch Chunk, decs c
 }
 
 type counter struct {
-	r   io.Reader
-	n   int64
-	err error // the body's last error
+	r io.Reader
+	n int64
 }
 
 func (c *counter) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
-	if err != nil {
-		c.err = err
-	}
 	return n, err
 }
 

@@ -14,9 +14,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -110,5 +112,75 @@ func TestFetchDropIsNotCorrupt(t *testing.T) {
 	f.Src = file.New(filepath.Join(dir, "app.tar"))
 	if _, err := f.Fetch(context.Background(), []Chunk{ch}); err != nil || !c.Has(ch) {
 		t.Fatalf("fetched: %v", err)
+	}
+}
+
+// slow is a store whose bodies come in small pieces, a few milliseconds
+// apart (a slow link), and which counts its GETs.
+type slow struct {
+	*file.Source
+	gets *atomic.Int32
+}
+
+func (s slow) Sibling(key string) artifact.Source {
+	return slow{s.Source.Sibling(key).(*file.Source), s.gets}
+}
+
+func (s slow) Open(ctx context.Context, info artifact.Info) (io.ReadCloser, error) {
+	s.gets.Add(1)
+	body, err := s.Source.Open(ctx, info)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{&trickle{ctx, body}, body}, nil
+}
+
+// trickle ends with its request's context, as an HTTP body does.
+type trickle struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (t *trickle) Read(p []byte) (int, error) {
+	time.Sleep(3 * time.Millisecond)
+	if err := t.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return t.r.Read(p[:min(len(p), 16<<10)])
+}
+
+// The GETs of a fetch overlap but their bodies are decompressed one at a
+// time: a body waiting its turn is not a stalled one. On a slow link,
+// four chunks take four GETs, none dropped for the stall timeout.
+func TestFetchSlowLinkDoesNotStall(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, Prefix), 0o755)
+	os.WriteFile(filepath.Join(dir, "app.tar"), []byte("x"), 0o644)
+	enc, _ := zstd.NewWriter(nil)
+	var missing []Chunk
+	for i := range 4 {
+		data := make([]byte, 600<<10)
+		rand.NewChaCha8([32]byte{10, byte(i)}).Read(data)
+		sum := sha256.Sum256(data)
+		stored := enc.EncodeAll(data, nil)
+		ch := Chunk{SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data)), Stored: int64(len(stored))}
+		os.WriteFile(filepath.Join(dir, Key(ch.SHA256)), stored, 0o644)
+		missing = append(missing, ch)
+	}
+	var gets atomic.Int32
+	// A body takes about 120 ms (38 pieces of 16 KiB, 3 ms apart); the
+	// fourth waits for three.
+	src := artifact.Retry(slow{file.New(filepath.Join(dir, "app.tar")), &gets}, artifact.Policy{Tries: 2, Stall: 200 * time.Millisecond}, nil)
+	c := &Cache{Dir: filepath.Join(t.TempDir(), "chunks"), Max: 1 << 30}
+	f := &Fetcher{Src: src, Cache: c}
+	got, err := f.Fetch(context.Background(), missing)
+	if err != nil || got.Chunks != 4 {
+		t.Fatalf("fetched %d chunks: %v", got.Chunks, err)
+	}
+	if n := gets.Load(); n != 4 {
+		t.Fatalf("%d GETs for 4 chunks", n)
 	}
 }
