@@ -33,10 +33,19 @@ import (
 func TestLoadChecksTheSignatureBeforeParsing(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "app.tar"), []byte("x"), 0o644)
+	src := file.New(filepath.Join(dir, "app.tar"))
+	info, err := src.Stat(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Made, it says, from exactly this version.
 	var b bytes.Buffer
 	sum := strings.Repeat("a", 64)
+	if info.SHA256 != "" {
+		sum = info.SHA256
+	}
 	const n = 100_000
-	fmt.Fprintf(&b, `{"format":1,"archive":{"size":1,"sha256":"%s"},"tar":{"size":%d,"sha256":"%s"},"chunks":[`, sum, n, sum)
+	fmt.Fprintf(&b, `{"format":1,"archive":{"size":%d,"md5":%q,"sha256":%q},"tar":{"size":%d,"sha256":"%s"},"chunks":[`, info.Size, info.MD5, sum, n, sum)
 	for i := range n {
 		if i > 0 {
 			b.WriteByte(',')
@@ -46,10 +55,8 @@ func TestLoadChecksTheSignatureBeforeParsing(t *testing.T) {
 	b.WriteString("]}")
 	os.WriteFile(filepath.Join(dir, "app.tar"+IndexSuffix), b.Bytes(), 0o644)
 	os.WriteFile(filepath.Join(dir, "app.tar"+IndexSuffix+".minisig"), []byte("not a signature"), 0o644)
-	src := file.New(filepath.Join(dir, "app.tar"))
-	info, err := src.Stat(context.Background())
-	if err != nil {
-		t.Fatal(err)
+	if _, err := Load(context.Background(), src, info, nil); err != nil {
+		t.Fatalf("the index, unsigned, does not load: %v", err)
 	}
 	refused := errors.New("refused")
 	runtime.GC()
