@@ -251,7 +251,9 @@ func (d *delta) unpack(ctx context.Context, f *chunks.Fetcher, backing *chunks.B
 		made := opt.Made
 		opt.Made = func(e *archive.Entry, st archive.FileStat) {
 			made(e, st)
-			backing.Relinked(e.Name, st) // when linked: the same inode
+			if reuse.LinkedTrusted(e.Name) {
+				backing.Relinked(e.Name, st)
+			}
 		}
 	}
 	_, xerr := archive.Extract(ctx, s, t.stage, opt)

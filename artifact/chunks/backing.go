@@ -174,11 +174,13 @@ func (b *Backing) unchanged(f *os.File, i int) error {
 }
 
 // Relinked tells b that the delta linked the file name of the release
-// into the new one, which left it with the identity st: the change time
-// the link moved is the delta's own doing, not a write, and the file is
-// still trusted where another file of the new tar is written from it (a
-// copy of the same bytes). The link itself makes the two one inode: a
-// write to it, before or after, shows in the new release anyway.
+// into the new one, which left it with the identity st, and that the
+// file was trusted by its identity when it was linked (Reuser.
+// LinkedTrusted; never one whose change time had moved before): the
+// change time the link moved is the delta's own doing, not a write, and
+// the file is still trusted where another file of the new tar is written
+// from it (a copy of the same bytes). The link itself makes the two one
+// inode: a write to it after shows in the new release anyway.
 func (b *Backing) Relinked(name string, st archive.FileStat) {
 	if b == nil {
 		return

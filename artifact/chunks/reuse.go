@@ -153,6 +153,9 @@ type Reuser struct {
 	// from; nil: none, and a file not trusted by its identity is never
 	// linked.
 	Backing *Backing
+	// trusted: the files linked that were trusted by their identity, change
+	// time included, when they were linked (which moved it).
+	trusted map[string]bool
 }
 
 type linkedFile struct {
@@ -218,11 +221,24 @@ func (r *Reuser) Reuse(e *archive.Entry) *os.File {
 		src.Close()
 		return nil
 	}
+	if st == f.Stat {
+		if r.trusted == nil {
+			r.trusted = map[string]bool{}
+		}
+		r.trusted[e.Name] = true
+	}
 	r.Linked++
 	r.Bytes += h.Size
 	r.linked = append(r.linked, linkedFile{e.Name, Hole{e.Offset, h.Size}})
 	return src
 }
+
+// LinkedTrusted reports whether name was linked while it was trusted by
+// its identity, change time included: the change time the link moved is
+// then the link's doing (Backing.Relinked). A file whose change time had
+// moved before is not vouched for by the link; its chunks are read back
+// and hashed.
+func (r *Reuser) LinkedTrusted(name string) bool { return r.trusted[name] }
 
 // Overlaps names a file linked whose content in the new tar overlaps one
 // of the ranges (sorted by offset) given.
