@@ -115,6 +115,12 @@ func (r *Runner) rolloutFirst(ctx context.Context, st *State) (fleet.Status, *Ou
 			return view, &out
 		}
 	}
+	if r.coord != nil {
+		// The look that follows takes the hold and the breaker from
+		// these records rather than reading them again.
+		fresh := view
+		r.fresh = &fresh
+	}
 	return view, nil
 }
 
