@@ -31,6 +31,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -463,7 +464,9 @@ type coordinator struct {
 	plan    *planned
 	// gone counts the grants released since the last decision, by wave;
 	// urgent asks for a decision at once: a wave's last host is done.
-	gone    map[string]int
+	gone map[string]int
+	// asked is the release asked for, as the decisions read it last.
+	asked   atomic.Value
 	goneLog []goneHost
 	urgent  chan struct{}
 	relist  chan struct{} // asks the listing of the grant folder to come now

@@ -310,8 +310,18 @@ func (c *coordinator) allowed(w want) bool {
 
 // rolloutDone says whether the rollout, if any, needs the coordinator no
 // more: every planned host has the release, or nothing is asked.
+// A release asked for and not decided yet is not done: a decision that
+// takes long (thousands of records to read, a busy Consul) must not find
+// its coordinator gone idle.
 func (c *coordinator) rolloutDone() bool {
-	return c.planner == nil || c.plan == nil || c.plan.doc.Checksum == "" || c.plan.doc.Done
+	if c.planner == nil {
+		return true
+	}
+	asked, _ := c.asked.Load().(string)
+	if c.plan == nil || c.plan.doc.Checksum != asked {
+		return asked == ""
+	}
+	return c.plan.doc.Checksum == "" || c.plan.doc.Done
 }
 
 // decide runs the rollout: each time the service's records change (at
@@ -344,8 +354,10 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 		case err != nil:
 			next = time.Second
 		case kv == nil || json.Unmarshal(kv.Value, &rel) != nil || rel.Checksum == "":
+			c.asked.Store("")
 			next = time.Minute // nothing asked: the release key wakes it
 		default:
+			c.asked.Store(rel.Checksum)
 			doc, waves, err := c.planner.Plan(ctx, rel.Checksum)
 			s.logger().Debug("rollout decided", "service", s.Service, "took", time.Since(start), "error", err, "at", time.Now().Format("15:04:05.000"))
 			hosts.Store(int64(len(waves)))

@@ -197,3 +197,46 @@ func TestRolloutFollowersElectWhenTheCoordinatorDies(t *testing.T) {
 		t.Fatal("neither host in line coordinates")
 	}
 }
+
+// slowPlanner takes a while to decide, as reading thousands of records
+// from a busy Consul does.
+type slowPlanner struct {
+	planner
+	delay time.Duration
+}
+
+func (p *slowPlanner) Plan(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
+	select {
+	case <-time.After(p.delay):
+	case <-ctx.Done():
+		return lock.Rollout{}, nil, ctx.Err()
+	}
+	return p.planner.Plan(ctx, sum)
+}
+
+// A coordinator whose first decision takes longer than IdleResign keeps
+// its lock: nobody waits for a slot yet, but a release is asked for.
+func TestRolloutSlowDecisionKeepsTheCoordinator(t *testing.T) {
+	hs := hosts(t, 2, 1)
+	p := &slowPlanner{planner: planner{open: map[string]bool{"a": true}, stop: map[string]bool{}}, delay: 2 * IdleResign}
+	for _, h := range hs {
+		h.SetPlanner(p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 4*IdleResign, func() error {
+		if doc, _, err := hs[1].WaitRollout(ctx, 0); err != nil || doc == nil || doc.Checksum != "sum1" {
+			return fmt.Errorf("no document of sum1 (%v)", err)
+		}
+		return nil
+	})
+	p.mu.Lock()
+	calls := p.calls
+	p.mu.Unlock()
+	if calls != 1 || !hs[0].Coordinating() {
+		t.Fatalf("%d decisions, host-00 coordinating: %v; want one, by host-00", calls, hs[0].Coordinating())
+	}
+}
