@@ -33,6 +33,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -60,12 +61,14 @@ var (
 	idle         = flag.Duration("idle", 20*time.Second, "idle time measured after the rollout (0: none)")
 	ttl          = flag.Duration("ttl", 15*time.Second, "session TTL")
 	kindsFlag    = flag.Bool("kinds", false, "print the requests per host by kind after each run")
+	gogc         = flag.Int("gogc", 400, "the simulator's GOGC (its own garbage collection, not Consul's: the simulated hosts' CPU is the bench's, not what is measured)")
 	profFlag     = flag.String("consul-profile", "", "write a CPU profile of Consul during each rollout to this file (suffixed by the host count)")
 )
 
 func main() {
 	flag.Parse()
 	raiseFiles()
+	debug.SetGCPercent(*gogc)
 	if *kindsFlag {
 		slog.SetLogLoggerLevel(slog.LevelDebug)
 	}
