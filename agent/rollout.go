@@ -410,11 +410,21 @@ func (r *Runner) rolloutWait(out Outcome) time.Duration {
 			// passed here, the coordinator's next document wakes this
 			// host (followDoc), and until then it looks only now and then.
 			until = max(until, coordPassed)
+			if strings.HasPrefix(out.Reason, reasonCoordPlan) {
+				// The document the coordinator writes once it has
+				// planned wakes this host (followDoc): thousands of
+				// hosts polling meanwhile would only slow it down.
+				until = max(until, coordPlanPoll)
+			}
 		}
 		wait = min(wait, until)
 	}
 	return max(wait, 10*time.Millisecond)
 }
+
+// coordPlanPoll is how long a host waiting for the coordinator to plan
+// looks again when its document does not wake it first.
+const coordPlanPoll = 30 * time.Second
 
 // coordPassed is how long a host waits on a coordinated rollout whose
 // time (a bake's end, a window's opening) has passed by this host's clock

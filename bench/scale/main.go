@@ -586,7 +586,11 @@ func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet
 			return err
 		}
 		if doc == nil || doc.Checksum != sum || name == "" {
-			sleep(time.Now().Add(2 * time.Second)) // the coordinator plans, or places this host
+			if doc == nil || doc.Checksum != sum {
+				sleep(time.Now().Add(30 * time.Second)) // the coordinator plans: its document wakes the host
+			} else {
+				sleep(time.Now().Add(2 * time.Second)) // the coordinator places this host
+			}
 			continue
 		}
 		ws := doc.Wave(name)
