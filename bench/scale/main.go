@@ -1,7 +1,7 @@
 // Command scale measures how the fleet's update slots scale with the
 // number of hosts, against one real Consul agent from the rig:
 //
-//	go run ./bench/scale [-hosts 100,1000,5000] [-baseline 200,500]
+//	go run ./bench/scale [-hosts 100,1000,5000] [-baseline 200,500] [-rollout 1000,5000] [-kinds]
 //
 // Each simulated host is a goroutine with its own Consul client (its own
 // connections, behind a RoundTripper that counts what Consul sends it),
@@ -9,15 +9,28 @@
 // -update, and gives the slot back, as an agent does with `sequential`
 // and `concurrency` set to 1% of the hosts. -hosts runs the grants of
 // lock/consul (a coordinator elected among the hosts); -baseline the
-// consul/api semaphore that fleet/consul used before them.
+// consul/api semaphore that fleet/consul used before them; -rollout the
+// grants with a rollout (canary, 10%, 100%) that the coordinator decides,
+// each host doing what an agent's checks do and following the
+// coordinator's document from its start, as the agent does.
 //
 // Printed per run: wall time from the release (every host starts waiting
 // at once) to the last host done, against the ideal (ceil(N/concurrency)
-// updates back to back); the p99 hand-off (a slot released to the next
-// grant, or the host's wait written to its grant when that came later;
-// the semaphore's hosts are timed from the release alone); requests and bytes from Consul per host; Consul's CPU seconds
-// and resident memory; and, with -idle, the requests per host per hour
-// once nothing happens.
+// updates back to back; with a rollout the canary alone, then each wave
+// back to back); the p99 hand-off (a slot released to the next grant, or
+// the host's wait written to its grant when that came later; with a
+// rollout, from the end of the host's previous wave if later; the
+// semaphore's hosts are timed from the release alone); requests and bytes
+// from Consul per host; Consul's CPU seconds and resident memory; with
+// -idle, the requests per host per hour once nothing happens (a host's
+// follower of the document makes one more every 10 minutes, which a
+// shorter idle time does not see); and the simulator's own CPU seconds:
+// on a machine of few cores the simulated hosts take CPU that Consul
+// would have on its own servers, so a wall time far above the ideal with
+// Consul's and the simulator's CPU together near the cores times the wall
+// says the machine, not the protocol, set the pace. -kinds adds the
+// requests and bytes per host by kind and each wave's first grant and
+// last release; -consul-profile writes Consul's CPU profile of the run.
 package main
 
 import (
