@@ -551,24 +551,35 @@ func (c *coordinator) run(ctx context.Context) {
 				return
 			}
 		case p := <-plans:
-			if opened(c.plan, p) {
-				// The hosts of a wave just opened are about to wait: the
-				// next listing comes now, not after ListGap.
+			was := c.plan
+			c.newPlan(p)
+			if opened(was, p) && c.starving() {
+				// The hosts of a wave just opened are about to wait, and
+				// not in line already: the next listing comes now, not
+				// after ListGap.
 				select {
 				case c.relist <- struct{}{}:
 				default:
 				}
 			}
-			c.newPlan(p)
 			if err := c.moveOut(ctx); errors.Is(err, errNotCoordinator) {
 				s.logger().Warn("lost the coordinator's lock", "service", s.Service)
 				return
 			}
 		case g := <-released:
-			if h := c.held[g.node]; h.index == g.index { // not a newer grant to the same host
-				delete(c.held, g.node)
-				c.legacyGone(h.session)
-				c.releasedHost(g.node)
+			// With the others released meanwhile: their hosts' successors
+			// are granted in one transaction.
+			for more := true; more; {
+				if h := c.held[g.node]; h.index == g.index { // not a newer grant to the same host
+					delete(c.held, g.node)
+					c.legacyGone(h.session)
+					c.releasedHost(g.node)
+				}
+				select {
+				case g = <-released:
+				default:
+					more = false
+				}
 			}
 		case <-tick.C:
 			// Only once the folder read last was empty: a listing slow to

@@ -19,7 +19,7 @@ import (
 // count every grant, a granted host that dies leaves the semaphore as it
 // leaves its grant, and a grant is never made over an older agent's slot.
 // In a fleet of new agents only, the record stays in memory and the cost
-// is two more operations in each grant's transaction.
+// is one more operation per grant, and one per transaction of grants.
 
 // LegacyPrefix is where the older agents' semaphore lives.
 func LegacyPrefix(prefix, service string) string { return prefix + "/" + service + "/lock" }
