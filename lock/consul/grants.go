@@ -396,7 +396,8 @@ func (s *Slots) elect(ctx context.Context, look bool, spread time.Duration) {
 		return
 	case <-t.C:
 	}
-	if !alive() && free() {
+	// Without a wait, the caller's look (it just read the key) stands.
+	if !alive() && (!look && spread <= 0 || free()) {
 		s.startCoordinator()
 	}
 }
