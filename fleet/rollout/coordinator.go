@@ -82,10 +82,18 @@ func (c *Coordinator) Plan(ctx context.Context, sum string) (lock.Rollout, map[s
 		// into the last wave, and no host moves into an earlier or an
 		// approved wave.
 		steps := p.Plan(sum, Members(view, ""))
-		if _, err := c.Records.FixPlan(ctx, c.Service, sum, Waves(steps)); err != nil {
+		fixed, err := c.Records.FixPlan(ctx, c.Service, sum, Waves(steps))
+		if err != nil {
 			return doc, nil, fmt.Errorf("fix the rollout's plan: %w", err)
 		}
-		if view, err = c.records(ctx); err != nil {
+		if fixed {
+			// Written as planned here: the records need not be read again
+			// (thousands of them) to learn it.
+			if view.Plans == nil {
+				view.Plans = map[string][]fleet.PlanWave{}
+			}
+			view.Plans[sum] = Waves(steps)
+		} else if view, err = c.records(ctx); err != nil { // another fixed it first
 			return doc, nil, err
 		}
 	}
