@@ -817,11 +817,10 @@ func (c *coordinator) starving() bool {
 	allowed := 0
 	for _, w := range c.queue {
 		if c.allowed(w) {
-			allowed++
+			if allowed++; allowed >= c.s.Limit {
+				return false
+			}
 		}
-	}
-	if allowed >= c.s.Limit {
-		return false
 	}
 	if c.planner == nil || c.plan == nil {
 		return true

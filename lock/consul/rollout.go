@@ -141,10 +141,9 @@ func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, st
 		s.elect(ctx, false, 0) // nobody coordinates, as read just now
 	case rel.Checksum == checksum:
 		// Asked for, and nobody coordinates (it died, or the one that
-		// asked has not taken the lock yet, which under load takes a
-		// while): any host may, after a random wait spread over the
-		// session TTL, as many read the rollout at once. In the
-		// background: this host's check goes on.
+		// asked has not taken the lock yet): any host may, after a
+		// random wait spread widely, as many read the rollout at once.
+		// In the background: this host's check goes on.
 		s.mu.Lock()
 		start := !s.electing
 		s.electing = true
@@ -158,7 +157,7 @@ func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, st
 				}()
 				ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.TTL+time.Minute)
 				defer cancel()
-				s.elect(ctx, false, max(10*ElectionSpread, s.TTL))
+				s.elect(ctx, false, 10*ElectionSpread)
 			}()
 		}
 	}
