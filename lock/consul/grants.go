@@ -434,7 +434,7 @@ func (s *Slots) startCoordinator() {
 	}
 	s.coord = c
 	s.mu.Unlock()
-	s.logger().Info("coordinating the fleet's slots", "service", s.Service, "limit", s.Limit, "at", time.Now().Format("15:04:05.000"))
+	s.logger().Info("coordinating the fleet's slots", "service", s.Service, "limit", s.Limit)
 	go func() {
 		defer close(c.done)
 		c.run(ctx)
