@@ -18,12 +18,13 @@ import (
 	"github.com/dropshipd/dropship/artifact"
 	"github.com/dropshipd/dropship/artifact/file"
 	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/fleet/local"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/hooks/check"
 	"github.com/dropshipd/dropship/hooks/graphite"
 	"github.com/dropshipd/dropship/hooks/script"
+	"github.com/dropshipd/dropship/internal/flock"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
-	"github.com/dropshipd/dropship/lock/local"
 )
 
 func registry() agent.Registry {
@@ -464,7 +465,7 @@ service "app" {
 func TestLocalLockSerialisesAgents(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.config("")
-	holder := local.NewFlock(filepath.Join(e.state, "app", "lock"))
+	holder := flock.New(filepath.Join(e.state, "app", "lock"))
 	if ok, err := holder.TryAcquire(); !ok || err != nil {
 		t.Fatal(ok, err)
 	}

@@ -17,7 +17,6 @@ import (
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/internal/hclx"
-	"github.com/dropshipd/dropship/lock/local"
 )
 
 // Defaults of the agent and service files.
@@ -138,7 +137,6 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 	repos, repoKeys, d := decodeRepos(af.Repos, reg, base)
 	diags = append(diags, d...)
 	cfg.Repos = repos
-	cfg.Fleet, cfg.LockKind = local.Fleet{Dir: cfg.StatePath}, "local"
 	for i, l := range af.Locks {
 		rng := l.Body.MissingItemRange()
 		if i > 0 {
@@ -155,6 +153,14 @@ func Load(path string, reg Registry, logger *slog.Logger) (*Config, hcl.Diagnost
 		diags = append(diags, d...)
 		if p != nil {
 			cfg.Fleet, cfg.LockKind = p, l.Kind
+		}
+	}
+	if cfg.Fleet == nil && len(af.Locks) == 0 {
+		// No lock block: the host's own, lock "local" with its defaults.
+		if factory, ok := reg.Fleets["local"]; ok {
+			p, d := factory("local", hcl.EmptyBody(), fleet.Env{BaseDir: base, StatePath: cfg.StatePath, NodeName: cfg.NodeName})
+			diags = append(diags, d...)
+			cfg.Fleet, cfg.LockKind = p, "local"
 		}
 	}
 

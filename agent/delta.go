@@ -17,24 +17,28 @@ import (
 	"github.com/dropshipd/dropship/artifact/archive"
 	"github.com/dropshipd/dropship/artifact/chunks"
 	"github.com/dropshipd/dropship/artifact/signature"
+	"github.com/dropshipd/dropship/internal/trim"
 )
 
 // DefaultChunkCache is the chunk_cache of an artifact block that sets
-// none: room for the chunks of a 2 GiB release.
+// none: room for the skeletons of releases far larger, and for a delta
+// that fetches up to 2 GiB of chunks.
 const DefaultChunkCache = 2 << 30
 
 // deltaWorth: a delta is tried when the chunks to fetch take less than
 // this share of the archive; a colder cache fetches the archive (and
-// fills the cache from it).
+// keeps the skeleton of its tar).
 const deltaWorth = 0.5
 
 // delta is the chunked path of one fetch: the index of the version being
 // installed and the service's chunk cache. nil: the archive alone.
 type delta struct {
-	t      *txn
-	idx    *chunks.Index
-	cache  *chunks.Cache
-	filler *chunks.Filler
+	t     *txn
+	idx   *chunks.Index
+	cache *chunks.Cache
+	// skel keeps the headers of the tar this install unpacks: with the
+	// release's files, the next delta's source of unchanged chunks.
+	skel *chunks.Skeleton
 	// files records the files this install makes, for the next delta.
 	files *chunks.Files
 	// claims are the index's signature's, checked when keys are trusted.
@@ -43,6 +47,12 @@ type delta struct {
 	// linked instead of writing.
 	linked      int
 	linkedBytes int64
+	// cur is the record of the current release's files, read once.
+	cur     *chunks.Files
+	curRead bool
+	// trusted: chunks of the current release not read, every file
+	// holding them trusted by its identity.
+	trusted int
 }
 
 // chunked loads the chunk index of the version pinned, when the service
@@ -107,11 +117,11 @@ func (d *delta) verify(_ context.Context, sig, index []byte) error {
 	return nil
 }
 
-// install tries the delta: fetch the chunks the cache lacks, then unpack
-// the tar reassembled from the cache into staging. It reports whether the
-// release is unpacked; false with no error means the archive is to be
-// fetched (cold cache, a chunk missing or refused, a tar that does not
-// match its index: nothing of it is kept).
+// install tries the delta: fetch the chunks that neither the current
+// release nor the cache holds, then unpack the tar reassembled from them
+// into staging. It reports whether the release is unpacked; false with no
+// error means the archive is to be fetched (cold cache, a chunk missing
+// or refused: nothing of it is kept).
 func (d *delta) install(ctx context.Context) (bool, error) {
 	if d == nil {
 		return false, nil
@@ -132,20 +142,38 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 			fmt.Errorf("its tar of %d bytes, from a %d-byte archive, is over max_size = %d or max_ratio = %g", tar, d.idx.Archive.Size, maxSize, maxRatio))
 		return false, nil
 	}
-	missing, stored := d.cache.Missing(d.idx)
-	if float64(stored) > deltaWorth*float64(d.idx.Archive.Size) {
+	backing := d.backing()
+	defer func() { backing.Close() }()
+	missing, stored := d.cache.Missing(d.idx, backing)
+	var need int64
+	for _, ch := range missing {
+		need += ch.Size
+	}
+	if float64(stored) > deltaWorth*float64(d.idx.Archive.Size) || need > d.cache.Max {
 		t.logger.Info("chunk cache too cold for a delta; fetching the archive", "missing_chunks", len(missing),
-			"missing_bytes", stored, "archive_bytes", d.idx.Archive.Size)
+			"missing_bytes", stored, "archive_bytes", d.idx.Archive.Size, "chunk_cache", d.cache.Max)
 		return false, nil
 	}
+	// What reading the records left behind goes back to the system before
+	// the chunks' buffers are made: the install's peak stays that of an
+	// archive's.
+	trim.Heap()
 	f := &chunks.Fetcher{Src: t.r.svc.Source, Cache: d.cache}
 	got, err := f.Fetch(ctx, missing)
+	// Nor what the fetch left, heap or code (the store's client, rarely
+	// needed again: a chunk read back that does not match).
+	trim.Heap()
+	trim.Text()
+	backed := 0
 	if err == nil {
-		err = d.unpack(ctx)
+		backed, err = d.unpack(ctx, f, backing, &got)
 	}
+	// The current release's record goes before the new one is saved: the
+	// two are not in memory at once.
+	backing.Close()
+	backing = nil
 	if err == nil {
-		d.cache.Keep(d.idx)
-		d.saveFiles()
+		d.settle()
 		t.sums = digests{MD5: d.idx.Archive.MD5, SHA256: d.idx.Archive.SHA256, Size: d.idx.Archive.Size}
 		if c := d.claims; c != nil {
 			t.claims = c
@@ -168,31 +196,49 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 			t.r.obs.Downloaded(t.r.svc.Name, got.Bytes)
 		}
 		t.logger.Info("downloaded and verified", "format", "chunks", "chunks", len(d.idx.Chunks), "fetched_chunks", got.Chunks,
-			"fetched_bytes", got.Bytes, "archive_bytes", d.idx.Archive.Size, "linked_files", d.linked, "linked_bytes", d.linkedBytes, "tar_sha256", d.idx.Tar.SHA256,
+			"fetched_bytes", got.Bytes, "archive_bytes", d.idx.Archive.Size, "linked_files", d.linked, "linked_bytes", d.linkedBytes, "release_chunks", backed, "trusted_chunks", d.trusted, "tar_sha256", d.idx.Tar.SHA256,
 			"md5", t.sums.MD5, "sha256", t.sums.SHA256)
 		return true, nil
 	}
 	if ctx.Err() != nil {
 		return false, fmt.Errorf("fetch the chunks of %s: %w", t.info.Key, err)
 	}
+	if d.skel != nil {
+		d.skel.Close() // the archive's install keeps its own
+		d.skel = nil
+	}
 	if errors.Is(err, artifact.ErrCorrupt) {
-		// A chunk of the cache may be the wrong one: start it afresh.
+		// A chunk fetched may be the wrong one: start the cache afresh.
 		d.cache.Clear()
 	}
 	t.logger.Warn("delta failed; fetching the archive", "error", err)
 	return false, nil
 }
 
-// unpack streams the tar reassembled from the cache, its SHA-256 checked
-// at the end, through the same confined extraction as an archive.
-func (d *delta) unpack(ctx context.Context) error {
+// unpack streams the tar reassembled from the cache, the current
+// release (backing) and the store, each chunk checked against its
+// SHA-256 before it is unpacked, through the same confined extraction as
+// an archive. It returns the chunks read back from the current release.
+func (d *delta) unpack(ctx context.Context, f *chunks.Fetcher, backing *chunks.Backing, got *chunks.Fetched) (int, error) {
 	t := d.t
 	if err := t.freshStage(); err != nil {
-		return err
+		return 0, err
 	}
-	// Reading and hashing on one core (the stream's goroutine), unpacking
-	// on the other.
-	s := d.cache.Stream(d.idx)
+	skel := d.cache.Skeleton()
+	d.skel = skel
+	t.onUndo(func(context.Context) { skel.Close() })
+	// Reading and checking on one core (the stream's goroutine),
+	// unpacking on the other.
+	s := d.cache.StreamWith(d.idx, chunks.StreamOptions{
+		Backing: backing,
+		Fetch: func(ch chunks.Chunk) error {
+			g, err := f.One(ctx, ch)
+			got.Chunks += g.Chunks
+			got.Bytes += g.Bytes
+			return err
+		},
+		Tee: d.skel,
+	})
 	defer s.Close()
 	opt := t.unpackOptions()
 	opt.Format = archive.Tar
@@ -203,39 +249,49 @@ func (d *delta) unpack(ctx context.Context) error {
 		opt.Reuse = reuse.Reuse
 	}
 	_, xerr := archive.Extract(ctx, s, t.stage, opt)
-	if reuse != nil {
-		d.linked, d.linkedBytes = reuse.Linked, reuse.Bytes
-	}
-	// The tar's verdict first (the rest of it read and hashed): a
+	// The tar's verdict first (the rest of it read and checked): a
 	// mismatch explains any unpack error.
 	if _, err := io.Copy(io.Discard, s); err != nil && !errors.Is(err, io.ErrClosedPipe) {
-		return fmt.Errorf("reassemble %s: %w", t.info.Key, err)
+		return 0, fmt.Errorf("reassemble %s: %w", t.info.Key, err)
+	}
+	s.Close()
+	if reuse != nil {
+		d.linked, d.linkedBytes = reuse.Linked, reuse.Bytes
+		// A file linked from the current release whose bytes there were
+		// found not to be the chunk's (written in place with its
+		// modification time put back): the link would install them.
+		if name, ok := reuse.Overlaps(s.Replaced); ok {
+			return 0, fmt.Errorf("unpack the chunks of %s: %s, linked from the current release, no longer holds its content there", t.info.Key, name)
+		}
 	}
 	if xerr != nil {
-		return fmt.Errorf("unpack the chunks of %s: %w", t.info.Key, xerr)
+		return 0, fmt.Errorf("unpack the chunks of %s: %w", t.info.Key, xerr)
 	}
 	if err := syncFS(t.stage); err != nil {
-		return fmt.Errorf("sync %s: %w", t.stage, err)
+		return 0, fmt.Errorf("sync %s: %w", t.stage, err)
 	}
-	return nil
+	d.trusted = s.Trusted
+	return s.Backed, nil
 }
 
-// fill shapes the extraction of the archive: its tar stream is copied to
-// the cache, filled with the chunks of this release, and the files made
-// are recorded. Nothing without an index. What the cache got is dropped
-// unless filled is called, after the archive verified.
+// fill shapes the extraction of the archive: the skeleton of its tar
+// (headers and padding, not the files' content) is written to the cache,
+// and the files made are recorded. Nothing without an index. The skeleton
+// is dropped unless filled is called, after the archive verified.
 func (d *delta) fill(opt *archive.Options) {
 	if d == nil {
 		return
 	}
-	d.filler = d.cache.Filler(d.idx)
-	d.t.onUndo(func(context.Context) { d.filler.Close() })
-	opt.Tee = d.filler
+	skel := d.cache.Skeleton()
+	d.skel = skel
+	d.t.onUndo(func(context.Context) { skel.Close() })
+	opt.Tee = skel
 	d.record(opt)
 }
 
 // record has the files an extraction makes recorded, for the next delta
-// to link those that do not change.
+// to read its unchanged chunks back from them, and to link those that do
+// not change.
 func (d *delta) record(opt *archive.Options) {
 	d.files = chunks.NewFiles(d.t.id, d.owner(), d.idx)
 	opt.Made = d.files.Made
@@ -269,15 +325,14 @@ func (d *delta) saveFiles() {
 // for another owner.
 func (d *delta) reuser() *chunks.Reuser {
 	t := d.t
-	cur := t.st.Release
-	if !t.r.svc.ChunkLinks || cur == "" || !t.r.lay.present(cur) {
+	if !t.r.svc.ChunkLinks {
 		return nil
 	}
-	old, err := chunks.LoadFiles(d.filesPath())
-	if err != nil || old.Release != cur || old.Owner != d.owner() {
+	old := d.current()
+	if old == nil || old.Owner != d.owner() {
 		return nil
 	}
-	r, err := chunks.NewReuser(old, t.r.lay.releaseDir(cur), d.idx)
+	r, err := chunks.NewReuser(old, t.r.lay.releaseDir(old.Release), d.idx)
 	if err != nil {
 		t.logger.Debug("files of the current release not linked", "error", err)
 		return nil
@@ -285,19 +340,98 @@ func (d *delta) reuser() *chunks.Reuser {
 	return r
 }
 
-// filled ends an archive install that filled the cache: it now holds the
-// chunks of this release, within its bound.
+// filled ends an archive install that kept the tar's skeleton: the
+// next release can be a delta.
 func (d *delta) filled() {
-	if d == nil || d.filler == nil {
+	if d == nil || d.skel == nil {
 		return
 	}
-	d.filler.Commit()
-	if err := d.cache.Keep(d.idx); err != nil {
+	d.settle()
+	d.t.logger.Info("chunk cache filled", "skeleton_bytes", d.cache.Size(), "files", len(d.files.Files))
+}
+
+// settle names the skeleton of the release just unpacked, records it
+// with its files, and leaves nothing else in the cache: the release
+// holds the content of the chunks fetched for it.
+// The record of the current release, and its skeleton, are kept until
+// the release just unpacked is current: if it never is (a staged release
+// replaced by a newer one, an install that failed), the next delta is
+// still read from the current release.
+func (d *delta) settle() {
+	d.cur = nil
+	trim.Heap()
+	var keep []string
+	name := d.t.id + ".skel"
+	if d.skel != nil && d.skel.Commit(name) && d.files != nil {
+		d.files.Skel, d.files.SkelSize, d.files.Holes, d.files.SkelSHA256 = name, d.skel.Size(), d.skel.Holes, d.skel.SHA256()
+		keep = append(keep, name)
+	}
+	if cur := d.keepCurrent(); cur != nil && cur.Skel != "" {
+		keep = append(keep, cur.Skel)
+	}
+	if err := d.cache.Settle(keep...); err != nil {
 		d.t.logger.Warn("chunk cache", "error", err)
-		return
 	}
+	d.cur = nil
+	trim.Heap()
 	d.saveFiles()
-	d.t.logger.Info("chunk cache filled", "chunks", d.filler.Kept, "bytes", d.cache.Size())
+}
+
+// prevPath keeps the record of the current release while the next one
+// is being installed.
+func (d *delta) prevPath() string { return d.filesPath() + ".prev" }
+
+// keepCurrent moves the record of the current release aside before the
+// record of the release just unpacked replaces it, and returns it; nil
+// when there is none.
+func (d *delta) keepCurrent() *chunks.Files {
+	cur := d.t.st.Release
+	if old, err := chunks.LoadFilesHead(d.filesPath()); err == nil && old.Release == cur && cur != d.t.id {
+		if os.Rename(d.filesPath(), d.prevPath()) == nil {
+			return old
+		}
+	}
+	if prev, err := chunks.LoadFilesHead(d.prevPath()); err == nil && prev.Release == cur && cur != d.t.id {
+		return prev
+	}
+	os.Remove(d.prevPath())
+	return nil
+}
+
+// current is the record of the current release's files, or nil.
+func (d *delta) current() *chunks.Files {
+	if d.curRead {
+		return d.cur
+	}
+	d.curRead = true
+	t := d.t
+	cur := t.st.Release
+	if cur == "" || !t.r.lay.present(cur) {
+		return nil
+	}
+	for _, p := range []string{d.filesPath(), d.prevPath()} {
+		if f, err := chunks.LoadFiles(p); err == nil && f.Release == cur {
+			d.cur = f
+			return f
+		}
+	}
+	return nil
+}
+
+// backing reads back the chunks of the current release from its files
+// and its skeleton, or nil: no current release, or no record of it.
+func (d *delta) backing() *chunks.Backing {
+	t := d.t
+	old := d.current()
+	if old == nil {
+		return nil
+	}
+	b, err := d.cache.NewBacking(old, t.r.lay.releaseDir(old.Release))
+	if err != nil {
+		t.logger.Debug("the current release backs no delta", "error", err)
+		return nil
+	}
+	return b
 }
 
 // freshStage makes an empty staging directory for the release.

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/dropshipd/dropship/agent"
+	"github.com/dropshipd/dropship/artifact/chunks"
 )
 
 // part is the content publishChunked gives bin/partNN.
@@ -162,45 +163,61 @@ func TestDeltaDoesNotLinkFilesChangedInTheRelease(t *testing.T) {
 	}
 }
 
-// A chunk of the cache that is not what its name says is caught by the
-// tar's SHA-256 though the files it holds are linked, not read: nothing
-// of the delta is installed, the archive is.
-func TestDeltaCorruptCachedChunkRefusedWithLinks(t *testing.T) {
-	e := newEnv(t)
-	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
-	r, logs := e.loggedRunner(e.configWithArtifact("chunk_links = true", ""))
-	e.publishChunked("v1", 0)
-	e.check(r, agent.ResultInstalled)
-	cache := filepath.Join(r.Dir(), "chunks")
-	ents, err := os.ReadDir(cache)
-	if err != nil || len(ents) == 0 {
-		t.Fatalf("no cache: %v", err)
-	}
-	for _, ent := range ents {
-		p := filepath.Join(cache, ent.Name())
-		b, _ := os.ReadFile(p)
-		b[len(b)/2] ^= 1
-		os.WriteFile(p, b, 0o600)
-	}
+// The cache keeps the skeleton of the current release's tar: a byte of
+// it changed costs the chunk it lies in, fetched from the store, and
+// the new release is still exactly the index's; one that lost bytes is
+// not used, and the archive is fetched.
+func TestDeltaDamagedSkeleton(t *testing.T) {
+	for _, links := range []bool{true, false} {
+		t.Run(fmt.Sprintf("links=%v", links), func(t *testing.T) {
+			e := newEnv(t)
+			e.store = filepath.Join(e.dir, "store", "app.tar.zst")
+			r, logs := e.loggedRunner(e.configWithArtifact(fmt.Sprintf("chunk_links = %v", links), ""))
+			e.publishChunked("v1", 0)
+			e.check(r, agent.ResultInstalled)
+			skel := skeleton(t, r)
+			b, _ := os.ReadFile(skel)
+			b[len(b)-100] ^= 1 // in the end-of-archive blocks: the last chunk, which v2 shares
+			os.WriteFile(skel, b, 0o600)
 
-	e.publishChunked("v2", 1)
-	e.check(r, agent.ResultInstalled)
-	if failed := logs.records("delta failed; fetching the archive"); len(failed) != 1 {
-		t.Fatalf("the corrupt chunks were not refused: %v", failed)
+			e.publishChunked("v2", 1)
+			e.check(r, agent.ResultInstalled)
+			d := lastDelta(t, logs)
+			if n := len(logs.records("chunk not read back from the current release; fetching it")); n != 1 {
+				t.Fatalf("%d chunks fetched in place of the release's", n)
+			}
+			e.checkParts(1)
+			if d["fetched_chunks"].(float64) < 2 {
+				t.Fatalf("the damaged chunk was not fetched: %v", d)
+			}
+
+			skel = skeleton(t, r)
+			os.Truncate(skel, 1000)
+			e.publishChunked("v3", 2)
+			e.check(r, agent.ResultInstalled)
+			if got := logs.records("downloaded and verified"); got[len(got)-1]["format"] != "tar.zst" {
+				t.Fatalf("not installed from the archive: %v", got[len(got)-1])
+			}
+			e.checkParts(2)
+		})
 	}
-	if got := logs.records("downloaded and verified"); got[len(got)-1]["format"] != "tar.zst" {
-		t.Fatalf("not installed from the archive: %v", got)
+}
+
+// skeleton is the skeleton of the release last installed, in the
+// runner's chunk cache, which holds that of the release before it too
+// and nothing else.
+func skeleton(t *testing.T, r *agent.Runner) string {
+	t.Helper()
+	f, err := chunks.LoadFiles(filepath.Join(r.Dir(), "chunks.files"))
+	if err != nil || f.Skel == "" {
+		t.Fatalf("no skeleton recorded: %v", err)
 	}
-	e.checkParts(1)
-	// The cache was emptied, then filled again from the archive: the
-	// next delta is whole again.
-	e.publishChunked("v3", 2)
-	e.check(r, agent.ResultInstalled)
-	lastDelta(t, logs)
-	e.checkParts(2)
-	if _, err := os.Stat(filepath.Join(r.Dir(), "chunks.files")); err != nil {
-		t.Fatal(err)
+	m, _ := filepath.Glob(filepath.Join(r.Dir(), "chunks", "*.skel"))
+	ents, _ := os.ReadDir(filepath.Join(r.Dir(), "chunks"))
+	if len(m) > 2 || len(ents) != len(m) {
+		t.Fatalf("the cache holds %d entries, %d skeletons", len(ents), len(m))
 	}
+	return filepath.Join(r.Dir(), "chunks", f.Skel)
 }
 
 // Without chunk_links = true (the default), a delta writes every file, as
@@ -220,6 +237,89 @@ func TestDeltaChunkLinksOff(t *testing.T) {
 	}
 	if inode(t, e.releasePath("bin/part06")) == ino {
 		t.Fatal("bin/part06 was linked")
+	}
+	e.checkParts(1)
+}
+
+// The cache is backed by the current release: after a restart, a delta
+// reads the chunks that did not change back from the release's files,
+// and those of a file the application wrote to in place are fetched
+// instead, with links or without: the new release is exactly the
+// index's, and the current one keeps what the application wrote.
+func TestDeltaAfterRestartFetchesWhatTheApplicationWrote(t *testing.T) {
+	for _, links := range []bool{true, false} {
+		t.Run(fmt.Sprintf("links=%v", links), func(t *testing.T) {
+			e := newEnv(t)
+			e.store = filepath.Join(e.dir, "store", "app.tar.zst")
+			cfg := e.configWithArtifact(fmt.Sprintf("chunk_links = %v", links), "")
+			r, _ := e.loggedRunner(cfg)
+			e.publishChunked("v1", 0)
+			e.check(r, agent.ResultInstalled)
+			edited := e.releasePath("bin/part06")
+			f, err := os.OpenFile(edited, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteAt([]byte("written by the application"), 4096); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+
+			r, logs := e.loggedRunner(cfg) // a new process
+			e.publishChunked("v2", 1)
+			e.check(r, agent.ResultInstalled)
+			d := lastDelta(t, logs)
+			if d["release_chunks"].(float64) < 4 {
+				t.Fatalf("%v chunks read back from the current release", d["release_chunks"])
+			}
+			if n := len(logs.records("chunk not read back from the current release; fetching it")); n < 1 {
+				t.Fatal("the chunks of the file written in place were not fetched")
+			}
+			if n := linked(d); links && n < 3 || !links && n != 0 {
+				t.Fatalf("%v files linked", n)
+			}
+			e.checkParts(1)
+			if b, _ := os.ReadFile(edited); bytes.Equal(b, part(6, 0)) {
+				t.Fatal("the old release's file lost what the application wrote")
+			}
+		})
+	}
+}
+
+// A file of the current release written in place with its modification
+// time put back looks unchanged to the link's checks; its bytes read back
+// do not match the chunk's, so it is not linked into the new release:
+// the delta fails and the archive installs exactly the new release.
+func TestDeltaDoesNotLinkAFileEditedWithItsTimePutBack(t *testing.T) {
+	e := newEnv(t)
+	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
+	r, logs := e.loggedRunner(e.configWithArtifact("chunk_links = true", ""))
+	e.publishChunked("v1", 0)
+	e.check(r, agent.ResultInstalled)
+	for _, i := range []int{1, 5, 6, 7} {
+		p := e.releasePath(fmt.Sprintf("bin/part%02d", i))
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(p, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteAt([]byte("written by the application"), 300<<10)
+		f.Close()
+		if err := os.Chtimes(p, fi.ModTime(), fi.ModTime()); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	e.publishChunked("v2", 1)
+	e.check(r, agent.ResultInstalled)
+	if failed := logs.records("delta failed; fetching the archive"); len(failed) != 1 {
+		t.Fatalf("the delta did not fail: %v", failed)
+	}
+	if got := logs.records("downloaded and verified"); got[len(got)-1]["format"] != "tar.zst" {
+		t.Fatalf("not installed from the archive: %v", got[len(got)-1])
 	}
 	e.checkParts(1)
 }

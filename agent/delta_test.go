@@ -92,7 +92,10 @@ func TestDeltaInstallFetchesOnlyChangedChunks(t *testing.T) {
 	if got := logs.records("downloaded and verified"); len(got) != 1 || got[0]["format"] != "tar.zst" {
 		t.Fatalf("first install: %v", got)
 	}
-	if filled := logs.records("chunk cache filled"); len(filled) != 1 || filled[0]["chunks"].(float64) < 8 {
+	// The cache keeps the tar's headers, not its files' content (the
+	// release holds that): a few KiB for 8 MiB.
+	if filled := logs.records("chunk cache filled"); len(filled) != 1 || filled[0]["files"].(float64) != 9 ||
+		filled[0]["skeleton_bytes"].(float64) == 0 || filled[0]["skeleton_bytes"].(float64) > 16<<10 {
 		t.Fatalf("the archive install did not fill the cache: %v", filled)
 	}
 
@@ -104,6 +107,9 @@ func TestDeltaInstallFetchesOnlyChangedChunks(t *testing.T) {
 	}
 	if fetched, whole := got[1]["fetched_bytes"].(float64), got[1]["archive_bytes"].(float64); fetched <= 0 || fetched > whole/2 {
 		t.Fatalf("the delta fetched %v bytes of a %v-byte archive", fetched, whole)
+	}
+	if got[1]["release_chunks"].(float64) == 0 {
+		t.Fatalf("no chunk was read back from the current release: %v", got[1])
 	}
 	if e.current() != "v2" {
 		t.Fatalf("installed %q", e.current())
@@ -121,26 +127,41 @@ func TestDeltaInstallFetchesOnlyChangedChunks(t *testing.T) {
 	}
 }
 
-// An index whose tar does not match what its chunks make installs
-// nothing of them: the archive is fetched and installed instead.
-func TestDeltaTarMismatchFallsBackToTheArchive(t *testing.T) {
+// A chunk the store holds corrupt is fetched twice, refused, and never
+// installed: the archive is fetched and installed instead.
+func TestDeltaCorruptStoredChunkFallsBackToTheArchive(t *testing.T) {
 	e := newEnv(t)
 	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
 	r, logs := e.loggedRunner(e.config(""))
 	e.publishChunked("v1", 0)
 	e.check(r, agent.ResultInstalled)
-	e.publishChunked("v2", 1)
-	idxPath := e.store + chunks.IndexSuffix
-	b, _ := os.ReadFile(idxPath)
+	old := map[string]bool{}
 	var idx chunks.Index
+	b, _ := os.ReadFile(e.store + chunks.IndexSuffix)
 	json.Unmarshal(b, &idx)
-	idx.Tar.SHA256 = strings.Repeat("0", 64)
-	b, _ = json.Marshal(idx)
-	os.WriteFile(idxPath, b, 0o644)
+	for _, c := range idx.Chunks {
+		old[c.SHA256] = true
+	}
+	e.publishChunked("v2", 1)
+	b, _ = os.ReadFile(e.store + chunks.IndexSuffix)
+	json.Unmarshal(b, &idx)
+	corrupted := 0
+	for _, c := range idx.Chunks {
+		if !old[c.SHA256] {
+			p := filepath.Join(filepath.Dir(e.store), chunks.Key(c.SHA256))
+			b, _ := os.ReadFile(p)
+			b[len(b)/2] ^= 1
+			os.WriteFile(p, b, 0o644)
+			corrupted++
+		}
+	}
+	if corrupted == 0 {
+		t.Fatal("v2 has no chunk of its own")
+	}
 
 	e.check(r, agent.ResultInstalled)
-	if failed := logs.records("delta failed; fetching the archive"); len(failed) != 1 || !strings.Contains(failed[0]["error"].(string), "SHA-256") {
-		t.Fatalf("the mismatch was not reported: %v", failed)
+	if failed := logs.records("delta failed; fetching the archive"); len(failed) != 1 || !strings.Contains(failed[0]["error"].(string), "failed verification") {
+		t.Fatalf("the corrupt chunk was not refused: %v", failed)
 	}
 	if got := logs.records("downloaded and verified"); got[len(got)-1]["format"] != "tar.zst" {
 		t.Fatalf("not installed from the archive: %v", got)

@@ -10,7 +10,7 @@ import (
 
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/fleet"
-	"github.com/dropshipd/dropship/lock/local"
+	"github.com/dropshipd/dropship/fleet/local"
 )
 
 // unwritableLog is the host's own fleet with an audit log that refuses

@@ -25,6 +25,7 @@ type fakeFleet struct {
 	mu          sync.Mutex
 	st          fleet.Status
 	onAcquire   func(st *fleet.Status)
+	lost        chan struct{} // what Acquire returns, when set: a slot lost
 }
 
 func (f *fakeFleet) Status(context.Context, string) (fleet.Status, error) {
@@ -86,6 +87,9 @@ func (s fakeSem) Acquire(context.Context) (<-chan struct{}, error) {
 	if s.f.onAcquire != nil {
 		s.f.onAcquire(&s.f.st)
 	}
+	if s.f.lost != nil {
+		return s.f.lost, nil
+	}
 	return make(chan struct{}), nil
 }
 
@@ -96,17 +100,27 @@ func (s fakeSem) Release(context.Context) error { return nil }
 // the blocks of extra in its service.
 func rolloutRunner(t *testing.T, e *env, ff *fakeFleet, extra ...string) (*agent.Runner, string) {
 	t.Helper()
+	r, _, v2 := rolloutRunnerIn(t, e, "", func(string, hcl.Body, fleet.Env) (fleet.Agent, hcl.Diagnostics) { return ff, nil }, extra...)
+	return r, v2
+}
+
+// rolloutRunnerIn is rolloutRunner with the fleet that factory makes of
+// the lock "consul" block whose body is lockBody; it returns that fleet.
+func rolloutRunnerIn(t *testing.T, e *env, lockBody string, factory fleet.Factory, extra ...string) (*agent.Runner, fleet.Agent, string) {
+	t.Helper()
 	plain := e.runner(e.config(""))
 	e.publish("v1")
 	e.check(plain, agent.ResultInstalled)
 	e.publish("v2")
 	v2 := e.check(plain, agent.ResultInstalled).Checksum
 	reg := registry()
-	reg.Fleets = map[string]fleet.Factory{"consul": func(string, hcl.Body, fleet.Env) (fleet.Agent, hcl.Diagnostics) { return ff, nil }}
+	reg.Fleets = map[string]fleet.Factory{"consul": factory}
 	src := fmt.Sprintf(`
 state_path = %q
 node_name  = "test-node"
-lock "consul" {}
+lock "consul" {
+%s
+}
 service "app" {
   check_interval = "1s"
   sequential     = true
@@ -120,7 +134,7 @@ service "app" {
   }
 %s
 }
-`, e.state, e.store, e.dest, strings.Join(extra, "\n"))
+`, e.state, lockBody, e.store, e.dest, strings.Join(extra, "\n"))
 	path := filepath.Join(e.dir, "rollout.hcl")
 	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
@@ -133,7 +147,7 @@ service "app" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return r, v2
+	return r, cfg.Fleet, v2
 }
 
 // A revert waits for a slot; what the fleet decided meanwhile counts: a

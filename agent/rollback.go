@@ -127,6 +127,7 @@ func (r *Runner) Rollback(ctx context.Context, to string) (Release, error) {
 	if err != nil {
 		return Release{}, fmt.Errorf("rollback %s: %w", r.svc.Name, err)
 	}
+	out = r.finish(ctx, st, out)
 	if out.Phase == PhaseSwitch {
 		return Release{}, fmt.Errorf("rollback %s: %w", r.svc.Name, out.Err)
 	}
@@ -142,9 +143,10 @@ func (r *Runner) Rollback(ctx context.Context, to string) (Release, error) {
 // switchBack is the one way back to a kept release, for an operator's
 // rollback, a pin and a fleet revert. It refuses a release signed by a
 // key now revoked (the error, nothing done), warns of one signed before
-// the replay mark, saves its intent, then switches, runs the hooks,
-// records the switch and finishes: a crash after the intent is saved is
-// completed at the next start (resume), never undone.
+// the replay mark, saves its intent, then switches, runs the hooks and
+// records the switch, and returns the outcome for its caller to finish:
+// a crash after the intent is saved is completed at the next start
+// (resume), never undone.
 func (r *Runner) switchBack(ctx context.Context, st *State, target Release, why reason, words string) (Outcome, error) {
 	if err := r.mayRunAgain(target); err != nil {
 		return Outcome{}, err
@@ -173,7 +175,8 @@ func (r *Runner) switchBack(ctx context.Context, st *State, target Release, why 
 // carryOut does a switch back whose intent is saved: the switch (none
 // when the destination is there already, as after a crash), the after
 // hooks and the rollback chain, for a revert the checks; then the state
-// records it, the intent cleared, and finish saves and reports it.
+// records it, the intent cleared; its caller finishes the outcome, which
+// saves and reports it.
 func (r *Runner) carryOut(ctx context.Context, st *State, sb SwitchBack) Outcome {
 	why, target := reason(sb.Reason), sb.Target
 	start := r.now()
@@ -192,8 +195,8 @@ func (r *Runner) carryOut(ctx context.Context, st *State, sb SwitchBack) Outcome
 	if pe, ok := err.(*phaseError); ok {
 		if pe.phase == PhaseSwitch {
 			st.SwitchBack = nil
-			return r.finish(ctx, st, Outcome{Result: ResultError, Checksum: st.Checksum, Phase: PhaseSwitch,
-				Err: fmt.Errorf("switch back to %s (%s): %w", target.ID, why, err)})
+			return Outcome{Result: ResultError, Checksum: st.Checksum, Phase: PhaseSwitch,
+				Err: fmt.Errorf("switch back to %s (%s): %w", target.ID, why, err)}
 		}
 		phase = pe.phase
 	}
@@ -230,7 +233,7 @@ func (r *Runner) carryOut(ctx context.Context, st *State, sb SwitchBack) Outcome
 		r.logger.Warn("rolled back by operator", "release", target.ID, "from_checksum", sb.FromChecksum)
 	}
 	st.SwitchBack = nil
-	return r.finish(ctx, st, out)
+	return out
 }
 
 // resume completes a switch back a crash interrupted (the agent's, or a
@@ -243,7 +246,8 @@ func (r *Runner) carryOut(ctx context.Context, st *State, sb SwitchBack) Outcome
 // revert not switched yet is dropped, left to the check that follows: it
 // reads the fleet again, which may have lifted the pin or cleared the
 // breaker meanwhile, and switches in a fleet slot. A target whose key was
-// revoked since is dropped too. It returns the switch back completed.
+// revoked since is dropped too, the destination put back on the release
+// left if it was switched (putBack). It returns the switch back completed.
 func (r *Runner) resume(ctx context.Context, st *State) *SwitchBack {
 	sb := *st.SwitchBack
 	why, switched := reason(sb.Reason), r.lay.current() == sb.Target.ID
@@ -256,6 +260,9 @@ func (r *Runner) resume(ctx context.Context, st *State) *SwitchBack {
 		return nil
 	}
 	if err := r.mayRunAgain(sb.Target); err != nil {
+		if switched {
+			r.putBack(ctx, sb)
+		}
 		return drop("an interrupted switch back is dropped", "error", err)
 	}
 	if !switched && why != reasonOperator {
@@ -263,8 +270,30 @@ func (r *Runner) resume(ctx context.Context, st *State) *SwitchBack {
 	}
 	r.logger.Warn("completing a switch back an interruption left unfinished", "release", sb.Target.ID,
 		"reason", sb.Reason, "switched", switched, "from", sb.From)
-	r.carryOut(ctx, st, sb)
+	r.finish(ctx, st, r.carryOut(ctx, st, sb))
 	return &sb
+}
+
+// putBack points the destination back at the release an interrupted
+// switch back left, when the release it switched to may not run again
+// (its key was revoked since): the state still names the release left,
+// and the service runs it again, its after hooks and the rollback chain
+// run as after a failed update. A release left that is gone is logged:
+// nothing else can be put back.
+func (r *Runner) putBack(ctx context.Context, sb SwitchBack) {
+	if !r.lay.present(sb.From) {
+		r.logger.Error("an interrupted switch back went to a release that may not run again, and the release it left is not there to go back to",
+			"release", sb.Target.ID, "from", sb.From)
+		return
+	}
+	ev := hooks.Event{Name: r.svc.Name, Hostname: r.node, Hash: sb.FromChecksum, PreviousHash: sb.Target.Checksum,
+		Release: sb.From, ReleaseDir: r.lay.releaseDir(sb.From), PreviousDir: r.lay.releaseDir(sb.Target.ID),
+		Phase: hooks.PhaseRollback, Result: "rollback", Time: r.now()}
+	r.logger.Warn("an interrupted switch back went to a release that may not run again; putting back the release it left",
+		"release", sb.Target.ID, "from", sb.From)
+	if _, err := r.activate(ctx, sb.From, "", ev, reasonRollback); err != nil {
+		r.logger.Error("putting back the release an interrupted switch back left", "release", sb.From, "error", err)
+	}
 }
 
 // mayRunAgain refuses to make a kept release current again when the key

@@ -2,14 +2,12 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/dropshipd/dropship/artifact"
-	"github.com/dropshipd/dropship/artifact/signature"
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/internal/blocking"
@@ -94,34 +92,50 @@ func equalTags(a, b []string) bool {
 	return strings.Join(a, ",") == strings.Join(b, ",")
 }
 
+// decision is what the rollout decides a check does before the store is
+// looked at; act carries it out.
+type decision struct {
+	do   reason       // reasonInstall, reasonPin or reasonRevert
+	stop *Outcome     // the check ends here: it waits, skips, or cannot read the fleet
+	view fleet.Status // an install's: the fleet as read, for rolloutGate
+	// A pin's or a revert's: the kept release to switch to, the pin's
+	// words, and what switchStill looks for again once the slot is held.
+	target  Release
+	words   string
+	pin     *fleet.Pin
+	breaker *fleet.Breaker
+}
+
+func stopHere(out Outcome) decision { return decision{stop: &out} }
+
 // rolloutFirst runs before the store is looked at, for a service with a
-// rollout: it registers the host, and a pin or a fleet revert take the
-// check over. It returns the fleet as read, or the outcome that ends the
-// check.
-func (r *Runner) rolloutFirst(ctx context.Context, st *State) (fleet.Status, *Outcome) {
+// rollout: it registers the host and decides whether the check installs
+// (then rolloutGate decides on the wave), switches to a pin's release,
+// reverts a release the fleet refused, or stops here.
+func (r *Runner) rolloutFirst(ctx context.Context, st *State) decision {
 	view, err := r.ownRecords(ctx)
 	if err != nil {
-		return view, &Outcome{Result: ResultError, Phase: PhaseLock, Err: fmt.Errorf("read the rollout: %w", err)}
+		return stopHere(Outcome{Result: ResultError, Phase: PhaseLock, Err: fmt.Errorf("read the rollout: %w", err)})
 	}
 	r.register(ctx, st, view)
+	d := decision{do: reasonInstall, view: view}
 	if pin := rollout.Pinned(view.Pins, r.node); pin != nil {
-		out := r.pinned(ctx, st, view, pin)
-		return view, &out
-	}
-	p := r.svc.Rollout
-	if p.OnFailure == rollout.OnFailureRevert && st.Checksum != "" {
+		d = r.pinned(st, view, pin)
+	} else if r.svc.Rollout.OnFailure == rollout.OnFailureRevert && st.Checksum != "" {
 		if b := view.Breaker(st.Checksum); b != nil {
-			out := r.revert(ctx, st, view, b)
-			return view, &out
+			d = r.revert(st, view, b)
 		}
 	}
-	if r.coord != nil {
+	if d.stop == nil && d.do != reasonInstall && r.coord != nil {
+		r.coord.Want("") // a pin or a revert waits for no wave
+	}
+	if d.stop == nil && d.do == reasonInstall && r.coord != nil {
 		// The look that follows takes the hold and the breaker from
 		// these records rather than reading them again.
 		fresh := view
 		r.fresh = &fresh
 	}
-	return view, nil
+	return d
 }
 
 // rolloutGate decides whether this host's wave may take info now. A
@@ -217,137 +231,101 @@ func (r *Runner) rolloutAgain(ctx context.Context, info artifact.Info) *Outcome 
 	return r.rolloutGate(ctx, view, info)
 }
 
-// revert switches this host back from a checksum the fleet's breaker
-// refused: concurrency at a time, without waves or windows, then runs the
-// after hooks and the checks, and reports it.
-func (r *Runner) revert(ctx context.Context, st *State, view fleet.Status, b *fleet.Breaker) Outcome {
+// switchStill decides again on a pin or a revert once the slot is held,
+// the fleet read afresh: a pin lifted or changed, a hold set, the breaker
+// lifted, or the revert's target refused too while the host waited for
+// its slot stop the switch; the next check decides afresh.
+func (r *Runner) switchStill(ctx context.Context, st *State, d decision) *Outcome {
+	view, err := r.ownRecords(ctx) // a coordinated host reads its own share, not every host's
+	if err != nil {
+		return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: st.Checksum, Err: fmt.Errorf("read the rollout: %w", err)}
+	}
+	skip := func(why string) *Outcome { return &Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why} }
+	if d.do == reasonPin {
+		if p := rollout.Pinned(view.Pins, r.node); p == nil || p.Target != d.pin.Target || view.Hold != nil {
+			return skip("the pin or a hold changed while this host waited for a slot")
+		}
+		return nil
+	}
+	switch {
+	case view.Hold != nil:
+		return skip(revertHeld(view.Hold))
+	case view.Breaker(d.breaker.Checksum) == nil:
+		return skip("no revert: the breaker of " + d.breaker.Checksum + " was lifted")
+	case rollout.Pinned(view.Pins, r.node) != nil:
+		return skip("no revert: this host was pinned meanwhile")
+	case view.Breaker(d.target.Checksum) != nil:
+		// Refused too while the host waited: the next check goes
+		// further back, past it, or says it cannot.
+		return skip("no revert to " + d.target.ID + ": the fleet refused its checksum " + d.target.Checksum + " meanwhile")
+	}
+	return nil
+}
+
+// revert decides to switch this host back from a checksum the fleet's
+// breaker refused: concurrency at a time, without waves or windows; the
+// switch back then runs the after hooks and the checks.
+func (r *Runner) revert(st *State, view fleet.Status, b *fleet.Breaker) decision {
 	if view.Hold != nil {
-		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: "revert waits: on hold by " + view.Hold.Who + ": " + view.Hold.Reason}
+		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: revertHeld(view.Hold)})
 	}
 	cur := r.lay.current()
 	target, err := pickRollback(st, cur, "")
 	// Further back past the same bytes kept twice, past any release the
-	// fleet refused too, and past one signed by a key since revoked.
-	for err == nil && (target.Checksum == b.Checksum || view.Breaker(target.Checksum) != nil || r.mayRunAgain(target) != nil) {
+	// fleet refused too, past one signed by a key since revoked, and past
+	// one whose directory was removed by hand (no switch could reach it).
+	for err == nil && (target.Checksum == b.Checksum || view.Breaker(target.Checksum) != nil || r.mayRunAgain(target) != nil ||
+		!r.lay.present(target.ID)) {
 		target, err = pickRollback(st, target.ID, "")
 	}
 	if err != nil {
-		return Outcome{Result: ResultSkipped, Checksum: st.Checksum,
-			Reason: fmt.Sprintf("the fleet reverts %s (failed on %s in %s), but this host cannot: %v", b.Checksum, b.Node, b.Phase, err)}
+		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum,
+			Reason: fmt.Sprintf("the fleet reverts %s (failed on %s in %s), but this host cannot: %v", b.Checksum, b.Node, b.Phase, err)})
 	}
-	if r.sem != nil {
-		if r.coord != nil {
-			r.coord.Want("") // a revert waits for no wave
-		}
-		s, stop := r.takeSlot(ctx, artifact.Info{MD5: st.Checksum})
-		if stop != nil {
-			return *stop
-		}
-		var out Outcome
-		defer func() { s.release(ctx, out) }()
-		// The wait for the slot may have been long: a breaker lifted or a
-		// hold set meanwhile stops the revert.
-		var ok bool
-		if out, ok = r.revertStill(ctx, st, b); !ok {
-			return out
-		}
-		out = r.doRevert(ctx, st, b, target)
-		return out
-	}
-	return r.doRevert(ctx, st, b, target)
+	return decision{do: reasonRevert, target: target, breaker: b}
 }
 
-// revertStill reads the fleet again once the slot is held, and says
-// whether the revert of b should still be done.
-func (r *Runner) revertStill(ctx context.Context, st *State, b *fleet.Breaker) (Outcome, bool) {
-	view, err := r.records.Status(ctx, r.svc.Name)
-	switch {
-	case err != nil:
-		return Outcome{Result: ResultError, Phase: PhaseLock, Checksum: st.Checksum, Err: fmt.Errorf("read the rollout: %w", err)}, false
-	case view.Hold != nil:
-		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: "revert waits: on hold by " + view.Hold.Who + ": " + view.Hold.Reason}, false
-	case view.Breaker(b.Checksum) == nil:
-		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: "no revert: the breaker of " + b.Checksum + " was lifted"}, false
-	case rollout.Pinned(view.Pins, r.node) != nil:
-		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: "no revert: this host was pinned meanwhile"}, false
-	}
-	return Outcome{}, true
-}
+func revertHeld(h *fleet.Hold) string { return "revert waits: on hold by " + h.Who + ": " + h.Reason }
 
-func (r *Runner) doRevert(ctx context.Context, st *State, b *fleet.Breaker, target Release) Outcome {
-	r.logger.Warn("fleet revert: the breaker tripped on the installed checksum; switching back",
-		"checksum", b.Checksum, "failed_on", b.Node, "phase", b.Phase, "to", target.ID)
-	out, err := r.switchBack(ctx, st, target, reasonRevert, "")
-	if err != nil {
-		return Outcome{Result: ResultError, Phase: PhaseInstall, Checksum: st.Checksum, Err: fmt.Errorf("fleet revert to %s: %w", target.ID, err)}
-	}
-	return out
-}
-
-// pinned keeps a pinned host on its pin's release: switched to it if a
-// kept release matches, never updated while the pin stands.
-func (r *Runner) pinned(ctx context.Context, st *State, view fleet.Status, pin *fleet.Pin) Outcome {
+// pinned keeps a pinned host on its pin's release: it decides a switch to
+// it if a kept release matches, never an update while the pin stands.
+func (r *Runner) pinned(st *State, view fleet.Status, pin *fleet.Pin) decision {
 	why := fmt.Sprintf("pinned to %s by %s (hosts %s)", pin.Target, pin.Who, pin.Nodes)
 	matches := func(rel Release) bool {
 		return rel.Checksum == pin.Target || (len(pin.Target) >= 6 && strings.HasPrefix(rel.ID, pin.Target)) || rel.ID == pin.Target
 	}
 	cur := r.lay.current()
 	if rel, ok := st.release(cur); ok && matches(rel) {
-		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Release: cur, Reason: why}
+		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Release: cur, Reason: why})
 	}
-	var target *Release
+	// The newest kept release that matches and is there: one whose
+	// directory was removed by hand is no way back.
+	var target, gone *Release
 	for i := len(st.Releases) - 1; i >= 0; i-- {
 		if matches(st.Releases[i]) {
-			target = &st.Releases[i]
-			break
+			if r.lay.present(st.Releases[i].ID) {
+				target = &st.Releases[i]
+				break
+			}
+			if gone == nil {
+				gone = &st.Releases[i]
+			}
 		}
+	}
+	if target == nil && gone != nil {
+		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum,
+			Reason: why + "; this host stays where it is: the kept release " + gone.ID + " is not there (removed by hand?)"})
 	}
 	if target == nil {
-		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; no kept release here matches it, so this host stays where it is"}
+		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; no kept release here matches it, so this host stays where it is"})
 	}
 	if err := r.mayRunAgain(*target); err != nil {
-		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; this host stays where it is: " + err.Error()}
+		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; this host stays where it is: " + err.Error()})
 	}
 	if view.Hold != nil {
-		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; the switch waits: on hold"}
+		return stopHere(Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; the switch waits: on hold"})
 	}
-	if r.sem != nil {
-		if r.coord != nil {
-			r.coord.Want("") // a pin waits for no wave
-		}
-		s, stop := r.takeSlot(ctx, artifact.Info{MD5: target.Checksum})
-		if stop != nil {
-			return *stop
-		}
-		var out Outcome
-		defer func() { s.release(ctx, out) }()
-		// A pin lifted or changed, or a hold set, while the host waited
-		// for the slot: the next check decides afresh.
-		now, err := r.records.Status(ctx, r.svc.Name)
-		if err != nil {
-			out = Outcome{Result: ResultError, Phase: PhaseLock, Checksum: st.Checksum, Err: fmt.Errorf("read the rollout: %w", err)}
-			return out
-		}
-		if p := rollout.Pinned(now.Pins, r.node); p == nil || p.Target != pin.Target || now.Hold != nil {
-			out = Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: "the pin or a hold changed while this host waited for a slot"}
-			return out
-		}
-		out = r.switchToPin(ctx, st, *target, why)
-		return out
-	}
-	return r.switchToPin(ctx, st, *target, why)
-}
-
-func (r *Runner) switchToPin(ctx context.Context, st *State, target Release, why string) Outcome {
-	r.logger.Warn("switching to the pinned release", "release", target.ID, "reason", why)
-	out, err := r.switchBack(ctx, st, target, reasonPin, why)
-	if errors.Is(err, signature.ErrRevokedKey) {
-		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: why + "; this host stays where it is: " + err.Error()}
-	}
-	if err != nil {
-		return Outcome{Result: ResultError, Phase: PhaseInstall, Checksum: st.Checksum, Err: fmt.Errorf("switch to the pinned %s: %w", target.ID, err)}
-	}
-	return out
+	return decision{do: reasonPin, target: *target, words: why, pin: pin}
 }
 
 // underMaxFailed says whether a failure of checksum stays under the

@@ -177,7 +177,7 @@ func cleanChunkTemps(dir string, logger *slog.Logger) error {
 		return err
 	}
 	for _, e := range entries {
-		if n := e.Name(); strings.HasPrefix(n, ".fill-") || strings.HasPrefix(n, ".fetch-") {
+		if n := e.Name(); strings.HasPrefix(n, ".fill-") || strings.HasPrefix(n, ".skel-") || strings.HasPrefix(n, ".fetch-") {
 			p := filepath.Join(dir, n)
 			logger.Info("removing leftover of an interrupted update", "path", p)
 			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -106,6 +106,7 @@ func TestNextStartCleansWhatAStagingLeft(t *testing.T) {
 		filepath.Join(app, "staging", ".download-123"),
 		filepath.Join(app, "chunks", ".fill-123"),
 		filepath.Join(app, "chunks", ".fetch-456"),
+		filepath.Join(app, "chunks", ".skel-789"),
 	}
 	kept := filepath.Join(app, "chunks", "ab", "abcdef")
 	for _, p := range append(left, kept) {

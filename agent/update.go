@@ -18,9 +18,9 @@ import (
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/hooks"
+	"github.com/dropshipd/dropship/internal/flock"
 	"github.com/dropshipd/dropship/internal/trim"
 	"github.com/dropshipd/dropship/lock"
-	"github.com/dropshipd/dropship/lock/local"
 )
 
 // Result is what one check did.
@@ -67,9 +67,8 @@ type Outcome struct {
 	Until time.Time
 	// Watched: how long the release's health was watched after the
 	// switch, the whole window without a failure.
-	Watched  time.Duration
-	rollout  bool
-	finished bool // finish ran already
+	Watched time.Duration
+	rollout bool
 	// verified: the checksum is one this host computed over the bytes it
 	// fetched, not only what the store claims (see tripsBreaker).
 	verified bool
@@ -87,7 +86,7 @@ type Runner struct {
 	svc   *Service
 	node  string
 	lay   layout
-	local *local.Flock    // one agent per service per host
+	local *flock.Lock     // one agent per service per host
 	sem   fleet.Semaphore // fleet slots, when sequential
 	fleet fleet.Agent
 	// records are the fleet's shared records a rollout plans from.
@@ -137,14 +136,14 @@ func NewRunner(cfg *Config, svc *Service, logger *slog.Logger) (*Runner, error) 
 		svc:    svc,
 		node:   cfg.NodeName,
 		lay:    layout{dir: dir, dest: svc.Destination},
-		local:  local.NewFlock(filepath.Join(dir, "lock")),
+		local:  flock.New(filepath.Join(dir, "lock")),
 		fleet:  cfg.Fleet,
 		logger: logger.With("service", svc.Name),
 		now:    time.Now,
 		tags:   cfg.NodeTags,
 	}
 	if r.fleet == nil {
-		r.fleet = local.Fleet{Dir: cfg.StatePath}
+		return nil, fmt.Errorf("service %s: no lock: the config names none and the build has no \"local\" one", svc.Name)
 	}
 	if svc.Rollout != nil {
 		r.decider = rollout.NewDecider(svc.Rollout)
@@ -251,83 +250,106 @@ func (r *Runner) loadState() (*State, error) {
 	return LoadState(r.lay.dir, r.svc.Name)
 }
 
-// update is one pass: stat, gate, slot, then the transaction. Every path
-// ends in finish, inside the slot: the fleet hears of a failure before the
-// next host may start.
+// update is one pass: the rollout decides (rolloutFirst: install, switch
+// to a pin's release, revert, or stop here), act carries the decision
+// out, and finish ends it: once, inside the slot, so the fleet hears of a
+// failure before the next host may start. What the pass holds (the slot,
+// the application's lock file) is released after finish.
 func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
 	r.fresh = nil
 	defer func() { r.fresh = nil }()
-	var view fleet.Status
+	var h held
+	defer func() { h.release(out) }()
+	return r.finish(ctx, st, r.act(ctx, st, &h))
+}
+
+// held is what a pass holds until its outcome is finished, each a
+// release, run last first.
+type held []func(Outcome)
+
+func (h *held) add(release func(Outcome)) { *h = append(*h, release) }
+
+func (h held) release(out Outcome) {
+	for i := len(h) - 1; i >= 0; i-- {
+		h[i](out)
+	}
+}
+
+// act carries out the rollout's decision up to the pass's outcome, which
+// it leaves to finish: for an install stat, gate, slot, then the
+// transaction; for a pin or a revert the slot and the switch back.
+func (r *Runner) act(ctx context.Context, st *State, h *held) Outcome {
+	d := decision{do: reasonInstall}
 	if r.decider != nil {
-		var stop *Outcome
-		if view, stop = r.rolloutFirst(ctx, st); stop != nil {
-			return r.finishIfNeeded(ctx, st, *stop)
-		}
+		d = r.rolloutFirst(ctx, st)
+	}
+	switch {
+	case d.stop != nil:
+		return *d.stop
+	case d.do != reasonInstall:
+		return r.switchFor(ctx, st, d, h)
 	}
 	info, stop := r.look(ctx, st)
 	r.fresh = nil // read before the slot: the look once it is held reads again
 	if stop == nil && r.decider != nil {
-		stop = r.rolloutGate(ctx, view, info)
+		stop = r.rolloutGate(ctx, d.view, info)
 	}
 	r.keepStaged(info, stop)
 	if stop != nil {
-		return r.finish(ctx, st, *stop)
+		return *stop
 	}
 	// Staged before any deferral and before the slot: only the hooks,
 	// the switch and the checks hold it.
 	if stop := r.stageAhead(ctx, st, info); stop != nil {
-		return r.finish(ctx, st, *stop)
+		return *stop
 	}
 	if r.svc.Defer != nil {
 		// Asked before the slot is taken, so a deferring host holds no
 		// slot; asked again once it is held, and the lock file kept.
 		release, stop := r.mayStart(ctx, st, info.Checksum())
 		if stop != nil {
-			return r.finish(ctx, st, *stop)
+			return *stop
 		}
 		if r.sem != nil {
 			release()
 		} else {
-			defer release()
+			h.add(func(Outcome) { release() })
 		}
 	}
 	lost := make(<-chan struct{})
 	if r.sem != nil {
-		slot, stop := r.takeSlot(ctx, info)
-		if stop != nil {
-			return r.finish(ctx, st, *stop)
+		if lost, stop = r.takeSlot(ctx, info.Checksum(), h); stop != nil {
+			return *stop
 		}
-		lost = slot.lost
-		defer func() { slot.release(ctx, out) }()
 		// The world may have moved while we waited: look again.
 		if info, stop = r.look(ctx, st); stop != nil {
 			r.keepStaged(info, stop)
-			return r.finish(ctx, st, *stop)
+			return *stop
 		}
 		if r.staged != nil && !sameRelease(r.staged.info, info) {
 			// Published over the staged release: it is dropped, never
 			// installed, and the slot given back while the new one is
 			// staged.
 			r.dropStaged("a newer release was published over it while the host waited for a slot")
-			return r.finish(ctx, st, Outcome{Result: ResultSkipped, Checksum: info.Checksum(),
-				Reason: "a newer release was published over the staged one", restage: true})
+			return Outcome{Result: ResultSkipped, Checksum: info.Checksum(),
+				Reason: "a newer release was published over the staged one", restage: true}
 		}
 		if r.decider != nil {
 			if stop = r.rolloutAgain(ctx, info); stop != nil {
-				return r.finish(ctx, st, *stop)
+				return *stop
 			}
 		}
 		if r.svc.Defer != nil {
 			release, stop := r.mayStart(ctx, st, info.Checksum())
 			if stop != nil {
-				return r.finish(ctx, st, *stop)
+				return *stop
 			}
-			defer release()
+			h.add(func(Outcome) { release() })
 		}
 	}
 	if r.updating != nil {
 		r.updating.Add(1)
-		defer r.updating.Add(-1)
+		h.add(func(Outcome) { r.updating.Add(-1) })
 	}
 	// What start-up and the checks touched of the program is not what an
 	// install runs: drop it, so the peak of an install holds only its own.
@@ -338,7 +360,51 @@ func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
 	if t == nil {
 		t = r.begin(st, info, lost)
 	}
-	return r.finish(ctx, st, t.run(tctx))
+	return t.run(tctx)
+}
+
+// switchFor carries out a pin's or a revert's decision: in a slot when
+// the service takes turns, and only if the rollout, asked again once the
+// slot is held, still says so; then the switch back to the kept release.
+func (r *Runner) switchFor(ctx context.Context, st *State, d decision, h *held) Outcome {
+	if r.sem != nil {
+		sum := st.Checksum
+		if d.do == reasonPin {
+			sum = d.target.Checksum
+		}
+		lost, stop := r.takeSlot(ctx, sum, h)
+		if stop != nil {
+			return *stop
+		}
+		if stop := r.switchStill(ctx, st, d); stop != nil {
+			return *stop
+		}
+		// As for an install: a slot lost before the switch may be
+		// another host's now; the next check takes one again.
+		select {
+		case <-lost:
+			return Outcome{Result: ResultError, Phase: PhaseLock, Checksum: st.Checksum,
+				Err: fmt.Errorf("switch to %s (%s): %w", d.target.ID, d.do, errLost)}
+		default:
+		}
+	}
+	if d.do == reasonPin {
+		r.logger.Warn("switching to the pinned release", "release", d.target.ID, "reason", d.words)
+	} else {
+		b := d.breaker
+		r.logger.Warn("fleet revert: the breaker tripped on the installed checksum; switching back",
+			"checksum", b.Checksum, "failed_on", b.Node, "phase", b.Phase, "to", d.target.ID)
+	}
+	out, err := r.switchBack(ctx, st, d.target, d.do, d.words)
+	switch {
+	case err == nil:
+		return out
+	case d.do == reasonPin && errors.Is(err, signature.ErrRevokedKey):
+		return Outcome{Result: ResultSkipped, Checksum: st.Checksum, Reason: d.words + "; this host stays where it is: " + err.Error()}
+	case d.do == reasonPin:
+		return Outcome{Result: ResultError, Phase: PhaseInstall, Checksum: st.Checksum, Err: fmt.Errorf("switch to the pinned %s: %w", d.target.ID, err)}
+	}
+	return Outcome{Result: ResultError, Phase: PhaseInstall, Checksum: st.Checksum, Err: fmt.Errorf("fleet revert to %s: %w", d.target.ID, err)}
 }
 
 // record appends ev to the service's audit log. The log tells operators
@@ -348,15 +414,6 @@ func (r *Runner) record(ctx context.Context, ev fleet.Event) {
 	if err := r.fleet.Record(ctx, r.svc.Name, ev); err != nil {
 		r.logger.Warn("could not record the event in the audit log", "kind", ev.Kind, "checksum", ev.Checksum, "error", err)
 	}
-}
-
-// finishIfNeeded ends a check with an outcome that pin and revert have
-// already finished (they save their own state), or finishes it.
-func (r *Runner) finishIfNeeded(ctx context.Context, st *State, out Outcome) Outcome {
-	if out.finished {
-		return out
-	}
-	return r.finish(ctx, st, out)
 }
 
 // look stats the artifact and gates it: not when nothing changed, the
@@ -442,22 +499,26 @@ type slot struct {
 	lost <-chan struct{}
 }
 
-func (r *Runner) takeSlot(ctx context.Context, info artifact.Info) (*slot, *Outcome) {
+// takeSlot waits for a place in the fleet semaphore to update sum in,
+// and adds its release to h.
+func (r *Runner) takeSlot(ctx context.Context, sum string, h *held) (<-chan struct{}, *Outcome) {
 	r.setWaiting(true)
-	r.logger.Info("waiting for a fleet slot", "checksum", info.Checksum(), "concurrency", r.svc.Concurrency)
+	r.logger.Info("waiting for a fleet slot", "checksum", sum, "concurrency", r.svc.Concurrency)
 	lost, err := r.sem.Acquire(ctx)
 	r.setWaiting(false)
 	if errors.Is(err, lock.ErrMoved) {
 		// The rollout moved on while this host waited in line: the next
 		// check decides afresh.
-		return nil, &Outcome{Result: ResultSkipped, Checksum: info.Checksum(), Reason: "rollout: " + err.Error(), rollout: true,
+		return nil, &Outcome{Result: ResultSkipped, Checksum: sum, Reason: "rollout: " + err.Error(), rollout: true,
 			Until: r.now().Add(100 * time.Millisecond)}
 	}
 	if err != nil {
-		return nil, &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: info.Checksum(), Err: fmt.Errorf("take a slot: %w", err)}
+		return nil, &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("take a slot: %w", err)}
 	}
 	r.setHolding(true)
-	return &slot{r: r, lost: lost}, nil
+	s := &slot{r: r, lost: lost}
+	h.add(func(out Outcome) { s.release(ctx, out) })
+	return lost, nil
 }
 
 // release gives the slot back; after a success it first holds it for the
@@ -480,9 +541,10 @@ func (s *slot) release(ctx context.Context, out Outcome) {
 	r.setHolding(false)
 }
 
-// finish ends every check and every operator action: the one place the
-// state is saved, then old releases swept, the fleet told (breaker, node
-// status) and the outcome announced.
+// finish ends every pass of update, every operator's rollback and every
+// switch back completed after an interruption, once each: the one place
+// the state is saved, then old releases swept, the fleet told (breaker,
+// node status, audit log) and the outcome announced.
 func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 	ctx = context.WithoutCancel(ctx)
 	lastError := st.LastError
@@ -559,7 +621,6 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 		r.announce(ctx, *out.announce)
 		out.announce = nil
 	}
-	out.finished = true
 	if out.Result == ResultInstalled {
 		r.logger.Info("installed", "checksum", out.Checksum, "release", out.Release, "duration", out.Duration.Round(time.Millisecond))
 	}

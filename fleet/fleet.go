@@ -2,7 +2,7 @@
 // N of them update at once, each host's status, holds, and the breaker
 // that stops a bad release at the first host. The agent uses Agent; the
 // operators' commands and the dashboard use Operator. fleet/consul keeps
-// both in Consul; lock/local is a single host's Agent, with no records.
+// both in Consul; fleet/local is a single host's Agent, with no records.
 //
 // Layout under the prefix (default "dropship"):
 //
@@ -27,18 +27,16 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/dropshipd/dropship/lock"
 )
 
-// Semaphore is one slot of a limited set shared by the hosts of a service.
-type Semaphore interface {
-	// Acquire blocks until a slot is held or ctx ends. lost closes if the
-	// slot is lost while held (a Consul session expired, say).
-	Acquire(ctx context.Context) (lost <-chan struct{}, err error)
-	Release(ctx context.Context) error
-}
+// Semaphore is one slot of a limited set shared by the hosts of a
+// service: lock.Slot.
+type Semaphore = lock.Slot
 
 // Agent is what an agent needs of the fleet: a slot to update in, whether
-// it may start, and telling the other hosts what it did. lock/local is a
+// it may start, and telling the other hosts what it did. fleet/local is a
 // single host's; fleet/consul the shared one.
 type Agent interface {
 	// Semaphore returns this host's claim on the update slots of service.
@@ -109,8 +107,9 @@ func Shared(a Agent) (Fleet, error) {
 
 var (
 	// ErrUnavailable: the fleet's records cannot be reached; updates that
-	// need them do not start (fail closed).
-	ErrUnavailable = errors.New("fleet records unavailable")
+	// need them do not start (fail closed). It is lock's, so that the
+	// slots' backends need not import fleet.
+	ErrUnavailable = lock.ErrUnavailable
 	// ErrSingleHost: the operation needs a shared store (lock "consul").
 	ErrSingleHost = errors.New(`this agent runs on its own (no lock "consul" block): there is no fleet to show or change`)
 )

@@ -15,6 +15,11 @@ import (
 	"time"
 )
 
+// ErrUnavailable: the shared store that keeps the slots and the fleet's
+// records cannot be reached; updates that need it do not start (fail
+// closed). fleet.ErrUnavailable is the same value.
+var ErrUnavailable = errors.New("fleet records unavailable")
+
 // Slot is one host's claim on the update slots of a service.
 type Slot interface {
 	// Acquire blocks until a slot is held or ctx ends. lost closes if the

@@ -29,6 +29,17 @@ type FileStat struct {
 	Mode  uint32 `json:"mode"`  // st_mode
 	UID   uint32 `json:"uid"`
 	GID   uint32 `json:"gid"`
+	// Ctime is the inode's change time (ns): anything that writes to the
+	// file, or changes its metadata, sets it to the clock, and no
+	// application can put it back. Same leaves it out (linking a file,
+	// or removing another link to it, changes it too).
+	Ctime int64 `json:"ctime"`
+}
+
+// Same reports whether s and o say the same of a file, but for Ctime.
+func (s FileStat) Same(o FileStat) bool {
+	s.Ctime, o.Ctime = 0, 0
+	return s == o
 }
 
 // ErrNoReuse: the system offers no safe way to link a file in (openat2,

@@ -44,7 +44,7 @@ func Stat(f *os.File) (FileStat, error) {
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return FileStat{}, err
 	}
-	return FileStat{Dev: st.Dev, Ino: st.Ino, Size: st.Size, Mtime: st.Mtim.Nano(), Mode: st.Mode, UID: st.Uid, GID: st.Gid}, nil
+	return FileStat{Dev: st.Dev, Ino: st.Ino, Size: st.Size, Mtime: st.Mtim.Nano(), Mode: st.Mode, UID: st.Uid, GID: st.Gid, Ctime: st.Ctim.Nano()}, nil
 }
 
 // IsRegular reports whether s is a regular file's.

@@ -61,10 +61,11 @@ func BenchmarkExtractFile(b *testing.B) {
 		h := io.TeeReader(f, io.MultiWriter(md5.New(), sha256.New()))
 		ahead := prefetch.New(h, 64<<10, 4)
 		opt := archive.Options{Name: src, MaxFiles: 1 << 20, UID: -1, GID: -1}
-		var fill *chunks.Filler
+		var fill *chunks.Skeleton
 		if idx != nil {
-			fill = (&chunks.Cache{Dir: filepath.Join(dir, ".cache"), Max: 4 << 30}).Filler(idx)
+			fill = (&chunks.Cache{Dir: filepath.Join(dir, ".cache"), Max: 4 << 30}).Skeleton()
 			opt.Tee = fill
+			opt.Made = chunks.NewFiles("r", "", idx).Made
 		}
 		if _, err := archive.Extract(context.Background(), ahead, dir, opt); err != nil {
 			b.Fatal(err)
@@ -72,7 +73,7 @@ func BenchmarkExtractFile(b *testing.B) {
 		io.Copy(io.Discard, ahead)
 		ahead.Close()
 		if fill != nil {
-			fill.Commit()
+			fill.Commit("r.skel")
 		}
 		b.StopTimer()
 		f.Close()

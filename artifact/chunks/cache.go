@@ -1,7 +1,7 @@
 package chunks
 
 import (
-	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/dropshipd/dropship/artifact"
@@ -41,9 +42,9 @@ func (c *Cache) Has(ch Chunk) bool {
 	return err == nil && fi.Mode().IsRegular() && fi.Size() == ch.Size
 }
 
-// Missing returns the chunks of idx the cache lacks, each once, and the
-// bytes they take in the store.
-func (c *Cache) Missing(idx *Index) ([]Chunk, int64) {
+// Missing returns the chunks of idx that neither the cache nor b (nil:
+// none) holds, each once, and the bytes they take in the store.
+func (c *Cache) Missing(idx *Index, b *Backing) ([]Chunk, int64) {
 	var out []Chunk
 	var stored int64
 	seen := map[string]bool{}
@@ -52,7 +53,7 @@ func (c *Cache) Missing(idx *Index) ([]Chunk, int64) {
 			continue
 		}
 		seen[ch.SHA256] = true
-		if !c.Has(ch) {
+		if !c.Has(ch) && !b.Has(ch) {
 			out = append(out, ch)
 			stored += ch.Stored
 		}
@@ -60,35 +61,20 @@ func (c *Cache) Missing(idx *Index) ([]Chunk, int64) {
 	return out, stored
 }
 
-// Keep removes every file that is not a chunk of idx, then chunks of idx
-// (the last in the tar first) until the cache holds at most Max bytes.
-func (c *Cache) Keep(idx *Index) error {
-	want := map[string]bool{}
-	for _, ch := range idx.Chunks {
-		want[ch.SHA256] = true
-	}
+// Settle leaves in the cache only the skeletons named keep: after an
+// install, the release holds the content of the chunks fetched for it,
+// and its skeleton the rest of its tar.
+func (c *Cache) Settle(keep ...string) error {
 	ents, err := os.ReadDir(c.Dir)
 	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
 		return err
 	}
-	var total int64
 	for _, e := range ents {
-		fi, err := e.Info()
-		if err != nil {
-			continue
-		}
-		if !want[e.Name()] || !fi.Mode().IsRegular() {
+		if !slices.Contains(keep, e.Name()) {
 			os.RemoveAll(c.path(e.Name()))
-			continue
-		}
-		total += fi.Size()
-	}
-	for i := len(idx.Chunks) - 1; i >= 0 && total > c.Max; i-- {
-		ch := idx.Chunks[i]
-		if fi, err := os.Stat(c.path(ch.SHA256)); err == nil {
-			if os.Remove(c.path(ch.SHA256)) == nil {
-				total -= fi.Size()
-			}
 		}
 	}
 	return nil
@@ -120,21 +106,38 @@ func (c *Cache) Size() int64 {
 	return n
 }
 
-// Stream returns the tar idx describes, read from the cache in order. At
-// its end it compares the tar's size and SHA-256 with the index's: a
-// mismatch is an error wrapping artifact.ErrCorrupt instead of io.EOF, so
-// nothing unpacked from it is taken for a release. The chunks are read
-// and hashed by a goroutine of their own, a few blocks ahead, in blocks
-// of up to 512 KiB; Seek (forward only) skips bytes without copying them
-// out, hashed all the same, and WriteTo hands the blocks over as read.
+// Stream returns the tar idx describes, read from the cache in order,
+// each chunk checked against its SHA-256 before any of its bytes is
+// handed over: a mismatch is an error wrapping artifact.ErrCorrupt, so
+// nothing unpacked from it is taken for a release. The chunks' sizes add
+// up to the tar's (Parse), so a tar whose every chunk matches is the
+// tar the index describes.
 func (c *Cache) Stream(idx *Index) io.ReadCloser {
-	return &stream{c: c, idx: idx, h: sha256.New()}
+	return c.StreamWith(idx, StreamOptions{})
 }
 
-const (
-	streamBlock = 512 << 10
-	streamAhead = 4
-)
+// StreamOptions: where a stream finds the chunks the cache lacks.
+type StreamOptions struct {
+	// Backing reads a chunk back from the current release; one that does
+	// not match its SHA-256 is fetched.
+	Backing *Backing
+	// Fetch gets a chunk into the cache (Fetcher.One): one the cache and
+	// the backing lack, or whose copy there does not match. Nil: such a
+	// chunk is an error.
+	Fetch func(Chunk) error
+	// Tee is written every chunk, checked, in order (a Skeleton).
+	Tee io.Writer
+}
+
+// StreamWith is Stream, with chunks read back from a release and fetched
+// from the store where the cache lacks them.
+func (c *Cache) StreamWith(idx *Index, opt StreamOptions) *Stream {
+	return &Stream{c: c, idx: idx, opt: opt, h: sha256.New()}
+}
+
+// streamAhead: chunks checked ahead of the one being unpacked. Each is
+// whole in memory (up to 8 MiB) until it is: one ahead keeps two.
+const streamAhead = 1
 
 // mapBlocks: the stream maps chunk files where it can (tests turn it off
 // to read them).
@@ -142,14 +145,21 @@ var mapBlocks = true
 
 type block struct {
 	b      []byte
-	buf    []byte // the buffer from free that b is, or (nil) the token that stands for b's mapping
+	buf    []byte // the buffer from free that b is in
 	mapped bool   // b is a mapping of the chunk file, unmapped once read
+	anon   bool   // buf is a buffer alloc mapped
 	err    error  // the stream's end: io.EOF, or why it stopped
+	// lazy are the pieces of b left unread, in order: trusted files of
+	// the current release hold them (Backing.ReadTrusted), read only
+	// when the unpacking reads them.
+	lazy []lazy
 }
 
-type stream struct {
+// Stream: see Cache.StreamWith.
+type Stream struct {
 	c      *Cache
 	idx    *Index
+	opt    StreamOptions
 	h      hash.Hash // the reading goroutine's
 	n      int64     // read, by the reading goroutine
 	start  sync.Once
@@ -162,21 +172,32 @@ type stream struct {
 	pos    int64
 	err    error
 	closed bool
+	// Replaced are the bytes (their place in the tar) that the backing
+	// held otherwise than the chunks fetched instead: read them once the
+	// stream is closed.
+	Replaced []Hole
+	// Backed is how many chunks came from the backing; Trusted, how
+	// many of them were not hashed, every file holding them trusted.
+	Backed, Trusted int
+	bufs            [][]byte // mapped by alloc
+	lz              []lazy   // the lazy pieces of the chunk get returned
+	lzFile          *os.File // the unpacking's: the file lazy pieces are read from
+	lzHole          int
 }
 
-func (s *stream) run() {
+func (s *Stream) run() {
 	s.blocks = make(chan block, streamAhead)
 	s.free = make(chan []byte, streamAhead+1)
 	s.done = make(chan struct{})
 	for range streamAhead + 1 {
-		s.free <- nil // a buffer is made only where a block cannot be mapped
+		s.free <- nil // a buffer is made only where a chunk cannot be mapped
 	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		err := s.read()
-		if err == nil {
-			err = s.check()
+		if err == nil && s.n != s.idx.Tar.Size {
+			err = fmt.Errorf("%w: the tar made of the chunks has %d bytes; the index says %d", artifact.ErrCorrupt, s.n, s.idx.Tar.Size)
 		}
 		if err == nil {
 			err = io.EOF
@@ -188,80 +209,242 @@ func (s *stream) run() {
 	}()
 }
 
-// read reads and hashes every chunk in order, handing the blocks over.
-func (s *stream) read() error {
-	var n int64
+// read gets, checks and hands over every chunk in order.
+func (s *Stream) read() error {
+	var off int64
 	for i, ch := range s.idx.Chunks {
-		f, err := os.Open(s.c.path(ch.SHA256))
+		var buf []byte
+		select {
+		case buf = <-s.free:
+		case <-s.done:
+			return io.ErrClosedPipe
+		}
+		b, buf, mapped, err := s.get(i, ch, off, buf)
+		lz := s.lz
+		s.lz = nil
+		if err == nil && s.opt.Tee != nil {
+			lz, err = s.tee(b, lz)
+		}
 		if err != nil {
-			return fmt.Errorf("%w: chunk %d (%.16s…) is not in the cache: %v", artifact.ErrCorrupt, i, ch.SHA256, err)
+			s.free <- buf
+			return err
 		}
-		if fi, err := f.Stat(); err != nil || fi.Size() < ch.Size {
-			f.Close()
-			return fmt.Errorf("%w: chunk %d (%.16s…) in the cache is shorter than its size", artifact.ErrCorrupt, i, ch.SHA256)
-		}
-		left := ch.Size
-		for left > 0 {
-			var buf []byte
-			select {
-			case buf = <-s.free:
-			case <-s.done:
-				f.Close()
-				return io.ErrClosedPipe
-			}
-			want := min(streamBlock, left)
-			// Mapped, the bytes are hashed and skipped without a copy;
-			// read into the buffer where that cannot be done.
-			var k int
-			var err error
-			var b []byte
-			mapped := false
-			if mapBlocks {
-				b, mapped = mapBlock(f, ch.Size-left, int(want))
-			}
+		s.n += int64(len(b))
+		off += ch.Size
+		select {
+		case s.blocks <- block{b: b, buf: buf, mapped: mapped, anon: !mapped && s.owned(buf), lazy: lz}:
+		case <-s.done:
 			if mapped {
-				k = len(b)
-			} else {
-				if buf == nil {
-					buf = make([]byte, streamBlock)
-				}
-				b = buf[:want]
-				k, err = f.ReadAt(b, ch.Size-left)
-				b = b[:k]
+				unmapBlock(b)
 			}
-			s.h.Write(b)
-			n += int64(k)
-			left -= int64(k)
-			if k > 0 {
-				select {
-				case s.blocks <- block{b: b, buf: buf, mapped: mapped}:
-				case <-s.done:
-					if mapped {
-						unmapBlock(b)
-					}
-					f.Close()
-					return io.ErrClosedPipe
-				}
-			} else {
-				s.free <- buf
-			}
-			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-				f.Close()
-				return fmt.Errorf("%w: chunk %d (%.16s…) in the cache is shorter than its size", artifact.ErrCorrupt, i, ch.SHA256)
-			}
-			if err != nil {
-				f.Close()
-				return err
-			}
+			return io.ErrClosedPipe
 		}
-		f.Close()
 	}
-	s.n = n
 	return nil
 }
 
+// get returns the checked bytes of chunk i (at off in the tar): from
+// the cache, else the backing, else fetched (once more when the cache's
+// copy does not match).
+func (s *Stream) get(i int, ch Chunk, off int64, buf []byte) (b, _ []byte, mapped bool, err error) {
+	fetched := false
+	if !s.c.Has(ch) && s.opt.Backing.Has(ch) {
+		if cap(buf) < int(ch.Size) {
+			buf = s.alloc()
+		}
+		b = buf[:ch.Size]
+		if lz, ok := s.opt.Backing.ReadTrusted(ch, b); ok {
+			s.Backed++
+			s.Trusted++
+			s.lz = lz
+			return b, buf, false, nil
+		}
+		rerr := s.opt.Backing.ReadChunk(ch, b)
+		if rerr == nil && s.sum(b) == ch.SHA256 {
+			s.Backed++
+			return b, buf, false, nil
+		}
+		why := "its bytes are not the chunk's"
+		if rerr != nil {
+			why = rerr.Error()
+		}
+		s.c.logger().Info("chunk not read back from the current release; fetching it", "chunk", i, "sha256", ch.SHA256, "reason", why)
+		bad := append([]byte(nil), b...)
+		if err := s.fetch(ch); err != nil {
+			return nil, buf, false, err
+		}
+		fetched = true
+		b, buf, mapped, err = s.cached(i, ch, buf)
+		if err == nil {
+			s.differ(off, bad, b)
+		}
+		return b, buf, mapped, err
+	}
+	for {
+		b, buf, mapped, err = s.cached(i, ch, buf)
+		if err == nil || fetched || s.opt.Fetch == nil {
+			return b, buf, mapped, err
+		}
+		os.Remove(s.c.path(ch.SHA256))
+		if ferr := s.fetch(ch); ferr != nil {
+			return nil, buf, false, fmt.Errorf("%w (fetched after: %v)", err, ferr)
+		}
+		fetched = true
+	}
+}
+
+// tee writes chunk b to the Tee. Its lazy pieces that the tee takes as
+// a regular file's content (a Skeleton leaves them out) are skipped;
+// any other is read first. It returns the pieces still unread.
+func (s *Stream) tee(b []byte, lz []lazy) ([]lazy, error) {
+	sk, _ := s.opt.Tee.(interface{ Skip(int64) bool })
+	var keep []lazy
+	at := 0
+	for _, l := range lz {
+		if at < l.at {
+			s.opt.Tee.Write(b[at:l.at])
+		}
+		if sk != nil && sk.Skip(int64(l.n)) {
+			keep = append(keep, l)
+		} else {
+			if err := s.opt.Backing.fill(l, b[l.at:l.at+l.n]); err != nil {
+				return nil, err
+			}
+			s.opt.Tee.Write(b[l.at : l.at+l.n])
+		}
+		at = l.at + l.n
+	}
+	s.opt.Tee.Write(b[at:])
+	return keep, nil
+}
+
+// readLazy reads, for the unpacking, p from k bytes into the lazy piece l.
+func (s *Stream) readLazy(l lazy, p []byte, k int) error {
+	if s.lzFile == nil || s.lzHole != l.hole {
+		if s.lzFile != nil {
+			s.lzFile.Close()
+			s.lzFile = nil
+		}
+		f, err := s.opt.Backing.openTrusted(l.hole)
+		if err != nil {
+			return err
+		}
+		s.lzFile, s.lzHole = f, l.hole
+	}
+	if n, err := s.lzFile.ReadAt(p, l.off+int64(k)); n != len(p) {
+		return fmt.Errorf("%w: a file of the current release, read back: %v", artifact.ErrCorrupt, err)
+	}
+	return nil
+}
+
+// fillLazy reads the current block's lazy pieces into it.
+func (s *Stream) fillLazy() error {
+	for _, l := range s.blk.lazy {
+		if err := s.readLazy(l, s.blk.b[l.at:l.at+l.n], 0); err != nil {
+			return err
+		}
+	}
+	s.blk.lazy = nil
+	return nil
+}
+
+// differ records in Replaced where the bytes the release held (bad) for
+// the chunk at off in the tar are not the chunk's (good).
+func (s *Stream) differ(off int64, bad, good []byte) {
+	const blk = 4 << 10
+	for at := 0; at < len(good); at += blk {
+		end := min(at+blk, len(good))
+		if bytes.Equal(bad[at:end], good[at:end]) {
+			continue
+		}
+		i, j := at, end-1
+		for bad[i] == good[i] {
+			i++
+		}
+		for bad[j] == good[j] {
+			j--
+		}
+		h := Hole{Off: off + int64(i), Size: int64(j - i + 1)}
+		if n := len(s.Replaced); n > 0 && s.Replaced[n-1].Off+s.Replaced[n-1].Size >= h.Off {
+			s.Replaced[n-1].Size = h.Off + h.Size - s.Replaced[n-1].Off
+			continue
+		}
+		s.Replaced = append(s.Replaced, h)
+	}
+}
+
+// bufKeep: a buffer keeps this much resident between chunks; the pages
+// a larger chunk took are given back once it is read.
+const bufKeep = 1 << 20
+
+// owned reports whether b is a buffer alloc mapped; the reading
+// goroutine's.
+func (s *Stream) owned(b []byte) bool {
+	for _, m := range s.bufs {
+		if cap(b) > 0 && &b[:1][0] == &m[:1][0] {
+			return true
+		}
+	}
+	return false
+}
+
+// alloc makes a buffer that holds any chunk, once per token: outside
+// the heap where it can, unmapped by Close.
+func (s *Stream) alloc() []byte {
+	b, mapped := allocBuf(MaxChunk)
+	if mapped {
+		s.bufs = append(s.bufs, b)
+	}
+	return b
+}
+
+func (s *Stream) fetch(ch Chunk) error {
+	if s.opt.Fetch == nil {
+		return fmt.Errorf("%w: chunk %.16s… is in neither the cache nor the release", artifact.ErrCorrupt, ch.SHA256)
+	}
+	return s.opt.Fetch(ch)
+}
+
+func (s *Stream) sum(b []byte) string {
+	s.h.Reset()
+	s.h.Write(b)
+	return hex.EncodeToString(s.h.Sum(nil))
+}
+
+// cached reads chunk i from its cache file, mapped where it can be, and
+// checks it.
+func (s *Stream) cached(i int, ch Chunk, buf []byte) (b, _ []byte, mapped bool, err error) {
+	f, err := os.Open(s.c.path(ch.SHA256))
+	if err != nil {
+		return nil, buf, false, fmt.Errorf("%w: chunk %d (%.16s…) is not in the cache: %v", artifact.ErrCorrupt, i, ch.SHA256, err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || fi.Size() != ch.Size {
+		return nil, buf, false, fmt.Errorf("%w: chunk %d (%.16s…) in the cache is not its size", artifact.ErrCorrupt, i, ch.SHA256)
+	}
+	if mapBlocks {
+		b, mapped = mapBlock(f, 0, int(ch.Size))
+	}
+	if !mapped {
+		if cap(buf) < int(ch.Size) {
+			buf = s.alloc()
+		}
+		b = buf[:ch.Size]
+		if _, err := f.ReadAt(b, 0); err != nil {
+			return nil, buf, false, fmt.Errorf("%w: chunk %d (%.16s…) in the cache: %v", artifact.ErrCorrupt, i, ch.SHA256, err)
+		}
+	}
+	if got := s.sum(b); got != ch.SHA256 {
+		if mapped {
+			unmapBlock(b)
+		}
+		return nil, buf, false, fmt.Errorf("%w: chunk %d in the cache has SHA-256 %s; the index says %s", artifact.ErrCorrupt, i, got, ch.SHA256)
+	}
+	return b, buf, mapped, nil
+}
+
 // next makes the next block current; false at the end (s.err set).
-func (s *stream) next() bool {
+func (s *Stream) next() bool {
 	if s.err != nil {
 		return false
 	}
@@ -276,10 +459,31 @@ func (s *stream) next() bool {
 	return true
 }
 
-func (s *stream) Read(p []byte) (int, error) {
+func (s *Stream) Read(p []byte) (int, error) {
 	for len(s.cur) == 0 {
 		if !s.next() {
 			return 0, s.err
+		}
+	}
+	if lz := s.blk.lazy; len(lz) > 0 {
+		at := len(s.blk.b) - len(s.cur)
+		for len(lz) > 0 && lz[0].at+lz[0].n <= at {
+			lz = lz[1:]
+		}
+		s.blk.lazy = lz
+		if len(lz) > 0 {
+			if l := lz[0]; l.at <= at {
+				n := min(len(p), len(s.cur), l.at+l.n-at)
+				if err := s.readLazy(l, p[:n], at-l.at); err != nil {
+					s.err, s.cur = err, nil
+					return 0, err
+				}
+				s.cur = s.cur[n:]
+				s.pos += int64(n)
+				return n, nil
+			} else if len(p) > l.at-at {
+				p = p[:l.at-at]
+			}
 		}
 	}
 	n := copy(p, s.cur)
@@ -289,8 +493,8 @@ func (s *stream) Read(p []byte) (int, error) {
 }
 
 // Seek skips forward (whence io.SeekCurrent, off >= 0 only): the bytes
-// are read and hashed, not copied out.
-func (s *stream) Seek(off int64, whence int) (int64, error) {
+// are read and checked, not copied out.
+func (s *Stream) Seek(off int64, whence int) (int64, error) {
 	if whence != io.SeekCurrent || off < 0 {
 		return s.pos, errors.New("chunk stream: seek forward only")
 	}
@@ -310,7 +514,7 @@ func (s *stream) Seek(off int64, whence int) (int64, error) {
 }
 
 // WriteTo writes the rest of the stream to w, block by block.
-func (s *stream) WriteTo(w io.Writer) (int64, error) {
+func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 	var total int64
 	for {
 		if len(s.cur) == 0 && !s.next() {
@@ -318,6 +522,10 @@ func (s *stream) WriteTo(w io.Writer) (int64, error) {
 				return total, nil
 			}
 			return total, s.err
+		}
+		if err := s.fillLazy(); err != nil {
+			s.err, s.cur = err, nil
+			return total, err
 		}
 		n, err := w.Write(s.cur)
 		s.cur = s.cur[n:]
@@ -329,27 +537,21 @@ func (s *stream) WriteTo(w io.Writer) (int64, error) {
 	}
 }
 
-func (s *stream) check() error {
-	if got := hex.EncodeToString(s.h.Sum(nil)); s.n != s.idx.Tar.Size || got != s.idx.Tar.SHA256 {
-		return fmt.Errorf("%w: the tar made of the chunks has %d bytes and SHA-256 %s; the index says %d bytes, %s",
-			artifact.ErrCorrupt, s.n, got, s.idx.Tar.Size, s.idx.Tar.SHA256)
-	}
-	return nil
-}
-
 // release is done with the current block.
-func (s *stream) release() {
+func (s *Stream) release() {
 	if s.blk.b == nil {
 		return
 	}
 	if s.blk.mapped {
 		unmapBlock(s.blk.b)
+	} else if s.blk.anon && len(s.blk.b) > bufKeep {
+		trimBuf(s.blk.buf[:len(s.blk.b)], bufKeep)
 	}
-	s.free <- s.blk.buf[:cap(s.blk.buf)]
+	s.free <- s.blk.buf
 	s.blk, s.cur = block{}, nil
 }
 
-func (s *stream) Close() error {
+func (s *Stream) Close() error {
 	if s.closed {
 		return nil
 	}
@@ -369,135 +571,16 @@ func (s *stream) Close() error {
 			break
 		}
 	}
+	if s.lzFile != nil {
+		s.lzFile.Close()
+		s.lzFile = nil
+	}
+	for _, b := range s.bufs {
+		freeBuf(b)
+	}
+	s.bufs = nil
 	if s.err == nil {
 		s.err = io.ErrClosedPipe
 	}
-	return nil
-}
-
-// Filler cuts a tar stream written to it at the sizes of the index's
-// chunks and keeps them, up to the cache's bound: the Tee of an archive
-// install, so that the next release can be a delta. The pieces are not
-// hashed again: they are named by the index only by Commit, once the
-// archive they come from has been verified against the version pinned,
-// which the index was made from (Index.Fits). An index that lied about
-// them is caught where the cache is used: the tar reassembled from it
-// would not have the SHA-256 of the next index. It never fails the
-// install: a problem of its own stops it, logged.
-func (c *Cache) Filler(idx *Index) *Filler {
-	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
-		c.logger().Warn("chunk cache off for this install", "dir", c.Dir, "error", err)
-		return &Filler{off: true}
-	}
-	f := &Filler{c: c, idx: idx}
-	f.budget = c.Max - c.Size()
-	return f
-}
-
-// Filler: see Cache.Filler.
-type Filler struct {
-	c      *Cache
-	idx    *Index
-	i      int   // current chunk
-	got    int64 // bytes of it seen
-	skip   bool  // current chunk: cached already, or over budget
-	tmp    *os.File
-	w      *bufio.Writer // to tmp: the tar reader reads headers 512 bytes at a time; content of 32 KiB or more goes straight to the file, uncopied
-	done   []pending     // written, named at Commit
-	budget int64
-	off    bool
-	Kept   int // chunks Commit put in the cache
-}
-
-type pending struct{ tmp, sum string }
-
-func (f *Filler) Write(p []byte) (int, error) {
-	n := len(p)
-	for len(p) > 0 && !f.off {
-		if f.i >= len(f.idx.Chunks) {
-			f.stop("the tar is longer than its index says")
-			break
-		}
-		ch := f.idx.Chunks[f.i]
-		if f.got == 0 {
-			f.skip = f.c.Has(ch) || ch.Size > f.budget
-			if !f.skip {
-				t, err := os.CreateTemp(f.c.Dir, ".fill-*")
-				if err != nil {
-					f.stop(err.Error())
-					break
-				}
-				f.tmp = t
-				if f.w == nil {
-					f.w = bufio.NewWriterSize(t, 32<<10)
-				}
-				f.w.Reset(t)
-				f.budget -= ch.Size
-			}
-		}
-		take := min(int64(len(p)), ch.Size-f.got)
-		if !f.skip {
-			if _, err := f.w.Write(p[:take]); err != nil {
-				f.stop(err.Error())
-				break
-			}
-		}
-		f.got += take
-		p = p[take:]
-		if f.got == ch.Size {
-			f.i++
-			f.got = 0
-			if !f.skip {
-				t := f.tmp
-				f.tmp = nil
-				err := f.w.Flush()
-				if cerr := t.Close(); err == nil {
-					err = cerr
-				}
-				if err != nil {
-					os.Remove(t.Name())
-					f.stop(err.Error())
-					break
-				}
-				f.done = append(f.done, pending{t.Name(), ch.SHA256})
-			}
-		}
-	}
-	return n, nil
-}
-
-func (f *Filler) stop(why string) {
-	if f.tmp != nil {
-		f.tmp.Close()
-		os.Remove(f.tmp.Name())
-		f.tmp = nil
-	}
-	if !f.off && why != "" {
-		f.c.logger().Warn("stopped filling the chunk cache", "reason", why)
-	}
-	f.off = true
-}
-
-// Commit names the chunks written after the archive they were cut from
-// was verified: each whole chunk becomes the cache's copy of it.
-func (f *Filler) Commit() {
-	f.stop("")
-	for _, p := range f.done {
-		if err := os.Rename(p.tmp, f.c.path(p.sum)); err == nil {
-			f.Kept++
-		} else {
-			os.Remove(p.tmp)
-		}
-	}
-	f.done = nil
-}
-
-// Close drops what was written and not committed (a failed install).
-func (f *Filler) Close() error {
-	f.stop("")
-	for _, p := range f.done {
-		os.Remove(p.tmp)
-	}
-	f.done = nil
 	return nil
 }

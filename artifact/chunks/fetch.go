@@ -103,15 +103,21 @@ func (f *Fetcher) Fetch(ctx context.Context, missing []Chunk) (Fetched, error) {
 		par = 4
 	}
 	var n, bytes atomic.Int64
+	// The GETs overlap (their requests and first bytes); their bodies are
+	// decompressed one at a time, by one decoder: each holds a whole
+	// chunk's window, up to 8 MiB, and the install's peak memory is
+	// that of one.
+	dec := make(chan *zstd.Decoder, 1)
+	dec <- nil
+	defer func() {
+		if d := <-dec; d != nil {
+			d.Close()
+		}
+	}()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(par)
 	for _, ch := range missing {
 		g.Go(func() error {
-			dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxMemory(MaxChunk+1))
-			if err != nil {
-				return err
-			}
-			defer dec.Close()
 			src := sib.Sibling(Key(ch.SHA256))
 			var err1 error
 			for try := 1; try <= 2; try++ {
@@ -138,14 +144,32 @@ func (f *Fetcher) Fetch(ctx context.Context, missing []Chunk) (Fetched, error) {
 	return Fetched{Chunks: int(n.Load()), Bytes: bytes.Load()}, err
 }
 
+// One fetches one chunk into the cache, checked, fetched once more when
+// it does not match: what a stream calls for a chunk it lacks.
+func (f *Fetcher) One(ctx context.Context, ch Chunk) (Fetched, error) {
+	return f.Fetch(ctx, []Chunk{ch})
+}
+
 // one fetches one chunk into the cache, checked; it returns the bytes
 // received.
-func (f *Fetcher) one(ctx context.Context, src artifact.Source, ch Chunk, dec *zstd.Decoder) (int64, error) {
+func (f *Fetcher) one(ctx context.Context, src artifact.Source, ch Chunk, decs chan *zstd.Decoder) (int64, error) {
 	body, err := src.Open(ctx, artifact.Info{Key: src.String(), Size: ch.Stored})
 	if err != nil {
 		return 0, fmt.Errorf("fetch chunk %s: %w", src, err)
 	}
 	defer body.Close()
+	var dec *zstd.Decoder
+	select {
+	case dec = <-decs:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	defer func() { decs <- dec }()
+	if dec == nil {
+		if dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxMemory(MaxChunk+1)); err != nil {
+			return 0, err
+		}
+	}
 	counted := &counter{r: body}
 	// The stored size is the index's: a longer body is refused too.
 	limited := io.LimitReader(counted, ch.Stored+1)

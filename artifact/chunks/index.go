@@ -2,9 +2,10 @@
 // release split into content-defined chunks (restic's chunker), each
 // stored once, compressed, under a prefix of the bucket or container
 // shared by every release and service, and content-addressed by its
-// SHA-256. An agent that holds the chunks of its current release fetches
-// only those it lacks and reassembles the tar from its cache; the tar's
-// SHA-256 must match the index's before anything is trusted.
+// SHA-256. An agent reads the chunks its current release already holds
+// back from that release's files and the skeleton of its tar (Skeleton,
+// Backing), fetches only the others, and checks every chunk against its
+// SHA-256 before any of it is unpacked.
 package chunks
 
 import (

@@ -24,3 +24,28 @@ func mapBlock(f *os.File, off int64, n int) ([]byte, bool) {
 }
 
 func unmapBlock(b []byte) { unix.Munmap(b) }
+
+// allocBuf makes a buffer of n bytes outside the Go heap: anonymous
+// memory whose pages count only once touched, and which does not grow
+// the heap the collector paces itself on. freeBuf returns it.
+func allocBuf(n int) ([]byte, bool) {
+	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return make([]byte, n), false
+	}
+	return b, true
+}
+
+func freeBuf(b []byte) { unix.Munmap(b[:cap(b)]) }
+
+// trimBuf gives back the pages of b (a buffer allocBuf mapped) from keep
+// on: one that held a large chunk does not stay that large while it
+// holds small ones.
+func trimBuf(b []byte, keep int) {
+	page := os.Getpagesize()
+	keep = (keep + page - 1) / page * page
+	end := min(cap(b), (len(b)+page-1)/page*page)
+	if keep < end {
+		unix.Madvise(b[keep:end], unix.MADV_DONTNEED)
+	}
+}

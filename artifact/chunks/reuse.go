@@ -25,6 +25,15 @@ type Files struct {
 	Tar    string          `json:"tar"`    // the SHA-256 of its tar
 	Chunks []Chunk         `json:"chunks"` // of its tar, in order
 	Files  map[string]File `json:"files"`
+	// Skel names the skeleton of its tar in the cache (Skeleton), SkelSize
+	// its size, and Holes the regular files' content it leaves out; none:
+	// the release cannot back a delta.
+	Skel     string `json:"skel,omitempty"`
+	SkelSize int64  `json:"skel_size,omitempty"`
+	Holes    []Hole `json:"holes,omitempty"`
+	// SkelSHA256 is the SHA-256 of the skeleton: checked once by a delta
+	// that trusts files of the release by their identity (Backing).
+	SkelSHA256 string `json:"skel_sha256,omitempty"`
 }
 
 // File is one regular file of a release, as its tar made it.
@@ -88,6 +97,21 @@ func LoadFiles(path string) (*Files, error) {
 	return &f, nil
 }
 
+// LoadFilesHead reads of the record Save wrote only which release and
+// skeleton it is of: the files are skipped, not kept in memory.
+func LoadFilesHead(path string) (*Files, error) {
+	r, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	var h struct{ Release, Skel string }
+	if err := gob.NewDecoder(bufio.NewReaderSize(r, 64<<10)).Decode(&h); err != nil {
+		return nil, err
+	}
+	return &Files{Release: h.Release, Skel: h.Skel}, nil
+}
+
 // Reuser offers, for each regular file of a new release's tar, the same
 // file of the current release when it can be hard-linked instead of
 // written: the archive.Options.Reuse of a delta. A file is offered only
@@ -105,8 +129,9 @@ func LoadFiles(path string) (*Files, error) {
 //     mode and owner. A file written since, or replaced, is not that one;
 //     it is written again from the tar.
 //
-// The new tar is still read and hashed whole: unless its SHA-256 is the
-// index's, nothing unpacked from it is kept.
+// The new tar is still read and checked whole, chunk by chunk, a linked
+// file's bytes read back from that very file: a linked file found not to
+// hold the chunk's bytes (Overlaps) fails the delta.
 type Reuser struct {
 	old    *Files
 	dir    *os.File
@@ -116,6 +141,12 @@ type Reuser struct {
 	off    bool
 	Linked int   // files linked
 	Bytes  int64 // their content
+	linked []linkedFile
+}
+
+type linkedFile struct {
+	name string
+	Hole
 }
 
 // NewReuser offers the files of old, a release in the directory dir, to
@@ -159,13 +190,26 @@ func (r *Reuser) Reuse(e *archive.Entry) *os.File {
 		return nil
 	}
 	st, err := archive.Stat(src)
-	if err != nil || st != f.Stat || !st.IsRegular() || st.Perm() != e.Mode {
+	if err != nil || !st.Same(f.Stat) || !st.IsRegular() || st.Perm() != e.Mode {
 		src.Close()
 		return nil
 	}
 	r.Linked++
 	r.Bytes += h.Size
+	r.linked = append(r.linked, linkedFile{e.Name, Hole{e.Offset, h.Size}})
 	return src
+}
+
+// Overlaps names a file linked whose content in the new tar overlaps one
+// of the ranges (sorted by offset) given.
+func (r *Reuser) Overlaps(ranges []Hole) (string, bool) {
+	for _, l := range r.linked {
+		i := sort.Search(len(ranges), func(k int) bool { return ranges[k].Off+ranges[k].Size > l.Off })
+		if i < len(ranges) && ranges[i].Off < l.Off+l.Size {
+			return l.name, true
+		}
+	}
+	return "", false
 }
 
 // sameBytes reports whether the n bytes at a in the current release's
@@ -210,7 +254,7 @@ func (f *Files) Check(dir string) error {
 		if err != nil {
 			return err
 		}
-		if st != rec.Stat {
+		if !st.Same(rec.Stat) {
 			return fmt.Errorf("%s changed since it was made (a file linked from the current release, written since?)", name)
 		}
 	}

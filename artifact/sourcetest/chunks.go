@@ -83,9 +83,16 @@ func retried(src artifact.Source) artifact.Source {
 	return artifact.Retry(src, artifact.Policy{Tries: 3, Backoff: 10 * time.Millisecond, Stall: 10 * time.Second}, nil)
 }
 
-// installArchive is the agent's archive path with the cache filled from
-// the tar as it is unpacked.
-func installArchive(t *testing.T, src artifact.Source, pin artifact.Info, idx *chunks.Index, cache *chunks.Cache) string {
+// installed is a release unpacked with an index: its directory, the
+// record of its files and the skeleton of its tar in the cache.
+type installed struct {
+	dir   string
+	files *chunks.Files
+}
+
+// installArchive is the agent's archive path: the tar's skeleton kept in
+// the cache and its files recorded as it is unpacked.
+func installArchive(t *testing.T, src artifact.Source, pin artifact.Info, idx *chunks.Index, cache *chunks.Cache) installed {
 	t.Helper()
 	body, err := src.Open(context.Background(), pin)
 	if err != nil {
@@ -94,35 +101,62 @@ func installArchive(t *testing.T, src artifact.Source, pin artifact.Info, idx *c
 	defer body.Close()
 	v := artifact.NewVerifier(body, pin)
 	dir := t.TempDir()
-	fill := cache.Filler(idx)
-	if _, err := archive.Extract(context.Background(), v, dir, archive.Options{Name: "app.tar.zst", Tee: fill}); err != nil {
+	skel := cache.Skeleton()
+	defer skel.Close()
+	files := chunks.NewFiles("v", "", idx)
+	if _, err := archive.Extract(context.Background(), v, dir, archive.Options{Name: "app.tar.zst", Tee: skel, Made: files.Made}); err != nil {
 		t.Fatal(err)
 	}
 	if err := v.Drain(); err != nil {
 		t.Fatal(err)
 	}
-	fill.Commit()
-	if err := cache.Keep(idx); err != nil {
+	name := ""
+	if skel.Commit("v.skel") {
+		name = "v.skel"
+		files.Skel, files.SkelSize, files.Holes = name, skel.Size(), skel.Holes
+	}
+	if err := cache.Settle(name); err != nil {
 		t.Fatal(err)
 	}
-	return dir
+	return installed{dir, files}
 }
 
-// installDelta is the agent's delta path; the error is the first of
-// fetching, reassembling and unpacking.
-func installDelta(ctx context.Context, src artifact.Source, idx *chunks.Index, cache *chunks.Cache, dir string) (chunks.Fetched, error) {
-	missing, _ := cache.Missing(idx)
-	got, err := (&chunks.Fetcher{Src: src, Cache: cache}).Fetch(ctx, missing)
+// delta is what installDelta did.
+type delta struct {
+	chunks.Fetched
+	backed   int // chunks read back from the current release
+	replaced int // of those it held, chunks fetched instead
+}
+
+// installDelta is the agent's delta path over the release cur; the error
+// is the first of fetching, reassembling and unpacking.
+func installDelta(ctx context.Context, src artifact.Source, idx *chunks.Index, cache *chunks.Cache, cur installed, dir string) (delta, error) {
+	var d delta
+	backing, err := cache.NewBacking(cur.files, cur.dir)
 	if err != nil {
-		return got, err
+		return d, err
 	}
-	s := cache.Stream(idx)
+	defer backing.Close()
+	missing, _ := cache.Missing(idx, backing)
+	f := &chunks.Fetcher{Src: src, Cache: cache}
+	d.Fetched, err = f.Fetch(ctx, missing)
+	if err != nil {
+		return d, err
+	}
+	s := cache.StreamWith(idx, chunks.StreamOptions{Backing: backing, Fetch: func(ch chunks.Chunk) error {
+		got, err := f.One(ctx, ch)
+		d.Chunks += got.Chunks
+		d.Bytes += got.Bytes
+		return err
+	}})
 	defer s.Close()
 	_, xerr := archive.Extract(ctx, s, dir, archive.Options{Format: archive.Tar})
 	if _, err := io.Copy(io.Discard, s); err != nil {
-		return got, err
+		return d, err
 	}
-	return got, xerr
+	s.Close()
+	d.backed, d.replaced = s.Backed, len(s.Replaced)
+	return d, xerr
 }
 
 func sameFiles(t *testing.T, dir string, files map[string][]byte) {
@@ -169,9 +203,11 @@ func RunChunks(t *testing.T, h ChunkHarness) {
 		t.Fatal(err)
 	}
 	warm := &chunks.Cache{Dir: filepath.Join(t.TempDir(), "chunks"), Max: 64 << 20}
-	sameFiles(t, installArchive(t, src, pin1, idx1, warm), files1)
-	if missing, _ := warm.Missing(idx1); len(missing) != 0 {
-		t.Fatalf("after the archive install, %d chunks of it are not in the cache", len(missing))
+	v1 := installArchive(t, src, pin1, idx1, warm)
+	sameFiles(t, v1.dir, files1)
+	// The cache holds the tar's headers, not its files' content.
+	if n := warm.Size(); n == 0 || n > 64<<10 {
+		t.Fatalf("after the archive install of a %d-byte tar, the cache holds %d bytes", idx1.Tar.Size, n)
 	}
 	files2, a2 := release(t, 8, map[int]int{3: 1})
 	pin2 := publishRelease(t, st, ct, key, a2)
@@ -185,6 +221,15 @@ func RunChunks(t *testing.T, h ChunkHarness) {
 			t.Fatal(err)
 		}
 		return c
+	}
+	// current is a copy of v1's release, for a case to change.
+	current := func(t *testing.T) installed {
+		d := filepath.Join(t.TempDir(), "release")
+		if err := os.CopyFS(d, os.DirFS(v1.dir)); err != nil {
+			t.Fatal(err)
+		}
+		f := *v1.files
+		return installed{d, &f}
 	}
 	// tampered publishes idx under another key: the index of an artifact
 	// there (the same archive), without touching the shared chunks.
@@ -201,14 +246,23 @@ func RunChunks(t *testing.T, h ChunkHarness) {
 
 	t.Run("DeltaFetchesOnlyTheChangedChunks", func(t *testing.T) {
 		cache := cacheOf(t)
-		missing, stored := cache.Missing(idx2)
+		cur := current(t)
+		b, err := cache.NewBacking(cur.files, cur.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		missing, stored := cache.Missing(idx2, b)
+		b.Close()
 		if len(missing) == 0 || len(missing) >= len(idx2.Chunks)/2 {
 			t.Fatalf("%d of %d chunks missing after one file of 8 changed", len(missing), len(idx2.Chunks))
 		}
 		dir := t.TempDir()
-		got, err := installDelta(ctx, src, idx2, cache, dir)
+		got, err := installDelta(ctx, src, idx2, cache, cur, dir)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if got.backed == 0 || got.replaced != 0 {
+			t.Fatalf("%d chunks read back from the current release, %d of them fetched instead", got.backed, got.replaced)
 		}
 		if got.Bytes != stored || got.Bytes > idx2.Archive.Size/2 {
 			t.Fatalf("fetched %d bytes (%d chunks), expected the %d of the missing chunks, of a %d-byte archive", got.Bytes, got.Chunks, stored, idx2.Archive.Size)
@@ -225,7 +279,7 @@ func RunChunks(t *testing.T, h ChunkHarness) {
 	t.Run("CorruptChunkIsRefetchedOnce", func(t *testing.T) {
 		f := &flaky{Source: src, corrupt: 1}
 		dir := t.TempDir()
-		if _, err := installDelta(ctx, f, idx2, cacheOf(t), dir); err != nil {
+		if _, err := installDelta(ctx, f, idx2, cacheOf(t), current(t), dir); err != nil {
 			t.Fatalf("a chunk corrupt once was not fetched again: %v", err)
 		}
 		if f.opened.Load() < 2 {
@@ -236,11 +290,11 @@ func RunChunks(t *testing.T, h ChunkHarness) {
 
 	t.Run("CorruptChunkIsRefused", func(t *testing.T) {
 		cache := cacheOf(t)
-		missing, _ := cache.Missing(idx2)
+		missing, _ := cache.Missing(idx2, nil)
 		// Corrupt on the wire every time: refused after a second try.
 		f := &flaky{Source: src, corrupt: 1 << 30}
 		dir := t.TempDir()
-		_, err := installDelta(ctx, f, idx2, cache, dir)
+		_, err := installDelta(ctx, f, idx2, cache, current(t), dir)
 		if !errors.Is(err, artifact.ErrCorrupt) {
 			t.Fatalf("a corrupt chunk was not refused: %v", err)
 		}
@@ -254,10 +308,16 @@ func RunChunks(t *testing.T, h ChunkHarness) {
 
 	t.Run("MissingChunkIsRefused", func(t *testing.T) {
 		cache := cacheOf(t)
+		cur := current(t)
 		// An index naming a chunk the store does not have.
 		bad := *idx2
 		bad.Chunks = append([]chunks.Chunk(nil), idx2.Chunks...)
-		missing, _ := cache.Missing(idx2)
+		b, err := cache.NewBacking(cur.files, cur.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		missing, _ := cache.Missing(idx2, b)
+		b.Close()
 		for i, c := range bad.Chunks {
 			if c.SHA256 == missing[0].SHA256 {
 				bad.Chunks[i].SHA256 = fmt.Sprintf("%064x", i+1)
@@ -265,34 +325,89 @@ func RunChunks(t *testing.T, h ChunkHarness) {
 		}
 		s, idx := tampered(t, &bad)
 		dir := t.TempDir()
-		if _, err := installDelta(ctx, s, idx, cache, dir); !errors.Is(err, artifact.ErrNotFound) {
+		if _, err := installDelta(ctx, s, idx, cache, cur, dir); !errors.Is(err, artifact.ErrNotFound) {
 			t.Fatalf("a missing chunk was not refused: %v", err)
 		}
 		dirEmpty(t, dir)
 	})
 
-	t.Run("TarNotMatchingTheIndexIsRefused", func(t *testing.T) {
-		bad := *idx2
-		bad.Tar.SHA256 = fmt.Sprintf("%064x", 7)
-		s, idx := tampered(t, &bad)
-		if _, err := installDelta(ctx, s, idx, cacheOf(t), t.TempDir()); !errors.Is(err, artifact.ErrCorrupt) {
-			t.Fatalf("a tar whose SHA-256 is not the index's was taken: %v", err)
+	// The application wrote into a file of the current release (same
+	// size, in place): the chunks it lies in no longer match and are
+	// fetched; the delta installs exactly the new release.
+	t.Run("FileEditedInPlaceIsFetched", func(t *testing.T) {
+		cache, cur := cacheOf(t), current(t)
+		base, err := installDelta(ctx, src, idx2, cacheOf(t), current(t), t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(filepath.Join(cur.dir, "bin/part05"), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteAt([]byte("written by the application"), 300<<10)
+		f.Close()
+		os.Remove(filepath.Join(cur.dir, "bin/part06")) // and removed another
+		dir := t.TempDir()
+		got, err := installDelta(ctx, src, idx2, cache, cur, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameFiles(t, dir, files2)
+		if got.replaced < 2 || got.Bytes <= base.Bytes {
+			t.Fatalf("%d chunks fetched in place of the release's (%d bytes, %d without the edit)", got.replaced, got.Bytes, base.Bytes)
+		}
+	})
+
+	// A skeleton that lost bytes is not used: nothing of the current
+	// release backs the delta, which the agent then takes from the
+	// archive. One with a byte changed costs the chunk it lies in.
+	t.Run("DamagedSkeleton", func(t *testing.T) {
+		cache, cur := cacheOf(t), current(t)
+		p := filepath.Join(cache.Dir, cur.files.Skel)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(p, b[:len(b)-100], 0o600)
+		if _, err := cache.NewBacking(cur.files, cur.dir); err == nil {
+			t.Fatal("a truncated skeleton was used")
+		}
+		if missing, _ := cache.Missing(idx2, nil); len(missing) != len(idx2.Chunks) {
+			t.Fatalf("without the release, %d of %d chunks missing", len(missing), len(idx2.Chunks))
+		}
+		b[1024] ^= 1 // in the second header
+		os.WriteFile(p, b, 0o600)
+		dir := t.TempDir()
+		got, err := installDelta(ctx, src, idx2, cache, cur, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameFiles(t, dir, files2)
+		if got.replaced != 1 {
+			t.Fatalf("%d chunks fetched in place of the release's", got.replaced)
 		}
 	})
 
 	t.Run("CacheIsBounded", func(t *testing.T) {
 		cache := &chunks.Cache{Dir: filepath.Join(t.TempDir(), "chunks"), Max: 3 << 20}
-		sameFiles(t, installArchive(t, src, pin2, idx2, cache), files2)
+		cur := installArchive(t, src, pin2, idx2, cache)
 		if n := cache.Size(); n > cache.Max || n == 0 {
 			t.Fatalf("the cache holds %d bytes, bound %d", n, cache.Max)
 		}
-		// And after a delta on top of it.
-		if _, err := installDelta(ctx, src, idx2, cache, t.TempDir()); err != nil {
+		// And after a delta on top of it: the chunks fetched for it are
+		// not kept (the release holds them).
+		if _, err := installDelta(ctx, src, idx2, cache, cur, t.TempDir()); err != nil {
 			t.Fatal(err)
 		}
-		cache.Keep(idx2)
-		if n := cache.Size(); n > cache.Max {
+		cache.Settle(cur.files.Skel)
+		if n := cache.Size(); n > cache.Max || n == 0 {
 			t.Fatalf("the cache holds %d bytes, bound %d", n, cache.Max)
+		}
+		// A bound under the tar's headers keeps nothing.
+		tiny := &chunks.Cache{Dir: filepath.Join(t.TempDir(), "chunks"), Max: 1024}
+		installArchive(t, src, pin2, idx2, tiny)
+		if n := tiny.Size(); n != 0 {
+			t.Fatalf("the cache holds %d bytes, bound %d", n, tiny.Max)
 		}
 	})
 }

@@ -34,11 +34,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-
 	"github.com/dropshipd/dropship/artifact/chunks"
-	"github.com/dropshipd/dropship/artifact/s3"
-	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/bench/internal/benchrig"
 )
 
 var (
@@ -61,28 +58,13 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	minio, err := rig.StartMinIO()
-	if err != nil {
-		return err
-	}
-	defer minio.Stop()
 	ctx := context.Background()
-	store, err := s3.NewStore(ctx, s3.Config{Endpoint: aws.String(minio.Endpoint), AccessKey: aws.String(minio.AccessKey),
-		SecretKey: aws.String(minio.SecretKey), Region: aws.String("us-east-1")})
+	srv, err := benchrig.StartMinIO(ctx, "bench")
 	if err != nil {
 		return err
 	}
-	// A loaded machine: MinIO may answer "not initialized" for a while.
-	for try := 0; ; try++ {
-		err := store.CreateBucket(ctx, "bench")
-		if err == nil {
-			break
-		}
-		if try == 30 {
-			return err
-		}
-		time.Sleep(time.Second)
-	}
+	defer srv.Stop()
+	minio, store := srv.MinIO, srv.Store
 	bin := filepath.Join(*work, "dropship")
 	build := exec.Command("go", "build", "-trimpath", "-tags", "nethttpomithttp2", "-ldflags", "-s -w", "-o", bin, "./cmd/dropship")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -127,11 +109,12 @@ service "bench" {
 		return p
 	}
 	withChunks, without := config("chunks", "chunk_links = true"), config("full", "chunk_cache = 0")
+	noLinks := config("nolinks", "chunk_links = false")
 	reset := func() { os.RemoveAll(state); os.RemoveAll(dest) }
 
-	var best, bestCPU struct{ first, delta, full time.Duration }
-	var deltaBytes, archiveBytes int64
-	fmt.Printf("\n(wall / CPU time)\n%-6s %-16s %-16s %-30s %-16s\n", "round", "full v1", "first v1", "delta v2 (fetched, files linked)", "full v2")
+	var best, bestCPU struct{ first, delta, delta0, full time.Duration }
+	var deltaBytes, delta0Bytes, archiveBytes int64
+	fmt.Printf("\n(wall / CPU time)\n%-6s %-16s %-16s %-30s %-30s %-16s\n", "round", "full v1", "first v1", "delta v2 (fetched, files linked)", "delta v1, no links (fetched)", "full v1")
 	for r := 1; r <= *rounds; r++ {
 		// Each install next to the one it is compared with, right after
 		// the same publish: v1 full then first; v2 delta then full.
@@ -158,9 +141,22 @@ service "bench" {
 		if err != nil {
 			return err
 		}
-		cDelta := cpu
+		cDelta, linkedOn := cpu, linked
 		if fetched < 0 {
 			return fmt.Errorf("the second install was no delta")
+		}
+		// Back to v1, the same one-file change, with chunk_links = false:
+		// every file written.
+		if _, err := publish(v1); err != nil {
+			return err
+		}
+		delta0, fetched0, err := install(bin, noLinks)
+		if err != nil {
+			return err
+		}
+		cDelta0 := cpu
+		if fetched0 < 0 {
+			return fmt.Errorf("the third install was no delta")
 		}
 		reset()
 		full2, _, err := install(bin, without)
@@ -168,11 +164,12 @@ service "bench" {
 			return err
 		}
 		cFull2 := cpu
-		fmt.Printf("%-6d %-16s %-16s %-30s %-16s\n", r, wc(full1, cFull1), wc(first, cFirst),
-			fmt.Sprintf("%s (%.2f MiB, %s linked)", wc(delta, cDelta), float64(fetched)/(1<<20), linked), wc(full2, cFull2))
-		best.first, best.delta, best.full = minNZ(best.first, first), minNZ(best.delta, delta), minNZ(minNZ(best.full, full1), full2)
-		bestCPU.first, bestCPU.delta, bestCPU.full = minNZ(bestCPU.first, cFirst), minNZ(bestCPU.delta, cDelta), minNZ(minNZ(bestCPU.full, cFull1), cFull2)
-		deltaBytes, archiveBytes = fetched, size
+		fmt.Printf("%-6d %-16s %-16s %-30s %-30s %-16s\n", r, wc(full1, cFull1), wc(first, cFirst),
+			fmt.Sprintf("%s (%.2f MiB, %s linked)", wc(delta, cDelta), float64(fetched)/(1<<20), linkedOn),
+			fmt.Sprintf("%s (%.2f MiB)", wc(delta0, cDelta0), float64(fetched0)/(1<<20)), wc(full2, cFull2))
+		best.first, best.delta, best.delta0, best.full = minNZ(best.first, first), minNZ(best.delta, delta), minNZ(best.delta0, delta0), minNZ(minNZ(best.full, full1), full2)
+		bestCPU.first, bestCPU.delta, bestCPU.delta0, bestCPU.full = minNZ(bestCPU.first, cFirst), minNZ(bestCPU.delta, cDelta), minNZ(bestCPU.delta0, cDelta0), minNZ(minNZ(bestCPU.full, cFull1), cFull2)
+		deltaBytes, delta0Bytes, archiveBytes = fetched, fetched0, size
 	}
 	reset()
 	fmt.Printf("\nbest of %d rounds (load average at the end: %s)\n", *rounds, loadavg())
@@ -182,6 +179,10 @@ service "bench" {
 		float64(archiveBytes)/(1<<20), best.first.Seconds()/best.full.Seconds(), bestCPU.first.Seconds()/bestCPU.full.Seconds())
 	fmt.Printf("| delta, one 5 MB file changed | %.2f s | %.2f s | %.2f MiB | %.2f× wall, %.2f× CPU, %.2f %% of the bytes |\n", best.delta.Seconds(), bestCPU.delta.Seconds(),
 		float64(deltaBytes)/(1<<20), best.delta.Seconds()/best.full.Seconds(), bestCPU.delta.Seconds()/bestCPU.full.Seconds(), 100*float64(deltaBytes)/float64(archiveBytes))
+	fmt.Printf("| delta, chunk_links = false | %.2f s | %.2f s | %.2f MiB | %.2f× wall, %.2f× CPU, %.2f %% of the bytes |\n", best.delta0.Seconds(), bestCPU.delta0.Seconds(),
+		float64(delta0Bytes)/(1<<20), best.delta0.Seconds()/best.full.Seconds(), bestCPU.delta0.Seconds()/bestCPU.full.Seconds(), 100*float64(delta0Bytes)/float64(archiveBytes))
+	fmt.Printf("\npeak resident memory (max RSS) of an install: full %.1f MiB, first %.1f MiB, delta %.1f MiB, delta without links %.1f MiB\n",
+		peak["full"], peak["chunks"], peak["delta"], peak["nolinks"])
 	return nil
 }
 
@@ -203,6 +204,9 @@ var (
 	linked string
 )
 
+// peak is the largest max RSS (MiB) of each kind of install.
+var peak = map[string]float64{}
+
 // cpu is the CPU time (user and system) of the last install: on a
 // loaded machine it says more than the wall time.
 var cpu time.Duration
@@ -210,7 +214,16 @@ var cpu time.Duration
 // install runs one agent pass and returns its wall time and, for a
 // delta, the bytes it fetched (-1: not a delta).
 func install(bin, cfg string) (time.Duration, int64, error) {
-	cmd := exec.Command(bin, "agent", "--once", "-c", cfg, "--log-level", "info")
+	args := []string{"agent", "--once", "-c", cfg, "--log-level", "info"}
+	// GNU time reports the agent's own peak RSS: the rusage of a process
+	// exec'ed from this one counts this one's memory (the bench's, before
+	// the exec).
+	rss := filepath.Join(*work, "rss")
+	os.Remove(rss)
+	cmd := exec.Command(bin, args...)
+	if _, err := os.Stat("/usr/bin/time"); err == nil {
+		cmd = exec.Command("/usr/bin/time", append([]string{"-f", "%M", "-o", rss, bin}, args...)...)
+	}
 	out, err := os.CreateTemp(*work, "log-*")
 	if err != nil {
 		return 0, 0, err
@@ -222,6 +235,15 @@ func install(bin, cfg string) (time.Duration, int64, error) {
 	wall := time.Since(start)
 	if cmd.ProcessState != nil {
 		cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		if b, err := os.ReadFile(rss); err == nil {
+			kib, _ := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
+			kind := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(cfg), "delta-"), ".hcl")
+			out, _ := os.ReadFile(out.Name())
+			if kind == "chunks" && fetchedRE.Match(out) {
+				kind = "delta"
+			}
+			peak[kind] = max(peak[kind], kib/1024)
+		}
 	}
 	out.Close()
 	log, _ := os.ReadFile(out.Name())

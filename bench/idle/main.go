@@ -27,8 +27,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/dropshipd/dropship/artifact/s3"
-	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/bench/internal/benchrig"
 )
 
 var (
@@ -76,28 +75,13 @@ func run() error {
 			return fmt.Sprintf("artifact \"file\" {\n    path        = %q", file), nil
 		}
 	case "s3":
-		minio, err := rig.StartMinIO()
+		ctx := context.Background()
+		srv, err := benchrig.StartMinIO(ctx, "idle")
 		if err != nil {
 			return fmt.Errorf("MinIO (make rig installs it): %w", err)
 		}
-		defer minio.Stop()
-		ctx := context.Background()
-		repo := s3.Config{Endpoint: &minio.Endpoint, AccessKey: &minio.AccessKey, SecretKey: &minio.SecretKey}
-		store, err := s3.NewStore(ctx, repo)
-		if err != nil {
-			return err
-		}
-		// MinIO answers "not initialized yet" for a while after it is
-		// live on a busy machine.
-		for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
-			err := store.CreateBucket(ctx, "idle")
-			if err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				return err
-			}
-		}
+		defer srv.Stop()
+		minio, store := srv.MinIO, srv.Store
 		fmt.Fprintf(&cfg, "repo \"s3\" {\n  endpoint = %q\n  access_key = %q\n  secret_key = %q\n}\n", minio.Endpoint, minio.AccessKey, minio.SecretKey)
 		put = func(i int, file string) (string, error) {
 			key := fmt.Sprintf("svc%d/app.tar.gz", i)

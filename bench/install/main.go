@@ -37,6 +37,7 @@ import (
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/dropshipd/dropship/artifact/s3"
+	"github.com/dropshipd/dropship/bench/internal/benchrig"
 	"github.com/dropshipd/dropship/internal/rig"
 )
 
@@ -96,28 +97,13 @@ func run() error {
 		}
 	}
 
-	minio, err := rig.StartMinIO()
-	if err != nil {
-		return err
-	}
-	defer minio.Stop()
 	ctx := context.Background()
-	store, err := s3.NewStore(ctx, s3.Config{Endpoint: aws.String(minio.Endpoint), AccessKey: aws.String(minio.AccessKey),
-		SecretKey: aws.String(minio.SecretKey), Region: aws.String("us-east-1")})
+	srv, err := benchrig.StartMinIO(ctx, "bench")
 	if err != nil {
 		return err
 	}
-	// A loaded machine: MinIO may answer "not initialized" for a while.
-	for try := 0; ; try++ {
-		err := store.CreateBucket(ctx, "bench")
-		if err == nil {
-			break
-		}
-		if try == 30 {
-			return err
-		}
-		time.Sleep(time.Second)
-	}
+	defer srv.Stop()
+	minio, store := srv.MinIO, srv.Store
 	bin := filepath.Join(*work, "dropship")
 	// As `make build` builds it.
 	build := exec.Command("go", "build", "-trimpath", "-tags", "nethttpomithttp2", "-ldflags", "-s -w", "-o", bin, "./cmd/dropship")

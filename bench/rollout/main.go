@@ -32,13 +32,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/hashicorp/consul/api"
 
-	"github.com/dropshipd/dropship/artifact/s3"
+	"github.com/dropshipd/dropship/bench/internal/benchrig"
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/rollout"
-	"github.com/dropshipd/dropship/internal/rig"
 )
 
 var (
@@ -77,24 +75,13 @@ func run() error {
 	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/dropship").CombinedOutput(); err != nil {
 		return fmt.Errorf("build: %v\n%s", err, out)
 	}
-	m, err := rig.StartMinIO()
-	if err != nil {
-		return err
-	}
-	defer m.Stop()
-	c, err := rig.StartConsul()
-	if err != nil {
-		return err
-	}
-	defer c.Stop()
 	ctx := context.Background()
-	st, err := s3.NewStore(ctx, s3.Config{Endpoint: aws.String(m.Endpoint), AccessKey: aws.String(m.AccessKey), SecretKey: aws.String(m.SecretKey)})
+	srv, err := benchrig.Start(ctx, "bench")
 	if err != nil {
 		return err
 	}
-	if err := st.CreateBucket(ctx, "bench"); err != nil {
-		return err
-	}
+	defer srv.Stop()
+	m, c := srv.MinIO, srv.Consul
 	timeline := filepath.Join(dir, "timeline")
 	var names, cfgs []string
 	for i := range *hosts {

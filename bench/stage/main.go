@@ -35,9 +35,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-
 	"github.com/dropshipd/dropship/artifact/s3"
+	"github.com/dropshipd/dropship/bench/internal/benchrig"
 	"github.com/dropshipd/dropship/internal/rig"
 )
 
@@ -74,24 +73,13 @@ func run() error {
 	if out, err := exec.Command("go", "build", "-trimpath", "-tags", "nethttpomithttp2", "-o", bin, "./cmd/dropship").CombinedOutput(); err != nil {
 		return fmt.Errorf("build: %v\n%s", err, out)
 	}
-	m, err := rig.StartMinIO()
-	if err != nil {
-		return err
-	}
-	defer m.Stop()
-	c, err := rig.StartConsul()
-	if err != nil {
-		return err
-	}
-	defer c.Stop()
 	ctx := context.Background()
-	st, err := s3.NewStore(ctx, s3.Config{Endpoint: aws.String(m.Endpoint), AccessKey: aws.String(m.AccessKey), SecretKey: aws.String(m.SecretKey)})
+	srv, err := benchrig.Start(ctx, "bench")
 	if err != nil {
 		return err
 	}
-	if err := st.CreateBucket(ctx, "bench"); err != nil {
-		return err
-	}
+	defer srv.Stop()
+	m, c, st := srv.MinIO, srv.Consul, srv.Store
 	small := filepath.Join(dir, "v1.tar")
 	if err := writeTar(small, "v1", 0); err != nil {
 		return err

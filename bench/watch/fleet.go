@@ -16,9 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-
-	"github.com/dropshipd/dropship/artifact/s3"
+	"github.com/dropshipd/dropship/bench/internal/benchrig"
 	"github.com/dropshipd/dropship/internal/rig"
 )
 
@@ -73,24 +71,13 @@ func fleetBench(hosts int, idle time.Duration) error {
 	if out, err := exec.Command("go", "build", "-tags", "nethttpomithttp2", "-o", bin, "./cmd/dropship").CombinedOutput(); err != nil {
 		return fmt.Errorf("build: %v\n%s", err, out)
 	}
-	m, err := rig.StartMinIO()
-	if err != nil {
-		return err
-	}
-	defer m.Stop()
-	c, err := rig.StartConsul()
-	if err != nil {
-		return err
-	}
-	defer c.Stop()
 	ctx := context.Background()
-	st, err := s3.NewStore(ctx, s3.Config{Endpoint: aws.String(m.Endpoint), AccessKey: aws.String(m.AccessKey), SecretKey: aws.String(m.SecretKey)})
+	srv, err := benchrig.Start(ctx, "bench")
 	if err != nil {
 		return err
 	}
-	if err := st.CreateBucket(ctx, "bench"); err != nil {
-		return err
-	}
+	defer srv.Stop()
+	m, c := srv.MinIO, srv.Consul
 	proxy, err := newCounter(m.Endpoint)
 	if err != nil {
 		return err

@@ -8,13 +8,13 @@ import (
 	"github.com/dropshipd/dropship/artifact/swift"
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/consul"
+	"github.com/dropshipd/dropship/fleet/local"
 	"github.com/dropshipd/dropship/hooks"
 	"github.com/dropshipd/dropship/hooks/check"
 	"github.com/dropshipd/dropship/hooks/consulevent"
 	"github.com/dropshipd/dropship/hooks/graphite"
 	"github.com/dropshipd/dropship/hooks/script"
 	"github.com/dropshipd/dropship/hooks/webhook"
-	"github.com/dropshipd/dropship/lock/local"
 )
 
 // registry lists every plugin a config may name. Adding a plugin means

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dropshipd/dropship/artifact/chunks"
 	"github.com/dropshipd/dropship/artifact/s3"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
@@ -127,6 +128,9 @@ type stageRig struct {
 	bucket string
 	proxy  *stageProxy
 	hosts  []*stageHost
+	// chunked: publish writes the chunk index and the chunks first, as
+	// `dropship publish` does.
+	chunked bool
 }
 
 type stageHost struct {
@@ -195,6 +199,11 @@ func (f *stageRig) publish(v string, size int) string {
 	rand.Read(noise)
 	art := filepath.Join(f.dir, v+".tar.gz")
 	testutil.WriteFile(f.t, art, testutil.TarGz(f.t, testutil.File{Name: "VERSION", Body: v}, testutil.File{Name: "noise", Body: string(noise)}))
+	if f.chunked {
+		if _, err := chunks.Publish(context.Background(), f.st, f.bucket, "app.tar.gz", art, nil); err != nil {
+			f.t.Fatal(err)
+		}
+	}
 	info, err := f.st.Publish(context.Background(), f.bucket, "app.tar.gz", art, 0)
 	if err != nil {
 		f.t.Fatal(err)
@@ -367,11 +376,13 @@ func TestPublishOverStagedReleaseNeverInstallsIt(t *testing.T) {
 }
 
 // kill -9 while a release is being staged (its download stalled half
-// way) leaves a partial release in staging/; the next start removes it
-// before anything else, and installs nothing from it.
+// way) leaves a partial release in staging/ and the skeleton of its tar
+// half written in the chunk cache; the next start removes both before
+// anything else, and installs nothing from them.
 func TestKillDuringStagingLeavesNothing(t *testing.T) {
 	t.Parallel()
 	f := newStageRig(t, 1, 1, "")
+	f.chunked = true
 	h := f.hosts[0]
 	f.publish("v1", 64<<10)
 	f.start(h)
@@ -407,6 +418,14 @@ func TestKillDuringStagingLeavesNothing(t *testing.T) {
 	if len(left) == 0 {
 		t.Fatal("nothing under staging/ while a release is staged: the test kills nothing")
 	}
+	cache := filepath.Join(h.state, "app", "chunks")
+	temps := func() []string {
+		m, _ := filepath.Glob(filepath.Join(cache, ".*"))
+		return m
+	}
+	if len(temps()) == 0 {
+		t.Fatal("no skeleton being written while a release with an index is staged")
+	}
 	h.cmd.Process.Kill()
 	h.cmd.Wait()
 
@@ -424,6 +443,12 @@ func TestKillDuringStagingLeavesNothing(t *testing.T) {
 	})
 	if es, err := os.ReadDir(staging); err != nil || len(es) != 0 {
 		t.Errorf("staging/ after the next start: %v, %v", es, err)
+	}
+	if m := temps(); len(m) != 0 {
+		t.Errorf("the chunk cache after the next start: %v", m)
+	}
+	if m, _ := filepath.Glob(filepath.Join(cache, "*.skel")); len(m) != 1 {
+		t.Errorf("the skeleton of the current release is not kept: %v", m)
 	}
 	if got := releases(); strings.Join(got, ",") != strings.Join(before, ",") || h.version() != "v1" {
 		t.Errorf("releases %v (before the kill %v), destination on %q", got, before, h.version())

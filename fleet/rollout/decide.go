@@ -46,9 +46,10 @@ type Decider struct {
 	Policy *Policy
 	mu     sync.Mutex
 	held   map[string]string // checksum/wave/end -> verdict detail
-	// seen is when this decider first saw each record dated ahead of its
-	// clock (see Settle), by record and its time.
+	// seen is, by record and its time, the time Settle gave each record
+	// when this decider first saw it; last is when it last read them.
 	seen map[string]time.Time
+	last time.Time
 }
 
 // NewDecider returns a decider for p.
@@ -57,25 +58,34 @@ func NewDecider(p *Policy) *Decider {
 }
 
 // Settle returns st with the times that drive decisions (hosts' reports,
-// clears) that are ahead of now by more than fleet.ClockSkew replaced by
-// when this decider first saw them: a host whose clock runs ahead, or a
-// record edited by hand, would otherwise hold a bake until its date, or
-// hide the failures after a clear. st itself is left as it is.
+// clears) replaced, where a writer's clock cannot be trusted, by when this
+// decider first saw them. Dated ahead of now by more than
+// fleet.ClockSkew: a host whose clock runs ahead, or a record edited by
+// hand, would otherwise hold a bake until its date, or hide the failures
+// after a clear. Written since this decider's last read but dated before
+// it (by more than fleet.ClockSkew): a host whose clock runs behind would
+// otherwise end a bake, or count a clear, before it began. Records in a
+// decider's first read are taken as dated: a coordinator that takes over
+// cannot tell when they were written. st itself is left as it is.
 func (d *Decider) Settle(st fleet.Status, now time.Time) fleet.Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	seen := map[string]time.Time{} // only the records still there
+	last := d.last
 	settle := func(key string, t time.Time) time.Time {
-		if !fleet.Ahead(t, now) {
-			return t
-		}
 		key += "\x00" + t.UTC().Format(time.RFC3339Nano)
 		first, ok := d.seen[key]
 		if !ok {
-			first = now
+			first = t
+			if fleet.Ahead(t, now) || (!last.IsZero() && t.Before(last.Add(-fleet.ClockSkew))) {
+				first = now
+			}
 		}
 		seen[key] = first
-		return first
+		if fleet.Ahead(t, now) || first.After(t) {
+			return first
+		}
+		return t
 	}
 	nodes := make([]fleet.NodeStatus, len(st.Nodes))
 	for i, n := range st.Nodes {
@@ -91,6 +101,9 @@ func (d *Decider) Settle(st fleet.Status, now time.Time) fleet.Status {
 		st.Cleared = cleared
 	}
 	d.seen = seen
+	if now.After(d.last) {
+		d.last = now
+	}
 	return st
 }
 

@@ -594,3 +594,48 @@ func (g *gateWindow) Check(_ context.Context, from, to time.Time) (Verdict, erro
 	g.from, g.to = from, to
 	return Verdict{OK: true}, nil
 }
+
+// A host whose clock runs behind dates its report in the past: a decider
+// that has read the records before counts the report from when it first
+// saw it, so the bake still lasts its length. A decider whose first read
+// it is (a coordinator taking over) takes the report as dated.
+func TestRecordsDatedBehindCountFromWhenSeen(t *testing.T) {
+	t.Parallel()
+	p := policy(t, 1, "100%")
+	p.Bake = 10 * time.Minute
+	now := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	st := fleetOf(p, 3, "new", nil)
+	steps := p.Plan("new", Members(st, ""))
+	canary, next := steps[0].Nodes[0], steps[1].Nodes[0]
+	d := NewDecider(p)
+	decide := func(d *Decider, st fleet.Status, at time.Time) Decision {
+		return d.Decide(context.Background(), next, View{Checksum: "new", Status: st, Now: at})
+	}
+	if dec := decide(d, st, now); dec.Go {
+		t.Fatalf("before the canary: %+v", dec)
+	}
+	// The canary installs a minute later, its clock an hour behind.
+	seen := now.Add(time.Minute)
+	st = fleetOf(p, 3, "new", map[string]time.Time{canary: seen.Add(-time.Hour)})
+	if dec := decide(d, st, seen); dec.Go || !dec.Until.Equal(seen.Add(p.Bake)) {
+		t.Fatalf("a canary dated an hour behind, seen now: %+v; want a bake until %s", dec, seen.Add(p.Bake))
+	}
+	if dec := decide(d, st, seen.Add(p.Bake/2)); dec.Go {
+		t.Fatalf("half way through the bake: %+v", dec)
+	}
+	if dec := decide(d, st, seen.Add(p.Bake)); !dec.Go {
+		t.Fatalf("after the bake: %+v", dec)
+	}
+	// Within the tolerance, a report is taken as dated.
+	st = fleetOf(p, 3, "new", map[string]time.Time{canary: seen.Add(-30 * time.Second)})
+	d = NewDecider(p)
+	decide(d, fleetOf(p, 3, "new", nil), now)
+	if dec := decide(d, st, seen); !dec.Until.Equal(seen.Add(-30*time.Second + p.Bake)) {
+		t.Fatalf("a report 30 s behind: %+v", dec)
+	}
+	// A first read takes the report as dated: its bake is long over.
+	st = fleetOf(p, 3, "new", map[string]time.Time{canary: seen.Add(-time.Hour)})
+	if dec := decide(NewDecider(p), st, seen); !dec.Go {
+		t.Fatalf("a decider's first read of a report an hour old: %+v", dec)
+	}
+}

@@ -36,7 +36,6 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/internal/blocking"
 	"github.com/dropshipd/dropship/lock"
 )
@@ -152,7 +151,7 @@ func (s *Slots) logger() *slog.Logger {
 }
 
 func (s *Slots) unavailable(what string, err error) error {
-	return fmt.Errorf("%w: %s (%s/%s): %v", fleet.ErrUnavailable, what, s.Prefix, s.Service, err)
+	return fmt.Errorf("%w: %s (%s/%s): %v", lock.ErrUnavailable, what, s.Prefix, s.Service, err)
 }
 
 // session is a Consul session renewed until it is ended or lost.
@@ -285,7 +284,7 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 		}
 		if kv == nil || kv.Session != se.id {
 			s.Release(context.WithoutCancel(ctx))
-			return nil, fmt.Errorf("%w: the wait for a slot of %s ended: this host's session expired", fleet.ErrUnavailable, s.Service)
+			return nil, fmt.Errorf("%w: the wait for a slot of %s ended: this host's session expired", lock.ErrUnavailable, s.Service)
 		}
 		var g Grant
 		if json.Unmarshal(kv.Value, &g) == nil && g.State == StateGranted {

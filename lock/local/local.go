@@ -1,120 +1,47 @@
 // Package local is the lock of one host: update slots are flock(2) on
 // files in the state directory, so two agents on one host never install
 // the same service at once and a dead holder's lock is freed by the
-// kernel. Fleet is a single host's fleet.Agent: there are no shared
-// records (the host's own state has them) and no operators' interface.
+// kernel. fleet/local makes of it a single host's fleet.Agent.
 package local
 
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
-	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/gohcl"
-	"golang.org/x/sys/unix"
-
-	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/internal/flock"
+	"github.com/dropshipd/dropship/lock"
 )
 
-// lockFileMode: readable by the agent alone, so no other user can open
-// the file to flock it.
-const lockFileMode = 0o600
-
-// pollInterval: flock cannot be interrupted, so Acquire retries it.
-const pollInterval = 50 * time.Millisecond
-
-// Flock is an exclusive lock on one file.
-type Flock struct {
-	path string
-	mu   sync.Mutex
-	f    *os.File
+// NewSlots returns the counting semaphore of limit (at least 1) flocks
+// in dir.
+func NewSlots(dir string, limit int) *Slots {
+	if limit < 1 {
+		limit = 1
+	}
+	return &Slots{dir: dir, limit: limit}
 }
 
-// NewFlock returns the lock on path; the file is created on Acquire.
-func NewFlock(path string) *Flock { return &Flock{path: path} }
-
-// TryAcquire takes the lock if it is free.
-func (l *Flock) TryAcquire() (bool, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.f != nil {
-		return false, fmt.Errorf("lock %s: already held by this process", l.path)
-	}
-	if err := os.MkdirAll(filepath.Dir(l.path), 0o755); err != nil {
-		return false, fmt.Errorf("lock %s: %w", l.path, err)
-	}
-	// Only root's agent may hold the file open: with a mode others could
-	// read, any local user could flock it and stall every update. A link
-	// put in its place is refused, never followed.
-	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC|unix.O_NOFOLLOW, lockFileMode)
-	if err != nil {
-		return false, fmt.Errorf("lock %s: %w", l.path, err)
-	}
-	// A lock file made by an older version kept its 0644.
-	if fi, err := f.Stat(); err != nil || fi.Mode().Perm() != lockFileMode {
-		if err := f.Chmod(lockFileMode); err != nil {
-			f.Close()
-			return false, fmt.Errorf("lock %s: %w", l.path, err)
-		}
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if err == unix.EWOULDBLOCK {
-			return false, nil
-		}
-		return false, fmt.Errorf("lock %s: %w", l.path, err)
-	}
-	l.f = f
-	return true, nil
-}
-
-// Acquire waits for the lock. A local lock is never lost while held.
-func (l *Flock) Acquire(ctx context.Context) (<-chan struct{}, error) {
-	for {
-		ok, err := l.TryAcquire()
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			return make(chan struct{}), nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for lock %s: %w", l.path, context.Cause(ctx))
-		case <-time.After(pollInterval):
-		}
-	}
-}
-
-// Release frees the lock.
-func (l *Flock) Release(context.Context) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.f == nil {
-		return nil
-	}
-	err := l.f.Close() // closing drops the flock
-	l.f = nil
-	return err
-}
+var (
+	_ lock.Slot = (*flock.Lock)(nil)
+	_ lock.Slot = (*Slots)(nil)
+)
 
 // Slots is a counting semaphore of limit flocks: slot-0 … slot-(N-1).
 type Slots struct {
 	dir   string
 	limit int
 	mu    sync.Mutex
-	held  *Flock
+	held  *flock.Lock
 }
 
 // Acquire takes the first free slot.
 func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 	for {
 		for i := 0; i < s.limit; i++ {
-			f := NewFlock(filepath.Join(s.dir, fmt.Sprintf("slot-%d", i)))
+			f := flock.New(filepath.Join(s.dir, fmt.Sprintf("slot-%d", i)))
 			ok, err := f.TryAcquire()
 			if err != nil {
 				return nil, err
@@ -129,7 +56,7 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("waiting for a slot in %s: %w", s.dir, context.Cause(ctx))
-		case <-time.After(pollInterval):
+		case <-time.After(flock.PollInterval):
 		}
 	}
 }
@@ -145,53 +72,3 @@ func (s *Slots) Release(ctx context.Context) error {
 	}
 	return f.Release(ctx)
 }
-
-// Fleet is a single host: slots under Dir, nothing shared.
-type Fleet struct{ Dir string }
-
-// Semaphore returns the slots of service.
-func (p Fleet) Semaphore(service string, limit int) (fleet.Semaphore, error) {
-	if limit < 1 {
-		limit = 1
-	}
-	return &Slots{dir: filepath.Join(p.Dir, service, "slots"), limit: limit}, nil
-}
-
-// Blocked: nothing but this host decides.
-func (Fleet) Blocked(context.Context, string, string) (string, error) { return "", nil }
-
-// Trip: the host's state records the failure; there is nobody to tell.
-func (Fleet) Trip(context.Context, string, fleet.Breaker) error { return nil }
-
-// Report: the status endpoint and state file are the report.
-func (Fleet) Report(context.Context, string, fleet.NodeStatus) error { return nil }
-
-// Record: a single host keeps its history in its state file.
-func (Fleet) Record(context.Context, string, fleet.Event) error { return nil }
-
-type config struct {
-	Path string `hcl:"path,optional"`
-}
-
-// Factory decodes `lock "local" { path = "…" }` (default: the state dir).
-func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Agent, hcl.Diagnostics) {
-	var c config
-	diags := gohcl.DecodeBody(body, nil, &c)
-	dir := env.StatePath
-	if c.Path != "" {
-		dir = c.Path
-		if !filepath.IsAbs(dir) {
-			dir = filepath.Join(env.BaseDir, dir)
-		}
-	}
-	return Fleet{Dir: dir}, diags
-}
-
-var (
-	_ fleet.Semaphore = (*Flock)(nil)
-	_ fleet.Semaphore = (*Slots)(nil)
-	_ fleet.Agent     = Fleet{}
-)
-
-// Announce: there is nobody to tell; the agent's own poll finds it.
-func (Fleet) Announce(context.Context, fleet.Published) error { return nil }

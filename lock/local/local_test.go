@@ -1,50 +1,41 @@
 package local
 
 import (
-	"os"
-	"path/filepath"
-	"strings"
+	"context"
 	"testing"
+
+	"github.com/dropshipd/dropship/internal/flock"
 )
 
-// The lock file is the agent's alone: created 0600 (an older 0644 one is
-// tightened), and a link in its place is refused, not followed.
-func TestLockFileIsPrivateAndNeverALink(t *testing.T) {
+// Two slots: two holders at once, a third waits until one gives its slot
+// back, and a wait ends with its context.
+func TestSlotsCountHolders(t *testing.T) {
 	dir := t.TempDir()
-	p := filepath.Join(dir, "lock")
-	l := NewFlock(p)
-	if ok, err := l.TryAcquire(); !ok || err != nil {
-		t.Fatalf("acquire: %v %v", ok, err)
+	a, b, c := NewSlots(dir, 2), NewSlots(dir, 2), NewSlots(dir, 2)
+	for _, s := range []*Slots{a, b} {
+		if _, err := s.Acquire(t.Context()); err != nil {
+			t.Fatal(err)
+		}
 	}
-	l.Release(t.Context())
-	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("lock file mode %v (%v), want 0600", fi.Mode().Perm(), err)
+	// A few of the slots' retries: a free slot would have been taken.
+	ctx, cancel := context.WithTimeout(t.Context(), 4*flock.PollInterval)
+	_, err := c.Acquire(ctx)
+	cancel()
+	if err == nil {
+		t.Fatal("a third holder took a slot while two were held")
 	}
-
-	old := filepath.Join(dir, "old-lock")
-	os.WriteFile(old, nil, 0o644)
-	os.Chmod(old, 0o644)
-	l = NewFlock(old)
-	if ok, err := l.TryAcquire(); !ok || err != nil {
-		t.Fatalf("acquire: %v %v", ok, err)
-	}
-	l.Release(t.Context())
-	if fi, _ := os.Stat(old); fi.Mode().Perm() != 0o600 {
-		t.Fatalf("an existing 0644 lock file stays %v", fi.Mode().Perm())
-	}
-
-	target := filepath.Join(dir, "elsewhere")
-	os.WriteFile(target, nil, 0o644)
-	link := filepath.Join(dir, "linked-lock")
-	if err := os.Symlink(target, link); err != nil {
+	got := make(chan error, 1)
+	go func() { _, err := c.Acquire(t.Context()); got <- err }()
+	if err := a.Release(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	l = NewFlock(link)
-	ok, err := l.TryAcquire()
-	if ok || err == nil || !strings.Contains(err.Error(), "too many levels of symbolic links") {
-		t.Fatalf("a lock file that is a link: acquired %v, error %v", ok, err)
+	if err := <-got; err != nil {
+		t.Fatalf("the third holder after a release: %v", err)
 	}
-	if fi, _ := os.Stat(target); fi.Mode().Perm() != 0o644 {
-		t.Fatalf("the link's target was changed to %v", fi.Mode().Perm())
+	if err := b.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Release(t.Context()); err != nil {
+		t.Fatal(err)
 	}
 }
