@@ -129,6 +129,12 @@ func (r *Runner) rolloutFirst(ctx context.Context, st *State) decision {
 	if d.stop == nil && d.do != reasonInstall && r.coord != nil {
 		r.coord.Want("") // a pin or a revert waits for no wave
 	}
+	if d.stop == nil && d.do == reasonInstall && r.coord != nil {
+		// The look that follows takes the hold and the breaker from
+		// these records rather than reading them again.
+		fresh := view
+		r.fresh = &fresh
+	}
 	return d
 }
 
@@ -382,11 +388,21 @@ func (r *Runner) rolloutWait(out Outcome) time.Duration {
 			// passed here, the coordinator's next document wakes this
 			// host (followDoc), and until then it looks only now and then.
 			until = max(until, coordPassed)
+			if strings.HasPrefix(out.Reason, reasonCoordPlan) {
+				// The document the coordinator writes once it has
+				// planned wakes this host (followDoc): thousands of
+				// hosts polling meanwhile would only slow it down.
+				until = max(until, coordPlanPoll)
+			}
 		}
 		wait = min(wait, until)
 	}
 	return max(wait, 10*time.Millisecond)
 }
+
+// coordPlanPoll is how long a host waiting for the coordinator to plan
+// looks again when its document does not wake it first.
+const coordPlanPoll = 30 * time.Second
 
 // coordPassed is how long a host waits on a coordinated rollout whose
 // time (a bake's end, a window's opening) has passed by this host's clock

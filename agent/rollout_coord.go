@@ -52,6 +52,10 @@ type briefer interface {
 // with one.
 func (r *Runner) ownRecords(ctx context.Context) (fleet.Status, error) {
 	if b, ok := r.records.(briefer); ok && r.coord != nil {
+		if v := r.fresh; v != nil { // read by the step before, in this pass
+			r.fresh = nil
+			return *v, nil
+		}
 		return b.Brief(ctx, r.svc.Name, r.node)
 	}
 	return r.records.Status(ctx, r.svc.Name)

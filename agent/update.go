@@ -94,12 +94,17 @@ type Runner struct {
 	logger  *slog.Logger
 	now     func() time.Time
 
-	tags         []string         // node_tags
-	decider      *rollout.Decider // the service's rollout, or nil
-	coord        lock.Coordinated // the slots, when their coordinator decides the rollout
-	granted      bool             // rolloutAgain: the slot is held
-	registeredAt time.Time        // when this process found or wrote its node record
-	registered   bool             // this host's node record has its tags and policy
+	tags    []string         // node_tags
+	decider *rollout.Decider // the service's rollout, or nil
+	coord   lock.Coordinated // the slots, when their coordinator decides the rollout
+	granted bool             // rolloutAgain: the slot is held
+	// fresh is this host's share of the records (Brief) as the step
+	// before read them in this pass, for the next step: with a
+	// coordinator, one read per look serves the hold, the breaker and
+	// the rollout's checks alike.
+	fresh        *fleet.Status
+	registeredAt time.Time // when this process found or wrote its node record
+	registered   bool      // this host's node record has its tags and policy
 
 	// unsaved is a state finish could not write (a full disk, say), and
 	// unsavedOver the bytes of the file it should have replaced: until
@@ -251,6 +256,8 @@ func (r *Runner) loadState() (*State, error) {
 // failure before the next host may start. What the pass holds (the slot,
 // the application's lock file) is released after finish.
 func (r *Runner) update(ctx context.Context, st *State) (out Outcome) {
+	r.fresh = nil
+	defer func() { r.fresh = nil }()
 	var h held
 	defer func() { h.release(out) }()
 	return r.finish(ctx, st, r.act(ctx, st, &h))
@@ -283,6 +290,7 @@ func (r *Runner) act(ctx context.Context, st *State, h *held) Outcome {
 		return r.switchFor(ctx, st, d, h)
 	}
 	info, stop := r.look(ctx, st)
+	r.fresh = nil // read before the slot: the look once it is held reads again
 	if stop == nil && r.decider != nil {
 		stop = r.rolloutGate(ctx, d.view, info)
 	}
@@ -419,7 +427,7 @@ func (r *Runner) look(ctx context.Context, st *State) (artifact.Info, *Outcome) 
 		return info, skip
 	}
 	sum := info.Checksum()
-	reason, err := r.fleet.Blocked(ctx, r.svc.Name, sum)
+	reason, err := r.blocked(ctx, sum)
 	if err != nil {
 		return info, &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: err}
 	}
@@ -427,6 +435,29 @@ func (r *Runner) look(ctx context.Context, st *State) (artifact.Info, *Outcome) 
 		return info, &Outcome{Result: ResultSkipped, Checksum: sum, Reason: reason}
 	}
 	return info, nil
+}
+
+// blocked returns why no update of sum may start: a hold, or a breaker.
+// With a coordinator it reads this host's share of the records (Brief),
+// or takes them as the step before read them in this pass, and leaves
+// them for the rollout's checks that follow: one read, not two.
+func (r *Runner) blocked(ctx context.Context, sum string) (string, error) {
+	if _, ok := r.records.(briefer); !ok || r.coord == nil {
+		return r.fleet.Blocked(ctx, r.svc.Name, sum)
+	}
+	view, err := r.ownRecords(ctx)
+	if err != nil {
+		return "", err
+	}
+	r.fresh = &view
+	if h := view.Hold; h != nil {
+		return fmt.Sprintf("on hold since %s by %s: %s", h.Time.Format(time.RFC3339), h.Who, h.Reason), nil
+	}
+	if b := view.Breaker(sum); b != nil {
+		return fmt.Sprintf("checksum %s failed on %s in %s: %s (lift with `dropship fleet clear %s %s`)",
+			sum, b.Node, b.Phase, b.Error, r.svc.Name, sum), nil
+	}
+	return "", nil
 }
 
 // skip decides, without the network, whether info needs no install now.

@@ -1,7 +1,7 @@
 // Command scale measures how the fleet's update slots scale with the
 // number of hosts, against one real Consul agent from the rig:
 //
-//	go run ./bench/scale [-hosts 100,1000,5000] [-baseline 200,500]
+//	go run ./bench/scale [-hosts 100,1000,5000] [-baseline 200,500] [-rollout 1000,5000] [-kinds]
 //
 // Each simulated host is a goroutine with its own Consul client (its own
 // connections, behind a RoundTripper that counts what Consul sends it),
@@ -9,19 +9,34 @@
 // -update, and gives the slot back, as an agent does with `sequential`
 // and `concurrency` set to 1% of the hosts. -hosts runs the grants of
 // lock/consul (a coordinator elected among the hosts); -baseline the
-// consul/api semaphore that fleet/consul used before them.
+// consul/api semaphore that fleet/consul used before them; -rollout the
+// grants with a rollout (canary, 10%, 100%) that the coordinator decides,
+// each host doing what an agent's checks do and following the
+// coordinator's document from its start, as the agent does.
 //
 // Printed per run: wall time from the release (every host starts waiting
 // at once) to the last host done, against the ideal (ceil(N/concurrency)
-// updates back to back); the p99 hand-off (a slot released to the next
-// grant, or the host's wait written to its grant when that came later;
-// the semaphore's hosts are timed from the release alone); requests and bytes from Consul per host; Consul's CPU seconds
-// and resident memory; and, with -idle, the requests per host per hour
-// once nothing happens.
+// updates back to back; with a rollout the canary alone, then each wave
+// back to back); the p99 hand-off (a slot released to the next grant, or
+// the host's wait written to its grant when that came later; with a
+// rollout, from the end of the host's previous wave if later; the
+// semaphore's hosts are timed from the release alone); requests and bytes
+// from Consul per host; Consul's CPU seconds and resident memory; with
+// -idle, the requests per host per hour once nothing happens (a host's
+// follower of the document makes one more every 10 minutes, which a
+// shorter idle time does not see); and the simulator's own CPU seconds:
+// on a machine of few cores the simulated hosts take CPU that Consul
+// would have on its own servers, so a wall time far above the ideal with
+// Consul's and the simulator's CPU together near the cores times the wall
+// says the machine, not the protocol, set the pace. -kinds adds the
+// requests and bytes per host by kind and each wave's first grant and
+// last release; -consul-profile writes Consul's CPU profile of the run.
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -31,7 +46,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -59,11 +74,14 @@ var (
 	idle         = flag.Duration("idle", 20*time.Second, "idle time measured after the rollout (0: none)")
 	ttl          = flag.Duration("ttl", 15*time.Second, "session TTL")
 	kindsFlag    = flag.Bool("kinds", false, "print the requests per host by kind after each run")
+	gogc         = flag.Int("gogc", 400, "the simulator's GOGC (its own garbage collection, not Consul's: the simulated hosts' CPU is the bench's, not what is measured)")
+	profFlag     = flag.String("consul-profile", "", "write a CPU profile of Consul during each rollout to this file (suffixed by the host count)")
 )
 
 func main() {
 	flag.Parse()
 	raiseFiles()
+	debug.SetGCPercent(*gogc)
 	if *kindsFlag {
 		slog.SetLogLoggerLevel(slog.LevelDebug)
 	}
@@ -93,27 +111,62 @@ type counting struct {
 	req, recv *atomic.Int64
 }
 
-// kinds counts the requests of every host by kind, for -kinds.
+// kinds counts the requests of every host by kind, and the bytes Consul
+// answered them with, for -kinds.
 var kinds sync.Map
 
+type kindCount struct{ req, recv atomic.Int64 }
+
+// kindOf names a request: its method and path, the folder of a host's
+// key rather than the key, and for a transaction its first operation
+// other than the coordinator's check of its lock.
 func kindOf(r *http.Request) string {
 	p := r.URL.Path
-	for _, cut := range []string{"/grant/", "/nodes/", "/wave/", "/failed/", "/session/create", "/session/renew/", "/session/destroy/"} {
-		if i := strings.Index(p, cut); i >= 0 {
-			p = p[:i+len(cut)]
+	if p == "/v1/txn" && r.Body != nil {
+		b, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		var ops []struct{ KV struct{ Verb, Key string } }
+		json.Unmarshal(b, &ops)
+		var what []string
+		for _, op := range ops {
+			if op.KV.Verb == "check-session" || len(what) == 2 {
+				continue
+			}
+			what = append(what, op.KV.Verb+" "+trimKey(op.KV.Key))
 		}
+		if len(ops) > 2 {
+			what = append(what, fmt.Sprintf("(%d ops)", len(ops)/10*10))
+		}
+		return "PUT /v1/txn " + strings.Join(what, ", ")
 	}
+	p = trimKey(p)
 	if r.URL.Query().Has("index") {
 		p += " (blocking)"
 	}
 	return r.Method + " " + p
 }
 
+// trimKey cuts a host's own key to its folder.
+func trimKey(p string) string {
+	for _, cut := range []string{"/grant/", "/nodes/", "/wave/", "/failed/", "/session/create", "/session/renew/", "/session/destroy/"} {
+		if i := strings.Index(p, cut); i >= 0 {
+			p = p[:i+len(cut)]
+		}
+	}
+	if i := strings.Index(p, "/lock/"); i >= 0 && !strings.HasSuffix(p, ".lock") {
+		p = p[:i+len("/lock/")]
+	}
+	return p
+}
+
 func (c counting) RoundTrip(r *http.Request) (*http.Response, error) {
 	c.req.Add(1)
+	recv := []*atomic.Int64{c.recv}
 	if *kindsFlag {
-		n, _ := kinds.LoadOrStore(kindOf(r), new(atomic.Int64))
-		n.(*atomic.Int64).Add(1)
+		n, _ := kinds.LoadOrStore(kindOf(r), new(kindCount))
+		n.(*kindCount).req.Add(1)
+		recv = append(recv, &n.(*kindCount).recv)
 	}
 	resp, err := c.base.RoundTrip(r)
 	if err != nil {
@@ -125,19 +178,23 @@ func (c counting) RoundTrip(r *http.Request) (*http.Response, error) {
 			n += len(k) + len(v) + 4
 		}
 	}
-	c.recv.Add(int64(n))
-	resp.Body = &countBody{resp.Body, c.recv}
+	for _, c := range recv {
+		c.Add(int64(n))
+	}
+	resp.Body = &countBody{resp.Body, recv}
 	return resp, nil
 }
 
 type countBody struct {
 	io.ReadCloser
-	n *atomic.Int64
+	n []*atomic.Int64
 }
 
 func (b *countBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	b.n.Add(int64(n))
+	for _, c := range b.n {
+		c.Add(int64(n))
+	}
 	return n, err
 }
 
@@ -194,14 +251,14 @@ func cpu(pid int) (float64, float64, float64) {
 }
 
 func run(design string, n int) error {
-	dir, err := os.MkdirTemp("", "dropship-scale-")
-	if err != nil {
-		return err
+	// Every host is on 127.0.0.1: Consul must take a connection per host
+	// waiting, and per host following the rollout. An -hcl after the
+	// rig's own (a config file would come before it, and lose).
+	args := []string{"-hcl", "limits { http_max_conns_per_client = 19000 }"}
+	if *profFlag != "" {
+		args = append(args, "-hcl", "enable_debug = true")
 	}
-	defer os.RemoveAll(dir)
-	conf := filepath.Join(dir, "limits.hcl")
-	os.WriteFile(conf, []byte("limits {\n  http_max_conns_per_client = 19000\n}\n"), 0o644)
-	c, err := rig.StartConsul("-config-file", conf)
+	c, err := rig.StartConsul(args...)
 	if err != nil {
 		return err
 	}
@@ -250,7 +307,28 @@ func run(design string, n int) error {
 			slots[i] = sl
 		}
 	}
+	// Every host of a service with a rollout follows the coordinator's
+	// document from when its agent starts, through the idle time after.
+	fctx, stopFollowing := context.WithCancel(context.Background())
+	defer stopFollowing()
+	wakes := make([]chan struct{}, n)
+	var following, started sync.WaitGroup
+	for i := range n {
+		wakes[i] = make(chan struct{}, 1)
+		if design == "rollout" {
+			started.Add(1)
+			following.Go(func() { follow(fctx, slots[i].(*lockconsul.Slots), wakes[i], sync.OnceFunc(started.Done)) })
+		}
+	}
+	// Their first reads are the agents' start, not the rollout's.
+	started.Wait()
+	for i := range n {
+		req[i].Store(0)
+		recv[i].Store(0)
+	}
 	cpu0, _, _ := cpu(pid)
+	self0, _, _ := cpu(os.Getpid())
+	kinds.Clear() // what the hosts did to register is not the rollout's
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	grants := make([]time.Time, n)
@@ -258,13 +336,19 @@ func run(design string, n int) error {
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	var firstErr atomic.Value
+	if *profFlag != "" {
+		go profile(c.Addr, fmt.Sprintf("%s.%d", *profFlag, n), *update*time.Duration(n/conc))
+	}
 	t0 := time.Now()
+	if *kindsFlag {
+		slog.Debug("rollout starts", "t0", t0.Format("15:04:05.000"))
+	}
 	for i := range n {
 		wg.Go(func() {
 			if design == "rollout" {
 				sl := slots[i].(*lockconsul.Slots)
 				for {
-					err := rolloutHost(ctx, sl, fleets[i], policy.Hash(), &waveOf[i], &grants[i], &releases[i])
+					err := rolloutHost(ctx, sl, fleets[i], policy.Hash(), wakes[i], &waveOf[i], &grants[i], &releases[i])
 					if err == nil {
 						return
 					}
@@ -300,6 +384,27 @@ func run(design string, n int) error {
 		return fmt.Errorf("did not finish: %v", firstErr.Load())
 	}
 	cpu1, rss, hwm := cpu(pid)
+	self1, _, _ := cpu(os.Getpid())
+	var b strings.Builder
+	if *kindsFlag {
+		type row struct {
+			kind      string
+			req, recv float64
+		}
+		var rows []row
+		kinds.Range(func(k, v any) bool {
+			c := v.(*kindCount)
+			rows = append(rows, row{k.(string), float64(c.req.Load()) / float64(n), float64(c.recv.Load()) / float64(n) / 1024})
+			return true
+		})
+		sort.Slice(rows, func(i, j int) bool { return rows[i].req > rows[j].req })
+		fmt.Fprintf(&b, "    %-90s %8s %8s\n", "requests per host by kind (the rollout)", "req", "KB")
+		for _, r := range rows {
+			fmt.Fprintf(&b, "    %-90s %8.3f %8.2f\n", r.kind, r.req, r.recv)
+		}
+		kinds.Clear()
+	}
+	byKind := b.String()
 	var reqs, bytes int64
 	for i := range n {
 		reqs += req[i].Load()
@@ -341,6 +446,21 @@ func run(design string, n int) error {
 			fmt.Printf("    hand-off %d (host %d, wave %d): %v, from %.3f to %.3f\n", k, h, waveOf[h], grants[h].Sub(from).Round(time.Millisecond), from.Sub(t0).Seconds(), grants[h].Sub(t0).Seconds())
 		}
 	}
+	if *kindsFlag && design == "rollout" {
+		first, last := map[int]time.Time{}, map[int]time.Time{}
+		for i := range n {
+			w := waveOf[i]
+			if f, ok := first[w]; !ok || grants[i].Before(f) {
+				first[w] = grants[i]
+			}
+			if releases[i].After(last[w]) {
+				last[w] = releases[i]
+			}
+		}
+		for w := 0; w < 3; w++ {
+			fmt.Printf("    wave %d: first grant %.3f s, last release %.3f s\n", w, first[w].Sub(t0).Seconds(), last[w].Sub(t0).Seconds())
+		}
+	}
 	sort.Slice(hand, func(i, j int) bool { return hand[i] < hand[j] })
 	p99 := time.Duration(0)
 	if len(hand) > 0 {
@@ -365,6 +485,8 @@ func run(design string, n int) error {
 		}
 		idleRate = float64(after-before) / float64(n) * float64(time.Hour) / float64(*idle)
 	}
+	stopFollowing()
+	following.Wait()
 	for _, s := range slots {
 		if cl, ok := s.(interface{ Close() }); ok {
 			cl.Close()
@@ -376,88 +498,144 @@ func run(design string, n int) error {
 	if f := failed.Load(); f > 0 {
 		fmt.Printf("  (%d waits failed and were retried: %v)", f, firstErr.Load())
 	}
-	fmt.Printf("  peak rss %.0f MB\n", hwm)
-	if *kindsFlag {
-		kinds.Range(func(k, v any) bool {
-			fmt.Printf("    %-70s %6.2f\n", k, float64(v.(*atomic.Int64).Load())/float64(n))
-			v.(*atomic.Int64).Store(0)
-			return true
-		})
-	}
+	fmt.Printf("  peak rss %.0f MB; simulator cpu %.2f s\n", hwm, self1-self0)
+	fmt.Print(byKind)
 	return nil
+}
+
+// profile writes a CPU profile of Consul over d.
+func profile(addr, file string, d time.Duration) {
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, max(1, int(d.Seconds()))))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	os.WriteFile(file, b, 0o644)
 }
 
 // sum is the release the rollout design rolls out.
 const sum = "0123456789abcdef0123456789abcdef"
 
+// follow is a host's follower of the coordinator's document, as the
+// agent's: one blocking query at a time, for as long as the host runs; it
+// wakes the host (wake) when what a waiting host acts on changes.
+func follow(ctx context.Context, sl *lockconsul.Slots, wake chan<- struct{}, ready func()) {
+	var index uint64
+	last := ""
+	for ctx.Err() == nil {
+		doc, next, err := sl.WaitRollout(ctx, index)
+		if index == 0 {
+			ready()
+		}
+		if err != nil {
+			index = 0
+			time.Sleep(time.Second)
+			continue
+		}
+		state := docState(doc)
+		if index > 0 && next != index && state != last {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		}
+		last, index = state, next
+	}
+}
+
+// docState is what a waiting host acts on in a document (as the agent's).
+func docState(doc *lock.Rollout) string {
+	if doc == nil {
+		return ""
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s|%s|%s|%s|%v|%v", doc.Checksum, doc.Hold, doc.Freeze, doc.Trip, doc.Pins, doc.Breakers)
+	for _, w := range doc.Waves {
+		fmt.Fprintf(&b, "|%s %v %d %s", w.Name, w.Open, w.Hosts, w.Until.Format(time.RFC3339Nano))
+	}
+	return b.String()
+}
+
 // rolloutHost is one host of a service with a rollout, doing what an
-// agent's checks do against Consul: its own records, the hold and the
-// breaker, the coordinator's document and its own wave; while its wave is
-// closed it follows the document; once open, or opening by itself once
-// an earlier wave is done, it waits in line for its grant,
-// looks again, updates, reports and gives the slot back.
-func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet, policy string, wave *int, grant, release *time.Time) error {
+// agent's checks do against Consul: its own records with the hold and
+// the breakers, the coordinator's document and its own wave. While its wave
+// is closed it waits for its follower (follow) to wake it, or for the
+// time the agent would look again; once open, or opening by itself once
+// an earlier wave is done, it waits in line for its grant, looks again,
+// updates, reports and gives the slot back.
+func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet, policy string, wake <-chan struct{}, wave *int, grant, release *time.Time) error {
+	// One read of the host's share of the records (the agent takes the
+	// hold and the breaker from it too), then the rollout's.
 	check := func() (*lock.Rollout, string, error) {
 		if _, err := f.Brief(ctx, "app", f.Node); err != nil {
 			return nil, "", err
 		}
-		if _, err := f.Blocked(ctx, "app", sum); err != nil {
-			return nil, "", err
-		}
 		return sl.Rollout(ctx, sum)
 	}
-	var index uint64
+	// sleep waits as the agent's loop: until woken, or until the time
+	// the check said (5 s at least, a minute at most).
+	sleep := func(until time.Time) {
+		d := time.Minute
+		if !until.IsZero() {
+			d = min(d, max(time.Until(until), 5*time.Second))
+		}
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-wake:
+		case <-t.C:
+		}
+	}
 	for {
+		select {
+		case <-wake: // the check below sees what woke it
+		default:
+		}
 		doc, name, err := check()
 		if err != nil {
 			return err
 		}
 		if doc == nil || doc.Checksum != sum || name == "" {
-			// The agent's follower wakes it when the document changes,
-			// its poll after 2 s.
-			wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			_, next, err := sl.WaitRollout(wctx, index)
-			cancel()
-			if err == nil {
-				index = next
+			if doc == nil || doc.Checksum != sum {
+				sleep(time.Now().Add(30 * time.Second)) // the coordinator plans: its document wakes the host
+			} else {
+				sleep(time.Now().Add(2 * time.Second)) // the coordinator places this host
 			}
 			continue
 		}
-		if ws := doc.Wave(name); ws != nil && (ws.Open || ws.Queue) {
-			for k := range doc.Waves {
-				if doc.Waves[k].Name == name {
-					*wave = k
-				}
+		ws := doc.Wave(name)
+		if ws == nil || !ws.Open && !ws.Queue {
+			var until time.Time
+			if ws != nil {
+				until = ws.Until
 			}
-			sl.Want(sum)
-			if _, err := sl.Acquire(ctx); errors.Is(err, lock.ErrMoved) {
-				continue // as the agent: its next check decides afresh
-			} else if err != nil {
-				return err
+			sleep(until)
+			continue
+		}
+		for k := range doc.Waves {
+			if doc.Waves[k].Name == name {
+				*wave = k
 			}
-			*grant = time.Now()
-			if _, _, err := check(); err != nil { // looked at again once the slot is held
-				sl.Release(ctx)
-				return err
-			}
-			time.Sleep(*update)
-			err := f.Report(ctx, "app", fleet.NodeStatus{Node: f.Node, Checksum: sum, Release: "v2", Result: "installed",
-				Attempt: sum, Time: time.Now().UTC(), Policy: policy})
-			*release = time.Now()
+		}
+		sl.Want(sum)
+		if _, err := sl.Acquire(ctx); errors.Is(err, lock.ErrMoved) {
+			continue // as the agent: its next check decides afresh
+		} else if err != nil {
+			return err
+		}
+		*grant = time.Now()
+		if _, _, err := check(); err != nil { // looked at again once the slot is held
 			sl.Release(ctx)
 			return err
 		}
-		// Follow the document until this host's wave opens.
-		for {
-			d, next, err := sl.WaitRollout(ctx, index)
-			if err != nil {
-				return err
-			}
-			changed := next != index
-			index = next
-			if ws := d.Wave(name); changed && (d == nil || d.Checksum != sum || ws != nil && ws.Open) {
-				break
-			}
-		}
+		time.Sleep(*update)
+		err = f.Report(ctx, "app", fleet.NodeStatus{Node: f.Node, Checksum: sum, Release: "v2", Result: "installed",
+			Attempt: sum, Time: time.Now().UTC(), Policy: policy})
+		*release = time.Now()
+		sl.Release(ctx)
+		return err
 	}
 }

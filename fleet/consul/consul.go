@@ -423,6 +423,14 @@ func (p *Fleet) Status(ctx context.Context, service string) (fleet.Status, error
 		fleet.PublishedPrefix(p.Prefix)+service, slots+"coord", slots+"grant/")
 }
 
+// Records reads what the coordinator of a rollout decides from: every
+// host's record and the operators' (Status without the slots, the older
+// semaphore and the published release, which only operators read: at
+// thousands of hosts waiting, the slots are as large as the records).
+func (p *Fleet) Records(ctx context.Context, service string) (fleet.Status, error) {
+	return p.status(ctx, service, []string{"nodes/", "hold", "failed/", "rollout/"})
+}
+
 // Brief reads what one host of service needs of the records before it
 // asks the coordinator of a rollout: its own record, the hold, the
 // breakers, the freeze, the pins and the clears. Its size does not grow

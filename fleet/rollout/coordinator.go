@@ -37,6 +37,17 @@ func (c *Coordinator) decide(ctx context.Context, view fleet.Status, sum, me str
 	return c.Decider.Decide(ctx, me, View{Service: c.Service, Checksum: sum, Status: view, Now: c.now()}), nil
 }
 
+// records reads what the coordinator decides from: Records.Records when
+// it has it (the records without the slots), else Records.Status.
+func (c *Coordinator) records(ctx context.Context) (fleet.Status, error) {
+	if r, ok := c.Records.(interface {
+		Records(ctx context.Context, service string) (fleet.Status, error)
+	}); ok {
+		return r.Records(ctx, c.Service)
+	}
+	return c.Records.Status(ctx, c.Service)
+}
+
 func (c *Coordinator) now() time.Time {
 	if c.Now != nil {
 		return c.Now()
@@ -62,7 +73,7 @@ func (c *Coordinator) samePolicy(view fleet.Status) bool {
 func (c *Coordinator) Plan(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
 	p := c.Decider.Policy
 	doc := lock.Rollout{Checksum: sum}
-	view, err := c.Records.Status(ctx, c.Service)
+	view, err := c.records(ctx)
 	if err != nil {
 		return doc, nil, err
 	}
@@ -71,10 +82,18 @@ func (c *Coordinator) Plan(ctx context.Context, sum string) (lock.Rollout, map[s
 		// into the last wave, and no host moves into an earlier or an
 		// approved wave.
 		steps := p.Plan(sum, Members(view, ""))
-		if _, err := c.Records.FixPlan(ctx, c.Service, sum, Waves(steps)); err != nil {
+		fixed, err := c.Records.FixPlan(ctx, c.Service, sum, Waves(steps))
+		if err != nil {
 			return doc, nil, fmt.Errorf("fix the rollout's plan: %w", err)
 		}
-		if view, err = c.Records.Status(ctx, c.Service); err != nil {
+		if fixed {
+			// Written as planned here: the records need not be read again
+			// (thousands of them) to learn it.
+			if view.Plans == nil {
+				view.Plans = map[string][]fleet.PlanWave{}
+			}
+			view.Plans[sum] = Waves(steps)
+		} else if view, err = c.records(ctx); err != nil { // another fixed it first
 			return doc, nil, err
 		}
 	}

@@ -28,8 +28,10 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -79,6 +81,8 @@ var (
 	// CheckCoordinator is how long a waiting host blocks on its key
 	// before it looks whether a coordinator is still there.
 	CheckCoordinator = 10 * time.Second
+	// A host in line for a wave of a rollout looks for the coordinator
+	// every inLineChecks × CheckCoordinator (see Acquire).
 	// ElectionSpread bounds the random wait of a host that found no
 	// coordinator before it looks again and tries to become it.
 	ElectionSpread = 200 * time.Millisecond
@@ -86,6 +90,9 @@ var (
 	// nothing granted keeps its lock before giving it up.
 	IdleResign = 30 * time.Second
 )
+
+// inLineChecks: see CheckCoordinator.
+const inLineChecks = 6
 
 // SlotsPrefix, GrantPrefix, GrantKey and CoordKey name the keys of
 // service under prefix. They live outside the service's own folder, which
@@ -119,6 +126,16 @@ type Slots struct {
 	// seen is when this host last saw a coordinator alive (its session
 	// on the rollout's document): it need not look again for a while.
 	seen time.Time
+	// docHeld: the document, as this host's follower (WaitRollout) read
+	// it last, is held by a coordinator's session. Its release wakes the
+	// follower, so it stays true only while a coordinator lives.
+	docHeld bool
+	// following counts the follower's queries in flight; followed is
+	// when the last ended. docHeld counts only while the follower runs.
+	following int
+	followed  time.Time
+	// electing: an election waits its random time in the background.
+	electing bool
 }
 
 // New returns node's claim on the limit slots of service.
@@ -252,8 +269,15 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 		s.Waiting()
 	}
 	s.ensureCoordinator(ctx)
+	check := CheckCoordinator
+	if s.planner != nil && sum != "" {
+		// In line for a wave of a rollout: the host follows the
+		// coordinator's document too, which says at once when the
+		// coordinator is gone (WaitRollout); this look is the backstop.
+		check = inLineChecks * CheckCoordinator
+	}
 	for {
-		kv, meta, err := s.Client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: CheckCoordinator}).WithContext(ctx))
+		kv, meta, err := s.Client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: check}).WithContext(ctx))
 		if err != nil {
 			s.Release(context.WithoutCancel(ctx))
 			return nil, waitErr(ctx, s.unavailable("wait for a slot", err))
@@ -344,8 +368,13 @@ func (s *Slots) ensureCoordinator(ctx context.Context) {
 // just did), wait a random moment up to spread, and look again before
 // trying.
 func (s *Slots) elect(ctx context.Context, look bool, spread time.Duration) {
+	alive := func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.coord != nil || s.followedHeld()
+	}
 	s.mu.Lock()
-	running := s.coord != nil || look && time.Since(s.seen) < seenFor
+	running := s.coord != nil || look && (s.followedHeld() || time.Since(s.seen) < seenFor)
 	s.mu.Unlock()
 	if running {
 		return
@@ -366,9 +395,16 @@ func (s *Slots) elect(ctx context.Context, look bool, spread time.Duration) {
 		return
 	case <-t.C:
 	}
-	if free() {
+	// Without a wait, the caller's look (it just read the key) stands.
+	if !alive() && (!look && spread <= 0 || free()) {
 		s.startCoordinator()
 	}
+}
+
+// followedHeld says whether this host's follower of the document (s.mu
+// held) runs and saw it held by a coordinator's session last.
+func (s *Slots) followedHeld() bool {
+	return s.docHeld && (s.following > 0 || time.Since(s.followed) < seenFor)
 }
 
 func (s *Slots) startCoordinator() {
@@ -387,7 +423,7 @@ func (s *Slots) startCoordinator() {
 	planner := s.planner
 	s.mu.Unlock()
 	c := &coordinator{s: s, se: se, cancel: cancel, done: make(chan struct{}), held: map[string]heldGrant{}, planner: planner,
-		gone: map[string]int{}, urgent: make(chan struct{}, 1), relist: make(chan struct{}, 1)}
+		gone: map[string]int{}, urgent: make(chan struct{}, 1), relist: make(chan struct{}, 1), hungry: make(chan struct{}, 1)}
 	s.mu.Lock()
 	if s.coord != nil {
 		s.mu.Unlock()
@@ -428,9 +464,15 @@ type coordinator struct {
 	plan    *planned
 	// gone counts the grants released since the last decision, by wave;
 	// urgent asks for a decision at once: a wave's last host is done.
-	gone   map[string]int
-	urgent chan struct{}
-	relist chan struct{} // asks the listing of the grant folder to come now
+	gone map[string]int
+	// asked is the release asked for, as the decisions read it last.
+	asked   atomic.Value
+	goneLog []goneHost
+	urgent  chan struct{}
+	relist  chan struct{} // asks the listing of the grant folder to come now
+	// hungry asks for it once ListGap has passed: fewer hosts known to
+	// wait for an open wave than there are slots.
+	hungry chan struct{}
 }
 
 // heldGrant is a live grant: the modify index of its key as granted, and
@@ -488,7 +530,7 @@ func (c *coordinator) run(ctx context.Context) {
 	}()
 	lists := make(chan listing, 1)
 	released := make(chan grantRef, s.Limit*2+8)
-	go c.list(ctx, lists, c.relist)
+	go c.list(ctx, lists, c.relist, c.hungry)
 	plans := make(chan planned)
 	if c.planner != nil {
 		go c.decide(ctx, plans)
@@ -509,24 +551,35 @@ func (c *coordinator) run(ctx context.Context) {
 				return
 			}
 		case p := <-plans:
-			if opened(c.plan, p) {
-				// The hosts of a wave just opened are about to wait: the
-				// next listing comes now, not after ListGap.
+			was := c.plan
+			c.newPlan(p)
+			if opened(was, p) && c.starving() {
+				// The hosts of a wave just opened are about to wait, and
+				// not in line already: the next listing comes now, not
+				// after ListGap.
 				select {
 				case c.relist <- struct{}{}:
 				default:
 				}
 			}
-			c.plan, c.gone = &p, map[string]int{}
 			if err := c.moveOut(ctx); errors.Is(err, errNotCoordinator) {
 				s.logger().Warn("lost the coordinator's lock", "service", s.Service)
 				return
 			}
 		case g := <-released:
-			if h := c.held[g.node]; h.index == g.index { // not a newer grant to the same host
-				delete(c.held, g.node)
-				c.legacyGone(h.session)
-				c.releasedHost(g.node)
+			// With the others released meanwhile: their hosts' successors
+			// are granted in one transaction.
+			for more := true; more; {
+				if h := c.held[g.node]; h.index == g.index { // not a newer grant to the same host
+					delete(c.held, g.node)
+					c.legacyGone(h.session)
+					c.releasedHost(g.node)
+				}
+				select {
+				case g = <-released:
+				default:
+					more = false
+				}
 			}
 		case <-tick.C:
 			// Only once the folder read last was empty: a listing slow to
@@ -555,11 +608,16 @@ func (c *coordinator) run(ctx context.Context) {
 
 // list follows the grant folder with a blocking query and hands each
 // listing to the coordinator. A listing with many waiting hosts (the
-// only read that grows with the fleet) is made at most once per ListGap;
-// one that is short, because every waiting host known is granted, may
-// be made again at once, so that a host that starts waiting then is
-// granted without waiting for the gap.
-func (c *coordinator) list(ctx context.Context, lists chan listing, relist <-chan struct{}) {
+// only read that grows with the fleet) is made when a wave opened, or
+// at most five times per ListGap when the coordinator starves (it knows
+// of fewer hosts waiting for an open wave than it has slots, and hosts
+// of open waves may wait that it does not know of); else once per
+// ListGap per 200 hosts listed: the hosts in line stay in line,
+// and the coordinator grants them from the listing it has. One that is
+// short, because every waiting host known is granted, may be made again
+// at once, so that a host that starts waiting then is granted without
+// waiting for the gap.
+func (c *coordinator) list(ctx context.Context, lists chan listing, relist, hungry <-chan struct{}) {
 	s := c.s
 	var index uint64
 	backoff := 100 * time.Millisecond
@@ -584,19 +642,30 @@ func (c *coordinator) list(ctx context.Context, lists chan listing, relist <-cha
 		default:
 		}
 		lists <- listing{pairs, meta.LastIndex}
-		gap := ListGap
+		s.logger().Debug("grants listed", "service", s.Service, "keys", len(pairs), "took", time.Since(start), "at", time.Now().Format("15:04:05.000"))
 		if len(pairs) <= 4*s.Limit+16 {
-			gap = 5 * time.Millisecond
+			pause(ctx, 5*time.Millisecond-time.Since(start))
+			continue
 		}
-		if d := gap - time.Since(start); d > 0 {
-			t := time.NewTimer(d)
+		long := time.NewTimer(max(ListGap*time.Duration(max(1, len(pairs)/200))-time.Since(start), 0))
+		// A starving coordinator (see starving) lists five times as often.
+		gap := time.NewTimer(max(ListGap/5-time.Since(start), 0))
+		ready, asked := false, false
+		for ctx.Err() == nil && !(ready && asked) {
 			select {
 			case <-ctx.Done():
-			case <-t.C:
+			case <-long.C:
+				ready, asked = true, true
+			case <-gap.C:
+				ready = true
+			case <-hungry:
+				asked = true
 			case <-relist:
+				ready, asked = true, true
 			}
-			t.Stop()
 		}
+		long.Stop()
+		gap.Stop()
 	}
 }
 
@@ -647,24 +716,23 @@ func (c *coordinator) merge(ctx context.Context, l listing, released chan<- gran
 	sort.Slice(c.queue, func(i, j int) bool { return c.queue[i].order < c.queue[j].order })
 }
 
-// fill grants the oldest wants while fewer than the limit are granted.
-// Each grant also takes a slot of the older dropship's semaphore for the
-// host, so agents of both kinds share one limit.
+// fill grants the oldest wants while fewer than the limit are granted,
+// up to maxBatch in one transaction. Each grant also takes a slot of the
+// older dropship's semaphore for the host, so agents of both kinds share
+// one limit.
 func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error {
 	s := c.s
 	var later []want // wants whose wave is not open: kept in line
-	defer func() { c.queue = append(later, c.queue...) }()
+	defer func() {
+		c.queue = append(later, c.queue...)
+		if c.hungry != nil && c.starving() {
+			select {
+			case c.hungry <- struct{}{}:
+			default:
+			}
+		}
+	}()
 	for len(c.held) < s.Limit && len(c.queue) > 0 {
-		w := c.queue[0]
-		if _, ok := c.held[w.node]; ok {
-			c.queue = c.queue[1:]
-			continue
-		}
-		if !c.allowed(w) {
-			later = append(later, w)
-			c.queue = c.queue[1:]
-			continue
-		}
 		lk, err := c.legacyRoom(ctx)
 		if err != nil {
 			return err
@@ -672,42 +740,107 @@ func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error 
 		if lk == nil {
 			return nil // older agents hold the free slots: the next listing looks again
 		}
-		c.queue = c.queue[1:]
-		g, _ := json.Marshal(Grant{Node: w.node, State: StateGranted, Limit: s.Limit, By: s.Node, At: time.Now().UTC(), Session: w.session, Checksum: w.checksum})
-		ops := api.TxnOps{
-			{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}},
-			{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: w.key, Value: g, Index: w.modify}},
+		room := min(s.Limit-len(c.held), s.Limit-len(lk.Holders), maxBatch)
+		var batch []want
+		for len(batch) < room && len(c.queue) > 0 {
+			w := c.queue[0]
+			c.queue = c.queue[1:]
+			switch {
+			case c.held[w.node] != heldGrant{} || slices.ContainsFunc(batch, func(b want) bool { return b.node == w.node }):
+			case !c.allowed(w):
+				later = append(later, w)
+			default:
+				batch = append(batch, w)
+			}
 		}
-		ops = append(ops, c.legacyOps(lk, w)...)
+		if len(batch) == 0 {
+			return nil
+		}
+		at := time.Now().UTC()
+		ops := api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}}}
+		for _, w := range batch {
+			g, _ := json.Marshal(Grant{Node: w.node, State: StateGranted, Limit: s.Limit, By: s.Node, At: at, Session: w.session, Checksum: w.checksum})
+			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: w.key, Value: g, Index: w.modify}})
+		}
+		ops = append(ops, c.legacyOps(lk, batch)...)
 		ok, resp, _, err := s.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 		if err != nil {
-			c.queue = append([]want{w}, c.queue...) // the next event tries again
+			c.queue = append(batch, c.queue...) // the next event tries again
 			c.legacy = nil
 			return err
 		}
 		if !ok {
+			var gone []int
 			for _, e := range resp.Errors {
-				switch e.OpIndex {
-				case 0:
+				switch i := e.OpIndex; {
+				case i == 0:
 					return errNotCoordinator
-				case 3:
+				case i >= 1 && i <= 2*len(batch):
+					// The host left the line, or its want changed, or its
+					// session ended: the next listing has it.
+					gone = append(gone, (i-1)%len(batch))
+				default:
 					// An older agent changed the semaphore: read it again.
 					c.legacy = nil
-					c.queue = append([]want{w}, c.queue...)
 				}
 			}
-			continue // else the host left the line, or its want changed: the next listing has it
+			var again []want
+			for i, w := range batch {
+				if !slices.Contains(gone, i) {
+					again = append(again, w)
+				}
+			}
+			c.queue = append(again, c.queue...)
+			if len(gone) == 0 && c.legacy != nil {
+				return fmt.Errorf("grant %d hosts: %v", len(batch), resp.Errors)
+			}
+			continue
 		}
-		idx := w.modify
-		if len(resp.Results) > 1 && resp.Results[1].KV != nil {
-			idx = resp.Results[1].KV.ModifyIndex
+		c.legacyTook(lk, batch, resp)
+		for i, w := range batch {
+			idx := w.modify
+			if r := 1 + i; len(resp.Results) > r && resp.Results[r].KV != nil {
+				idx = resp.Results[r].KV.ModifyIndex
+			}
+			c.held[w.node] = heldGrant{idx, w.session}
+			go c.watch(ctx, w.node, w.key, idx, released)
 		}
-		c.legacyTook(lk, w, resp)
-		c.held[w.node] = heldGrant{idx, w.session}
-		go c.watch(ctx, w.node, w.key, idx, released)
 	}
 	return nil
 }
+
+// starving says whether the coordinator knows of fewer hosts waiting
+// for an open wave than it has slots, while hosts of open waves it does
+// not know to wait may: then the next listing should come soon.
+func (c *coordinator) starving() bool {
+	allowed := 0
+	for _, w := range c.queue {
+		if c.allowed(w) {
+			if allowed++; allowed >= c.s.Limit {
+				return false
+			}
+		}
+	}
+	if c.planner == nil || c.plan == nil {
+		return true
+	}
+	if c.plan.doc.Done {
+		return false
+	}
+	// Hosts of open waves not done, less those granted or in line.
+	missing := -len(c.held) - allowed
+	for _, ws := range c.plan.doc.Waves {
+		if ws.Open {
+			missing += ws.Hosts - ws.Done - c.gone[ws.Name]
+		}
+	}
+	return missing > 0
+}
+
+// maxBatch is the most grants written in one transaction: with the
+// check of the coord key, each grant's semaphore entry and the
+// semaphore's record, within Consul's 64 operations.
+const maxBatch = 31
 
 // watch waits for a grant's key to change (the host released it, or its
 // session expired) and reports the slot free.

@@ -19,7 +19,7 @@ import (
 // count every grant, a granted host that dies leaves the semaphore as it
 // leaves its grant, and a grant is never made over an older agent's slot.
 // In a fleet of new agents only, the record stays in memory and the cost
-// is two more operations in each grant's transaction.
+// is one more operation per grant, and one per transaction of grants.
 
 // LegacyPrefix is where the older agents' semaphore lives.
 func LegacyPrefix(prefix, service string) string { return prefix + "/" + service + "/lock" }
@@ -77,29 +77,33 @@ func (c *coordinator) legacyRoom(ctx context.Context) (*legacyLock, error) {
 	return l, nil
 }
 
-// legacyOps enter w's host in the semaphore: its contender entry, held
-// by its session, and the record with it among the holders (a check-and-
-// set on the record as read, so an older agent's change in between fails
-// the whole grant).
-func (c *coordinator) legacyOps(l *legacyLock, w want) api.TxnOps {
+// legacyOps enter the hosts of ws in the semaphore: their contender
+// entries, each held by its host's session, and the record with them
+// among the holders (a check-and-set on the record as read, so an older
+// agent's change in between fails the whole grant). The record's
+// operation comes last.
+func (c *coordinator) legacyOps(l *legacyLock, ws []want) api.TxnOps {
 	prefix := LegacyPrefix(c.s.Prefix, c.s.Service)
 	holders := maps.Clone(l.Holders)
-	holders[w.session] = true
+	var ops api.TxnOps
+	for _, w := range ws {
+		holders[w.session] = true
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVLock, Key: prefix + "/" + w.session, Value: []byte(w.node), Flags: api.SemaphoreFlagValue, Session: w.session}})
+	}
 	rec, _ := json.Marshal(struct {
 		Limit   int
 		Holders map[string]bool
 	}{c.s.Limit, holders})
-	return api.TxnOps{
-		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: prefix + "/" + w.session, Value: []byte(w.node), Flags: api.SemaphoreFlagValue, Session: w.session}},
-		{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: prefix + "/.lock", Value: rec, Flags: api.SemaphoreFlagValue, Index: l.index}},
-	}
+	return append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: prefix + "/.lock", Value: rec, Flags: api.SemaphoreFlagValue, Index: l.index}})
 }
 
-// legacyTook notes a grant's entry in the record as written.
-func (c *coordinator) legacyTook(l *legacyLock, w want, resp *api.TxnResponse) {
-	l.Holders[w.session] = true
-	if len(resp.Results) > 3 && resp.Results[3].KV != nil {
-		l.index = resp.Results[3].KV.ModifyIndex
+// legacyTook notes the grants' entries in the record as written.
+func (c *coordinator) legacyTook(l *legacyLock, ws []want, resp *api.TxnResponse) {
+	for _, w := range ws {
+		l.Holders[w.session] = true
+	}
+	if r := 1 + 2*len(ws); len(resp.Results) > r && resp.Results[r].KV != nil {
+		l.index = resp.Results[r].KV.ModifyIndex
 	} else {
 		c.legacy = nil // read it again before the next grant
 	}

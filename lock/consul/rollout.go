@@ -26,6 +26,7 @@ import (
 	"path"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -142,7 +143,23 @@ func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, st
 		// Asked for, and nobody coordinates (it died, or the one that
 		// asked has not taken the lock yet): any host may, after a
 		// random wait spread widely, as many read the rollout at once.
-		s.elect(ctx, false, 10*ElectionSpread)
+		// In the background: this host's check goes on.
+		s.mu.Lock()
+		start := !s.electing
+		s.electing = true
+		s.mu.Unlock()
+		if start {
+			go func() {
+				defer func() {
+					s.mu.Lock()
+					s.electing = false
+					s.mu.Unlock()
+				}()
+				ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.TTL+time.Minute)
+				defer cancel()
+				s.elect(ctx, false, 10*ElectionSpread)
+			}()
+		}
 	}
 	if doc == nil || doc.Checksum != checksum || place.Checksum != checksum {
 		return doc, "", nil
@@ -150,16 +167,53 @@ func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, st
 	return doc, place.Wave, nil
 }
 
+// noteCoordinator notes whether the document read just now is held by a
+// coordinator's session. When it is not (the coordinator died, or gave
+// its lock back) and this host waits in line for a grant, it looks for a
+// coordinator and becomes it if nobody has, after a random wait: every
+// host in line saw the document change at once.
+func (s *Slots) noteCoordinator(held bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.docHeld = held
+	if held {
+		s.seen = time.Now()
+		return
+	}
+	s.seen = time.Time{}
+	if s.held == nil || s.coord != nil {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*ElectionSpread+time.Minute)
+		defer cancel()
+		s.elect(ctx, true, 10*ElectionSpread)
+	}()
+}
+
 // WaitRollout blocks until the document changes past index.
 func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, uint64, error) {
 	q := &api.QueryOptions{}
 	if index > 0 {
-		q.WaitIndex, q.WaitTime = index, 5*time.Minute
+		// As long as Consul waits (10 minutes): the document, not the
+		// end of the wait, is what wakes a host.
+		q.WaitIndex, q.WaitTime = index, 10*time.Minute
 	}
+	s.mu.Lock()
+	s.following++
+	s.mu.Unlock()
 	kv, meta, err := s.Client.KV().Get(RolloutKey(s.Prefix, s.Service), q.WithContext(ctx))
+	s.mu.Lock()
+	s.following--
+	s.followed = time.Now()
+	s.mu.Unlock()
 	if err != nil {
+		s.mu.Lock()
+		s.docHeld = false
+		s.mu.Unlock()
 		return nil, 0, s.unavailable("read the rollout", err)
 	}
+	s.noteCoordinator(kv != nil && kv.Session != "")
 	if kv == nil {
 		return nil, meta.LastIndex, nil
 	}
@@ -236,6 +290,7 @@ func moved(doc *lock.Rollout, want, wave, node string) bool {
 type planned struct {
 	doc   lock.Rollout
 	waves map[string]string
+	read  time.Time // when the records it was decided from were read (at the latest)
 }
 
 // allowed says whether the coordinator may grant w now: a want outside
@@ -254,8 +309,18 @@ func (c *coordinator) allowed(w want) bool {
 
 // rolloutDone says whether the rollout, if any, needs the coordinator no
 // more: every planned host has the release, or nothing is asked.
+// A release asked for and not decided yet is not done: a decision that
+// takes long (thousands of records to read, a busy Consul) must not find
+// its coordinator gone idle.
 func (c *coordinator) rolloutDone() bool {
-	return c.planner == nil || c.plan == nil || c.plan.doc.Checksum == "" || c.plan.doc.Done
+	if c.planner == nil {
+		return true
+	}
+	asked, _ := c.asked.Load().(string)
+	if c.plan == nil || c.plan.doc.Checksum != asked {
+		return asked == ""
+	}
+	return c.plan.doc.Checksum == "" || c.plan.doc.Done
 }
 
 // decide runs the rollout: each time the service's records change (at
@@ -270,8 +335,11 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 		default:
 		}
 	}
-	go c.follow(ctx, s.Prefix+"/"+s.Service+"/", poke)
-	go c.follow(ctx, ReleaseKey(s.Prefix, s.Service), poke)
+	var hosts atomic.Int64 // planned in the last decision
+	// The service's folder holds every host's record: Consul walks all
+	// their keys to answer, so it is asked at most once per planGap.
+	go c.follow(ctx, s.Prefix+"/"+s.Service+"/", poke, func() time.Duration { return planGap(int(hosts.Load())) })
+	go c.follow(ctx, ReleaseKey(s.Prefix, s.Service), poke, func() time.Duration { return 5 * time.Millisecond })
 	placed := map[string]string{} // node -> checksum/wave written
 	placedRead := false
 	var last *lock.Rollout
@@ -285,10 +353,13 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 		case err != nil:
 			next = time.Second
 		case kv == nil || json.Unmarshal(kv.Value, &rel) != nil || rel.Checksum == "":
+			c.asked.Store("")
 			next = time.Minute // nothing asked: the release key wakes it
 		default:
+			c.asked.Store(rel.Checksum)
 			doc, waves, err := c.planner.Plan(ctx, rel.Checksum)
-			s.logger().Debug("rollout decided", "service", s.Service, "took", time.Since(start), "error", err)
+			s.logger().Debug("rollout decided", "service", s.Service, "took", time.Since(start), "error", err, "at", time.Now().Format("15:04:05.000"))
+			hosts.Store(int64(len(waves)))
 			if err != nil {
 				s.logger().Warn("could not decide the rollout", "service", s.Service, "error", err)
 				next = time.Second
@@ -330,7 +401,7 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 					break
 				}
 				last, lastWrite = &doc, time.Now()
-				s.logger().Debug("rollout written", "service", s.Service, "took", time.Since(start), "urgent", urgent)
+				s.logger().Debug("rollout written", "service", s.Service, "took", time.Since(start), "urgent", urgent, "at", time.Now().Format("15:04:05.000"))
 			} else if !sameDoc(*last, doc) {
 				next = min(next, DocGap-time.Since(lastWrite))
 			}
@@ -343,7 +414,7 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 				}
 			}
 			select {
-			case out <- planned{doc, waves}:
+			case out <- planned{doc, waves, start}:
 			case <-ctx.Done():
 				return
 			}
@@ -355,7 +426,15 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 		select {
 		case <-ctx.Done():
 		case <-wake:
-			pause(ctx, ListGap-time.Since(start))
+			// The records changed: read again, but not before the gap,
+			// which grows with the fleet (the read does) ...
+			t.Stop()
+			t = time.NewTimer(max(planGap(int(hosts.Load()))-time.Since(start), 0))
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			case <-c.urgent: // ... unless a wave's last host is done
+			}
 		case <-c.urgent: // a wave's last host is done: the next may open now
 		case <-t.C:
 		}
@@ -363,10 +442,20 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 	}
 }
 
-// follow pokes on each change under key (a blocking query of its keys).
-func (c *coordinator) follow(ctx context.Context, key string, poke func()) {
+// planGap is the least time between two reads of the records of a
+// fleet of hosts that a change of the records asks for: ListGap per
+// thousand hosts, ListGap at least. A wave's last host done, a timer of
+// the rollout and the release asked for are decided at once.
+func planGap(hosts int) time.Duration {
+	return ListGap * time.Duration(max(1, (hosts+999)/1000))
+}
+
+// follow pokes on each change under key (a blocking query of its keys),
+// gap apart at least.
+func (c *coordinator) follow(ctx context.Context, key string, poke func(), gap func() time.Duration) {
 	var index uint64
 	for ctx.Err() == nil {
+		start := time.Now()
 		_, meta, err := c.s.Client.KV().Keys(key, "/", (&api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx))
 		if err != nil {
 			index = 0
@@ -381,7 +470,7 @@ func (c *coordinator) follow(ctx context.Context, key string, poke func()) {
 		} else {
 			index = meta.LastIndex
 		}
-		pause(ctx, 5*time.Millisecond)
+		pause(ctx, gap()-time.Since(start))
 	}
 }
 
@@ -485,6 +574,27 @@ func opened(prev *planned, next planned) bool {
 	return false
 }
 
+// goneHost is a grant released: the host's wave, and when.
+type goneHost struct {
+	wave string
+	at   time.Time
+}
+
+// newPlan takes a decision: the releases counted are those since its
+// records were read (a host reports before it gives its grant back, so
+// one released earlier is in the records: the decision's Done counts it).
+func (c *coordinator) newPlan(p planned) {
+	c.plan, c.gone = &p, map[string]int{}
+	keep := c.goneLog[:0]
+	for _, g := range c.goneLog {
+		if g.at.After(p.read) {
+			keep = append(keep, g)
+			c.gone[g.wave]++
+		}
+	}
+	c.goneLog = keep
+}
+
 // releasedHost notes a grant released: when it was the last host of its
 // wave to finish, the coordinator decides again at once rather than after
 // ListGap, so that the next wave opens without delay.
@@ -499,6 +609,7 @@ func (c *coordinator) releasedHost(node string) {
 		return
 	}
 	c.gone[w]++
+	c.goneLog = append(c.goneLog, goneHost{w, time.Now()})
 	if ws.Done+c.gone[w] >= ws.Hosts {
 		select {
 		case c.urgent <- struct{}{}:

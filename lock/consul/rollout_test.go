@@ -3,6 +3,7 @@ package consul
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -124,4 +125,118 @@ func TestRolloutGrantsOnlyOpenWaves(t *testing.T) {
 		t.Fatal(err)
 	}
 	hs[3].Release(ctx)
+}
+
+// Hosts in line for a wave follow the coordinator's document: when the
+// coordinator dies, its session's release of the document wakes them and
+// one takes over, though none looks for a coordinator on its own for
+// minutes (CheckCoordinator); the new one grants as the old one would.
+func TestRolloutFollowersElectWhenTheCoordinatorDies(t *testing.T) {
+	defer func(d time.Duration) { CheckCoordinator = d }(CheckCoordinator)
+	CheckCoordinator = time.Minute // a host in line would look after 6 minutes
+	hs := hosts(t, 3, 1)
+	p := &planner{open: map[string]bool{"a": true}, stop: map[string]bool{}}
+	for _, h := range hs {
+		h.SetPlanner(p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if !hs[0].Coordinating() {
+			return errors.New("host-00 does not coordinate")
+		}
+		for _, h := range hs[1:] {
+			if _, wave, err := h.Rollout(ctx, "sum1"); err != nil || wave == "" {
+				return fmt.Errorf("%s not placed (%v)", h.Node, err)
+			}
+		}
+		return nil
+	})
+	got := make(chan error, 2)
+	for _, h := range hs[1:] {
+		go func() { // the agent's follower of the document
+			var index uint64
+			for ctx.Err() == nil {
+				if _, next, err := h.WaitRollout(ctx, index); err == nil {
+					index = next
+				}
+			}
+		}()
+		h.Want("sum1")
+		go func() {
+			_, err := h.Acquire(ctx)
+			if err == nil {
+				h.Release(ctx)
+			}
+			got <- err
+		}()
+	}
+	testutil.Eventually(t, 10*time.Second, func() error {
+		pairs, _, err := hs[0].Client.KV().Keys(GrantPrefix(hs[0].Prefix, hs[0].Service), "", nil)
+		if err == nil && len(pairs) < 2 {
+			err = fmt.Errorf("%d hosts in line", len(pairs))
+		}
+		return err
+	})
+	hs[0].Kill() // as kill -9: its session expires within twice its TTL
+	p.set("b", true)
+	for range 2 {
+		select {
+		case err := <-got:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-ctx.Done():
+			t.Fatal("the hosts in line were not granted: no coordinator took over")
+		}
+	}
+	if !hs[1].Coordinating() && !hs[2].Coordinating() {
+		t.Fatal("neither host in line coordinates")
+	}
+}
+
+// slowPlanner takes a while to decide, as reading thousands of records
+// from a busy Consul does.
+type slowPlanner struct {
+	planner
+	delay time.Duration
+}
+
+func (p *slowPlanner) Plan(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
+	select {
+	case <-time.After(p.delay):
+	case <-ctx.Done():
+		return lock.Rollout{}, nil, ctx.Err()
+	}
+	return p.planner.Plan(ctx, sum)
+}
+
+// A coordinator whose first decision takes longer than IdleResign keeps
+// its lock: nobody waits for a slot yet, but a release is asked for.
+func TestRolloutSlowDecisionKeepsTheCoordinator(t *testing.T) {
+	hs := hosts(t, 2, 1)
+	p := &slowPlanner{planner: planner{open: map[string]bool{"a": true}, stop: map[string]bool{}}, delay: 2 * IdleResign}
+	for _, h := range hs {
+		h.SetPlanner(p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 4*IdleResign, func() error {
+		if doc, _, err := hs[1].WaitRollout(ctx, 0); err != nil || doc == nil || doc.Checksum != "sum1" {
+			return fmt.Errorf("no document of sum1 (%v)", err)
+		}
+		return nil
+	})
+	p.mu.Lock()
+	calls := p.calls
+	p.mu.Unlock()
+	if calls != 1 || !hs[0].Coordinating() {
+		t.Fatalf("%d decisions, host-00 coordinating: %v; want one, by host-00", calls, hs[0].Coordinating())
+	}
 }
