@@ -1,8 +1,6 @@
 package chunks
 
 import (
-	"bufio"
-	"encoding/gob"
 	"errors"
 	"fmt"
 	"os"
@@ -34,6 +32,12 @@ type Files struct {
 	// SkelSHA256 is the SHA-256 of the skeleton: checked once by a delta
 	// that trusts files of the release by their identity (Backing).
 	SkelSHA256 string `json:"skel_sha256,omitempty"`
+
+	// sp: the files are written to a spool file as they are made, not
+	// kept (NewFilesSpooled); saved: the file Save wrote them to.
+	sp    *spool
+	n     int // files, once spooled and saved
+	saved string
 }
 
 // File is one regular file of a release, as its tar made it.
@@ -45,71 +49,22 @@ type File struct {
 	Stat  archive.FileStat `json:"stat"`  // once made
 }
 
-// NewFiles starts the record of release, made from the tar idx describes.
+// NewFiles starts the record of release, made from the tar idx describes,
+// held in memory.
 func NewFiles(release, owner string, idx *Index) *Files {
 	return &Files{Release: release, Owner: owner, Tar: idx.Tar.SHA256, Chunks: idx.Chunks, Files: map[string]File{}}
 }
 
 // Made records a file made: the archive.Options.Made of the extraction.
+// A record spooled (NewFilesSpooled) writes it to its spool file instead
+// of keeping it.
 func (f *Files) Made(e *archive.Entry, st archive.FileStat) {
-	f.Files[e.Name] = File{Off: e.Offset, Size: e.Header.Size, Mode: uint32(e.Mode), Mtime: e.Header.ModTime.UnixNano(), Stat: st}
-}
-
-// Save writes the record to path, through a temporary file and a rename;
-// as gob, which takes a quarter of JSON's time for 13,000 files.
-func (f *Files) Save(path string) error {
-	// One name: a crash leaves at most this file, overwritten next time.
-	tmp, err := os.OpenFile(path+".tmp", os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
+	rec := File{Off: e.Offset, Size: e.Header.Size, Mode: uint32(e.Mode), Mtime: e.Header.ModTime.UnixNano(), Stat: st}
+	if f.sp != nil {
+		f.sp.add(e.Name, rec)
+		return
 	}
-	w := bufio.NewWriterSize(tmp, 64<<10)
-	err = gob.NewEncoder(w).Encode(f)
-	if err == nil {
-		err = w.Flush()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
-}
-
-// LoadFiles reads the record Save wrote.
-func LoadFiles(path string) (*Files, error) {
-	r, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer r.Close()
-	var f Files
-	if err := gob.NewDecoder(bufio.NewReaderSize(r, 64<<10)).Decode(&f); err != nil {
-		return nil, err
-	}
-	if f.Files == nil {
-		return nil, errors.New("no files recorded")
-	}
-	return &f, nil
-}
-
-// LoadFilesHead reads of the record Save wrote only which release and
-// skeleton it is of: the files are skipped, not kept in memory.
-func LoadFilesHead(path string) (*Files, error) {
-	r, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer r.Close()
-	var h struct{ Release, Skel string }
-	if err := gob.NewDecoder(bufio.NewReaderSize(r, 64<<10)).Decode(&h); err != nil {
-		return nil, err
-	}
-	return &Files{Release: h.Release, Skel: h.Skel}, nil
+	f.Files[e.Name] = rec
 }
 
 // Reuser offers, for each regular file of a new release's tar, the same
@@ -292,27 +247,41 @@ func (r *Reuser) sameBytes(a, b, n int64) bool {
 // release it describes) no longer holds as made: another inode, or a
 // size, modification time, mode or owner that changed. A release linked
 // from another shares its inodes: a write to them there since shows here.
+// A spooled record is read back from the file Save wrote, one file at a
+// time; one that cannot be read back, or is of another release, fails.
 func (f *Files) Check(dir string) error {
 	d, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_DIRECTORY, 0)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
-	for name, rec := range f.Files {
+	check := func(name string, rec File) (bool, error) {
 		src, err := archive.OpenBeneath(d, name)
 		if errors.Is(err, archive.ErrNoReuse) {
-			return nil // nothing was linked
+			return false, nil // nothing was linked
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
 		st, err := archive.Stat(src)
 		src.Close()
 		if err != nil {
-			return err
+			return false, err
 		}
 		if !st.Same(rec.Stat) {
-			return fmt.Errorf("%s changed since it was made (a file linked from the current release, written since?)", name)
+			return false, fmt.Errorf("%s changed since it was made (a file linked from the current release, written since?)", name)
+		}
+		return true, nil
+	}
+	if f.Files == nil {
+		if f.saved == "" {
+			return errors.New("the record of the release's files was not saved")
+		}
+		return eachFile(f.saved, f.Release, check)
+	}
+	for name, rec := range f.Files {
+		if more, err := check(name, rec); !more || err != nil {
+			return err
 		}
 	}
 	return nil
