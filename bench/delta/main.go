@@ -11,11 +11,15 @@
 //   - first v1: v1 installed with an empty chunk cache (the archive, the
 //     cache filled from its tar);
 //   - delta v2: v2 installed over it (only the changed chunks fetched);
-//   - full v2: v2 from the archive alone.
+//   - delta v1, no links: v1 again as a delta over that, chunk_links =
+//     false.
 //
-// It prints wall time and bytes fetched per round, then the best round of
-// each and the ratios the targets are set on: delta/full time, delta
-// bytes/archive bytes, first/full time.
+// It prints wall and CPU time and bytes fetched per round, each install's
+// time against the archive install of the same round, then per install
+// the best of the rounds against the best of the archive's (as many
+// samples on each side) and the median of the rounds' ratios: the
+// ratios the targets are set on (delta/full time, delta bytes/archive
+// bytes, first/full time).
 package main
 
 import (
@@ -30,6 +34,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -112,21 +117,24 @@ service "bench" {
 	noLinks := config("nolinks", "chunk_links = false")
 	reset := func() { os.RemoveAll(state); os.RemoveAll(dest) }
 
-	var best, bestCPU struct{ first, delta, delta0, full time.Duration }
+	// Every ratio compares like with like: each install against the
+	// archive install of the same round (right before the first install,
+	// after the same publish), and the best of the rounds against the
+	// best of as many archive installs.
+	type sample struct{ full, first, delta, delta0 time.Duration }
+	var walls, cpus []sample
 	var deltaBytes, delta0Bytes, archiveBytes int64
-	fmt.Printf("\n(wall / CPU time)\n%-6s %-16s %-16s %-30s %-30s %-16s\n", "round", "full v1", "first v1", "delta v2 (fetched, files linked)", "delta v1, no links (fetched)", "full v1")
+	fmt.Printf("\n(wall / CPU time; in brackets, against the archive install of the same round)\n%-6s %-16s %-34s %-50s %-44s\n", "round", "full v1", "first v1", "delta v2 (fetched, files linked)", "delta v1, no links (fetched)")
 	for r := 1; r <= *rounds; r++ {
-		// Each install next to the one it is compared with, right after
-		// the same publish: v1 full then first; v2 delta then full.
 		if _, err := publish(v1); err != nil {
 			return err
 		}
 		reset()
-		full1, _, err := install(bin, without)
+		full, _, err := install(bin, without)
 		if err != nil {
 			return err
 		}
-		cFull1 := cpu
+		cFull := cpu
 		reset()
 		first, _, err := install(bin, withChunks)
 		if err != nil {
@@ -158,43 +166,64 @@ service "bench" {
 		if fetched0 < 0 {
 			return fmt.Errorf("the third install was no delta")
 		}
-		reset()
-		full2, _, err := install(bin, without)
-		if err != nil {
-			return err
+		w := sample{full, first, delta, delta0}
+		c := sample{cFull, cFirst, cDelta, cDelta0}
+		walls, cpus = append(walls, w), append(cpus, c)
+		ratio := func(x, y, cx, cy time.Duration) string {
+			return fmt.Sprintf("%s (%.2f× / %.2f×)", wc(x, cx), x.Seconds()/y.Seconds(), cx.Seconds()/cy.Seconds())
 		}
-		cFull2 := cpu
-		fmt.Printf("%-6d %-16s %-16s %-30s %-30s %-16s\n", r, wc(full1, cFull1), wc(first, cFirst),
-			fmt.Sprintf("%s (%.2f MiB, %s linked)", wc(delta, cDelta), float64(fetched)/(1<<20), linkedOn),
-			fmt.Sprintf("%s (%.2f MiB)", wc(delta0, cDelta0), float64(fetched0)/(1<<20)), wc(full2, cFull2))
-		best.first, best.delta, best.delta0, best.full = minNZ(best.first, first), minNZ(best.delta, delta), minNZ(best.delta0, delta0), minNZ(minNZ(best.full, full1), full2)
-		bestCPU.first, bestCPU.delta, bestCPU.delta0, bestCPU.full = minNZ(bestCPU.first, cFirst), minNZ(bestCPU.delta, cDelta), minNZ(bestCPU.delta0, cDelta0), minNZ(minNZ(bestCPU.full, cFull1), cFull2)
+		fmt.Printf("%-6d %-16s %-34s %-50s %-44s\n", r, wc(full, cFull), ratio(first, full, cFirst, cFull),
+			fmt.Sprintf("%s (%.2f MiB, %s linked)", ratio(delta, full, cDelta, cFull), float64(fetched)/(1<<20), linkedOn),
+			fmt.Sprintf("%s (%.2f MiB)", ratio(delta0, full, cDelta0, cFull), float64(fetched0)/(1<<20)))
 		deltaBytes, delta0Bytes, archiveBytes = fetched, fetched0, size
 	}
 	reset()
-	fmt.Printf("\nbest of %d rounds (load average at the end: %s)\n", *rounds, loadavg())
-	fmt.Printf("| install | wall time | CPU time | bytes fetched | vs full archive install |\n| --- | --- | --- | --- | --- |\n")
-	fmt.Printf("| full archive (chunk_cache = 0) | %.2f s | %.2f s | %.1f MiB | 1.00× |\n", best.full.Seconds(), bestCPU.full.Seconds(), float64(archiveBytes)/(1<<20))
-	fmt.Printf("| first, empty cache (archive + fill) | %.2f s | %.2f s | %.1f MiB | %.2f× wall, %.2f× CPU |\n", best.first.Seconds(), bestCPU.first.Seconds(),
-		float64(archiveBytes)/(1<<20), best.first.Seconds()/best.full.Seconds(), bestCPU.first.Seconds()/bestCPU.full.Seconds())
-	fmt.Printf("| delta, one 5 MB file changed | %.2f s | %.2f s | %.2f MiB | %.2f× wall, %.2f× CPU, %.2f %% of the bytes |\n", best.delta.Seconds(), bestCPU.delta.Seconds(),
-		float64(deltaBytes)/(1<<20), best.delta.Seconds()/best.full.Seconds(), bestCPU.delta.Seconds()/bestCPU.full.Seconds(), 100*float64(deltaBytes)/float64(archiveBytes))
-	fmt.Printf("| delta, chunk_links = false | %.2f s | %.2f s | %.2f MiB | %.2f× wall, %.2f× CPU, %.2f %% of the bytes |\n", best.delta0.Seconds(), bestCPU.delta0.Seconds(),
-		float64(delta0Bytes)/(1<<20), best.delta0.Seconds()/best.full.Seconds(), bestCPU.delta0.Seconds()/bestCPU.full.Seconds(), 100*float64(delta0Bytes)/float64(archiveBytes))
-	fmt.Printf("\npeak resident memory (max RSS) of an install: full %.1f MiB, first %.1f MiB, delta %.1f MiB, delta without links %.1f MiB\n",
+	pick := func(ss []sample, f func(sample) time.Duration) []float64 {
+		var out []float64
+		for _, s := range ss {
+			out = append(out, f(s).Seconds())
+		}
+		return out
+	}
+	fullW, fullC := pick(walls, func(s sample) time.Duration { return s.full }), pick(cpus, func(s sample) time.Duration { return s.full })
+	rows := []struct {
+		name  string
+		get   func(sample) time.Duration
+		bytes string
+	}{
+		{"full archive (chunk_cache = 0)", func(s sample) time.Duration { return s.full }, fmt.Sprintf("%.1f MiB", float64(archiveBytes)/(1<<20))},
+		{"first, empty cache (archive + fill)", func(s sample) time.Duration { return s.first }, fmt.Sprintf("%.1f MiB", float64(archiveBytes)/(1<<20))},
+		{"delta, one 5 MB file changed", func(s sample) time.Duration { return s.delta }, fmt.Sprintf("%.2f MiB (%.2f %%)", float64(deltaBytes)/(1<<20), 100*float64(deltaBytes)/float64(archiveBytes))},
+		{"delta, chunk_links = false", func(s sample) time.Duration { return s.delta0 }, fmt.Sprintf("%.2f MiB (%.2f %%)", float64(delta0Bytes)/(1<<20), 100*float64(delta0Bytes)/float64(archiveBytes))},
+	}
+	fmt.Printf("\n%d rounds, each install against the archive install of its own round (load average at the end: %s)\n", *rounds, loadavg())
+	fmt.Printf("| install | best wall | best CPU | bytes fetched | best against best of the archive's %d (wall, CPU) | median of the %d rounds' ratios (wall, CPU) |\n| --- | --- | --- | --- | --- | --- |\n", *rounds, *rounds)
+	for _, r := range rows {
+		w, c := pick(walls, r.get), pick(cpus, r.get)
+		var rw, rc []float64
+		for i := range w {
+			rw, rc = append(rw, w[i]/fullW[i]), append(rc, c[i]/fullC[i])
+		}
+		fmt.Printf("| %s | %.2f s | %.2f s | %s | %.2f×, %.2f× | %.2f×, %.2f× |\n", r.name, slices.Min(w), slices.Min(c), r.bytes,
+			slices.Min(w)/slices.Min(fullW), slices.Min(c)/slices.Min(fullC), median(rw), median(rc))
+	}
+	fmt.Printf("\npeak resident memory (max RSS) of an install, the largest of the rounds: full %.1f MiB, first %.1f MiB, delta %.1f MiB, delta without links %.1f MiB\n",
 		peak["full"], peak["chunks"], peak["delta"], peak["nolinks"])
 	return nil
 }
 
-func wc(wall, cpu time.Duration) string {
-	return fmt.Sprintf("%.2fs / %.2fs", wall.Seconds(), cpu.Seconds())
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if n := len(s); n%2 == 1 {
+		return s[n/2]
+	} else {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
 }
 
-func minNZ(a, b time.Duration) time.Duration {
-	if a == 0 || b < a {
-		return b
-	}
-	return a
+func wc(wall, cpu time.Duration) string {
+	return fmt.Sprintf("%.2fs / %.2fs", wall.Seconds(), cpu.Seconds())
 }
 
 var (
