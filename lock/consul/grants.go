@@ -136,6 +136,10 @@ type Slots struct {
 	followed  time.Time
 	// electing: an election waits its random time in the background.
 	electing bool
+	// closed: Close ran. An election still waiting in the background
+	// (its context outlives the check that started it) takes no lock:
+	// the agent stops, or runs another config (a reload).
+	closed bool
 }
 
 // New returns node's claim on the limit slots of service.
@@ -340,9 +344,11 @@ func (s *Slots) Kill() {
 }
 
 // Close stops this agent's coordinator, if it runs one, giving its lock
-// back. Waiting hosts elect another.
+// back, and keeps this agent from becoming one again (an election still
+// waiting in the background included). Waiting hosts elect another.
 func (s *Slots) Close() {
 	s.mu.Lock()
+	s.closed = true
 	c := s.coord
 	s.mu.Unlock()
 	if c != nil {
@@ -408,6 +414,12 @@ func (s *Slots) followedHeld() bool {
 }
 
 func (s *Slots) startCoordinator() {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return
+	}
 	se, err := newSession(context.Background(), s.Client, "dropship coordinator "+s.Node+" "+s.Service, s.TTL, api.SessionBehaviorRelease)
 	if err != nil {
 		return
@@ -425,10 +437,10 @@ func (s *Slots) startCoordinator() {
 	c := &coordinator{s: s, se: se, cancel: cancel, done: make(chan struct{}), held: map[string]heldGrant{}, planner: planner,
 		gone: map[string]int{}, urgent: make(chan struct{}, 1), relist: make(chan struct{}, 1), hungry: make(chan struct{}, 1)}
 	s.mu.Lock()
-	if s.coord != nil {
+	if s.coord != nil || s.closed { // another, or Close ran meanwhile
 		s.mu.Unlock()
 		cancel()
-		se.end(s.Client)
+		se.end(s.Client) // the lock goes with the session
 		return
 	}
 	s.coord = c
