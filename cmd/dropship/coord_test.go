@@ -263,3 +263,48 @@ func TestCoordinatorPausedPastItsTTL(t *testing.T) {
 		t.Errorf("concurrency 2, but %d hosts switched at once:\n%s", got, tl)
 	}
 }
+
+// A freeze written in the middle of a wave: the hosts updating finish,
+// and no other host starts, whatever grant the coordinator made before
+// its next read of the records (each granted host reads the freeze once
+// its grant comes).
+func TestRolloutFreezeMidWaveStopsNewStarts(t *testing.T) {
+	t.Parallel()
+	c := consulServer(t)
+	f := newFleet(t, 8, 2, c, `
+  rollout {
+    waves = ["100%"]
+  }`)
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 90*time.Second)
+	slow := filepath.Join(f.dir, "slow")
+	os.WriteFile(slow, nil, 0o644) // each update takes 30 s
+	_, before := f.timeline()
+	sum := f.publish("v2", false)
+	testutil.Eventually(t, 60*time.Second, func() error {
+		if _, starts := f.timeline(); len(starts[sum]) == len(before[sum]) {
+			return errors.New("no host started v2")
+		}
+		return nil
+	})
+	if out, errOut, code := run(t, "fleet", "freeze", "app", "--reason", "mid-wave", "-c", f.hosts[0].cfg); code != 0 {
+		t.Fatalf("freeze: %s %s", out, errOut)
+	}
+	frozen := float64(time.Now().UnixNano()) / 1e9
+	os.Remove(slow)
+	// The updates under way end within their 30 s; then 10 s more.
+	deadline := time.Now().Add(45 * time.Second)
+	for time.Now().Before(deadline) {
+		_, starts := f.timeline()
+		if len(starts[sum]) > 2 {
+			b, _ := os.ReadFile(f.shared)
+			t.Fatalf("a host started v2 after the freeze (at %.3f):\n%s", frozen, b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if out, errOut, code := run(t, "fleet", "unfreeze", "app", "-c", f.hosts[0].cfg); code != 0 {
+		t.Fatalf("unfreeze: %s %s", out, errOut)
+	}
+	f.waitAll(f.hosts, "v2", 90*time.Second)
+}
