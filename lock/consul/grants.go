@@ -164,11 +164,25 @@ type session struct {
 	lost chan struct{} // closed when Consul no longer knows it
 	stop chan struct{}
 	done chan struct{}
+	// renewed is when the last renewal that Consul answered was sent
+	// (the creation's, at first): Consul ends the session no sooner than
+	// twice its TTL after.
+	mu      sync.Mutex
+	renewed time.Time
+}
+
+// fresh says whether the session was renewed less than ttl ago, by this
+// host's monotonic clock (which runs on while the process is stopped).
+func (se *session) fresh(ttl time.Duration) bool {
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	return time.Since(se.renewed) < ttl
 }
 
 // newSession creates a session whose keys are deleted (behavior delete)
 // or released with it, and renews it every TTL/2.
 func newSession(ctx context.Context, c *api.Client, name string, ttl time.Duration, behavior string) (*session, error) {
+	sent := time.Now()
 	id, _, err := c.Session().Create(&api.SessionEntry{
 		Name: name, TTL: ttl.String(), Behavior: behavior,
 		// A key of a dead session may be taken again at once: the
@@ -179,7 +193,7 @@ func newSession(ctx context.Context, c *api.Client, name string, ttl time.Durati
 	if err != nil {
 		return nil, err
 	}
-	se := &session{id: id, lost: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
+	se := &session{id: id, lost: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{}), renewed: sent}
 	go se.renew(c, ttl)
 	return se, nil
 }
@@ -195,6 +209,7 @@ func (se *session) renew(c *api.Client, ttl time.Duration) {
 			return
 		case <-t.C:
 		}
+		sent := time.Now()
 		ent, _, err := c.Session().Renew(se.id, nil)
 		switch {
 		case err == nil && ent == nil:
@@ -202,6 +217,9 @@ func (se *session) renew(c *api.Client, ttl time.Duration) {
 			return
 		case err == nil:
 			deadline = time.Now().Add(ttl)
+			se.mu.Lock()
+			se.renewed = sent
+			se.mu.Unlock()
 		case time.Now().After(deadline):
 			close(se.lost) // Consul unreachable for a whole TTL
 			return
@@ -303,6 +321,29 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 		}
 		index = meta.LastIndex
 	}
+}
+
+// Held says whether the slot Acquire gave is still this host's, by its
+// own clock: not lost, and its session renewed less than a TTL ago
+// (Consul ends it no sooner than twice its TTL after). The channel
+// Acquire returned says when the slot is lost, but only once the
+// renewal notices: an agent stopped past its TTL (SIGSTOP, a frozen VM)
+// and resumed would take its next step first, while the coordinator has
+// given its slot to another host. Asked before each step that changes
+// what is installed.
+func (s *Slots) Held() bool {
+	s.mu.Lock()
+	se := s.held
+	s.mu.Unlock()
+	if se == nil {
+		return false
+	}
+	select {
+	case <-se.lost:
+		return false
+	default:
+	}
+	return se.fresh(s.TTL)
 }
 
 func waitErr(ctx context.Context, err error) error {
