@@ -56,11 +56,14 @@ var (
 
 // txn is one update of one service to one artifact version.
 type txn struct {
-	r      *Runner
-	st     *State
-	info   artifact.Info
-	sum    string
-	lost   <-chan struct{}
+	r    *Runner
+	st   *State
+	info artifact.Info
+	sum  string
+	lost <-chan struct{}
+	// held, when set, says whether the slot is still this host's now,
+	// asked with lost: see slotHeld.
+	held   func() bool
 	logger *slog.Logger
 	start  time.Time
 
@@ -205,6 +208,9 @@ func (t *txn) stillOurs(ctx context.Context) error {
 	case <-t.lost:
 		return errLost
 	default:
+	}
+	if t.held != nil && !t.held() {
+		return errLost
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("%w: %w", ErrAbandoned, context.Cause(ctx))

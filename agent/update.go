@@ -360,6 +360,9 @@ func (r *Runner) act(ctx context.Context, st *State, h *held) Outcome {
 	if t == nil {
 		t = r.begin(st, info, lost)
 	}
+	if r.sem != nil {
+		t.held = r.slotHeld()
+	}
 	return t.run(tctx)
 }
 
@@ -381,11 +384,15 @@ func (r *Runner) switchFor(ctx context.Context, st *State, d decision, h *held) 
 		}
 		// As for an install: a slot lost before the switch may be
 		// another host's now; the next check takes one again.
+		held := r.slotHeld()
 		select {
 		case <-lost:
+			held = func() bool { return false }
+		default:
+		}
+		if held != nil && !held() {
 			return Outcome{Result: ResultError, Phase: PhaseLock, Checksum: st.Checksum,
 				Err: fmt.Errorf("switch to %s (%s): %w", d.target.ID, d.do, errLost)}
-		default:
 		}
 	}
 	if d.do == reasonPin {
@@ -519,6 +526,18 @@ func (r *Runner) takeSlot(ctx context.Context, sum string, h *held) (<-chan stru
 	s := &slot{r: r, lost: lost}
 	h.add(func(out Outcome) { s.release(ctx, out) })
 	return lost, nil
+}
+
+// slotHeld returns, when the fleet's slots can tell, whether the slot
+// this pass holds is still this host's now: asked before each step that
+// changes what is installed, with the slot's lost channel, which says so
+// only once its renewal notices (an agent stopped past its lease and
+// resumed would switch first, its slot another host's by then).
+func (r *Runner) slotHeld() func() bool {
+	if h, ok := r.sem.(interface{ Held() bool }); ok {
+		return h.Held
+	}
+	return nil
 }
 
 // release gives the slot back; after a success it first holds it for the

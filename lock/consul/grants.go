@@ -136,6 +136,10 @@ type Slots struct {
 	followed  time.Time
 	// electing: an election waits its random time in the background.
 	electing bool
+	// closed: Close ran. An election still waiting in the background
+	// (its context outlives the check that started it) takes no lock:
+	// the agent stops, or runs another config (a reload).
+	closed bool
 }
 
 // New returns node's claim on the limit slots of service.
@@ -160,11 +164,25 @@ type session struct {
 	lost chan struct{} // closed when Consul no longer knows it
 	stop chan struct{}
 	done chan struct{}
+	// renewed is when the last renewal that Consul answered was sent
+	// (the creation's, at first): Consul ends the session no sooner than
+	// twice its TTL after.
+	mu      sync.Mutex
+	renewed time.Time
+}
+
+// fresh says whether the session was renewed less than ttl ago, by this
+// host's monotonic clock (which runs on while the process is stopped).
+func (se *session) fresh(ttl time.Duration) bool {
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	return time.Since(se.renewed) < ttl
 }
 
 // newSession creates a session whose keys are deleted (behavior delete)
 // or released with it, and renews it every TTL/2.
 func newSession(ctx context.Context, c *api.Client, name string, ttl time.Duration, behavior string) (*session, error) {
+	sent := time.Now()
 	id, _, err := c.Session().Create(&api.SessionEntry{
 		Name: name, TTL: ttl.String(), Behavior: behavior,
 		// A key of a dead session may be taken again at once: the
@@ -175,7 +193,7 @@ func newSession(ctx context.Context, c *api.Client, name string, ttl time.Durati
 	if err != nil {
 		return nil, err
 	}
-	se := &session{id: id, lost: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
+	se := &session{id: id, lost: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{}), renewed: sent}
 	go se.renew(c, ttl)
 	return se, nil
 }
@@ -191,6 +209,7 @@ func (se *session) renew(c *api.Client, ttl time.Duration) {
 			return
 		case <-t.C:
 		}
+		sent := time.Now()
 		ent, _, err := c.Session().Renew(se.id, nil)
 		switch {
 		case err == nil && ent == nil:
@@ -198,6 +217,9 @@ func (se *session) renew(c *api.Client, ttl time.Duration) {
 			return
 		case err == nil:
 			deadline = time.Now().Add(ttl)
+			se.mu.Lock()
+			se.renewed = sent
+			se.mu.Unlock()
 		case time.Now().After(deadline):
 			close(se.lost) // Consul unreachable for a whole TTL
 			return
@@ -301,6 +323,29 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 	}
 }
 
+// Held says whether the slot Acquire gave is still this host's, by its
+// own clock: not lost, and its session renewed less than a TTL ago
+// (Consul ends it no sooner than twice its TTL after). The channel
+// Acquire returned says when the slot is lost, but only once the
+// renewal notices: an agent stopped past its TTL (SIGSTOP, a frozen VM)
+// and resumed would take its next step first, while the coordinator has
+// given its slot to another host. Asked before each step that changes
+// what is installed.
+func (s *Slots) Held() bool {
+	s.mu.Lock()
+	se := s.held
+	s.mu.Unlock()
+	if se == nil {
+		return false
+	}
+	select {
+	case <-se.lost:
+		return false
+	default:
+	}
+	return se.fresh(s.TTL)
+}
+
 func waitErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("waiting for a slot: %w", context.Cause(ctx))
@@ -340,9 +385,11 @@ func (s *Slots) Kill() {
 }
 
 // Close stops this agent's coordinator, if it runs one, giving its lock
-// back. Waiting hosts elect another.
+// back, and keeps this agent from becoming one again (an election still
+// waiting in the background included). Waiting hosts elect another.
 func (s *Slots) Close() {
 	s.mu.Lock()
+	s.closed = true
 	c := s.coord
 	s.mu.Unlock()
 	if c != nil {
@@ -408,6 +455,12 @@ func (s *Slots) followedHeld() bool {
 }
 
 func (s *Slots) startCoordinator() {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return
+	}
 	se, err := newSession(context.Background(), s.Client, "dropship coordinator "+s.Node+" "+s.Service, s.TTL, api.SessionBehaviorRelease)
 	if err != nil {
 		return
@@ -425,10 +478,10 @@ func (s *Slots) startCoordinator() {
 	c := &coordinator{s: s, se: se, cancel: cancel, done: make(chan struct{}), held: map[string]heldGrant{}, planner: planner,
 		gone: map[string]int{}, urgent: make(chan struct{}, 1), relist: make(chan struct{}, 1), hungry: make(chan struct{}, 1)}
 	s.mu.Lock()
-	if s.coord != nil {
+	if s.coord != nil || s.closed { // another, or Close ran meanwhile
 		s.mu.Unlock()
 		cancel()
-		se.end(s.Client)
+		se.end(s.Client) // the lock goes with the session
 		return
 	}
 	s.coord = c

@@ -275,3 +275,36 @@ func TestOlderAgentsAndGrantsShareTheLimit(t *testing.T) {
 		t.Errorf("%d hosts, older and newer, held a slot at once; limit %d", p, limit)
 	}
 }
+
+// A granted host stopped past its TTL (SIGSTOP, a frozen VM) and resumed
+// is told its slot is no longer held before its renewal notices (the
+// lost channel is still open then): its monotonic clock ran on.
+func TestHeldFalseAfterAPausePastTheTTL(t *testing.T) {
+	hs := hosts(t, 1, 1)
+	h := hs[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lost, err := h.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Release(ctx)
+	if !h.Held() {
+		t.Fatal("a slot just granted is not held")
+	}
+	// As after a pause: the last renewal Consul answered is a TTL old.
+	h.mu.Lock()
+	se := h.held
+	h.mu.Unlock()
+	se.mu.Lock()
+	se.renewed = time.Now().Add(-h.TTL)
+	se.mu.Unlock()
+	select {
+	case <-lost:
+		t.Fatal("the renewal noticed already: the test shows nothing")
+	default:
+	}
+	if h.Held() {
+		t.Fatal("a slot whose session was last renewed a TTL ago is still held")
+	}
+}

@@ -2,11 +2,14 @@ package consul
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/consul/api"
 
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 	"github.com/dropshipd/dropship/lock"
@@ -238,5 +241,42 @@ func TestRolloutSlowDecisionKeepsTheCoordinator(t *testing.T) {
 	p.mu.Unlock()
 	if calls != 1 || !hs[0].Coordinating() {
 		t.Fatalf("%d decisions, host-00 coordinating: %v; want one, by host-00", calls, hs[0].Coordinating())
+	}
+}
+
+// An agent stopped or reloaded gives its coordinator's lock back
+// (Close): an election it started in the background (the release asked
+// for, nobody coordinating) must not take the lock after that, in an
+// agent that no longer runs this config (a reload) or that exits a
+// moment later (`agent --once`), leaving the fleet without a working
+// coordinator.
+func TestRolloutNoElectionAfterClose(t *testing.T) {
+	hs := hosts(t, 1, 1)
+	h := hs[0]
+	h.SetPlanner(&planner{open: map[string]bool{}, stop: map[string]bool{}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// The release asked for by another host, which then died before it
+	// took the coordinator's lock.
+	b, _ := json.Marshal(Placement{Checksum: "sum1"})
+	if _, err := h.Client.KV().Put(&api.KVPair{Key: ReleaseKey(h.Prefix, h.Service), Value: b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := h.Rollout(ctx, "sum1"); err != nil { // starts an election in the background
+		t.Fatal(err)
+	}
+	h.Close()
+	// The election waits up to 10 × ElectionSpread before it tries.
+	deadline := time.Now().Add(10*ElectionSpread + 2*time.Second)
+	for time.Now().Before(deadline) {
+		if h.Coordinating() {
+			t.Fatal("the closed agent took the coordinator's lock")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if kv, _, err := h.Client.KV().Get(CoordKey(h.Prefix, h.Service), nil); err != nil {
+		t.Fatal(err)
+	} else if kv != nil && kv.Session != "" {
+		t.Fatalf("the coordinator's lock is held after Close: %s", kv.Value)
 	}
 }
