@@ -128,7 +128,7 @@ func (a *Agent) followDoc(ctx context.Context, r *Runner) {
 		if err != nil {
 			return 0, err
 		}
-		state := docState(doc)
+		state := doc.ActState()
 		if index > 0 && next != index {
 			switch {
 			case doc == nil && had:
@@ -154,18 +154,4 @@ func (r *Runner) mustActDoc(doc *lock.Rollout) bool {
 	}
 	cur := r.Status().Checksum
 	return r.svc.Rollout.OnFailure == rollout.OnFailureRevert && cur != "" && slices.Contains(doc.Breakers, cur)
-}
-
-// docState is what a waiting host acts on in a document: the reasons
-// aside, which change with every host done.
-func docState(doc *lock.Rollout) string {
-	if doc == nil {
-		return ""
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s|%s|%s|%s|%v|%v", doc.Checksum, doc.Hold, doc.Freeze, doc.Trip, doc.Pins, doc.Breakers)
-	for _, w := range doc.Waves {
-		fmt.Fprintf(&b, "|%s %v %d %s", w.Name, w.Open, w.Hosts, w.Until.Format(time.RFC3339Nano))
-	}
-	return b.String()
 }

@@ -12,6 +12,8 @@ package lock
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 )
 
@@ -114,4 +116,19 @@ type Coordinated interface {
 	// few minutes pass) and returns it (nil when there is none) and the
 	// new index.
 	WaitRollout(ctx context.Context, index uint64) (*Rollout, uint64, error)
+}
+
+// ActState is what a waiting host acts on in a document, as one string
+// to compare: the reasons aside, which change with every host done. ""
+// for no document.
+func (r *Rollout) ActState() string {
+	if r == nil {
+		return ""
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s|%s|%s|%s|%v|%v", r.Checksum, r.Hold, r.Freeze, r.Trip, r.Pins, r.Breakers)
+	for _, w := range r.Waves {
+		fmt.Fprintf(&b, "|%s %v %d %s", w.Name, w.Open, w.Hosts, w.Until.Format(time.RFC3339Nano))
+	}
+	return b.String()
 }

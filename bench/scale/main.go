@@ -534,7 +534,7 @@ func follow(ctx context.Context, sl *lockconsul.Slots, wake chan<- struct{}, rea
 			time.Sleep(time.Second)
 			continue
 		}
-		state := docState(doc)
+		state := doc.ActState()
 		if index > 0 && next != index && state != last {
 			select {
 			case wake <- struct{}{}:
@@ -543,19 +543,6 @@ func follow(ctx context.Context, sl *lockconsul.Slots, wake chan<- struct{}, rea
 		}
 		last, index = state, next
 	}
-}
-
-// docState is what a waiting host acts on in a document (as the agent's).
-func docState(doc *lock.Rollout) string {
-	if doc == nil {
-		return ""
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s|%s|%s|%s|%v|%v", doc.Checksum, doc.Hold, doc.Freeze, doc.Trip, doc.Pins, doc.Breakers)
-	for _, w := range doc.Waves {
-		fmt.Fprintf(&b, "|%s %v %d %s", w.Name, w.Open, w.Hosts, w.Until.Format(time.RFC3339Nano))
-	}
-	return b.String()
 }
 
 // rolloutHost is one host of a service with a rollout, doing what an
