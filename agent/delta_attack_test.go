@@ -18,6 +18,7 @@ import (
 	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/artifact/chunks"
 	"github.com/dropshipd/dropship/artifact/file"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 // twin is the content of a.bin and b.bin: the same 6 MiB, so the chunks
@@ -137,9 +138,7 @@ func TestDeltaDoesNotLinkAnEditedCopyOfAnotherFile(t *testing.T) {
 // mounted could give its files any identity, and stall any read) is not
 // read back: the delta fetches what it needs from the store.
 func TestDeltaDoesNotReadAReleaseMountedOver(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting takes root")
-	}
+	testutil.RequireRoot(t, "mounting takes root")
 	e := newEnv(t)
 	e.store = filepath.Join(e.dir, "store", "app.tar.zst")
 	r, logs := e.loggedRunner(e.configWithArtifact("chunk_links = true", ""))
@@ -155,7 +154,7 @@ func TestDeltaDoesNotReadAReleaseMountedOver(t *testing.T) {
 	}
 	os.Mkdir(rel, 0o755)
 	if err := syscall.Mount("tmpfs", rel, "tmpfs", 0, "size=64m"); err != nil {
-		t.Skipf("cannot mount a tmpfs: %v", err)
+		testutil.Require(t, "a tmpfs mount", err)
 	}
 	t.Cleanup(func() { syscall.Unmount(rel, syscall.MNT_DETACH) })
 	if out, err := exec.Command("cp", "-a", saved+"/.", rel).CombinedOutput(); err != nil {
