@@ -70,7 +70,8 @@ func (t *txn) chunked(ctx context.Context) *delta {
 	}
 	idx, err := chunks.Load(ctx, t.r.svc.Source, t.info, verify)
 	if err != nil {
-		if !errors.Is(err, chunks.ErrNoIndex) || errors.Is(err, signature.ErrRefused) || errors.Is(err, artifact.ErrCorrupt) {
+		if !errors.Is(err, chunks.ErrNoIndex) || errors.Is(err, signature.ErrRefused) || errors.Is(err, artifact.ErrCorrupt) ||
+			errors.Is(err, chunks.ErrIndexTooLarge) {
 			t.logger.Warn("chunk index not used; fetching the archive", "error", err)
 		} else {
 			t.logger.Debug("no chunk index; fetching the archive", "reason", err)

@@ -37,8 +37,12 @@ func Load(ctx context.Context, src artifact.Source, pin artifact.Info, verify Ve
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrNoIndex, is, err)
 	}
-	if info.Size > MaxIndex {
-		return nil, fmt.Errorf("%w: %s: %d bytes, over %d", ErrNoIndex, is, info.Size, MaxIndex)
+	limit := int64(MaxIndex)
+	if verify == nil {
+		limit = MaxUnsignedIndex
+	}
+	if info.Size > limit {
+		return nil, fmt.Errorf("%w: %s: %w", ErrNoIndex, is, tooLarge(info.Size, verify == nil))
 	}
 	body, err := is.Open(ctx, info)
 	if err != nil {
@@ -48,7 +52,10 @@ func Load(ctx context.Context, src artifact.Source, pin artifact.Info, verify Ve
 	// Read whole, in one buffer of the size the store gave (no more),
 	// and its signature checked before a byte of it is parsed: an index
 	// nobody trusted signed costs no more memory than its bytes.
-	raw, err := readIndex(artifact.NewVerifier(body, info), info.Size)
+	raw, err := readIndex(artifact.NewVerifier(body, info), info.Size, limit)
+	if errors.Is(err, errOverLimit) {
+		err = tooLarge(-1, verify == nil)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrNoIndex, is, err)
 	}
@@ -75,14 +82,30 @@ func Load(ctx context.Context, src artifact.Source, pin artifact.Info, verify Ve
 	return idx, nil
 }
 
+// tooLarge says that an index of size bytes (-1: not known) is over the
+// limit an agent reads, unsigned or signed.
+func tooLarge(size int64, unsigned bool) error {
+	what := "it is"
+	if size >= 0 {
+		what = fmt.Sprintf("its %d bytes are", size)
+	}
+	if unsigned {
+		return fmt.Errorf("%w: %s over the %d bytes (MaxUnsignedIndex, about %d chunks) an agent reads of an unsigned index; sign it (publish --sign) and give the service trusted_keys for up to %d bytes",
+			ErrIndexTooLarge, what, MaxUnsignedIndex, MaxUnsignedIndex/entryBytes, MaxIndex)
+	}
+	return fmt.Errorf("%w: %s over the %d bytes (MaxIndex, about %d chunks) an agent reads of a signed index", ErrIndexTooLarge, what, MaxIndex, MaxIndex/entryBytes)
+}
+
+var errOverLimit = errors.New("over the limit")
+
 // readIndex reads r to its end (where a Verifier checks it) into a
-// buffer of size bytes, or of what r holds, up to MaxIndex, when size is
+// buffer of size bytes, or of what r holds, up to limit, when size is
 // not known.
-func readIndex(r io.Reader, size int64) ([]byte, error) {
+func readIndex(r io.Reader, size, limit int64) ([]byte, error) {
 	if size <= 0 {
-		b, err := io.ReadAll(io.LimitReader(r, MaxIndex+1))
-		if err == nil && len(b) > MaxIndex {
-			err = fmt.Errorf("over %d bytes", MaxIndex)
+		b, err := io.ReadAll(io.LimitReader(r, limit+1))
+		if err == nil && int64(len(b)) > limit {
+			err = errOverLimit
 		}
 		return b, err
 	}

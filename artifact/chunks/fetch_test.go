@@ -26,25 +26,22 @@ import (
 	"github.com/dropshipd/dropship/artifact/file"
 )
 
-// An index whose signature does not verify is refused before it is
-// parsed: an index of a few hundred thousand chunks that a bucket writer
-// put beside the archive costs an agent that trusts keys the index's
-// bytes, not the hundreds of MiB its parsing takes.
-func TestLoadChecksTheSignatureBeforeParsing(t *testing.T) {
-	dir := t.TempDir()
+// bigIndex writes beside dir/app.tar an index of n chunks made, it says,
+// from exactly that version, well formed, and returns its source, the
+// version and the index's size.
+func bigIndex(t *testing.T, dir string, n int) (artifact.Source, artifact.Info, int) {
+	t.Helper()
 	os.WriteFile(filepath.Join(dir, "app.tar"), []byte("x"), 0o644)
 	src := file.New(filepath.Join(dir, "app.tar"))
 	info, err := src.Stat(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Made, it says, from exactly this version.
 	var b bytes.Buffer
 	sum := strings.Repeat("a", 64)
 	if info.SHA256 != "" {
 		sum = info.SHA256
 	}
-	const n = 100_000
 	fmt.Fprintf(&b, `{"format":1,"archive":{"size":%d,"md5":%q,"sha256":%q},"tar":{"size":%d,"sha256":"%s"},"chunks":[`, info.Size, info.MD5, sum, n, sum)
 	for i := range n {
 		if i > 0 {
@@ -54,21 +51,83 @@ func TestLoadChecksTheSignatureBeforeParsing(t *testing.T) {
 	}
 	b.WriteString("]}")
 	os.WriteFile(filepath.Join(dir, "app.tar"+IndexSuffix), b.Bytes(), 0o644)
+	return src, info, b.Len()
+}
+
+// An index whose signature does not verify is refused before it is
+// parsed: an index of a few hundred thousand chunks that a bucket writer
+// put beside the archive costs an agent that trusts keys the index's
+// bytes, not the hundreds of MiB its parsing takes.
+func TestLoadChecksTheSignatureBeforeParsing(t *testing.T) {
+	dir := t.TempDir()
+	src, info, size := bigIndex(t, dir, 100_000)
 	os.WriteFile(filepath.Join(dir, "app.tar"+IndexSuffix+".minisig"), []byte("not a signature"), 0o644)
-	if _, err := Load(context.Background(), src, info, nil); err != nil {
-		t.Fatalf("the index, unsigned, does not load: %v", err)
+	accept := func(context.Context, []byte, []byte) error { return nil }
+	if _, err := Load(context.Background(), src, info, accept); err != nil {
+		t.Fatalf("the index, its signature accepted, does not load: %v", err)
 	}
 	refused := errors.New("refused")
 	runtime.GC()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
-	_, err = Load(context.Background(), src, info, func(context.Context, []byte, []byte) error { return refused })
+	_, err := Load(context.Background(), src, info, func(context.Context, []byte, []byte) error { return refused })
 	runtime.ReadMemStats(&m1)
 	if !errors.Is(err, refused) || !errors.Is(err, ErrNoIndex) {
 		t.Fatalf("the index was not refused for its signature: %v", err)
 	}
-	if got := m1.TotalAlloc - m0.TotalAlloc; got > 2*uint64(b.Len()) {
-		t.Fatalf("an index of %d bytes, refused, took %d bytes", b.Len(), got)
+	if got := m1.TotalAlloc - m0.TotalAlloc; got > 2*uint64(size) {
+		t.Fatalf("an index of %d bytes, refused, took %d bytes", size, got)
+	}
+}
+
+// An agent without trusted_keys reads an index no one vouches for: one
+// over MaxUnsignedIndex is refused unread (the archive is fetched), with
+// an error that names the limit, where a signed one of the same size
+// loads; one of a large real release (30,000 chunks, about 30 GiB of
+// tar) loads unsigned.
+func TestLoadCapsAnUnsignedIndex(t *testing.T) {
+	if n := MaxUnsignedIndex / entryBytes; n < 30_000 || n > 50_000 {
+		t.Fatalf("MaxUnsignedIndex allows about %d chunks", n)
+	}
+	dir := t.TempDir()
+	// Entries of a real index take about 110 bytes; these take 98, so
+	// the index is over the cap by more than the estimate's error.
+	src, info, size := bigIndex(t, dir, MaxUnsignedIndex/98+1000)
+	if size <= MaxUnsignedIndex {
+		t.Fatalf("the index takes %d bytes", size)
+	}
+	runtime.GC()
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	_, err := Load(context.Background(), src, info, nil)
+	runtime.ReadMemStats(&m1)
+	if !errors.Is(err, ErrIndexTooLarge) || !errors.Is(err, ErrNoIndex) || !strings.Contains(err.Error(), fmt.Sprint(MaxUnsignedIndex)) {
+		t.Fatalf("an unsigned index of %d bytes: %v", size, err)
+	}
+	t.Logf("refused: %v", err)
+	if got := m1.TotalAlloc - m0.TotalAlloc; got > 1<<20 {
+		t.Fatalf("an unsigned index of %d bytes, refused, took %d bytes", size, got)
+	}
+	accept := func(context.Context, []byte, []byte) error { return nil }
+	os.WriteFile(filepath.Join(dir, "app.tar"+IndexSuffix+".minisig"), []byte("a signature"), 0o644)
+	if _, err := Load(context.Background(), src, info, accept); err != nil {
+		t.Fatalf("the same index, signed, does not load: %v", err)
+	}
+
+	src, info, _ = bigIndex(t, t.TempDir(), 30_000)
+	if idx, err := Load(context.Background(), src, info, nil); err != nil || len(idx.Chunks) != 30_000 {
+		t.Fatalf("an unsigned index of 30,000 chunks does not load: %v", err)
+	}
+}
+
+// An index whose size the store does not give is read up to the cap.
+func TestReadIndexStopsAtTheCap(t *testing.T) {
+	b, err := readIndex(bytes.NewReader(make([]byte, 100)), -1, 100)
+	if err != nil || len(b) != 100 {
+		t.Fatalf("100 bytes, cap 100: %d, %v", len(b), err)
+	}
+	if _, err := readIndex(bytes.NewReader(make([]byte, 101)), -1, 100); !errors.Is(err, errOverLimit) {
+		t.Fatalf("101 bytes, cap 100: %v", err)
 	}
 }
 

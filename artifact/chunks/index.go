@@ -37,10 +37,21 @@ const (
 	Pol      = chunker.Pol(0x3DA3358B4DC173)
 	MinChunk = chunker.MinSize // 512 KiB
 	MaxChunk = chunker.MaxSize // 8 MiB; 1 MiB on average
-	// MaxIndex bounds an index: 1 GiB of tar is about 1,000 chunks and
-	// 120 KiB of index.
+	// MaxIndex bounds a signed index (its signature is checked before a
+	// byte of it is parsed): 1 GiB of tar is about 1,000 chunks and
+	// 110 KiB of index.
 	MaxIndex = 64 << 20
-	format   = 1
+	// MaxUnsignedIndex bounds an index read without a signature check
+	// (a service without trusted_keys), which anyone who can write to the
+	// bucket can put beside the archive: parsing costs about six times
+	// its bytes. An entry takes about 110 bytes, so 4 MiB holds about
+	// 38,000 chunks: 37 GiB of tar at the chunker's 1 MiB average (19 GiB
+	// if every chunk were of the 512 KiB minimum), more than the largest
+	// releases deploy agents are known to ship (25 GB).
+	MaxUnsignedIndex = 4 << 20
+	// entryBytes is what one chunk takes in an index, about.
+	entryBytes = 110
+	format     = 1
 )
 
 // Digest is the size and checksums of a stream.
@@ -70,6 +81,10 @@ type Index struct {
 // ErrNoIndex: there is no usable index for this artifact version; the
 // archive is fetched instead.
 var ErrNoIndex = errors.New("no chunk index for this version")
+
+// ErrIndexTooLarge: the index is over the size an agent reads, signed
+// (MaxIndex) or not (MaxUnsignedIndex). It wraps ErrNoIndex too.
+var ErrIndexTooLarge = errors.New("chunk index too large")
 
 // Parse reads and checks an index: well formed, every name a SHA-256,
 // every size within the chunker's bounds, sizes adding up to the tar's.
