@@ -334,7 +334,15 @@ func (d *delta) saveFiles() {
 	if d.files == nil {
 		return
 	}
-	d.t.files = d.files
+	if d.linked > 0 {
+		// Linked files share their inodes with the current release,
+		// which its application may write before this one's switch: the
+		// switch checks them. A release that linked none (an archive
+		// install, a delta without links) holds only files the agent
+		// made, as an install without chunks does: nothing to check
+		// (13,193 files opened and fstat'ed: about 0.1 s).
+		d.t.files = d.files
+	}
 	if err := d.files.Save(d.filesPath()); err != nil {
 		d.t.logger.Warn("chunk cache: cannot record the release's files; the next delta writes them all", "error", err)
 	}

@@ -93,7 +93,8 @@ type txn struct {
 	// staged: the ahead steps (download, verify, unpack) are done.
 	staged bool
 	// files: the record of the files the unpack made, when it had a
-	// chunk index (a staged release is checked against it at its switch).
+	// chunk index and linked files from the current release (a staged
+	// release is checked against it at its switch).
 	files *chunks.Files
 }
 
