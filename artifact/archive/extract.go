@@ -631,6 +631,13 @@ func (x *extractor) create(name string) (*os.File, error) {
 	const flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
 	dir, base := path.Split(name)
 	dir = strings.TrimSuffix(dir, "/")
+	in := dir
+	if in == "" {
+		in = "."
+	}
+	if f, ok, err := x.createAt(in, base); ok {
+		return f, err
+	}
 	if dir == "" {
 		return x.root.OpenFile(name, flags, 0o600)
 	}
