@@ -146,9 +146,13 @@ func (d *delta) install(ctx context.Context) (bool, error) {
 	// The code and heap the start and the index's GET left go back to the
 	// system before the current release's record is read: its 13,193
 	// files would otherwise come on top of them (the code that is needed
-	// again comes back from the page cache).
-	trim.Heap()
-	trim.Text()
+	// again comes back from the page cache). Without a record (a first
+	// install: the archive follows) there is nothing to make room for,
+	// and the code dropped would only be faulted back in.
+	if d.hasRecord() {
+		trim.Heap()
+		trim.Text()
+	}
 	backing := d.backing()
 	defer func() { backing.Close() }()
 	missing, stored := d.cache.Missing(d.idx, backing)
@@ -426,6 +430,23 @@ func (d *delta) keepCurrent() *chunks.Files {
 	}
 	os.Remove(d.prevPath())
 	return nil
+}
+
+// hasRecord reports whether a record of the current release's files may
+// be there to read (current reads it).
+func (d *delta) hasRecord() bool {
+	if d.curRead {
+		return d.cur != nil
+	}
+	if d.t.st.Release == "" {
+		return false
+	}
+	for _, p := range []string{d.filesPath(), d.prevPath()} {
+		if _, err := os.Stat(p); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // current is the record of the current release's files, or nil.
