@@ -7,9 +7,10 @@
 // Each round, from an empty state:
 //
 //   - full v1: v1 installed from the archive alone (chunk_cache = 0), as
-//     before chunked deltas;
+//     before chunked deltas, into a state and destination of its own;
 //   - first v1: v1 installed with an empty chunk cache (the archive, the
-//     cache filled from its tar);
+//     cache filled from its tar); these two alternate which runs first
+//     (the archive's in odd rounds);
 //   - delta v2: v2 installed over it (only the changed chunks fetched);
 //   - delta v1, no links: v1 again as a delta over that, chunk_links =
 //     false.
@@ -91,8 +92,15 @@ func run() error {
 			float64(info.Size)/(1<<20), p.Chunks, p.Uploaded, float64(p.Bytes)/(1<<20), time.Since(start).Seconds())
 		return info.Size, nil
 	}
+	// The archive install has a state and destination of its own, so
+	// that it can run before or after the first install of its round.
 	state, dest := filepath.Join(*work, "delta-state"), filepath.Join(*work, "delta-dest")
+	fullState, fullDest := filepath.Join(*work, "delta-full-state"), filepath.Join(*work, "delta-full-dest")
 	config := func(name, extra string) string {
+		state, dest := state, dest
+		if name == "full" {
+			state, dest = fullState, fullDest
+		}
 		p := filepath.Join(*work, "delta-"+name+".hcl")
 		os.WriteFile(p, []byte(fmt.Sprintf(`state_path = %q
 repo "s3" {
@@ -116,6 +124,7 @@ service "bench" {
 	withChunks, without := config("chunks", "chunk_links = true"), config("full", "chunk_cache = 0")
 	noLinks := config("nolinks", "chunk_links = false")
 	reset := func() { os.RemoveAll(state); os.RemoveAll(dest) }
+	resetFull := func() { os.RemoveAll(fullState); os.RemoveAll(fullDest) }
 
 	// Every ratio compares like with like: each install against the
 	// archive install of the same round (right before the first install,
@@ -124,23 +133,29 @@ service "bench" {
 	type sample struct{ full, first, delta, delta0 time.Duration }
 	var walls, cpus []sample
 	var deltaBytes, delta0Bytes, archiveBytes int64
-	fmt.Printf("\n(wall / CPU time; in brackets, against the archive install of the same round)\n%-6s %-16s %-34s %-50s %-44s\n", "round", "full v1", "first v1", "delta v2 (fetched, files linked)", "delta v1, no links (fetched)")
+	fmt.Printf("\n(wall / CPU time; in brackets, against the archive install of the same round; *: the first install ran before the archive's)\n%-6s %-16s %-34s %-50s %-44s\n", "round", "full v1", "first v1", "delta v2 (fetched, files linked)", "delta v1, no links (fetched)")
 	for r := 1; r <= *rounds; r++ {
 		if _, err := publish(v1); err != nil {
 			return err
 		}
+		// The archive install and the first install alternate which
+		// comes first: the one that follows the publish, or the other,
+		// is not always the same.
 		reset()
-		full, _, err := install(bin, without)
-		if err != nil {
-			return err
+		resetFull()
+		var full, first, cFull, cFirst time.Duration
+		for _, which := range order(r) {
+			d, _, err := install(bin, map[string]string{"full": without, "first": withChunks}[which])
+			if err != nil {
+				return err
+			}
+			if which == "full" {
+				full, cFull = d, cpu
+			} else {
+				first, cFirst = d, cpu
+			}
 		}
-		cFull := cpu
-		reset()
-		first, _, err := install(bin, withChunks)
-		if err != nil {
-			return err
-		}
-		cFirst := cpu
+		resetFull()
 		size, err := publish(v2)
 		if err != nil {
 			return err
@@ -172,12 +187,13 @@ service "bench" {
 		ratio := func(x, y, cx, cy time.Duration) string {
 			return fmt.Sprintf("%s (%.2f× / %.2f×)", wc(x, cx), x.Seconds()/y.Seconds(), cx.Seconds()/cy.Seconds())
 		}
-		fmt.Printf("%-6d %-16s %-34s %-50s %-44s\n", r, wc(full, cFull), ratio(first, full, cFirst, cFull),
+		fmt.Printf("%-6s %-16s %-34s %-50s %-44s\n", fmt.Sprintf("%d%s", r, map[bool]string{true: "", false: "*"}[order(r)[0] == "full"]), wc(full, cFull), ratio(first, full, cFirst, cFull),
 			fmt.Sprintf("%s (%.2f MiB, %s linked)", ratio(delta, full, cDelta, cFull), float64(fetched)/(1<<20), linkedOn),
 			fmt.Sprintf("%s (%.2f MiB)", ratio(delta0, full, cDelta0, cFull), float64(fetched0)/(1<<20)))
 		deltaBytes, delta0Bytes, archiveBytes = fetched, fetched0, size
 	}
 	reset()
+	resetFull()
 	pick := func(ss []sample, f func(sample) time.Duration) []float64 {
 		var out []float64
 		for _, s := range ss {
@@ -210,6 +226,16 @@ service "bench" {
 	fmt.Printf("\npeak resident memory (max RSS) of an install, the largest of the rounds: full %.1f MiB, first %.1f MiB, delta %.1f MiB, delta without links %.1f MiB\n",
 		peak["full"], peak["chunks"], peak["delta"], peak["nolinks"])
 	return nil
+}
+
+// order is the order of the archive install and the first install in
+// round r: the archive's first in odd rounds, second in even ones
+// (marked * in the table).
+func order(r int) []string {
+	if r%2 == 1 {
+		return []string{"full", "first"}
+	}
+	return []string{"first", "full"}
 }
 
 func median(v []float64) float64 {
