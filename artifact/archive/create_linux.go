@@ -22,15 +22,40 @@ func (x *extractor) createAt(dir, base string) (f *os.File, ok bool, err error) 
 		return nil, false, nil
 	}
 	name := path.Join(dir, base)
-	var fd int
-	for {
-		fd, err = unix.Openat(int(d.Fd()), base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-		if err != unix.EINTR {
-			break
-		}
+	fd, err := openNew(int(d.Fd()), base)
+	if tooFewFDs(err) && x.shed(dir) {
+		fd, err = openNew(int(d.Fd()), base)
 	}
 	if err != nil {
 		return nil, true, &fs.PathError{Op: "openat", Path: name, Err: err}
 	}
 	return os.NewFile(uintptr(fd), name), true, nil
+}
+
+// openNew creates the file base in the directory dirfd, following no
+// link and replacing nothing.
+func openNew(dirfd int, base string) (int, error) {
+	for {
+		fd, err := unix.Openat(dirfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err != unix.EINTR {
+			return fd, err
+		}
+	}
+}
+
+// dirBound is how many directories an unpacking keeps open: up to
+// maxDirFiles, and half the descriptors the process may still open (its
+// RLIMIT_NOFILE less those open now), the rest left to what the unpacking
+// opens for a moment (the walk of a path through the root) and to the
+// rest of the process.
+func dirBound() int {
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) != nil || lim.Cur > 1<<20 {
+		return maxDirFiles
+	}
+	open, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return maxDirFiles
+	}
+	return max(min(maxDirFiles, (int(lim.Cur)-len(open))/2), 1)
 }

@@ -180,6 +180,7 @@ func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats
 	opt.Aliases = aliases
 	x := &extractor{ctx: ctx, root: root, opt: opt, compressed: counted, links: map[string]bool{}, made: map[string]bool{}, onDisk: map[string]bool{}}
 	defer x.closeDirRoots()
+	x.dirCap = dirBound()
 	x.stats.Format = format
 
 	switch format {
@@ -382,6 +383,9 @@ type extractor struct {
 	// dirFiles are directories of the release kept open to link files
 	// into (Reuse).
 	dirFiles map[string]*os.File
+	// dirCap bounds dirFiles below maxDirFiles where the process may open
+	// few descriptors (dirBound), and once it ran out of them (shed).
+	dirCap int
 	// pos is the position in the tar stream, when Reuse or Made needs it.
 	pos func() int64
 	// entry is the tar entry file is writing, when Made wants it.
@@ -452,7 +456,11 @@ func (x *extractor) parentsOf(orig, name string) error {
 		if err := x.parents(orig, dir); err != nil {
 			return err
 		}
-		if err := x.root.MkdirAll(dir, 0o755); err != nil {
+		err := x.root.MkdirAll(dir, 0o755)
+		if tooFewFDs(err) && x.shed("") {
+			err = x.root.MkdirAll(dir, 0o755)
+		}
+		if err != nil {
 			if hostFS(err) {
 				return fmt.Errorf("make the directory of %q: %w", orig, err)
 			}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"syscall"
 )
 
 // Entry is a regular file of a tar, as the extractor is about to make it:
@@ -93,7 +94,11 @@ func (x *extractor) dirFile(dir string) (*os.File, error) {
 	if f, ok := x.dirFiles[dir]; ok {
 		return f, nil
 	}
-	if len(x.dirFiles) >= maxDirFiles {
+	bound := maxDirFiles
+	if x.dirCap > 0 {
+		bound = x.dirCap
+	}
+	if len(x.dirFiles) >= bound {
 		for d, f := range x.dirFiles { // one, any: a tree of more directories than the bound keeps most open
 			f.Close()
 			delete(x.dirFiles, d)
@@ -101,6 +106,9 @@ func (x *extractor) dirFile(dir string) (*os.File, error) {
 		}
 	}
 	f, err := x.root.Open(dir)
+	if tooFewFDs(err) && x.shed("") {
+		f, err = x.root.Open(dir)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -109,6 +117,38 @@ func (x *extractor) dirFile(dir string) (*os.File, error) {
 	}
 	x.dirFiles[dir] = f
 	return f, nil
+}
+
+// tooFewFDs says whether err is the lack of a descriptor, the process's
+// (its RLIMIT_NOFILE) or the system's.
+func tooFewFDs(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+}
+
+// shed closes the directories kept open (but keep, in use), where the
+// process has run out of descriptors: they are a saving, not a need, and
+// a process allowed few (a service manager's LimitNOFILE, descriptors
+// held for other services) unpacks a tree of many directories all the
+// same. From then on it keeps half as many open. It reports whether it
+// closed any.
+func (x *extractor) shed(keep string) bool {
+	n := 0
+	for d, f := range x.dirFiles {
+		if d != keep {
+			f.Close()
+			delete(x.dirFiles, d)
+			n++
+		}
+	}
+	for d, r := range x.dirRoots {
+		r.Close()
+		delete(x.dirRoots, d)
+		n++
+	}
+	if n > 0 {
+		x.dirCap = max(n/2, 1)
+	}
+	return n > 0
 }
 
 // seekSource is a tar stream that skips forward itself (the chunk
