@@ -47,14 +47,24 @@ type briefer interface {
 	Brief(ctx context.Context, service, node string) (fleet.Status, error)
 }
 
+// alongBriefer reads one host's share of the records and, in the same
+// request, what the coordinator's next Rollout reads (fleet/consul).
+type alongBriefer interface {
+	BriefAlong(ctx context.Context, service, node string, coord any) (fleet.Status, error)
+}
+
 // ownRecords reads what this host needs of the fleet's records before it
 // decides: all of them without a coordinator, its own and the operators'
-// with one.
+// with one (and the coordinator's document and this host's wave with
+// them, for the look at the rollout that follows).
 func (r *Runner) ownRecords(ctx context.Context) (fleet.Status, error) {
 	if b, ok := r.records.(briefer); ok && r.coord != nil {
 		if v := r.fresh; v != nil { // read by the step before, in this pass
 			r.fresh = nil
 			return *v, nil
+		}
+		if a, ok := r.records.(alongBriefer); ok {
+			return a.BriefAlong(ctx, r.svc.Name, r.node, r.coord)
 		}
 		return b.Brief(ctx, r.svc.Name, r.node)
 	}

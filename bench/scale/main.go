@@ -554,9 +554,10 @@ func follow(ctx context.Context, sl *lockconsul.Slots, wake chan<- struct{}, rea
 // updates, reports and gives the slot back.
 func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet, policy string, wake <-chan struct{}, wave *int, grant, release *time.Time) error {
 	// One read of the host's share of the records (the agent takes the
-	// hold and the breaker from it too), then the rollout's.
+	// hold and the breaker from it too) and of the rollout's keys, which
+	// the rollout's look then takes.
 	check := func() (*lock.Rollout, string, error) {
-		if _, err := f.Brief(ctx, "app", f.Node); err != nil {
+		if _, err := f.BriefAlong(ctx, "app", f.Node, sl); err != nil {
 			return nil, "", err
 		}
 		return sl.Rollout(ctx, sum)

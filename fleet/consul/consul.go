@@ -447,9 +447,54 @@ func (p *Fleet) Brief(ctx context.Context, service, node string) (fleet.Status, 
 	return st, err
 }
 
+// Looker is a coordinator's reads (lock/consul's Slots) that may ride
+// along with a host's read of its records: see BriefAlong.
+type Looker interface {
+	LookOps() api.TxnOps
+	Looks(key string) bool
+	Looked(api.KVPairs)
+}
+
+// BriefAlong is Brief, with the reads of coord's Rollout in the same
+// transaction when coord is a Looker (one request rather than two: each
+// check of a host of a rollout makes both); Rollout then takes them.
+func (p *Fleet) BriefAlong(ctx context.Context, service, node string, coord any) (fleet.Status, error) {
+	lk, ok := coord.(Looker)
+	if !ok {
+		return p.Brief(ctx, service, node)
+	}
+	var seen api.KVPairs
+	st, err := p.statusWith(ctx, service, []string{"nodes/" + node, "hold", "failed/", "rollout/freeze", "rollout/pins/", "rollout/cleared/"}, nil,
+		lk.LookOps(), func(kv *api.KVPair) bool {
+			if lk.Looks(kv.Key) {
+				seen = append(seen, kv)
+				return true
+			}
+			return false
+		})
+	if err != nil {
+		return st, err
+	}
+	lk.Looked(seen)
+	own := st.Nodes[:0]
+	for _, n := range st.Nodes {
+		if n.Node == node {
+			own = append(own, n)
+		}
+	}
+	st.Nodes = own
+	return st, nil
+}
+
 // status reads the trees subs of the service's folder and the trees
 // named in full by more, in one transaction.
 func (p *Fleet) status(ctx context.Context, service string, subs []string, more ...string) (fleet.Status, error) {
+	return p.statusWith(ctx, service, subs, more, nil, nil)
+}
+
+// statusWith is status with the operations also in the transaction,
+// whose pairs take takes (it says which are its own).
+func (p *Fleet) statusWith(ctx context.Context, service string, subs []string, more []string, also api.TxnOps, take func(*api.KVPair) bool) (fleet.Status, error) {
 	st := fleet.Status{Service: service}
 	base := p.Prefix + "/" + service + "/"
 	var ops api.TxnOps
@@ -462,6 +507,7 @@ func (p *Fleet) status(ctx context.Context, service string, subs []string, more 
 	for _, k := range more {
 		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: k}})
 	}
+	ops = append(ops, also...)
 	ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return st, fmt.Errorf("%w: read %s: %v", fleet.ErrUnavailable, base, err)
@@ -476,7 +522,7 @@ func (p *Fleet) status(ctx context.Context, service string, subs []string, more 
 	}
 	for _, r := range resp.Results {
 		kv := r.KV
-		if kv == nil {
+		if kv == nil || take != nil && take(kv) {
 			continue
 		}
 		if kv.Key == pubKey {

@@ -134,6 +134,10 @@ type Slots struct {
 	// when the last ended. docHeld counts only while the follower runs.
 	following int
 	followed  time.Time
+	// looked: the keys of Rollout as a read of the host's records
+	// brought them (Looked), and when.
+	looked   api.KVPairs
+	lookedAt time.Time
 	// electing: an election waits its random time in the background.
 	electing bool
 	// closed: Close ran. An election still waiting in the background

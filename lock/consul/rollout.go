@@ -80,32 +80,81 @@ func (s *Slots) Want(checksum string) {
 }
 
 // Rollout reads the document and this host's wave of checksum, the
-// release asked for and the coordinator's key, in one request. When the
-// document is about another release it asks for checksum; it starts a
-// coordinator when none runs.
+// release asked for and the coordinator's key, in one request, or takes
+// them as a read of this host's records just brought them (LookOps). When
+// the document is about another release it asks for checksum; it starts
+// a coordinator when none runs.
 func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, string, error) {
-	waveKey := WaveKey(s.Prefix, s.Service, s.Node)
+	s.mu.Lock()
+	pairs, at := s.looked, s.lookedAt
+	s.looked = nil
+	s.mu.Unlock()
+	if pairs == nil || time.Since(at) > lookFresh {
+		ok, resp, _, err := s.Client.Txn().Txn(s.LookOps(), (&api.QueryOptions{}).WithContext(ctx))
+		if err == nil && !ok {
+			err = fmt.Errorf("%v", resp.Errors)
+		}
+		if err != nil {
+			return nil, "", s.unavailable("read the rollout", err)
+		}
+		pairs = api.KVPairs{}
+		for _, r := range resp.Results {
+			if r.KV != nil {
+				pairs = append(pairs, r.KV)
+			}
+		}
+	}
+	return s.rolloutFrom(ctx, checksum, pairs)
+}
+
+// lookFresh is how long the keys a read of the host's records brought
+// along (Looked) stand for the next Rollout's own read.
+const lookFresh = 2 * time.Second
+
+// LookOps are the reads of Rollout, as operations of a transaction: a
+// host's read of its own records takes them along (one request rather
+// than two) and hands what they found to Looked.
+func (s *Slots) LookOps() api.TxnOps {
 	// A get of a missing key fails a transaction; a tree does not.
 	ops := api.TxnOps{}
-	for _, k := range []string{RolloutKey(s.Prefix, s.Service), ReleaseKey(s.Prefix, s.Service), CoordKey(s.Prefix, s.Service), waveKey} {
+	for _, k := range s.lookKeys() {
 		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: k}})
 	}
-	ok, resp, _, err := s.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
-	if err == nil && !ok {
-		err = fmt.Errorf("%v", resp.Errors)
+	return ops
+}
+
+func (s *Slots) lookKeys() []string {
+	return []string{RolloutKey(s.Prefix, s.Service), ReleaseKey(s.Prefix, s.Service), CoordKey(s.Prefix, s.Service), WaveKey(s.Prefix, s.Service, s.Node)}
+}
+
+// Looks says whether key is one of LookOps' keys (a tree may bring
+// others: they are not).
+func (s *Slots) Looks(key string) bool {
+	for _, k := range s.lookKeys() {
+		if key == k {
+			return true
+		}
 	}
-	if err != nil {
-		return nil, "", s.unavailable("read the rollout", err)
-	}
+	return false
+}
+
+// Looked keeps what LookOps read (the pairs of their keys, Looks) for
+// the next Rollout, which takes it instead of reading again if it comes
+// within lookFresh.
+func (s *Slots) Looked(pairs api.KVPairs) {
+	s.mu.Lock()
+	s.looked, s.lookedAt = append(api.KVPairs{}, pairs...), time.Now()
+	s.mu.Unlock()
+}
+
+// rolloutFrom is Rollout once the keys are read.
+func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPairs) (*lock.Rollout, string, error) {
+	waveKey := WaveKey(s.Prefix, s.Service, s.Node)
 	var doc *lock.Rollout
 	var rel, place Placement
 	var relIndex uint64
 	coordinated := false
-	for _, r := range resp.Results {
-		kv := r.KV
-		if kv == nil {
-			continue
-		}
+	for _, kv := range pairs {
 		switch kv.Key {
 		case RolloutKey(s.Prefix, s.Service):
 			var d lock.Rollout
