@@ -431,6 +431,62 @@ func (p *Fleet) Records(ctx context.Context, service string) (fleet.Status, erro
 	return p.status(ctx, service, []string{"nodes/", "hold", "failed/", "rollout/"})
 }
 
+// RecordsOf is Records with the records of nodes only (the operators'
+// whole, the plans aside): what a coordinator decides from when it knows
+// which hosts' records can have changed (a wave's last host is done: the
+// hosts of open waves not done yet). Its size grows with nodes, not the
+// fleet; up to 8 transactions at once.
+func (p *Fleet) RecordsOf(ctx context.Context, service string, nodes []string) (fleet.Status, error) {
+	ops := []string{"hold", "failed/", "rollout/freeze", "rollout/pins/", "rollout/cleared/", "rollout/approve/"}
+	const per = 64 - 6
+	var batches [][]string
+	for len(nodes) > per {
+		batches, nodes = append(batches, nodes[:per]), nodes[per:]
+	}
+	batches = append(batches, nodes)
+	sts := make([]fleet.Status, len(batches))
+	errs := make([]error, len(batches))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, b := range batches {
+		subs := make([]string, 0, per+len(ops))
+		if i == 0 {
+			subs = append(subs, ops...)
+		}
+		for _, n := range b {
+			subs = append(subs, "nodes/"+n)
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			sts[i], errs[i] = p.status(ctx, service, subs)
+		}()
+	}
+	wg.Wait()
+	want := map[string]bool{}
+	for _, b := range batches {
+		for _, n := range b {
+			want[n] = true
+		}
+	}
+	st := sts[0]
+	st.Nodes = nil
+	for i := range sts {
+		if errs[i] != nil {
+			return st, errs[i]
+		}
+		for _, n := range sts[i].Nodes {
+			if want[n.Node] { // the tree of nodes/host-1 holds nodes/host-10 too
+				st.Nodes = append(st.Nodes, n)
+				delete(want, n.Node)
+			}
+		}
+	}
+	sort.Slice(st.Nodes, func(i, j int) bool { return st.Nodes[i].Node < st.Nodes[j].Node })
+	return st, nil
+}
+
 // Brief reads what one host of service needs of the records before it
 // asks the coordinator of a rollout: its own record, the hold, the
 // breakers, the freeze, the pins and the clears. Its size does not grow

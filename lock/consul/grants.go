@@ -891,7 +891,33 @@ func (c *coordinator) starving() bool {
 			missing += ws.Hosts - ws.Done - c.gone[ws.Name]
 		}
 	}
-	return missing > 0
+	return missing > 0 || c.nextShort()
+}
+
+// nextShort says whether the coordinator knows of fewer hosts in line
+// for the wave that opens next, by itself once the open ones are done,
+// than it will grant at once when it opens: their wants are listed ahead,
+// so that the wave opens without waiting for a listing.
+func (c *coordinator) nextShort() bool {
+	p := c.plan
+	for _, ws := range p.doc.Waves {
+		if ws.Open {
+			continue
+		}
+		if !ws.Queue {
+			return false
+		}
+		need := min(c.s.Limit, ws.Hosts-ws.Done)
+		for _, w := range c.queue {
+			if w.checksum == p.doc.Checksum && p.waves[w.node] == ws.Name {
+				if need--; need <= 0 {
+					return false
+				}
+			}
+		}
+		return need > 0
+	}
+	return false
 }
 
 // maxBatch is the most grants written in one transaction: with the

@@ -393,6 +393,9 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 	placedRead := false
 	var last *lock.Rollout
 	var lastWrite time.Time
+	// soon: a wave's last host is done, and the planner can decide from
+	// the records that can have changed since (lock.SoonPlanner).
+	soon := false
 	for ctx.Err() == nil {
 		start := time.Now()
 		next := PlanEvery
@@ -406,7 +409,11 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 			next = time.Minute // nothing asked: the release key wakes it
 		default:
 			c.asked.Store(rel.Checksum)
-			doc, waves, err := c.planner.Plan(ctx, rel.Checksum)
+			plan := c.planner.Plan
+			if sp, ok := c.planner.(lock.SoonPlanner); ok && soon {
+				plan = sp.PlanSoon
+			}
+			doc, waves, err := plan(ctx, rel.Checksum)
 			s.logger().Debug("rollout decided", "service", s.Service, "took", time.Since(start), "error", err, "at", time.Now().Format("15:04:05.000"))
 			hosts.Store(int64(len(waves)))
 			if err != nil {
@@ -471,6 +478,7 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 				next = time.Minute
 			}
 		}
+		soon = false
 		t := time.NewTimer(max(next-time.Since(start), 0))
 		select {
 		case <-ctx.Done():
@@ -483,8 +491,10 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 			case <-ctx.Done():
 			case <-t.C:
 			case <-c.urgent: // ... unless a wave's last host is done
+				soon = true
 			}
 		case <-c.urgent: // a wave's last host is done: the next may open now
+			soon = true
 		case <-t.C:
 		}
 		t.Stop()
