@@ -39,8 +39,13 @@ const (
 // coordinating says whether out waits for the coordinator to plan or to
 // place the host: seconds, not a wave.
 func coordinating(out Outcome) bool {
-	return strings.HasPrefix(out.Reason, reasonCoordPlan) || out.Reason == reasonCoordPlace
+	return strings.HasPrefix(out.Reason, reasonCoordPlan) || out.Reason == reasonCoordPlace ||
+		strings.HasPrefix(out.Reason, reasonMoved) // in line for the plan: the next check says why not
 }
+
+// reasonMoved begins the reason of a check whose wait in line ended
+// (lock.ErrMoved): the next check decides.
+var reasonMoved = "rollout: " + lock.ErrMoved.Error()
 
 // briefer reads one host's share of the records (fleet/consul).
 type briefer interface {
@@ -81,6 +86,17 @@ func (r *Runner) coordGate(ctx context.Context, sum string, inLine bool) *Outcom
 		return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("read the rollout: %w", err)}
 	}
 	soon := r.now().Add(2 * time.Second) // the document, which this host follows, normally wakes it first
+	if inLine && (doc == nil || doc.Checksum != sum || wave == "") {
+		// Not planned, or this host not placed, yet: it waits in line
+		// meanwhile, as for a wave that opens by itself. The coordinator
+		// grants it only once its plan places the host in an open wave,
+		// and ends the wait when the wave does not open by itself: the
+		// host is in line when the plan comes, rather than all the
+		// hosts of the fleet reading the plan and getting in line then.
+		r.logger.Info("rollout: waiting in line for the coordinator's plan", "checksum", sum)
+		r.coord.Want(sum)
+		return nil
+	}
 	switch {
 	case doc == nil || doc.Checksum != sum:
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: reasonCoordPlan + sum, Until: soon, rollout: true}
@@ -96,7 +112,10 @@ func (r *Runner) coordGate(ctx context.Context, sum string, inLine bool) *Outcom
 		r.coord.Want(sum)
 		return nil
 	}
-	if !ws.Open {
+	// Granted while the document says in line: the coordinator grants
+	// the first hosts of a wave that opens by itself before it writes the
+	// document that says so (whose write wakes every host).
+	if !ws.Open && !(!inLine && ws.Queue) {
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: "rollout wave " + wave + ": " + ws.Reason, Until: ws.Until, rollout: true}
 	}
 	// The document may be any agent's (see the threat model); the window

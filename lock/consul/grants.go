@@ -294,9 +294,17 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 	if s.Waiting != nil {
 		s.Waiting()
 	}
-	s.ensureCoordinator(ctx)
+	s.mu.Lock()
+	electing := s.electing
+	s.mu.Unlock()
+	if !electing { // else this host's look at the rollout just started an election
+		s.ensureCoordinator(ctx)
+	}
 	check := CheckCoordinator
-	if s.planner != nil && sum != "" {
+	s.mu.Lock()
+	docHeld := s.docHeld
+	s.mu.Unlock()
+	if s.planner != nil && sum != "" && docHeld {
 		// In line for a wave of a rollout: the host follows the
 		// coordinator's document too, which says at once when the
 		// coordinator is gone (WaitRollout); this look is the backstop.
@@ -596,6 +604,15 @@ func (c *coordinator) run(ctx context.Context) {
 	tick := time.NewTicker(IdleResign / 4)
 	defer tick.Stop()
 	listed := false
+	// filled: a decision's, closed once its grants are made.
+	var filled chan struct{}
+	done := func() {
+		if filled != nil {
+			close(filled)
+			filled = nil
+		}
+	}
+	defer done()
 	for {
 		select {
 		case <-ctx.Done():
@@ -608,6 +625,7 @@ func (c *coordinator) run(ctx context.Context) {
 				return
 			}
 		case p := <-plans:
+			filled = p.filled
 			was := c.plan
 			c.newPlan(p)
 			if opened(was, p) && c.starving() {
@@ -651,9 +669,12 @@ func (c *coordinator) run(ctx context.Context) {
 			c.legacy = nil // older agents may have freed slots: read their semaphore again
 		}
 		if !listed {
+			done()
 			continue // the grants live now are not known yet
 		}
-		if err := c.fill(ctx, released); errors.Is(err, errNotCoordinator) {
+		err := c.fill(ctx, released)
+		done()
+		if errors.Is(err, errNotCoordinator) {
 			s.logger().Warn("lost the coordinator's lock", "service", s.Service)
 			return
 		}

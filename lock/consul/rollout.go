@@ -170,7 +170,7 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 			json.Unmarshal(kv.Value, &place)
 		}
 	}
-	asked := false
+	asked, lost := false, false
 	if (doc == nil || doc.Checksum != checksum) && rel.Checksum != checksum {
 		// Check-and-set: of the hosts that find a release at once, one
 		// asks for it, and it alone tries to coordinate at once.
@@ -179,10 +179,12 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 		if err != nil {
 			return nil, "", s.unavailable("ask for the rollout", err)
 		}
-		asked = ok
+		asked, lost = ok, !ok
 	}
 	switch {
-	case coordinated:
+	case coordinated, lost:
+		// Or another host asked for the release just now: it tries to
+		// coordinate at once, and this host need not look for a while.
 		s.mu.Lock()
 		s.seen = time.Now()
 		s.mu.Unlock()
@@ -282,9 +284,13 @@ func (c *coordinator) moveOut(ctx context.Context) error {
 	if c.planner == nil || p == nil {
 		return nil
 	}
+	asked, _ := c.asked.Load().(string)
 	var out, keep []want
 	for _, w := range c.queue {
-		if w.checksum != "" && moved(&p.doc, w.checksum, p.waves[w.node], w.node) {
+		// A host in line for the release asked for, not planned yet,
+		// waits for its plan.
+		planning := w.checksum == asked && p.doc.Checksum != asked
+		if w.checksum != "" && !planning && moved(&p.doc, w.checksum, p.waves[w.node], w.node) {
 			out = append(out, w)
 		} else {
 			keep = append(keep, w)
@@ -340,6 +346,9 @@ type planned struct {
 	doc   lock.Rollout
 	waves map[string]string
 	read  time.Time // when the records it was decided from were read (at the latest)
+	// filled, if set, is closed once the coordinator has granted what
+	// this decision lets it (see selfOpened).
+	filled chan struct{}
 }
 
 // allowed says whether the coordinator may grant w now: a want outside
@@ -446,6 +455,26 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 			}
 			doc.By = s.Node
 			urgent := last == nil || !sameState(*last, doc)
+			if last != nil && selfOpened(*last, doc) {
+				// Waves that open by themselves, an earlier one done: their
+				// hosts wait in line already, and a granted host takes a
+				// grant with its wave "in line" in the document as open.
+				// The first of them are granted before the document, whose
+				// write wakes every host that follows it, is written.
+				p := planned{doc, waves, start, make(chan struct{})}
+				select {
+				case out <- p:
+				case <-ctx.Done():
+					return
+				}
+				t := time.NewTimer(time.Second)
+				select {
+				case <-p.filled:
+				case <-t.C:
+				case <-ctx.Done():
+				}
+				t.Stop()
+			}
 			if urgent || !sameDoc(*last, doc) && time.Since(lastWrite) >= DocGap {
 				doc.Time = time.Now().UTC()
 				if err := c.writeDoc(ctx, doc); err != nil {
@@ -470,7 +499,7 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 				}
 			}
 			select {
-			case out <- planned{doc, waves, start}:
+			case out <- planned{doc, waves, start, nil}:
 			case <-ctx.Done():
 				return
 			}
@@ -691,6 +720,23 @@ func sameState(a, b lock.Rollout) bool {
 		}
 	}
 	return true
+}
+
+// selfOpened says whether next differs from last only in waves that
+// opened by themselves (in line, an earlier wave done).
+func selfOpened(last, next lock.Rollout) bool {
+	if len(last.Waves) != len(next.Waves) {
+		return false
+	}
+	was := next
+	was.Waves = append([]lock.WaveState(nil), next.Waves...)
+	some := false
+	for i := range was.Waves {
+		if l, w := last.Waves[i], &was.Waves[i]; l.Queue && !l.Open && w.Open && l.Name == w.Name {
+			w.Open, w.Queue, some = false, true, true
+		}
+	}
+	return some && sameState(last, was)
 }
 
 // sameDoc says whether a and b say the same, their times aside.
