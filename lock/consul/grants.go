@@ -533,8 +533,10 @@ type coordinator struct {
 	// asked is the release asked for, as the decisions read it last.
 	asked   atomic.Value
 	goneLog []goneHost
-	urgent  chan struct{}
-	relist  chan struct{} // asks the listing of the grant folder to come now
+	// wantSeen: when each want (key@index) was first listed.
+	wantSeen map[string]time.Time
+	urgent   chan struct{}
+	relist   chan struct{} // asks the listing of the grant folder to come now
 	// hungry asks for it once ListGap has passed: fewer hosts known to
 	// wait for an open wave than there are slots.
 	hungry chan struct{}

@@ -288,8 +288,11 @@ func (c *coordinator) moveOut(ctx context.Context) error {
 	var out, keep []want
 	for _, w := range c.queue {
 		// A host in line for the release asked for, not planned yet,
-		// waits for its plan.
-		planning := w.checksum == asked && p.doc.Checksum != asked
+		// waits for its plan; so does one in line for another release
+		// for a moment: the host may have asked for it just now, and
+		// this coordinator not read the ask yet.
+		planning := w.checksum == asked && p.doc.Checksum != asked ||
+			w.checksum != p.doc.Checksum && time.Since(c.seenWant(w)) < askGrace
 		if w.checksum != "" && !planning && moved(&p.doc, w.checksum, p.waves[w.node], w.node) {
 			out = append(out, w)
 		} else {
@@ -320,6 +323,36 @@ func (c *coordinator) moveOut(ctx context.Context) error {
 		out = out[n:]
 	}
 	return nil
+}
+
+// askGrace is how long a want for a release that the coordinator has
+// not seen asked for stays in line: the release key, which it follows,
+// normally comes first.
+const askGrace = 2 * time.Second
+
+// seenWant returns when the coordinator first listed w (as it is now).
+func (c *coordinator) seenWant(w want) time.Time {
+	k := fmt.Sprintf("%s@%d", w.key, w.modify)
+	if c.wantSeen == nil {
+		c.wantSeen = map[string]time.Time{}
+	}
+	t, ok := c.wantSeen[k]
+	if !ok {
+		t = time.Now()
+		c.wantSeen[k] = t
+		if len(c.wantSeen) > 4*len(c.queue)+1024 { // forget the wants gone
+			live := map[string]bool{}
+			for _, q := range c.queue {
+				live[fmt.Sprintf("%s@%d", q.key, q.modify)] = true
+			}
+			for k := range c.wantSeen {
+				if !live[k] {
+					delete(c.wantSeen, k)
+				}
+			}
+		}
+	}
+	return t
 }
 
 // moved says whether doc ends the wait of node, in wave, for want: the
