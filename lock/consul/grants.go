@@ -300,17 +300,18 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 	if !electing { // else this host's look at the rollout just started an election
 		s.ensureCoordinator(ctx)
 	}
-	check := CheckCoordinator
-	s.mu.Lock()
-	docHeld := s.docHeld
-	s.mu.Unlock()
-	if s.planner != nil && sum != "" && docHeld {
-		// In line for a wave of a rollout: the host follows the
-		// coordinator's document too, which says at once when the
-		// coordinator is gone (WaitRollout); this look is the backstop.
-		check = inLineChecks * CheckCoordinator
-	}
 	for {
+		check := CheckCoordinator
+		s.mu.Lock()
+		docHeld := s.docHeld
+		s.mu.Unlock()
+		if s.planner != nil && sum != "" && docHeld {
+			// In line for a wave of a rollout, the coordinator's document
+			// seen held: the host follows it, and its release says at
+			// once when the coordinator is gone (WaitRollout); this look
+			// is the backstop.
+			check = inLineChecks * CheckCoordinator
+		}
 		kv, meta, err := s.Client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: check}).WithContext(ctx))
 		if err != nil {
 			s.Release(context.WithoutCancel(ctx))

@@ -181,6 +181,14 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 		}
 		asked, lost = ok, !ok
 	}
+	if !coordinated {
+		// Read just now: nobody holds the coordinator's key, whatever
+		// this host's follower of the document saw last (its blocking
+		// query may wait on a Consul that restarted without its data).
+		s.mu.Lock()
+		s.docHeld = false
+		s.mu.Unlock()
+	}
 	switch {
 	case coordinated, lost:
 		// Or another host asked for the release just now: it tries to

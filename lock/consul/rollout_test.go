@@ -376,3 +376,26 @@ func TestRolloutHostsWaitInLineForThePlan(t *testing.T) {
 		}
 	}
 }
+
+// A host whose follower of the document last saw it held, and waits on
+// (a blocking query on a Consul that restarted without its data), still
+// becomes the coordinator when its own look finds nobody holding the
+// coordinator's key.
+func TestRolloutElectsDespiteAStaleFollower(t *testing.T) {
+	hs := hosts(t, 1, 1)
+	hs[0].SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
+	hs[0].mu.Lock()
+	hs[0].docHeld, hs[0].following = true, 1 // as the follower left them
+	hs[0].mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if !hs[0].Coordinating() {
+			return errors.New("no coordinator elected")
+		}
+		return nil
+	})
+}
