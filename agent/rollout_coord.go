@@ -39,22 +39,37 @@ const (
 // coordinating says whether out waits for the coordinator to plan or to
 // place the host: seconds, not a wave.
 func coordinating(out Outcome) bool {
-	return strings.HasPrefix(out.Reason, reasonCoordPlan) || out.Reason == reasonCoordPlace
+	return strings.HasPrefix(out.Reason, reasonCoordPlan) || out.Reason == reasonCoordPlace ||
+		strings.HasPrefix(out.Reason, reasonMoved) // in line for the plan: the next check says why not
 }
+
+// reasonMoved begins the reason of a check whose wait in line ended
+// (lock.ErrMoved): the next check decides.
+var reasonMoved = "rollout: " + lock.ErrMoved.Error()
 
 // briefer reads one host's share of the records (fleet/consul).
 type briefer interface {
 	Brief(ctx context.Context, service, node string) (fleet.Status, error)
 }
 
+// alongBriefer reads one host's share of the records and, in the same
+// request, what the coordinator's next Rollout reads (fleet/consul).
+type alongBriefer interface {
+	BriefAlong(ctx context.Context, service, node string, coord any) (fleet.Status, error)
+}
+
 // ownRecords reads what this host needs of the fleet's records before it
 // decides: all of them without a coordinator, its own and the operators'
-// with one.
+// with one (and the coordinator's document and this host's wave with
+// them, for the look at the rollout that follows).
 func (r *Runner) ownRecords(ctx context.Context) (fleet.Status, error) {
 	if b, ok := r.records.(briefer); ok && r.coord != nil {
 		if v := r.fresh; v != nil { // read by the step before, in this pass
 			r.fresh = nil
 			return *v, nil
+		}
+		if a, ok := r.records.(alongBriefer); ok {
+			return a.BriefAlong(ctx, r.svc.Name, r.node, r.coord)
 		}
 		return b.Brief(ctx, r.svc.Name, r.node)
 	}
@@ -71,6 +86,17 @@ func (r *Runner) coordGate(ctx context.Context, sum string, inLine bool) *Outcom
 		return &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("read the rollout: %w", err)}
 	}
 	soon := r.now().Add(2 * time.Second) // the document, which this host follows, normally wakes it first
+	if inLine && (doc == nil || doc.Checksum != sum || wave == "") {
+		// Not planned, or this host not placed, yet: it waits in line
+		// meanwhile, as for a wave that opens by itself. The coordinator
+		// grants it only once its plan places the host in an open wave,
+		// and ends the wait when the wave does not open by itself: the
+		// host is in line when the plan comes, rather than all the
+		// hosts of the fleet reading the plan and getting in line then.
+		r.logger.Info("rollout: waiting in line for the coordinator's plan", "checksum", sum)
+		r.coord.Want(sum)
+		return nil
+	}
 	switch {
 	case doc == nil || doc.Checksum != sum:
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: reasonCoordPlan + sum, Until: soon, rollout: true}
@@ -86,7 +112,10 @@ func (r *Runner) coordGate(ctx context.Context, sum string, inLine bool) *Outcom
 		r.coord.Want(sum)
 		return nil
 	}
-	if !ws.Open {
+	// Granted while the document says in line: the coordinator grants
+	// the first hosts of a wave that opens by itself before it writes the
+	// document that says so (whose write wakes every host).
+	if !ws.Open && !(!inLine && ws.Queue) {
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: "rollout wave " + wave + ": " + ws.Reason, Until: ws.Until, rollout: true}
 	}
 	// The document may be any agent's (see the threat model); the window

@@ -96,6 +96,14 @@ type Planner interface {
 	Plan(ctx context.Context, checksum string) (Rollout, map[string]string, error)
 }
 
+// SoonPlanner is a Planner that can decide at once when a wave's last
+// host is done, reading afresh only the records that can have changed
+// since its last decision (not every host's).
+type SoonPlanner interface {
+	Planner
+	PlanSoon(ctx context.Context, checksum string) (Rollout, map[string]string, error)
+}
+
 // Coordinated is a Slot whose coordinator can decide a rollout: the
 // agent of a service with a rollout block reads the coordinator's
 // document and its own wave rather than every host's record.

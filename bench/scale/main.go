@@ -554,9 +554,10 @@ func follow(ctx context.Context, sl *lockconsul.Slots, wake chan<- struct{}, rea
 // updates, reports and gives the slot back.
 func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet, policy string, wake <-chan struct{}, wave *int, grant, release *time.Time) error {
 	// One read of the host's share of the records (the agent takes the
-	// hold and the breaker from it too), then the rollout's.
+	// hold and the breaker from it too) and of the rollout's keys, which
+	// the rollout's look then takes.
 	check := func() (*lock.Rollout, string, error) {
-		if _, err := f.Brief(ctx, "app", f.Node); err != nil {
+		if _, err := f.BriefAlong(ctx, "app", f.Node, sl); err != nil {
 			return nil, "", err
 		}
 		return sl.Rollout(ctx, sum)
@@ -585,26 +586,17 @@ func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet
 		if err != nil {
 			return err
 		}
-		if doc == nil || doc.Checksum != sum || name == "" {
-			if doc == nil || doc.Checksum != sum {
-				sleep(time.Now().Add(30 * time.Second)) // the coordinator plans: its document wakes the host
-			} else {
-				sleep(time.Now().Add(2 * time.Second)) // the coordinator places this host
-			}
-			continue
-		}
-		ws := doc.Wave(name)
-		if ws == nil || !ws.Open && !ws.Queue {
-			var until time.Time
-			if ws != nil {
-				until = ws.Until
-			}
-			sleep(until)
-			continue
-		}
-		for k := range doc.Waves {
-			if doc.Waves[k].Name == name {
-				*wave = k
+		// Not planned or not placed yet: in line for the plan at once,
+		// as the agent. Else in line only for a wave that is open or
+		// opens by itself.
+		if doc != nil && doc.Checksum == sum && name != "" {
+			if ws := doc.Wave(name); ws == nil || !ws.Open && !ws.Queue {
+				var until time.Time
+				if ws != nil {
+					until = ws.Until
+				}
+				sleep(until)
+				continue
 			}
 		}
 		sl.Want(sum)
@@ -614,9 +606,15 @@ func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet
 			return err
 		}
 		*grant = time.Now()
-		if _, _, err := check(); err != nil { // looked at again once the slot is held
+		doc, name, err = check() // looked at again once the slot is held
+		if err != nil {
 			sl.Release(ctx)
 			return err
+		}
+		for k := range doc.Waves {
+			if doc.Waves[k].Name == name {
+				*wave = k
+			}
 		}
 		time.Sleep(*update)
 		err = f.Report(ctx, "app", fleet.NodeStatus{Node: f.Node, Checksum: sum, Release: "v2", Result: "installed",

@@ -22,6 +22,7 @@ import (
 	"github.com/dropshipd/dropship/fleet/rollout"
 	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
+	lockconsul "github.com/dropshipd/dropship/lock/consul"
 )
 
 // tag gives host i node tags in its agent file.
@@ -565,7 +566,18 @@ func TestRolloutForgetADeadHost(t *testing.T) {
 	f.publish("v1", false)
 	marks := f.marks()
 	f.startAll()
-	f.waitLog(f.hosts, marks, "waiting for wave canary: 0 of 1 hosts done (host-dead to go)")
+	// The hosts wait in line; the coordinator's document says why.
+	f.waitLog(f.hosts, marks, "waiting for a fleet slot")
+	testutil.Eventually(t, 30*time.Second, func() error {
+		kv, _, err := client.KV().Get(lockconsul.RolloutKey(f.prefix, "app"), nil)
+		if err != nil || kv == nil {
+			return fmt.Errorf("no rollout document: %v", err)
+		}
+		if !strings.Contains(string(kv.Value), "waiting for wave canary: 0 of 1 hosts done (host-dead to go)") {
+			return fmt.Errorf("the rollout does not wait for host-dead: %s", kv.Value)
+		}
+		return nil
+	})
 	if out, errOut, code := run(t, "fleet", "forget", "app", "host-dead", "-c", f.hosts[0].cfg); code != 0 || !strings.Contains(out, "forgotten") {
 		t.Fatalf("forget: %d %s %s", code, out, errOut)
 	}

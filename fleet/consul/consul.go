@@ -431,6 +431,62 @@ func (p *Fleet) Records(ctx context.Context, service string) (fleet.Status, erro
 	return p.status(ctx, service, []string{"nodes/", "hold", "failed/", "rollout/"})
 }
 
+// RecordsOf is Records with the records of nodes only (the operators'
+// whole, the plans aside): what a coordinator decides from when it knows
+// which hosts' records can have changed (a wave's last host is done: the
+// hosts of open waves not done yet). Its size grows with nodes, not the
+// fleet; up to 8 transactions at once.
+func (p *Fleet) RecordsOf(ctx context.Context, service string, nodes []string) (fleet.Status, error) {
+	ops := []string{"hold", "failed/", "rollout/freeze", "rollout/pins/", "rollout/cleared/", "rollout/approve/"}
+	const per = 64 - 6
+	var batches [][]string
+	for len(nodes) > per {
+		batches, nodes = append(batches, nodes[:per]), nodes[per:]
+	}
+	batches = append(batches, nodes)
+	sts := make([]fleet.Status, len(batches))
+	errs := make([]error, len(batches))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, b := range batches {
+		subs := make([]string, 0, per+len(ops))
+		if i == 0 {
+			subs = append(subs, ops...)
+		}
+		for _, n := range b {
+			subs = append(subs, "nodes/"+n)
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			sts[i], errs[i] = p.status(ctx, service, subs)
+		}()
+	}
+	wg.Wait()
+	want := map[string]bool{}
+	for _, b := range batches {
+		for _, n := range b {
+			want[n] = true
+		}
+	}
+	st := sts[0]
+	st.Nodes = nil
+	for i := range sts {
+		if errs[i] != nil {
+			return st, errs[i]
+		}
+		for _, n := range sts[i].Nodes {
+			if want[n.Node] { // the tree of nodes/host-1 holds nodes/host-10 too
+				st.Nodes = append(st.Nodes, n)
+				delete(want, n.Node)
+			}
+		}
+	}
+	sort.Slice(st.Nodes, func(i, j int) bool { return st.Nodes[i].Node < st.Nodes[j].Node })
+	return st, nil
+}
+
 // Brief reads what one host of service needs of the records before it
 // asks the coordinator of a rollout: its own record, the hold, the
 // breakers, the freeze, the pins and the clears. Its size does not grow
@@ -447,9 +503,54 @@ func (p *Fleet) Brief(ctx context.Context, service, node string) (fleet.Status, 
 	return st, err
 }
 
+// Looker is a coordinator's reads (lock/consul's Slots) that may ride
+// along with a host's read of its records: see BriefAlong.
+type Looker interface {
+	LookOps() api.TxnOps
+	Looks(key string) bool
+	Looked(api.KVPairs)
+}
+
+// BriefAlong is Brief, with the reads of coord's Rollout in the same
+// transaction when coord is a Looker (one request rather than two: each
+// check of a host of a rollout makes both); Rollout then takes them.
+func (p *Fleet) BriefAlong(ctx context.Context, service, node string, coord any) (fleet.Status, error) {
+	lk, ok := coord.(Looker)
+	if !ok {
+		return p.Brief(ctx, service, node)
+	}
+	var seen api.KVPairs
+	st, err := p.statusWith(ctx, service, []string{"nodes/" + node, "hold", "failed/", "rollout/freeze", "rollout/pins/", "rollout/cleared/"}, nil,
+		lk.LookOps(), func(kv *api.KVPair) bool {
+			if lk.Looks(kv.Key) {
+				seen = append(seen, kv)
+				return true
+			}
+			return false
+		})
+	if err != nil {
+		return st, err
+	}
+	lk.Looked(seen)
+	own := st.Nodes[:0]
+	for _, n := range st.Nodes {
+		if n.Node == node {
+			own = append(own, n)
+		}
+	}
+	st.Nodes = own
+	return st, nil
+}
+
 // status reads the trees subs of the service's folder and the trees
 // named in full by more, in one transaction.
 func (p *Fleet) status(ctx context.Context, service string, subs []string, more ...string) (fleet.Status, error) {
+	return p.statusWith(ctx, service, subs, more, nil, nil)
+}
+
+// statusWith is status with the operations also in the transaction,
+// whose pairs take takes (it says which are its own).
+func (p *Fleet) statusWith(ctx context.Context, service string, subs []string, more []string, also api.TxnOps, take func(*api.KVPair) bool) (fleet.Status, error) {
 	st := fleet.Status{Service: service}
 	base := p.Prefix + "/" + service + "/"
 	var ops api.TxnOps
@@ -462,6 +563,7 @@ func (p *Fleet) status(ctx context.Context, service string, subs []string, more 
 	for _, k := range more {
 		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: k}})
 	}
+	ops = append(ops, also...)
 	ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return st, fmt.Errorf("%w: read %s: %v", fleet.ErrUnavailable, base, err)
@@ -476,7 +578,7 @@ func (p *Fleet) status(ctx context.Context, service string, subs []string, more 
 	}
 	for _, r := range resp.Results {
 		kv := r.KV
-		if kv == nil {
+		if kv == nil || take != nil && take(kv) {
 			continue
 		}
 		if kv.Key == pubKey {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dropshipd/dropship/fleet"
@@ -26,6 +27,90 @@ type Coordinator struct {
 	// the decision says to (a gate failed, max_failed reached); else the
 	// Decider's decision is taken as it is.
 	Decide func(ctx context.Context, view fleet.Status, checksum, me string) (Decision, error)
+
+	// The records of the last decision, for PlanSoon: the view, of
+	// which release, its document, and when every record was read last.
+	mu       sync.Mutex
+	last     *fleet.Status
+	lastSum  string
+	lastDoc  lock.Rollout
+	lastFull time.Time
+}
+
+// Bounds of PlanSoon: it reads the records of at most soonHosts hosts,
+// and takes the others' from a full read at most soonFor old.
+const (
+	soonHosts = 1024
+	soonFor   = 10 * time.Second
+)
+
+var _ lock.SoonPlanner = (*Coordinator)(nil)
+
+// PlanSoon decides as Plan does, when a wave's last host is done, from
+// the records that can have changed since the last decision: the hosts
+// of open waves not done yet, and the operators' records (hold,
+// breakers, freeze, pins, approvals, clears), read afresh; every other
+// host's record as the last full read found it (at most soonFor ago).
+// A host done stays done, and a host of a closed wave installs nothing,
+// so what opens the next wave is read afresh; a host registered since
+// goes into the last wave, and a rollout is said done only from a full
+// read. Plan, when the records cannot be read so (no full read of this
+// release recent enough, too many hosts, records that cannot be read
+// by host).
+func (c *Coordinator) PlanSoon(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
+	r, ok := c.Records.(interface {
+		RecordsOf(ctx context.Context, service string, nodes []string) (fleet.Status, error)
+	})
+	c.mu.Lock()
+	last, lastDoc := c.last, c.lastDoc
+	fresh := last != nil && c.lastSum == sum && time.Since(c.lastFull) < soonFor
+	c.mu.Unlock()
+	if !ok || !fresh || last.Plans[sum] == nil {
+		return c.Plan(ctx, sum)
+	}
+	on := map[string]bool{}
+	for _, n := range last.Nodes {
+		on[n.Node] = n.Checksum == sum
+	}
+	var nodes []string
+	for _, s := range c.Decider.Policy.Fixed(sum, *last, Members(*last, "")) {
+		if ws := lastDoc.Wave(s.Name); ws == nil || !ws.Open {
+			continue
+		}
+		for _, n := range s.Nodes {
+			if !on[n] {
+				nodes = append(nodes, n)
+			}
+		}
+	}
+	if len(nodes) > soonHosts {
+		return c.Plan(ctx, sum)
+	}
+	part, err := r.RecordsOf(ctx, c.Service, nodes)
+	if err != nil {
+		return lock.Rollout{Checksum: sum}, nil, err
+	}
+	view := part
+	view.Plans = last.Plans
+	fresh2 := map[string]fleet.NodeStatus{}
+	for _, n := range part.Nodes {
+		fresh2[n.Node] = n
+	}
+	view.Nodes = make([]fleet.NodeStatus, 0, len(last.Nodes))
+	for _, n := range last.Nodes {
+		if f, ok := fresh2[n.Node]; ok {
+			n = f
+		}
+		view.Nodes = append(view.Nodes, n)
+	}
+	doc, waves, err := c.decideFrom(ctx, sum, view)
+	if err != nil || doc.Done {
+		return c.Plan(ctx, sum)
+	}
+	c.mu.Lock()
+	c.last, c.lastDoc = &view, doc
+	c.mu.Unlock()
+	return doc, waves, nil
 }
 
 var _ lock.Planner = (*Coordinator)(nil)
@@ -73,6 +158,7 @@ func (c *Coordinator) samePolicy(view fleet.Status) bool {
 func (c *Coordinator) Plan(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
 	p := c.Decider.Policy
 	doc := lock.Rollout{Checksum: sum}
+	read := time.Now()
 	view, err := c.records(ctx)
 	if err != nil {
 		return doc, nil, err
@@ -97,6 +183,19 @@ func (c *Coordinator) Plan(ctx context.Context, sum string) (lock.Rollout, map[s
 			return doc, nil, err
 		}
 	}
+	doc, waves, err := c.decideFrom(ctx, sum, view)
+	if err == nil {
+		c.mu.Lock()
+		c.last, c.lastSum, c.lastDoc, c.lastFull = &view, sum, doc, read
+		c.mu.Unlock()
+	}
+	return doc, waves, err
+}
+
+// decideFrom decides each wave of sum from view.
+func (c *Coordinator) decideFrom(ctx context.Context, sum string, view fleet.Status) (lock.Rollout, map[string]string, error) {
+	p := c.Decider.Policy
+	doc := lock.Rollout{Checksum: sum}
 	now := c.now()
 	if view.Hold != nil {
 		doc.Hold = view.Hold.Who + ": " + view.Hold.Reason

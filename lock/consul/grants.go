@@ -134,6 +134,10 @@ type Slots struct {
 	// when the last ended. docHeld counts only while the follower runs.
 	following int
 	followed  time.Time
+	// looked: the keys of Rollout as a read of the host's records
+	// brought them (Looked), and when.
+	looked   api.KVPairs
+	lookedAt time.Time
 	// electing: an election waits its random time in the background.
 	electing bool
 	// closed: Close ran. An election still waiting in the background
@@ -290,15 +294,24 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 	if s.Waiting != nil {
 		s.Waiting()
 	}
-	s.ensureCoordinator(ctx)
-	check := CheckCoordinator
-	if s.planner != nil && sum != "" {
-		// In line for a wave of a rollout: the host follows the
-		// coordinator's document too, which says at once when the
-		// coordinator is gone (WaitRollout); this look is the backstop.
-		check = inLineChecks * CheckCoordinator
+	s.mu.Lock()
+	electing := s.electing
+	s.mu.Unlock()
+	if !electing { // else this host's look at the rollout just started an election
+		s.ensureCoordinator(ctx)
 	}
 	for {
+		check := CheckCoordinator
+		s.mu.Lock()
+		docHeld := s.docHeld
+		s.mu.Unlock()
+		if s.planner != nil && sum != "" && docHeld {
+			// In line for a wave of a rollout, the coordinator's document
+			// seen held: the host follows it, and its release says at
+			// once when the coordinator is gone (WaitRollout); this look
+			// is the backstop.
+			check = inLineChecks * CheckCoordinator
+		}
 		kv, meta, err := s.Client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: check}).WithContext(ctx))
 		if err != nil {
 			s.Release(context.WithoutCancel(ctx))
@@ -521,8 +534,10 @@ type coordinator struct {
 	// asked is the release asked for, as the decisions read it last.
 	asked   atomic.Value
 	goneLog []goneHost
-	urgent  chan struct{}
-	relist  chan struct{} // asks the listing of the grant folder to come now
+	// wantSeen: when each want (key@index) was first listed.
+	wantSeen map[string]time.Time
+	urgent   chan struct{}
+	relist   chan struct{} // asks the listing of the grant folder to come now
 	// hungry asks for it once ListGap has passed: fewer hosts known to
 	// wait for an open wave than there are slots.
 	hungry chan struct{}
@@ -592,6 +607,15 @@ func (c *coordinator) run(ctx context.Context) {
 	tick := time.NewTicker(IdleResign / 4)
 	defer tick.Stop()
 	listed := false
+	// filled: a decision's, closed once its grants are made.
+	var filled chan struct{}
+	done := func() {
+		if filled != nil {
+			close(filled)
+			filled = nil
+		}
+	}
+	defer done()
 	for {
 		select {
 		case <-ctx.Done():
@@ -604,6 +628,7 @@ func (c *coordinator) run(ctx context.Context) {
 				return
 			}
 		case p := <-plans:
+			filled = p.filled
 			was := c.plan
 			c.newPlan(p)
 			if opened(was, p) && c.starving() {
@@ -647,9 +672,12 @@ func (c *coordinator) run(ctx context.Context) {
 			c.legacy = nil // older agents may have freed slots: read their semaphore again
 		}
 		if !listed {
+			done()
 			continue // the grants live now are not known yet
 		}
-		if err := c.fill(ctx, released); errors.Is(err, errNotCoordinator) {
+		err := c.fill(ctx, released)
+		done()
+		if errors.Is(err, errNotCoordinator) {
 			s.logger().Warn("lost the coordinator's lock", "service", s.Service)
 			return
 		}
@@ -887,7 +915,33 @@ func (c *coordinator) starving() bool {
 			missing += ws.Hosts - ws.Done - c.gone[ws.Name]
 		}
 	}
-	return missing > 0
+	return missing > 0 || c.nextShort()
+}
+
+// nextShort says whether the coordinator knows of fewer hosts in line
+// for the wave that opens next, by itself once the open ones are done,
+// than it will grant at once when it opens: their wants are listed ahead,
+// so that the wave opens without waiting for a listing.
+func (c *coordinator) nextShort() bool {
+	p := c.plan
+	for _, ws := range p.doc.Waves {
+		if ws.Open {
+			continue
+		}
+		if !ws.Queue {
+			return false
+		}
+		need := min(c.s.Limit, ws.Hosts-ws.Done)
+		for _, w := range c.queue {
+			if w.checksum == p.doc.Checksum && p.waves[w.node] == ws.Name {
+				if need--; need <= 0 {
+					return false
+				}
+			}
+		}
+		return need > 0
+	}
+	return false
 }
 
 // maxBatch is the most grants written in one transaction: with the

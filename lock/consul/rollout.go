@@ -80,32 +80,81 @@ func (s *Slots) Want(checksum string) {
 }
 
 // Rollout reads the document and this host's wave of checksum, the
-// release asked for and the coordinator's key, in one request. When the
-// document is about another release it asks for checksum; it starts a
-// coordinator when none runs.
+// release asked for and the coordinator's key, in one request, or takes
+// them as a read of this host's records just brought them (LookOps). When
+// the document is about another release it asks for checksum; it starts
+// a coordinator when none runs.
 func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, string, error) {
-	waveKey := WaveKey(s.Prefix, s.Service, s.Node)
+	s.mu.Lock()
+	pairs, at := s.looked, s.lookedAt
+	s.looked = nil
+	s.mu.Unlock()
+	if pairs == nil || time.Since(at) > lookFresh {
+		ok, resp, _, err := s.Client.Txn().Txn(s.LookOps(), (&api.QueryOptions{}).WithContext(ctx))
+		if err == nil && !ok {
+			err = fmt.Errorf("%v", resp.Errors)
+		}
+		if err != nil {
+			return nil, "", s.unavailable("read the rollout", err)
+		}
+		pairs = api.KVPairs{}
+		for _, r := range resp.Results {
+			if r.KV != nil {
+				pairs = append(pairs, r.KV)
+			}
+		}
+	}
+	return s.rolloutFrom(ctx, checksum, pairs)
+}
+
+// lookFresh is how long the keys a read of the host's records brought
+// along (Looked) stand for the next Rollout's own read.
+const lookFresh = 2 * time.Second
+
+// LookOps are the reads of Rollout, as operations of a transaction: a
+// host's read of its own records takes them along (one request rather
+// than two) and hands what they found to Looked.
+func (s *Slots) LookOps() api.TxnOps {
 	// A get of a missing key fails a transaction; a tree does not.
 	ops := api.TxnOps{}
-	for _, k := range []string{RolloutKey(s.Prefix, s.Service), ReleaseKey(s.Prefix, s.Service), CoordKey(s.Prefix, s.Service), waveKey} {
+	for _, k := range s.lookKeys() {
 		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: k}})
 	}
-	ok, resp, _, err := s.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
-	if err == nil && !ok {
-		err = fmt.Errorf("%v", resp.Errors)
+	return ops
+}
+
+func (s *Slots) lookKeys() []string {
+	return []string{RolloutKey(s.Prefix, s.Service), ReleaseKey(s.Prefix, s.Service), CoordKey(s.Prefix, s.Service), WaveKey(s.Prefix, s.Service, s.Node)}
+}
+
+// Looks says whether key is one of LookOps' keys (a tree may bring
+// others: they are not).
+func (s *Slots) Looks(key string) bool {
+	for _, k := range s.lookKeys() {
+		if key == k {
+			return true
+		}
 	}
-	if err != nil {
-		return nil, "", s.unavailable("read the rollout", err)
-	}
+	return false
+}
+
+// Looked keeps what LookOps read (the pairs of their keys, Looks) for
+// the next Rollout, which takes it instead of reading again if it comes
+// within lookFresh.
+func (s *Slots) Looked(pairs api.KVPairs) {
+	s.mu.Lock()
+	s.looked, s.lookedAt = append(api.KVPairs{}, pairs...), time.Now()
+	s.mu.Unlock()
+}
+
+// rolloutFrom is Rollout once the keys are read.
+func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPairs) (*lock.Rollout, string, error) {
+	waveKey := WaveKey(s.Prefix, s.Service, s.Node)
 	var doc *lock.Rollout
 	var rel, place Placement
 	var relIndex uint64
 	coordinated := false
-	for _, r := range resp.Results {
-		kv := r.KV
-		if kv == nil {
-			continue
-		}
+	for _, kv := range pairs {
 		switch kv.Key {
 		case RolloutKey(s.Prefix, s.Service):
 			var d lock.Rollout
@@ -121,7 +170,7 @@ func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, st
 			json.Unmarshal(kv.Value, &place)
 		}
 	}
-	asked := false
+	asked, lost := false, false
 	if (doc == nil || doc.Checksum != checksum) && rel.Checksum != checksum {
 		// Check-and-set: of the hosts that find a release at once, one
 		// asks for it, and it alone tries to coordinate at once.
@@ -130,10 +179,20 @@ func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, st
 		if err != nil {
 			return nil, "", s.unavailable("ask for the rollout", err)
 		}
-		asked = ok
+		asked, lost = ok, !ok
+	}
+	if !coordinated {
+		// Read just now: nobody holds the coordinator's key, whatever
+		// this host's follower of the document saw last (its blocking
+		// query may wait on a Consul that restarted without its data).
+		s.mu.Lock()
+		s.docHeld = false
+		s.mu.Unlock()
 	}
 	switch {
-	case coordinated:
+	case coordinated, lost:
+		// Or another host asked for the release just now: it tries to
+		// coordinate at once, and this host need not look for a while.
 		s.mu.Lock()
 		s.seen = time.Now()
 		s.mu.Unlock()
@@ -233,9 +292,16 @@ func (c *coordinator) moveOut(ctx context.Context) error {
 	if c.planner == nil || p == nil {
 		return nil
 	}
+	asked, _ := c.asked.Load().(string)
 	var out, keep []want
 	for _, w := range c.queue {
-		if w.checksum != "" && moved(&p.doc, w.checksum, p.waves[w.node], w.node) {
+		// A host in line for the release asked for, not planned yet,
+		// waits for its plan; so does one in line for another release
+		// for a moment: the host may have asked for it just now, and
+		// this coordinator not read the ask yet.
+		planning := w.checksum == asked && p.doc.Checksum != asked ||
+			w.checksum != p.doc.Checksum && time.Since(c.seenWant(w)) < askGrace
+		if w.checksum != "" && !planning && moved(&p.doc, w.checksum, p.waves[w.node], w.node) {
 			out = append(out, w)
 		} else {
 			keep = append(keep, w)
@@ -267,6 +333,36 @@ func (c *coordinator) moveOut(ctx context.Context) error {
 	return nil
 }
 
+// askGrace is how long a want for a release that the coordinator has
+// not seen asked for stays in line: the release key, which it follows,
+// normally comes first.
+const askGrace = 2 * time.Second
+
+// seenWant returns when the coordinator first listed w (as it is now).
+func (c *coordinator) seenWant(w want) time.Time {
+	k := fmt.Sprintf("%s@%d", w.key, w.modify)
+	if c.wantSeen == nil {
+		c.wantSeen = map[string]time.Time{}
+	}
+	t, ok := c.wantSeen[k]
+	if !ok {
+		t = time.Now()
+		c.wantSeen[k] = t
+		if len(c.wantSeen) > 4*len(c.queue)+1024 { // forget the wants gone
+			live := map[string]bool{}
+			for _, q := range c.queue {
+				live[fmt.Sprintf("%s@%d", q.key, q.modify)] = true
+			}
+			for k := range c.wantSeen {
+				if !live[k] {
+					delete(c.wantSeen, k)
+				}
+			}
+		}
+	}
+	return t
+}
+
 // moved says whether doc ends the wait of node, in wave, for want: the
 // release changed, or the breaker tripped, or the host's wave neither is
 // open nor opens by itself (an approval, a bake, a window, a freeze: the
@@ -291,6 +387,9 @@ type planned struct {
 	doc   lock.Rollout
 	waves map[string]string
 	read  time.Time // when the records it was decided from were read (at the latest)
+	// filled, if set, is closed once the coordinator has granted what
+	// this decision lets it (see selfOpened).
+	filled chan struct{}
 }
 
 // allowed says whether the coordinator may grant w now: a want outside
@@ -344,6 +443,9 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 	placedRead := false
 	var last *lock.Rollout
 	var lastWrite time.Time
+	// soon: a wave's last host is done, and the planner can decide from
+	// the records that can have changed since (lock.SoonPlanner).
+	soon := false
 	for ctx.Err() == nil {
 		start := time.Now()
 		next := PlanEvery
@@ -357,7 +459,11 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 			next = time.Minute // nothing asked: the release key wakes it
 		default:
 			c.asked.Store(rel.Checksum)
-			doc, waves, err := c.planner.Plan(ctx, rel.Checksum)
+			plan := c.planner.Plan
+			if sp, ok := c.planner.(lock.SoonPlanner); ok && soon {
+				plan = sp.PlanSoon
+			}
+			doc, waves, err := plan(ctx, rel.Checksum)
 			s.logger().Debug("rollout decided", "service", s.Service, "took", time.Since(start), "error", err, "at", time.Now().Format("15:04:05.000"))
 			hosts.Store(int64(len(waves)))
 			if err != nil {
@@ -390,6 +496,26 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 			}
 			doc.By = s.Node
 			urgent := last == nil || !sameState(*last, doc)
+			if last != nil && selfOpened(*last, doc) {
+				// Waves that open by themselves, an earlier one done: their
+				// hosts wait in line already, and a granted host takes a
+				// grant with its wave "in line" in the document as open.
+				// The first of them are granted before the document, whose
+				// write wakes every host that follows it, is written.
+				p := planned{doc, waves, start, make(chan struct{})}
+				select {
+				case out <- p:
+				case <-ctx.Done():
+					return
+				}
+				t := time.NewTimer(time.Second)
+				select {
+				case <-p.filled:
+				case <-t.C:
+				case <-ctx.Done():
+				}
+				t.Stop()
+			}
 			if urgent || !sameDoc(*last, doc) && time.Since(lastWrite) >= DocGap {
 				doc.Time = time.Now().UTC()
 				if err := c.writeDoc(ctx, doc); err != nil {
@@ -414,7 +540,7 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 				}
 			}
 			select {
-			case out <- planned{doc, waves, start}:
+			case out <- planned{doc, waves, start, nil}:
 			case <-ctx.Done():
 				return
 			}
@@ -422,6 +548,7 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 				next = time.Minute
 			}
 		}
+		soon = false
 		t := time.NewTimer(max(next-time.Since(start), 0))
 		select {
 		case <-ctx.Done():
@@ -434,8 +561,10 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 			case <-ctx.Done():
 			case <-t.C:
 			case <-c.urgent: // ... unless a wave's last host is done
+				soon = true
 			}
 		case <-c.urgent: // a wave's last host is done: the next may open now
+			soon = true
 		case <-t.C:
 		}
 		t.Stop()
@@ -632,6 +761,23 @@ func sameState(a, b lock.Rollout) bool {
 		}
 	}
 	return true
+}
+
+// selfOpened says whether next differs from last only in waves that
+// opened by themselves (in line, an earlier wave done).
+func selfOpened(last, next lock.Rollout) bool {
+	if len(last.Waves) != len(next.Waves) {
+		return false
+	}
+	was := next
+	was.Waves = append([]lock.WaveState(nil), next.Waves...)
+	some := false
+	for i := range was.Waves {
+		if l, w := last.Waves[i], &was.Waves[i]; l.Queue && !l.Open && w.Open && l.Name == w.Name {
+			w.Open, w.Queue, some = false, true, true
+		}
+	}
+	return some && sameState(last, was)
 }
 
 // sameDoc says whether a and b say the same, their times aside.

@@ -280,3 +280,122 @@ func TestRolloutNoElectionAfterClose(t *testing.T) {
 		t.Fatalf("the coordinator's lock is held after Close: %s", kv.Value)
 	}
 }
+
+// gated is a planner whose decisions wait while the test holds them.
+type gated struct {
+	*planner
+	mu   sync.Mutex
+	gate chan struct{}
+}
+
+func (g *gated) Plan(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
+	g.mu.Lock()
+	gate := g.gate
+	g.mu.Unlock()
+	select {
+	case <-gate:
+	case <-ctx.Done():
+		return lock.Rollout{}, nil, ctx.Err()
+	}
+	return g.planner.Plan(ctx, sum)
+}
+
+func (g *gated) hold() {
+	g.mu.Lock()
+	g.gate = make(chan struct{})
+	g.mu.Unlock()
+}
+
+func (g *gated) free() {
+	g.mu.Lock()
+	close(g.gate)
+	g.mu.Unlock()
+}
+
+// Hosts get in line for a release as soon as they find it, before the
+// coordinator has planned it (while its plan is still the previous
+// release's): they wait for the plan rather than being sent away, and
+// each is granted once the plan puts it in an open wave.
+func TestRolloutHostsWaitInLineForThePlan(t *testing.T) {
+	hs := hosts(t, 3, 2)
+	g := &gated{planner: &planner{open: map[string]bool{"a": true}, stop: map[string]bool{}}, gate: make(chan struct{})}
+	close(g.gate)
+	for _, h := range hs {
+		h.SetPlanner(g)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	testutil.Eventually(t, 20*time.Second, func() error {
+		_, wave, err := hs[0].Rollout(ctx, "sum0")
+		if err == nil && wave == "" {
+			err = errors.New("host-00 not placed in a wave of sum0")
+		}
+		return err
+	})
+	// The next release: asked for, and its plan held back.
+	g.hold()
+	if _, wave, err := hs[0].Rollout(ctx, "sum1"); err != nil || wave != "" {
+		t.Fatalf("sum1 placed before its plan: %q, %v", wave, err)
+	}
+	type result struct {
+		i   int
+		err error
+	}
+	results := make(chan result, len(hs))
+	for i, h := range hs {
+		h.Want("sum1")
+		go func() {
+			_, err := h.Acquire(ctx)
+			results <- result{i, err}
+		}()
+	}
+	testutil.Eventually(t, 10*time.Second, func() error {
+		pairs, _, err := hs[0].Client.KV().List(GrantPrefix(hs[0].Prefix, "app"), nil)
+		if err == nil && len(pairs) < len(hs) {
+			err = fmt.Errorf("%d hosts in line", len(pairs))
+		}
+		return err
+	})
+	g.free()
+	// host-00 (wave a, open) is granted; the others (wave b, in line)
+	// are not, and wait.
+	r := <-results
+	if r.err != nil || r.i != 0 {
+		t.Fatalf("first out of line: host %d: %v", r.i, r.err)
+	}
+	select {
+	case r := <-results:
+		t.Fatalf("host %d out of line while its wave is closed: %v", r.i, r.err)
+	default:
+	}
+	hs[0].Release(ctx)
+	g.set("b", true)
+	for range 2 {
+		if r := <-results; r.err != nil {
+			t.Fatalf("host %d: %v", r.i, r.err)
+		}
+	}
+}
+
+// A host whose follower of the document last saw it held, and waits on
+// (a blocking query on a Consul that restarted without its data), still
+// becomes the coordinator when its own look finds nobody holding the
+// coordinator's key.
+func TestRolloutElectsDespiteAStaleFollower(t *testing.T) {
+	hs := hosts(t, 1, 1)
+	hs[0].SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
+	hs[0].mu.Lock()
+	hs[0].docHeld, hs[0].following = true, 1 // as the follower left them
+	hs[0].mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if !hs[0].Coordinating() {
+			return errors.New("no coordinator elected")
+		}
+		return nil
+	})
+}
