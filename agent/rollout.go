@@ -227,7 +227,7 @@ func (r *Runner) rolloutAgain(ctx context.Context, info artifact.Info) *Outcome 
 		return &Outcome{Result: ResultSkipped, Checksum: info.Checksum(), Reason: "pinned to " + pin.Target + " by " + pin.Who}
 	}
 	r.granted = true // the wave must be open now, not only in line
-	defer func() { r.granted = false }()
+	defer func() { r.granted, r.slotFor = false, "" }()
 	return r.rolloutGate(ctx, view, info)
 }
 

@@ -114,8 +114,11 @@ func (r *Runner) coordGate(ctx context.Context, sum string, inLine bool) *Outcom
 	}
 	// Granted while the document says in line: the coordinator grants
 	// the first hosts of a wave that opens by itself before it writes the
-	// document that says so (whose write wakes every host).
-	if !ws.Open && !(!inLine && ws.Queue) {
+	// document that says so (whose write wakes every host). Only a grant
+	// asked for this release says so: one asked for the release before
+	// (a newer one published while the host waited) says nothing of
+	// this release's waves.
+	if !ws.Open && !(!inLine && ws.Queue && r.slotFor == sum) {
 		return &Outcome{Result: ResultSkipped, Checksum: sum, Reason: "rollout wave " + wave + ": " + ws.Reason, Until: ws.Until, rollout: true}
 	}
 	// The document may be any agent's (see the threat model); the window

@@ -98,6 +98,9 @@ type Runner struct {
 	decider *rollout.Decider // the service's rollout, or nil
 	coord   lock.Coordinated // the slots, when their coordinator decides the rollout
 	granted bool             // rolloutAgain: the slot is held
+	// slotFor is the release the slot held was asked for (the want the
+	// coordinator granted): a wave "in line" counts as open only for it.
+	slotFor string
 	// fresh is this host's share of the records (Brief) as the step
 	// before read them in this pass, for the next step: with a
 	// coordinator, one read per look serves the hold, the breaker and
@@ -523,6 +526,7 @@ func (r *Runner) takeSlot(ctx context.Context, sum string, h *held) (<-chan stru
 		return nil, &Outcome{Result: ResultError, Phase: PhaseLock, Checksum: sum, Err: fmt.Errorf("take a slot: %w", err)}
 	}
 	r.setHolding(true)
+	r.slotFor = sum
 	s := &slot{r: r, lost: lost}
 	h.add(func(out Outcome) { s.release(ctx, out) })
 	return lost, nil

@@ -218,3 +218,67 @@ func TestPlanSoonDecidesFromTheHostsOfOpenWaves(t *testing.T) {
 		t.Fatalf("done with host %s unplaced or not installed: %+v", fleets[n].Node, soon)
 	}
 }
+
+// A host forgotten (its record deleted, `dropship fleet forget`) is gone
+// from the decisions PlanSoon makes as from a full read: its failure,
+// read before, no longer counts towards max_failed (no breaker tripped
+// by a record that is no longer there).
+func TestPlanSoonForgetsAHostForgotten(t *testing.T) {
+	ctx := context.Background()
+	prefix := "test/" + testutil.Unique(t)
+	const n = 40
+	policy := &rollout.Policy{Canary: 1, Waves: []rollout.Wave{{Percent: 10}, {Percent: 100}}, MaxFailed: 2, OnFailure: rollout.OnFailureStop}
+	fleets := make([]*Fleet, n)
+	for i := range fleets {
+		fleets[i], _ = countedFleet(t, prefix, fmt.Sprintf("host-%02d", i))
+	}
+	report := func(i int, sum, result string) {
+		t.Helper()
+		ns := fleet.NodeStatus{Node: fleets[i].Node, Checksum: sum, Result: result, Time: time.Now().UTC(), Policy: policy.Hash()}
+		if result == "failed" {
+			ns.Checksum, ns.Attempt, ns.Counted = "", "sum1", true
+		}
+		if err := fleets[i].Report(ctx, "app", ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range n {
+		report(i, "", "registered")
+	}
+	rec, _ := countedFleet(t, prefix, "host-00")
+	c := &rollout.Coordinator{Service: "app", Node: "host-00", Decider: rollout.NewDecider(policy), Records: rec}
+	doc, waves, err := c.Plan(ctx, "sum1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := map[string][]int{}
+	for i := range n {
+		in[waves[fleets[i].Node]] = append(in[waves[fleets[i].Node]], i)
+	}
+	canary, first := doc.Waves[0].Name, doc.Waves[1].Name
+	report(in[canary][0], "sum1", "installed")
+	if doc, _, err = c.PlanSoon(ctx, "sum1"); err != nil || !doc.Wave(first).Open {
+		t.Fatalf("after the canary: %+v, %v", doc, err)
+	}
+	// A host of the first wave fails, and is decided on; then it is
+	// forgotten, and another fails.
+	report(in[first][0], "", "failed")
+	if doc, _, err = c.PlanSoon(ctx, "sum1"); err != nil || doc.Trip != "" {
+		t.Fatalf("after one failure: %+v, %v", doc, err)
+	}
+	if ok, err := rec.Forget(ctx, "app", fleets[in[first][0]].Node); err != nil || !ok {
+		t.Fatalf("forget: %v, %v", ok, err)
+	}
+	report(in[first][1], "", "failed")
+	soon, _, err := c.PlanSoon(ctx, "sum1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, _, err := c.Plan(ctx, "sum1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if soon.Trip != full.Trip || soon.ActState() != full.ActState() {
+		t.Fatalf("PlanSoon decided %s (trip %q), a full read %s (trip %q)", soon.ActState(), soon.Trip, full.ActState(), full.Trip)
+	}
+}

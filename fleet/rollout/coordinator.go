@@ -96,10 +96,16 @@ func (c *Coordinator) PlanSoon(ctx context.Context, sum string) (lock.Rollout, m
 	for _, n := range part.Nodes {
 		fresh2[n.Node] = n
 	}
+	asked := make(map[string]bool, len(nodes))
+	for _, n := range nodes {
+		asked[n] = true
+	}
 	view.Nodes = make([]fleet.NodeStatus, 0, len(last.Nodes))
 	for _, n := range last.Nodes {
 		if f, ok := fresh2[n.Node]; ok {
 			n = f
+		} else if asked[n.Node] {
+			continue // read afresh and gone: forgotten, as a full read finds it
 		}
 		view.Nodes = append(view.Nodes, n)
 	}
