@@ -555,7 +555,14 @@ func (p *Fleet) statusWith(ctx context.Context, service string, subs []string, m
 	base := p.Prefix + "/" + service + "/"
 	var ops api.TxnOps
 	for _, sub := range subs {
-		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: base + sub}})
+		// One host's record is one key: a tree of nodes/web-1 would bring
+		// web-10 to web-1999 along. get-or-empty answers a missing key
+		// with an empty pair (ModifyIndex 0), which is skipped below.
+		verb := api.KVGetTree
+		if n, ok := strings.CutPrefix(sub, "nodes/"); ok && n != "" {
+			verb = api.KVGetOrEmpty
+		}
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: verb, Key: base + sub}})
 	}
 	// A get of a missing key fails a transaction; a tree does not.
 	pubKey := fleet.PublishedPrefix(p.Prefix) + service
@@ -578,7 +585,7 @@ func (p *Fleet) statusWith(ctx context.Context, service string, subs []string, m
 	}
 	for _, r := range resp.Results {
 		kv := r.KV
-		if kv == nil || take != nil && take(kv) {
+		if kv == nil || kv.ModifyIndex == 0 || take != nil && take(kv) {
 			continue
 		}
 		if kv.Key == pubKey {

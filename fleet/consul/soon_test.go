@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -280,5 +281,103 @@ func TestPlanSoonForgetsAHostForgotten(t *testing.T) {
 	}
 	if soon.Trip != full.Trip || soon.ActState() != full.ActState() {
 		t.Fatalf("PlanSoon decided %s (trip %q), a full read %s (trip %q)", soon.ActState(), soon.Trip, full.ActState(), full.Trip)
+	}
+}
+
+// TestALookReadsItsOwnKeysNotItsNamesakes: a host's look reads its own
+// record and wave, not those of every host whose name starts with its
+// own (web-1 against web-10 to web-1299): what it reads does not grow
+// with the fleet. A host with no record or wave yet reads none.
+func TestALookReadsItsOwnKeysNotItsNamesakes(t *testing.T) {
+	ctx := context.Background()
+	prefix := "test/" + testutil.Unique(t)
+	f, cnt := countedFleet(t, prefix, "web-1")
+	kv := f.Client.KV()
+	pad := strings.Repeat("x", 400)
+	var ops api.TxnOps
+	flush := func() {
+		if ok, resp, _, err := f.Client.Txn().Txn(ops, nil); err != nil || !ok {
+			t.Fatalf("write: %v %v", err, resp)
+		}
+		ops = nil
+	}
+	for i := 10; i < 1300; i++ {
+		node := fmt.Sprintf("web-1%d", i)
+		rec, _ := json.Marshal(fleet.NodeStatus{Node: node, Result: "ok", Error: pad, Time: time.Now().UTC()})
+		place, _ := json.Marshal(lockconsul.Placement{Checksum: "sum1", Wave: "100%"})
+		ops = append(ops,
+			&api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: fleet.NodesKey(prefix, "app") + node, Value: rec}},
+			&api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: lockconsul.WaveKey(prefix, "app", node), Value: place}})
+		if len(ops) >= 64 {
+			flush()
+		}
+	}
+	if len(ops) > 0 {
+		flush()
+	}
+	// A coordinator's lock and document, as in a rollout of sum1.
+	sess, _, err := f.Client.Session().Create(&api.SessionEntry{TTL: "30s", Behavior: api.SessionBehaviorRelease}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Client.Session().Destroy(sess, nil) })
+	doc, _ := json.Marshal(lock.Rollout{Checksum: "sum1", Waves: []lock.WaveState{{Name: "canary", Open: true, Hosts: 1}}})
+	for _, p := range []*api.KVPair{
+		{Key: lockconsul.CoordKey(prefix, "app"), Value: []byte(`{}`), Session: sess},
+		{Key: lockconsul.RolloutKey(prefix, "app"), Value: doc, Session: sess},
+	} {
+		if ok, _, err := kv.Acquire(p, nil); err != nil || !ok {
+			t.Fatalf("acquire %s: %v %v", p.Key, ok, err)
+		}
+	}
+	s := lockconsul.New(f.Client, prefix, "app", "web-1", 10*time.Second, 1)
+	defer s.Close()
+	look := func() (fleet.Status, string) {
+		t.Helper()
+		cnt.recv.Store(0)
+		st, err := f.BriefAlong(ctx, "app", "web-1", s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, wave, err := s.Rollout(ctx, "sum1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st, wave
+	}
+	// Nothing of web-1's own yet.
+	st, wave := look()
+	if len(st.Nodes) != 0 || wave != "" {
+		t.Fatalf("web-1 has no record and no wave, read %d records and wave %q", len(st.Nodes), wave)
+	}
+	if n := cnt.recv.Load(); n > 8<<10 {
+		t.Fatalf("a look with no record of its own read %d bytes from Consul (1,290 namesakes of ~500 bytes each), want under 8 KiB", n)
+	}
+	// Its own record and wave are read, and only they.
+	if err := f.Report(ctx, "app", fleet.NodeStatus{Node: "web-1", Result: "registered", Time: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	place, _ := json.Marshal(lockconsul.Placement{Checksum: "sum1", Wave: "canary"})
+	if _, err := kv.Put(&api.KVPair{Key: lockconsul.WaveKey(prefix, "app", "web-1"), Value: place}, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, wave = look()
+	if len(st.Nodes) != 1 || st.Nodes[0].Node != "web-1" || wave != "canary" {
+		t.Fatalf("records %+v, wave %q", st.Nodes, wave)
+	}
+	if n := cnt.recv.Load(); n > 8<<10 {
+		t.Fatalf("a look read %d bytes from Consul, want under 8 KiB", n)
+	}
+	// The coordinator's read of a few hosts' records reads those.
+	cnt.recv.Store(0)
+	rs, err := f.RecordsOf(ctx, "app", []string{"web-1", "web-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs.Nodes) != 1 || rs.Nodes[0].Node != "web-1" {
+		t.Fatalf("RecordsOf: %+v", rs.Nodes)
+	}
+	if n := cnt.recv.Load(); n > 8<<10 {
+		t.Fatalf("RecordsOf of 2 hosts read %d bytes from Consul, want under 8 KiB", n)
 	}
 }

@@ -99,7 +99,7 @@ func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, st
 		}
 		pairs = api.KVPairs{}
 		for _, r := range resp.Results {
-			if r.KV != nil {
+			if r.KV != nil && r.KV.ModifyIndex != 0 { // 0: get-or-empty of a missing key
 				pairs = append(pairs, r.KV)
 			}
 		}
@@ -117,8 +117,16 @@ const lookFresh = 2 * time.Second
 func (s *Slots) LookOps() api.TxnOps {
 	// A get of a missing key fails a transaction; a tree does not.
 	ops := api.TxnOps{}
+	wave := WaveKey(s.Prefix, s.Service, s.Node)
 	for _, k := range s.lookKeys() {
-		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: k}})
+		// The host's wave is one key among every host's: a tree of
+		// wave/web-1 would bring web-10 to web-1999 along. get-or-empty
+		// answers a missing key with an empty pair (ModifyIndex 0).
+		verb := api.KVGetTree
+		if k == wave {
+			verb = api.KVGetOrEmpty
+		}
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: verb, Key: k}})
 	}
 	return ops
 }
