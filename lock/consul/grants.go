@@ -447,13 +447,21 @@ func (s *Slots) elect(ctx context.Context, look bool, spread time.Duration) {
 		return
 	}
 	// Hosts that start waiting together would all find no coordinator and
-	// all create a session to try: spread them, and look again first.
+	// all try: spread them, and look again first.
 	t := time.NewTimer(rand.N(max(spread, time.Millisecond)))
 	select {
 	case <-ctx.Done():
 		t.Stop()
 		return
 	case <-t.C:
+	}
+	if spread > 0 {
+		s.mu.Lock()
+		seen := time.Since(s.seen) < seenFor
+		s.mu.Unlock()
+		if seen {
+			return
+		}
 	}
 	// Without a wait, the caller's look (it just read the key) stands.
 	if !alive() && (!look && spread <= 0 || free()) {
@@ -474,15 +482,45 @@ func (s *Slots) startCoordinator() {
 	if closed {
 		return
 	}
+	key := CoordKey(s.Prefix, s.Service)
+	doc, _ := json.Marshal(Doc{Node: s.Node, Since: time.Now().UTC(), Limit: s.Limit})
+	s.mu.Lock()
+	mine := s.held
+	s.mu.Unlock()
+	if mine != nil {
+		// The lock tried with the session this host holds already (its
+		// place in line): a host that loses it creates no session, and
+		// many may try at once when a coordinator dies.
+		ok, _, err := s.Client.KV().Acquire(&api.KVPair{Key: key, Value: doc, Session: mine.id}, nil)
+		if err != nil || !ok {
+			return // another agent was quicker
+		}
+	}
 	se, err := newSession(context.Background(), s.Client, "dropship coordinator "+s.Node+" "+s.Service, s.TTL, api.SessionBehaviorRelease)
 	if err != nil {
+		if mine != nil {
+			s.Client.KV().Release(&api.KVPair{Key: key, Session: mine.id}, nil)
+		}
 		return
 	}
-	doc, _ := json.Marshal(Doc{Node: s.Node, Since: time.Now().UTC(), Limit: s.Limit})
-	ok, _, err := s.Client.KV().Acquire(&api.KVPair{Key: CoordKey(s.Prefix, s.Service), Value: doc, Session: se.id}, nil)
-	if err != nil || !ok {
-		se.end(s.Client) // another agent was quicker
-		return
+	if mine != nil {
+		// The lock handed to the coordinator's own session in one
+		// transaction: it outlives this host's place in line.
+		ok, _, _, err := s.Client.Txn().Txn(api.TxnOps{
+			{KV: &api.KVTxnOp{Verb: api.KVUnlock, Key: key, Value: doc, Session: mine.id}},
+			{KV: &api.KVTxnOp{Verb: api.KVLock, Key: key, Value: doc, Session: se.id}},
+		}, nil)
+		if err != nil || !ok {
+			s.Client.KV().Release(&api.KVPair{Key: key, Session: mine.id}, nil)
+			se.end(s.Client)
+			return
+		}
+	} else {
+		ok, _, err := s.Client.KV().Acquire(&api.KVPair{Key: key, Value: doc, Session: se.id}, nil)
+		if err != nil || !ok {
+			se.end(s.Client) // another agent was quicker
+			return
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.mu.Lock()

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -306,5 +308,81 @@ func TestHeldFalseAfterAPausePastTheTTL(t *testing.T) {
 	}
 	if h.Held() {
 		t.Fatal("a slot whose session was last renewed a TTL ago is still held")
+	}
+}
+
+// countCreates points the hosts' clients at one that counts the sessions
+// they create.
+func countCreates(t *testing.T, hs []*Slots) *atomic.Int64 {
+	t.Helper()
+	n := new(atomic.Int64)
+	c, err := api.NewClient(&api.Config{Address: server.Addr, HttpClient: &http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+		if strings.HasPrefix(r.URL.Path, "/v1/session/create") {
+			n.Add(1)
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range hs {
+		s.Client = c
+	}
+	return n
+}
+
+type roundTrip func(*http.Request) (*http.Response, error)
+
+func (f roundTrip) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// inLine gives each host a session of its own, as its place in line would.
+func inLine(t *testing.T, hs []*Slots) {
+	t.Helper()
+	for _, s := range hs {
+		se, err := newSession(context.Background(), s.Client, "dropship "+s.Node+" "+s.Service, s.TTL, api.SessionBehaviorDelete)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.mu.Lock()
+		s.held = se
+		s.mu.Unlock()
+		t.Cleanup(func() { s.Release(context.Background()) })
+	}
+}
+
+// Hosts in line that all find no coordinator at once try its lock with
+// the sessions they hold: only the one that takes it creates a session.
+func TestElectionCreatesOneSession(t *testing.T) {
+	hs := hosts(t, 8, 1)
+	inLine(t, hs)
+	creates := countCreates(t, hs)
+	var wg sync.WaitGroup
+	for _, s := range hs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.startCoordinator()
+		}()
+	}
+	wg.Wait()
+	coords := 0
+	for _, s := range hs {
+		if s.Coordinating() {
+			coords++
+		}
+	}
+	if coords != 1 || creates.Load() != 1 {
+		t.Fatalf("%d coordinators, %d sessions created; want 1 and 1", coords, creates.Load())
+	}
+	// The lock is the coordinator's own session's: its host's place in
+	// line may end.
+	for _, s := range hs {
+		if s.Coordinating() {
+			s.Release(context.Background())
+		}
+	}
+	kv, _, err := hs[0].Client.KV().Get(CoordKey(hs[0].Prefix, hs[0].Service), nil)
+	if err != nil || kv == nil || kv.Session == "" {
+		t.Fatalf("coordinator's key after its host left the line: %+v, %v", kv, err)
 	}
 }

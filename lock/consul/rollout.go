@@ -208,9 +208,11 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 		s.elect(ctx, false, 0) // nobody coordinates, as read just now
 	case rel.Checksum == checksum:
 		// Asked for, and nobody coordinates (it died, or the one that
-		// asked has not taken the lock yet): any host may, after a
-		// random wait spread widely, as many read the rollout at once.
-		// In the background: this host's check goes on.
+		// asked has not taken the lock yet, slowed by the whole fleet
+		// reading the release at once): any host may, after a random
+		// wait of a quarter of the session TTL to the whole of it, if
+		// nobody holds the lock then. In the background: this host's
+		// check goes on.
 		s.mu.Lock()
 		start := !s.electing
 		s.electing = true
@@ -222,9 +224,16 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 					s.electing = false
 					s.mu.Unlock()
 				}()
-				ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.TTL+time.Minute)
+				ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*s.TTL+time.Minute)
 				defer cancel()
-				s.elect(ctx, false, 10*ElectionSpread)
+				t := time.NewTimer(s.TTL / 4)
+				defer t.Stop()
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				s.elect(ctx, false, s.TTL*3/4)
 			}()
 		}
 	}

@@ -399,3 +399,42 @@ func TestRolloutElectsDespiteAStaleFollower(t *testing.T) {
 		return nil
 	})
 }
+
+// A release asked for by a host that took no lock (it died, or the whole
+// fleet reading the release at once slows it down): the others wait at
+// least a quarter of the session TTL before they try, and one takes
+// over within the TTL and a few seconds, with one session created.
+func TestRolloutAskedForElectsQuietly(t *testing.T) {
+	hs := hosts(t, 6, 1)
+	inLine(t, hs)
+	b, _ := json.Marshal(Placement{Checksum: "sum1"})
+	if _, err := hs[0].Client.KV().Put(&api.KVPair{Key: ReleaseKey(hs[0].Prefix, hs[0].Service), Value: b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	creates := countCreates(t, hs)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	for _, s := range hs {
+		s.SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
+		if _, _, err := s.Rollout(ctx, "sum1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var took time.Duration
+	testutil.Eventually(t, hs[0].TTL+5*time.Second, func() error {
+		for _, s := range hs {
+			if s.Coordinating() {
+				took = time.Since(start)
+				return nil
+			}
+		}
+		return errors.New("no coordinator elected")
+	})
+	if took < hs[0].TTL/4 {
+		t.Errorf("a coordinator elected %v after the release was asked for: before a quarter of the TTL (%v)", took, hs[0].TTL/4)
+	}
+	if n := creates.Load(); n != 1 {
+		t.Errorf("%d sessions created to elect; want 1", n)
+	}
+}
