@@ -140,6 +140,9 @@ type Slots struct {
 	lookedAt time.Time
 	// electing: an election waits its random time in the background.
 	electing bool
+	// starting counts the startCoordinator calls in flight: until they
+	// end, the lock held by this host's place in line is theirs to move.
+	starting int
 	// closed: Close ran. An election still waiting in the background
 	// (its context outlives the check that started it) takes no lock:
 	// the agent stops, or runs another config (a reload).
@@ -441,7 +444,7 @@ func (s *Slots) elect(ctx context.Context, look bool, spread time.Duration) {
 	}
 	free := func() bool {
 		kv, _, err := s.Client.KV().Get(CoordKey(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
-		return err == nil && (kv == nil || kv.Session == "")
+		return err == nil && (kv == nil || kv.Session == "" || s.stranded(kv.Session))
 	}
 	if look && !free() {
 		return
@@ -475,10 +478,29 @@ func (s *Slots) followedHeld() bool {
 	return s.docHeld && (s.following > 0 || time.Since(s.followed) < seenFor)
 }
 
+// stranded says whether session, holding the coordinator's lock, is this
+// host's place in line with no coordinator here nor one starting: an
+// election took the lock with it and could not move it to a
+// coordinator's session, nor give it back (Consul did not answer, or
+// the process stopped between the two). It lives as long as the host
+// waits, and every host sees the lock held: this host takes it again
+// (the same session acquires again) and moves it.
+func (s *Slots) stranded(session string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.held != nil && s.held.id == session && s.coord == nil && s.starting == 0
+}
+
 func (s *Slots) startCoordinator() {
 	s.mu.Lock()
 	closed := s.closed
+	s.starting++
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.starting--
+		s.mu.Unlock()
+	}()
 	if closed {
 		return
 	}

@@ -3,6 +3,7 @@ package consul
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -384,5 +385,52 @@ func TestElectionCreatesOneSession(t *testing.T) {
 	kv, _, err := hs[0].Client.KV().Get(CoordKey(hs[0].Prefix, hs[0].Service), nil)
 	if err != nil || kv == nil || kv.Session == "" {
 		t.Fatalf("coordinator's key after its host left the line: %+v, %v", kv, err)
+	}
+}
+
+// A host in line that takes the coordinator's lock with its place in
+// line, and cannot hand it to a coordinator's session (Consul does not
+// answer the session's creation, or the move, nor the release after),
+// must not keep it on its place in line, which lives as long as it
+// waits: nobody would coordinate, every host seeing the lock held.
+func TestElectionRecoversALockLeftOnALineSession(t *testing.T) {
+	for _, fail := range []string{"/v1/session/create", "/v1/txn"} {
+		t.Run(strings.Trim(fail, "/"), func(t *testing.T) {
+			s := hosts(t, 1, 1)[0]
+			path := "/v1/kv/" + CoordKey(s.Prefix, s.Service)
+			var armed atomic.Bool
+			var failed atomic.Int64
+			injected := errors.New("injected: Consul does not answer")
+			c, err := api.NewClient(&api.Config{Address: server.Addr, HttpClient: &http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+				switch {
+				case r.URL.Path == path && r.URL.Query().Has("acquire"):
+					resp, err := http.DefaultTransport.RoundTrip(r)
+					armed.Store(true)
+					return resp, err
+				case armed.Load() && failed.Load() == 0 && strings.HasPrefix(r.URL.Path, fail),
+					armed.Load() && failed.Load() == 1 && r.URL.Path == path && r.URL.Query().Has("release"):
+					failed.Add(1)
+					return nil, injected
+				}
+				return http.DefaultTransport.RoundTrip(r)
+			})}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Client = c
+			ctx, cancel := context.WithTimeout(context.Background(), s.TTL+5*time.Second)
+			defer cancel()
+			if _, err := s.Acquire(ctx); err != nil {
+				t.Fatalf("not granted within the TTL and 5s (%d requests failed): %v", failed.Load(), err)
+			}
+			defer s.Release(context.Background())
+			if failed.Load() != 2 {
+				t.Fatalf("%d requests failed; want 2", failed.Load())
+			}
+			kv, _, err := client(t).KV().Get(CoordKey(s.Prefix, s.Service), nil)
+			if err != nil || kv == nil || kv.Session == "" || kv.Session == s.held.id {
+				t.Fatalf("coordinator's key: %+v, %v; want held by a coordinator's session", kv, err)
+			}
+		})
 	}
 }

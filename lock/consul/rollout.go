@@ -173,7 +173,9 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 			json.Unmarshal(kv.Value, &rel)
 			relIndex = kv.ModifyIndex
 		case CoordKey(s.Prefix, s.Service):
-			coordinated = kv.Session != ""
+			// Held by this host's own place in line, and nobody
+			// coordinating here: an election that could not finish.
+			coordinated = kv.Session != "" && !s.stranded(kv.Session)
 		case waveKey:
 			json.Unmarshal(kv.Value, &place)
 		}
