@@ -434,3 +434,60 @@ func TestElectionRecoversALockLeftOnALineSession(t *testing.T) {
 		})
 	}
 }
+
+// The place in line that took the coordinator's lock ends before the
+// lock moves to the coordinator's session (the host's update is done and
+// it leaves the line, or its process is killed): the lock goes with it,
+// and another host in line coordinates and is granted, within the time
+// Consul takes to end a session (up to twice its TTL) and a few seconds.
+func TestElectionLineSessionEndsBeforeTheMove(t *testing.T) {
+	for _, kill := range []bool{false, true} {
+		t.Run(fmt.Sprintf("kill=%v", kill), func(t *testing.T) {
+			hs := hosts(t, 2, 1)
+			inLine(t, hs[:1])
+			a, b := hs[0], hs[1]
+			var once sync.Once
+			var dead atomic.Bool
+			c, err := api.NewClient(&api.Config{Address: server.Addr, HttpClient: &http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+				if dead.Load() {
+					return nil, errors.New("injected: the process is gone")
+				}
+				if strings.HasPrefix(r.URL.Path, "/v1/session/create") {
+					stop := false
+					once.Do(func() {
+						stop = true
+						if kill {
+							a.Kill()
+							dead.Store(true)
+						} else {
+							a.Release(context.Background())
+						}
+					})
+					if stop && kill {
+						return nil, errors.New("injected: the process is gone")
+					}
+				}
+				return http.DefaultTransport.RoundTrip(r)
+			})}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.Client = c
+			a.startCoordinator()
+			if a.Coordinating() {
+				t.Fatal("a host whose place in line ended before the move coordinates")
+			}
+			start := time.Now()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*b.TTL+5*time.Second)
+			defer cancel()
+			if _, err := b.Acquire(ctx); err != nil {
+				t.Fatalf("the other host in line: %v", err)
+			}
+			defer b.Release(context.Background())
+			if !b.Coordinating() {
+				t.Fatal("the other host is granted but does not coordinate")
+			}
+			t.Logf("granted %v after the election broke off", time.Since(start).Round(time.Millisecond))
+		})
+	}
+}
