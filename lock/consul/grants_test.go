@@ -392,9 +392,10 @@ func TestElectionCreatesOneSession(t *testing.T) {
 // line, and cannot hand it to a coordinator's session (Consul does not
 // answer the session's creation, or the move, nor the release after),
 // must not keep it on its place in line, which lives as long as it
-// waits: nobody would coordinate, every host seeing the lock held.
+// waits: nobody would coordinate, every host seeing the lock held. So
+// too when the lock is taken and the answer lost.
 func TestElectionRecoversALockLeftOnALineSession(t *testing.T) {
-	for _, fail := range []string{"/v1/session/create", "/v1/txn"} {
+	for _, fail := range []string{"/v1/session/create", "/v1/txn", "acquire"} {
 		t.Run(strings.Trim(fail, "/"), func(t *testing.T) {
 			s := hosts(t, 1, 1)[0]
 			path := "/v1/kv/" + CoordKey(s.Prefix, s.Service)
@@ -405,6 +406,13 @@ func TestElectionRecoversALockLeftOnALineSession(t *testing.T) {
 				switch {
 				case r.URL.Path == path && r.URL.Query().Has("acquire"):
 					resp, err := http.DefaultTransport.RoundTrip(r)
+					if fail == "acquire" && failed.Load() == 0 && err == nil {
+						// Taken, and the answer lost: nothing to give back
+						// as far as the host knows.
+						resp.Body.Close()
+						failed.Add(2)
+						return nil, injected
+					}
 					armed.Store(true)
 					return resp, err
 				case armed.Load() && failed.Load() == 0 && strings.HasPrefix(r.URL.Path, fail),
