@@ -598,6 +598,9 @@ type coordinator struct {
 	wantSeen map[string]time.Time
 	urgent   chan struct{}
 	relist   chan struct{} // asks the listing of the grant folder to come now
+	// doc is a decision's document to write with the next grants, in
+	// their transaction (see decide).
+	doc *lock.Rollout
 	// hungry asks for it once ListGap has passed: fewer hosts known to
 	// wait for an open wave than there are slots.
 	hungry chan struct{}
@@ -667,9 +670,15 @@ func (c *coordinator) run(ctx context.Context) {
 	tick := time.NewTicker(IdleResign / 4)
 	defer tick.Stop()
 	listed := false
-	// filled: a decision's, closed once its grants are made.
+	// filled: a decision's, closed once its grants are made. Its
+	// document, if it has one to write (wrote set), goes with the first
+	// of them (written alone if there are none), and the hosts it no
+	// longer lets in are moved out of line once it is written: they look
+	// again at once.
 	var filled chan struct{}
+	var wrote *error
 	done := func() {
+		c.doc, wrote = nil, nil
 		if filled != nil {
 			close(filled)
 			filled = nil
@@ -688,7 +697,7 @@ func (c *coordinator) run(ctx context.Context) {
 				return
 			}
 		case p := <-plans:
-			filled = p.filled
+			filled, wrote, c.doc = p.filled, p.wrote, p.write
 			was := c.plan
 			c.newPlan(p)
 			if opened(was, p) && c.starving() {
@@ -699,6 +708,9 @@ func (c *coordinator) run(ctx context.Context) {
 				case c.relist <- struct{}{}:
 				default:
 				}
+			}
+			if wrote != nil {
+				break // once the document is written
 			}
 			if err := c.moveOut(ctx); errors.Is(err, errNotCoordinator) {
 				s.logger().Warn("lost the coordinator's lock", "service", s.Service)
@@ -731,12 +743,31 @@ func (c *coordinator) run(ctx context.Context) {
 			}
 			c.legacy = nil // older agents may have freed slots: read their semaphore again
 		}
+		var err error
+		if listed {
+			err = c.fill(ctx, released)
+		}
+		if wrote != nil {
+			werr := error(nil)
+			switch {
+			case c.doc == nil: // written with the first grant
+			case errors.Is(err, errNotCoordinator):
+				werr = err
+			default:
+				werr = c.writeDoc(ctx, *c.doc)
+			}
+			*wrote = werr
+			if werr == nil {
+				if err := c.moveOut(ctx); errors.Is(err, errNotCoordinator) {
+					s.logger().Warn("lost the coordinator's lock", "service", s.Service)
+					return
+				}
+			}
+		}
+		done()
 		if !listed {
-			done()
 			continue // the grants live now are not known yet
 		}
-		err := c.fill(ctx, released)
-		done()
 		if errors.Is(err, errNotCoordinator) {
 			s.logger().Warn("lost the coordinator's lock", "service", s.Service)
 			return
@@ -904,6 +935,11 @@ func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error 
 			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: w.key, Value: g, Index: w.modify}})
 		}
 		ops = append(ops, c.legacyOps(lk, batch)...)
+		docAt := -1
+		if c.doc != nil {
+			docAt = len(ops)
+			ops = append(ops, c.docOp(*c.doc))
+		}
 		ok, resp, _, err := s.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 		if err != nil {
 			c.queue = append(batch, c.queue...) // the next event tries again
@@ -916,6 +952,9 @@ func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error 
 				switch i := e.OpIndex; {
 				case i == 0:
 					return errNotCoordinator
+				case i == docAt:
+					c.queue = append(batch, c.queue...)
+					return fmt.Errorf("write the rollout: %v", resp.Errors)
 				case i >= 1 && i <= 2*len(batch):
 					// The host left the line, or its want changed, or its
 					// session ended: the next listing has it.
@@ -937,6 +976,7 @@ func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error 
 			}
 			continue
 		}
+		c.doc = nil // written
 		c.legacyTook(lk, batch, resp)
 		for i, w := range batch {
 			idx := w.modify

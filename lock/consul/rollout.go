@@ -22,6 +22,7 @@ package consul
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path"
 	"reflect"
@@ -409,7 +410,16 @@ type planned struct {
 	// filled, if set, is closed once the coordinator has granted what
 	// this decision lets it (see selfOpened).
 	filled chan struct{}
+	// write, if set, is the document to write with the first grants the
+	// decision lets the coordinator make, in their transaction (alone if
+	// it makes none); wrote is its outcome, read once filled is closed.
+	write *lock.Rollout
+	wrote *error
 }
+
+// errDocPending: the document of a decision was not written (the
+// coordinator stopped first).
+var errDocPending = errors.New("the rollout's document was not written")
 
 // allowed says whether the coordinator may grant w now: a want outside
 // any rollout always, one for a release only while its wave is open.
@@ -521,7 +531,7 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 				// grant with its wave "in line" in the document as open.
 				// The first of them are granted before the document, whose
 				// write wakes every host that follows it, is written.
-				p := planned{doc, waves, start, make(chan struct{})}
+				p := planned{doc, waves, start, make(chan struct{}), nil, nil}
 				select {
 				case out <- p:
 				case <-ctx.Done():
@@ -535,7 +545,35 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 				}
 				t.Stop()
 			}
-			if urgent || !sameDoc(*last, doc) && time.Since(lastWrite) >= DocGap {
+			if urgent {
+				// Written with the first grants it lets the coordinator
+				// make, in their transaction: the hosts in line for a wave
+				// it opens are granted as the document is written, not
+				// after every host that follows it has read it again.
+				doc.Time = time.Now().UTC()
+				werr := errDocPending
+				p := planned{doc, waves, start, make(chan struct{}), &doc, &werr}
+				select {
+				case out <- p:
+				case <-ctx.Done():
+					return
+				}
+				select {
+				case <-p.filled:
+				case <-ctx.Done():
+					return
+				}
+				if werr != nil {
+					if werr == errNotCoordinator {
+						c.cancel()
+						return
+					}
+					next = time.Second
+					break
+				}
+				last, lastWrite = &doc, time.Now()
+				s.logger().Debug("rollout written", "service", s.Service, "took", time.Since(start), "urgent", urgent, "at", time.Now().Format("15:04:05.000"))
+			} else if !sameDoc(*last, doc) && time.Since(lastWrite) >= DocGap {
 				doc.Time = time.Now().UTC()
 				if err := c.writeDoc(ctx, doc); err != nil {
 					if err == errNotCoordinator {
@@ -558,10 +596,12 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 					next = min(next, time.Until(w.Until)+10*time.Millisecond)
 				}
 			}
-			select {
-			case out <- planned{doc, waves, start, nil}:
-			case <-ctx.Done():
-				return
+			if !urgent {
+				select {
+				case out <- planned{doc, waves, start, nil, nil, nil}:
+				case <-ctx.Done():
+					return
+				}
 			}
 			if doc.Done {
 				next = time.Minute
@@ -683,14 +723,18 @@ func (c *coordinator) place(ctx context.Context, checksum string, waves map[stri
 	return nil
 }
 
+// docOp writes doc, held by the coordinator's session: released when it
+// dies, so a host reading it knows whether to look for a coordinator.
+func (c *coordinator) docOp(doc lock.Rollout) *api.TxnOp {
+	b, _ := json.Marshal(doc)
+	return &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVLock, Key: RolloutKey(c.s.Prefix, c.s.Service), Value: b, Session: c.se.id}}
+}
+
 func (c *coordinator) writeDoc(ctx context.Context, doc lock.Rollout) error {
 	s := c.s
-	b, _ := json.Marshal(doc)
 	ok, resp, _, err := s.Client.Txn().Txn(api.TxnOps{
 		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}},
-		// Held by the coordinator's session: released when it dies, so a
-		// host reading it knows whether to look for a coordinator.
-		{KV: &api.KVTxnOp{Verb: api.KVLock, Key: RolloutKey(s.Prefix, s.Service), Value: b, Session: c.se.id}},
+		c.docOp(doc),
 	}, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return err

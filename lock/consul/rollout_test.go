@@ -438,3 +438,59 @@ func TestRolloutAskedForElectsQuietly(t *testing.T) {
 		t.Errorf("%d sessions created to elect; want 1", n)
 	}
 }
+
+// A decision that opens a wave is written with the first grants it
+// lets the coordinator make, in their transaction: a host in line for
+// the wave is granted as the document is written, not after every host
+// that follows the document has read it again.
+func TestRolloutDocumentWrittenWithTheGrants(t *testing.T) {
+	hs := hosts(t, 2, 1)
+	p := &planner{open: map[string]bool{}, stop: map[string]bool{}}
+	for _, h := range hs {
+		h.SetPlanner(p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	testutil.Eventually(t, 20*time.Second, func() error {
+		_, wave, err := hs[1].Rollout(ctx, "sum1")
+		if err == nil && wave == "" {
+			err = errors.New("host-01 not placed in a wave of sum1")
+		}
+		return err
+	})
+	// host-01 in line for wave b, which opens by itself (Queue).
+	hs[1].Want("sum1")
+	got := make(chan error, 1)
+	go func() {
+		_, err := hs[1].Acquire(ctx)
+		got <- err
+	}()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		kv, _, err := hs[0].Client.KV().Get(GrantKey(hs[0].Prefix, "app", "host-01"), nil)
+		if err == nil && kv == nil {
+			err = errors.New("host-01 not in line")
+		}
+		return err
+	})
+	p.set("b", true)
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	defer hs[1].Release(ctx)
+	q := &api.QueryOptions{RequireConsistent: true}
+	g, _, err := hs[0].Client.KV().Get(GrantKey(hs[0].Prefix, "app", "host-01"), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _, err := hs[0].Client.KV().Get(RolloutKey(hs[0].Prefix, "app"), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc lock.Rollout
+	if d == nil || json.Unmarshal(d.Value, &doc) != nil || doc.Wave("b") == nil || !doc.Wave("b").Open {
+		t.Fatalf("the document does not say wave b is open: %v", d)
+	}
+	if g == nil || d.ModifyIndex != g.ModifyIndex {
+		t.Fatalf("host-01 granted at index %d, the document opening its wave written at %d: not one transaction", g.ModifyIndex, d.ModifyIndex)
+	}
+}
