@@ -439,46 +439,44 @@ func TestRolloutAskedForElectsQuietly(t *testing.T) {
 	}
 }
 
-// A decision that opens a wave is written with the first grants it
-// lets the coordinator make, in their transaction: a host in line for
-// the wave is granted as the document is written, not after every host
-// that follows the document has read it again.
+// The first decision of a release is written with the first grants it
+// lets the coordinator make, in their transaction: the hosts in line for
+// its open wave (the canary) are granted as the document is written, not
+// after every host that follows the document has read it again.
 func TestRolloutDocumentWrittenWithTheGrants(t *testing.T) {
 	hs := hosts(t, 2, 1)
-	p := &planner{open: map[string]bool{}, stop: map[string]bool{}}
+	g := &gated{planner: &planner{open: map[string]bool{"a": true}, stop: map[string]bool{}}, gate: make(chan struct{})}
 	for _, h := range hs {
-		h.SetPlanner(p)
+		h.SetPlanner(g)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	testutil.Eventually(t, 20*time.Second, func() error {
-		_, wave, err := hs[1].Rollout(ctx, "sum1")
-		if err == nil && wave == "" {
-			err = errors.New("host-01 not placed in a wave of sum1")
-		}
-		return err
-	})
-	// host-01 in line for wave b, which opens by itself (Queue).
-	hs[1].Want("sum1")
+	// Asked for (host-01 coordinates), its plan held back while host-00
+	// gets in line.
+	if _, wave, err := hs[1].Rollout(ctx, "sum1"); err != nil || wave != "" {
+		t.Fatalf("sum1 placed before its plan: %q, %v", wave, err)
+	}
+	hs[0].Want("sum1")
 	got := make(chan error, 1)
 	go func() {
-		_, err := hs[1].Acquire(ctx)
+		_, err := hs[0].Acquire(ctx)
 		got <- err
 	}()
+	key := GrantKey(hs[0].Prefix, "app", "host-00")
 	testutil.Eventually(t, 10*time.Second, func() error {
-		kv, _, err := hs[0].Client.KV().Get(GrantKey(hs[0].Prefix, "app", "host-01"), nil)
+		kv, _, err := hs[0].Client.KV().Get(key, nil)
 		if err == nil && kv == nil {
-			err = errors.New("host-01 not in line")
+			err = errors.New("host-00 not in line")
 		}
 		return err
 	})
-	p.set("b", true)
+	g.free()
 	if err := <-got; err != nil {
 		t.Fatal(err)
 	}
-	defer hs[1].Release(ctx)
+	defer hs[0].Release(ctx)
 	q := &api.QueryOptions{RequireConsistent: true}
-	g, _, err := hs[0].Client.KV().Get(GrantKey(hs[0].Prefix, "app", "host-01"), q)
+	gk, _, err := hs[0].Client.KV().Get(key, q)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -487,10 +485,10 @@ func TestRolloutDocumentWrittenWithTheGrants(t *testing.T) {
 		t.Fatal(err)
 	}
 	var doc lock.Rollout
-	if d == nil || json.Unmarshal(d.Value, &doc) != nil || doc.Wave("b") == nil || !doc.Wave("b").Open {
-		t.Fatalf("the document does not say wave b is open: %v", d)
+	if d == nil || json.Unmarshal(d.Value, &doc) != nil || doc.Checksum != "sum1" || doc.Wave("a") == nil || !doc.Wave("a").Open {
+		t.Fatalf("the document does not say wave a of sum1 is open: %v", d)
 	}
-	if g == nil || d.ModifyIndex != g.ModifyIndex {
-		t.Fatalf("host-01 granted at index %d, the document opening its wave written at %d: not one transaction", g.ModifyIndex, d.ModifyIndex)
+	if gk == nil || d.ModifyIndex != gk.ModifyIndex {
+		t.Fatalf("host-00 granted at index %d, the document opening its wave written at %d: not one transaction", gk.ModifyIndex, d.ModifyIndex)
 	}
 }
