@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"path"
 	"reflect"
 	"sync"
@@ -107,6 +108,11 @@ func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, st
 	}
 	return s.rolloutFrom(ctx, checksum, pairs)
 }
+
+// ElectionPause is the least a host that finds the release asked for
+// and nobody coordinating waits before its look returns (up to three
+// times as long, at random): the host that asked is elected meanwhile.
+var ElectionPause = 500 * time.Millisecond
 
 // lookFresh is how long the keys a read of the host's records brought
 // along (Looked) stand for the next Rollout's own read.
@@ -238,6 +244,19 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 				}
 				s.elect(ctx, false, s.TTL*3/4)
 			}()
+		}
+	}
+	if !coordinated && !asked && (lost || rel.Checksum == checksum) {
+		s.mu.Lock()
+		inLine := s.held != nil
+		s.mu.Unlock()
+		if !inLine {
+			// Another host asked for the release (just now, as a rule:
+			// the whole fleet found it at once) and is being elected.
+			// Its session and its lock would queue behind every host's
+			// place in line, written now: this host gets in line a
+			// moment later, so the coordinator is elected first.
+			pause(ctx, ElectionPause+rand.N(ElectionPause*2))
 		}
 	}
 	if doc == nil || doc.Checksum != checksum || place.Checksum != checksum {
