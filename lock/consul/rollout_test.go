@@ -492,3 +492,29 @@ func TestRolloutDocumentWrittenWithTheGrants(t *testing.T) {
 		t.Fatalf("host-00 granted at index %d, the document opening its wave written at %d: not one transaction", gk.ModifyIndex, d.ModifyIndex)
 	}
 }
+
+// A host that finds the release asked for by another host and nobody
+// coordinating (the asker being elected) gets in line a moment later:
+// its look returns after ElectionPause at least, so that the asker's
+// session and lock are not queued behind the fleet's places in line.
+// A host that finds a coordinator does not wait.
+func TestRolloutAskedForWaitsForTheElection(t *testing.T) {
+	hs := hosts(t, 2, 1)
+	for _, h := range hs {
+		h.SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Asked for by a host that has not taken the coordinator's lock.
+	b, _ := json.Marshal(Placement{Checksum: "sum1"})
+	if _, err := hs[0].Client.KV().Put(&api.KVPair{Key: ReleaseKey(hs[0].Prefix, "app"), Value: b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, _, err := hs[1].Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < ElectionPause {
+		t.Fatalf("the look returned after %v, before the election's pause of %v", d, ElectionPause)
+	}
+}
