@@ -913,6 +913,9 @@ func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error 
 			return nil // older agents hold the free slots: the next listing looks again
 		}
 		room := min(s.Limit-len(c.held), s.Limit-len(lk.Holders), maxBatch)
+		if c.doc != nil {
+			room = min(room, maxBatch-1) // the document's write goes with them
+		}
 		var batch []want
 		for len(batch) < room && len(c.queue) > 0 {
 			w := c.queue[0]
@@ -1046,7 +1049,8 @@ func (c *coordinator) nextShort() bool {
 
 // maxBatch is the most grants written in one transaction: with the
 // check of the coord key, each grant's semaphore entry and the
-// semaphore's record, within Consul's 64 operations.
+// semaphore's record, within Consul's 64 operations (one fewer when a
+// decision's document is written with them).
 const maxBatch = 31
 
 // watch waits for a grant's key to change (the host released it, or its

@@ -518,3 +518,86 @@ func TestRolloutAskedForWaitsForTheElection(t *testing.T) {
 		t.Fatalf("the look returned after %v, before the election's pause of %v", d, ElectionPause)
 	}
 }
+
+// TestRolloutDocumentWrittenWithAFullBatchOfGrants: with more hosts in
+// line for the wave a decision opens than one transaction can grant, the
+// document still goes with the first of them (the grants and the
+// document within Consul's 64 operations), and every host is granted.
+func TestRolloutDocumentWrittenWithAFullBatchOfGrants(t *testing.T) {
+	const n = 40
+	hs := hosts(t, n+1, n)
+	g := &allInA{gate: make(chan struct{})}
+	for _, h := range hs {
+		g.nodes = append(g.nodes, h.Node)
+		h.SetPlanner(g)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// Asked for by the last host (it coordinates), its plan held back
+	// while the others get in line.
+	if _, wave, err := hs[n].Rollout(ctx, "sum1"); err != nil || wave != "" {
+		t.Fatalf("sum1 placed before its plan: %q, %v", wave, err)
+	}
+	got := make(chan error, n)
+	for _, h := range hs[:n] {
+		h.Want("sum1")
+		go func() {
+			_, err := h.Acquire(ctx)
+			got <- err
+		}()
+	}
+	testutil.Eventually(t, 20*time.Second, func() error {
+		keys, _, err := hs[0].Client.KV().Keys(GrantPrefix(hs[0].Prefix, "app"), "", nil)
+		if err == nil && len(keys) < n {
+			err = fmt.Errorf("%d of %d hosts in line", len(keys), n)
+		}
+		return err
+	})
+	close(g.gate)
+	for range n {
+		if err := <-got; err != nil {
+			t.Fatal(err)
+		}
+	}
+	q := &api.QueryOptions{RequireConsistent: true}
+	d, _, err := hs[0].Client.KV().Get(RolloutKey(hs[0].Prefix, "app"), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grants, _, err := hs[0].Client.KV().List(GrantPrefix(hs[0].Prefix, "app"), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	with := 0
+	for _, kv := range grants {
+		if d != nil && kv.ModifyIndex == d.ModifyIndex {
+			with++
+		}
+	}
+	if with == 0 {
+		t.Fatalf("no grant written with the document (index %v): a full batch and the document did not fit one transaction", d)
+	}
+	for _, h := range hs[:n] {
+		h.Release(ctx)
+	}
+}
+
+// allInA plans every host of nodes into one open wave "a", once its gate
+// is closed.
+type allInA struct {
+	nodes []string
+	gate  chan struct{}
+}
+
+func (p *allInA) Plan(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
+	select {
+	case <-p.gate:
+	case <-ctx.Done():
+		return lock.Rollout{}, nil, ctx.Err()
+	}
+	waves := map[string]string{}
+	for _, n := range p.nodes {
+		waves[n] = "a"
+	}
+	return lock.Rollout{Checksum: sum, Waves: []lock.WaveState{{Name: "a", Open: true, Hosts: len(p.nodes)}}}, waves, nil
+}
