@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/dropshipd/dropship/artifact/archive"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
 func openFDs(t *testing.T) int {
@@ -16,7 +17,7 @@ func openFDs(t *testing.T) int {
 	runtime.GC()
 	es, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
-		t.Skip("no /proc/self/fd")
+		testutil.Require(t, "/proc/self/fd", err)
 	}
 	return len(es)
 }
@@ -77,12 +78,12 @@ func TestManyDirectoriesUnderALowDescriptorLimit(t *testing.T) {
 	data := makeTar(t, es...)
 	var old syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
-		t.Skip(err)
+		testutil.Require(t, "getrlimit", err)
 	}
 	lim := old
 	lim.Cur = uint64(openFDs(t) + 100)
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Skip(err)
+		testutil.Require(t, "setrlimit", err)
 	}
 	defer syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old)
 	dir, _, err := extract(t, data, archive.Options{})
