@@ -233,7 +233,21 @@ func Extract(ctx context.Context, src io.Reader, dir string, opt Options) (Stats
 	if err == nil {
 		err = x.finish()
 	}
+	if err != nil {
+		x.dropLinks()
+	}
 	return x.stats, err
+}
+
+// dropLinks removes the symlinks an unpacking that failed has made: they
+// are judged as the kernel resolves them only once the archive is all
+// unpacked (finish), so a refused or truncated one may have left a link
+// leading out of the release (d/s to ".", then d/up to "s/../../"). The
+// caller discards the directory; until it does, no link of it leads out.
+func (x *extractor) dropLinks() {
+	for link := range x.links {
+		x.root.Remove(link)
+	}
 }
 
 // TarStream returns the tar stream inside a tar archive of any format

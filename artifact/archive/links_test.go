@@ -1,6 +1,7 @@
 package archive_test
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,5 +66,34 @@ func TestSymlinksOutOfTheRelease(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A link that only leads out of the release through another link
+// (d/s to ".", so d/up to "s/../../" climbs two levels, where read as a
+// name it climbs none) is judged once the archive is all unpacked; an
+// archive that fails before then (truncated, or refused for anything
+// else) leaves no link behind, so none of its links leads out.
+func TestAFailedUnpackLeavesNoLinkOut(t *testing.T) {
+	t.Parallel()
+	es := []entry{dir("d/"), symlink("d/s", "."), symlink("d/up", "s/../../")}
+	whole := makeTar(t, es...)
+	if _, _, err := extract(t, whole, archive.Options{}); err == nil || !strings.Contains(err.Error(), "outside the release") {
+		t.Fatalf("whole archive: err = %v, want the link refused as leading outside", err)
+	}
+	for name, data := range map[string][]byte{
+		"whole":     whole,
+		"truncated": whole[:len(whole)-1024-100],
+		"refused":   makeTar(t, append(es, file("../x", "evil"))...),
+	} {
+		dir := t.TempDir()
+		if _, err := archive.Extract(t.Context(), bytes.NewReader(data), dir, archive.Options{}); err == nil {
+			t.Fatalf("%s: accepted", name)
+		}
+		for _, l := range []string{"d/up", "d/s"} {
+			if _, err := os.Lstat(filepath.Join(dir, l)); err == nil {
+				t.Errorf("%s: the failed unpack left the link %s", name, l)
+			}
+		}
 	}
 }
