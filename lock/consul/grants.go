@@ -743,6 +743,11 @@ func (c *coordinator) run(ctx context.Context) {
 			}
 			c.legacy = nil // older agents may have freed slots: read their semaphore again
 		}
+		if wrote != nil && !listed {
+			// A decision's document waits for the first listing, to go
+			// with the grants it lets the coordinator make.
+			continue
+		}
 		var err error
 		if listed {
 			err = c.fill(ctx, released)
