@@ -549,7 +549,8 @@ func (s *Slots) startCoordinator() {
 	planner := s.planner
 	s.mu.Unlock()
 	c := &coordinator{s: s, se: se, cancel: cancel, done: make(chan struct{}), held: map[string]heldGrant{}, planner: planner,
-		gone: map[string]int{}, urgent: make(chan struct{}, 1), relist: make(chan struct{}, 1), hungry: make(chan struct{}, 1)}
+		gone: map[string]int{}, urgent: make(chan struct{}, 1), relist: make(chan struct{}, 1), hungry: make(chan struct{}, 1),
+		placed: map[string]string{}}
 	s.mu.Lock()
 	if s.coord != nil || s.closed { // another, or Close ran meanwhile
 		s.mu.Unlock()
@@ -604,6 +605,12 @@ type coordinator struct {
 	// hungry asks for it once ListGap has passed: fewer hosts known to
 	// wait for an open wave than there are slots.
 	hungry chan struct{}
+	// placed is each host's wave key as written ("checksum/wave"), by
+	// node; placing is set while the hosts of open waves and waves in
+	// line are placed in the background (see decide).
+	placedMu sync.Mutex
+	placed   map[string]string
+	placing  bool
 }
 
 // heldGrant is a live grant: the modify index of its key as granted, and
@@ -918,12 +925,25 @@ func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error 
 			return nil // older agents hold the free slots: the next listing looks again
 		}
 		room := min(s.Limit-len(c.held), s.Limit-len(lk.Holders), maxBatch)
+		// Operations left: the check of the coord key and the
+		// semaphore's record come with any batch, and the document with
+		// the first if it is to be written.
+		budget := maxOps - 2
 		if c.doc != nil {
-			room = min(room, maxBatch-1) // the document's write goes with them
+			budget--
 		}
 		var batch []want
+		var place []string // the hosts of batch granted with their wave key
 		for len(batch) < room && len(c.queue) > 0 {
 			w := c.queue[0]
+			cost := 2 // the grant and the host's semaphore entry
+			wave := c.unplaced(w)
+			if wave != "" {
+				cost++
+			}
+			if cost > budget {
+				break
+			}
 			c.queue = c.queue[1:]
 			switch {
 			case c.held[w.node] != heldGrant{} || slices.ContainsFunc(batch, func(b want) bool { return b.node == w.node }):
@@ -931,6 +951,10 @@ func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error 
 				later = append(later, w)
 			default:
 				batch = append(batch, w)
+				budget -= cost
+				if wave != "" {
+					place = append(place, w.node)
+				}
 			}
 		}
 		if len(batch) == 0 {
@@ -947,6 +971,12 @@ func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error 
 		if c.doc != nil {
 			docAt = len(ops)
 			ops = append(ops, c.docOp(*c.doc))
+		}
+		// Last, so the results of the others keep their places: the
+		// wave key of a host granted before the background placement
+		// came to it, which its look once granted reads.
+		for _, node := range place {
+			ops = append(ops, c.placeOp(c.plan.doc.Checksum, node, c.plan.waves[node]))
 		}
 		ok, resp, _, err := s.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 		if err != nil {
@@ -985,6 +1015,7 @@ func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error 
 			continue
 		}
 		c.doc = nil // written
+		c.notePlaced(c.plan, place)
 		c.legacyTook(lk, batch, resp)
 		for i, w := range batch {
 			idx := w.modify
@@ -1052,10 +1083,14 @@ func (c *coordinator) nextShort() bool {
 	return false
 }
 
+// maxOps is the most operations of a transaction: Consul 1.20 takes
+// 128, older ones 64.
+const maxOps = 64
+
 // maxBatch is the most grants written in one transaction: with the
 // check of the coord key, each grant's semaphore entry and the
-// semaphore's record, within Consul's 64 operations (one fewer when a
-// decision's document is written with them).
+// semaphore's record, within maxOps (fewer when a decision's document or
+// the granted hosts' wave keys are written with them).
 const maxBatch = 31
 
 // watch waits for a grant's key to change (the host released it, or its

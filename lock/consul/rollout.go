@@ -487,7 +487,6 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 	// their keys to answer, so it is asked at most once per planGap.
 	go c.follow(ctx, s.Prefix+"/"+s.Service+"/", poke, func() time.Duration { return planGap(int(hosts.Load())) })
 	go c.follow(ctx, ReleaseKey(s.Prefix, s.Service), poke, func() time.Duration { return 5 * time.Millisecond })
-	placed := map[string]string{} // node -> checksum/wave written
 	placedRead := false
 	var last *lock.Rollout
 	var lastWrite time.Time
@@ -526,15 +525,28 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 					next = time.Second
 					break
 				}
+				c.placedMu.Lock()
 				for _, kv := range pairs {
 					var p Placement
 					if json.Unmarshal(kv.Value, &p) == nil {
-						placed[kv.Key[len(WavePrefix(s.Prefix, s.Service)):]] = p.Checksum + "/" + p.Wave
+						c.placed[kv.Key[len(WavePrefix(s.Prefix, s.Service)):]] = p.Checksum + "/" + p.Wave
 					}
 				}
+				c.placedMu.Unlock()
 				placedRead = true
 			}
-			if err := c.place(ctx, rel.Checksum, waves, placed); err != nil {
+			// Before the document: the hosts of waves that neither are
+			// open nor open by themselves, which learn why they wait
+			// from their wave key (a host not placed gets in line, and
+			// one in line for such a wave is moved out of it). The
+			// others wait in line meanwhile, and are placed in the
+			// background once the document is written, or with their
+			// grant if it comes first: the first grants are not held
+			// back by thousands of keys written.
+			if err := c.place(ctx, rel.Checksum, waves, func(wave string) bool {
+				ws := doc.Wave(wave)
+				return ws == nil || !ws.Open && !ws.Queue
+			}); err != nil {
 				if err == errNotCoordinator {
 					c.cancel()
 					return
@@ -625,6 +637,7 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 			if doc.Done {
 				next = time.Minute
 			}
+			c.placeRest(ctx, rel.Checksum, waves)
 		}
 		soon = false
 		t := time.NewTimer(max(next-time.Since(start), 0))
@@ -681,21 +694,94 @@ func (c *coordinator) follow(ctx context.Context, key string, poke func(), gap f
 	}
 }
 
-// place writes the wave keys of hosts not placed yet, up to 63 a
-// transaction, each checking the coord key, a few transactions at once.
-func (c *coordinator) place(ctx context.Context, checksum string, waves map[string]string, placed map[string]string) error {
+// placeRest places, in the background, the hosts of waves that the
+// decision did not place before its document, unless it does already or
+// every host is placed.
+func (c *coordinator) placeRest(ctx context.Context, checksum string, waves map[string]string) {
+	c.placedMu.Lock()
+	defer c.placedMu.Unlock()
+	if c.placing {
+		return
+	}
+	rest := false
+	for node, wave := range waves {
+		if c.placed[node] != checksum+"/"+wave {
+			rest = true
+			break
+		}
+	}
+	if !rest {
+		return
+	}
+	c.placing = true
+	go func() {
+		defer func() {
+			c.placedMu.Lock()
+			c.placing = false
+			c.placedMu.Unlock()
+		}()
+		err := c.place(ctx, checksum, waves, func(string) bool {
+			asked, _ := c.asked.Load().(string)
+			return asked == checksum // else another release's plan comes
+		})
+		if err != nil && ctx.Err() == nil {
+			c.s.logger().Debug("could not place the hosts in their waves", "service", c.s.Service, "error", err)
+		}
+	}()
+}
+
+// unplaced returns the wave w is to be granted with when its wave key
+// is not written yet ("" when it is, or w is outside the plan).
+func (c *coordinator) unplaced(w want) string {
+	p := c.plan
+	if p == nil || w.checksum == "" || w.checksum != p.doc.Checksum {
+		return ""
+	}
+	wave := p.waves[w.node]
+	if wave == "" {
+		return ""
+	}
+	c.placedMu.Lock()
+	defer c.placedMu.Unlock()
+	if c.placed[w.node] == w.checksum+"/"+wave {
+		return ""
+	}
+	return wave
+}
+
+// notePlaced notes the wave keys of nodes written with their grants.
+func (c *coordinator) notePlaced(p *planned, nodes []string) {
+	c.placedMu.Lock()
+	defer c.placedMu.Unlock()
+	for _, node := range nodes {
+		c.placed[node] = p.doc.Checksum + "/" + p.waves[node]
+	}
+}
+
+// placeOp writes node's wave key.
+func (c *coordinator) placeOp(checksum, node, wave string) *api.TxnOp {
+	v, _ := json.Marshal(Placement{Checksum: checksum, Wave: wave})
+	return &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: WaveKey(c.s.Prefix, c.s.Service, node), Value: v}}
+}
+
+// place writes the wave keys of the hosts not placed yet whose wave
+// which takes, up to maxOps-1 a transaction, each checking the coord
+// key, a few transactions at once.
+func (c *coordinator) place(ctx context.Context, checksum string, waves map[string]string, which func(wave string) bool) error {
 	s := c.s
 	var batches [][]string
 	var batch []string
+	c.placedMu.Lock()
 	for node, wave := range waves {
-		if placed[node] == checksum+"/"+wave {
+		if c.placed[node] == checksum+"/"+wave || !which(wave) {
 			continue
 		}
 		batch = append(batch, node)
-		if len(batch) == 63 {
+		if len(batch) == maxOps-1 {
 			batches, batch = append(batches, batch), nil
 		}
 	}
+	c.placedMu.Unlock()
 	if len(batch) > 0 {
 		batches = append(batches, batch)
 	}
@@ -707,10 +793,12 @@ func (c *coordinator) place(ctx context.Context, checksum string, waves map[stri
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
+			if !which(waves[b[0]]) {
+				return // taken back meanwhile: another release is asked for
+			}
 			ops := api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}}}
 			for _, node := range b {
-				v, _ := json.Marshal(Placement{Checksum: checksum, Wave: waves[node]})
-				ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: WaveKey(s.Prefix, s.Service, node), Value: v}})
+				ops = append(ops, c.placeOp(checksum, node, waves[node]))
 			}
 			ok, resp, _, err := s.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 			switch {
@@ -727,13 +815,15 @@ func (c *coordinator) place(ctx context.Context, checksum string, waves map[stri
 		}()
 	}
 	wg.Wait()
+	c.placedMu.Lock()
 	for i, b := range batches {
 		if errs[i] == nil {
 			for _, node := range b {
-				placed[node] = checksum + "/" + waves[node]
+				c.placed[node] = checksum + "/" + waves[node]
 			}
 		}
 	}
+	c.placedMu.Unlock()
 	for _, err := range errs {
 		if err != nil {
 			return err

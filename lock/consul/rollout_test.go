@@ -491,6 +491,20 @@ func TestRolloutDocumentWrittenWithTheGrants(t *testing.T) {
 	if gk == nil || d.ModifyIndex != gk.ModifyIndex {
 		t.Fatalf("host-00 granted at index %d, the document opening its wave written at %d: not one transaction", gk.ModifyIndex, d.ModifyIndex)
 	}
+	// Its wave key too: the hosts of open waves and waves in line are
+	// not placed before the document, which would wait for thousands of
+	// keys written.
+	wk, _, err := hs[0].Client.KV().Get(WaveKey(hs[0].Prefix, "app", "host-00"), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var place Placement
+	if wk == nil || json.Unmarshal(wk.Value, &place) != nil || place != (Placement{Checksum: "sum1", Wave: "a"}) || wk.ModifyIndex != gk.ModifyIndex {
+		t.Fatalf("host-00's wave key %v not written with its grant at index %d", wk, gk.ModifyIndex)
+	}
+	if _, wave, err := hs[0].Rollout(ctx, "sum1"); err != nil || wave != "a" {
+		t.Fatalf("host-00 granted reads its wave %q, %v; want a", wave, err)
+	}
 }
 
 // A host that finds the release asked for by another host and nobody
