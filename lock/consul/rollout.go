@@ -289,22 +289,45 @@ func (s *Slots) noteCoordinator(held bool) {
 	}()
 }
 
-// WaitRollout blocks until the document changes past index.
+// WaitRollout blocks until the document changes past index. While this
+// host waits in line for a release of the rollout, or holds its grant,
+// it waits on the coordinator's key instead: the coordinator grants it or
+// moves it out of line through its own key, and the document, written
+// at every wave that opens or closes, would wake every host of the fleet
+// that waits in line each time. The coordinator's key changes only when
+// the coordinator does (or dies: the document's release, which the
+// follower reads then, says so). Once the host leaves the line (its
+// session ends) it follows the document again.
 func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, uint64, error) {
+	s.mu.Lock()
+	se := s.held
+	inLine := se != nil && s.planner != nil && s.want != ""
+	s.following++
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.following--
+		s.followed = time.Now()
+		s.mu.Unlock()
+	}()
+	var coordIndex uint64
+	if inLine && index > 0 {
+		var err error
+		if coordIndex, err = s.waitCoord(ctx, index, se.done); err != nil {
+			s.mu.Lock()
+			s.docHeld = false
+			s.mu.Unlock()
+			return nil, 0, s.unavailable("follow the rollout's coordinator", err)
+		}
+		index = 0 // the document as it is now
+	}
 	q := &api.QueryOptions{}
 	if index > 0 {
 		// As long as Consul waits (10 minutes): the document, not the
 		// end of the wait, is what wakes a host.
 		q.WaitIndex, q.WaitTime = index, 10*time.Minute
 	}
-	s.mu.Lock()
-	s.following++
-	s.mu.Unlock()
 	kv, meta, err := s.Client.KV().Get(RolloutKey(s.Prefix, s.Service), q.WithContext(ctx))
-	s.mu.Lock()
-	s.following--
-	s.followed = time.Now()
-	s.mu.Unlock()
 	if err != nil {
 		s.mu.Lock()
 		s.docHeld = false
@@ -312,14 +335,43 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 		return nil, 0, s.unavailable("read the rollout", err)
 	}
 	s.noteCoordinator(kv != nil && kv.Session != "")
+	// The later of the two: the document read now is what the follower
+	// acts on, and a coordinator's key newer than it must not wake the
+	// next wait at once.
+	next := max(meta.LastIndex, coordIndex)
 	if kv == nil {
-		return nil, meta.LastIndex, nil
+		return nil, next, nil
 	}
 	var doc lock.Rollout
 	if err := json.Unmarshal(kv.Value, &doc); err != nil {
-		return nil, meta.LastIndex, fmt.Errorf("read %s: %w", kv.Key, err)
+		return nil, next, fmt.Errorf("read %s: %w", kv.Key, err)
 	}
-	return &doc, meta.LastIndex, nil
+	return &doc, next, nil
+}
+
+// waitCoord blocks until the coordinator's key changes past index, or
+// left closes (this host's session ended: it left the line), and returns
+// the key's index (0 when left closed first).
+func (s *Slots) waitCoord(ctx context.Context, index uint64, left <-chan struct{}) (uint64, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-left:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	_, meta, err := s.Client.KV().Get(CoordKey(s.Prefix, s.Service), (&api.QueryOptions{WaitIndex: index, WaitTime: 10 * time.Minute}).WithContext(wctx))
+	select {
+	case <-left:
+		return 0, nil
+	default:
+	}
+	if err != nil {
+		return 0, err
+	}
+	return meta.LastIndex, nil
 }
 
 // moveOut ends the wait of the hosts in line that the rollout no longer

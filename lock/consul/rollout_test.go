@@ -130,8 +130,8 @@ func TestRolloutGrantsOnlyOpenWaves(t *testing.T) {
 	hs[3].Release(ctx)
 }
 
-// Hosts in line for a wave follow the coordinator's document: when the
-// coordinator dies, its session's release of the document wakes them and
+// Hosts in line for a wave follow the coordinator's key: when the
+// coordinator dies, its session's release of the key wakes them and
 // one takes over, though none looks for a coordinator on its own for
 // minutes (CheckCoordinator); the new one grants as the old one would.
 func TestRolloutFollowersElectWhenTheCoordinatorDies(t *testing.T) {

@@ -1,0 +1,143 @@
+package consul
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/dropshipd/dropship/internal/rig/testutil"
+	"github.com/dropshipd/dropship/lock"
+)
+
+// follower runs h's follower of the document, as the agent does, from
+// the document as it is now: it counts the times a wait returns and
+// keeps the last document it read.
+type follower struct {
+	returns atomic.Int64
+	last    atomic.Pointer[lock.Rollout]
+}
+
+func follow(ctx context.Context, t *testing.T, h *Slots) *follower {
+	f := &follower{}
+	doc, index, err := h.WaitRollout(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.last.Store(doc)
+	go func() {
+		for ctx.Err() == nil {
+			doc, next, err := h.WaitRollout(ctx, index)
+			if err != nil {
+				continue
+			}
+			index = next
+			f.last.Store(doc)
+			f.returns.Add(1)
+		}
+	}()
+	return f
+}
+
+// waitInLine waits until h's place in line is written.
+func waitInLine(t *testing.T, h *Slots) {
+	t.Helper()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		kv, _, err := h.Client.KV().Get(GrantKey(h.Prefix, h.Service, h.Node), nil)
+		if err == nil && kv == nil {
+			err = fmt.Errorf("%s not in line", h.Node)
+		}
+		return err
+	})
+}
+
+// nudge wakes the coordinator's decision: a record of the service
+// changed.
+func nudge(t *testing.T, h *Slots) {
+	t.Helper()
+	if _, err := h.Client.KV().Put(&api.KVPair{Key: h.Prefix + "/" + h.Service + "/nudge", Value: []byte(time.Now().String())}, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A host waiting in line follows the coordinator's key, not the
+// document: the document's writes (a wave opening or closing) wake the
+// hosts that do not wait in line only. When the coordinator gives its
+// lock back, the host in line wakes, becomes the coordinator and is
+// granted.
+func TestRolloutInLineFollowsTheCoordinatorNotTheDocument(t *testing.T) {
+	hs := hosts(t, 3, 1)
+	p := &planner{open: map[string]bool{"a": true}, stop: map[string]bool{}}
+	for _, h := range hs {
+		h.SetPlanner(p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if !hs[0].Coordinating() {
+			return errors.New("host-00 does not coordinate")
+		}
+		if _, wave, err := hs[1].Rollout(ctx, "sum1"); err != nil || wave != "b" {
+			return fmt.Errorf("host-01 not placed in wave b (%q, %v)", wave, err)
+		}
+		return nil
+	})
+	// host-01 waits in line for wave b (it opens once a is done).
+	hs[1].Want("sum1")
+	got := make(chan error, 1)
+	go func() {
+		_, err := hs[1].Acquire(ctx)
+		got <- err
+	}()
+	waitInLine(t, hs[1])
+	waiting := follow(ctx, t, hs[1])
+	other := follow(ctx, t, hs[2]) // not in line
+	// Two writes of the document: wave a closes, and opens again.
+	for _, open := range []bool{false, true} {
+		p.set("a", open)
+		nudge(t, hs[0])
+		testutil.Eventually(t, 20*time.Second, func() error {
+			if d := other.last.Load(); d == nil || d.Wave("a") == nil || d.Wave("a").Open != open {
+				return fmt.Errorf("host-02 does not read wave a open=%v", open)
+			}
+			return nil
+		})
+	}
+	if n := waiting.returns.Load(); n != 0 {
+		t.Fatalf("host-01, in line, woke %d times on the document's writes", n)
+	}
+	select {
+	case err := <-got:
+		t.Fatalf("host-01 left the line: %v", err)
+	default:
+	}
+	// The coordinator gives its lock back: host-01 wakes on it, takes
+	// over, and is granted once wave b opens.
+	hs[0].Close()
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if waiting.returns.Load() == 0 {
+			return errors.New("host-01's follower did not wake on the coordinator's leave")
+		}
+		return nil
+	})
+	p.set("b", true)
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs[1].Release(ctx)
+	case <-ctx.Done():
+		t.Fatal("host-01 was not granted once the coordinator left")
+	}
+	if !hs[1].Coordinating() && !hs[2].Coordinating() {
+		t.Fatal("no host took over as the coordinator")
+	}
+}
