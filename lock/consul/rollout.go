@@ -311,9 +311,10 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 		s.mu.Unlock()
 	}()
 	var coordIndex uint64
+	var coord *api.KVPair
 	if inLine && index > 0 {
 		var err error
-		if coordIndex, err = s.waitCoord(ctx, index, se.done); err != nil {
+		if coord, coordIndex, err = s.waitCoord(ctx, index, se.done); err != nil {
 			s.mu.Lock()
 			s.docHeld = false
 			s.mu.Unlock()
@@ -334,7 +335,15 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 		s.mu.Unlock()
 		return nil, 0, s.unavailable("read the rollout", err)
 	}
-	s.noteCoordinator(kv != nil && kv.Session != "")
+	if coord != nil {
+		// Woken by the coordinator's key, which says whether one lives:
+		// the document may still be the old coordinator's, its session
+		// not ended yet, and the next change of the document would not
+		// wake this host.
+		s.noteCoordinator(coord.Session != "" && !s.stranded(coord.Session))
+	} else {
+		s.noteCoordinator(kv != nil && kv.Session != "")
+	}
 	// The later of the two: the document read now is what the follower
 	// acts on, and a coordinator's key newer than it must not wake the
 	// next wait at once.
@@ -351,8 +360,9 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 
 // waitCoord blocks until the coordinator's key changes past index, or
 // left closes (this host's session ended: it left the line), and returns
-// the key's index (0 when left closed first).
-func (s *Slots) waitCoord(ctx context.Context, index uint64, left <-chan struct{}) (uint64, error) {
+// the key (an empty one when there is none) and its index (nil and 0
+// when left closed first).
+func (s *Slots) waitCoord(ctx context.Context, index uint64, left <-chan struct{}) (*api.KVPair, uint64, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -362,16 +372,19 @@ func (s *Slots) waitCoord(ctx context.Context, index uint64, left <-chan struct{
 		case <-wctx.Done():
 		}
 	}()
-	_, meta, err := s.Client.KV().Get(CoordKey(s.Prefix, s.Service), (&api.QueryOptions{WaitIndex: index, WaitTime: 10 * time.Minute}).WithContext(wctx))
+	kv, meta, err := s.Client.KV().Get(CoordKey(s.Prefix, s.Service), (&api.QueryOptions{WaitIndex: index, WaitTime: 10 * time.Minute}).WithContext(wctx))
 	select {
 	case <-left:
-		return 0, nil
+		return nil, 0, nil
 	default:
 	}
 	if err != nil {
-		return 0, err
+		return nil, 0, err
 	}
-	return meta.LastIndex, nil
+	if kv == nil {
+		kv = &api.KVPair{}
+	}
+	return kv, meta.LastIndex, nil
 }
 
 // moveOut ends the wait of the hosts in line that the rollout no longer
