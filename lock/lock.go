@@ -104,6 +104,14 @@ type SoonPlanner interface {
 	PlanSoon(ctx context.Context, checksum string) (Rollout, map[string]string, error)
 }
 
+// LinePlanner is a Planner that, when it fixes the plan of a release,
+// can take the canary among the hosts waiting in line for it: they are
+// granted as the rollout starts.
+type LinePlanner interface {
+	Planner
+	PlanLine(ctx context.Context, checksum string, inLine []string) (Rollout, map[string]string, error)
+}
+
 // Coordinated is a Slot whose coordinator can decide a rollout: the
 // agent of a service with a rollout block reads the coordinator's
 // document and its own wave rather than every host's record.

@@ -162,6 +162,15 @@ func (c *Coordinator) samePolicy(view fleet.Status) bool {
 // starts, and decides each wave. It returns the document and each planned
 // host's wave.
 func (c *Coordinator) Plan(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
+	return c.PlanLine(ctx, sum, nil)
+}
+
+// PlanLine is Plan, the canary of a plan fixed now taken first among
+// inLine, the hosts waiting in line for sum (lock.LinePlanner). A plan
+// is fixed once: later decisions keep its canary whatever the line.
+// (One that cannot be fixed, the hosts not agreeing on the policy,
+// opens no wave.)
+func (c *Coordinator) PlanLine(ctx context.Context, sum string, inLine []string) (lock.Rollout, map[string]string, error) {
 	p := c.Decider.Policy
 	doc := lock.Rollout{Checksum: sum}
 	read := time.Now()
@@ -173,7 +182,7 @@ func (c *Coordinator) Plan(ctx context.Context, sum string) (lock.Rollout, map[s
 		// Fixed when the rollout starts: a host that registers later goes
 		// into the last wave, and no host moves into an earlier or an
 		// approved wave.
-		steps := p.Plan(sum, Members(view, ""))
+		steps := p.PlanFirst(sum, Members(view, ""), inLine)
 		fixed, err := c.Records.FixPlan(ctx, c.Service, sum, Waves(steps))
 		if err != nil {
 			return doc, nil, fmt.Errorf("fix the rollout's plan: %w", err)

@@ -28,6 +28,16 @@ type Step struct {
 // host, and not always the same hosts first. Shares count all members;
 // a wave whose share is already reached is empty.
 func (p *Policy) Plan(checksum string, members []Member) []Step {
+	return p.PlanFirst(checksum, members, nil)
+}
+
+// PlanFirst is Plan with the canary, unless hosts are tagged for it,
+// taken first among ready, in its order, then in the hash order: the
+// coordinator passes the hosts waiting in line for the release, so that
+// the canary is granted as the rollout starts rather than once a host
+// that has not yet found the release gets in line. The later waves are
+// Plan's.
+func (p *Policy) PlanFirst(checksum string, members []Member, ready []string) []Step {
 	order := slices.Clone(members)
 	key := func(node string) uint64 {
 		h := sha256.Sum256([]byte(checksum + "\x00" + node))
@@ -56,7 +66,17 @@ func (p *Policy) Plan(checksum string, members []Member) []Step {
 				s.Nodes = append(s.Nodes, m.Node)
 			}
 		}
+		in := map[string]bool{}
 		for _, m := range order {
+			in[m.Node] = true
+		}
+		first := []Member{}
+		for _, n := range ready {
+			if in[n] {
+				first = append(first, Member{Node: n})
+			}
+		}
+		for _, m := range append(first, order...) {
 			if len(s.Nodes) > 0 && len(s.Nodes) >= p.Canary {
 				break
 			}

@@ -97,6 +97,37 @@ func TestPlanTagsCanaryAndTagWaves(t *testing.T) {
 	}
 }
 
+// PlanFirst takes the canary among the hosts ready for it (in line, or
+// on the release), in their order; hosts tagged canary still come first,
+// and a ready host that is not a member is not planned.
+func TestPlanFirstTakesTheCanaryAmongTheReady(t *testing.T) {
+	t.Parallel()
+	p := policy(t, 1, "10%", "100%")
+	ms := members(20, nil)
+	plain := p.Plan("sum1", ms)
+	var late string // a host Plan puts in the last wave
+	for _, n := range plain[len(plain)-1].Nodes {
+		late = n
+	}
+	steps := p.PlanFirst("sum1", ms, []string{"host-99", late, plain[0].Nodes[0]})
+	if fmt.Sprint(steps[0].Nodes) != "["+late+"]" {
+		t.Fatalf("canary %v: want %s, the first ready member", steps[0].Nodes, late)
+	}
+	seen := map[string]int{}
+	for _, s := range steps {
+		for _, n := range s.Nodes {
+			seen[n]++
+		}
+	}
+	if len(seen) != 20 || seen["host-99"] != 0 {
+		t.Fatalf("planned %v: want the 20 members once each", seen)
+	}
+	tagged := members(20, map[int][]string{7: {"canary"}})
+	if steps := p.PlanFirst("sum1", tagged, []string{late}); fmt.Sprint(steps[0].Nodes) != "[host-07]" {
+		t.Fatalf("canary %v: want host-07, tagged", steps[0].Nodes)
+	}
+}
+
 func TestValidateRefuses(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {

@@ -550,7 +550,7 @@ func (s *Slots) startCoordinator() {
 	s.mu.Unlock()
 	c := &coordinator{s: s, se: se, cancel: cancel, done: make(chan struct{}), held: map[string]heldGrant{}, planner: planner,
 		gone: map[string]int{}, urgent: make(chan struct{}, 1), relist: make(chan struct{}, 1), hungry: make(chan struct{}, 1),
-		placed: map[string]string{}}
+		placed: map[string]string{}, lined: make(chan struct{}, 1)}
 	s.mu.Lock()
 	if s.coord != nil || s.closed { // another, or Close ran meanwhile
 		s.mu.Unlock()
@@ -611,13 +611,20 @@ type coordinator struct {
 	placedMu sync.Mutex
 	placed   map[string]string
 	placing  bool
+	// line is the hosts granted or in line for each release, as the run
+	// loop knew them last (granted first, then in the order they got in
+	// line); lined is poked each time it is set.
+	lineMu sync.Mutex
+	line   map[string][]string
+	lined  chan struct{}
 }
 
 // heldGrant is a live grant: the modify index of its key as granted, and
 // the host's session.
 type heldGrant struct {
-	index   uint64
-	session string
+	index    uint64
+	session  string
+	checksum string // the release it was asked for
 }
 
 type want struct {
@@ -698,6 +705,7 @@ func (c *coordinator) run(ctx context.Context) {
 			return
 		case l := <-lists:
 			c.merge(ctx, l, released)
+			c.noteLine()
 			listed = true
 			if err := c.moveOut(ctx); errors.Is(err, errNotCoordinator) {
 				s.logger().Warn("lost the coordinator's lock", "service", s.Service)
@@ -787,6 +795,35 @@ func (c *coordinator) run(ctx context.Context) {
 		if len(c.held) > 0 || len(c.queue) > 0 || !c.rolloutDone() {
 			idleSince = time.Now()
 		}
+	}
+}
+
+// noteLine sets the hosts granted or in line for each release (see
+// line), for the coordinator's decision.
+func (c *coordinator) noteLine() {
+	if c.planner == nil {
+		return
+	}
+	line := map[string][]string{}
+	for node, h := range c.held {
+		if h.checksum != "" {
+			line[h.checksum] = append(line[h.checksum], node)
+		}
+	}
+	for _, l := range line {
+		sort.Strings(l)
+	}
+	for _, w := range c.queue {
+		if w.checksum != "" {
+			line[w.checksum] = append(line[w.checksum], w.node)
+		}
+	}
+	c.lineMu.Lock()
+	c.line = line
+	c.lineMu.Unlock()
+	select {
+	case c.lined <- struct{}{}:
+	default:
 	}
 }
 
@@ -884,7 +921,7 @@ func (c *coordinator) merge(ctx context.Context, l listing, released chan<- gran
 		case StateGranted:
 			granted[node] = true
 			if _, ok := c.held[node]; !ok {
-				c.held[node] = heldGrant{kv.ModifyIndex, g.Session}
+				c.held[node] = heldGrant{kv.ModifyIndex, g.Session, g.Checksum}
 				go c.watch(ctx, node, kv.Key, kv.ModifyIndex, released)
 			}
 		case StateWant:
@@ -1022,7 +1059,7 @@ func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error 
 			if r := 1 + i; len(resp.Results) > r && resp.Results[r].KV != nil {
 				idx = resp.Results[r].KV.ModifyIndex
 			}
-			c.held[w.node] = heldGrant{idx, w.session}
+			c.held[w.node] = heldGrant{idx, w.session, w.checksum}
 			go c.watch(ctx, w.node, w.key, idx, released)
 		}
 	}

@@ -141,3 +141,60 @@ func TestRolloutInLineFollowsTheCoordinatorNotTheDocument(t *testing.T) {
 		t.Fatal("no host took over as the coordinator")
 	}
 }
+
+// linePlanner takes the first host in line as the canary (wave a), as
+// fleet/rollout's coordinator does, and notes the lines it was given.
+type linePlanner struct {
+	planner
+	lines [][]string
+}
+
+func (p *linePlanner) PlanLine(ctx context.Context, sum string, inLine []string) (lock.Rollout, map[string]string, error) {
+	doc, waves, err := p.planner.Plan(ctx, sum)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lines = append(p.lines, inLine)
+	if len(inLine) > 0 {
+		for n := range waves {
+			waves[n] = "b"
+		}
+		waves[inLine[0]] = "a"
+	}
+	return doc, waves, err
+}
+
+// The first decision of a release takes its canary among the hosts in
+// line for it, granted with the document, rather than a host that has
+// not found the release yet.
+func TestRolloutCanaryIsAHostInLine(t *testing.T) {
+	hs := hosts(t, 3, 1)
+	p := &linePlanner{planner: planner{open: map[string]bool{"a": true}, stop: map[string]bool{}}}
+	for _, h := range hs {
+		h.SetPlanner(p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// host-02 found the release first and waits in line for its plan.
+	hs[2].Want("sum1")
+	got := make(chan error, 1)
+	go func() {
+		_, err := hs[2].Acquire(ctx)
+		got <- err
+	}()
+	waitInLine(t, hs[2])
+	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("host-02, in line, was not granted as the canary (lines planned from: %v)", p.lines)
+	}
+	defer hs[2].Release(ctx)
+	if _, wave, err := hs[2].Rollout(ctx, "sum1"); err != nil || wave != "a" {
+		t.Fatalf("host-02 granted in wave %q (%v); want a, the canary", wave, err)
+	}
+}

@@ -553,6 +553,7 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 	go c.follow(ctx, s.Prefix+"/"+s.Service+"/", poke, func() time.Duration { return planGap(int(hosts.Load())) })
 	go c.follow(ctx, ReleaseKey(s.Prefix, s.Service), poke, func() time.Duration { return 5 * time.Millisecond })
 	placedRead := false
+	lastPlanned := "" // the release of the last decision
 	var last *lock.Rollout
 	var lastWrite time.Time
 	// soon: a wave's last host is done, and the planner can decide from
@@ -572,6 +573,13 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 		default:
 			c.asked.Store(rel.Checksum)
 			plan := c.planner.Plan
+			if lp, ok := c.planner.(lock.LinePlanner); ok {
+				line := c.inLine(ctx, rel.Checksum, lastPlanned != rel.Checksum)
+				plan = func(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
+					return lp.PlanLine(ctx, sum, line)
+				}
+			}
+			lastPlanned = rel.Checksum
 			if sp, ok := c.planner.(lock.SoonPlanner); ok && soon {
 				plan = sp.PlanSoon
 			}
@@ -724,6 +732,36 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 		case <-t.C:
 		}
 		t.Stop()
+	}
+}
+
+// LineWait is the longest the first decision of a release waits for a
+// host in line for it, to take as its canary (lock.LinePlanner).
+var LineWait = 2 * time.Second
+
+// inLine returns the hosts granted or in line for checksum as the run
+// loop knows them; with wait, after LineWait at most for one of them
+// to be known.
+func (c *coordinator) inLine(ctx context.Context, checksum string, wait bool) []string {
+	var t *time.Timer
+	if wait {
+		t = time.NewTimer(LineWait)
+		defer t.Stop()
+	}
+	for {
+		c.lineMu.Lock()
+		line := c.line[checksum]
+		c.lineMu.Unlock()
+		if !wait || len(line) > 0 {
+			return line
+		}
+		select {
+		case <-c.lined:
+		case <-t.C:
+			wait = false
+		case <-ctx.Done():
+			return nil
+		}
 	}
 }
 
