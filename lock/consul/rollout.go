@@ -295,9 +295,10 @@ func (s *Slots) noteCoordinator(held bool) {
 // moves it out of line through its own key, and the document, written
 // at every wave that opens or closes, would wake every host of the fleet
 // that waits in line each time. The coordinator's key changes only when
-// the coordinator does (or dies: the document's release, which the
-// follower reads then, says so). Once the host leaves the line (its
-// session ends) it follows the document again.
+// the coordinator does, or dies (its session's release of the key says
+// so, and the host looks for a coordinator). Once the host leaves the
+// line (its session ends) it follows the document again, from where it
+// left it.
 func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, uint64, error) {
 	s.mu.Lock()
 	se := s.held
@@ -320,7 +321,11 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 			s.mu.Unlock()
 			return nil, 0, s.unavailable("follow the rollout's coordinator", err)
 		}
-		index = 0 // the document as it is now
+		if coord != nil {
+			index = 0 // the document as it is now
+		}
+		// Else this host left the line: its wait on the document goes
+		// on from where it was, and ends at once if it changed since.
 	}
 	q := &api.QueryOptions{}
 	if index > 0 {
