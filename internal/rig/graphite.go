@@ -34,7 +34,7 @@ func StartGraphite() (*Graphite, error) {
 		g.stop()
 		return nil, err
 	}
-	p, err := freePorts(4) // web, carbon line, carbon pickle, carbon cache query
+	p, err := g.reserve(4) // web, carbon line, carbon pickle, carbon cache query
 	if err != nil {
 		return fail(err)
 	}
@@ -93,12 +93,12 @@ WHISPER_FALLOCATE_CREATE = False
 	}
 	carbon := exec.Command("/usr/bin/python3", "/usr/bin/carbon-cache", "--config="+filepath.Join(dir, "carbon/carbon.conf"), "--debug", "start")
 	carbon.Env = env
-	if err := g.start(dir, "carbon", carbon); err != nil {
+	if _, err := g.start(dir, "carbon", carbon); err != nil {
 		return fail(err)
 	}
 	web := exec.Command("/usr/bin/python3", "/usr/bin/graphite-manage", "runserver", "--noreload", fmt.Sprintf("127.0.0.1:%d", p[0]))
 	web.Env = env
-	if err := g.start(dir, "web", web); err != nil {
+	if _, err := g.start(dir, "web", web); err != nil {
 		return fail(err)
 	}
 	if err := waitHTTP(g.URL+"/events/get_data", 60*time.Second, ok200); err != nil {

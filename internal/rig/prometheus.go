@@ -30,11 +30,12 @@ func StartPrometheus(targets ...string) (*Prometheus, error) {
 	}
 	p := &Prometheus{}
 	p.dirs = append(p.dirs, dir)
-	port, err := FreePort()
+	ports, err := p.reserve(1)
 	if err != nil {
 		p.stop()
 		return nil, err
 	}
+	port := ports[0]
 	quoted := make([]string, len(targets))
 	for i, t := range targets {
 		quoted[i] = fmt.Sprintf("%q", t)
@@ -56,7 +57,7 @@ scrape_configs:
 	p.URL = fmt.Sprintf("http://127.0.0.1:%d", port)
 	cmd := exec.Command(bin, "--config.file", cfgPath, "--storage.tsdb.path", filepath.Join(dir, "data"),
 		"--web.listen-address", fmt.Sprintf("127.0.0.1:%d", port), "--log.level", "warn")
-	if err := p.start(dir, "prometheus", cmd); err != nil {
+	if _, err := p.start(dir, "prometheus", cmd); err != nil {
 		p.stop()
 		return nil, err
 	}

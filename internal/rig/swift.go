@@ -50,7 +50,7 @@ func StartSwift() (*Swift, error) {
 		s.stop()
 		return nil, err
 	}
-	p, err := freePorts(5) // proxy, account, container, object, memcached
+	p, err := s.reserve(5) // proxy, account, container, object, memcached
 	if err != nil {
 		return fail(err)
 	}
@@ -137,13 +137,13 @@ use = egg:swift#healthcheck
 			return fail(fmt.Errorf("ring %s not built: %w", kind, err))
 		}
 	}
-	if err := s.start(dir, "memcached", exec.Command("memcached", "-u", user, "-l", "127.0.0.1", "-p", fmt.Sprint(p[4]), "-U", "0", "-m", "16")); err != nil {
+	if _, err := s.start(dir, "memcached", exec.Command("memcached", "-u", user, "-l", "127.0.0.1", "-p", fmt.Sprint(p[4]), "-U", "0", "-m", "16")); err != nil {
 		return fail(err)
 	}
 	for _, kind := range []string{"account", "container", "object", "proxy"} {
 		cmd := exec.Command("swift-"+kind+"-server", filepath.Join(dir, kind+"-server.conf"))
 		cmd.Env = append(os.Environ(), "PATH=/usr/bin:/bin:/usr/sbin:/sbin")
-		if err := s.start(dir, kind, cmd); err != nil {
+		if _, err := s.start(dir, kind, cmd); err != nil {
 			return fail(err)
 		}
 	}
