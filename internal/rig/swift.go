@@ -1,7 +1,9 @@
 package rig
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +19,7 @@ type Swift struct {
 	Addr    string // the proxy's 127.0.0.1:PORT
 	User    string // test:tester
 	Key     string // testing
+	ports   []int  // proxy, account, container, object, memcached
 	procs
 }
 
@@ -32,14 +35,40 @@ swift_dir = %[1]s
 log_name = %[4]s
 `
 
+// swiftStarts is how many times StartSwift starts over on new ports when
+// one was taken.
+const swiftStarts = 3
+
+// swiftPortsChosen, when set, is called with each start's ports (proxy,
+// account, container, object, memcached) before any server starts.
+var swiftPortsChosen func(ports []int)
+
 // StartSwift builds rings, writes configs into a private directory (so
-// /etc/swift is never touched) and starts the four servers.
+// /etc/swift is never touched) and starts the four servers. A server
+// whose port turns out taken (another Swift's servers share a port
+// with SO_REUSEPORT rather than fail) makes it start over on new ports.
 func StartSwift() (*Swift, error) {
 	for _, b := range []string{"swift-ring-builder", "swift-proxy-server", "swift-account-server", "swift-container-server", "swift-object-server", "memcached"} {
 		if _, err := exec.LookPath(b); err != nil {
 			return nil, fmt.Errorf("%s not installed (run `make rig`): %w", b, err)
 		}
 	}
+	var errs []error
+	for i := range swiftStarts {
+		s, err := startSwift()
+		if err == nil {
+			return s, nil
+		}
+		if !errors.Is(err, errPortTaken) {
+			return nil, err
+		}
+		slog.Warn("rig: swift starts over on new ports", "start", i+1, "err", err)
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("start swift: a port was taken at each of %d starts: %w", swiftStarts, errors.Join(errs...))
+}
+
+func startSwift() (*Swift, error) {
 	dir, err := os.MkdirTemp("", "rig-swift-")
 	if err != nil {
 		return nil, err
@@ -53,6 +82,10 @@ func StartSwift() (*Swift, error) {
 	p, err := s.reserve(5) // proxy, account, container, object, memcached
 	if err != nil {
 		return fail(err)
+	}
+	s.ports = p
+	if swiftPortsChosen != nil {
+		swiftPortsChosen(p)
 	}
 	s.Addr = fmt.Sprintf("127.0.0.1:%d", p[0])
 	s.AuthURL = "http://" + s.Addr + "/auth/v1.0"
@@ -137,22 +170,34 @@ use = egg:swift#healthcheck
 			return fail(fmt.Errorf("ring %s not built: %w", kind, err))
 		}
 	}
-	if _, err := s.start(dir, "memcached", exec.Command("memcached", "-u", user, "-l", "127.0.0.1", "-p", fmt.Sprint(p[4]), "-U", "0", "-m", "16")); err != nil {
+	mc, err := s.start(dir, "memcached", exec.Command("memcached", "-u", user, "-l", "127.0.0.1", "-p", fmt.Sprint(p[4]), "-U", "0", "-m", "16"))
+	if err != nil {
 		return fail(err)
 	}
-	for _, kind := range []string{"account", "container", "object", "proxy"} {
-		cmd := exec.Command("swift-"+kind+"-server", filepath.Join(dir, kind+"-server.conf"))
+	servers := []swiftServer{{"memcached", p[4], mc}}
+	for _, sv := range []struct {
+		kind string
+		port int
+	}{{"account", p[1]}, {"container", p[2]}, {"object", p[3]}, {"proxy", p[0]}} {
+		cmd := exec.Command("swift-"+sv.kind+"-server", filepath.Join(dir, sv.kind+"-server.conf"))
 		cmd.Env = append(os.Environ(), "PATH=/usr/bin:/bin:/usr/sbin:/sbin")
-		if _, err := s.start(dir, kind, cmd); err != nil {
+		pr, err := s.start(dir, sv.kind, cmd)
+		if err != nil {
 			return fail(err)
 		}
+		servers = append(servers, swiftServer{sv.kind, sv.port, pr})
+	}
+	// A healthcheck alone cannot tell our server from another Swift's
+	// sharing the port: each must be the only one listening on it.
+	if err := s.awaitOwnPorts(dir, servers, 60*time.Second); err != nil {
+		return fail(err)
 	}
 	// Every server, not just the proxy: the proxy is healthy before the
 	// object server listens.
-	for i, kind := range []string{"proxy", "account", "container", "object"} {
-		url := fmt.Sprintf("http://127.0.0.1:%d/healthcheck", p[i])
+	for _, sv := range servers[1:] {
+		url := fmt.Sprintf("http://127.0.0.1:%d/healthcheck", sv.port)
 		if err := waitHTTP(url, 60*time.Second, ok200); err != nil {
-			return fail(fmt.Errorf("swift %s: %w\n%s", kind, err, tail(filepath.Join(dir, kind+".log"))))
+			return fail(fmt.Errorf("swift %s: %w\n%s", sv.kind, err, tail(filepath.Join(dir, sv.kind+".log"))))
 		}
 	}
 	// tempauth answers once memcached does.
@@ -165,6 +210,11 @@ use = egg:swift#healthcheck
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 && resp.Header.Get("X-Auth-Token") != "" {
+				// Once more, now that all answer: a port shared since
+				// would split requests between two Swifts.
+				if err := s.checkOwnPorts(dir, servers); err != nil {
+					return fail(err)
+				}
 				return s, nil
 			}
 		}
@@ -177,3 +227,84 @@ use = egg:swift#healthcheck
 
 // Stop kills every Swift process and removes the data.
 func (s *Swift) Stop() { s.stop() }
+
+// swiftServer is one started server and the port it is to listen on.
+type swiftServer struct {
+	kind string
+	port int
+	p    *proc
+}
+
+// awaitOwnPorts waits until every server listens on its port, alone. A
+// server that exits, or a port another process listens on too, fails it;
+// errPortTaken if the port is the cause.
+func (s *Swift) awaitOwnPorts(dir string, servers []swiftServer, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		all, err := tcpListeners()
+		if err != nil {
+			return err
+		}
+		ready := 0
+		for _, sv := range servers {
+			ok, err := sv.listensAlone(dir, all)
+			if err != nil {
+				return err
+			}
+			if ok {
+				ready++
+			}
+		}
+		if ready == len(servers) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("swift: not every server listening after %s", timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// checkOwnPorts is awaitOwnPorts without the wait.
+func (s *Swift) checkOwnPorts(dir string, servers []swiftServer) error {
+	all, err := tcpListeners()
+	if err != nil {
+		return err
+	}
+	for _, sv := range servers {
+		ok, err := sv.listensAlone(dir, all)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("swift %s stopped listening on 127.0.0.1:%d\n%s", sv.kind, sv.port, tail(filepath.Join(dir, sv.kind+".log")))
+		}
+	}
+	return nil
+}
+
+// listensAlone tells whether the server listens on its port (false while
+// it starts); an error if it exited or another process listens there.
+func (sv swiftServer) listensAlone(dir string, all map[int][]uint64) (bool, error) {
+	exited := func() error {
+		log := tail(filepath.Join(dir, sv.kind+".log"))
+		if strings.Contains(log, "Address already in use") || strings.Contains(log, "Could not bind") {
+			return fmt.Errorf("swift %s on 127.0.0.1:%d: %w\n%s", sv.kind, sv.port, errPortTaken, log)
+		}
+		return fmt.Errorf("swift %s exited: %v\n%s", sv.kind, sv.p.cmd.ProcessState, log)
+	}
+	if sv.p.exited() {
+		return false, exited()
+	}
+	mine, others, err := listenState(all, sv.p.cmd.Process.Pid, sv.port)
+	if err != nil {
+		if sv.p.exited() {
+			return false, exited()
+		}
+		return false, err
+	}
+	if others {
+		return false, fmt.Errorf("swift %s on 127.0.0.1:%d: %w", sv.kind, sv.port, errPortTaken)
+	}
+	return mine, nil
+}
