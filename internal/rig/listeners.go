@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // tcpListeners returns the inodes of the TCP sockets listening on each
@@ -65,7 +67,8 @@ func socketsOf(pid int) (map[uint64]bool, error) {
 
 // errPortTaken is a server's port taken by another process: another
 // rig's server sharing it with SO_REUSEPORT (Swift's servers set it), or
-// anything that made the bind fail.
+// anything that made the bind fail. A server whose check is answered on
+// its port is not proof: the answer may come from the other process.
 var errPortTaken = errors.New("port taken by another process")
 
 // listenState tells whether pid listens on port and whether another
@@ -83,4 +86,104 @@ func listenState(all map[int][]uint64, pid, port int) (mine, others bool, err er
 		}
 	}
 	return mine, others, nil
+}
+
+// listener is a started server and a port it is to listen on.
+type listener struct {
+	port int
+	p    *proc
+}
+
+// awaitListening waits until every server listens on its port, the only
+// process to. A server that exits, or a port another process listens on,
+// fails it, with errPortTaken if the port is the cause.
+func awaitListening(ls []listener, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		all, err := tcpListeners()
+		if err != nil {
+			return err
+		}
+		ready := 0
+		for _, l := range ls {
+			ok, err := l.alone(all)
+			if err != nil {
+				return err
+			}
+			if ok {
+				ready++
+			}
+		}
+		if ready == len(ls) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not every server listening after %s", timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// checkListening is awaitListening without the wait.
+func checkListening(ls []listener) error {
+	all, err := tcpListeners()
+	if err != nil {
+		return err
+	}
+	for _, l := range ls {
+		ok, err := l.alone(all)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%s stopped listening on 127.0.0.1:%d\n%s", l.p.name, l.port, tail(l.p.logPath))
+		}
+	}
+	return nil
+}
+
+// alone tells whether the server listens on its port (false while it
+// starts); an error if it exited or another process listens there too.
+func (l listener) alone(all map[int][]uint64) (bool, error) {
+	exited := func() error {
+		log := tail(l.p.logPath)
+		if strings.Contains(log, "Address already in use") || strings.Contains(log, "Could not bind") {
+			return fmt.Errorf("%s on 127.0.0.1:%d: %w\n%s", l.p.name, l.port, errPortTaken, log)
+		}
+		return fmt.Errorf("%s exited: %v\n%s", l.p.name, l.p.cmd.ProcessState, log)
+	}
+	if l.p.exited() {
+		return false, exited()
+	}
+	mine, others, err := listenState(all, l.p.cmd.Process.Pid, l.port)
+	if err != nil {
+		if l.p.exited() {
+			return false, exited()
+		}
+		return false, err
+	}
+	if others {
+		return false, fmt.Errorf("%s on 127.0.0.1:%d: %w", l.p.name, l.port, errPortTaken)
+	}
+	return mine, nil
+}
+
+// serverStarts is how many times a server is started on new ports when
+// one turns out taken.
+const serverStarts = 3
+
+// startOver calls start again, on new ports, while a port it was given
+// turns out taken.
+func startOver[T any](name string, start func() (T, error)) (T, error) {
+	var errs []error
+	for i := range serverStarts {
+		v, err := start()
+		if err == nil || !errors.Is(err, errPortTaken) {
+			return v, err
+		}
+		slog.Warn("rig: a port was taken, starting over on new ones", "server", name, "start", i+1, "err", err)
+		errs = append(errs, err)
+	}
+	var zero T
+	return zero, fmt.Errorf("start %s: a port was taken at each of %d starts: %w", name, serverStarts, errors.Join(errs...))
 }

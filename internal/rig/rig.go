@@ -54,9 +54,11 @@ type procs struct {
 
 // proc is one started process.
 type proc struct {
-	cmd  *exec.Cmd
-	log  *os.File
-	done chan struct{} // closed once it has exited
+	name    string
+	cmd     *exec.Cmd
+	log     *os.File
+	logPath string
+	done    chan struct{} // closed once it has exited
 }
 
 // exited tells whether the process has ended.
@@ -76,6 +78,10 @@ func (p *proc) kill() {
 	p.log.Close()
 }
 
+// portsReserved, when set, is called with the ports reserved for a
+// server before it starts: a test takes one.
+var portsReserved func(ports []int)
+
 // reserve reserves n ports for the servers, until stop.
 func (p *procs) reserve(n int) ([]int, error) {
 	ports, locks, err := reservePorts(n)
@@ -85,11 +91,15 @@ func (p *procs) reserve(n int) ([]int, error) {
 	p.mu.Lock()
 	p.ports = append(p.ports, locks...)
 	p.mu.Unlock()
+	if portsReserved != nil {
+		portsReserved(ports)
+	}
 	return ports, nil
 }
 
 func (p *procs) start(logDir, name string, cmd *exec.Cmd) (*proc, error) {
-	f, err := os.Create(filepath.Join(logDir, name+".log"))
+	logPath := filepath.Join(logDir, name+".log")
+	f, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +109,7 @@ func (p *procs) start(logDir, name string, cmd *exec.Cmd) (*proc, error) {
 		f.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	pr := &proc{cmd: cmd, log: f, done: make(chan struct{})}
+	pr := &proc{name: name, cmd: cmd, log: f, logPath: logPath, done: make(chan struct{})}
 	go func() {
 		cmd.Wait()
 		close(pr.done)
@@ -170,12 +180,17 @@ type MinIO struct {
 	procs
 }
 
-// StartMinIO starts MinIO on a fresh data directory.
+// StartMinIO starts MinIO on a fresh data directory, starting over on
+// new ports if one is taken.
 func StartMinIO() (*MinIO, error) {
 	bin, err := Bin("minio")
 	if err != nil {
 		return nil, err
 	}
+	return startOver("minio", func() (*MinIO, error) { return startMinIO(bin) })
+}
+
+func startMinIO(bin string) (*MinIO, error) {
 	dir, err := os.MkdirTemp("", "rig-minio-")
 	if err != nil {
 		return nil, err
@@ -193,9 +208,14 @@ func StartMinIO() (*MinIO, error) {
 		"--console-address", fmt.Sprintf("127.0.0.1:%d", ports[1]), "--quiet")
 	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey,
 		"MINIO_BROWSER=off", "MINIO_UPDATE=off")
-	if _, err := m.start(dir, "minio", cmd); err != nil {
+	pr, err := m.start(dir, "minio", cmd)
+	if err != nil {
 		m.stop()
 		return nil, err
+	}
+	if err := awaitListening([]listener{{ports[0], pr}}, 120*time.Second); err != nil {
+		m.stop()
+		return nil, fmt.Errorf("minio: %w", err)
 	}
 	// Live is not ready: until its object layer is up, MinIO answers S3
 	// requests 503 "Server not initialized" (a loaded machine shows it).
@@ -222,18 +242,24 @@ func (m *MinIO) Stop() { m.stop() }
 // Consul is a running `consul agent -dev`.
 type Consul struct {
 	Addr string // 127.0.0.1:HTTPPORT
+	port int    // HTTP
 	dir  string
 	bin  string
 	args []string
 	procs
 }
 
-// StartConsul starts a dev-mode Consul agent; extra are more arguments.
+// StartConsul starts a dev-mode Consul agent, starting over on new ports
+// if one is taken; extra are more arguments.
 func StartConsul(extra ...string) (*Consul, error) {
 	bin, err := Bin("consul")
 	if err != nil {
 		return nil, err
 	}
+	return startOver("consul", func() (*Consul, error) { return startConsul(bin, extra) })
+}
+
+func startConsul(bin string, extra []string) (*Consul, error) {
 	dir, err := os.MkdirTemp("", "rig-consul-")
 	if err != nil {
 		return nil, err
@@ -247,7 +273,7 @@ func StartConsul(extra ...string) (*Consul, error) {
 		c.stop()
 		return nil, err
 	}
-	c.Addr = fmt.Sprintf("127.0.0.1:%d", p[0])
+	c.Addr, c.port = fmt.Sprintf("127.0.0.1:%d", p[0]), p[0]
 	c.args = []string{"agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-http-port", fmt.Sprint(p[0]), "-server-port", fmt.Sprint(p[1]), "-serf-lan-port", fmt.Sprint(p[2]),
 		"-serf-wan-port", fmt.Sprint(p[3]), "-grpc-port", "-1", "-grpc-tls-port", "-1", "-dns-port", "-1",
@@ -265,10 +291,15 @@ func StartConsul(extra ...string) (*Consul, error) {
 
 // Start (re)starts the agent after Kill; in -dev mode its data is gone.
 func (c *Consul) Start() error {
-	if _, err := c.start(c.dir, "consul", exec.Command(c.bin, c.args...)); err != nil {
+	pr, err := c.start(c.dir, "consul", exec.Command(c.bin, c.args...))
+	if err != nil {
 		return err
 	}
-	err := waitHTTP("http://"+c.Addr+"/v1/status/leader", 60*time.Second, func(r *http.Response, b []byte) bool {
+	// Another agent's leader on the port would pass the wait below.
+	if err := awaitListening([]listener{{c.port, pr}}, 60*time.Second); err != nil {
+		return fmt.Errorf("consul: %w", err)
+	}
+	err = waitHTTP("http://"+c.Addr+"/v1/status/leader", 60*time.Second, func(r *http.Response, b []byte) bool {
 		return r.StatusCode == 200 && len(strings.Trim(strings.TrimSpace(string(b)), `"`)) > 0
 	})
 	if err != nil {

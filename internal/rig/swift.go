@@ -1,9 +1,7 @@
 package rig
 
 import (
-	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -35,37 +33,16 @@ swift_dir = %[1]s
 log_name = %[4]s
 `
 
-// swiftStarts is how many times StartSwift starts over on new ports when
-// one was taken.
-const swiftStarts = 3
-
-// swiftPortsChosen, when set, is called with each start's ports (proxy,
-// account, container, object, memcached) before any server starts.
-var swiftPortsChosen func(ports []int)
-
 // StartSwift builds rings, writes configs into a private directory (so
-// /etc/swift is never touched) and starts the four servers. A server
-// whose port turns out taken (another Swift's servers share a port
-// with SO_REUSEPORT rather than fail) makes it start over on new ports.
+// /etc/swift is never touched) and starts the four servers, starting
+// over on new ports if one is taken.
 func StartSwift() (*Swift, error) {
 	for _, b := range []string{"swift-ring-builder", "swift-proxy-server", "swift-account-server", "swift-container-server", "swift-object-server", "memcached"} {
 		if _, err := exec.LookPath(b); err != nil {
 			return nil, fmt.Errorf("%s not installed (run `make rig`): %w", b, err)
 		}
 	}
-	var errs []error
-	for i := range swiftStarts {
-		s, err := startSwift()
-		if err == nil {
-			return s, nil
-		}
-		if !errors.Is(err, errPortTaken) {
-			return nil, err
-		}
-		slog.Warn("rig: swift starts over on new ports", "start", i+1, "err", err)
-		errs = append(errs, err)
-	}
-	return nil, fmt.Errorf("start swift: a port was taken at each of %d starts: %w", swiftStarts, errors.Join(errs...))
+	return startOver("swift", startSwift)
 }
 
 func startSwift() (*Swift, error) {
@@ -84,9 +61,6 @@ func startSwift() (*Swift, error) {
 		return fail(err)
 	}
 	s.ports = p
-	if swiftPortsChosen != nil {
-		swiftPortsChosen(p)
-	}
 	s.Addr = fmt.Sprintf("127.0.0.1:%d", p[0])
 	s.AuthURL = "http://" + s.Addr + "/auth/v1.0"
 	if err := os.MkdirAll(filepath.Join(dir, "devices", "d1"), 0o755); err != nil {
@@ -174,7 +148,7 @@ use = egg:swift#healthcheck
 	if err != nil {
 		return fail(err)
 	}
-	servers := []swiftServer{{"memcached", p[4], mc}}
+	servers := []listener{{p[4], mc}}
 	for _, sv := range []struct {
 		kind string
 		port int
@@ -185,19 +159,19 @@ use = egg:swift#healthcheck
 		if err != nil {
 			return fail(err)
 		}
-		servers = append(servers, swiftServer{sv.kind, sv.port, pr})
+		servers = append(servers, listener{sv.port, pr})
 	}
 	// A healthcheck alone cannot tell our server from another Swift's
 	// sharing the port: each must be the only one listening on it.
-	if err := s.awaitOwnPorts(dir, servers, 60*time.Second); err != nil {
-		return fail(err)
+	if err := awaitListening(servers, 60*time.Second); err != nil {
+		return fail(fmt.Errorf("swift: %w", err))
 	}
 	// Every server, not just the proxy: the proxy is healthy before the
 	// object server listens.
 	for _, sv := range servers[1:] {
 		url := fmt.Sprintf("http://127.0.0.1:%d/healthcheck", sv.port)
 		if err := waitHTTP(url, 60*time.Second, ok200); err != nil {
-			return fail(fmt.Errorf("swift %s: %w\n%s", sv.kind, err, tail(filepath.Join(dir, sv.kind+".log"))))
+			return fail(fmt.Errorf("swift %s: %w\n%s", sv.p.name, err, tail(sv.p.logPath)))
 		}
 	}
 	// tempauth answers once memcached does.
@@ -212,8 +186,8 @@ use = egg:swift#healthcheck
 			if resp.StatusCode == 200 && resp.Header.Get("X-Auth-Token") != "" {
 				// Once more, now that all answer: a port shared since
 				// would split requests between two Swifts.
-				if err := s.checkOwnPorts(dir, servers); err != nil {
-					return fail(err)
+				if err := checkListening(servers); err != nil {
+					return fail(fmt.Errorf("swift: %w", err))
 				}
 				return s, nil
 			}
@@ -227,84 +201,3 @@ use = egg:swift#healthcheck
 
 // Stop kills every Swift process and removes the data.
 func (s *Swift) Stop() { s.stop() }
-
-// swiftServer is one started server and the port it is to listen on.
-type swiftServer struct {
-	kind string
-	port int
-	p    *proc
-}
-
-// awaitOwnPorts waits until every server listens on its port, alone. A
-// server that exits, or a port another process listens on too, fails it;
-// errPortTaken if the port is the cause.
-func (s *Swift) awaitOwnPorts(dir string, servers []swiftServer, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		all, err := tcpListeners()
-		if err != nil {
-			return err
-		}
-		ready := 0
-		for _, sv := range servers {
-			ok, err := sv.listensAlone(dir, all)
-			if err != nil {
-				return err
-			}
-			if ok {
-				ready++
-			}
-		}
-		if ready == len(servers) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("swift: not every server listening after %s", timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// checkOwnPorts is awaitOwnPorts without the wait.
-func (s *Swift) checkOwnPorts(dir string, servers []swiftServer) error {
-	all, err := tcpListeners()
-	if err != nil {
-		return err
-	}
-	for _, sv := range servers {
-		ok, err := sv.listensAlone(dir, all)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("swift %s stopped listening on 127.0.0.1:%d\n%s", sv.kind, sv.port, tail(filepath.Join(dir, sv.kind+".log")))
-		}
-	}
-	return nil
-}
-
-// listensAlone tells whether the server listens on its port (false while
-// it starts); an error if it exited or another process listens there.
-func (sv swiftServer) listensAlone(dir string, all map[int][]uint64) (bool, error) {
-	exited := func() error {
-		log := tail(filepath.Join(dir, sv.kind+".log"))
-		if strings.Contains(log, "Address already in use") || strings.Contains(log, "Could not bind") {
-			return fmt.Errorf("swift %s on 127.0.0.1:%d: %w\n%s", sv.kind, sv.port, errPortTaken, log)
-		}
-		return fmt.Errorf("swift %s exited: %v\n%s", sv.kind, sv.p.cmd.ProcessState, log)
-	}
-	if sv.p.exited() {
-		return false, exited()
-	}
-	mine, others, err := listenState(all, sv.p.cmd.Process.Pid, sv.port)
-	if err != nil {
-		if sv.p.exited() {
-			return false, exited()
-		}
-		return false, err
-	}
-	if others {
-		return false, fmt.Errorf("swift %s on 127.0.0.1:%d: %w", sv.kind, sv.port, errPortTaken)
-	}
-	return mine, nil
-}

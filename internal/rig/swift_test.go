@@ -15,9 +15,9 @@ import (
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
-// occupy listens on port as another process would: with SO_REUSEPORT,
-// as another Swift's servers do, answering 200 to everything; or plainly.
-func occupy(t *testing.T, port int, reusePort bool) {
+// occupy listens on port as another server would, answering body to
+// every request: with SO_REUSEPORT, as Swift's servers do, or plainly.
+func occupy(t *testing.T, port int, reusePort bool, body string) {
 	t.Helper()
 	lc := net.ListenConfig{}
 	if reusePort {
@@ -36,7 +36,7 @@ func occupy(t *testing.T, port int, reusePort bool) {
 		t.Fatalf("occupy %d: %v", port, err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "OK")
+		io.WriteString(w, body)
 	})}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
@@ -63,14 +63,14 @@ func TestSwiftStartsOverOnATakenPort(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var starts [][]int
 			taken := 0
-			swiftPortsChosen = func(p []int) {
+			portsReserved = func(p []int) {
 				starts = append(starts, slices.Clone(p))
 				if len(starts) == 1 {
 					taken = p[tc.index]
-					occupy(t, taken, tc.reusePort)
+					occupy(t, taken, tc.reusePort, "OK")
 				}
 			}
-			defer func() { swiftPortsChosen = nil }()
+			defer func() { portsReserved = nil }()
 			s, err := StartSwift()
 			if err != nil {
 				t.Fatal(err)
