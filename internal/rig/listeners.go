@@ -147,7 +147,9 @@ func checkListening(ls []listener) error {
 func (l listener) alone(all map[int][]uint64) (bool, error) {
 	exited := func() error {
 		log := tail(l.p.logPath)
-		if strings.Contains(log, "Address already in use") || strings.Contains(log, "Could not bind") {
+		// EADDRINUSE as Go, C and Python word it, MinIO's "port is already
+		// in use", Swift's after its retries.
+		if lower := strings.ToLower(log); strings.Contains(lower, "already in use") || strings.Contains(lower, "could not bind") {
 			return fmt.Errorf("%s on 127.0.0.1:%d: %w\n%s", l.p.name, l.port, errPortTaken, log)
 		}
 		return fmt.Errorf("%s exited: %v\n%s", l.p.name, l.p.cmd.ProcessState, log)
