@@ -24,7 +24,11 @@ import (
 // take a port below the ephemeral range, and a flock(2) on a file named
 // after the port keeps every rig of the same user off it while the
 // holder lives: the kernel drops the lock when the holder dies, so a
-// crashed test binary leaves nothing stale behind.
+// crashed test binary leaves nothing stale behind. The files stay (one
+// per port ever tried, at most portSpan): removing one while another
+// process has it open would let two processes lock two different files
+// for one port. Other users' rigs, and anything else, are kept off by
+// the bind check here and the servers' listening checks after.
 
 // ephemeralRangeFile holds the kernel's range for :0 and outgoing connections.
 const ephemeralRangeFile = "/proc/sys/net/ipv4/ip_local_port_range"
