@@ -17,13 +17,18 @@ type Graphite struct {
 	procs
 }
 
-// StartGraphite configures and starts graphite-web and carbon.
+// StartGraphite configures and starts graphite-web and carbon, starting
+// over on new ports if one is taken.
 func StartGraphite() (*Graphite, error) {
 	for _, b := range []string{"/usr/bin/graphite-manage", "/usr/bin/carbon-cache"} {
 		if _, err := os.Stat(b); err != nil {
 			return nil, fmt.Errorf("%s not installed (run `make rig`)", b)
 		}
 	}
+	return startOver("graphite", startGraphite)
+}
+
+func startGraphite() (*Graphite, error) {
 	dir, err := os.MkdirTemp("", "rig-graphite-")
 	if err != nil {
 		return nil, err
@@ -34,7 +39,7 @@ func StartGraphite() (*Graphite, error) {
 		g.stop()
 		return nil, err
 	}
-	p, err := freePorts(4) // web, carbon line, carbon pickle, carbon cache query
+	p, err := g.reserve(4) // web, carbon line, carbon pickle, carbon cache query
 	if err != nil {
 		return fail(err)
 	}
@@ -93,13 +98,18 @@ WHISPER_FALLOCATE_CREATE = False
 	}
 	carbon := exec.Command("/usr/bin/python3", "/usr/bin/carbon-cache", "--config="+filepath.Join(dir, "carbon/carbon.conf"), "--debug", "start")
 	carbon.Env = env
-	if err := g.start(dir, "carbon", carbon); err != nil {
+	cp, err := g.start(dir, "carbon", carbon)
+	if err != nil {
 		return fail(err)
 	}
 	web := exec.Command("/usr/bin/python3", "/usr/bin/graphite-manage", "runserver", "--noreload", fmt.Sprintf("127.0.0.1:%d", p[0]))
 	web.Env = env
-	if err := g.start(dir, "web", web); err != nil {
+	wp, err := g.start(dir, "web", web)
+	if err != nil {
 		return fail(err)
+	}
+	if err := awaitListening([]listener{{p[0], wp}, {p[1], cp}}, 60*time.Second); err != nil {
+		return fail(fmt.Errorf("graphite: %w", err))
 	}
 	if err := waitHTTP(g.URL+"/events/get_data", 60*time.Second, ok200); err != nil {
 		return fail(fmt.Errorf("graphite-web: %w\n%s", err, tail(filepath.Join(dir, "web.log"))))

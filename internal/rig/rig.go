@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/dropshipd/dropship/internal/flock"
 )
 
 // Bin finds a rig binary: on PATH, else in $DROPSHIP_RIG_DIR/bin, else in
@@ -42,78 +43,96 @@ func Bin(name string) (string, error) {
 	return "", fmt.Errorf("%s not found on PATH or in the rig directory (run `make rig`)", name)
 }
 
-// FreePort returns a loopback port nobody listens on now.
-func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+// procs is a set of started processes, each in its own process group,
+// with the ports reserved for them and their data directories.
+type procs struct {
+	mu    sync.Mutex
+	cmds  []*proc
+	dirs  []string
+	ports []*flock.Lock
 }
 
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+// proc is one started process.
+type proc struct {
+	name    string
+	cmd     *exec.Cmd
+	log     *os.File
+	logPath string
+	done    chan struct{} // closed once it has exited
+}
+
+// exited tells whether the process has ended.
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// kill kills the process group and waits for the process to end.
+func (p *proc) kill() {
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+	p.log.Close()
+}
+
+// portsReserved, when set, is called with the ports reserved for a
+// server before it starts: a test takes one.
+var portsReserved func(ports []int)
+
+// reserve reserves n ports for the servers, until stop.
+func (p *procs) reserve(n int) ([]int, error) {
+	ports, locks, err := reservePorts(n)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	p.ports = append(p.ports, locks...)
+	p.mu.Unlock()
+	if portsReserved != nil {
+		portsReserved(ports)
 	}
 	return ports, nil
 }
 
-// procs is a set of started processes, each in its own process group.
-type procs struct {
-	mu   sync.Mutex
-	cmds []*exec.Cmd
-	logs []*os.File
-	dirs []string
-}
-
-func (p *procs) start(logDir, name string, cmd *exec.Cmd) error {
-	f, err := os.Create(filepath.Join(logDir, name+".log"))
+func (p *procs) start(logDir, name string, cmd *exec.Cmd) (*proc, error) {
+	logPath := filepath.Join(logDir, name+".log")
+	f, err := os.Create(logPath)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		f.Close()
-		return fmt.Errorf("start %s: %w", name, err)
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
+	pr := &proc{name: name, cmd: cmd, log: f, logPath: logPath, done: make(chan struct{})}
+	go func() {
+		cmd.Wait()
+		close(pr.done)
+	}()
 	p.mu.Lock()
-	p.cmds = append(p.cmds, cmd)
-	p.logs = append(p.logs, f)
+	p.cmds = append(p.cmds, pr)
 	p.mu.Unlock()
-	return nil
+	return pr, nil
 }
 
-// stop kills every process group and removes the data directories.
+// stop kills every process group, frees the ports and removes the data
+// directories.
 func (p *procs) stop() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, c := range p.cmds {
-		if c.Process != nil {
-			syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
-			c.Wait()
-		}
+		c.kill()
 	}
-	for _, f := range p.logs {
-		f.Close()
-	}
+	releasePorts(p.ports)
 	for _, d := range p.dirs {
 		os.RemoveAll(d)
 	}
-	p.cmds, p.logs, p.dirs = nil, nil, nil
+	p.cmds, p.dirs, p.ports = nil, nil, nil
 }
 
 // tail returns the end of a log, for error messages.
@@ -161,30 +180,42 @@ type MinIO struct {
 	procs
 }
 
-// StartMinIO starts MinIO on a fresh data directory.
+// StartMinIO starts MinIO on a fresh data directory, starting over on
+// new ports if one is taken.
 func StartMinIO() (*MinIO, error) {
 	bin, err := Bin("minio")
 	if err != nil {
 		return nil, err
 	}
+	return startOver("minio", func() (*MinIO, error) { return startMinIO(bin) })
+}
+
+func startMinIO(bin string) (*MinIO, error) {
 	dir, err := os.MkdirTemp("", "rig-minio-")
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(2)
+	m := &MinIO{AccessKey: "dropshiptest", SecretKey: "dropshiptest-secret"}
+	m.dirs = append(m.dirs, dir)
+	ports, err := m.reserve(2)
 	if err != nil {
+		m.stop()
 		return nil, err
 	}
-	m := &MinIO{Addr: fmt.Sprintf("127.0.0.1:%d", ports[0]), AccessKey: "dropshiptest", SecretKey: "dropshiptest-secret"}
+	m.Addr = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	m.Endpoint = "http://" + m.Addr
-	m.dirs = append(m.dirs, dir)
 	cmd := exec.Command(bin, "server", filepath.Join(dir, "data"), "--address", m.Addr,
 		"--console-address", fmt.Sprintf("127.0.0.1:%d", ports[1]), "--quiet")
 	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey,
 		"MINIO_BROWSER=off", "MINIO_UPDATE=off")
-	if err := m.start(dir, "minio", cmd); err != nil {
+	pr, err := m.start(dir, "minio", cmd)
+	if err != nil {
 		m.stop()
 		return nil, err
+	}
+	if err := awaitListening([]listener{{ports[0], pr}}, 120*time.Second); err != nil {
+		m.stop()
+		return nil, fmt.Errorf("minio: %w", err)
 	}
 	// Live is not ready: until its object layer is up, MinIO answers S3
 	// requests 503 "Server not initialized" (a loaded machine shows it).
@@ -211,28 +242,38 @@ func (m *MinIO) Stop() { m.stop() }
 // Consul is a running `consul agent -dev`.
 type Consul struct {
 	Addr string // 127.0.0.1:HTTPPORT
+	port int    // HTTP
 	dir  string
 	bin  string
 	args []string
 	procs
 }
 
-// StartConsul starts a dev-mode Consul agent; extra are more arguments.
+// StartConsul starts a dev-mode Consul agent, starting over on new ports
+// if one is taken; extra are more arguments.
 func StartConsul(extra ...string) (*Consul, error) {
 	bin, err := Bin("consul")
 	if err != nil {
 		return nil, err
 	}
+	return startOver("consul", func() (*Consul, error) { return startConsul(bin, extra) })
+}
+
+func startConsul(bin string, extra []string) (*Consul, error) {
 	dir, err := os.MkdirTemp("", "rig-consul-")
 	if err != nil {
 		return nil, err
 	}
-	p, err := freePorts(4)
+	c := &Consul{dir: dir, bin: bin}
+	c.dirs = append(c.dirs, dir)
+	// Held until Stop: a Consul killed and started again comes back on
+	// the same ports.
+	p, err := c.reserve(4)
 	if err != nil {
+		c.stop()
 		return nil, err
 	}
-	c := &Consul{Addr: fmt.Sprintf("127.0.0.1:%d", p[0]), dir: dir, bin: bin}
-	c.dirs = append(c.dirs, dir)
+	c.Addr, c.port = fmt.Sprintf("127.0.0.1:%d", p[0]), p[0]
 	c.args = []string{"agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-http-port", fmt.Sprint(p[0]), "-server-port", fmt.Sprint(p[1]), "-serf-lan-port", fmt.Sprint(p[2]),
 		"-serf-wan-port", fmt.Sprint(p[3]), "-grpc-port", "-1", "-grpc-tls-port", "-1", "-dns-port", "-1",
@@ -250,10 +291,15 @@ func StartConsul(extra ...string) (*Consul, error) {
 
 // Start (re)starts the agent after Kill; in -dev mode its data is gone.
 func (c *Consul) Start() error {
-	if err := c.start(c.dir, "consul", exec.Command(c.bin, c.args...)); err != nil {
+	pr, err := c.start(c.dir, "consul", exec.Command(c.bin, c.args...))
+	if err != nil {
 		return err
 	}
-	err := waitHTTP("http://"+c.Addr+"/v1/status/leader", 60*time.Second, func(r *http.Response, b []byte) bool {
+	// Another agent's leader on the port would pass the wait below.
+	if err := awaitListening([]listener{{c.port, pr}}, 60*time.Second); err != nil {
+		return fmt.Errorf("consul: %w", err)
+	}
+	err = waitHTTP("http://"+c.Addr+"/v1/status/leader", 60*time.Second, func(r *http.Response, b []byte) bool {
 		return r.StatusCode == 200 && len(strings.Trim(strings.TrimSpace(string(b)), `"`)) > 0
 	})
 	if err != nil {
@@ -266,19 +312,18 @@ func (c *Consul) Start() error {
 func (c *Consul) Pid() (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.cmds) == 0 || c.cmds[0].Process == nil {
+	if len(c.cmds) == 0 {
 		return 0, fmt.Errorf("consul is not running")
 	}
-	return c.cmds[0].Process.Pid, nil
+	return c.cmds[0].cmd.Process.Pid, nil
 }
 
 // Kill stops the agent (a crash, for fault tests); Start brings it back.
 func (c *Consul) Kill() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, cmd := range c.cmds {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
+	for _, p := range c.cmds {
+		p.kill()
 	}
 	c.cmds = nil
 }

@@ -17,6 +17,7 @@ type Swift struct {
 	Addr    string // the proxy's 127.0.0.1:PORT
 	User    string // test:tester
 	Key     string // testing
+	ports   []int  // proxy, account, container, object, memcached
 	procs
 }
 
@@ -33,13 +34,18 @@ log_name = %[4]s
 `
 
 // StartSwift builds rings, writes configs into a private directory (so
-// /etc/swift is never touched) and starts the four servers.
+// /etc/swift is never touched) and starts the four servers, starting
+// over on new ports if one is taken.
 func StartSwift() (*Swift, error) {
 	for _, b := range []string{"swift-ring-builder", "swift-proxy-server", "swift-account-server", "swift-container-server", "swift-object-server", "memcached"} {
 		if _, err := exec.LookPath(b); err != nil {
 			return nil, fmt.Errorf("%s not installed (run `make rig`): %w", b, err)
 		}
 	}
+	return startOver("swift", startSwift)
+}
+
+func startSwift() (*Swift, error) {
 	dir, err := os.MkdirTemp("", "rig-swift-")
 	if err != nil {
 		return nil, err
@@ -50,10 +56,11 @@ func StartSwift() (*Swift, error) {
 		s.stop()
 		return nil, err
 	}
-	p, err := freePorts(5) // proxy, account, container, object, memcached
+	p, err := s.reserve(5) // proxy, account, container, object, memcached
 	if err != nil {
 		return fail(err)
 	}
+	s.ports = p
 	s.Addr = fmt.Sprintf("127.0.0.1:%d", p[0])
 	s.AuthURL = "http://" + s.Addr + "/auth/v1.0"
 	if err := os.MkdirAll(filepath.Join(dir, "devices", "d1"), 0o755); err != nil {
@@ -137,22 +144,34 @@ use = egg:swift#healthcheck
 			return fail(fmt.Errorf("ring %s not built: %w", kind, err))
 		}
 	}
-	if err := s.start(dir, "memcached", exec.Command("memcached", "-u", user, "-l", "127.0.0.1", "-p", fmt.Sprint(p[4]), "-U", "0", "-m", "16")); err != nil {
+	mc, err := s.start(dir, "memcached", exec.Command("memcached", "-u", user, "-l", "127.0.0.1", "-p", fmt.Sprint(p[4]), "-U", "0", "-m", "16"))
+	if err != nil {
 		return fail(err)
 	}
-	for _, kind := range []string{"account", "container", "object", "proxy"} {
-		cmd := exec.Command("swift-"+kind+"-server", filepath.Join(dir, kind+"-server.conf"))
+	servers := []listener{{p[4], mc}}
+	for _, sv := range []struct {
+		kind string
+		port int
+	}{{"account", p[1]}, {"container", p[2]}, {"object", p[3]}, {"proxy", p[0]}} {
+		cmd := exec.Command("swift-"+sv.kind+"-server", filepath.Join(dir, sv.kind+"-server.conf"))
 		cmd.Env = append(os.Environ(), "PATH=/usr/bin:/bin:/usr/sbin:/sbin")
-		if err := s.start(dir, kind, cmd); err != nil {
+		pr, err := s.start(dir, sv.kind, cmd)
+		if err != nil {
 			return fail(err)
 		}
+		servers = append(servers, listener{sv.port, pr})
+	}
+	// A healthcheck alone cannot tell our server from another Swift's
+	// sharing the port: each must be the only one listening on it.
+	if err := awaitListening(servers, 60*time.Second); err != nil {
+		return fail(fmt.Errorf("swift: %w", err))
 	}
 	// Every server, not just the proxy: the proxy is healthy before the
 	// object server listens.
-	for i, kind := range []string{"proxy", "account", "container", "object"} {
-		url := fmt.Sprintf("http://127.0.0.1:%d/healthcheck", p[i])
+	for _, sv := range servers[1:] {
+		url := fmt.Sprintf("http://127.0.0.1:%d/healthcheck", sv.port)
 		if err := waitHTTP(url, 60*time.Second, ok200); err != nil {
-			return fail(fmt.Errorf("swift %s: %w\n%s", kind, err, tail(filepath.Join(dir, kind+".log"))))
+			return fail(fmt.Errorf("swift %s: %w\n%s", sv.p.name, err, tail(sv.p.logPath)))
 		}
 	}
 	// tempauth answers once memcached does.
@@ -165,6 +184,11 @@ use = egg:swift#healthcheck
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 && resp.Header.Get("X-Auth-Token") != "" {
+				// Once more, now that all answer: a port shared since
+				// would split requests between two Swifts.
+				if err := checkListening(servers); err != nil {
+					return fail(fmt.Errorf("swift: %w", err))
+				}
 				return s, nil
 			}
 		}
