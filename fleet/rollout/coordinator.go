@@ -166,10 +166,10 @@ func (c *Coordinator) Plan(ctx context.Context, sum string) (lock.Rollout, map[s
 }
 
 // PlanLine is Plan, the canary of a plan fixed now taken first among
-// inLine, the hosts waiting in line for sum (lock.LinePlanner). A plan
-// is fixed once: later decisions keep its canary whatever the line.
-// (One that cannot be fixed, the hosts not agreeing on the policy,
-// opens no wave.)
+// the hosts that run sum already, then among inLine, the hosts waiting
+// in line for it (lock.LinePlanner). A plan is fixed once: later
+// decisions keep its canary whatever the line. (One that cannot be
+// fixed, the hosts not agreeing on the policy, opens no wave.)
 func (c *Coordinator) PlanLine(ctx context.Context, sum string, inLine []string) (lock.Rollout, map[string]string, error) {
 	p := c.Decider.Policy
 	doc := lock.Rollout{Checksum: sum}
@@ -182,7 +182,17 @@ func (c *Coordinator) PlanLine(ctx context.Context, sum string, inLine []string)
 		// Fixed when the rollout starts: a host that registers later goes
 		// into the last wave, and no host moves into an earlier or an
 		// approved wave.
-		steps := p.PlanFirst(sum, Members(view, ""), inLine)
+		// A host that runs sum already comes first: after a Consul
+		// that lost its data, the plan is fixed again, and the canary
+		// that installed the release stays the canary.
+		var ready []string
+		for _, n := range view.Nodes {
+			if n.Checksum == sum {
+				ready = append(ready, n.Node)
+			}
+		}
+		slices.Sort(ready)
+		steps := p.PlanFirst(sum, Members(view, ""), append(ready, inLine...))
 		fixed, err := c.Records.FixPlan(ctx, c.Service, sum, Waves(steps))
 		if err != nil {
 			return doc, nil, fmt.Errorf("fix the rollout's plan: %w", err)

@@ -33,10 +33,10 @@ func (p *Policy) Plan(checksum string, members []Member) []Step {
 
 // PlanFirst is Plan with the canary, unless hosts are tagged for it,
 // taken first among ready, in its order, then in the hash order: the
-// coordinator passes the hosts waiting in line for the release, so that
-// the canary is granted as the rollout starts rather than once a host
-// that has not yet found the release gets in line. The later waves are
-// Plan's.
+// coordinator passes the hosts that run the release already and those
+// waiting in line for it, so that the canary is granted as the rollout
+// starts rather than once a host that has not yet found the release
+// gets in line. The later waves are Plan's.
 func (p *Policy) PlanFirst(checksum string, members []Member, ready []string) []Step {
 	order := slices.Clone(members)
 	key := func(node string) uint64 {
