@@ -894,6 +894,7 @@ func (c *coordinator) place(ctx context.Context, checksum string, waves map[stri
 		batches = append(batches, batch)
 	}
 	errs := make([]error, len(batches))
+	written := make([]bool, len(batches))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
 	for i, b := range batches {
@@ -919,13 +920,17 @@ func (c *coordinator) place(ctx context.Context, checksum string, waves map[stri
 						errs[i] = errNotCoordinator
 					}
 				}
+			default:
+				written[i] = true
 			}
 		}()
 	}
 	wg.Wait()
 	c.placedMu.Lock()
 	for i, b := range batches {
-		if errs[i] == nil {
+		// Only what was written: a batch taken back (another release
+		// asked for) is placed when its release is asked for again.
+		if written[i] {
 			for _, node := range b {
 				c.placed[node] = checksum + "/" + waves[node]
 			}
