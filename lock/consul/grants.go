@@ -932,6 +932,10 @@ func (c *coordinator) merge(ctx context.Context, l listing, released chan<- gran
 		if !granted[node] && h.index <= l.index {
 			delete(c.held, node) // released before this listing
 			c.legacyGone(h.session)
+			// As when its watch says so first (which finds it gone
+			// then): the last host of its wave done asks for a
+			// decision at once.
+			c.releasedHost(node)
 		}
 	}
 	sort.Slice(c.queue, func(i, j int) bool { return c.queue[i].order < c.queue[j].order })
