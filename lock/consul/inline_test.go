@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -262,6 +263,76 @@ func (p *soonLinePlanner) Plan(ctx context.Context, sum string) (lock.Rollout, m
 
 func (p *soonLinePlanner) PlanSoon(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
 	return p.Plan(ctx, sum)
+}
+
+// The first decision of a release takes its canary among the hosts in
+// line also when the last host of a wave of the release before was done
+// just then (a decision "soon", lock.SoonPlanner, which knows nothing of
+// the line). Four releases: the decision is soon in most, not all, runs
+// of each.
+func TestRolloutCanaryInLineWhenTheLastReleaseFinishesAtOnce(t *testing.T) {
+	hs := hosts(t, 3, 1)
+	p := &soonLinePlanner{planner: planner{open: map[string]bool{"a": true}, stop: map[string]bool{}},
+		entered: make(chan struct{}, 1), fixed: map[string]map[string]string{}}
+	for _, h := range hs {
+		h.SetPlanner(p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	// host-00 coordinates sum1 and is granted it, its canary.
+	hs[0].Want("sum1")
+	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hs[0].Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	canary := hs[0]
+	for i, next := range []*Slots{hs[2], hs[1], hs[2], hs[1]} {
+		sum := fmt.Sprintf("sum%d", i+2)
+		// A decision held; meanwhile the canary is done (the last host
+		// of its wave), the next release is asked for, and a host gets
+		// in line for it.
+		p.gmu.Lock()
+		p.gate = make(chan struct{})
+		p.gmu.Unlock()
+		nudge(t, hs[0])
+		select {
+		case <-p.entered:
+		case <-ctx.Done():
+			t.Fatal("no decision")
+		}
+		if err := canary.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, 10*time.Second, func() error { return urgent(hs[0]) })
+		b, _ := json.Marshal(Placement{Checksum: sum})
+		if _, err := hs[0].Client.KV().Put(&api.KVPair{Key: ReleaseKey(hs[0].Prefix, "app"), Value: b}, nil); err != nil {
+			t.Fatal(err)
+		}
+		p.gmu.Lock()
+		close(p.gate)
+		p.gate = nil
+		p.gmu.Unlock()
+		next.Want(sum)
+		got := make(chan error, 1)
+		go func() {
+			_, err := next.Acquire(ctx)
+			got <- err
+		}()
+		select {
+		case err := <-got:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			p.gmu.Lock()
+			defer p.gmu.Unlock()
+			t.Fatalf("%s, in line for %s, was not granted as its canary: %v (lines planned from: %v)", next.Node, sum, p.fixed[sum], p.lines)
+		}
+		canary = next
+	}
+	canary.Release(ctx)
 }
 
 // urgent says whether s's coordinator was asked for a decision at once

@@ -558,7 +558,9 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 	go c.follow(ctx, s.Prefix+"/"+s.Service+"/", poke, func() time.Duration { return planGap(int(hosts.Load())) })
 	go c.follow(ctx, ReleaseKey(s.Prefix, s.Service), poke, func() time.Duration { return 5 * time.Millisecond })
 	placedRead := false
-	lastPlanned := "" // the release of the last decision
+	// waited: the release whose first decision waited for a host in
+	// line (LineWait); decided: the release of the last decision made.
+	waited, decided := "", ""
 	var last *lock.Rollout
 	var lastWrite time.Time
 	// soon: a wave's last host is done, and the planner can decide from
@@ -579,13 +581,17 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 			c.asked.Store(rel.Checksum)
 			plan := c.planner.Plan
 			if lp, ok := c.planner.(lock.LinePlanner); ok {
-				line := c.inLine(ctx, rel.Checksum, lastPlanned != rel.Checksum)
+				line := c.inLine(ctx, rel.Checksum, waited != rel.Checksum)
+				waited = rel.Checksum
 				plan = func(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
 					return lp.PlanLine(ctx, sum, line)
 				}
 			}
-			lastPlanned = rel.Checksum
-			if sp, ok := c.planner.(lock.SoonPlanner); ok && soon {
+			// Soon only once this release was decided here: the first
+			// decision, which may fix its plan, takes the hosts in line
+			// (a wave of the release before done just then made it
+			// "soon", and PlanSoon knows nothing of the line).
+			if sp, ok := c.planner.(lock.SoonPlanner); ok && soon && decided == rel.Checksum {
 				plan = sp.PlanSoon
 			}
 			doc, waves, err := plan(ctx, rel.Checksum)
@@ -596,6 +602,7 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 				next = time.Second
 				break
 			}
+			decided = rel.Checksum
 			if !placedRead {
 				// Placements a predecessor wrote: not written again.
 				pairs, _, err := s.Client.KV().List(WavePrefix(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
