@@ -550,7 +550,7 @@ func (s *Slots) startCoordinator() {
 	s.mu.Unlock()
 	c := &coordinator{s: s, se: se, cancel: cancel, done: make(chan struct{}), held: map[string]heldGrant{}, planner: planner,
 		gone: map[string]int{}, urgent: make(chan struct{}, 1), relist: make(chan struct{}, 1), hungry: make(chan struct{}, 1),
-		placed: map[string]string{}, lined: make(chan struct{}, 1)}
+		placed: map[string]placedKey{}, lined: make(chan struct{}, 1)}
 	s.mu.Lock()
 	if s.coord != nil || s.closed { // another, or Close ran meanwhile
 		s.mu.Unlock()
@@ -605,11 +605,11 @@ type coordinator struct {
 	// hungry asks for it once ListGap has passed: fewer hosts known to
 	// wait for an open wave than there are slots.
 	hungry chan struct{}
-	// placed is each host's wave key as written ("checksum/wave"), by
-	// node; placing is set while the hosts of open waves and waves in
-	// line are placed in the background (see decide).
+	// placed is each host's wave key as written last, by node; placing
+	// is set while the hosts of open waves and waves in line are placed
+	// in the background (see decide).
 	placedMu sync.Mutex
-	placed   map[string]string
+	placed   map[string]placedKey
 	placing  bool
 	// line is the hosts granted or in line for each release, as the run
 	// loop knew them last (granted first, then in the order they got in
@@ -932,6 +932,10 @@ func (c *coordinator) merge(ctx context.Context, l listing, released chan<- gran
 		if !granted[node] && h.index <= l.index {
 			delete(c.held, node) // released before this listing
 			c.legacyGone(h.session)
+			// As when its watch says so first (which finds it gone
+			// then): the last host of its wave done asks for a
+			// decision at once.
+			c.releasedHost(node)
 		}
 	}
 	sort.Slice(c.queue, func(i, j int) bool { return c.queue[i].order < c.queue[j].order })
@@ -1052,7 +1056,7 @@ func (c *coordinator) fill(ctx context.Context, released chan<- grantRef) error 
 			continue
 		}
 		c.doc = nil // written
-		c.notePlaced(c.plan, place)
+		c.notePlaced(c.plan, place, resp.Results[max(len(resp.Results)-len(place), 0):])
 		c.legacyTook(lk, batch, resp)
 		for i, w := range batch {
 			idx := w.modify

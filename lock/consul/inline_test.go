@@ -2,8 +2,12 @@ package consul
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"net/http"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -197,4 +201,203 @@ func TestRolloutCanaryIsAHostInLine(t *testing.T) {
 	if _, wave, err := hs[2].Rollout(ctx, "sum1"); err != nil || wave != "a" {
 		t.Fatalf("host-02 granted in wave %q (%v); want a, the canary", wave, err)
 	}
+}
+
+// soonLinePlanner fixes the plan of a release at its first decision,
+// as fleet/rollout's coordinator does: the canary (wave a) is the first
+// host in line, if any, else host-00; the others are in wave b. Its
+// decisions wait while the test holds them, and its soon decision
+// (lock.SoonPlanner) of a release not decided yet is a plain one, as
+// fleet/rollout's is: without the hosts in line.
+type soonLinePlanner struct {
+	planner
+	gmu     sync.Mutex
+	gate    chan struct{} // nil: open
+	entered chan struct{}
+	fixed   map[string]map[string]string
+	lines   [][]string
+}
+
+func (p *soonLinePlanner) wait(ctx context.Context) error {
+	p.gmu.Lock()
+	gate := p.gate
+	p.gmu.Unlock()
+	if gate == nil {
+		return nil
+	}
+	select {
+	case p.entered <- struct{}{}:
+	default:
+	}
+	select {
+	case <-gate:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (p *soonLinePlanner) PlanLine(ctx context.Context, sum string, inLine []string) (lock.Rollout, map[string]string, error) {
+	if err := p.wait(ctx); err != nil {
+		return lock.Rollout{}, nil, err
+	}
+	doc, waves, err := p.planner.Plan(ctx, sum)
+	p.gmu.Lock()
+	defer p.gmu.Unlock()
+	p.lines = append(p.lines, inLine)
+	if p.fixed[sum] == nil {
+		if len(inLine) > 0 {
+			for n := range waves {
+				waves[n] = "b"
+			}
+			waves[inLine[0]] = "a"
+		}
+		p.fixed[sum] = waves
+	}
+	return doc, maps.Clone(p.fixed[sum]), err
+}
+
+func (p *soonLinePlanner) Plan(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
+	return p.PlanLine(ctx, sum, nil)
+}
+
+func (p *soonLinePlanner) PlanSoon(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
+	return p.Plan(ctx, sum)
+}
+
+// The first decision of a release takes its canary among the hosts in
+// line also when the last host of a wave of the release before was done
+// just then (a decision "soon", lock.SoonPlanner, which knows nothing of
+// the line). Four releases: the decision is soon in most, not all, runs
+// of each.
+func TestRolloutCanaryInLineWhenTheLastReleaseFinishesAtOnce(t *testing.T) {
+	hs := hosts(t, 3, 1)
+	p := &soonLinePlanner{planner: planner{open: map[string]bool{"a": true}, stop: map[string]bool{}},
+		entered: make(chan struct{}, 1), fixed: map[string]map[string]string{}}
+	for _, h := range hs {
+		h.SetPlanner(p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	// host-00 coordinates sum1 and is granted it, its canary.
+	hs[0].Want("sum1")
+	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hs[0].Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	canary := hs[0]
+	for i, next := range []*Slots{hs[2], hs[1], hs[2], hs[1]} {
+		sum := fmt.Sprintf("sum%d", i+2)
+		// A decision held; meanwhile the canary is done (the last host
+		// of its wave), the next release is asked for, and a host gets
+		// in line for it.
+		p.gmu.Lock()
+		p.gate = make(chan struct{})
+		p.gmu.Unlock()
+		nudge(t, hs[0])
+		select {
+		case <-p.entered:
+		case <-ctx.Done():
+			t.Fatal("no decision")
+		}
+		if err := canary.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, 10*time.Second, func() error { return urgent(hs[0]) })
+		b, _ := json.Marshal(Placement{Checksum: sum})
+		if _, err := hs[0].Client.KV().Put(&api.KVPair{Key: ReleaseKey(hs[0].Prefix, "app"), Value: b}, nil); err != nil {
+			t.Fatal(err)
+		}
+		p.gmu.Lock()
+		close(p.gate)
+		p.gate = nil
+		p.gmu.Unlock()
+		next.Want(sum)
+		got := make(chan error, 1)
+		go func() {
+			_, err := next.Acquire(ctx)
+			got <- err
+		}()
+		select {
+		case err := <-got:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			p.gmu.Lock()
+			defer p.gmu.Unlock()
+			t.Fatalf("%s, in line for %s, was not granted as its canary: %v (lines planned from: %v)", next.Node, sum, p.fixed[sum], p.lines)
+		}
+		canary = next
+	}
+	canary.Release(ctx)
+}
+
+// urgent says whether s's coordinator was asked for a decision at once
+// (a wave's last host done) and has not taken it yet.
+func urgent(s *Slots) error {
+	s.mu.Lock()
+	c := s.coord
+	s.mu.Unlock()
+	if c == nil || len(c.urgent) == 0 {
+		return errors.New("no decision asked for at once")
+	}
+	return nil
+}
+
+// A grant released is the last host of its wave done, and asks for a
+// decision at once, also when the coordinator's listing of the grants
+// sees it released before the watch of the grant does.
+func TestRolloutReleaseListedFirstAsksForADecision(t *testing.T) {
+	hs := hosts(t, 2, 1)
+	p := &soonLinePlanner{planner: planner{open: map[string]bool{"a": true, "b": true}, stop: map[string]bool{}},
+		entered: make(chan struct{}, 1), fixed: map[string]map[string]string{}}
+	for _, h := range hs {
+		h.SetPlanner(p)
+	}
+	// The coordinator's watch of host-01's grant answers late.
+	key := GrantKey(hs[0].Prefix, "app", "host-01")
+	c, err := api.NewClient(&api.Config{Address: server.Addr, HttpClient: &http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+		resp, err := http.DefaultTransport.RoundTrip(r)
+		q := r.URL.Query()
+		if r.Method == http.MethodGet && r.URL.Path == "/v1/kv/"+key && q.Has("index") && !q.Has("recurse") {
+			time.Sleep(500 * time.Millisecond)
+		}
+		return resp, err
+	})}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs[0].Client = c
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	hs[1].Want("sum1")
+	if _, err := hs[1].Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A decision held, so the one asked for at once waits to be taken.
+	p.gmu.Lock()
+	p.gate = make(chan struct{})
+	p.gmu.Unlock()
+	defer func() {
+		p.gmu.Lock()
+		close(p.gate)
+		p.gate = nil
+		p.gmu.Unlock()
+	}()
+	nudge(t, hs[0])
+	select {
+	case <-p.entered:
+	case <-ctx.Done():
+		t.Fatal("no decision")
+	}
+	if err := hs[1].Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, func() error { return urgent(hs[0]) })
 }

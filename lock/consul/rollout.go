@@ -558,7 +558,9 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 	go c.follow(ctx, s.Prefix+"/"+s.Service+"/", poke, func() time.Duration { return planGap(int(hosts.Load())) })
 	go c.follow(ctx, ReleaseKey(s.Prefix, s.Service), poke, func() time.Duration { return 5 * time.Millisecond })
 	placedRead := false
-	lastPlanned := "" // the release of the last decision
+	// waited: the release whose first decision waited for a host in
+	// line (LineWait); decided: the release of the last decision made.
+	waited, decided := "", ""
 	var last *lock.Rollout
 	var lastWrite time.Time
 	// soon: a wave's last host is done, and the planner can decide from
@@ -579,13 +581,17 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 			c.asked.Store(rel.Checksum)
 			plan := c.planner.Plan
 			if lp, ok := c.planner.(lock.LinePlanner); ok {
-				line := c.inLine(ctx, rel.Checksum, lastPlanned != rel.Checksum)
+				line := c.inLine(ctx, rel.Checksum, waited != rel.Checksum)
+				waited = rel.Checksum
 				plan = func(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
 					return lp.PlanLine(ctx, sum, line)
 				}
 			}
-			lastPlanned = rel.Checksum
-			if sp, ok := c.planner.(lock.SoonPlanner); ok && soon {
+			// Soon only once this release was decided here: the first
+			// decision, which may fix its plan, takes the hosts in line
+			// (a wave of the release before done just then made it
+			// "soon", and PlanSoon knows nothing of the line).
+			if sp, ok := c.planner.(lock.SoonPlanner); ok && soon && decided == rel.Checksum {
 				plan = sp.PlanSoon
 			}
 			doc, waves, err := plan(ctx, rel.Checksum)
@@ -596,6 +602,7 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 				next = time.Second
 				break
 			}
+			decided = rel.Checksum
 			if !placedRead {
 				// Placements a predecessor wrote: not written again.
 				pairs, _, err := s.Client.KV().List(WavePrefix(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
@@ -607,7 +614,7 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 				for _, kv := range pairs {
 					var p Placement
 					if json.Unmarshal(kv.Value, &p) == nil {
-						c.placed[kv.Key[len(WavePrefix(s.Prefix, s.Service)):]] = p.Checksum + "/" + p.Wave
+						c.notePlace(kv.Key[len(WavePrefix(s.Prefix, s.Service)):], p.Checksum+"/"+p.Wave, kv.ModifyIndex)
 					}
 				}
 				c.placedMu.Unlock()
@@ -813,7 +820,7 @@ func (c *coordinator) placeRest(ctx context.Context, checksum string, waves map[
 	}
 	rest := false
 	for node, wave := range waves {
-		if c.placed[node] != checksum+"/"+wave {
+		if c.placed[node].value != checksum+"/"+wave {
 			rest = true
 			break
 		}
@@ -851,18 +858,40 @@ func (c *coordinator) unplaced(w want) string {
 	}
 	c.placedMu.Lock()
 	defer c.placedMu.Unlock()
-	if c.placed[w.node] == w.checksum+"/"+wave {
+	if c.placed[w.node].value == w.checksum+"/"+wave {
 		return ""
 	}
 	return wave
 }
 
-// notePlaced notes the wave keys of nodes written with their grants.
-func (c *coordinator) notePlaced(p *planned, nodes []string) {
+// placedKey is a host's wave key as written: "checksum/wave", and the
+// index of the write.
+type placedKey struct {
+	value string
+	index uint64
+}
+
+// notePlace notes node's wave key written as value at index (c.placedMu
+// held), unless a later write is noted already: the placements of two
+// decisions (the background placement of the release before, still
+// under way, and the next release's) can land in any order, and the
+// key holds the last.
+func (c *coordinator) notePlace(node, value string, index uint64) {
+	if index == 0 || index < c.placed[node].index {
+		return // not known: placed again when it is looked at next
+	}
+	c.placed[node] = placedKey{value, index}
+}
+
+// notePlaced notes the wave keys of nodes written with their grants;
+// results are their operations' results, in order.
+func (c *coordinator) notePlaced(p *planned, nodes []string, results api.TxnResults) {
 	c.placedMu.Lock()
 	defer c.placedMu.Unlock()
-	for _, node := range nodes {
-		c.placed[node] = p.doc.Checksum + "/" + p.waves[node]
+	for i, node := range nodes {
+		if i < len(results) && results[i].KV != nil {
+			c.notePlace(node, p.doc.Checksum+"/"+p.waves[node], results[i].KV.ModifyIndex)
+		}
 	}
 }
 
@@ -881,7 +910,7 @@ func (c *coordinator) place(ctx context.Context, checksum string, waves map[stri
 	var batch []string
 	c.placedMu.Lock()
 	for node, wave := range waves {
-		if c.placed[node] == checksum+"/"+wave || !which(wave) {
+		if c.placed[node].value == checksum+"/"+wave || !which(wave) {
 			continue
 		}
 		batch = append(batch, node)
@@ -894,6 +923,7 @@ func (c *coordinator) place(ctx context.Context, checksum string, waves map[stri
 		batches = append(batches, batch)
 	}
 	errs := make([]error, len(batches))
+	written := make([]api.TxnResults, len(batches))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
 	for i, b := range batches {
@@ -919,15 +949,19 @@ func (c *coordinator) place(ctx context.Context, checksum string, waves map[stri
 						errs[i] = errNotCoordinator
 					}
 				}
+			default:
+				written[i] = resp.Results[min(1, len(resp.Results)):] // after the check
 			}
 		}()
 	}
 	wg.Wait()
 	c.placedMu.Lock()
 	for i, b := range batches {
-		if errs[i] == nil {
-			for _, node := range b {
-				c.placed[node] = checksum + "/" + waves[node]
+		// Only what was written: a batch taken back (another release
+		// asked for) is placed when its release is asked for again.
+		for j, node := range b {
+			if j < len(written[i]) && written[i][j].KV != nil {
+				c.notePlace(node, checksum+"/"+waves[node], written[i][j].KV.ModifyIndex)
 			}
 		}
 	}
