@@ -401,3 +401,73 @@ func TestRolloutReleaseListedFirstAsksForADecision(t *testing.T) {
 	}
 	testutil.Eventually(t, 5*time.Second, func() error { return urgent(hs[0]) })
 }
+
+// A coordinator taking over a release its predecessor decided does not
+// wait for a host in line (LineWait) before its first decision: nobody
+// need be in line (every host waits for an approval, say).
+func TestRolloutTakeoverDoesNotWaitForTheLine(t *testing.T) {
+	defer func(d time.Duration) { LineWait = d }(LineWait)
+	LineWait = time.Minute
+	hs := hosts(t, 2, 1)
+	p := &linePlanner{planner: planner{open: map[string]bool{}, stop: map[string]bool{"a": true, "b": true}}}
+	for _, h := range hs {
+		h.SetPlanner(p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// host-01 is in line while host-00 asks: the first decision takes
+	// the line at once, and ends host-01's wait (its wave does not open
+	// by itself).
+	hs[1].Want("sum1")
+	got := make(chan error, 1)
+	go func() {
+		_, err := hs[1].Acquire(ctx)
+		got <- err
+	}()
+	waitInLine(t, hs[1])
+	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; !errors.Is(err, lock.ErrMoved) {
+		t.Fatalf("host-01's wait ended with %v, want moved out of line", err)
+	}
+	// The document's index, and whether a coordinator holds it (one
+	// that gives its lock back releases it: a write, not a decision).
+	doc := func() (uint64, bool, error) {
+		kv, _, err := hs[0].Client.KV().Get(RolloutKey(hs[0].Prefix, "app"), &api.QueryOptions{RequireConsistent: true})
+		if err == nil && kv == nil {
+			err = errors.New("no document")
+		}
+		if err != nil {
+			return 0, false, err
+		}
+		return kv.ModifyIndex, kv.Session != "", nil
+	}
+	first, _, err := doc()
+	if err != nil {
+		t.Fatal(err)
+	}
+	coordinator, other := hs[0], hs[1]
+	if !coordinator.Coordinating() {
+		coordinator, other = other, coordinator
+	}
+	coordinator.Close()
+	// Nobody in line: the other host's look elects it, and its first
+	// decision, written at once, is the document's next write.
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if _, _, err := other.Rollout(ctx, "sum1"); err != nil {
+			return err
+		}
+		if !other.Coordinating() {
+			return errors.New("no coordinator took over")
+		}
+		return nil
+	})
+	testutil.Eventually(t, 20*time.Second, func() error {
+		idx, held, err := doc()
+		if err == nil && (idx == first || !held) {
+			err = errors.New("the new coordinator has not written its document")
+		}
+		return err
+	})
+}

@@ -561,6 +561,14 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 	// waited: the release whose first decision waited for a host in
 	// line (LineWait); decided: the release of the last decision made.
 	waited, decided := "", ""
+	// A release whose document a predecessor wrote was decided, its
+	// plan fixed: a coordinator taking over does not wait for the line.
+	if kv, _, err := s.Client.KV().Get(RolloutKey(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx)); err == nil && kv != nil {
+		var d lock.Rollout
+		if json.Unmarshal(kv.Value, &d) == nil {
+			waited = d.Checksum
+		}
+	}
 	var last *lock.Rollout
 	var lastWrite time.Time
 	// soon: a wave's last host is done, and the planner can decide from
