@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -56,6 +57,27 @@ func waitInLine(t *testing.T, h *Slots) {
 			err = fmt.Errorf("%s not in line", h.Node)
 		}
 		return err
+	})
+}
+
+// waitKnownInLine waits until s's coordinator knows node to be in line
+// for sum (or granted it), from a listing of the grants its run loop
+// took: the key written is not enough, its listing may come later.
+func waitKnownInLine(t *testing.T, s *Slots, sum, node string) {
+	t.Helper()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		s.mu.Lock()
+		c := s.coord
+		s.mu.Unlock()
+		if c == nil {
+			return fmt.Errorf("%s does not coordinate", s.Node)
+		}
+		c.lineMu.Lock()
+		defer c.lineMu.Unlock()
+		if !slices.Contains(c.line[sum], node) {
+			return fmt.Errorf("%s's coordinator does not know %s in line for %s (%v)", s.Node, node, sum, c.line)
+		}
+		return nil
 	})
 }
 

@@ -470,6 +470,9 @@ func TestRolloutDocumentWrittenWithTheGrants(t *testing.T) {
 		}
 		return err
 	})
+	// And the coordinator knows it, as it must to grant it with the
+	// document.
+	waitKnownInLine(t, hs[1], "sum1", "host-00")
 	g.free()
 	if err := <-got; err != nil {
 		t.Fatal(err)
