@@ -81,6 +81,17 @@ func waitKnownInLine(t *testing.T, s *Slots, sum, node string) {
 	})
 }
 
+// waitForTheLine makes the first decision of a release wait for a host
+// in line as long as a test may need (LineWait): the hosts in line
+// reach the coordinator through its listing of the grants, which a
+// loaded machine may slow past LineWait. Set before hosts, so that it
+// is restored once their coordinators are closed.
+func waitForTheLine(t *testing.T) {
+	old := LineWait
+	LineWait = time.Minute
+	t.Cleanup(func() { LineWait = old })
+}
+
 // nudge wakes the coordinator's decision: a record of the service
 // changed.
 func nudge(t *testing.T, h *Slots) {
@@ -193,6 +204,7 @@ func (p *linePlanner) PlanLine(ctx context.Context, sum string, inLine []string)
 // line for it, granted with the document, rather than a host that has
 // not found the release yet.
 func TestRolloutCanaryIsAHostInLine(t *testing.T) {
+	waitForTheLine(t)
 	hs := hosts(t, 3, 1)
 	p := &linePlanner{planner: planner{open: map[string]bool{"a": true}, stop: map[string]bool{}}}
 	for _, h := range hs {
@@ -293,6 +305,7 @@ func (p *soonLinePlanner) PlanSoon(ctx context.Context, sum string) (lock.Rollou
 // the line). Four releases: the decision is soon in most, not all, runs
 // of each.
 func TestRolloutCanaryInLineWhenTheLastReleaseFinishesAtOnce(t *testing.T) {
+	waitForTheLine(t)
 	hs := hosts(t, 3, 1)
 	p := &soonLinePlanner{planner: planner{open: map[string]bool{"a": true}, stop: map[string]bool{}},
 		entered: make(chan struct{}, 1), fixed: map[string]map[string]string{}}
@@ -428,8 +441,7 @@ func TestRolloutReleaseListedFirstAsksForADecision(t *testing.T) {
 // wait for a host in line (LineWait) before its first decision: nobody
 // need be in line (every host waits for an approval, say).
 func TestRolloutTakeoverDoesNotWaitForTheLine(t *testing.T) {
-	defer func(d time.Duration) { LineWait = d }(LineWait)
-	LineWait = time.Minute
+	waitForTheLine(t) // which the takeover must not wait for
 	hs := hosts(t, 2, 1)
 	p := &linePlanner{planner: planner{open: map[string]bool{}, stop: map[string]bool{"a": true, "b": true}}}
 	for _, h := range hs {
