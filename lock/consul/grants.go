@@ -608,6 +608,8 @@ type coordinator struct {
 	// placed is each host's wave key as written last, by node; placing
 	// is set while the hosts of open waves and waves in line are placed
 	// in the background (see decide).
+	// bg counts the goroutines of the run's decisions and placement.
+	bg       sync.WaitGroup
 	placedMu sync.Mutex
 	placed   map[string]placedKey
 	placing  bool
@@ -664,6 +666,10 @@ func (c *coordinator) run(ctx context.Context) {
 		s.Client.KV().Release(&api.KVPair{Key: CoordKey(s.Prefix, s.Service), Session: c.se.id}, nil)
 		c.se.end(s.Client)
 	}()
+	// The decisions and the background placement end with the run (its
+	// context cancelled first): a stopped coordinator leaves nothing
+	// running behind it.
+	defer c.bg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -678,7 +684,11 @@ func (c *coordinator) run(ctx context.Context) {
 	go c.list(ctx, lists, c.relist, c.hungry)
 	plans := make(chan planned)
 	if c.planner != nil {
-		go c.decide(ctx, plans)
+		c.bg.Add(1)
+		go func() {
+			defer c.bg.Done()
+			c.decide(ctx, plans)
+		}()
 	}
 	idleSince := time.Now()
 	tick := time.NewTicker(IdleResign / 4)

@@ -505,3 +505,43 @@ func TestRolloutTakeoverDoesNotWaitForTheLine(t *testing.T) {
 		return err
 	})
 }
+
+// blockingPlanner's decision lasts until its context ends; ended says
+// when it has returned.
+type blockingPlanner struct {
+	started chan struct{}
+	ended   atomic.Bool
+}
+
+func (p *blockingPlanner) Plan(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
+	select {
+	case p.started <- struct{}{}:
+	default:
+	}
+	<-ctx.Done()
+	time.Sleep(200 * time.Millisecond) // a decision slow to wind down (a read under way)
+	p.ended.Store(true)
+	return lock.Rollout{}, nil, ctx.Err()
+}
+
+// Close returns once the coordinator's decisions have ended: nothing of
+// a stopped coordinator runs on (a reload starts another).
+func TestCloseWaitsForTheDecisions(t *testing.T) {
+	hs := hosts(t, 1, 1)
+	p := &blockingPlanner{started: make(chan struct{}, 1)}
+	hs[0].SetPlanner(p)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.started:
+	case <-ctx.Done():
+		t.Fatal("the coordinator did not start deciding")
+	}
+	hs[0].Close()
+	if !p.ended.Load() {
+		t.Fatal("Close returned while the coordinator's decision still ran")
+	}
+}

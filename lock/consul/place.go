@@ -35,7 +35,9 @@ func (c *coordinator) placeRest(ctx context.Context, checksum string, waves map[
 		return
 	}
 	c.placing = true
+	c.bg.Add(1)
 	go func() {
+		defer c.bg.Done()
 		defer func() {
 			c.placedMu.Lock()
 			c.placing = false
