@@ -605,11 +605,11 @@ type coordinator struct {
 	// hungry asks for it once ListGap has passed: fewer hosts known to
 	// wait for an open wave than there are slots.
 	hungry chan struct{}
+	// bg counts the goroutines of the run's decisions and placement.
+	bg sync.WaitGroup
 	// placed is each host's wave key as written last, by node; placing
 	// is set while the hosts of open waves and waves in line are placed
 	// in the background (see decide).
-	// bg counts the goroutines of the run's decisions and placement.
-	bg       sync.WaitGroup
 	placedMu sync.Mutex
 	placed   map[string]placedKey
 	placing  bool

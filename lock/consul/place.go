@@ -26,7 +26,7 @@ func (c *coordinator) placeRest(ctx context.Context, checksum string, waves map[
 	}
 	rest := false
 	for node, wave := range waves {
-		if c.placed[node].value != checksum+"/"+wave {
+		if !c.isPlaced(node, checksum, wave) {
 			rest = true
 			break
 		}
@@ -66,29 +66,34 @@ func (c *coordinator) unplaced(w want) string {
 	}
 	c.placedMu.Lock()
 	defer c.placedMu.Unlock()
-	if c.placed[w.node].value == w.checksum+"/"+wave {
+	if c.isPlaced(w.node, w.checksum, wave) {
 		return ""
 	}
 	return wave
 }
 
-// placedKey is a host's wave key as written: "checksum/wave", and the
-// index of the write.
+// placedKey is a host's wave key as written, and the index of the write.
 type placedKey struct {
-	value string
+	Placement
 	index uint64
 }
 
-// notePlace notes node's wave key written as value at index (c.placedMu
+// isPlaced says whether node's wave key was noted written as wave of
+// checksum (c.placedMu held).
+func (c *coordinator) isPlaced(node, checksum, wave string) bool {
+	return c.placed[node].Placement == Placement{Checksum: checksum, Wave: wave}
+}
+
+// notePlace notes node's wave key written as p at index (c.placedMu
 // held), unless a later write is noted already: the placements of two
 // decisions (the background placement of the release before, still
 // under way, and the next release's) can land in any order, and the
 // key holds the last.
-func (c *coordinator) notePlace(node, value string, index uint64) {
+func (c *coordinator) notePlace(node string, p Placement, index uint64) {
 	if index == 0 || index < c.placed[node].index {
 		return // not known: placed again when it is looked at next
 	}
-	c.placed[node] = placedKey{value, index}
+	c.placed[node] = placedKey{p, index}
 }
 
 // notePlaced notes the wave keys of nodes written with their grants;
@@ -98,7 +103,7 @@ func (c *coordinator) notePlaced(p *planned, nodes []string, results api.TxnResu
 	defer c.placedMu.Unlock()
 	for i, node := range nodes {
 		if i < len(results) && results[i].KV != nil {
-			c.notePlace(node, p.doc.Checksum+"/"+p.waves[node], results[i].KV.ModifyIndex)
+			c.notePlace(node, Placement{Checksum: p.doc.Checksum, Wave: p.waves[node]}, results[i].KV.ModifyIndex)
 		}
 	}
 }
@@ -118,7 +123,7 @@ func (c *coordinator) place(ctx context.Context, checksum string, waves map[stri
 	var batch []string
 	c.placedMu.Lock()
 	for node, wave := range waves {
-		if c.placed[node].value == checksum+"/"+wave || !which(wave) {
+		if c.isPlaced(node, checksum, wave) || !which(wave) {
 			continue
 		}
 		batch = append(batch, node)
@@ -169,7 +174,7 @@ func (c *coordinator) place(ctx context.Context, checksum string, waves map[stri
 		// asked for) is placed when its release is asked for again.
 		for j, node := range b {
 			if j < len(written[i]) && written[i][j].KV != nil {
-				c.notePlace(node, checksum+"/"+waves[node], written[i][j].KV.ModifyIndex)
+				c.notePlace(node, Placement{Checksum: checksum, Wave: waves[node]}, written[i][j].KV.ModifyIndex)
 			}
 		}
 	}

@@ -621,7 +621,7 @@ func (c *coordinator) decide(ctx context.Context, out chan<- planned) {
 				for _, kv := range pairs {
 					var p Placement
 					if json.Unmarshal(kv.Value, &p) == nil {
-						c.notePlace(kv.Key[len(WavePrefix(s.Prefix, s.Service)):], p.Checksum+"/"+p.Wave, kv.ModifyIndex)
+						c.notePlace(kv.Key[len(WavePrefix(s.Prefix, s.Service)):], p, kv.ModifyIndex)
 					}
 				}
 				c.placedMu.Unlock()
