@@ -92,6 +92,19 @@ func waitForTheLine(t *testing.T) {
 	t.Cleanup(func() { LineWait = old })
 }
 
+// getInLine starts h's Acquire in the background and waits until its
+// place in line is written; the channel gives Acquire's outcome.
+func getInLine(ctx context.Context, t *testing.T, h *Slots) <-chan error {
+	t.Helper()
+	got := make(chan error, 1)
+	go func() {
+		_, err := h.Acquire(ctx)
+		got <- err
+	}()
+	waitInLine(t, h)
+	return got
+}
+
 // nudge wakes the coordinator's decision: a record of the service
 // changed.
 func nudge(t *testing.T, h *Slots) {
@@ -128,12 +141,7 @@ func TestRolloutInLineFollowsTheCoordinatorNotTheDocument(t *testing.T) {
 	})
 	// host-01 waits in line for wave b (it opens once a is done).
 	hs[1].Want("sum1")
-	got := make(chan error, 1)
-	go func() {
-		_, err := hs[1].Acquire(ctx)
-		got <- err
-	}()
-	waitInLine(t, hs[1])
+	got := getInLine(ctx, t, hs[1])
 	waiting := follow(ctx, t, hs[1])
 	other := follow(ctx, t, hs[2]) // not in line
 	// Two writes of the document: wave a closes, and opens again.
@@ -214,12 +222,7 @@ func TestRolloutCanaryIsAHostInLine(t *testing.T) {
 	defer cancel()
 	// host-02 found the release first and waits in line for its plan.
 	hs[2].Want("sum1")
-	got := make(chan error, 1)
-	go func() {
-		_, err := hs[2].Acquire(ctx)
-		got <- err
-	}()
-	waitInLine(t, hs[2])
+	got := getInLine(ctx, t, hs[2])
 	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
 		t.Fatal(err)
 	}
@@ -453,12 +456,7 @@ func TestRolloutTakeoverDoesNotWaitForTheLine(t *testing.T) {
 	// the line at once, and ends host-01's wait (its wave does not open
 	// by itself).
 	hs[1].Want("sum1")
-	got := make(chan error, 1)
-	go func() {
-		_, err := hs[1].Acquire(ctx)
-		got <- err
-	}()
-	waitInLine(t, hs[1])
+	got := getInLine(ctx, t, hs[1])
 	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
 		t.Fatal(err)
 	}
