@@ -138,6 +138,10 @@ type Slots struct {
 	// brought them (Looked), and when.
 	looked   api.KVPairs
 	lookedAt time.Time
+	// lookedDoc: the document as this host's last look at the rollout
+	// read it, which the follower takes when the host leaves the line
+	// rather than asking Consul again (WaitRollout).
+	lookedDoc *api.KVPair
 	// electing: an election waits its random time in the background.
 	electing bool
 	// starting counts the startCoordinator calls in flight: until they

@@ -543,3 +543,118 @@ func TestCloseWaitsForTheDecisions(t *testing.T) {
 		t.Fatal("Close returned while the coordinator's decision still ran")
 	}
 }
+
+// A host that leaves the line takes, for its follower of the document,
+// the document its look once granted read, rather than asking Consul
+// again for what it has seen; a later write of the document still wakes
+// its follower.
+func TestRolloutLeavingTheLineTakesTheDocumentItLookedAt(t *testing.T) {
+	hs := hosts(t, 2, 1)
+	p := &planner{open: map[string]bool{"a": true}, stop: map[string]bool{}}
+	for _, h := range hs {
+		h.SetPlanner(p)
+	}
+	// host-01's reads of the document from Consul, counted.
+	var docReads atomic.Int64
+	docKey := "/v1/kv/" + RolloutKey(hs[1].Prefix, hs[1].Service)
+	c, err := api.NewClient(&api.Config{Address: server.Addr, HttpClient: &http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+		if r.Method == http.MethodGet && r.URL.Path == docKey {
+			docReads.Add(1)
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs[1].Client = c
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if _, wave, err := hs[1].Rollout(ctx, "sum1"); err != nil || wave != "b" {
+			return fmt.Errorf("host-01 not placed in wave b (%q, %v)", wave, err)
+		}
+		return nil
+	})
+	// The follower's index: the document with wave b closed.
+	_, before, err := hs[1].WaitRollout(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs[1].Want("sum1")
+	got := getInLine(ctx, t, hs[1])
+	p.set("b", true)
+	nudge(t, hs[0])
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("host-01 was not granted once wave b opened")
+	}
+	// Granted, host-01 looks at the rollout (wave b open: the document
+	// may come just after the grant), and its follower, in line, waits
+	// on coord from the index before.
+	testutil.Eventually(t, 20*time.Second, func() error {
+		doc, wave, err := hs[1].Rollout(ctx, "sum1")
+		if err != nil || wave != "b" || doc.Wave("b") == nil || !doc.Wave("b").Open {
+			return fmt.Errorf("host-01's look once granted: wave %q of %+v (%v)", wave, doc, err)
+		}
+		return nil
+	})
+	kv, _, err := hs[1].Client.KV().Get(RolloutKey(hs[1].Prefix, hs[1].Service), nil)
+	if err != nil || kv == nil {
+		t.Fatalf("the document: %v, %v", kv, err)
+	}
+	type waited struct {
+		doc   *lock.Rollout
+		index uint64
+		err   error
+	}
+	follow := func(index uint64) <-chan waited {
+		out := make(chan waited, 1)
+		go func() {
+			d, next, err := hs[1].WaitRollout(ctx, index)
+			out <- waited{d, next, err}
+		}()
+		return out
+	}
+	left := follow(before)
+	testutil.Eventually(t, 10*time.Second, func() error {
+		hs[1].mu.Lock()
+		defer hs[1].mu.Unlock()
+		if hs[1].following == 0 {
+			return errors.New("host-01's follower does not wait yet")
+		}
+		return nil
+	})
+	reads := docReads.Load()
+	hs[1].Release(ctx)
+	var w waited
+	select {
+	case w = <-left:
+	case <-ctx.Done():
+		t.Fatal("host-01's follower did not return once it left the line")
+	}
+	if w.err != nil || w.doc == nil || w.doc.Wave("b") == nil || !w.doc.Wave("b").Open || w.index != kv.ModifyIndex {
+		t.Fatalf("host-01 left the line: its follower read %+v at index %d (%v); want wave b open, index %d", w.doc, w.index, w.err, kv.ModifyIndex)
+	}
+	if n := docReads.Load() - reads; n != 0 {
+		t.Fatalf("host-01's follower read the document from Consul %d times once it left the line; its look had read it", n)
+	}
+	// The next write of the document wakes it.
+	next := follow(w.index)
+	p.set("b", false)
+	nudge(t, hs[0])
+	select {
+	case w = <-next:
+	case <-ctx.Done():
+		t.Fatal("host-01's follower did not wake on the document's next write")
+	}
+	if w.err != nil || w.doc == nil || w.doc.Wave("b") == nil || w.doc.Wave("b").Open {
+		t.Fatalf("host-01's follower read %+v (%v); want wave b closed", w.doc, w.err)
+	}
+}

@@ -175,6 +175,9 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 			if json.Unmarshal(kv.Value, &d) == nil {
 				doc = &d
 			}
+			s.mu.Lock()
+			s.lookedDoc = kv
+			s.mu.Unlock()
 		case ReleaseKey(s.Prefix, s.Service):
 			json.Unmarshal(kv.Value, &rel)
 			relIndex = kv.ModifyIndex
@@ -316,12 +319,18 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 		var err error
 		if coord, coordIndex, err = s.waitCoord(ctx, index, se.done); err != nil {
 			s.mu.Lock()
-			s.docHeld = false
+			s.docHeld, s.lookedDoc = false, nil
 			s.mu.Unlock()
 			return nil, 0, s.unavailable("follow the rollout's coordinator", err)
 		}
 		if coord != nil {
 			index = 0 // the document as it is now
+		} else if doc, next, ok := s.lookedSince(index); ok {
+			// This host left the line, and looked at the rollout once
+			// granted: the document it read then, if later than the
+			// follower's, rather than asking Consul again for what the
+			// host has seen.
+			return doc, next, nil
 		}
 		// Else this host left the line: its wait on the document goes
 		// on from where it was, and ends at once if it changed since.
@@ -335,7 +344,7 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 	kv, meta, err := s.Client.KV().Get(RolloutKey(s.Prefix, s.Service), q.WithContext(ctx))
 	if err != nil {
 		s.mu.Lock()
-		s.docHeld = false
+		s.docHeld, s.lookedDoc = false, nil
 		s.mu.Unlock()
 		return nil, 0, s.unavailable("read the rollout", err)
 	}
@@ -360,6 +369,27 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 		return nil, next, fmt.Errorf("read %s: %w", kv.Key, err)
 	}
 	return &doc, next, nil
+}
+
+// lookedSince returns the document as this host's last look read it,
+// if its index is past index. Taken only once the host leaves the line:
+// the follower's index and the look are then of the same Consul (one
+// that restarted ended the wait on coord with an error, which forgets
+// the look), and raft's index only grows, so a document the follower
+// read, or could have, is not past it.
+func (s *Slots) lookedSince(index uint64) (*lock.Rollout, uint64, bool) {
+	s.mu.Lock()
+	kv := s.lookedDoc
+	s.mu.Unlock()
+	if kv == nil || kv.ModifyIndex <= index {
+		return nil, 0, false
+	}
+	var doc lock.Rollout
+	if json.Unmarshal(kv.Value, &doc) != nil {
+		return nil, 0, false
+	}
+	s.noteCoordinator(kv.Session != "")
+	return &doc, kv.ModifyIndex, true
 }
 
 // waitCoord blocks until the coordinator's key changes past index, or
