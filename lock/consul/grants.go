@@ -142,6 +142,11 @@ type Slots struct {
 	// read it, which the follower takes when the host leaves the line
 	// rather than asking Consul again (WaitRollout).
 	lookedDoc *api.KVPair
+	// followFails counts the failures of the follower's reads;
+	// lookedFails is its count when the keys of looked were read. A look
+	// whose keys were read before the follower's last failure may be of
+	// a Consul that has gone since: its document is not kept.
+	followFails, lookedFails uint64
 	// electing: an election waits its random time in the background.
 	electing bool
 	// starting counts the startCoordinator calls in flight: until they

@@ -87,8 +87,11 @@ func (s *Slots) Want(checksum string) {
 // a coordinator when none runs.
 func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, string, error) {
 	s.mu.Lock()
-	pairs, at := s.looked, s.lookedAt
+	pairs, at, fails := s.looked, s.lookedAt, s.lookedFails
 	s.looked = nil
+	if pairs == nil || time.Since(at) > lookFresh {
+		fails = s.followFails
+	}
 	s.mu.Unlock()
 	if pairs == nil || time.Since(at) > lookFresh {
 		ok, resp, _, err := s.Client.Txn().Txn(s.LookOps(), (&api.QueryOptions{}).WithContext(ctx))
@@ -105,7 +108,7 @@ func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, st
 			}
 		}
 	}
-	return s.rolloutFrom(ctx, checksum, pairs)
+	return s.rolloutFrom(ctx, checksum, pairs, fails)
 }
 
 // ElectionPause is the least a host that finds the release asked for
@@ -157,14 +160,16 @@ func (s *Slots) Looks(key string) bool {
 // within lookFresh.
 func (s *Slots) Looked(pairs api.KVPairs) {
 	s.mu.Lock()
-	s.looked, s.lookedAt = append(api.KVPairs{}, pairs...), time.Now()
+	s.looked, s.lookedAt, s.lookedFails = append(api.KVPairs{}, pairs...), time.Now(), s.followFails
 	s.mu.Unlock()
 }
 
-// rolloutFrom is Rollout once the keys are read.
-func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPairs) (*lock.Rollout, string, error) {
+// rolloutFrom is Rollout once the keys are read, the follower's failures
+// then numbering fails.
+func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPairs, fails uint64) (*lock.Rollout, string, error) {
 	waveKey := WaveKey(s.Prefix, s.Service, s.Node)
 	var doc *lock.Rollout
+	var docKV *api.KVPair
 	var rel, place Placement
 	var relIndex uint64
 	coordinated := false
@@ -175,9 +180,7 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 			if json.Unmarshal(kv.Value, &d) == nil {
 				doc = &d
 			}
-			s.mu.Lock()
-			s.lookedDoc = kv
-			s.mu.Unlock()
+			docKV = kv
 		case ReleaseKey(s.Prefix, s.Service):
 			json.Unmarshal(kv.Value, &rel)
 			relIndex = kv.ModifyIndex
@@ -189,6 +192,16 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 			json.Unmarshal(kv.Value, &place)
 		}
 	}
+	// The document as read (none, if none was), for the follower
+	// (lookedSince); not if the follower failed since the keys were
+	// read: they may be of a Consul that has gone since (restarted
+	// without its data), whose index the one that answers now has not
+	// reached.
+	s.mu.Lock()
+	if s.followFails == fails {
+		s.lookedDoc = docKV
+	}
+	s.mu.Unlock()
 	asked, lost := false, false
 	if (doc == nil || doc.Checksum != checksum) && rel.Checksum != checksum {
 		// Check-and-set: of the hosts that find a release at once, one
@@ -320,6 +333,7 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 		if coord, coordIndex, err = s.waitCoord(ctx, index, se.done); err != nil {
 			s.mu.Lock()
 			s.docHeld, s.lookedDoc = false, nil
+			s.followFails++
 			s.mu.Unlock()
 			return nil, 0, s.unavailable("follow the rollout's coordinator", err)
 		}
@@ -345,6 +359,7 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 	if err != nil {
 		s.mu.Lock()
 		s.docHeld, s.lookedDoc = false, nil
+		s.followFails++
 		s.mu.Unlock()
 		return nil, 0, s.unavailable("read the rollout", err)
 	}
@@ -375,8 +390,9 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 // if its index is past index. Taken only once the host leaves the line:
 // the follower's index and the look are then of the same Consul (one
 // that restarted ended the wait on coord with an error, which forgets
-// the look), and raft's index only grows, so a document the follower
-// read, or could have, is not past it.
+// the look, and a look whose keys were read before that is not kept),
+// and raft's index only grows, so a document the follower read, or
+// could have, is not past it.
 func (s *Slots) lookedSince(index uint64) (*lock.Rollout, uint64, bool) {
 	s.mu.Lock()
 	kv := s.lookedDoc
