@@ -544,6 +544,51 @@ func TestCloseWaitsForTheDecisions(t *testing.T) {
 	}
 }
 
+// askAndPlace has asker ask for sum1 (it coordinates) and waits until
+// h is placed in wave b.
+func askAndPlace(ctx context.Context, t *testing.T, asker, h *Slots) {
+	t.Helper()
+	if _, _, err := asker.Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 20*time.Second, func() error {
+		if _, wave, err := h.Rollout(ctx, "sum1"); err != nil || wave != "b" {
+			return fmt.Errorf("%s not placed in wave b (%q, %v)", h.Node, wave, err)
+		}
+		return nil
+	})
+}
+
+// waited is what one WaitRollout returned.
+type waited struct {
+	doc   *lock.Rollout
+	index uint64
+	err   error
+}
+
+// waitRollout runs one WaitRollout of h from index in the background.
+func waitRollout(ctx context.Context, h *Slots, index uint64) <-chan waited {
+	out := make(chan waited, 1)
+	go func() {
+		d, next, err := h.WaitRollout(ctx, index)
+		out <- waited{d, next, err}
+	}()
+	return out
+}
+
+// waitFollowing waits until a WaitRollout of h waits.
+func waitFollowing(t *testing.T, h *Slots) {
+	t.Helper()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.following == 0 {
+			return fmt.Errorf("%s's follower does not wait yet", h.Node)
+		}
+		return nil
+	})
+}
+
 // A host that leaves the line takes, for its follower of the document,
 // the document its look once granted read, rather than asking Consul
 // again for what it has seen; a later write of the document still wakes
@@ -569,15 +614,7 @@ func TestRolloutLeavingTheLineTakesTheDocumentItLookedAt(t *testing.T) {
 	hs[1].Client = c
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
-		t.Fatal(err)
-	}
-	testutil.Eventually(t, 20*time.Second, func() error {
-		if _, wave, err := hs[1].Rollout(ctx, "sum1"); err != nil || wave != "b" {
-			return fmt.Errorf("host-01 not placed in wave b (%q, %v)", wave, err)
-		}
-		return nil
-	})
+	askAndPlace(ctx, t, hs[0], hs[1])
 	// The follower's index: the document with wave b closed.
 	_, before, err := hs[1].WaitRollout(ctx, 0)
 	if err != nil {
@@ -609,28 +646,9 @@ func TestRolloutLeavingTheLineTakesTheDocumentItLookedAt(t *testing.T) {
 	if err != nil || kv == nil {
 		t.Fatalf("the document: %v, %v", kv, err)
 	}
-	type waited struct {
-		doc   *lock.Rollout
-		index uint64
-		err   error
-	}
-	follow := func(index uint64) <-chan waited {
-		out := make(chan waited, 1)
-		go func() {
-			d, next, err := hs[1].WaitRollout(ctx, index)
-			out <- waited{d, next, err}
-		}()
-		return out
-	}
+	follow := func(index uint64) <-chan waited { return waitRollout(ctx, hs[1], index) }
 	left := follow(before)
-	testutil.Eventually(t, 10*time.Second, func() error {
-		hs[1].mu.Lock()
-		defer hs[1].mu.Unlock()
-		if hs[1].following == 0 {
-			return errors.New("host-01's follower does not wait yet")
-		}
-		return nil
-	})
+	waitFollowing(t, hs[1])
 	reads := docReads.Load()
 	hs[1].Release(ctx)
 	var w waited

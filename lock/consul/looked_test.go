@@ -11,7 +11,6 @@ import (
 
 	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
-	"github.com/dropshipd/dropship/lock"
 )
 
 // A read of the host's records that brought the rollout's keys along
@@ -51,15 +50,7 @@ func TestRolloutLeavingTheLineTakesNoLookOfALostConsul(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, _, err := hs[0].Rollout(ctx, "sum1"); err != nil {
-		t.Fatal(err)
-	}
-	testutil.Eventually(t, 20*time.Second, func() error {
-		if _, wave, err := hs[1].Rollout(ctx, "sum1"); err != nil || wave != "b" {
-			return fmt.Errorf("host-01 not placed in wave b (%q, %v)", wave, err)
-		}
-		return nil
-	})
+	askAndPlace(ctx, t, hs[0], hs[1])
 	doc, index, err := hs[1].WaitRollout(ctx, 0)
 	if err != nil || doc == nil {
 		t.Fatalf("the document: %+v, %v", doc, err)
@@ -114,28 +105,9 @@ func TestRolloutLeavingTheLineTakesNoLookOfALostConsul(t *testing.T) {
 	if err != nil || doc != nil {
 		t.Fatalf("the document in the Consul that came back: %+v (%v)", doc, err)
 	}
-	type waited struct {
-		doc   *lock.Rollout
-		index uint64
-		err   error
-	}
-	follow := func(index uint64) <-chan waited {
-		out := make(chan waited, 1)
-		go func() {
-			d, next, err := hs[1].WaitRollout(ctx, index)
-			out <- waited{d, next, err}
-		}()
-		return out
-	}
+	follow := func(index uint64) <-chan waited { return waitRollout(ctx, hs[1], index) }
 	left := follow(index)
-	testutil.Eventually(t, 10*time.Second, func() error {
-		hs[1].mu.Lock()
-		defer hs[1].mu.Unlock()
-		if hs[1].following == 0 {
-			return errors.New("host-01's follower does not wait yet")
-		}
-		return nil
-	})
+	waitFollowing(t, hs[1])
 	hs[1].Release(ctx)
 	<-got
 	// The release asked for again: the coordinator writes its document.
