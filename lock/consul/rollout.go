@@ -340,10 +340,10 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 		if coord != nil {
 			index = 0 // the document as it is now
 		} else if doc, next, ok := s.lookedSince(index); ok {
-			// This host left the line, and looked at the rollout once
-			// granted: the document it read then, if later than the
-			// follower's, rather than asking Consul again for what the
-			// host has seen.
+			// This host left the line: the document its last look read
+			// (once granted, as a rule), if later than the follower's,
+			// rather than asking Consul again for what the host has
+			// seen.
 			return doc, next, nil
 		}
 		// Else this host left the line: its wait on the document goes
