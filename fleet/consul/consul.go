@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"slices"
 	"sort"
 	"strings"
@@ -47,6 +48,9 @@ type Fleet struct {
 	// Signer signs the operators' records written through this Fleet
 	// (`--operator-key`), or nil.
 	Signer *Signer
+	// trimOdds: a report checks the audit log's trim once in trimOdds,
+	// at random (0: trimSlack). Tests only.
+	trimOdds int
 }
 
 type config struct {
@@ -276,6 +280,46 @@ func (p *Fleet) Trip(ctx context.Context, service string, b fleet.Breaker) error
 func (p *Fleet) Report(ctx context.Context, service string, st fleet.NodeStatus) error {
 	st.Error = fleet.Clip(st.Error)
 	return p.put(ctx, fleet.NodesKey(p.Prefix, service)+p.Node, st)
+}
+
+// ReportEvents writes this host's status and appends evs (at most a few:
+// an outcome's) to the audit log, in one transaction: one request, and
+// whoever reads the status finds its events written. Every host of a
+// rollout reports at its end, so the log's trim is not checked on each
+// of these appends but on one in trimSlack, at random (see trimDue).
+// When Consul refuses the transaction (a token that may write the status
+// but not the log), the status is written alone and the events after it.
+func (p *Fleet) ReportEvents(ctx context.Context, service string, st fleet.NodeStatus, evs []fleet.Event) error {
+	st.Error = fleet.Clip(st.Error)
+	b, _ := json.Marshal(st)
+	ops := api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVSet, Key: fleet.NodesKey(p.Prefix, service) + p.Node, Value: b}}}
+	for _, ev := range evs {
+		key, val := p.event(service, ev)
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: val}})
+	}
+	ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("%w: report the status of %s and its %d events: %v", fleet.ErrUnavailable, service, len(evs), err)
+	}
+	if !ok {
+		errs := []error{fmt.Errorf("report the status of %s with its events: %v", service, resp.Errors)}
+		if err := p.Report(ctx, service, st); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		for _, ev := range evs {
+			if err := p.Record(ctx, service, ev); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if len(errs) == 1 {
+			return nil // written in two steps
+		}
+		return errors.Join(errs...)
+	}
+	if len(evs) > 0 && p.trimDue() {
+		return p.trim(ctx, service, fleet.MaxEvents)
+	}
+	return nil
 }
 
 // Hold writes a hold: no host starts an update of service until Resume.
@@ -754,18 +798,37 @@ const trimSlack = fleet.MaxEvents / 20
 // Record appends ev to the audit log of service and trims the log to
 // fleet.MaxEvents.
 func (p *Fleet) Record(ctx context.Context, service string, ev fleet.Event) error {
+	key, b := p.event(service, ev)
+	if _, err := p.Client.KV().Put(&api.KVPair{Key: key, Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return fmt.Errorf("%w: record %s event of %s: %v", fleet.ErrUnavailable, ev.Kind, service, err)
+	}
+	return p.trim(ctx, service, fleet.MaxEvents)
+}
+
+// event is the key and value of ev in this writer's folder of the audit
+// log of service.
+func (p *Fleet) event(service string, ev fleet.Event) (string, []byte) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
 	ev.Time, ev.Service, ev.Index, ev.Detail = ev.Time.UTC(), service, 0, fleet.Clip(ev.Detail)
 	var rnd [4]byte
 	rand.Read(rnd[:])
-	key := fmt.Sprintf("%s%020d-%x", p.auditFolder(service), ev.Time.UnixNano(), rnd)
 	b, _ := json.Marshal(ev)
-	if _, err := p.Client.KV().Put(&api.KVPair{Key: key, Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
-		return fmt.Errorf("%w: record %s event of %s: %v", fleet.ErrUnavailable, ev.Kind, service, err)
+	return fmt.Sprintf("%s%020d-%x", p.auditFolder(service), ev.Time.UnixNano(), rnd), b
+}
+
+// trimDue says whether a host's report checks the log's trim: one in
+// trimSlack at random (trimOdds in tests), so that the log is still
+// checked about once per trimSlack appends across the fleet, and a
+// rollout of N hosts lists its keys (MaxEvents of them, 60 KB) about
+// N/trimSlack times rather than N.
+func (p *Fleet) trimDue() bool {
+	odds := p.trimOdds
+	if odds <= 0 {
+		odds = trimSlack
 	}
-	return p.trim(ctx, service, fleet.MaxEvents)
+	return mrand.N(odds) == 0
 }
 
 // auditFolder is where this writer appends to the audit log of service:

@@ -1,0 +1,142 @@
+package consul
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
+)
+
+// A host's status and the events of its outcome are one transaction:
+// whoever reads the status finds the events, and no reader sees one
+// without the other.
+func TestReportEventsWritesTheStatusAndItsEventsAtOnce(t *testing.T) {
+	ctx := context.Background()
+	p := newFleet(t, "web-1")
+	ns := fleet.NodeStatus{Node: "web-1", Checksum: "old", Attempt: "new", Result: "failed", Phase: "check", Error: "check failed"}
+	if err := p.ReportEvents(ctx, "app", ns, fleet.OutcomeEvents(ns)); err != nil {
+		t.Fatal(err)
+	}
+	kv, _, err := p.Client.KV().Get(fleet.NodesKey(p.Prefix, "app")+"web-1", nil)
+	if err != nil || kv == nil {
+		t.Fatalf("no node record: %v", err)
+	}
+	evs, _, err := p.Log(ctx, "app", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 2 || evs[0].Kind != fleet.EventFailure || evs[1].Kind != fleet.EventRollback {
+		t.Fatalf("log %+v, want the failure and the switch back", evs)
+	}
+	for _, ev := range evs {
+		if ev.Index != kv.ModifyIndex {
+			t.Fatalf("event %s written at index %d, the status at %d: not one transaction", ev.Kind, ev.Index, kv.ModifyIndex)
+		}
+	}
+}
+
+// Every host of a rollout reports at its end: N hosts must not list the
+// audit log's keys (up to MaxEvents of them) N times. A report checks
+// the trim once in trimSlack, at random.
+func TestReportsCheckTheAuditLogsTrimOnceInTrimSlack(t *testing.T) {
+	ctx := context.Background()
+	p, cnt := countedFleet(t, "test/"+testutil.Unique(t), "host-0")
+	const hosts = 200
+	for i := range hosts {
+		h := *p
+		h.Node = fmt.Sprint("host-", i)
+		ns := fleet.NodeStatus{Node: h.Node, Checksum: "a", Attempt: "a", Result: "installed"}
+		if err := h.ReportEvents(ctx, "app", ns, fleet.OutcomeEvents(ns)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One transaction each, and the lists of the log's keys: 4 expected
+	// (200 / 50); more than 16 has odds below one in a million.
+	if listed := cnt.req.Load() - hosts; listed > 4*hosts/trimSlack {
+		t.Fatalf("%d hosts' reports listed the audit log %d times, want about %d", hosts, listed, hosts/trimSlack)
+	}
+	evs, _, err := p.Log(ctx, "app", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != hosts {
+		t.Fatalf("%d events in the log, want %d", len(evs), hosts)
+	}
+}
+
+// A report whose turn it is trims the log to its newest MaxEvents.
+func TestReportEventsTrimsTheLogWhenDue(t *testing.T) {
+	ctx := context.Background()
+	p := newFleet(t, "host-0")
+	p.trimOdds = 1
+	base := time.Now().Add(-time.Hour)
+	const over = fleet.MaxEvents + trimSlack + 5
+	for i := range over {
+		key := fmt.Sprintf("%s%020d-old-%d", p.auditFolder("app"), base.Add(time.Duration(i)*time.Millisecond).UnixNano(), i)
+		if _, err := p.Client.KV().Put(&api.KVPair{Key: key, Value: fmt.Appendf(nil, `{"kind":"install","checksum":"%d"}`, i)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ns := fleet.NodeStatus{Node: "host-0", Checksum: "new", Attempt: "new", Result: "installed"}
+	if err := p.ReportEvents(ctx, "app", ns, fleet.OutcomeEvents(ns)); err != nil {
+		t.Fatal(err)
+	}
+	evs, _, err := p.Log(ctx, "app", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, _, err := p.Client.KV().Keys(fleet.AuditKey(p.Prefix, "app"), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != fleet.MaxEvents || evs[len(evs)-1].Checksum != "new" || evs[0].Checksum != fmt.Sprint(over+1-fleet.MaxEvents) {
+		t.Fatalf("%d events stored, oldest %q, newest %q: want the newest %d, ours last", len(keys), evs[0].Checksum, evs[len(evs)-1].Checksum, fleet.MaxEvents)
+	}
+}
+
+// A token that may write the host's status but not the audit log (a
+// policy from before the log, edited by hand): Consul refuses the one
+// transaction, and the status is still written, the lost events named.
+func TestReportEventsWritesTheStatusWhenTheLogIsRefused(t *testing.T) {
+	root := "00000000-0000-4000-8000-" + fmt.Sprintf("%012d", time.Now().UnixNano()%1e12)
+	c, err := rig.StartConsul("-hcl", fmt.Sprintf(`acl { enabled = true
+default_policy = "deny"
+tokens { initial_management = %q } }`, root))
+	testutil.RequireServer(t, "Consul", err)
+	t.Cleanup(c.Stop)
+	admin, err := api.NewClient(&api.Config{Address: c.Addr, Token: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := "test/" + testutil.Unique(t)
+	nodeKey := fleet.NodesKey(prefix, "app") + "web-1"
+	pol, _, err := admin.ACL().PolicyCreate(&api.ACLPolicy{Name: "status-only", Rules: fmt.Sprintf(`key %q { policy = "write" }`, nodeKey)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := admin.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := api.NewClient(&api.Config{Address: c.Addr, Token: tok.SecretID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Fleet{Client: client, Prefix: prefix, Node: "web-1", SessionTTL: 10 * time.Second}
+	ns := fleet.NodeStatus{Node: "web-1", Checksum: "a", Attempt: "a", Result: "installed"}
+	err = p.ReportEvents(context.Background(), "app", ns, fleet.OutcomeEvents(ns))
+	if err == nil || !strings.Contains(err.Error(), "record install event of app") {
+		t.Fatalf("error %v, want the install event's loss named", err)
+	}
+	kv, _, err := admin.KV().Get(nodeKey, nil)
+	if err != nil || kv == nil || !strings.Contains(string(kv.Value), `"installed"`) {
+		t.Fatalf("the status was not written: %v %+v", err, kv)
+	}
+}
