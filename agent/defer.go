@@ -274,13 +274,7 @@ func (r *Runner) reportDeferred(ctx context.Context, st *State, out Outcome) {
 	ns := fleet.NodeStatus{Node: r.node, Checksum: st.Checksum, Release: st.Release, Result: string(ResultDeferred),
 		Attempt: out.Checksum, Phase: string(PhaseDefer), Reason: fleet.Clip(out.Reason), Time: r.now().UTC(),
 		Tags: r.tags, Policy: r.policyHash()}
-	for _, ev := range fleet.OutcomeEvents(ns) {
-		if err := r.fleet.Record(ctx, r.svc.Name, ev); err != nil {
-			r.logger.Warn("could not record the event in the audit log", "kind", ev.Kind, "error", err)
-		}
-	}
-	if err := r.fleet.Report(ctx, r.svc.Name, ns); err != nil {
-		r.logger.Warn("could not report node status", "error", err)
+	if r.report(ctx, ns, fleet.OutcomeEvents(ns)) != nil {
 		return
 	}
 	r.deferral.reported = out.Reason

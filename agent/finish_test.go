@@ -16,8 +16,8 @@ import (
 
 // A fleet revert and a pin end as an install does, with real Consul:
 // their outcome is finished once, inside the slot. The audit log holds
-// one event of each, the node record says what the host did, and the
-// slot is given back.
+// one event of each, written with the node record that says what the
+// host did, and the slot is given back.
 func TestRevertAndPinFinishOnce(t *testing.T) {
 	c := servers.Consul(t)
 	prefix := "finish-" + testutil.Unique(t)
@@ -42,10 +42,20 @@ func TestRevertAndPinFinishOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		got := map[string]int{}
+		var last fleet.Event
 		for _, ev := range events {
 			if ev.Node == "test-node" {
 				got[ev.Kind]++
+				last = ev
 			}
+		}
+		// The node record and the outcome's event in one request.
+		rec, _, err := client.KV().Get(fleet.NodesKey(prefix, "app")+"test-node", nil)
+		if err != nil || rec == nil {
+			t.Fatalf("after the %s, no node record: %v", result, err)
+		}
+		if rec.ModifyIndex != last.Index {
+			t.Errorf("after the %s, the node record (index %d) and its %s event (index %d) were not written together", result, rec.ModifyIndex, last.Kind, last.Index)
 		}
 		for kind, n := range want {
 			if got[kind] != n {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -420,6 +421,39 @@ func (r *Runner) switchFor(ctx context.Context, st *State, d decision, h *held) 
 // record appends ev to the service's audit log. The log tells operators
 // what happened; failing to write it never changes what the update did,
 // so a failure is logged, with the event, and the agent goes on.
+// eventReporter writes a host's status and its events in one request
+// (fleet/consul).
+type eventReporter interface {
+	ReportEvents(ctx context.Context, service string, st fleet.NodeStatus, evs []fleet.Event) error
+}
+
+// report tells the fleet this host's status and the events of the
+// outcome it tells of: in one request where the fleet can, else the
+// audit log first. Either way whoever sees the node status (a dashboard,
+// fleet status) finds its events already written.
+func (r *Runner) report(ctx context.Context, ns fleet.NodeStatus, evs []fleet.Event) error {
+	if f, ok := r.fleet.(eventReporter); ok {
+		err := f.ReportEvents(ctx, r.svc.Name, ns, evs)
+		if err != nil {
+			kinds := make([]string, len(evs))
+			for i, ev := range evs {
+				kinds[i] = ev.Kind
+			}
+			r.logger.Warn("could not report node status with its events in the audit log", "result", ns.Result,
+				"events", strings.Join(kinds, ","), "checksum", ns.Attempt, "error", err)
+		}
+		return err
+	}
+	for _, ev := range evs {
+		r.record(ctx, ev)
+	}
+	err := r.fleet.Report(ctx, r.svc.Name, ns)
+	if err != nil {
+		r.logger.Warn("could not report node status", "error", err)
+	}
+	return err
+}
+
 func (r *Runner) record(ctx context.Context, ev fleet.Event) {
 	if err := r.fleet.Record(ctx, r.svc.Name, ev); err != nil {
 		r.logger.Warn("could not record the event in the audit log", "kind", ev.Kind, "checksum", ev.Checksum, "error", err)
@@ -620,17 +654,11 @@ func (r *Runner) finish(ctx context.Context, st *State, out Outcome) Outcome {
 		if out.Err != nil {
 			ns.Error = out.Err.Error()
 		}
-		// The audit log first: whoever sees the node status (a dashboard,
-		// fleet status) then finds its events already written.
-		for _, ev := range fleet.OutcomeEvents(ns) {
-			r.record(ctx, ev)
-		}
+		evs := fleet.OutcomeEvents(ns)
 		if out.Result == ResultFailed && tripsBreaker(out) {
 			ns.Counted = true
 		}
-		if err := r.fleet.Report(ctx, r.svc.Name, ns); err != nil {
-			r.logger.Warn("could not report node status", "error", err)
-		}
+		r.report(ctx, ns, evs)
 		if ns.Counted && r.decider != nil && !r.underMaxFailed(ctx, out.Checksum) {
 			r.trip(ctx, out)
 		}
