@@ -270,6 +270,13 @@ func run(design string, n int) error {
 	if err != nil {
 		return err
 	}
+	admin, err := api.NewClient(&api.Config{Address: c.Addr})
+	if err != nil {
+		return err
+	}
+	if err := history(admin); err != nil {
+		return err
+	}
 	conc := max(1, int(float64(n)**percent/100))
 	req := make([]atomic.Int64, n)
 	recv := make([]atomic.Int64, n)
@@ -378,6 +385,10 @@ func run(design string, n int) error {
 			}
 			grants[i] = time.Now()
 			time.Sleep(*update)
+			if err := report(ctx, fleets[i], ""); err != nil {
+				firstErr.CompareAndSwap(nil, err.Error())
+				failed.Add(1)
+			}
 			releases[i] = time.Now()
 			slots[i].Release(ctx)
 		})
@@ -644,14 +655,46 @@ func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet
 		}
 		time.Sleep(*update)
 		reported := time.Now()
-		err = f.Report(ctx, "app", fleet.NodeStatus{Node: f.Node, Checksum: sum, Release: "v2", Result: "installed",
-			Attempt: sum, Time: time.Now().UTC(), Policy: policy})
+		err = report(ctx, f, policy)
 		*release = time.Now()
 		steps[1] = release.Sub(reported)
 		sl.Release(ctx)
 		steps[2] = time.Since(*release)
 		return err
 	}
+}
+
+// report is what a host's agent tells the fleet once its update is
+// done: its status and its install event, in one request.
+func report(ctx context.Context, f *fleetconsul.Fleet, policy string) error {
+	ns := fleet.NodeStatus{Node: f.Node, Checksum: sum, Release: "v2", Result: "installed",
+		Attempt: sum, Time: time.Now().UTC(), Policy: policy}
+	return f.ReportEvents(ctx, "app", ns, fleet.OutcomeEvents(ns))
+}
+
+// history fills the service's audit log to its bound, as the rollouts
+// before this one left it: each host's report appends to a full log.
+func history(c *api.Client) error {
+	var ops api.TxnOps
+	base := time.Now().Add(-24 * time.Hour)
+	for i := range fleet.MaxEvents {
+		ev := fleet.Event{Kind: fleet.EventInstall, Who: fmt.Sprintf("host-%05d", i), Via: "agent", Node: fmt.Sprintf("host-%05d", i),
+			Checksum: "0123456789abcdef0123456789abcdef", Release: "v1", Time: base.Add(time.Duration(i) * time.Second), Service: "app"}
+		b, _ := json.Marshal(ev)
+		key := fmt.Sprintf("%s%s/%020d-%08x", fleet.AuditKey("bench", "app"), ev.Node, ev.Time.UnixNano(), i)
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: b}})
+		if len(ops) == 64 || i == fleet.MaxEvents-1 {
+			ok, resp, _, err := c.Txn().Txn(ops, nil)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return fmt.Errorf("fill the audit log: %v", resp.Errors)
+			}
+			ops = nil
+		}
+	}
+	return nil
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
