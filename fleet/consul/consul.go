@@ -293,9 +293,13 @@ func (p *Fleet) ReportEvents(ctx context.Context, service string, st fleet.NodeS
 	st.Error = fleet.Clip(st.Error)
 	b, _ := json.Marshal(st)
 	ops := api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVSet, Key: fleet.NodesKey(p.Prefix, service) + p.Node, Value: b}}}
+	// The events share the transaction's index: their keys keep their
+	// order (a failure, then the switch back), which Log follows.
+	var after int64
 	for _, ev := range evs {
-		key, val := p.event(service, ev)
+		key, val, at := p.event(service, ev, after)
 		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: val}})
+		after = at
 	}
 	ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
@@ -798,7 +802,7 @@ const trimSlack = fleet.MaxEvents / 20
 // Record appends ev to the audit log of service and trims the log to
 // fleet.MaxEvents.
 func (p *Fleet) Record(ctx context.Context, service string, ev fleet.Event) error {
-	key, b := p.event(service, ev)
+	key, b, _ := p.event(service, ev, 0)
 	if _, err := p.Client.KV().Put(&api.KVPair{Key: key, Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		return fmt.Errorf("%w: record %s event of %s: %v", fleet.ErrUnavailable, ev.Kind, service, err)
 	}
@@ -806,8 +810,10 @@ func (p *Fleet) Record(ctx context.Context, service string, ev fleet.Event) erro
 }
 
 // event is the key and value of ev in this writer's folder of the audit
-// log of service.
-func (p *Fleet) event(service string, ev fleet.Event) (string, []byte) {
+// log of service. The key's time is ev's, or a nanosecond past after
+// (when not 0) if ev's is not later: events written in one transaction
+// share its index, and their keys then say their order.
+func (p *Fleet) event(service string, ev fleet.Event, after int64) (string, []byte, int64) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
@@ -815,7 +821,11 @@ func (p *Fleet) event(service string, ev fleet.Event) (string, []byte) {
 	var rnd [4]byte
 	rand.Read(rnd[:])
 	b, _ := json.Marshal(ev)
-	return fmt.Sprintf("%s%020d-%x", p.auditFolder(service), ev.Time.UnixNano(), rnd), b
+	at := ev.Time.UnixNano()
+	if after != 0 && at <= after {
+		at = after + 1
+	}
+	return fmt.Sprintf("%s%020d-%x", p.auditFolder(service), at, rnd), b, at
 }
 
 // trimDue says whether a host's report checks the log's trim: one in
@@ -930,7 +940,9 @@ func (p *Fleet) Log(ctx context.Context, service string, since uint64) ([]fleet.
 	}
 	// Consul's order, not the writers' clocks. Events are never changed
 	// after they are written, so the modify index is the create index.
-	sort.Slice(out, func(i, j int) bool { return out[i].Index < out[j].Index })
+	// Events of one index were written in one transaction, by one writer
+	// (ReportEvents): their keys, in Consul's order, say theirs.
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Index < out[j].Index })
 	if since == 0 && len(out) > fleet.MaxEvents { // not trimmed yet (trimSlack)
 		out = out[len(out)-fleet.MaxEvents:]
 	}
