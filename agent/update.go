@@ -418,9 +418,6 @@ func (r *Runner) switchFor(ctx context.Context, st *State, d decision, h *held) 
 	return Outcome{Result: ResultError, Phase: PhaseInstall, Checksum: st.Checksum, Err: fmt.Errorf("fleet revert to %s: %w", d.target.ID, err)}
 }
 
-// record appends ev to the service's audit log. The log tells operators
-// what happened; failing to write it never changes what the update did,
-// so a failure is logged, with the event, and the agent goes on.
 // eventReporter writes a host's status and its events in one request
 // (fleet/consul).
 type eventReporter interface {
@@ -430,18 +427,24 @@ type eventReporter interface {
 // report tells the fleet this host's status and the events of the
 // outcome it tells of: in one request where the fleet can, else the
 // audit log first. Either way whoever sees the node status (a dashboard,
-// fleet status) finds its events already written.
+// fleet status) finds its events already written. It returns an error
+// when the status was not written: events it could not write are logged
+// (as record does), and the status still counts as told.
 func (r *Runner) report(ctx context.Context, ns fleet.NodeStatus, evs []fleet.Event) error {
 	if f, ok := r.fleet.(eventReporter); ok {
 		err := f.ReportEvents(ctx, r.svc.Name, ns, evs)
-		if err != nil {
-			kinds := make([]string, len(evs))
-			for i, ev := range evs {
-				kinds[i] = ev.Kind
-			}
-			r.logger.Warn("could not report node status with its events in the audit log", "result", ns.Result,
-				"events", strings.Join(kinds, ","), "checksum", ns.Attempt, "error", err)
+		if err == nil {
+			return nil
 		}
+		kinds := make([]string, len(evs))
+		for i, ev := range evs {
+			kinds[i] = ev.Kind
+		}
+		if errors.Is(err, fleet.ErrStatusWritten) {
+			r.logger.Warn("could not record the event in the audit log", "kind", strings.Join(kinds, ","), "checksum", ns.Attempt, "error", err)
+			return nil
+		}
+		r.logger.Warn("could not report node status", "result", ns.Result, "kind", strings.Join(kinds, ","), "checksum", ns.Attempt, "error", err)
 		return err
 	}
 	for _, ev := range evs {
@@ -454,6 +457,9 @@ func (r *Runner) report(ctx context.Context, ns fleet.NodeStatus, evs []fleet.Ev
 	return err
 }
 
+// record appends ev to the service's audit log. The log tells operators
+// what happened; failing to write it never changes what the update did,
+// so a failure is logged, with the event, and the agent goes on.
 func (r *Runner) record(ctx context.Context, ev fleet.Event) {
 	if err := r.fleet.Record(ctx, r.svc.Name, ev); err != nil {
 		r.logger.Warn("could not record the event in the audit log", "kind", ev.Kind, "checksum", ev.Checksum, "error", err)

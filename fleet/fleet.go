@@ -112,6 +112,11 @@ var (
 	ErrUnavailable = lock.ErrUnavailable
 	// ErrSingleHost: the operation needs a shared store (lock "consul").
 	ErrSingleHost = errors.New(`this agent runs on its own (no lock "consul" block): there is no fleet to show or change`)
+	// ErrStatusWritten: a report wrote the host's node status, and the
+	// error is about its audit events only (not all written, or the
+	// log's trim after them failed). Whoever reported may count the
+	// status as told.
+	ErrStatusWritten = errors.New("the node status was written")
 )
 
 // NodeStatus is one host's view of a service, written after each attempt.

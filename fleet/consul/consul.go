@@ -289,6 +289,8 @@ func (p *Fleet) Report(ctx context.Context, service string, st fleet.NodeStatus)
 // of these appends but on one in trimSlack, at random (see trimDue).
 // When Consul refuses the transaction (a token that may write the status
 // but not the log), the status is written alone and the events after it.
+// An error about the events only, once the status is written, wraps
+// fleet.ErrStatusWritten.
 func (p *Fleet) ReportEvents(ctx context.Context, service string, st fleet.NodeStatus, evs []fleet.Event) error {
 	st.Error = fleet.Clip(st.Error)
 	b, _ := json.Marshal(st)
@@ -306,24 +308,39 @@ func (p *Fleet) ReportEvents(ctx context.Context, service string, st fleet.NodeS
 		return fmt.Errorf("%w: report the status of %s and its %d events: %v", fleet.ErrUnavailable, service, len(evs), err)
 	}
 	if !ok {
-		errs := []error{fmt.Errorf("report the status of %s with its events: %v", service, resp.Errors)}
+		refused := fmt.Errorf("report the status of %s with its events: %s", service, txnErrors(resp.Errors))
 		if err := p.Report(ctx, service, st); err != nil {
-			return errors.Join(append(errs, err)...)
+			return errors.Join(refused, err)
 		}
+		var lost []error
 		for _, ev := range evs {
 			if err := p.Record(ctx, service, ev); err != nil {
-				errs = append(errs, err)
+				lost = append(lost, err)
 			}
 		}
-		if len(errs) == 1 {
+		if len(lost) == 0 {
 			return nil // written in two steps
 		}
-		return errors.Join(errs...)
+		return fmt.Errorf("%w; %w", fleet.ErrStatusWritten, errors.Join(append([]error{refused}, lost...)...))
 	}
 	if len(evs) > 0 && p.trimDue() {
-		return p.trim(ctx, service, fleet.MaxEvents)
+		if err := p.trim(ctx, service, fleet.MaxEvents); err != nil {
+			return fmt.Errorf("%w, and its events; %w", fleet.ErrStatusWritten, err)
+		}
 	}
 	return nil
+}
+
+// txnErrors says why Consul refused a transaction.
+func txnErrors(errs api.TxnErrors) string {
+	var b strings.Builder
+	for i, e := range errs {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "op %d: %s", e.OpIndex, e.What)
+	}
+	return b.String()
 }
 
 // Hold writes a hold: no host starts an update of service until Resume.

@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -132,8 +133,11 @@ tokens { initial_management = %q } }`, root))
 	p := &Fleet{Client: client, Prefix: prefix, Node: "web-1", SessionTTL: 10 * time.Second}
 	ns := fleet.NodeStatus{Node: "web-1", Checksum: "a", Attempt: "a", Result: "installed"}
 	err = p.ReportEvents(context.Background(), "app", ns, fleet.OutcomeEvents(ns))
-	if err == nil || !strings.Contains(err.Error(), "record install event of app") {
-		t.Fatalf("error %v, want the install event's loss named", err)
+	if err == nil || !strings.Contains(err.Error(), "record install event of app") || !errors.Is(err, fleet.ErrStatusWritten) {
+		t.Fatalf("error %v, want the install event's loss named, the status written", err)
+	}
+	if strings.Contains(err.Error(), "[0x") || !strings.Contains(err.Error(), "Permission denied") {
+		t.Fatalf("error %v: the refused transaction's reason is not told", err)
 	}
 	kv, _, err := admin.KV().Get(nodeKey, nil)
 	if err != nil || kv == nil || !strings.Contains(string(kv.Value), `"installed"`) {
