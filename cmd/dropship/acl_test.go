@@ -118,16 +118,22 @@ func TestAgentTokenCannotSteerTheFleet(t *testing.T) {
 		t.Fatal(err)
 	}
 	var opsEvent, installed string
+	var installedAt uint64
 	for _, kv := range evs {
 		switch {
 		case strings.Contains(string(kv.Value), `"kind":"install"`):
-			installed = kv.Key
+			installed, installedAt = kv.Key, kv.ModifyIndex
 		case strings.Contains(string(kv.Value), `"kind":"freeze"`):
 			opsEvent = kv.Key
 		}
 	}
 	if installed == "" || opsEvent == "" {
 		t.Fatalf("audit log %v: want the install by the agent and the operators' freeze", evs)
+	}
+	// The token may write the host's status and its event in one
+	// transaction (not refused, then written in two steps).
+	if rec, _, err := f.admin.KV().Get(fleet.NodesKey(f.prefix, "app")+"host-0", nil); err != nil || rec == nil || rec.ModifyIndex != installedAt {
+		t.Fatalf("the node record (%+v, %v) was not written with its install event (index %d)", rec, err, installedAt)
 	}
 
 	kv := f.agent.KV()
