@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -142,5 +144,51 @@ tokens { initial_management = %q } }`, root))
 	kv, _, err := admin.KV().Get(nodeKey, nil)
 	if err != nil || kv == nil || !strings.Contains(string(kv.Value), `"installed"`) {
 		t.Fatalf("the status was not written: %v %+v", err, kv)
+	}
+}
+
+// cutAfterTxn is a connection to Consul that breaks once a transaction
+// has gone through: what a host sees when Consul goes away between its
+// report and the trim that follows.
+type cutAfterTxn struct {
+	base http.RoundTripper
+	cut  atomic.Bool
+}
+
+func (c *cutAfterTxn) RoundTrip(r *http.Request) (*http.Response, error) {
+	if c.cut.Load() {
+		return nil, errors.New("connection refused")
+	}
+	resp, err := c.base.RoundTrip(r)
+	if strings.HasSuffix(r.URL.Path, "/v1/txn") {
+		c.cut.Store(true)
+	}
+	return resp, err
+}
+
+// A trim that fails after the report went through is no lost report: the
+// error says the status was written, and the status and event are there.
+func TestReportEventsWhoseTrimFailsSaysTheStatusWasWritten(t *testing.T) {
+	ctx := context.Background()
+	p := newFleet(t, "web-1")
+	p.trimOdds = 1
+	cut := &cutAfterTxn{base: http.DefaultTransport.(*http.Transport).Clone()}
+	client, err := api.NewClient(&api.Config{Address: servers.Consul(t).Addr, HttpClient: &http.Client{Transport: cut}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reporter := *p
+	reporter.Client = client
+	ns := fleet.NodeStatus{Node: "web-1", Checksum: "a", Attempt: "a", Result: "installed", Time: time.Now().UTC()}
+	err = reporter.ReportEvents(ctx, "app", ns, fleet.OutcomeEvents(ns))
+	if err == nil || !errors.Is(err, fleet.ErrStatusWritten) {
+		t.Fatalf("error %v, want the status said written", err)
+	}
+	evs, _, err := p.Log(ctx, "app", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kv, _, err := p.Client.KV().Get(fleet.NodesKey(p.Prefix, "app")+"web-1", nil); err != nil || kv == nil || len(evs) != 1 {
+		t.Fatalf("node record %v (%v), events %+v: want both written", kv, err, evs)
 	}
 }
