@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -51,6 +52,9 @@ type Fleet struct {
 	// trimOdds: a report checks the audit log's trim once in trimOdds,
 	// at random (0: trimSlack). Tests only.
 	trimOdds int
+	// scope: what this writer's token may delete of the audit logs, as
+	// its reports found (trimScope); shared by copies of the Fleet.
+	scope *atomic.Int32
 }
 
 type config struct {
@@ -67,7 +71,7 @@ func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Agent, hcl.Diagnosti
 	if diags.HasErrors() {
 		return nil, diags
 	}
-	p := &Fleet{Prefix: DefaultPrefix, Node: env.NodeName}
+	p := &Fleet{Prefix: DefaultPrefix, Node: env.NodeName, scope: new(atomic.Int32)}
 	if c.Prefix != nil {
 		p.Prefix = strings.Trim(*c.Prefix, "/")
 	}
@@ -286,7 +290,12 @@ func (p *Fleet) Report(ctx context.Context, service string, st fleet.NodeStatus)
 // an outcome's) to the audit log, in one transaction: one request, and
 // whoever reads the status finds its events written. Every host of a
 // rollout reports at its end, so the log's trim is not checked on each
-// of these appends but on one in trimSlack, at random (see trimDue).
+// of these appends but on one in trimSlack, at random (see trimDue), by
+// a writer whose token may trim the whole log. One whose token may
+// delete only its own events (an agent's, AgentPolicy) checks on each,
+// as Record does, else the log would grow by about trimSlack events per
+// host past its bound. Which it is rides along in the transaction (see
+// trimScope): no request of its own.
 // When Consul refuses the transaction (a token that may write the status
 // but not the log), the status is written alone and the events after it.
 // An error about the events only, once the status is written, wraps
@@ -303,7 +312,19 @@ func (p *Fleet) ReportEvents(ctx context.Context, service string, st fleet.NodeS
 		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: val}})
 		after = at
 	}
+	// The delete of a key in no writer's folder (a folder's name has no
+	// space), never written: it changes nothing, and Consul refuses it
+	// to a token that may not trim the whole log.
+	probe := len(evs) > 0 && p.trimScope() != trimOwn
+	if probe {
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: fleet.AuditKey(p.Prefix, service) + " trim"}})
+	}
 	ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	if err == nil && !ok && probe && onlyOp(resp.Errors, len(ops)-1) {
+		p.setTrimScope(trimOwn)
+		probe, ops = false, ops[:len(ops)-1]
+		ok, resp, _, err = p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	}
 	if err != nil {
 		return fmt.Errorf("%w: report the status of %s and its %d events: %v", fleet.ErrUnavailable, service, len(evs), err)
 	}
@@ -323,12 +344,51 @@ func (p *Fleet) ReportEvents(ctx context.Context, service string, st fleet.NodeS
 		}
 		return fmt.Errorf("%w; %w", fleet.ErrStatusWritten, errors.Join(append([]error{refused}, lost...)...))
 	}
-	if len(evs) > 0 && p.trimDue() {
+	if probe {
+		p.setTrimScope(trimAll)
+	}
+	if len(evs) > 0 && (!probe || p.trimDue()) {
 		if err := p.trim(ctx, service, fleet.MaxEvents); err != nil {
 			return fmt.Errorf("%w, and its events; %w", fleet.ErrStatusWritten, err)
 		}
 	}
 	return nil
+}
+
+// onlyOp says whether every error of a refused transaction is its
+// operation i's.
+func onlyOp(errs api.TxnErrors, i int) bool {
+	for _, e := range errs {
+		if e.OpIndex != i {
+			return false
+		}
+	}
+	return len(errs) > 0
+}
+
+// What a writer's token may delete of the audit logs, as its reports
+// found (Fleet.scope): not known yet, every writer's events, or only its
+// own folder's.
+const (
+	trimUnknown int32 = iota
+	trimAll
+	trimOwn
+)
+
+// trimScope is what this writer's token may delete of the audit logs,
+// as far as it knows. A Fleet built by hand (no scope) asks with each
+// report.
+func (p *Fleet) trimScope() int32 {
+	if p.scope == nil {
+		return trimUnknown
+	}
+	return p.scope.Load()
+}
+
+func (p *Fleet) setTrimScope(v int32) {
+	if p.scope != nil {
+		p.scope.Store(v)
+	}
 }
 
 // txnErrors says why Consul refused a transaction.
@@ -886,10 +946,16 @@ func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
 	if len(pairs) <= keep {
 		return nil
 	}
-	sort.Slice(pairs, func(i, j int) bool { return pairs[i].CreateIndex < pairs[j].CreateIndex })
+	sort.SliceStable(pairs, func(i, j int) bool { return pairs[i].CreateIndex < pairs[j].CreateIndex }) // one index: one writer's transaction, its keys in order
 	old := pairs[:len(pairs)-keep]
-	if err := p.deleteAll(ctx, service, old); err == nil {
-		return nil
+	if p.trimScope() != trimOwn {
+		err = p.deleteAll(ctx, service, old)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, fleet.ErrUnavailable) { // refused: this token trims its own events only
+			p.setTrimScope(trimOwn)
+		}
 	}
 	var own api.KVPairs
 	for _, kv := range old {

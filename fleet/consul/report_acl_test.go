@@ -1,0 +1,156 @@
+package consul
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/internal/rig"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
+)
+
+// Hosts with their agents' tokens (AgentPolicy) may delete only their own
+// events: each must trim its own among the oldest as it appends, or the
+// log grows past its bound by about trimSlack events per host (for
+// 1,000 hosts, some 50,000, which every dashboard and `fleet log` reads
+// in full). Their reports keep the log within MaxEvents + trimSlack, as
+// their appends with Record do.
+func TestAgentsReportsKeepTheAuditLogBounded(t *testing.T) {
+	ctx := context.Background()
+	root := "00000000-0000-4000-8000-" + fmt.Sprintf("%012d", time.Now().UnixNano()%1e12)
+	c, err := rig.StartConsul("-hcl", fmt.Sprintf(`acl { enabled = true
+default_policy = "deny"
+tokens { initial_management = %q } }`, root))
+	testutil.RequireServer(t, "Consul", err)
+	t.Cleanup(c.Stop)
+	admin, err := api.NewClient(&api.Config{Address: c.Addr, Token: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := "test/" + testutil.Unique(t)
+	const hosts = 10
+	txns := &kindCounter{base: http.DefaultTransport.(*http.Transport).Clone()}
+	fleets := make([]*Fleet, hosts)
+	for i := range fleets {
+		node := fmt.Sprint("host-", i)
+		pol, _, err := admin.ACL().PolicyCreate(&api.ACLPolicy{Name: node, Rules: AgentPolicy(prefix, node, "", []string{"app"})}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, _, err := admin.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := &api.Config{Address: c.Addr, Token: tok.SecretID}
+		if i == 0 {
+			cfg.HttpClient = &http.Client{Transport: txns}
+		}
+		client, err := api.NewClient(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// As the lock block builds it: what its token may trim is learnt once.
+		fleets[i] = &Fleet{Client: client, Prefix: prefix, Node: node, SessionTTL: 10 * time.Second, scope: new(atomic.Int32)}
+	}
+	// The rollouts before: the log full, each host's events among them.
+	var ops api.TxnOps
+	base := time.Now().Add(-time.Hour)
+	for i := range fleet.MaxEvents + trimSlack {
+		f := fleets[i%hosts]
+		ev := fleet.Event{Kind: fleet.EventInstall, Who: f.Node, Via: "agent", Node: f.Node, Checksum: fmt.Sprint("old-", i)}
+		b, _ := json.Marshal(ev)
+		key := fmt.Sprintf("%s%020d-%08x", f.auditFolder("app"), base.Add(time.Duration(i)*time.Millisecond).UnixNano(), i)
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: b}})
+		if len(ops) == 64 || i == fleet.MaxEvents+trimSlack-1 {
+			if ok, resp, _, err := admin.Txn().Txn(ops, nil); err != nil || !ok {
+				t.Fatalf("fill the log: %v %s", err, txnErrors(resp.Errors))
+			}
+			ops = nil
+		}
+	}
+	for r := range 300 {
+		f := fleets[r%hosts]
+		ns := fleet.NodeStatus{Node: f.Node, Checksum: "new", Attempt: "new", Result: "installed", Time: time.Now().UTC()}
+		if err := f.ReportEvents(ctx, "app", ns, fleet.OutcomeEvents(ns)); err != nil {
+			t.Fatalf("report %d of %s: %v", r, f.Node, err)
+		}
+		keys, _, err := admin.KV().Keys(fleet.AuditKey(prefix, "app"), "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(keys) > fleet.MaxEvents+trimSlack+hosts {
+			t.Fatalf("after %d reports the audit log holds %d events: its bound is %d", r+1, len(keys), fleet.MaxEvents+trimSlack)
+		}
+	}
+	// The token's scope is learnt from its first report: each report since
+	// is one transaction (with the trim's reads), never a refused one
+	// retried, nor the status and events written apart.
+	txns.reset()
+	f := fleets[0]
+	ns := fleet.NodeStatus{Node: f.Node, Checksum: "last", Attempt: "last", Result: "installed", Time: time.Now().UTC()}
+	if err := f.ReportEvents(ctx, "app", ns, fleet.OutcomeEvents(ns)); err != nil {
+		t.Fatal(err)
+	}
+	if n, refused, puts := txns.count("PUT /v1/txn"), txns.count("409 "), txns.count("PUT /v1/kv/"); n < 1 || refused != 0 || puts != 0 {
+		t.Fatalf("a report made %d transactions (%d refused) and %d single writes: %v", n, refused, puts, txns.seen())
+	}
+}
+
+// kindCounter counts requests by method and path, and those refused
+// by their status code too.
+type kindCounter struct {
+	base http.RoundTripper
+	mu   sync.Mutex
+	n    map[string]int
+}
+
+func (c *kindCounter) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.mu.Lock()
+	if c.n == nil {
+		c.n = map[string]int{}
+	}
+	c.n[r.Method+" "+r.URL.Path]++
+	c.mu.Unlock()
+	resp, err := c.base.RoundTrip(r)
+	if err == nil && resp.StatusCode >= 400 {
+		c.mu.Lock()
+		c.n[fmt.Sprint(resp.StatusCode, " ", r.Method, " ", r.URL.Path)]++
+		c.mu.Unlock()
+	}
+	return resp, err
+}
+
+func (c *kindCounter) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n = nil
+}
+
+// count is the number of requests whose method and path begin with prefix.
+func (c *kindCounter) count(prefix string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for k, v := range c.n {
+		if strings.HasPrefix(k, prefix) {
+			n += v
+		}
+	}
+	return n
+}
+
+func (c *kindCounter) seen() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.n)
+}
