@@ -36,7 +36,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -60,6 +59,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/dropshipd/dropship/bench/internal/kinds"
 	"github.com/dropshipd/dropship/fleet"
 	fleetconsul "github.com/dropshipd/dropship/fleet/consul"
 	"github.com/dropshipd/dropship/fleet/rollout"
@@ -114,91 +114,26 @@ type counting struct {
 	req, recv *atomic.Int64
 }
 
-// kinds counts the requests of every host by kind, and the bytes Consul
+// byKind counts the requests of every host by kind, and the bytes Consul
 // answered them with, for -kinds.
-var kinds sync.Map
-
-type kindCount struct{ req, recv atomic.Int64 }
-
-// kindOf names a request: its method and path, the folder of a host's
-// key rather than the key, and for a transaction its first operation
-// other than the coordinator's check of its lock.
-func kindOf(r *http.Request) string {
-	p := r.URL.Path
-	if p == "/v1/txn" && r.Body != nil {
-		b, _ := io.ReadAll(r.Body)
-		r.Body.Close()
-		r.Body = io.NopCloser(bytes.NewReader(b))
-		var ops []struct{ KV struct{ Verb, Key string } }
-		json.Unmarshal(b, &ops)
-		var what []string
-		for _, op := range ops {
-			if op.KV.Verb == "check-session" || len(what) == 2 {
-				continue
-			}
-			what = append(what, op.KV.Verb+" "+trimKey(op.KV.Key))
-		}
-		if len(ops) > 2 {
-			what = append(what, fmt.Sprintf("(%d ops)", len(ops)/10*10))
-		}
-		return "PUT /v1/txn " + strings.Join(what, ", ")
-	}
-	p = trimKey(p)
-	if r.URL.Query().Has("index") {
-		p += " (blocking)"
-	}
-	return r.Method + " " + p
-}
-
-// trimKey cuts a host's own key to its folder.
-func trimKey(p string) string {
-	for _, cut := range []string{"/grant/", "/nodes/", "/wave/", "/failed/", "/session/create", "/session/renew/", "/session/destroy/"} {
-		if i := strings.Index(p, cut); i >= 0 {
-			p = p[:i+len(cut)]
-		}
-	}
-	if i := strings.Index(p, "/lock/"); i >= 0 && !strings.HasSuffix(p, ".lock") {
-		p = p[:i+len("/lock/")]
-	}
-	return p
-}
+var byKind kinds.Table
 
 func (c counting) RoundTrip(r *http.Request) (*http.Response, error) {
 	c.req.Add(1)
 	recv := []*atomic.Int64{c.recv}
 	if *kindsFlag {
-		n, _ := kinds.LoadOrStore(kindOf(r), new(kindCount))
-		n.(*kindCount).req.Add(1)
-		recv = append(recv, &n.(*kindCount).recv)
+		recv = append(recv, &byKind.Add(kinds.Of(r)).Recv)
 	}
 	resp, err := c.base.RoundTrip(r)
 	if err != nil {
 		return resp, err
 	}
-	n := len(resp.Status) + 11
-	for k, vs := range resp.Header {
-		for _, v := range vs {
-			n += len(k) + len(v) + 4
-		}
-	}
+	n := kinds.HeaderSize(resp)
 	for _, c := range recv {
 		c.Add(int64(n))
 	}
-	resp.Body = &countBody{resp.Body, recv}
+	resp.Body = &kinds.Body{ReadCloser: resp.Body, N: recv}
 	return resp, nil
-}
-
-type countBody struct {
-	io.ReadCloser
-	n []*atomic.Int64
-}
-
-func (b *countBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	for _, c := range b.n {
-		c.Add(int64(n))
-	}
-	return n, err
 }
 
 // shared is the connections of every simulated host: each keeps its own
@@ -338,7 +273,7 @@ func run(design string, n int) error {
 	}
 	cpu0, _, _ := cpu(pid)
 	self0, _, _ := cpu(os.Getpid())
-	kinds.Clear() // what the hosts did to register is not the rollout's
+	byKind.Clear() // what the hosts did to register is not the rollout's
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	grants := make([]time.Time, n)
@@ -402,24 +337,10 @@ func run(design string, n int) error {
 	self1, _, _ := cpu(os.Getpid())
 	var b strings.Builder
 	if *kindsFlag {
-		type row struct {
-			kind      string
-			req, recv float64
-		}
-		var rows []row
-		kinds.Range(func(k, v any) bool {
-			c := v.(*kindCount)
-			rows = append(rows, row{k.(string), float64(c.req.Load()) / float64(n), float64(c.recv.Load()) / float64(n) / 1024})
-			return true
-		})
-		sort.Slice(rows, func(i, j int) bool { return rows[i].req > rows[j].req })
-		fmt.Fprintf(&b, "    %-90s %8s %8s\n", "requests per host by kind (the rollout)", "req", "KB")
-		for _, r := range rows {
-			fmt.Fprintf(&b, "    %-90s %8.3f %8.2f\n", r.kind, r.req, r.recv)
-		}
-		kinds.Clear()
+		byKind.Format(&b, "requests per host by kind (the rollout)", n)
+		byKind.Clear()
 	}
-	byKind := b.String()
+	kindTable := b.String()
 	var reqs, bytes int64
 	for i := range n {
 		reqs += req[i].Load()
@@ -535,7 +456,7 @@ func run(design string, n int) error {
 	// machine, back to back: no run on this machine can be shorter.
 	floor := (cpu1 - cpu0 + self1 - self0) / float64(runtime.NumCPU())
 	fmt.Printf("  peak rss %.0f MB; simulator cpu %.2f s; cpu floor %.2f× ideal\n", hwm, self1-self0, floor/ideal.Seconds())
-	fmt.Print(byKind)
+	fmt.Print(kindTable)
 	return nil
 }
 
