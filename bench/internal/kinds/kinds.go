@@ -16,11 +16,12 @@ import (
 )
 
 // Of names a request: its method and path, the folder of a host's key
-// rather than the key, " (blocking)" for a blocking query (one with an
-// index), and for a transaction its first two operations other than the
-// coordinator's check of its lock (and how many operations, by tens,
-// when there are more than two). It reads a transaction's body and puts
-// it back.
+// rather than the key, "?recurse" or "?keys" for a listing of a folder
+// (one key's folder and the folder's listing are told apart so), "
+// (blocking)" for a blocking query (one with an index), and for a transaction its first two operations other than the
+// coordinator's check of its lock (and how many operations when there
+// are more than two, by tens from ten on). It reads a transaction's body
+// and puts it back.
 func Of(r *http.Request) string {
 	p := r.URL.Path
 	if p == "/v1/txn" && r.Body != nil {
@@ -36,13 +37,22 @@ func Of(r *http.Request) string {
 			}
 			what = append(what, op.KV.Verb+" "+TrimKey(op.KV.Key))
 		}
-		if len(ops) > 2 {
-			what = append(what, fmt.Sprintf("(%d ops)", len(ops)/10*10))
+		switch {
+		case len(ops) >= 10:
+			what = append(what, fmt.Sprintf("(%d+ ops)", len(ops)/10*10))
+		case len(ops) > 2:
+			what = append(what, fmt.Sprintf("(%d ops)", len(ops)))
 		}
 		return r.Method + " /v1/txn " + strings.Join(what, ", ")
 	}
 	p = TrimKey(p)
-	if r.URL.Query().Has("index") {
+	q := r.URL.Query()
+	for _, f := range []string{"recurse", "keys"} {
+		if q.Has(f) {
+			p += " ?" + f
+		}
+	}
+	if q.Has("index") {
 		p += " (blocking)"
 	}
 	return r.Method + " " + p
@@ -74,6 +84,25 @@ func (t *Table) Add(kind string) *Count {
 	c, _ := t.m.LoadOrStore(kind, new(Count))
 	c.(*Count).Req.Add(1)
 	return c.(*Count)
+}
+
+// Count is the number of requests of kind.
+func (t *Table) Count(kind string) int64 {
+	c, ok := t.m.Load(kind)
+	if !ok {
+		return 0
+	}
+	return c.(*Count).Req.Load()
+}
+
+// Merge adds the counts of o to t.
+func (t *Table) Merge(o *Table) {
+	o.m.Range(func(k, v any) bool {
+		c, _ := t.m.LoadOrStore(k, new(Count))
+		c.(*Count).Req.Add(v.(*Count).Req.Load())
+		c.(*Count).Recv.Add(v.(*Count).Recv.Load())
+		return true
+	})
 }
 
 // Clear forgets every count.
