@@ -1,6 +1,6 @@
 // Command rollout measures a progressive rollout and a fleet revert:
 //
-//	go run ./bench/rollout [-hosts 10] [-bake 2s]
+//	go run ./bench/rollout [-hosts 10] [-bake 2s] [-kinds]
 //
 // -hosts agents (separate processes, watch on) against MinIO and Consul,
 // with `rollout { waves = ["10%", "50%", "100%"] bake = BAKE }` and
@@ -10,6 +10,13 @@
 // it publishes a release whose health check fails on one host of the last
 // wave, with on_failure = "revert", and reports the time from the
 // breaker's trip to the last host switched back.
+//
+// -kinds puts a counting proxy between each agent and Consul (one
+// listener per agent) and prints, for the rollout of the first release
+// (from its publish to the last host's report and release), the requests
+// per host by kind, as bench/scale's -kinds names them, with the total
+// and the KB Consul answered with. The agents' start and the publish
+// (which goes to Consul directly) are not counted.
 package main
 
 import (
@@ -40,8 +47,9 @@ import (
 )
 
 var (
-	hosts = flag.Int("hosts", 10, "agents")
-	bake  = flag.Duration("bake", 2*time.Second, "bake between waves")
+	hosts     = flag.Int("hosts", 10, "agents")
+	bake      = flag.Duration("bake", 2*time.Second, "bake between waves")
+	kindsFlag = flag.Bool("kinds", false, "print each agent's requests to Consul by kind during the first rollout")
 )
 
 func main() {
@@ -84,10 +92,15 @@ func run() error {
 	m, c := srv.MinIO, srv.Consul
 	timeline := filepath.Join(dir, "timeline")
 	var names, cfgs []string
-	for i := range *hosts {
-		name := fmt.Sprintf("host-%02d", i)
-		p := filepath.Join(dir, name+".hcl")
-		os.WriteFile(p, []byte(fmt.Sprintf(`state_path = %[1]q
+	var counted *counter
+	if *kindsFlag {
+		if counted, err = newCounter(c.Addr, *hosts); err != nil {
+			return err
+		}
+		defer counted.Close()
+	}
+	config := func(name, consul string) string {
+		return fmt.Sprintf(`state_path = %[1]q
 node_name  = %[2]q
 repo "s3" {
   endpoint   = %[3]q
@@ -121,15 +134,28 @@ service "app" {
     command = "test ! -f %[10]s/fail-$DROPSHIP_HOSTNAME -o \"$(cat VERSION)\" != v3"
   }
 }
-`, filepath.Join(dir, name, "state"), name, m.Endpoint, m.AccessKey, m.SecretKey, c.Addr, bake.String(),
-			filepath.Join(dir, name, "srv"), timeline, dir)), 0o600)
+`, filepath.Join(dir, name, "state"), name, m.Endpoint, m.AccessKey, m.SecretKey, consul, bake.String(),
+			filepath.Join(dir, name, "srv"), timeline, dir)
+	}
+	for i := range *hosts {
+		name := fmt.Sprintf("host-%02d", i)
+		p := filepath.Join(dir, name+".hcl")
+		consul := c.Addr
+		if counted != nil {
+			consul = counted.Addr(i)
+		}
+		os.WriteFile(p, []byte(config(name, consul)), 0o600)
 		names, cfgs = append(names, name), append(cfgs, p)
 	}
+	// The publisher's config: host-00's, with Consul directly (its
+	// requests are not an agent's).
+	pubCfg := filepath.Join(dir, "publish.hcl")
+	os.WriteFile(pubCfg, []byte(config(names[0], c.Addr)), 0o600)
 	publish := func(v string) (string, error) {
 		art := filepath.Join(dir, v+".tar.gz")
 		b := tarball(v)
 		os.WriteFile(art, b, 0o644)
-		out, err := exec.Command(bin, "publish", "-c", cfgs[0], art, "--to", "s3://bench/app.tar.gz", "--service", "app").CombinedOutput()
+		out, err := exec.Command(bin, "publish", "-c", pubCfg, art, "--to", "s3://bench/app.tar.gz", "--service", "app").CombinedOutput()
 		if err != nil {
 			return "", fmt.Errorf("publish: %v\n%s", err, out)
 		}
@@ -181,12 +207,27 @@ service "app" {
 		return err
 	}
 	time.Sleep(500 * time.Millisecond) // the last after hook writes its line
+	client, _ := api.NewClient(&api.Config{Address: c.Addr})
+	if counted != nil {
+		// Every agent done with v1 (reported, its slot given back)
+		// before the count starts: that is v1's, not v2's.
+		if err := waitDone(client, names, md5hex(tarball("v1")), 2*time.Minute); err != nil {
+			return err
+		}
+		counted.Reset()
+	}
 	sum, err := publish("v2")
 	if err != nil {
 		return err
 	}
 	if err := waitAll("v2", 2*time.Minute); err != nil {
 		return err
+	}
+	if counted != nil {
+		if err := waitDone(client, names, sum, 2*time.Minute); err != nil {
+			return err
+		}
+		counted.Print(os.Stdout)
 	}
 	time.Sleep(500 * time.Millisecond)
 	spans := readTimeline(timeline, sum)
@@ -223,7 +264,6 @@ service "app" {
 	if err != nil {
 		return err
 	}
-	client, _ := api.NewClient(&api.Config{Address: c.Addr})
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		reverted, on := 0, 0
