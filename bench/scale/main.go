@@ -1,7 +1,7 @@
 // Command scale measures how the fleet's update slots scale with the
 // number of hosts, against one real Consul agent from the rig:
 //
-//	go run ./bench/scale [-hosts 100,1000,5000] [-baseline 200,500] [-rollout 1000,5000] [-kinds]
+//	go run ./bench/scale [-hosts 100,1000,5000] [-baseline 200,500] [-rollout 1000,5000] [-bake 0] [-kinds]
 //
 // Each simulated host is a goroutine with its own Consul client (its own
 // connections, behind a RoundTripper that counts what Consul sends it),
@@ -12,7 +12,10 @@
 // consul/api semaphore that fleet/consul used before them; -rollout the
 // grants with a rollout (canary, 10%, 100%) that the coordinator decides,
 // each host doing what an agent's checks do and following the
-// coordinator's document from its start, as the agent does.
+// coordinator's document from its start, as the agent does. -bake sets
+// the rollout's bake: the hosts of a wave behind one are not kept in line
+// (the coordinator ends their wait, and they get in line again once the
+// document says their wave opens), as an agent's are.
 //
 // Printed per run: wall time from the release (every host starts waiting
 // at once) to the last host done, against the ideal (ceil(N/concurrency)
@@ -73,6 +76,7 @@ var (
 	rolloutFlag  = flag.String("rollout", "", "host counts to run with the grants and a rollout (canary, 10%, 100%) the coordinator decides")
 	baselineFlag = flag.String("baseline", "", "host counts to run with the consul/api semaphore")
 	update       = flag.Duration("update", 100*time.Millisecond, "how long each host's update takes")
+	bakeFlag     = flag.Duration("bake", 0, "the rollout's bake between waves (-rollout)")
 	percent      = flag.Float64("concurrency", 1, "concurrency, in percent of the hosts (at least 1)")
 	idle         = flag.Duration("idle", 20*time.Second, "idle time measured after the rollout (0: none)")
 	ttl          = flag.Duration("ttl", 15*time.Second, "session TTL")
@@ -221,7 +225,7 @@ func run(design string, n int) error {
 	waiting := make([]time.Time, n)
 	fleets := make([]*fleetconsul.Fleet, n)
 	waveOf := make([]int, n)
-	policy := &rollout.Policy{Canary: 1, Waves: []rollout.Wave{{Percent: 10}, {Percent: 100}}, MaxFailed: 1, OnFailure: rollout.OnFailureStop}
+	policy := &rollout.Policy{Canary: 1, Waves: []rollout.Wave{{Percent: 10}, {Percent: 100}}, Bake: *bakeFlag, MaxFailed: 1, OnFailure: rollout.OnFailureStop}
 	for i := range n {
 		cl, err := newClient(c.Addr, &req[i], &recv[i])
 		if err != nil {
@@ -358,7 +362,8 @@ func run(design string, n int) error {
 	r := append([]time.Time(nil), releases...)
 	sort.Slice(r, func(i, j int) bool { return r[i].Before(r[j]) })
 	// With a rollout, a host's slot is free only once the wave before
-	// its own is done: its hand-off counts from then if that is later.
+	// its own is done and baked: its hand-off counts from then if that is
+	// later.
 	waveDone := map[int]time.Time{}
 	for i := range n {
 		for w := waveOf[i] + 1; w <= 3; w++ {
@@ -374,8 +379,8 @@ func run(design string, n int) error {
 		if waiting[h].After(from) && design != "rollout" {
 			from = waiting[h]
 		}
-		if d := waveDone[waveOf[h]]; d.After(from) {
-			from = d
+		if d := waveDone[waveOf[h]]; !d.IsZero() && d.Add(*bakeFlag).After(from) {
+			from = d.Add(*bakeFlag)
 		}
 		hand = append(hand, max(0, grants[h].Sub(from)))
 		if *kindsFlag && grants[h].Sub(from) > 300*time.Millisecond {
@@ -422,9 +427,10 @@ func run(design string, n int) error {
 	}
 	ideal := time.Duration((n+conc-1)/conc) * *update
 	if design == "rollout" {
-		// The canary alone, then each wave back to back.
+		// The canary alone, then each wave back to back, each after
+		// the bake of the one before.
 		first := int(math.Ceil(float64(n)/10)) - 1
-		ideal = time.Duration(1+(first+conc-1)/conc+(n-1-first+conc-1)/conc) * *update
+		ideal = time.Duration(1+(first+conc-1)/conc+(n-1-first+conc-1)/conc)**update + 2**bakeFlag
 	}
 	idleRate := -1.0
 	if *idle > 0 {
