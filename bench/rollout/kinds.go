@@ -70,11 +70,11 @@ func newCounter(consul string, n int) (*counter, error) {
 func (c *counter) Addr(i int) string { return c.listeners[i].Addr().String() }
 
 // Reset forgets what was counted. An answer to a request made before
-// (a blocking query that Consul answers now) is counted in the host's
-// bytes, not in its kind's: as bench/scale counts.
+// (a blocking query that Consul answers now) is counted in its bytes,
+// not in its requests: as bench/scale counts.
 func (c *counter) Reset() {
 	for _, h := range c.hosts {
-		h.kinds.Clear()
+		h.kinds.Reset()
 		h.req.Store(0)
 		h.recv.Store(0)
 	}

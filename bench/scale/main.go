@@ -277,7 +277,7 @@ func run(design string, n int) error {
 	}
 	cpu0, _, _ := cpu(pid)
 	self0, _, _ := cpu(os.Getpid())
-	byKind.Clear() // what the hosts did to register is not the rollout's
+	byKind.Reset() // what the hosts did to register is not the rollout's
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	grants := make([]time.Time, n)

@@ -108,6 +108,17 @@ func (t *Table) Merge(o *Table) {
 // Clear forgets every count.
 func (t *Table) Clear() { t.m.Clear() }
 
+// Reset sets every count to zero, keeping its kind: the answer to a
+// request made before (a blocking query that Consul answers now) is
+// counted in its kind's bytes, though not in its requests.
+func (t *Table) Reset() {
+	t.m.Range(func(_, v any) bool {
+		v.(*Count).Req.Store(0)
+		v.(*Count).Recv.Store(0)
+		return true
+	})
+}
+
 // Row is a kind's requests and KB, per host.
 type Row struct {
 	Kind      string
@@ -115,11 +126,15 @@ type Row struct {
 }
 
 // Rows returns the table's kinds, each divided by hosts, the most
-// requests first (then by name).
+// requests first (then by name); a kind with neither a request nor an
+// answer since the last Reset is left out.
 func (t *Table) Rows(hosts int) []Row {
 	var rows []Row
 	t.m.Range(func(k, v any) bool {
 		c := v.(*Count)
+		if c.Req.Load() == 0 && c.Recv.Load() == 0 {
+			return true // not since the last Reset
+		}
 		rows = append(rows, Row{k.(string), float64(c.Req.Load()) / float64(hosts), float64(c.Recv.Load()) / float64(hosts) / 1024})
 		return true
 	})
