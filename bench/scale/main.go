@@ -116,6 +116,7 @@ func main() {
 type counting struct {
 	base      http.RoundTripper
 	req, recv *atomic.Int64
+	watch     *atomic.Int64 // the requests of the watch on the announcements
 }
 
 // byKind counts the requests of every host by kind, and the bytes Consul
@@ -124,6 +125,9 @@ var byKind kinds.Table
 
 func (c counting) RoundTrip(r *http.Request) (*http.Response, error) {
 	c.req.Add(1)
+	if strings.HasPrefix(r.URL.Path, "/v1/kv/"+fleet.PublishedPrefix("bench")) {
+		c.watch.Add(1)
+	}
 	recv := []*atomic.Int64{c.recv}
 	if *kindsFlag {
 		recv = append(recv, &byKind.Add(kinds.Of(r)).Recv)
@@ -152,8 +156,8 @@ var shared = &http.Transport{
 	IdleConnTimeout:     90 * time.Second,
 }
 
-func newClient(addr string, req, recv *atomic.Int64) (*api.Client, error) {
-	return api.NewClient(&api.Config{Address: addr, HttpClient: &http.Client{Transport: counting{shared, req, recv}}})
+func newClient(addr string, req, recv, watch *atomic.Int64) (*api.Client, error) {
+	return api.NewClient(&api.Config{Address: addr, HttpClient: &http.Client{Transport: counting{shared, req, recv, watch}}})
 }
 
 // raiseFiles raises the limit of open files to its hard limit: thousands
@@ -219,6 +223,7 @@ func run(design string, n int) error {
 	conc := max(1, int(float64(n)**percent/100))
 	req := make([]atomic.Int64, n)
 	recv := make([]atomic.Int64, n)
+	watched := make([]atomic.Int64, n)
 	slots := make([]lock.Slot, n)
 	// When each host's wait was in Consul: a slot freed before it is not
 	// this host's hand-off to wait for.
@@ -227,7 +232,7 @@ func run(design string, n int) error {
 	waveOf := make([]int, n)
 	policy := &rollout.Policy{Canary: 1, Waves: []rollout.Wave{{Percent: 10}, {Percent: 100}}, Bake: *bakeFlag, MaxFailed: 1, OnFailure: rollout.OnFailureStop}
 	for i := range n {
-		cl, err := newClient(c.Addr, &req[i], &recv[i])
+		cl, err := newClient(c.Addr, &req[i], &recv[i], &watched[i])
 		if err != nil {
 			return err
 		}
@@ -269,6 +274,20 @@ func run(design string, n int) error {
 			following.Go(func() { follow(fctx, slots[i].(*lockconsul.Slots), wakes[i], sync.OnceFunc(started.Done)) })
 		}
 	}
+	// Every agent (watch on, the default) also long-polls the folder of
+	// announcements from its start: a publish wakes every host at once.
+	// Its first query answers at once; the rollout counts from when
+	// each host's second, the blocking one, is asked.
+	for i := range n {
+		following.Go(func() {
+			fleets[i].WatchPublished(fctx, fleet.Watch{Changed: func(fleet.Published) {}})
+		})
+	}
+	for i := range n {
+		for watched[i].Load() < 2 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	// Their first reads are the agents' start, not the rollout's.
 	started.Wait()
 	for i := range n {
@@ -290,6 +309,10 @@ func run(design string, n int) error {
 		go profile(c.Addr, fmt.Sprintf("%s.%d", *profFlag, n), *update*time.Duration(n/conc))
 	}
 	t0 := time.Now()
+	// The release is published: every host's watch wakes.
+	if err := (&fleetconsul.Fleet{Client: admin, Prefix: "bench"}).Announce(ctx, fleet.Published{Service: "app", Key: "s3://releases/app/app.tar.gz", Checksum: sum, Size: 48 << 20, Publisher: "ci@build-1"}); err != nil {
+		return err
+	}
 	if *kindsFlag {
 		slog.Debug("rollout starts", "t0", t0.Format("15:04:05.000"))
 	}
