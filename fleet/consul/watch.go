@@ -23,7 +23,12 @@ func (p *Fleet) Announce(ctx context.Context, pub fleet.Published) error {
 // Blocking queries: how long Consul may hold one, and the back-off after
 // an error (doubling, with jitter, up to the cap).
 const (
-	watchWait       = 5 * time.Minute
+	watchWait = 5 * time.Minute
+	// publishedWait: the watch of the announcements is held by every
+	// agent all the time, so it waits as long as Consul lets a query
+	// wait (its max_query_time, 10 minutes by default): six requests an
+	// hour per agent at rest, not twelve.
+	publishedWait   = 10 * time.Minute
 	watchBackoff    = time.Second
 	watchBackoffCap = time.Minute
 	// watchMinGap keeps a watch from spinning when Consul answers at once
@@ -56,7 +61,7 @@ func (p *Fleet) WatchPublished(ctx context.Context, w fleet.Watch) error {
 		},
 	}
 	return loop.Run(ctx, 0, func(ctx context.Context, index uint64) (uint64, error) {
-		opts := (&api.QueryOptions{WaitIndex: index, WaitTime: watchWait}).WithContext(ctx)
+		opts := (&api.QueryOptions{WaitIndex: index, WaitTime: publishedWait}).WithContext(ctx)
 		pairs, meta, err := p.Client.KV().List(prefix, opts)
 		if err != nil {
 			return index, err
