@@ -1,6 +1,6 @@
 // Command rollout measures a progressive rollout and a fleet revert:
 //
-//	go run ./bench/rollout [-hosts 10] [-bake 2s] [-kinds]
+//	go run ./bench/rollout [-hosts 10] [-bake 2s] [-kinds [-idle 21m]]
 //
 // -hosts agents (separate processes, watch on) against MinIO and Consul,
 // with `rollout { waves = ["10%", "50%", "100%"] bake = BAKE }` and
@@ -16,7 +16,9 @@
 // (from its publish to the last host's report and release), the requests
 // per host by kind, as bench/scale's -kinds names them, with the total
 // and the KB Consul answered with. The agents' start and the publish
-// (which goes to Consul directly) are not counted.
+// (which goes to Consul directly) are not counted. -idle then counts
+// them at rest for that long (longer than the 10-minute waits of the
+// agents' long polls, to see each come back).
 package main
 
 import (
@@ -50,6 +52,7 @@ var (
 	hosts     = flag.Int("hosts", 10, "agents")
 	bake      = flag.Duration("bake", 2*time.Second, "bake between waves")
 	kindsFlag = flag.Bool("kinds", false, "print each agent's requests to Consul by kind during the first rollout")
+	idleFlag  = flag.Duration("idle", 0, "with -kinds, also count each agent's requests to Consul at rest for this long after the rollout")
 )
 
 func main() {
@@ -228,6 +231,15 @@ service "app" {
 			return err
 		}
 		counted.Print(os.Stdout)
+		if *idleFlag > 0 {
+			// At rest: every host on v2, its slot given back, the
+			// coordinator about to give up (a part of the rollout's
+			// tail is in the window, as in a fleet's).
+			counted.Reset()
+			time.Sleep(*idleFlag)
+			fmt.Printf("at rest for %s (per host; per hour: × %.2f)\n", *idleFlag, float64(time.Hour)/float64(*idleFlag))
+			counted.Print(os.Stdout)
+		}
 	}
 	time.Sleep(500 * time.Millisecond)
 	spans := readTimeline(timeline, sum)
