@@ -81,6 +81,7 @@ var (
 	idle         = flag.Duration("idle", 20*time.Second, "idle time measured after the rollout (0: none)")
 	ttl          = flag.Duration("ttl", 15*time.Second, "session TTL")
 	kindsFlag    = flag.Bool("kinds", false, "print the requests per host by kind after each run")
+	watchFlag    = flag.Bool("watch", true, "each host watches the announcements as an agent does (watch on, the default): one more long poll per host")
 	gogc         = flag.Int("gogc", 400, "the simulator's GOGC (its own garbage collection, not Consul's: the simulated hosts' CPU is the bench's, not what is measured)")
 	profFlag     = flag.String("consul-profile", "", "write a CPU profile of Consul during each rollout to this file (suffixed by the host count)")
 )
@@ -279,12 +280,14 @@ func run(design string, n int) error {
 	// Its first query answers at once; the rollout counts from when
 	// each host's second, the blocking one, is asked.
 	for i := range n {
-		following.Go(func() {
-			fleets[i].WatchPublished(fctx, fleet.Watch{Changed: func(fleet.Published) {}})
-		})
+		if *watchFlag {
+			following.Go(func() {
+				fleets[i].WatchPublished(fctx, fleet.Watch{Changed: func(fleet.Published) {}})
+			})
+		}
 	}
 	for i := range n {
-		for watched[i].Load() < 2 {
+		for *watchFlag && watched[i].Load() < 2 {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
