@@ -297,7 +297,9 @@ func (p *Fleet) Report(ctx context.Context, service string, st fleet.NodeStatus)
 // host past its bound. Which it is rides along in the transaction (see
 // trimScope): no request of its own.
 // When Consul refuses the transaction (a token that may write the status
-// but not the log), the status is written alone and the events after it.
+// but not the log, or the log but not the status), the events are
+// recorded one by one and the status after them, each as far as the
+// token lets it.
 // An error about the events only, once the status is written, wraps
 // fleet.ErrStatusWritten.
 func (p *Fleet) ReportEvents(ctx context.Context, service string, st fleet.NodeStatus, evs []fleet.Event) error {
@@ -329,18 +331,21 @@ func (p *Fleet) ReportEvents(ctx context.Context, service string, st fleet.NodeS
 		return fmt.Errorf("%w: report the status of %s and its %d events: %v", fleet.ErrUnavailable, service, len(evs), err)
 	}
 	if !ok {
+		// Each on its own, the events first (whoever reads the status
+		// finds them), as before the transaction: a token refused the
+		// status still leaves the outcome in the log.
 		refused := fmt.Errorf("report the status of %s with its events: %s", service, txnErrors(resp.Errors))
-		if err := p.Report(ctx, service, st); err != nil {
-			return errors.Join(refused, err)
-		}
 		var lost []error
 		for _, ev := range evs {
 			if err := p.Record(ctx, service, ev); err != nil {
 				lost = append(lost, err)
 			}
 		}
+		if err := p.Report(ctx, service, st); err != nil {
+			return errors.Join(append([]error{refused, err}, lost...)...)
+		}
 		if len(lost) == 0 {
-			return nil // written in two steps
+			return nil // written in steps
 		}
 		return fmt.Errorf("%w; %w", fleet.ErrStatusWritten, errors.Join(append([]error{refused}, lost...)...))
 	}
