@@ -933,7 +933,7 @@ func (p *Fleet) auditFolder(service string) string {
 // trim deletes the events written first (by Consul's index) beyond keep,
 // once there are trimSlack more. Two hosts trimming at once may delete
 // the same keys: deleting a missing key is no error. A writer whose token
-// may not delete them all (an agent's) deletes its own among them; the
+// may not delete them all deletes those it may: an agent's its own, the
 // others go when their writers next append, or when an operator does.
 func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
 	prefix := fleet.AuditKey(p.Prefix, service)
@@ -954,13 +954,21 @@ func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
 	sort.SliceStable(pairs, func(i, j int) bool { return pairs[i].CreateIndex < pairs[j].CreateIndex }) // one index: one writer's transaction, its keys in order
 	old := pairs[:len(pairs)-keep]
 	if p.trimScope() != trimOwn {
-		err = p.deleteAll(ctx, service, old)
-		if err == nil {
-			return nil
+		// Every writer's events it may delete, its own among them: a
+		// token that passed the report's probe may still be kept from
+		// some folders (the operators'), and the others' events must not
+		// wait for their writers' turn.
+		refused, _, err := p.deleteAll(ctx, service, old)
+		others := 0
+		for _, kv := range old {
+			if !strings.HasPrefix(kv.Key, p.auditFolder(service)) {
+				others++
+			}
 		}
-		if !errors.Is(err, fleet.ErrUnavailable) { // refused: this token trims its own events only
-			p.setTrimScope(trimOwn)
+		if err == nil && others > 0 && refused >= others {
+			p.setTrimScope(trimOwn) // none but its own: they are trimmed at each report
 		}
+		return err
 	}
 	var own api.KVPairs
 	for _, kv := range old {
@@ -968,27 +976,57 @@ func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
 			own = append(own, kv)
 		}
 	}
-	return p.deleteAll(ctx, service, own)
+	_, why, err := p.deleteAll(ctx, service, own)
+	if err == nil {
+		err = why
+	}
+	return err
 }
 
-// deleteAll deletes the events old of the audit log of service.
-func (p *Fleet) deleteAll(ctx context.Context, service string, old api.KVPairs) error {
+// deleteAll deletes the events old of the audit log of service, all but
+// those Consul refuses this writer's token: refused of them, why says
+// why (nil when none).
+func (p *Fleet) deleteAll(ctx context.Context, service string, old api.KVPairs) (refused int, why, err error) {
 	for len(old) > 0 {
 		n := min(len(old), 64) // Consul's limit of operations per transaction
-		var ops api.TxnOps
-		for _, kv := range old[:n] {
-			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: kv.Key}})
-		}
-		ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
-		if err != nil {
-			return fmt.Errorf("%w: trim the audit log of %s: %v", fleet.ErrUnavailable, service, err)
-		}
-		if !ok {
-			return fmt.Errorf("trim the audit log of %s: %v", service, resp.Errors)
-		}
+		batch := old[:n]
 		old = old[n:]
+		for len(batch) > 0 {
+			var ops api.TxnOps
+			for _, kv := range batch {
+				ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: kv.Key}})
+			}
+			ok, resp, _, err := p.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+			if err != nil {
+				return refused, why, fmt.Errorf("%w: trim the audit log of %s: %v", fleet.ErrUnavailable, service, err)
+			}
+			if ok {
+				break
+			}
+			// The same without the operations refused.
+			drop := map[int]bool{}
+			for _, e := range resp.Errors {
+				if e.OpIndex >= 0 && e.OpIndex < len(batch) {
+					drop[e.OpIndex] = true
+				}
+			}
+			if len(drop) == 0 {
+				return refused, why, fmt.Errorf("trim the audit log of %s: %s", service, txnErrors(resp.Errors))
+			}
+			if why == nil {
+				why = fmt.Errorf("trim the audit log of %s: %s", service, txnErrors(resp.Errors))
+			}
+			refused += len(drop)
+			var rest api.KVPairs
+			for i, kv := range batch {
+				if !drop[i] {
+					rest = append(rest, kv)
+				}
+			}
+			batch = rest
+		}
 	}
-	return nil
+	return refused, why, nil
 }
 
 // LogWait bounds one blocking read of the audit log.
