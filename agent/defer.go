@@ -274,7 +274,9 @@ func (r *Runner) reportDeferred(ctx context.Context, st *State, out Outcome) {
 	ns := fleet.NodeStatus{Node: r.node, Checksum: st.Checksum, Release: st.Release, Result: string(ResultDeferred),
 		Attempt: out.Checksum, Phase: string(PhaseDefer), Reason: fleet.Clip(out.Reason), Time: r.now().UTC(),
 		Tags: r.tags, Policy: r.policyHash()}
-	if r.report(ctx, ns, fleet.OutcomeEvents(ns)) != nil {
+	// Told when its event is in the log, even if its status was refused:
+	// at every look it would only be repeated there.
+	if err := r.report(ctx, ns, fleet.OutcomeEvents(ns)); err != nil && !errors.Is(err, fleet.ErrEventsWritten) {
 		return
 	}
 	r.deferral.reported = out.Reason

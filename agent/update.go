@@ -428,8 +428,9 @@ type eventReporter interface {
 // outcome it tells of: in one request where the fleet can, else the
 // audit log first. Either way whoever sees the node status (a dashboard,
 // fleet status) finds its events already written. It returns an error
-// when the status was not written: events it could not write are logged
-// (as record does), and the status still counts as told.
+// when the status was not written (wrapping fleet.ErrEventsWritten when
+// its events were): events it could not write are logged (as record
+// does), and the status still counts as told.
 func (r *Runner) report(ctx context.Context, ns fleet.NodeStatus, evs []fleet.Event) error {
 	if f, ok := r.fleet.(eventReporter); ok {
 		err := f.ReportEvents(ctx, r.svc.Name, ns, evs)

@@ -117,6 +117,10 @@ var (
 	// log's trim after them failed). Whoever reported may count the
 	// status as told.
 	ErrStatusWritten = errors.New("the node status was written")
+	// ErrEventsWritten: a report's audit events were written, and its
+	// node status refused. Whoever reported may count the events as
+	// told: telling them again would only repeat them in the log.
+	ErrEventsWritten = errors.New("the events were written")
 )
 
 // NodeStatus is one host's view of a service, written after each attempt.

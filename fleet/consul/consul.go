@@ -301,7 +301,8 @@ func (p *Fleet) Report(ctx context.Context, service string, st fleet.NodeStatus)
 // recorded one by one and the status after them, each as far as the
 // token lets it.
 // An error about the events only, once the status is written, wraps
-// fleet.ErrStatusWritten.
+// fleet.ErrStatusWritten; one about the status only, once the events
+// are written, fleet.ErrEventsWritten.
 func (p *Fleet) ReportEvents(ctx context.Context, service string, st fleet.NodeStatus, evs []fleet.Event) error {
 	st.Error = fleet.Clip(st.Error)
 	b, _ := json.Marshal(st)
@@ -342,6 +343,9 @@ func (p *Fleet) ReportEvents(ctx context.Context, service string, st fleet.NodeS
 			}
 		}
 		if err := p.Report(ctx, service, st); err != nil {
+			if len(lost) == 0 && len(evs) > 0 {
+				return fmt.Errorf("%w, not the status; %w", fleet.ErrEventsWritten, errors.Join(refused, err))
+			}
 			return errors.Join(append([]error{refused, err}, lost...)...)
 		}
 		if len(lost) == 0 {

@@ -63,8 +63,8 @@ key_prefix %q { policy = "write" }`, prefix+"/", fleet.AuditKey(prefix, "app")))
 	p := &Fleet{Client: client, Prefix: prefix, Node: "web-1", SessionTTL: 10 * time.Second, scope: new(atomic.Int32)}
 	ns := fleet.NodeStatus{Node: "web-1", Checksum: "old", Attempt: "new", Result: "failed", Phase: "check", Error: "check failed"}
 	err := p.ReportEvents(context.Background(), "app", ns, fleet.OutcomeEvents(ns))
-	if err == nil || errors.Is(err, fleet.ErrStatusWritten) || !strings.Contains(err.Error(), "Permission denied") {
-		t.Fatalf("error %v, want the status's refusal", err)
+	if err == nil || errors.Is(err, fleet.ErrStatusWritten) || !errors.Is(err, fleet.ErrEventsWritten) || !strings.Contains(err.Error(), "Permission denied") {
+		t.Fatalf("error %v, want the status's refusal, the events written", err)
 	}
 	if kv, _, err := admin.KV().Get(fleet.NodesKey(prefix, "app")+"web-1", nil); err != nil || kv != nil {
 		t.Fatalf("node record %+v (%v): want none", kv, err)
