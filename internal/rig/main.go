@@ -12,6 +12,8 @@ import (
 // the first time a test asks for it, and stops after the last test.
 type Need struct {
 	MinIO, Swift, Consul, Graphite bool
+	// ACLConsul is a Consul agent of its own whose ACLs deny by default.
+	ACLConsul bool
 	// Prometheus scrapes these targets (host:port, path /metrics).
 	Prometheus []string
 }
@@ -23,6 +25,7 @@ type Servers struct {
 	minio    once[*MinIO]
 	swift    once[*Swift]
 	consul   once[*Consul]
+	acl      once[*ACLConsul]
 	graphite once[*Graphite]
 	prom     once[*Prometheus]
 }
@@ -75,6 +78,7 @@ func (s *Servers) Stop() {
 	s.minio.stop()
 	s.swift.stop()
 	s.consul.stop()
+	s.acl.stop()
 	s.graphite.stop()
 	s.prom.stop()
 }
@@ -96,6 +100,13 @@ func (s *Servers) Swift(t testing.TB) *Swift {
 func (s *Servers) Consul(t testing.TB) *Consul {
 	t.Helper()
 	return s.consul.get(t, "Consul", s.need.Consul, func() (*Consul, error) { return StartConsul() })
+}
+
+// ACLConsul is the package's Consul agent with ACLs on, started on first
+// use. Each test makes the tokens it needs (ACLConsul.Token).
+func (s *Servers) ACLConsul(t testing.TB) *ACLConsul {
+	t.Helper()
+	return s.acl.get(t, "Consul with ACLs", s.need.ACLConsul, StartACLConsul)
 }
 
 // Graphite is the package's graphite-web and carbon, started on first use.
