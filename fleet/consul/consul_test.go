@@ -17,7 +17,7 @@ import (
 
 var servers rig.Servers
 
-func TestMain(m *testing.M) { rig.Main(m, &servers, rig.Need{Consul: true}) }
+func TestMain(m *testing.M) { rig.Main(m, &servers, rig.Need{Consul: true, ACLConsul: true}) }
 
 func newFleet(t *testing.T, node string) *Fleet {
 	t.Helper()

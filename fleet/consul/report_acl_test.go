@@ -15,7 +15,6 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/dropshipd/dropship/fleet"
-	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
@@ -27,31 +26,15 @@ import (
 // their appends with Record do.
 func TestAgentsReportsKeepTheAuditLogBounded(t *testing.T) {
 	ctx := context.Background()
-	root := "00000000-0000-4000-8000-" + fmt.Sprintf("%012d", time.Now().UnixNano()%1e12)
-	c, err := rig.StartConsul("-hcl", fmt.Sprintf(`acl { enabled = true
-default_policy = "deny"
-tokens { initial_management = %q } }`, root))
-	testutil.RequireServer(t, "Consul", err)
-	t.Cleanup(c.Stop)
-	admin, err := api.NewClient(&api.Config{Address: c.Addr, Token: root})
-	if err != nil {
-		t.Fatal(err)
-	}
+	acl := servers.ACLConsul(t)
+	admin := acl.Admin(t)
 	prefix := "test/" + testutil.Unique(t)
 	const hosts = 10
 	txns := &kindCounter{base: http.DefaultTransport.(*http.Transport).Clone()}
 	fleets := make([]*Fleet, hosts)
 	for i := range fleets {
 		node := fmt.Sprint("host-", i)
-		pol, _, err := admin.ACL().PolicyCreate(&api.ACLPolicy{Name: node, Rules: AgentPolicy(prefix, node, "", []string{"app"})}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tok, _, err := admin.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := &api.Config{Address: c.Addr, Token: tok.SecretID}
+		cfg := &api.Config{Address: acl.Addr, Token: acl.Token(t, node, AgentPolicy(prefix, node, "", []string{"app"}))}
 		if i == 0 {
 			cfg.HttpClient = &http.Client{Transport: txns}
 		}

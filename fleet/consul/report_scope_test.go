@@ -24,12 +24,13 @@ import (
 // each) pile up past the log's bound.
 func TestATrimKeptFromSomeFoldersDeletesTheOthersItMay(t *testing.T) {
 	ctx := context.Background()
-	c, admin := aclConsul(t)
+	acl := servers.ACLConsul(t)
+	admin := acl.Admin(t)
 	prefix := "test/" + testutil.Unique(t)
 	const hosts, opsEvents = 10, 5
 	rules := fmt.Sprintf(`key_prefix %q { policy = "write" }
 key_prefix %q { policy = "read" }`, prefix+"/", fleet.AuditKey(prefix, "app")+"ops/")
-	p := &Fleet{Client: tokenClient(t, c, admin, "all-but-ops", rules), Prefix: prefix, Node: "host-0",
+	p := &Fleet{Client: acl.TokenClient(t, "all-but-ops", rules), Prefix: prefix, Node: "host-0",
 		SessionTTL: 10 * time.Second, scope: new(atomic.Int32), trimOdds: 1}
 	// The rollouts before: the log full, the operators' events oldest,
 	// then the other hosts'.

@@ -13,7 +13,6 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/dropshipd/dropship/fleet"
-	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
@@ -108,33 +107,14 @@ func TestReportEventsTrimsTheLogWhenDue(t *testing.T) {
 // policy from before the log, edited by hand): Consul refuses the one
 // transaction, and the status is still written, the lost events named.
 func TestReportEventsWritesTheStatusWhenTheLogIsRefused(t *testing.T) {
-	root := "00000000-0000-4000-8000-" + fmt.Sprintf("%012d", time.Now().UnixNano()%1e12)
-	c, err := rig.StartConsul("-hcl", fmt.Sprintf(`acl { enabled = true
-default_policy = "deny"
-tokens { initial_management = %q } }`, root))
-	testutil.RequireServer(t, "Consul", err)
-	t.Cleanup(c.Stop)
-	admin, err := api.NewClient(&api.Config{Address: c.Addr, Token: root})
-	if err != nil {
-		t.Fatal(err)
-	}
+	acl := servers.ACLConsul(t)
+	admin := acl.Admin(t)
 	prefix := "test/" + testutil.Unique(t)
 	nodeKey := fleet.NodesKey(prefix, "app") + "web-1"
-	pol, _, err := admin.ACL().PolicyCreate(&api.ACLPolicy{Name: "status-only", Rules: fmt.Sprintf(`key %q { policy = "write" }`, nodeKey)}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, _, err := admin.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := api.NewClient(&api.Config{Address: c.Addr, Token: tok.SecretID})
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := acl.TokenClient(t, "status-only", fmt.Sprintf(`key %q { policy = "write" }`, nodeKey))
 	p := &Fleet{Client: client, Prefix: prefix, Node: "web-1", SessionTTL: 10 * time.Second}
 	ns := fleet.NodeStatus{Node: "web-1", Checksum: "a", Attempt: "a", Result: "installed"}
-	err = p.ReportEvents(context.Background(), "app", ns, fleet.OutcomeEvents(ns))
+	err := p.ReportEvents(context.Background(), "app", ns, fleet.OutcomeEvents(ns))
 	if err == nil || !strings.Contains(err.Error(), "record install event of app") || !errors.Is(err, fleet.ErrStatusWritten) {
 		t.Fatalf("error %v, want the install event's loss named, the status written", err)
 	}
