@@ -28,7 +28,7 @@ func TestMain(m *testing.M) {
 		crashChild(cfgPath, os.Getenv("DROPSHIP_CRASH_AT"))
 		os.Exit(3) // not reached when the crash happened
 	}
-	rig.Main(m, &servers, rig.Need{Graphite: true, Consul: true})
+	rig.Main(m, &servers, rig.Need{Graphite: true, Consul: true, ACLConsul: true})
 }
 
 func killSelf() { syscall.Kill(os.Getpid(), syscall.SIGKILL) }
