@@ -10,11 +10,10 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/dropshipd/dropship/fleet"
-	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
-// aclFleet is a fleet of one host on a Consul of its own whose ACLs deny
+// aclFleet is a fleet of one host on the package's Consul whose ACLs deny
 // by default: the host's agent has the token of the policy `fleet
 // acl-policy agent` prints for it, and ops.hcl (the same config) the
 // operators' token.
@@ -26,47 +25,31 @@ type aclFleet struct {
 }
 
 func newACLFleet(t *testing.T, lockExtra string) *aclFleet {
-	root := uuid(t)
-	c, err := rig.StartConsul("-hcl", fmt.Sprintf(`acl { enabled = true
-default_policy = "deny"
-tokens { initial_management = %q } }`, root))
-	testutil.RequireServer(t, "Consul", err)
-	t.Cleanup(c.Stop)
-	admin, err := api.NewClient(&api.Config{Address: c.Addr, Token: root})
-	if err != nil {
-		t.Fatal(err)
-	}
+	acl := servers.ACLConsul(t)
+	admin := acl.Admin(t)
 	consulNode, err := admin.Agent().NodeName()
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &aclFleet{fleetRig: newFleet(t, 1, 1, c, `rollout {
+	f := &aclFleet{fleetRig: newFleet(t, 1, 1, acl.Consul, `rollout {
     waves = ["100%"]
   }`), admin: admin}
+	// A fresh fleet, also when a test runs again (-count): newFleet's
+	// client, without a token, may delete nothing.
+	if _, err := admin.KV().DeleteTree(f.prefix+"/", nil); err != nil {
+		t.Fatal(err)
+	}
 	h := f.hosts[0]
 	token := func(kind string, extra ...string) string {
 		rules, errOut, code := run(t, append([]string{"fleet", "acl-policy", kind, "-c", h.cfg}, extra...)...)
 		if code != 0 {
 			t.Fatalf("fleet acl-policy %s: exit %d\n%s", kind, code, errOut)
 		}
-		pol, _, err := admin.ACL().PolicyCreate(&api.ACLPolicy{Name: "dropship-" + kind, Rules: rules}, nil)
-		if err != nil {
-			t.Fatalf("policy %s:\n%s\n%v", kind, rules, err)
-		}
-		tok, _, err := admin.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok.SecretID
+		return acl.Token(t, "dropship-"+kind, rules)
 	}
 	agentToken := token("agent", "--consul-node", consulNode)
 	opsToken := token("operator")
-	if f.agent, err = api.NewClient(&api.Config{Address: c.Addr, Token: agentToken}); err != nil {
-		t.Fatal(err)
-	}
-	if f.operator, err = api.NewClient(&api.Config{Address: c.Addr, Token: opsToken}); err != nil {
-		t.Fatal(err)
-	}
+	f.agent, f.operator = acl.Client(t, agentToken), acl.Client(t, opsToken)
 	cfg, err := os.ReadFile(h.cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -41,7 +41,7 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	go http.Serve(metrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	code := rig.Run(m, &servers, rig.Need{MinIO: true, Swift: true, Consul: true, Graphite: true,
+	code := rig.Run(m, &servers, rig.Need{MinIO: true, Swift: true, Consul: true, ACLConsul: true, Graphite: true,
 		Prometheus: []string{metrics.Addr().String()}})
 	os.RemoveAll(dir)
 	os.Exit(code)

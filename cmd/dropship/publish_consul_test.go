@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -17,11 +16,9 @@ import (
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/hashicorp/consul/api"
 
 	"github.com/dropshipd/dropship/artifact/s3"
 	"github.com/dropshipd/dropship/fleet"
-	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
 )
 
@@ -32,13 +29,9 @@ import (
 func TestPublishConsulHonoursTokenAndCAFiles(t *testing.T) {
 	t.Parallel()
 	minio := servers.MinIO(t)
-	root := uuid(t)
-	c, err := rig.StartConsul("-hcl", fmt.Sprintf(`acl { enabled = true
-default_policy = "deny"
-tokens { initial_management = %q } }`, root))
-	testutil.RequireServer(t, "Consul", err)
-	t.Cleanup(c.Stop)
-	target, _ := url.Parse("http://" + c.Addr)
+	acl := servers.ACLConsul(t)
+	prefix := "test/" + testutil.Unique(t)
+	target, _ := url.Parse("http://" + acl.Addr)
 	tlsSrv := httptest.NewUnstartedServer(httputil.NewSingleHostReverseProxy(target))
 	tlsSrv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshake of "no CA"
 	tlsSrv.StartTLS()
@@ -57,7 +50,7 @@ tokens { initial_management = %q } }`, root))
 	dir := t.TempDir()
 	ca, tok := filepath.Join(dir, "consul-ca.pem"), filepath.Join(dir, "consul-token")
 	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw}), 0o644)
-	os.WriteFile(tok, []byte(root+"\n"), 0o600)
+	os.WriteFile(tok, []byte(acl.Root+"\n"), 0o600)
 	cfg := filepath.Join(dir, "dropship.hcl")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`state_path = %q
 repo "s3" {
@@ -71,7 +64,7 @@ repo "s3" {
 	os.WriteFile(art, testutil.TarGz(t, testutil.File{Name: "VERSION", Body: "1"}), 0o644)
 	publish := func(service string, extra ...string) (string, string, int) {
 		args := append([]string{"publish", "-c", cfg, art, "--to", "s3://" + bucket + "/app.tar.gz", "--service", service,
-			"--consul", tlsSrv.URL}, extra...)
+			"--consul", tlsSrv.URL, "--consul-prefix", prefix}, extra...)
 		return run(t, args...)
 	}
 
@@ -79,11 +72,8 @@ repo "s3" {
 	if code != 0 || !strings.Contains(out, "announced app to the fleet") {
 		t.Fatalf("publish with the CA and token files: exit %d\n%s%s", code, out, errOut)
 	}
-	admin, err := api.NewClient(&api.Config{Address: c.Addr, Token: root})
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, _, err := admin.KV().Get(fleet.PublishedPrefix("dropship")+"app", nil)
+	admin := acl.Admin(t)
+	kv, _, err := admin.KV().Get(fleet.PublishedPrefix(prefix)+"app", nil)
 	if err != nil || kv == nil {
 		t.Fatalf("no announcement in Consul: %v", err)
 	}
@@ -104,17 +94,8 @@ repo "s3" {
 		if code != 3 || !strings.Contains(errOut, "not announced") {
 			t.Errorf("%s: exit %d, want 3 (published, not announced)\n%s%s", c.name, code, out, errOut)
 		}
-		if kv, _, err := admin.KV().Get(fleet.PublishedPrefix("dropship")+service, nil); err != nil || kv != nil {
+		if kv, _, err := admin.KV().Get(fleet.PublishedPrefix(prefix)+service, nil); err != nil || kv != nil {
 			t.Errorf("%s: announced all the same (%v)", c.name, err)
 		}
 	}
-}
-
-func uuid(t *testing.T) string {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	b[6], b[8] = b[6]&0x0f|0x40, b[8]&0x3f|0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }
