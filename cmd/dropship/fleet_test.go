@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -52,10 +53,20 @@ type host struct {
 	cmd             *exec.Cmd
 }
 
+// fleetRuns numbers the fleets of this process: see fleetPrefix.
+var fleetRuns atomic.Int64
+
+// fleetPrefix is the Consul prefix of a test's fleet, new at each run of
+// the test (-count): a key a session held in the run before may not be
+// taken again for Consul's lock delay, even once deleted.
+func fleetPrefix(t *testing.T) string {
+	return fmt.Sprintf("test/%s-%d", strings.ToLower(t.Name()), fleetRuns.Add(1))
+}
+
 func newFleet(t *testing.T, n, concurrency int, consul *rig.Consul, extra ...string) *fleetRig {
 	dir := t.TempDir()
 	f := &fleetRig{t: t, dir: dir, store: filepath.Join(dir, "store", "app.tar.gz"), shared: filepath.Join(dir, "timeline"),
-		prefix: "test/" + strings.ToLower(t.Name())}
+		prefix: fleetPrefix(t)}
 	// A fresh fleet, also when a test runs again (-count).
 	if c, err := api.NewClient(&api.Config{Address: consul.Addr}); err == nil {
 		c.KV().DeleteTree(f.prefix+"/", nil)

@@ -30,7 +30,7 @@ func s3Fleet(t *testing.T, n int, bucket string, extra string) (*fleetRig, *awss
 	minio := servers.MinIO(t)
 	_, bucket = minioBucket(t, bucket)
 	dir := t.TempDir()
-	f := &fleetRig{t: t, dir: dir, shared: filepath.Join(dir, "timeline"), prefix: "test/" + strings.ToLower(t.Name())}
+	f := &fleetRig{t: t, dir: dir, shared: filepath.Join(dir, "timeline"), prefix: fleetPrefix(t)}
 	if cl, err := api.NewClient(&api.Config{Address: c.Addr}); err == nil {
 		cl.KV().DeleteTree(f.prefix+"/", nil)
 	}
