@@ -133,12 +133,7 @@ func (t countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err != nil {
 		return resp, err
 	}
-	n := kinds.HeaderSize(resp)
-	for _, c := range recv {
-		c.Add(int64(n))
-	}
-	resp.Body = &kinds.Body{ReadCloser: resp.Body, N: recv}
-	return resp, nil
+	return kinds.Counted(resp, recv), nil
 }
 
 // waitDone waits until every host reported sum and gave its slot back

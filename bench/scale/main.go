@@ -137,12 +137,7 @@ func (c counting) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err != nil {
 		return resp, err
 	}
-	n := kinds.HeaderSize(resp)
-	for _, c := range recv {
-		c.Add(int64(n))
-	}
-	resp.Body = &kinds.Body{ReadCloser: resp.Body, N: recv}
-	return resp, nil
+	return kinds.Counted(resp, recv), nil
 }
 
 // shared is the connections of every simulated host: each keeps its own

@@ -184,3 +184,14 @@ func (b *Body) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// Counted adds an answer's header to each of n, and its body's bytes as
+// they are read.
+func Counted(resp *http.Response, n []*atomic.Int64) *http.Response {
+	h := HeaderSize(resp)
+	for _, c := range n {
+		c.Add(int64(h))
+	}
+	resp.Body = &Body{ReadCloser: resp.Body, N: n}
+	return resp
+}
