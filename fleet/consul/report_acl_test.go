@@ -2,7 +2,6 @@ package consul
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"net/http"
@@ -46,21 +45,7 @@ func TestAgentsReportsKeepTheAuditLogBounded(t *testing.T) {
 		fleets[i] = &Fleet{Client: client, Prefix: prefix, Node: node, SessionTTL: 10 * time.Second, scope: new(atomic.Int32)}
 	}
 	// The rollouts before: the log full, each host's events among them.
-	var ops api.TxnOps
-	base := time.Now().Add(-time.Hour)
-	for i := range fleet.MaxEvents + trimSlack {
-		f := fleets[i%hosts]
-		ev := fleet.Event{Kind: fleet.EventInstall, Who: f.Node, Via: "agent", Node: f.Node, Checksum: fmt.Sprint("old-", i)}
-		b, _ := json.Marshal(ev)
-		key := fmt.Sprintf("%s%020d-%08x", f.auditFolder("app"), base.Add(time.Duration(i)*time.Millisecond).UnixNano(), i)
-		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: b}})
-		if len(ops) == 64 || i == fleet.MaxEvents+trimSlack-1 {
-			if ok, resp, _, err := admin.Txn().Txn(ops, nil); err != nil || !ok {
-				t.Fatalf("fill the log: %v %s", err, txnErrors(resp.Errors))
-			}
-			ops = nil
-		}
-	}
+	fillLog(t, admin, prefix, fleet.MaxEvents+trimSlack, func(i int) string { return fleets[i%hosts].Node }, -1)
 	for r := range 300 {
 		f := fleets[r%hosts]
 		ns := fleet.NodeStatus{Node: f.Node, Checksum: "new", Attempt: "new", Result: "installed", Time: time.Now().UTC()}

@@ -2,14 +2,11 @@ package consul
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/consul/api"
 
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
@@ -34,24 +31,12 @@ key_prefix %q { policy = "read" }`, prefix+"/", fleet.AuditKey(prefix, "app")+"o
 		SessionTTL: 10 * time.Second, scope: new(atomic.Int32), trimOdds: 1}
 	// The rollouts before: the log full, the operators' events oldest,
 	// then the other hosts'.
-	var ops api.TxnOps
-	base := time.Now().Add(-time.Hour)
-	for i := range fleet.MaxEvents + trimSlack {
-		node := "ops"
-		if i >= opsEvents {
-			node = fmt.Sprint("host-", 1+i%(hosts-1))
+	fillLog(t, admin, prefix, fleet.MaxEvents+trimSlack, func(i int) string {
+		if i < opsEvents {
+			return "ops"
 		}
-		ev := fleet.Event{Kind: fleet.EventInstall, Who: node, Via: "agent", Node: node, Checksum: fmt.Sprint("old-", i)}
-		b, _ := json.Marshal(ev)
-		key := fmt.Sprintf("%s%s/%020d-%08x", fleet.AuditKey(prefix, "app"), node, base.Add(time.Duration(i)*time.Millisecond).UnixNano(), i)
-		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: b}})
-		if len(ops) == 64 || i == opsEvents-1 || i == fleet.MaxEvents+trimSlack-1 {
-			if ok, resp, _, err := admin.Txn().Txn(ops, nil); err != nil || !ok {
-				t.Fatalf("fill the log: %v %s", err, txnErrors(resp.Errors))
-			}
-			ops = nil
-		}
-	}
+		return fmt.Sprint("host-", 1+i%(hosts-1))
+	}, opsEvents)
 	ns := fleet.NodeStatus{Node: p.Node, Checksum: "new", Attempt: "new", Result: "installed", Time: time.Now().UTC()}
 	if err := p.ReportEvents(ctx, "app", ns, fleet.OutcomeEvents(ns)); err != nil {
 		t.Fatal(err)

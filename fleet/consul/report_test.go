@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -170,5 +171,28 @@ func TestReportEventsWhoseTrimFailsSaysTheStatusWasWritten(t *testing.T) {
 	}
 	if kv, _, err := p.Client.KV().Get(fleet.NodesKey(p.Prefix, "app")+"web-1", nil); err != nil || kv == nil || len(evs) != 1 {
 		t.Fatalf("node record %v (%v), events %+v: want both written", kv, err, evs)
+	}
+}
+
+// fillLog writes n install events to the audit log of app under prefix,
+// oldest first, the i-th in writer(i)'s folder, in transactions of up to
+// 64 operations; with older > 0 the first older events have one of their
+// own (an older index than the rest).
+func fillLog(t *testing.T, admin *api.Client, prefix string, n int, writer func(i int) string, older int) {
+	t.Helper()
+	var ops api.TxnOps
+	base := time.Now().Add(-time.Hour)
+	for i := range n {
+		node := writer(i)
+		ev := fleet.Event{Kind: fleet.EventInstall, Who: node, Via: "agent", Node: node, Checksum: fmt.Sprint("old-", i)}
+		b, _ := json.Marshal(ev)
+		key := fmt.Sprintf("%s%s/%020d-%08x", fleet.AuditKey(prefix, "app"), node, base.Add(time.Duration(i)*time.Millisecond).UnixNano(), i)
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: b}})
+		if len(ops) == 64 || i == older-1 || i == n-1 {
+			if ok, resp, _, err := admin.Txn().Txn(ops, nil); err != nil || !ok {
+				t.Fatalf("fill the log: %v %s", err, txnErrors(resp.Errors))
+			}
+			ops = nil
+		}
 	}
 }
