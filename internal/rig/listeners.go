@@ -43,10 +43,17 @@ func tcpListeners() (map[int][]uint64, error) {
 	return socks, nil
 }
 
+// errGone is a process with no open files left: it has exited, and may
+// not be reaped yet (a zombie keeps its /proc entry, not its fd table).
+var errGone = errors.New("process has exited")
+
 // socketsOf returns the inodes of the sockets process pid holds open.
 func socketsOf(pid int) (map[uint64]bool, error) {
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
 	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("sockets of %d: %w", pid, errGone)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("sockets of %d: %w", pid, err)
 	}
@@ -158,10 +165,11 @@ func (l listener) alone(all map[int][]uint64) (bool, error) {
 		return false, exited()
 	}
 	mine, others, err := listenState(all, l.p.cmd.Process.Pid, l.port)
+	if errors.Is(err, errGone) {
+		<-l.p.done // exited: its reaping, and its state, are moments away
+		return false, exited()
+	}
 	if err != nil {
-		if l.p.exited() {
-			return false, exited()
-		}
 		return false, err
 	}
 	if others {
