@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"strings"
 	"time"
 )
 
@@ -32,8 +33,47 @@ type Watcher interface {
 // Watch is what a watcher tells its user.
 type Watch struct {
 	Changed func(Published)
-	Up      func()      // the watch answers (again)
-	Down    func(error) // it stopped answering; retried with back-off
+	// Records, if set, is told that service's records changed in what
+	// a host at rest acts on: see RecordsChanged.
+	Records func(service string)
+	// Services are the services watched, if known: a watch of an empty
+	// folder writes the nudge key of the first (RecordsChangedKey), or
+	// any write to Consul would wake it.
+	Services []string
+	Up       func()      // the watch answers (again, or from a Consul that lost its data)
+	Down     func(error) // it stopped answering; retried with back-off
+}
+
+// RecordsChanged is the nudge written after each change of a service's
+// records that a host at rest (one that runs the release its store
+// holds) acts on: a pin, a breaker, a forgotten host (see
+// RecordsChangedKey). Holds, freezes, approvals and clears concern only
+// hosts that are not at rest, whose checks read the records. Like an
+// announcement it is a hint only: a host it wakes reads the records, and
+// trusts only those.
+type RecordsChanged struct {
+	Service string    `json:"service"`
+	What    string    `json:"what"` // pin, breaker, forget
+	Who     string    `json:"who,omitempty"`
+	Time    time.Time `json:"time"`
+}
+
+// RecordsChangedKey is where the nudge of service's records is written:
+// in the folder of announcements, which every agent watches with one
+// long poll, so that an agent at rest need not read its service's
+// records at each check nor follow the rollout's document to learn of a
+// pin, a breaker or a hold. Service names never begin with "_".
+func RecordsChangedKey(prefix, service string) string {
+	return PublishedPrefix(prefix) + recordsFolder + service
+}
+
+// recordsFolder is the folder of the nudges inside the announcements'.
+const recordsFolder = "_records/"
+
+// RecordsChangedService says which service key's nudge is for, if it is
+// one (key as listed under PublishedPrefix(prefix)).
+func RecordsChangedService(prefix, key string) (string, bool) {
+	return strings.CutPrefix(key, PublishedPrefix(prefix)+recordsFolder)
 }
 
 // PublishedPrefix is the folder of announcements under a prefix: one

@@ -17,7 +17,8 @@ import (
 //
 // It may read every record of the prefix. It may write its own node
 // record (an exact key, so "web-1" cannot write "web-10"), its own folder
-// of the audit log (append, and trim its own events), the breaker, the
+// of the audit log (append, and trim its own events), the breaker and
+// its nudge to the hosts at rest (fleet.RecordsChangedKey), the
 // grants and the coordinator's document under _slots/, the semaphore of
 // older agents kept in step by the coordinator, the plan a rollout fixes
 // when it starts, and the run-once records. It may not write another
@@ -34,6 +35,7 @@ func AgentPolicy(prefix, node, consulNode string, services []string) string {
 		rule("key", fleet.NodesKey(prefix, svc)+node, "write", "its own node record, "+svc)
 		rule("key_prefix", fleet.AuditKey(prefix, svc)+keySafe(node)+"/", "write", "appends to the audit log, its own folder")
 		rule("key_prefix", fleet.FailedKey(prefix, svc), "write", "trips the breaker")
+		rule("key", fleet.RecordsChangedKey(prefix, svc), "write", "tells the hosts at rest that the breaker tripped")
 		rule("key_prefix", lockconsul.SlotsPrefix(prefix, svc), "write", "its grant; the coordinator's document and grants")
 		rule("key_prefix", fleet.LockKey(prefix, svc)+"/", "write", "the semaphore of older agents, kept in step")
 		rule("key_prefix", fleet.RolloutKey(prefix, svc)+"plan/", "write", "the plan a rollout fixes when it starts")

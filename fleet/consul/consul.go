@@ -277,7 +277,11 @@ func (p *Fleet) Trip(ctx context.Context, service string, b fleet.Breaker) error
 	if b.Time.IsZero() {
 		b.Time = time.Now().UTC()
 	}
-	return p.put(ctx, fleet.FailedKey(p.Prefix, service)+b.Checksum, b)
+	if err := p.put(ctx, fleet.FailedKey(p.Prefix, service)+b.Checksum, b); err != nil {
+		return err
+	}
+	p.recordsChanged(ctx, service, "breaker")
+	return nil
 }
 
 // Report writes this host's status.
@@ -462,13 +466,17 @@ func (p *Fleet) SetPin(ctx context.Context, service, glob string, pin *fleet.Pin
 	sum := sha256.Sum256([]byte(glob))
 	key := fleet.RolloutKey(p.Prefix, service) + "pins/" + hex.EncodeToString(sum[:8])
 	if pin == nil {
-		return p.delete(ctx, key)
+		return p.delete(ctx, key) // a pinned host does not stay at rest: its checks read the records
 	}
 	pin.Nodes = glob
 	if pin.Time.IsZero() {
 		pin.Time = time.Now().UTC()
 	}
-	return true, p.putOperator(ctx, service, key, pin)
+	if err := p.putOperator(ctx, service, key, pin); err != nil {
+		return true, err
+	}
+	p.recordsChanged(ctx, service, "pin")
+	return true, nil
 }
 
 // Approve lets a wave of a rollout of a checksum start.
@@ -513,7 +521,11 @@ func (p *Fleet) FixPlan(ctx context.Context, service, checksum string, waves []f
 
 // Forget removes the node record of node.
 func (p *Fleet) Forget(ctx context.Context, service, node string) (bool, error) {
-	return p.delete(ctx, fleet.NodesKey(p.Prefix, service)+node)
+	ok, err := p.delete(ctx, fleet.NodesKey(p.Prefix, service)+node)
+	if ok {
+		p.recordsChanged(ctx, service, "forget") // a host still running registers again
+	}
+	return ok, err
 }
 
 // delete removes key, saying whether it was there.

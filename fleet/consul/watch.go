@@ -3,6 +3,7 @@ package consul
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -18,6 +19,31 @@ func (p *Fleet) Announce(ctx context.Context, pub fleet.Published) error {
 		pub.Time = time.Now().UTC()
 	}
 	return p.put(ctx, fleet.PublishedPrefix(p.Prefix)+pub.Service, pub)
+}
+
+// recordsChanged writes the nudge of service's records, after a change
+// of them a host at rest acts on (see fleet.RecordsChangedKey). The
+// change is written already: a nudge that fails is logged, not returned,
+// and the hosts at rest learn of the change at their hourly read of the
+// records instead.
+func (p *Fleet) recordsChanged(ctx context.Context, service, what string) {
+	n := fleet.RecordsChanged{Service: service, What: what, Who: p.Node, Time: time.Now().UTC()}
+	if err := p.put(ctx, fleet.RecordsChangedKey(p.Prefix, service), n); err != nil {
+		slog.Warn("could not tell the hosts at rest that the fleet's records changed; they learn of it within the hour (a token from `dropship fleet acl-policy` of an older dropship?)",
+			"service", service, "what", what, "error", err)
+	}
+}
+
+// seedWhat is the nudge that only fills an empty folder: no change.
+const seedWhat = "watch"
+
+// seed writes the nudge key of service if it is not there (a
+// check-and-set on a key that does not exist). A refusal (an agent token
+// of an older policy) leaves the folder as it was.
+func (p *Fleet) seed(ctx context.Context, service string) {
+	n := fleet.RecordsChanged{Service: service, What: seedWhat, Who: p.Node, Time: time.Now().UTC()}
+	b, _ := json.Marshal(n)
+	p.Client.KV().CAS(&api.KVPair{Key: fleet.RecordsChangedKey(p.Prefix, service), Value: b}, (&api.WriteOptions{}).WithContext(ctx))
 }
 
 // Blocking queries: how long Consul may hold one, and the back-off after
@@ -66,6 +92,17 @@ func (p *Fleet) WatchPublished(ctx context.Context, w fleet.Watch) error {
 		if err != nil {
 			return index, err
 		}
+		if len(pairs) == 0 && len(w.Services) > 0 {
+			// An empty folder's index is the whole store's: every write to
+			// Consul would wake the watch (and every agent's). A key of
+			// its own makes the folder's index its own.
+			p.seed(ctx, w.Services[0])
+		}
+		if index > 1 && meta.LastIndex < index && wasUp && w.Up != nil {
+			// A Consul that lost its data (a new cluster, a restored
+			// snapshot): the watch starts over, and says so.
+			w.Up()
+		}
 		for _, kv := range pairs {
 			if seen[kv.Key] == string(kv.Value) {
 				continue
@@ -73,6 +110,14 @@ func (p *Fleet) WatchPublished(ctx context.Context, w fleet.Watch) error {
 			seen[kv.Key] = string(kv.Value)
 			if first {
 				continue // what was published before the watch began: the poll sees it
+			}
+			if svc, ok := fleet.RecordsChangedService(p.Prefix, kv.Key); ok {
+				var n fleet.RecordsChanged
+				json.Unmarshal(kv.Value, &n)
+				if w.Records != nil && svc != "" && n.What != seedWhat {
+					w.Records(svc)
+				}
+				continue
 			}
 			var pub fleet.Published
 			if err := json.Unmarshal(kv.Value, &pub); err != nil {

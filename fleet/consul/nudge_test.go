@@ -1,0 +1,174 @@
+package consul
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
+)
+
+// watched runs WatchPublished of f until the test ends, and returns what
+// it told of, one line each: "records <service>" or "published
+// <service> <checksum>".
+func watched(t *testing.T, f *Fleet, services ...string) func() []string {
+	t.Helper()
+	var mu sync.Mutex
+	var told []string
+	up := make(chan struct{}, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.WatchPublished(ctx, fleet.Watch{
+			Services: services,
+			Changed: func(p fleet.Published) {
+				mu.Lock()
+				told = append(told, "published "+p.Service+" "+p.Checksum)
+				mu.Unlock()
+			},
+			Records: func(service string) {
+				mu.Lock()
+				told = append(told, "records "+service)
+				mu.Unlock()
+			},
+			Up: func() {
+				select {
+				case up <- struct{}{}:
+				default:
+				}
+			},
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	<-up
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), told...)
+	}
+}
+
+// The changes of the records a host at rest acts on (a breaker, a pin,
+// a forgotten host) each write the nudge, which the watch of the
+// announcements tells of as such; those a host at rest does not act on
+// (a freeze, a hold, an unpin) do not wake every agent.
+func TestNudgesOfTheRecordsWakeTheWatch(t *testing.T) {
+	ctx := context.Background()
+	c := servers.Consul(t)
+	client, err := api.NewClient(&api.Config{Address: c.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := "test/" + testutil.Unique(t)
+	f := &Fleet{Client: client, Prefix: prefix, Node: "web-1"}
+	told := watched(t, f, "app")
+	await := func(want ...string) {
+		t.Helper()
+		testutil.Eventually(t, 20*time.Second, func() error {
+			if got := told(); fmt.Sprint(got) != fmt.Sprint(want) {
+				return fmt.Errorf("the watch told %q, want %q", got, want)
+			}
+			return nil
+		})
+	}
+	// What runs before any nudge: nothing told (the seed is no change).
+	if err := f.SetFreeze(ctx, "app", &fleet.Freeze{Who: "ops", Reason: "friday"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Hold(ctx, "app", fleet.Hold{Who: "ops", Reason: "incident"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Trip(ctx, "app", fleet.Breaker{Checksum: "aaa", Phase: "check", Error: "boom"}); err != nil {
+		t.Fatal(err)
+	}
+	await("records app")
+	if _, err := f.SetPin(ctx, "app", "web-*", &fleet.Pin{Target: "bbb", Who: "ops"}); err != nil {
+		t.Fatal(err)
+	}
+	await("records app", "records app")
+	if _, err := f.SetPin(ctx, "app", "web-*", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Report(ctx, "app", fleet.NodeStatus{Node: "web-1", Result: "registered"}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := f.Forget(ctx, "app", "web-1"); err != nil || !ok {
+		t.Fatalf("forget: %v %v", ok, err)
+	}
+	await("records app", "records app", "records app")
+	if err := f.Announce(ctx, fleet.Published{Service: "app", Checksum: "ccc"}); err != nil {
+		t.Fatal(err)
+	}
+	await("records app", "records app", "records app", "published app ccc")
+}
+
+// A watch of an empty folder of announcements writes the nudge key of
+// its first service: Consul's index of an empty folder is the whole
+// store's, and every write anywhere (each host's report of a rollout)
+// would wake every agent's watch. With the key, writes elsewhere do not.
+func TestWatchOfAnEmptyFolderSeedsIt(t *testing.T) {
+	c := servers.Consul(t)
+	client, err := api.NewClient(&api.Config{Address: c.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := "test/" + testutil.Unique(t)
+	f := &Fleet{Client: client, Prefix: prefix, Node: "web-1"}
+	watched(t, f, "app", "db")
+	kv, _, err := client.KV().Get(fleet.RecordsChangedKey(prefix, "app"), nil)
+	if err != nil || kv == nil {
+		t.Fatalf("no seed after the watch's first answer: %v %v", kv, err)
+	}
+	var n fleet.RecordsChanged
+	if err := json.Unmarshal(kv.Value, &n); err != nil || n.Service != "app" {
+		t.Fatalf("seed %s: %v", kv.Value, err)
+	}
+	// The folder's index is its own now: a blocking list of it is not
+	// woken by writes elsewhere.
+	_, meta, err := client.KV().List(fleet.PublishedPrefix(prefix), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if _, err := client.KV().Put(&api.KVPair{Key: prefix + "/app/nodes/web-" + fmt.Sprint(i), Value: []byte("{}")}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, after, err := client.KV().List(fleet.PublishedPrefix(prefix), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.LastIndex != meta.LastIndex {
+		t.Fatalf("the folder's index moved from %d to %d with writes elsewhere", meta.LastIndex, after.LastIndex)
+	}
+}
+
+// An agent's token (AgentPolicy) may write the nudge of its service's
+// breaker: a breaker it trips reaches the hosts at rest.
+func TestAgentTokenTripsAndNudges(t *testing.T) {
+	acl := servers.ACLConsul(t)
+	prefix := "test/" + testutil.Unique(t)
+	client, err := api.NewClient(&api.Config{Address: acl.Addr, Token: acl.Token(t, "web-1", AgentPolicy(prefix, "web-1", "", []string{"app"}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &Fleet{Client: client, Prefix: prefix, Node: "web-1"}
+	if err := f.Trip(context.Background(), "app", fleet.Breaker{Checksum: "aaa", Phase: "check", Error: "boom"}); err != nil {
+		t.Fatal(err)
+	}
+	kv, _, err := acl.Admin(t).KV().Get(fleet.RecordsChangedKey(prefix, "app"), nil)
+	if err != nil || kv == nil {
+		t.Fatalf("no nudge after an agent's trip: %v %v", kv, err)
+	}
+	var n fleet.RecordsChanged
+	if err := json.Unmarshal(kv.Value, &n); err != nil || n.What != "breaker" || n.Who != "web-1" {
+		t.Fatalf("nudge %s: %v", kv.Value, err)
+	}
+}
