@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,9 @@ type Agent struct {
 
 	mu     sync.Mutex
 	nudges map[string]*nudge // by service
+	// ws is the watch of the announcements, which hosts at rest rely on
+	// (rest.go).
+	ws watchState
 }
 
 // New builds the runners of cfg. obs may be nil.
@@ -73,6 +77,11 @@ func (a *Agent) trigger(service string, force bool) bool {
 	ch, ok := a.triggers[service]
 	if !ok {
 		return false
+	}
+	for _, r := range a.runners {
+		if r.svc.Name == service {
+			r.rest.mark() // whatever asked for it, this check reads the records
+		}
 	}
 	select {
 	case ch <- force:
@@ -128,6 +137,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		trimWhileIdle(ctx, t.C, func() bool { return a.updating.Load() == 0 }, trim.Idle)
 	}()
 	if w, ok := a.cfg.Fleet.(fleet.Watcher); ok && a.watching() {
+		for _, r := range a.runners {
+			if r.svc.Watch {
+				r.rest.watch = &a.ws // its host may rest on the watch
+			}
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -217,6 +231,13 @@ func (a *Agent) loop(ctx context.Context, r *Runner) {
 			return
 		}
 		a.log(r, out)
+		if out.Result != ResultNoop {
+			// Not at rest: the next check reads the records (they may not
+			// have heard this one: a report refused, a Consul gone), and
+			// the rollout's document is followed again.
+			r.rest.mark()
+			r.rest.wake()
+		}
 		if out.Result == ResultInstalled || out.Result == ResultFailed {
 			// The agent idles between updates: give the buffers of this
 			// one, and the code it ran, back now rather than at the next trim.
@@ -286,10 +307,28 @@ func (a *Agent) watch(ctx context.Context, w fleet.Watcher) {
 		a.mu.Unlock()
 		a.Trigger(p.Service)
 	}
+	var names []string
+	for name := range byName {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	records := func(service string) {
+		if byName[service] == nil {
+			return
+		}
+		a.logger.Info("the fleet's records changed; checking now", "service", service)
+		a.Trigger(service)
+	}
 	w.WatchPublished(ctx, fleet.Watch{
-		Changed: changed,
-		Up:      func() { a.logger.Info("watching for announced releases", "services", len(byName)) },
+		Changed:  changed,
+		Records:  records,
+		Services: names,
+		Up: func() {
+			a.ws.answered()
+			a.logger.Info("watching for announced releases", "services", len(byName))
+		},
 		Down: func(err error) {
+			a.ws.down()
 			a.logger.Warn("the watch for announced releases stopped answering; polling meanwhile", "error", err)
 		},
 	})

@@ -72,6 +72,7 @@ func (r *Runner) register(ctx context.Context, st *State, view fleet.Status) {
 	}
 	if err := r.fleet.Report(ctx, r.svc.Name, ns); err != nil {
 		r.logger.Warn("could not register in the fleet", "error", err)
+		r.rest.mark() // the next check reads the records again, and registers
 		return
 	}
 	r.logger.Info("registered in the fleet", "tags", r.tags, "policy", ns.Policy)
@@ -113,10 +114,12 @@ func stopHere(out Outcome) decision { return decision{stop: &out} }
 // (then rolloutGate decides on the wave), switches to a pin's release,
 // reverts a release the fleet refused, or stops here.
 func (r *Runner) rolloutFirst(ctx context.Context, st *State) decision {
+	mark := r.rest.begin(r.now())
 	view, err := r.ownRecords(ctx)
 	if err != nil {
 		return stopHere(Outcome{Result: ResultError, Phase: PhaseLock, Err: fmt.Errorf("read the rollout: %w", err)})
 	}
+	r.rest.read(mark)
 	r.register(ctx, st, view)
 	d := decision{do: reasonInstall, view: view}
 	if pin := rollout.Pinned(view.Pins, r.node); pin != nil {

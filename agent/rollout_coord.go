@@ -148,32 +148,55 @@ func (r *Runner) planner() *rollout.Coordinator {
 // the coordinator's document changes in what this host acts on: its wave
 // opens or its time changes while it waits, a pin names it, the breaker
 // of what it runs tripped (a revert), or the records went (a Consul that
-// lost its data: register again).
+// lost its data: register again). A host at rest (rest.go) stops
+// following a document that says nothing more will come (no rollout, a
+// rollout done or stopped): the nudges in the announcements tell it of
+// a pin or a breaker; a check that does not leave it at rest follows
+// again.
 func (a *Agent) followDoc(ctx context.Context, r *Runner) {
 	var last string
-	had := false
-	loop := blocking.Loop{MinGap: followGap, BackoffCap: followBackoffCap, Down: func(err error) {
-		r.logger.Debug("following the rollout's document", "error", err)
-	}}
-	loop.Run(ctx, 0, func(ctx context.Context, index uint64) (uint64, error) {
-		doc, next, err := r.coord.WaitRollout(ctx, index)
-		if err != nil {
-			return 0, err
-		}
-		state := doc.ActState()
-		if index > 0 && next != index {
-			switch {
-			case doc == nil && had:
-				a.Trigger(r.svc.Name)
-			case r.rolloutWaiting() && state != last:
-				a.Trigger(r.svc.Name)
-			case doc != nil && r.mustActDoc(doc):
-				a.Trigger(r.svc.Name)
+	had, resumed := false, false
+	for ctx.Err() == nil {
+		fctx, pause := context.WithCancel(ctx)
+		loop := blocking.Loop{MinGap: followGap, BackoffCap: followBackoffCap, Down: func(err error) {
+			r.logger.Debug("following the rollout's document", "error", err)
+		}}
+		loop.Run(fctx, 0, func(ctx context.Context, index uint64) (uint64, error) {
+			doc, next, err := r.coord.WaitRollout(ctx, index)
+			if err != nil {
+				return 0, err
 			}
+			state := doc.ActState()
+			switch {
+			case index == 0 && resumed:
+				// Followed again after a rest: the document may have
+				// changed meanwhile, for a host that waits on it now.
+				if r.rolloutWaiting() && state != last {
+					a.Trigger(r.svc.Name)
+				}
+			case index > 0 && next != index:
+				switch {
+				case doc == nil && had:
+					a.Trigger(r.svc.Name)
+				case r.rolloutWaiting() && state != last:
+					a.Trigger(r.svc.Name)
+				case doc != nil && r.mustActDoc(doc):
+					a.Trigger(r.svc.Name)
+				}
+			}
+			last, had = state, doc != nil
+			if (doc == nil || doc.Done || doc.Trip != "") && !r.rolloutWaiting() && r.rest.mayRest() {
+				pause()
+			}
+			return next, nil
+		})
+		pause()
+		select {
+		case <-ctx.Done():
+		case <-r.rest.engage:
+			resumed = true
 		}
-		last, had = state, doc != nil
-		return next, nil
-	})
+	}
 }
 
 // mustActDoc says whether the document asks this host to revert or to

@@ -124,6 +124,8 @@ type Runner struct {
 	// staged is the release staged ahead of its slot, if any (stage.go).
 	staged *txn
 
+	rest rest // whether a check may skip the records (rest.go)
+
 	recoverMu sync.Mutex
 	recovered bool
 	crash     func(point string) // tests: crash here
@@ -145,6 +147,7 @@ func NewRunner(cfg *Config, svc *Service, logger *slog.Logger) (*Runner, error) 
 		logger: logger.With("service", svc.Name),
 		now:    time.Now,
 		tags:   cfg.NodeTags,
+		rest:   rest{engage: make(chan struct{}, 1)},
 	}
 	if r.fleet == nil {
 		return nil, fmt.Errorf("service %s: no lock: the config names none and the build has no \"local\" one", svc.Name)
@@ -285,6 +288,11 @@ func (h held) release(out Outcome) {
 func (r *Runner) act(ctx context.Context, st *State, h *held) Outcome {
 	d := decision{do: reasonInstall}
 	if r.decider != nil {
+		if r.rest.quiet(r.now()) {
+			if out, done := r.restLook(ctx, st); done {
+				return out
+			}
+		}
 		d = r.rolloutFirst(ctx, st)
 	}
 	switch {
@@ -515,7 +523,7 @@ func (r *Runner) blocked(ctx context.Context, sum string) (string, error) {
 func (r *Runner) skip(st *State, info artifact.Info) *Outcome {
 	sum := info.Checksum()
 	switch {
-	case sum == st.Checksum && r.lay.current() == st.Release && r.lay.present(st.Release):
+	case r.installed(st, info):
 		return &Outcome{Result: ResultNoop, Checksum: sum, Release: st.Release}
 	case sum == st.Checksum && r.lay.current() == st.Release && st.Release != "":
 		// Its directory was removed by hand: the destination points
@@ -535,6 +543,11 @@ func (r *Runner) skip(st *State, info artifact.Info) *Outcome {
 		}
 	}
 	return nil
+}
+
+// installed says whether info is the release installed and current.
+func (r *Runner) installed(st *State, info artifact.Info) bool {
+	return info.Checksum() == st.Checksum && r.lay.current() == st.Release && r.lay.present(st.Release)
 }
 
 // failureBackoff is how long a failed checksum waits before another try.

@@ -1,0 +1,69 @@
+package agent
+
+import (
+	"testing"
+	"time"
+)
+
+// A host rests on its last read of the records only while nothing can
+// have changed them unseen: the watch answered before that read began
+// and without a gap since, nothing marked the runner, and the read is
+// less than restRead old.
+func TestRestIsQuietOnlyOnAFreshReadUnderAnUnbrokenWatch(t *testing.T) {
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	var ws watchState
+	s := &rest{watch: &ws}
+	read := func(at time.Time) { s.read(s.begin(at)) }
+
+	read(now)
+	if s.quiet(now) {
+		t.Fatal("quiet on a read made before the watch answered")
+	}
+	ws.answered()
+	if s.quiet(now) {
+		t.Fatal("quiet on a read made before the watch answered, once it has")
+	}
+	read(now)
+	if !s.quiet(now.Add(time.Minute)) {
+		t.Fatal("not quiet on a read under the watch")
+	}
+	if s.quiet(now.Add(restRead)) {
+		t.Fatalf("quiet on a read %s old", restRead)
+	}
+	if s.quiet(now.Add(-time.Minute)) {
+		t.Fatal("quiet on a read dated ahead of the clock (set back)")
+	}
+
+	s.mark()
+	if s.quiet(now.Add(time.Minute)) {
+		t.Fatal("quiet after a nudge")
+	}
+	// A nudge during the read: the read may have missed it.
+	m := s.begin(now)
+	s.mark()
+	s.read(m)
+	if s.quiet(now.Add(time.Minute)) {
+		t.Fatal("quiet after a nudge that came during the read")
+	}
+	read(now)
+	if !s.quiet(now.Add(time.Minute)) {
+		t.Fatal("not quiet after a read that followed the nudge")
+	}
+
+	ws.down()
+	if s.quiet(now.Add(time.Minute)) {
+		t.Fatal("quiet while the watch does not answer")
+	}
+	ws.answered()
+	if s.quiet(now.Add(time.Minute)) {
+		t.Fatal("quiet on a read made before the watch's outage")
+	}
+	read(now)
+	if !s.quiet(now.Add(time.Minute)) {
+		t.Fatal("not quiet after a read under the watch come back")
+	}
+
+	if (&rest{}).quiet(now) {
+		t.Fatal("quiet without a watch")
+	}
+}

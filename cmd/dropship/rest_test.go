@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/dropshipd/dropship/fleet"
+	"github.com/dropshipd/dropship/fleet/consul"
+	"github.com/dropshipd/dropship/internal/rig/testutil"
+)
+
+// consulCounter is a proxy to Consul that notes each request's path.
+type consulCounter struct {
+	mu    sync.Mutex
+	paths []string
+}
+
+// via puts a counter between h and Consul.
+func (f *fleetRig) via(t *testing.T, h *host, consulAddr string) *consulCounter {
+	t.Helper()
+	target, _ := url.Parse("http://" + consulAddr)
+	c := &consulCounter{}
+	p := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.mu.Lock()
+		c.paths = append(c.paths, r.Method+" "+r.URL.Path)
+		c.mu.Unlock()
+		p.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		// The agents first: their long polls would hold Close for their
+		// 10 minutes, and they would come again.
+		f.stopAll()
+		srv.CloseClientConnections()
+		srv.Close()
+	})
+	b, _ := os.ReadFile(h.cfg)
+	os.WriteFile(h.cfg, []byte(strings.Replace(string(b), consulAddr, strings.TrimPrefix(srv.URL, "http://"), 1)), 0o644)
+	return c
+}
+
+func (c *consulCounter) since(n int) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.paths[n:]...)
+}
+
+func (c *consulCounter) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.paths)
+}
+
+// A host at rest (its store holds what it runs, the rollout done) checks
+// the store alone: over many checks it asks Consul nothing but the watch
+// of the announcements, neither its records nor the rollout's document.
+// What could still move it reaches it through the nudge in the
+// announcements: a breaker another host trips on what it runs (a
+// revert, here), as a pin does (TestRolloutPinKeepsHostsOnARelease).
+func TestHostsAtRestAskConsulOnlyTheirWatch(t *testing.T) {
+	t.Parallel()
+	c := consulServer(t)
+	f := newFleet(t, 3, 1, c, `
+  rollout {
+    waves      = ["100%"]
+    on_failure = "revert"
+  }`)
+	counter := f.via(t, f.hosts[0], c.Addr)
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	v2 := f.publish("v2", false)
+	f.waitAll(f.hosts, "v2", 60*time.Second)
+	f.waitInstalled(f.hosts, v2)
+
+	// Checks every 300 ms: a window of 20 checks of host-0 in which it
+	// asked Consul nothing but its watch.
+	watch := "GET /v1/kv/" + fleet.PublishedPrefix(f.prefix)
+	var last []string
+	testutil.Eventually(t, 60*time.Second, func() error {
+		marks, n := f.marks(), counter.count()
+		testutil.Eventually(t, 30*time.Second, func() error {
+			if got := strings.Count(f.logSince(f.hosts[0], marks), "msg=check service=app result=noop"); got < 20 {
+				return fmt.Errorf("%d checks", got)
+			}
+			return nil
+		})
+		last = nil
+		for _, p := range counter.since(n) {
+			if p != watch {
+				last = append(last, p)
+			}
+		}
+		if len(last) > 0 {
+			return fmt.Errorf("over 20 checks at rest, host-0 asked Consul %d times besides its watch: %v", len(last), last)
+		}
+		return nil
+	})
+
+	// Another host trips the breaker on v2, as an agent does: every host
+	// reverts to v1 at once, though none reads its records at its checks.
+	tripper := &consul.Fleet{Prefix: f.prefix, Node: "host-9"}
+	var err error
+	if tripper.Client, err = api.NewClient(&api.Config{Address: c.Addr}); err != nil {
+		t.Fatal(err)
+	}
+	b := fleet.Breaker{Checksum: v2, Phase: "check", Error: "failed on a late host"}
+	if err := tripper.Trip(context.Background(), "app", b); err != nil {
+		t.Fatal(err)
+	}
+	f.waitAll(f.hosts, "v1", 30*time.Second)
+	f.waitLog(f.hosts, nil, "the fleet's records changed; checking now")
+}
