@@ -11,6 +11,9 @@ key_prefix "dropship/api/audit/web-1/" {
 key_prefix "dropship/api/failed/" {
   policy = "write"  # trips the breaker
 }
+key "dropship/_published/_records/api" {
+  policy = "write"  # tells the hosts at rest that the breaker tripped
+}
 key_prefix "dropship/_slots/api/" {
   policy = "write"  # its grant; the coordinator's document and grants
 }

@@ -12,7 +12,9 @@
 // consul/api semaphore that fleet/consul used before them; -rollout the
 // grants with a rollout (canary, 10%, 100%) that the coordinator decides,
 // each host doing what an agent's checks do and following the
-// coordinator's document from its start, as the agent does. -bake sets
+// coordinator's document as the agent does (with the watch of the
+// announcements, from when its check first returns until the rollout is
+// done; without it, from its start). -bake sets
 // the rollout's bake: the hosts of a wave behind one are not kept in line
 // (the coordinator ends their wait, and they get in line again once the
 // document says their wave opens), as an agent's are.
@@ -257,18 +259,33 @@ func run(design string, n int) error {
 			slots[i] = sl
 		}
 	}
-	// Every host of a service with a rollout follows the coordinator's
-	// document from when its agent starts, through the idle time after.
+	// A host of a service with a rollout follows the coordinator's
+	// document as its agent does. With the watch of the announcements
+	// (the default) a host at rest does not: it follows from when its
+	// check returns (its wave not open, or its update done) until the
+	// document says nothing more will come (see agent/rest.go). Without
+	// the watch it follows from its start, through the idle time after.
 	fctx, stopFollowing := context.WithCancel(context.Background())
 	defer stopFollowing()
 	wakes := make([]chan struct{}, n)
+	engage := make([]func(), n)
+	done := make([]atomic.Bool, n)
 	var following, started sync.WaitGroup
 	for i := range n {
 		wakes[i] = make(chan struct{}, 1)
-		if design == "rollout" {
-			started.Add(1)
-			following.Go(func() { follow(fctx, slots[i].(*lockconsul.Slots), wakes[i], sync.OnceFunc(started.Done)) })
+		engage[i] = func() {}
+		if design != "rollout" {
+			continue
 		}
+		sl := slots[i].(*lockconsul.Slots)
+		if !*watchFlag {
+			started.Add(1)
+			following.Go(func() { follow(fctx, sl, wakes[i], sync.OnceFunc(started.Done), nil) })
+			continue
+		}
+		engage[i] = sync.OnceFunc(func() {
+			following.Go(func() { follow(fctx, sl, wakes[i], func() {}, done[i].Load) })
+		})
 	}
 	// Every agent (watch on, the default) also long-polls the folder of
 	// announcements from its start: a publish wakes every host at once.
@@ -319,8 +336,10 @@ func run(design string, n int) error {
 			if design == "rollout" {
 				sl := slots[i].(*lockconsul.Slots)
 				for {
-					err := rolloutHost(ctx, sl, fleets[i], policy.Hash(), wakes[i], &waveOf[i], &grants[i], &releases[i], &steps[i])
+					err := rolloutHost(ctx, sl, fleets[i], policy.Hash(), wakes[i], engage[i], &waveOf[i], &grants[i], &releases[i], &steps[i])
 					if err == nil {
+						done[i].Store(true)
+						engage[i]() // its check returns: it follows until the rollout is done
 						return
 					}
 					firstErr.CompareAndSwap(nil, err.Error())
@@ -504,8 +523,10 @@ const sum = "0123456789abcdef0123456789abcdef"
 
 // follow is a host's follower of the coordinator's document, as the
 // agent's: one blocking query at a time, for as long as the host runs; it
-// wakes the host (wake) when what a waiting host acts on changes.
-func follow(ctx context.Context, sl *lockconsul.Slots, wake chan<- struct{}, ready func()) {
+// wakes the host (wake) when what a waiting host acts on changes. With
+// rest, it stops once rest says the host is at rest and the document says
+// nothing more will come (no rollout, done, or stopped).
+func follow(ctx context.Context, sl *lockconsul.Slots, wake chan<- struct{}, ready func(), rest func() bool) {
 	var index uint64
 	last := ""
 	for ctx.Err() == nil {
@@ -526,6 +547,9 @@ func follow(ctx context.Context, sl *lockconsul.Slots, wake chan<- struct{}, rea
 			}
 		}
 		last, index = state, next
+		if rest != nil && (doc == nil || doc.Done || doc.Trip != "") && rest() {
+			return
+		}
 	}
 }
 
@@ -536,7 +560,7 @@ func follow(ctx context.Context, sl *lockconsul.Slots, wake chan<- struct{}, rea
 // time the agent would look again; once open, or opening by itself once
 // an earlier wave is done, it waits in line for its grant, looks again,
 // updates, reports and gives the slot back.
-func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet, policy string, wake <-chan struct{}, wave *int, grant, release *time.Time, steps *[3]time.Duration) error {
+func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet, policy string, wake <-chan struct{}, engage func(), wave *int, grant, release *time.Time, steps *[3]time.Duration) error {
 	// One read of the host's share of the records (the agent takes the
 	// hold and the breaker from it too) and of the rollout's keys, which
 	// the rollout's look then takes.
@@ -549,6 +573,7 @@ func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet
 	// sleep waits as the agent's loop: until woken, or until the time
 	// the check said (5 s at least, a minute at most).
 	sleep := func(until time.Time) {
+		engage() // its check returns: its agent follows the document
 		d := time.Minute
 		if !until.IsZero() {
 			d = min(d, max(time.Until(until), 5*time.Second))
@@ -585,6 +610,7 @@ func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet
 		}
 		sl.Want(sum)
 		if _, err := sl.Acquire(ctx); errors.Is(err, lock.ErrMoved) {
+			engage()
 			continue // as the agent: its next check decides afresh
 		} else if err != nil {
 			return err
