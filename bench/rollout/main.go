@@ -1,6 +1,6 @@
 // Command rollout measures a progressive rollout and a fleet revert:
 //
-//	go run ./bench/rollout [-hosts 10] [-bake 2s] [-kinds [-idle 21m]]
+//	go run ./bench/rollout [-hosts 10] [-bake 2s] [-kinds [-idle 21m [-settle 3m]]]
 //
 // -hosts agents (separate processes, watch on) against MinIO and Consul,
 // with `rollout { waves = ["10%", "50%", "100%"] bake = BAKE }` and
@@ -18,7 +18,8 @@
 // and the KB Consul answered with. The agents' start and the publish
 // (which goes to Consul directly) are not counted. -idle then counts
 // them at rest for that long (longer than the 10-minute waits of the
-// agents' long polls, to see each come back).
+// agents' long polls, to see each come back), from -settle after the
+// rollout.
 package main
 
 import (
@@ -49,10 +50,11 @@ import (
 )
 
 var (
-	hosts     = flag.Int("hosts", 10, "agents")
-	bake      = flag.Duration("bake", 2*time.Second, "bake between waves")
-	kindsFlag = flag.Bool("kinds", false, "print each agent's requests to Consul by kind during the first rollout")
-	idleFlag  = flag.Duration("idle", 0, "with -kinds, also count each agent's requests to Consul at rest for this long after the rollout")
+	hosts      = flag.Int("hosts", 10, "agents")
+	bake       = flag.Duration("bake", 2*time.Second, "bake between waves")
+	kindsFlag  = flag.Bool("kinds", false, "print each agent's requests to Consul by kind during the first rollout")
+	idleFlag   = flag.Duration("idle", 0, "with -kinds, also count each agent's requests to Consul at rest for this long after the rollout")
+	settleFlag = flag.Duration("settle", 0, "with -idle, start counting this long after the rollout (its tail left out)")
 )
 
 func main() {
@@ -235,9 +237,12 @@ service "app" {
 			// At rest: every host on v2, its slot given back, the
 			// coordinator about to give up (a part of the rollout's
 			// tail is in the window, as in a fleet's).
+			if *settleFlag > 0 {
+				time.Sleep(*settleFlag) // the rollout's tail left out
+			}
 			counted.Reset()
 			time.Sleep(*idleFlag)
-			fmt.Printf("at rest for %s (per host; per hour: × %.2f)\n", *idleFlag, float64(time.Hour)/float64(*idleFlag))
+			fmt.Printf("at rest for %s, from %s after the rollout (per host; per hour: × %.2f)\n", *idleFlag, *settleFlag, float64(time.Hour)/float64(*idleFlag))
 			counted.Print(os.Stdout)
 		}
 	}
