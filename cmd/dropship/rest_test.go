@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -121,4 +124,57 @@ func TestHostsAtRestAskConsulOnlyTheirWatch(t *testing.T) {
 	}
 	f.waitAll(f.hosts, "v1", 30*time.Second)
 	f.waitLog(f.hosts, nil, "the fleet's records changed; checking now")
+}
+
+// A Consul restored from a snapshot taken before the hosts registered,
+// the folder of announcements the same since (its index too): the
+// records are gone, and the hosts at rest register again at their next
+// check, not within the hour. Consul ends the watch's blocking query
+// early, with the index it waited on, when it restores a snapshot.
+func TestHostsAtRestRegisterAgainAfterASnapshotRestore(t *testing.T) {
+	t.Parallel()
+	c := ownConsul(t)
+	f := newFleet(t, 2, 1, c, `
+  rollout {
+    waves = ["100%"]
+  }`)
+	client, _ := api.NewClient(&api.Config{Address: c.Addr})
+	seed, _ := json.Marshal(fleet.RecordsChanged{Service: "app", What: "watch", Time: time.Now()})
+	if _, err := client.KV().Put(&api.KVPair{Key: fleet.RecordsChangedKey(f.prefix, "app"), Value: seed}, nil); err != nil {
+		t.Fatal(err)
+	}
+	snap, _, err := client.Snapshot().Save(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved, err := io.ReadAll(snap)
+	snap.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	v2 := f.publish("v2", false)
+	f.waitAll(f.hosts, "v2", 60*time.Second)
+	f.waitInstalled(f.hosts, v2)
+	registered := func() error {
+		keys, _, err := client.KV().Keys(fleet.NodesKey(f.prefix, "app"), "", nil)
+		if err != nil || len(keys) != len(f.hosts) {
+			return fmt.Errorf("registered: %v (%v)", keys, err)
+		}
+		return nil
+	}
+	testutil.Eventually(t, 30*time.Second, registered)
+	// At rest: their checks look at the store alone.
+	marks := f.marks()
+	f.waitLog(f.hosts, marks, "msg=check service=app result=noop")
+
+	if err := client.Snapshot().Restore(nil, bytes.NewReader(saved)); err != nil {
+		t.Fatal(err)
+	}
+	if err := registered(); err == nil {
+		t.Fatal("the restore left the records")
+	}
+	testutil.Eventually(t, 30*time.Second, registered)
 }

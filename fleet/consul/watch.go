@@ -62,6 +62,13 @@ const (
 	// announcements (anyone with write access to the folder) can make an
 	// agent look at its store: one wake-up a second at most.
 	watchMinGap = blocking.DefaultMinGap
+	// restoreAnswer: a blocking query of the announcements that comes
+	// back sooner than this with the index it waited on was ended by
+	// Consul, not by its wait (a restored snapshot). A Consul whose
+	// max_query_time is shorter ends every wait so: the hosts at rest
+	// then read their records at each of them, as they would without
+	// the watch.
+	restoreAnswer = publishedWait / 2
 )
 
 // WatchPublished long-polls the folder of announcements with Consul's
@@ -88,9 +95,18 @@ func (p *Fleet) WatchPublished(ctx context.Context, w fleet.Watch) error {
 	}
 	return loop.Run(ctx, 0, func(ctx context.Context, index uint64) (uint64, error) {
 		opts := (&api.QueryOptions{WaitIndex: index, WaitTime: publishedWait}).WithContext(ctx)
+		asked := time.Now()
 		pairs, meta, err := p.Client.KV().List(prefix, opts)
 		if err != nil {
 			return index, err
+		}
+		if index > 1 && meta.LastIndex == index && time.Since(asked) < restoreAnswer && wasUp && w.Up != nil {
+			// Consul ends a blocking query early with nothing new when a
+			// snapshot is restored (its store abandoned): the restore
+			// may have taken the records (a host's registration, a
+			// breaker) and left this folder as it was, its index too.
+			// The watch starts over, and says so.
+			w.Up()
 		}
 		if len(pairs) == 0 && len(w.Services) > 0 {
 			// An empty folder's index is the whole store's: every write to
