@@ -172,3 +172,42 @@ func TestAgentTokenTripsAndNudges(t *testing.T) {
 		t.Fatalf("nudge %s: %v", kv.Value, err)
 	}
 }
+
+// Whoever may write the folder of announcements (a CI token that may
+// only announce) may write the nudge key too: a nudge written over with
+// the seed's value, or deleted, before the watches saw it would leave
+// the hosts at rest on a breaker or a pin for the hour. Any change of
+// the key is told but the seed of an empty folder.
+func TestNudgeOverwrittenOrDeletedIsTold(t *testing.T) {
+	ctx := context.Background()
+	c := servers.Consul(t)
+	client, err := api.NewClient(&api.Config{Address: c.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := "test/" + testutil.Unique(t)
+	f := &Fleet{Client: client, Prefix: prefix, Node: "web-1"}
+	told := watched(t, f, "app")
+	await := func(want ...string) {
+		t.Helper()
+		testutil.Eventually(t, 20*time.Second, func() error {
+			if got := told(); fmt.Sprint(got) != fmt.Sprint(want) {
+				return fmt.Errorf("the watch told %q, want %q", got, want)
+			}
+			return nil
+		})
+	}
+	if err := f.Trip(ctx, "app", fleet.Breaker{Checksum: "aaa", Phase: "check", Error: "boom"}); err != nil {
+		t.Fatal(err)
+	}
+	await("records app")
+	seed, _ := json.Marshal(fleet.RecordsChanged{Service: "app", What: seedWhat, Who: "ci", Time: time.Now()})
+	if _, err := client.KV().Put(&api.KVPair{Key: fleet.RecordsChangedKey(prefix, "app"), Value: seed}, nil); err != nil {
+		t.Fatal(err)
+	}
+	await("records app", "records app")
+	if _, err := client.KV().Delete(fleet.RecordsChangedKey(prefix, "app"), nil); err != nil {
+		t.Fatal(err)
+	}
+	await("records app", "records app", "records app")
+}

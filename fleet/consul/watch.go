@@ -119,8 +119,24 @@ func (p *Fleet) WatchPublished(ctx context.Context, w fleet.Watch) error {
 			// snapshot): the watch starts over, and says so.
 			w.Up()
 		}
+		present := make(map[string]bool, len(pairs))
 		for _, kv := range pairs {
-			if seen[kv.Key] == string(kv.Value) {
+			present[kv.Key] = true
+		}
+		for key := range seen {
+			if present[key] {
+				continue
+			}
+			delete(seen, key)
+			// A nudge deleted (by whoever may write the folder) may be
+			// one the watch had no time to see: a change, as any.
+			if svc, ok := fleet.RecordsChangedService(p.Prefix, key); ok && w.Records != nil && svc != "" {
+				w.Records(svc)
+			}
+		}
+		for _, kv := range pairs {
+			prev, had := seen[kv.Key]
+			if had && prev == string(kv.Value) {
 				continue
 			}
 			seen[kv.Key] = string(kv.Value)
@@ -130,7 +146,11 @@ func (p *Fleet) WatchPublished(ctx context.Context, w fleet.Watch) error {
 			if svc, ok := fleet.RecordsChangedService(p.Prefix, kv.Key); ok {
 				var n fleet.RecordsChanged
 				json.Unmarshal(kv.Value, &n)
-				if w.Records != nil && svc != "" && n.What != seedWhat {
+				// Only the seed of an empty folder is no change: the
+				// seed's value written over a nudge (whoever may write
+				// the folder may write it) is one, or a nudge could be
+				// hidden from the watches before they saw it.
+				if w.Records != nil && svc != "" && (had || n.What != seedWhat) {
 					w.Records(svc)
 				}
 				continue
