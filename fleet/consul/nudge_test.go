@@ -4,6 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -210,4 +215,83 @@ func TestNudgeOverwrittenOrDeletedIsTold(t *testing.T) {
 		t.Fatal(err)
 	}
 	await("records app", "records app", "records app")
+}
+
+// An agent's token of an older policy may not write the nudge: the watch
+// of an empty folder tries the seed once, not at each answer (in a busy
+// Consul, writes anywhere answer it every second): a refused write each
+// time would double what every such agent asks of Consul's leader.
+func TestSeedRefusedIsNotTriedAgain(t *testing.T) {
+	acl := servers.ACLConsul(t)
+	prefix := "test/" + testutil.Unique(t)
+	key := fleet.RecordsChangedKey(prefix, "app")
+	policy := AgentPolicy(prefix, "web-1", "", []string{"app"})
+	rule := fmt.Sprintf("key %q {\n  policy = \"write\"  # tells the hosts at rest that the breaker tripped\n}\n", key)
+	if !strings.Contains(policy, rule) {
+		t.Fatalf("no nudge rule in the policy:\n%s", policy)
+	}
+	policy = strings.Replace(policy, rule, "", 1)
+	target, _ := url.Parse("http://" + acl.Addr)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var mu sync.Mutex
+	var seeds, lists int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		switch {
+		case r.Method == http.MethodPut && r.URL.Path == "/v1/kv/"+key:
+			seeds++
+		case r.Method == http.MethodGet && r.URL.Path == "/v1/kv/"+fleet.PublishedPrefix(prefix):
+			lists++
+		}
+		mu.Unlock()
+		proxy.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	client, err := api.NewClient(&api.Config{Address: strings.TrimPrefix(srv.URL, "http://"), Token: acl.Token(t, "web-1", policy)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &Fleet{Client: client, Prefix: prefix, Node: "web-1"}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.WatchPublished(ctx, fleet.Watch{Services: []string{"app"}, Changed: func(fleet.Published) {}})
+	}()
+	defer func() { cancel(); srv.CloseClientConnections(); <-done }()
+	count := func() (int, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return seeds, lists
+	}
+	admin := acl.Admin(t)
+	// The folder empty again after each announcement taken back: a
+	// watch of an empty folder, each time.
+	other := fleet.PublishedPrefix(prefix) + "other"
+	for range 3 {
+		for _, put := range []bool{true, false} {
+			_, before := count()
+			var err error
+			if put {
+				_, err = admin.KV().Put(&api.KVPair{Key: other, Value: []byte("{}")}, nil)
+			} else {
+				_, err = admin.KV().Delete(other, nil)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			testutil.Eventually(t, 20*time.Second, func() error {
+				if _, n := count(); n < before+1 {
+					return fmt.Errorf("the watch has not answered: %d lists", n)
+				}
+				return nil
+			})
+		}
+	}
+	if kv, _, err := admin.KV().Get(key, nil); err != nil || kv != nil {
+		t.Fatalf("the older token wrote the seed: %v %v", kv, err)
+	}
+	if n, lists := count(); n != 1 {
+		t.Fatalf("%d refused seeds over %d answers of the watch, want 1", n, lists)
+	}
 }

@@ -3,7 +3,9 @@ package consul
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
+	"net/http"
 	"strings"
 	"time"
 
@@ -39,11 +41,13 @@ const seedWhat = "watch"
 
 // seed writes the nudge key of service if it is not there (a
 // check-and-set on a key that does not exist). A refusal (an agent token
-// of an older policy) leaves the folder as it was.
-func (p *Fleet) seed(ctx context.Context, service string) {
+// of an older policy) leaves the folder as it was, and says so (true).
+func (p *Fleet) seed(ctx context.Context, service string) (refused bool) {
 	n := fleet.RecordsChanged{Service: service, What: seedWhat, Who: p.Node, Time: time.Now().UTC()}
 	b, _ := json.Marshal(n)
-	p.Client.KV().CAS(&api.KVPair{Key: fleet.RecordsChangedKey(p.Prefix, service), Value: b}, (&api.WriteOptions{}).WithContext(ctx))
+	_, _, err := p.Client.KV().CAS(&api.KVPair{Key: fleet.RecordsChangedKey(p.Prefix, service), Value: b}, (&api.WriteOptions{}).WithContext(ctx))
+	var se api.StatusError
+	return errors.As(err, &se) && se.Code == http.StatusForbidden
 }
 
 // Blocking queries: how long Consul may hold one, and the back-off after
@@ -79,7 +83,7 @@ const (
 func (p *Fleet) WatchPublished(ctx context.Context, w fleet.Watch) error {
 	prefix := fleet.PublishedPrefix(p.Prefix)
 	seen := map[string]string{} // key -> value last seen: indexes do not survive a new cluster
-	first, wasUp := true, false
+	first, wasUp, seedRefused := true, false, false
 	loop := blocking.Loop{MinGap: watchMinGap, Backoff: watchBackoff, BackoffCap: watchBackoffCap,
 		Up: func() {
 			wasUp = true
@@ -108,11 +112,12 @@ func (p *Fleet) WatchPublished(ctx context.Context, w fleet.Watch) error {
 			// The watch starts over, and says so.
 			w.Up()
 		}
-		if len(pairs) == 0 && len(w.Services) > 0 {
+		if len(pairs) == 0 && len(w.Services) > 0 && !seedRefused {
 			// An empty folder's index is the whole store's: every write to
 			// Consul would wake the watch (and every agent's). A key of
-			// its own makes the folder's index its own.
-			p.seed(ctx, w.Services[0])
+			// its own makes the folder's index its own. A token that may
+			// not write it is not asked again at each answer.
+			seedRefused = p.seed(ctx, w.Services[0])
 		}
 		if index > 1 && meta.LastIndex < index && wasUp && w.Up != nil {
 			// A Consul that lost its data (a new cluster, a restored
