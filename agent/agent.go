@@ -323,6 +323,13 @@ func (a *Agent) watch(ctx context.Context, w fleet.Watcher) {
 		Changed:  changed,
 		Records:  records,
 		Services: names,
+		Refused: func(service string) {
+			if r := byName[service]; r != nil {
+				r.rest.refuse()
+				a.logger.Warn("this agent's Consul token may not write the nudge of the fleet's records (a token of an older `dropship fleet acl-policy agent`?): nor, likely, may its peers', whose breakers would not reach a host at rest; the host reads its records at every check",
+					"service", service)
+			}
+		},
 		Up: func() {
 			a.ws.answered()
 			a.logger.Info("watching for announced releases", "services", len(byName))

@@ -62,9 +62,21 @@ type rest struct {
 	readMarks uint64      // marks when the last read of the records began
 	readEpoch uint64      // the watch's epoch then (0: it did not answer)
 	readAt    time.Time   // when that read began; zero: none yet
+	// refused: the agent's token may not write the service's nudge, nor,
+	// as a rule, may its peers': their breakers would not reach this
+	// host at rest, which never rests then.
+	refused bool
 	// engage wakes the follower of the rollout's document, paused while
 	// the host is at rest.
 	engage chan struct{}
+}
+
+// refuse tells the runner that its nudges cannot be relied on: see
+// rest.refused.
+func (s *rest) refuse() {
+	s.mu.Lock()
+	s.refused = true
+	s.mu.Unlock()
 }
 
 // mark tells the runner that something may concern a host at rest: a
@@ -111,14 +123,19 @@ func (s *rest) quiet(now time.Time) bool {
 	epoch := s.watch.current()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return epoch != 0 && s.readEpoch == epoch && s.readMarks == s.marks &&
+	return epoch != 0 && !s.refused && s.readEpoch == epoch && s.readMarks == s.marks &&
 		!s.readAt.IsZero() && now.Sub(s.readAt) < restRead && now.Sub(s.readAt) >= 0
 }
 
 // mayRest says whether the host's rest can be relied on: the watch
-// covers the service and answers.
+// covers the service and answers, and the nudges can be written.
 func (s *rest) mayRest() bool {
-	return s.watch != nil && s.watch.current() != 0
+	if s.watch == nil || s.watch.current() == 0 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.refused
 }
 
 // wake resumes the follower of the document, if it paused.

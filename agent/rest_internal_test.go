@@ -66,4 +66,11 @@ func TestRestIsQuietOnlyOnAFreshReadUnderAnUnbrokenWatch(t *testing.T) {
 	if (&rest{}).quiet(now) {
 		t.Fatal("quiet without a watch")
 	}
+
+	// A token that may not write the nudge: never at rest.
+	s.refuse()
+	read(now)
+	if s.quiet(now.Add(time.Minute)) || s.mayRest() {
+		t.Fatal("at rest on a token that may not write the nudge")
+	}
 }

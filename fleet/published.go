@@ -40,8 +40,14 @@ type Watch struct {
 	// folder writes the nudge key of the first (RecordsChangedKey), or
 	// any write to Consul would wake it.
 	Services []string
-	Up       func()      // the watch answers (again, or from a Consul that lost its data)
-	Down     func(error) // it stopped answering; retried with back-off
+	// Refused, if set, is told at the watch's first answer of each of
+	// Services whose nudge this watcher's token may not write (a token
+	// of an older policy): the tokens of its peers, of the same policy
+	// as a rule, may not either, and their breakers reach no host at
+	// rest.
+	Refused func(service string)
+	Up      func()      // the watch answers (again, or from a Consul that lost its data)
+	Down    func(error) // it stopped answering; retried with back-off
 }
 
 // RecordsChanged is the nudge written after each change of a service's

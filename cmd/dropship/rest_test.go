@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -177,4 +179,59 @@ func TestHostsAtRestRegisterAgainAfterASnapshotRestore(t *testing.T) {
 		t.Fatal("the restore left the records")
 	}
 	testutil.Eventually(t, 30*time.Second, registered)
+}
+
+// The agents' tokens of an older `fleet acl-policy agent`, which may
+// not write the nudge (an upgrade that kept the tokens): a breaker one
+// of them trips reaches no host at rest. A host whose own token may not
+// write it does not rest: it reverts at its next check, not within the
+// hour.
+func TestHostWhoseTokenMayNotNudgeDoesNotRest(t *testing.T) {
+	t.Parallel()
+	f := newACLFleet(t, "")
+	h := f.hosts[0]
+	acl := servers.ACLConsul(t)
+	consulNode, err := f.admin.Agent().NodeName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, errOut, code := run(t, "fleet", "acl-policy", "agent", "--consul-node", consulNode, "-c", h.cfg)
+	if code != 0 {
+		t.Fatalf("fleet acl-policy agent: exit %d\n%s", code, errOut)
+	}
+	rule := fmt.Sprintf("key %q {\n  policy = \"write\"  # tells the hosts at rest that the breaker tripped\n}\n", fleet.RecordsChangedKey(f.prefix, "app"))
+	if !strings.Contains(rules, rule) {
+		t.Fatalf("no nudge rule in the policy:\n%s", rules)
+	}
+	older := acl.Token(t, "dropship-agent-older", strings.Replace(rules, rule, "", 1))
+	cfg, _ := os.ReadFile(h.cfg)
+	s := regexp.MustCompile(`token = "[^"]*"`).ReplaceAllString(string(cfg), fmt.Sprintf("token = %q", older))
+	s = strings.Replace(s, `waves = ["100%"]`, "waves = [\"100%\"]\n    on_failure = \"revert\"", 1)
+	testutil.WriteFile(t, h.cfg, []byte(s))
+
+	f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	f.waitLog(f.hosts, nil, "may not write the nudge of the fleet's records")
+	v2 := f.publish("v2", false)
+	f.waitAll(f.hosts, "v2", 60*time.Second)
+	f.waitInstalled(f.hosts, v2)
+	// The rollout done, its coordinator gone: nobody writes the breakers
+	// into the document any more.
+	testutil.Eventually(t, 90*time.Second, func() error {
+		if !strings.Contains(f.logSince(h, nil), "giving up coordinating") {
+			return errors.New("host-0 still coordinates")
+		}
+		return nil
+	})
+	marks := f.marks()
+	f.waitLog(f.hosts, marks, "msg=check service=app result=noop")
+
+	// Another host, of the same older policy, trips the breaker on v2:
+	// the record, and no nudge.
+	b, _ := json.Marshal(fleet.Breaker{Checksum: v2, Node: "host-9", Phase: "check", Error: "failed on a late host", Time: time.Now().UTC()})
+	if _, err := f.admin.KV().Put(&api.KVPair{Key: fleet.FailedKey(f.prefix, "app") + v2, Value: b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	f.waitAll(f.hosts, "v1", 30*time.Second)
 }

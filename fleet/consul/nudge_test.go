@@ -295,3 +295,51 @@ func TestSeedRefusedIsNotTriedAgain(t *testing.T) {
 		t.Fatalf("%d refused seeds over %d answers of the watch, want 1", n, lists)
 	}
 }
+
+// The watch tells of a token that may not write its service's nudge
+// (Watch.Refused) by a write that writes nothing: not of one that may.
+func TestWatchTellsATokenThatMayNotNudge(t *testing.T) {
+	acl := servers.ACLConsul(t)
+	prefix := "test/" + testutil.Unique(t)
+	key := fleet.RecordsChangedKey(prefix, "app")
+	policy := AgentPolicy(prefix, "web-1", "", []string{"app"})
+	rule := fmt.Sprintf("key %q {\n  policy = \"write\"  # tells the hosts at rest that the breaker tripped\n}\n", key)
+	for _, tc := range []struct {
+		policy  string
+		refused bool
+	}{{policy, false}, {strings.Replace(policy, rule, "", 1), true}} {
+		client, err := api.NewClient(&api.Config{Address: acl.Addr, Token: acl.Token(t, "web-1", tc.policy)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := &Fleet{Client: client, Prefix: prefix, Node: "web-1"}
+		var refused []string
+		up := make(chan struct{})
+		var once sync.Once
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			f.WatchPublished(ctx, fleet.Watch{Services: []string{"app"}, Changed: func(fleet.Published) {},
+				Refused: func(s string) { refused = append(refused, s) },
+				Up:      func() { once.Do(func() { close(up) }) }})
+		}()
+		<-up
+		cancel()
+		<-done
+		if got := len(refused) > 0; got != tc.refused {
+			t.Errorf("refused %v, want %v", refused, tc.refused)
+		}
+	}
+	// Neither wrote the key but by the seed of the empty folder.
+	kv, _, err := acl.Admin(t).KV().Get(key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kv != nil {
+		var n fleet.RecordsChanged
+		if err := json.Unmarshal(kv.Value, &n); err != nil || n.What != seedWhat {
+			t.Fatalf("the key holds %s", kv.Value)
+		}
+	}
+}

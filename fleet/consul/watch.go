@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"math"
 	"net/http"
 	"strings"
 	"time"
@@ -46,6 +47,20 @@ func (p *Fleet) seed(ctx context.Context, service string) (refused bool) {
 	n := fleet.RecordsChanged{Service: service, What: seedWhat, Who: p.Node, Time: time.Now().UTC()}
 	b, _ := json.Marshal(n)
 	_, _, err := p.Client.KV().CAS(&api.KVPair{Key: fleet.RecordsChangedKey(p.Prefix, service), Value: b}, (&api.WriteOptions{}).WithContext(ctx))
+	return forbidden(err)
+}
+
+// nudgeRefused says whether this token may not write the nudge of
+// service: a check-and-set on an index the key cannot have, which
+// writes nothing, and which Consul refuses first if the token may not
+// write the key.
+func (p *Fleet) nudgeRefused(ctx context.Context, service string) bool {
+	_, _, err := p.Client.KV().CAS(&api.KVPair{Key: fleet.RecordsChangedKey(p.Prefix, service), ModifyIndex: math.MaxUint64}, (&api.WriteOptions{}).WithContext(ctx))
+	return forbidden(err)
+}
+
+// forbidden says whether err is Consul's refusal of the token.
+func forbidden(err error) bool {
 	var se api.StatusError
 	return errors.As(err, &se) && se.Code == http.StatusForbidden
 }
@@ -111,6 +126,16 @@ func (p *Fleet) WatchPublished(ctx context.Context, w fleet.Watch) error {
 			// breaker) and left this folder as it was, its index too.
 			// The watch starts over, and says so.
 			w.Up()
+		}
+		if first && w.Refused != nil {
+			// Before the watch says it is up: a host does not rest on
+			// it a moment on a token whose peers' breakers cannot
+			// reach it.
+			for _, svc := range w.Services {
+				if p.nudgeRefused(ctx, svc) {
+					w.Refused(svc)
+				}
+			}
 		}
 		if len(pairs) == 0 && len(w.Services) > 0 && !seedRefused {
 			// An empty folder's index is the whole store's: every write to
