@@ -27,21 +27,27 @@ import (
 
 // consulCounter is a proxy to Consul that notes each request's path.
 type consulCounter struct {
-	mu    sync.Mutex
-	paths []string
+	mu       sync.Mutex
+	paths    []string
+	inFlight map[string]int // by path: the long polls held
 }
 
 // via puts a counter between h and Consul.
 func (f *fleetRig) via(t *testing.T, h *host, consulAddr string) *consulCounter {
 	t.Helper()
 	target, _ := url.Parse("http://" + consulAddr)
-	c := &consulCounter{}
+	c := &consulCounter{inFlight: map[string]int{}}
 	p := httputil.NewSingleHostReverseProxy(target)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key := r.Method + " " + r.URL.Path
 		c.mu.Lock()
-		c.paths = append(c.paths, r.Method+" "+r.URL.Path)
+		c.paths = append(c.paths, key)
+		c.inFlight[key]++
 		c.mu.Unlock()
 		p.ServeHTTP(w, r)
+		c.mu.Lock()
+		c.inFlight[key]--
+		c.mu.Unlock()
 	}))
 	t.Cleanup(func() {
 		// The agents first: their long polls would hold Close for their
@@ -59,6 +65,19 @@ func (c *consulCounter) since(n int) []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]string(nil), c.paths[n:]...)
+}
+
+// held lists the requests waiting for Consul's answer.
+func (c *consulCounter) held() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for k, n := range c.inFlight {
+		for range n {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 func (c *consulCounter) count() int {
@@ -109,6 +128,11 @@ func TestHostsAtRestAskConsulOnlyTheirWatch(t *testing.T) {
 		}
 		if len(last) > 0 {
 			return fmt.Errorf("over 20 checks at rest, host-0 asked Consul %d times besides its watch: %v", len(last), last)
+		}
+		// Nor does it hold a long poll besides the watch (the document's
+		// follower paused once the document said the rollout was done).
+		if held := counter.held(); len(held) != 1 || held[0] != watch {
+			return fmt.Errorf("at rest, host-0 holds %v", held)
 		}
 		return nil
 	})

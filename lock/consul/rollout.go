@@ -950,9 +950,10 @@ func (c *coordinator) releasedHost(node string) {
 }
 
 // sameState says whether a and b open the same waves with the same
-// times, and stop for the same reasons: what the waiting hosts act on.
+// times, and stop for the same reasons: what the waiting hosts act on;
+// and are as done (the hosts at rest stop following a document done).
 func sameState(a, b lock.Rollout) bool {
-	if a.Checksum != b.Checksum || a.Hold != b.Hold || a.Freeze != b.Freeze || a.Trip != b.Trip ||
+	if a.Checksum != b.Checksum || a.Hold != b.Hold || a.Freeze != b.Freeze || a.Trip != b.Trip || a.Done != b.Done ||
 		!reflect.DeepEqual(a.Pins, b.Pins) || !reflect.DeepEqual(a.Breakers, b.Breakers) || len(a.Waves) != len(b.Waves) {
 		return false
 	}
