@@ -60,21 +60,18 @@ func watched(t *testing.T, f *Fleet, services ...string) func() []string {
 	}
 }
 
-// The changes of the records a host at rest acts on (a breaker, a pin,
-// a forgotten host) each write the nudge, which the watch of the
-// announcements tells of as such; those a host at rest does not act on
-// (a freeze, a hold, an unpin) do not wake every agent.
-func TestNudgesOfTheRecordsWakeTheWatch(t *testing.T) {
-	ctx := context.Background()
-	c := servers.Consul(t)
-	client, err := api.NewClient(&api.Config{Address: c.Addr})
+// watchedFleet is a Fleet of a prefix of its own, as host web-1 of
+// "app", with its watch of the announcements running; await waits until
+// the watch has told exactly want (see watched).
+func watchedFleet(t *testing.T) (f *Fleet, client *api.Client, await func(want ...string)) {
+	t.Helper()
+	client, err := api.NewClient(&api.Config{Address: servers.Consul(t).Addr})
 	if err != nil {
 		t.Fatal(err)
 	}
-	prefix := "test/" + testutil.Unique(t)
-	f := &Fleet{Client: client, Prefix: prefix, Node: "web-1"}
+	f = &Fleet{Client: client, Prefix: "test/" + testutil.Unique(t), Node: "web-1"}
 	told := watched(t, f, "app")
-	await := func(want ...string) {
+	return f, client, func(want ...string) {
 		t.Helper()
 		testutil.Eventually(t, 20*time.Second, func() error {
 			if got := told(); fmt.Sprint(got) != fmt.Sprint(want) {
@@ -83,6 +80,15 @@ func TestNudgesOfTheRecordsWakeTheWatch(t *testing.T) {
 			return nil
 		})
 	}
+}
+
+// The changes of the records a host at rest acts on (a breaker, a pin,
+// a forgotten host) each write the nudge, which the watch of the
+// announcements tells of as such; those a host at rest does not act on
+// (a freeze, a hold, an unpin) do not wake every agent.
+func TestNudgesOfTheRecordsWakeTheWatch(t *testing.T) {
+	ctx := context.Background()
+	f, _, await := watchedFleet(t)
 	// What runs before any nudge: nothing told (the seed is no change).
 	if err := f.SetFreeze(ctx, "app", &fleet.Freeze{Who: "ops", Reason: "friday"}); err != nil {
 		t.Fatal(err)
@@ -185,33 +191,17 @@ func TestAgentTokenTripsAndNudges(t *testing.T) {
 // the key is told but the seed of an empty folder.
 func TestNudgeOverwrittenOrDeletedIsTold(t *testing.T) {
 	ctx := context.Background()
-	c := servers.Consul(t)
-	client, err := api.NewClient(&api.Config{Address: c.Addr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	prefix := "test/" + testutil.Unique(t)
-	f := &Fleet{Client: client, Prefix: prefix, Node: "web-1"}
-	told := watched(t, f, "app")
-	await := func(want ...string) {
-		t.Helper()
-		testutil.Eventually(t, 20*time.Second, func() error {
-			if got := told(); fmt.Sprint(got) != fmt.Sprint(want) {
-				return fmt.Errorf("the watch told %q, want %q", got, want)
-			}
-			return nil
-		})
-	}
+	f, client, await := watchedFleet(t)
 	if err := f.Trip(ctx, "app", fleet.Breaker{Checksum: "aaa", Phase: "check", Error: "boom"}); err != nil {
 		t.Fatal(err)
 	}
 	await("records app")
 	seed, _ := json.Marshal(fleet.RecordsChanged{Service: "app", What: seedWhat, Who: "ci", Time: time.Now()})
-	if _, err := client.KV().Put(&api.KVPair{Key: fleet.RecordsChangedKey(prefix, "app"), Value: seed}, nil); err != nil {
+	if _, err := client.KV().Put(&api.KVPair{Key: fleet.RecordsChangedKey(f.Prefix, "app"), Value: seed}, nil); err != nil {
 		t.Fatal(err)
 	}
 	await("records app", "records app")
-	if _, err := client.KV().Delete(fleet.RecordsChangedKey(prefix, "app"), nil); err != nil {
+	if _, err := client.KV().Delete(fleet.RecordsChangedKey(f.Prefix, "app"), nil); err != nil {
 		t.Fatal(err)
 	}
 	await("records app", "records app", "records app")
