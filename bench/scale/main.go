@@ -37,7 +37,8 @@
 // their CPU spread over every core, against the ideal: no run on the
 // machine can take less). -kinds adds the
 // requests and bytes per host by kind and each wave's first grant and
-// last release; -consul-profile writes Consul's CPU profile of the run.
+// last release; -consul-profile writes Consul's CPU profile of the run,
+// -profile the simulator's.
 package main
 
 import (
@@ -54,6 +55,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -86,6 +88,7 @@ var (
 	watchFlag    = flag.Bool("watch", true, "each host watches the announcements as an agent does (watch on, the default): one more long poll per host")
 	gogc         = flag.Int("gogc", 400, "the simulator's GOGC (its own garbage collection, not Consul's: the simulated hosts' CPU is the bench's, not what is measured)")
 	profFlag     = flag.String("consul-profile", "", "write a CPU profile of Consul during each rollout to this file (suffixed by the host count)")
+	selfProf     = flag.String("profile", "", "write a CPU profile of the simulator during each rollout to this file (suffixed by the host count)")
 )
 
 func main() {
@@ -215,7 +218,7 @@ func run(design string, n int) error {
 	if err != nil {
 		return err
 	}
-	if err := history(admin); err != nil {
+	if err := history(admin, design, n); err != nil {
 		return err
 	}
 	conc := max(1, int(float64(n)**percent/100))
@@ -322,6 +325,17 @@ func run(design string, n int) error {
 	var firstErr atomic.Value
 	if *profFlag != "" {
 		go profile(c.Addr, fmt.Sprintf("%s.%d", *profFlag, n), *update*time.Duration(n/conc))
+	}
+	if *selfProf != "" {
+		f, err := os.Create(fmt.Sprintf("%s.%d", *selfProf, n))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	t0 := time.Now()
 	// The release is published: every host's watch wakes.
@@ -648,7 +662,20 @@ func report(ctx context.Context, f *fleetconsul.Fleet, policy string) error {
 
 // history fills the service's audit log to its bound, as the rollouts
 // before this one left it: each host's report appends to a full log.
-func history(c *api.Client) error {
+// With a rollout, the document of the release before says it is done on
+// the n hosts, as its coordinator left it.
+func history(c *api.Client, design string, n int) error {
+	if design == "rollout" {
+		waves := []lock.WaveState{{Name: "canary", Hosts: 1, Done: 1}}
+		if n > 1 {
+			tenth := max(1, n/10) - 1
+			waves = append(waves, lock.WaveState{Name: "10%", Hosts: tenth, Done: tenth}, lock.WaveState{Name: "100%", Hosts: n - 1 - tenth, Done: n - 1 - tenth})
+		}
+		b, _ := json.Marshal(lock.Rollout{Checksum: "fedcba9876543210fedcba9876543210", Waves: waves, Done: true, By: "host-00000", Time: time.Now().Add(-24 * time.Hour).UTC()})
+		if _, err := c.KV().Put(&api.KVPair{Key: lockconsul.RolloutKey("bench", "app"), Value: b}, nil); err != nil {
+			return err
+		}
+	}
 	var ops api.TxnOps
 	base := time.Now().Add(-24 * time.Hour)
 	for i := range fleet.MaxEvents {
