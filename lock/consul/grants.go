@@ -149,6 +149,10 @@ type Slots struct {
 	followFails, lookedFails uint64
 	// electing: an election waits its random time in the background.
 	electing bool
+	// asking: the release askLater waits to ask for, if nobody has;
+	// askedSeen: the last release this host saw asked for (by the
+	// release key, the document or a grant), which it need not ask for.
+	asking, askedSeen string
 	// starting counts the startCoordinator calls in flight: until they
 	// end, the lock held by this host's place in line is theirs to move.
 	starting int
@@ -335,6 +339,9 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 		}
 		var g Grant
 		if json.Unmarshal(kv.Value, &g) == nil && g.State == StateGranted {
+			if sum != "" {
+				s.sawAsked(sum) // granted for a rollout: its release was asked for
+			}
 			return se.lost, nil
 		}
 		if g.State == StateMoved {

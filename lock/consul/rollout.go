@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"path"
 	"reflect"
@@ -202,16 +203,19 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 		s.lookedDoc = docKV
 	}
 	s.mu.Unlock()
-	asked, lost := false, false
+	asked, lost, later := false, false, false
 	if (doc == nil || doc.Checksum != checksum) && rel.Checksum != checksum {
-		// Check-and-set: of the hosts that find a release at once, one
-		// asks for it, and it alone tries to coordinate at once.
-		b, _ := json.Marshal(Placement{Checksum: checksum})
-		ok, _, err := s.Client.KV().CAS(&api.KVPair{Key: ReleaseKey(s.Prefix, s.Service), Value: b, ModifyIndex: relIndex}, (&api.WriteOptions{}).WithContext(ctx))
-		if err != nil {
-			return nil, "", s.unavailable("ask for the rollout", err)
+		if asksAtOnce(s.Node, checksum, doc, Askers) {
+			// Check-and-set: of the hosts that find a release at once,
+			// one asks for it, and it alone tries to coordinate at once.
+			ok, err := s.ask(ctx, checksum, relIndex)
+			if err != nil {
+				return nil, "", err
+			}
+			asked, lost = ok, !ok
+		} else {
+			later = true
 		}
-		asked, lost = ok, !ok
 	}
 	if !coordinated {
 		// Read just now: nobody holds the coordinator's key, whatever
@@ -221,8 +225,16 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 		s.docHeld = false
 		s.mu.Unlock()
 	}
+	if later {
+		// Left to a few hosts of the fleet (asksAtOnce); should none of
+		// them ask, this host does, in the background, after a random
+		// wait.
+		s.askLater(ctx, checksum, doc)
+	} else if doc != nil && doc.Checksum == checksum || rel.Checksum == checksum || asked {
+		s.sawAsked(checksum)
+	}
 	switch {
-	case coordinated, lost:
+	case coordinated, lost, later:
 		// Or another host asked for the release just now: it tries to
 		// coordinate at once, and this host need not look for a while.
 		s.mu.Lock()
@@ -261,7 +273,7 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 			}()
 		}
 	}
-	if !coordinated && !asked && (lost || rel.Checksum == checksum) {
+	if !coordinated && !asked && (lost || later || rel.Checksum == checksum) {
 		s.mu.Lock()
 		inLine := s.held != nil
 		s.mu.Unlock()
@@ -278,6 +290,120 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 		return doc, "", nil
 	}
 	return doc, place.Wave, nil
+}
+
+// Askers is about how many hosts of a fleet ask for a release at once
+// when they all find it at once (woken by its announcement): the others
+// leave it to them, rather than each writing a check-and-set that all
+// but one lose. Every lost check-and-set is a write the Consul servers
+// replicate, thousands of them at the moment the coordinator is being
+// elected. Enough of them that one is among the first hosts that the
+// fleet's reads at once let through.
+const Askers = 32
+
+// asksAtOnce says whether node is one of a pick of askers hosts on
+// average, different for each release: each host of a fleet of askers
+// hosts or fewer (by the document of the release before: prev, nil if
+// none) is.
+func asksAtOnce(node, checksum string, prev *lock.Rollout, askers int) bool {
+	hosts := 0
+	if prev != nil {
+		for _, w := range prev.Waves {
+			hosts += w.Hosts
+		}
+	}
+	if hosts <= askers {
+		return true
+	}
+	h := fnv.New64a()
+	h.Write([]byte(checksum))
+	h.Write([]byte{0})
+	h.Write([]byte(node))
+	return h.Sum64()%uint64(hosts) < uint64(askers)
+}
+
+// ask asks for checksum with a check-and-set of the release key at
+// index: whether this host's write took.
+func (s *Slots) ask(ctx context.Context, checksum string, index uint64) (bool, error) {
+	b, _ := json.Marshal(Placement{Checksum: checksum})
+	ok, _, err := s.Client.KV().CAS(&api.KVPair{Key: ReleaseKey(s.Prefix, s.Service), Value: b, ModifyIndex: index}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		return false, s.unavailable("ask for the rollout", err)
+	}
+	return ok, nil
+}
+
+// askLater asks for checksum in the background, if nobody has by then,
+// and becomes the coordinator if nobody is: after a random wait of a
+// quarter of the session TTL to the whole of it for a second pick of
+// hosts (4 × Askers on average), four to six TTLs for the others. A
+// host that saw checksum asked for meanwhile (a grant for it, the
+// document) reads nothing. This covers the hosts that ask at once gone,
+// or a fleet that shrank since the release before: its rollout starts
+// a TTL or so late, a few minutes at worst.
+func (s *Slots) askLater(ctx context.Context, checksum string, prev *lock.Rollout) {
+	s.mu.Lock()
+	start := s.asking != checksum && s.askedSeen != checksum
+	if start {
+		s.asking = checksum
+	}
+	s.mu.Unlock()
+	if !start {
+		return
+	}
+	wait := 4*s.TTL + rand.N(2*s.TTL)
+	if asksAtOnce(s.Node, checksum, prev, 4*Askers) {
+		wait = s.TTL/4 + rand.N(s.TTL*3/4)
+	}
+	go func() {
+		defer func() {
+			s.mu.Lock()
+			if s.asking == checksum {
+				s.asking = ""
+			}
+			s.mu.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 4*s.TTL+time.Minute)
+		defer cancel()
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		skip := s.closed || s.askedSeen == checksum || s.asking != checksum
+		s.mu.Unlock()
+		if skip {
+			return
+		}
+		kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return
+		}
+		var rel Placement
+		var index uint64
+		if kv != nil {
+			json.Unmarshal(kv.Value, &rel)
+			index = kv.ModifyIndex
+		}
+		if rel.Checksum != checksum {
+			if ok, err := s.ask(ctx, checksum, index); err != nil || !ok {
+				return // another host asked just now, or Consul is away: the next check asks again
+			}
+			s.logger().Info("asked for the rollout late: none of the hosts that ask at once did", "service", s.Service, "checksum", checksum)
+		}
+		s.sawAsked(checksum)
+		s.elect(ctx, true, 0)
+	}()
+}
+
+// sawAsked notes that checksum was seen asked for.
+func (s *Slots) sawAsked(checksum string) {
+	s.mu.Lock()
+	s.askedSeen = checksum
+	s.mu.Unlock()
 }
 
 // noteCoordinator notes whether the document read just now is held by a
@@ -382,6 +508,9 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 	var doc lock.Rollout
 	if err := json.Unmarshal(kv.Value, &doc); err != nil {
 		return nil, next, fmt.Errorf("read %s: %w", kv.Key, err)
+	}
+	if doc.Checksum != "" {
+		s.sawAsked(doc.Checksum)
 	}
 	return &doc, next, nil
 }
