@@ -133,17 +133,7 @@ func TestRolloutAskedLateWhenNoPickedHostAsks(t *testing.T) {
 	// to ask at once for this release, but is of the second pick (it
 	// asks within a TTL).
 	prev := prevDoc(t, s, 5000)
-	sum := ""
-	for i := range 100000 {
-		c := fmt.Sprintf("sum%d", i)
-		if !asksAtOnce(s.Node, c, prev, Askers) && asksAtOnce(s.Node, c, prev, 4*Askers) {
-			sum = c
-			break
-		}
-	}
-	if sum == "" {
-		t.Fatal("no release for which host-00 is of the second pick only")
-	}
+	sum := secondPick(t, s.Node, prev)
 	s.SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
 	asks := countAsks(t, hs)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -171,6 +161,153 @@ func TestRolloutAskedLateWhenNoPickedHostAsks(t *testing.T) {
 	if got := asks.Load(); got != 1 {
 		t.Fatalf("%d writes to the release key; want 1", got)
 	}
+}
+
+// secondPick returns a release for which node is of the second pick
+// only: it does not ask at once, and asks within a TTL if nobody has.
+func secondPick(t *testing.T, node string, prev *lock.Rollout) string {
+	t.Helper()
+	for i := range 100000 {
+		c := fmt.Sprintf("sum%d", i)
+		if !asksAtOnce(node, c, prev, Askers) && asksAtOnce(node, c, prev, 4*Askers) {
+			return c
+		}
+	}
+	t.Fatalf("no release for which %s is of the second pick only", node)
+	return ""
+}
+
+// A host that would ask for a release late, when another release was
+// asked for meanwhile (a later one, which the host has not looked at
+// yet, waiting in line), does not ask over it: the fleet never goes
+// back to the release it found first.
+func TestRolloutAskedLateNeverOverANewerRelease(t *testing.T) {
+	hs := hosts(t, 1, 1)
+	s := hs[0]
+	prev := prevDoc(t, s, 5000)
+	older := secondPick(t, s.Node, prev)
+	s.SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, _, err := s.Rollout(ctx, older); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(Placement{Checksum: "newer"})
+	if _, err := s.Client.KV().Put(&api.KVPair{Key: ReleaseKey(s.Prefix, "app"), Value: b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The late ask has looked and given up once asking is cleared.
+	testutil.Eventually(t, s.TTL+10*time.Second, func() error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.asking != "" {
+			return fmt.Errorf("still to ask for %s", s.asking)
+		}
+		return nil
+	})
+	kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, "app"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rel Placement
+	if kv == nil || json.Unmarshal(kv.Value, &rel) != nil || rel.Checksum != "newer" {
+		t.Fatalf("the release key says %v after the late ask; want the newer release asked for", kv)
+	}
+}
+
+// A host that sees another release asked for (it looks at it, a newer
+// one) gives up its late ask of the release it found before; and one
+// that finds a release it saw asked for long ago not asked for now (an
+// operator publishing it again after another) asks for it late all the
+// same.
+func TestRolloutLateAskFollowsWhatTheHostSaw(t *testing.T) {
+	hs := hosts(t, 1, 1)
+	s := hs[0]
+	prev := prevDoc(t, s, 5000)
+	a := secondPick(t, s.Node, prev)
+	s.SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	asking := func() string {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.asking
+	}
+	if _, _, err := s.Rollout(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if got := asking(); got != a {
+		t.Fatalf("late ask of %q; want %s", got, a)
+	}
+	b, _ := json.Marshal(Placement{Checksum: "newer"})
+	if _, err := s.Client.KV().Put(&api.KVPair{Key: ReleaseKey(s.Prefix, "app"), Value: b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Rollout(ctx, "newer"); err != nil {
+		t.Fatal(err)
+	}
+	if got := asking(); got != "" {
+		t.Fatalf("late ask of %s still on after the host saw another release asked for", got)
+	}
+	// a published again, the host having seen it asked for before (its
+	// document, say, and not the release asked for since): it finds it
+	// not asked for now.
+	s.sawAsked(a)
+	if _, _, err := s.Rollout(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if got := asking(); got != a {
+		t.Fatalf("late ask of %q after %s was published again; want %s", got, a, a)
+	}
+}
+
+// A late ask that Consul refuses (it does not answer the write) is
+// asked again: a host in line looks at nothing else until it is granted
+// or moved out, and nobody else may ask.
+func TestRolloutLateAskAgainAfterAFailure(t *testing.T) {
+	hs := hosts(t, 1, 1)
+	s := hs[0]
+	prev := prevDoc(t, s, 5000)
+	sum := secondPick(t, s.Node, prev)
+	s.SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
+	var down atomic.Bool
+	var refused atomic.Int64
+	down.Store(true)
+	path := "/v1/kv/" + ReleaseKey(s.Prefix, s.Service)
+	c, err := api.NewClient(&api.Config{Address: server.Addr, HttpClient: &http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
+		if r.Method == http.MethodPut && r.URL.Path == path && down.Load() {
+			refused.Add(1)
+			return nil, errors.New("connection refused")
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Client = c
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, _, err := s.Rollout(ctx, sum); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, s.TTL+10*time.Second, func() error {
+		if refused.Load() == 0 {
+			return errors.New("no late ask yet")
+		}
+		return nil
+	})
+	down.Store(false)
+	testutil.Eventually(t, s.TTL+10*time.Second, func() error {
+		kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, "app"), nil)
+		if err != nil {
+			return err
+		}
+		var rel Placement
+		if kv == nil || json.Unmarshal(kv.Value, &rel) != nil || rel.Checksum != sum {
+			return fmt.Errorf("the release key says %v after a refused late ask", kv)
+		}
+		return nil
+	})
 }
 
 // Each host of a fleet of Askers or fewer asks at once, and of a large

@@ -229,7 +229,7 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 		// Left to a few hosts of the fleet (asksAtOnce); should none of
 		// them ask, this host does, in the background, after a random
 		// wait.
-		s.askLater(ctx, checksum, doc)
+		s.askLater(ctx, checksum, doc, relIndex)
 	} else if doc != nil && doc.Checksum == checksum || rel.Checksum == checksum || asked {
 		s.sawAsked(checksum)
 	}
@@ -306,12 +306,11 @@ const Askers = 32
 // hosts or fewer (by the document of the release before: prev, nil if
 // none) is.
 func asksAtOnce(node, checksum string, prev *lock.Rollout, askers int) bool {
-	hosts := 0
-	if prev != nil {
-		for _, w := range prev.Waves {
-			hosts += w.Hosts
-		}
-	}
+	return picked(node, checksum, docHosts(prev), askers)
+}
+
+// picked is asksAtOnce for a fleet of hosts.
+func picked(node, checksum string, hosts, askers int) bool {
 	if hosts <= askers {
 		return true
 	}
@@ -320,6 +319,17 @@ func asksAtOnce(node, checksum string, prev *lock.Rollout, askers int) bool {
 	h.Write([]byte{0})
 	h.Write([]byte(node))
 	return h.Sum64()%uint64(hosts) < uint64(askers)
+}
+
+// docHosts is the number of hosts doc plans (0 for nil).
+func docHosts(doc *lock.Rollout) int {
+	hosts := 0
+	if doc != nil {
+		for _, w := range doc.Waves {
+			hosts += w.Hosts
+		}
+	}
+	return hosts
 }
 
 // ask asks for checksum with a check-and-set of the release key at
@@ -333,17 +343,25 @@ func (s *Slots) ask(ctx context.Context, checksum string, index uint64) (bool, e
 	return ok, nil
 }
 
-// askLater asks for checksum in the background, if nobody has by then,
-// and becomes the coordinator if nobody is: after a random wait of a
-// quarter of the session TTL to the whole of it for a second pick of
-// hosts (4 × Askers on average), four to six TTLs for the others. A
-// host that saw checksum asked for meanwhile (a grant for it, the
-// document) reads nothing. This covers the hosts that ask at once gone,
-// or a fleet that shrank since the release before: its rollout starts
-// a TTL or so late, a few minutes at worst.
-func (s *Slots) askLater(ctx context.Context, checksum string, prev *lock.Rollout) {
+// askLater asks for checksum in the background, unless somebody has by
+// then, and becomes the coordinator if nobody is: after a random wait of
+// a quarter of the session TTL to the whole of it for a second pick of
+// hosts (4 × Askers on average), four to six TTLs for the others. It
+// covers the hosts that ask at once gone, or a fleet that shrank since
+// the release before: its rollout starts a TTL or so late (four to six
+// at worst). A host that sees checksum asked for meanwhile (a grant for
+// it, the document) reads nothing; one that sees another release asked
+// for gives up. It asks only if the release key is still as this host's
+// look read it (at index): a release asked for since, later as a rule,
+// is never asked over.
+func (s *Slots) askLater(ctx context.Context, checksum string, prev *lock.Rollout, index uint64) {
 	s.mu.Lock()
-	start := s.asking != checksum && s.askedSeen != checksum
+	// Read just now as neither asked for nor rolling out: what this host
+	// saw of checksum before (a rollout replaced since) no longer holds.
+	if s.askedSeen == checksum {
+		s.askedSeen = ""
+	}
+	start := s.asking != checksum
 	if start {
 		s.asking = checksum
 	}
@@ -363,46 +381,76 @@ func (s *Slots) askLater(ctx context.Context, checksum string, prev *lock.Rollou
 			}
 			s.mu.Unlock()
 		}()
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 4*s.TTL+time.Minute)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wait+4*s.TTL+time.Minute)
 		defer cancel()
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		s.mu.Lock()
-		skip := s.closed || s.askedSeen == checksum || s.asking != checksum
-		s.mu.Unlock()
-		if skip {
-			return
-		}
-		kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
-		if err != nil {
-			return
-		}
-		var rel Placement
-		var index uint64
-		if kv != nil {
-			json.Unmarshal(kv.Value, &rel)
-			index = kv.ModifyIndex
-		}
-		if rel.Checksum != checksum {
-			if ok, err := s.ask(ctx, checksum, index); err != nil || !ok {
-				return // another host asked just now, or Consul is away: the next check asks again
+		for d := wait; ; d = s.TTL/4 + rand.N(s.TTL/4) {
+			if pause(ctx, d); ctx.Err() != nil {
+				return
 			}
-			s.logger().Info("asked for the rollout late: none of the hosts that ask at once did", "service", s.Service, "checksum", checksum)
+			s.mu.Lock()
+			off := s.closed || s.askedSeen == checksum || s.asking != checksum
+			s.mu.Unlock()
+			if off {
+				return
+			}
+			asked, again := s.askNow(ctx, checksum, index)
+			if asked {
+				break
+			}
+			if !again {
+				return
+			}
+			// Consul away: a host in line looks at nothing again until
+			// it is granted or moved out, so this asks again.
 		}
-		s.sawAsked(checksum)
+		// This host's look took it that a host of the pick was being
+		// elected, and did not look for a coordinator since: it does now.
+		s.mu.Lock()
+		s.askedSeen, s.seen = checksum, time.Time{}
+		s.mu.Unlock()
 		s.elect(ctx, true, 0)
 	}()
 }
 
-// sawAsked notes that checksum was seen asked for.
+// askNow is askLater's look and ask: whether checksum is asked for now
+// (by this host or another); if not, whether to try again (Consul did
+// not answer).
+func (s *Slots) askNow(ctx context.Context, checksum string, index uint64) (asked, again bool) {
+	kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return false, true
+	}
+	var rel Placement
+	var now uint64
+	if kv != nil {
+		json.Unmarshal(kv.Value, &rel)
+		now = kv.ModifyIndex
+	}
+	switch {
+	case rel.Checksum == checksum:
+		return true, false // only the election may be missing
+	case now != index:
+		return false, false // another release asked for since this host's look
+	}
+	ok, err := s.ask(ctx, checksum, index)
+	if err != nil {
+		return false, true
+	}
+	if !ok {
+		return s.askNow(ctx, checksum, index) // somebody asked just now: for this release?
+	}
+	s.logger().Info("asked for the rollout late: none of the hosts that ask at once did", "service", s.Service, "checksum", checksum)
+	return true, false
+}
+
+// sawAsked notes that checksum was seen asked for: a late ask of another
+// release is off.
 func (s *Slots) sawAsked(checksum string) {
 	s.mu.Lock()
 	s.askedSeen = checksum
+	if s.asking != checksum {
+		s.asking = ""
+	}
 	s.mu.Unlock()
 }
 
