@@ -239,6 +239,14 @@ func TestRolloutLateAskFollowsWhatTheHostSaw(t *testing.T) {
 	if got := asking(); got != a {
 		t.Fatalf("late ask of %q; want %s", got, a)
 	}
+	// Its follower reads the document, of the release before: nothing
+	// said of a's ask.
+	if doc, _, err := s.WaitRollout(ctx, 0); err != nil || doc == nil || doc.Checksum != "sum0" {
+		t.Fatalf("the document of the release before: %+v, %v", doc, err)
+	}
+	if got := asking(); got != a {
+		t.Fatalf("late ask of %q after the follower read the document of the release before; want %s", got, a)
+	}
 	b, _ := json.Marshal(Placement{Checksum: "newer"})
 	if _, err := s.Client.KV().Put(&api.KVPair{Key: ReleaseKey(s.Prefix, "app"), Value: b}, nil); err != nil {
 		t.Fatal(err)

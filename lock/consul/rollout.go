@@ -557,9 +557,14 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 	if err := json.Unmarshal(kv.Value, &doc); err != nil {
 		return nil, next, fmt.Errorf("read %s: %w", kv.Key, err)
 	}
-	if doc.Checksum != "" {
-		s.sawAsked(doc.Checksum)
+	s.mu.Lock()
+	if doc.Checksum != "" && doc.Checksum == s.asking {
+		// Rolling out: its late ask is off. Not a document of another
+		// release, the one before as a rule, which says nothing of the
+		// ask.
+		s.askedSeen = doc.Checksum
 	}
+	s.mu.Unlock()
 	return &doc, next, nil
 }
 
