@@ -95,6 +95,9 @@ func (a *Agent) trigger(service string, force bool) bool {
 func (a *Agent) Once(ctx context.Context) error {
 	var errs []error
 	for _, r := range a.runners {
+		if c, ok := r.coord.(interface{ AskAtOnce() }); ok {
+			c.AskAtOnce() // no later in which to ask for a release (lock/consul)
+		}
 		out := r.Check(ctx)
 		for deadline := time.Now().Add(onceCoordWait); out.Reason == reasonSettle ||
 			coordinating(out) && time.Now().Before(deadline); {

@@ -1,10 +1,16 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/dropshipd/dropship/lock"
+	lockconsul "github.com/dropshipd/dropship/lock/consul"
 )
 
 // `agent --once` from cron with a rollout block: the first run registers
@@ -29,5 +35,49 @@ func TestAgentOnceWithRolloutInstalls(t *testing.T) {
 	// The state says what the runs did.
 	if _, err := os.Stat(filepath.Join(f.dir, h.name, "state", "app")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// `agent --once` of a fleet that shrank since its last release (the
+// document says far more hosts than run): the host is not of the pick
+// that asks for a release at once, and a run from cron has no later in
+// which to ask (an agent that runs on asks at a later look, once moved
+// out of line): it asks at once all the same, and installs.
+func TestAgentOnceAsksForTheReleaseOfAShrunkFleet(t *testing.T) {
+	t.Parallel()
+	c := consulServer(t)
+	f := newFleet(t, 1, 1, c, `rollout {
+    waves = ["100%"]
+  }`)
+	h := f.hosts[0]
+	f.publish("v1", false)
+	if out, errOut, code := run(t, "agent", "--once", "-c", h.cfg); code != 0 || h.version() != "v1" {
+		t.Fatalf("agent --once with v1: exit %d, host on %q\n%s%s", code, h.version(), out, errOut)
+	}
+	cl, err := api.NewClient(&api.Config{Address: c.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := lockconsul.RolloutKey(f.prefix, "app")
+	kv, _, err := cl.KV().Get(key, nil)
+	if err != nil || kv == nil {
+		t.Fatalf("the document of v1: %v %v", kv, err)
+	}
+	var doc lock.Rollout
+	if err := json.Unmarshal(kv.Value, &doc); err != nil || len(doc.Waves) == 0 {
+		t.Fatalf("the document of v1: %s %v", kv.Value, err)
+	}
+	doc.Waves[0].Hosts, doc.Waves[0].Done = 1<<40, 1<<40
+	b, _ := json.Marshal(doc)
+	if _, err := cl.KV().Put(&api.KVPair{Key: key, Value: b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	f.publish("v2", false)
+	out, errOut, code := run(t, "agent", "--once", "-c", h.cfg)
+	if code != 0 || h.version() != "v2" {
+		t.Fatalf("agent --once with v2, the fleet of the document before shrunk to this host: exit %d, host on %q\n%s%s", code, h.version(), out, errOut)
+	}
+	if strings.Contains(errOut+out, "none of the hosts that ask at once did") {
+		t.Fatalf("agent --once asked for v2 only at a later look, as an agent that runs on would:\n%s%s", out, errOut)
 	}
 }

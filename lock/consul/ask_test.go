@@ -123,199 +123,120 @@ func TestRolloutFewHostsAskForARelease(t *testing.T) {
 	})
 }
 
-// When none of the hosts picked to ask at once does (they are gone, or
-// the fleet shrank since the release before), a host that found the
-// release asks for it later, by itself, and becomes the coordinator.
-func TestRolloutAskedLateWhenNoPickedHostAsks(t *testing.T) {
-	hs := hosts(t, 1, 1)
-	s := hs[0]
-	// A fleet of 5,000 hosts the release before; host-00 is not picked
-	// to ask at once for this release, but is of the second pick (it
-	// asks within a TTL).
-	prev := prevDoc(t, s, 5000)
-	sum := secondPick(t, s.Node, prev)
-	s.SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
-	asks := countAsks(t, hs)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if _, _, err := s.Rollout(ctx, sum); err != nil {
-		t.Fatal(err)
-	}
-	if got := asks.Load(); got != 0 {
-		t.Fatalf("host-00 asked for the release at once (%d writes): it is not picked", got)
-	}
-	testutil.Eventually(t, s.TTL+10*time.Second, func() error {
-		kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, "app"), nil)
-		if err != nil {
-			return err
-		}
-		var rel Placement
-		if kv == nil || json.Unmarshal(kv.Value, &rel) != nil || rel.Checksum != sum {
-			return fmt.Errorf("the release key says %v", kv)
-		}
-		if !s.Coordinating() {
-			return errors.New("host-00 asked, and does not coordinate")
-		}
-		return nil
-	})
-	if got := asks.Load(); got != 1 {
-		t.Fatalf("%d writes to the release key; want 1", got)
-	}
-}
-
-// secondPick returns a release for which node is of the second pick
-// only: it does not ask at once, and asks within a TTL if nobody has.
-func secondPick(t *testing.T, node string, prev *lock.Rollout) string {
+// notPicked returns a release (not the document's) that node is not
+// picked to ask for at once, of a fleet as prev says.
+func notPicked(t *testing.T, node string, prev *lock.Rollout) string {
 	t.Helper()
 	for i := range 100000 {
-		c := fmt.Sprintf("sum%d", i)
-		if !asksAtOnce(node, c, prev, Askers) && asksAtOnce(node, c, prev, 4*Askers) {
+		if c := fmt.Sprintf("sum%d", i+1); !asksAtOnce(node, c, prev, Askers) {
 			return c
 		}
 	}
-	t.Fatalf("no release for which %s is of the second pick only", node)
+	t.Fatalf("no release that %s is not picked to ask for", node)
 	return ""
 }
 
-// A host that would ask for a release late, when another release was
-// asked for meanwhile (a later one, which the host has not looked at
-// yet, waiting in line), does not ask over it: the fleet never goes
-// back to the release it found first.
-func TestRolloutAskedLateNeverOverANewerRelease(t *testing.T) {
+// A host not picked leaves the ask to the pick at its first look, and at
+// a later look that still finds the release not asked for, AskDefer
+// after the first, asks for it itself; not at a look sooner than that.
+func TestRolloutLaterLookAsks(t *testing.T) {
 	hs := hosts(t, 1, 1)
 	s := hs[0]
 	prev := prevDoc(t, s, 5000)
-	older := secondPick(t, s.Node, prev)
+	sum := notPicked(t, s.Node, prev)
 	s.SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	asks := countAsks(t, hs)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, _, err := s.Rollout(ctx, older); err != nil {
-		t.Fatal(err)
-	}
-	b, _ := json.Marshal(Placement{Checksum: "newer"})
-	if _, err := s.Client.KV().Put(&api.KVPair{Key: ReleaseKey(s.Prefix, "app"), Value: b}, nil); err != nil {
-		t.Fatal(err)
-	}
-	// The late ask has looked and given up once asking is cleared.
-	testutil.Eventually(t, s.TTL+10*time.Second, func() error {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.asking != "" {
-			return fmt.Errorf("still to ask for %s", s.asking)
+	for range 2 {
+		if _, _, err := s.Rollout(ctx, sum); err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
+	}
+	if got := asks.Load(); got != 0 {
+		t.Fatalf("%d asks by a host not picked, at looks within AskDefer; want none", got)
+	}
+	s.mu.Lock()
+	s.deferredAt = s.deferredAt.Add(-AskDefer)
+	s.mu.Unlock()
+	if _, _, err := s.Rollout(ctx, sum); err != nil {
+		t.Fatal(err)
+	}
+	if got := asks.Load(); got != 1 {
+		t.Fatalf("%d asks at a look AskDefer after the first; want 1", got)
+	}
 	kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, "app"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var rel Placement
-	if kv == nil || json.Unmarshal(kv.Value, &rel) != nil || rel.Checksum != "newer" {
-		t.Fatalf("the release key says %v after the late ask; want the newer release asked for", kv)
+	if kv == nil || json.Unmarshal(kv.Value, &rel) != nil || rel.Checksum != sum {
+		t.Fatalf("the release key says %v", kv)
 	}
 }
 
-// A host that sees another release asked for (it looks at it, a newer
-// one) gives up its late ask of the release it found before; and one
-// that finds a release it saw asked for long ago not asked for now (an
-// operator publishing it again after another) asks for it late all the
-// same.
-func TestRolloutLateAskFollowsWhatTheHostSaw(t *testing.T) {
+// With none of the pick present (the fleet shrank since the document
+// of the release before), the host that found the release gets in line
+// for it, a coordinator is elected, moves it out of line (nobody asked
+// for the release), and the host's next look asks: it is granted.
+func TestRolloutWithNoPickedHostStillRollsOut(t *testing.T) {
 	hs := hosts(t, 1, 1)
 	s := hs[0]
 	prev := prevDoc(t, s, 5000)
-	a := secondPick(t, s.Node, prev)
+	sum := notPicked(t, s.Node, prev)
 	s.SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
+	asks := countAsks(t, hs)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	asking := func() string {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.asking
+	moved := 0
+	for {
+		// As the agent's checks: look, then wait in line.
+		if _, _, err := s.Rollout(ctx, sum); err != nil {
+			t.Fatal(err)
+		}
+		s.Want(sum)
+		_, err := s.Acquire(ctx)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, lock.ErrMoved) {
+			t.Fatalf("after %d moves out of line: %v (release key asked %d times)", moved, err, asks.Load())
+		}
+		moved++
 	}
-	if _, _, err := s.Rollout(ctx, a); err != nil {
-		t.Fatal(err)
+	defer s.Release(ctx)
+	if got := asks.Load(); got != 1 {
+		t.Errorf("%d asks; want 1, at the look after the host was moved out of line", got)
 	}
-	if got := asking(); got != a {
-		t.Fatalf("late ask of %q; want %s", got, a)
-	}
-	// Its follower reads the document, of the release before: nothing
-	// said of a's ask.
-	if doc, _, err := s.WaitRollout(ctx, 0); err != nil || doc == nil || doc.Checksum != "sum0" {
-		t.Fatalf("the document of the release before: %+v, %v", doc, err)
-	}
-	if got := asking(); got != a {
-		t.Fatalf("late ask of %q after the follower read the document of the release before; want %s", got, a)
-	}
-	b, _ := json.Marshal(Placement{Checksum: "newer"})
-	if _, err := s.Client.KV().Put(&api.KVPair{Key: ReleaseKey(s.Prefix, "app"), Value: b}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := s.Rollout(ctx, "newer"); err != nil {
-		t.Fatal(err)
-	}
-	if got := asking(); got != "" {
-		t.Fatalf("late ask of %s still on after the host saw another release asked for", got)
-	}
-	// a published again, the host having seen it asked for before (its
-	// document, say, and not the release asked for since): it finds it
-	// not asked for now.
-	s.sawAsked(a)
-	if _, _, err := s.Rollout(ctx, a); err != nil {
-		t.Fatal(err)
-	}
-	if got := asking(); got != a {
-		t.Fatalf("late ask of %q after %s was published again; want %s", got, a, a)
+	if moved == 0 {
+		t.Errorf("granted without being moved out of line: the release was asked for at once")
 	}
 }
 
-// A late ask that Consul refuses (it does not answer the write) is
-// asked again: a host in line looks at nothing else until it is granted
-// or moved out, and nobody else may ask.
-func TestRolloutLateAskAgainAfterAFailure(t *testing.T) {
+// A host told to ask at once (`agent --once`, which has no later) asks
+// for a release it finds not asked for, picked or not.
+func TestRolloutAskAtOnceAsksUnpicked(t *testing.T) {
 	hs := hosts(t, 1, 1)
 	s := hs[0]
 	prev := prevDoc(t, s, 5000)
-	sum := secondPick(t, s.Node, prev)
-	s.SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
-	var down atomic.Bool
-	var refused atomic.Int64
-	down.Store(true)
-	path := "/v1/kv/" + ReleaseKey(s.Prefix, s.Service)
-	c, err := api.NewClient(&api.Config{Address: server.Addr, HttpClient: &http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
-		if r.Method == http.MethodPut && r.URL.Path == path && down.Load() {
-			refused.Add(1)
-			return nil, errors.New("connection refused")
+	sum := ""
+	for i := range 100000 {
+		if c := fmt.Sprintf("sum%d", i+1); !asksAtOnce(s.Node, c, prev, 4*Askers) {
+			sum = c
+			break
 		}
-		return http.DefaultTransport.RoundTrip(r)
-	})}})
-	if err != nil {
-		t.Fatal(err)
 	}
-	s.Client = c
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	s.SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
+	s.AskAtOnce()
+	asks := countAsks(t, hs)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, _, err := s.Rollout(ctx, sum); err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, s.TTL+10*time.Second, func() error {
-		if refused.Load() == 0 {
-			return errors.New("no late ask yet")
-		}
-		return nil
-	})
-	down.Store(false)
-	testutil.Eventually(t, s.TTL+10*time.Second, func() error {
-		kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, "app"), nil)
-		if err != nil {
-			return err
-		}
-		var rel Placement
-		if kv == nil || json.Unmarshal(kv.Value, &rel) != nil || rel.Checksum != sum {
-			return fmt.Errorf("the release key says %v after a refused late ask", kv)
-		}
-		return nil
-	})
+	if got := asks.Load(); got != 1 {
+		t.Fatalf("%d writes to the release key by a host told to ask at once; want 1", got)
+	}
 }
 
 // Each host of a fleet of Askers or fewer asks at once, and of a large

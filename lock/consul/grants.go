@@ -149,10 +149,13 @@ type Slots struct {
 	followFails, lookedFails uint64
 	// electing: an election waits its random time in the background.
 	electing bool
-	// asking: the release askLater waits to ask for, if nobody has;
-	// askedSeen: the last release this host saw asked for (by the
-	// release key, the document or a grant), which it need not ask for.
-	asking, askedSeen string
+	// deferred: the release this host found not asked for and left to
+	// the pick to ask for (asksAtOnce), first at deferredAt.
+	deferred   string
+	deferredAt time.Time
+	// askAlways: this host asks at once for any release it finds not
+	// asked for, picked or not (AskAtOnce).
+	askAlways bool
 	// starting counts the startCoordinator calls in flight: until they
 	// end, the lock held by this host's place in line is theirs to move.
 	starting int
@@ -339,9 +342,6 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 		}
 		var g Grant
 		if json.Unmarshal(kv.Value, &g) == nil && g.State == StateGranted {
-			if sum != "" {
-				s.sawAsked(sum) // granted for a rollout: its release was asked for
-			}
 			return se.lost, nil
 		}
 		if g.State == StateMoved {
@@ -781,6 +781,15 @@ func (c *coordinator) run(ctx context.Context) {
 			}
 			if len(c.queue) == 0 {
 				continue
+			}
+			if c.plan == nil {
+				// Nothing decided: the wants for a release nobody asked
+				// for leave the line after askGrace (moveOut), which the
+				// line, unchanged meanwhile, would not bring here.
+				if err := c.moveOut(ctx); errors.Is(err, errNotCoordinator) {
+					s.logger().Warn("lost the coordinator's lock", "service", s.Service)
+					return
+				}
 			}
 			c.legacy = nil // older agents may have freed slots: read their semaphore again
 		}

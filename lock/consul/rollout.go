@@ -205,14 +205,29 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 	s.mu.Unlock()
 	asked, lost, later := false, false, false
 	if (doc == nil || doc.Checksum != checksum) && rel.Checksum != checksum {
-		if asksAtOnce(s.Node, checksum, doc, Askers) {
+		s.mu.Lock()
+		// A look of a release this host found not asked for before, long
+		// enough ago that the pick's ask would have landed: nobody of
+		// the pick did (gone, or the fleet shrank since its document).
+		again := s.deferred == checksum && time.Since(s.deferredAt) >= AskDefer
+		ask := s.askAlways || again || asksAtOnce(s.Node, checksum, doc, Askers)
+		if !ask && s.deferred != checksum {
+			s.deferred, s.deferredAt = checksum, time.Now()
+		}
+		s.mu.Unlock()
+		if ask {
 			// Check-and-set: of the hosts that find a release at once,
 			// one asks for it, and it alone tries to coordinate at once.
+			// At the index this look read: a release asked for since is
+			// never asked over.
 			ok, err := s.ask(ctx, checksum, relIndex)
 			if err != nil {
 				return nil, "", err
 			}
 			asked, lost = ok, !ok
+			if ok && again {
+				s.logger().Info("asked for the rollout: none of the hosts that ask at once did", "service", s.Service, "checksum", checksum)
+			}
 		} else {
 			later = true
 		}
@@ -224,14 +239,6 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 		s.mu.Lock()
 		s.docHeld = false
 		s.mu.Unlock()
-	}
-	if later {
-		// Left to a few hosts of the fleet (asksAtOnce); should none of
-		// them ask, this host does, in the background, after a random
-		// wait.
-		s.askLater(ctx, checksum, doc, relIndex)
-	} else if doc != nil && doc.Checksum == checksum || rel.Checksum == checksum || asked {
-		s.sawAsked(checksum)
 	}
 	switch {
 	case coordinated, lost, later:
@@ -292,6 +299,12 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 	return doc, place.Wave, nil
 }
 
+// AskDefer is how long after its first look a host that left the ask
+// for a release to the pick (asksAtOnce) asks for it itself, at its next
+// look that finds it still not asked for. A host in line for a release
+// nobody asked for is moved out of line (askGrace) and looks again.
+var AskDefer = 5 * time.Second
+
 // Askers is about how many hosts of a fleet ask for a release at once
 // when they all find it at once (woken by its announcement): the others
 // leave it to them, rather than each writing a check-and-set that all
@@ -321,15 +334,19 @@ func picked(node, checksum string, hosts, askers int) bool {
 	return h.Sum64()%uint64(hosts) < uint64(askers)
 }
 
-// docHosts is the number of hosts doc plans (0 for nil).
+// docHosts is the number of hosts doc plans (0 for nil), a million at
+// most: a document that claims more (written by hand) delays no ask
+// past AskDefer anyway.
 func docHosts(doc *lock.Rollout) int {
 	hosts := 0
 	if doc != nil {
 		for _, w := range doc.Waves {
-			hosts += w.Hosts
+			if w.Hosts > 0 {
+				hosts += min(w.Hosts, 1_000_000)
+			}
 		}
 	}
-	return hosts
+	return min(hosts, 1_000_000)
 }
 
 // ask asks for checksum with a check-and-set of the release key at
@@ -343,114 +360,13 @@ func (s *Slots) ask(ctx context.Context, checksum string, index uint64) (bool, e
 	return ok, nil
 }
 
-// askLater asks for checksum in the background, unless somebody has by
-// then, and becomes the coordinator if nobody is: after a random wait of
-// a quarter of the session TTL to the whole of it for a second pick of
-// hosts (4 × Askers on average), four to six TTLs for the others. It
-// covers the hosts that ask at once gone, or a fleet that shrank since
-// the release before: its rollout starts a TTL or so late (four to six
-// at worst). A host that sees checksum asked for meanwhile (a grant for
-// it, the document) reads nothing; one that sees another release asked
-// for gives up. It asks only if the release key is still as this host's
-// look read it (at index): a release asked for since, later as a rule,
-// is never asked over.
-func (s *Slots) askLater(ctx context.Context, checksum string, prev *lock.Rollout, index uint64) {
+// AskAtOnce makes this host ask at once for any release it finds not
+// asked for, as every host did before the pick: a run of `agent --once`
+// (from cron) has no later look to spare, and each run of a fleet whose
+// pick is absent would wait to be moved out of line first.
+func (s *Slots) AskAtOnce() {
 	s.mu.Lock()
-	// Read just now as neither asked for nor rolling out: what this host
-	// saw of checksum before (a rollout replaced since) no longer holds.
-	if s.askedSeen == checksum {
-		s.askedSeen = ""
-	}
-	start := s.asking != checksum
-	if start {
-		s.asking = checksum
-	}
-	s.mu.Unlock()
-	if !start {
-		return
-	}
-	wait := 4*s.TTL + rand.N(2*s.TTL)
-	if asksAtOnce(s.Node, checksum, prev, 4*Askers) {
-		wait = s.TTL/4 + rand.N(s.TTL*3/4)
-	}
-	go func() {
-		defer func() {
-			s.mu.Lock()
-			if s.asking == checksum {
-				s.asking = ""
-			}
-			s.mu.Unlock()
-		}()
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wait+4*s.TTL+time.Minute)
-		defer cancel()
-		for d := wait; ; d = s.TTL/4 + rand.N(s.TTL/4) {
-			if pause(ctx, d); ctx.Err() != nil {
-				return
-			}
-			s.mu.Lock()
-			off := s.closed || s.askedSeen == checksum || s.asking != checksum
-			s.mu.Unlock()
-			if off {
-				return
-			}
-			asked, again := s.askNow(ctx, checksum, index)
-			if asked {
-				break
-			}
-			if !again {
-				return
-			}
-			// Consul away: a host in line looks at nothing again until
-			// it is granted or moved out, so this asks again.
-		}
-		// This host's look took it that a host of the pick was being
-		// elected, and did not look for a coordinator since: it does now.
-		s.mu.Lock()
-		s.askedSeen, s.seen = checksum, time.Time{}
-		s.mu.Unlock()
-		s.elect(ctx, true, 0)
-	}()
-}
-
-// askNow is askLater's look and ask: whether checksum is asked for now
-// (by this host or another); if not, whether to try again (Consul did
-// not answer).
-func (s *Slots) askNow(ctx context.Context, checksum string, index uint64) (asked, again bool) {
-	kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return false, true
-	}
-	var rel Placement
-	var now uint64
-	if kv != nil {
-		json.Unmarshal(kv.Value, &rel)
-		now = kv.ModifyIndex
-	}
-	switch {
-	case rel.Checksum == checksum:
-		return true, false // only the election may be missing
-	case now != index:
-		return false, false // another release asked for since this host's look
-	}
-	ok, err := s.ask(ctx, checksum, index)
-	if err != nil {
-		return false, true
-	}
-	if !ok {
-		return s.askNow(ctx, checksum, index) // somebody asked just now: for this release?
-	}
-	s.logger().Info("asked for the rollout late: none of the hosts that ask at once did", "service", s.Service, "checksum", checksum)
-	return true, false
-}
-
-// sawAsked notes that checksum was seen asked for: a late ask of another
-// release is off.
-func (s *Slots) sawAsked(checksum string) {
-	s.mu.Lock()
-	s.askedSeen = checksum
-	if s.asking != checksum {
-		s.asking = ""
-	}
+	s.askAlways = true
 	s.mu.Unlock()
 }
 
@@ -557,14 +473,6 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 	if err := json.Unmarshal(kv.Value, &doc); err != nil {
 		return nil, next, fmt.Errorf("read %s: %w", kv.Key, err)
 	}
-	s.mu.Lock()
-	if doc.Checksum != "" && doc.Checksum == s.asking {
-		// Rolling out: its late ask is off. Not a document of another
-		// release, the one before as a rule, which says nothing of the
-		// ask.
-		s.askedSeen = doc.Checksum
-	}
-	s.mu.Unlock()
 	return &doc, next, nil
 }
 
@@ -625,12 +533,27 @@ func (s *Slots) waitCoord(ctx context.Context, index uint64, left <-chan struct{
 // now waits for an approval, a bake or a window.
 func (c *coordinator) moveOut(ctx context.Context) error {
 	s, p := c.s, c.plan
-	if c.planner == nil || p == nil {
+	if c.planner == nil {
 		return nil
 	}
-	asked, _ := c.asked.Load().(string)
+	asked, known := c.asked.Load().(string)
+	if p == nil && !known {
+		return nil // the release key not read yet
+	}
 	var out, keep []want
 	for _, w := range c.queue {
+		if p == nil {
+			// No decision yet (nothing asked for, or the first one to
+			// come): a host in line for a release nobody asked for
+			// leaves the line after askGrace and looks again, and its
+			// look asks (AskDefer).
+			if w.checksum != "" && w.checksum != asked && time.Since(c.seenWant(w)) >= askGrace {
+				out = append(out, w)
+			} else {
+				keep = append(keep, w)
+			}
+			continue
+		}
 		// A host in line for the release asked for, not planned yet,
 		// waits for its plan; so does one in line for another release
 		// for a moment: the host may have asked for it just now, and
