@@ -32,22 +32,8 @@ func prevDoc(t *testing.T, s *Slots, hosts int) *lock.Rollout {
 
 // countAsks counts the writes to the release key of hs's service.
 func countAsks(t *testing.T, hs []*Slots) *atomic.Int64 {
-	t.Helper()
-	n := new(atomic.Int64)
 	path := "/v1/kv/" + ReleaseKey(hs[0].Prefix, hs[0].Service)
-	c, err := api.NewClient(&api.Config{Address: server.Addr, HttpClient: &http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
-		if r.Method == http.MethodPut && r.URL.Path == path {
-			n.Add(1)
-		}
-		return http.DefaultTransport.RoundTrip(r)
-	})}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range hs {
-		s.Client = c
-	}
-	return n
+	return countRequests(t, hs, func(r *http.Request) bool { return r.Method == http.MethodPut && r.URL.Path == path })
 }
 
 // Of a fleet that finds a release at once, a few hosts ask for it (a
@@ -76,17 +62,7 @@ func TestRolloutFewHostsAskForARelease(t *testing.T) {
 	// Every host reads the rollout's keys before any asks, as a fleet
 	// woken at once by the release's announcement does.
 	for _, s := range hs {
-		ok, resp, _, err := s.Client.Txn().Txn(s.LookOps(), nil)
-		if err != nil || !ok {
-			t.Fatalf("read the rollout's keys: %v %v", err, resp)
-		}
-		var pairs api.KVPairs
-		for _, r := range resp.Results {
-			if r.KV != nil && r.KV.ModifyIndex != 0 {
-				pairs = append(pairs, r.KV)
-			}
-		}
-		s.Looked(pairs)
+		s.Looked(lookOps(t, s.Client, s))
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, n)

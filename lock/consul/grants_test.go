@@ -315,10 +315,16 @@ func TestHeldFalseAfterAPausePastTheTTL(t *testing.T) {
 // countCreates points the hosts' clients at one that counts the sessions
 // they create.
 func countCreates(t *testing.T, hs []*Slots) *atomic.Int64 {
+	return countRequests(t, hs, func(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/v1/session/create") })
+}
+
+// countRequests points the hosts' clients at one that counts their
+// requests that match.
+func countRequests(t *testing.T, hs []*Slots, match func(*http.Request) bool) *atomic.Int64 {
 	t.Helper()
 	n := new(atomic.Int64)
 	c, err := api.NewClient(&api.Config{Address: server.Addr, HttpClient: &http.Client{Transport: roundTrip(func(r *http.Request) (*http.Response, error) {
-		if strings.HasPrefix(r.URL.Path, "/v1/session/create") {
+		if match(r) {
 			n.Add(1)
 		}
 		return http.DefaultTransport.RoundTrip(r)

@@ -62,17 +62,7 @@ func TestRolloutLeavingTheLineTakesNoLookOfALostConsul(t *testing.T) {
 		_, _, err := hs[1].WaitRollout(ctx, index)
 		failed <- err
 	}()
-	ok, resp, _, err := cl.Txn().Txn(hs[1].LookOps(), nil)
-	if err != nil || !ok {
-		t.Fatalf("read the rollout's keys: %v %v", err, resp)
-	}
-	var pairs api.KVPairs
-	for _, r := range resp.Results {
-		if r.KV != nil && r.KV.ModifyIndex != 0 {
-			pairs = append(pairs, r.KV)
-		}
-	}
-	hs[1].Looked(pairs)
+	hs[1].Looked(lookOps(t, cl, hs[1]))
 	// Consul crashes: the follower fails, and then the host's look takes
 	// the keys its read brought (no request).
 	c.Kill()
@@ -143,4 +133,21 @@ func TestRolloutLeavingTheLineTakesNoLookOfALostConsul(t *testing.T) {
 			t.Fatalf("host-01's follower, waiting from index %d, did not wake on the document the coordinator wrote (wave b open)", from)
 		}
 	}
+}
+
+// lookOps reads s's LookOps through c, as a read of the host's records
+// brings them along: the pairs that exist.
+func lookOps(t *testing.T, c *api.Client, s *Slots) api.KVPairs {
+	t.Helper()
+	ok, resp, _, err := c.Txn().Txn(s.LookOps(), nil)
+	if err != nil || !ok {
+		t.Fatalf("read the rollout's keys: %v %v", err, resp)
+	}
+	var pairs api.KVPairs
+	for _, r := range resp.Results {
+		if r.KV != nil && r.KV.ModifyIndex != 0 {
+			pairs = append(pairs, r.KV)
+		}
+	}
+	return pairs
 }
