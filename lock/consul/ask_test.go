@@ -246,3 +246,173 @@ func TestAsksAtOnce(t *testing.T) {
 		t.Errorf("no host of %d asks at once for any of 4 releases", hosts)
 	}
 }
+
+// donePlanner plans every release done, as the coordinator of a release
+// rolled out before sees it: decide then looks again only once a minute.
+type donePlanner struct{}
+
+func (donePlanner) Plan(_ context.Context, sum string) (lock.Rollout, map[string]string, error) {
+	return lock.Rollout{Checksum: sum, Done: true, Waves: []lock.WaveState{{Name: "a", Hosts: 5000, Done: 5000}}},
+		map[string]string{"host-00": "a", "host-01": "a"}, nil
+}
+
+// A coordinator alive with a plan of the release before (c.plan != nil,
+// its rollout done), and a host not picked in line for a new release
+// nobody asked for: it is moved out of line after askGrace, so that its
+// next look asks, not at the coordinator's next decision (a minute).
+func TestRolloutMovedOutOfLineWithAPlanOfTheReleaseBefore(t *testing.T) {
+	hs := hosts(t, 2, 2)
+	co, s := hs[0], hs[1]
+	prev := prevDoc(t, co, 5000)
+	sum := notPicked(t, s.Node, prev)
+	for _, h := range hs {
+		h.SetPlanner(donePlanner{})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if ok, err := co.ask(ctx, "sum0", 0); err != nil || !ok {
+		t.Fatalf("ask sum0: %v %v", ok, err)
+	}
+	// host-00 holds a slot outside any rollout: the coordinator stays.
+	began := time.Now()
+	co.Want("")
+	if _, err := co.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer co.Release(ctx)
+	// Its decision of sum0 made (c.plan != nil).
+	testutil.Eventually(t, 10*time.Second, func() error {
+		kv, _, err := co.Client.KV().Get(RolloutKey(co.Prefix, co.Service), nil)
+		var d lock.Rollout
+		if err == nil && kv != nil && json.Unmarshal(kv.Value, &d) == nil && d.By == co.Node && d.Time.After(began) {
+			return nil
+		}
+		return errors.New("no plan of sum0")
+	})
+	if _, _, err := s.Rollout(ctx, sum); err != nil {
+		t.Fatal(err)
+	}
+	s.Want(sum)
+	start := time.Now()
+	actx, acancel := context.WithTimeout(ctx, 20*time.Second)
+	defer acancel()
+	_, err := s.Acquire(actx)
+	if !errors.Is(err, lock.ErrMoved) {
+		t.Fatalf("in line for %s, nobody asked for it, a coordinator with a plan of sum0: not moved out after %v (err %v)", sum, time.Since(start).Round(time.Second), err)
+	}
+}
+
+// slowFirstPlanner takes first to decide its first release, as a first
+// decision reading thousands of records on a busy Consul does.
+type slowFirstPlanner struct {
+	first time.Duration
+	calls atomic.Int64
+}
+
+func (p *slowFirstPlanner) Plan(ctx context.Context, sum string) (lock.Rollout, map[string]string, error) {
+	if p.calls.Add(1) == 1 {
+		select {
+		case <-time.After(p.first):
+		case <-ctx.Done():
+		}
+	}
+	return donePlanner{}.Plan(ctx, sum)
+}
+
+// A coordinator elected with the release before asked for (sum0), its
+// first decision slow, and a new release asked for meanwhile: a host in
+// line for the release asked for is not moved out of line (it would
+// only look again and get back in line: at scale, the whole fleet).
+func TestRolloutAskedReleaseNotMovedOutDuringAFirstDecision(t *testing.T) {
+	hs := hosts(t, 2, 2)
+	co, s := hs[0], hs[1]
+	prevDoc(t, co, 5000)
+	for _, h := range hs {
+		h.SetPlanner(&slowFirstPlanner{first: 8 * time.Second})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if ok, err := co.ask(ctx, "sum0", 0); err != nil || !ok {
+		t.Fatalf("ask sum0: %v %v", ok, err)
+	}
+	co.Want("")
+	if _, err := co.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer co.Release(ctx)
+	// Its decision reads sum0 asked for, and decides (slowly).
+	testutil.Eventually(t, 10*time.Second, func() error {
+		co.mu.Lock()
+		c := co.coord
+		co.mu.Unlock()
+		if c == nil {
+			return errors.New("host-00 does not coordinate")
+		}
+		if a, _ := c.asked.Load().(string); a != "sum0" {
+			return fmt.Errorf("the coordinator has %q asked for", a)
+		}
+		return nil
+	})
+	kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, s.Service), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.ask(ctx, "sum9", kv.ModifyIndex); err != nil || !ok {
+		t.Fatalf("ask sum9: %v %v", ok, err)
+	}
+	moves := 0
+	start := time.Now()
+	for time.Since(start) < 6*time.Second {
+		if _, _, err := s.Rollout(ctx, "sum9"); err != nil {
+			t.Fatal(err)
+		}
+		s.Want("sum9")
+		actx, acancel := context.WithTimeout(ctx, 6*time.Second-time.Since(start))
+		_, err := s.Acquire(actx)
+		acancel()
+		if errors.Is(err, lock.ErrMoved) {
+			moves++
+			continue
+		}
+		break
+	}
+	if moves > 0 {
+		t.Errorf("in line for sum9, asked for, during the coordinator's first decision: moved out %d times in 6 s", moves)
+	}
+}
+
+// A host not picked that left the ask for sum1 to the pick, and whose
+// store still shows sum1 when a newer release was asked for since its
+// first look, does not ask sum1 over it at its later look: its wait
+// starts again.
+func TestRolloutLaterLookDoesNotAskOverANewerRelease(t *testing.T) {
+	hs := hosts(t, 2, 2)
+	s, other := hs[0], hs[1]
+	prev := prevDoc(t, s, 5000)
+	sum := notPicked(t, s.Node, prev)
+	s.SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, _, err := s.Rollout(ctx, sum); err != nil {
+		t.Fatal(err)
+	}
+	// The newer release, asked for by a host of its pick.
+	if ok, err := other.ask(ctx, "newer", 0); err != nil || !ok {
+		t.Fatalf("ask newer: %v %v", ok, err)
+	}
+	s.mu.Lock()
+	s.deferredAt = s.deferredAt.Add(-AskDefer)
+	s.mu.Unlock()
+	if _, _, err := s.Rollout(ctx, sum); err != nil {
+		t.Fatal(err)
+	}
+	kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, s.Service), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rel Placement
+	json.Unmarshal(kv.Value, &rel)
+	if rel.Checksum != "newer" {
+		t.Fatalf("the release key says %q: %s asked over the release asked for since its first look", rel.Checksum, sum)
+	}
+}

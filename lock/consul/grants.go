@@ -151,8 +151,9 @@ type Slots struct {
 	electing bool
 	// deferred: the release this host found not asked for and left to
 	// the pick to ask for (asksAtOnce), first at deferredAt.
-	deferred   string
-	deferredAt time.Time
+	deferred      string
+	deferredAt    time.Time
+	deferredIndex uint64 // the release key's index at that first look
 	// askAlways: this host asks at once for any release it finds not
 	// asked for, picked or not (AskAtOnce).
 	askAlways bool
@@ -782,14 +783,13 @@ func (c *coordinator) run(ctx context.Context) {
 			if len(c.queue) == 0 {
 				continue
 			}
-			if c.plan == nil {
-				// Nothing decided: the wants for a release nobody asked
-				// for leave the line after askGrace (moveOut), which the
-				// line, unchanged meanwhile, would not bring here.
-				if err := c.moveOut(ctx); errors.Is(err, errNotCoordinator) {
-					s.logger().Warn("lost the coordinator's lock", "service", s.Service)
-					return
-				}
+			// The wants for a release nobody asked for leave the line
+			// after askGrace (moveOut), which the line, unchanged
+			// meanwhile, would not bring here; a plan of the release
+			// before, done, is decided again only once a minute.
+			if err := c.moveOut(ctx); errors.Is(err, errNotCoordinator) {
+				s.logger().Warn("lost the coordinator's lock", "service", s.Service)
+				return
 			}
 			c.legacy = nil // older agents may have freed slots: read their semaphore again
 		}

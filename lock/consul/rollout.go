@@ -209,10 +209,13 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 		// A look of a release this host found not asked for before, long
 		// enough ago that the pick's ask would have landed: nobody of
 		// the pick did (gone, or the fleet shrank since its document).
-		again := s.deferred == checksum && time.Since(s.deferredAt) >= AskDefer
+		// Only if nothing was asked for since that first look (the
+		// release key as it read it): a release asked for since, newer
+		// as a rule, is not asked over; the wait starts again.
+		again := s.deferred == checksum && s.deferredIndex == relIndex && time.Since(s.deferredAt) >= AskDefer
 		ask := s.askAlways || again || asksAtOnce(s.Node, checksum, doc, Askers)
-		if !ask && s.deferred != checksum {
-			s.deferred, s.deferredAt = checksum, time.Now()
+		if !ask && (s.deferred != checksum || s.deferredIndex != relIndex) {
+			s.deferred, s.deferredAt, s.deferredIndex = checksum, time.Now(), relIndex
 		}
 		s.mu.Unlock()
 		if ask {
@@ -540,6 +543,27 @@ func (c *coordinator) moveOut(ctx context.Context) error {
 	if p == nil && !known {
 		return nil // the release key not read yet
 	}
+	// c.asked is as decide last read it, which can be seconds ago (a
+	// first decision reading thousands of records, planGap): before
+	// moving a host out for a release nobody asked for, the release key
+	// is read again, once.
+	read, now := false, ""
+	askedNow := func(sum string) bool {
+		if !read {
+			read = true
+			kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
+			if err != nil {
+				now = "?" // unknown: nobody moved out for it now
+				return true
+			}
+			var rel Placement
+			if kv != nil {
+				json.Unmarshal(kv.Value, &rel)
+			}
+			now = rel.Checksum
+		}
+		return now == "?" || now == sum
+	}
 	var out, keep []want
 	for _, w := range c.queue {
 		if p == nil {
@@ -547,7 +571,7 @@ func (c *coordinator) moveOut(ctx context.Context) error {
 			// come): a host in line for a release nobody asked for
 			// leaves the line after askGrace and looks again, and its
 			// look asks (AskDefer).
-			if w.checksum != "" && w.checksum != asked && time.Since(c.seenWant(w)) >= askGrace {
+			if w.checksum != "" && w.checksum != asked && time.Since(c.seenWant(w)) >= askGrace && !askedNow(w.checksum) {
 				out = append(out, w)
 			} else {
 				keep = append(keep, w)
@@ -560,7 +584,8 @@ func (c *coordinator) moveOut(ctx context.Context) error {
 		// this coordinator not read the ask yet.
 		planning := w.checksum == asked && p.doc.Checksum != asked ||
 			w.checksum != p.doc.Checksum && time.Since(c.seenWant(w)) < askGrace
-		if w.checksum != "" && !planning && moved(&p.doc, w.checksum, p.waves[w.node], w.node) {
+		if w.checksum != "" && !planning && moved(&p.doc, w.checksum, p.waves[w.node], w.node) &&
+			!(w.checksum != p.doc.Checksum && w.checksum != asked && askedNow(w.checksum)) {
 			out = append(out, w)
 		} else {
 			keep = append(keep, w)
