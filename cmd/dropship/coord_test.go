@@ -246,7 +246,11 @@ func TestCoordinatorPausedPastItsTTL(t *testing.T) {
 	})
 	victim.cmd.Process.Signal(syscall.SIGSTOP)
 	paused := time.Now()
-	testutil.Eventually(t, 60*time.Second, func() error {
+	// Consul ends the paused agent's session within twice its TTL (20 s);
+	// a host in line then looks for a coordinator within its check (a
+	// few seconds, its follower of the document paused at rest or not),
+	// not at its backstop a minute after it got in line.
+	testutil.Eventually(t, 45*time.Second, func() error {
 		if node := coordinatorOf(t, c.Addr, f.prefix); node == "" || node == victim.name {
 			return fmt.Errorf("coordinator: %q", node)
 		}

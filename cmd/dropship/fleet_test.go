@@ -149,7 +149,21 @@ func (f *fleetRig) stopAll() {
 	for _, h := range f.hosts {
 		if h.cmd != nil && h.cmd.ProcessState == nil {
 			h.cmd.Process.Signal(syscall.SIGTERM)
-			h.cmd.Wait()
+			// An agent a test paused (SIGSTOP) and did not resume, the
+			// test having failed first, takes its SIGTERM once resumed.
+			h.cmd.Process.Signal(syscall.SIGCONT)
+			done := make(chan struct{})
+			go func() {
+				h.cmd.Wait()
+				close(done)
+			}()
+			select {
+			case <-done:
+			case <-time.After(time.Minute):
+				f.t.Errorf("%s did not stop within a minute of SIGTERM: killed", h.name)
+				h.cmd.Process.Kill()
+				<-done
+			}
 		}
 	}
 }

@@ -323,13 +323,15 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 	for {
 		check := CheckCoordinator
 		s.mu.Lock()
-		docHeld := s.docHeld
+		followed := s.following > 0 && s.docHeld
 		s.mu.Unlock()
-		if s.planner != nil && sum != "" && docHeld {
+		if s.planner != nil && sum != "" && followed {
 			// In line for a wave of a rollout, the coordinator's document
-			// seen held: the host follows it, and its release says at
-			// once when the coordinator is gone (WaitRollout); this look
-			// is the backstop.
+			// seen held, and followed now: its release says at once
+			// when the coordinator is gone (WaitRollout); this look is
+			// the backstop. Not when nothing follows it (an agent at
+			// rest paused its follower): the document seen held then
+			// says nothing of the coordinator now.
 			check = inLineChecks * CheckCoordinator
 		}
 		kv, meta, err := s.Client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: check}).WithContext(ctx))
