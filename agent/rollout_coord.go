@@ -185,7 +185,7 @@ func (a *Agent) followDoc(ctx context.Context, r *Runner) {
 				}
 			}
 			last, had = state, doc != nil
-			if (doc == nil || doc.Done || doc.Trip != "") && !r.rolloutWaiting() && r.rest.mayRest() {
+			if (doc == nil || doc.Done || doc.Trip != "") && !r.rolloutWaiting() && !r.inLine() && r.rest.mayRest() {
 				pause()
 			}
 			return next, nil

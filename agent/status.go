@@ -74,6 +74,13 @@ func (r *Runner) setNext(t time.Time) {
 	r.mu.Unlock()
 }
 
+// inLine says whether this host waits in line for a slot now.
+func (r *Runner) inLine() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.status.Waiting
+}
+
 func (r *Runner) setWaiting(b bool) {
 	r.mu.Lock()
 	r.status.Waiting = b

@@ -567,6 +567,9 @@ type slot struct {
 // and adds its release to h.
 func (r *Runner) takeSlot(ctx context.Context, sum string, h *held) (<-chan struct{}, *Outcome) {
 	r.setWaiting(true)
+	// In line, the host follows the coordinator (WaitRollout): its end
+	// reaches the host at once. A host at rest paused that follower.
+	r.rest.wake()
 	r.logger.Info("waiting for a fleet slot", "checksum", sum, "concurrency", r.svc.Concurrency)
 	lost, err := r.sem.Acquire(ctx)
 	r.setWaiting(false)

@@ -12,7 +12,9 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +25,7 @@ import (
 	"github.com/dropshipd/dropship/fleet"
 	"github.com/dropshipd/dropship/fleet/consul"
 	"github.com/dropshipd/dropship/internal/rig/testutil"
+	lockconsul "github.com/dropshipd/dropship/lock/consul"
 )
 
 // consulCounter is a proxy to Consul that notes each request's path.
@@ -258,4 +261,65 @@ func TestHostWhoseTokenMayNotNudgeDoesNotRest(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.waitAll(f.hosts, "v1", 30*time.Second)
+}
+
+// A host at rest (its follower of the document paused) that gets in line
+// for a new release follows the coordinator while it waits, as a host
+// in line does: the coordinator's end reaches it at once, not at its
+// own look (TestCoordinatorPausedPastItsTTL).
+func TestHostAtRestInLineFollowsTheCoordinator(t *testing.T) {
+	t.Parallel()
+	c := consulServer(t)
+	f := newFleet(t, 3, 1, c, `
+  rollout {
+    canary = 0
+    waves  = ["100%"]
+  }`)
+	counters := map[*host]*consulCounter{}
+	for _, h := range f.hosts {
+		counters[h] = f.via(t, h, c.Addr)
+	}
+	v1 := f.publish("v1", false)
+	f.startAll()
+	f.waitAll(f.hosts, "v1", 60*time.Second)
+	f.waitInstalled(f.hosts, v1)
+	// At rest: no host follows the document any more.
+	doc := "GET /v1/kv/" + lockconsul.RolloutKey(f.prefix, "app")
+	testutil.Eventually(t, 60*time.Second, func() error {
+		for h, cn := range counters {
+			for _, p := range cn.held() {
+				if p == doc {
+					return fmt.Errorf("%s follows the document at rest", h.name)
+				}
+			}
+		}
+		return nil
+	})
+	slow := filepath.Join(f.dir, "slow")
+	os.WriteFile(slow, nil, 0o644) // each update takes 30 s: the others wait in line
+	t.Cleanup(func() { os.Remove(slow) })
+	marks := f.marks()
+	v2 := f.publish("v2", false)
+	coord := "GET /v1/kv/" + lockconsul.CoordKey(f.prefix, "app")
+	testutil.Eventually(t, 60*time.Second, func() error {
+		started := f.timelineStarts()[v2]
+		if len(started) == 0 {
+			return errors.New("no host updates to v2")
+		}
+		waiting := 0
+		for _, h := range f.hosts {
+			if slices.Contains(started, h.name) || !strings.Contains(f.logSince(h, marks), "waiting for a fleet slot") {
+				continue
+			}
+			waiting++
+			held := counters[h].held()
+			if !slices.Contains(held, coord) {
+				return fmt.Errorf("%s waits in line for %s and does not follow the coordinator: it holds %v", h.name, v2, held)
+			}
+		}
+		if waiting == 0 {
+			return errors.New("no host waits in line")
+		}
+		return nil
+	})
 }
