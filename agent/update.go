@@ -557,6 +557,10 @@ func (r *Runner) failureBackoff(count int) time.Duration {
 	return min(d, time.Hour)
 }
 
+// followInLineAfter is how long a host waits in line before it follows
+// the coordinator (takeSlot).
+const followInLineAfter = 20 * time.Second
+
 // slot is a held place in the fleet semaphore.
 type slot struct {
 	r    *Runner
@@ -567,11 +571,15 @@ type slot struct {
 // and adds its release to h.
 func (r *Runner) takeSlot(ctx context.Context, sum string, h *held) (<-chan struct{}, *Outcome) {
 	r.setWaiting(true)
-	// In line, the host follows the coordinator (WaitRollout): its end
-	// reaches the host at once. A host at rest paused that follower.
-	r.rest.wake()
+	// A host that waits long in line follows the coordinator (its end
+	// reaches the host at once) rather than looking for it every few
+	// seconds; a host at rest paused that follower. Not at once: a
+	// fleet that gets in line at a release would hold one more long
+	// poll per host while most wait seconds.
+	follow := time.AfterFunc(followInLineAfter, r.rest.wake)
 	r.logger.Info("waiting for a fleet slot", "checksum", sum, "concurrency", r.svc.Concurrency)
 	lost, err := r.sem.Acquire(ctx)
+	follow.Stop()
 	r.setWaiting(false)
 	if errors.Is(err, lock.ErrMoved) {
 		// The rollout moved on while this host waited in line: the next

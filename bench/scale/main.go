@@ -13,8 +13,9 @@
 // grants with a rollout (canary, 10%, 100%) that the coordinator decides,
 // each host doing what an agent's checks do and following the
 // coordinator's document as the agent does (with the watch of the
-// announcements, from when its check first returns until the rollout is
-// done; without it, from its start). -bake sets
+// announcements, from when its check first returns, or it has waited
+// 20 s in line, until the rollout is done; without it, from its start).
+// -bake sets
 // the rollout's bake: the hosts of a wave behind one are not kept in line
 // (the coordinator ends their wait, and they get in line again once the
 // document says their wave opens), as an agent's are.
@@ -623,7 +624,11 @@ func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet
 			}
 		}
 		sl.Want(sum)
-		if _, err := sl.Acquire(ctx); errors.Is(err, lock.ErrMoved) {
+		// Long in line (20 s), its agent follows the coordinator.
+		follow := time.AfterFunc(20*time.Second, engage)
+		_, err = sl.Acquire(ctx)
+		follow.Stop()
+		if errors.Is(err, lock.ErrMoved) {
 			engage()
 			continue // as the agent: its next check decides afresh
 		} else if err != nil {

@@ -263,10 +263,10 @@ func TestHostWhoseTokenMayNotNudgeDoesNotRest(t *testing.T) {
 	f.waitAll(f.hosts, "v1", 30*time.Second)
 }
 
-// A host at rest (its follower of the document paused) that gets in line
-// for a new release follows the coordinator while it waits, as a host
-// in line does: the coordinator's end reaches it at once, not at its
-// own look (TestCoordinatorPausedPastItsTTL).
+// A host at rest (its follower of the document paused) that waits long
+// in line for a new release (20 s) follows the coordinator while it
+// waits: the coordinator's end reaches it at once, rather than at its
+// own look every few seconds (TestCoordinatorPausedPastItsTTL).
 func TestHostAtRestInLineFollowsTheCoordinator(t *testing.T) {
 	t.Parallel()
 	c := consulServer(t)
