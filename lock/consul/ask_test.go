@@ -49,7 +49,7 @@ func TestRolloutFewHostsAskForARelease(t *testing.T) {
 	picked := 0
 	for _, s := range hs {
 		s.SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
-		if asksAtOnce(s.Node, "sum1", prev, Askers) {
+		if asksAtOnce(s.Node, "sum1", prev) {
 			picked++
 		}
 	}
@@ -104,7 +104,7 @@ func TestRolloutFewHostsAskForARelease(t *testing.T) {
 func notPicked(t *testing.T, node string, prev *lock.Rollout) string {
 	t.Helper()
 	for i := range 100000 {
-		if c := fmt.Sprintf("sum%d", i+1); !asksAtOnce(node, c, prev, Askers) {
+		if c := fmt.Sprintf("sum%d", i+1); !asksAtOnce(node, c, prev) {
 			return c
 		}
 	}
@@ -195,13 +195,7 @@ func TestRolloutAskAtOnceAsksUnpicked(t *testing.T) {
 	hs := hosts(t, 1, 1)
 	s := hs[0]
 	prev := prevDoc(t, s, 5000)
-	sum := ""
-	for i := range 100000 {
-		if c := fmt.Sprintf("sum%d", i+1); !asksAtOnce(s.Node, c, prev, 4*Askers) {
-			sum = c
-			break
-		}
-	}
+	sum := notPicked(t, s.Node, prev)
 	s.SetPlanner(&planner{open: map[string]bool{"a": true}, stop: map[string]bool{}})
 	s.AskAtOnce()
 	asks := countAsks(t, hs)
@@ -220,10 +214,10 @@ func TestRolloutAskAtOnceAsksUnpicked(t *testing.T) {
 func TestAsksAtOnce(t *testing.T) {
 	small := &lock.Rollout{Waves: []lock.WaveState{{Hosts: 1}, {Hosts: Askers - 1}}}
 	for i := range Askers {
-		if !asksAtOnce(fmt.Sprintf("host-%02d", i), "sum1", small, Askers) {
+		if !asksAtOnce(fmt.Sprintf("host-%02d", i), "sum1", small) {
 			t.Errorf("host-%02d of a fleet of %d does not ask at once", i, Askers)
 		}
-		if !asksAtOnce(fmt.Sprintf("host-%02d", i), "sum1", nil, Askers) {
+		if !asksAtOnce(fmt.Sprintf("host-%02d", i), "sum1", nil) {
 			t.Errorf("host-%02d with no document before does not ask at once", i)
 		}
 	}
@@ -233,7 +227,7 @@ func TestAsksAtOnce(t *testing.T) {
 	for _, sum := range []string{"sum1", "sum2", "sum3", "sum4"} {
 		n := 0
 		for i := range hosts {
-			if asksAtOnce(fmt.Sprintf("host-%05d", i), sum, large, Askers) {
+			if asksAtOnce(fmt.Sprintf("host-%05d", i), sum, large) {
 				n++
 			}
 		}

@@ -213,7 +213,7 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 		// release key as it read it): a release asked for since, newer
 		// as a rule, is not asked over; the wait starts again.
 		again := s.deferred == checksum && s.deferredIndex == relIndex && time.Since(s.deferredAt) >= AskDefer
-		ask := s.askAlways || again || asksAtOnce(s.Node, checksum, doc, Askers)
+		ask := s.askAlways || again || asksAtOnce(s.Node, checksum, doc)
 		if !ask && (s.deferred != checksum || s.deferredIndex != relIndex) {
 			s.deferred, s.deferredAt, s.deferredIndex = checksum, time.Now(), relIndex
 		}
@@ -317,24 +317,20 @@ var AskDefer = 5 * time.Second
 // fleet's reads at once let through.
 const Askers = 32
 
-// asksAtOnce says whether node is one of a pick of askers hosts on
-// average, different for each release: each host of a fleet of askers
+// asksAtOnce says whether node is one of a pick of Askers hosts on
+// average, different for each release: each host of a fleet of Askers
 // hosts or fewer (by the document of the release before: prev, nil if
 // none) is.
-func asksAtOnce(node, checksum string, prev *lock.Rollout, askers int) bool {
-	return picked(node, checksum, docHosts(prev), askers)
-}
-
-// picked is asksAtOnce for a fleet of hosts.
-func picked(node, checksum string, hosts, askers int) bool {
-	if hosts <= askers {
+func asksAtOnce(node, checksum string, prev *lock.Rollout) bool {
+	hosts := docHosts(prev)
+	if hosts <= Askers {
 		return true
 	}
 	h := fnv.New64a()
 	h.Write([]byte(checksum))
 	h.Write([]byte{0})
 	h.Write([]byte(node))
-	return h.Sum64()%uint64(hosts) < uint64(askers)
+	return h.Sum64()%uint64(hosts) < Askers
 }
 
 // docHosts is the number of hosts doc plans (0 for nil), a million at
@@ -547,22 +543,18 @@ func (c *coordinator) moveOut(ctx context.Context) error {
 	// first decision reading thousands of records, planGap): before
 	// moving a host out for a release nobody asked for, the release key
 	// is read again, once.
-	read, now := false, ""
+	read, failed, now := false, false, ""
 	askedNow := func(sum string) bool {
 		if !read {
 			read = true
 			kv, _, err := s.Client.KV().Get(ReleaseKey(s.Prefix, s.Service), (&api.QueryOptions{}).WithContext(ctx))
-			if err != nil {
-				now = "?" // unknown: nobody moved out for it now
-				return true
-			}
 			var rel Placement
 			if kv != nil {
 				json.Unmarshal(kv.Value, &rel)
 			}
-			now = rel.Checksum
+			failed, now = err != nil, rel.Checksum
 		}
-		return now == "?" || now == sum
+		return failed || now == sum // not known: nobody moved out for it now
 	}
 	var out, keep []want
 	for _, w := range c.queue {
