@@ -74,3 +74,19 @@ func TestRestIsQuietOnlyOnAFreshReadUnderAnUnbrokenWatch(t *testing.T) {
 		t.Fatal("at rest on a token that may not write the nudge")
 	}
 }
+
+// Hosts that got in line together at a release start following the
+// coordinator at moments spread over 20 s, not in the same instant.
+func TestFollowInLineSpreads(t *testing.T) {
+	lo, hi := time.Duration(1<<62), time.Duration(0)
+	for range 200 {
+		d := FollowInLine()
+		if d < 20*time.Second || d >= 40*time.Second {
+			t.Fatalf("FollowInLine() = %v, outside [20 s, 40 s)", d)
+		}
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	if hi-lo < 5*time.Second {
+		t.Fatalf("200 hosts all follow within %v of each other", hi-lo)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -557,9 +558,15 @@ func (r *Runner) failureBackoff(count int) time.Duration {
 	return min(d, time.Hour)
 }
 
-// followInLineAfter is how long a host waits in line before it follows
-// the coordinator (takeSlot).
-const followInLineAfter = 20 * time.Second
+// FollowInLine is how long a host waits in line before it follows the
+// coordinator (takeSlot; bench-scale's hosts too): 20 to 40 s, at
+// random. A fleet gets in line together at a release; following in
+// step, every host would send its reads of the document in the same
+// instant, in the middle of the rollout.
+func FollowInLine() time.Duration {
+	const after = 20 * time.Second
+	return after + rand.N(after)
+}
 
 // slot is a held place in the fleet semaphore.
 type slot struct {
@@ -576,7 +583,7 @@ func (r *Runner) takeSlot(ctx context.Context, sum string, h *held) (<-chan stru
 	// seconds; a host at rest paused that follower. Not at once: a
 	// fleet that gets in line at a release would hold one more long
 	// poll per host while most wait seconds.
-	follow := time.AfterFunc(followInLineAfter, r.rest.wake)
+	follow := time.AfterFunc(FollowInLine(), r.rest.wake)
 	r.logger.Info("waiting for a fleet slot", "checksum", sum, "concurrency", r.svc.Concurrency)
 	lost, err := r.sem.Acquire(ctx)
 	follow.Stop()

@@ -67,6 +67,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/dropshipd/dropship/agent"
 	"github.com/dropshipd/dropship/bench/internal/kinds"
 	"github.com/dropshipd/dropship/fleet"
 	fleetconsul "github.com/dropshipd/dropship/fleet/consul"
@@ -624,8 +625,8 @@ func rolloutHost(ctx context.Context, sl *lockconsul.Slots, f *fleetconsul.Fleet
 			}
 		}
 		sl.Want(sum)
-		// Long in line (20 s), its agent follows the coordinator.
-		follow := time.AfterFunc(20*time.Second, engage)
+		// Long in line, its agent follows the coordinator.
+		follow := time.AfterFunc(agent.FollowInLine(), engage)
 		_, err = sl.Acquire(ctx)
 		follow.Stop()
 		if errors.Is(err, lock.ErrMoved) {

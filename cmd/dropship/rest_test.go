@@ -301,7 +301,9 @@ func TestHostAtRestInLineFollowsTheCoordinator(t *testing.T) {
 	marks := f.marks()
 	v2 := f.publish("v2", false)
 	coord := "GET /v1/kv/" + lockconsul.CoordKey(f.prefix, "app")
-	testutil.Eventually(t, 60*time.Second, func() error {
+	// A host follows 20 to 40 s after it got in line (agent.FollowInLine);
+	// the last in line waits 60 s.
+	testutil.Eventually(t, 90*time.Second, func() error {
 		started := f.timelineStarts()[v2]
 		if len(started) == 0 {
 			return errors.New("no host updates to v2")

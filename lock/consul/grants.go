@@ -79,7 +79,8 @@ var (
 	// by the coordinator: the only read whose size grows with the fleet.
 	ListGap = time.Second
 	// CheckCoordinator is how long a waiting host blocks on its key
-	// before it looks whether a coordinator is still there.
+	// before it looks whether a coordinator is still there (up to half
+	// as long again, at random: inLineCheck).
 	CheckCoordinator = 10 * time.Second
 	// A host in line for a wave of a rollout looks for the coordinator
 	// every inLineChecks × CheckCoordinator (see Acquire).
@@ -93,6 +94,12 @@ var (
 
 // inLineChecks: see CheckCoordinator.
 const inLineChecks = 6
+
+// inLineCheck is how long a host in line waits on its key before it
+// looks for the coordinator, for a check of d: d to 1.5 d, at random.
+func inLineCheck(d time.Duration) time.Duration {
+	return d + rand.N(max(d/2, 1))
+}
 
 // SlotsPrefix, GrantPrefix, GrantKey and CoordKey name the keys of
 // service under prefix. They live outside the service's own folder, which
@@ -204,7 +211,8 @@ func (se *session) fresh(ttl time.Duration) bool {
 }
 
 // newSession creates a session whose keys are deleted (behavior delete)
-// or released with it, and renews it every TTL/2.
+// or released with it, and renews it every TTL/2 (the first time
+// sooner: firstRenewal).
 func newSession(ctx context.Context, c *api.Client, name string, ttl time.Duration, behavior string) (*session, error) {
 	sent := time.Now()
 	id, _, err := c.Session().Create(&api.SessionEntry{
@@ -222,9 +230,18 @@ func newSession(ctx context.Context, c *api.Client, name string, ttl time.Durati
 	return se, nil
 }
 
+// firstRenewal is when a session is first renewed: at a random moment
+// between a quarter and half of its TTL, then every half TTL. A fleet
+// that gets in line at a release creates its sessions together; renewed
+// in step, they would all reach Consul in the same instant, every half
+// TTL, while it grants.
+func firstRenewal(ttl time.Duration) time.Duration {
+	return ttl/4 + rand.N(max(ttl/4, 1))
+}
+
 func (se *session) renew(c *api.Client, ttl time.Duration) {
 	defer close(se.done)
-	t := time.NewTicker(ttl / 2)
+	t := time.NewTimer(firstRenewal(ttl))
 	defer t.Stop()
 	deadline := time.Now().Add(ttl)
 	for {
@@ -233,6 +250,7 @@ func (se *session) renew(c *api.Client, ttl time.Duration) {
 			return
 		case <-t.C:
 		}
+		t.Reset(ttl / 2)
 		sent := time.Now()
 		ent, _, err := c.Session().Renew(se.id, nil)
 		switch {
@@ -334,6 +352,9 @@ func (s *Slots) Acquire(ctx context.Context) (<-chan struct{}, error) {
 			// says nothing of the coordinator now.
 			check = inLineChecks * CheckCoordinator
 		}
+		// Hosts that got in line together would all look for the
+		// coordinator in the same instant, every check: spread them.
+		check = inLineCheck(check)
 		kv, meta, err := s.Client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: check}).WithContext(ctx))
 		if err != nil {
 			s.Release(context.WithoutCancel(ctx))

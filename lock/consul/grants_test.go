@@ -505,3 +505,67 @@ func TestElectionLineSessionEndsBeforeTheMove(t *testing.T) {
 		})
 	}
 }
+
+// Sessions created together (a fleet getting in line at a release) are
+// first renewed at moments spread over a quarter of their TTL, not in
+// the same instant, and never before a quarter of it.
+func TestSessionsCreatedTogetherRenewApart(t *testing.T) {
+	t.Parallel()
+	c := client(t)
+	const ttl = 10 * time.Second // Consul's least
+	created := time.Now()
+	var ses []*session
+	for i := range 8 {
+		se, err := newSession(context.Background(), c, fmt.Sprintf("dropship %s-%d", t.Name(), i), ttl, api.SessionBehaviorDelete)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { se.end(c) })
+		ses = append(ses, se)
+	}
+	first := make([]time.Time, len(ses))
+	testutil.Eventually(t, 60*time.Second, func() error {
+		for i, se := range ses {
+			se.mu.Lock()
+			r := se.renewed
+			se.mu.Unlock()
+			if !r.After(created.Add(time.Second)) {
+				return fmt.Errorf("session %d not renewed yet", i)
+			}
+			first[i] = r
+		}
+		return nil
+	})
+	lo, hi := first[0], first[0]
+	for _, r := range first {
+		if r.Sub(created) < ttl/4 {
+			t.Errorf("a session renewed %v after its creation, before a quarter of its TTL", r.Sub(created))
+		}
+		if r.Before(lo) {
+			lo = r
+		}
+		if r.After(hi) {
+			hi = r
+		}
+	}
+	if hi.Sub(lo) < 200*time.Millisecond {
+		t.Fatalf("8 sessions created together were first renewed within %v of each other", hi.Sub(lo))
+	}
+}
+
+// A host in line looks for the coordinator after d to 1.5 d, at random:
+// hosts that got in line together look apart.
+func TestInLineCheckSpreads(t *testing.T) {
+	const d = 10 * time.Second
+	lo, hi := time.Duration(1<<62), time.Duration(0)
+	for range 200 {
+		c := inLineCheck(d)
+		if c < d || c >= d+d/2 {
+			t.Fatalf("inLineCheck(%v) = %v, outside [d, 1.5 d)", d, c)
+		}
+		lo, hi = min(lo, c), max(hi, c)
+	}
+	if hi-lo < d/4 {
+		t.Fatalf("200 checks all within %v of each other", hi-lo)
+	}
+}
