@@ -51,7 +51,7 @@ func TestReportEventsWritesTheStatusAndItsEventsAtOnce(t *testing.T) {
 func TestReportsCheckTheAuditLogsTrimOnceInTrimSlack(t *testing.T) {
 	ctx := context.Background()
 	p, cnt := countedFleet(t, "test/"+testutil.Unique(t), "host-0")
-	const hosts = 200
+	const hosts = 4 * trimSlack
 	for i := range hosts {
 		h := *p
 		h.Node = fmt.Sprint("host-", i)
@@ -61,7 +61,7 @@ func TestReportsCheckTheAuditLogsTrimOnceInTrimSlack(t *testing.T) {
 		}
 	}
 	// One transaction each, and the lists of the log's keys: 4 expected
-	// (200 / 50); more than 16 has odds below one in a million.
+	// (hosts / trimSlack); more than 16 has odds below one in a million.
 	if listed := cnt.req.Load() - hosts; listed > 4*hosts/trimSlack {
 		t.Fatalf("%d hosts' reports listed the audit log %d times, want about %d", hosts, listed, hosts/trimSlack)
 	}
