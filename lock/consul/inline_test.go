@@ -676,3 +676,60 @@ func TestRolloutLeavingTheLineTakesTheDocumentItLookedAt(t *testing.T) {
 		t.Fatalf("host-01's follower read %+v (%v); want wave b closed", w.doc, w.err)
 	}
 }
+
+// A follower that starts (an agent at rest resumes it as its check
+// returns) takes the document the host's look read just now as its first
+// read, rather than reading it from Consul again; from a look older
+// than lookFresh it reads Consul; either way the next write wakes it.
+func TestRolloutFollowerStartsFromTheDocumentItsLookReadJustNow(t *testing.T) {
+	hs := hosts(t, 2, 1)
+	p := &planner{open: map[string]bool{"a": true}, stop: map[string]bool{}}
+	for _, h := range hs {
+		h.SetPlanner(p)
+	}
+	docKey := "/v1/kv/" + RolloutKey(hs[1].Prefix, hs[1].Service)
+	docReads := countRequests(t, hs[1:], func(r *http.Request) bool { return r.Method == http.MethodGet && r.URL.Path == docKey })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	askAndPlace(ctx, t, hs[0], hs[1]) // host-01's last look: placed in wave b, closed
+	kv, _, err := hs[1].Client.KV().Get(RolloutKey(hs[1].Prefix, hs[1].Service), nil)
+	if err != nil || kv == nil {
+		t.Fatalf("the document: %v, %v", kv, err)
+	}
+	if _, _, err := hs[1].Rollout(ctx, "sum1"); err != nil {
+		t.Fatal(err)
+	}
+	reads := docReads.Load()
+	doc, index, err := hs[1].WaitRollout(ctx, 0)
+	if err != nil || doc == nil || doc.Wave("b") == nil || doc.Wave("b").Open || index != kv.ModifyIndex {
+		t.Fatalf("the follower's first read: %+v at index %d (%v); want wave b closed, index %d", doc, index, err, kv.ModifyIndex)
+	}
+	if n := docReads.Load() - reads; n != 0 {
+		t.Fatalf("the follower's first read asked Consul %d times for the document its look read just now", n)
+	}
+	// The next write of the document wakes it.
+	next := waitRollout(ctx, hs[1], index)
+	p.set("b", true)
+	nudge(t, hs[0])
+	var w waited
+	select {
+	case w = <-next:
+	case <-ctx.Done():
+		t.Fatal("host-01's follower did not wake on the document's next write")
+	}
+	if w.err != nil || w.doc == nil || w.doc.Wave("b") == nil || !w.doc.Wave("b").Open {
+		t.Fatalf("host-01's follower read %+v (%v); want wave b open", w.doc, w.err)
+	}
+	// A look older than lookFresh: the first read is Consul's.
+	hs[1].mu.Lock()
+	hs[1].lookedDocAt = time.Now().Add(-lookFresh - time.Second)
+	hs[1].mu.Unlock()
+	reads = docReads.Load()
+	doc, _, err = hs[1].WaitRollout(ctx, 0)
+	if err != nil || doc == nil || doc.Wave("b") == nil || !doc.Wave("b").Open {
+		t.Fatalf("the follower's first read after an old look: %+v (%v); want wave b open", doc, err)
+	}
+	if n := docReads.Load() - reads; n != 1 {
+		t.Fatalf("the follower's first read after an old look asked Consul %d times, want 1", n)
+	}
+}
