@@ -146,11 +146,9 @@ type Slots struct {
 	looked   api.KVPairs
 	lookedAt time.Time
 	// lookedDoc: the document as this host's last look at the rollout
-	// read it (at lookedDocAt), which the follower takes when the host
-	// leaves the line, or as its first read when its look read it just
-	// now, rather than asking Consul again (WaitRollout).
-	lookedDoc   *api.KVPair
-	lookedDocAt time.Time
+	// read it, which the follower takes when the host leaves the line
+	// rather than asking Consul again (WaitRollout).
+	lookedDoc *api.KVPair
 	// followFails counts the failures of the follower's reads;
 	// lookedFails is its count when the keys of looked were read. A look
 	// whose keys were read before the follower's last failure may be of

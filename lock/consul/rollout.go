@@ -95,7 +95,6 @@ func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, st
 	}
 	s.mu.Unlock()
 	if pairs == nil || time.Since(at) > lookFresh {
-		at = time.Now()
 		ok, resp, _, err := s.Client.Txn().Txn(s.LookOps(), (&api.QueryOptions{}).WithContext(ctx))
 		if err == nil && !ok {
 			err = fmt.Errorf("%v", resp.Errors)
@@ -110,7 +109,7 @@ func (s *Slots) Rollout(ctx context.Context, checksum string) (*lock.Rollout, st
 			}
 		}
 	}
-	return s.rolloutFrom(ctx, checksum, pairs, at, fails)
+	return s.rolloutFrom(ctx, checksum, pairs, fails)
 }
 
 // ElectionPause is the least a host that finds the release asked for
@@ -166,9 +165,9 @@ func (s *Slots) Looked(pairs api.KVPairs) {
 	s.mu.Unlock()
 }
 
-// rolloutFrom is Rollout once the keys are read (at read), the
-// follower's failures then numbering fails.
-func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPairs, read time.Time, fails uint64) (*lock.Rollout, string, error) {
+// rolloutFrom is Rollout once the keys are read, the follower's failures
+// then numbering fails.
+func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPairs, fails uint64) (*lock.Rollout, string, error) {
 	waveKey := WaveKey(s.Prefix, s.Service, s.Node)
 	var doc *lock.Rollout
 	var docKV *api.KVPair
@@ -201,7 +200,7 @@ func (s *Slots) rolloutFrom(ctx context.Context, checksum string, pairs api.KVPa
 	// reached.
 	s.mu.Lock()
 	if s.followFails == fails {
-		s.lookedDoc, s.lookedDocAt = docKV, read
+		s.lookedDoc = docKV
 	}
 	s.mu.Unlock()
 	asked, lost, later := false, false, false
@@ -439,14 +438,6 @@ func (s *Slots) WaitRollout(ctx context.Context, index uint64) (*lock.Rollout, u
 		// Else this host left the line: its wait on the document goes
 		// on from where it was, and ends at once if it changed since.
 	}
-	if index == 0 {
-		if doc, next, ok := s.lookedNow(); ok {
-			// A follower that starts (or resumes, an agent at rest)
-			// as its host's check returns: the document that check's
-			// look read just now, rather than the same read again.
-			return doc, next, nil
-		}
-	}
 	q := &api.QueryOptions{}
 	if index > 0 {
 		// As long as Consul waits (10 minutes): the document, not the
@@ -498,22 +489,6 @@ func (s *Slots) lookedSince(index uint64) (*lock.Rollout, uint64, bool) {
 	if kv == nil || kv.ModifyIndex <= index {
 		return nil, 0, false
 	}
-	return s.lookedDocument(kv)
-}
-
-// lookedNow returns the document as this host's last look read it, if
-// it read it less than lookFresh ago.
-func (s *Slots) lookedNow() (*lock.Rollout, uint64, bool) {
-	s.mu.Lock()
-	kv, at := s.lookedDoc, s.lookedDocAt
-	s.mu.Unlock()
-	if kv == nil || time.Since(at) > lookFresh {
-		return nil, 0, false
-	}
-	return s.lookedDocument(kv)
-}
-
-func (s *Slots) lookedDocument(kv *api.KVPair) (*lock.Rollout, uint64, bool) {
 	var doc lock.Rollout
 	if json.Unmarshal(kv.Value, &doc) != nil {
 		return nil, 0, false
