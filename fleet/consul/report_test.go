@@ -47,11 +47,11 @@ func TestReportEventsWritesTheStatusAndItsEventsAtOnce(t *testing.T) {
 
 // Every host of a rollout reports at its end: N hosts must not list the
 // audit log's keys (up to MaxEvents of them) N times. A report checks
-// the trim once in trimSlack, at random.
-func TestReportsCheckTheAuditLogsTrimOnceInTrimSlack(t *testing.T) {
+// the trim once in trimCheck, at random.
+func TestReportsCheckTheAuditLogsTrimOnceInTrimCheck(t *testing.T) {
 	ctx := context.Background()
 	p, cnt := countedFleet(t, "test/"+testutil.Unique(t), "host-0")
-	const hosts = 4 * trimSlack
+	const hosts = 4 * trimCheck
 	for i := range hosts {
 		h := *p
 		h.Node = fmt.Sprint("host-", i)
@@ -61,9 +61,9 @@ func TestReportsCheckTheAuditLogsTrimOnceInTrimSlack(t *testing.T) {
 		}
 	}
 	// One transaction each, and the lists of the log's keys: 4 expected
-	// (hosts / trimSlack); more than 16 has odds below one in a million.
-	if listed := cnt.req.Load() - hosts; listed > 4*hosts/trimSlack {
-		t.Fatalf("%d hosts' reports listed the audit log %d times, want about %d", hosts, listed, hosts/trimSlack)
+	// (hosts / trimCheck); more than 16 has odds below one in a million.
+	if listed := cnt.req.Load() - hosts; listed > 4*hosts/trimCheck {
+		t.Fatalf("%d hosts' reports listed the audit log %d times, want about %d", hosts, listed, hosts/trimCheck)
 	}
 	evs, _, err := p.Log(ctx, "app", 0)
 	if err != nil {
