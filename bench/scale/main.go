@@ -157,6 +157,8 @@ var shared = &http.Transport{
 	MaxIdleConns:        4096,
 	MaxIdleConnsPerHost: 4096,
 	IdleConnTimeout:     90 * time.Second,
+	// As an agent's client of a Consul on loopback (consulx.Config).
+	DisableCompression: true,
 }
 
 func newClient(addr string, req, recv, watch *atomic.Int64) (*api.Client, error) {

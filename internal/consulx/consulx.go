@@ -4,7 +4,9 @@ package consulx
 
 import (
 	"fmt"
+	"net"
 	"os"
+	"strings"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/hcl/v2"
@@ -91,5 +93,28 @@ func (c Conn) Config(baseDir string) *api.Config {
 			*f.dst = hclx.Path(baseDir, *f.v)
 		}
 	}
+	// Compression pays over a network, not over loopback: an agent's
+	// Consul is as a rule the host's own Consul agent (127.0.0.1:8500),
+	// which would gzip each answer of more than a packet for this
+	// process to gunzip, CPU on both sides for nothing.
+	cfg.Transport.DisableCompression = loopback(cfg.Address)
 	return cfg
+}
+
+// loopback says whether addr (host:port, with or without a scheme) is on
+// this host's loopback.
+func loopback(addr string) bool {
+	if _, rest, ok := strings.Cut(addr, "://"); ok {
+		addr = rest
+	}
+	addr, _, _ = strings.Cut(addr, "/") // a reverse proxy's path
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = strings.Trim(addr, "[]") // no port
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -1,6 +1,8 @@
 package consulx
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,5 +34,37 @@ func TestConnOfFlags(t *testing.T) {
 	plain := Conn{Address: &addr}
 	if cfg := plain.Config(dir); cfg.Token != "from-the-environment" {
 		t.Fatalf("the environment's token is not the default: %q", cfg.Token)
+	}
+}
+
+// A client of a Consul on this host's loopback asks for no compression
+// (Consul would gzip its answers for this process to gunzip); one of a
+// Consul across the network does.
+func TestCompressionOnlyAcrossTheNetwork(t *testing.T) {
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.Header.Get("Accept-Encoding"))
+		w.Header().Set("X-Consul-Index", "1")
+		w.WriteHeader(http.StatusNotFound)
+	}))
+	defer srv.Close()
+	addr := srv.Listener.Addr().String() // 127.0.0.1:port
+	c, err := Conn{Address: &addr}.Client("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.KV().Get("k", nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0] != "" {
+		t.Fatalf("a client of a Consul on loopback asked for %q", got)
+	}
+	for addr, want := range map[string]bool{
+		"127.0.0.1:8500": true, "localhost:8500": true, "http://[::1]:8500": true, "https://127.0.0.2:8501/consul": true, "[::1]": true,
+		"consul.internal:8500": false, "https://10.0.0.5:8501": false, "192.168.1.9": false,
+	} {
+		if got := (Conn{Address: &addr}).Config("").Transport.DisableCompression; got != want {
+			t.Errorf("%s: compression disabled %v, want %v", addr, got, want)
+		}
 	}
 }
