@@ -55,6 +55,10 @@ type Fleet struct {
 	// scope: what this writer's token may delete of the audit logs, as
 	// its reports found (trimScope); shared by copies of the Fleet.
 	scope *atomic.Int32
+	// shares: each service's share of the audit log's bound this writer
+	// keeps of its own events when it may delete no other (trimShare);
+	// shared by copies of the Fleet.
+	shares *sync.Map
 }
 
 type config struct {
@@ -71,7 +75,7 @@ func Factory(_ string, body hcl.Body, env fleet.Env) (fleet.Agent, hcl.Diagnosti
 	if diags.HasErrors() {
 		return nil, diags
 	}
-	p := &Fleet{Prefix: DefaultPrefix, Node: env.NodeName, scope: new(atomic.Int32)}
+	p := &Fleet{Prefix: DefaultPrefix, Node: env.NodeName, scope: new(atomic.Int32), shares: new(sync.Map)}
 	if c.Prefix != nil {
 		p.Prefix = strings.Trim(*c.Prefix, "/")
 	}
@@ -294,11 +298,11 @@ func (p *Fleet) Report(ctx context.Context, service string, st fleet.NodeStatus)
 // an outcome's) to the audit log, in one transaction: one request, and
 // whoever reads the status finds its events written. Every host of a
 // rollout reports at its end, so the log's trim is not checked on each
-// of these appends but on one in trimSlack, at random (see trimDue), by
+// of these appends but on one in trimCheck, at random (see trimDue), by
 // a writer whose token may trim the whole log. One whose token may
-// delete only its own events (an agent's, AgentPolicy) checks on each,
-// as Record does, else the log would grow by about trimSlack events per
-// host past its bound. Which it is rides along in the transaction (see
+// delete only its own events (an agent's, AgentPolicy) trims its own
+// folder to its share on each (trimShare), as Record does, else the log
+// would grow by about trimCheck events per host past its bound. Which it is rides along in the transaction (see
 // trimScope): no request of its own.
 // When Consul refuses the transaction (a token that may write the status
 // but not the log, or the log but not the status), the events are
@@ -964,6 +968,9 @@ func (p *Fleet) auditFolder(service string) string {
 // may not delete them all deletes those it may: an agent's its own, the
 // others go when their writers next append, or when an operator does.
 func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
+	if p.trimScope() == trimOwn {
+		return p.trimShare(ctx, service, keep)
+	}
 	prefix := fleet.AuditKey(p.Prefix, service)
 	keys, _, err := p.Client.KV().Keys(prefix, "", (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
@@ -1005,6 +1012,60 @@ func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
 		}
 	}
 	_, why, err := p.deleteAll(ctx, service, own)
+	if err == nil {
+		err = why
+	}
+	return err
+}
+
+// trimShare keeps this writer's folder of the audit log of service to
+// its share of keep: keep over the number of writers, one at least. Its
+// token may delete no other writer's events (an agent's, AgentPolicy),
+// so it cannot trim the log to keep by Consul's order: in a fleet of
+// more hosts than keep, each host keeps at least its newest event, and
+// finding its own among the oldest would read the whole log, thousands
+// of events, at every report of every host. This reads the keys of its
+// own folder, named by the time it wrote them, and the names of the
+// writers' folders at its first trim and once in trimCheck after. The
+// log then holds about keep events, or one per writer when there are
+// more writers; an operator's command trims it to keep by Consul's
+// order (trim), and readers get the newest keep.
+func (p *Fleet) trimShare(ctx context.Context, service string, keep int) error {
+	share := 0
+	if p.shares != nil {
+		if v, ok := p.shares.Load(service); ok && !p.trimDue() {
+			share = v.(int)
+		}
+	}
+	if share == 0 {
+		folders, _, err := p.Client.KV().Keys(fleet.AuditKey(p.Prefix, service), "/", (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return fmt.Errorf("%w: trim the audit log of %s: %v", fleet.ErrUnavailable, service, err)
+		}
+		writers := 0
+		for _, k := range folders {
+			if strings.HasSuffix(k, "/") {
+				writers++
+			}
+		}
+		share = max(1, keep/max(1, writers))
+		if p.shares != nil {
+			p.shares.Store(service, share)
+		}
+	}
+	own, _, err := p.Client.KV().Keys(p.auditFolder(service), "", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("%w: trim the audit log of %s: %v", fleet.ErrUnavailable, service, err)
+	}
+	if len(own) <= share {
+		return nil
+	}
+	sort.Strings(own) // the order this writer wrote them in (event)
+	var old api.KVPairs
+	for _, k := range own[:len(own)-share] {
+		old = append(old, &api.KVPair{Key: k})
+	}
+	_, why, err := p.deleteAll(ctx, service, old)
 	if err == nil {
 		err = why
 	}

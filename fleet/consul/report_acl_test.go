@@ -18,11 +18,11 @@ import (
 )
 
 // Hosts with their agents' tokens (AgentPolicy) may delete only their own
-// events: each must trim its own among the oldest as it appends, or the
-// log grows past its bound by about trimSlack events per host (for
-// 1,000 hosts, some 50,000, which every dashboard and `fleet log` reads
-// in full). Their reports keep the log within MaxEvents + trimSlack, as
-// their appends with Record do.
+// events: each must trim its own as it appends, or the log grows past its
+// bound by about trimCheck events per host (for 1,000 hosts, some
+// 125,000, which every dashboard and `fleet log` reads in full). Each
+// keeps its share, MaxEvents over the writers: their reports bring the
+// log back to MaxEvents, as their appends with Record do.
 func TestAgentsReportsKeepTheAuditLogBounded(t *testing.T) {
 	ctx := context.Background()
 	acl := servers.ACLConsul(t)
@@ -59,6 +59,14 @@ func TestAgentsReportsKeepTheAuditLogBounded(t *testing.T) {
 		if len(keys) > fleet.MaxEvents+trimSlack+hosts {
 			t.Fatalf("after %d reports the audit log holds %d events: its bound is %d", r+1, len(keys), fleet.MaxEvents+trimSlack)
 		}
+	}
+	// Every host has reported: each holds its share, 100.
+	keys, _, err := admin.KV().Keys(fleet.AuditKey(prefix, "app"), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != fleet.MaxEvents {
+		t.Fatalf("after every host's reports the audit log holds %d events, want %d", len(keys), fleet.MaxEvents)
 	}
 	// The token's scope is learnt from its first report: each report since
 	// is one transaction (with the trim's reads), never a refused one
@@ -121,4 +129,57 @@ func (c *kindCounter) seen() map[string]int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return maps.Clone(c.n)
+}
+
+// Agents that may delete only their own events, in a fleet of more hosts
+// than the log's bound: each host keeps its newest event, so no host can
+// bring the log down to its bound. Each report reads this host's own
+// folder (and the writers' names at the first trim), never the whole
+// log, and the log keeps one event per host rather than growing.
+func TestAgentsOfAFleetLargerThanTheBoundReadOnlyTheirOwnEvents(t *testing.T) {
+	ctx := context.Background()
+	base, cnt := countedFleet(t, "test/"+testutil.Unique(t), "host-0")
+	admin, err := api.NewClient(&api.Config{Address: servers.Consul(t).Addr}) // not counted
+	if err != nil {
+		t.Fatal(err)
+	}
+	const hosts, reports = fleet.MaxEvents + trimSlack + 50, 100
+	// The rollout before: one event per host.
+	fillLog(t, admin, base.Prefix, hosts, func(i int) string { return fmt.Sprint("host-", i) }, -1)
+	// As the lock blocks of the fleet's agents build theirs: the token's
+	// scope learnt (an agent's: trimOwn, see above).
+	own := new(atomic.Int32)
+	own.Store(trimOwn)
+	shares := new(sync.Map)
+	before, reqs := cnt.recv.Load(), cnt.req.Load()
+	for i := range reports {
+		h := *base
+		h.Node, h.scope, h.shares = fmt.Sprint("host-", i), own, shares
+		ns := fleet.NodeStatus{Node: h.Node, Checksum: "new", Attempt: "new", Result: "installed", Time: time.Now().UTC()}
+		if err := h.ReportEvents(ctx, "app", ns, fleet.OutcomeEvents(ns)); err != nil {
+			t.Fatal(err)
+		}
+		mine, _, err := admin.KV().Keys(h.auditFolder("app"), "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(mine) != 1 || !strings.Contains(mine[0], "-") || strings.Contains(mine[0], "-0000") {
+			t.Fatalf("%s's own events after its report: %v, want its newest alone", h.Node, mine)
+		}
+	}
+	read := (cnt.recv.Load() - before) / reports
+	perReport := float64(cnt.req.Load()-reqs) / reports
+	keys, _, err := admin.KV().Keys(fleet.AuditKey(base.Prefix, "app"), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != hosts {
+		t.Errorf("the log holds %d events after %d reports of a fleet of %d hosts, want one per host", len(keys), reports, hosts)
+	}
+	// The report, the keys of its own folder, the delete of its older
+	// event; the writers' names once. The log's keys alone are some
+	// 90 KB, its events some 700 KB.
+	if read > 8<<10 || perReport > 3.5 {
+		t.Errorf("each report made %.1f requests and read %d KB from Consul", perReport, read>>10)
+	}
 }

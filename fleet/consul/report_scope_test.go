@@ -14,10 +14,10 @@ import (
 
 // A token that may write the whole prefix but not the operators' folder
 // of the audit log (kept from the agents) passes the reports' probe, so
-// its host checks the trim on one report in trimSlack only, counting on
+// its host checks the trim on one report in trimCheck only, counting on
 // its trims to delete every writer's events. When its turn comes, it
 // deletes all the old events it may, the other hosts' too, not its own
-// only: else those of hosts yet to take their turn (about trimSlack
+// only: else those of hosts yet to take their turn (about trimCheck
 // each) pile up past the log's bound.
 func TestATrimKeptFromSomeFoldersDeletesTheOthersItMay(t *testing.T) {
 	ctx := context.Background()
