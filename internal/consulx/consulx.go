@@ -96,7 +96,8 @@ func (c Conn) Config(baseDir string) *api.Config {
 	// Compression pays over a network, not over loopback: an agent's
 	// Consul is as a rule the host's own Consul agent (127.0.0.1:8500),
 	// which would gzip each answer of more than a packet for this
-	// process to gunzip, CPU on both sides for nothing.
+	// process to gunzip, CPU on both sides for nothing. (A unix://
+	// address gets consul/api's own transport, compression and all.)
 	cfg.Transport.DisableCompression = loopback(cfg.Address)
 	return cfg
 }
@@ -112,7 +113,8 @@ func loopback(addr string) bool {
 	if err != nil {
 		host = strings.Trim(addr, "[]") // no port
 	}
-	if strings.EqualFold(host, "localhost") {
+	host, _, _ = strings.Cut(host, "%") // an IPv6 zone: [::1%lo]
+	if strings.EqualFold(strings.TrimSuffix(host, "."), "localhost") {
 		return true
 	}
 	ip := net.ParseIP(host)

@@ -61,6 +61,7 @@ func TestCompressionOnlyAcrossTheNetwork(t *testing.T) {
 	}
 	for addr, want := range map[string]bool{
 		"127.0.0.1:8500": true, "localhost:8500": true, "http://[::1]:8500": true, "https://127.0.0.2:8501/consul": true, "[::1]": true,
+		"[::1%lo]:8500": true, "localhost.:8500": true, "localhost@evil.example:8500": false,
 		"consul.internal:8500": false, "https://10.0.0.5:8501": false, "192.168.1.9": false,
 	} {
 		if got := (Conn{Address: &addr}).Config("").Transport.DisableCompression; got != want {
