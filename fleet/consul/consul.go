@@ -988,32 +988,19 @@ func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
 	}
 	sort.SliceStable(pairs, func(i, j int) bool { return pairs[i].CreateIndex < pairs[j].CreateIndex }) // one index: one writer's transaction, its keys in order
 	old := pairs[:len(pairs)-keep]
-	if p.trimScope() != trimOwn {
-		// Every writer's events it may delete, its own among them: a
-		// token that passed the report's probe may still be kept from
-		// some folders (the operators'), and the others' events must not
-		// wait for their writers' turn.
-		refused, _, err := p.deleteAll(ctx, service, old)
-		others := 0
-		for _, kv := range old {
-			if !strings.HasPrefix(kv.Key, p.auditFolder(service)) {
-				others++
-			}
-		}
-		if err == nil && others > 0 && refused >= others {
-			p.setTrimScope(trimOwn) // none but its own: they are trimmed at each report
-		}
-		return err
-	}
-	var own api.KVPairs
+	// Every writer's events it may delete, its own among them: a token
+	// that passed the report's probe may still be kept from some folders
+	// (the operators'), and the others' events must not wait for their
+	// writers' turn.
+	refused, _, err := p.deleteAll(ctx, service, old)
+	others := 0
 	for _, kv := range old {
-		if strings.HasPrefix(kv.Key, p.auditFolder(service)) {
-			own = append(own, kv)
+		if !strings.HasPrefix(kv.Key, p.auditFolder(service)) {
+			others++
 		}
 	}
-	_, why, err := p.deleteAll(ctx, service, own)
-	if err == nil {
-		err = why
+	if err == nil && others > 0 && refused >= others {
+		p.setTrimScope(trimOwn) // none but its own: they are trimmed at each report (trimShare)
 	}
 	return err
 }
@@ -1025,11 +1012,16 @@ func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
 // more hosts than keep, each host keeps at least its newest event, and
 // finding its own among the oldest would read the whole log, thousands
 // of events, at every report of every host. This reads the keys of its
-// own folder, named by the time it wrote them, and the names of the
-// writers' folders at its first trim and once in trimCheck after. The
-// log then holds about keep events, or one per writer when there are
-// more writers; an operator's command trims it to keep by Consul's
-// order (trim), and readers get the newest keep.
+// own folder (and its events, when there are more than its share), and
+// the names of the writers' folders at its first trim and once in
+// trimCheck after. It deletes its own oldest by Consul's order, never
+// the events of its newest transaction (a report's failure and its
+// rollback). The log then holds about keep events, or one report's per
+// writer when there are more writers; while a fleet grows, until the
+// shares are read again, more (each host's share read when fewer hosts
+// had written). An operator's command trims it to keep by Consul's
+// order once it holds more than keep + trimSlack (trim), and readers
+// get the newest keep.
 func (p *Fleet) trimShare(ctx context.Context, service string, keep int) error {
 	share := 0
 	if p.shares != nil {
@@ -1053,19 +1045,35 @@ func (p *Fleet) trimShare(ctx context.Context, service string, keep int) error {
 			p.shares.Store(service, share)
 		}
 	}
-	own, _, err := p.Client.KV().Keys(p.auditFolder(service), "", (&api.QueryOptions{}).WithContext(ctx))
+	keys, _, err := p.Client.KV().Keys(p.auditFolder(service), "", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("%w: trim the audit log of %s: %v", fleet.ErrUnavailable, service, err)
+	}
+	if len(keys) <= share {
+		return nil
+	}
+	own, _, err := p.Client.KV().List(p.auditFolder(service), (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("%w: trim the audit log of %s: %v", fleet.ErrUnavailable, service, err)
 	}
 	if len(own) <= share {
 		return nil
 	}
-	sort.Strings(own) // the order this writer wrote them in (event)
-	var old api.KVPairs
-	for _, k := range own[:len(own)-share] {
-		old = append(old, &api.KVPair{Key: k})
+	// Consul's order, not this host's clock (which may have stepped
+	// back past events it wrote); the events of one transaction (one
+	// report: a failure and its rollback) in the order of their keys,
+	// and never the newest transaction's, whatever the share.
+	sort.SliceStable(own, func(i, j int) bool {
+		if own[i].CreateIndex != own[j].CreateIndex {
+			return own[i].CreateIndex < own[j].CreateIndex
+		}
+		return own[i].Key < own[j].Key
+	})
+	n := len(own) - share
+	for n > 0 && own[n-1].CreateIndex == own[len(own)-1].CreateIndex {
+		n--
 	}
-	_, why, err := p.deleteAll(ctx, service, old)
+	_, why, err := p.deleteAll(ctx, service, own[:n])
 	if err == nil {
 		err = why
 	}
