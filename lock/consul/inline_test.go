@@ -48,16 +48,13 @@ func follow(ctx context.Context, t *testing.T, h *Slots) *follower {
 	return f
 }
 
-// waitInLine waits until h's place in line is written.
-func waitInLine(t *testing.T, h *Slots) {
-	t.Helper()
-	testutil.Eventually(t, 10*time.Second, func() error {
-		kv, _, err := h.Client.KV().Get(GrantKey(h.Prefix, h.Service, h.Node), nil)
-		if err == nil && kv == nil {
-			err = fmt.Errorf("%s not in line", h.Node)
-		}
-		return err
-	})
+// inLineNow says why h's key is not in Consul, nil once it is.
+func inLineNow(h *Slots) error {
+	kv, _, err := h.Client.KV().Get(GrantKey(h.Prefix, h.Service, h.Node), nil)
+	if err == nil && kv == nil {
+		err = fmt.Errorf("%s not in line", h.Node)
+	}
+	return err
 }
 
 // waitKnownInLine waits until s's coordinator knows node to be in line
@@ -101,7 +98,18 @@ func getInLine(ctx context.Context, t *testing.T, h *Slots) <-chan error {
 		_, err := h.Acquire(ctx)
 		got <- err
 	}()
-	waitInLine(t, h)
+	testutil.Eventually(t, 30*time.Second, func() error {
+		select {
+		case err := <-got:
+			got <- err // for the caller
+			if err != nil {
+				t.Fatalf("%s's wait for a slot ended before it was seen in line: %v", h.Node, err)
+			}
+			return nil // granted at once
+		default:
+		}
+		return inLineNow(h)
+	})
 	return got
 }
 
