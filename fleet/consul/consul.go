@@ -302,8 +302,9 @@ func (p *Fleet) Report(ctx context.Context, service string, st fleet.NodeStatus)
 // a writer whose token may trim the whole log. One whose token may
 // delete only its own events (an agent's, AgentPolicy) trims its own
 // folder to its share on each (trimShare), as Record does, else the log
-// would grow by about trimCheck events per host past its bound. Which it is rides along in the transaction (see
-// trimScope): no request of its own.
+// would grow by about trimCheck events per host past its bound. Which it
+// is rides along in the transaction (see trimScope): no request of its
+// own.
 // When Consul refuses the transaction (a token that may write the status
 // but not the log, or the log but not the status), the events are
 // recorded one by one and the status after them, each as far as the
@@ -965,8 +966,9 @@ func (p *Fleet) auditFolder(service string) string {
 // trim deletes the events written first (by Consul's index) beyond keep,
 // once there are trimSlack more. Two hosts trimming at once may delete
 // the same keys: deleting a missing key is no error. A writer whose token
-// may not delete them all deletes those it may: an agent's its own, the
-// others go when their writers next append, or when an operator does.
+// may not delete them all deletes those it may (one kept from the
+// operators' folder, the others'); one whose token may delete only its
+// own events keeps its share of keep instead (trimShare).
 func (p *Fleet) trim(ctx context.Context, service string, keep int) error {
 	if p.trimScope() == trimOwn {
 		return p.trimShare(ctx, service, keep)
