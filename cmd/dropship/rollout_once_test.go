@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/dropshipd/dropship/internal/rig"
 	"github.com/dropshipd/dropship/lock"
 	lockconsul "github.com/dropshipd/dropship/lock/consul"
 )
@@ -17,19 +18,10 @@ import (
 // the host and installs; a second run, with a new release, installs it.
 func TestAgentOnceWithRolloutInstalls(t *testing.T) {
 	t.Parallel()
-	c := consulServer(t)
-	f := newFleet(t, 1, 1, c, `rollout {
-    waves = ["100%"]
-  }`)
-	h := f.hosts[0]
+	f, h, _ := oneHostRollout(t)
 	for _, v := range []string{"v1", "v2"} {
-		f.publish(v, false)
-		out, errOut, code := run(t, "agent", "--once", "-c", h.cfg)
-		if code != 0 || h.version() != v {
-			t.Fatalf("agent --once with %s: exit %d, host on %q\n%s%s", v, code, h.version(), out, errOut)
-		}
-		if !strings.Contains(errOut+out, "msg=installed") {
-			t.Errorf("agent --once did not log the install of %s:\n%s%s", v, out, errOut)
+		if out := f.onceInstalls(t, h, v, ""); !strings.Contains(out, "msg=installed") {
+			t.Errorf("agent --once did not log the install of %s:\n%s", v, out)
 		}
 	}
 	// The state says what the runs did.
@@ -45,15 +37,8 @@ func TestAgentOnceWithRolloutInstalls(t *testing.T) {
 // out of line): it asks at once all the same, and installs.
 func TestAgentOnceAsksForTheReleaseOfAShrunkFleet(t *testing.T) {
 	t.Parallel()
-	c := consulServer(t)
-	f := newFleet(t, 1, 1, c, `rollout {
-    waves = ["100%"]
-  }`)
-	h := f.hosts[0]
-	f.publish("v1", false)
-	if out, errOut, code := run(t, "agent", "--once", "-c", h.cfg); code != 0 || h.version() != "v1" {
-		t.Fatalf("agent --once with v1: exit %d, host on %q\n%s%s", code, h.version(), out, errOut)
-	}
+	f, h, c := oneHostRollout(t)
+	f.onceInstalls(t, h, "v1", "")
 	cl, err := api.NewClient(&api.Config{Address: c.Addr})
 	if err != nil {
 		t.Fatal(err)
@@ -72,12 +57,32 @@ func TestAgentOnceAsksForTheReleaseOfAShrunkFleet(t *testing.T) {
 	if _, err := cl.KV().Put(&api.KVPair{Key: key, Value: b}, nil); err != nil {
 		t.Fatal(err)
 	}
-	f.publish("v2", false)
+	out := f.onceInstalls(t, h, "v2", ", the fleet of the document before shrunk to this host")
+	if strings.Contains(out, "none of the hosts that ask at once did") {
+		t.Fatalf("agent --once asked for v2 only at a later look, as an agent that runs on would:\n%s", out)
+	}
+}
+
+// oneHostRollout is a fleet of one host, with a rollout of one wave, and
+// its Consul.
+func oneHostRollout(t *testing.T) (*fleetRig, *host, *rig.Consul) {
+	t.Helper()
+	c := consulServer(t)
+	f := newFleet(t, 1, 1, c, `rollout {
+    waves = ["100%"]
+  }`)
+	return f, f.hosts[0], c
+}
+
+// onceInstalls publishes v and runs `agent --once` on h, which must exit
+// 0 with v installed (why says more of the run, for its failure); it
+// returns what the run printed.
+func (f *fleetRig) onceInstalls(t *testing.T, h *host, v, why string) string {
+	t.Helper()
+	f.publish(v, false)
 	out, errOut, code := run(t, "agent", "--once", "-c", h.cfg)
-	if code != 0 || h.version() != "v2" {
-		t.Fatalf("agent --once with v2, the fleet of the document before shrunk to this host: exit %d, host on %q\n%s%s", code, h.version(), out, errOut)
+	if code != 0 || h.version() != v {
+		t.Fatalf("agent --once with %s%s: exit %d, host on %q\n%s%s", v, why, code, h.version(), out, errOut)
 	}
-	if strings.Contains(errOut+out, "none of the hosts that ask at once did") {
-		t.Fatalf("agent --once asked for v2 only at a later look, as an agent that runs on would:\n%s%s", out, errOut)
-	}
+	return errOut + out
 }

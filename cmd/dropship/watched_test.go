@@ -16,15 +16,8 @@ import (
 // its wave has not served a bake on its word.
 func TestStaleRecordDoesNotCarryItsWatch(t *testing.T) {
 	t.Parallel()
-	c := consulServer(t)
-	f := newFleet(t, 1, 1, c, `rollout {
-    waves = ["100%"]
-  }`)
-	h := f.hosts[0]
-	f.publish("v1", false)
-	if out, errOut, code := run(t, "agent", "--once", "-c", h.cfg); code != 0 || h.version() != "v1" {
-		t.Fatalf("agent --once: exit %d, on %q\n%s%s", code, h.version(), out, errOut)
-	}
+	f, h, c := oneHostRollout(t)
+	f.onceInstalls(t, h, "v1", "")
 	client, err := api.NewClient(&api.Config{Address: c.Addr})
 	if err != nil {
 		t.Fatal(err)
